@@ -1,0 +1,36 @@
+# Two commands on a fresh machine: `make run` (the whole pipeline on the synthetic dataset)
+# and `make test`. Both create .venv and install the project first.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+EXTRAS ?= cpu,dev
+
+export PATH := $(BIN):$(PATH)
+export DO_NOT_TRACK := true
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export MLFLOW_DISABLE_TELEMETRY := true
+export DVC_NO_ANALYTICS := 1
+export GX_ANALYTICS_ENABLED := false
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: install run test bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet -e '.[$(EXTRAS)]'
+	touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	$(BIN)/dvc repro
+
+test: install
+	$(BIN)/pytest
+
+bench: install
+	$(BIN)/python bench/extract.py
+
+clean:
+	rm -rf data/raw data/manifests data/frames data/validation

@@ -1,0 +1,154 @@
+"""`slic <stage>`: parse arguments, load params.yaml, run the stage, write reports/<stage>.json.
+
+Heavy libraries (torch, Great Expectations, MLflow) are imported inside the stage that needs
+them, so `slic --help` and config errors answer at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+TELEMETRY_OFF = {"DO_NOT_TRACK": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                 "MLFLOW_DISABLE_TELEMETRY": "true", "DVC_NO_ANALYTICS": "1",
+                 "GX_ANALYTICS_ENABLED": "false"}
+
+
+def write_report(name: str, report: dict[str, Any], reports_dir: str | Path = "reports") -> Path:
+    """Write reports/<name>.json (sorted keys, indented) and return its path."""
+    path = Path(reports_dir) / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2, sort_keys=True, default=str) + "\n")
+    return path
+
+
+def _progress(total: int, desc: str) -> tuple[Callable[[int], None], Callable[[], None]]:
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc=desc, unit="video", disable=not sys.stderr.isatty())
+    return bar.update, bar.close
+
+
+def run_synth(config: Any) -> dict[str, Any]:
+    """Stage `synth`: generate the synthetic motion dataset."""
+    from slic.data import synthetic
+
+    update, close = _progress(len(synthetic.clip_specs(config.synth)), "synth")
+    try:
+        report = synthetic.generate(config.synth, progress=update)
+    finally:
+        close()
+    print(f"synth: {report['videos']} videos, {report['classes']} classes -> {config.synth.out}")
+    return report
+
+
+def run_manifest(config: Any) -> dict[str, Any]:
+    """Stage `manifest`: list, probe and split the dataset into data/manifests/manifest.csv."""
+    from slic.data import datasets
+
+    table = datasets.build_manifest(config.manifest)
+    out = Path(config.manifest.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out, index=False)
+    excluded = table[table["excluded"] != ""]
+    usable = table[table["excluded"] == ""]
+    report = {
+        "videos": len(table), "usable": len(usable), "classes": int(table["class"].nunique()),
+        "splits": {k: int(v) for k, v in usable["split"].value_counts().sort_index().items()},
+        "excluded": [{"video_id": v, "reason": r} for v, r in zip(excluded["video_id"], excluded["excluded"])],
+        "layout": config.manifest.layout, "root": config.manifest.root,
+    }
+    print(f"manifest: {len(table)} videos ({len(excluded)} excluded), splits {report['splits']} -> {out}")
+    for item in report["excluded"][:10]:
+        print(f"  excluded {item['video_id']}: {item['reason']}")
+    return report
+
+
+def run_validate(config: Any) -> dict[str, Any]:
+    """Stage `validate`: Great Expectations on the manifest; writes the usable rows on success."""
+    from slic.data.datasets import read_manifest
+    from slic.data.validate import validate_manifest
+
+    manifest = read_manifest(config.validate.manifest)
+    result = validate_manifest(manifest, min_frames=config.manifest.min_frames,
+                               max_examples=config.validate.max_examples,
+                               data_docs=config.validate.data_docs or None)
+    report = {"success": result.success, "statistics": result.statistics,
+              "failures": [vars(f) for f in result.failures], "results": result.results}
+    if not result.success:
+        write_report("validate", report)
+        raise StageFailed(result.summary() + "\nfull result: reports/validate.json")
+    usable = manifest[(manifest["excluded"] == "") & (manifest["split"] != "unused")]
+    out = Path(config.validate.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    usable.to_csv(out, index=False)
+    print(result.summary() + f"; {len(usable)} usable videos -> {out}")
+    return report
+
+
+def run_extract(config: Any) -> dict[str, Any]:
+    """Stage `extract`: one JPEG shard per video under data/frames, with index.csv."""
+    from slic.data.datasets import read_manifest
+    from slic.data.frames import extract_all
+
+    cfg = config.extract
+    manifest = read_manifest(cfg.manifest)
+    report = extract_all(manifest, out_dir=cfg.out, short_side=cfg.short_side, quality=cfg.quality,
+                         workers=cfg.workers, fail_fast=cfg.fail_fast)
+    print(f"extract: {report['extracted']} extracted, {report['reused']} reused, {len(report['failed'])} failed; "
+          f"{report['frames']} frames, {report['bytes'] / 1e6:.1f} MB, {report['frames_per_s']} frames/s")
+    for item in report["failed"]:
+        print(f"  failed {item['path']}: {item['error']}")
+    return report
+
+
+STAGES: dict[str, tuple[Callable[[Any], dict[str, Any]], str]] = {
+    "synth": (run_synth, "generate the synthetic motion dataset (UCF101 layout)"),
+    "manifest": (run_manifest, "list, probe and split the dataset into one manifest table"),
+    "validate": (run_validate, "check the manifest with Great Expectations"),
+    "extract": (run_extract, "decode every video once into one JPEG shard per video"),
+}
+
+
+class StageFailed(RuntimeError):
+    """A stage that ran and found the data unusable; its message is the report for the user."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `slic` console script."""
+    for key, value in TELEMETRY_OFF.items():
+        os.environ.setdefault(key, value)
+    parser = argparse.ArgumentParser(prog="slic", description="SLIC video embeddings: pipeline stages")
+    parser.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")
+    sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
+    for name, (_, help_text) in STAGES.items():
+        sub.add_parser(name, help=help_text)
+    args = parser.parse_args(argv)
+
+    from slic.config import ConfigError, load
+    from slic.data.datasets import DatasetError
+    from slic.data.frames import ExtractError
+
+    started = time.perf_counter()
+    try:
+        config = load(args.params)
+        report = STAGES[args.stage][0](config)
+    except (ConfigError, DatasetError, ExtractError, FileNotFoundError) as exc:
+        print(f"slic {args.stage}: error: {exc}", file=sys.stderr)
+        return 2
+    except StageFailed as exc:
+        print(f"slic {args.stage}: {exc}", file=sys.stderr)
+        return 1
+    report["stage_seconds"] = round(time.perf_counter() - started, 3)
+    write_report(args.stage, report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,249 @@
+"""Dataset layouts (UCF101, HMDB51, Kinetics-400, class folders, synthetic) -> one manifest table.
+
+The manifest has one row per video: video_id, path, class, label, split (train/val/test/unused),
+group, frames, fps, width, height, duration, excluded (empty, or why the video is left out).
+Every later stage reads only this table, so a new layout is one function here.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from slic.config import ManifestConfig
+
+COLUMNS = ["video_id", "path", "class", "label", "split", "group", "frames", "fps", "width", "height",
+           "duration", "excluded"]
+
+
+class DatasetError(ValueError):
+    """A dataset layout problem (missing split file, unknown class, missing video), in one line."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One listed video before probing."""
+
+    path: Path
+    class_name: str
+    split: str  # train, test or unused
+    group: str
+
+
+def _read_lines(path: Path, what: str) -> list[str]:
+    if not path.is_file():
+        raise DatasetError(f"{path}: {what} not found; set manifest.splits_dir to the folder that holds it")
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+def _ucf101(root: Path, splits: Path, split: int) -> tuple[list[str], list[Entry]]:
+    """UCF101 (and the synthetic set): classInd.txt, trainlist0N.txt, testlist0N.txt; groups g01..g25."""
+    classes: list[str] = []
+    for number, line in enumerate(_read_lines(splits / "classInd.txt", "class index classInd.txt"), 1):
+        parts = line.split()
+        if len(parts) != 2 or not parts[0].isdigit():
+            raise DatasetError(f"{splits / 'classInd.txt'}:{number}: expected '<index> <ClassName>', got {line!r}")
+        classes.append(parts[1])
+    entries = []
+    for kind in ("train", "test"):
+        listing = splits / f"{kind}list0{split}.txt"
+        for number, line in enumerate(_read_lines(listing, f"split file {listing.name}"), 1):
+            relative = line.split()[0]
+            class_name = relative.split("/")[0]
+            if class_name not in classes:
+                raise DatasetError(f"{listing}:{number}: class {class_name!r} is not in classInd.txt")
+            match = re.search(r"_g(\d+)_c\d+", relative)
+            if not match:
+                raise DatasetError(f"{listing}:{number}: {relative!r} is not named v_<Class>_g<GG>_c<CC>")
+            group = f"{class_name}/g{int(match.group(1)):02d}"
+            entries.append(Entry(root / relative, class_name, kind, group))
+    return classes, entries
+
+
+def _hmdb51(root: Path, splits: Path, split: int) -> tuple[list[str], list[Entry]]:
+    """HMDB51: <class>_test_split<N>.txt listing '<video> <0|1|2>' (1 train, 2 test, 0 unused)."""
+    files = sorted(splits.glob(f"*_test_split{split}.txt"))
+    if not files:
+        raise DatasetError(f"{splits}: no HMDB51 split files '<class>_test_split{split}.txt'; "
+                           "set manifest.splits_dir to the folder that holds them")
+    classes = [f.name[: -len(f"_test_split{split}.txt")] for f in files]
+    kinds = {"0": "unused", "1": "train", "2": "test"}
+    entries = []
+    for class_name, listing in zip(classes, files):
+        for number, line in enumerate(_read_lines(listing, "split file"), 1):
+            parts = line.split()
+            if len(parts) != 2 or parts[1] not in kinds:
+                raise DatasetError(f"{listing}:{number}: expected '<video> <0|1|2>', got {line!r}")
+            entries.append(Entry(root / class_name / parts[0], class_name, kinds[parts[1]], f"{class_name}/{parts[0]}"))
+    return classes, entries
+
+
+def _kinetics(root: Path, splits: Path, split: int) -> tuple[list[str], list[Entry]]:
+    """Kinetics-400: train.csv (train) and validate.csv or val.csv (our test), official columns."""
+    sources = [("train", splits / "train.csv")]
+    val = next((p for p in (splits / "validate.csv", splits / "val.csv") if p.is_file()), splits / "validate.csv")
+    sources.append(("test", val))
+    rows: list[tuple[str, dict[str, str], Path]] = []
+    for kind, listing in sources:
+        if not listing.is_file():
+            raise DatasetError(f"{listing}: Kinetics split file not found; set manifest.splits_dir")
+        with listing.open(newline="") as handle:
+            reader = csv.DictReader(handle)
+            missing = {"label", "youtube_id", "time_start", "time_end"} - set(reader.fieldnames or [])
+            if missing:
+                raise DatasetError(f"{listing}: missing columns {sorted(missing)}")
+            rows += [(kind, row, listing) for row in reader]
+    classes = sorted({row["label"] for _, row, _ in rows})
+    entries = []
+    for kind, row, listing in rows:
+        name = f"{row['youtube_id']}_{int(float(row['time_start'])):06d}_{int(float(row['time_end'])):06d}"
+        folder_split = "train" if kind == "train" else "val"
+        candidates = [root / row["label"], root / folder_split / row["label"], root / listing.stem / row["label"]]
+        path = next((c / f"{name}{ext}" for c in candidates for ext in (".mp4", ".mkv", ".webm", ".avi")
+                     if (c / f"{name}{ext}").exists()), candidates[0] / f"{name}.mp4")
+        entries.append(Entry(path, row["label"], kind, name))
+    return classes, entries
+
+
+def _folder(root: Path, extensions: Iterable[str]) -> tuple[list[str], list[Entry]]:
+    """A plain <root>/<class>/<video> tree; the split is drawn later (no split files)."""
+    if not root.is_dir():
+        raise DatasetError(f"{root}: dataset folder not found; set manifest.root")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    suffixes = {e.lower() for e in extensions}
+    entries = [Entry(video, c, "train", f"{c}/{video.stem}") for c in classes
+               for video in sorted((root / c).rglob("*")) if video.suffix.lower() in suffixes]
+    if not entries:
+        raise DatasetError(f"{root}: no videos with extensions {sorted(suffixes)} in class folders")
+    return classes, entries
+
+
+def list_videos(config: ManifestConfig) -> tuple[list[str], list[Entry]]:
+    """The class names and every listed video of the configured layout (nothing probed yet)."""
+    root = Path(config.root)
+    splits = Path(config.splits_dir) if config.splits_dir else root
+    if config.layout in ("ucf101", "synthetic"):
+        return _ucf101(root, splits, config.split)
+    if config.layout == "hmdb51":
+        return _hmdb51(root, splits, config.split)
+    if config.layout == "kinetics":
+        return _kinetics(root, splits, config.split)
+    return _folder(root, config.extensions)
+
+
+def _probe_row(path: str) -> dict[str, object]:
+    from slic.data.video import VideoDecodeError, probe
+
+    try:
+        info = probe(path)
+    except VideoDecodeError as exc:
+        return {"frames": 0, "fps": 0.0, "width": 0, "height": 0, "duration": 0.0,
+                "excluded": f"unreadable: {exc.cause}"}
+    return {"frames": info.frames, "fps": round(info.fps, 4), "width": info.width, "height": info.height,
+            "duration": round(info.duration, 4), "excluded": ""}
+
+
+_MISSING = {"frames": 0, "fps": 0.0, "width": 0, "height": 0, "duration": 0.0, "excluded": "missing file"}
+
+
+def carve_validation(table: pd.DataFrame, fraction: float, seed: int, by_group: bool) -> pd.Series:
+    """Move a seeded `fraction` of each class's train videos to 'val' (whole groups if `by_group`).
+
+    Splitting by group keeps the clips of one source video on one side, as UCF101 requires.
+    """
+    split = table["split"].copy()
+    if fraction <= 0:
+        return split
+    rng = np.random.default_rng(seed)
+    usable = (table["split"] == "train") & (table["excluded"] == "")
+    for _, rows in table[usable].groupby("class", sort=True):
+        units = sorted(rows["group"].unique()) if by_group else list(rows.index)
+        if len(units) < 2:
+            continue
+        count = min(len(units) - 1, max(1, round(fraction * len(units))))
+        chosen = set(rng.choice(np.array(units, dtype=object), size=count, replace=False).tolist())
+        picked = rows.index[rows["group"].isin(chosen)] if by_group else pd.Index(sorted(chosen))
+        split.loc[picked] = "val"
+    return split
+
+
+def _draw_test_split(table: pd.DataFrame, seed: int, fraction: float = 0.3) -> pd.Series:
+    """For class-folder datasets with no split files: a seeded, per-class test share."""
+    split = table["split"].copy()
+    rng = np.random.default_rng([seed, 1])
+    for _, rows in table.groupby("class", sort=True):
+        count = round(fraction * len(rows)) if len(rows) > 1 else 0
+        picked = rng.choice(rows.index.to_numpy(), size=count, replace=False)
+        split.loc[picked] = "test"
+    return split
+
+
+def build_manifest(config: ManifestConfig, progress: Callable[[int], None] | None = None) -> pd.DataFrame:
+    """List, probe and split every video of the configured dataset into the manifest table.
+
+    Raises `DatasetError` (one line naming the file) for a missing split file, an unknown class
+    or a listed video that does not exist. Unreadable or too-short videos stay in the table with
+    the reason in `excluded`, so the report can name them.
+    """
+    classes, entries = list_videos(config)
+    missing = {str(e.path) for e in entries if not e.path.is_file()}
+    if missing and config.on_missing == "error":
+        listed = ", ".join(sorted(missing)[:3])
+        raise DatasetError(f"{len(missing)} listed video(s) do not exist under {config.root}, e.g. {listed}; "
+                           "fix manifest.root or the split files, or set manifest.on_missing: exclude")
+    paths = [str(e.path) for e in entries if str(e.path) not in missing]
+    if config.workers > 1 and len(paths) > 1:
+        with ProcessPoolExecutor(max_workers=config.workers) as pool:
+            probed = []
+            for row in pool.map(_probe_row, paths, chunksize=16):
+                probed.append(row)
+                if progress:
+                    progress(1)
+    else:
+        probed = []
+        for path in paths:
+            probed.append(_probe_row(path))
+            if progress:
+                progress(1)
+    info_by_path = dict(zip(paths, probed))
+    info_by_path.update({path: _MISSING for path in missing})
+    root = Path(config.root)
+    label = {name: index for index, name in enumerate(classes)}
+    table = pd.DataFrame([
+        {"video_id": _video_id(e.path, root), "path": str(e.path), "class": e.class_name,
+         "label": label[e.class_name], "split": e.split, "group": e.group, **info}
+        for e in entries for info in [info_by_path[str(e.path)]]
+    ], columns=COLUMNS)
+    too_short = (table["excluded"] == "") & (table["frames"] < config.min_frames)
+    table.loc[too_short, "excluded"] = [f"too short: {n} frames < {config.min_frames}"
+                                        for n in table.loc[too_short, "frames"]]
+    if config.layout == "folder":
+        table["split"] = _draw_test_split(table, config.seed)
+    by_group = config.layout in ("ucf101", "synthetic")
+    table["split"] = carve_validation(table, config.val_fraction, config.seed, by_group)
+    return table.sort_values("video_id", kind="stable").reset_index(drop=True)
+
+
+def _video_id(path: Path, root: Path) -> str:
+    """A stable id: the path under the dataset root without its extension."""
+    try:
+        relative = path.relative_to(root)
+    except ValueError:
+        relative = Path(path.parent.name) / path.name
+    return str(relative.with_suffix(""))
+
+
+def read_manifest(path: str | Path) -> pd.DataFrame:
+    """Load a manifest CSV written by `build_manifest` with its column types."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: manifest not found; run the `manifest` stage first (dvc repro manifest)")
+    return pd.read_csv(path, dtype={"excluded": str, "group": str, "video_id": str, "class": str},
+                       keep_default_na=False)

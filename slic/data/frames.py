@@ -1,0 +1,248 @@
+"""Frame shards: every video decoded once into ONE file of JPEG frames with an offset table.
+
+Shard layout (little-endian):
+    b"SLICJPG1" | uint32 header length | header JSON | uint64[frames + 1] offsets | JPEG bytes
+Frame i is data[offsets[i]:offsets[i + 1]]. Reading a 16-frame window is one seek and one read
+of contiguous bytes, then 16 JPEG decodes; JPEG keeps shards about the size of the reference's
+folder of JPEG files while a training loader touches one file per clip instead of sixteen.
+
+Why JPEG in one file rather than raw uint8 or a re-encoded video: raw frames are 10-20x larger,
+and an inter-coded video cannot be entered at an arbitrary frame without decoding from a
+keyframe. bench/extract.py measures these trade-offs against the reference's JPEG folders.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import sys
+import time
+from collections.abc import Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+MAGIC = b"SLICJPG1"
+SUFFIX = ".shard"
+INDEX_NAME = "index.csv"
+
+
+class ExtractError(RuntimeError):
+    """Extraction stopped (fail_fast) on a video that could not be decoded."""
+
+
+def shard_path(out_dir: str | Path, video_id: str) -> Path:
+    """Where the shard of `video_id` lives: <out>/<video_id>.shard (class folders kept)."""
+    return Path(out_dir) / f"{video_id}{SUFFIX}"
+
+
+def write_shard(path: str | Path, jpegs: Sequence[bytes], header: dict[str, Any]) -> int:
+    """Write a shard atomically (temporary name, then rename); returns its size in bytes.
+
+    A run killed mid-write leaves only a temporary file, which the next run deletes.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sizes = np.fromiter((len(j) for j in jpegs), dtype=np.uint64, count=len(jpegs))
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype("<u8")
+    meta = json.dumps({**header, "frames": len(jpegs)}, sort_keys=True).encode()
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as handle:
+        handle.write(MAGIC + struct.pack("<I", len(meta)) + meta + offsets.tobytes())
+        for jpeg in jpegs:
+            handle.write(jpeg)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    return path.stat().st_size
+
+
+@dataclass(frozen=True)
+class ShardReader:
+    """Random access to the frames of one shard; cheap to create (reads the header only)."""
+
+    path: Path
+    header: dict[str, Any]
+    offsets: np.ndarray
+    data_start: int
+
+    @classmethod
+    def open(cls, path: str | Path) -> ShardReader:
+        """Read a shard's header and offset table; `ValueError` naming the file if malformed."""
+        path = Path(path)
+        with open(path, "rb") as handle:
+            head = handle.read(12)
+            if len(head) < 12 or head[:8] != MAGIC:
+                raise ValueError(f"{path}: not a slic frame shard (bad magic); delete it and re-run extract")
+            (meta_len,) = struct.unpack("<I", head[8:])
+            try:
+                header = json.loads(handle.read(meta_len))
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise ValueError(f"{path}: corrupt shard header; delete it and re-run extract") from exc
+            count = int(header.get("frames", -1)) + 1
+            offsets = np.frombuffer(handle.read(8 * count), dtype="<u8")
+            if count < 2 or len(offsets) != count:
+                raise ValueError(f"{path}: truncated shard offset table; delete it and re-run extract")
+        return cls(path, header, offsets, 12 + meta_len + 8 * count)
+
+    @property
+    def frames(self) -> int:
+        return len(self.offsets) - 1
+
+    def read_jpegs(self, start: int, count: int) -> list[bytes]:
+        """The encoded frames [start, start + count) with one seek and one read."""
+        if start < 0 or count < 1 or start + count > self.frames:
+            raise IndexError(f"{self.path}: frames [{start}, {start + count}) outside 0..{self.frames}")
+        lo, hi = int(self.offsets[start]), int(self.offsets[start + count])
+        with open(self.path, "rb") as handle:
+            handle.seek(self.data_start + lo)
+            blob = handle.read(hi - lo)
+        cuts = (self.offsets[start:start + count + 1] - lo).astype(np.int64)
+        return [blob[cuts[i]:cuts[i + 1]] for i in range(count)]
+
+    def read_window(self, start: int, count: int) -> np.ndarray:
+        """Decoded frames [start, start + count) as (count, H, W, 3) uint8 RGB."""
+        return decode_jpegs(self.read_jpegs(start, count))
+
+
+def decode_jpegs(jpegs: Sequence[bytes]) -> np.ndarray:
+    """Decode JPEG frames into (T, H, W, 3) uint8 RGB with libjpeg-turbo (torchvision)."""
+    import torch
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    tensors = [torch.frombuffer(bytearray(j), dtype=torch.uint8) for j in jpegs]
+    images = decode_jpeg(tensors, mode=ImageReadMode.RGB)
+    return torch.stack(images).permute(0, 2, 3, 1).numpy()
+
+
+def shard_is_intact(path: str | Path, expected: dict[str, Any]) -> bool:
+    """True when the shard parses, every frame is a complete JPEG, and its header matches `expected`.
+
+    Used to skip videos already extracted with the same settings from the same source file.
+    """
+    try:
+        reader = ShardReader.open(path)
+    except (OSError, ValueError):
+        return False
+    if any(reader.header.get(k) != v for k, v in expected.items()):
+        return False
+    size = Path(path).stat().st_size - reader.data_start
+    if int(reader.offsets[-1]) != size or np.any(np.diff(reader.offsets.astype(np.int64)) <= 0):
+        return False
+    data = np.memmap(path, dtype=np.uint8, mode="r", offset=reader.data_start, shape=(size,))
+    starts, ends = reader.offsets[:-1].astype(np.int64), reader.offsets[1:].astype(np.int64)
+    return bool(np.all(data[starts] == 0xFF) and np.all(data[starts + 1] == 0xD8)
+                and np.all(data[ends - 2] == 0xFF) and np.all(data[ends - 1] == 0xD9))
+
+
+def _expected_header(row: dict[str, Any], short_side: int, quality: int) -> dict[str, Any]:
+    source = os.stat(row["path"])
+    return {"video_id": row["video_id"], "short_side": short_side, "quality": quality,
+            "source_bytes": source.st_size, "source_mtime_ns": source.st_mtime_ns}
+
+
+def extract_one(row: dict[str, Any], out_dir: str, short_side: int, quality: int) -> dict[str, Any]:
+    """Extract one video to its shard unless an intact one exists; never raises for bad videos.
+
+    Returns {video_id, status: extracted|reused|failed, frames, bytes, height, width, fps, error}.
+    """
+    from slic.data.video import VideoDecodeError, encode_jpeg_sequence
+
+    target = shard_path(out_dir, row["video_id"])
+    result: dict[str, Any] = {"video_id": row["video_id"], "path": row["path"], "shard": str(target)}
+    try:
+        expected = _expected_header(row, short_side, quality)
+        if shard_is_intact(target, expected):
+            reader = ShardReader.open(target)
+            return {**result, "status": "reused", "frames": reader.frames, "bytes": target.stat().st_size,
+                    **{k: reader.header[k] for k in ("height", "width", "fps")}}
+        sequence = encode_jpeg_sequence(row["path"], short_side=short_side, quality=quality)
+        size_fps = {"height": sequence.height, "width": sequence.width, "fps": round(sequence.fps, 4)}
+        size = write_shard(target, sequence.jpegs, {**expected, **size_fps})
+        return {**result, "status": "extracted", "frames": len(sequence.jpegs), "bytes": size, **size_fps}
+    except VideoDecodeError as exc:
+        return {**result, "status": "failed", "error": exc.cause}
+    except Exception as exc:  # noqa: BLE001 - one bad file must not take the run down; it is reported
+        return {**result, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+
+
+def _remove_leftovers(out_dir: Path) -> int:
+    """Delete temporary files a killed run left behind; returns how many."""
+    leftovers = [p for p in out_dir.rglob(f"*{SUFFIX}.tmp-*") if p.is_file()]
+    for path in leftovers:
+        path.unlink()
+    return len(leftovers)
+
+
+def extract_all(manifest: pd.DataFrame, *, out_dir: str | Path, short_side: int, quality: int,
+                workers: int, fail_fast: bool = False) -> dict[str, Any]:
+    """Extract every manifest video to a shard on a process pool; write <out>/index.csv.
+
+    Failures are collected by name (or, with `fail_fast`, stop the run with `ExtractError`
+    after the shards already written are safely in place). Returns the stage report.
+    """
+    from tqdm import tqdm
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    removed = _remove_leftovers(out)
+    rows = manifest[["video_id", "path"]].to_dict("records")
+    started = time.perf_counter()
+    results: list[dict[str, Any]] = []
+    bar = tqdm(total=len(rows), desc="extract", unit="video", disable=not sys.stderr.isatty())
+
+    def collect(result: dict[str, Any]) -> None:
+        results.append(result)
+        bar.update(1)
+        if fail_fast and result["status"] == "failed":
+            raise ExtractError(f"{result['path']}: {result['error']} (extract.fail_fast is on; "
+                               "set it to false to skip and report failed videos)")
+
+    try:
+        if workers == 1:
+            for row in rows:
+                collect(extract_one(row, str(out), short_side, quality))
+        else:
+            with ProcessPoolExecutor(max_workers=workers) as pool:
+                pending: set[Future] = {pool.submit(extract_one, row, str(out), short_side, quality)
+                                        for row in rows}
+                try:
+                    while pending:
+                        done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                        for future in done:
+                            collect(future.result())
+                except ExtractError:
+                    for future in pending:
+                        future.cancel()
+                    raise
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - started
+    ok = sorted((r for r in results if r["status"] != "failed"), key=lambda r: r["video_id"])
+    failed = sorted((r for r in results if r["status"] == "failed"), key=lambda r: r["video_id"])
+    index = pd.DataFrame(ok, columns=["video_id", "shard", "frames", "height", "width", "fps", "bytes"])
+    index["shard"] = [str(Path(s).relative_to(out)) for s in index["shard"]]
+    index.to_csv(out / INDEX_NAME, index=False)
+    new = [r for r in ok if r["status"] == "extracted"]
+    new_frames = sum(r["frames"] for r in new)
+    return {
+        "videos": len(rows), "extracted": len(new), "reused": len(ok) - len(new),
+        "failed": [{"video_id": r["video_id"], "path": r["path"], "error": r["error"]} for r in failed],
+        "frames": int(sum(r["frames"] for r in ok)), "seconds": round(seconds, 3),
+        "frames_per_s": round(new_frames / seconds, 1) if seconds > 0 and new_frames else 0.0,
+        "bytes": int(sum(r["bytes"] for r in ok)), "short_side": short_side, "quality": quality,
+        "workers": workers, "leftovers_removed": removed,
+    }
+
+
+def read_index(out_dir: str | Path) -> pd.DataFrame:
+    """The shard index written by `extract_all` (video_id, shard, frames, height, width, fps, bytes)."""
+    path = Path(out_dir) / INDEX_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no frame index; run the `extract` stage first (dvc repro extract)")
+    return pd.read_csv(path, dtype={"video_id": str, "shard": str})

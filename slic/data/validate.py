@@ -1,0 +1,164 @@
+"""Great Expectations suites on the manifest, run before anything trains (stage `validate`).
+
+Two batches are checked: the manifest itself (one row per video, with two derived columns:
+whether the file exists and whether its group also appears on the other side of the train/test
+line) and a coverage table (one row per class and split, with its number of usable videos).
+A failure yields a short report naming the expectation, how many rows and a few examples.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from slic.data.datasets import COLUMNS
+
+SPLITS = ("train", "val", "test")
+DERIVED = ["file_exists", "group_crosses_test"]
+
+
+@dataclass
+class Failure:
+    """One failed expectation, summarised for a person."""
+
+    expectation: str
+    column: str | None
+    unexpected_count: int
+    examples: list[Any] = field(default_factory=list)
+
+    def line(self) -> str:
+        where = f" on {self.column!r}" if self.column else ""
+        shown = ", ".join(str(e) for e in self.examples)
+        return f"- {self.expectation}{where}: {self.unexpected_count} row(s), e.g. {shown}"
+
+
+@dataclass
+class ValidationReport:
+    """What `validate_manifest` found: overall success, failures and the full per-expectation results."""
+
+    success: bool
+    failures: list[Failure]
+    results: list[dict[str, Any]]
+    statistics: dict[str, Any]
+
+    def summary(self) -> str:
+        if self.success:
+            return f"manifest valid: {self.statistics['evaluated_expectations']} expectations met"
+        lines = [f"manifest invalid: {len(self.failures)} of {self.statistics['evaluated_expectations']} "
+                 "expectations failed"]
+        return "\n".join(lines + [f.line() for f in self.failures])
+
+
+def with_derived_columns(manifest: pd.DataFrame) -> pd.DataFrame:
+    """The manifest plus `file_exists` and `group_crosses_test` (a group in test and train/val)."""
+    table = manifest.copy()
+    table["file_exists"] = [os.path.isfile(p) for p in table["path"]]
+    sides = table[table["split"].isin(SPLITS)].assign(is_test=lambda t: t["split"] == "test")
+    crossing = sides.groupby("group")["is_test"].nunique()
+    crossing_groups = set(crossing[crossing > 1].index)
+    table["group_crosses_test"] = table["group"].isin(crossing_groups) & table["split"].isin(SPLITS)
+    return table
+
+
+def coverage_table(manifest: pd.DataFrame) -> pd.DataFrame:
+    """Usable videos per (class, split), zeros included, so a class absent from a split shows up."""
+    usable = manifest[manifest["excluded"] == ""]
+    counts = usable.groupby(["class", "split"]).size()
+    classes = sorted(manifest["class"].unique())
+    return pd.DataFrame([{"class": c, "split": s, "videos": int(counts.get((c, s), 0)),
+                          "case": f"{c} in {s}"} for c in classes for s in SPLITS])
+
+
+def _manifest_suite(gxe: Any, n_classes: int, min_frames: int) -> list[Any]:
+    suite = [
+        gxe.ExpectTableColumnsToMatchSet(column_set=COLUMNS + DERIVED, exact_match=True),
+        gxe.ExpectTableRowCountToBeBetween(min_value=1),
+        gxe.ExpectColumnValuesToBeUnique(column="video_id"),
+        gxe.ExpectColumnValuesToBeInSet(column="split", value_set=[*SPLITS, "unused"]),
+        gxe.ExpectColumnValuesToBeBetween(column="label", min_value=0, max_value=n_classes - 1),
+        gxe.ExpectColumnValuesToBeInSet(column="file_exists", value_set=[True]),
+        gxe.ExpectColumnValuesToBeInSet(column="group_crosses_test", value_set=[False]),
+        gxe.ExpectColumnValuesToBeBetween(column="frames", min_value=min_frames,
+                                          row_condition='excluded==""', condition_parser="pandas"),
+        gxe.ExpectColumnValuesToBeBetween(column="fps", min_value=0, strict_min=True,
+                                          row_condition='excluded==""', condition_parser="pandas"),
+    ]
+    suite += [gxe.ExpectColumnValuesToNotBeNull(column=c) for c in COLUMNS]
+    for column in ("label", "frames", "width", "height"):
+        suite.append(gxe.ExpectColumnValuesToBeInTypeList(column=column, type_list=["int64", "int32"]))
+    for column in ("fps", "duration"):
+        suite.append(gxe.ExpectColumnValuesToBeInTypeList(column=column, type_list=["float64", "float32"]))
+    return suite
+
+
+def _run(gx: Any, context: Any, name: str, frame: pd.DataFrame, expectations: list[Any],
+         index_column: str) -> Any:
+    source = context.data_sources.add_pandas(f"{name}_source")
+    batch = source.add_dataframe_asset(name=name).add_batch_definition_whole_dataframe(f"{name}_batch")
+    suite = context.suites.add(gx.ExpectationSuite(name=f"{name}_suite", expectations=expectations))
+    definition = context.validation_definitions.add(
+        gx.ValidationDefinition(name=f"{name}_validation", data=batch, suite=suite))
+    return definition.run(batch_parameters={"dataframe": frame},
+                          result_format={"result_format": "COMPLETE",
+                                         "unexpected_index_column_names": [index_column]})
+
+
+def _failures(result: Any, index_column: str, max_examples: int) -> list[Failure]:
+    failures = []
+    for item in result.results:
+        if item.success:
+            continue
+        config, details = item.expectation_config, item.result or {}
+        column = config.kwargs.get("column")
+        examples: list[Any] = []
+        for entry in details.get("unexpected_index_list") or []:
+            label = entry.get(index_column) if isinstance(entry, dict) else entry
+            value = entry.get(column) if isinstance(entry, dict) and column else None
+            examples.append(f"{label} ({column}={value!r})" if value is not None else label)
+        if not examples:
+            examples = list(details.get("partial_unexpected_list") or [])
+        if not examples and details.get("details"):
+            examples = [details["details"]]
+        if item.exception_info and item.exception_info.get("raised_exception"):
+            examples = [item.exception_info.get("exception_message")]
+        count = details.get("unexpected_count")
+        failures.append(Failure(config.type, column, int(count) if count is not None else 1, examples[:max_examples]))
+    return failures
+
+
+def validate_manifest(manifest: pd.DataFrame, *, min_frames: int, max_examples: int = 5,
+                      data_docs: str | Path | None = None) -> ValidationReport:
+    """Run the manifest and coverage suites; optionally build Great Expectations' HTML data docs."""
+    import great_expectations as gx
+    import great_expectations.expectations as gxe
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    logging.getLogger("great_expectations").setLevel(logging.ERROR)
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    n_classes = max(1, manifest["class"].nunique()) if len(manifest) else 1
+    runs = [
+        _run(gx, context, "manifest", with_derived_columns(manifest),
+             _manifest_suite(gxe, n_classes, min_frames), "video_id"),
+        _run(gx, context, "coverage", coverage_table(manifest),
+             [gxe.ExpectColumnValuesToBeBetween(column="videos", min_value=1)], "case"),
+    ]
+    if data_docs:
+        docs = Path(data_docs).resolve()
+        context.add_data_docs_site("slic", {
+            "class_name": "SiteBuilder",
+            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs)},
+            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+        })
+        context.build_data_docs()
+    failures = [f for run, key in zip(runs, ("video_id", "case")) for f in _failures(run, key, max_examples)]
+    results = [r for run in runs for r in run.to_json_dict()["results"]]
+    evaluated = sum(run.statistics["evaluated_expectations"] for run in runs)
+    statistics = {"evaluated_expectations": evaluated, "failed_expectations": len(failures),
+                  "videos": int(len(manifest)), "usable_videos": int((manifest["excluded"] == "").sum())}
+    return ValidationReport(not failures, failures, results, statistics)

@@ -1,0 +1,243 @@
+"""Everything that touches PyAV: probing, decoding, JPEG-sequence encoding and video writing.
+
+No other module imports `av`. Frames come out as uint8 RGB arrays (T, H, W, 3) in display
+orientation: rotation metadata (a display matrix) is applied, so a phone clip filmed upright
+comes out upright. Every failure is a `VideoDecodeError` naming the file and the cause.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+
+class VideoDecodeError(RuntimeError):
+    """A video that cannot be opened or decoded; `path` and `cause` say which and why."""
+
+    def __init__(self, path: str | Path, cause: str) -> None:
+        self.path = str(path)
+        self.cause = cause
+        super().__init__(f"{self.path}: cannot decode video: {cause}")
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What a cheap look at a file says (no pixel is decoded).
+
+    `frames` counts the video stream's non-empty packets, which equals the decoded frame count
+    for intra/inter-coded streams; a stream whose last packet holds no picture decodes one fewer.
+    `width`/`height` are the display size (after rotation).
+    """
+
+    path: str
+    frames: int
+    fps: float
+    width: int
+    height: int
+    duration: float
+    rotation: int
+    codec: str
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _rotation_of(stream: av.video.stream.VideoStream, container: av.container.InputContainer) -> int:
+    """Counter-clockwise degrees to rotate stored frames for display (0, 90, 180 or 270)."""
+    for frame in container.decode(stream):
+        return int(frame.rotation) % 360
+    return 0
+
+
+def probe(path: str | Path) -> VideoInfo:
+    """Frames, fps, display size, duration and rotation of a video, by demuxing only.
+
+    Raises `VideoDecodeError` when the file cannot be opened or has no video stream.
+    """
+    path = Path(path)
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise VideoDecodeError(path, "no video stream in the file")
+            stream = container.streams.video[0]
+            rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+            fps = float(rate) if rate else 0.0
+            width, height = stream.codec_context.width, stream.codec_context.height
+            rotation = _rotation_of(stream, container)
+            container.seek(0)
+            frames = sum(1 for packet in container.demux(stream) if packet.size > 0)
+    except VideoDecodeError:
+        raise
+    except (av.FFmpegError, OSError, ValueError, StopIteration) as exc:
+        raise VideoDecodeError(path, _describe(exc)) from exc
+    if rotation in (90, 270):
+        width, height = height, width
+    duration = frames / fps if fps else 0.0
+    return VideoInfo(str(path), frames, fps, width, height, duration, rotation, stream.codec_context.name)
+
+
+def scaled_size(width: int, height: int, short_side: int | None) -> tuple[int, int]:
+    """(width, height) with the short side set to `short_side` and the long side even-rounded.
+
+    Same rule as ffmpeg's ``scale=-2:S``, so our shards and the reference's JPEGs match in size.
+    """
+    if not short_side:
+        return width, height
+    if width <= height:
+        long_side = 2 * round(height * short_side / width / 2)
+        return short_side, long_side
+    long_side = 2 * round(width * short_side / height / 2)
+    return long_side, short_side
+
+
+def _frames(path: Path, short_side: int | None, start: int, stop: int | None,
+            pix_fmt: str) -> Iterator[av.VideoFrame | np.ndarray]:
+    """Decoded frames [start, stop), scaled and, for rotated files, rotated (then as arrays)."""
+    with av.open(str(path)) as container:
+        if not container.streams.video:
+            raise VideoDecodeError(path, "no video stream in the file")
+        stream = container.streams.video[0]
+        # One thread per decoder: parallelism comes from one process per video, and the
+        # threaded frame conversion in PyAV 18 is slower than the plain one.
+        stream.thread_type = "SLICE"
+        stream.codec_context.thread_count = 1
+        for index, frame in enumerate(container.decode(stream)):
+            if index < start:
+                continue
+            if stop is not None and index >= stop:
+                return
+            rotation = int(frame.rotation) % 360
+            disp_w, disp_h = (frame.height, frame.width) if rotation in (90, 270) else (frame.width, frame.height)
+            out_w, out_h = scaled_size(disp_w, disp_h, short_side)
+            if rotation == 0:
+                frame = frame.reformat(width=out_w, height=out_h, format=pix_fmt, threads=1)
+                if pix_fmt == "yuvj420p":
+                    frame.color_range = 2  # full range, as swscale produced; the JPEG encoder requires it
+                yield frame
+                continue
+            coded_w, coded_h = (out_h, out_w) if rotation in (90, 270) else (out_w, out_h)
+            rgb = frame.reformat(width=coded_w, height=coded_h, format="rgb24", threads=1).to_ndarray()
+            yield np.ascontiguousarray(np.rot90(rgb, k=rotation // 90))
+
+
+def decode(path: str | Path, *, start: int = 0, stop: int | None = None,
+           short_side: int | None = None) -> np.ndarray:
+    """Decode frames [start, stop) of a video as a (T, H, W, 3) uint8 RGB array.
+
+    `short_side` resizes (bilinear, in FFmpeg) so the shorter display side has that length.
+    Raises `VideoDecodeError` naming the file when it cannot be decoded or holds no frame.
+    """
+    path = Path(path)
+    out: list[np.ndarray] = []
+    try:
+        for frame in _frames(path, short_side, start, stop, "rgb24"):
+            out.append(frame if isinstance(frame, np.ndarray) else frame.to_ndarray())
+    except VideoDecodeError:
+        raise
+    except (av.FFmpegError, OSError, ValueError) as exc:
+        raise VideoDecodeError(path, _describe(exc)) from exc
+    if not out:
+        raise VideoDecodeError(path, f"no frame decoded in range [{start}, {stop})")
+    return np.stack(out)
+
+
+@dataclass(frozen=True)
+class JpegSequence:
+    """Every frame of a video as JPEG bytes, with the frame size and frame rate."""
+
+    jpegs: list[bytes]
+    width: int
+    height: int
+    fps: float
+
+
+def encode_jpeg_sequence(path: str | Path, *, short_side: int | None, quality: int) -> JpegSequence:
+    """Decode a whole video and JPEG-encode every frame, resized to `short_side`.
+
+    Stays in YUV inside FFmpeg from decoding to encoding (no RGB round trip) for unrotated
+    files. `quality` is the JPEG qscale (2 best .. 31 worst), as ffmpeg's ``-q:v``.
+    """
+    path = Path(path)
+    jpegs: list[bytes] = []
+    encoder = None
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0] if container.streams.video else None
+            rate = (stream.average_rate or stream.guessed_rate) if stream else None
+        for index, frame in enumerate(_frames(path, short_side, 0, None, "yuvj420p")):
+            if isinstance(frame, np.ndarray):
+                frame = av.VideoFrame.from_ndarray(frame, format="rgb24").reformat(format="yuvj420p")
+                frame.color_range = 2
+            if encoder is None:
+                encoder = _jpeg_encoder(frame.width, frame.height, quality)
+            frame.pts, frame.time_base = index, encoder.time_base  # the encoder wants rising pts
+            for packet in encoder.encode(frame):
+                jpegs.append(bytes(packet))
+        if encoder is not None:
+            for packet in encoder.encode(None):
+                jpegs.append(bytes(packet))
+    except VideoDecodeError:
+        raise
+    except (av.FFmpegError, OSError, ValueError, IndexError) as exc:
+        raise VideoDecodeError(path, _describe(exc)) from exc
+    if encoder is None or not jpegs:
+        raise VideoDecodeError(path, "no frame decoded")
+    return JpegSequence(jpegs, encoder.width, encoder.height, float(rate) if rate else 0.0)
+
+
+def _jpeg_encoder(width: int, height: int, quality: int) -> av.CodecContext:
+    encoder = av.CodecContext.create("mjpeg", "w")
+    encoder.width, encoder.height = width, height
+    encoder.pix_fmt = "yuvj420p"
+    encoder.time_base = Fraction(1, 25)
+    encoder.qscale = True
+    encoder.global_quality = quality * 118  # FF_QP2LAMBDA: the same scale as ffmpeg's -q:v
+    encoder.qmin = encoder.qmax = quality
+    encoder.open()
+    return encoder
+
+
+def decode_jpegs(jpegs: Sequence[bytes]) -> np.ndarray:
+    """Decode JPEG frames (as written by `encode_jpeg_sequence`) into (T, H, W, 3) uint8 RGB."""
+    decoder = av.CodecContext.create("mjpeg", "r")
+    decoder.thread_count = 1
+    out = []
+    for data in jpegs:
+        for frame in decoder.decode(av.Packet(data)):
+            out.append(frame.to_ndarray(format="rgb24"))
+    return np.stack(out)
+
+
+def write_video(path: str | Path, frames: np.ndarray, *, fps: int = 25, codec: str = "mpeg4",
+                quality: int = 3) -> None:
+    """Encode (T, H, W, 3) uint8 RGB frames into a video file (.avi, .mp4, .mkv).
+
+    `codec` is an FFmpeg encoder name: mpeg4 (UCF101's codec), libx264, or ffv1 (lossless,
+    with rgb pixels kept exactly).
+    """
+    path = Path(path)
+    height, width = frames.shape[1:3]
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height = width, height
+        if codec == "ffv1":
+            stream.pix_fmt = "bgr0"
+        else:
+            stream.pix_fmt = "yuv420p"
+        if codec == "mpeg4":
+            stream.codec_context.qscale = True
+            stream.codec_context.global_quality = quality * 118
+        elif codec == "libx264":
+            stream.options = {"crf": str(10 + 3 * quality), "preset": "veryfast"}
+        for array in frames:
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(array), format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
