@@ -244,6 +244,6 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     """Load a manifest CSV written by `build_manifest` with its column types."""
     path = Path(path)
     if not path.is_file():
-        raise DatasetError(f"{path}: manifest not found; run the `manifest` stage first (dvc repro manifest)")
+        raise DatasetError(f"{path}: manifest not found; run the stages before this one first (`dvc repro`)")
     return pd.read_csv(path, dtype={"excluded": str, "group": str, "video_id": str, "class": str},
                        keep_default_na=False)

@@ -112,8 +112,13 @@ class ShardReader:
 
 def decode_jpegs(jpegs: Sequence[bytes]) -> np.ndarray:
     """Decode JPEG frames into (T, H, W, 3) uint8 RGB with libjpeg-turbo (torchvision)."""
+    import warnings
+
     import torch
-    from torchvision.io import ImageReadMode, decode_jpeg
+
+    with warnings.catch_warnings():  # torchvision 0.29 flags its image codecs as deprecated; pinned, they work
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from torchvision.io import ImageReadMode, decode_jpeg
 
     tensors = [torch.frombuffer(bytearray(j), dtype=torch.uint8) for j in jpegs]
     images = decode_jpeg(tensors, mode=ImageReadMode.RGB)

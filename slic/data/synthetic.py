@@ -56,7 +56,7 @@ def motion_names(classes: int) -> tuple[str, ...]:
     return MOTIONS[:classes]
 
 
-def test_groups(groups: int, split: int) -> set[int]:
+def held_out_groups(groups: int, split: int) -> set[int]:
     """1-based groups held out for testing in `split` (1..3), in UCF101's proportion (7 of 25)."""
     per_split = max(1, round(groups * 7 / 25))
     first = (split - 1) * per_split + 1
@@ -234,7 +234,7 @@ def write_split_files(config: SynthConfig, specs: list[ClipSpec]) -> None:
     (out / "classInd.txt").write_text("".join(f"{i + 1} {n}\n" for i, n in enumerate(names)))
     groups = max(s.group for s in specs)
     for split in (1, 2, 3):
-        held_out = test_groups(groups, split)
+        held_out = held_out_groups(groups, split)
         train = [s for s in specs if s.group not in held_out]
         test = [s for s in specs if s.group in held_out]
         (out / f"trainlist0{split}.txt").write_text(

@@ -1,0 +1,54 @@
+"""Shared fixtures: a tiny synthetic dataset made once per session, and the real sample videos."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import pytest
+
+from slic.config import ManifestConfig, SynthConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_VIDEOS = Path(os.environ.get("SLIC_SHARED_VIDEOS", ROOT.parent / "shared" / "videos"))
+
+for key, value in {"DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true", "DVC_NO_ANALYTICS": "1",
+                   "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "GX_ANALYTICS_ENABLED": "false"}.items():
+    os.environ.setdefault(key, value)
+
+
+def tiny_synth_config(out: Path, **overrides: object) -> SynthConfig:
+    """A synthetic set small enough for unit tests: 3 classes x 4 groups x 2 clips of 32 frames."""
+    values = dict(out=str(out), classes=3, groups=4, clips_per_group=2, frames=32, width=64, height=48,
+                  workers=1, seed=3)
+    values.update(overrides)
+    return SynthConfig(**values)
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Root of a tiny synthetic UCF101-layout dataset (generated once; treat as read-only)."""
+    from slic.data.synthetic import generate
+
+    root = tmp_path_factory.mktemp("synthetic")
+    generate(tiny_synth_config(root))
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_manifest(tiny_dataset: Path):
+    """The manifest table of the tiny dataset (read-only: copy before changing)."""
+    from slic.data.datasets import build_manifest
+
+    return build_manifest(ManifestConfig(root=str(tiny_dataset), layout="synthetic", workers=1))
+
+
+@pytest.fixture(scope="session")
+def shared_manifest() -> list[dict[str, str]]:
+    """Rows of ../shared/videos/MANIFEST.csv: real videos with what a full decode reported."""
+    listing = SHARED_VIDEOS / "MANIFEST.csv"
+    if not listing.is_file():
+        pytest.skip(f"real sample videos not found at {SHARED_VIDEOS}")
+    with listing.open(newline="") as handle:
+        return list(csv.DictReader(handle))

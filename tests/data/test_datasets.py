@@ -1,0 +1,148 @@
+"""Every layout becomes the same manifest; bad layouts stop with one line naming the file."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from slic.config import ManifestConfig
+from slic.data.datasets import COLUMNS, DatasetError, build_manifest, carve_validation
+from slic.data.video import write_video
+
+
+def make_video(path: Path, frames: int = 40) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(len(str(path)))
+    write_video(path, rng.integers(0, 255, size=(frames, 24, 32, 3), dtype=np.uint8), codec="mpeg4")
+    return path
+
+
+def config(root: Path, layout: str, **overrides: object) -> ManifestConfig:
+    return ManifestConfig(root=str(root), layout=layout, workers=1, **overrides)
+
+
+def test_ucf101_layout_manifest(tiny_manifest: pd.DataFrame, tiny_dataset: Path) -> None:
+    table = tiny_manifest
+    assert list(table.columns) == COLUMNS
+    assert len(table) == 24 and (table["excluded"] == "").all()
+    assert set(table["split"]) == {"train", "val", "test"}
+    assert table.loc[table["video_id"] == "Rise/v_Rise_g02_c01", ["class", "label", "group", "frames"]].values.tolist() \
+        == [["Rise", 2, "Rise/g02", 32]]
+    assert set(table.loc[table["split"] == "test", "group"].str[-3:]) == {"g01"}  # split 1 holds out g01
+    # Validation is carved by whole groups from train, one group per class here.
+    sides = table[table["split"] != "test"].groupby("group")["split"].nunique()
+    assert (sides == 1).all()
+    assert (table[table["split"] == "val"].groupby("class")["group"].nunique() == 1).all()
+    assert all(Path(p).is_file() and Path(p).is_relative_to(tiny_dataset) for p in table["path"])
+
+
+def test_val_split_is_seeded_and_by_group() -> None:
+    table = pd.DataFrame({"class": ["a"] * 12, "group": [f"a/g{i // 2}" for i in range(12)],
+                          "split": ["train"] * 12, "excluded": [""] * 12})
+    first = carve_validation(table, 0.34, seed=1, by_group=True)
+    assert first.equals(carve_validation(table, 0.34, seed=1, by_group=True))
+    val_groups = set(table.loc[first == "val", "group"])
+    assert len(val_groups) == 2 and (first[table["group"].isin(val_groups)] == "val").all()
+    by_video = carve_validation(table, 0.25, seed=1, by_group=False)
+    assert (by_video == "val").sum() == 3
+
+
+def test_split_two_holds_out_other_groups(tiny_dataset: Path) -> None:
+    table = build_manifest(config(tiny_dataset, "ucf101", split=2, val_fraction=0.0))
+    assert set(table.loc[table["split"] == "test", "group"].str[-3:]) == {"g02"}
+    assert set(table["split"]) == {"train", "test"}
+
+
+def test_hmdb51_layout(tmp_path: Path) -> None:
+    root, splits = tmp_path / "videos", tmp_path / "splits"
+    splits.mkdir()
+    for name in ("brush_hair", "cartwheel"):
+        lines = []
+        for i, kind in enumerate("1122101"):
+            video = f"{name}_clip({i})!.avi"
+            make_video(root / name / video)
+            lines.append(f"{video} {kind} ")
+        (splits / f"{name}_test_split1.txt").write_text("\n".join(lines) + "\n")
+    table = build_manifest(config(root, "hmdb51", splits_dir=str(splits), val_fraction=0.25))
+    assert sorted(table["class"].unique()) == ["brush_hair", "cartwheel"]
+    assert table.groupby("class")["label"].first().to_dict() == {"brush_hair": 0, "cartwheel": 1}
+    counts = table.groupby("split").size().to_dict()
+    assert counts == {"test": 4, "train": 6, "unused": 2, "val": 2}
+    assert (table["frames"] == 40).all()
+
+
+def test_kinetics_layout_reads_official_csv(tmp_path: Path) -> None:
+    root = tmp_path / "k400"
+    rows = ["label,youtube_id,time_start,time_end,split"]
+    for split, label, yid in [("train", "abseiling", "aaa"), ("train", "abseiling", "bbb"),
+                              ("train", "air drumming", "ccc"), ("val", "abseiling", "ddd"),
+                              ("val", "air drumming", "eee"), ("train", "air drumming", "fff")]:
+        rows.append(f"{label},{yid},10,20,{split}")
+        folder = root / ("train" if split == "train" else "val") / label
+        make_video(folder / f"{yid}_000010_000020.mp4")
+    (root / "train.csv").write_text("\n".join(r for r in rows if not r.endswith(",val")) + "\n")
+    (root / "validate.csv").write_text("\n".join([rows[0]] + [r for r in rows if r.endswith(",val")]) + "\n")
+    table = build_manifest(config(root, "kinetics", val_fraction=0.0))
+    assert sorted(table["class"].unique()) == ["abseiling", "air drumming"]
+    assert table.groupby("split").size().to_dict() == {"test": 2, "train": 4}
+    assert (table["excluded"] == "").all()
+
+
+def test_folder_layout_draws_a_seeded_test_split(tmp_path: Path) -> None:
+    for cls in ("jump", "run"):
+        for i in range(10):
+            make_video(tmp_path / cls / f"{cls}{i}.mp4")
+    (tmp_path / "notes.txt").write_text("not a class")
+    first = build_manifest(config(tmp_path, "folder"))
+    again = build_manifest(config(tmp_path, "folder"))
+    assert first.equals(again)
+    assert first.groupby(["class", "split"]).size().to_dict() == {
+        ("jump", "test"): 3, ("jump", "train"): 6, ("jump", "val"): 1,
+        ("run", "test"): 3, ("run", "train"): 6, ("run", "val"): 1}
+
+
+def test_short_and_unreadable_videos_are_excluded_with_reasons(tmp_path: Path) -> None:
+    make_video(tmp_path / "wave" / "long.avi", frames=40)
+    make_video(tmp_path / "wave" / "short.avi", frames=20)
+    (tmp_path / "wave" / "broken.avi").write_bytes(b"\x00garbage" * 50)
+    table = build_manifest(config(tmp_path, "folder", val_fraction=0.0)).set_index("video_id")
+    assert table.loc["wave/long", "excluded"] == ""
+    assert table.loc["wave/short", "excluded"] == "too short: 20 frames < 32"
+    assert table.loc["wave/broken", "excluded"].startswith("unreadable: ")
+
+
+def test_missing_split_file_names_it(tiny_dataset: Path, tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match=r"classInd\.txt: class index classInd\.txt not found.*splits_dir"):
+        build_manifest(config(tiny_dataset, "ucf101", splits_dir=str(tmp_path)))
+    shutil.copy(tiny_dataset / "classInd.txt", tmp_path)
+    shutil.copy(tiny_dataset / "trainlist03.txt", tmp_path)
+    with pytest.raises(DatasetError, match=rf"^{tmp_path}/testlist03\.txt: split file testlist03\.txt not found"):
+        build_manifest(config(tiny_dataset, "ucf101", split=3, splits_dir=str(tmp_path)))
+    with pytest.raises(DatasetError, match=r"no HMDB51 split files"):
+        build_manifest(config(tiny_dataset, "hmdb51", splits_dir=str(tmp_path)))
+
+
+def test_unknown_class_names_file_and_line(tiny_dataset: Path, tmp_path: Path) -> None:
+    root = tmp_path / "copy"
+    shutil.copytree(tiny_dataset, root)
+    listing = root / "testlist01.txt"
+    listing.write_text(listing.read_text() + "Dance/v_Dance_g01_c01.avi\n")
+    with pytest.raises(DatasetError) as caught:
+        build_manifest(config(root, "ucf101"))
+    assert str(caught.value) == f"{listing}:7: class 'Dance' is not in classInd.txt"
+
+
+def test_missing_listed_video_errors_or_is_excluded(tiny_dataset: Path, tmp_path: Path) -> None:
+    root = tmp_path / "copy"
+    shutil.copytree(tiny_dataset, root)
+    gone = root / "Rise" / "v_Rise_g03_c01.avi"
+    gone.unlink()
+    with pytest.raises(DatasetError, match=f"1 listed video.*{gone}"):
+        build_manifest(config(root, "ucf101"))
+    table = build_manifest(config(root, "ucf101", on_missing="exclude")).set_index("video_id")
+    assert table.loc["Rise/v_Rise_g03_c01", "excluded"] == "missing file"
+    assert (table.drop("Rise/v_Rise_g03_c01")["excluded"] == "").all()

@@ -1,0 +1,111 @@
+"""Frame shards: exact round trip, atomic writes, intact-check, resume, failures by name."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from slic.data.frames import (ExtractError, ShardReader, extract_all, read_index, shard_is_intact, shard_path,
+                              write_shard)
+from slic.data.video import decode, encode_jpeg_sequence
+from tests.conftest import SHARED_VIDEOS
+
+HEADER = {"video_id": "a/b", "short_side": 32, "quality": 4, "height": 8, "width": 8, "fps": 25.0}
+
+
+def fake_jpegs(n: int) -> list[bytes]:
+    return [b"\xff\xd8" + bytes([i]) * (i + 3) + b"\xff\xd9" for i in range(n)]
+
+
+def test_shard_round_trips_any_window(tmp_path: Path) -> None:
+    jpegs = fake_jpegs(40)
+    path = tmp_path / "x.shard"
+    size = write_shard(path, jpegs, HEADER)
+    assert size == path.stat().st_size
+    reader = ShardReader.open(path)
+    assert reader.frames == 40 and reader.header["video_id"] == "a/b"
+    assert reader.read_jpegs(0, 40) == jpegs
+    assert reader.read_jpegs(17, 16) == jpegs[17:33]
+    with pytest.raises(IndexError, match="outside"):
+        reader.read_jpegs(30, 16)
+    assert not list(tmp_path.glob("*.tmp-*"))
+
+
+def test_intact_check_rejects_truncated_foreign_or_stale_shards(tmp_path: Path) -> None:
+    path = tmp_path / "x.shard"
+    write_shard(path, fake_jpegs(10), HEADER)
+    assert shard_is_intact(path, {"short_side": 32, "quality": 4})
+    assert not shard_is_intact(path, {"short_side": 64})  # extracted with other settings
+    data = path.read_bytes()
+    path.write_bytes(data[:-3])  # a torn write
+    assert not shard_is_intact(path, {})
+    path.write_bytes(data[:-1] + b"\x00")  # last JPEG lost its end marker
+    assert not shard_is_intact(path, {})
+    path.write_bytes(b"GARBAGE!" + data[8:])
+    assert not shard_is_intact(path, {})
+    with pytest.raises(ValueError, match="not a slic frame shard"):
+        ShardReader.open(path)
+    assert not shard_is_intact(tmp_path / "missing.shard", {})
+
+
+def test_window_pixels_match_the_decoded_video(tiny_dataset: Path, tmp_path: Path) -> None:
+    video = tiny_dataset / "PanRight" / "v_PanRight_g02_c01.avi"
+    sequence = encode_jpeg_sequence(video, short_side=None, quality=2)
+    write_shard(tmp_path / "v.shard", sequence.jpegs, HEADER)
+    window = ShardReader.open(tmp_path / "v.shard").read_window(10, 16)
+    original = decode(video, start=10, stop=26)
+    assert window.shape == original.shape == (16, 48, 64, 3)
+    assert np.abs(window.astype(np.int16) - original).mean() < 4.0  # JPEG q2: close, not exact
+
+
+def manifest_of(paths: dict[str, Path]) -> pd.DataFrame:
+    return pd.DataFrame({"video_id": list(paths), "path": [str(p) for p in paths.values()]})
+
+
+def test_extract_all_skips_bad_videos_and_reuses_intact_shards(tiny_dataset: Path, tmp_path: Path) -> None:
+    videos = {f"c/{p.stem}": p for p in sorted(tiny_dataset.glob("Rise/*.avi"))[:4]}
+    videos["bad/corrupted"] = SHARED_VIDEOS / "dmlc-decord" / "decode_tests" / "corrupted.mp4"
+    if not videos["bad/corrupted"].is_file():
+        broken = tmp_path / "broken.mp4"
+        broken.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x13" * 500)
+        videos["bad/corrupted"] = broken
+    out = tmp_path / "frames"
+    # A shard half-written by a killed run must be cleaned up, never read.
+    (out / "c").mkdir(parents=True)
+    (out / "c" / "v_Rise_g01_c01.shard.tmp-999").write_bytes(b"partial")
+
+    report = extract_all(manifest_of(videos), out_dir=out, short_side=32, quality=5, workers=2)
+    assert (report["videos"], report["extracted"], report["reused"]) == (5, 4, 0)
+    assert [f["video_id"] for f in report["failed"]] == ["bad/corrupted"]
+    assert report["failed"][0]["error"]
+    assert report["leftovers_removed"] == 1 and not list(out.rglob("*.tmp-*"))
+    assert report["frames"] == 4 * 32 and report["bytes"] > 0
+    index = read_index(out)
+    assert index["video_id"].tolist() == sorted(k for k in videos if k != "bad/corrupted")
+    assert (index["frames"] == 32).all() and (index["height"] == 32).all() and (index["width"] == 42).all()
+    first = shard_path(out, "c/v_Rise_g01_c01")
+    mtime = first.stat().st_mtime_ns
+
+    # Second run: intact shards are reused untouched; a damaged one is redone.
+    damaged = shard_path(out, "c/v_Rise_g01_c02")
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    again = extract_all(manifest_of(videos), out_dir=out, short_side=32, quality=5, workers=1)
+    assert (again["extracted"], again["reused"]) == (1, 3)
+    assert first.stat().st_mtime_ns == mtime
+    assert ShardReader.open(damaged).frames == 32
+
+    # Other settings (short side) make every shard stale.
+    resized = extract_all(manifest_of(videos), out_dir=out, short_side=40, quality=5, workers=1)
+    assert resized["extracted"] == 4
+
+
+def test_fail_fast_stops_and_names_the_video(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.avi"
+    broken.write_bytes(b"RIFF" + os.urandom(300))
+    with pytest.raises(ExtractError, match=f"{broken}.*fail_fast"):
+        extract_all(manifest_of({"x/broken": broken}), out_dir=tmp_path / "out", short_side=32, quality=4,
+                    workers=1, fail_fast=True)

@@ -1,0 +1,107 @@
+"""The synthetic set: motion defines the class, appearance does not; UCF101 layout; seeded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from slic.config import SynthConfig
+from slic.data.synthetic import _background, clip_specs, held_out_groups, motion_names, render_clip
+from slic.data.video import decode, probe
+
+SIZE = dict(width=64, height=48, frames=24)
+
+
+def foreground(motion: str, seed: int) -> np.ndarray:
+    """Boolean masks (T, H, W) of where objects are, from the known background of the scene."""
+    video = render_clip(motion, scene_seed=seed, clip_seed=seed + 1, **SIZE).astype(np.float64)
+    background = _background(np.random.default_rng(seed), SIZE["width"], SIZE["height"])
+    return np.abs(video - background).max(axis=-1) > 40
+
+
+def mean_shift(masks: np.ndarray) -> tuple[float, float]:
+    """Average per-frame (dx, dy) of the objects, by best overlap under periodic shifts."""
+    shifts = []
+    for a, b in zip(masks[:-1], masks[1:]):
+        best = max(((dx, dy) for dx in range(-4, 5) for dy in range(-4, 5)),
+                   key=lambda d: np.logical_and(np.roll(a, d, axis=(1, 0)), b).sum())
+        shifts.append(best)
+    return tuple(np.mean(shifts, axis=0))
+
+
+@pytest.mark.parametrize(("motion", "direction"), [
+    ("PanRight", (1, 0)), ("PanLeft", (-1, 0)), ("Rise", (0, -1)), ("Fall", (0, 1)),
+])
+def test_linear_motions_move_objects_in_their_direction(motion: str, direction: tuple[int, int]) -> None:
+    for seed in (1, 2, 3):
+        dx, dy = mean_shift(foreground(motion, seed * 10))
+        assert np.sign(round(dx, 1)) == direction[0] and np.sign(round(dy, 1)) == direction[1], (motion, seed, dx, dy)
+
+
+def test_zoom_changes_object_area_in_its_direction() -> None:
+    grow = foreground("ZoomIn", 5).sum(axis=(1, 2))
+    shrink = foreground("ZoomOut", 5).sum(axis=(1, 2))
+    assert grow[-1] > 1.5 * grow[0]
+    assert shrink[-1] < 0.67 * shrink[0]
+
+
+def test_appearance_does_not_depend_on_class() -> None:
+    # Same seeds, different classes: the first frame (objects, colours, background) is the same,
+    # and only what happens next differs.
+    right = render_clip("PanRight", scene_seed=4, clip_seed=9, **SIZE)
+    left = render_clip("PanLeft", scene_seed=4, clip_seed=9, **SIZE)
+    assert np.array_equal(right[0], left[0])
+    assert not np.array_equal(right[8], left[8])
+
+
+def test_rendering_is_seeded() -> None:
+    a = render_clip("OrbitClockwise", scene_seed=1, clip_seed=2, **SIZE)
+    assert np.array_equal(a, render_clip("OrbitClockwise", scene_seed=1, clip_seed=2, **SIZE))
+    assert not np.array_equal(a, render_clip("OrbitClockwise", scene_seed=1, clip_seed=3, **SIZE))
+
+
+def test_every_motion_renders_moving_content() -> None:
+    for motion in motion_names(16):
+        video = render_clip(motion, scene_seed=1, clip_seed=2, **SIZE).astype(np.int16)
+        assert np.abs(video[12] - video[0]).mean() > 1.0, motion
+
+
+def test_test_groups_follow_ucf101_proportions() -> None:
+    assert [sorted(held_out_groups(25, s)) for s in (1, 2, 3)] == [list(range(1, 8)), list(range(8, 15)),
+                                                              list(range(15, 22))]
+    assert held_out_groups(8, 1) == {1, 2}
+    assert held_out_groups(4, 3) == {3}
+
+
+def test_dataset_has_ucf101_layout_and_group_splits(tiny_dataset: Path) -> None:
+    classes = [line.split() for line in (tiny_dataset / "classInd.txt").read_text().splitlines()]
+    assert classes == [["1", "PanRight"], ["2", "PanLeft"], ["3", "Rise"]]
+    for split in (1, 2, 3):
+        train = [line.split() for line in (tiny_dataset / f"trainlist0{split}.txt").read_text().splitlines()]
+        test = (tiny_dataset / f"testlist0{split}.txt").read_text().split()
+        assert len(train) + len(test) == 3 * 4 * 2
+        train_groups = {name.split("_g")[1][:2] for name, _ in train}
+        test_groups_seen = {name.split("_g")[1][:2] for name in test}
+        assert not train_groups & test_groups_seen
+        for name, label in train:
+            assert (tiny_dataset / name).is_file()
+            assert classes[int(label) - 1][1] == name.split("/")[0]
+    video = tiny_dataset / "PanLeft" / "v_PanLeft_g03_c02.avi"
+    info = probe(video)
+    assert (info.frames, info.width, info.height, info.codec) == (32, 64, 48, "mpeg4")
+
+
+def test_scale_multiplies_groups() -> None:
+    assert len(clip_specs(SynthConfig(classes=2, groups=4, clips_per_group=1, scale=2.5))) == 2 * 10
+
+
+def test_dataset_files_are_deterministic(tiny_dataset: Path, tmp_path: Path) -> None:
+    from slic.data.synthetic import generate
+    from tests.conftest import tiny_synth_config
+
+    generate(tiny_synth_config(tmp_path, classes=2, groups=4, clips_per_group=1))
+    again = tmp_path / "PanRight" / "v_PanRight_g02_c01.avi"
+    first = tiny_dataset / "PanRight" / "v_PanRight_g02_c01.avi"
+    assert np.array_equal(decode(again), decode(first))

@@ -1,0 +1,61 @@
+"""Great Expectations catches each kind of bad manifest and names the videos."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from slic.data.validate import coverage_table, validate_manifest, with_derived_columns
+
+
+def test_valid_manifest_passes_and_builds_data_docs(tiny_manifest: pd.DataFrame, tmp_path: Path) -> None:
+    report = validate_manifest(tiny_manifest, min_frames=32, data_docs=tmp_path / "docs")
+    assert report.success, report.summary()
+    assert report.statistics["evaluated_expectations"] >= 20
+    assert report.statistics["usable_videos"] == 24
+    assert (tmp_path / "docs" / "index.html").is_file()
+
+
+def test_each_problem_is_reported_with_examples(tiny_manifest: pd.DataFrame) -> None:
+    bad = tiny_manifest.copy()
+    ids = bad["video_id"]
+    # 1. a test-group clip moved into train: its group now crosses the train/test line
+    bad.loc[ids == "PanLeft/v_PanLeft_g01_c02", "split"] = "train"
+    # 2. a short video that was not excluded
+    bad.loc[ids == "Rise/v_Rise_g03_c01", "frames"] = 12
+    # 3. a file that no longer exists
+    bad.loc[ids == "PanRight/v_PanRight_g04_c02", "path"] = "/nowhere/v.avi"
+    # 4. a label outside the class index
+    bad.loc[ids == "Rise/v_Rise_g04_c01", "label"] = 7
+    # 5. a class with no validation video
+    bad = bad[~((bad["class"] == "PanRight") & (bad["split"] == "val"))]
+    report = validate_manifest(bad, min_frames=32)
+    assert not report.success
+    found = {(f.expectation, f.column): f for f in report.failures}
+    crossing = found[("expect_column_values_to_be_in_set", "group_crosses_test")]
+    assert crossing.unexpected_count == 2  # both clips of PanLeft/g01 sit in a crossing group
+    assert any("PanLeft/v_PanLeft_g01_c02" in str(e) for e in crossing.examples)
+    assert found[("expect_column_values_to_be_between", "frames")].examples == ["Rise/v_Rise_g03_c01 (frames=12)"]
+    assert "PanRight/v_PanRight_g04_c02" in str(found[("expect_column_values_to_be_in_set", "file_exists")].examples)
+    assert "Rise/v_Rise_g04_c01 (label=7)" in found[("expect_column_values_to_be_between", "label")].examples
+    assert found[("expect_column_values_to_be_between", "videos")].examples == ["PanRight in val (videos=0)"]
+    summary = report.summary()
+    assert summary.startswith("manifest invalid: 5 of")
+    assert "Rise/v_Rise_g03_c01" in summary
+
+
+def test_excluded_short_videos_pass(tiny_manifest: pd.DataFrame) -> None:
+    table = tiny_manifest.copy()
+    table.loc[0, ["frames", "excluded"]] = [5, "too short: 5 frames < 32"]
+    assert validate_manifest(table, min_frames=32).success
+
+
+def test_derived_tables() -> None:
+    table = pd.DataFrame({"path": [__file__, "/missing"], "group": ["a/g1", "a/g1"], "split": ["train", "test"],
+                          "class": ["a", "a"], "excluded": ["", ""]})
+    derived = with_derived_columns(table)
+    assert derived["file_exists"].tolist() == [True, False]
+    assert derived["group_crosses_test"].tolist() == [True, True]
+    coverage = coverage_table(table).set_index("split")["videos"].to_dict()
+    assert coverage == {"train": 1, "val": 0, "test": 1}

@@ -1,0 +1,59 @@
+"""params.yaml loading: defaults in sync, and every bad value refused with a one-line message."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from slic.config import Config, ConfigError, load
+from tests.conftest import ROOT
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_repo_params_equal_the_dataclass_defaults() -> None:
+    # params.yaml documents the defaults; drift between the two would mislead users.
+    assert load(ROOT / "params.yaml") == Config()
+
+
+def test_values_are_read_and_coerced(tmp_path: Path) -> None:
+    config = load(write(tmp_path, "extract:\n  short_side: 128\nmanifest:\n  val_fraction: 0\n"
+                                   "  extensions: [.avi]\n"))
+    assert config.extract.short_side == 128
+    assert config.manifest.val_fraction == 0.0 and isinstance(config.manifest.val_fraction, float)
+    assert config.manifest.extensions == (".avi",)
+    assert config.synth == Config().synth  # untouched sections keep their defaults
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("extract:\n  short_sid: 64\n", "unknown key 'extract.short_sid'"),
+    ("extrct:\n  short_side: 64\n", "unknown key 'extrct'"),
+    ("extract:\n  short_side: '64'\n", "extract.short_side = '64': expected an integer in [16, 1080]"),
+    ("extract:\n  short_side: 8\n", "extract.short_side = 8: expected an integer in [16, 1080]"),
+    ("extract:\n  fail_fast: 1\n", "extract.fail_fast = 1: expected true or false"),
+    ("manifest:\n  layout: ucf\n", "manifest.layout = 'ucf': expected one of 'synthetic', 'ucf101'"),
+    ("manifest:\n  val_fraction: 0.9\n", "manifest.val_fraction = 0.9: expected a number in [0.0, 0.5]"),
+    ("synth: [1, 2]\n", "synth must be a mapping"),
+    ("synth:\n  classes: true\n", "synth.classes = True: expected an integer"),
+])
+def test_bad_values_name_file_key_value_and_what_is_allowed(tmp_path: Path, text: str, expected: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        load(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: ")
+    assert expected in message
+    assert "\n" not in message
+
+
+def test_missing_file_and_bad_yaml_are_one_line(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="file not found"):
+        load(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="not valid YAML") as caught:
+        load(write(tmp_path, "extract: [\n"))
+    assert "\n" not in str(caught.value)

@@ -1,0 +1,97 @@
+"""End to end: `dvc repro` of the real dvc.yaml on a tiny synthetic set, in a temporary repo."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow
+TINY = {
+    "synth": {"classes": 3, "groups": 4, "clips_per_group": 2, "frames": 32, "width": 64, "height": 48},
+    "manifest": {"workers": 2},
+    "extract": {"short_side": 32},
+}
+
+
+def dvc(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(["dvc", *args], cwd=repo, env=env, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"dvc {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def ran(result: subprocess.CompletedProcess) -> list[str]:
+    return [line.split("'")[1] for line in result.stdout.splitlines() if line.startswith("Running stage")]
+
+
+def set_params(repo: Path, section: str, **values: object) -> None:
+    path = repo / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    params[section].update(values)
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    repo = tmp_path_factory.mktemp("repo")
+    shutil.copy(ROOT / "dvc.yaml", repo)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for section, values in TINY.items():
+        params[section].update(values)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    dvc(repo, "init", "-q")
+    return repo
+
+
+def test_repro_builds_every_output_then_is_a_no_op(repo: Path) -> None:
+    first = dvc(repo, "repro")
+    assert ran(first) == ["synth", "manifest", "validate", "extract"]
+    manifest = pd.read_csv(repo / "data/manifests/manifest.csv")
+    assert len(manifest) == 24 and set(manifest["split"]) == {"train", "val", "test"}
+    assert len(pd.read_csv(repo / "data/manifests/validated.csv")) == 24
+    index = pd.read_csv(repo / "data/frames/index.csv")
+    assert len(index) == 24 and (index["frames"] == 32).all() and (index["height"] == 32).all()
+    assert len(list((repo / "data/frames").rglob("*.shard"))) == 24
+    extract = json.loads((repo / "reports/extract.json").read_text())
+    assert extract["failed"] == [] and extract["extracted"] == 24
+    assert (repo / "data/validation/docs/index.html").is_file()
+
+    second = dvc(repo, "repro")
+    assert ran(second) == []
+    assert "Data and pipelines are up to date" in second.stdout
+
+
+def test_changing_one_param_reruns_only_its_stages(repo: Path) -> None:
+    dvc(repo, "repro")
+    set_params(repo, "extract", quality=6)
+    assert ran(dvc(repo, "repro")) == ["extract"]
+    # A new validation carve changes the manifest: later stages run, and extract reuses its shards.
+    set_params(repo, "manifest", seed=11)
+    assert ran(dvc(repo, "repro")) == ["manifest", "validate", "extract"]
+    extract = json.loads((repo / "reports/extract.json").read_text())
+    assert (extract["extracted"], extract["reused"]) == (0, 24)
+
+
+def test_failed_validation_stops_repro_with_a_short_report(repo: Path) -> None:
+    set_params(repo, "manifest", val_fraction=0.0)  # no class would have a validation video
+    result = dvc(repo, "repro", check=False)
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "manifest invalid: 1 of" in output
+    assert "PanRight in val (videos=0)" in output
+    assert "Running stage 'extract'" not in output
+    report = json.loads((repo / "reports/validate.json").read_text())
+    assert report["success"] is False and report["failures"][0]["column"] == "videos"
+    set_params(repo, "manifest", val_fraction=0.15)
