@@ -31,6 +31,8 @@ test: install
 
 bench: install
 	$(BIN)/python bench/extract.py
+	$(BIN)/python bench/clustering.py
+	$(BIN)/python bench/pretrain.py
 
 clean:
-	rm -rf data/raw data/manifests data/frames data/validation
+	rm -rf data/raw data/manifests data/frames data/validation data/models data/embeddings

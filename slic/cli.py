@@ -108,12 +108,103 @@ def run_extract(config: Any) -> dict[str, Any]:
     return report
 
 
+def _tracked(stage: str, params: dict[str, Any], world: Any, system_metrics: bool = True) -> Any:
+    """An MLflow run for the stage on the main rank; a null context elsewhere."""
+    from contextlib import nullcontext
+
+    from slic.tracking import stage_run
+
+    return stage_run(stage, params, system_metrics=system_metrics) if world.is_main else nullcontext(None)
+
+
+def run_pretrain(config: Any) -> dict[str, Any]:
+    """Stage `pretrain`: SLIC (or a baseline) on the train split; checkpoints in data/models/pretrain."""
+    from slic.config import to_dict
+    from slic.distributed import close_world, init_world
+    from slic.pretrain import pretrain
+
+    world = init_world(config.pretrain.device)
+    try:
+        with _tracked("pretrain", to_dict(config.pretrain), world) as run:
+            report = pretrain(config.pretrain, manifest=config.extract.manifest, frames_dir=config.extract.out,
+                              world=world, run=run)
+            if run is not None:
+                run.log_metrics({k: v for k, v in report.items() if isinstance(v, (int, float))})
+                report["mlflow_run_id"] = run.run_id
+    finally:
+        close_world()
+    print(f"pretrain ({report['mode']}): best val recall@1 {report['best_val_recall_at_1']:.3f} at epoch "
+          f"{report['best_epoch']}, {report['seconds']} s")
+    return report if world.is_main else {}
+
+
+def run_embed(config: Any) -> dict[str, Any]:
+    """Stage `embed`: IIC-protocol embeddings of every video with the best checkpoint."""
+    from slic.config import to_dict
+    from slic.distributed import close_world, init_world
+    from slic.embed import embed_dataset
+
+    world = init_world(config.embed.device)
+    try:
+        with _tracked("embed", to_dict(config.embed), world, system_metrics=False) as run:
+            report = embed_dataset(config.embed, manifest=config.extract.manifest, frames_dir=config.extract.out,
+                                   world=world)
+            if run is not None:
+                run.log_metrics({k: v for k, v in report.items() if isinstance(v, (int, float))})
+    finally:
+        close_world()
+    print(f"embed: {report['videos']} videos, {report['videos_per_s']} videos/s -> {config.embed.out}")
+    return report
+
+
+def run_evaluate(config: Any) -> dict[str, Any]:
+    """Stage `evaluate`: retrieval recall@k (test queries, train gallery), overall and per class."""
+    from slic.config import to_dict
+    from slic.retrieval import evaluate_embeddings, write_recall_curve
+    from slic.tracking import stage_run
+
+    cfg = config.evaluate
+    report = evaluate_embeddings(cfg.embeddings, query_split=cfg.query_split, gallery_split=cfg.gallery_split,
+                                 ks=cfg.ks)
+    write_recall_curve(report, cfg.curve)
+    with stage_run("evaluate", to_dict(cfg)) as run:
+        run.log_metrics({k: v for k, v in report.items() if k.startswith("recall@")})
+        run.log_artifact(cfg.curve)
+    print("evaluate: " + " ".join(f"{k}={v:.3f}" for k, v in report.items() if k.startswith("recall@")))
+    return report
+
+
+def run_ablation(config: Any) -> dict[str, Any]:
+    """Stage `ablation`: slic, intra_video and random_init trained and evaluated alike."""
+    from slic.ablation import run_ablation as ablation
+    from slic.distributed import close_world, init_world
+
+    world = init_world(config.pretrain.device)
+    try:
+        report = ablation(config, world)
+    finally:
+        close_world()
+    for mode, row in report["modes"].items():
+        print(f"ablation {mode:12s} " + " ".join(f"{k}={v:.3f}" for k, v in row.items() if k.startswith("recall@")))
+    findings = report["findings"]
+    if findings:
+        print("ablation: " + ", ".join(f"{k}={v}" for k, v in findings.items()))
+    return report
+
+
 STAGES: dict[str, tuple[Callable[[Any], dict[str, Any]], str]] = {
     "synth": (run_synth, "generate the synthetic motion dataset (UCF101 layout)"),
     "manifest": (run_manifest, "list, probe and split the dataset into one manifest table"),
     "validate": (run_validate, "check the manifest with Great Expectations"),
     "extract": (run_extract, "decode every video once into one JPEG shard per video"),
+    "pretrain": (run_pretrain, "SLIC pretraining with iterative clustering (torchrun for several GPUs)"),
+    "embed": (run_embed, "embed every video with the best checkpoint (IIC protocol)"),
+    "evaluate": (run_evaluate, "retrieval recall@k of test queries against the train gallery"),
+    "ablation": (run_ablation, "slic against intra_video and random_init, trained and evaluated alike"),
 }
+
+
+REPORT_NAMES = {"evaluate": "retrieval"}  # reports/<name>.json when it is not the stage's name
 
 
 class StageFailed(RuntimeError):
@@ -131,22 +222,30 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_parser(name, help=help_text)
     args = parser.parse_args(argv)
 
+    import logging
+
     from slic.config import ConfigError, load
     from slic.data.datasets import DatasetError
     from slic.data.frames import ExtractError
+    from slic.tracking import TrackingError
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("mlflow", "alembic", "great_expectations", "urllib3", "faiss"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
     started = time.perf_counter()
     try:
         config = load(args.params)
         report = STAGES[args.stage][0](config)
-    except (ConfigError, DatasetError, ExtractError, FileNotFoundError) as exc:
+    except (ConfigError, DatasetError, ExtractError, FileNotFoundError, TrackingError) as exc:
         print(f"slic {args.stage}: error: {exc}", file=sys.stderr)
         return 2
     except StageFailed as exc:
         print(f"slic {args.stage}: {exc}", file=sys.stderr)
         return 1
-    report["stage_seconds"] = round(time.perf_counter() - started, 3)
-    write_report(args.stage, report)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, only the main rank reports
+        report["stage_seconds"] = round(time.perf_counter() - started, 3)
+        write_report(REPORT_NAMES.get(args.stage, args.stage), report)
     return 0
 
 

@@ -35,7 +35,7 @@ class SynthConfig:
 
     out: str = _spec("data/raw/synthetic", help="folder the UCF101-style dataset is written to")
     classes: int = _spec(10, low=2, high=16, help="number of motion classes")
-    groups: int = _spec(8, low=4, high=1000, help="groups per class (scenes), split by group")
+    groups: int = _spec(24, low=4, high=1000, help="groups per class (scenes), split by group")
     clips_per_group: int = _spec(3, low=1, high=100)
     scale: float = _spec(1.0, low=0.1, high=1000.0, help="multiplies the number of groups")
     frames: int = _spec(48, low=32, high=1000)
@@ -89,6 +89,74 @@ class ExtractConfig:
 
 
 @dataclass(frozen=True)
+class PretrainConfig:
+    """SLIC pretraining (stage `pretrain`). Paper values in comments where the CPU default differs."""
+
+    mode: str = _spec("slic", choices=("slic", "intra_video", "random_init"))
+    backbone: str = _spec("r3d_18_tiny", choices=("r3d_18", "r2plus1d_18", "r3d_18_reference", "r3d_18_narrow", "r3d_18_tiny"))
+    hidden_dim: int = _spec(512, low=16, high=8192, help="projection head hidden width (paper 2048)")
+    out_dim: int = _spec(128, low=8, high=4096)
+    clip_len: int = _spec(16, low=2, high=128)
+    size: int = _spec(32, low=16, high=512, help="crop size (paper 128)")
+    batch_size: int = _spec(16, low=2, high=4096, help="global batch; split across ranks (paper 32)")
+    epochs: int = _spec(6, low=0, high=100000, help="paper: 600 (UCF101)")
+    optimizer: str = _spec("adamw", choices=("sgd", "adamw"), help="paper: sgd")
+    lr: float = _spec(0.001, low=0.0, high=10.0, help="paper: 0.1 with sgd")
+    momentum: float = _spec(0.5, low=0.0, high=1.0, help="sgd only")
+    weight_decay: float = _spec(0.0001, low=0.0, high=1.0, help="paper: 0")
+    p_intra: float = _spec(0.2, low=0.0, high=1.0, help="chance the positive comes from the anchor's own video")
+    random_anchor: bool = _spec(False, help="random anchor start instead of the first frames")
+    cluster_method: str = _spec("finch", choices=("finch", "kmeans"))
+    cluster_k: int = _spec(1000, low=2, help="k for k-means")
+    cluster_interval: int = _spec(2, low=1, help="re-cluster every this many epochs, from epoch 0")
+    triplet_margin: float = _spec(0.2, low=0.0, high=2.0)
+    temporal_margin: float = _spec(0.04, low=0.0, high=2.0)
+    temporal_weight: float = _spec(1.0, low=0.0, high=100.0)
+    gather_embeddings: bool = _spec(True, help="mine triplets over the batch of all ranks")
+    eval_interval: int = _spec(2, low=1, help="validation retrieval every this many epochs (best checkpoint)")
+    workers: int = _spec(2, low=0, high=256)
+    device: str = _spec("auto", choices=("auto", "cpu", "cuda"))
+    bf16: bool = _spec(True, help="bf16 autocast on CUDA (ignored on CPU)")
+    compile: bool = _spec(False, help="torch.compile the model on CUDA")
+    seed: int = _spec(7, low=0)
+    out: str = _spec("data/models/pretrain")
+
+
+@dataclass(frozen=True)
+class EmbedConfig:
+    """Embeddings of every video with the best checkpoint, IIC protocol (stage `embed`)."""
+
+    checkpoint: str = _spec("data/models/pretrain/best.pt")
+    clips: int = _spec(10, low=1, high=100, help="clips per video, centred at linspace(8, n - 8)")
+    batch_size: int = _spec(16, low=1, high=4096, help="videos per forward pass")
+    workers: int = _spec(2, low=0, high=256)
+    device: str = _spec("auto", choices=("auto", "cpu", "cuda"))
+    out: str = _spec("data/embeddings/embeddings.npz")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """Retrieval evaluation: test queries against the train gallery (stage `evaluate`)."""
+
+    embeddings: str = _spec("data/embeddings/embeddings.npz")
+    query_split: str = _spec("test", choices=("test", "val", "train"))
+    gallery_split: str = _spec("train", choices=("train", "val", "test"))
+    ks: tuple[int, ...] = _spec((1, 5, 10, 20, 50), low=1)
+    curve: str = _spec("reports/retrieval_recall.csv", help="recall@k table for `dvc plots`")
+
+
+@dataclass(frozen=True)
+class AblationConfig:
+    """SLIC against its baselines on the same data and settings (stage `ablation`)."""
+
+    modes: tuple[str, ...] = _spec(("slic", "intra_video", "random_init"),
+                                   choices=("slic", "intra_video", "random_init"))
+    out: str = _spec("data/models/ablation", help="checkpoints and embeddings of the modes trained here")
+    min_gain_over_random_init: float = _spec(10.0, low=-100.0, high=100.0, help="recall@1 points (paper's finding)")
+    min_gain_over_intra_video: float = _spec(5.0, low=-100.0, high=100.0, help="recall@1 points (paper's finding)")
+
+
+@dataclass(frozen=True)
 class Config:
     """All sections of params.yaml."""
 
@@ -96,6 +164,10 @@ class Config:
     manifest: ManifestConfig = field(default_factory=ManifestConfig)
     validate: ValidateConfig = field(default_factory=ValidateConfig)
     extract: ExtractConfig = field(default_factory=ExtractConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    ablation: AblationConfig = field(default_factory=AblationConfig)
 
 
 def _allowed(f: dataclasses.Field, tp: Any) -> str:
@@ -147,15 +219,18 @@ def _coerce(value: Any, tp: Any, where: str, f: dataclasses.Field, source: str) 
         if not isinstance(value, str):
             raise fail()
     elif origin is tuple:
-        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        item = typing.get_args(tp)[0]
+        if not isinstance(value, (list, tuple)) or not all(
+                isinstance(v, item) and not isinstance(v, bool) for v in value):
             raise fail()
         value = tuple(value)
     meta = f.metadata
-    if meta.get("choices") and value not in meta["choices"]:
+    if meta.get("choices") and not all(v in meta["choices"] for v in (value if origin is tuple else (value,))):
         raise fail()
-    if meta.get("low") is not None and value < meta["low"]:
+    values = value if isinstance(value, tuple) else (value,)
+    if meta.get("low") is not None and any(v < meta["low"] for v in values):
         raise fail()
-    if meta.get("high") is not None and value > meta["high"]:
+    if meta.get("high") is not None and any(v > meta["high"] for v in values):
         raise fail()
     return value
 

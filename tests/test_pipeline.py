@@ -20,7 +20,11 @@ TINY = {
     "synth": {"classes": 3, "groups": 4, "clips_per_group": 2, "frames": 32, "width": 64, "height": 48},
     "manifest": {"workers": 2},
     "extract": {"short_side": 32},
+    "pretrain": {"epochs": 2, "size": 16, "batch_size": 8, "hidden_dim": 32, "workers": 0, "cluster_interval": 1,
+                 "eval_interval": 1},
+    "embed": {"clips": 2, "workers": 0},
 }
+STAGES = ["synth", "manifest", "validate", "extract", "pretrain", "embed", "evaluate", "ablation"]
 
 
 def dvc(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -46,6 +50,7 @@ def set_params(repo: Path, section: str, **values: object) -> None:
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     repo = tmp_path_factory.mktemp("repo")
     shutil.copy(ROOT / "dvc.yaml", repo)
+    shutil.copytree(ROOT / "slic", repo / "slic", ignore=shutil.ignore_patterns("__pycache__"))  # code deps
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     for section, values in TINY.items():
         params[section].update(values)
@@ -57,7 +62,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_repro_builds_every_output_then_is_a_no_op(repo: Path) -> None:
     first = dvc(repo, "repro")
-    assert ran(first) == ["synth", "manifest", "validate", "extract"]
+    assert ran(first) == STAGES
     manifest = pd.read_csv(repo / "data/manifests/manifest.csv")
     assert len(manifest) == 24 and set(manifest["split"]) == {"train", "val", "test"}
     assert len(pd.read_csv(repo / "data/manifests/validated.csv")) == 24
@@ -67,6 +72,26 @@ def test_repro_builds_every_output_then_is_a_no_op(repo: Path) -> None:
     extract = json.loads((repo / "reports/extract.json").read_text())
     assert extract["failed"] == [] and extract["extracted"] == 24
     assert (repo / "data/validation/docs/index.html").is_file()
+    pretrain = json.loads((repo / "reports/pretrain.json").read_text())
+    assert pretrain["mode"] == "slic" and pretrain["epochs"] == 2 and pretrain["mlflow_run_id"]
+    assert (repo / "data/models/pretrain/best.pt").is_file() and (repo / "data/models/pretrain/last.pt").is_file()
+    retrieval = json.loads((repo / "reports/retrieval.json").read_text())
+    test_videos = int((manifest["split"] == "test").sum())
+    assert retrieval["queries"] == test_videos and retrieval["gallery"] == int((manifest["split"] == "train").sum())
+    assert [retrieval[f"recall@{k}"] for k in (1, 5, 10, 20, 50)] == sorted(retrieval[f"recall@{k}"]
+                                                                          for k in (1, 5, 10, 20, 50))
+    assert retrieval["recall@50"] == 1.0  # the gallery is smaller than 50: every class is found
+    curve = pd.read_csv(repo / "reports/retrieval_recall.csv")
+    assert curve["k"].tolist() == [1, 5, 10, 20, 50]
+    ablation = json.loads((repo / "reports/ablation.json").read_text())
+    assert set(ablation["modes"]) == {"slic", "intra_video", "random_init"}
+    assert ablation["modes"]["slic"]["recall@1"] == retrieval["recall@1"]  # the main run, not retrained
+    assert ablation["modes"]["slic"]["trained_by"] == "pretrain stage"
+    for mode in ("intra_video", "random_init"):
+        assert (repo / f"data/models/ablation/{mode}/best.pt").is_file()
+        assert 0 <= ablation["modes"][mode]["recall@1"] <= ablation["modes"][mode]["recall@50"] == 1.0
+    assert set(ablation["findings"]) >= {"slic_minus_random_init_points", "slic_minus_intra_video_points",
+                                         "paper_finding_holds"}
 
     second = dvc(repo, "repro")
     assert ran(second) == []
@@ -75,11 +100,14 @@ def test_repro_builds_every_output_then_is_a_no_op(repo: Path) -> None:
 
 def test_changing_one_param_reruns_only_its_stages(repo: Path) -> None:
     dvc(repo, "repro")
+    set_params(repo, "evaluate", ks=[1, 5, 10])
+    assert ran(dvc(repo, "repro")) == ["evaluate", "ablation"]
+    assert "recall@20" not in json.loads((repo / "reports/retrieval.json").read_text())
     set_params(repo, "extract", quality=6)
-    assert ran(dvc(repo, "repro")) == ["extract"]
+    assert ran(dvc(repo, "repro")) == STAGES[3:]
     # A new validation carve changes the manifest: later stages run, and extract reuses its shards.
     set_params(repo, "manifest", seed=11)
-    assert ran(dvc(repo, "repro")) == ["manifest", "validate", "extract"]
+    assert ran(dvc(repo, "repro")) == STAGES[1:]
     extract = json.loads((repo / "reports/extract.json").read_text())
     assert (extract["extracted"], extract["reused"]) == (0, 24)
 
@@ -90,7 +118,7 @@ def test_failed_validation_stops_repro_with_a_short_report(repo: Path) -> None:
     assert result.returncode != 0
     output = result.stdout + result.stderr
     assert "manifest invalid: 1 of" in output
-    assert "PanRight in val (videos=0)" in output
+    assert "Slide in val (videos=0)" in output
     assert "Running stage 'extract'" not in output
     report = json.loads((repo / "reports/validate.json").read_text())
     assert report["success"] is False and report["failures"][0]["column"] == "videos"

@@ -115,13 +115,12 @@ def decode_jpegs(jpegs: Sequence[bytes]) -> np.ndarray:
     import warnings
 
     import torch
-
-    with warnings.catch_warnings():  # torchvision 0.29 flags its image codecs as deprecated; pinned, they work
-        warnings.simplefilter("ignore", DeprecationWarning)
-        from torchvision.io import ImageReadMode, decode_jpeg
+    from torchvision.io import ImageReadMode, decode_jpeg
 
     tensors = [torch.frombuffer(bytearray(j), dtype=torch.uint8) for j in jpegs]
-    images = decode_jpeg(tensors, mode=ImageReadMode.RGB)
+    with warnings.catch_warnings():  # torchvision 0.29 marks its image codecs deprecated; pinned, they work
+        warnings.simplefilter("ignore", DeprecationWarning)
+        images = decode_jpeg(tensors, mode=ImageReadMode.RGB)
     return torch.stack(images).permute(0, 2, 3, 1).numpy()
 
 

@@ -4,9 +4,9 @@ Why it looks like this: SLIC's claim is that positives drawn from *other* videos
 motion (found by clustering) teach more than positives from the same video. A dataset can only
 show that if appearance says nothing about the class. So here:
 
-- a class is a motion pattern (pan right, orbit clockwise, zoom in, spin, swing, ...), applied to
-  every moving object of the video, with speed, radius and phase drawn per clip inside the class's
-  range;
+- a class is a motion pattern (slide, rise, orbit, zoom in, spin, swing, ...), applied to every
+  moving object of the video, with speed, radius, phase and left/right sense drawn per clip inside
+  the class's range; a horizontal flip (part of SLIC's augmentation) never changes the class;
 - appearance is drawn at random and never depends on the class: the background ("scene") per
   group, the objects' shape, colours, texture, size and start position per clip, and the same
   appearance distribution for every class;
@@ -30,11 +30,13 @@ import numpy as np
 from slic.config import SynthConfig
 from slic.data.video import write_video
 
-# (name, motion) in the order classes are taken: the first `classes` of these are used.
+# The motions, in the order classes are taken: the first `classes` of these are used. Every class
+# maps to itself under a horizontal flip (the direction left/right, clockwise/counter-clockwise
+# is drawn per clip), as real actions do: SLIC's augmentation flips clips, so a class that a flip
+# turns into another class (pan right vs pan left) would be unlearnable by design.
 MOTIONS: tuple[str, ...] = (
-    "PanRight", "PanLeft", "Rise", "Fall", "OrbitClockwise", "OrbitCounterclockwise",
-    "ZoomIn", "ZoomOut", "SwingHorizontal", "SwingVertical", "SpinClockwise",
-    "SpinCounterclockwise", "SpeedUpRight", "SlowDownRight", "DiagonalUpRight", "DiagonalDownLeft",
+    "Slide", "Rise", "Fall", "Orbit", "ZoomIn", "ZoomOut", "SwingHorizontal", "SwingVertical",
+    "Spin", "Pulse", "SpeedUp", "SlowDown", "DiagonalRise", "DiagonalFall", "Wobble", "Bounce",
 )
 SHAPES = ("disk", "square", "triangle", "ring", "cross", "bar")
 
@@ -63,48 +65,62 @@ def held_out_groups(groups: int, split: int) -> set[int]:
     return set(range(first, first + per_split))
 
 
+LINEAR = {"Slide": (1.0, 0.0), "Rise": (0.0, -1.0), "Fall": (0.0, 1.0), "DiagonalRise": (0.71, -0.71),
+          "DiagonalFall": (0.71, 0.71)}
+
+
 def _trajectory(motion: str, rng: np.random.Generator, width: int, height: int,
                 frames: int) -> Callable[[int], Pose]:
-    """A function frame -> pose for one object following `motion`, with clip-level randomness."""
+    """A function frame -> pose for one object following `motion`, with clip-level randomness.
+
+    `side` (+1 or -1) is the clip's horizontal direction (or turning sense): a flip changes it and
+    nothing else, so a flipped clip is still a clip of its class.
+    """
     unit = min(width, height)
     x0, y0 = rng.uniform(0, width), rng.uniform(0, height)
-    scale0 = unit * rng.uniform(0.10, 0.16)
+    # Large and fast enough to stay visible in SLIC's random crops at the CPU default of 32 pixels
+    # (about 1.5-2 px of motion per frame there); smaller, slower objects were often cropped away.
+    scale0 = unit * rng.uniform(0.16, 0.24)
     angle0 = rng.uniform(0, 2 * math.pi)
-    speed = unit * rng.uniform(0.018, 0.03)  # pixels per frame
-    spin = rng.uniform(2 * math.pi / 36, 2 * math.pi / 20)  # radians per frame
+    speed = unit * rng.uniform(0.045, 0.065)  # pixels per frame
+    spin = rng.uniform(2 * math.pi / 18, 2 * math.pi / 12)  # radians per frame
     phase = rng.uniform(0, 2 * math.pi)
+    period = rng.uniform(10, 16)  # frames, for the oscillating motions
+    side = 1.0 if rng.random() < 0.5 else -1.0
 
-    def linear(dx: float, dy: float) -> Callable[[int], Pose]:
-        return lambda t: Pose(x0 + dx * speed * t, y0 + dy * speed * t, scale0, angle0)
-
-    if motion in ("PanRight", "PanLeft", "Rise", "Fall", "DiagonalUpRight", "DiagonalDownLeft"):
-        d = {"PanRight": (1, 0), "PanLeft": (-1, 0), "Rise": (0, -1), "Fall": (0, 1),
-             "DiagonalUpRight": (0.71, -0.71), "DiagonalDownLeft": (-0.71, 0.71)}[motion]
-        return linear(*d)
-    if motion in ("OrbitClockwise", "OrbitCounterclockwise"):
+    if motion in LINEAR:
+        dx, dy = LINEAR[motion]
+        return lambda t: Pose(x0 + side * dx * speed * t, y0 + dy * speed * t, scale0, angle0)
+    if motion == "Orbit":
         radius = unit * rng.uniform(0.18, 0.3)
-        sign = 1 if motion == "OrbitClockwise" else -1  # image y points down: +angle is clockwise
-        return lambda t: Pose(x0 + radius * math.cos(phase + sign * spin * t),
-                              y0 + radius * math.sin(phase + sign * spin * t), scale0, angle0)
+        return lambda t: Pose(x0 + radius * math.cos(phase + side * spin * t),
+                              y0 + radius * math.sin(phase + side * spin * t), scale0, angle0)
     if motion in ("ZoomIn", "ZoomOut"):
         rate = rng.uniform(0.025, 0.04) * (1 if motion == "ZoomIn" else -1)
-        start = unit * (rng.uniform(0.05, 0.08) if motion == "ZoomIn" else rng.uniform(0.3, 0.4))
+        start = unit * (rng.uniform(0.06, 0.09) if motion == "ZoomIn" else rng.uniform(0.35, 0.45))
         return lambda t: Pose(x0, y0, start * math.exp(rate * t), angle0)
     if motion in ("SwingHorizontal", "SwingVertical"):
         amplitude = unit * rng.uniform(0.2, 0.32)
-        omega = 2 * math.pi / rng.uniform(14, 22)
         dx, dy = (1, 0) if motion == "SwingHorizontal" else (0, 1)
-        return lambda t: Pose(x0 + dx * amplitude * math.sin(phase + omega * t),
-                              y0 + dy * amplitude * math.sin(phase + omega * t), scale0, angle0)
-    if motion in ("SpinClockwise", "SpinCounterclockwise"):
-        sign = 1 if motion == "SpinClockwise" else -1
-        big = scale0 * 1.6  # larger, so the rotation of the texture is visible
-        return lambda t: Pose(x0, y0, big, angle0 + sign * spin * t)
-    if motion in ("SpeedUpRight", "SlowDownRight"):
+        return lambda t: Pose(x0 + dx * amplitude * math.sin(phase + 2 * math.pi * t / period),
+                              y0 + dy * amplitude * math.sin(phase + 2 * math.pi * t / period), scale0, angle0)
+    if motion == "Spin":
+        big = scale0 * 1.5  # larger, so the rotation of the texture is visible
+        return lambda t: Pose(x0, y0, big, angle0 + side * spin * t)
+    if motion == "Pulse":  # the size oscillates
+        return lambda t: Pose(x0, y0, scale0 * (1.25 + 0.5 * math.sin(phase + 2 * math.pi * t / period)), angle0)
+    if motion == "Wobble":  # the angle oscillates
+        big = scale0 * 1.5
+        return lambda t: Pose(x0, y0, big, angle0 + 0.9 * math.sin(phase + 2 * math.pi * t / period))
+    if motion in ("SpeedUp", "SlowDown"):
         top = 2.2 * speed
-        if motion == "SpeedUpRight":
-            return lambda t: Pose(x0 + 0.5 * top / frames * t * t, y0, scale0, angle0)
-        return lambda t: Pose(x0 + top * t - 0.5 * top / frames * t * t, y0, scale0, angle0)
+        if motion == "SpeedUp":
+            return lambda t: Pose(x0 + side * 0.5 * top / frames * t * t, y0, scale0, angle0)
+        return lambda t: Pose(x0 + side * (top * t - 0.5 * top / frames * t * t), y0, scale0, angle0)
+    if motion == "Bounce":  # falls and bounces back up, a period at a time
+        drop = unit * rng.uniform(0.3, 0.45)
+        return lambda t: Pose(x0 + side * 0.3 * speed * t,
+                              y0 + drop * (1 - (2 * ((t / period + phase) % 1.0) - 1) ** 2), scale0, angle0)
     raise ValueError(f"unknown motion {motion!r}")
 
 
@@ -145,7 +161,8 @@ def _background(rng: np.random.Generator, width: int, height: int) -> np.ndarray
     top = coarse[y0][:, x0] * (1 - fx) + coarse[y0][:, x0 + 1] * fx
     bottom = coarse[y0 + 1][:, x0] * (1 - fx) + coarse[y0 + 1][:, x0 + 1] * fx
     noise = top * (1 - fy) + bottom * fy
-    base, tint = rng.uniform(40, 200, size=3), rng.uniform(20, 70, size=3)
+    # Low contrast: the scene is a backdrop, the moving objects carry the structure.
+    base, tint = rng.uniform(60, 190, size=3), rng.uniform(8, 20, size=3)
     return np.clip(base + (noise - 0.5) * 2 * tint, 0, 255)
 
 
@@ -162,7 +179,7 @@ def render_clip(motion: str, *, scene_seed: int, clip_seed: int, width: int, hei
         _Sprite(shape=str(rng.choice(SHAPES)), colour_a=rng.uniform(0, 255, 3), colour_b=rng.uniform(0, 255, 3),
                 stripe_freq=rng.uniform(1.5, 4.0), stripe_angle=rng.uniform(0, math.pi),
                 trajectory=_trajectory(motion, rng, width, height, frames))
-        for _ in range(int(rng.integers(1, 4)))
+        for _ in range(int(rng.integers(1, 3)))
     ]
     noise_rng = np.random.default_rng([clip_seed, 1])
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)

@@ -89,10 +89,11 @@ def scaled_size(width: int, height: int, short_side: int | None) -> tuple[int, i
     """
     if not short_side:
         return width, height
+    # Integer rounding exactly as ffmpeg's: nearest even long side, halves rounded up.
     if width <= height:
-        long_side = 2 * round(height * short_side / width / 2)
+        long_side = 2 * ((height * short_side + width) // (2 * width))
         return short_side, long_side
-    long_side = 2 * round(width * short_side / height / 2)
+    long_side = 2 * ((width * short_side + height) // (2 * height))
     return long_side, short_side
 
 
@@ -199,6 +200,9 @@ def _jpeg_encoder(width: int, height: int, quality: int) -> av.CodecContext:
     encoder.qscale = True
     encoder.global_quality = quality * 118  # FF_QP2LAMBDA: the same scale as ffmpeg's -q:v
     encoder.qmin = encoder.qmax = quality
+    # One thread: mjpeg's threaded slices add restart markers (bigger files, bytes that depend
+    # on the machine's core count); parallelism comes from one process per video anyway.
+    encoder.thread_count = 1
     encoder.open()
     return encoder
 

@@ -31,7 +31,7 @@ def test_ucf101_layout_manifest(tiny_manifest: pd.DataFrame, tiny_dataset: Path)
     assert len(table) == 24 and (table["excluded"] == "").all()
     assert set(table["split"]) == {"train", "val", "test"}
     assert table.loc[table["video_id"] == "Rise/v_Rise_g02_c01", ["class", "label", "group", "frames"]].values.tolist() \
-        == [["Rise", 2, "Rise/g02", 32]]
+        == [["Rise", 1, "Rise/g02", 32]]
     assert set(table.loc[table["split"] == "test", "group"].str[-3:]) == {"g01"}  # split 1 holds out g01
     # Validation is carved by whole groups from train, one group per class here.
     sides = table[table["split"] != "test"].groupby("group")["split"].nunique()

@@ -53,7 +53,7 @@ def test_intact_check_rejects_truncated_foreign_or_stale_shards(tmp_path: Path) 
 
 
 def test_window_pixels_match_the_decoded_video(tiny_dataset: Path, tmp_path: Path) -> None:
-    video = tiny_dataset / "PanRight" / "v_PanRight_g02_c01.avi"
+    video = tiny_dataset / "Slide" / "v_Slide_g02_c01.avi"
     sequence = encode_jpeg_sequence(video, short_side=None, quality=2)
     write_shard(tmp_path / "v.shard", sequence.jpegs, HEADER)
     window = ShardReader.open(tmp_path / "v.shard").read_window(10, 16)

@@ -21,25 +21,25 @@ def test_each_problem_is_reported_with_examples(tiny_manifest: pd.DataFrame) -> 
     bad = tiny_manifest.copy()
     ids = bad["video_id"]
     # 1. a test-group clip moved into train: its group now crosses the train/test line
-    bad.loc[ids == "PanLeft/v_PanLeft_g01_c02", "split"] = "train"
+    bad.loc[ids == "Rise/v_Rise_g01_c02", "split"] = "train"
     # 2. a short video that was not excluded
     bad.loc[ids == "Rise/v_Rise_g03_c01", "frames"] = 12
     # 3. a file that no longer exists
-    bad.loc[ids == "PanRight/v_PanRight_g04_c02", "path"] = "/nowhere/v.avi"
+    bad.loc[ids == "Fall/v_Fall_g04_c02", "path"] = "/nowhere/v.avi"
     # 4. a label outside the class index
     bad.loc[ids == "Rise/v_Rise_g04_c01", "label"] = 7
     # 5. a class with no validation video
-    bad = bad[~((bad["class"] == "PanRight") & (bad["split"] == "val"))]
+    bad = bad[~((bad["class"] == "Slide") & (bad["split"] == "val"))]
     report = validate_manifest(bad, min_frames=32)
     assert not report.success
     found = {(f.expectation, f.column): f for f in report.failures}
     crossing = found[("expect_column_values_to_be_in_set", "group_crosses_test")]
-    assert crossing.unexpected_count == 2  # both clips of PanLeft/g01 sit in a crossing group
-    assert any("PanLeft/v_PanLeft_g01_c02" in str(e) for e in crossing.examples)
+    assert crossing.unexpected_count == 2  # both clips of Rise/g01 sit in a crossing group
+    assert any("Rise/v_Rise_g01_c02" in str(e) for e in crossing.examples)
     assert found[("expect_column_values_to_be_between", "frames")].examples == ["Rise/v_Rise_g03_c01 (frames=12)"]
-    assert "PanRight/v_PanRight_g04_c02" in str(found[("expect_column_values_to_be_in_set", "file_exists")].examples)
+    assert "Fall/v_Fall_g04_c02" in str(found[("expect_column_values_to_be_in_set", "file_exists")].examples)
     assert "Rise/v_Rise_g04_c01 (label=7)" in found[("expect_column_values_to_be_between", "label")].examples
-    assert found[("expect_column_values_to_be_between", "videos")].examples == ["PanRight in val (videos=0)"]
+    assert found[("expect_column_values_to_be_between", "videos")].examples == ["Slide in val (videos=0)"]
     summary = report.summary()
     assert summary.startswith("manifest invalid: 5 of")
     assert "Rise/v_Rise_g03_c01" in summary

@@ -1,0 +1,124 @@
+"""Pretraining throughput: the model alone against the data loader alone, so it is clear which one limits.
+
+* MODEL: forward + backward + SGD step of the encoder on random clips already in memory (no data
+  loading), batch = 3 x batch_size clips (anchor, positive, second view, as one training step sees).
+* LOADER: `slic.data.clips.PretrainClips` read through a DataLoader with `workers` processes
+  (shard reads, JPEG decoding, the per-clip augmentation, collation), no model.
+
+Both are clips/s; training runs at roughly the smaller of the two when the loader has its own cores,
+and below both when they share them (the 2-core CPU case). On CUDA the model side uses bf16 autocast
+and channels_last_3d as `slic pretrain` does.
+
+Run: ``python bench/pretrain.py`` after `dvc repro extract` (it reads data/frames); writes
+reports/bench/pretrain.json. ``--configs r3d_18_tiny:16:32 r3d_18:16:128`` picks backbone:clip_len:size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from slic.data.clips import PretrainClips, load_videos
+from slic.models import Encoder, to_device
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIGS = ("r3d_18_tiny:16:32", "r3d_18_narrow:16:32", "r3d_18_narrow:16:64")
+GPU_CONFIGS = ("r3d_18:16:128", "r3d_18_reference:16:128", "r2plus1d_18:16:128")
+
+
+def model_clips_per_s(backbone: str, clip_len: int, size: int, batch_size: int, device: torch.device,
+                      steps: int) -> dict[str, Any]:
+    """Training steps per second of the encoder alone, on random clips, reported as clips/s."""
+    torch.manual_seed(0)
+    model = to_device(Encoder(backbone=backbone, hidden_dim=2048 if device.type == "cuda" else 512), device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.5)
+    clips = torch.randn(3 * batch_size, 3, clip_len, size, size, device=device)
+    if device.type == "cuda":
+        clips = clips.contiguous(memory_format=torch.channels_last_3d)
+    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+    def step() -> None:
+        with autocast:
+            loss = model(clips).float().pow(2).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    for _ in range(2):  # warm-up: allocator, cuDNN algorithm choice
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - started
+    return {"clips_per_s": round(3 * batch_size * steps / seconds, 1), "steps": steps, "seconds": round(seconds, 2)}
+
+
+def loader_clips_per_s(clip_len: int, size: int, batch_size: int, workers: int, batches: int) -> dict[str, Any]:
+    """Clips/s that the training DataLoader delivers with `workers` processes and no model."""
+    videos = load_videos(ROOT / "data/manifests/validated.csv", ROOT / "data/frames", splits=["train"],
+                         min_frames=2 * clip_len)
+    dataset = PretrainClips(videos, clip_len=clip_len, size=size)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers, drop_last=True,
+                        persistent_workers=workers > 0, generator=torch.Generator().manual_seed(0))
+    iterator = iter(loader)
+    next(iterator)  # worker start-up is not throughput
+    started, seen = time.perf_counter(), 0
+    while seen < batches:
+        try:
+            anchor, _, _, _, _ = next(iterator)
+        except StopIteration:
+            iterator = iter(loader)
+            continue
+        seen += 1
+    seconds = time.perf_counter() - started
+    return {"clips_per_s": round(3 * batch_size * seen / seconds, 1), "batches": seen, "seconds": round(seconds, 2),
+            "workers": workers}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", nargs="*", help="backbone:clip_len:size (default: CPU or GPU set)")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--out", default=str(ROOT / "reports/bench/pretrain.json"))
+    args = parser.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    configs = args.configs or (GPU_CONFIGS if device.type == "cuda" else DEFAULT_CONFIGS)
+    rows = []
+    for item in configs:
+        backbone, clip_len, size = item.split(":")
+        clip_len, size = int(clip_len), int(size)
+        model = model_clips_per_s(backbone, clip_len, size, args.batch_size, device, args.steps)
+        loader = loader_clips_per_s(clip_len, size, args.batch_size, args.workers, batches=2 * args.steps)
+        limit = "model" if model["clips_per_s"] < loader["clips_per_s"] else "loader"
+        rows.append({"backbone": backbone, "clip_len": clip_len, "size": size, "batch_size": args.batch_size,
+                     "device": str(device), "model_clips_per_s": model["clips_per_s"],
+                     "loader_clips_per_s": loader["clips_per_s"], "loader_workers": loader["workers"],
+                     "limited_by": limit})
+        print(f"{backbone:18s} {clip_len:2d}x{size:3d}: model {model['clips_per_s']:8.1f} clips/s, "
+              f"loader {loader['clips_per_s']:8.1f} clips/s ({loader['workers']} workers) -> {limit}-bound",
+              flush=True)
+    machine = {"cpu_cores": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
+               "torch_threads": torch.get_num_threads(),
+               "gpu": torch.cuda.get_device_name(0) if device.type == "cuda" else None}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"machine": machine, "rows": rows}, indent=2) + "\n")
+    print(f"-> {out}")
+
+
+if __name__ == "__main__":
+    main()

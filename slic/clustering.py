@@ -1,0 +1,268 @@
+"""Pseudo-labels for SLIC: cluster the video embeddings with FINCH partition 0 or k-means, both on FAISS.
+
+Every few epochs SLIC embeds every training video and turns cluster ids into pseudo-labels.  The reference
+configs use FINCH's first partition: link each point to its first (nearest, cosine) neighbour and take the
+connected components, so the data decide the number of clusters.  Only the first neighbours are needed, i.e.
+one exact FAISS k=2 search on L2-normalised vectors (inner product = cosine similarity) instead of the
+reference's dense (n, n) distance matrix and full hierarchy.  k-means (faiss.Kmeans on L2-normalised
+vectors) is the alternative.  Both run on GPU where faiss has one (faiss-gpu), on CPU otherwise.
+
+faiss is imported lazily (it is an optional extra: ``slic[cpu]`` or ``slic[gpu]``) and no global state is
+changed at import; a ``threads`` option sets faiss's OpenMP threads for one call and restores them after.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import ModuleType
+
+import numpy as np
+
+METHODS = ("finch", "kmeans")
+DEFAULT_BATCH = 1 << 16
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+
+
+def _faiss() -> ModuleType:
+    """The faiss module, with a clear message when neither faiss-cpu nor faiss-gpu is installed."""
+    try:
+        import faiss
+    except ImportError as error:  # pragma: no cover - depends on the environment
+        raise ImportError("slic.clustering needs faiss: install slic[cpu] (faiss-cpu) or slic[gpu] "
+                          "(faiss-gpu)") from error
+    return faiss
+
+
+def gpu_available() -> bool:
+    """True when the installed faiss is built with GPU support and sees at least one GPU."""
+    faiss = _faiss()
+    return hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
+
+
+def _resolve_gpu(use_gpu: bool | None) -> bool:
+    """None -> GPU if faiss has one; True without a GPU is an error rather than a silent CPU fallback."""
+    if use_gpu is None:
+        return gpu_available()
+    if use_gpu and not gpu_available():
+        raise RuntimeError("use_gpu=True but faiss sees no GPU (faiss-gpu not installed or no device)")
+    return bool(use_gpu)
+
+
+@contextmanager
+def _faiss_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with faiss using `threads` OpenMP threads (None: leave faiss's default alone)."""
+    if threads is None:
+        yield
+        return
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    faiss = _faiss()
+    previous = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(previous)
+
+
+def _as_matrix(x: np.ndarray, *, min_rows: int) -> np.ndarray:
+    """x as a finite 2-d array with at least `min_rows` rows (clear errors instead of faiss asserts)."""
+    x = np.asarray(x)
+    if x.ndim != 2:
+        raise ValueError(f"expected a 2-d (n, d) array, got shape {x.shape}")
+    if len(x) < min_rows:
+        raise ValueError(f"need at least {min_rows} points, got {len(x)}")
+    if x.shape[1] < 1:
+        raise ValueError("points need at least one dimension")
+    if not np.isfinite(x).all():
+        raise ValueError("embeddings contain NaN or infinite values")
+    return x
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm as contiguous float32 (zero rows stay zero): cosine becomes inner product."""
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    return np.ascontiguousarray(x / np.maximum(norms, np.finfo(np.float32).tiny))
+
+
+# ------------------------------------------------------------------------------------- first neighbours
+
+
+def _flat_ip_index(d: int, gpu: bool) -> tuple[object, object | None]:
+    """An exact inner-product index, on GPU 0 when asked; returns (index, gpu resources to keep alive)."""
+    faiss = _faiss()
+    index = faiss.IndexFlatIP(d)
+    if not gpu:
+        return index, None
+    resources = faiss.StandardGpuResources()
+    return faiss.index_cpu_to_gpu(resources, 0, index), resources
+
+
+def _search_top2(xn: np.ndarray, *, gpu: bool, batch: int) -> np.ndarray:
+    """(n, 2) ids of each row's two most similar rows (itself usually first), searched `batch` rows at a time."""
+    index, _resources = _flat_ip_index(xn.shape[1], gpu)
+    index.add(xn)
+    ids = np.empty((len(xn), 2), dtype=np.int64)
+    for start in range(0, len(xn), batch):
+        _, ids[start:start + batch] = index.search(xn[start:start + batch], 2)
+    return ids
+
+
+def _drop_self(top2: np.ndarray) -> np.ndarray:
+    """First of the two results that is not the point itself (an exact duplicate can rank before self)."""
+    own = np.arange(len(top2))
+    neighbours = np.where(top2[:, 0] != own, top2[:, 0], top2[:, 1])
+    if (neighbours < 0).any() or (neighbours == own).any():
+        raise RuntimeError("faiss returned no neighbour other than the point itself")
+    return neighbours
+
+
+def _is_exact_copy(xn: np.ndarray, neighbours: np.ndarray, *, batch: int) -> np.ndarray:
+    """True where a point's neighbour is a bit-identical normalised vector (compared in bounded chunks)."""
+    return np.concatenate([(xn[neighbours[start:start + batch]] == xn[start:start + batch]).all(axis=1)
+                           for start in range(0, len(xn), batch)])
+
+
+def _canonical_duplicates(xn: np.ndarray, neighbours: np.ndarray, *, batch: int) -> np.ndarray:
+    """Point exact duplicates at the smallest-index copy (the second smallest, for that copy itself).
+
+    Which copy of a tied duplicate faiss returns is arbitrary; left alone, four identical points could pair
+    up as a<->b, c<->d and split into two clusters.  Breaking the tie by lowest index (as argmin over a
+    distance matrix does) puts all copies in one component.  Only rows whose neighbour is an exact copy change.
+    """
+    is_copy = _is_exact_copy(xn, neighbours, batch=batch)
+    if not is_copy.any():
+        return neighbours
+    n = len(xn)
+    own = np.arange(n)
+    group = np.unique(xn, axis=0, return_inverse=True)[1].ravel()
+    smallest = np.full(group.max() + 1, n)
+    np.minimum.at(smallest, group, own)
+    rest = own != smallest[group]
+    second = np.full_like(smallest, n)
+    np.minimum.at(second, group[rest], own[rest])
+    target = np.where(rest, smallest[group], second[group])
+    return np.where(is_copy, target, neighbours)
+
+
+def first_neighbours(x: np.ndarray, *, use_gpu: bool | None = None, batch: int = DEFAULT_BATCH,
+                     threads: int | None = None) -> np.ndarray:
+    """Index of each point's nearest other point by cosine similarity (exact faiss.IndexFlatIP, k=2).
+
+    This is FINCH's "first integer neighbour".  Exact duplicates never pair a point with itself and are
+    tie-broken towards the smallest index.  `use_gpu=None`: GPU if faiss has one; `batch` bounds the
+    queries per search call; `threads`: faiss OpenMP threads for this call (None: faiss's default).
+    """
+    x = _as_matrix(x, min_rows=2)
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
+    xn = l2_normalize(x)
+    with _faiss_threads(threads):
+        top2 = _search_top2(xn, gpu=_resolve_gpu(use_gpu), batch=batch)
+    return _canonical_duplicates(xn, _drop_self(top2), batch=batch)
+
+
+# ------------------------------------------------------------------------------------------------ FINCH
+
+
+def _ordered_labels(labels: np.ndarray) -> np.ndarray:
+    """Relabel so cluster ids 0..C-1 follow the smallest member index (deterministic, int64)."""
+    _, first_index, inverse = np.unique(labels, return_index=True, return_inverse=True)
+    rank = np.empty(len(first_index), dtype=np.int64)
+    rank[np.argsort(first_index, kind="stable")] = np.arange(len(first_index))
+    return rank[inverse.ravel()]
+
+
+def components_of_neighbour_graph(neighbours: np.ndarray) -> np.ndarray:
+    """Connected components of the undirected graph i -- neighbours[i], ids ordered by smallest member."""
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    neighbours = np.asarray(neighbours, dtype=np.int64)
+    n = len(neighbours)
+    graph = csr_matrix((np.ones(n, dtype=np.int8), (np.arange(n), neighbours)), shape=(n, n))
+    _, labels = connected_components(graph, directed=True, connection="weak")
+    return _ordered_labels(labels)
+
+
+def finch_partition0(x: np.ndarray, *, use_gpu: bool | None = None, batch: int = DEFAULT_BATCH,
+                     threads: int | None = None) -> np.ndarray:
+    """FINCH partition 0: int64 ids 0..C-1 of the components of the cosine first-neighbour graph.
+
+    Parameter-free (the data set the number of clusters), as in SLIC's reference configs; only the first
+    partition is computed because only it is used.  Ids are ordered by each cluster's smallest member index.
+    """
+    x = _as_matrix(x, min_rows=0)
+    if len(x) < 2:
+        return np.zeros(len(x), dtype=np.int64)
+    return components_of_neighbour_graph(first_neighbours(x, use_gpu=use_gpu, batch=batch, threads=threads))
+
+
+# ---------------------------------------------------------------------------------------------- k-means
+
+
+def kmeans(x: np.ndarray, k: int, *, n_init: int = 10, iterations: int = 20, seed: int = 7,
+           use_gpu: bool | None = None, threads: int | None = None) -> np.ndarray:
+    """k-means cluster ids (int64 in [0, k)) of the L2-normalised points, best of `n_init` faiss runs.
+
+    The alternative to FINCH in SLIC (the reference: K=1000, n_init=10, Euclidean k-means on normalised
+    embeddings; centroids are not re-normalised).  Trains on every point (no faiss subsampling) and is
+    deterministic for a given seed.  Raises ValueError if k > n.
+    """
+    x = _as_matrix(x, min_rows=1)
+    n = len(x)
+    if not 1 <= k <= n:
+        raise ValueError(f"k-means needs 1 <= k <= n points; got k={k}, n={n}")
+    if n_init < 1 or iterations < 1:
+        raise ValueError(f"n_init and iterations must be >= 1, got {n_init} and {iterations}")
+    faiss = _faiss()
+    xn = l2_normalize(x)
+    gpu = _resolve_gpu(use_gpu)
+    model = faiss.Kmeans(xn.shape[1], int(k), niter=int(iterations), nredo=int(n_init), seed=int(seed),
+                         gpu=gpu, spherical=False, verbose=False, min_points_per_centroid=1,
+                         max_points_per_centroid=max(256, -(-n // int(k))))
+    with _faiss_threads(threads):
+        model.train(xn)
+        _, labels = model.assign(xn)
+    return labels.astype(np.int64)
+
+
+# --------------------------------------------------------------------------------------------- dispatch
+
+
+def cluster_pseudo_labels(embeddings: np.ndarray, *, method: str, k: int = 1000, seed: int = 7,
+                          use_gpu: bool | None = None, threads: int | None = None) -> np.ndarray:
+    """Pseudo-labels (int64) for the training videos: 'finch' (partition 0, k unused) or 'kmeans' (k, seed)."""
+    if method == "finch":
+        return finch_partition0(embeddings, use_gpu=use_gpu, threads=threads)
+    if method == "kmeans":
+        return kmeans(embeddings, k, seed=seed, use_gpu=use_gpu, threads=threads)
+    raise ValueError(f"unknown clustering method {method!r}; expected one of {', '.join(METHODS)}")
+
+
+# ---------------------------------------------------------------------------------------------- monitoring
+
+
+def cluster_agreement(true_labels: np.ndarray, cluster_labels: np.ndarray) -> dict[str, float]:
+    """{'nmi', 'ami'} of the clusters against the true classes: for monitoring only (never used to train)."""
+    from sklearn.metrics import adjusted_mutual_info_score, normalized_mutual_info_score
+
+    true_labels, cluster_labels = np.asarray(true_labels), np.asarray(cluster_labels)
+    if true_labels.shape != cluster_labels.shape or true_labels.ndim != 1:
+        raise ValueError(f"need two 1-d label arrays of equal length, got shapes {true_labels.shape} "
+                         f"and {cluster_labels.shape}")
+    return {"nmi": float(normalized_mutual_info_score(true_labels, cluster_labels)),
+            "ami": float(adjusted_mutual_info_score(true_labels, cluster_labels))}
+
+
+def cluster_sizes_summary(labels: np.ndarray) -> dict[str, float | int]:
+    """Cluster count, share of clusters with a single member and the largest cluster's size, for logging."""
+    _, sizes = np.unique(np.asarray(labels), return_counts=True)
+    if len(sizes) == 0:
+        return {"n_points": 0, "n_clusters": 0, "singleton_fraction": 0.0, "largest_cluster": 0}
+    return {"n_points": int(sizes.sum()), "n_clusters": int(len(sizes)),
+            "singleton_fraction": float(np.mean(sizes == 1)), "largest_cluster": int(sizes.max())}

@@ -1,0 +1,223 @@
+"""Clip sampling from frame shards: SLIC's training triplets and the evaluation clips.
+
+Training (`PretrainClips`): for video i, the anchor is frames [0, 16) (or a random start), the
+second anchor view is the same frames with an independent augmentation, and the positive is a
+16-frame window that does not overlap the anchor: from the same video with probability
+`p_intra` (or when i's cluster has no other member), otherwise from a random other video with
+i's pseudo-label. Augmentation is drawn once per clip and applied to all its frames.
+
+Every random choice of sample i in epoch e comes from a generator seeded by (seed, e, i), so a
+run resumed from a checkpoint sees exactly the clips an uninterrupted run would, whatever the
+number of loader workers.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+from slic.data.frames import ShardReader, read_index
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+KINETICS_MEAN = (0.4345, 0.4051, 0.3775)
+KINETICS_STD = (0.2768, 0.2713, 0.2737)
+
+
+@dataclass(frozen=True)
+class VideoShard:
+    """One extracted video: where its shard is, how many frames, its true label and split."""
+
+    video_id: str
+    shard: str
+    frames: int
+    label: int
+    split: str
+    class_name: str = ""
+
+
+def load_videos(manifest_path: str | Path, frames_dir: str | Path, *, splits: Sequence[str],
+                min_frames: int = 0) -> list[VideoShard]:
+    """Videos of `splits` that have a shard, ordered by video_id; too-short ones are logged by name.
+
+    Joins the validated manifest (split, label) with the extraction index (shard, decoded frames).
+    """
+    manifest = pd.read_csv(manifest_path, dtype={"video_id": str}, keep_default_na=False)
+    index = read_index(frames_dir)
+    table = manifest.merge(index[["video_id", "shard", "frames"]], on="video_id", suffixes=("_probe", ""))
+    table = table[table["split"].isin(list(splits))].sort_values("video_id")
+    short = table[table["frames"] < min_frames]
+    for video_id, frames in zip(short["video_id"], short["frames"]):
+        log.warning("excluded %s: %d decoded frames < %d", video_id, frames, min_frames)
+    table = table[table["frames"] >= min_frames]
+    root = Path(frames_dir)
+    return [VideoShard(v, str(root / s), int(n), int(lab), sp, c)
+            for v, s, n, lab, sp, c in zip(table["video_id"], table["shard"], table["frames"], table["label"],
+                                           table["split"], table["class"])]
+
+
+def train_augmentation(size: int, mean: Sequence[float] = IMAGENET_MEAN,
+                       std: Sequence[float] = IMAGENET_STD) -> v2.Compose:
+    """SLIC's spatial augmentation; on a `tv_tensors.Video` every frame gets the same draw."""
+    return v2.Compose([
+        v2.RandomResizedCrop(size, scale=(0.25, 1.0), ratio=(0.75, 4 / 3), antialias=True),
+        v2.RandomHorizontalFlip(0.5),
+        v2.RandomApply([v2.ColorJitter(0.5, 0.5, 0.5, 0.5)], p=0.8),
+        v2.RandomGrayscale(0.2),
+        v2.RandomApply([v2.GaussianBlur(15, sigma=2.0)], p=0.2),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(list(mean), list(std)),
+    ])
+
+
+def eval_transform(size: int, *, resize: tuple[int, int] | None = None, mean: Sequence[float] = IMAGENET_MEAN,
+                   std: Sequence[float] = IMAGENET_STD) -> v2.Compose:
+    """Deterministic evaluation transform: resize (short side `size`, or a fixed (H, W)), centre crop."""
+    return v2.Compose([
+        v2.Resize(resize if resize else size, antialias=True),
+        v2.CenterCrop(size),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(list(mean), list(std)),
+    ])
+
+
+def as_clip(frames: np.ndarray, transform: v2.Compose) -> Tensor:
+    """(T, H, W, 3) uint8 frames -> transformed (3, T, size, size) float clip."""
+    video = tv_tensors.Video(torch.from_numpy(frames).permute(0, 3, 1, 2))
+    return transform(video).permute(1, 0, 2, 3).contiguous()
+
+
+class _ShardCache:
+    """Per-process cache of opened shard headers (cheap, but read once per video)."""
+
+    def __init__(self) -> None:
+        self._readers: dict[str, ShardReader] = {}
+
+    def window(self, shard: str, start: int, length: int) -> np.ndarray:
+        reader = self._readers.get(shard)
+        if reader is None:
+            reader = self._readers[shard] = ShardReader.open(shard)
+        return reader.read_window(start, length)
+
+
+def non_overlapping_start(rng: np.random.Generator, frames: int, anchor_start: int, length: int) -> int:
+    """A window start whose [s, s + length) does not overlap [anchor_start, anchor_start + length)."""
+    candidates = [s for s in range(frames - length + 1) if abs(s - anchor_start) >= length]
+    if not candidates:
+        raise ValueError(f"video of {frames} frames has no {length}-frame window apart from the anchor")
+    return int(rng.choice(candidates))
+
+
+class PretrainClips(Dataset):
+    """(anchor, positive, anchor_view, pseudo_label, index) triplets for SLIC pretraining."""
+
+    def __init__(self, videos: Sequence[VideoShard], *, clip_len: int = 16, size: int = 128, p_intra: float = 0.2,
+                 random_anchor: bool = False, seed: int = 7, mean: Sequence[float] = IMAGENET_MEAN,
+                 std: Sequence[float] = IMAGENET_STD) -> None:
+        too_short = [v.video_id for v in videos if v.frames < 2 * clip_len]
+        if too_short:
+            raise ValueError(f"videos shorter than {2 * clip_len} frames cannot give a non-overlapping positive: "
+                             f"{', '.join(too_short[:5])}")
+        self.videos = list(videos)
+        self.clip_len, self.p_intra, self.random_anchor, self.seed = clip_len, p_intra, random_anchor, seed
+        self.transform = train_augmentation(size, mean, std)
+        self.epoch = 0
+        self.set_labels(np.arange(len(self.videos)))
+        self._cache = _ShardCache()
+
+    def set_labels(self, labels: np.ndarray) -> None:
+        """Pseudo-labels per video (cluster ids, or video ids for the intra-video baseline)."""
+        labels = np.asarray(labels, dtype=np.int64)
+        if len(labels) != len(self.videos):
+            raise ValueError(f"{len(labels)} labels for {len(self.videos)} videos")
+        self.labels = labels
+        order = np.argsort(labels, kind="stable")
+        cuts = np.flatnonzero(np.diff(labels[order])) + 1
+        self._members = {int(labels[g[0]]): g for g in np.split(order, cuts)}
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose random draws the next samples use."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+    def positive_of(self, index: int, rng: np.random.Generator, anchor_start: int) -> tuple[int, int]:
+        """(video index, window start) of the positive for `index`."""
+        members = self._members[int(self.labels[index])]
+        video = self.videos[index]
+        if len(members) == 1 or rng.random() < self.p_intra:
+            return index, non_overlapping_start(rng, video.frames, anchor_start, self.clip_len)
+        other = index
+        while other == index:  # redrawn until it differs from the anchor's video
+            other = int(rng.choice(members))
+        return other, int(rng.integers(0, self.videos[other].frames - self.clip_len + 1))
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor, Tensor, int, int]:
+        seed = [self.seed, self.epoch, index]
+        rng = np.random.default_rng(seed)
+        video = self.videos[index]
+        anchor_start = int(rng.integers(0, video.frames - self.clip_len + 1)) if self.random_anchor else 0
+        positive_video, positive_start = self.positive_of(index, rng, anchor_start)
+        anchor_frames = self._cache.window(video.shard, anchor_start, self.clip_len)
+        positive_frames = self._cache.window(self.videos[positive_video].shard, positive_start, self.clip_len)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(rng.integers(0, 2**62)))
+            anchor = as_clip(anchor_frames, self.transform)
+            positive = as_clip(positive_frames, self.transform)
+            anchor_view = as_clip(anchor_frames, self.transform)
+        return anchor, positive, anchor_view, int(self.labels[index]), index
+
+
+def centre_start(frames: int, clip_len: int) -> int:
+    """Start of the window centred in a video of `frames` frames."""
+    return max(0, (frames - clip_len) // 2)
+
+
+def iic_starts(frames: int, clip_len: int = 16, clips: int = 10) -> list[int]:
+    """Starts of the IIC protocol's clips: centred at linspace(8, n - 8, clips), kept inside the video."""
+    centres = np.linspace(clip_len // 2, frames - clip_len // 2, clips)
+    return [int(min(max(0, round(c) - clip_len // 2), frames - clip_len)) for c in centres]
+
+
+class EvalClips(Dataset):
+    """Deterministic clips per video for embedding: (clips (K, 3, T, S, S), index).
+
+    `protocol="centre"`: one centre clip, short side resized to `size` (used for clustering).
+    `protocol="iic"`: 10 clips at `iic_starts`, frames resized to a fixed size x (size * 171/128)
+    (aspect distorted, as the IIC protocol does), centre crop (used for retrieval).
+    """
+
+    def __init__(self, videos: Sequence[VideoShard], *, protocol: str = "centre", clip_len: int = 16,
+                 size: int = 128, clips: int = 10, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> None:
+        if protocol not in ("centre", "iic"):
+            raise ValueError(f"unknown evaluation protocol {protocol!r}; use 'centre' or 'iic'")
+        self.videos, self.protocol, self.clip_len, self.clips = list(videos), protocol, clip_len, clips
+        resize = (size, round(size * 171 / 128)) if protocol == "iic" else None
+        self.transform = eval_transform(size, resize=resize, mean=mean, std=std)
+        self._cache = _ShardCache()
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        video = self.videos[index]
+        length = min(self.clip_len, video.frames)
+        starts = ([centre_start(video.frames, length)] if self.protocol == "centre"
+                  else iic_starts(video.frames, length, self.clips))
+        first, last = min(starts), max(starts) + length
+        frames = self._cache.window(video.shard, first, last - first)  # one read covers every clip
+        clips = [as_clip(frames[s - first:s - first + length], self.transform) for s in starts]
+        return torch.stack(clips), index

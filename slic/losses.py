@@ -1,0 +1,155 @@
+"""SLIC's losses as small pure functions on tensors.
+
+All distances are cosine distances (1 - cosine similarity, in [0, 2]): the projection head does not
+L2-normalise its output, so the losses normalise internally and are invariant to embedding scale.
+
+- `triplet_loss`: triplet loss with in-batch mining over the 2B embeddings (anchors and positives),
+  labels being cluster ids (or video ids for the intra-video baseline). Every same-label pair is an
+  anchor-positive pair; its negative is drawn uniformly among the semi-hard or hard different-label
+  samples, falling back to the closest different-label sample when there is none.
+- `temporal_loss`: a second augmented view of the anchor's own frames must be closer to the anchor
+  than the (temporally non-overlapping) positive.
+- `slic_loss`: the total, triplet + temporal_weight * temporal, with float diagnostics.
+
+Mining is vectorised (no Python loop over pairs) and runs on the embeddings' device. It builds a
+(P, N) candidate mask for P pairs and N samples, so memory is O(P * N); P is at most N (N - 1) / 2.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+_EPS = 1e-8
+
+
+def cosine_distance_matrix(x: Tensor, *, eps: float = _EPS) -> Tensor:
+    """(N, D) -> (N, N) matrix of 1 - cosine similarity.
+
+    Rows are normalised with `eps` in the norm so zero vectors give finite values (distance 1 to
+    everything) instead of NaN. Differentiable; values lie in [0, 2] up to rounding.
+    """
+    if x.ndim != 2:
+        raise ValueError(f"expected (N, D) embeddings, got shape {tuple(x.shape)}")
+    unit = F.normalize(x, dim=1, eps=eps)
+    return 1.0 - unit @ unit.T
+
+
+def cosine_distance(a: Tensor, b: Tensor, *, eps: float = _EPS) -> Tensor:
+    """Row-wise cosine distance: (B, D), (B, D) -> (B,), 1 - cos(a_i, b_i).
+
+    The paired counterpart of `cosine_distance_matrix`, with the same eps-safe normalisation.
+    """
+    if a.shape != b.shape or a.ndim != 2:
+        raise ValueError(f"expected two (B, D) tensors of equal shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    return 1.0 - (F.normalize(a, dim=1, eps=eps) * F.normalize(b, dim=1, eps=eps)).sum(dim=1)
+
+
+class Triplets(NamedTuple):
+    """Mined triplets as (P,) index tensors into the batch, plus which pairs used the fallback."""
+
+    anchor: Tensor
+    positive: Tensor
+    negative: Tensor
+    fallback: Tensor  # bool: no semi-hard/hard negative existed, the closest different-label one was used
+
+
+def mine_triplets(distances: Tensor, labels: Tensor, *, margin: float = 0.2,
+                  generator: torch.Generator | None = None) -> Triplets:
+    """Choose SLIC's triplets from an (N, N) distance matrix and (N,) labels.
+
+    Every same-label pair (i, j), i < j, is taken once with i as the anchor. Its negative is drawn
+    uniformly (with `generator`) among different-label samples n with d(i, n) < d(i, j) + margin
+    (semi-hard or hard); if there is none, the closest different-label sample to the anchor is used.
+    Needs at least one pair and two distinct labels (see `triplet_loss_with_stats`). No gradients.
+    """
+    n = distances.shape[0]
+    if distances.shape != (n, n):
+        raise ValueError(f"expected a square distance matrix, got shape {tuple(distances.shape)}")
+    labels = labels.reshape(-1).to(distances.device)
+    if labels.numel() != n:
+        raise ValueError(f"{labels.numel()} labels for {n} samples")
+    with torch.no_grad():
+        dist = distances.detach()
+        same = labels[:, None] == labels[None, :]
+        anchor, positive = torch.triu(same, diagonal=1).nonzero(as_tuple=True)
+        d_ap = dist[anchor, positive]                                   # (P,)
+        d_a = dist[anchor]                                              # (P, N)
+        other = ~same[anchor]                                           # (P, N) different-label samples
+        candidate = other & (d_a < (d_ap + margin)[:, None])
+        # Uniform choice among candidates: argmax of i.i.d. uniform scores, -inf where not a candidate.
+        draw_device = generator.device if generator is not None else dist.device
+        scores = torch.rand(candidate.shape, generator=generator, device=draw_device).to(dist.device)
+        random_pick = scores.masked_fill(~candidate, float("-inf")).argmax(dim=1)
+        # Fallback: the closest sample among the different-label ones, indexed in the full batch.
+        closest_other = d_a.masked_fill(~other, float("inf")).argmin(dim=1)
+        fallback = ~candidate.any(dim=1)
+        negative = torch.where(fallback, closest_other, random_pick)
+    return Triplets(anchor, positive, negative, fallback)
+
+
+def triplet_loss_with_stats(embeddings: Tensor, labels: Tensor, *, margin: float = 0.2,
+                            generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, float]]:
+    """SLIC's mined triplet loss plus mining diagnostics.
+
+    loss = mean over anchor-positive pairs of relu(d(a, p) - d(a, n) + margin), cosine distance,
+    with triplets from `mine_triplets`. With no same-label pair or no second label, the loss is a
+    zero that still carries grad (never NaN). Stats: "pairs" (count), "fallback_fraction" (pairs with
+    no semi-hard/hard negative) and "active_fraction" (triplets with a non-zero loss).
+    """
+    if embeddings.ndim != 2:
+        raise ValueError(f"expected (N, D) embeddings, got shape {tuple(embeddings.shape)}")
+    labels = labels.reshape(-1).to(embeddings.device)
+    if labels.numel() != embeddings.shape[0]:
+        raise ValueError(f"{labels.numel()} labels for {embeddings.shape[0]} embeddings")
+    zero = embeddings.sum() * 0.0
+    empty = {"pairs": 0.0, "fallback_fraction": 0.0, "active_fraction": 0.0}
+    if labels.numel() < 2 or bool((labels == labels[0]).all()):
+        return zero, empty                                   # no different-label sample for any anchor
+    dist = cosine_distance_matrix(embeddings)
+    triplets = mine_triplets(dist, labels, margin=margin, generator=generator)
+    pairs = triplets.anchor.numel()
+    if pairs == 0:
+        return zero, empty
+    per_triplet = F.relu(dist[triplets.anchor, triplets.positive] - dist[triplets.anchor, triplets.negative] + margin)
+    stats = {"pairs": float(pairs),
+             "fallback_fraction": triplets.fallback.float().mean().item(),
+             "active_fraction": (per_triplet.detach() > 0).float().mean().item()}
+    return per_triplet.mean(), stats
+
+
+def triplet_loss(embeddings: Tensor, labels: Tensor, *, margin: float = 0.2,
+                 generator: torch.Generator | None = None) -> Tensor:
+    """SLIC's mined triplet loss over (N, D) embeddings with (N,) labels; see `triplet_loss_with_stats`."""
+    return triplet_loss_with_stats(embeddings, labels, margin=margin, generator=generator)[0]
+
+
+def temporal_loss(anchor: Tensor, anchor_view: Tensor, positive: Tensor, *, margin: float = 0.04) -> Tensor:
+    """SLIC's temporal discrimination term: mean of relu(d(a, a2) - d(a, p) + margin), cosine distance.
+
+    `anchor_view` (a2) is a second augmentation of the anchor's own frames and `positive` (p) a
+    clip of the same video that does not overlap it in time: the same-segment view must be closer.
+    """
+    return F.relu(cosine_distance(anchor, anchor_view) - cosine_distance(anchor, positive) + margin).mean()
+
+
+def slic_loss(anchor: Tensor, positive: Tensor, anchor_view: Tensor, labels: Tensor, *,
+              triplet_margin: float = 0.2, temporal_margin: float = 0.04, temporal_weight: float = 1.0,
+              generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, float]]:
+    """SLIC's total loss for a batch of (B, D) anchors, positives, anchor views and (B,) pseudo-labels.
+
+    triplet over cat([anchor, positive]) with labels cat([labels, labels]) (a positive shares its
+    anchor's label; `anchor_view` takes no part in mining) + temporal_weight * temporal term.
+    Returns the total and floats: "loss", "triplet", "temporal" and the mining stats.
+    """
+    if not (anchor.shape == positive.shape == anchor_view.shape) or anchor.ndim != 2:
+        raise ValueError("anchor, positive and anchor_view must all be (B, D) tensors of equal shape")
+    labels = labels.reshape(-1)
+    triplet, stats = triplet_loss_with_stats(torch.cat([anchor, positive]), torch.cat([labels, labels]),
+                                             margin=triplet_margin, generator=generator)
+    temporal = temporal_loss(anchor, anchor_view, positive, margin=temporal_margin)
+    total = triplet + temporal_weight * temporal
+    return total, {"loss": total.item(), "triplet": triplet.item(), "temporal": temporal.item(), **stats}

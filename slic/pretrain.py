@@ -1,0 +1,289 @@
+"""SLIC pretraining: iterative clustering of all training videos, triplets from pseudo-labels.
+
+Every `cluster_interval` epochs from epoch 0, each training video is embedded with one centre
+clip (model in eval mode, gathered across ranks in dataset order) and clustered (FINCH partition 0
+or k-means, on FAISS); the cluster ids are the pseudo-labels until the next round. Modes:
+`slic` (cross-video positives from clusters), `intra_video` (positives only from the same video,
+mining labels = video ids; the baseline) and `random_init` (no training; the untrained encoder).
+
+Robustness: a checkpoint is written atomically after every epoch; running again resumes from it
+and, because every random draw derives from (seed, epoch, step or sample), reaches the same
+weights as a run that was never interrupted. The best checkpoint is chosen on the validation
+split (val queries against the train gallery, recall@1), never on test.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+from slic.config import PretrainConfig
+from slic.data.clips import EvalClips, PretrainClips, VideoShard, load_videos
+from slic.distributed import World, barrier, broadcast_object, gather_tensor, gather_with_grad
+from slic.embed import embed_clips
+from slic.models import Encoder, to_device
+
+log = logging.getLogger(__name__)
+# Settings that do not change what is learned: a checkpoint made under other values resumes.
+RESUMABLE_ACROSS = ("epochs", "workers", "eval_interval", "device", "compile", "out")
+
+
+@dataclass
+class TrainState:
+    """What, besides weights, a resumed run needs: next epoch, pseudo-labels, best so far, history."""
+
+    epoch: int = 0
+    labels: list[int] = field(default_factory=list)
+    best_metric: float = -1.0
+    best_epoch: int = -1
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def build_encoder(cfg: PretrainConfig) -> Encoder:
+    """The encoder of `cfg`, initialised from `cfg.seed` (so random_init is reproducible)."""
+    torch.manual_seed(cfg.seed)
+    return Encoder(backbone=cfg.backbone, hidden_dim=cfg.hidden_dim, out_dim=cfg.out_dim)
+
+
+def data_fingerprint(*splits: list[VideoShard]) -> str:
+    """Hash of the videos trained and validated on (ids, frame counts, labels, splits).
+
+    Part of the resume fingerprint: a new validation carve or a changed dataset must not resume
+    (or, past the last epoch, silently reuse) a checkpoint trained on other videos.
+    """
+    import hashlib
+
+    digest = hashlib.sha256()
+    for videos in splits:
+        for v in videos:
+            digest.update(f"{v.video_id}\t{v.frames}\t{v.label}\t{v.split}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def fingerprint(cfg: PretrainConfig, data: str = "") -> dict[str, Any]:
+    """The settings (and the data fingerprint) a checkpoint must share with the run to be resumed."""
+    return {**{k: v for k, v in asdict(cfg).items() if k not in RESUMABLE_ACROSS}, "data": data}
+
+
+def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
+                    state: TrainState, cfg: PretrainConfig, data: str = "") -> None:
+    """torch.save to a temporary name, fsync, rename: a kill never leaves a torn checkpoint."""
+    payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict() if optimizer else None,
+               "state": asdict(state), "config": asdict(cfg), "fingerprint": fingerprint(cfg, data)}
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as handle:
+        torch.save(payload, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def load_encoder(path: str | Path, device: torch.device | str = "cpu") -> tuple[Encoder, dict[str, Any]]:
+    """Rebuild an encoder from a checkpoint written by `pretrain`; returns (model in eval mode, config)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no checkpoint; run the `pretrain` stage first (dvc repro pretrain)")
+    payload = torch.load(path, map_location=device, weights_only=False)
+    cfg = PretrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in payload["config"].items()})
+    model = Encoder(backbone=cfg.backbone, hidden_dim=cfg.hidden_dim, out_dim=cfg.out_dim)
+    model.load_state_dict(payload["model"])
+    return model.to(device).eval(), payload["config"]
+
+
+def build_optimizer(model: torch.nn.Module, cfg: PretrainConfig) -> torch.optim.Optimizer:
+    """SGD with momentum as in the paper, or AdamW (far fewer steps to learn: the CPU default)."""
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def embed_videos(model: torch.nn.Module, videos: list[VideoShard], *, protocol: str, cfg: PretrainConfig,
+                 world: World, batch_size: int = 32) -> np.ndarray:
+    """Embeddings (n, out_dim) of `videos` in their order with one `protocol` clip set per video."""
+    dataset = EvalClips(videos, protocol=protocol, clip_len=cfg.clip_len, size=cfg.size)
+    return embed_clips(model, dataset, world=world, batch_size=batch_size, workers=cfg.workers, bf16=cfg.bf16)
+
+
+def _autocast(cfg: PretrainConfig, world: World) -> torch.autocast:
+    enabled = cfg.bf16 and world.device.type == "cuda"
+    return torch.autocast(device_type=world.device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def cluster_round(model: torch.nn.Module, train: list[VideoShard], cfg: PretrainConfig,
+                  world: World) -> tuple[np.ndarray, dict[str, float]]:
+    """Embed every training video (centre clip), cluster on rank 0, share the labels with every rank."""
+    from slic.clustering import cluster_agreement, cluster_pseudo_labels, cluster_sizes_summary
+
+    embeddings = embed_videos(model, train, protocol="centre", cfg=cfg, world=world)
+    if world.is_main:
+        labels = cluster_pseudo_labels(embeddings, method=cfg.cluster_method, k=min(cfg.cluster_k, len(train)),
+                                       seed=cfg.seed)
+        stats = {**cluster_sizes_summary(labels), **cluster_agreement(np.array([v.label for v in train]), labels)}
+        result = (labels, {k: float(v) for k, v in stats.items()})
+    else:
+        result = None
+    return broadcast_object(result)
+
+
+def validation_recall(model: torch.nn.Module, val: list[VideoShard], train: list[VideoShard],
+                      cfg: PretrainConfig, world: World) -> float:
+    """Recall@1 of validation queries against the training gallery (centre clips)."""
+    from slic.retrieval import recall_at_k
+
+    queries = embed_videos(model, val, protocol="centre", cfg=cfg, world=world)
+    gallery = embed_videos(model, train, protocol="centre", cfg=cfg, world=world)
+    return recall_at_k(queries, np.array([v.label for v in val]), gallery, np.array([v.label for v in train]),
+                       ks=(1,))["recall@1"]
+
+
+def _step_generator(cfg: PretrainConfig, epoch: int, step: int) -> torch.Generator:
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([cfg.seed, epoch, step]).generate_state(1)[0]))
+
+
+def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
+                    cfg: PretrainConfig, world: World, epoch: int) -> dict[str, float]:
+    """One pass over the training triplets; returns mean loss terms, clips/s and data-wait share."""
+    from slic.losses import slic_loss
+
+    model.train()
+    sums: dict[str, float] = {}
+    steps, clips, waited = 0, 0, 0.0
+    started = tick = time.perf_counter()
+    for step, (anchor, positive, view, labels, _) in enumerate(loader):
+        waited += time.perf_counter() - tick
+        batch = torch.cat([anchor, positive, view]).to(world.device, non_blocking=True)
+        if world.device.type == "cuda":
+            batch = batch.contiguous(memory_format=torch.channels_last_3d)
+        with _autocast(cfg, world):
+            out = model(batch)  # one pass: anchor, positive and view share BatchNorm statistics
+        a, p, v = out.float().chunk(3)
+        labels = labels.to(world.device)
+        if cfg.gather_embeddings:
+            a, p, v, labels = gather_with_grad(a), gather_with_grad(p), gather_with_grad(v), gather_tensor(labels)
+        loss, stats = slic_loss(a, p, v, labels, triplet_margin=cfg.triplet_margin,
+                                temporal_margin=cfg.temporal_margin, temporal_weight=cfg.temporal_weight,
+                                generator=_step_generator(cfg, epoch, step))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        for key, value in stats.items():
+            sums[key] = sums.get(key, 0.0) + float(value)
+        steps += 1
+        clips += batch.shape[0] * world.size
+        tick = time.perf_counter()
+    seconds = time.perf_counter() - started
+    metrics = {key: value / max(steps, 1) for key, value in sums.items()}
+    metrics.update(clips_per_s=clips / seconds if seconds else 0.0, data_wait_fraction=waited / seconds if seconds else 0.0,
+                   steps=float(steps), epoch_seconds=seconds)
+    return metrics
+
+
+def _resume(last: Path, cfg: PretrainConfig, data: str, model: torch.nn.Module,
+            optimizer: torch.optim.Optimizer) -> TrainState:
+    if not last.is_file():
+        return TrainState()
+    payload = torch.load(last, map_location="cpu", weights_only=False)
+    if payload.get("fingerprint") != fingerprint(cfg, data):
+        log.warning("%s was trained with other settings or other videos; starting afresh", last)
+        return TrainState()
+    model.load_state_dict(payload["model"])
+    if payload["optimizer"]:
+        optimizer.load_state_dict(payload["optimizer"])
+    state = TrainState(**payload["state"])
+    log.info("resuming from %s at epoch %d", last, state.epoch)
+    return state
+
+
+def pretrain(cfg: PretrainConfig, *, manifest: str | Path, frames_dir: str | Path, world: World,
+             run: Any = None) -> dict[str, Any]:
+    """Train (or, for random_init, just initialise) the encoder; checkpoints in cfg.out.
+
+    Returns the stage report. `run` is a tracking.StageRun (or None) that receives per-epoch metrics.
+    """
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    last, best = out / "last.pt", out / "best.pt"
+    train = load_videos(manifest, frames_dir, splits=["train"], min_frames=2 * cfg.clip_len)
+    val = load_videos(manifest, frames_dir, splits=["val"], min_frames=cfg.clip_len)
+    if len(train) < 2 or not val:
+        raise ValueError(f"pretraining needs >= 2 train and >= 1 val videos of enough frames; found {len(train)} "
+                         f"and {len(val)} in {manifest}")
+    model = to_device(build_encoder(cfg), world.device)
+    optimizer = build_optimizer(model, cfg)
+    data = data_fingerprint(train, val)
+    state = _resume(last, cfg, data, model, optimizer)
+    if state.epoch == 0 and best.is_file():
+        best.unlink()  # from a run with other settings: never let it pass for this run's best
+    resumed_from = state.epoch
+    epochs = 0 if cfg.mode == "random_init" else cfg.epochs
+    trained = model
+    if world.size > 1:
+        trained = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[world.device.index] if world.device.type == "cuda" else None)
+    if cfg.compile and world.device.type == "cuda":
+        trained = torch.compile(trained)
+    dataset = PretrainClips(train, clip_len=cfg.clip_len, size=cfg.size,
+                            p_intra=1.0 if cfg.mode == "intra_video" else cfg.p_intra,
+                            random_anchor=cfg.random_anchor, seed=cfg.seed)
+    if state.labels:
+        dataset.set_labels(np.array(state.labels))
+    elif cfg.mode == "intra_video":
+        dataset.set_labels(np.arange(len(train)))
+    per_rank = max(2, cfg.batch_size // world.size)
+    started = time.perf_counter()
+    for epoch in range(state.epoch, epochs):
+        metrics: dict[str, float] = {}
+        if cfg.mode == "slic" and epoch % cfg.cluster_interval == 0:
+            labels, cluster_stats = cluster_round(model, train, cfg, world)
+            dataset.set_labels(labels)
+            state.labels = labels.tolist()
+            metrics.update({f"cluster_{k}": v for k, v in cluster_stats.items()})
+        dataset.set_epoch(epoch)
+        sampler = DistributedSampler(dataset, num_replicas=world.size, rank=world.rank, shuffle=True,
+                                     seed=cfg.seed, drop_last=True)
+        sampler.set_epoch(epoch)
+        loader = DataLoader(dataset, batch_size=per_rank, sampler=sampler, num_workers=cfg.workers,
+                            drop_last=True, pin_memory=world.device.type == "cuda")
+        metrics.update(train_one_epoch(trained, loader, optimizer, cfg, world, epoch))
+        state.epoch = epoch + 1
+        if state.epoch % cfg.eval_interval == 0 or state.epoch == epochs:
+            metrics["val_recall_at_1"] = validation_recall(model, val, train, cfg, world)
+            if metrics["val_recall_at_1"] > state.best_metric and world.is_main:
+                state.best_metric, state.best_epoch = metrics["val_recall_at_1"], state.epoch
+                save_checkpoint(best, model, None, state, cfg, data)
+        state.history.append({"epoch": float(state.epoch), **metrics})
+        if world.is_main:
+            save_checkpoint(last, model, optimizer, state, cfg, data)
+            if run is not None:
+                run.log_metrics(metrics, step=state.epoch)
+            log.info("epoch %d/%d %s", state.epoch, epochs,
+                     " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+        barrier()
+    if not best.is_file() and world.is_main:  # random_init, or resumed past the end: still a best
+        state.best_metric = validation_recall(model, val, train, cfg, world)
+        state.best_epoch = state.epoch
+        save_checkpoint(best, model, None, state, cfg, data)
+        save_checkpoint(last, model, optimizer, state, cfg, data)
+    barrier()
+    seconds = time.perf_counter() - started
+    final = state.history[-1] if state.history else {}
+    report = {"mode": cfg.mode, "epochs": epochs, "resumed_from_epoch": resumed_from,
+              "best_epoch": state.best_epoch, "best_val_recall_at_1": state.best_metric,
+              "seconds": round(seconds, 2), "train_videos": len(train), "val_videos": len(val),
+              "world_size": world.size, "device": str(world.device),
+              **{f"final_{k}": v for k, v in final.items() if k != "epoch"}}
+    if world.is_main:
+        (out / "history.json").write_text(json.dumps(state.history, indent=1))
+        if run is not None:
+            run.log_artifact(best, "checkpoints")
+            run.log_artifact(last, "checkpoints")
+    return report

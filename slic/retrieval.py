@@ -1,0 +1,83 @@
+"""Video retrieval metrics (the IIC protocol): cosine similarity, hit@k if any neighbour shares the class."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DEFAULT_KS = (1, 5, 10, 20, 50)
+
+
+def normalize_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (zero rows stay zero), float32."""
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def nearest_gallery(queries: np.ndarray, gallery: np.ndarray, k: int, *, block: int = 4096) -> np.ndarray:
+    """Indices (n_queries, k) of the k most cosine-similar gallery rows, best first (exact)."""
+    q, g = normalize_rows(queries), normalize_rows(gallery)
+    k = min(k, len(g))
+    out = np.empty((len(q), k), dtype=np.int64)
+    for start in range(0, len(q), block):
+        sims = q[start:start + block] @ g.T
+        part = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        order = np.take_along_axis(sims, part, axis=1).argsort(axis=1, kind="stable")[:, ::-1]
+        out[start:start + block] = np.take_along_axis(part, order, axis=1)
+    return out
+
+
+def hits_at_k(query_labels: np.ndarray, gallery_labels: np.ndarray, neighbours: np.ndarray,
+              ks: Sequence[int] = DEFAULT_KS) -> dict[int, np.ndarray]:
+    """Per query and k: True when any of its k nearest gallery videos has the query's class."""
+    same = np.asarray(gallery_labels)[neighbours] == np.asarray(query_labels)[:, None]
+    return {k: same[:, :k].any(axis=1) for k in ks}
+
+
+def recall_at_k(queries: np.ndarray, query_labels: np.ndarray, gallery: np.ndarray, gallery_labels: np.ndarray,
+                ks: Sequence[int] = DEFAULT_KS) -> dict[str, float]:
+    """{'recall@k': share of queries with a same-class video among their k nearest gallery videos}."""
+    if len(queries) == 0 or len(gallery) == 0:
+        raise ValueError(f"retrieval needs queries and a gallery; got {len(queries)} and {len(gallery)}")
+    neighbours = nearest_gallery(queries, gallery, max(ks))
+    return {f"recall@{k}": float(hit.mean()) for k, hit in hits_at_k(query_labels, gallery_labels, neighbours,
+                                                                      ks).items()}
+
+
+def evaluate_embeddings(path: str | Path, *, query_split: str = "test", gallery_split: str = "train",
+                        ks: Sequence[int] = DEFAULT_KS) -> dict[str, Any]:
+    """Recall@k of `query_split` videos against `gallery_split` ones, overall and per class.
+
+    Every video is evaluated (no batch is dropped). Reads the .npz written by the `embed` stage.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no embeddings; run the `embed` stage first (dvc repro embed)")
+    data = np.load(path)
+    split, labels, names = data["split"], data["label"], data["class_name"]
+    queries, gallery = split == query_split, split == gallery_split
+    if not queries.any() or not gallery.any():
+        raise ValueError(f"{path}: needs {query_split!r} queries and a {gallery_split!r} gallery; "
+                         f"found {int(queries.sum())} and {int(gallery.sum())}")
+    neighbours = nearest_gallery(data["embedding"][queries], data["embedding"][gallery], max(ks))
+    hits = hits_at_k(labels[queries], labels[gallery], neighbours, ks)
+    query_names = names[queries]
+    per_class = {
+        str(name): {f"recall@{k}": float(hits[k][query_names == name].mean()) for k in ks[:2]}
+        | {"queries": int((query_names == name).sum())}
+        for name in sorted(set(query_names.tolist()))
+    }
+    return {"queries": int(queries.sum()), "gallery": int(gallery.sum()), "query_split": query_split,
+            "gallery_split": gallery_split, **{f"recall@{k}": float(hits[k].mean()) for k in ks},
+            "per_class": per_class}
+
+
+def write_recall_curve(report: dict[str, Any], path: str | Path) -> None:
+    """recall@k as a two-column CSV (k, recall) for `dvc plots`."""
+    rows = sorted((int(key.split("@")[1]), value) for key, value in report.items()
+                  if key.startswith("recall@"))
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text("k,recall\n" + "".join(f"{k},{v:.6f}\n" for k, v in rows))

@@ -1,0 +1,106 @@
+"""Clip sampling: non-overlapping positives, pseudo-label positives, one augmentation per clip."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from slic.data.clips import EvalClips, PretrainClips, VideoShard, iic_starts, non_overlapping_start
+from slic.data.frames import write_shard
+from slic.data.video import decode, encode_jpeg_sequence
+
+
+@pytest.fixture(scope="module")
+def shards(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> list[VideoShard]:
+    """Six tiny videos as shards (two per class)."""
+    out = tmp_path_factory.mktemp("shards")
+    videos = []
+    for label, name in enumerate(("Slide", "Rise", "Fall")):
+        for clip in (1, 2):
+            source = tiny_dataset / name / f"v_{name}_g02_c{clip:02d}.avi"
+            sequence = encode_jpeg_sequence(source, short_side=None, quality=3)
+            path = out / f"{name}{clip}.shard"
+            write_shard(path, sequence.jpegs, {"video_id": path.stem})
+            videos.append(VideoShard(path.stem, str(path), len(sequence.jpegs), label, "train", name))
+    return videos
+
+
+def test_non_overlapping_start() -> None:
+    rng = np.random.default_rng(0)
+    starts = {non_overlapping_start(rng, 40, 0, 16) for _ in range(200)}
+    assert starts == set(range(16, 25))
+    assert {non_overlapping_start(rng, 48, 16, 16) for _ in range(200)} == {0, 32}
+    with pytest.raises(ValueError, match="no 16-frame window"):
+        non_overlapping_start(rng, 31, 0, 16)
+
+
+def test_positive_sampling_follows_pseudo_labels(shards: list[VideoShard]) -> None:
+    data = PretrainClips(shards, size=32, p_intra=0.0)
+    data.set_labels(np.array([0, 0, 1, 1, 2, 3]))  # video 5 is a singleton cluster
+    rng = np.random.default_rng(1)
+    for _ in range(50):
+        assert data.positive_of(0, rng, 0)[0] == 1  # cross-video, same pseudo-label, never itself
+        assert data.positive_of(3, rng, 0)[0] == 2
+        video, start = data.positive_of(5, rng, 0)  # singleton: falls back to its own video
+        assert video == 5 and start >= 16
+    intra = PretrainClips(shards, size=32, p_intra=1.0)
+    intra.set_labels(np.zeros(6, dtype=int))
+    assert all(intra.positive_of(2, rng, 0)[0] == 2 for _ in range(20))
+    mixed = PretrainClips(shards, size=32, p_intra=0.5)
+    mixed.set_labels(np.zeros(6, dtype=int))
+    same = np.mean([mixed.positive_of(0, rng, 0)[0] == 0 for _ in range(400)])
+    assert 0.4 < same < 0.6
+
+
+def test_sample_is_seeded_by_epoch_and_index(shards: list[VideoShard]) -> None:
+    data = PretrainClips(shards, size=32, seed=3)
+    first = data[2]
+    assert all(torch.equal(a, b) for a, b in zip(first[:3], data[2][:3]))
+    data.set_epoch(1)
+    assert not torch.equal(first[0], data[2][0])
+    anchor, positive, view, label, index = first
+    assert anchor.shape == positive.shape == view.shape == (3, 16, 32, 32)
+    assert (label, index) == (2, 2)  # default labels are video ids
+    assert not torch.equal(anchor, view)  # the second view has its own augmentation
+
+
+def test_augmentation_is_drawn_once_per_clip(tmp_path: Path) -> None:
+    # A still video: whatever crop, flip, jitter, grey or blur is drawn, every frame of the clip
+    # must come out identical; a per-frame draw would make them differ.
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 255, size=(48, 64, 3), dtype=np.uint8)
+    from slic.data.video import write_video
+
+    write_video(tmp_path / "still.mkv", np.repeat(frame[None], 40, axis=0), codec="ffv1")
+    sequence = encode_jpeg_sequence(tmp_path / "still.mkv", short_side=None, quality=2)
+    write_shard(tmp_path / "still.shard", sequence.jpegs, {})
+    data = PretrainClips([VideoShard("still", str(tmp_path / "still.shard"), 40, 0, "train")], size=32)
+    for epoch in range(5):
+        data.set_epoch(epoch)
+        anchor = data[0][0]
+        assert torch.allclose(anchor[:, 0], anchor[:, 1:].mean(dim=1), atol=1e-4)
+
+
+def test_iic_starts_cover_the_video() -> None:
+    assert iic_starts(48) == [0, 4, 7, 11, 14, 18, 21, 25, 28, 32]
+    starts = iic_starts(300)
+    assert len(starts) == 10 and starts[0] == 0 and starts[-1] == 284
+    assert iic_starts(16, clips=3) == [0, 0, 0]
+
+
+def test_eval_clips_are_deterministic_centre_crops(shards: list[VideoShard], tiny_dataset: Path) -> None:
+    centre = EvalClips(shards, protocol="centre", size=48)
+    clips, index = centre[3]  # Rise, clip 2
+    assert clips.shape == (1, 3, 16, 48, 48) and index == 3
+    assert torch.equal(clips, centre[3][0])
+    iic = EvalClips(shards, protocol="iic", size=32, clips=4)
+    assert iic[0][0].shape == (4, 3, 16, 32, 32)
+    # The centre clip is frames 8..24 of the 32-frame source, centre-cropped: compare with a decode.
+    frames = decode(tiny_dataset / "Rise" / "v_Rise_g02_c02.avi", start=8, stop=24)
+    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    pixels = clips[0].permute(1, 2, 3, 0) * std + mean  # (T, H, W, 3) in 0..1
+    expected = torch.from_numpy(frames[:, :, 8:56]).float() / 255
+    assert (pixels - expected).abs().mean() < 0.03

@@ -1,0 +1,31 @@
+"""The ablation's verdict: SLIC's recall@1 gains over each baseline, in points, against the bars."""
+
+from __future__ import annotations
+
+import pytest
+
+from slic.ablation import findings
+
+
+def rows(slic: float, intra: float, random: float) -> dict[str, dict[str, float]]:
+    return {"slic": {"recall@1": slic}, "intra_video": {"recall@1": intra}, "random_init": {"recall@1": random}}
+
+
+def test_finding_holds_only_when_both_bars_are_met() -> None:
+    result = findings(rows(0.40, 0.30, 0.20), min_gain_over_random_init=10, min_gain_over_intra_video=5)
+    assert result["slic_minus_random_init_points"] == pytest.approx(20.0)
+    assert result["slic_minus_intra_video_points"] == pytest.approx(10.0)
+    assert result["paper_finding_holds"] is True
+    short = findings(rows(0.40, 0.37, 0.20), min_gain_over_random_init=10, min_gain_over_intra_video=5)
+    assert short["slic_beats_intra_video_by_5"] is False and short["slic_beats_random_init_by_10"] is True
+    assert short["paper_finding_holds"] is False
+
+
+def test_exactly_at_the_bar_counts_and_missing_modes_are_skipped() -> None:
+    result = findings(rows(0.30, 0.25, 0.20), min_gain_over_random_init=10, min_gain_over_intra_video=5)
+    assert result["paper_finding_holds"] is True
+    only_random = findings({"slic": {"recall@1": 0.3}, "random_init": {"recall@1": 0.1}},
+                           min_gain_over_random_init=10, min_gain_over_intra_video=5)
+    assert "slic_minus_intra_video_points" not in only_random and only_random["paper_finding_holds"] is True
+    assert findings({"intra_video": {"recall@1": 0.3}}, min_gain_over_random_init=10,
+                    min_gain_over_intra_video=5) == {}

@@ -1,0 +1,54 @@
+"""Backbones match torchvision's topology; the reference stem and the head are as SLIC specifies."""
+
+from __future__ import annotations
+
+import torch
+from torchvision.models.video import r2plus1d_18, r3d_18
+
+from slic.models import Classifier, Encoder, ProjectionHead, build_backbone, count_parameters
+
+
+def shapes(module: torch.nn.Module) -> list[tuple[int, ...]]:
+    return [tuple(v.shape) for v in module.state_dict().values()]
+
+
+def test_backbones_have_torchvision_layers() -> None:
+    for name, reference in (("r3d_18", r3d_18()), ("r2plus1d_18", r2plus1d_18())):
+        reference.fc = torch.nn.Identity()
+        assert shapes(build_backbone(name=name)) == shapes(reference), name
+
+
+def test_reference_stem_is_hara_3d_resnet() -> None:
+    stem = build_backbone(name="r3d_18_reference").stem[0]
+    assert (stem.kernel_size, stem.stride, stem.padding) == ((7, 7, 7), (1, 2, 2), (3, 3, 3))
+    assert not any(isinstance(m, torch.nn.MaxPool3d) for m in build_backbone(name="r3d_18_reference").modules())
+
+
+def test_narrow_variant_keeps_topology_at_quarter_width() -> None:
+    narrow, full = build_backbone(name="r3d_18_narrow"), build_backbone(name="r3d_18")
+    assert narrow.feature_dim == 128 and full.feature_dim == 512
+    assert len(shapes(narrow)) == len(shapes(full))
+    assert count_parameters(narrow) < count_parameters(full) / 12
+
+
+def test_encoder_maps_clips_to_embeddings() -> None:
+    torch.manual_seed(0)
+    model = Encoder(backbone="r3d_18_narrow", hidden_dim=64, out_dim=16).eval()
+    clips = torch.randn(3, 3, 8, 32, 32)
+    out = model(clips)
+    assert out.shape == (3, 16)
+    assert torch.allclose(out[1], model(clips[1:2])[0], atol=1e-5)  # eval: no batch coupling
+
+
+def test_projection_head_layers() -> None:
+    head = ProjectionHead(in_dim=512)
+    kinds = [type(m).__name__ for m in head.net]
+    assert kinds == ["Linear", "BatchNorm1d", "ReLU", "Linear"]
+    assert (head.net[0].in_features, head.net[0].out_features, head.net[3].out_features) == (512, 2048, 128)
+
+
+def test_classifier_head() -> None:
+    backbone = build_backbone(name="r3d_18_narrow")
+    classifier = Classifier(backbone=backbone, feature_dim=128, classes=5).eval()
+    assert classifier(torch.randn(2, 3, 8, 32, 32)).shape == (2, 5)
+    assert classifier.dropout.p == 0.9
