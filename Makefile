@@ -14,7 +14,7 @@ export DVC_NO_ANALYTICS := 1
 export GX_ANALYTICS_ENABLED := false
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install run test bench clean
+.PHONY: install run test bench clean pipeline image services-up services-down deploy worker
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,3 +36,29 @@ bench: install
 
 clean:
 	rm -rf data/raw data/manifests data/frames data/validation data/models data/embeddings
+
+# Prefect and the shared services (README "Prefect flows, deployments and shared services").
+COMPOSE := docker compose --env-file infra/.env -f infra/compose.yaml
+
+pipeline: install
+	$(BIN)/slic pipeline
+
+image:
+	docker build -f infra/Dockerfile -t slic:latest .
+
+infra/.env:
+	cp infra/.env.example $@
+	@echo "created infra/.env from infra/.env.example: change its passwords"
+
+services-up: infra/.env
+	$(COMPOSE) up -d --build --wait
+
+services-down:
+	$(COMPOSE) down
+
+deploy: install
+	$(BIN)/prefect work-pool create slic-process --type process --overwrite
+	SLIC_CHECKOUT=$(CURDIR) $(BIN)/prefect --no-prompt deploy --all
+
+worker: install
+	$(BIN)/prefect worker start --pool slic-process

@@ -117,6 +117,14 @@ def _tracked(stage: str, params: dict[str, Any], world: Any, system_metrics: boo
     return stage_run(stage, params, system_metrics=system_metrics) if world.is_main else nullcontext(None)
 
 
+def _log_plot(run: Any, name: str, make: Callable[..., Path], *args: Any) -> None:
+    """Draw one PNG with slic.plots into a temporary folder and log it under the run's plots/."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        run.log_artifact(make(*args, Path(tmp) / f"{name}.png"), "plots")
+
+
 def run_pretrain(config: Any) -> dict[str, Any]:
     """Stage `pretrain`: SLIC (or a baseline) on the train split; checkpoints in data/models/pretrain."""
     from slic.config import to_dict
@@ -131,6 +139,11 @@ def run_pretrain(config: Any) -> dict[str, Any]:
             if run is not None:
                 run.log_metrics({k: v for k, v in report.items() if isinstance(v, (int, float))})
                 report["mlflow_run_id"] = run.run_id
+                history = Path(config.pretrain.out) / "history.json"
+                if history.is_file():
+                    from slic.plots import training_curves
+
+                    _log_plot(run, "training_curves", training_curves, json.loads(history.read_text()))
     finally:
         close_world()
     print(f"pretrain ({report['mode']}): best val recall@1 {report['best_val_recall_at_1']:.3f} at epoch "
@@ -170,6 +183,10 @@ def run_evaluate(config: Any) -> dict[str, Any]:
     with stage_run("evaluate", to_dict(cfg)) as run:
         run.log_metrics({k: v for k, v in report.items() if k.startswith("recall@")})
         run.log_artifact(cfg.curve)
+        from slic.plots import embedding_projection, recall_curve
+
+        _log_plot(run, "recall_at_k", recall_curve, report)
+        _log_plot(run, "embeddings_pca", embedding_projection, cfg.embeddings)
     print("evaluate: " + " ".join(f"{k}={v:.3f}" for k, v in report.items() if k.startswith("recall@")))
     return report
 
@@ -192,6 +209,16 @@ def run_ablation(config: Any) -> dict[str, Any]:
     return report
 
 
+def run_promote(config: Any) -> dict[str, Any]:
+    """Stage `promote`: register the encoder; move the alias only when it beats the champion."""
+    from slic.promote import promote
+
+    report = promote(config.promote)
+    print(f"promote: {report['model_name']} version {report['version']} {report['decision']}: {report['reason']}; "
+          f"@{report['alias']} -> version {report['alias_version']}")
+    return report
+
+
 STAGES: dict[str, tuple[Callable[[Any], dict[str, Any]], str]] = {
     "synth": (run_synth, "generate the synthetic motion dataset (UCF101 layout)"),
     "manifest": (run_manifest, "list, probe and split the dataset into one manifest table"),
@@ -201,10 +228,55 @@ STAGES: dict[str, tuple[Callable[[Any], dict[str, Any]], str]] = {
     "embed": (run_embed, "embed every video with the best checkpoint (IIC protocol)"),
     "evaluate": (run_evaluate, "retrieval recall@k of test queries against the train gallery"),
     "ablation": (run_ablation, "slic against intra_video and random_init, trained and evaluated alike"),
+    "promote": (run_promote, "register the encoder; move the champion alias only when it is better"),
 }
 
 
-REPORT_NAMES = {"evaluate": "retrieval"}  # reports/<name>.json when it is not the stage's name
+REPORT_NAMES = {"evaluate": "retrieval", "promote": "promotion"}  # reports/<name>.json when it is not the stage's name
+
+
+def run_pipeline(argv: list[str]) -> int:
+    """`slic pipeline`: the stages as the Prefect flow of flows/pipeline.py, in a child process.
+
+    slic itself never imports Prefect: the flow lives in the checkout's flows/ folder.
+    """
+    import subprocess
+
+    checkout = Path.cwd()
+    if not (checkout / "flows" / "pipeline.py").is_file():
+        print(f"slic pipeline: error: {checkout}/flows/pipeline.py not found; run from the project checkout",
+              file=sys.stderr)
+        return 2
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(checkout), os.environ.get("PYTHONPATH")]))}
+    return subprocess.run([sys.executable, "-m", "flows.pipeline", *argv], cwd=checkout, env=env).returncode
+
+
+def run_embed_video(argv: list[str]) -> int:
+    """`slic embed-video [--model URI] [--out FILE.npy] VIDEO...`: embed video files with a registered encoder."""
+    import numpy as np
+
+    from slic.promote import embed_videos
+    from slic.tracking import TrackingError
+
+    parser = argparse.ArgumentParser(prog="slic embed-video", description="embed video files with a registered encoder")
+    parser.add_argument("--model", default="models:/slic-encoder@champion", help="MLflow model URI")
+    parser.add_argument("--out", default="", help="write the (videos, dim) array to this .npy file")
+    parser.add_argument("videos", nargs="+", help="video files (anything PyAV decodes)")
+    args = parser.parse_args(argv)
+    missing = [v for v in args.videos if not Path(v).is_file()]
+    if missing:
+        print(f"slic embed-video: error: no such file: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    try:
+        vectors = embed_videos(args.videos, args.model)
+    except TrackingError as exc:
+        print(f"slic embed-video: error: {exc}", file=sys.stderr)
+        return 2
+    if args.out:
+        np.save(args.out, vectors)
+    for video, row in zip(args.videos, vectors):
+        print(f"{video}\t{np.linalg.norm(row):.4f}\t" + " ".join(f"{v:.4f}" for v in row[:4]) + " ...")
+    return 0
 
 
 class StageFailed(RuntimeError):
@@ -220,13 +292,24 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
     for name, (_, help_text) in STAGES.items():
         sub.add_parser(name, help=help_text)
-    args = parser.parse_args(argv)
+    sub.add_parser("pipeline", add_help=False,
+                   help="every stage as a Prefect flow (options: slic pipeline --help)")
+    sub.add_parser("embed-video", add_help=False,
+                   help="embed video files with models:/slic-encoder@champion (slic embed-video --help)")
+    args, rest = parser.parse_known_args(argv)
+    if args.stage == "pipeline":
+        return run_pipeline(rest)
+    if args.stage == "embed-video":
+        return run_embed_video(rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
 
     import logging
 
     from slic.config import ConfigError, load
     from slic.data.datasets import DatasetError
     from slic.data.frames import ExtractError
+    from slic.promote import PromoteError
     from slic.tracking import TrackingError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
@@ -237,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load(args.params)
         report = STAGES[args.stage][0](config)
-    except (ConfigError, DatasetError, ExtractError, FileNotFoundError, TrackingError) as exc:
+    except (ConfigError, DatasetError, ExtractError, FileNotFoundError, TrackingError, PromoteError) as exc:
         print(f"slic {args.stage}: error: {exc}", file=sys.stderr)
         return 2
     except StageFailed as exc:

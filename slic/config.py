@@ -157,6 +157,18 @@ class AblationConfig:
 
 
 @dataclass(frozen=True)
+class PromoteConfig:
+    """Registry promotion of the pretrained encoder on a validation metric (stage `promote`)."""
+
+    checkpoint: str = _spec("data/models/pretrain/best.pt", help="the candidate encoder")
+    metric: str = _spec("best_val_recall_at_1", help="validation metric of reports/pretrain.json (never test)")
+    higher_is_better: bool = _spec(True)
+    min_delta: float = _spec(0.0, low=0.0, help="the candidate must beat the champion by more than this")
+    model_name: str = _spec("slic-encoder", help="registered model name")
+    alias: str = _spec("champion")
+
+
+@dataclass(frozen=True)
 class Config:
     """All sections of params.yaml."""
 
@@ -168,6 +180,7 @@ class Config:
     embed: EmbedConfig = field(default_factory=EmbedConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     ablation: AblationConfig = field(default_factory=AblationConfig)
+    promote: PromoteConfig = field(default_factory=PromoteConfig)
 
 
 def _allowed(f: dataclasses.Field, tp: Any) -> str:

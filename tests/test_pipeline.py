@@ -24,7 +24,7 @@ TINY = {
                  "eval_interval": 1},
     "embed": {"clips": 2, "workers": 0},
 }
-STAGES = ["synth", "manifest", "validate", "extract", "pretrain", "embed", "evaluate", "ablation"]
+STAGES = ["synth", "manifest", "validate", "extract", "pretrain", "embed", "evaluate", "promote", "ablation"]
 
 
 def dvc(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -90,6 +90,8 @@ def test_repro_builds_every_output_then_is_a_no_op(repo: Path) -> None:
     for mode in ("intra_video", "random_init"):
         assert (repo / f"data/models/ablation/{mode}/best.pt").is_file()
         assert 0 <= ablation["modes"][mode]["recall@1"] <= ablation["modes"][mode]["recall@50"] == 1.0
+    promotion = json.loads((repo / "reports/promotion.json").read_text())
+    assert (promotion["decision"], promotion["version"], promotion["champion_metric"]) == ("promoted", "1", "none")
     assert set(ablation["findings"]) >= {"slic_minus_random_init_points", "slic_minus_intra_video_points",
                                          "paper_finding_holds"}
 

@@ -1,0 +1,68 @@
+"""Embed video files with a pretrained encoder: the code behind the registered pyfunc model.
+
+MLflow loads the model `models:/slic-encoder@champion` through `_load_pyfunc` (this module is its
+`loader_module`): the model folder holds the checkpoint (state_dict + config) written by
+`pretrain`, so no pickled code travels with the model, only this package.
+Each video is decoded with PyAV and embedded with the IIC protocol of the `embed` stage: `clips`
+16-frame clips at linspace(8, n - 8), frames resized to size x size*171/128, centre crop, the
+projection-head outputs averaged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def _frames(path: str | Path) -> np.ndarray:
+    """Every frame of a video as (T, H, W, 3) uint8."""
+    from slic.data.video import decode
+
+    return decode(path)
+
+
+@torch.no_grad()
+def embed_video(model: torch.nn.Module, frames: np.ndarray, *, clip_len: int, size: int, clips: int = 10) -> np.ndarray:
+    """One embedding (d,) of a decoded video: mean of the model outputs over its IIC clips."""
+    from slic.data.clips import as_clip, eval_transform, iic_starts
+
+    if len(frames) < clip_len:  # a very short video: repeat its last frame, as a player would hold it
+        frames = np.concatenate([frames, np.repeat(frames[-1:], clip_len - len(frames), axis=0)])
+    transform = eval_transform(size, resize=(size, round(size * 171 / 128)))
+    batch = torch.stack([as_clip(frames[s:s + clip_len], transform) for s in iic_starts(len(frames), clip_len, clips)])
+    device = next(model.parameters()).device
+    return model(batch.to(device)).float().mean(dim=0).cpu().numpy()
+
+
+class VideoEncoder:
+    """A pretrained encoder that turns video files into embedding rows."""
+
+    def __init__(self, checkpoint: str | Path, device: str = "cpu", clips: int = 10) -> None:
+        from slic.pretrain import load_encoder
+
+        self.model, config = load_encoder(checkpoint, device)
+        self.clip_len, self.size, self.clips = int(config["clip_len"]), int(config["size"]), clips
+        self.dim = int(config["out_dim"])
+
+    def embed_paths(self, paths: Iterable[str | Path]) -> np.ndarray:
+        """(n, d) float32 embeddings, one row per video path, in order."""
+        rows = [embed_video(self.model, _frames(p), clip_len=self.clip_len, size=self.size, clips=self.clips)
+                for p in paths]
+        return np.stack(rows).astype(np.float32) if rows else np.zeros((0, self.dim), np.float32)
+
+    def predict(self, model_input: Any, params: dict[str, Any] | None = None) -> np.ndarray:
+        """pyfunc entry: a DataFrame with a `path` column (or a list of paths) -> (n, d) embeddings."""
+        paths = model_input["path"].tolist() if hasattr(model_input, "columns") else list(model_input)
+        return self.embed_paths(paths)
+
+
+def _load_pyfunc(data_path: str) -> VideoEncoder:
+    """MLflow's hook: `data_path` is the checkpoint copied into the model folder."""
+    path = Path(data_path)
+    if path.is_dir():  # MLflow passes the folder when the data was a folder
+        path = next(path.rglob("*.pt"))
+    return VideoEncoder(path, "cuda" if torch.cuda.is_available() else "cpu")

@@ -1,0 +1,181 @@
+"""The Prefect flow under Prefect's test harness: real `dvc repro` stages, artifacts, MLflow runs, retries."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+from uuid import UUID
+
+import pytest
+
+from flows.pipeline import StageError, artifact_key, classify_failure, report_markdown
+from flows.pipeline import slic_pipeline as pipeline
+from tests.flows.conftest import make_checkout, mlflow_client, set_params
+
+STAGES = ["synth", "manifest", "validate", "extract", "pretrain", "embed", "evaluate", "promote"]
+
+
+def flow_run_details(flow_run_id: UUID) -> tuple[dict[str, str], dict[str, int]]:
+    """{artifact key: data} and {task run name: run count} of one flow run, read from the Prefect API."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter,
+                                                FlowRunFilterId)
+
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return {a.key: a.data for a in artifacts if a.key}, {t.name: t.run_count for t in tasks}
+
+
+def nested_runs(repo: Path, parent: str) -> dict[str, object]:
+    client = mlflow_client(repo)
+    experiment = client.get_run(parent).info.experiment_id
+    runs = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{parent}'")
+    return {r.data.tags["slic.stage"]: r for r in runs}
+
+
+def test_artifact_keys_and_markdown() -> None:
+    assert artifact_key("Pretrain", "report") == "pretrain-report"
+    assert artifact_key("ablation/intra_video", "mlflow") == "ablation-intra-video-mlflow"
+    table = report_markdown("evaluate", {"recall@1": 0.51234, "splits": {"train": 3}, "failed": [1, 2]}, ran=False)
+    assert "| recall@1 | 0.5123 |" in table and "| splits.train | 3 |" in table and "| failed | 2 item(s) |" in table
+    assert "unchanged (DVC cache)" in table
+
+
+def test_failures_are_classified_transient_or_not() -> None:
+    refused = classify_failure("validate", "slic validate: manifest invalid: 1 of 29 expectations failed\n"
+                               "ERROR: failed to reproduce 'validate': failed to run: slic validate, exited with 1", 255)
+    assert not refused.transient and refused.exit_code == 1
+    assert str(refused) == "stage 'validate' failed: slic validate: manifest invalid: 1 of 29 expectations failed"
+    killed = classify_failure("pretrain", "ERROR: failed to reproduce 'pretrain': failed to run: slic pretrain, "
+                              "exited with -9", 255)
+    assert killed.transient and killed.exit_code == -9
+    assert classify_failure("embed", "ERROR: Unable to acquire lock. Most likely another DVC process", 1).transient
+
+
+@pytest.fixture(scope="module")
+def checkout(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_checkout(tmp_path_factory.mktemp("flow-repo"))
+
+
+def test_flow_runs_stages_publishes_artifacts_and_nests_mlflow_runs(prefect_api: None, checkout: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")  # tiny stages end within seconds
+    state = pipeline(repo=str(checkout), stages=STAGES, return_state=True)
+    assert state.is_completed(), state.message
+    result = state.result()
+    assert list(result["stages"]) == STAGES and all(r["ran"] for r in result["stages"].values())
+    assert (checkout / "data/embeddings/embeddings.npz").is_file()
+    promotion = json.loads((checkout / "reports/promotion.json").read_text())
+    assert promotion["decision"] == "promoted"
+
+    artifacts, tasks = flow_run_details(state.state_details.flow_run_id)
+    for stage in STAGES:
+        assert f"{stage}-mlflow" in artifacts and f"### {stage}: ran" in artifacts[f"{stage}-report"]
+    assert "| extracted | 24 |" in artifacts["extract-report"]
+    assert tasks["validate"] == 1  # nothing failed, nothing retried
+
+    parent = result["mlflow_parent_run_id"]
+    assert result["stages"]["pretrain"]["published"]["mlflow_run_id"] in artifacts["pretrain-mlflow"]
+    runs = nested_runs(checkout, parent)
+    assert set(runs) == set(STAGES)  # one nested run per stage, the stages' own runs included
+    assert mlflow_client(checkout).get_run(parent).info.status == "FINISHED"
+    pretrain = runs["pretrain"]
+    assert pretrain.data.params["epochs"] == "2" and "val_recall_at_1" in pretrain.data.metrics
+    assert len(mlflow_client(checkout).get_metric_history(pretrain.info.run_id, "val_recall_at_1")) == 2
+    assert any(k.startswith("system/") for k in pretrain.data.metrics)  # system metrics
+    listed = {f.path for folder in ("plots", "checkpoints")
+              for f in mlflow_client(checkout).list_artifacts(pretrain.info.run_id, folder)}
+    assert {"plots/training_curves.png", "checkpoints/best.pt"} <= listed
+    evaluate = {f.path for f in mlflow_client(checkout).list_artifacts(runs["evaluate"].info.run_id, "plots")}
+    assert evaluate == {"plots/recall_at_k.png", "plots/embeddings_pca.png"}
+    assert runs["extract"].data.metrics["extracted"] == 24 and runs["extract"].data.tags["slic.cached"] == "false"
+    champion = mlflow_client(checkout).get_model_version_by_alias("slic-encoder", "champion")
+    assert str(champion.version) == "1" and champion.tags["decision"] == "promoted"
+
+    again = pipeline(repo=str(checkout), stages=STAGES, return_state=True)
+    assert again.is_completed(), again.message
+    assert not any(r["ran"] for r in again.result()["stages"].values())  # DVC cache: nothing re-runs
+    artifacts, _ = flow_run_details(again.state_details.flow_run_id)
+    assert "### pretrain: unchanged (DVC cache)" in artifacts["pretrain-report"]
+    cached = nested_runs(checkout, again.result()["mlflow_parent_run_id"])
+    assert set(cached) == set(STAGES) and cached["pretrain"].data.tags["slic.cached"] == "true"
+
+
+def test_failed_stage_is_named_not_retried_and_done_stages_stay_cached(prefect_api: None, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    repo = make_checkout(tmp_path / "repo", manifest={"val_fraction": 0.0})  # no class has a val video
+    state = pipeline(repo=str(repo), stages=["synth", "manifest", "validate"], return_state=True)
+    assert state.is_failed()
+    assert "stage 'validate' failed: slic validate: manifest invalid" in state.message
+    with pytest.raises(StageError, match="stage 'validate' failed"):
+        state.result()
+    _, tasks = flow_run_details(state.state_details.flow_run_id)
+    assert tasks["validate"] == 1  # refused input is not transient: no retry
+    set_params(repo, "manifest", val_fraction=0.15)
+    fixed = pipeline(repo=str(repo), stages=["synth", "manifest", "validate"], return_state=True)
+    assert fixed.is_completed(), fixed.message
+    ran = {stage: r["ran"] for stage, r in fixed.result()["stages"].items()}
+    assert ran == {"synth": False, "manifest": True, "validate": True}  # synth stayed cached
+
+
+def test_transient_failure_is_retried(prefect_api: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    repo = make_checkout(tmp_path / "repo")
+    # A stage killed once (exit 137, as the OOM killer does), then fine: DVC fails, the task retries.
+    (repo / "dvc.yaml").write_text(
+        "stages:\n  flaky:\n    cmd: python -c \"import os, sys; os.path.exists('tried') or "
+        "(open('tried', 'w').close(), sys.exit(137)); open('out.txt', 'w').write('ok')\"\n    outs:\n      - out.txt\n")
+    state = pipeline(repo=str(repo), return_state=True)
+    assert state.is_completed(), state.message
+    assert (repo / "out.txt").read_text() == "ok"
+    _, tasks = flow_run_details(state.state_details.flow_run_id)
+    assert tasks["flaky"] == 2
+
+
+def test_unreachable_mlflow_is_one_line_naming_the_uri(prefect_api: None, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    uri = f"http://127.0.0.1:{port}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    state = pipeline(repo=str(make_checkout(tmp_path / "repo")), stages=["synth"], return_state=True)
+    assert state.is_failed()
+    assert state.message.endswith(f"MLflow tracking server {uri} is unreachable ([Errno 111] Connection refused); "
+                                  "start it or fix MLFLOW_TRACKING_URI")
+
+
+def test_slic_pipeline_command_outside_a_checkout_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    from slic.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["pipeline"]) == 2
+    assert capsys.readouterr().err.strip() == (f"slic pipeline: error: {tmp_path}/flows/pipeline.py not found; "
+                                               "run from the project checkout")
+
+
+@pytest.mark.slow
+def test_slic_pipeline_command_runs_the_flow(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    repo = make_checkout(tmp_path / "repo", with_flows=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI")}
+    result = subprocess.run([str(Path(sys.executable).parent / "slic"), "pipeline", "--stages", "synth,manifest"],
+                            cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.splitlines()[-2:] == ["synth: ran", "manifest: ran"]
+    assert json.loads((repo / "reports/manifest.json").read_text())["videos"] == 24
+    bad = subprocess.run([str(Path(sys.executable).parent / "slic"), "pipeline", "--stages", "synth,trian"],
+                         cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 1
+    said = [line for line in bad.stderr.splitlines() if line.startswith("slic pipeline: ")]
+    assert said == ["slic pipeline: Flow run encountered an exception: ValueError: unknown stage(s) trian; dvc.yaml "
+                    "has: synth, manifest, validate, extract, pretrain, embed, evaluate, promote, ablation"]

@@ -1,0 +1,154 @@
+"""Promotion: the decision rule, the registry (temporary SQLite store) and the champion embedding a real video."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from slic.config import PretrainConfig, PromoteConfig
+from slic.promote import Decision, PromoteError, decide, embed_videos, load_champion, promote, read_metric
+from tests.conftest import SHARED_VIDEOS
+
+TINY_ENCODER = PretrainConfig(hidden_dim=16, out_dim=8, size=16, clip_len=16)
+
+
+def test_decide_better_worse_equal_and_no_champion() -> None:
+    assert decide(0.5, None).promote is True
+    assert "no current champion" in decide(0.5, None).reason
+    assert decide(0.6, 0.5) == Decision(True, decide(0.6, 0.5).reason) and "beats" in decide(0.6, 0.5).reason
+    assert decide(0.4, 0.5).promote is False and "does not beat" in decide(0.4, 0.5).reason
+    assert decide(0.5, 0.5).promote is False  # a tie keeps the champion
+    assert decide(0.52, 0.5, min_delta=0.05).promote is False and decide(0.56, 0.5, min_delta=0.05).promote
+    assert decide(0.3, 0.5, higher_is_better=False).promote is True  # e.g. a loss
+    assert decide(0.7, 0.5, higher_is_better=False).promote is False
+
+
+def test_missing_metric_refuses_naming_metric_and_file(tmp_path: Path) -> None:
+    report = tmp_path / "pretrain.json"
+    report.write_text(json.dumps({"best_val_recall_at_1": 0.4, "mode": "slic", "ok": True}))
+    assert read_metric(report, "best_val_recall_at_1") == 0.4
+    with pytest.raises(PromoteError) as exc:
+        read_metric(report, "val_map")
+    assert str(exc.value) == (f"promote.metric 'val_map' missing in {report}; numeric keys there: "
+                              "best_val_recall_at_1")
+    with pytest.raises(PromoteError, match="mode.*'slic' is not a finite number"):
+        read_metric(report, "mode")
+    with pytest.raises(PromoteError, match="not found; run the `pretrain` stage"):
+        read_metric(tmp_path / "absent.json", "best_val_recall_at_1")
+
+
+def make_candidate(folder: Path, metric: float, seed: int) -> tuple[Path, Path]:
+    """A real (untrained) encoder checkpoint as pretrain writes it, and its report with `metric`."""
+    from dataclasses import replace
+
+    from slic.pretrain import TrainState, build_encoder, save_checkpoint
+
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = replace(TINY_ENCODER, seed=seed)
+    checkpoint = folder / "best.pt"
+    save_checkpoint(checkpoint, build_encoder(cfg), None, TrainState(), cfg)
+    report = folder / "pretrain.json"
+    report.write_text(json.dumps({"best_val_recall_at_1": metric, "mlflow_run_id": f"run-{seed}"}))
+    return checkpoint, report
+
+
+@pytest.fixture()
+def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh SQLite tracking store and artifact folder in tmp_path (the working directory)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("SLIC_PARENT_RUN_ID", raising=False)
+    return tmp_path
+
+
+def version_tags(name: str, version: str) -> dict[str, str]:
+    from mlflow import MlflowClient
+
+    from slic.tracking import tracking_uri
+
+    return dict(MlflowClient(tracking_uri(), registry_uri=tracking_uri()).get_model_version(name, version).tags)
+
+
+def test_registry_promotes_better_and_keeps_champion_against_worse(store: Path) -> None:
+    from slic.tracking import alias_version
+
+    cfg = PromoteConfig()
+    first = promote(PromoteConfig(checkpoint=str(make_candidate(store / "a", 0.5, 1)[0])), store / "a/pretrain.json")
+    assert (first["version"], first["decision"], first["alias_version"]) == ("1", "promoted", "1")
+    assert alias_version(cfg.model_name, cfg.alias).version == "1"
+
+    worse = promote(PromoteConfig(checkpoint=str(make_candidate(store / "b", 0.3, 2)[0])), store / "b/pretrain.json")
+    assert (worse["version"], worse["decision"], worse["alias_version"]) == ("2", "rejected", "1")
+    assert alias_version(cfg.model_name, cfg.alias).version == "1"  # a worse model never takes the alias
+    tags = version_tags(cfg.model_name, "2")
+    assert tags["metric"] == "best_val_recall_at_1" and float(tags["metric_value"]) == 0.3
+    assert float(tags["champion_metric"]) == 0.5 and tags["champion_version"] == "1"
+    assert tags["decision"] == "rejected" and "does not beat champion 0.5" in tags["reason"]
+
+    equal = promote(PromoteConfig(checkpoint=str(make_candidate(store / "c", 0.5, 3)[0])), store / "c/pretrain.json")
+    assert equal["decision"] == "rejected" and alias_version(cfg.model_name, cfg.alias).version == "1"
+
+    better = promote(PromoteConfig(checkpoint=str(make_candidate(store / "d", 0.7, 4)[0])), store / "d/pretrain.json")
+    assert (better["version"], better["decision"], better["alias_version"]) == ("4", "promoted", "4")
+    assert alias_version(cfg.model_name, cfg.alias).version == "4"
+    assert version_tags(cfg.model_name, "4")["pretrain_run_id"] == "run-4"
+    assert version_tags(cfg.model_name, "1")["decision"] == "promoted"  # history stays on each version
+
+
+def test_champion_judged_on_another_metric_refuses(store: Path) -> None:
+    checkpoint, report = make_candidate(store / "a", 0.5, 1)
+    promote(PromoteConfig(checkpoint=str(checkpoint)), report)
+    report.write_text(json.dumps({"best_val_recall_at_1": 0.9, "final_val_recall_at_1": 0.9}))
+    with pytest.raises(PromoteError, match="'final_val_recall_at_1' missing on the champion, version 1"):
+        promote(PromoteConfig(checkpoint=str(checkpoint), metric="final_val_recall_at_1"), report)
+
+
+def test_champion_loads_from_registry_and_embeds_a_real_video(store: Path) -> None:
+    videos = sorted(SHARED_VIDEOS.rglob("*.avi"))[:2]
+    if len(videos) < 2:
+        pytest.skip(f"real sample videos not found at {SHARED_VIDEOS}")
+    from slic.serving import VideoEncoder
+
+    checkpoint, report = make_candidate(store / "a", 0.5, 1)
+    promote(PromoteConfig(checkpoint=str(checkpoint)), report)
+    embeddings = embed_videos(videos, "models:/slic-encoder@champion")
+    assert embeddings.shape == (2, TINY_ENCODER.out_dim) and np.isfinite(embeddings).all()
+    assert not np.allclose(embeddings[0], embeddings[1])  # two different videos
+    direct = VideoEncoder(checkpoint).embed_paths(videos)  # the same weights, no registry in between
+    np.testing.assert_allclose(embeddings, direct, rtol=1e-5, atol=1e-6)
+    model = load_champion()
+    assert model.metadata.signature.inputs.input_names() == ["path"]
+
+
+def test_promote_stage_writes_promotion_report(store: Path) -> None:
+    from slic.cli import main
+
+    checkpoint, report = make_candidate(store / "data/models/pretrain", 0.5, 1)
+    (store / "reports").mkdir()
+    report.replace(store / "reports/pretrain.json")
+    (store / "params.yaml").write_text("promote:\n  checkpoint: data/models/pretrain/best.pt\n")
+    assert main(["promote"]) == 0
+    written = json.loads((store / "reports/promotion.json").read_text())
+    assert written["decision"] == "promoted" and written["alias_version"] == "1"
+    (store / "params.yaml").write_text("promote:\n  metric: val_map\n")
+    assert main(["promote"]) == 2  # refuses: the metric is not in reports/pretrain.json
+
+
+def test_embed_video_command_uses_the_champion(store: Path, capsys: pytest.CaptureFixture) -> None:
+    from slic.cli import main
+
+    video = next(iter(sorted(SHARED_VIDEOS.rglob("*.mp4"))), None)
+    if video is None:
+        pytest.skip(f"real sample videos not found at {SHARED_VIDEOS}")
+    checkpoint, report = make_candidate(store / "a", 0.5, 1)
+    promote(PromoteConfig(checkpoint=str(checkpoint)), report)
+    assert main(["embed-video", "--out", "vectors.npy", str(video)]) == 0
+    vectors = np.load(store / "vectors.npy")
+    assert vectors.shape == (1, TINY_ENCODER.out_dim)
+    np.testing.assert_allclose(vectors, embed_videos([video]), rtol=1e-5, atol=1e-6)
+    assert capsys.readouterr().out.startswith(f"{video}\t")
+    assert main(["embed-video", str(store / "absent.avi")]) == 2
+    assert capsys.readouterr().err.strip() == f"slic embed-video: error: no such file: {store / 'absent.avi'}"
