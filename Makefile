@@ -33,9 +33,10 @@ bench: install
 	$(BIN)/python bench/extract.py
 	$(BIN)/python bench/clustering.py
 	$(BIN)/python bench/pretrain.py
+	$(BIN)/python bench/search.py
 
 clean:
-	rm -rf data/raw data/manifests data/frames data/validation data/models data/embeddings
+	rm -rf data/raw data/manifests data/frames data/validation data/models data/embeddings data/index
 
 # Prefect and the shared services (README "Prefect flows, deployments and shared services").
 COMPOSE := docker compose --env-file infra/.env -f infra/compose.yaml

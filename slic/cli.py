@@ -219,6 +219,19 @@ def run_promote(config: Any) -> dict[str, Any]:
     return report
 
 
+def run_index(config: Any) -> dict[str, Any]:
+    """Stage `index`: a FAISS index over the gallery split's embeddings in data/index, for `slic search`."""
+    from slic.index import build_stage
+
+    report = build_stage(config.index, embeddings=config.embed.out, checkpoint=config.embed.checkpoint,
+                         clips=config.embed.clips)
+    print(f"index: {report['kind']} over {report['vectors']} {report['gallery_split']} videos ({report['dim']}-d) "
+          f"on {report['device']} in {report['build_seconds']} s -> {report['out']}")
+    for note in report["notes"]:
+        print(f"  note: {note}")
+    return report
+
+
 STAGES: dict[str, tuple[Callable[[Any], dict[str, Any]], str]] = {
     "synth": (run_synth, "generate the synthetic motion dataset (UCF101 layout)"),
     "manifest": (run_manifest, "list, probe and split the dataset into one manifest table"),
@@ -229,6 +242,7 @@ STAGES: dict[str, tuple[Callable[[Any], dict[str, Any]], str]] = {
     "evaluate": (run_evaluate, "retrieval recall@k of test queries against the train gallery"),
     "ablation": (run_ablation, "slic against intra_video and random_init, trained and evaluated alike"),
     "promote": (run_promote, "register the encoder; move the champion alias only when it is better"),
+    "index": (run_index, "FAISS index over the gallery split's embeddings, for `slic search`"),
 }
 
 
@@ -296,7 +310,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="every stage as a Prefect flow (options: slic pipeline --help)")
     sub.add_parser("embed-video", add_help=False,
                    help="embed video files with models:/slic-encoder@champion (slic embed-video --help)")
+    sub.add_parser("search", add_help=False,
+                   help="find the indexed videos most similar to a video or folder (slic search --help)")
     args, rest = parser.parse_known_args(argv)
+    if args.stage == "search":
+        from slic.search import run_search
+
+        return run_search(rest, args.params)
     if args.stage == "pipeline":
         return run_pipeline(rest)
     if args.stage == "embed-video":
@@ -309,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     from slic.config import ConfigError, load
     from slic.data.datasets import DatasetError
     from slic.data.frames import ExtractError
+    from slic.index import IndexBuildError
     from slic.promote import PromoteError
     from slic.tracking import TrackingError
 
@@ -320,7 +341,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load(args.params)
         report = STAGES[args.stage][0](config)
-    except (ConfigError, DatasetError, ExtractError, FileNotFoundError, TrackingError, PromoteError) as exc:
+    except (ConfigError, DatasetError, ExtractError, FileNotFoundError, TrackingError, PromoteError,
+            IndexBuildError) as exc:
         print(f"slic {args.stage}: error: {exc}", file=sys.stderr)
         return 2
     except StageFailed as exc:

@@ -146,6 +146,26 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
+class IndexConfig:
+    """FAISS similarity-search index over the gallery split's embeddings (stage `index`)."""
+
+    manifest: str = _spec("data/manifests/validated.csv", help="video_id -> path and class of each indexed video")
+    gallery_split: str = _spec("train", choices=("train", "val", "test"), help="split whose videos are indexed")
+    kind: str = _spec("flat", choices=("flat", "ivf_flat", "ivf_pq", "hnsw"), help="flat is exact")
+    metric: str = _spec("cosine", choices=("cosine", "inner_product"),
+                        help="cosine: inner product on L2-normalised vectors")
+    nlist: int = _spec(1024, low=1, high=1 << 20, help="IVF lists (clamped to vectors // 39 on small galleries)")
+    nprobe: int = _spec(16, low=1, high=1 << 20, help="IVF lists visited per query")
+    pq_m: int = _spec(16, low=1, high=512, help="ivf_pq sub-quantizers (must divide the dimension)")
+    pq_nbits: int = _spec(8, low=1, high=16, help="ivf_pq bits per sub-quantizer code")
+    hnsw_m: int = _spec(32, low=2, high=256, help="hnsw neighbours per node")
+    ef_search: int = _spec(64, low=1, high=1 << 16, help="hnsw candidate list at search time")
+    ef_construction: int = _spec(80, low=1, high=1 << 16, help="hnsw candidate list at build time")
+    device: str = _spec("auto", choices=("auto", "cpu", "cuda"), help="auto: GPU when faiss has one (not hnsw)")
+    out: str = _spec("data/index", help="folder for index.faiss, rows.csv and index.json")
+
+
+@dataclass(frozen=True)
 class AblationConfig:
     """SLIC against its baselines on the same data and settings (stage `ablation`)."""
 
@@ -179,6 +199,7 @@ class Config:
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     embed: EmbedConfig = field(default_factory=EmbedConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
     ablation: AblationConfig = field(default_factory=AblationConfig)
     promote: PromoteConfig = field(default_factory=PromoteConfig)
 

@@ -24,7 +24,8 @@ TINY = {
                  "eval_interval": 1},
     "embed": {"clips": 2, "workers": 0},
 }
-STAGES = ["synth", "manifest", "validate", "extract", "pretrain", "embed", "evaluate", "promote", "ablation"]
+STAGES = ["synth", "manifest", "validate", "extract", "pretrain", "embed", "evaluate", "index", "promote",
+          "ablation"]
 
 
 def dvc(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -81,6 +82,10 @@ def test_repro_builds_every_output_then_is_a_no_op(repo: Path) -> None:
     assert [retrieval[f"recall@{k}"] for k in (1, 5, 10, 20, 50)] == sorted(retrieval[f"recall@{k}"]
                                                                           for k in (1, 5, 10, 20, 50))
     assert retrieval["recall@50"] == 1.0  # the gallery is smaller than 50: every class is found
+    index_report = json.loads((repo / "reports/index.json").read_text())
+    assert (index_report["kind"], index_report["vectors"]) == ("flat", retrieval["gallery"])
+    rows = pd.read_csv(repo / "data/index/rows.csv")
+    assert len(rows) == retrieval["gallery"] and rows["path"].map(lambda p: (repo / p).is_file()).all()
     curve = pd.read_csv(repo / "reports/retrieval_recall.csv")
     assert curve["k"].tolist() == [1, 5, 10, 20, 50]
     ablation = json.loads((repo / "reports/ablation.json").read_text())

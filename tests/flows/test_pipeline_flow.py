@@ -9,7 +9,7 @@ from uuid import UUID
 
 import pytest
 
-from flows.pipeline import StageError, artifact_key, classify_failure, report_markdown
+from flows.pipeline import StageError, artifact_key, classify_failure, dvc_stages, report_markdown
 from flows.pipeline import slic_pipeline as pipeline
 from tests.flows.conftest import make_checkout, mlflow_client, set_params
 
@@ -178,4 +178,4 @@ def test_slic_pipeline_command_runs_the_flow(tmp_path: Path) -> None:
     assert bad.returncode == 1
     said = [line for line in bad.stderr.splitlines() if line.startswith("slic pipeline: ")]
     assert said == ["slic pipeline: Flow run encountered an exception: ValueError: unknown stage(s) trian; dvc.yaml "
-                    "has: synth, manifest, validate, extract, pretrain, embed, evaluate, promote, ablation"]
+                    f"has: {', '.join(dvc_stages(repo))}"]

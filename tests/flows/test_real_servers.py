@@ -19,6 +19,7 @@ from uuid import UUID
 
 import numpy as np
 import pytest
+import yaml
 
 from tests.conftest import ROOT, SHARED_VIDEOS
 from tests.flows.conftest import make_checkout
@@ -162,7 +163,8 @@ def test_deployment_run_on_a_process_pool_with_real_servers(servers: dict[str, s
     assert promotion["decision"] == "promoted" and promotion["alias_version"] == "1"
 
     artifacts = {a["key"]: a for a in api(env, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [str(flow_run_id)]}}})}
-    stages = ["synth", "manifest", "validate", "extract", "pretrain", "embed", "evaluate", "promote", "ablation"]
+    stages = list(yaml.safe_load((repo / "dvc.yaml").read_text())["stages"])  # every stage ran
+    assert {"synth", "pretrain", "evaluate", "promote", "ablation"} <= set(stages)
     for stage in stages:
         assert artifacts[f"{stage}-report"]["type"] == "markdown" and artifacts[f"{stage}-mlflow"]["type"] == "markdown"
         assert servers["MLFLOW_TRACKING_URI"] in artifacts[f"{stage}-mlflow"]["data"]  # a link to the server's UI

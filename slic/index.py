@@ -1,0 +1,214 @@
+"""A FAISS similarity-search index over the gallery videos' embeddings (stage `index`).
+
+The `embed` stage's rows of one split (the gallery, default train) go into a FAISS index: exact inner product
+on L2-normalised vectors (cosine) by default (`flat`), or an approximate one (`ivf_flat`, `ivf_pq`, `hnsw`).
+It is built on the GPU when faiss has one (flat and IVF kinds; HNSW has no GPU version) and written as a
+CPU index, so any machine can load it.  Beside it: rows.csv maps index row -> video_id, path, class, and
+index.json holds what `slic search` needs to embed queries the same way (checkpoint, its sha256, clips,
+metric) and the effective parameters (an IVF nlist too large for the gallery is clamped, with a note).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from slic.clustering import _faiss, gpu_available, l2_normalize
+
+KINDS = ("flat", "ivf_flat", "ivf_pq", "hnsw")
+IVF_KINDS = ("ivf_flat", "ivf_pq")
+MIN_POINTS_PER_LIST = 39  # faiss's k-means wants at least this many training points per centroid
+INDEX_FILE, ROWS_FILE, META_FILE = "index.faiss", "rows.csv", "index.json"
+
+
+class IndexBuildError(ValueError):
+    """The index cannot be built or loaded from what is on disk; the message says what to run."""
+
+
+@dataclass
+class BuiltIndex:
+    """A faiss index (CPU or GPU) with the parameters it was really built with and notes on any clamping."""
+
+    index: Any
+    params: dict[str, Any]
+    device: str
+    notes: list[str] = field(default_factory=list)
+    gpu_resources: Any = None  # faiss.StandardGpuResources, kept alive as long as a GPU index
+
+
+@dataclass
+class LoadedIndex:
+    """A saved index read back: the faiss index, its rows (video_id, path, class) and its metadata."""
+
+    index: Any
+    rows: pd.DataFrame
+    meta: dict[str, Any]
+
+
+def effective_params(kind: str, n: int, dim: int, *, nlist: int = 1024, nprobe: int = 16, pq_m: int = 16,
+                     pq_nbits: int = 8, hnsw_m: int = 32, ef_search: int = 64,
+                     ef_construction: int = 80) -> tuple[dict[str, Any], list[str]]:
+    """The parameters of `kind` made valid for n vectors of dim; notes say what was changed and why."""
+    if kind not in KINDS:
+        raise IndexBuildError(f"unknown index kind {kind!r}; choose one of {', '.join(KINDS)}")
+    notes: list[str] = []
+    if kind == "flat":
+        return {}, notes
+    if kind == "hnsw":
+        return {"hnsw_m": hnsw_m, "ef_search": ef_search, "ef_construction": ef_construction}, notes
+    usable = max(1, n // MIN_POINTS_PER_LIST)
+    if nlist > usable:
+        notes.append(f"nlist {nlist} clamped to {usable}: {n} vectors allow at most {usable} lists "
+                     f"of >= {MIN_POINTS_PER_LIST} training points")
+        nlist = usable
+    if nprobe > nlist:
+        notes.append(f"nprobe {nprobe} clamped to nlist {nlist}")
+        nprobe = nlist
+    params: dict[str, Any] = {"nlist": nlist, "nprobe": nprobe}
+    if kind == "ivf_pq":
+        if dim % pq_m:
+            divisor = max(m for m in range(1, min(pq_m, dim) + 1) if dim % m == 0)
+            notes.append(f"pq_m {pq_m} does not divide dimension {dim}; using {divisor}")
+            pq_m = divisor
+        most_bits = max(1, int(np.log2(max(2, n // MIN_POINTS_PER_LIST))))
+        if pq_nbits > most_bits:  # each sub-quantizer trains 2**nbits centroids on the n vectors
+            notes.append(f"pq_nbits {pq_nbits} clamped to {most_bits}: {n} vectors train at most 2**{most_bits} "
+                         f"centroids of >= {MIN_POINTS_PER_LIST} points per sub-quantizer")
+            pq_nbits = most_bits
+        params |= {"pq_m": pq_m, "pq_nbits": pq_nbits}
+    return params, notes
+
+
+def _resolve_device(kind: str, device: str) -> str:
+    """'cuda' or 'cpu' for this kind: auto picks the GPU when faiss has one, hnsw always stays on CPU."""
+    if kind == "hnsw":
+        return "cpu"
+    if device == "cuda" and not gpu_available():
+        raise IndexBuildError("index.device is cuda but faiss sees no GPU (install faiss-gpu, or use auto/cpu)")
+    return "cuda" if device == "cuda" or (device == "auto" and gpu_available()) else "cpu"
+
+
+def build_index(vectors: np.ndarray, *, kind: str = "flat", normalize: bool = True, device: str = "auto",
+                **params: int) -> BuiltIndex:
+    """An inner-product faiss index of `kind` holding `vectors` (L2-normalised first when normalize: cosine)."""
+    faiss = _faiss()
+    x = np.ascontiguousarray(l2_normalize(vectors) if normalize else np.asarray(vectors, np.float32))
+    if x.ndim != 2 or len(x) == 0:
+        raise IndexBuildError(f"need a non-empty (n, d) array of embeddings, got shape {x.shape}")
+    n, dim = x.shape
+    used, notes = effective_params(kind, n, dim, **params)
+    where = _resolve_device(kind, device)
+    if where == "cuda" and kind == "ivf_pq" and used["pq_nbits"] != 8:
+        notes.append(f"ivf_pq with pq_nbits {used['pq_nbits']} built on CPU: faiss's GPU IVF-PQ wants 8-bit codes")
+        where = "cpu"
+    if kind == "flat":
+        index = faiss.IndexFlatIP(dim)
+    elif kind == "hnsw":
+        index = faiss.IndexHNSWFlat(dim, used["hnsw_m"], faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = used["ef_construction"]
+        index.hnsw.efSearch = used["ef_search"]
+    elif kind == "ivf_flat":
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, used["nlist"], faiss.METRIC_INNER_PRODUCT)
+    else:
+        index = faiss.IndexIVFPQ(faiss.IndexFlatIP(dim), dim, used["nlist"], used["pq_m"], used["pq_nbits"],
+                                 faiss.METRIC_INNER_PRODUCT)
+    if kind in IVF_KINDS:
+        index.nprobe = used["nprobe"]
+    resources = None
+    if where == "cuda":
+        resources = faiss.StandardGpuResources()
+        index = faiss.index_cpu_to_gpu(resources, 0, index)
+    if not index.is_trained:
+        index.train(x)
+    index.add(x)
+    return BuiltIndex(index, used, where, notes, resources)
+
+
+def search(index: Any, queries: np.ndarray, k: int, *, normalize: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(similarities, row ids), each (n_queries, k) best first; ids of -1 where fewer than k were found."""
+    q = np.ascontiguousarray(l2_normalize(queries) if normalize else np.asarray(queries, np.float32))
+    return index.search(q, min(k, index.ntotal))
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes (ties the index to the exact checkpoint that embedded its videos)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def gallery_rows(embeddings: str | Path, manifest: str | Path, split: str) -> tuple[pd.DataFrame, np.ndarray]:
+    """The `split` rows of the embed stage's npz joined with the manifest: (video_id, path, class, label), vectors."""
+    embeddings, manifest = Path(embeddings), Path(manifest)
+    if not embeddings.is_file():
+        raise FileNotFoundError(f"{embeddings}: no embeddings; run the `embed` stage first (dvc repro embed)")
+    if not manifest.is_file():
+        raise FileNotFoundError(f"{manifest}: no validated manifest; run `dvc repro validate` first")
+    data = np.load(embeddings)
+    keep = data["split"] == split
+    if not keep.any():
+        raise IndexBuildError(f"{embeddings} has no {split!r} videos to index (splits there: "
+                              f"{', '.join(sorted(set(data['split'].tolist())))})")
+    rows = pd.DataFrame({"video_id": data["video_id"][keep], "label": data["label"][keep]})
+    table = pd.read_csv(manifest, usecols=["video_id", "path", "class"], dtype=str)
+    rows = rows.merge(table, on="video_id", how="left", validate="one_to_one")
+    missing = rows[rows["path"].isna()]["video_id"].tolist()
+    if missing:
+        raise IndexBuildError(f"{len(missing)} embedded video(s) are not in {manifest}, e.g. {missing[0]}; "
+                              f"re-run `dvc repro index` so embed and validate agree")
+    return rows[["video_id", "path", "class", "label"]], data["embedding"][keep]
+
+
+def save_index(folder: str | Path, built: BuiltIndex, rows: pd.DataFrame, meta: dict[str, Any]) -> Path:
+    """Write index.faiss (a CPU copy), rows.csv and index.json into folder; return the folder."""
+    faiss = _faiss()
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    cpu = faiss.index_gpu_to_cpu(built.index) if built.device == "cuda" else built.index
+    faiss.write_index(cpu, str(folder / INDEX_FILE))
+    rows.rename_axis("row").to_csv(folder / ROWS_FILE)
+    (folder / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    return folder
+
+
+def load_index(folder: str | Path) -> LoadedIndex:
+    """Read a folder written by save_index; a missing piece raises IndexBuildError saying to run the stage."""
+    folder = Path(folder)
+    missing = [name for name in (INDEX_FILE, ROWS_FILE, META_FILE) if not (folder / name).is_file()]
+    if missing:
+        raise IndexBuildError(f"no index at {folder} ({', '.join(missing)} missing); run `dvc repro index` first")
+    index = _faiss().read_index(str(folder / INDEX_FILE))
+    rows = pd.read_csv(folder / ROWS_FILE, index_col="row", dtype={"video_id": str, "path": str, "class": str})
+    meta = json.loads((folder / META_FILE).read_text())
+    if index.ntotal != len(rows):
+        raise IndexBuildError(f"{folder}: index has {index.ntotal} vectors but rows.csv {len(rows)}; "
+                              "run `dvc repro index` again")
+    return LoadedIndex(index, rows, meta)
+
+
+def build_stage(cfg: Any, *, embeddings: str, checkpoint: str, clips: int) -> dict[str, Any]:
+    """Stage `index`: index the gallery split of `embeddings`, save it to cfg.out, return reports/index.json."""
+    rows, vectors = gallery_rows(embeddings, cfg.manifest, cfg.gallery_split)
+    normalize = cfg.metric == "cosine"
+    started = time.perf_counter()
+    built = build_index(vectors, kind=cfg.kind, normalize=normalize, device=cfg.device, nlist=cfg.nlist,
+                        nprobe=cfg.nprobe, pq_m=cfg.pq_m, pq_nbits=cfg.pq_nbits, hnsw_m=cfg.hnsw_m,
+                        ef_search=cfg.ef_search, ef_construction=cfg.ef_construction)
+    seconds = time.perf_counter() - started
+    report = {"kind": cfg.kind, "vectors": int(len(rows)), "dim": int(vectors.shape[1]), "metric": cfg.metric,
+              "gallery_split": cfg.gallery_split, "params": built.params, "notes": built.notes,
+              "build_seconds": round(seconds, 4), "device": built.device, "out": cfg.out}
+    meta = {**report, "embeddings": str(embeddings), "checkpoint": str(checkpoint),
+            "checkpoint_sha256": file_sha256(checkpoint) if Path(checkpoint).is_file() else "",
+            "clips": clips, "manifest": cfg.manifest}
+    save_index(cfg.out, built, rows, meta)
+    return report

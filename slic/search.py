@@ -1,0 +1,161 @@
+"""`slic search PATH`: find the indexed videos most similar to a video file or to every video in a folder.
+
+Each query is decoded with PyAV and embedded with the encoder that embedded the index's videos (the checkpoint
+named in data/index/index.json, IIC protocol via slic.serving.VideoEncoder) or with a registered MLflow model
+(`--model models:/slic-encoder@champion`), then looked up in the saved FAISS index.  A query that cannot be
+decoded gets one line on stderr and the others still get answers; the exit code is 1 when any query failed,
+2 for usage errors (no index, no such path, an encoder whose dimension does not match the index).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from slic.index import IndexBuildError, LoadedIndex, file_sha256, load_index, search
+
+QUERY_ERRORS = (RuntimeError, ValueError, OSError)  # VideoDecodeError is a RuntimeError
+
+
+class SearchUsageError(ValueError):
+    """A problem with the command line or the files it names; exit code 2."""
+
+
+def find_videos(path: str | Path, extensions: tuple[str, ...]) -> list[Path]:
+    """The file itself, or every file under the folder (recursively) whose extension is a video one, sorted."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise SearchUsageError(f"{path}: no such file or folder")
+    wanted = {e.lower() for e in extensions}
+    videos = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in wanted)
+    if not videos:
+        raise SearchUsageError(f"{path}: no videos ({', '.join(extensions)}) in this folder")
+    return videos
+
+
+def checkpoint_embedder(loaded: LoadedIndex, warn: Callable[[str], None]) -> Callable[[Path], np.ndarray]:
+    """Embed one video with the index's own checkpoint (the encoder that made the gallery embeddings)."""
+    import torch
+
+    from slic.serving import VideoEncoder
+
+    checkpoint = Path(loaded.meta["checkpoint"])
+    if not checkpoint.is_file():
+        raise SearchUsageError(f"{checkpoint}: the index's checkpoint is missing; run `dvc repro index` "
+                               "or pass --model")
+    recorded = loaded.meta.get("checkpoint_sha256", "")
+    if recorded and file_sha256(checkpoint) != recorded:
+        warn(f"warning: {checkpoint} changed since the index was built; run `dvc repro index` to re-embed it")
+    encoder = VideoEncoder(checkpoint, "cuda" if torch.cuda.is_available() else "cpu",
+                           clips=int(loaded.meta.get("clips", 10)))
+    return lambda path: encoder.embed_paths([path])[0]
+
+
+def model_embedder(model_uri: str) -> Callable[[Path], np.ndarray]:
+    """Embed one video with a registered MLflow pyfunc model, e.g. models:/slic-encoder@champion."""
+    import pandas as pd
+
+    from slic import tracking
+
+    try:
+        model = tracking.load_model(model_uri)
+    except Exception as exc:  # noqa: BLE001 - MLflow raises many types for an unknown or unreachable model
+        raise SearchUsageError(f"cannot load model {model_uri}: {str(exc).splitlines()[0]}") from exc
+    return lambda path: np.asarray(model.predict(pd.DataFrame({"path": [str(path)]})), np.float32)[0]
+
+
+def search_videos(videos: list[Path], embed: Callable[[Path], np.ndarray], loaded: LoadedIndex,
+                  k: int) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """(answers, errors): the k nearest indexed videos per query that could be embedded, an error per other."""
+    answers, errors = [], []
+    normalize = loaded.meta.get("metric", "cosine") == "cosine"
+    for video in videos:
+        try:
+            vector = embed(video)
+        except QUERY_ERRORS as exc:
+            reason = (str(exc).splitlines() or [type(exc).__name__])[0].removeprefix(f"{video}: ")
+            errors.append({"query": str(video), "error": reason})
+            continue
+        if vector.shape[-1] != loaded.index.d:
+            raise SearchUsageError(f"the encoder gives {vector.shape[-1]}-d embeddings but the index holds "
+                                   f"{loaded.index.d}-d ones; use the index's checkpoint or rebuild the index")
+        sims, ids = search(loaded.index, vector[None, :], k, normalize=normalize)
+        hits = [{"rank": rank, "video_id": loaded.rows.at[i, "video_id"], "path": loaded.rows.at[i, "path"],
+                 "class": loaded.rows.at[i, "class"], "similarity": round(float(s), 6)}
+                for rank, (i, s) in enumerate(((int(i), s) for i, s in zip(ids[0], sims[0]) if i >= 0), start=1)]
+        answers.append({"query": str(video), "results": hits})
+    return answers, errors
+
+
+def format_table(answer: dict[str, Any]) -> str:
+    """One query's ranked neighbours as an aligned text table."""
+    hits = answer["results"]
+    width = max([len("class")] + [len(str(h["class"])) for h in hits])
+    lines = [f"query: {answer['query']}", f"{'rank':>4}  {'similarity':>10}  {'class':<{width}}  path"]
+    lines += [f"{h['rank']:>4}  {h['similarity']:>10.4f}  {str(h['class']):<{width}}  {h['path']}" for h in hits]
+    return "\n".join(lines)
+
+
+def _defaults(params: str) -> tuple[tuple[str, ...], str]:
+    """Video extensions and index folder from params.yaml (the built-in defaults when there is no file)."""
+    from slic.config import Config, load
+
+    config = load(params) if Path(params).is_file() else Config()
+    return config.manifest.extensions, config.index.out
+
+
+def run_search(argv: list[str], params: str = "params.yaml") -> int:
+    """`slic search PATH [-k 10] [--json] [--model URI] [--index DIR]`; returns the exit code."""
+    from slic.config import ConfigError
+
+    parser = argparse.ArgumentParser(prog="slic search", description="find the indexed videos most similar "
+                                     "to a video file or to every video in a folder")
+    parser.add_argument("path", help="a video file, or a folder searched recursively for videos")
+    parser.add_argument("-k", type=int, default=10, help="neighbours per query (default 10)")
+    parser.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
+    parser.add_argument("--model", default="", help="MLflow model URI, e.g. models:/slic-encoder@champion "
+                        "(default: the checkpoint the index was built with)")
+    parser.add_argument("--index", default="", help="index folder (default: index.out of params.yaml)")
+    args = parser.parse_args(argv)
+    if args.k < 1:
+        parser.error(f"-k must be >= 1, got {args.k}")
+
+    def warn(line: str) -> None:
+        print(f"slic search: {line}", file=sys.stderr)
+
+    try:
+        extensions, index_dir = _defaults(params)
+        loaded = load_index(args.index or index_dir)
+        videos = find_videos(args.path, extensions)
+        embed = model_embedder(args.model) if args.model else checkpoint_embedder(loaded, warn)
+        answers, errors = search_videos(videos, embed, loaded, args.k)
+    except (ConfigError, IndexBuildError, SearchUsageError) as exc:
+        warn(f"error: {exc}")
+        return 2
+    for error in errors:
+        warn(f"error: {error['query']}: {error['error']}")
+    try:
+        _print_answers(args, index_dir, loaded, answers, errors)
+    except BrokenPipeError:  # e.g. `slic search DIR | head`: the reader left, nothing more to say
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keep the interpreter's final flush quiet
+    return 1 if errors else 0
+
+
+def _print_answers(args: argparse.Namespace, index_dir: str, loaded: LoadedIndex, answers: list[dict[str, Any]],
+                   errors: list[dict[str, str]]) -> None:
+    """Tables on the terminal, or one JSON document with --json."""
+    if args.json:
+        print(json.dumps({"index": str(args.index or index_dir), "kind": loaded.meta.get("kind"),
+                          "model": args.model or loaded.meta["checkpoint"], "k": args.k,
+                          "queries": answers, "errors": errors}, indent=2))
+    elif answers:
+        print("\n\n".join(format_table(a) for a in answers))

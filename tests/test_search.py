@@ -1,0 +1,116 @@
+"""`slic index` + `slic search` on real videos (../shared/videos, used in place) with a tiny real encoder."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from slic.cli import main
+from slic.config import PretrainConfig
+from tests.conftest import SHARED_VIDEOS
+
+FOLDER = SHARED_VIDEOS / "dmlc-decord" / "decode_tests"  # five good videos and corrupted.mp4
+TINY_ENCODER = PretrainConfig(hidden_dim=16, out_dim=8, size=16, clip_len=16)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A checkout-like folder: tiny checkpoint, embed-stage npz of the good videos, manifest, params, index."""
+    if not (FOLDER / "corrupted.mp4").is_file():
+        pytest.skip(f"real sample videos not found at {FOLDER}")
+    from slic.pretrain import TrainState, build_encoder, save_checkpoint
+    from slic.serving import VideoEncoder
+
+    root = tmp_path_factory.mktemp("search")
+    checkpoint = root / "best.pt"
+    save_checkpoint(checkpoint, build_encoder(TINY_ENCODER), None, TrainState(), TINY_ENCODER)
+    good = sorted(p for p in FOLDER.iterdir() if p.name != "corrupted.mp4")
+    ids = [p.stem for p in good]
+    np.savez(root / "embeddings.npz", video_id=np.array(ids), label=np.arange(len(ids)),
+             class_name=np.array(ids), split=np.array(["train"] * len(ids)),
+             embedding=VideoEncoder(checkpoint, clips=2).embed_paths(good))
+    pd.DataFrame({"video_id": ids, "path": [str(p) for p in good], "class": [f"class_{i}" for i in ids]}).to_csv(
+        root / "validated.csv", index=False)
+    (root / "params.yaml").write_text(
+        f"embed:\n  checkpoint: {checkpoint}\n  clips: 2\n  out: {root / 'embeddings.npz'}\n"
+        f"index:\n  manifest: {root / 'validated.csv'}\n  out: {root / 'index'}\n")
+    previous = Path.cwd()
+    os.chdir(root)
+    try:
+        assert main(["index"]) == 0
+        yield root
+    finally:
+        os.chdir(previous)
+
+
+def test_index_stage_writes_report_and_rows(workdir: Path) -> None:
+    report = json.loads((workdir / "reports/index.json").read_text())
+    assert (report["kind"], report["vectors"], report["dim"], report["device"]) == ("flat", 5, 8, "cpu")
+    rows = pd.read_csv(workdir / "index/rows.csv")
+    assert list(rows.columns) == ["row", "video_id", "path", "class", "label"]
+    assert all(Path(p).stem == v and c == f"class_{v}" for p, v, c in zip(rows["path"], rows["video_id"], rows["class"]))
+
+
+def test_search_folder_answers_good_files_and_names_the_corrupt_one(
+        workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["search", str(FOLDER), "-k", "3"]) == 1  # one query failed
+    out, err = capsys.readouterr()
+    assert err.strip().count("\n") == 0 and "corrupted.mp4" in err and err.startswith("slic search: error:")
+    tables = out.strip().split("\n\n")
+    assert len(tables) == 5
+    for table in tables:
+        lines = table.splitlines()
+        query = lines[0].removeprefix("query: ")
+        assert lines[1].split() == ["rank", "similarity", "class", "path"] and len(lines) == 2 + 3
+        first = lines[2].split()  # the query itself is indexed: rank 1, cosine 1, its own class and path
+        assert first == ["1", "1.0000", f"class_{Path(query).stem}", query]
+
+
+def test_search_json_is_one_document(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["search", str(FOLDER), "--json"]) == 1
+    out, err = capsys.readouterr()
+    doc = json.loads(out)
+    assert [e["query"] for e in doc["errors"]] == [str(FOLDER / "corrupted.mp4")]
+    assert len(doc["queries"]) == 5 and doc["k"] == 10 and doc["kind"] == "flat"
+    for answer in doc["queries"]:
+        hits = answer["results"]
+        assert len(hits) == 5 and [h["rank"] for h in hits] == [1, 2, 3, 4, 5]  # k=10 > 5 indexed videos
+        assert hits[0]["path"] == answer["query"] and hits[0]["similarity"] == pytest.approx(1.0, abs=1e-4)
+        assert all(a["similarity"] >= b["similarity"] for a, b in zip(hits, hits[1:]))
+    one = FOLDER / "video_90.mov"
+    assert main(["search", str(one), "--json", "-k", "2"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["errors"] == [] and [len(a["results"]) for a in doc["queries"]] == [2]
+
+
+def test_search_usage_errors_say_what_to_run(workdir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["search", str(FOLDER), "--index", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "run `dvc repro index` first" in err
+    assert main(["search", str(tmp_path / "absent.mp4")]) == 2
+    assert "absent.mp4: no such file or folder" in capsys.readouterr().err
+
+
+def test_search_with_the_registered_champion(workdir: Path, capsys: pytest.CaptureFixture,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from slic.config import PromoteConfig
+    from slic.promote import promote
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("SLIC_PARENT_RUN_ID", raising=False)
+    report = workdir / "pretrain.json"
+    report.write_text(json.dumps({"best_val_recall_at_1": 0.5}))
+    promote(PromoteConfig(checkpoint=str(workdir / "best.pt")), report)
+    query = FOLDER / "video_180.mov"
+    assert main(["search", str(query), "--json", "--model", "models:/slic-encoder@champion"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    # the champion holds the index's own weights: the query finds itself (10 clips here, 2 in the index)
+    assert doc["model"] == "models:/slic-encoder@champion" and doc["queries"][0]["results"][0]["path"] == str(query)
+    assert main(["search", str(query), "--model", "models:/no-such-model@champion"]) == 2
+    assert "cannot load model models:/no-such-model@champion" in capsys.readouterr().err
