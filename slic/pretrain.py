@@ -27,7 +27,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from slic.config import PretrainConfig
-from slic.data.clips import EvalClips, PretrainClips, VideoShard, load_videos
+from slic.data.clips import Augmentation, EvalClips, PretrainClips, VideoShard, load_videos
 from slic.distributed import World, barrier, broadcast_object, gather_tensor, gather_with_grad
 from slic.embed import embed_clips
 from slic.models import Encoder, to_device
@@ -46,6 +46,12 @@ class TrainState:
     best_metric: float = -1.0
     best_epoch: int = -1
     history: list[dict[str, float]] = field(default_factory=list)
+
+
+def augmentation_of(cfg: PretrainConfig) -> Augmentation:
+    """The training augmentation strengths of `cfg` (the paper's unless params.yaml says otherwise)."""
+    return Augmentation(crop_min_scale=cfg.crop_min_scale, jitter=cfg.color_jitter, jitter_p=cfg.color_jitter_p,
+                        grayscale_p=cfg.grayscale_p, blur_p=cfg.blur_p)
 
 
 def build_encoder(cfg: PretrainConfig) -> Encoder:
@@ -233,7 +239,7 @@ def pretrain(cfg: PretrainConfig, *, manifest: str | Path, frames_dir: str | Pat
         trained = torch.compile(trained)
     dataset = PretrainClips(train, clip_len=cfg.clip_len, size=cfg.size,
                             p_intra=1.0 if cfg.mode == "intra_video" else cfg.p_intra,
-                            random_anchor=cfg.random_anchor, seed=cfg.seed)
+                            random_anchor=cfg.random_anchor, seed=cfg.seed, augmentation=augmentation_of(cfg))
     if state.labels:
         dataset.set_labels(np.array(state.labels))
     elif cfg.mode == "intra_video":

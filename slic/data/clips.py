@@ -68,15 +68,27 @@ def load_videos(manifest_path: str | Path, frames_dir: str | Path, *, splits: Se
                                            table["split"], table["class"])]
 
 
-def train_augmentation(size: int, mean: Sequence[float] = IMAGENET_MEAN,
-                       std: Sequence[float] = IMAGENET_STD) -> v2.Compose:
+@dataclass(frozen=True)
+class Augmentation:
+    """Strengths of SLIC's spatial augmentation; the defaults are the paper's (SLIC.md)."""
+
+    crop_min_scale: float = 0.25  # RandomResizedCrop area scale (crop_min_scale, 1)
+    jitter: float = 0.5           # ColorJitter brightness, contrast, saturation (hue: min(jitter, 0.5))
+    jitter_p: float = 0.8
+    grayscale_p: float = 0.2
+    blur_p: float = 0.2           # Gaussian blur, kernel 15, sigma 2
+
+
+def train_augmentation(size: int, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                       augmentation: Augmentation = Augmentation()) -> v2.Compose:
     """SLIC's spatial augmentation; on a `tv_tensors.Video` every frame gets the same draw."""
+    a = augmentation
     return v2.Compose([
-        v2.RandomResizedCrop(size, scale=(0.25, 1.0), ratio=(0.75, 4 / 3), antialias=True),
+        v2.RandomResizedCrop(size, scale=(a.crop_min_scale, 1.0), ratio=(0.75, 4 / 3), antialias=True),
         v2.RandomHorizontalFlip(0.5),
-        v2.RandomApply([v2.ColorJitter(0.5, 0.5, 0.5, 0.5)], p=0.8),
-        v2.RandomGrayscale(0.2),
-        v2.RandomApply([v2.GaussianBlur(15, sigma=2.0)], p=0.2),
+        v2.RandomApply([v2.ColorJitter(a.jitter, a.jitter, a.jitter, min(a.jitter, 0.5))], p=a.jitter_p),
+        v2.RandomGrayscale(a.grayscale_p),
+        v2.RandomApply([v2.GaussianBlur(15, sigma=2.0)], p=a.blur_p),
         v2.ToDtype(torch.float32, scale=True),
         v2.Normalize(list(mean), list(std)),
     ])
@@ -125,14 +137,14 @@ class PretrainClips(Dataset):
 
     def __init__(self, videos: Sequence[VideoShard], *, clip_len: int = 16, size: int = 128, p_intra: float = 0.2,
                  random_anchor: bool = False, seed: int = 7, mean: Sequence[float] = IMAGENET_MEAN,
-                 std: Sequence[float] = IMAGENET_STD) -> None:
+                 std: Sequence[float] = IMAGENET_STD, augmentation: Augmentation = Augmentation()) -> None:
         too_short = [v.video_id for v in videos if v.frames < 2 * clip_len]
         if too_short:
             raise ValueError(f"videos shorter than {2 * clip_len} frames cannot give a non-overlapping positive: "
                              f"{', '.join(too_short[:5])}")
         self.videos = list(videos)
         self.clip_len, self.p_intra, self.random_anchor, self.seed = clip_len, p_intra, random_anchor, seed
-        self.transform = train_augmentation(size, mean, std)
+        self.transform = train_augmentation(size, mean, std, augmentation)
         self.epoch = 0
         self.set_labels(np.arange(len(self.videos)))
         self._cache = _ShardCache()

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from slic.data.clips import EvalClips, PretrainClips, VideoShard, iic_starts, non_overlapping_start
+from slic.data.clips import Augmentation, EvalClips, PretrainClips, VideoShard, iic_starts, non_overlapping_start
 from slic.data.frames import write_shard
 from slic.data.video import decode, encode_jpeg_sequence
 
@@ -104,3 +104,15 @@ def test_eval_clips_are_deterministic_centre_crops(shards: list[VideoShard], tin
     pixels = clips[0].permute(1, 2, 3, 0) * std + mean  # (T, H, W, 3) in 0..1
     expected = torch.from_numpy(frames[:, :, 8:56]).float() / 255
     assert (pixels - expected).abs().mean() < 0.03
+
+
+def test_augmentation_strengths_reach_the_clips(shards: list[VideoShard]) -> None:
+    """With crops, jitter, grey and blur switched off, the second view differs from the anchor only by a flip."""
+    plain = Augmentation(crop_min_scale=1.0, jitter=0.0, jitter_p=0.0, grayscale_p=0.0, blur_p=0.0)
+    def flip_of(a: torch.Tensor, b: torch.Tensor) -> bool:  # equal, or mirrored (up to resampling at the edges)
+        return min((a - b).abs().mean().item(), (a - b.flip(-1)).abs().mean().item()) < 0.05
+
+    data = PretrainClips(shards, size=32, augmentation=plain)  # scale (1, 1): always the whole frame
+    assert all(flip_of(anchor, view) for anchor, _, view, _, _ in (data[i] for i in range(len(shards))))
+    default = PretrainClips(shards, size=32)  # the paper's augmentation: views differ beyond a flip
+    assert not all(flip_of(anchor, view) for anchor, _, view, _, _ in (default[i] for i in range(len(shards))))
