@@ -14,7 +14,7 @@ export DVC_NO_ANALYTICS := 1
 export GX_ANALYTICS_ENABLED := false
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install run test bench clean pipeline image services-up services-down deploy worker
+.PHONY: install chromium run test bench clean pipeline image services-up services-down deploy worker
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,17 +26,27 @@ install: $(VENV)/.installed
 run: install
 	$(BIN)/dvc repro
 
-test: install
+# Debian's headless Chromium for tests/test_report.py (installed once; CI runs as root on Debian 12).
+CHROMIUM := /usr/bin/chromium
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+chromium:
+	@test -x $(CHROMIUM) || { echo "installing Debian's chromium for tests/test_report.py"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive \
+	  apt-get install -y -qq chromium fonts-liberation >/dev/null; }
+
+test: install chromium
 	$(BIN)/pytest
 
 bench: install
 	$(BIN)/python bench/extract.py
+	$(BIN)/python bench/flow.py
 	$(BIN)/python bench/clustering.py
 	$(BIN)/python bench/pretrain.py
 	$(BIN)/python bench/search.py
 
 clean:
-	rm -rf data/raw data/manifests data/frames data/validation data/models data/embeddings data/index
+	rm -rf data/raw data/manifests data/frames data/flow data/validation data/models data/embeddings data/index
 
 # Prefect and the shared services (README "Prefect flows, deployments and shared services").
 COMPOSE := docker compose --env-file infra/.env -f infra/compose.yaml

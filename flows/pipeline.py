@@ -27,7 +27,7 @@ from prefect.runtime import flow_run
 
 from slic.cli import REPORT_NAMES, TELEMETRY_OFF
 
-GPU_STAGES = ("pretrain", "embed", "ablation")
+GPU_STAGES = ("flow", "pretrain", "embed", "ablation", "ablation_flow", "linear_probe", "finetune")
 USER_ERROR_CODES = (1, 2)  # slic: bad data, config or metric; retrying cannot help
 
 
@@ -52,7 +52,8 @@ def artifact_key(*parts: str) -> str:
 def classify_failure(stage: str, output: str, returncode: int) -> StageError:
     """Turn a failed `dvc repro` into a StageError: the slic error line if any, else DVC's."""
     lines = [line.strip() for line in output.splitlines() if line.strip()]
-    slic_lines = [line for line in lines if line.startswith(f"slic {stage}:")]
+    names = (f"slic {stage}:", f"slic {stage.replace('_', '-')}:")  # stage linear_probe is `slic linear-probe`
+    slic_lines = [line for line in lines if line.startswith(names)]
     dvc_lines = [line for line in lines if line.startswith("ERROR")]
     match = re.search(r"exited with (-?\d+)", output)
     code = int(match.group(1)) if match else None
@@ -177,7 +178,8 @@ def slic_pipeline(repo: str = ".", stages: list[str] | None = None, dask_address
 
     `dask_address`: fan frame extraction out on that Dask scheduler first, `dask_chunk_size` videos
     per task. `gpu_deployment` (e.g. "slic-pipeline/docker-gpu"): run `gpu_stages` (default pretrain,
-    embed, ablation) as flow runs of that deployment, in `gpu_repo` (the checkout as its workers see it).
+    embed, ablation, linear_probe, finetune) as flow runs of that deployment, in `gpu_repo` (the
+    checkout as its workers see it).
     """
     from slic import tracking
 

@@ -7,6 +7,9 @@ are evaluated. The others are trained into `ablation.out/<mode>/` (resumable lik
 The report holds recall@k per mode and the paper's finding checked on this data: SLIC's recall@1
 at least `min_gain_over_random_init` points above the untrained network and
 `min_gain_over_intra_video` points above intra-video positives.
+
+Stage `ablation_flow` does the same for SLIC's optical-flow view: the `pretrain` settings RGB-only
+against the same with the flow view on (reports/ablation_flow.json).
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from slic.config import Config, to_dict
+from slic.config import Config, PretrainConfig, to_dict
+from slic.data.clips import FlowView
 from slic.distributed import World
 
 log = logging.getLogger(__name__)
@@ -32,32 +36,49 @@ def _evaluate(embeddings: str | Path, config: Config) -> dict[str, Any]:
     return {k: v for k, v in report.items() if k.startswith("recall@")}
 
 
-def run_mode(mode: str, config: Config, world: World) -> dict[str, Any]:
-    """Train (unless it is the main pipeline's mode), embed and evaluate one mode; its report row."""
+def flow_view(config: Config) -> FlowView | None:
+    """The flow view `pretrain` uses: on when `flow.enabled`, reading the `flow` stage's shards."""
+    return FlowView(flow_dir=config.flow.out, p=config.flow.p) if config.flow.enabled else None
+
+
+def _main_run_row(config: Config, started: float) -> dict[str, Any]:
+    """The row of the model the `pretrain` stage trained, evaluated from the `embed` stage's output."""
+    embeddings = Path(config.embed.out)
+    if not embeddings.is_file():
+        raise FileNotFoundError(f"{embeddings}: no embeddings of the main `pretrain` run; run `dvc repro embed`")
+    row: dict[str, Any] = {"trained_by": "pretrain stage", "checkpoint": config.embed.checkpoint}
+    row.update(_evaluate(embeddings, config))
+    return row | {"seconds": round(time.perf_counter() - started, 2)}
+
+
+def train_and_evaluate(name: str, pretrain_cfg: PretrainConfig, config: Config, world: World,
+                       flow: FlowView | None = None) -> dict[str, Any]:
+    """Train `pretrain_cfg` (resumable, into its own `out`), embed with the `embed` protocol, evaluate."""
     from slic.embed import embed_dataset
     from slic.pretrain import pretrain
     from slic.tracking import stage_run
 
     started = time.perf_counter()
-    if mode == config.pretrain.mode:
-        embeddings = Path(config.embed.out)
-        if not embeddings.is_file():
-            raise FileNotFoundError(f"{embeddings}: no embeddings of the main `{mode}` run; run `dvc repro embed`")
-        row: dict[str, Any] = {"trained_by": "pretrain stage", "checkpoint": config.embed.checkpoint}
-        row.update(_evaluate(embeddings, config))
-        return row | {"seconds": round(time.perf_counter() - started, 2)}
-    out = Path(config.ablation.out) / mode
-    pretrain_cfg = replace(config.pretrain, mode=mode, out=str(out))
+    out = Path(pretrain_cfg.out)
     embed_cfg = replace(config.embed, checkpoint=str(out / "best.pt"), out=str(out / "embeddings.npz"))
-    with stage_run(f"ablation/{mode}", to_dict(pretrain_cfg)) as run:
+    params = {**to_dict(pretrain_cfg), "flow.enabled": flow is not None, "flow.p": flow.p if flow else 0.0}
+    with stage_run(name, params) as run:
         trained = pretrain(pretrain_cfg, manifest=config.extract.manifest, frames_dir=config.extract.out,
-                           world=world, run=run)
+                           world=world, run=run, flow=flow)
         embed_dataset(embed_cfg, manifest=config.extract.manifest, frames_dir=config.extract.out, world=world)
-        row = {"trained_by": "ablation stage", "checkpoint": embed_cfg.checkpoint,
+        row = {"trained_by": f"{name.split('/')[0]} stage", "checkpoint": embed_cfg.checkpoint,
                "best_epoch": trained["best_epoch"], "best_val_recall_at_1": trained["best_val_recall_at_1"]}
         row.update(_evaluate(embed_cfg.out, config))
         run.log_metrics({k: v for k, v in row.items() if k.startswith("recall@")})
     return row | {"seconds": round(time.perf_counter() - started, 2)}
+
+
+def run_mode(mode: str, config: Config, world: World) -> dict[str, Any]:
+    """Train (unless it is the main pipeline's mode), embed and evaluate one mode; its report row."""
+    if mode == config.pretrain.mode and not config.flow.enabled:
+        return _main_run_row(config, time.perf_counter())
+    pretrain_cfg = replace(config.pretrain, mode=mode, out=str(Path(config.ablation.out) / mode))
+    return train_and_evaluate(f"ablation/{mode}", pretrain_cfg, config, world)
 
 
 def findings(rows: dict[str, dict[str, Any]], *, min_gain_over_random_init: float,
@@ -93,4 +114,32 @@ def run_ablation(config: Config, world: World) -> dict[str, Any]:
         parent.set_tags({"paper_finding_holds": result.get("paper_finding_holds", "n/a")})
         run_id = parent.run_id
     return {"modes": rows, "findings": result, "query_split": config.evaluate.query_split,
+            "gallery_split": config.evaluate.gallery_split, "mlflow_run_id": run_id}
+
+
+def run_flow_ablation(config: Config, world: World) -> dict[str, Any]:
+    """SLIC RGB-only (`rgb`) against SLIC with the flow view (`rgb_flow`), trained and evaluated alike.
+
+    Both take the `pretrain` section as it is (mode included) and `flow.p`; a variant the `pretrain`
+    stage already trained (the same flow setting) is evaluated from its embeddings, not retrained.
+    """
+    from slic.tracking import stage_run
+
+    variants = {"rgb": None, "rgb_flow": FlowView(flow_dir=config.flow.out, p=config.flow.p)}
+    rows: dict[str, dict[str, Any]] = {}
+    with stage_run("ablation_flow", {**to_dict(config.ablation_flow), "flow.p": config.flow.p,
+                                     "pretrain.mode": config.pretrain.mode}) as parent:
+        for name, flow in variants.items():
+            log.info("ablation_flow: %s", name)
+            if (flow is not None) == config.flow.enabled:
+                rows[name] = _main_run_row(config, time.perf_counter())
+            else:
+                pretrain_cfg = replace(config.pretrain, out=str(Path(config.ablation_flow.out) / name))
+                rows[name] = train_and_evaluate(f"ablation_flow/{name}", pretrain_cfg, config, world, flow=flow)
+            parent.log_metrics({f"{name}.{k}": v for k, v in rows[name].items() if k.startswith("recall@")})
+        gain = round(100 * (rows["rgb_flow"]["recall@1"] - rows["rgb"]["recall@1"]), 2)
+        parent.set_tags({"flow_gain_recall_at_1_points": gain})
+        run_id = parent.run_id
+    return {**rows, "flow_minus_rgb_recall_at_1_points": gain, "flow_p": config.flow.p,
+            "mode": config.pretrain.mode, "query_split": config.evaluate.query_split,
             "gallery_split": config.evaluate.gallery_split, "mlflow_run_id": run_id}

@@ -108,6 +108,23 @@ def run_extract(config: Any) -> dict[str, Any]:
     return report
 
 
+def run_flow(config: Any) -> dict[str, Any]:
+    """Stage `flow`: TV-L1 flow (u only) of the chosen splits' videos, one shard per video under data/flow."""
+    from slic.data.datasets import read_manifest
+    from slic.data.flow import flow_all
+
+    cfg = config.flow
+    report = flow_all(read_manifest(cfg.manifest), frames_dir=cfg.frames, out_dir=cfg.out, splits=cfg.splits,
+                      method=cfg.method, device=cfg.device, bound=cfg.bound, quality=cfg.quality,
+                      params=cfg.tvl1(), batch_pairs=cfg.batch_pairs, workers=cfg.workers,
+                      fail_fast=cfg.fail_fast)
+    print(f"flow ({report['method']} on {report['device']}): {report['computed']} computed, {report['reused']} "
+          f"reused, {len(report['failed'])} failed; {report['pairs_per_s']} pairs/s, {report['seconds']} s")
+    for item in report["failed"]:
+        print(f"  failed {item['video_id']}: {item['error']}")
+    return report
+
+
 def _tracked(stage: str, params: dict[str, Any], world: Any, system_metrics: bool = True) -> Any:
     """An MLflow run for the stage on the main rank; a null context elsewhere."""
     from contextlib import nullcontext
@@ -129,13 +146,15 @@ def run_pretrain(config: Any) -> dict[str, Any]:
     """Stage `pretrain`: SLIC (or a baseline) on the train split; checkpoints in data/models/pretrain."""
     from slic.config import to_dict
     from slic.distributed import close_world, init_world
+    from slic.ablation import flow_view
     from slic.pretrain import pretrain
 
     world = init_world(config.pretrain.device)
     try:
-        with _tracked("pretrain", to_dict(config.pretrain), world) as run:
+        params = {**to_dict(config.pretrain), "flow.enabled": config.flow.enabled, "flow.p": config.flow.p}
+        with _tracked("pretrain", params, world) as run:
             report = pretrain(config.pretrain, manifest=config.extract.manifest, frames_dir=config.extract.out,
-                              world=world, run=run)
+                              world=world, run=run, flow=flow_view(config))
             if run is not None:
                 run.log_metrics({k: v for k, v in report.items() if isinstance(v, (int, float))})
                 report["mlflow_run_id"] = run.run_id
@@ -171,8 +190,12 @@ def run_embed(config: Any) -> dict[str, Any]:
 
 
 def run_evaluate(config: Any) -> dict[str, Any]:
-    """Stage `evaluate`: retrieval recall@k (test queries, train gallery), overall and per class."""
+    """Stage `evaluate`: retrieval recall@k (test queries, train gallery), overall and per class.
+
+    Also writes the HTML report (cfg.html) with thumbnails from extract.out's frame shards.
+    """
     from slic.config import to_dict
+    from slic.report import write_retrieval_html
     from slic.retrieval import evaluate_embeddings, write_recall_curve
     from slic.tracking import stage_run
 
@@ -180,14 +203,40 @@ def run_evaluate(config: Any) -> dict[str, Any]:
     report = evaluate_embeddings(cfg.embeddings, query_split=cfg.query_split, gallery_split=cfg.gallery_split,
                                  ks=cfg.ks)
     write_recall_curve(report, cfg.curve)
+    page = write_retrieval_html(cfg.html, report, embeddings=cfg.embeddings, frames_dir=config.extract.out,
+                                manifest=config.extract.manifest, queries=cfg.html_queries, k=cfg.html_k,
+                                seed=cfg.html_seed)
     with stage_run("evaluate", to_dict(cfg)) as run:
         run.log_metrics({k: v for k, v in report.items() if k.startswith("recall@")})
         run.log_artifact(cfg.curve)
+        run.log_artifact(cfg.html)
         from slic.plots import embedding_projection, recall_curve
 
         _log_plot(run, "recall_at_k", recall_curve, report)
         _log_plot(run, "embeddings_pca", embedding_projection, cfg.embeddings)
     print("evaluate: " + " ".join(f"{k}={v:.3f}" for k, v in report.items() if k.startswith("recall@")))
+    print(f"evaluate: {page['path']} ({page['queries_shown']} queries x top-{page['k_shown']}, "
+          f"{page['bytes'] / 1e6:.2f} MB)")
+    if page["missing_thumbnails"]:
+        print(f"evaluate: warning: no frames for {len(page['missing_thumbnails'])} thumbnails (placeholders): "
+              + ", ".join(page["missing_thumbnails"][:5]), file=sys.stderr)
+    return report
+
+
+def run_ablation_flow(config: Any) -> dict[str, Any]:
+    """Stage `ablation_flow`: SLIC RGB-only against SLIC with the flow view, trained and evaluated alike."""
+    from slic.ablation import run_flow_ablation
+    from slic.distributed import close_world, init_world
+
+    world = init_world(config.pretrain.device)
+    try:
+        report = run_flow_ablation(config, world)
+    finally:
+        close_world()
+    for name in ("rgb", "rgb_flow"):
+        print(f"ablation_flow {name:9s} " + " ".join(f"{k}={v:.3f}" for k, v in report[name].items()
+                                                   if k.startswith("recall@")))
+    print(f"ablation_flow: flow - rgb recall@1 = {report['flow_minus_rgb_recall_at_1_points']} points")
     return report
 
 
@@ -232,21 +281,61 @@ def run_index(config: Any) -> dict[str, Any]:
     return report
 
 
+def run_linear_probe_stage(config: Any) -> dict[str, Any]:
+    """Stage `linear_probe`: a linear classifier on the frozen pretrained backbone -> reports/linear_probe.json."""
+    from slic.config import to_dict
+    from slic.finetune_stages import run_linear_probe
+
+    with stage_run_for("linear_probe", to_dict(config.linear_probe)) as run:
+        report = run_linear_probe(config.linear_probe, manifest=config.extract.manifest,
+                                  frames_dir=config.extract.out, run=run)
+        report["mlflow_run_id"] = run.run_id
+    print(f"linear_probe: test top1 {report['top1']:.2f}% top5 {report['top5']:.2f}% (best val top1 "
+          f"{report['best_val_top1']:.2f}% at epoch {report['best_epoch']}), {report['seconds']} s")
+    return report
+
+
+def run_finetune_stage(config: Any) -> dict[str, Any]:
+    """Stage `finetune`: whole network from pretrained and from random weights -> reports/finetune.json."""
+    from slic.config import to_dict
+    from slic.finetune_stages import run_finetune
+
+    with stage_run_for("finetune", to_dict(config.finetune)) as run:
+        report = run_finetune(config.finetune, manifest=config.extract.manifest, frames_dir=config.extract.out,
+                              run=run)
+    for name, row in report.items():
+        print(f"finetune {name:12s} test top1 {row['top1']:.2f}% top5 {row['top5']:.2f}%")
+    return report
+
+
+def stage_run_for(stage: str, params: dict[str, Any]) -> Any:
+    """The MLflow run of a single-process stage (imported lazily: MLflow is slow to import)."""
+    from slic.tracking import stage_run
+
+    return stage_run(stage, params, system_metrics=True)
+
+
 STAGES: dict[str, tuple[Callable[[Any], dict[str, Any]], str]] = {
     "synth": (run_synth, "generate the synthetic motion dataset (UCF101 layout)"),
     "manifest": (run_manifest, "list, probe and split the dataset into one manifest table"),
     "validate": (run_validate, "check the manifest with Great Expectations"),
     "extract": (run_extract, "decode every video once into one JPEG shard per video"),
+    "flow": (run_flow, "TV-L1 optical flow (u) of the training videos, one shard per video"),
     "pretrain": (run_pretrain, "SLIC pretraining with iterative clustering (torchrun for several GPUs)"),
     "embed": (run_embed, "embed every video with the best checkpoint (IIC protocol)"),
     "evaluate": (run_evaluate, "retrieval recall@k of test queries against the train gallery"),
     "ablation": (run_ablation, "slic against intra_video and random_init, trained and evaluated alike"),
+    "ablation-flow": (run_ablation_flow, "SLIC RGB-only against SLIC with the optical-flow view"),
     "promote": (run_promote, "register the encoder; move the champion alias only when it is better"),
     "index": (run_index, "FAISS index over the gallery split's embeddings, for `slic search`"),
+    "linear-probe": (run_linear_probe_stage, "linear classifier on the frozen pretrained backbone (test top-1/5)"),
+    "finetune": (run_finetune_stage, "finetune every layer, from pretrained and from random weights (+ linear probe)"),
 }
 
 
-REPORT_NAMES = {"evaluate": "retrieval", "promote": "promotion"}  # reports/<name>.json when it is not the stage's name
+REPORT_NAMES = {"evaluate": "retrieval", "promote": "promotion",
+                "linear-probe": "linear_probe", "ablation-flow": "ablation_flow"}  # reports/<name>.json when it is not the stage's name
+FIXED_KEY_REPORTS = ("finetune",)  # top-level keys are exactly the trainings: no stage_seconds added
 
 
 def run_pipeline(argv: list[str]) -> int:
@@ -329,6 +418,8 @@ def main(argv: list[str] | None = None) -> int:
     from slic.config import ConfigError, load
     from slic.data.datasets import DatasetError
     from slic.data.frames import ExtractError
+    from slic.data.flow import FlowError
+    from slic.finetune_stages import FinetuneError
     from slic.index import IndexBuildError
     from slic.promote import PromoteError
     from slic.tracking import TrackingError
@@ -341,15 +432,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load(args.params)
         report = STAGES[args.stage][0](config)
-    except (ConfigError, DatasetError, ExtractError, FileNotFoundError, TrackingError, PromoteError,
-            IndexBuildError) as exc:
+    except (ConfigError, DatasetError, ExtractError, FlowError, FileNotFoundError, TrackingError, PromoteError,
+            IndexBuildError, FinetuneError) as exc:
         print(f"slic {args.stage}: error: {exc}", file=sys.stderr)
         return 2
     except StageFailed as exc:
         print(f"slic {args.stage}: {exc}", file=sys.stderr)
         return 1
     if os.environ.get("RANK", "0") == "0":  # under torchrun, only the main rank reports
-        report["stage_seconds"] = round(time.perf_counter() - started, 3)
+        if args.stage not in FIXED_KEY_REPORTS:
+            report["stage_seconds"] = round(time.perf_counter() - started, 3)
         write_report(REPORT_NAMES.get(args.stage, args.stage), report)
     return 0
 

@@ -89,6 +89,48 @@ class ExtractConfig:
 
 
 @dataclass(frozen=True)
+class FlowConfig:
+    """TV-L1 optical flow (u only) of the chosen splits' videos from their frame shards (stage `flow`).
+
+    The TV-L1 keys default to a CPU-sized run; OpenCV's (and the paper's) values are in the help.
+    """
+
+    enabled: bool = _spec(False, help="pretraining's flow view (SLIC.md); RGB-only is the default")
+    p: float = _spec(0.25, low=0.0, high=1.0, help="chance that the positive (and, apart, the second anchor "
+                                                    "view) is replaced by its flow; paper 0.25")
+    manifest: str = _spec("data/manifests/validated.csv", help="its split column picks the videos")
+    frames: str = _spec("data/frames", help="the frame shards of stage extract")
+    out: str = _spec("data/flow")
+    splits: tuple[str, ...] = _spec(("train",), choices=("train", "val", "test"),
+                                    help="pretraining reads only train")
+    method: str = _spec("torch", choices=("torch", "opencv"),
+                        help="torch: batched, CPU or CUDA; opencv: cv2.optflow.DualTVL1OpticalFlow")
+    device: str = _spec("auto", choices=("auto", "cpu", "cuda"), help="torch method only")
+    bound: float = _spec(20.0, low=0.5, high=1000.0, help="u clipped to [-bound, bound] px, then 0..255")
+    quality: int = _spec(95, low=1, high=100, help="JPEG quality of the stored u frames")
+    tau: float = _spec(0.25, low=0.001, high=0.25, help="OpenCV 0.25")
+    lambda_: float = _spec(0.15, low=0.0001, high=100.0, help="data term weight; OpenCV 0.15")
+    theta: float = _spec(0.3, low=0.001, high=10.0, help="OpenCV 0.3")
+    nscales: int = _spec(3, low=1, high=20, help="pyramid levels; OpenCV 5")
+    scale_step: float = _spec(0.5, low=0.1, high=0.99, help="OpenCV 0.8; IPOL 0.5")
+    warps: int = _spec(2, low=1, high=50, help="OpenCV 5")
+    epsilon: float = _spec(0.01, low=0.0, high=10.0, help="stopping threshold; OpenCV 0.01")
+    inner_iterations: int = _spec(15, low=1, high=1000, help="OpenCV 30")
+    outer_iterations: int = _spec(1, low=1, high=1000, help="OpenCV 10")
+    median_filtering: int = _spec(5, choices=(1, 3, 5), help="median kernel; 1: none; OpenCV 5")
+    batch_pairs: int = _spec(32, low=1, high=1 << 20,
+                             help="frame pairs per torch batch; small on CPU (cache), thousands on a GPU")
+    workers: int = _spec(2, low=1, high=256, help="processes on CPU; CUDA runs in one")
+    fail_fast: bool = _spec(False)
+
+    def tvl1(self) -> Any:
+        """The TV-L1 keys as `slic.tvl1.TVL1Params`."""
+        from slic.tvl1 import TVL1Params
+
+        return TVL1Params(**{f.name: getattr(self, f.name) for f in dataclasses.fields(TVL1Params)})
+
+
+@dataclass(frozen=True)
 class PretrainConfig:
     """SLIC pretraining (stage `pretrain`). Paper values in comments where the CPU default differs."""
 
@@ -96,6 +138,8 @@ class PretrainConfig:
     backbone: str = _spec("r3d_18_tiny", choices=("r3d_18", "r2plus1d_18", "r3d_18_reference", "r3d_18_narrow", "r3d_18_tiny"))
     hidden_dim: int = _spec(512, low=16, high=8192, help="projection head hidden width (paper 2048)")
     out_dim: int = _spec(128, low=8, high=4096)
+    head_output_norm: bool = _spec(True, help="BatchNorm1d without affine after the head (not in the paper): "
+                                              "removes the offset shared by every output")
     clip_len: int = _spec(16, low=2, high=128)
     size: int = _spec(32, low=16, high=512, help="crop size (paper 128)")
     batch_size: int = _spec(16, low=2, high=4096, help="global batch; split across ranks (paper 32)")
@@ -148,6 +192,10 @@ class EvaluateConfig:
     gallery_split: str = _spec("train", choices=("train", "val", "test"))
     ks: tuple[int, ...] = _spec((1, 5, 10, 20, 50), low=1)
     curve: str = _spec("reports/retrieval_recall.csv", help="recall@k table for `dvc plots`")
+    html: str = _spec("reports/retrieval.html", help="HTML report: recall tables, sampled queries with their neighbours")
+    html_queries: int = _spec(12, low=1, high=1000, help="queries shown in the HTML report (seeded, stratified draw)")
+    html_k: int = _spec(5, low=1, high=20, help="neighbours shown per query in the HTML report")
+    html_seed: int = _spec(7, low=0, help="seed of the HTML report's query sample")
 
 
 @dataclass(frozen=True)
@@ -182,6 +230,13 @@ class AblationConfig:
 
 
 @dataclass(frozen=True)
+class AblationFlowConfig:
+    """RGB-only against RGB + flow views, otherwise the `pretrain` settings (stage `ablation_flow`)."""
+
+    out: str = _spec("data/models/ablation_flow", help="checkpoints and embeddings of the variants trained here")
+
+
+@dataclass(frozen=True)
 class PromoteConfig:
     """Registry promotion of the pretrained encoder on a validation metric (stage `promote`)."""
 
@@ -194,6 +249,57 @@ class PromoteConfig:
 
 
 @dataclass(frozen=True)
+class ClassifierTrainingConfig:
+    """Action classification on the pretrained backbone (SLIC.md, Evaluation); paper values in `help`."""
+
+    checkpoint: str = _spec("data/models/pretrain/best.pt", help="the pretrained encoder")
+    clip_len: int = _spec(16, low=1, high=128, help="frames per clip and per test window (paper 16)")
+    size: int = _spec(32, low=16, high=512, help="crop size (paper 128)")
+    dropout: float = _spec(0.9, low=0.0, high=0.99, help="dropout before the linear layer (paper 0.9)")
+    epochs: int = _spec(6, low=0, high=100000, help="paper: 150")
+    milestones: tuple[int, ...] = _spec((2, 4), low=1, help="epochs where lr is multiplied by lr_gamma (paper 60, 100)")
+    lr_gamma: float = _spec(0.1, low=0.0, high=1.0, help="paper 0.1")
+    lr: float = _spec(0.001, low=0.0, high=10.0, help="Adam learning rate (paper 1e-3)")
+    weight_decay: float = _spec(0.001, low=0.0, high=1.0, help="Adam weight decay (paper 1e-3)")
+    batch_size: int = _spec(32, low=1, high=4096, help="paper 32")
+    crop_min_scale: float = _spec(0.2, low=0.01, high=1.0, help="random-area crop scale (min, 1); paper 0.2")
+    color_jitter: float = _spec(0.4, low=0.0, high=1.0, help="ColorJitter brightness, contrast, saturation (paper 0.4)")
+    hue: float = _spec(0.1, low=0.0, high=0.5, help="ColorJitter hue (paper 0.1)")
+    color_jitter_p: float = _spec(0.3, low=0.0, high=1.0, help="chance of colour jitter per clip (paper 0.3)")
+    flip_p: float = _spec(0.5, low=0.0, high=1.0, help="chance of a horizontal flip per clip")
+    val_views: str = _spec("centre", choices=("centre", "ten"),
+                           help="validation views per window: the centre crop, or 5 crops x 2 flips as at test")
+    test_stride: int = _spec(16, low=1, high=1000, help="frames between test windows (reference 7)")
+    test_resize: float = _spec(1.143, low=1.0, high=4.0,
+                               help="test frames' short side = size x this, then 5 crops of size x size")
+    eval_batch_size: int = _spec(128, low=1, high=65536, help="clips per forward pass when evaluating")
+    workers: int = _spec(2, low=0, high=256)
+    device: str = _spec("auto", choices=("auto", "cpu", "cuda"))
+    bf16: bool = _spec(True, help="bf16 autocast on CUDA (ignored on CPU)")
+    seed: int = _spec(7, low=0)
+    out: str = _spec("data/models/classifier")
+
+
+@dataclass(frozen=True)
+class LinearProbeConfig(ClassifierTrainingConfig):
+    """Linear probe (stage `linear_probe`): only the linear layer trains; the backbone (BatchNorm too) is frozen."""
+
+    out: str = _spec("data/models/linear_probe")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig(ClassifierTrainingConfig):
+    """End-to-end finetuning from the pretrained and from random weights (stage `finetune`)."""
+
+    epochs: int = _spec(4, low=0, high=100000, help="paper: 150")
+    milestones: tuple[int, ...] = _spec((2, 3), low=1, help="epochs where lr is multiplied by lr_gamma (paper 60, 100)")
+    backbone_lr_scale: float = _spec(0.1, low=0.0, high=10.0, help="backbone lr = lr x this (paper 0.1)")
+    linear_probe_report: str = _spec("reports/linear_probe.json", help="the linear_probe stage's report, "
+                                     "copied into reports/finetune.json")
+    out: str = _spec("data/models/finetune")
+
+
+@dataclass(frozen=True)
 class Config:
     """All sections of params.yaml."""
 
@@ -201,12 +307,16 @@ class Config:
     manifest: ManifestConfig = field(default_factory=ManifestConfig)
     validate: ValidateConfig = field(default_factory=ValidateConfig)
     extract: ExtractConfig = field(default_factory=ExtractConfig)
+    flow: FlowConfig = field(default_factory=FlowConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     embed: EmbedConfig = field(default_factory=EmbedConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
     ablation: AblationConfig = field(default_factory=AblationConfig)
+    ablation_flow: AblationFlowConfig = field(default_factory=AblationFlowConfig)
     promote: PromoteConfig = field(default_factory=PromoteConfig)
+    linear_probe: LinearProbeConfig = field(default_factory=LinearProbeConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
 
 def _allowed(f: dataclasses.Field, tp: Any) -> str:

@@ -88,12 +88,20 @@ def build_backbone(*, name: str) -> VideoResNet18:
 
 
 class ProjectionHead(nn.Module):
-    """SLIC's head: Linear(d, 2048) -> BatchNorm1d -> ReLU -> Linear(2048, 128); not normalised."""
+    """SLIC's head: Linear(d, 2048) -> BatchNorm1d -> ReLU -> Linear(2048, 128); not normalised.
 
-    def __init__(self, *, in_dim: int, hidden_dim: int = 2048, out_dim: int = 128) -> None:
+    `output_norm` appends BatchNorm1d(128) without affine parameters (not in the paper): it removes
+    the shared offset the last Linear adds to every output (W * mean(ReLU(BN(h))) + b), which
+    otherwise makes all cosine distances small and holds the triplet loss at its margin.
+    """
+
+    def __init__(self, *, in_dim: int, hidden_dim: int = 2048, out_dim: int = 128, output_norm: bool = False) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True),
-                                 nn.Linear(hidden_dim, out_dim))
+        layers: list[nn.Module] = [nn.Linear(in_dim, hidden_dim), nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True),
+                                   nn.Linear(hidden_dim, out_dim)]
+        if output_norm:
+            layers.append(nn.BatchNorm1d(out_dim, affine=False))
+        self.net = nn.Sequential(*layers)
 
     def forward(self, features: Tensor) -> Tensor:
         return self.net(features)
@@ -102,11 +110,13 @@ class ProjectionHead(nn.Module):
 class Encoder(nn.Module):
     """Backbone + projection head: clips (B, 3, T, H, W) -> embeddings (B, out_dim)."""
 
-    def __init__(self, *, backbone: str, hidden_dim: int = 2048, out_dim: int = 128) -> None:
+    def __init__(self, *, backbone: str, hidden_dim: int = 2048, out_dim: int = 128,
+                 head_output_norm: bool = False) -> None:
         super().__init__()
         self.backbone_name = backbone
         self.backbone = build_backbone(name=backbone)
-        self.head = ProjectionHead(in_dim=self.backbone.feature_dim, hidden_dim=hidden_dim, out_dim=out_dim)
+        self.head = ProjectionHead(in_dim=self.backbone.feature_dim, hidden_dim=hidden_dim, out_dim=out_dim,
+                                   output_norm=head_output_norm)
 
     def forward(self, clips: Tensor) -> Tensor:
         return self.head(self.backbone(clips))

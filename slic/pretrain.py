@@ -27,7 +27,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from slic.config import PretrainConfig
-from slic.data.clips import Augmentation, EvalClips, PretrainClips, VideoShard, load_videos
+from slic.data.clips import Augmentation, EvalClips, FlowView, PretrainClips, VideoShard, load_videos
 from slic.distributed import World, barrier, broadcast_object, gather_tensor, gather_with_grad
 from slic.embed import embed_clips
 from slic.models import Encoder, to_device
@@ -57,7 +57,8 @@ def augmentation_of(cfg: PretrainConfig) -> Augmentation:
 def build_encoder(cfg: PretrainConfig) -> Encoder:
     """The encoder of `cfg`, initialised from `cfg.seed` (so random_init is reproducible)."""
     torch.manual_seed(cfg.seed)
-    return Encoder(backbone=cfg.backbone, hidden_dim=cfg.hidden_dim, out_dim=cfg.out_dim)
+    return Encoder(backbone=cfg.backbone, hidden_dim=cfg.hidden_dim, out_dim=cfg.out_dim,
+                   head_output_norm=cfg.head_output_norm)
 
 
 def data_fingerprint(*splits: list[VideoShard]) -> str:
@@ -99,8 +100,10 @@ def load_encoder(path: str | Path, device: torch.device | str = "cpu") -> tuple[
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no checkpoint; run the `pretrain` stage first (dvc repro pretrain)")
     payload = torch.load(path, map_location=device, weights_only=False)
-    cfg = PretrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in payload["config"].items()})
-    model = Encoder(backbone=cfg.backbone, hidden_dim=cfg.hidden_dim, out_dim=cfg.out_dim)
+    saved = {"head_output_norm": False, **payload["config"]}  # checkpoints from before the option had none
+    cfg = PretrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()})
+    model = Encoder(backbone=cfg.backbone, hidden_dim=cfg.hidden_dim, out_dim=cfg.out_dim,
+                    head_output_norm=cfg.head_output_norm)
     model.load_state_dict(payload["model"])
     return model.to(device).eval(), payload["config"]
 
@@ -210,10 +213,11 @@ def _resume(last: Path, cfg: PretrainConfig, data: str, model: torch.nn.Module,
 
 
 def pretrain(cfg: PretrainConfig, *, manifest: str | Path, frames_dir: str | Path, world: World,
-             run: Any = None) -> dict[str, Any]:
+             run: Any = None, flow: FlowView | None = None) -> dict[str, Any]:
     """Train (or, for random_init, just initialise) the encoder; checkpoints in cfg.out.
 
     Returns the stage report. `run` is a tracking.StageRun (or None) that receives per-epoch metrics.
+    `flow` turns on SLIC's flow view (positive and second anchor view sometimes replaced by their flow).
     """
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -225,7 +229,7 @@ def pretrain(cfg: PretrainConfig, *, manifest: str | Path, frames_dir: str | Pat
                          f"and {len(val)} in {manifest}")
     model = to_device(build_encoder(cfg), world.device)
     optimizer = build_optimizer(model, cfg)
-    data = data_fingerprint(train, val)
+    data = data_fingerprint(train, val) + (f"+flow:{flow.p}" if flow is not None else "")
     state = _resume(last, cfg, data, model, optimizer)
     if state.epoch == 0 and best.is_file():
         best.unlink()  # from a run with other settings: never let it pass for this run's best
@@ -239,7 +243,8 @@ def pretrain(cfg: PretrainConfig, *, manifest: str | Path, frames_dir: str | Pat
         trained = torch.compile(trained)
     dataset = PretrainClips(train, clip_len=cfg.clip_len, size=cfg.size,
                             p_intra=1.0 if cfg.mode == "intra_video" else cfg.p_intra,
-                            random_anchor=cfg.random_anchor, seed=cfg.seed, augmentation=augmentation_of(cfg))
+                            random_anchor=cfg.random_anchor, seed=cfg.seed, augmentation=augmentation_of(cfg),
+                            flow=flow)
     if state.labels:
         dataset.set_labels(np.array(state.labels))
     elif cfg.mode == "intra_video":
@@ -285,7 +290,7 @@ def pretrain(cfg: PretrainConfig, *, manifest: str | Path, frames_dir: str | Pat
     report = {"mode": cfg.mode, "epochs": epochs, "resumed_from_epoch": resumed_from,
               "best_epoch": state.best_epoch, "best_val_recall_at_1": state.best_metric,
               "seconds": round(seconds, 2), "train_videos": len(train), "val_videos": len(val),
-              "world_size": world.size, "device": str(world.device),
+              "world_size": world.size, "device": str(world.device), "flow_view_p": flow.p if flow else 0.0,
               **{f"final_{k}": v for k, v in final.items() if k != "epoch"}}
     if world.is_main:
         (out / "history.json").write_text(json.dumps(state.history, indent=1))

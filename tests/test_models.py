@@ -52,3 +52,34 @@ def test_classifier_head() -> None:
     classifier = Classifier(backbone=backbone, feature_dim=128, classes=5).eval()
     assert classifier(torch.randn(2, 3, 8, 32, 32)).shape == (2, 5)
     assert classifier.dropout.p == 0.9
+
+
+def test_head_output_norm_removes_the_shared_offset() -> None:
+    torch.manual_seed(0)
+    features = torch.randn(64, 512)
+    plain, normed = ProjectionHead(in_dim=512, hidden_dim=256), ProjectionHead(in_dim=512, hidden_dim=256,
+                                                                                output_norm=True)
+    normed.load_state_dict(plain.state_dict(), strict=False)  # the same Linear/BN weights, plus the output BN
+    with torch.no_grad():
+        plain.net[3].bias.fill_(3.0)  # a shared offset, as training leaves in the last Linear
+        normed.net[3].bias.fill_(3.0)
+        unit = lambda x: torch.nn.functional.normalize(x, dim=1)  # noqa: E731
+        cos_plain = (unit(plain(features)) @ unit(plain(features)).T).mean()
+        cos_normed = (unit(normed(features)) @ unit(normed(features)).T).mean()
+    assert type(normed.net[-1]).__name__ == "BatchNorm1d" and not normed.net[-1].affine
+    assert cos_plain > 0.9          # every pair almost parallel: the collapse the option removes
+    assert abs(cos_normed) < 0.1    # centred: unrelated inputs are unrelated again
+
+
+def test_checkpoints_from_before_head_output_norm_still_load(tmp_path) -> None:
+    from dataclasses import asdict
+
+    from slic.config import PretrainConfig
+    from slic.pretrain import load_encoder
+
+    cfg = PretrainConfig(backbone="r3d_18_tiny", hidden_dim=32, out_dim=8, head_output_norm=False)
+    model = Encoder(backbone="r3d_18_tiny", hidden_dim=32, out_dim=8)
+    legacy = {k: v for k, v in asdict(cfg).items() if k != "head_output_norm"}
+    torch.save({"model": model.state_dict(), "config": legacy}, tmp_path / "best.pt")
+    loaded, _ = load_encoder(tmp_path / "best.pt")
+    assert not any(isinstance(m, torch.nn.BatchNorm1d) and not m.affine for m in loaded.modules())

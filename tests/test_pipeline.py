@@ -23,9 +23,11 @@ TINY = {
     "pretrain": {"epochs": 2, "size": 16, "batch_size": 8, "hidden_dim": 32, "workers": 0, "cluster_interval": 1,
                  "eval_interval": 1},
     "embed": {"clips": 2, "workers": 0},
+    "linear_probe": {"epochs": 1, "milestones": [1], "size": 16, "batch_size": 8, "workers": 0},
+    "finetune": {"epochs": 1, "milestones": [1], "size": 16, "batch_size": 8, "workers": 0},
 }
-STAGES = ["synth", "manifest", "validate", "extract", "pretrain", "embed", "evaluate", "index", "promote",
-          "ablation"]
+STAGES = ["synth", "manifest", "validate", "extract", "flow", "pretrain", "embed", "evaluate", "index", "promote",
+          "ablation", "ablation_flow", "linear_probe", "finetune"]
 
 
 def dvc(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -86,6 +88,7 @@ def test_repro_builds_every_output_then_is_a_no_op(repo: Path) -> None:
     assert (index_report["kind"], index_report["vectors"]) == ("flat", retrieval["gallery"])
     rows = pd.read_csv(repo / "data/index/rows.csv")
     assert len(rows) == retrieval["gallery"] and rows["path"].map(lambda p: (repo / p).is_file()).all()
+    assert "recall@1" in (repo / "reports/retrieval.html").read_text()  # evaluate's HTML report (tests/test_report.py)
     curve = pd.read_csv(repo / "reports/retrieval_recall.csv")
     assert curve["k"].tolist() == [1, 5, 10, 20, 50]
     ablation = json.loads((repo / "reports/ablation.json").read_text())
@@ -95,8 +98,17 @@ def test_repro_builds_every_output_then_is_a_no_op(repo: Path) -> None:
     for mode in ("intra_video", "random_init"):
         assert (repo / f"data/models/ablation/{mode}/best.pt").is_file()
         assert 0 <= ablation["modes"][mode]["recall@1"] <= ablation["modes"][mode]["recall@50"] == 1.0
+    flow = json.loads((repo / "reports/flow.json").read_text())
+    assert flow["failed"] == [] and len(list((repo / "data/flow").rglob("*.shard"))) == int(
+        (manifest["split"] == "train").sum())
+    ablation_flow = json.loads((repo / "reports/ablation_flow.json").read_text())
+    assert ablation_flow["rgb"]["recall@1"] == retrieval["recall@1"]  # the main (RGB-only) run, not retrained
+    assert ablation_flow["rgb_flow"]["trained_by"] == "ablation_flow stage"
+    assert (repo / "data/models/ablation_flow/rgb_flow/best.pt").is_file()
     promotion = json.loads((repo / "reports/promotion.json").read_text())
     assert (promotion["decision"], promotion["version"], promotion["champion_metric"]) == ("promoted", "1", "none")
+    finetune = json.loads((repo / "reports/finetune.json").read_text())
+    assert set(finetune) == {"pretrained", "scratch", "linear_probe"} and finetune["scratch"]["epochs"] == 1
     assert set(ablation["findings"]) >= {"slic_minus_random_init_points", "slic_minus_intra_video_points",
                                          "paper_finding_holds"}
 
@@ -108,7 +120,7 @@ def test_repro_builds_every_output_then_is_a_no_op(repo: Path) -> None:
 def test_changing_one_param_reruns_only_its_stages(repo: Path) -> None:
     dvc(repo, "repro")
     set_params(repo, "evaluate", ks=[1, 5, 10])
-    assert ran(dvc(repo, "repro")) == ["evaluate", "ablation"]
+    assert ran(dvc(repo, "repro")) == ["evaluate", "ablation", "ablation_flow"]
     assert "recall@20" not in json.loads((repo / "reports/retrieval.json").read_text())
     set_params(repo, "extract", quality=6)
     assert ran(dvc(repo, "repro")) == STAGES[3:]

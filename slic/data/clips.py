@@ -26,6 +26,7 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from slic.data.flow import read_flow_u
 from slic.data.frames import ShardReader, read_index
 
 log = logging.getLogger(__name__)
@@ -132,18 +133,39 @@ def non_overlapping_start(rng: np.random.Generator, frames: int, anchor_start: i
     return int(rng.choice(candidates))
 
 
+@dataclass(frozen=True)
+class FlowView:
+    """SLIC's flow view: where the `flow` stage's u shards are, and the chance (drawn independently for
+    the positive and for the second anchor view) that a clip is replaced by its optical flow."""
+
+    flow_dir: str
+    p: float = 0.25
+
+
+def flow_as_frames(u: np.ndarray) -> np.ndarray:
+    """(T, H, W) uint8 horizontal flow -> (T, H, W, 3): the one grey channel copied to three."""
+    return np.repeat(u[..., None], 3, axis=-1)
+
+
 class PretrainClips(Dataset):
-    """(anchor, positive, anchor_view, pseudo_label, index) triplets for SLIC pretraining."""
+    """(anchor, positive, anchor_view, pseudo_label, index) triplets for SLIC pretraining.
+
+    With `flow`, the positive and the anchor view are each replaced by the TV-L1 u flow of the same
+    frames with probability `flow.p` (the anchor never); the replaced clip gets the same augmentation
+    draws (crop, flip, jitter, grey, blur) the RGB clip would have had.
+    """
 
     def __init__(self, videos: Sequence[VideoShard], *, clip_len: int = 16, size: int = 128, p_intra: float = 0.2,
                  random_anchor: bool = False, seed: int = 7, mean: Sequence[float] = IMAGENET_MEAN,
-                 std: Sequence[float] = IMAGENET_STD, augmentation: Augmentation = Augmentation()) -> None:
+                 std: Sequence[float] = IMAGENET_STD, augmentation: Augmentation = Augmentation(),
+                 flow: FlowView | None = None) -> None:
         too_short = [v.video_id for v in videos if v.frames < 2 * clip_len]
         if too_short:
             raise ValueError(f"videos shorter than {2 * clip_len} frames cannot give a non-overlapping positive: "
                              f"{', '.join(too_short[:5])}")
         self.videos = list(videos)
         self.clip_len, self.p_intra, self.random_anchor, self.seed = clip_len, p_intra, random_anchor, seed
+        self.flow = flow
         self.transform = train_augmentation(size, mean, std, augmentation)
         self.epoch = 0
         self.set_labels(np.arange(len(self.videos)))
@@ -183,14 +205,28 @@ class PretrainClips(Dataset):
         video = self.videos[index]
         anchor_start = int(rng.integers(0, video.frames - self.clip_len + 1)) if self.random_anchor else 0
         positive_video, positive_start = self.positive_of(index, rng, anchor_start)
+        augmentation_seed = int(rng.integers(0, 2**62))
+        # The flow draws come last and only when the flow view is on: RGB-only runs, and the
+        # augmentation of every clip, are exactly what they would be without it.
+        flow_positive = self.flow is not None and rng.random() < self.flow.p
+        flow_view = self.flow is not None and rng.random() < self.flow.p
         anchor_frames = self._cache.window(video.shard, anchor_start, self.clip_len)
-        positive_frames = self._cache.window(self.videos[positive_video].shard, positive_start, self.clip_len)
+        if flow_positive:
+            positive_frames = self._flow(positive_video, positive_start)
+        else:
+            positive_frames = self._cache.window(self.videos[positive_video].shard, positive_start, self.clip_len)
+        view_frames = self._flow(index, anchor_start) if flow_view else anchor_frames
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(rng.integers(0, 2**62)))
+            # One seed, one fixed order of clips: each clip's draws do not depend on its content.
+            torch.manual_seed(augmentation_seed)
             anchor = as_clip(anchor_frames, self.transform)
             positive = as_clip(positive_frames, self.transform)
-            anchor_view = as_clip(anchor_frames, self.transform)
+            anchor_view = as_clip(view_frames, self.transform)
         return anchor, positive, anchor_view, int(self.labels[index]), index
+
+    def _flow(self, video: int, start: int) -> np.ndarray:
+        flow_dir = self.flow.flow_dir if self.flow is not None else ""
+        return flow_as_frames(read_flow_u(flow_dir, self.videos[video].video_id, start, self.clip_len))
 
 
 def centre_start(frames: int, clip_len: int) -> int:

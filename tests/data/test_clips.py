@@ -116,3 +116,58 @@ def test_augmentation_strengths_reach_the_clips(shards: list[VideoShard]) -> Non
     assert all(flip_of(anchor, view) for anchor, _, view, _, _ in (data[i] for i in range(len(shards))))
     default = PretrainClips(shards, size=32)  # the paper's augmentation: views differ beyond a flip
     assert not all(flip_of(anchor, view) for anchor, _, view, _, _ in (default[i] for i in range(len(shards))))
+
+
+def _red_channel_as_flow(monkeypatch: pytest.MonkeyPatch, videos: list[VideoShard]) -> None:
+    """Stand-in flow shards: u := the red channel of the RGB frames, so the two can be compared pixel by pixel."""
+    from slic.data.frames import ShardReader
+
+    shard_of = {v.video_id: v.shard for v in videos}
+    monkeypatch.setattr("slic.data.clips.read_flow_u",
+                        lambda flow_dir, video, start, length: ShardReader.open(shard_of[video])
+                        .read_window(start, length)[..., 0])
+
+
+def _grey(clip: torch.Tensor) -> bool:
+    """Whether a normalised clip's three channels were one grey channel before normalisation."""
+    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    raw = clip * std[:, None, None, None] + mean[:, None, None, None]
+    return bool(torch.allclose(raw[0], raw[1], atol=1e-5) and torch.allclose(raw[0], raw[2], atol=1e-5))
+
+
+def test_flow_view_gets_the_rgb_clips_augmentation_draws(shards: list[VideoShard],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from slic.data.clips import FlowView
+
+    _red_channel_as_flow(monkeypatch, shards)
+    geometry_only = Augmentation(crop_min_scale=0.3, jitter=0.0, jitter_p=0.0, grayscale_p=0.0, blur_p=0.0)
+    rgb = PretrainClips(shards, clip_len=8, size=24, augmentation=geometry_only, p_intra=1.0)
+    flow = PretrainClips(shards, clip_len=8, size=24, augmentation=geometry_only, p_intra=1.0,
+                         flow=FlowView(flow_dir="unused", p=1.0))
+    for index in range(len(shards)):
+        a, p, v, label, _ = rgb[index]
+        fa, fp, fv, flabel, _ = flow[index]
+        assert torch.equal(a, fa) and label == flabel            # the anchor is never replaced
+        assert _grey(fp) and _grey(fv) and not _grey(p)
+        # Same crop and flip as the RGB clip would have had: the red channels agree exactly.
+        assert torch.allclose(fp[0], p[0], atol=1e-5) and torch.allclose(fv[0], v[0], atol=1e-5)
+
+
+def test_flow_view_replaces_positive_and_view_independently(shards: list[VideoShard],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from slic.data.clips import FlowView
+
+    _red_channel_as_flow(monkeypatch, shards)
+    clips = PretrainClips(shards, clip_len=8, size=16, augmentation=Augmentation(grayscale_p=0.0),
+                          flow=FlowView(flow_dir="unused", p=0.25))
+    drawn = []
+    for epoch in range(40):
+        clips.set_epoch(epoch)
+        for index in range(len(shards)):
+            a, p, v, _, _ = clips[index]
+            drawn.append((_grey(a), _grey(p), _grey(v)))
+    anchor, positive, view = np.array(drawn).T
+    assert not anchor.any()
+    assert 0.15 < positive.mean() < 0.35 and 0.15 < view.mean() < 0.35
+    both = (positive & view).mean()
+    assert abs(both - positive.mean() * view.mean()) < 0.05   # independent draws

@@ -1,0 +1,215 @@
+"""The HTML retrieval report of stage `evaluate`: what the recall numbers look like, query by query.
+
+One self-contained file: the recall@k and per-class tables, then a seeded sample of queries, each
+with its top-k gallery neighbours as short animated thumbnails (animated WebP made from the
+video's frame shard, embedded as data: URIs), marked hit or miss. Plain HTML and CSS, no script
+and no external asset, so it opens from disk and in MLflow's artifact viewer alike. A video whose
+frames cannot be read gets a placeholder naming its shard; the report is still written.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from slic.data.frames import ShardReader, shard_path
+from slic.retrieval import nearest_gallery, normalize_rows
+
+THUMB_FRAMES = 12   # frames spread over the whole video
+THUMB_WIDTH = 96    # pixels; height keeps the video's aspect
+HIT_COLOUR, MISS_COLOUR, QUERY_COLOUR = "#1a7f37", "#cf222e", "#0969da"
+
+
+@dataclass(frozen=True)
+class Thumbnail:
+    """An embeddable animated thumbnail, or why there is none."""
+
+    data_uri: str | None
+    width: int = THUMB_WIDTH
+    height: int = THUMB_WIDTH * 3 // 4
+    error: str = ""
+
+
+def animated_thumbnail(shard: str | Path, *, frames: int = THUMB_FRAMES, width: int = THUMB_WIDTH,
+                       quality: int = 50) -> tuple[bytes, int, int]:
+    """Animated WebP (bytes, width, height) of `frames` frames spread evenly over a video's shard.
+
+    Plays at the video's own speed (frame duration = the gap between the chosen frames).
+    Raises OSError or ValueError when the shard or one of its JPEG frames cannot be read.
+    """
+    from PIL import Image
+
+    reader = ShardReader.open(shard)
+    picks = np.unique(np.linspace(0, reader.frames - 1, max(frames, 1)).round().astype(int))
+    images = []
+    for i in picks:
+        try:
+            image = Image.open(io.BytesIO(reader.read_jpegs(int(i), 1)[0])).convert("RGB")
+        except OSError as exc:
+            raise ValueError(f"frame {i} is not a decodable JPEG ({type(exc).__name__})") from exc
+        height = max(1, round(image.height * width / image.width))
+        images.append(image.resize((width, height), Image.Resampling.BILINEAR))
+    gap = (reader.frames - 1) / max(len(picks) - 1, 1)
+    duration = int(np.clip(1000 * gap / float(reader.header.get("fps") or 25.0), 40, 400))
+    out = io.BytesIO()
+    images[0].save(out, format="WEBP", save_all=True, append_images=images[1:], duration=duration, loop=0,
+                   quality=quality, method=4)
+    return out.getvalue(), images[0].width, images[0].height
+
+
+def load_thumbnail(shard: Path) -> Thumbnail:
+    """`animated_thumbnail` as a data URI; an unreadable or missing shard becomes an error text instead."""
+    try:
+        data, width, height = animated_thumbnail(shard)
+    except FileNotFoundError:
+        return Thumbnail(None, error="file not found")
+    except (OSError, ValueError, IndexError) as exc:
+        return Thumbnail(None, error=(str(exc).removeprefix(f"{shard}: ") or type(exc).__name__)[:160])
+    return Thumbnail("data:image/webp;base64," + base64.b64encode(data).decode("ascii"), width, height)
+
+
+def sample_queries(top1_hit: np.ndarray, n: int, seed: int) -> tuple[np.ndarray, str]:
+    """Indices of `n` queries drawn with `seed`, stratified by top-1 hit or miss; and how, in words.
+
+    Each stratum gets its share of the sample (rounded), but at least one query when both exist,
+    so the page always shows a hit and a miss when the data has them.
+    """
+    hit = np.asarray(top1_hit, dtype=bool)
+    n = min(n, len(hit))
+    hits, misses = np.flatnonzero(hit), np.flatnonzero(~hit)
+    n_hit = round(n * len(hits) / max(len(hit), 1))
+    if len(hits) and len(misses) and n >= 2:
+        n_hit = min(max(n_hit, 1), n - 1)
+    n_hit = int(min(max(n_hit, n - len(misses)), len(hits)))
+    rng = np.random.default_rng(seed)
+    chosen = np.concatenate([rng.choice(hits, n_hit, replace=False),
+                             rng.choice(misses, n - n_hit, replace=False)]).astype(np.int64)
+    how = (f"{n} of {len(hit)} queries drawn at random (seed {seed}), stratified by the top-1 result: "
+           f"{n_hit} of the {len(hits)} top-1 hits and {n - n_hit} of the {len(misses)} top-1 misses "
+           "(each in proportion to its share, at least one of each when both exist).")
+    return np.sort(chosen), how
+
+
+def _video_paths(manifest: Path) -> dict[str, str]:
+    """video_id -> source path from the manifest CSV; empty when the file is absent."""
+    if not manifest.is_file():
+        return {}
+    with manifest.open(newline="") as handle:
+        return {row["video_id"]: row["path"] for row in csv.DictReader(handle) if row.get("video_id")}
+
+
+STYLE = f"""
+body {{ font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; color: #1f2328; }}
+table {{ border-collapse: collapse; margin: 0.5em 0 1em; }}
+th, td {{ border: 1px solid #d0d7de; padding: 3px 10px; text-align: right; }}
+th:first-child, td:first-child {{ text-align: left; }}
+code, .path {{ font: 11px ui-monospace, monospace; word-break: break-all; }}
+.row {{ display: flex; gap: 8px; align-items: flex-start; margin: 0 0 12px; padding-bottom: 12px;
+        border-bottom: 1px solid #d0d7de; }}
+.row ol {{ display: flex; flex-wrap: wrap; gap: 8px; list-style: none; margin: 0; padding: 0; }}
+.video {{ margin: 0; width: {THUMB_WIDTH + 8}px; border: 4px solid #d0d7de; border-radius: 4px; padding: 2px;
+          font-size: 11px; }}
+.video img {{ display: block; }}
+.video.query {{ border-color: {QUERY_COLOUR}; margin-right: 12px; }}
+.video.hit {{ border-color: {HIT_COLOUR}; }}
+.video.miss {{ border-color: {MISS_COLOUR}; }}
+.mark {{ display: inline-block; color: #fff; font-weight: 600; padding: 0 4px; border-radius: 3px; }}
+.mark.hit {{ background: {HIT_COLOUR}; }}
+.mark.miss {{ background: {MISS_COLOUR}; }}
+.mark.query {{ background: {QUERY_COLOUR}; }}
+.missing {{ display: flex; flex-direction: column; justify-content: center; background: #f6f8fa; color: #59636e;
+            text-align: center; overflow: hidden; }}
+"""
+
+
+def _thumb_html(thumb: Thumbnail, alt: str, shard: Path) -> str:
+    if thumb.data_uri is None:
+        return (f'<div class="thumb missing" role="img" aria-label="no frames: {html.escape(str(shard))}" '
+                f'style="width:{thumb.width}px;min-height:{thumb.height}px">no frames<code>{html.escape(str(shard))}'
+                f"</code>{html.escape(thumb.error)}</div>")
+    return (f'<img class="thumb" src="{thumb.data_uri}" width="{thumb.width}" height="{thumb.height}" '
+            f'alt="{html.escape(alt)}">')
+
+
+def _recall_tables(report: Mapping[str, Any]) -> str:
+    ks = sorted(int(key.split("@")[1]) for key in report if key.startswith("recall@"))
+    queries = int(report["queries"])
+    rows = "".join(f'<tr data-k="{k}"><td>recall@{k}</td><td>{100 * report[f"recall@{k}"]:.1f}%</td>'
+                   f'<td>{round(report[f"recall@{k}"] * queries)} / {queries}</td></tr>' for k in ks)
+    out = ('<h2>Recall@k</h2><table id="recall"><thead><tr><th>k</th><th>recall</th>'
+           f"<th>queries with a hit</th></tr></thead><tbody>{rows}</tbody></table>")
+    per_class = report.get("per_class") or {}
+    columns = sorted({key for row in per_class.values() for key in row if key.startswith("recall@")},
+                     key=lambda key: int(key.split("@")[1]))
+    head = "".join(f"<th>{c}</th>" for c in columns)
+    body = "".join(f'<tr data-class="{html.escape(name)}"><td>{html.escape(name)}</td><td>{row["queries"]}</td>'
+                   + "".join(f"<td>{100 * row[c]:.1f}%</td>" for c in columns) + "</tr>"
+                   for name, row in sorted(per_class.items()))
+    return out + (f'<h2>Per-class recall</h2><table id="per-class"><thead><tr><th>class</th><th>queries</th>{head}'
+                  f"</tr></thead><tbody>{body}</tbody></table>")
+
+
+def write_retrieval_html(out: str | Path, report: Mapping[str, Any], *, embeddings: str | Path,
+                         frames_dir: str | Path, manifest: str | Path, queries: int = 12, k: int = 5,
+                         seed: int = 7) -> dict[str, Any]:
+    """Write the HTML retrieval report to `out` for the splits named in `report` (evaluate's numbers).
+
+    Returns {path, bytes, queries_shown, k_shown, missing_thumbnails: [shard paths]}.
+    """
+    data = np.load(embeddings)
+    split, labels, names, ids = data["split"], data["label"], data["class_name"], data["video_id"]
+    q_mask, g_mask = split == report["query_split"], split == report["gallery_split"]
+    q_vec, g_vec = data["embedding"][q_mask], data["embedding"][g_mask]
+    neighbours = nearest_gallery(q_vec, g_vec, k)
+    top1_hit = labels[g_mask][neighbours[:, 0]] == labels[q_mask]
+    chosen, how = sample_queries(top1_hit, queries, seed)
+    sims = np.einsum("qd,qkd->qk", normalize_rows(q_vec[chosen]), normalize_rows(g_vec)[neighbours[chosen]])
+    paths = _video_paths(Path(manifest))
+    thumbs: dict[str, Thumbnail] = {}
+
+    def cell(index: int, role: str, caption: str) -> str:
+        video_id, shard = str(ids[index]), shard_path(frames_dir, str(ids[index]))
+        if video_id not in thumbs:
+            thumbs[video_id] = load_thumbnail(shard)
+        label = {"query": "query", "hit": "✓ hit", "miss": "✗ miss"}[role]
+        alt = f"{role}: {video_id} ({names[index]})"
+        tag = "figure" if role == "query" else "li"
+        return (f'<{tag} class="video {role}">{_thumb_html(thumbs[video_id], alt, shard)}<div>'
+                f'<span class="mark {role}">{label}</span> {caption}<br><b>{html.escape(str(names[index]))}</b><br>'
+                f'<span class="path">{html.escape(paths.get(video_id, video_id))}</span></div></{tag}>')
+
+    q_index, g_index = np.flatnonzero(q_mask), np.flatnonzero(g_mask)
+    rows = []
+    for row, qi in enumerate(chosen):
+        query = q_index[qi]
+        items = [cell(g_index[gi], "hit" if labels[g_index[gi]] == labels[query] else "miss",
+                      f"#{rank + 1}<br>cos {sims[row, rank]:.3f}")
+                 for rank, gi in enumerate(neighbours[qi])]
+        rows.append(f'<section class="row" aria-label="query {html.escape(str(ids[query]))}">'
+                    f'{cell(query, "query", "")}<ol>{"".join(items)}</ol></section>')
+    k_shown = neighbours.shape[1]
+    note = "" if paths else f"<p>{html.escape(str(manifest))} not found: videos are named by id.</p>"
+    page = (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Retrieval report</title>'
+            f"<style>{STYLE}</style></head><body><h1>Retrieval report</h1>"
+            f"<p>{report['queries']} {report['query_split']} queries against a gallery of {report['gallery']} "
+            f"{report['gallery_split']} videos; cosine similarity of the embeddings in "
+            f"<code>{html.escape(str(embeddings))}</code>. A query is a hit at k when one of its k nearest gallery "
+            f"videos has its class.</p>{_recall_tables(report)}"
+            f"<h2>Sampled queries and their top-{k_shown} neighbours</h2><p id=\"sample\">{html.escape(how)}</p>"
+            f'<p><span class="mark hit">✓ hit</span> same class as the query &nbsp; '
+            f'<span class="mark miss">✗ miss</span> another class &nbsp; cos: cosine similarity to the query</p>'
+            f"{note}{''.join(rows)}</body></html>\n")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(page, encoding="utf-8")
+    missing = sorted(str(shard_path(frames_dir, v)) for v, t in thumbs.items() if t.data_uri is None)
+    return {"path": str(out), "bytes": out.stat().st_size, "queries_shown": len(chosen), "k_shown": k_shown,
+            "missing_thumbnails": missing}
