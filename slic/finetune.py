@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from slic.classification import predict_videos, topk_accuracy
+from slic.checkpoints import atomic_torch_save
 from slic.config import FinetuneConfig, LinearProbeConfig
 from slic.data.clips import VideoShard
 from slic.data.labelled_clips import LabelledClips, WindowViews, finetune_augmentation
@@ -132,12 +132,7 @@ def save_checkpoint(path: Path, model: Classifier, optimizer: torch.optim.Optimi
     payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict() if optimizer else None,
                "scheduler": scheduler.state_dict() if scheduler else None, "state": asdict(state),
                "fingerprint": fingerprint}
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as handle:
-        torch.save(payload, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    atomic_torch_save(payload, path)
 
 
 def _resume(last: Path, fingerprint: dict[str, Any], model: Classifier, optimizer: torch.optim.Optimizer,

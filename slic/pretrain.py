@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
+from slic.checkpoints import atomic_torch_save
 from slic.config import PretrainConfig
 from slic.data.clips import Augmentation, EvalClips, FlowView, PretrainClips, VideoShard, load_videos
 from slic.distributed import World, barrier, broadcast_object, gather_tensor, gather_with_grad
@@ -86,12 +86,7 @@ def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
     """torch.save to a temporary name, fsync, rename: a kill never leaves a torn checkpoint."""
     payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict() if optimizer else None,
                "state": asdict(state), "config": asdict(cfg), "fingerprint": fingerprint(cfg, data)}
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as handle:
-        torch.save(payload, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    atomic_torch_save(payload, path)
 
 
 def load_encoder(path: str | Path, device: torch.device | str = "cpu") -> tuple[Encoder, dict[str, Any]]:

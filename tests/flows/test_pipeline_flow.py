@@ -13,7 +13,7 @@ from flows.pipeline import StageError, artifact_key, classify_failure, dvc_stage
 from flows.pipeline import slic_pipeline as pipeline
 from tests.flows.conftest import make_checkout, mlflow_client, set_params
 
-STAGES = ["synth", "manifest", "validate", "extract", "pretrain", "embed", "evaluate", "promote"]
+STAGES = ["synth", "manifest", "validate", "extract", "flow", "pretrain", "embed", "evaluate", "promote"]
 
 
 def flow_run_details(flow_run_id: UUID) -> tuple[dict[str, str], dict[str, int]]:

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import yaml
 
+from flows.pipeline import artifact_key
 from tests.conftest import ROOT, SHARED_VIDEOS
 from tests.flows.conftest import make_checkout
 
@@ -166,8 +167,9 @@ def test_deployment_run_on_a_process_pool_with_real_servers(servers: dict[str, s
     stages = list(yaml.safe_load((repo / "dvc.yaml").read_text())["stages"])  # every stage ran
     assert {"synth", "pretrain", "evaluate", "promote", "ablation"} <= set(stages)
     for stage in stages:
-        assert artifacts[f"{stage}-report"]["type"] == "markdown" and artifacts[f"{stage}-mlflow"]["type"] == "markdown"
-        assert servers["MLFLOW_TRACKING_URI"] in artifacts[f"{stage}-mlflow"]["data"]  # a link to the server's UI
+        report, mlflow_link = artifacts[artifact_key(stage, "report")], artifacts[artifact_key(stage, "mlflow")]
+        assert report["type"] == "markdown" and mlflow_link["type"] == "markdown"
+        assert servers["MLFLOW_TRACKING_URI"] in mlflow_link["data"]  # a link to the server's UI
     assert "| extracted | 24 |" in artifacts["extract-report"]["data"]
 
     from mlflow import MlflowClient
