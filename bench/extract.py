@@ -45,7 +45,6 @@ import json
 import os
 import platform
 import random
-import resource
 import shutil
 import subprocess
 import tempfile
@@ -58,6 +57,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from slic.data.frames import process_cpu_seconds
 
 ROOT = Path(__file__).resolve().parents[1]
 VIDEOS = ROOT.parent / "shared" / "videos"
@@ -99,11 +100,11 @@ class CpuMeter:
     """
 
     def __enter__(self) -> CpuMeter:
-        self._ours, self._busy = _own_cpu(), _machine_busy()
+        self._ours, self._busy = process_cpu_seconds(), _machine_busy()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.ours = _own_cpu() - self._ours
+        self.ours = process_cpu_seconds() - self._ours
         self.other = max(0.0, _machine_busy() - self._busy - self.ours)
 
 
@@ -119,14 +120,6 @@ def wait_for_quiet(max_busy: float, timeout: float) -> float:
         if (_machine_busy() - busy) / 0.5 / (os.cpu_count() or 1) <= max_busy:
             break
     return time.perf_counter() - started
-
-
-def _own_cpu() -> float:
-    total = 0.0
-    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
-        usage = resource.getrusage(who)
-        total += usage.ru_utime + usage.ru_stime
-    return total
 
 
 def _machine_busy() -> float:

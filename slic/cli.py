@@ -223,19 +223,28 @@ def run_evaluate(config: Any) -> dict[str, Any]:
     return report
 
 
-def run_ablation_flow(config: Any) -> dict[str, Any]:
-    """Stage `ablation_flow`: SLIC RGB-only against SLIC with the flow view, trained and evaluated alike."""
-    from slic.ablation import run_flow_ablation
+def _in_world(config: Any, run: Callable[[Any, Any], dict[str, Any]]) -> dict[str, Any]:
+    """run(config, world) inside the process group of `pretrain.device` (a no-op group without torchrun)."""
     from slic.distributed import close_world, init_world
 
     world = init_world(config.pretrain.device)
     try:
-        report = run_flow_ablation(config, world)
+        return run(config, world)
     finally:
         close_world()
+
+
+def _recalls(row: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v:.3f}" for k, v in row.items() if k.startswith("recall@"))
+
+
+def run_ablation_flow(config: Any) -> dict[str, Any]:
+    """Stage `ablation_flow`: SLIC RGB-only against SLIC with the flow view, trained and evaluated alike."""
+    from slic.ablation import run_flow_ablation
+
+    report = _in_world(config, run_flow_ablation)
     for name in ("rgb", "rgb_flow"):
-        print(f"ablation_flow {name:9s} " + " ".join(f"{k}={v:.3f}" for k, v in report[name].items()
-                                                   if k.startswith("recall@")))
+        print(f"ablation_flow {name:9s} {_recalls(report[name])}")
     print(f"ablation_flow: flow - rgb recall@1 = {report['flow_minus_rgb_recall_at_1_points']} points")
     return report
 
@@ -243,15 +252,10 @@ def run_ablation_flow(config: Any) -> dict[str, Any]:
 def run_ablation(config: Any) -> dict[str, Any]:
     """Stage `ablation`: slic, intra_video and random_init trained and evaluated alike."""
     from slic.ablation import run_ablation as ablation
-    from slic.distributed import close_world, init_world
 
-    world = init_world(config.pretrain.device)
-    try:
-        report = ablation(config, world)
-    finally:
-        close_world()
+    report = _in_world(config, ablation)
     for mode, row in report["modes"].items():
-        print(f"ablation {mode:12s} " + " ".join(f"{k}={v:.3f}" for k, v in row.items() if k.startswith("recall@")))
+        print(f"ablation {mode:12s} {_recalls(row)}")
     findings = report["findings"]
     if findings:
         print("ablation: " + ", ".join(f"{k}={v}" for k, v in findings.items()))

@@ -112,8 +112,8 @@ def as_clip(frames: np.ndarray, transform: v2.Compose) -> Tensor:
     return transform(video).permute(1, 0, 2, 3).contiguous()
 
 
-class _ShardCache:
-    """Per-process cache of opened shard headers (cheap, but read once per video)."""
+class ShardCache:
+    """Per-process cache of opened shard headers (cheap, but read once per video); `window` reads frames."""
 
     def __init__(self) -> None:
         self._readers: dict[str, ShardReader] = {}
@@ -169,7 +169,7 @@ class PretrainClips(Dataset):
         self.transform = train_augmentation(size, mean, std, augmentation)
         self.epoch = 0
         self.set_labels(np.arange(len(self.videos)))
-        self._cache = _ShardCache()
+        self._cache = ShardCache()
 
     def set_labels(self, labels: np.ndarray) -> None:
         """Pseudo-labels per video (cluster ids, or video ids for the intra-video baseline)."""
@@ -255,7 +255,7 @@ class EvalClips(Dataset):
         self.videos, self.protocol, self.clip_len, self.clips = list(videos), protocol, clip_len, clips
         resize = (size, round(size * 171 / 128)) if protocol == "iic" else None
         self.transform = eval_transform(size, resize=resize, mean=mean, std=std)
-        self._cache = _ShardCache()
+        self._cache = ShardCache()
 
     def __len__(self) -> int:
         return len(self.videos)

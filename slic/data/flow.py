@@ -21,11 +21,9 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import resource
 import sys
 import time
 import warnings
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -33,7 +31,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from slic.data.frames import INDEX_NAME, SUFFIX, ShardReader, _remove_leftovers, read_index, shard_is_intact, shard_path, write_shard
+from slic.data.frames import (INDEX_NAME, SUFFIX, ShardReader, _remove_leftovers, process_cpu_seconds, read_index,
+                               run_tasks, shard_is_intact, shard_path, write_shard)
 from slic.tvl1 import TVL1Params, to_grey, tvl1_opencv, tvl1_torch
 
 FLOW_KIND = "tvl1_u"
@@ -120,15 +119,6 @@ def _read_grey(frame_shard: Path) -> np.ndarray:
     if len(rgb) < 2:
         raise ValueError(f"{frame_shard}: {len(rgb)} frame(s); flow needs at least 2")
     return to_grey(rgb)
-
-
-def _cpu_seconds() -> float:
-    """CPU seconds of this process and its finished children (the pool's workers, once shut down)."""
-    total = 0.0
-    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
-        usage = resource.getrusage(who)
-        total += usage.ru_utime + usage.ru_stime
-    return total
 
 
 def _resolve_device(device: str) -> str:
@@ -242,7 +232,7 @@ def flow_all(manifest: pd.DataFrame, *, frames_dir: str | Path, out_dir: str | P
             chunks.append([])
         chunks[-1].append(row)
     chunks = [c for c in chunks if c]
-    started, cpu_started = time.perf_counter(), _cpu_seconds()
+    started, cpu_started = time.perf_counter(), process_cpu_seconds()
     results: list[dict[str, Any]] = []
     bar = tqdm(total=len(rows), desc="flow", unit="video", disable=not sys.stderr.isatty())
     args = (str(out), method, device, bound, quality, params, batch_pairs)
@@ -256,25 +246,14 @@ def flow_all(manifest: pd.DataFrame, *, frames_dir: str | Path, out_dir: str | P
                             "and report failed videos)")
 
     try:
-        if workers == 1 or device == "cuda":
-            for part in chunks:
-                collect(flow_chunk(part, *args, threads=0 if device == "cuda" else 1))
-        else:
-            # spawn, not fork: a forked child of a process whose torch thread pool has run deadlocks
-            with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-                pending: set[Future] = {pool.submit(flow_chunk, part, *args, threads=1) for part in chunks}
-                try:
-                    while pending:
-                        finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                        for future in finished:
-                            collect(future.result())
-                except FlowError:
-                    for future in pending:
-                        future.cancel()
-                    raise
+        # CUDA: one process. CPU: spawn, not fork: a forked child of a process whose torch thread pool
+        # has run deadlocks.
+        run_tasks(flow_chunk, [(part, *args) for part in chunks], workers=1 if device == "cuda" else workers,
+                  on_result=collect, mp_context=multiprocessing.get_context("spawn"),
+                  threads=0 if device == "cuda" else 1)
     finally:
         bar.close()
-    seconds, cpu_seconds = time.perf_counter() - started, _cpu_seconds() - cpu_started
+    seconds, cpu_seconds = time.perf_counter() - started, process_cpu_seconds() - cpu_started
     ok = sorted((r for r in results if r["status"] != "failed"), key=lambda r: r["video_id"])
     failed = sorted((r for r in results if r["status"] == "failed"), key=lambda r: r["video_id"])
     index = pd.DataFrame(ok, columns=["video_id", "shard", "frames", "bytes"])

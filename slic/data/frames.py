@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import struct
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from multiprocessing.context import BaseContext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -30,6 +32,7 @@ import pandas as pd
 MAGIC = b"SLICJPG1"
 SUFFIX = ".shard"
 INDEX_NAME = "index.csv"
+T = TypeVar("T")
 
 
 class ExtractError(RuntimeError):
@@ -183,6 +186,40 @@ def _remove_leftovers(out_dir: Path) -> int:
     return len(leftovers)
 
 
+def run_tasks(task: Callable[..., T], calls: Sequence[tuple[Any, ...]], *, workers: int,
+              on_result: Callable[[T], None], mp_context: BaseContext | None = None, **kwargs: Any) -> None:
+    """Run task(*call, **kwargs) for every call, here (workers == 1) or on a pool of `workers` processes.
+
+    Each result goes to `on_result` as soon as it is ready. An exception from `on_result` (a stage's
+    fail-fast) or from a task cancels the calls not yet started and propagates; results already
+    handed over (shards written) stay.
+    """
+    if workers == 1:
+        for call in calls:
+            on_result(task(*call, **kwargs))
+        return
+    with ProcessPoolExecutor(max_workers=workers, mp_context=mp_context) as pool:
+        pending: set[Future] = {pool.submit(task, *call, **kwargs) for call in calls}
+        try:
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    on_result(future.result())
+        except Exception:
+            for future in pending:
+                future.cancel()
+            raise
+
+
+def process_cpu_seconds() -> float:
+    """CPU seconds of this process and its finished children (a pool's workers, once shut down)."""
+    total = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        usage = resource.getrusage(who)
+        total += usage.ru_utime + usage.ru_stime
+    return total
+
+
 def extract_all(manifest: pd.DataFrame, *, out_dir: str | Path, short_side: int, quality: int,
                 workers: int, fail_fast: bool = False) -> dict[str, Any]:
     """Extract every manifest video to a shard on a process pool; write <out>/index.csv.
@@ -208,22 +245,8 @@ def extract_all(manifest: pd.DataFrame, *, out_dir: str | Path, short_side: int,
                                "set it to false to skip and report failed videos)")
 
     try:
-        if workers == 1:
-            for row in rows:
-                collect(extract_one(row, str(out), short_side, quality))
-        else:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
-                pending: set[Future] = {pool.submit(extract_one, row, str(out), short_side, quality)
-                                        for row in rows}
-                try:
-                    while pending:
-                        done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                        for future in done:
-                            collect(future.result())
-                except ExtractError:
-                    for future in pending:
-                        future.cancel()
-                    raise
+        run_tasks(extract_one, [(row, str(out), short_side, quality) for row in rows], workers=workers,
+                  on_result=collect)
     finally:
         bar.close()
     seconds = time.perf_counter() - started

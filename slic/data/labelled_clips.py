@@ -22,8 +22,7 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from slic.data.clips import IMAGENET_MEAN, IMAGENET_STD, VideoShard, as_clip
-from slic.data.frames import ShardReader
+from slic.data.clips import IMAGENET_MEAN, IMAGENET_STD, ShardCache, VideoShard, as_clip
 
 VIEW_MODES = ("ten", "centre")
 
@@ -42,21 +41,13 @@ def finetune_augmentation(size: int, *, crop_min_scale: float = 0.2, jitter: Seq
     ])
 
 
-class _Readers:
-    """Per-process cache of opened shards; windows past the end repeat the last frame."""
-
-    def __init__(self) -> None:
-        self._open: dict[str, ShardReader] = {}
-
-    def window(self, video: VideoShard, start: int, length: int) -> np.ndarray:
-        reader = self._open.get(video.shard)
-        if reader is None:
-            reader = self._open[video.shard] = ShardReader.open(video.shard)
-        count = min(length, reader.frames - start)
-        frames = reader.read_window(start, count)
-        if count < length:
-            frames = np.concatenate([frames, np.repeat(frames[-1:], length - count, axis=0)])
-        return frames
+def padded_window(cache: ShardCache, video: VideoShard, start: int, length: int) -> np.ndarray:
+    """Frames [start, start + length) of `video`; past its end the last frame repeats."""
+    count = min(length, video.frames - start)
+    frames = cache.window(video.shard, start, count)
+    if count < length:
+        frames = np.concatenate([frames, np.repeat(frames[-1:], length - count, axis=0)])
+    return frames
 
 
 def window_starts(frames: int, clip_len: int, stride: int) -> list[int]:
@@ -104,7 +95,7 @@ class LabelledClips(Dataset):
     def __init__(self, videos: Sequence[VideoShard], *, clip_len: int, transform: v2.Compose, seed: int = 7) -> None:
         self.videos, self.clip_len, self.transform, self.seed = list(videos), clip_len, transform, seed
         self.epoch = 0
-        self._readers = _Readers()
+        self._cache = ShardCache()
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose random draws the next samples use."""
@@ -117,7 +108,7 @@ class LabelledClips(Dataset):
         rng = np.random.default_rng([self.seed, self.epoch, index])
         video = self.videos[index]
         start = int(rng.integers(0, max(1, video.frames - self.clip_len + 1)))
-        frames = self._readers.window(video, start, self.clip_len)
+        frames = padded_window(self._cache, video, start, self.clip_len)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(rng.integers(0, 2**62)))
             clip = as_clip(frames, self.transform)
@@ -133,12 +124,12 @@ class WindowViews(Dataset):
             raise ValueError(f"test frames resized to {resize} cannot give {size}-pixel crops")
         self.videos, self.clip_len, self.size, self.resize, self.views = list(videos), clip_len, size, resize, views
         self.items = [(i, s) for i, v in enumerate(self.videos) for s in window_starts(v.frames, clip_len, stride)]
-        self._readers = _Readers()
+        self._cache = ShardCache()
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
         video_index, start = self.items[index]
-        frames = self._readers.window(self.videos[video_index], start, self.clip_len)
+        frames = padded_window(self._cache, self.videos[video_index], start, self.clip_len)
         return ten_views(frames, size=self.size, resize=self.resize, views=self.views), video_index
