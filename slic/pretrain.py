@@ -222,6 +222,10 @@ def pretrain(cfg: PretrainConfig, *, manifest: str | Path, frames_dir: str | Pat
     if len(train) < 2 or not val:
         raise ValueError(f"pretraining needs >= 2 train and >= 1 val videos of enough frames; found {len(train)} "
                          f"and {len(val)} in {manifest}")
+    if flow is not None:
+        from slic.data.flow import require_flow
+
+        require_flow(flow.flow_dir, [v.video_id for v in train])
     model = to_device(build_encoder(cfg), world.device)
     optimizer = build_optimizer(model, cfg)
     data = data_fingerprint(train, val) + (f"+flow:{flow.p}" if flow is not None else "")

@@ -188,3 +188,16 @@ def test_gathered_loss_equals_single_process_loss() -> None:
     # and DDP then averages over ranks: each rank's share equals world_size x the full gradient.
     assert torch.allclose(grads[0] / 2, full["a"].grad[:4], atol=1e-6)
     assert torch.allclose(grads[1] / 2, full["a"].grad[4:], atol=1e-6)
+
+
+def test_flow_view_without_flow_shards_stops_with_one_line(workspace: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    params = yaml.safe_load((workspace / "params.yaml").read_text())
+    params["flow"] = {"enabled": True, "out": "no-flow-here"}
+    params["pretrain"] = {**params["pretrain"], "out": "data/models/flow-missing"}
+    (workspace / "params-flow-missing.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(workspace)
+    assert main(["--params", "params-flow-missing.yaml", "pretrain"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "no-flow-here" in err and "dvc repro flow" in err
+    assert not (workspace / "data/models/flow-missing/last.pt").exists()  # stopped before any training

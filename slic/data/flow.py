@@ -40,7 +40,7 @@ TASK_PAIRS = 256  # frame pairs per process-pool task (several torch batches on 
 
 
 class FlowError(RuntimeError):
-    """The flow stage stopped (fail_fast) on a video whose frame shard could not be used."""
+    """The flow stage stopped (fail_fast) on a video whose frame shard could not be used, or flow is missing."""
 
 
 def quantize(u: np.ndarray, bound: float) -> np.ndarray:
@@ -90,6 +90,15 @@ def read_flow_u(flow_dir: str | Path, video: str, start: int, length: int) -> np
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no flow shard for {video_id}; run the `flow` stage (dvc repro flow)")
     return decode_frames(ShardReader.open(path).read_jpegs(start, length))
+
+
+def require_flow(flow_dir: str | Path, video_ids: list[str]) -> None:
+    """Stop before training when a video has no flow shard: one line naming the folder, the videos and the fix."""
+    missing = [v for v in video_ids if not shard_path(flow_dir, v).is_file()]
+    if missing:
+        raise FlowError(f"{flow_dir}: no flow shard for {len(missing)} of {len(video_ids)} training videos "
+                        f"(e.g. {', '.join(missing[:3])}); flow.enabled needs the `flow` stage first "
+                        "(dvc repro flow, with train in flow.splits)")
 
 
 def _source_stamp(path: Path) -> dict[str, int]:
