@@ -90,7 +90,7 @@ def machine_info() -> dict[str, object]:
     import scipy
     import sklearn
 
-    from slic.clustering import gpu_available
+    from slic.faiss_backend import gpu_available
 
     cpu = platform.processor()
     try:
@@ -260,7 +260,8 @@ def finch_row(x: np.ndarray, args: argparse.Namespace, ref_budget: Budget, ours_
     from sklearn.metrics import adjusted_rand_score
 
     from slic.clustering import cluster_sizes_summary, components_of_neighbour_graph, finch_partition0, \
-        first_neighbours, gpu_available
+        first_neighbours
+    from slic.faiss_backend import gpu_available
 
     n, d = x.shape
     guess_s, _ = ours_budget.predict(n, default_seconds=1e-9 * n * n, default_bytes=0.0)
@@ -320,7 +321,8 @@ def kmeans_row(args: argparse.Namespace) -> dict[str, object]:
     from sklearn.cluster import KMeans
     from sklearn.metrics import normalized_mutual_info_score
 
-    from slic.clustering import gpu_available, kmeans, l2_normalize
+    from slic.clustering import kmeans
+    from slic.faiss_backend import gpu_available, l2_normalize
 
     x = embedding_like(args.kmeans_n, args.d, clusters=args.clusters, seed=args.seed)
     unit = l2_normalize(x)

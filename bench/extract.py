@@ -68,6 +68,26 @@ MIN_FRAMES = 32
 QUIET_WAITS: list[float] = []  # seconds each timed extraction waited for a quiet machine
 
 
+def repo_relative(path: Path) -> str:
+    """`path` relative to the repository root (e.g. ../shared/videos), so a report reads the same on any machine."""
+    return os.path.relpath(path, ROOT)
+
+
+def filesystem_of(path: str | Path) -> str:
+    """Type of the filesystem holding `path` (tmpfs, ext4, overlay, ...): where the timed extractions write."""
+    target, best, kind = os.path.realpath(path), "", "?"
+    try:
+        for line in Path("/proc/mounts").read_text().splitlines():
+            fields = line.split()
+            mount = fields[1] if len(fields) > 2 else ""
+            inside = target == mount or target.startswith(mount.rstrip("/") + "/")
+            if mount and inside and len(mount) > len(best):
+                best, kind = mount, fields[2]
+    except OSError:
+        pass
+    return kind
+
+
 @dataclass(frozen=True)
 class Video:
     """One benchmark video: its id (also its output folder), path, decoded frames and orientation."""
@@ -162,10 +182,10 @@ def select_videos(synthetic_sample: int) -> tuple[list[Video], dict[str, Any]]:
     synth_videos = [v for v in videos if v.video_id.startswith("synthetic/")]
     described = {
         "real": {"count": len(real_videos), "frames_probed": sum(v.frames for v in real_videos),
-                 "root": str(VIDEOS), "rule": f"MANIFEST.csv decode == ok and frames >= {MIN_FRAMES}",
+                 "root": repo_relative(VIDEOS), "rule": f"MANIFEST.csv decode == ok and frames >= {MIN_FRAMES}",
                  "files": {str(Path(v.path).relative_to(VIDEOS)): v.frames for v in real_videos}},
         "synthetic": {"count": len(synth_videos), "frames_probed": sum(v.frames for v in synth_videos),
-                      "root": str(SYNTHETIC), "available": len(synthetic),
+                      "root": repo_relative(SYNTHETIC), "available": len(synthetic),
                       "rule": "every k-th of the sorted .avi files",
                       "files": [str(Path(v.path).relative_to(SYNTHETIC)) for v in synth_videos]},
     }
@@ -397,7 +417,7 @@ def machine() -> dict[str, Any]:
         "cpu_model": platform.processor() or _cpu_model(), "python": platform.python_version(),
         "av": av.__version__, "av_libavcodec": ".".join(map(str, av.library_versions["libavcodec"])),
         "torch": torch.__version__, "torchvision": torchvision.__version__,
-        "ffmpeg_cli": version[0] if version else "?", "tempdir": tempfile.gettempdir(),
+        "ffmpeg_cli": version[0] if version else "?", "tempdir_filesystem": filesystem_of(tempfile.gettempdir()),
         "platform": platform.platform(),
     }
 

@@ -44,6 +44,11 @@ FRAMES = ROOT / "data" / "frames"
 MIN_FRAMES = 32
 
 
+def repo_relative(path: Path) -> str:
+    """`path` relative to the repository root (e.g. ../shared/videos), so a report reads the same on any machine."""
+    return os.path.relpath(path, ROOT)
+
+
 def real_pairs(frames: int, short_side: int) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
     """Consecutive grey frame pairs of the real clips, grouped by frame size (one array per size)."""
     from slic.data.video import decode
@@ -191,9 +196,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                    "one thread per implementation, after a warm-up; frames_per_s = pairs / seconds (one flow "
                    "field per frame pair); the inputs are decoded before timing"),
         "epe": "end-point error in px, sqrt(du^2 + dv^2) per pixel, between full float flows (before quantisation)",
-        "inputs": {"real": {"root": str(VIDEOS), "frames_per_clip": args.frames, "short_side": args.short_side,
+        "inputs": {"real": {"root": repo_relative(VIDEOS), "frames_per_clip": args.frames, "short_side": args.short_side,
                             "pairs_per_clip": real_used},
-                   "synthetic": {"root": str(FRAMES), "videos": syn_used}},
+                   "synthetic": {"root": repo_relative(FRAMES), "videos": syn_used}},
         "rows": rows,
         "machine": machine(),
     }

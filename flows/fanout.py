@@ -7,6 +7,7 @@ Dask workers must see the checkout at the same path (a shared filesystem).
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -35,18 +36,29 @@ def manifest_rows(repo: Path) -> tuple[list[dict[str, Any]], str, int, int]:
 
 @flow(name="slic-extract-fanout")
 def extract_fanout(repo: str, chunk_size: int = 64) -> dict[str, int]:
-    """Submit the videos in chunks to the flow's task runner; count extracted, reused and failed."""
+    """Submit the videos in chunks to the flow's task runner; count extracted, reused and failed.
+
+    The throughput of the chunks is recorded in the frames folder, so the `extract` stage that then
+    reuses every shard reports it.
+    """
+    from slic.data.frames import throughput
+
     logger = get_run_logger()
+    started = time.perf_counter()
     rows, out_dir, short_side, quality = manifest_rows(Path(repo))
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     chunks = [rows[i:i + chunk_size] for i in range(0, len(rows), chunk_size)]
     futures = [extract_chunk.submit(chunk, out_dir, short_side, quality) for chunk in chunks]
     counts = {"videos": len(rows), "chunks": len(chunks), "extracted": 0, "reused": 0, "failed": 0}
+    new_frames = 0
     for future in futures:
         for result in future.result():
             counts[result["status"]] += 1
+            new_frames += result["frames"] if result["status"] == "extracted" else 0
             if result["status"] == "failed":
                 logger.warning("failed %s: %s", result["path"], result["error"])
+    throughput(out_dir, new_frames=new_frames, new_videos=counts["extracted"], reused=counts["reused"],
+               seconds=time.perf_counter() - started, workers="dask")
     logger.info("fan-out extraction: %s", counts)
     return counts
 

@@ -1,4 +1,8 @@
-"""Atomic checkpoint writes, shared by every stage that trains."""
+"""Checkpoints: atomic writes, shared by every stage that trains, and the pretrained encoder read back.
+
+Sits between the networks (slic.models) and what uses them (pretrain, embed, finetune, serving), so
+loading an encoder needs nothing from the training code.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from slic.config import PretrainConfig
+from slic.models import Encoder
 
 
 def atomic_torch_save(payload: dict[str, Any], path: Path) -> None:
@@ -17,3 +24,21 @@ def atomic_torch_save(payload: dict[str, Any], path: Path) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
+
+
+def load_encoder(path: str | Path, device: torch.device | str = "cpu") -> tuple[Encoder, dict[str, Any]]:
+    """Rebuild an encoder from a checkpoint written by `pretrain`; returns (model in eval mode, config).
+
+    Embedding, finetuning and serving all start from a pretrained encoder; reading it here keeps them
+    independent of the training loop.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no checkpoint; run the `pretrain` stage first (dvc repro pretrain)")
+    payload = torch.load(path, map_location=device, weights_only=False)
+    saved = {"head_output_norm": False, **payload["config"]}  # checkpoints from before the option had none
+    cfg = PretrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()})
+    model = Encoder(backbone=cfg.backbone, hidden_dim=cfg.hidden_dim, out_dim=cfg.out_dim,
+                    head_output_norm=cfg.head_output_norm)
+    model.load_state_dict(payload["model"])
+    return model.to(device).eval(), payload["config"]

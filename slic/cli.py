@@ -101,8 +101,10 @@ def run_extract(config: Any) -> dict[str, Any]:
     manifest = read_manifest(cfg.manifest)
     report = extract_all(manifest, out_dir=cfg.out, short_side=cfg.short_side, quality=cfg.quality,
                          workers=cfg.workers, fail_fast=cfg.fail_fast)
+    report["manifest"] = cfg.manifest  # with content_fingerprint: the input dataset of its MLflow record
     print(f"extract: {report['extracted']} extracted, {report['reused']} reused, {len(report['failed'])} failed; "
-          f"{report['frames']} frames, {report['bytes'] / 1e6:.1f} MB, {report['frames_per_s']} frames/s")
+          f"{report['frames']} frames, {report['bytes'] / 1e6:.1f} MB, {report['frames_per_s']} frames/s"
+          + (f" (of the run that extracted them, {report['throughput_from']})" if report["all_reused"] else ""))
     for item in report["failed"]:
         print(f"  failed {item['path']}: {item['error']}")
     return report
@@ -118,6 +120,7 @@ def run_flow(config: Any) -> dict[str, Any]:
                       method=cfg.method, device=cfg.device, bound=cfg.bound, quality=cfg.quality,
                       params=cfg.tvl1(), batch_pairs=cfg.batch_pairs, workers=cfg.workers,
                       fail_fast=cfg.fail_fast)
+    report["manifest"] = cfg.manifest
     print(f"flow ({report['method']} on {report['device']}): {report['computed']} computed, {report['reused']} "
           f"reused, {len(report['failed'])} failed; {report['pairs_per_s']} pairs/s, {report['seconds']} s")
     for item in report["failed"]:
@@ -125,13 +128,47 @@ def run_flow(config: Any) -> dict[str, Any]:
     return report
 
 
-def _tracked(stage: str, params: dict[str, Any], world: Any, system_metrics: bool = True) -> Any:
-    """An MLflow run for the stage on the main rank; a null context elsewhere."""
+def _tracked(stage: str, params: dict[str, Any], world: Any, system_metrics: bool = True, *, name: str | None = None,
+             defer: bool = False) -> Any:
+    """An MLflow run for the stage on the main rank (named `name`, see tracking.stage_run); a null context elsewhere."""
     from contextlib import nullcontext
 
     from slic.tracking import stage_run
 
-    return stage_run(stage, params, system_metrics=system_metrics) if world.is_main else nullcontext(None)
+    if not world.is_main:
+        return nullcontext(None)
+    return stage_run(stage, params, system_metrics=system_metrics, name=name, defer=defer)
+
+
+def _checkpoint_config(checkpoint: str | Path) -> dict[str, Any]:
+    """The pretrain settings saved in a checkpoint ({} when it cannot be read: callers only name things)."""
+    import torch
+
+    try:
+        return dict(torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)["config"])
+    except Exception:  # noqa: BLE001 - a missing or foreign file: the stage itself reports it properly
+        return {}
+
+
+def _model_summary(config: dict[str, Any], fallback: str | Path) -> str:
+    """What an encoder is, for run names: 'slic r3d_18_tiny 32px' (the checkpoint's name if unknown)."""
+    if {"mode", "backbone", "size"} <= set(config):
+        return f"{config['mode']} {config['backbone']} {config['size']}px"
+    return Path(fallback).name
+
+
+def _log_videos_input(run: Any, config: Any, splits: tuple[str, ...], context: str, min_frames: int = 0) -> str:
+    """Log the validated manifest's rows of `splits` as the run's input, with the content fingerprint of
+    those videos' frame shards (pretrain.data_fingerprint) as its digest; returns the fingerprint."""
+    from slic.data.clips import load_videos
+    from slic.pretrain import data_fingerprint
+
+    manifest, frames = config.extract.manifest, config.extract.out
+    videos = [load_videos(manifest, frames, splits=[split], min_frames=min_frames) for split in splits]
+    digest = data_fingerprint(*videos, frames_dir=frames)
+    run.log_input(manifest, digest, splits=splits, context=context)
+    run.set_tags({"slic.data_fingerprint": digest})
+    return digest
 
 
 def _log_plot(run: Any, name: str, make: Callable[..., Path], *args: Any) -> None:
@@ -152,7 +189,11 @@ def run_pretrain(config: Any) -> dict[str, Any]:
     world = init_world(config.pretrain.device)
     try:
         params = {**to_dict(config.pretrain), "flow.enabled": config.flow.enabled, "flow.p": config.flow.p}
-        with _tracked("pretrain", params, world) as run:
+        cfg = config.pretrain
+        name = f"pretrain {cfg.mode} {cfg.backbone} {cfg.size}px" + (" +flow" if config.flow.enabled else "")
+        with _tracked("pretrain", params, world, name=name, defer=True) as run:
+            if run is not None:  # logged by pretrain's resume step, with the data's content fingerprint
+                run.expect_input(config.extract.manifest, splits=("train", "val"), context="training")
             report = pretrain(config.pretrain, manifest=config.extract.manifest, frames_dir=config.extract.out,
                               world=world, run=run, flow=flow_view(config))
             if run is not None:
@@ -177,10 +218,15 @@ def run_embed(config: Any) -> dict[str, Any]:
     from slic.embed import embed_dataset
 
     world = init_world(config.embed.device)
+    model = _checkpoint_config(config.embed.checkpoint)
+    name = f"embed {_model_summary(model, config.embed.checkpoint)} {config.embed.clips} clips"
     try:
-        with _tracked("embed", to_dict(config.embed), world, system_metrics=False) as run:
+        with _tracked("embed", to_dict(config.embed), world, system_metrics=False, name=name) as run:
             report = embed_dataset(config.embed, manifest=config.extract.manifest, frames_dir=config.extract.out,
                                    world=world)
+            if run is not None:
+                _log_videos_input(run, config, ("train", "val", "test"), "inference",
+                                  min_frames=int(model.get("clip_len", 0)))
             if run is not None:
                 run.log_metrics({k: v for k, v in report.items() if isinstance(v, (int, float))})
     finally:
@@ -206,7 +252,11 @@ def run_evaluate(config: Any) -> dict[str, Any]:
     page = write_retrieval_html(cfg.html, report, embeddings=cfg.embeddings, frames_dir=config.extract.out,
                                 manifest=config.extract.manifest, queries=cfg.html_queries, k=cfg.html_k,
                                 seed=cfg.html_seed)
-    with stage_run("evaluate", to_dict(cfg)) as run:
+    model = _checkpoint_config(config.embed.checkpoint) if cfg.embeddings == config.embed.out else {}
+    name = f"evaluate {_model_summary(model, cfg.embeddings)} {cfg.query_split} vs {cfg.gallery_split}"
+    with stage_run("evaluate", to_dict(cfg), name=name) as run:
+        _log_videos_input(run, config, (cfg.query_split, cfg.gallery_split), "evaluation",
+                          min_frames=int(model.get("clip_len", 0)))
         run.log_metrics({k: v for k, v in report.items() if k.startswith("recall@")})
         run.log_artifact(cfg.curve)
         run.log_artifact(cfg.html)
@@ -264,9 +314,11 @@ def run_ablation(config: Any) -> dict[str, Any]:
 
 def run_promote(config: Any) -> dict[str, Any]:
     """Stage `promote`: register the encoder; move the alias only when it beats the champion."""
+    from slic.ablation import flow_view
     from slic.promote import promote
 
-    report = promote(config.promote)
+    report = promote(config.promote, manifest=config.extract.manifest, frames_dir=config.extract.out,
+                     flow=flow_view(config))
     print(f"promote: {report['model_name']} version {report['version']} {report['decision']}: {report['reason']}; "
           f"@{report['alias']} -> version {report['alias_version']}")
     return report
@@ -277,7 +329,7 @@ def run_index(config: Any) -> dict[str, Any]:
     from slic.index import build_stage
 
     report = build_stage(config.index, embeddings=config.embed.out, checkpoint=config.embed.checkpoint,
-                         clips=config.embed.clips)
+                         clips=config.embed.clips, frames_dir=config.extract.out)
     print(f"index: {report['kind']} over {report['vectors']} {report['gallery_split']} videos ({report['dim']}-d) "
           f"on {report['device']} in {report['build_seconds']} s -> {report['out']}")
     for note in report["notes"]:
@@ -290,9 +342,11 @@ def run_linear_probe_stage(config: Any) -> dict[str, Any]:
     from slic.config import to_dict
     from slic.finetune_stages import run_linear_probe
 
-    with stage_run_for("linear_probe", to_dict(config.linear_probe)) as run:
+    cfg = config.linear_probe
+    with stage_run_for("linear_probe", to_dict(cfg), _named("linear_probe", cfg.checkpoint)) as run:
         report = run_linear_probe(config.linear_probe, manifest=config.extract.manifest,
                                   frames_dir=config.extract.out, run=run)
+        _log_videos_input(run, config, ("train", "val", "test"), "training", min_frames=cfg.clip_len)
         report["mlflow_run_id"] = run.run_id
     print(f"linear_probe: test top1 {report['top1']:.2f}% top5 {report['top5']:.2f}% (best val top1 "
           f"{report['best_val_top1']:.2f}% at epoch {report['best_epoch']}), {report['seconds']} s")
@@ -304,19 +358,26 @@ def run_finetune_stage(config: Any) -> dict[str, Any]:
     from slic.config import to_dict
     from slic.finetune_stages import run_finetune
 
-    with stage_run_for("finetune", to_dict(config.finetune)) as run:
+    cfg = config.finetune
+    with stage_run_for("finetune", to_dict(cfg), _named("finetune", cfg.checkpoint)) as run:
         report = run_finetune(config.finetune, manifest=config.extract.manifest, frames_dir=config.extract.out,
                               run=run)
+        _log_videos_input(run, config, ("train", "val", "test"), "training", min_frames=cfg.clip_len)
     for name, row in report.items():
         print(f"finetune {name:12s} test top1 {row['top1']:.2f}% top5 {row['top5']:.2f}%")
     return report
 
 
-def stage_run_for(stage: str, params: dict[str, Any]) -> Any:
+def stage_run_for(stage: str, params: dict[str, Any], name: str | None = None) -> Any:
     """The MLflow run of a single-process stage (imported lazily: MLflow is slow to import)."""
     from slic.tracking import stage_run
 
-    return stage_run(stage, params, system_metrics=True)
+    return stage_run(stage, params, system_metrics=True, name=name)
+
+
+def _named(stage: str, checkpoint: str) -> str:
+    """A run name for a stage that starts from a pretrained checkpoint: 'finetune slic r3d_18_tiny 32px'."""
+    return f"{stage} {_model_summary(_checkpoint_config(checkpoint), checkpoint)}"
 
 
 STAGES: dict[str, tuple[Callable[[Any], dict[str, Any]], str]] = {

@@ -7,65 +7,22 @@ one exact FAISS k=2 search on L2-normalised vectors (inner product = cosine simi
 reference's dense (n, n) distance matrix and full hierarchy.  k-means (faiss.Kmeans on L2-normalised
 vectors) is the alternative.  Both run on GPU where faiss has one (faiss-gpu), on CPU otherwise.
 
-faiss is imported lazily (it is an optional extra: ``slic[cpu]`` or ``slic[gpu]``) and no global state is
-changed at import; a ``threads`` option sets faiss's OpenMP threads for one call and restores them after.
+faiss is imported lazily through slic.faiss_backend (it is an optional extra: ``slic[cpu]`` or ``slic[gpu]``)
+and no global state is changed at import; a ``threads`` option sets faiss's OpenMP threads for one call and
+restores them after.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from types import ModuleType
-
 import numpy as np
+
+from slic.faiss_backend import faiss_module, faiss_threads, l2_normalize, resolve_gpu
 
 METHODS = ("finch", "kmeans")
 DEFAULT_BATCH = 1 << 16
 
 
 # ----------------------------------------------------------------------------------------------- helpers
-
-
-def _faiss() -> ModuleType:
-    """The faiss module, with a clear message when neither faiss-cpu nor faiss-gpu is installed."""
-    try:
-        import faiss
-    except ImportError as error:  # pragma: no cover - depends on the environment
-        raise ImportError("slic.clustering needs faiss: install slic[cpu] (faiss-cpu) or slic[gpu] "
-                          "(faiss-gpu)") from error
-    return faiss
-
-
-def gpu_available() -> bool:
-    """True when the installed faiss is built with GPU support and sees at least one GPU."""
-    faiss = _faiss()
-    return hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
-
-
-def _resolve_gpu(use_gpu: bool | None) -> bool:
-    """None -> GPU if faiss has one; True without a GPU is an error rather than a silent CPU fallback."""
-    if use_gpu is None:
-        return gpu_available()
-    if use_gpu and not gpu_available():
-        raise RuntimeError("use_gpu=True but faiss sees no GPU (faiss-gpu not installed or no device)")
-    return bool(use_gpu)
-
-
-@contextmanager
-def _faiss_threads(threads: int | None) -> Iterator[None]:
-    """Run the block with faiss using `threads` OpenMP threads (None: leave faiss's default alone)."""
-    if threads is None:
-        yield
-        return
-    if threads < 1:
-        raise ValueError(f"threads must be >= 1, got {threads}")
-    faiss = _faiss()
-    previous = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(int(threads))
-    try:
-        yield
-    finally:
-        faiss.omp_set_num_threads(previous)
 
 
 def _as_matrix(x: np.ndarray, *, min_rows: int) -> np.ndarray:
@@ -82,19 +39,12 @@ def _as_matrix(x: np.ndarray, *, min_rows: int) -> np.ndarray:
     return x
 
 
-def l2_normalize(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit L2 norm as contiguous float32 (zero rows stay zero): cosine becomes inner product."""
-    x = np.asarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=-1, keepdims=True)
-    return np.ascontiguousarray(x / np.maximum(norms, np.finfo(np.float32).tiny))
-
-
 # ------------------------------------------------------------------------------------- first neighbours
 
 
 def _flat_ip_index(d: int, gpu: bool) -> tuple[object, object | None]:
     """An exact inner-product index, on GPU 0 when asked; returns (index, gpu resources to keep alive)."""
-    faiss = _faiss()
+    faiss = faiss_module()
     index = faiss.IndexFlatIP(d)
     if not gpu:
         return index, None
@@ -161,8 +111,8 @@ def first_neighbours(x: np.ndarray, *, use_gpu: bool | None = None, batch: int =
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
     xn = l2_normalize(x)
-    with _faiss_threads(threads):
-        top2 = _search_top2(xn, gpu=_resolve_gpu(use_gpu), batch=batch)
+    with faiss_threads(threads):
+        top2 = _search_top2(xn, gpu=resolve_gpu(use_gpu), batch=batch)
     return _canonical_duplicates(xn, _drop_self(top2), batch=batch)
 
 
@@ -219,13 +169,13 @@ def kmeans(x: np.ndarray, k: int, *, n_init: int = 10, iterations: int = 20, see
         raise ValueError(f"k-means needs 1 <= k <= n points; got k={k}, n={n}")
     if n_init < 1 or iterations < 1:
         raise ValueError(f"n_init and iterations must be >= 1, got {n_init} and {iterations}")
-    faiss = _faiss()
+    faiss = faiss_module()
     xn = l2_normalize(x)
-    gpu = _resolve_gpu(use_gpu)
+    gpu = resolve_gpu(use_gpu)
     model = faiss.Kmeans(xn.shape[1], int(k), niter=int(iterations), nredo=int(n_init), seed=int(seed),
                          gpu=gpu, spherical=False, verbose=False, min_points_per_centroid=1,
                          max_points_per_centroid=max(256, -(-n // int(k))))
-    with _faiss_threads(threads):
+    with faiss_threads(threads):
         model.train(xn)
         _, labels = model.assign(xn)
     return labels.astype(np.int64)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
+from slic.checkpoints import load_encoder
 from slic.config import EmbedConfig, PretrainConfig
 from slic.data.clips import EvalClips, VideoShard, load_videos
 from slic.distributed import World, gather_objects
@@ -54,8 +55,6 @@ def embed_clips(model: torch.nn.Module, dataset: EvalClips, *, world: World, bat
 
 def embed_dataset(cfg: EmbedConfig, *, manifest: str | Path, frames_dir: str | Path, world: World) -> dict[str, Any]:
     """Embed train, val and test videos with cfg.checkpoint; write cfg.out; return the stage report."""
-    from slic.pretrain import load_encoder
-
     started = time.perf_counter()
     model, train_cfg = load_encoder(cfg.checkpoint, world.device)
     pretrain_cfg = PretrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in train_cfg.items()})

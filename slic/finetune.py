@@ -50,7 +50,7 @@ class ClassifierState:
 
 def build_classifier(*, init: str, checkpoint: str | Path, classes: int, dropout: float, seed: int) -> Classifier:
     """Backbone of `checkpoint` (init 'pretrained') or the same architecture at random (init 'scratch')."""
-    from slic.pretrain import load_encoder
+    from slic.checkpoints import load_encoder
 
     encoder, pretrain_cfg = load_encoder(checkpoint, "cpu")
     torch.manual_seed(seed)  # the scratch backbone and the linear layer are seeded

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from slic.clustering import _faiss, gpu_available, l2_normalize
+from slic.faiss_backend import faiss_module, gpu_available, l2_normalize
 
 KINDS = ("flat", "ivf_flat", "ivf_pq", "hnsw")
 IVF_KINDS = ("ivf_flat", "ivf_pq")
@@ -98,7 +98,7 @@ def _resolve_device(kind: str, device: str) -> str:
 def build_index(vectors: np.ndarray, *, kind: str = "flat", normalize: bool = True, device: str = "auto",
                 **params: int) -> BuiltIndex:
     """An inner-product faiss index of `kind` holding `vectors` (L2-normalised first when normalize: cosine)."""
-    faiss = _faiss()
+    faiss = faiss_module()
     x = np.ascontiguousarray(l2_normalize(vectors) if normalize else np.asarray(vectors, np.float32))
     if x.ndim != 2 or len(x) == 0:
         raise IndexBuildError(f"need a non-empty (n, d) array of embeddings, got shape {x.shape}")
@@ -170,7 +170,7 @@ def gallery_rows(embeddings: str | Path, manifest: str | Path, split: str) -> tu
 
 def save_index(folder: str | Path, built: BuiltIndex, rows: pd.DataFrame, meta: dict[str, Any]) -> Path:
     """Write index.faiss (a CPU copy), rows.csv and index.json into folder; return the folder."""
-    faiss = _faiss()
+    faiss = faiss_module()
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     cpu = faiss.index_gpu_to_cpu(built.index) if built.device == "cuda" else built.index
@@ -186,7 +186,7 @@ def load_index(folder: str | Path) -> LoadedIndex:
     missing = [name for name in (INDEX_FILE, ROWS_FILE, META_FILE) if not (folder / name).is_file()]
     if missing:
         raise IndexBuildError(f"no index at {folder} ({', '.join(missing)} missing); run `dvc repro index` first")
-    index = _faiss().read_index(str(folder / INDEX_FILE))
+    index = faiss_module().read_index(str(folder / INDEX_FILE))
     rows = pd.read_csv(folder / ROWS_FILE, index_col="row", dtype={"video_id": str, "path": str, "class": str})
     meta = json.loads((folder / META_FILE).read_text())
     if index.ntotal != len(rows):
@@ -195,8 +195,17 @@ def load_index(folder: str | Path) -> LoadedIndex:
     return LoadedIndex(index, rows, meta)
 
 
-def build_stage(cfg: Any, *, embeddings: str, checkpoint: str, clips: int) -> dict[str, Any]:
-    """Stage `index`: index the gallery split of `embeddings`, save it to cfg.out, return reports/index.json."""
+def build_stage(cfg: Any, *, embeddings: str, checkpoint: str, clips: int,
+                frames_dir: str | None = None) -> dict[str, Any]:
+    """Stage `index`: index the gallery split of `embeddings`, save it to cfg.out, return reports/index.json.
+
+    index.json records lineage: `data_fingerprint`, the content fingerprint of the data the checkpoint
+    was trained on, and `gallery_fingerprint`, that of the indexed videos' frame shards in `frames_dir`.
+    """
+    import torch
+
+    from slic.data.frames import content_fingerprint, content_hashes
+
     rows, vectors = gallery_rows(embeddings, cfg.manifest, cfg.gallery_split)
     normalize = cfg.metric == "cosine"
     started = time.perf_counter()
@@ -207,6 +216,13 @@ def build_stage(cfg: Any, *, embeddings: str, checkpoint: str, clips: int) -> di
     report = {"kind": cfg.kind, "vectors": int(len(rows)), "dim": int(vectors.shape[1]), "metric": cfg.metric,
               "gallery_split": cfg.gallery_split, "params": built.params, "notes": built.notes,
               "build_seconds": round(seconds, 4), "device": built.device, "out": cfg.out}
+    try:  # the content fingerprint of the data the checkpoint was trained on (pretrain records it)
+        trained = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True).get("fingerprint") or {}
+    except Exception:  # noqa: BLE001 - no checkpoint, or not one of pretrain's: the lineage is unknown, not fatal
+        trained = {}
+    report["data_fingerprint"] = trained.get("data") or "unknown"
+    report["gallery_fingerprint"] = (content_fingerprint(content_hashes(frames_dir, rows["video_id"].tolist()))
+                                     if frames_dir is not None else "unknown")
     meta = {**report, "embeddings": str(embeddings), "checkpoint": str(checkpoint),
             "checkpoint_sha256": file_sha256(checkpoint) if Path(checkpoint).is_file() else "",
             "clips": clips, "manifest": cfg.manifest}

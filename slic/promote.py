@@ -5,6 +5,12 @@ metric is a validation metric of reports/pretrain.json (best.pt was chosen on it
 metric, so promotion never peeks at the test split. Every decision is written as tags on the new
 version (metric, metric_value, champion_metric, champion_version, decision, reason) and returned
 for reports/promotion.json.
+
+Equal terms: every version carries the content fingerprint of the data it was trained and validated
+on (`data_fingerprint`, from its checkpoint). When the champion's differs from the candidate's, their
+recorded numbers are not comparable, so both encoders are evaluated on the candidate's validation
+split (recall@1 of val queries against the train gallery, one centre clip per video: pretrain's
+protocol) and those two numbers decide; both, and both fingerprints, are recorded.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from slic.config import PromoteConfig, to_dict
+from slic.config import PretrainConfig, PromoteConfig, to_dict
 
 PRETRAIN_REPORT = "reports/pretrain.json"
 
@@ -75,8 +81,86 @@ def _champion_metric(version: Any, metric: str) -> float:
     return float(version.tags["metric_value"])
 
 
-def promote(cfg: PromoteConfig, report: str | Path = PRETRAIN_REPORT) -> dict[str, Any]:
-    """Register cfg.checkpoint as a new version of cfg.model_name; move cfg.alias when it wins."""
+def validation_split(train_config: dict[str, Any], manifest: str | Path, frames_dir: str | Path) -> tuple[list, list]:
+    """(train, val) videos as pretrain selects them for `train_config` (clip_len): gallery and queries."""
+    from slic.data.clips import load_videos
+
+    clip_len = int(train_config["clip_len"])
+    train = load_videos(manifest, frames_dir, splits=["train"], min_frames=2 * clip_len)
+    val = load_videos(manifest, frames_dir, splits=["val"], min_frames=clip_len)
+    if not train or not val:
+        raise PromoteError(f"{manifest} with the shards of {frames_dir} has {len(train)} train and {len(val)} val "
+                           "videos; comparing with the champion needs both (dvc repro validate extract)")
+    return train, val
+
+
+def validation_recall_of(encoder: Any, train: list, val: list) -> float:
+    """Recall@1 of `val` against the `train` gallery with one centre clip per video: pretrain's validation.
+
+    `encoder` is a slic.serving.VideoEncoder (the candidate's checkpoint, or the registered champion).
+    """
+    from slic.distributed import World
+    from slic.pretrain import validation_recall
+
+    device = next(encoder.model.parameters()).device
+    cfg = PretrainConfig(clip_len=encoder.clip_len, size=encoder.size, workers=0,
+                         bf16=bool(encoder.config.get("bf16", True)))
+    return float(validation_recall(encoder.model, val, train, cfg, World(0, 1, 0, device)))
+
+
+def _on_candidate_data(cfg: PromoteConfig, checkpoint: Path, train_config: dict[str, Any], data: str,
+                       manifest: str | Path | None, frames_dir: str | Path | None, flow: Any) -> tuple[float, float]:
+    """(candidate, champion) recall@1 on the candidate's validation split; refuses when the data on disk
+    is not what the candidate was validated on."""
+    from slic.pretrain import data_fingerprint
+    from slic.serving import VideoEncoder, encoder_of
+
+    if manifest is None or frames_dir is None:
+        raise PromoteError(f"the champion of {cfg.model_name} was validated on other data; comparing it on the "
+                           "candidate's validation split needs the manifest and frames_dir")
+    train, val = validation_split(train_config, manifest, frames_dir)
+    current = data_fingerprint(train, val, frames_dir=frames_dir, flow=flow)
+    if current != data:
+        raise PromoteError(f"{checkpoint} was trained on data with content fingerprint {data or 'unknown'}, but "
+                           f"{manifest} and {frames_dir} hold {current}; re-run `dvc repro pretrain` first")
+    candidate = validation_recall_of(VideoEncoder(checkpoint), train, val)
+    champion = validation_recall_of(encoder_of(load_champion(cfg.model_name, cfg.alias)), train, val)
+    return candidate, champion
+
+
+def _decide_on_equal_terms(cfg: PromoteConfig, candidate: float, data: str, champion: Any, checkpoint: Path,
+                           train_config: dict[str, Any], manifest: str | Path | None, frames_dir: str | Path | None,
+                           flow: Any) -> tuple[Decision, dict[str, Any]]:
+    """The decision and what to record: recorded metrics on the same data, else both re-evaluated."""
+    if champion is None:
+        return decide(candidate, None, higher_is_better=cfg.higher_is_better, min_delta=cfg.min_delta), {
+            "champion_metric": "none", "champion_version": "none", "champion_data_fingerprint": "none",
+            "compared_on": "no champion"}
+    champion_data = champion.tags.get("data_fingerprint", "")
+    recorded = {"champion_version": champion.version, "champion_data_fingerprint": champion_data or "unknown"}
+    if data and champion_data == data:
+        champion_value = _champion_metric(champion, cfg.metric)
+        decision = decide(candidate, champion_value, higher_is_better=cfg.higher_is_better, min_delta=cfg.min_delta)
+        return decision, {**recorded, "champion_metric": champion_value, "compared_on": "same data"}
+    ours, theirs = _on_candidate_data(cfg, checkpoint, train_config, data, manifest, frames_dir, flow)
+    decision = decide(ours, theirs, higher_is_better=True, min_delta=cfg.min_delta)
+    reason = (f"validated on other data (champion {champion_data or 'unknown'}, candidate {data}); on the "
+              f"candidate's validation split, recall@1: {decision.reason}")
+    same_metric = champion.tags.get("metric") == cfg.metric and "metric_value" in champion.tags
+    return Decision(decision.promote, reason), {
+        **recorded, "champion_metric": float(champion.tags["metric_value"]) if same_metric else "none",
+        "compared_on": "candidate validation split", "candidate_val_recall_at_1": ours,
+        "champion_val_recall_at_1": theirs}
+
+
+def promote(cfg: PromoteConfig, report: str | Path = PRETRAIN_REPORT, *, manifest: str | Path | None = None,
+            frames_dir: str | Path | None = None, flow: Any = None) -> dict[str, Any]:
+    """Register cfg.checkpoint as a new version of cfg.model_name; move cfg.alias when it wins.
+
+    A champion validated on other data (another content fingerprint) is compared on the candidate's
+    validation split from `manifest` and `frames_dir` (and `flow`, the flow view pretrain used), so the
+    alias never moves on numbers measured on different videos.
+    """
     import torch
 
     from slic import tracking
@@ -85,23 +169,27 @@ def promote(cfg: PromoteConfig, report: str | Path = PRETRAIN_REPORT) -> dict[st
     checkpoint = Path(cfg.checkpoint)
     if not checkpoint.is_file():
         raise FileNotFoundError(f"{checkpoint}: no checkpoint to promote; run the `pretrain` stage first")
+    payload = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    train_config, data = payload["config"], (payload.get("fingerprint") or {}).get("data", "")
     champion = tracking.alias_version(cfg.model_name, cfg.alias)
-    champion_value = _champion_metric(champion, cfg.metric) if champion else None
-    decision = decide(candidate, champion_value, higher_is_better=cfg.higher_is_better, min_delta=cfg.min_delta)
+    decision, compared = _decide_on_equal_terms(cfg, candidate, data, champion, checkpoint, train_config, manifest,
+                                                frames_dir, flow)
     pretrain = json.loads(Path(report).read_text())
-    dim = int(torch.load(checkpoint, map_location="cpu", weights_only=False)["config"]["out_dim"])
-    with tracking.stage_run("promote", to_dict(cfg)) as run:
-        model_uri = tracking.log_encoder(checkpoint, embedding_dim=dim)
-        tags = {"metric": cfg.metric, "metric_value": candidate,
-                "champion_metric": "none" if champion_value is None else champion_value,
-                "champion_version": champion.version if champion else "none",
+    name = (f"promote {train_config.get('mode')} {train_config.get('backbone')} {train_config.get('size')}px "
+            f"-> {cfg.model_name}")
+    with tracking.stage_run("promote", to_dict(cfg), name=name) as run:
+        if manifest is not None and Path(manifest).is_file():  # the data the candidate was validated on
+            run.log_input(manifest, data or "unknown", splits=("train", "val"), context="validation")
+        model_uri = tracking.log_encoder(checkpoint, embedding_dim=int(train_config["out_dim"]))
+        tags = {"metric": cfg.metric, "metric_value": candidate, "data_fingerprint": data or "unknown", **compared,
                 "decision": "promoted" if decision.promote else "rejected", "reason": decision.reason,
                 "pretrain_run_id": pretrain.get("mlflow_run_id", ""), "checkpoint": str(checkpoint)}
         version = tracking.register_version(model_uri, cfg.model_name, tags)
         if decision.promote:
             tracking.set_alias(cfg.model_name, cfg.alias, version.version)
-        run.log_metrics({cfg.metric: candidate})
-        run.set_tags({f"promote.{k}": v for k, v in tags.items()} | {"promote.version": version.version})
+        run.log_metrics({cfg.metric: candidate, **{k: v for k, v in compared.items() if k.endswith("recall_at_1")}})
+        run.set_tags({f"promote.{k}": v for k, v in tags.items()} | {"promote.version": version.version,
+                                                                     "slic.data_fingerprint": data or "unknown"})
         run_id = run.run_id
     return {"model_name": cfg.model_name, "version": version.version, "alias": cfg.alias,
             "alias_version": version.version if decision.promote else champion.version,

@@ -42,11 +42,16 @@ class VideoEncoder:
     """A pretrained encoder that turns video files into embedding rows."""
 
     def __init__(self, checkpoint: str | Path, device: str = "cpu", clips: int = 10) -> None:
-        from slic.pretrain import load_encoder
+        from slic.checkpoints import load_encoder
 
         self.model, config = load_encoder(checkpoint, device)
+        self.config: dict[str, Any] = dict(config)  # the pretrain settings saved with the weights
         self.clip_len, self.size, self.clips = int(config["clip_len"]), int(config["size"]), clips
         self.dim = int(config["out_dim"])
+
+    def get_raw_model(self) -> VideoEncoder:
+        """What `PyFuncModel.get_raw_model()` returns for a registered encoder: this object."""
+        return self
 
     def embed_paths(self, paths: Iterable[str | Path]) -> np.ndarray:
         """(n, d) float32 embeddings, one row per video path, in order."""
@@ -58,6 +63,15 @@ class VideoEncoder:
         """pyfunc entry: a DataFrame with a `path` column (or a list of paths) -> (n, d) embeddings."""
         paths = model_input["path"].tolist() if hasattr(model_input, "columns") else list(model_input)
         return self.embed_paths(paths)
+
+
+def encoder_of(model: Any) -> VideoEncoder:
+    """The VideoEncoder inside a loaded pyfunc model (e.g. models:/slic-encoder@champion): its torch
+    module and settings, to evaluate it like a checkpoint (promotion on equal terms)."""
+    encoder = model.get_raw_model() if hasattr(model, "get_raw_model") else model
+    if not isinstance(encoder, VideoEncoder):
+        raise TypeError(f"{type(encoder).__name__} is not a slic encoder (a model logged by `slic promote`)")
+    return encoder
 
 
 def _load_pyfunc(data_path: str) -> VideoEncoder:

@@ -114,7 +114,13 @@ def test_stage_saves_index_rows_meta_and_report(tmp_path: Path) -> None:
     assert (report["kind"], report["vectors"], report["dim"], report["device"]) == ("ivf_flat", 18, 8, "cpu")
     assert report["params"]["nlist"] == 1 and "nlist 64 clamped to 1" in report["notes"][0]
     loaded = load_index(tmp_path / "index")
-    assert loaded.index.ntotal == 18 and loaded.rows["video_id"].str.endswith(("g01_c01", "g06_c01")).any()
+    train_ids = sorted(f"v_C{c}_g{g:02d}_c01" for c in range(3) for g in range(1, 7))
+    assert loaded.index.ntotal == 18 and loaded.rows["video_id"].tolist() == train_ids  # row r <-> video r
+    assert loaded.rows.index.tolist() == list(range(18))
+    data = np.load(npz)
+    vectors = {v: e for v, e in zip(data["video_id"], data["embedding"])}
+    _, ids = search(loaded.index, np.array([vectors[v] for v in train_ids]), 1)
+    assert ids[:, 0].tolist() == list(range(18))  # each gallery video's own vector finds its own row
     assert loaded.meta["checkpoint"] == str(checkpoint) and loaded.meta["clips"] == 4
     assert loaded.meta["checkpoint_sha256"] == __import__("hashlib").sha256(b"weights").hexdigest()
     assert json.loads(json.dumps(report))["build_seconds"] >= 0
@@ -130,3 +136,20 @@ def test_missing_index_and_bad_params_fail_with_one_line(tmp_path: Path) -> None
         load(params)
     params.write_text("index:\n  kind: hnsw\n  ef_search: 128\n")
     assert load(params).index.ef_search == 128
+
+
+def test_inner_product_metric_ranks_by_the_raw_dot_product(tmp_path: Path) -> None:
+    """metric inner_product: no normalisation, so longer vectors rank higher and similarities are raw dot products."""
+    npz, manifest, _ = write_stage_inputs(tmp_path)
+    cfg = IndexConfig(manifest=str(manifest), kind="flat", metric="inner_product", out=str(tmp_path / "index"))
+    report = build_stage(cfg, embeddings=str(npz), checkpoint=str(tmp_path / "none.pt"), clips=4)
+    assert report["metric"] == "inner_product"
+    loaded = load_index(tmp_path / "index")
+    rows, gallery = gallery_rows(npz, manifest, "train")
+    queries = clustered(5, dim=8, seed=9)
+    sims, ids = search(loaded.index, queries, 6, normalize=False)
+    raw = queries.astype(np.float64) @ gallery.T.astype(np.float64)
+    want = np.argsort(-raw, axis=1, kind="stable")[:, :6]
+    np.testing.assert_array_equal(ids, want)
+    np.testing.assert_allclose(sims, np.take_along_axis(raw, want, axis=1), rtol=1e-5)
+    assert not np.array_equal(ids, numpy_cosine_ranking(queries, gallery, 6)[1])  # cosine would rank otherwise

@@ -75,7 +75,7 @@ def test_checkpoints_from_before_head_output_norm_still_load(tmp_path) -> None:
     from dataclasses import asdict
 
     from slic.config import PretrainConfig
-    from slic.pretrain import load_encoder
+    from slic.checkpoints import load_encoder
 
     cfg = PretrainConfig(backbone="r3d_18_tiny", hidden_dim=32, out_dim=8, head_output_norm=False)
     model = Encoder(backbone="r3d_18_tiny", hidden_dim=32, out_dim=8)

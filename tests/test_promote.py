@@ -40,16 +40,18 @@ def test_missing_metric_refuses_naming_metric_and_file(tmp_path: Path) -> None:
         read_metric(tmp_path / "absent.json", "best_val_recall_at_1")
 
 
-def make_candidate(folder: Path, metric: float, seed: int) -> tuple[Path, Path]:
-    """A real (untrained) encoder checkpoint as pretrain writes it, and its report with `metric`."""
+def make_candidate(folder: Path, metric: float, seed: int, data: str = "0123456789abcdef",
+                   cfg: PretrainConfig = TINY_ENCODER) -> tuple[Path, Path]:
+    """A real (untrained) encoder checkpoint as pretrain writes it (trained on content fingerprint `data`),
+    and its report with `metric`."""
     from dataclasses import replace
 
     from slic.pretrain import TrainState, build_encoder, save_checkpoint
 
     folder.mkdir(parents=True, exist_ok=True)
-    cfg = replace(TINY_ENCODER, seed=seed)
+    cfg = replace(cfg, seed=seed)
     checkpoint = folder / "best.pt"
-    save_checkpoint(checkpoint, build_encoder(cfg), None, TrainState(), cfg)
+    save_checkpoint(checkpoint, build_encoder(cfg), None, TrainState(), cfg, data)
     report = folder / "pretrain.json"
     report.write_text(json.dumps({"best_val_recall_at_1": metric, "mlflow_run_id": f"run-{seed}"}))
     return checkpoint, report

@@ -45,3 +45,57 @@ def test_evaluate_embeddings_counts_every_query(tmp_path: Path) -> None:
     assert (tmp_path / "curve.csv").read_text() == "k,recall\n1,1.000000\n5,1.000000\n"
     with pytest.raises(ValueError, match="'val' queries"):
         evaluate_embeddings(path, query_split="val")
+
+
+def known_misses(path: Path) -> None:
+    """Eight gallery videos along orthogonal axes (lengths 0.5..100, so only cosine ranks them as designed)
+    and seven test queries whose nearest neighbours are set by their weights on those axes.
+
+    gallery axis : 0 1 2 3 4 5 6 7        query (class): weights             ranks of its class  hit@1 hit@5
+    class        : a a b b c c c a        q0 (a): e0                          1                  yes   yes
+                                          q1 (a): e2 5, e3 4, e4 3, e5 2, e6 1.5, e7 1   6       no    no
+                                          q2 (b): e0 5, e3 4                  2                  no    yes
+                                          q3 (b): e2                          1                  yes   yes
+                                          q4 (c): e4                          1                  yes   yes
+                                          q5 (c): e0 5, e1 4, e2 3, e3 2, e7 1.5, e5 1   6       no    no
+                                          q6 (c): e0 5, e6 4                  2                  no    yes
+    """
+    gallery_classes = ["a", "a", "b", "b", "c", "c", "c", "a"]
+    lengths = np.array([1.0, 0.5, 3.0, 7.0, 2.0, 0.8, 5.0, 100.0])
+    gallery = np.eye(8) * lengths[:, None]
+    weights = [{0: 5}, {2: 5, 3: 4, 4: 3, 5: 2, 6: 1.5, 7: 1}, {0: 5, 3: 4}, {2: 1}, {4: 1},
+               {0: 5, 1: 4, 2: 3, 3: 2, 7: 1.5, 5: 1}, {0: 5, 6: 4}]
+    queries = np.zeros((len(weights), 8))
+    for row, axes in enumerate(weights):
+        for axis, weight in axes.items():
+            queries[row, axis] = weight
+    query_classes = ["a", "a", "b", "b", "c", "c", "c"]
+    names = np.array(gallery_classes + query_classes)
+    np.savez(path, video_id=np.array([f"v{i}" for i in range(15)]), label=np.unique(names, return_inverse=True)[1],
+             class_name=names, split=np.array(["train"] * 8 + ["test"] * 7),
+             embedding=np.concatenate([gallery, queries]).astype(np.float32))
+
+
+def test_recall_with_known_misses_overall_and_per_class(tmp_path: Path) -> None:
+    known_misses(tmp_path / "e.npz")
+    report = evaluate_embeddings(tmp_path / "e.npz", ks=(1, 5, 10))
+    assert (report["queries"], report["gallery"]) == (7, 8)
+    assert (report["recall@1"], report["recall@5"], report["recall@10"]) == (3 / 7, 5 / 7, 1.0)
+    assert report["per_class"] == {"a": {"recall@1": 0.5, "recall@5": 0.5, "queries": 2},
+                                   "b": {"recall@1": 0.5, "recall@5": 1.0, "queries": 2},
+                                   "c": {"recall@1": 1 / 3, "recall@5": 2 / 3, "queries": 3}}
+    write_recall_curve(report, tmp_path / "curve.csv")
+    assert (tmp_path / "curve.csv").read_text() == "k,recall\n1,0.428571\n5,0.714286\n10,1.000000\n"
+
+
+def test_nearest_gallery_is_exact_across_blocks() -> None:
+    """More queries and gallery rows than one block: the blocked search equals a full cosine argsort."""
+    rng = np.random.default_rng(3)
+    queries, gallery = rng.normal(size=(50, 6)), rng.normal(size=(37, 6)) * rng.uniform(0.1, 10, (37, 1))
+    sims = (queries / np.linalg.norm(queries, axis=1, keepdims=True)) @ (
+        gallery / np.linalg.norm(gallery, axis=1, keepdims=True)).T
+    expected = np.argsort(-sims, axis=1)[:, :5]
+    blocked = nearest_gallery(queries, gallery, 5, block=8)
+    np.testing.assert_array_equal(blocked, expected)
+    np.testing.assert_array_equal(nearest_gallery(queries, gallery, 5), expected)
+    np.testing.assert_array_equal(nearest_gallery(queries, gallery, 100, block=7), np.argsort(-sims, axis=1))

@@ -3,9 +3,10 @@
 Input: the RGB frame shards of stage `extract` (frames.py), converted to greyscale. Output:
 ``<out>/<video_id>.shard`` in the same shard format (offset table + JPEG frames), one greyscale
 JPEG per frame holding the horizontal component u only (what SLIC's flow view uses), and
-``<out>/index.csv``. Alignment: a flow shard has exactly as many frames as its RGB shard; flow
-frame t is the flow from frame t to frame t+1, and the last frame repeats the one before it (a
-video of N frames has N - 1 flows), so frame indices mean the same thing in both shards.
+``<out>/index.csv`` (with each shard's content sha256, as for frame shards). Alignment: a flow
+shard has exactly as many frames as its RGB shard; flow frame t is the flow from frame t to frame
+t+1, and the last frame repeats the one before it (a video of N frames has N - 1 flows), so frame
+indices mean the same thing in both shards.
 
 Quantisation (as the TV-L1 toolkits that feed two-stream networks do): u is clipped to
 [-bound, bound] pixels and mapped linearly to 0..255, ``q = round((u + bound) * 255 / (2 bound))``;
@@ -31,8 +32,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from slic.data.frames import (INDEX_NAME, SUFFIX, ShardReader, _remove_leftovers, process_cpu_seconds, read_index,
-                               run_tasks, shard_is_intact, shard_path, write_shard)
+from slic.data.frames import (INDEX_NAME, SUFFIX, ShardReader, _remove_leftovers, content_fingerprint,
+                               process_cpu_seconds, read_index, run_tasks, shard_is_intact, shard_path, write_shard)
 from slic.tvl1 import TVL1Params, to_grey, tvl1_opencv, tvl1_torch
 
 FLOW_KIND = "tvl1_u"
@@ -145,7 +146,8 @@ def flow_chunk(rows: list[dict[str, Any]], out_dir: str, method: str, device: st
     """Flow shards for a chunk of videos (rows: video_id, frame_shard); never raises for bad inputs.
 
     The torch method computes the pairs of all videos of one frame size in batches of up to
-    `batch_pairs`. Returns one result per row: status computed|reused|failed, frames, bytes, error.
+    `batch_pairs`. Returns one result per row: status computed|reused|failed, frames, bytes, sha256 (the
+    content hash written into the shard's header), error.
     """
     import cv2
     import torch
@@ -166,7 +168,7 @@ def flow_chunk(rows: list[dict[str, Any]], out_dir: str, method: str, device: st
             if shard_is_intact(target, expected):
                 reader = ShardReader.open(target)
                 results[row["video_id"]] = {**result, "status": "reused", "frames": reader.frames,
-                                            "bytes": target.stat().st_size}
+                                            "bytes": target.stat().st_size, "sha256": reader.content_sha256()}
                 continue
             todo.append((result, _read_grey(source), expected))
         except Exception as exc:  # noqa: BLE001 - one bad shard must not take the run down; it is reported
@@ -198,7 +200,8 @@ def flow_chunk(rows: list[dict[str, Any]], out_dir: str, method: str, device: st
             q = quantize(np.concatenate([u, u[-1:]]), bound)  # the last frame repeats the previous flow
             size = write_shard(result["shard"], encode_frames(q, quality),
                                {**expected, "height": int(q.shape[1]), "width": int(q.shape[2])})
-            results[result["video_id"]] = {**result, "status": "computed", "frames": len(q), "bytes": size}
+            results[result["video_id"]] = {**result, "status": "computed", "frames": len(q), "bytes": size,
+                                           "sha256": ShardReader.open(result["shard"]).header["content_sha256"]}
         except Exception as exc:  # noqa: BLE001
             results[result["video_id"]] = {**result, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
     return [results[row["video_id"]] for row in rows]
@@ -265,7 +268,7 @@ def flow_all(manifest: pd.DataFrame, *, frames_dir: str | Path, out_dir: str | P
     seconds, cpu_seconds = time.perf_counter() - started, process_cpu_seconds() - cpu_started
     ok = sorted((r for r in results if r["status"] != "failed"), key=lambda r: r["video_id"])
     failed = sorted((r for r in results if r["status"] == "failed"), key=lambda r: r["video_id"])
-    index = pd.DataFrame(ok, columns=["video_id", "shard", "frames", "bytes"])
+    index = pd.DataFrame(ok, columns=["video_id", "shard", "frames", "bytes", "sha256"])
     index["shard"] = [str(Path(s).relative_to(out)) for s in index["shard"]]
     index.to_csv(out / INDEX_NAME, index=False)
     new = [r for r in ok if r["status"] == "computed"]
@@ -278,4 +281,5 @@ def flow_all(manifest: pd.DataFrame, *, frames_dir: str | Path, out_dir: str | P
         "bytes": int(sum(r["bytes"] for r in ok)), "splits": list(splits), "method": method, "device": device,
         "bound": bound, "quality": quality, "tvl1": asdict(params), "batch_pairs": batch_pairs,
         "workers": workers, "leftovers_removed": removed, "cpu_count": os.cpu_count(),
+        "content_fingerprint": content_fingerprint({r["video_id"]: r["sha256"] for r in ok}),
     }

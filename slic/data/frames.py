@@ -6,6 +6,10 @@ Frame i is data[offsets[i]:offsets[i + 1]]. Reading a 16-frame window is one see
 of contiguous bytes, then 16 JPEG decodes; JPEG keeps shards about the size of the reference's
 folder of JPEG files while a training loader touches one file per clip instead of sixteen.
 
+The header's `content_sha256` is the sha256 of everything after the header (offset table and JPEG
+bytes), computed from the bytes being written; index.csv repeats it per video, and the stages' data
+fingerprints are made from these content hashes.
+
 Why JPEG in one file rather than raw uint8 or a re-encoded video: raw frames are 10-20x larger,
 and an inter-coded video cannot be entered at an arbitrary frame without decoding from a
 keyframe. bench/extract.py measures these trade-offs against the reference's JPEG folders.
@@ -13,6 +17,7 @@ keyframe. bench/extract.py measures these trade-offs against the reference's JPE
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import resource
@@ -23,6 +28,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from multiprocessing.context import BaseContext
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -32,6 +38,7 @@ import pandas as pd
 MAGIC = b"SLICJPG1"
 SUFFIX = ".shard"
 INDEX_NAME = "index.csv"
+THROUGHPUT_NAME = "throughput.json"  # the last extraction's throughput, for runs that reuse every shard
 T = TypeVar("T")
 
 
@@ -44,16 +51,26 @@ def shard_path(out_dir: str | Path, video_id: str) -> Path:
     return Path(out_dir) / f"{video_id}{SUFFIX}"
 
 
+def content_sha256(offsets: bytes, jpegs: Sequence[bytes]) -> str:
+    """Hex sha256 of a shard's content: its offset table, then its JPEG bytes (what follows the header)."""
+    digest = hashlib.sha256(offsets)
+    for jpeg in jpegs:
+        digest.update(jpeg)
+    return digest.hexdigest()
+
+
 def write_shard(path: str | Path, jpegs: Sequence[bytes], header: dict[str, Any]) -> int:
     """Write a shard atomically (temporary name, then rename); returns its size in bytes.
 
-    A run killed mid-write leaves only a temporary file, which the next run deletes.
+    The header gets `content_sha256`, hashed from the in-memory bytes as they are written (never by
+    reading the file back). A run killed mid-write leaves only a temporary file, which the next run deletes.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     sizes = np.fromiter((len(j) for j in jpegs), dtype=np.uint64, count=len(jpegs))
     offsets = np.concatenate([[0], np.cumsum(sizes)]).astype("<u8")
-    meta = json.dumps({**header, "frames": len(jpegs)}, sort_keys=True).encode()
+    digest = content_sha256(offsets.tobytes(), jpegs)
+    meta = json.dumps({**header, "frames": len(jpegs), "content_sha256": digest}, sort_keys=True).encode()
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     with open(tmp, "wb") as handle:
         handle.write(MAGIC + struct.pack("<I", len(meta)) + meta + offsets.tobytes())
@@ -112,6 +129,18 @@ class ShardReader:
         """Decoded frames [start, start + count) as (count, H, W, 3) uint8 RGB."""
         return decode_jpegs(self.read_jpegs(start, count))
 
+    def content_sha256(self) -> str:
+        """The content hash recorded in the header; a shard from before the hash existed is hashed once here."""
+        recorded = self.header.get("content_sha256")
+        if recorded:
+            return str(recorded)
+        digest = hashlib.sha256()
+        with open(self.path, "rb") as handle:
+            handle.seek(self.data_start - 8 * len(self.offsets))
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        return digest.hexdigest()
+
 
 def decode_jpegs(jpegs: Sequence[bytes]) -> np.ndarray:
     """Decode JPEG frames into (T, H, W, 3) uint8 RGB with libjpeg-turbo (torchvision)."""
@@ -156,7 +185,8 @@ def _expected_header(row: dict[str, Any], short_side: int, quality: int) -> dict
 def extract_one(row: dict[str, Any], out_dir: str, short_side: int, quality: int) -> dict[str, Any]:
     """Extract one video to its shard unless an intact one exists; never raises for bad videos.
 
-    Returns {video_id, status: extracted|reused|failed, frames, bytes, height, width, fps, error}.
+    Returns {video_id, status: extracted|reused|failed, frames, bytes, sha256, height, width, fps, error};
+    sha256 is the shard's content hash (written into its header when it was extracted).
     """
     from slic.data.video import VideoDecodeError, encode_jpeg_sequence
 
@@ -167,11 +197,12 @@ def extract_one(row: dict[str, Any], out_dir: str, short_side: int, quality: int
         if shard_is_intact(target, expected):
             reader = ShardReader.open(target)
             return {**result, "status": "reused", "frames": reader.frames, "bytes": target.stat().st_size,
-                    **{k: reader.header[k] for k in ("height", "width", "fps")}}
+                    "sha256": reader.content_sha256(), **{k: reader.header[k] for k in ("height", "width", "fps")}}
         sequence = encode_jpeg_sequence(row["path"], short_side=short_side, quality=quality)
         size_fps = {"height": sequence.height, "width": sequence.width, "fps": round(sequence.fps, 4)}
         size = write_shard(target, sequence.jpegs, {**expected, **size_fps})
-        return {**result, "status": "extracted", "frames": len(sequence.jpegs), "bytes": size, **size_fps}
+        return {**result, "status": "extracted", "frames": len(sequence.jpegs), "bytes": size,
+                "sha256": ShardReader.open(target).header["content_sha256"], **size_fps}
     except VideoDecodeError as exc:
         return {**result, "status": "failed", "error": exc.cause}
     except Exception as exc:  # noqa: BLE001 - one bad file must not take the run down; it is reported
@@ -252,24 +283,93 @@ def extract_all(manifest: pd.DataFrame, *, out_dir: str | Path, short_side: int,
     seconds = time.perf_counter() - started
     ok = sorted((r for r in results if r["status"] != "failed"), key=lambda r: r["video_id"])
     failed = sorted((r for r in results if r["status"] == "failed"), key=lambda r: r["video_id"])
-    index = pd.DataFrame(ok, columns=["video_id", "shard", "frames", "height", "width", "fps", "bytes"])
+    index = pd.DataFrame(ok, columns=["video_id", "shard", "frames", "height", "width", "fps", "bytes", "sha256"])
     index["shard"] = [str(Path(s).relative_to(out)) for s in index["shard"]]
     index.to_csv(out / INDEX_NAME, index=False)
     new = [r for r in ok if r["status"] == "extracted"]
-    new_frames = sum(r["frames"] for r in new)
-    return {
+    report = {
         "videos": len(rows), "extracted": len(new), "reused": len(ok) - len(new),
         "failed": [{"video_id": r["video_id"], "path": r["path"], "error": r["error"]} for r in failed],
         "frames": int(sum(r["frames"] for r in ok)), "seconds": round(seconds, 3),
-        "frames_per_s": round(new_frames / seconds, 1) if seconds > 0 and new_frames else 0.0,
         "bytes": int(sum(r["bytes"] for r in ok)), "short_side": short_side, "quality": quality,
         "workers": workers, "leftovers_removed": removed,
+        "content_fingerprint": content_fingerprint({r["video_id"]: r["sha256"] for r in ok}),
     }
+    return report | throughput(out, new_frames=sum(r["frames"] for r in new), new_videos=len(new),
+                               reused=len(ok) - len(new), seconds=seconds, workers=workers)
+
+
+def content_fingerprint(hashes: dict[str, str]) -> str:
+    """16 hex chars naming a set of shards by content: sha256 over the sorted 'video_id<TAB>sha256' lines."""
+    digest = hashlib.sha256()
+    for video_id in sorted(hashes):
+        digest.update(f"{video_id}\t{hashes[video_id]}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def throughput(out_dir: str | Path, *, new_frames: int, new_videos: int, reused: int, seconds: float,
+               workers: int | str) -> dict[str, Any]:
+    """The report's throughput: this run's, kept in <out>/throughput.json; or, when every shard was reused,
+    the one recorded by the run that extracted them (a reused shard costs no decoding, so 0 would mislead).
+    """
+    path = Path(out_dir) / THROUGHPUT_NAME
+    if new_frames:
+        record = {"frames_per_s": round(new_frames / seconds, 1) if seconds > 0 else 0.0, "frames": new_frames,
+                  "videos": new_videos, "seconds": round(seconds, 3), "workers": workers,
+                  "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, path)
+        return {"frames_per_s": record["frames_per_s"], "throughput_from": "this run", "all_reused": False}
+    if not reused:
+        return {"frames_per_s": 0.0, "throughput_from": "this run", "all_reused": False}
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        record = {}
+    if "frames_per_s" not in record:
+        return {"frames_per_s": 0.0, "throughput_from": "unknown", "all_reused": True,
+                "note": f"every shard was reused (none extracted in this run); the run that extracted them "
+                        f"recorded no throughput ({path} missing)"}
+    return {"frames_per_s": record["frames_per_s"], "throughput_from": record["measured_at"], "all_reused": True,
+            "note": f"every shard was reused (none extracted in this run); frames_per_s is the throughput of the "
+                    f"run that extracted them ({record['videos']} videos, {record['frames']} frames, "
+                    f"{record['workers']} workers, {record['measured_at']})"}
 
 
 def read_index(out_dir: str | Path) -> pd.DataFrame:
-    """The shard index written by `extract_all` (video_id, shard, frames, height, width, fps, bytes)."""
+    """The shard index written by `extract_all` (video_id, shard, frames, height, width, fps, bytes, sha256)."""
     path = Path(out_dir) / INDEX_NAME
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no frame index; run the `extract` stage first (dvc repro extract)")
-    return pd.read_csv(path, dtype={"video_id": str, "shard": str})
+    return pd.read_csv(path, dtype={"video_id": str, "shard": str, "sha256": str})
+
+
+def content_hashes(out_dir: str | Path, video_ids: Sequence[str] | None = None, *,
+                   missing: str | None = None) -> dict[str, str]:
+    """{video_id: content sha256} of the shards in <out>/index.csv (the flow stage's index works too).
+
+    An index from before the hashes existed, or a video missing from it, falls back to the shard's own
+    header (hashing its bytes once for a shard older than the hash). A video without a shard gets
+    `missing`, or raises naming the file when `missing` is None.
+    """
+    out = Path(out_dir)
+    if (out / INDEX_NAME).is_file() or video_ids is None:
+        index = read_index(out)
+        recorded = dict(zip(index["video_id"], index["sha256"])) if "sha256" in index else {}
+        wanted = list(index["video_id"]) if video_ids is None else list(video_ids)
+    else:
+        recorded, wanted = {}, list(video_ids)
+    hashes = {}
+    for video_id in wanted:
+        value = recorded.get(video_id)
+        if not isinstance(value, str) or not value:
+            path = shard_path(out, video_id)
+            if not path.is_file():
+                if missing is None:
+                    raise FileNotFoundError(f"{path}: no shard for {video_id}; re-run the stage that writes {out}")
+                hashes[video_id] = missing
+                continue
+            value = ShardReader.open(path).content_sha256()
+        hashes[video_id] = value
+    return hashes

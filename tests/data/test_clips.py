@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -171,3 +172,118 @@ def test_flow_view_replaces_positive_and_view_independently(shards: list[VideoSh
     assert 0.15 < positive.mean() < 0.35 and 0.15 < view.mean() < 0.35
     both = (positive & view).mean()
     assert abs(both - positive.mean() * view.mean()) < 0.05   # independent draws
+
+
+# ------------------------------------------------------------------- frames that say where they come from
+
+PLAIN = Augmentation(crop_min_scale=1.0, jitter=0.0, jitter_p=0.0, grayscale_p=0.0, blur_p=0.0)
+MEAN, STD = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+
+
+def counter_shards(folder: Path, lengths: list[int]) -> list[VideoShard]:
+    """Shards of flat-colour frames whose colour names them: red 10 + 6 t for frame t, green 40 + 60 v for video v."""
+    import warnings
+
+    from torchvision.io import encode_jpeg
+
+    videos = []
+    for v, length in enumerate(lengths):
+        jpegs = []
+        for t in range(length):
+            frame = torch.tensor([10 + 6 * t, 40 + 60 * v, 128], dtype=torch.uint8)[:, None, None].expand(3, 24, 32)
+            with warnings.catch_warnings():  # torchvision 0.29 marks its image codecs deprecated; they work
+                warnings.simplefilter("ignore", DeprecationWarning)
+                jpegs.append(encode_jpeg(frame.contiguous(), quality=95).numpy().tobytes())
+        path = folder / f"counter{v}.shard"
+        write_shard(path, jpegs, {"video_id": path.stem})
+        videos.append(VideoShard(path.stem, str(path), length, v, "train"))
+    return videos
+
+
+def frames_of(clip: torch.Tensor) -> list[tuple[int, int]]:
+    """(video, frame) of each frame of a normalised (3, T, S, S) clip of counter frames."""
+    rgb = (clip.mean(dim=(2, 3)).T * STD + MEAN) * 255  # (T, 3)
+    return [(round((g - 40) / 60), round((r - 10) / 6)) for r, g, _ in rgb.tolist()]
+
+
+def window(clip: torch.Tensor) -> tuple[int, int]:
+    """(video, start) of a clip, checking that its frames are consecutive frames of one video."""
+    frames = frames_of(clip)
+    video, start = frames[0]
+    assert frames == [(video, start + i) for i in range(len(frames))], frames
+    return video, start
+
+
+def test_random_anchor_and_its_positive_never_overlap(tmp_path: Path) -> None:
+    videos = counter_shards(tmp_path, [40, 24])
+    data = PretrainClips(videos, clip_len=8, size=16, random_anchor=True, p_intra=1.0, augmentation=PLAIN)
+    anchors: dict[int, set[int]] = {0: set(), 1: set()}
+    for epoch in range(12):
+        data.set_epoch(epoch)
+        for index in (0, 1):
+            anchor, positive, view, _, _ = data[index]
+            video, start = window(anchor)
+            positive_video, positive_start = window(positive)
+            assert video == positive_video == index and window(view) == (video, start)
+            assert start + 8 <= videos[index].frames and abs(positive_start - start) >= 8
+            anchors[index].add(start)
+    assert len(anchors[0]) >= 5 and len(anchors[1]) >= 3  # the anchor really moves (not always frame 0)
+    fixed = PretrainClips(videos, clip_len=8, size=16, p_intra=1.0, augmentation=PLAIN)
+    for epoch in range(5):  # without random_anchor the anchor is frames [0, 8)
+        fixed.set_epoch(epoch)
+        assert window(fixed[0][0]) == (0, 0)
+
+
+def test_positive_from_another_video_starts_anywhere_inside_that_video(tmp_path: Path) -> None:
+    videos = counter_shards(tmp_path, [40, 24])
+    data = PretrainClips(videos, clip_len=8, size=16, p_intra=0.0, augmentation=PLAIN)
+    data.set_labels(np.array([0, 0]))
+    rng = np.random.default_rng(0)
+    draws = {index: [data.positive_of(index, rng, 0) for _ in range(600)] for index in (0, 1)}
+    assert {video for video, _ in draws[0]} == {1} and {video for video, _ in draws[1]} == {0}
+    assert {start for _, start in draws[0]} == set(range(24 - 8 + 1))  # the other video's bounds, every start
+    assert {start for _, start in draws[1]} == set(range(40 - 8 + 1))
+    for epoch in range(4):  # and the clip served is that window of that video
+        data.set_epoch(epoch)
+        video, start = window(data[0][1])
+        assert video == 1 and 0 <= start <= 16
+
+
+def test_load_videos_excludes_short_videos_by_name_and_sorts_by_id(tmp_path: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    from slic.data.clips import load_videos
+
+    shards = counter_shards(tmp_path, [40, 12, 24, 30])
+    ids = ["B/v_b", "A/v_short", "A/v_a", "C/v_val"]
+    pd.DataFrame({"video_id": ids, "shard": [Path(s.shard).name for s in shards],
+                  "frames": [s.frames for s in shards]}).to_csv(tmp_path / "index.csv", index=False)
+    manifest = pd.DataFrame({"video_id": ids + ["D/v_not_extracted"], "split": ["train"] * 3 + ["val", "train"],
+                             "label": [1, 0, 0, 2, 3], "class": ["B", "A", "A", "C", "D"],
+                             "frames": [99, 99, 99, 99, 99]})  # the probe's count; the decoded count wins
+    manifest.to_csv(tmp_path / "manifest.csv", index=False)
+    with caplog.at_level("WARNING", logger="slic.data.clips"):
+        videos = load_videos(tmp_path / "manifest.csv", tmp_path, splits=["train"], min_frames=16)
+    assert [(v.video_id, v.frames, v.label, v.class_name) for v in videos] == [("A/v_a", 24, 0, "A"),
+                                                                                ("B/v_b", 40, 1, "B")]
+    assert videos[0].shard == str(tmp_path / "counter2.shard")
+    assert [r.getMessage() for r in caplog.records] == ["excluded A/v_short: 12 decoded frames < 16"]
+    both = load_videos(tmp_path / "manifest.csv", tmp_path, splits=["train", "val"], min_frames=0)
+    assert [v.video_id for v in both] == ["A/v_a", "A/v_short", "B/v_b", "C/v_val"]
+
+
+def test_batches_are_identical_with_zero_or_two_loader_workers(shards: list[VideoShard]) -> None:
+    from torch.utils.data import DataLoader
+
+    data = PretrainClips(shards, clip_len=8, size=16, p_intra=0.5, random_anchor=True, seed=4)
+    data.set_labels(np.array([0, 0, 1, 1, 2, 2]))
+
+    def batches(workers: int, epoch: int) -> list[list[torch.Tensor]]:
+        data.set_epoch(epoch)
+        loader = DataLoader(data, batch_size=2, num_workers=workers, shuffle=False)
+        return [[torch.as_tensor(part) for part in batch] for batch in loader]
+
+    for epoch in (0, 1):
+        serial, parallel = batches(0, epoch), batches(2, epoch)
+        assert len(serial) == len(parallel) == 3
+        assert all(torch.equal(a, b) for one, two in zip(serial, parallel) for a, b in zip(one, two))
+    assert not torch.equal(batches(0, 0)[0][0], batches(0, 1)[0][0])  # the epoch changes the draws

@@ -171,3 +171,43 @@ def test_config_errors_name_the_key(tmp_path: Path, line: str, key: str) -> None
     params.write_text("flow:\n  out: data/flow\n" + line + "\n")
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load(params)
+
+
+SHIFTS = (2.0, -1.5, 0.5, -2.5, 1.0)  # horizontal motion from frame t to t + 1: distinct, both signs
+
+
+def moving_texture_shard(folder: Path) -> Path:
+    """A frame shard (and its index.csv) of a texture moved by SHIFTS[t] px from frame t to frame t + 1."""
+    import warnings
+
+    from torchvision.io import encode_jpeg
+
+    from slic.data.frames import write_shard
+
+    positions = np.concatenate([[0.0], np.cumsum(SHIFTS)])
+    grey = np.concatenate([textured_pair(x, 0.0, size=(48, 64))[1] for x in positions])
+    with warnings.catch_warnings():  # torchvision 0.29 marks its image codecs deprecated; pinned, they work
+        warnings.simplefilter("ignore", DeprecationWarning)
+        jpegs = [encode_jpeg(torch.from_numpy(np.repeat(f[None], 3, axis=0)), quality=98).numpy().tobytes()
+                 for f in grey]
+    path = folder / "Move" / "v_Move_g01_c01.shard"
+    path.parent.mkdir(parents=True)
+    write_shard(path, jpegs, {"video_id": "Move/v_Move_g01_c01"})
+    pd.DataFrame({"video_id": ["Move/v_Move_g01_c01"], "shard": ["Move/v_Move_g01_c01.shard"],
+                  "frames": [len(grey)]}).to_csv(folder / "index.csv", index=False)
+    return path
+
+
+def test_stored_u_of_frame_t_is_the_flow_from_t_to_t_plus_1(tmp_path: Path) -> None:
+    """Sign and pairing: frame t holds +SHIFTS[t] (not -SHIFTS[t], not SHIFTS[t -/+ 1]), and equals TV-L1 of
+    the grey frames t and t + 1 as the frame shard stores them; the last frame repeats the one before."""
+    shard = moving_texture_shard(tmp_path / "frames")
+    manifest = pd.DataFrame({"video_id": ["Move/v_Move_g01_c01"], "split": ["train"]})
+    report = run_stage(manifest, tmp_path / "frames", tmp_path / "flow", params=TVL1Params())
+    assert report["computed"] == 1 and not report["failed"]
+    stored = read_flow_u(tmp_path / "flow", "Move/v_Move_g01_c01", 0, len(SHIFTS) + 1)
+    u = dequantize(stored, 20.0)[:, 8:-8, 8:-8]  # away from the borders, where content leaves the frame
+    np.testing.assert_allclose(u.mean(axis=(1, 2)), [*SHIFTS, SHIFTS[-1]], atol=0.15)
+    grey = to_grey(ShardReader.open(shard).read_window(0, len(SHIFTS) + 1))
+    expected = quantize(tvl1_torch(grey[:-1], grey[1:], TVL1Params())[..., 0], 20.0)
+    assert np.abs(stored[:-1].astype(int) - expected).mean() < 0.25  # the JPEG of the stored u, no more

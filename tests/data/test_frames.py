@@ -109,3 +109,64 @@ def test_fail_fast_stops_and_names_the_video(tmp_path: Path) -> None:
     with pytest.raises(ExtractError, match=f"{broken}.*fail_fast"):
         extract_all(manifest_of({"x/broken": broken}), out_dir=tmp_path / "out", short_side=32, quality=4,
                     workers=1, fail_fast=True)
+
+
+def payload_sha256(path: Path) -> str:
+    """sha256 of a shard file's bytes after its header, read back independently of slic."""
+    import hashlib
+    import struct
+
+    data = path.read_bytes()
+    (meta_len,) = struct.unpack("<I", data[8:12])
+    return hashlib.sha256(data[12 + meta_len:]).hexdigest()
+
+
+def test_shards_record_their_content_hash_and_reuse_keeps_it(tiny_dataset: Path, tmp_path: Path) -> None:
+    from slic.data.frames import content_hashes
+
+    videos = {f"c/{p.stem}": p for p in sorted(tiny_dataset.glob("Fall/*.avi"))[:2]}
+    out = tmp_path / "frames"
+    first = extract_all(manifest_of(videos), out_dir=out, short_side=24, quality=5, workers=1)
+    index = read_index(out)
+    for video_id, recorded in zip(index["video_id"], index["sha256"]):
+        shard = shard_path(out, video_id)
+        assert recorded == ShardReader.open(shard).header["content_sha256"] == payload_sha256(shard)
+    assert content_hashes(out) == dict(zip(index["video_id"], index["sha256"]))
+    assert len(first["content_fingerprint"]) == 16
+
+    again = extract_all(manifest_of(videos), out_dir=out, short_side=24, quality=5, workers=1)
+    assert again["reused"] == 2 and read_index(out)["sha256"].tolist() == index["sha256"].tolist()
+    assert again["content_fingerprint"] == first["content_fingerprint"]
+    resized = extract_all(manifest_of(videos), out_dir=out, short_side=32, quality=5, workers=1)
+    assert set(read_index(out)["sha256"]).isdisjoint(index["sha256"])  # new pixels, same ids: new hashes
+    assert resized["content_fingerprint"] != first["content_fingerprint"]
+
+    # A shard written before the hash existed (no header key) is hashed from its bytes, to the same value.
+    legacy = tmp_path / "legacy.shard"
+    write_shard(legacy, fake_jpegs(5), HEADER)
+    expected = ShardReader.open(legacy).header["content_sha256"]
+    reader = ShardReader.open(legacy)
+    reader.header.pop("content_sha256")
+    assert reader.content_sha256() == expected == payload_sha256(legacy)
+
+
+def test_report_of_a_run_that_reused_every_shard_keeps_the_measured_throughput(tiny_dataset: Path,
+                                                                               tmp_path: Path) -> None:
+    import json
+
+    videos = {f"c/{p.stem}": p for p in sorted(tiny_dataset.glob("Slide/*.avi"))[:2]}
+    out = tmp_path / "frames"
+    first = extract_all(manifest_of(videos), out_dir=out, short_side=24, quality=5, workers=1)
+    assert first["frames_per_s"] > 0 and first["throughput_from"] == "this run" and not first["all_reused"]
+    recorded = json.loads((out / "throughput.json").read_text())
+    assert recorded["frames_per_s"] == first["frames_per_s"] and recorded["frames"] == 2 * 32
+
+    again = extract_all(manifest_of(videos), out_dir=out, short_side=24, quality=5, workers=1)
+    assert (again["extracted"], again["reused"], again["all_reused"]) == (0, 2, True)
+    assert again["frames_per_s"] == first["frames_per_s"]  # not 0: the figure of the run that extracted them
+    assert again["throughput_from"] == recorded["measured_at"]
+    assert again["note"].startswith("every shard was reused") and recorded["measured_at"] in again["note"]
+
+    (out / "throughput.json").unlink()  # shards from before the record: say so, never a made-up figure
+    unknown = extract_all(manifest_of(videos), out_dir=out, short_side=24, quality=5, workers=1)
+    assert (unknown["frames_per_s"], unknown["throughput_from"], unknown["all_reused"]) == (0.0, "unknown", True)
