@@ -43,6 +43,9 @@ class SynthConfig:
     height: int = _spec(72, low=32, high=1080)
     fps: int = _spec(25, low=1, high=120)
     codec: str = _spec("mpeg4", choices=("mpeg4", "libx264", "ffv1"))
+    appearance_bias: float = _spec(0.5, low=0.0, high=1.0,
+                                   help="chance a (class, group) draws its scene from the class's family "
+                                        "instead of the pool shared by every class")
     workers: int = _spec(2, low=1, high=256)
     seed: int = _spec(7, low=0)
 
@@ -134,7 +137,8 @@ class FlowConfig:
 class PretrainConfig:
     """SLIC pretraining (stage `pretrain`). Paper values in comments where the CPU default differs."""
 
-    mode: str = _spec("slic", choices=("slic", "intra_video", "random_init"))
+    mode: str = _spec("slic", choices=("slic", "intra_video", "random_init", "oracle"),
+                      help="oracle: the true classes as pseudo-labels (the ceiling of perfect clustering)")
     backbone: str = _spec("r3d_18_tiny", choices=("r3d_18", "r2plus1d_18", "r3d_18_reference", "r3d_18_narrow", "r3d_18_tiny"))
     hidden_dim: int = _spec(512, low=16, high=8192, help="projection head hidden width (paper 2048)")
     out_dim: int = _spec(128, low=8, high=4096)
@@ -158,6 +162,9 @@ class PretrainConfig:
     cluster_method: str = _spec("finch", choices=("finch", "kmeans"))
     cluster_k: int = _spec(1000, low=2, help="k for k-means")
     cluster_interval: int = _spec(2, low=1, help="re-cluster every this many epochs, from epoch 0")
+    mining: str = _spec("mined", choices=("mined", "batch_all"),
+                        help="mined: the paper's one random semi-hard/hard negative per pair; "
+                             "batch_all: every violating triplet of the batch")
     triplet_margin: float = _spec(0.2, low=0.0, high=2.0)
     temporal_margin: float = _spec(0.04, low=0.0, high=2.0)
     temporal_weight: float = _spec(1.0, low=0.0, high=100.0)
@@ -222,8 +229,8 @@ class IndexConfig:
 class AblationConfig:
     """SLIC against its baselines on the same data and settings (stage `ablation`)."""
 
-    modes: tuple[str, ...] = _spec(("slic", "intra_video", "random_init"),
-                                   choices=("slic", "intra_video", "random_init"))
+    modes: tuple[str, ...] = _spec(("slic", "intra_video", "random_init", "oracle"),
+                                   choices=("slic", "intra_video", "random_init", "oracle"))
     out: str = _spec("data/models/ablation", help="checkpoints and embeddings of the modes trained here")
     min_gain_over_random_init: float = _spec(10.0, low=-100.0, high=100.0, help="recall@1 points (paper's finding)")
     min_gain_over_intra_video: float = _spec(5.0, low=-100.0, high=100.0, help="recall@1 points (paper's finding)")

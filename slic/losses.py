@@ -121,6 +121,39 @@ def triplet_loss_with_stats(embeddings: Tensor, labels: Tensor, *, margin: float
     return per_triplet.mean(), stats
 
 
+def batch_all_triplet_loss_with_stats(embeddings: Tensor, labels: Tensor, *,
+                                      margin: float = 0.2) -> tuple[Tensor, dict[str, float]]:
+    """Batch-all triplet loss: mean of relu(d(a, p) - d(a, n) + margin) over the triplets where it is > 0.
+
+    Every ordered same-label pair (a, p), a != p, with every different-label n of the batch (Hermans
+    et al., 2017), cosine distance. Not the paper's mining (one random semi-hard/hard negative per
+    pair, `triplet_loss_with_stats`): with a narrow network at initialisation one negative per pair
+    gives a gradient too noisy to separate classes in a CPU-sized run, while averaging over all
+    violating triplets learns (measured in the README). Same stats keys as the mined loss, with
+    "active_fraction" the share of all valid triplets that violate the margin.
+    """
+    if embeddings.ndim != 2:
+        raise ValueError(f"expected (N, D) embeddings, got shape {tuple(embeddings.shape)}")
+    labels = labels.reshape(-1).to(embeddings.device)
+    if labels.numel() != embeddings.shape[0]:
+        raise ValueError(f"{labels.numel()} labels for {embeddings.shape[0]} embeddings")
+    zero = embeddings.sum() * 0.0
+    same = labels[:, None] == labels[None, :]
+    positive_pair = same & ~torch.eye(len(labels), dtype=torch.bool, device=labels.device)
+    pairs = int(positive_pair.sum().item())
+    if pairs == 0 or bool(same.all()):
+        return zero, {"pairs": 0.0, "fallback_fraction": 0.0, "active_fraction": 0.0}
+    dist = cosine_distance_matrix(embeddings)
+    valid = positive_pair[:, :, None] & ~same[:, None, :]                 # (a, p, n)
+    per_triplet = F.relu(dist[:, :, None] - dist[:, None, :] + margin) * valid
+    active = (per_triplet.detach() > 0) & valid
+    count = int(active.sum().item())
+    loss = per_triplet.sum() / count if count else zero
+    stats = {"pairs": float(pairs), "fallback_fraction": 0.0,
+             "active_fraction": count / max(int(valid.sum().item()), 1)}
+    return loss, stats
+
+
 def triplet_loss(embeddings: Tensor, labels: Tensor, *, margin: float = 0.2,
                  generator: torch.Generator | None = None) -> Tensor:
     """SLIC's mined triplet loss over (N, D) embeddings with (N,) labels; see `triplet_loss_with_stats`."""
@@ -136,20 +169,33 @@ def temporal_loss(anchor: Tensor, anchor_view: Tensor, positive: Tensor, *, marg
     return F.relu(cosine_distance(anchor, anchor_view) - cosine_distance(anchor, positive) + margin).mean()
 
 
-def slic_loss(anchor: Tensor, positive: Tensor, anchor_view: Tensor, labels: Tensor, *,
+def slic_loss(anchor: Tensor, positive: Tensor, anchor_view: Tensor | None, labels: Tensor, *,
               triplet_margin: float = 0.2, temporal_margin: float = 0.04, temporal_weight: float = 1.0,
-              generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, float]]:
+              generator: torch.Generator | None = None, mining: str = "mined") -> tuple[Tensor, dict[str, float]]:
     """SLIC's total loss for a batch of (B, D) anchors, positives, anchor views and (B,) pseudo-labels.
 
     triplet over cat([anchor, positive]) with labels cat([labels, labels]) (a positive shares its
     anchor's label; `anchor_view` takes no part in mining) + temporal_weight * temporal term.
+    `mining`: "mined" (the paper's: one random semi-hard/hard negative per pair) or "batch_all".
+    `anchor_view` may be None when temporal_weight is 0 (the view is then not computed at all).
     Returns the total and floats: "loss", "triplet", "temporal" and the mining stats.
     """
-    if not (anchor.shape == positive.shape == anchor_view.shape) or anchor.ndim != 2:
+    if anchor.shape != positive.shape or anchor.ndim != 2 or (anchor_view is not None and
+                                                              anchor_view.shape != anchor.shape):
         raise ValueError("anchor, positive and anchor_view must all be (B, D) tensors of equal shape")
+    if mining not in ("mined", "batch_all"):
+        raise ValueError(f"unknown triplet mining {mining!r}; use 'mined' or 'batch_all'")
     labels = labels.reshape(-1)
-    triplet, stats = triplet_loss_with_stats(torch.cat([anchor, positive]), torch.cat([labels, labels]),
-                                             margin=triplet_margin, generator=generator)
-    temporal = temporal_loss(anchor, anchor_view, positive, margin=temporal_margin)
+    both, both_labels = torch.cat([anchor, positive]), torch.cat([labels, labels])
+    if mining == "batch_all":
+        triplet, stats = batch_all_triplet_loss_with_stats(both, both_labels, margin=triplet_margin)
+    else:
+        triplet, stats = triplet_loss_with_stats(both, both_labels, margin=triplet_margin, generator=generator)
+    if anchor_view is None:
+        if temporal_weight:
+            raise ValueError("the temporal term needs anchor_view (temporal_weight > 0)")
+        temporal = triplet * 0.0
+    else:
+        temporal = temporal_loss(anchor, anchor_view, positive, margin=temporal_margin)
     total = triplet + temporal_weight * temporal
     return total, {"loss": total.item(), "triplet": triplet.item(), "temporal": temporal.item(), **stats}

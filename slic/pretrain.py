@@ -4,7 +4,10 @@ Every `cluster_interval` epochs from epoch 0, each training video is embedded wi
 clip (model in eval mode, gathered across ranks in dataset order) and clustered (FINCH partition 0
 or k-means, on FAISS); the cluster ids are the pseudo-labels until the next round. Modes:
 `slic` (cross-video positives from clusters), `intra_video` (positives only from the same video,
-mining labels = video ids; the baseline) and `random_init` (no training; the untrained encoder).
+mining labels = video ids; the baseline), `random_init` (no training; the untrained encoder) and
+`oracle` (the true classes as pseudo-labels: the ceiling perfect clustering would give; its own
+clusters are computed for monitoring only). The triplet term is the paper's mining
+(`mining: mined`) or every violating triplet of the batch (`mining: batch_all`).
 
 Robustness: a checkpoint is written atomically after every epoch; running again resumes from it
 and, because every random draw derives from (seed, epoch, step or sample), reaches the same
@@ -61,19 +64,39 @@ def build_encoder(cfg: PretrainConfig) -> Encoder:
                    head_output_norm=cfg.head_output_norm)
 
 
-def data_fingerprint(*splits: list[VideoShard]) -> str:
-    """Hash of the videos trained and validated on (ids, frame counts, labels, splits).
+def data_fingerprint(*splits: list[VideoShard], frames_dir: str | Path | None = None,
+                     flow: FlowView | None = None) -> str:
+    """Content fingerprint (16 hex chars) of the videos trained and validated on.
 
-    Part of the resume fingerprint: a new validation carve or a changed dataset must not resume
-    (or, past the last epoch, silently reuse) a checkpoint trained on other videos.
+    Per video: id, frame count, label, split and the content sha256 of its frame shard (from
+    `frames_dir`'s index.csv, else the shard's header); with the flow view, also its flow shard's
+    content hash and the view's p. Part of the resume fingerprint and carried by best.pt, index.json
+    and every registered version: new pixels under the same ids (regenerated videos, another
+    `extract.short_side`) or a new validation carve must not resume (or, past the last epoch,
+    silently reuse) a checkpoint trained on other data.
     """
     import hashlib
 
+    from slic.data.frames import content_hashes
+
+    ids = [v.video_id for videos in splits for v in videos]
+    frames = content_hashes(frames_dir, ids) if frames_dir is not None else {}
+    flows = content_hashes(flow.flow_dir, ids, missing="-") if flow is not None else {}
     digest = hashlib.sha256()
     for videos in splits:
         for v in videos:
-            digest.update(f"{v.video_id}\t{v.frames}\t{v.label}\t{v.split}\n".encode())
+            content = frames.get(v.video_id) or _shard_sha256(v.shard)
+            line = f"{v.video_id}\t{v.frames}\t{v.label}\t{v.split}\t{content}"
+            digest.update((line + (f"\tflow:{flows[v.video_id]}" if flow is not None else "") + "\n").encode())
+    if flow is not None:
+        digest.update(f"flow view p={flow.p}\n".encode())
     return digest.hexdigest()[:16]
+
+
+def _shard_sha256(shard: str | Path) -> str:
+    from slic.data.frames import ShardReader
+
+    return ShardReader.open(shard).content_sha256()
 
 
 def fingerprint(cfg: PretrainConfig, data: str = "") -> dict[str, Any]:
@@ -83,24 +106,16 @@ def fingerprint(cfg: PretrainConfig, data: str = "") -> dict[str, Any]:
 
 def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
                     state: TrainState, cfg: PretrainConfig, data: str = "") -> None:
-    """torch.save to a temporary name, fsync, rename: a kill never leaves a torn checkpoint."""
+    """torch.save to a temporary name, fsync, rename: a kill never leaves a torn checkpoint.
+
+    Also records the MLflow run open in this process (the stage's run), which a resumed stage continues.
+    """
+    from slic.tracking import active_run_id
+
     payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict() if optimizer else None,
-               "state": asdict(state), "config": asdict(cfg), "fingerprint": fingerprint(cfg, data)}
+               "state": asdict(state), "config": asdict(cfg), "fingerprint": fingerprint(cfg, data),
+               "mlflow_run_id": active_run_id()}
     atomic_torch_save(payload, path)
-
-
-def load_encoder(path: str | Path, device: torch.device | str = "cpu") -> tuple[Encoder, dict[str, Any]]:
-    """Rebuild an encoder from a checkpoint written by `pretrain`; returns (model in eval mode, config)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no checkpoint; run the `pretrain` stage first (dvc repro pretrain)")
-    payload = torch.load(path, map_location=device, weights_only=False)
-    saved = {"head_output_norm": False, **payload["config"]}  # checkpoints from before the option had none
-    cfg = PretrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()})
-    model = Encoder(backbone=cfg.backbone, hidden_dim=cfg.hidden_dim, out_dim=cfg.out_dim,
-                    head_output_norm=cfg.head_output_norm)
-    model.load_state_dict(payload["model"])
-    return model.to(device).eval(), payload["config"]
 
 
 def build_optimizer(model: torch.nn.Module, cfg: PretrainConfig) -> torch.optim.Optimizer:
@@ -149,6 +164,20 @@ def validation_recall(model: torch.nn.Module, val: list[VideoShard], train: list
                        ks=(1,))["recall@1"]
 
 
+def initial_labels(mode: str, train: list[VideoShard], state: TrainState) -> np.ndarray:
+    """The pseudo-labels training starts (or resumes) with, one per training video.
+
+    oracle: the true classes (the ceiling perfect clustering would give); intra_video: the video
+    ids (positives only from the anchor's own video); slic: the last clustering round's labels
+    when resuming, else video ids until the first round (which runs before the first step).
+    """
+    if mode == "oracle":
+        return np.array([v.label for v in train], dtype=np.int64)
+    if mode == "slic" and state.labels:
+        return np.array(state.labels, dtype=np.int64)
+    return np.arange(len(train), dtype=np.int64)
+
+
 def _step_generator(cfg: PretrainConfig, epoch: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(np.random.SeedSequence([cfg.seed, epoch, step]).generate_state(1)[0]))
 
@@ -162,20 +191,24 @@ def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch
     sums: dict[str, float] = {}
     steps, clips, waited = 0, 0, 0.0
     started = tick = time.perf_counter()
+    use_view = cfg.temporal_weight > 0  # the second anchor view only feeds the temporal term
     for step, (anchor, positive, view, labels, _) in enumerate(loader):
         waited += time.perf_counter() - tick
-        batch = torch.cat([anchor, positive, view]).to(world.device, non_blocking=True)
+        batch = torch.cat([anchor, positive, view] if use_view else [anchor, positive])
+        batch = batch.to(world.device, non_blocking=True)
         if world.device.type == "cuda":
             batch = batch.contiguous(memory_format=torch.channels_last_3d)
         with _autocast(cfg, world):
             out = model(batch)  # one pass: anchor, positive and view share BatchNorm statistics
-        a, p, v = out.float().chunk(3)
+        a, p, *rest = out.float().chunk(3 if use_view else 2)
+        v = rest[0] if use_view else None
         labels = labels.to(world.device)
         if cfg.gather_embeddings:
-            a, p, v, labels = gather_with_grad(a), gather_with_grad(p), gather_with_grad(v), gather_tensor(labels)
+            a, p, labels = gather_with_grad(a), gather_with_grad(p), gather_tensor(labels)
+            v = gather_with_grad(v) if v is not None else None
         loss, stats = slic_loss(a, p, v, labels, triplet_margin=cfg.triplet_margin,
                                 temporal_margin=cfg.temporal_margin, temporal_weight=cfg.temporal_weight,
-                                generator=_step_generator(cfg, epoch, step))
+                                generator=_step_generator(cfg, epoch, step), mining=cfg.mining)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -192,18 +225,29 @@ def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch
 
 
 def _resume(last: Path, cfg: PretrainConfig, data: str, model: torch.nn.Module,
-            optimizer: torch.optim.Optimizer) -> TrainState:
-    if not last.is_file():
-        return TrainState()
-    payload = torch.load(last, map_location="cpu", weights_only=False)
-    if payload.get("fingerprint") != fingerprint(cfg, data):
-        log.warning("%s was trained with other settings or other videos; starting afresh", last)
+            optimizer: torch.optim.Optimizer, run: Any = None) -> TrainState:
+    """Load `last` when it has this run's settings and content fingerprint `data`; else a fresh state.
+
+    `run` (a tracking.StageRun, or None) is started here: a resume continues the MLflow run the
+    checkpoint recorded and logs the epochs it trained but had not logged when it was killed.
+    """
+    payload = torch.load(last, map_location="cpu", weights_only=False) if last.is_file() else None
+    if payload is not None and payload.get("fingerprint") != fingerprint(cfg, data):
+        was = (payload.get("fingerprint") or {}).get("data", "")
+        log.warning("%s was trained with other settings or other data (content fingerprint %s, now %s); "
+                    "starting afresh", last, was or "unknown", data)
+        payload = None
+    if run is not None:
+        run.start(resume_run_id=payload.get("mlflow_run_id") if payload else None, digest=data)
+    if payload is None:
         return TrainState()
     model.load_state_dict(payload["model"])
     if payload["optimizer"]:
         optimizer.load_state_dict(payload["optimizer"])
     state = TrainState(**payload["state"])
     log.info("resuming from %s at epoch %d", last, state.epoch)
+    if run is not None:
+        run.log_history(state.history)
     return state
 
 
@@ -228,8 +272,8 @@ def pretrain(cfg: PretrainConfig, *, manifest: str | Path, frames_dir: str | Pat
         require_flow(flow.flow_dir, [v.video_id for v in train])
     model = to_device(build_encoder(cfg), world.device)
     optimizer = build_optimizer(model, cfg)
-    data = data_fingerprint(train, val) + (f"+flow:{flow.p}" if flow is not None else "")
-    state = _resume(last, cfg, data, model, optimizer)
+    data = data_fingerprint(train, val, frames_dir=frames_dir, flow=flow)
+    state = _resume(last, cfg, data, model, optimizer, run)
     if state.epoch == 0 and best.is_file():
         best.unlink()  # from a run with other settings: never let it pass for this run's best
     resumed_from = state.epoch
@@ -243,19 +287,17 @@ def pretrain(cfg: PretrainConfig, *, manifest: str | Path, frames_dir: str | Pat
     dataset = PretrainClips(train, clip_len=cfg.clip_len, size=cfg.size,
                             p_intra=1.0 if cfg.mode == "intra_video" else cfg.p_intra,
                             random_anchor=cfg.random_anchor, seed=cfg.seed, augmentation=augmentation_of(cfg),
-                            flow=flow)
-    if state.labels:
-        dataset.set_labels(np.array(state.labels))
-    elif cfg.mode == "intra_video":
-        dataset.set_labels(np.arange(len(train)))
+                            flow=flow, anchor_view=cfg.temporal_weight > 0)
+    dataset.set_labels(initial_labels(cfg.mode, train, state))
     per_rank = max(2, cfg.batch_size // world.size)
     started = time.perf_counter()
     for epoch in range(state.epoch, epochs):
         metrics: dict[str, float] = {}
-        if cfg.mode == "slic" and epoch % cfg.cluster_interval == 0:
+        if cfg.mode in ("slic", "oracle") and epoch % cfg.cluster_interval == 0:
             labels, cluster_stats = cluster_round(model, train, cfg, world)
-            dataset.set_labels(labels)
-            state.labels = labels.tolist()
+            if cfg.mode == "slic":  # oracle: the clusters of its embedding are only monitored
+                dataset.set_labels(labels)
+                state.labels = labels.tolist()
             metrics.update({f"cluster_{k}": v for k, v in cluster_stats.items()})
         dataset.set_epoch(epoch)
         sampler = DistributedSampler(dataset, num_replicas=world.size, rank=world.rank, shuffle=True,
@@ -286,10 +328,13 @@ def pretrain(cfg: PretrainConfig, *, manifest: str | Path, frames_dir: str | Pat
     barrier()
     seconds = time.perf_counter() - started
     final = state.history[-1] if state.history else {}
+    rounds = [h["cluster_ami"] for h in state.history if "cluster_ami" in h]
     report = {"mode": cfg.mode, "epochs": epochs, "resumed_from_epoch": resumed_from,
               "best_epoch": state.best_epoch, "best_val_recall_at_1": state.best_metric,
               "seconds": round(seconds, 2), "train_videos": len(train), "val_videos": len(val),
               "world_size": world.size, "device": str(world.device), "flow_view_p": flow.p if flow else 0.0,
+              "mining": cfg.mining, "cluster_rounds": len(rounds),
+              **({"cluster_ami_first": rounds[0], "cluster_ami_last": rounds[-1]} if rounds else {}),
               **{f"final_{k}": v for k, v in final.items() if k != "epoch"}}
     if world.is_main:
         (out / "history.json").write_text(json.dumps(state.history, indent=1))

@@ -29,3 +29,14 @@ def test_exactly_at_the_bar_counts_and_missing_modes_are_skipped() -> None:
     assert "slic_minus_intra_video_points" not in only_random and only_random["paper_finding_holds"] is True
     assert findings({"intra_video": {"recall@1": 0.3}}, min_gain_over_random_init=10,
                     min_gain_over_intra_video=5) == {}
+
+
+def test_oracle_row_gives_the_ceiling_and_slics_share_of_it() -> None:
+    table = {**rows(0.40, 0.30, 0.20), "oracle": {"recall@1": 0.70}}
+    result = findings(table, min_gain_over_random_init=10, min_gain_over_intra_video=5)
+    assert result["oracle_minus_random_init_points"] == pytest.approx(50.0)
+    assert result["slic_share_of_oracle_gain"] == pytest.approx(0.4)
+    assert result["paper_finding_holds"] is True  # the oracle is a reference, never part of the verdict
+    flat = findings({**rows(0.2, 0.2, 0.2), "oracle": {"recall@1": 0.2}}, min_gain_over_random_init=10,
+                    min_gain_over_intra_video=5)
+    assert flat["oracle_minus_random_init_points"] == 0.0 and "slic_share_of_oracle_gain" not in flat

@@ -310,3 +310,57 @@ def test_cuda_matches_cpu_on_a_deterministic_batch(generator_device):
     loss = triplet_loss(x.cuda().requires_grad_(), labels.cuda(), generator=g)
     assert loss.device.type == "cuda"
     assert loss.item() == pytest.approx(triplet_loss(x, labels).item(), abs=1e-6)
+
+
+def test_batch_all_triplet_by_hand_against_a_loop():
+    from slic.losses import batch_all_triplet_loss_with_stats
+
+    torch.manual_seed(3)
+    x = torch.randn(7, 5, requires_grad=True)
+    labels = torch.tensor([0, 0, 1, 1, 1, 2, 0])
+    loss, stats = batch_all_triplet_loss_with_stats(x, labels, margin=0.3)
+    d = cosine_distance_matrix(x.detach())
+    values, valid = [], 0
+    for a in range(7):
+        for p in range(7):
+            if a == p or labels[a] != labels[p]:
+                continue
+            for n in range(7):
+                if labels[n] == labels[a]:
+                    continue
+                valid += 1
+                value = float(d[a, p] - d[a, n] + 0.3)
+                if value > 0:
+                    values.append(value)
+    assert stats["pairs"] == 3 * 2 + 3 * 2  # ordered same-label pairs: label 0 (3 videos) and 1 (3)
+    assert loss.item() == pytest.approx(sum(values) / len(values), rel=1e-5)
+    assert stats["active_fraction"] == pytest.approx(len(values) / valid)
+    loss.backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_batch_all_is_zero_with_grad_when_every_triplet_is_satisfied_or_no_pair():
+    from slic.losses import batch_all_triplet_loss_with_stats
+
+    x = torch.tensor([[1.0, 0.0], [1.0, 0.01], [-1.0, 0.0], [-1.0, 0.01]], requires_grad=True)
+    loss, stats = batch_all_triplet_loss_with_stats(x, torch.tensor([0, 0, 1, 1]), margin=0.2)
+    assert loss.item() == 0.0 and stats["active_fraction"] == 0.0
+    loss.backward()
+    assert x.grad is not None
+    loss, stats = batch_all_triplet_loss_with_stats(x, torch.tensor([0, 1, 2, 3]))
+    assert loss.item() == 0.0 and stats["pairs"] == 0.0
+
+
+def test_slic_loss_batch_all_mining_and_no_view():
+    torch.manual_seed(0)
+    a, p = torch.randn(4, 8), torch.randn(4, 8)
+    labels = torch.tensor([0, 1, 0, 1])
+    from slic.losses import batch_all_triplet_loss_with_stats
+
+    total, stats = slic_loss(a, p, None, labels, temporal_weight=0.0, mining="batch_all")
+    expected, _ = batch_all_triplet_loss_with_stats(torch.cat([a, p]), torch.cat([labels, labels]))
+    assert total.item() == pytest.approx(expected.item()) and stats["temporal"] == 0.0
+    with pytest.raises(ValueError, match="anchor_view"):
+        slic_loss(a, p, None, labels, temporal_weight=1.0)
+    with pytest.raises(ValueError, match="mining"):
+        slic_loss(a, p, a, labels, mining="hardest")

@@ -150,6 +150,8 @@ def flow_as_frames(u: np.ndarray) -> np.ndarray:
 class PretrainClips(Dataset):
     """(anchor, positive, anchor_view, pseudo_label, index) triplets for SLIC pretraining.
 
+    `anchor_view=False` returns an empty tensor for the view (it only feeds the temporal term).
+
     With `flow`, the positive and the anchor view are each replaced by the TV-L1 u flow of the same
     frames with probability `flow.p` (the anchor never); the replaced clip gets the same augmentation
     draws (crop, flip, jitter, grey, blur) the RGB clip would have had.
@@ -158,14 +160,14 @@ class PretrainClips(Dataset):
     def __init__(self, videos: Sequence[VideoShard], *, clip_len: int = 16, size: int = 128, p_intra: float = 0.2,
                  random_anchor: bool = False, seed: int = 7, mean: Sequence[float] = IMAGENET_MEAN,
                  std: Sequence[float] = IMAGENET_STD, augmentation: Augmentation = Augmentation(),
-                 flow: FlowView | None = None) -> None:
+                 flow: FlowView | None = None, anchor_view: bool = True) -> None:
         too_short = [v.video_id for v in videos if v.frames < 2 * clip_len]
         if too_short:
             raise ValueError(f"videos shorter than {2 * clip_len} frames cannot give a non-overlapping positive: "
                              f"{', '.join(too_short[:5])}")
         self.videos = list(videos)
         self.clip_len, self.p_intra, self.random_anchor, self.seed = clip_len, p_intra, random_anchor, seed
-        self.flow = flow
+        self.flow, self.anchor_view = flow, anchor_view
         self.transform = train_augmentation(size, mean, std, augmentation)
         self.epoch = 0
         self.set_labels(np.arange(len(self.videos)))
@@ -221,7 +223,8 @@ class PretrainClips(Dataset):
             torch.manual_seed(augmentation_seed)
             anchor = as_clip(anchor_frames, self.transform)
             positive = as_clip(positive_frames, self.transform)
-            anchor_view = as_clip(view_frames, self.transform)
+            # Last in the draw order: without the view (no temporal term) the others draw the same.
+            anchor_view = as_clip(view_frames, self.transform) if self.anchor_view else torch.zeros(0)
         return anchor, positive, anchor_view, int(self.labels[index]), index
 
     def _flow(self, video: int, start: int) -> np.ndarray:

@@ -154,16 +154,30 @@ _MISSING = {"frames": 0, "fps": 0.0, "width": 0, "height": 0, "duration": 0.0, "
 
 
 def carve_validation(table: pd.DataFrame, fraction: float, seed: int, by_group: bool) -> pd.Series:
-    """Move a seeded `fraction` of each class's train videos to 'val' (whole groups if `by_group`).
+    """Move a seeded `fraction` of the train videos to 'val': whole group numbers if `by_group`.
 
-    Splitting by group keeps the clips of one source video on one side, as UCF101 requires.
+    By group, the same group numbers go to val in every class (as UCF101's test split holds out
+    g01-g07 in every class): clips of one source video stay on one side, and a scene a group shares
+    across classes never appears in both train and val. A class left without a val (or train)
+    video that way gets a share of its own groups. Otherwise a share of each class's videos.
     """
     split = table["split"].copy()
     if fraction <= 0:
         return split
     rng = np.random.default_rng(seed)
     usable = (table["split"] == "train") & (table["excluded"] == "")
+    if by_group:
+        numbers = table["group"].astype(str).str.rsplit("/", n=1).str[-1]  # "Class/g08" -> "g08"
+        groups = sorted(numbers[usable].unique())
+        if len(groups) >= 2:
+            count = min(len(groups) - 1, max(1, round(fraction * len(groups))))
+            chosen = set(rng.choice(np.array(groups, dtype=object), size=count, replace=False).tolist())
+            split.loc[usable & numbers.isin(chosen)] = "val"
     for _, rows in table[usable].groupby("class", sort=True):
+        sides = set(split.loc[rows.index])
+        if by_group and sides == {"train", "val"}:
+            continue
+        split.loc[rows.index] = "train"
         units = sorted(rows["group"].unique()) if by_group else list(rows.index)
         if len(units) < 2:
             continue

@@ -7,18 +7,24 @@ show that if appearance says nothing about the class. So here:
 - a class is a motion pattern (slide, rise, orbit, zoom in, spin, swing, ...), applied to every
   moving object of the video, with speed, radius, phase and left/right sense drawn per clip inside
   the class's range; a horizontal flip (part of SLIC's augmentation) never changes the class;
-- appearance is drawn at random and never depends on the class: the background ("scene") per
-  group, the objects' shape, colours, texture, size and start position per clip, and the same
-  appearance distribution for every class;
+- the objects' shape, colours, texture, size and start position are drawn per clip, the same way
+  for every class;
+- the background ("scene") follows the class only as far as `appearance_bias` says: with that
+  probability a (class, group) gets a new instance of the class's family of scenes (a class hue),
+  otherwise the group's scene from a pool shared by every class. Real action sets are like this:
+  appearance (a pool, a field) goes with the action without naming it. SLIC's first clusters
+  exploit that correlation; only motion makes them purer;
 - groups behave like UCF101's: the clips of one group share their scene (as the clips cut from
-  one long UCF101 video share actor and background), and train/test splits never share a group.
+  one long UCF101 video share actor and background), and train/test splits never share a group,
+  so a memorised scene never helps on test; a learnt scene family or motion does.
 
-A model that matches videos by appearance (what positives from the same video reward) retrieves
-the wrong class; only one that encodes motion retrieves well. Everything is seeded.
+At `appearance_bias: 0` appearance carries no class information at all, train included.
+Everything is seeded.
 """
 
 from __future__ import annotations
 
+import colorsys
 import math
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -104,14 +110,14 @@ def _trajectory(motion: str, rng: np.random.Generator, width: int, height: int,
         dx, dy = (1, 0) if motion == "SwingHorizontal" else (0, 1)
         return lambda t: Pose(x0 + dx * amplitude * math.sin(phase + 2 * math.pi * t / period),
                               y0 + dy * amplitude * math.sin(phase + 2 * math.pi * t / period), scale0, angle0)
+    # Every class draws its objects from the same size range (no size cue): the rotations show in
+    # the objects' stripes, and a pulse oscillates around the drawn size.
     if motion == "Spin":
-        big = scale0 * 1.5  # larger, so the rotation of the texture is visible
-        return lambda t: Pose(x0, y0, big, angle0 + side * spin * t)
+        return lambda t: Pose(x0, y0, scale0, angle0 + side * spin * t)
     if motion == "Pulse":  # the size oscillates
-        return lambda t: Pose(x0, y0, scale0 * (1.25 + 0.5 * math.sin(phase + 2 * math.pi * t / period)), angle0)
+        return lambda t: Pose(x0, y0, scale0 * (1.0 + 0.4 * math.sin(phase + 2 * math.pi * t / period)), angle0)
     if motion == "Wobble":  # the angle oscillates
-        big = scale0 * 1.5
-        return lambda t: Pose(x0, y0, big, angle0 + 0.9 * math.sin(phase + 2 * math.pi * t / period))
+        return lambda t: Pose(x0, y0, scale0, angle0 + 0.9 * math.sin(phase + 2 * math.pi * t / period))
     if motion in ("SpeedUp", "SlowDown"):
         top = 2.2 * speed
         if motion == "SpeedUp":
@@ -150,8 +156,12 @@ class _Sprite:
     trajectory: Callable[[int], Pose]
 
 
-def _background(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
-    """A smooth random-coloured texture: low-frequency noise upsampled, float (H, W, 3) in 0..255."""
+def _background(rng: np.random.Generator, width: int, height: int,
+                base: np.ndarray | None = None) -> np.ndarray:
+    """A smooth random-coloured texture: low-frequency noise upsampled, float (H, W, 3) in 0..255.
+
+    `base` is the scene's mean colour; None draws it uniformly (the shared pool of scenes).
+    """
     cells = rng.integers(3, 7)
     coarse = rng.uniform(0, 1, size=(cells + 1, cells + 1, 3))
     ys = np.linspace(0, cells, height)
@@ -162,18 +172,20 @@ def _background(rng: np.random.Generator, width: int, height: int) -> np.ndarray
     bottom = coarse[y0 + 1][:, x0] * (1 - fx) + coarse[y0 + 1][:, x0 + 1] * fx
     noise = top * (1 - fy) + bottom * fy
     # Low contrast: the scene is a backdrop, the moving objects carry the structure.
-    base, tint = rng.uniform(60, 190, size=3), rng.uniform(8, 20, size=3)
+    drawn, tint = rng.uniform(60, 190, size=3), rng.uniform(8, 20, size=3)
+    base = drawn if base is None else base
     return np.clip(base + (noise - 0.5) * 2 * tint, 0, 255)
 
 
 def render_clip(motion: str, *, scene_seed: int, clip_seed: int, width: int, height: int,
-                frames: int) -> np.ndarray:
+                frames: int, scene_colour: np.ndarray | None = None) -> np.ndarray:
     """Render one video of `motion` as (frames, height, width, 3) uint8.
 
-    The scene (background) comes from `scene_seed`; the objects, their look and the motion's
+    The scene (background) comes from `scene_seed`, its mean colour from `scene_colour` when given
+    (a class's family of scenes) or from `scene_seed` too; the objects, their look and the motion's
     parameters from `clip_seed`.
     """
-    background = _background(np.random.default_rng(scene_seed), width, height)
+    background = _background(np.random.default_rng(scene_seed), width, height, base=scene_colour)
     rng = np.random.default_rng(clip_seed)
     sprites = [
         _Sprite(shape=str(rng.choice(SHAPES)), colour_a=rng.uniform(0, 255, 3), colour_b=rng.uniform(0, 255, 3),
@@ -228,8 +240,35 @@ def clip_specs(config: SynthConfig) -> list[ClipSpec]:
     ]
 
 
+POOL = 1_000_003  # seed part of the shared pool's scenes (no class index is that large)
+
+
+def class_colour(class_index: int, classes: int) -> np.ndarray:
+    """The mean colour of a class's family of scenes: hues evenly spaced, mid saturation and value."""
+    hue = class_index / classes
+    rgb = np.array(colorsys.hsv_to_rgb(hue, 0.55, 0.75))
+    return 60 + rgb * 130  # inside the pool's 60..190 range: a family is told apart by hue, not level
+
+
+def scene_of(spec: ClipSpec, config: SynthConfig) -> tuple[int, np.ndarray | None]:
+    """(scene seed, mean colour or None) of the video's scene; every clip of a (class, group) shares it.
+
+    With probability `appearance_bias`, drawn per (class, group), the scene is a new instance of the
+    class's family (its colour near `class_colour`); otherwise it is the group's scene from the pool
+    shared by every class (group g shows the same scene in every class, so it names no class).
+    Test and validation groups are other group numbers, hence other scene instances either way.
+    """
+    family = np.random.default_rng([config.seed, spec.class_index, spec.group, 2]).random() < config.appearance_bias
+    if not family:
+        return hash_seed(config.seed, POOL, spec.group), None
+    rng = np.random.default_rng([config.seed, spec.class_index, spec.group, 3])
+    colour = np.clip(class_colour(spec.class_index, config.classes) + rng.normal(0, 8, size=3), 0, 255)
+    return hash_seed(config.seed, spec.class_index, spec.group), colour
+
+
 def _write_clip(spec: ClipSpec, config: SynthConfig) -> int:
-    frames = render_clip(spec.class_name, scene_seed=hash_seed(config.seed, spec.class_index, spec.group),
+    scene_seed, scene_colour = scene_of(spec, config)
+    frames = render_clip(spec.class_name, scene_seed=scene_seed, scene_colour=scene_colour,
                          clip_seed=hash_seed(config.seed, spec.class_index, spec.group, spec.clip),
                          width=config.width, height=config.height, frames=config.frames)
     spec.path.parent.mkdir(parents=True, exist_ok=True)

@@ -146,3 +146,17 @@ def test_missing_listed_video_errors_or_is_excluded(tiny_dataset: Path, tmp_path
     table = build_manifest(config(root, "ucf101", on_missing="exclude")).set_index("video_id")
     assert table.loc["Rise/v_Rise_g03_c01", "excluded"] == "missing file"
     assert (table.drop("Rise/v_Rise_g03_c01")["excluded"] == "").all()
+
+
+def test_val_takes_the_same_group_numbers_in_every_class() -> None:
+    # Groups of one number share their scene across classes in the synthetic set (and are one
+    # source video per class in UCF101): val must hold out the number in every class.
+    rows = [(c, f"{c}/g{g:02d}") for c in ("a", "b", "c") for g in range(1, 11) for _ in range(2)]
+    table = pd.DataFrame({"class": [c for c, _ in rows], "group": [g for _, g in rows],
+                          "split": ["train"] * len(rows), "excluded": [""] * len(rows)})
+    split = carve_validation(table, 0.2, seed=4, by_group=True)
+    numbers = table["group"].str[-3:]
+    val_numbers = set(numbers[split == "val"])
+    assert len(val_numbers) == 2
+    assert set(numbers[split == "train"]).isdisjoint(val_numbers)
+    assert (table[split == "val"].groupby("class").size() == 4).all()

@@ -110,3 +110,44 @@ def test_dataset_files_are_deterministic(tiny_dataset: Path, tmp_path: Path) -> 
     again = tmp_path / "Slide" / "v_Slide_g02_c01.avi"
     first = tiny_dataset / "Slide" / "v_Slide_g02_c01.avi"
     assert np.array_equal(decode(again), decode(first))
+
+
+def _scenes(bias: float, classes: int = 10, groups: int = 40) -> dict[tuple[int, int], tuple[int, object]]:
+    from slic.data.synthetic import scene_of
+
+    config = SynthConfig(classes=classes, groups=groups, appearance_bias=bias)
+    return {(s.class_index, s.group): scene_of(s, config) for s in clip_specs(config) if s.clip == 1}
+
+
+def test_without_appearance_bias_a_group_shows_one_scene_in_every_class() -> None:
+    scenes = _scenes(0.0)
+    for group in range(1, 41):
+        drawn = {scenes[(c, group)][0] for c in range(10)}
+        assert len(drawn) == 1 and all(scenes[(c, group)][1] is None for c in range(10))
+    assert len({seed for seed, _ in scenes.values()}) == 40  # a new scene per group
+
+
+def test_appearance_bias_draws_class_families_at_its_rate() -> None:
+    from slic.data.synthetic import class_colour
+
+    for bias, low, high in ((1.0, 1.0, 1.0), (0.5, 0.42, 0.58), (0.25, 0.18, 0.32)):
+        scenes = _scenes(bias)
+        family = {key: colour for key, (_, colour) in scenes.items() if colour is not None}
+        assert low <= len(family) / len(scenes) <= high, bias
+        for c in range(10):  # a family's instances vary around its class's colour, nearer it than any other
+            mean = np.mean([colour for (k, _), colour in family.items() if k == c], axis=0)
+            assert int(np.argmin([np.abs(mean - class_colour(k, 10)).sum() for k in range(10)])) == c
+            assert all(np.abs(colour - class_colour(c, 10)).max() < 40 for (k, _), colour in family.items() if k == c)
+    hues = [tuple(np.round(class_colour(c, 10))) for c in range(10)]
+    assert len(set(hues)) == 10
+
+
+def test_no_class_draws_bigger_objects() -> None:
+    # The object area, averaged over frames and clips, is the same for the rotating and pulsing
+    # classes as for a translating one (spin and wobble used to be 1.5x larger: a size cue).
+    def area(motion: str) -> float:
+        return float(np.mean([foreground(motion, seed * 7).sum(axis=(1, 2)).mean() for seed in range(1, 13)]))
+
+    slide = area("Slide")
+    for motion in ("Spin", "Wobble", "Pulse"):
+        assert 0.9 < area(motion) / slide < 1.12, motion

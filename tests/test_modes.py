@@ -1,0 +1,52 @@
+"""Pretraining modes beyond the paper's: the oracle ceiling, batch-all mining, cluster purity in the report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from slic.data.clips import VideoShard
+from slic.pretrain import TrainState, initial_labels
+from tests.test_pretrain import pretrain_in_process, workspace  # noqa: F401 (the module's fixture)
+
+
+def _videos(labels: list[int]) -> list[VideoShard]:
+    return [VideoShard(f"v{i}", f"v{i}.shard", 40, label, "train") for i, label in enumerate(labels)]
+
+
+def test_initial_labels_per_mode() -> None:
+    train = _videos([2, 0, 2, 1])
+    fresh, resumed = TrainState(), TrainState(epoch=3, labels=[5, 5, 6, 7])
+    assert initial_labels("oracle", train, fresh).tolist() == [2, 0, 2, 1]
+    assert initial_labels("oracle", train, resumed).tolist() == [2, 0, 2, 1]  # never the clusters
+    assert initial_labels("intra_video", train, fresh).tolist() == [0, 1, 2, 3]
+    assert initial_labels("slic", train, fresh).tolist() == [0, 1, 2, 3]
+    assert initial_labels("slic", train, resumed).tolist() == [5, 5, 6, 7]
+
+
+def test_oracle_trains_on_true_classes_and_monitors_its_clusters(
+        workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    dataset, report = pretrain_in_process(workspace, monkeypatch, mode="oracle", mining="batch_all",
+                                          temporal_weight=0.0, epochs=2, cluster_interval=1,
+                                          out="data/models/oracle")
+    true = np.array([v.label for v in dataset.videos])
+    assert dataset.labels.tolist() == true.tolist() and len(set(true)) == 3
+    cross_video = [(index, positive) for _, index, _, positive, _, _ in dataset.served if positive != index]
+    assert cross_video and all(true[index] == true[positive] for index, positive in cross_video)
+    assert report["mode"] == "oracle" and report["mining"] == "batch_all" and report["cluster_rounds"] == 2
+    assert -1.0 <= report["cluster_ami_first"] <= 1.0 and -1.0 <= report["cluster_ami_last"] <= 1.0
+    # Without the temporal term the second anchor view is neither made nor fed to the network.
+    anchor, positive, view, *_ = dataset[0]
+    assert view.numel() == 0 and anchor.shape == positive.shape
+
+
+def test_slic_report_has_first_and_last_cluster_ami(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    from sklearn.metrics import adjusted_mutual_info_score
+
+    dataset, report = pretrain_in_process(workspace, monkeypatch, epochs=3, cluster_interval=1, out="data/models/ami")
+    assert report["cluster_rounds"] == 3
+    true = [v.label for v in dataset.videos]
+    # The last round's labels are what the dataset trained on in the last epoch: its AMI is the reported one.
+    assert report["cluster_ami_last"] == pytest.approx(adjusted_mutual_info_score(true, dataset.labels))
