@@ -44,6 +44,7 @@ bench: install
 	$(BIN)/python bench/clustering.py
 	$(BIN)/python bench/pretrain.py
 	$(BIN)/python bench/search.py
+	$(BIN)/python bench/ablation.py --work data/bench/ablation
 
 clean:
 	rm -rf data/raw data/manifests data/frames data/flow data/validation data/models data/embeddings data/index
