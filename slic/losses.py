@@ -91,6 +91,16 @@ def mine_triplets(distances: Tensor, labels: Tensor, *, margin: float = 0.2,
     return Triplets(anchor, positive, negative, fallback)
 
 
+def _checked_labels(embeddings: Tensor, labels: Tensor) -> Tensor:
+    """`labels` as (N,) on the embeddings' device; a ValueError names the shapes when they do not fit."""
+    if embeddings.ndim != 2:
+        raise ValueError(f"expected (N, D) embeddings, got shape {tuple(embeddings.shape)}")
+    labels = labels.reshape(-1).to(embeddings.device)
+    if labels.numel() != embeddings.shape[0]:
+        raise ValueError(f"{labels.numel()} labels for {embeddings.shape[0]} embeddings")
+    return labels
+
+
 def triplet_loss_with_stats(embeddings: Tensor, labels: Tensor, *, margin: float = 0.2,
                             generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, float]]:
     """SLIC's mined triplet loss plus mining diagnostics.
@@ -100,11 +110,7 @@ def triplet_loss_with_stats(embeddings: Tensor, labels: Tensor, *, margin: float
     zero that still carries grad (never NaN). Stats: "pairs" (count), "fallback_fraction" (pairs with
     no semi-hard/hard negative) and "active_fraction" (triplets with a non-zero loss).
     """
-    if embeddings.ndim != 2:
-        raise ValueError(f"expected (N, D) embeddings, got shape {tuple(embeddings.shape)}")
-    labels = labels.reshape(-1).to(embeddings.device)
-    if labels.numel() != embeddings.shape[0]:
-        raise ValueError(f"{labels.numel()} labels for {embeddings.shape[0]} embeddings")
+    labels = _checked_labels(embeddings, labels)
     zero = embeddings.sum() * 0.0
     empty = {"pairs": 0.0, "fallback_fraction": 0.0, "active_fraction": 0.0}
     if labels.numel() < 2 or bool((labels == labels[0]).all()):
@@ -130,13 +136,10 @@ def batch_all_triplet_loss_with_stats(embeddings: Tensor, labels: Tensor, *,
     pair, `triplet_loss_with_stats`): with a narrow network at initialisation one negative per pair
     gives a gradient too noisy to separate classes in a CPU-sized run, while averaging over all
     violating triplets learns (measured in the README). Same stats keys as the mined loss, with
-    "active_fraction" the share of all valid triplets that violate the margin.
+    "active_fraction" the share of all valid triplets that violate the margin. Memory is O(N^3)
+    for N embeddings: fine for per-GPU batches of a few hundred clips; use `mined` beyond that.
     """
-    if embeddings.ndim != 2:
-        raise ValueError(f"expected (N, D) embeddings, got shape {tuple(embeddings.shape)}")
-    labels = labels.reshape(-1).to(embeddings.device)
-    if labels.numel() != embeddings.shape[0]:
-        raise ValueError(f"{labels.numel()} labels for {embeddings.shape[0]} embeddings")
+    labels = _checked_labels(embeddings, labels)
     zero = embeddings.sum() * 0.0
     same = labels[:, None] == labels[None, :]
     positive_pair = same & ~torch.eye(len(labels), dtype=torch.bool, device=labels.device)

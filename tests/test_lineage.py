@@ -19,6 +19,7 @@ import torch
 import yaml
 
 from slic.cli import main
+from tests.test_pretrain import finish
 
 TINY_PRETRAIN = {"backbone": "r3d_18_narrow", "hidden_dim": 32, "out_dim": 16, "clip_len": 8, "size": 16,
                  "batch_size": 4, "epochs": 2, "cluster_interval": 2, "eval_interval": 1, "workers": 0, "seed": 5}
@@ -57,12 +58,6 @@ def slic(workspace: Path, params: str, *args: str) -> subprocess.Popen:
     env.pop("SLIC_PARENT_RUN_ID", None)
     return subprocess.Popen([sys.executable, "-m", "slic.cli", "--params", params, *args], cwd=workspace, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def finish(process: subprocess.Popen) -> str:
-    output, _ = process.communicate(timeout=600)
-    assert process.returncode == 0, output
-    return output
 
 
 def checkpoint(path: Path) -> dict:
