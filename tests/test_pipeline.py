@@ -102,11 +102,11 @@ def test_repro_builds_every_output_then_is_a_no_op(repo: Path) -> None:
     curve = pd.read_csv(repo / "reports/retrieval_recall.csv")
     assert curve["k"].tolist() == [1, 5, 10, 20, 50]
     ablation = json.loads((repo / "reports/ablation.json").read_text())
-    assert set(ablation["modes"]) == {"slic", "intra_video", "random_init"}
+    assert set(ablation["modes"]) == {"slic", "intra_video", "random_init", "oracle"}
     assert ablation["modes"]["slic"]["recall@1"] == retrieval["recall@1"]  # the main run, not retrained
     assert ablation["modes"]["slic"]["trained_by"] == "pretrain stage"
     assert retrieval["recall@1"] == pytest.approx(recall_at_1_by_hand(repo / "data/embeddings/embeddings.npz"))
-    for mode in ("intra_video", "random_init"):
+    for mode in ("intra_video", "random_init", "oracle"):
         assert (repo / f"data/models/ablation/{mode}/best.pt").is_file()
         row = ablation["modes"][mode]
         embeddings = repo / f"data/models/ablation/{mode}/embeddings.npz"
