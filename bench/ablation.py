@@ -122,25 +122,17 @@ def cluster_amis(history_path: Path) -> list[float]:
     return [float(h["cluster_ami"]) for h in json.loads(history_path.read_text()) if "cluster_ami" in h]
 
 
-def run_mode(config: Config, mode: str, folder: Path, world: Any) -> dict[str, Any]:
-    """Pretrain `mode`, embed every video with the `embed` protocol, evaluate as the `ablation` stage does."""
-    from slic.embed import embed_dataset
-    from slic.pretrain import pretrain
-    from slic.retrieval import evaluate_embeddings
+def run_mode(config: Config, mode: str, folder: Path, world: Any, tracked: bool) -> dict[str, Any]:
+    """Pretrain `mode`, embed every video with the `embed` protocol, evaluate: the `ablation` stage's own
+    `train_and_evaluate` (an MLflow run per mode when `tracked`)."""
+    from slic.ablation import train_and_evaluate
 
-    started = time.perf_counter()
     out = folder / "models" / mode
-    pretrain_cfg = replace(config.pretrain, mode=mode, out=str(out))
-    trained = pretrain(pretrain_cfg, manifest=config.extract.manifest, frames_dir=config.extract.out, world=world)
-    embed_cfg = replace(config.embed, checkpoint=str(out / "best.pt"), out=str(out / "embeddings.npz"))
-    embed_dataset(embed_cfg, manifest=config.extract.manifest, frames_dir=config.extract.out, world=world)
-    evaluation = evaluate_embeddings(embed_cfg.out, query_split=config.evaluate.query_split,
-                                     gallery_split=config.evaluate.gallery_split, ks=config.evaluate.ks)
-    return {"mode": mode, **{k: v for k, v in evaluation.items() if k.startswith("recall@")},
-            "queries": evaluation["queries"], "gallery": evaluation["gallery"],
-            "best_epoch": trained["best_epoch"], "best_val_recall_at_1": trained["best_val_recall_at_1"],
-            "cluster_ami": cluster_amis(out / "history.json") if mode in CLUSTERED else None,
-            "seconds": round(time.perf_counter() - started, 2)}
+    row = train_and_evaluate(f"bench_ablation/{mode}", replace(config.pretrain, mode=mode, out=str(out)), config,
+                             world, tracked=tracked)
+    kept = ("best_epoch", "best_val_recall_at_1", "seconds")
+    return {"mode": mode, **{k: v for k, v in row.items() if k.startswith("recall@") or k in kept},
+            "cluster_ami": cluster_amis(out / "history.json") if mode in CLUSTERED else None}
 
 
 def stored_result(path: Path, expected: dict[str, Any]) -> dict[str, Any] | None:
@@ -152,7 +144,7 @@ def stored_result(path: Path, expected: dict[str, Any]) -> dict[str, Any] | None
 
 
 def run_seed(config: Config, bias: float, seed: int, modes: list[str], work: Path, world: Any,
-             keep_data: bool) -> tuple[dict[str, dict[str, Any]], dict[str, Any] | None]:
+             keep_data: bool, tracked: bool = True) -> tuple[dict[str, dict[str, Any]], dict[str, Any] | None]:
     """Every mode at one (bias, seed): stored results reused, the others computed and stored.
 
     Returns ({mode: result}, the data preparation report or None when every result was reused).
@@ -172,7 +164,7 @@ def run_seed(config: Config, bias: float, seed: int, modes: list[str], work: Pat
         if data is None:
             print(f"  bias {bias:g} seed {seed}: generating, manifest, extracting ...", flush=True)
             data = prepare_data(cfg, folder)
-        result = {**run_mode(cfg, mode, folder, world), "settings": expected}
+        result = {**run_mode(cfg, mode, folder, world, tracked), "settings": expected}
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(result, indent=1))
         results[mode] = {**result, "reused": False}
@@ -310,7 +302,8 @@ def sweep(config: Config, args: argparse.Namespace, work: Path, world: Any) -> d
     total = len(args.biases) * len(args.seeds)
     for index, (bias, seed) in enumerate(((b, s) for b in args.biases for s in args.seeds), start=1):
         print(f"[{index}/{total}] appearance_bias {bias:g}, seed {seed}", flush=True)
-        results[(bias, seed)], data = run_seed(config, bias, seed, args.modes, work, world, args.keep_data)
+        results[(bias, seed)], data = run_seed(config, bias, seed, args.modes, work, world, args.keep_data,
+                                                    tracked=not args.no_mlflow)
         if data is not None:
             datasets.append({"appearance_bias": bias, "seed": seed, **data})
     cells = aggregate(results, args.modes, args.biases, args.seeds)

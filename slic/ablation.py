@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -53,8 +54,11 @@ def _main_run_row(config: Config, started: float) -> dict[str, Any]:
 
 
 def train_and_evaluate(name: str, pretrain_cfg: PretrainConfig, config: Config, world: World,
-                       flow: FlowView | None = None) -> dict[str, Any]:
-    """Train `pretrain_cfg` (resumable, into its own `out`), embed with the `embed` protocol, evaluate."""
+                       flow: FlowView | None = None, tracked: bool = True) -> dict[str, Any]:
+    """Train `pretrain_cfg` (resumable, into its own `out`), embed with the `embed` protocol, evaluate.
+
+    With `tracked`, inside an MLflow run `name` that gets the training's metrics and the recalls.
+    """
     from slic.embed import embed_dataset
     from slic.pretrain import pretrain
     from slic.tracking import stage_run
@@ -63,14 +67,15 @@ def train_and_evaluate(name: str, pretrain_cfg: PretrainConfig, config: Config, 
     out = Path(pretrain_cfg.out)
     embed_cfg = replace(config.embed, checkpoint=str(out / "best.pt"), out=str(out / "embeddings.npz"))
     params = {**to_dict(pretrain_cfg), "flow.enabled": flow is not None, "flow.p": flow.p if flow else 0.0}
-    with stage_run(name, params) as run:
+    with stage_run(name, params) if tracked else nullcontext(None) as run:
         trained = pretrain(pretrain_cfg, manifest=config.extract.manifest, frames_dir=config.extract.out,
                            world=world, run=run, flow=flow)
         embed_dataset(embed_cfg, manifest=config.extract.manifest, frames_dir=config.extract.out, world=world)
         row = {"trained_by": f"{name.split('/')[0]} stage", "checkpoint": embed_cfg.checkpoint,
                "best_epoch": trained["best_epoch"], "best_val_recall_at_1": trained["best_val_recall_at_1"]}
         row.update(_evaluate(embed_cfg.out, config))
-        run.log_metrics({k: v for k, v in row.items() if k.startswith("recall@")})
+        if run is not None:
+            run.log_metrics({k: v for k, v in row.items() if k.startswith("recall@")})
     return row | {"seconds": round(time.perf_counter() - started, 2)}
 
 
