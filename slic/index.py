@@ -195,16 +195,35 @@ def load_index(folder: str | Path) -> LoadedIndex:
     return LoadedIndex(index, rows, meta)
 
 
+def gallery_fingerprint(rows: pd.DataFrame, frames_dir: str | Path | None) -> tuple[str, str]:
+    """(content fingerprint of the indexed videos, what was hashed: "frames" or "videos").
+
+    The extract stage's frame shards when every gallery video has one (the same fingerprint pretrain
+    records); else, for a gallery embedded straight from video files, the sha256 of those files, so
+    the index still names the exact bytes it was built from.
+    """
+    from slic.data.frames import content_fingerprint, content_hashes
+
+    ids = rows["video_id"].tolist()
+    if frames_dir is not None:
+        hashes = content_hashes(frames_dir, ids, missing="")
+        if all(hashes.values()):
+            return content_fingerprint(hashes), "frames"
+    missing = [path for path in rows["path"] if not Path(path).is_file()]
+    if missing:
+        raise IndexBuildError(f"{missing[0]}: gallery video not found, and no frame shard for it in {frames_dir}; "
+                              "fix the manifest's path or run `dvc repro extract`")
+    return content_fingerprint({v: file_sha256(path) for v, path in zip(ids, rows["path"])}), "videos"
+
+
 def build_stage(cfg: Any, *, embeddings: str, checkpoint: str, clips: int,
                 frames_dir: str | None = None) -> dict[str, Any]:
     """Stage `index`: index the gallery split of `embeddings`, save it to cfg.out, return reports/index.json.
 
     index.json records lineage: `data_fingerprint`, the content fingerprint of the data the checkpoint
-    was trained on, and `gallery_fingerprint`, that of the indexed videos' frame shards in `frames_dir`.
+    was trained on, and `gallery_fingerprint`, that of the indexed videos (see `gallery_fingerprint`).
     """
     import torch
-
-    from slic.data.frames import content_fingerprint, content_hashes
 
     rows, vectors = gallery_rows(embeddings, cfg.manifest, cfg.gallery_split)
     normalize = cfg.metric == "cosine"
@@ -221,8 +240,7 @@ def build_stage(cfg: Any, *, embeddings: str, checkpoint: str, clips: int,
     except Exception:  # noqa: BLE001 - no checkpoint, or not one of pretrain's: the lineage is unknown, not fatal
         trained = {}
     report["data_fingerprint"] = trained.get("data") or "unknown"
-    report["gallery_fingerprint"] = (content_fingerprint(content_hashes(frames_dir, rows["video_id"].tolist()))
-                                     if frames_dir is not None else "unknown")
+    report["gallery_fingerprint"], report["gallery_fingerprint_of"] = gallery_fingerprint(rows, frames_dir)
     meta = {**report, "embeddings": str(embeddings), "checkpoint": str(checkpoint),
             "checkpoint_sha256": file_sha256(checkpoint) if Path(checkpoint).is_file() else "",
             "clips": clips, "manifest": cfg.manifest}

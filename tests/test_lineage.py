@@ -183,6 +183,7 @@ def test_embed_and_evaluate_runs_name_the_model_and_log_their_data(workspace: Pa
     gallery = [line.split(",")[1] for line in (workspace / "data/index/rows.csv").read_text().splitlines()[1:]]
     expected = content_fingerprint(content_hashes(workspace / "data/frames", gallery))
     assert meta["gallery_fingerprint"] == rows["gallery_fingerprint"] == expected
+    assert meta["gallery_fingerprint_of"] == "frames"
 
 
 def test_runs_whose_process_died_are_marked_killed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

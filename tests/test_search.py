@@ -13,6 +13,8 @@ import pytest
 
 from slic.cli import main
 from slic.config import PretrainConfig
+from slic.data.frames import content_fingerprint
+from slic.index import file_sha256
 from tests.conftest import SHARED_VIDEOS
 
 FOLDER = SHARED_VIDEOS / "dmlc-decord" / "decode_tests"  # five good videos and corrupted.mp4
@@ -52,6 +54,10 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 def test_index_stage_writes_report_and_rows(workdir: Path) -> None:
     report = json.loads((workdir / "reports/index.json").read_text())
     assert (report["kind"], report["vectors"], report["dim"], report["device"]) == ("flat", 5, 8, "cpu")
+    # no frame shards in this folder: the lineage names the video files' bytes instead
+    files = {p.stem: file_sha256(p) for p in FOLDER.iterdir() if p.name != "corrupted.mp4"}
+    assert report["gallery_fingerprint_of"] == "videos"
+    assert report["gallery_fingerprint"] == content_fingerprint(files)
     rows = pd.read_csv(workdir / "index/rows.csv")
     assert list(rows.columns) == ["row", "video_id", "path", "class", "label"]
     assert all(Path(p).stem == v and c == f"class_{v}" for p, v, c in zip(rows["path"], rows["video_id"], rows["class"]))
