@@ -6,8 +6,9 @@
   (shard reads, JPEG decoding, the per-clip augmentation, collation), no model.
 
 Both are clips/s; training runs at roughly the smaller of the two when the loader has its own cores,
-and below both when they share them (the 2-core CPU case). On CUDA the model side uses bf16 autocast
-and channels_last_3d as `slic pretrain` does.
+and below both when they share them (the 2-core CPU case). The model side is measured in both memory
+layouts, NCDHW (PyTorch's default) and channels_last_3d (NDHWC, what `slic pretrain` uses on every
+device); on CUDA with bf16 autocast as `slic pretrain` does.
 
 Run: ``python bench/pretrain.py`` after `dvc repro extract` (it reads data/frames); writes
 reports/bench/pretrain.json. ``--configs r3d_18_tiny:16:32 r3d_18:16:128`` picks backbone:clip_len:size.
@@ -30,19 +31,21 @@ from slic.data.clips import PretrainClips, load_videos
 from slic.models import Encoder, to_device
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_CONFIGS = ("r3d_18_tiny:16:32", "r3d_18_narrow:16:32", "r3d_18_narrow:16:64")
+DEFAULT_CONFIGS = ("r3d_18_tiny:8:32", "r3d_18_tiny:16:32", "r3d_18_narrow:16:32")
 GPU_CONFIGS = ("r3d_18:16:128", "r3d_18_reference:16:128", "r2plus1d_18:16:128")
 
 
 def model_clips_per_s(backbone: str, clip_len: int, size: int, batch_size: int, device: torch.device,
-                      steps: int) -> dict[str, Any]:
-    """Training steps per second of the encoder alone, on random clips, reported as clips/s."""
+                      steps: int, channels_last: bool = True) -> dict[str, Any]:
+    """Training steps per second of the encoder alone, on random clips, reported as clips/s.
+
+    `channels_last`: the layout `to_device` gives (NDHWC); False keeps PyTorch's default NCDHW.
+    """
     torch.manual_seed(0)
-    model = to_device(Encoder(backbone=backbone, hidden_dim=2048 if device.type == "cuda" else 512), device)
+    model = Encoder(backbone=backbone, hidden_dim=2048 if device.type == "cuda" else 512)
+    model = to_device(model, device) if channels_last else model.to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.5)
     clips = torch.randn(3 * batch_size, 3, clip_len, size, size, device=device)
-    if device.type == "cuda":
-        clips = clips.contiguous(memory_format=torch.channels_last_3d)
     autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
     def step() -> None:
@@ -102,13 +105,17 @@ def main() -> None:
         backbone, clip_len, size = item.split(":")
         clip_len, size = int(clip_len), int(size)
         model = model_clips_per_s(backbone, clip_len, size, args.batch_size, device, args.steps)
+        ncdhw = model_clips_per_s(backbone, clip_len, size, args.batch_size, device, args.steps, channels_last=False)
         loader = loader_clips_per_s(clip_len, size, args.batch_size, args.workers, batches=2 * args.steps)
         limit = "model" if model["clips_per_s"] < loader["clips_per_s"] else "loader"
         rows.append({"backbone": backbone, "clip_len": clip_len, "size": size, "batch_size": args.batch_size,
                      "device": str(device), "model_clips_per_s": model["clips_per_s"],
+                     "model_clips_per_s_ncdhw": ncdhw["clips_per_s"],
+                     "channels_last_speedup": round(model["clips_per_s"] / ncdhw["clips_per_s"], 2),
                      "loader_clips_per_s": loader["clips_per_s"], "loader_workers": loader["workers"],
                      "limited_by": limit})
-        print(f"{backbone:18s} {clip_len:2d}x{size:3d}: model {model['clips_per_s']:8.1f} clips/s, "
+        print(f"{backbone:18s} {clip_len:2d}x{size:3d}: model {model['clips_per_s']:8.1f} clips/s "
+              f"(NCDHW {ncdhw['clips_per_s']:.1f}), "
               f"loader {loader['clips_per_s']:8.1f} clips/s ({loader['workers']} workers) -> {limit}-bound",
               flush=True)
     machine = {"cpu_cores": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,

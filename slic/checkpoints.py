@@ -36,9 +36,10 @@ def load_encoder(path: str | Path, device: torch.device | str = "cpu") -> tuple[
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no checkpoint; run the `pretrain` stage first (dvc repro pretrain)")
     payload = torch.load(path, map_location=device, weights_only=False)
-    saved = {"head_output_norm": False, **payload["config"]}  # checkpoints from before the option had none
+    # checkpoints from before these options had none; they were trained with these values
+    saved = {"head_output_norm": False, "frame_step": 1, **payload["config"]}
     cfg = PretrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()})
     model = Encoder(backbone=cfg.backbone, hidden_dim=cfg.hidden_dim, out_dim=cfg.out_dim,
                     head_output_norm=cfg.head_output_norm)
     model.load_state_dict(payload["model"])
-    return model.to(device).eval(), payload["config"]
+    return model.to(device).eval(), saved

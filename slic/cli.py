@@ -157,14 +157,16 @@ def _model_summary(config: dict[str, Any], fallback: str | Path) -> str:
     return Path(fallback).name
 
 
-def _log_videos_input(run: Any, config: Any, splits: tuple[str, ...], context: str, min_frames: int = 0) -> str:
+def _log_videos_input(run: Any, config: Any, splits: tuple[str, ...], context: str, min_frames: int = 0,
+                      frame_step: int = 1) -> str:
     """Log the validated manifest's rows of `splits` as the run's input, with the content fingerprint of
     those videos' frame shards (pretrain.data_fingerprint) as its digest; returns the fingerprint."""
     from slic.data.clips import load_videos
     from slic.pretrain import data_fingerprint
 
     manifest, frames = config.extract.manifest, config.extract.out
-    videos = [load_videos(manifest, frames, splits=[split], min_frames=min_frames) for split in splits]
+    videos = [load_videos(manifest, frames, splits=[split], min_frames=min_frames, frame_step=frame_step)
+              for split in splits]
     digest = data_fingerprint(*videos, frames_dir=frames)
     run.log_input(manifest, digest, splits=splits, context=context)
     run.set_tags({"slic.data_fingerprint": digest})
@@ -226,7 +228,7 @@ def run_embed(config: Any) -> dict[str, Any]:
                                    world=world)
             if run is not None:
                 _log_videos_input(run, config, ("train", "val", "test"), "inference",
-                                  min_frames=int(model.get("clip_len", 0)))
+                                  min_frames=int(model.get("clip_len", 0)), frame_step=int(model.get("frame_step", 1)))
             if run is not None:
                 run.log_metrics({k: v for k, v in report.items() if isinstance(v, (int, float))})
     finally:
@@ -256,7 +258,7 @@ def run_evaluate(config: Any) -> dict[str, Any]:
     name = f"evaluate {_model_summary(model, cfg.embeddings)} {cfg.query_split} vs {cfg.gallery_split}"
     with stage_run("evaluate", to_dict(cfg), name=name) as run:
         _log_videos_input(run, config, (cfg.query_split, cfg.gallery_split), "evaluation",
-                          min_frames=int(model.get("clip_len", 0)))
+                          min_frames=int(model.get("clip_len", 0)), frame_step=int(model.get("frame_step", 1)))
         run.log_metrics({k: v for k, v in report.items() if k.startswith("recall@")})
         run.log_artifact(cfg.curve)
         run.log_artifact(cfg.html)
@@ -346,7 +348,8 @@ def run_linear_probe_stage(config: Any) -> dict[str, Any]:
     with stage_run_for("linear_probe", to_dict(cfg), _named("linear_probe", cfg.checkpoint)) as run:
         report = run_linear_probe(config.linear_probe, manifest=config.extract.manifest,
                                   frames_dir=config.extract.out, run=run)
-        _log_videos_input(run, config, ("train", "val", "test"), "training", min_frames=cfg.clip_len)
+        _log_videos_input(run, config, ("train", "val", "test"), "training", min_frames=cfg.clip_len,
+                          frame_step=cfg.frame_step)
         report["mlflow_run_id"] = run.run_id
     print(f"linear_probe: test top1 {report['top1']:.2f}% top5 {report['top5']:.2f}% (best val top1 "
           f"{report['best_val_top1']:.2f}% at epoch {report['best_epoch']}), {report['seconds']} s")
@@ -362,7 +365,8 @@ def run_finetune_stage(config: Any) -> dict[str, Any]:
     with stage_run_for("finetune", to_dict(cfg), _named("finetune", cfg.checkpoint)) as run:
         report = run_finetune(config.finetune, manifest=config.extract.manifest, frames_dir=config.extract.out,
                               run=run)
-        _log_videos_input(run, config, ("train", "val", "test"), "training", min_frames=cfg.clip_len)
+        _log_videos_input(run, config, ("train", "val", "test"), "training", min_frames=cfg.clip_len,
+                          frame_step=cfg.frame_step)
     for name, row in report.items():
         print(f"finetune {name:12s} test top1 {row['top1']:.2f}% top5 {row['top5']:.2f}%")
     return report

@@ -145,6 +145,8 @@ class PretrainConfig:
     head_output_norm: bool = _spec(True, help="BatchNorm1d without affine after the head (not in the paper): "
                                               "removes the offset shared by every output")
     clip_len: int = _spec(8, low=2, high=128, help="frames per clip (paper 16)")
+    frame_step: int = _spec(2, low=1, high=16, help="a clip takes every frame_step-th decoded frame, so 8 frames "
+                                                     "span 15 (paper 1: 16 consecutive frames)")
     size: int = _spec(32, low=16, high=512, help="crop size (paper 128)")
     batch_size: int = _spec(32, low=2, high=4096, help="global batch; split across ranks (paper 32)")
     epochs: int = _spec(24, low=0, high=100000, help="paper: 600 (UCF101)")
@@ -261,6 +263,8 @@ class ClassifierTrainingConfig:
 
     checkpoint: str = _spec("data/models/pretrain/best.pt", help="the pretrained encoder")
     clip_len: int = _spec(8, low=1, high=128, help="frames per clip and per test window (paper 16)")
+    frame_step: int = _spec(2, low=1, high=16, help="every frame_step-th decoded frame, as the encoder was pretrained "
+                                                     "(paper 1)")
     size: int = _spec(32, low=16, high=512, help="crop size (paper 128)")
     dropout: float = _spec(0.9, low=0.0, high=0.99, help="dropout before the linear layer (paper 0.9)")
     epochs: int = _spec(6, low=0, high=100000, help="paper: 150")

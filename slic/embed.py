@@ -59,7 +59,7 @@ def embed_dataset(cfg: EmbedConfig, *, manifest: str | Path, frames_dir: str | P
     model, train_cfg = load_encoder(cfg.checkpoint, world.device)
     pretrain_cfg = PretrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in train_cfg.items()})
     videos: list[VideoShard] = load_videos(manifest, frames_dir, splits=["train", "val", "test"],
-                                           min_frames=pretrain_cfg.clip_len)
+                                           min_frames=pretrain_cfg.clip_len, frame_step=pretrain_cfg.frame_step)
     dataset = EvalClips(videos, protocol="iic", clip_len=pretrain_cfg.clip_len, size=pretrain_cfg.size,
                         clips=cfg.clips)
     embeddings = embed_clips(model, dataset, world=world, batch_size=cfg.batch_size, workers=cfg.workers,

@@ -52,8 +52,9 @@ def resolve_device(name: str, section: str) -> torch.device:
 
 
 def load_splits(manifest: str | Path, frames_dir: str | Path, *, checkpoint: str,
-                section: str) -> tuple[dict[str, list[VideoShard]], int, list[str]]:
-    """Videos per split (every extracted video, none dropped), the number of classes and their names.
+                section: str, frame_step: int = 1) -> tuple[dict[str, list[VideoShard]], int, list[str]]:
+    """Videos per split (every extracted video, none dropped, clips at `frame_step`), the number of
+    classes and their names.
 
     Refuses, in one line naming the file and the fix: a missing checkpoint or manifest, an empty
     split, or a class without train videos.
@@ -66,7 +67,8 @@ def load_splits(manifest: str | Path, frames_dir: str | Path, *, checkpoint: str
     if not Path(manifest).is_file():
         raise FinetuneError(f"{manifest}: no validated manifest; run the `validate` stage first "
                             "(dvc repro validate)")
-    splits = {split: load_videos(manifest, frames_dir, splits=[split], min_frames=1) for split in SPLITS}
+    splits = {split: load_videos(manifest, frames_dir, splits=[split], min_frames=1, frame_step=frame_step)
+              for split in SPLITS}
     for split, videos in splits.items():
         if not videos:
             raise FinetuneError(f"{manifest}: no {split} videos with frame shards in {frames_dir}; classification "
@@ -103,7 +105,8 @@ def run_linear_probe(cfg: LinearProbeConfig, *, manifest: str | Path, frames_dir
     from slic.finetune import train_classifier
 
     device = resolve_device(cfg.device, "linear_probe")
-    splits, classes, _ = load_splits(manifest, frames_dir, checkpoint=cfg.checkpoint, section="linear_probe")
+    splits, classes, _ = load_splits(manifest, frames_dir, checkpoint=cfg.checkpoint, section="linear_probe",
+                                   frame_step=cfg.frame_step)
     report = train_classifier(cfg, init="pretrained", linear_probe=True, splits=splits, classes=classes,
                               out=Path(cfg.out), device=device, data=_data_fingerprint(splits, cfg.checkpoint),
                               run=run)
@@ -134,7 +137,8 @@ def run_finetune(cfg: FinetuneConfig, *, manifest: str | Path, frames_dir: str |
     from slic.finetune import train_classifier
 
     device = resolve_device(cfg.device, "finetune")
-    splits, classes, _ = load_splits(manifest, frames_dir, checkpoint=cfg.checkpoint, section="finetune")
+    splits, classes, _ = load_splits(manifest, frames_dir, checkpoint=cfg.checkpoint, section="finetune",
+                                   frame_step=cfg.frame_step)
     probe = read_linear_probe(cfg.linear_probe_report, cfg.checkpoint)
     data = _data_fingerprint(splits, cfg.checkpoint)
     report: dict[str, Any] = {}

@@ -67,6 +67,8 @@ class VideoResNet18(nn.Module):
                 nn.init.zeros_(module.bias)
 
     def forward(self, clips: Tensor) -> Tensor:
+        if self.stem[0].weight.is_contiguous(memory_format=torch.channels_last_3d):
+            clips = clips.contiguous(memory_format=torch.channels_last_3d)  # the weights' layout: no conversions
         x = self.stem(clips)
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return self.pool(x).flatten(1)
@@ -141,8 +143,9 @@ def count_parameters(module: nn.Module) -> int:
 
 
 def to_device(model: nn.Module, device: torch.device) -> nn.Module:
-    """Move a video model to `device`; on CUDA also use channels_last_3d (faster cuDNN kernels)."""
-    model = model.to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last_3d)
-    return model
+    """Move a video model to `device` in channels_last_3d (NDHWC), where the clips follow it.
+
+    Faster kernels on both: oneDNN on the CPU (a 2-core training step of r3d_18_tiny about 1.5x faster,
+    bench/pretrain.py) and cuDNN on CUDA (bench/gpu.py).
+    """
+    return model.to(device).to(memory_format=torch.channels_last_3d)

@@ -261,8 +261,8 @@ def pretrain(cfg: PretrainConfig, *, manifest: str | Path, frames_dir: str | Pat
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     last, best = out / "last.pt", out / "best.pt"
-    train = load_videos(manifest, frames_dir, splits=["train"], min_frames=2 * cfg.clip_len)
-    val = load_videos(manifest, frames_dir, splits=["val"], min_frames=cfg.clip_len)
+    train = load_videos(manifest, frames_dir, splits=["train"], min_frames=2 * cfg.clip_len, frame_step=cfg.frame_step)
+    val = load_videos(manifest, frames_dir, splits=["val"], min_frames=cfg.clip_len, frame_step=cfg.frame_step)
     if len(train) < 2 or not val:
         raise ValueError(f"pretraining needs >= 2 train and >= 1 val videos of enough frames; found {len(train)} "
                          f"and {len(val)} in {manifest}")

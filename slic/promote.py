@@ -82,12 +82,12 @@ def _champion_metric(version: Any, metric: str) -> float:
 
 
 def validation_split(train_config: dict[str, Any], manifest: str | Path, frames_dir: str | Path) -> tuple[list, list]:
-    """(train, val) videos as pretrain selects them for `train_config` (clip_len): gallery and queries."""
+    """(train, val) videos as pretrain selects them for `train_config` (clip_len, frame_step): gallery and queries."""
     from slic.data.clips import load_videos
 
-    clip_len = int(train_config["clip_len"])
-    train = load_videos(manifest, frames_dir, splits=["train"], min_frames=2 * clip_len)
-    val = load_videos(manifest, frames_dir, splits=["val"], min_frames=clip_len)
+    clip_len, step = int(train_config["clip_len"]), int(train_config.get("frame_step", 1))
+    train = load_videos(manifest, frames_dir, splits=["train"], min_frames=2 * clip_len, frame_step=step)
+    val = load_videos(manifest, frames_dir, splits=["val"], min_frames=clip_len, frame_step=step)
     if not train or not val:
         raise PromoteError(f"{manifest} with the shards of {frames_dir} has {len(train)} train and {len(val)} val "
                            "videos; comparing with the champion needs both (dvc repro validate extract)")
@@ -124,7 +124,14 @@ def _on_candidate_data(cfg: PromoteConfig, checkpoint: Path, train_config: dict[
         raise PromoteError(f"{checkpoint} was trained on data with content fingerprint {data or 'unknown'}, but "
                            f"{manifest} and {frames_dir} hold {current}; re-run `dvc repro pretrain` first")
     candidate = validation_recall_of(VideoEncoder(checkpoint), train, val)
-    champion = validation_recall_of(encoder_of(load_champion(cfg.model_name, cfg.alias)), train, val)
+    champion_encoder = encoder_of(load_champion(cfg.model_name, cfg.alias))
+    if champion_encoder.frame_step != int(train_config.get("frame_step", 1)):
+        # the same videos, sampled as the champion was trained to see them
+        champion_config = {"clip_len": champion_encoder.clip_len, "frame_step": champion_encoder.frame_step}
+        ids = {v.video_id for v in train + val}
+        train, val = ([v for v in videos if v.video_id in ids]
+                      for videos in validation_split(champion_config, manifest, frames_dir))
+    champion = validation_recall_of(champion_encoder, train, val)
     return candidate, champion
 
 

@@ -4,8 +4,8 @@ MLflow loads the model `models:/slic-encoder@champion` through `_load_pyfunc` (t
 `loader_module`): the model folder holds the checkpoint (state_dict + config) written by
 `pretrain`, so no pickled code travels with the model, only this package.
 Each video is decoded with PyAV and embedded with the IIC protocol of the `embed` stage: `clips`
-16-frame clips at linspace(8, n - 8), frames resized to size x size*171/128, centre crop, the
-projection-head outputs averaged.
+clips of `clip_len` frames (every `frame_step`-th frame) at linspace(8, n - 8), frames resized to
+size x size*171/128, centre crop, the projection-head outputs averaged.
 """
 
 from __future__ import annotations
@@ -26,10 +26,15 @@ def _frames(path: str | Path) -> np.ndarray:
 
 
 @torch.no_grad()
-def embed_video(model: torch.nn.Module, frames: np.ndarray, *, clip_len: int, size: int, clips: int = 10) -> np.ndarray:
-    """One embedding (d,) of a decoded video: mean of the model outputs over its IIC clips."""
+def embed_video(model: torch.nn.Module, frames: np.ndarray, *, clip_len: int, size: int, clips: int = 10,
+                frame_step: int = 1) -> np.ndarray:
+    """One embedding (d,) of a decoded video: mean of the model outputs over its IIC clips.
+
+    Clips take every `frame_step`-th frame, as the encoder was trained (the checkpoint says which).
+    """
     from slic.data.clips import as_clip, eval_transform, iic_starts
 
+    frames = frames[::frame_step]
     if len(frames) < clip_len:  # a very short video: repeat its last frame, as a player would hold it
         frames = np.concatenate([frames, np.repeat(frames[-1:], clip_len - len(frames), axis=0)])
     transform = eval_transform(size, resize=(size, round(size * 171 / 128)))
@@ -47,6 +52,7 @@ class VideoEncoder:
         self.model, config = load_encoder(checkpoint, device)
         self.config: dict[str, Any] = dict(config)  # the pretrain settings saved with the weights
         self.clip_len, self.size, self.clips = int(config["clip_len"]), int(config["size"]), clips
+        self.frame_step = int(config.get("frame_step", 1))
         self.dim = int(config["out_dim"])
 
     def get_raw_model(self) -> VideoEncoder:
@@ -55,8 +61,8 @@ class VideoEncoder:
 
     def embed_paths(self, paths: Iterable[str | Path]) -> np.ndarray:
         """(n, d) float32 embeddings, one row per video path, in order."""
-        rows = [embed_video(self.model, _frames(p), clip_len=self.clip_len, size=self.size, clips=self.clips)
-                for p in paths]
+        rows = [embed_video(self.model, _frames(p), clip_len=self.clip_len, size=self.size, clips=self.clips,
+                            frame_step=self.frame_step) for p in paths]
         return np.stack(rows).astype(np.float32) if rows else np.zeros((0, self.dim), np.float32)
 
     def predict(self, model_input: Any, params: dict[str, Any] | None = None) -> np.ndarray:

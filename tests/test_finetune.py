@@ -23,8 +23,8 @@ from slic.finetune import (build_classifier, build_optimizer, build_scheduler, f
 
 TINY_ENCODER = {"mode": "random_init", "backbone": "r3d_18_tiny", "hidden_dim": 32, "out_dim": 16, "clip_len": 8,
                 "size": 16, "workers": 0, "seed": 5}
-TINY_CLASSIFIER = {"clip_len": 8, "size": 16, "epochs": 2, "milestones": [1], "batch_size": 4, "workers": 0,
-                   "eval_batch_size": 40, "test_stride": 8, "seed": 3}
+TINY_CLASSIFIER = {"clip_len": 8, "frame_step": 2, "size": 16, "epochs": 2, "milestones": [1], "batch_size": 4,
+                   "workers": 0, "eval_batch_size": 40, "test_stride": 8, "seed": 3}
 
 
 @pytest.fixture(scope="module")
@@ -57,9 +57,9 @@ def in_workspace(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return workspace
 
 
-def splits_of(workspace: Path) -> dict[str, list]:
-    return {s: load_videos(workspace / "data/manifests/validated.csv", workspace / "data/frames", splits=[s])
-            for s in ("train", "val", "test")}
+def splits_of(workspace: Path, frame_step: int = 1) -> dict[str, list]:
+    return {s: load_videos(workspace / "data/manifests/validated.csv", workspace / "data/frames", splits=[s],
+                           frame_step=frame_step) for s in ("train", "val", "test")}
 
 
 # --- test-time views -------------------------------------------------------------------------
@@ -215,7 +215,7 @@ def test_linear_probe_then_finetune_write_the_report(in_workspace: Path) -> None
     assert main(["finetune"]) == 0
     report = json.loads((in_workspace / "reports/finetune.json").read_text())
     assert set(report) == {"pretrained", "scratch", "linear_probe"}
-    test_views = 6 * 4 * 10  # 6 test videos x 4 windows x 10 views
+    test_views = 6 * 2 * 10  # 6 test videos x 2 windows (32 frames at frame_step 2: 16, windows of 8) x 10 views
     saved = {"linear_probe": "linear_probe", "pretrained": "finetune/pretrained", "scratch": "finetune/scratch"}
     for name, row in report.items():
         best = in_workspace / f"data/models/{saved[name]}/best.pt"
@@ -253,7 +253,7 @@ def top1_by_hand(workspace: Path, best: Path) -> float:
     cfg = FinetuneConfig(**TINY_CLASSIFIER)
     model = build_classifier(init="scratch", checkpoint=_checkpoint(workspace), classes=3, dropout=0.9, seed=0)
     model.load_state_dict(torch.load(best, map_location="cpu", weights_only=False)["model"])
-    videos = splits_of(workspace)["test"]
+    videos = splits_of(workspace, cfg.frame_step)["test"]
     dataset = WindowViews(videos, clip_len=cfg.clip_len, stride=cfg.test_stride, size=cfg.size,
                           resize=round(cfg.size * cfg.test_resize), views="ten")
     scores = predict_videos(model, dataset, device=torch.device("cpu"), batch_size=40, workers=0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torchvision.models.video import r2plus1d_18, r3d_18
 
@@ -79,7 +80,34 @@ def test_checkpoints_from_before_head_output_norm_still_load(tmp_path) -> None:
 
     cfg = PretrainConfig(backbone="r3d_18_tiny", hidden_dim=32, out_dim=8, head_output_norm=False)
     model = Encoder(backbone="r3d_18_tiny", hidden_dim=32, out_dim=8)
-    legacy = {k: v for k, v in asdict(cfg).items() if k != "head_output_norm"}
+    legacy = {k: v for k, v in asdict(cfg).items() if k not in ("head_output_norm", "frame_step")}
     torch.save({"model": model.state_dict(), "config": legacy}, tmp_path / "best.pt")
-    loaded, _ = load_encoder(tmp_path / "best.pt")
+    loaded, config = load_encoder(tmp_path / "best.pt")
     assert not any(isinstance(m, torch.nn.BatchNorm1d) and not m.affine for m in loaded.modules())
+    assert config["frame_step"] == 1  # trained on consecutive frames, as every clip was before the option
+
+
+def test_channels_last_model_gives_the_same_embeddings_and_takes_either_layout() -> None:
+    from slic.models import to_device
+
+    torch.manual_seed(0)
+    plain = Encoder(backbone="r3d_18_tiny", hidden_dim=32, out_dim=8).eval()
+    fast = to_device(Encoder(backbone="r3d_18_tiny", hidden_dim=32, out_dim=8), torch.device("cpu")).eval()
+    fast.load_state_dict(plain.state_dict())
+    assert fast.backbone.stem[0].weight.is_contiguous(memory_format=torch.channels_last_3d)
+    clips = torch.randn(4, 3, 8, 32, 32)
+    with torch.no_grad():
+        expected = plain(clips)
+        assert torch.allclose(fast(clips), expected, atol=1e-5)
+        assert torch.allclose(fast(clips.contiguous(memory_format=torch.channels_last_3d)), expected, atol=1e-5)
+
+
+def test_served_embeddings_take_every_frame_step_th_frame() -> None:
+    from slic.serving import embed_video
+
+    torch.manual_seed(0)
+    model = Encoder(backbone="r3d_18_tiny", hidden_dim=32, out_dim=8).eval()
+    frames = torch.randint(0, 256, (40, 24, 32, 3), dtype=torch.uint8).numpy()
+    strided = embed_video(model, frames, clip_len=8, size=16, clips=3, frame_step=2)
+    assert np.allclose(strided, embed_video(model, frames[::2], clip_len=8, size=16, clips=3))
+    assert not np.allclose(strided, embed_video(model, frames, clip_len=8, size=16, clips=3))

@@ -39,7 +39,11 @@ KINETICS_STD = (0.2768, 0.2713, 0.2737)
 
 @dataclass(frozen=True)
 class VideoShard:
-    """One extracted video: where its shard is, how many frames, its true label and split."""
+    """One extracted video: where its shard is, its true label and split, and how clips see it.
+
+    Clips take every `frame_step`-th decoded frame (a temporal stride); `frames` counts the frames
+    at that step, (decoded - 1) // frame_step + 1, so every window start and length is in those units.
+    """
 
     video_id: str
     shard: str
@@ -47,25 +51,36 @@ class VideoShard:
     label: int
     split: str
     class_name: str = ""
+    frame_step: int = 1
+
+
+def sampled_frames(decoded: int, frame_step: int) -> int:
+    """Frames a video of `decoded` frames offers at a temporal stride of `frame_step`."""
+    return (decoded - 1) // frame_step + 1 if decoded > 0 else 0
 
 
 def load_videos(manifest_path: str | Path, frames_dir: str | Path, *, splits: Sequence[str],
-                min_frames: int = 0) -> list[VideoShard]:
+                min_frames: int = 0, frame_step: int = 1) -> list[VideoShard]:
     """Videos of `splits` that have a shard, ordered by video_id; too-short ones are logged by name.
 
     Joins the validated manifest (split, label) with the extraction index (shard, decoded frames).
+    `min_frames` counts frames at `frame_step` (VideoShard.frames).
     """
+    if frame_step < 1:
+        raise ValueError(f"frame_step = {frame_step}: must be 1 (every frame) or more")
     manifest = pd.read_csv(manifest_path, dtype={"video_id": str}, keep_default_na=False)
     index = read_index(frames_dir)
     table = manifest.merge(index[["video_id", "shard", "frames"]], on="video_id", suffixes=("_probe", ""))
     table = table[table["split"].isin(list(splits))].sort_values("video_id")
-    short = table[table["frames"] < min_frames]
+    table = table.assign(sampled=[sampled_frames(int(n), frame_step) for n in table["frames"]])
+    short = table[table["sampled"] < min_frames]
     for video_id, frames in zip(short["video_id"], short["frames"]):
-        log.warning("excluded %s: %d decoded frames < %d", video_id, frames, min_frames)
-    table = table[table["frames"] >= min_frames]
+        at_step = f" ({sampled_frames(int(frames), frame_step)} at frame_step {frame_step})" if frame_step > 1 else ""
+        log.warning("excluded %s: %d decoded frames%s < %d", video_id, frames, at_step, min_frames)
+    table = table[table["sampled"] >= min_frames]
     root = Path(frames_dir)
-    return [VideoShard(v, str(root / s), int(n), int(lab), sp, c)
-            for v, s, n, lab, sp, c in zip(table["video_id"], table["shard"], table["frames"], table["label"],
+    return [VideoShard(v, str(root / s), int(n), int(lab), sp, c, frame_step)
+            for v, s, n, lab, sp, c in zip(table["video_id"], table["shard"], table["sampled"], table["label"],
                                            table["split"], table["class"])]
 
 
@@ -118,11 +133,12 @@ class ShardCache:
     def __init__(self) -> None:
         self._readers: dict[str, ShardReader] = {}
 
-    def window(self, shard: str, start: int, length: int) -> np.ndarray:
-        reader = self._readers.get(shard)
+    def window(self, video: VideoShard, start: int, length: int) -> np.ndarray:
+        """`length` frames of `video` from `start`, both counted at the video's frame_step."""
+        reader = self._readers.get(video.shard)
         if reader is None:
-            reader = self._readers[shard] = ShardReader.open(shard)
-        return reader.read_window(start, length)
+            reader = self._readers[video.shard] = ShardReader.open(video.shard)
+        return reader.read_window(start * video.frame_step, length, video.frame_step)
 
 
 def non_overlapping_start(rng: np.random.Generator, frames: int, anchor_start: int, length: int) -> int:
@@ -131,6 +147,16 @@ def non_overlapping_start(rng: np.random.Generator, frames: int, anchor_start: i
     if not candidates:
         raise ValueError(f"video of {frames} frames has no {length}-frame window apart from the anchor")
     return int(rng.choice(candidates))
+
+
+def anchor_start_of(rng: np.random.Generator, frames: int, length: int) -> int:
+    """A random anchor start that leaves room for a non-overlapping positive in the same video.
+
+    In a video shorter than 3 * length - 1 frames, the starts in (frames - 2 * length, length) have
+    none; they are skipped (elsewhere every start is drawn with equal chance, as rng.integers would).
+    """
+    starts = [s for s in range(frames - length + 1) if s <= frames - 2 * length or s >= length]
+    return starts[int(rng.integers(0, len(starts)))]
 
 
 @dataclass(frozen=True)
@@ -205,18 +231,18 @@ class PretrainClips(Dataset):
         seed = [self.seed, self.epoch, index]
         rng = np.random.default_rng(seed)
         video = self.videos[index]
-        anchor_start = int(rng.integers(0, video.frames - self.clip_len + 1)) if self.random_anchor else 0
+        anchor_start = anchor_start_of(rng, video.frames, self.clip_len) if self.random_anchor else 0
         positive_video, positive_start = self.positive_of(index, rng, anchor_start)
         augmentation_seed = int(rng.integers(0, 2**62))
         # The flow draws come last and only when the flow view is on: RGB-only runs, and the
         # augmentation of every clip, are exactly what they would be without it.
         flow_positive = self.flow is not None and rng.random() < self.flow.p
         flow_view = self.flow is not None and rng.random() < self.flow.p
-        anchor_frames = self._cache.window(video.shard, anchor_start, self.clip_len)
+        anchor_frames = self._cache.window(video, anchor_start, self.clip_len)
         if flow_positive:
             positive_frames = self._flow(positive_video, positive_start)
         else:
-            positive_frames = self._cache.window(self.videos[positive_video].shard, positive_start, self.clip_len)
+            positive_frames = self._cache.window(self.videos[positive_video], positive_start, self.clip_len)
         view_frames = self._flow(index, anchor_start) if flow_view else anchor_frames
         with torch.random.fork_rng(devices=[]):
             # One seed, one fixed order of clips: each clip's draws do not depend on its content.
@@ -229,7 +255,9 @@ class PretrainClips(Dataset):
 
     def _flow(self, video: int, start: int) -> np.ndarray:
         flow_dir = self.flow.flow_dir if self.flow is not None else ""
-        return flow_as_frames(read_flow_u(flow_dir, self.videos[video].video_id, start, self.clip_len))
+        shard = self.videos[video]
+        return flow_as_frames(read_flow_u(flow_dir, shard.video_id, start * shard.frame_step, self.clip_len,
+                                          step=shard.frame_step))
 
 
 def centre_start(frames: int, clip_len: int) -> int:
@@ -269,6 +297,6 @@ class EvalClips(Dataset):
         starts = ([centre_start(video.frames, length)] if self.protocol == "centre"
                   else iic_starts(video.frames, length, self.clips))
         first, last = min(starts), max(starts) + length
-        frames = self._cache.window(video.shard, first, last - first)  # one read covers every clip
+        frames = self._cache.window(video, first, last - first)  # one read covers every clip
         clips = [as_clip(frames[s - first:s - first + length], self.transform) for s in starts]
         return torch.stack(clips), index

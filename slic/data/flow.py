@@ -78,8 +78,8 @@ def decode_frames(jpegs: list[bytes]) -> np.ndarray:
     return torch.stack(images)[:, 0].numpy()
 
 
-def read_flow_u(flow_dir: str | Path, video: str, start: int, length: int) -> np.ndarray:
-    """Quantised u of frames [start, start + length) of `video` as (length, H, W) uint8.
+def read_flow_u(flow_dir: str | Path, video: str, start: int, length: int, step: int = 1) -> np.ndarray:
+    """Quantised u of frames start, start + step, ... (`length` of them) of `video` as (length, H, W) uint8.
 
     `video` is the video's id as in the manifest and the frame index ("Class/v_Class_g01_c01";
     a trailing ".shard" is accepted). Frame t is aligned with RGB frame t of the same video (the
@@ -90,7 +90,7 @@ def read_flow_u(flow_dir: str | Path, video: str, start: int, length: int) -> np
     path = shard_path(flow_dir, video_id)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no flow shard for {video_id}; run the `flow` stage (dvc repro flow)")
-    return decode_frames(ShardReader.open(path).read_jpegs(start, length))
+    return decode_frames(ShardReader.open(path).read_jpegs(start, (length - 1) * step + 1)[::step])
 
 
 def require_flow(flow_dir: str | Path, video_ids: list[str]) -> None:

@@ -125,9 +125,12 @@ class ShardReader:
         cuts = (self.offsets[start:start + count + 1] - lo).astype(np.int64)
         return [blob[cuts[i]:cuts[i + 1]] for i in range(count)]
 
-    def read_window(self, start: int, count: int) -> np.ndarray:
-        """Decoded frames [start, start + count) as (count, H, W, 3) uint8 RGB."""
-        return decode_jpegs(self.read_jpegs(start, count))
+    def read_window(self, start: int, count: int, step: int = 1) -> np.ndarray:
+        """Decoded frames start, start + step, ... (`count` of them) as (count, H, W, 3) uint8 RGB.
+
+        One read covers the span; only the frames kept are decoded.
+        """
+        return decode_jpegs(self.read_jpegs(start, (count - 1) * step + 1)[::step])
 
     def content_sha256(self) -> str:
         """The content hash recorded in the header; a shard from before the hash existed is hashed once here."""

@@ -44,7 +44,7 @@ def finetune_augmentation(size: int, *, crop_min_scale: float = 0.2, jitter: Seq
 def padded_window(cache: ShardCache, video: VideoShard, start: int, length: int) -> np.ndarray:
     """Frames [start, start + length) of `video`; past its end the last frame repeats."""
     count = min(length, video.frames - start)
-    frames = cache.window(video.shard, start, count)
+    frames = cache.window(video, start, count)
     if count < length:
         frames = np.concatenate([frames, np.repeat(frames[-1:], length - count, axis=0)])
     return frames

@@ -125,8 +125,8 @@ def _red_channel_as_flow(monkeypatch: pytest.MonkeyPatch, videos: list[VideoShar
 
     shard_of = {v.video_id: v.shard for v in videos}
     monkeypatch.setattr("slic.data.clips.read_flow_u",
-                        lambda flow_dir, video, start, length: ShardReader.open(shard_of[video])
-                        .read_window(start, length)[..., 0])
+                        lambda flow_dir, video, start, length, step=1: ShardReader.open(shard_of[video])
+                        .read_window(start, length, step)[..., 0])
 
 
 def _grey(clip: torch.Tensor) -> bool:
@@ -269,6 +269,45 @@ def test_load_videos_excludes_short_videos_by_name_and_sorts_by_id(tmp_path: Pat
     assert [r.getMessage() for r in caplog.records] == ["excluded A/v_short: 12 decoded frames < 16"]
     both = load_videos(tmp_path / "manifest.csv", tmp_path, splits=["train", "val"], min_frames=0)
     assert [v.video_id for v in both] == ["A/v_a", "A/v_short", "B/v_b", "C/v_val"]
+
+
+def strided_window(clip: torch.Tensor, step: int) -> tuple[int, int]:
+    """(video, first decoded frame) of a clip whose frames are every `step`-th frame of one video."""
+    frames = frames_of(clip)
+    video, first = frames[0]
+    assert frames == [(video, first + step * i) for i in range(len(frames))], frames
+    return video, first
+
+
+def test_frame_step_takes_every_nth_decoded_frame_in_every_kind_of_clip(tmp_path: Path) -> None:
+    from slic.data.clips import load_videos
+    from slic.data.labelled_clips import LabelledClips
+
+    shards = counter_shards(tmp_path, [40, 23])
+    pd.DataFrame({"video_id": ["a", "b"], "shard": [Path(s.shard).name for s in shards],
+                  "frames": [40, 23]}).to_csv(tmp_path / "index.csv", index=False)
+    pd.DataFrame({"video_id": ["a", "b"], "split": ["train", "train"], "label": [0, 1],
+                  "class": ["A", "B"]}).to_csv(tmp_path / "manifest.csv", index=False)
+    videos = load_videos(tmp_path / "manifest.csv", tmp_path, splits=["train"], frame_step=2)
+    assert [(v.frames, v.frame_step) for v in videos] == [(20, 2), (12, 2)]  # frames 0, 2, ..., 38 / ..., 22
+    # min_frames counts frames at the step: b offers 12, so a 6-frame anchor and a positive apart still fit
+    assert [v.video_id for v in load_videos(tmp_path / "manifest.csv", tmp_path, splits=["train"],
+                                            min_frames=13, frame_step=2)] == ["a"]
+    data = PretrainClips(videos, clip_len=6, size=16, random_anchor=True, p_intra=1.0, augmentation=PLAIN)
+    for epoch in range(8):
+        data.set_epoch(epoch)
+        for index, decoded in ((0, 40), (1, 23)):
+            anchor, positive, _, _, _ = data[index]
+            (video, first), (positive_video, positive_first) = strided_window(anchor, 2), strided_window(positive, 2)
+            assert video == positive_video == index and first % 2 == positive_first % 2 == 0
+            assert max(first, positive_first) + 10 <= decoded - 1  # the last frame taken exists
+            assert abs(positive_first - first) >= 12  # the two windows share no sampled frame
+            if index == 1:  # 12 frames, 6 per clip: only anchors at 0 and 6 leave room for a positive
+                assert first in (0, 12)
+    eval_clips = EvalClips(videos, protocol="iic", clip_len=6, size=16, clips=3)[1][0]
+    assert [strided_window(c, 2) for c in eval_clips] == [(1, 2 * s) for s in iic_starts(12, 6, 3)]
+    labelled = LabelledClips(videos, clip_len=6, transform=data.transform)
+    assert strided_window(labelled[0][0], 2)[0] == 0
 
 
 def test_batches_are_identical_with_zero_or_two_loader_workers(shards: list[VideoShard]) -> None:
