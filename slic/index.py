@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,8 @@ import numpy as np
 import pandas as pd
 
 from slic.faiss_backend import faiss_module, gpu_available, l2_normalize
+
+log = logging.getLogger(__name__)
 
 KINDS = ("flat", "ivf_flat", "ivf_pq", "hnsw")
 IVF_KINDS = ("ivf_flat", "ivf_pq")
@@ -196,11 +199,12 @@ def load_index(folder: str | Path) -> LoadedIndex:
 
 
 def gallery_fingerprint(rows: pd.DataFrame, frames_dir: str | Path | None) -> tuple[str, str]:
-    """(content fingerprint of the indexed videos, what was hashed: "frames" or "videos").
+    """(content fingerprint of the indexed videos, what was hashed: "frames", "videos" or "unknown").
 
     The extract stage's frame shards when every gallery video has one (the same fingerprint pretrain
     records); else, for a gallery embedded straight from video files, the sha256 of those files, so
-    the index still names the exact bytes it was built from.
+    the index still names the exact bytes it was built from; else ("unknown", "unknown"): the index
+    needs only the embeddings, so a gallery whose sources are gone is indexed, with a warning.
     """
     from slic.data.frames import content_fingerprint, content_hashes
 
@@ -211,8 +215,10 @@ def gallery_fingerprint(rows: pd.DataFrame, frames_dir: str | Path | None) -> tu
             return content_fingerprint(hashes), "frames"
     missing = [path for path in rows["path"] if not Path(path).is_file()]
     if missing:
-        raise IndexBuildError(f"{missing[0]}: gallery video not found, and no frame shard for it in {frames_dir}; "
-                              "fix the manifest's path or run `dvc repro extract`")
+        log.warning("%s: gallery video not found and no frame shard for it in %s: the index's gallery "
+                    "fingerprint is unknown (fix the manifest's path or run `dvc repro extract`)",
+                    missing[0], frames_dir)
+        return "unknown", "unknown"
     return content_fingerprint({v: file_sha256(path) for v, path in zip(ids, rows["path"])}), "videos"
 
 

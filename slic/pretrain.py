@@ -68,7 +68,7 @@ def data_fingerprint(*splits: list[VideoShard], frames_dir: str | Path | None = 
                      flow: FlowView | None = None) -> str:
     """Content fingerprint (16 hex chars) of the videos trained and validated on.
 
-    Per video: id, frame count, label, split and the content sha256 of its frame shard (from
+    Per video: id, decoded frame count, label, split and the content sha256 of its frame shard (from
     `frames_dir`'s index.csv, else the shard's header); with the flow view, also its flow shard's
     content hash and the view's p. Part of the resume fingerprint and carried by best.pt, index.json
     and every registered version: new pixels under the same ids (regenerated videos, another
@@ -86,7 +86,7 @@ def data_fingerprint(*splits: list[VideoShard], frames_dir: str | Path | None = 
     for videos in splits:
         for v in videos:
             content = frames.get(v.video_id) or _shard_sha256(v.shard)
-            line = f"{v.video_id}\t{v.frames}\t{v.label}\t{v.split}\t{content}"
+            line = f"{v.video_id}\t{v.decoded_frames}\t{v.label}\t{v.split}\t{content}"
             digest.update((line + (f"\tflow:{flows[v.video_id]}" if flow is not None else "") + "\n").encode())
     if flow is not None:
         digest.update(f"flow view p={flow.p}\n".encode())

@@ -21,8 +21,9 @@ import yaml
 from slic.cli import main
 from tests.test_pretrain import finish
 
-TINY_PRETRAIN = {"backbone": "r3d_18_narrow", "hidden_dim": 32, "out_dim": 16, "clip_len": 8, "size": 16,
-                 "batch_size": 4, "epochs": 2, "cluster_interval": 2, "eval_interval": 1, "workers": 0, "seed": 5}
+TINY_PRETRAIN = {"backbone": "r3d_18_narrow", "hidden_dim": 32, "out_dim": 16, "clip_len": 8, "frame_step": 2,
+                 "size": 16, "batch_size": 4, "epochs": 2, "cluster_interval": 2, "eval_interval": 1, "workers": 0,
+                 "seed": 5}
 
 
 def write_params(workspace: Path, name: str, **sections: dict) -> str:
@@ -84,8 +85,10 @@ def fingerprint_of(workspace: Path, frames: str) -> str:
     from slic.pretrain import data_fingerprint
 
     manifest, frames_dir = workspace / "data/manifests/validated.csv", workspace / frames
-    train = load_videos(manifest, frames_dir, splits=["train"], min_frames=2 * TINY_PRETRAIN["clip_len"])
-    val = load_videos(manifest, frames_dir, splits=["val"], min_frames=TINY_PRETRAIN["clip_len"])
+    step = TINY_PRETRAIN["frame_step"]
+    train = load_videos(manifest, frames_dir, splits=["train"], min_frames=2 * TINY_PRETRAIN["clip_len"],
+                        frame_step=step)
+    val = load_videos(manifest, frames_dir, splits=["val"], min_frames=TINY_PRETRAIN["clip_len"], frame_step=step)
     return data_fingerprint(train, val, frames_dir=frames_dir)
 
 
@@ -282,7 +285,8 @@ def test_promotion_compares_models_validated_on_other_data_on_the_candidates_spl
                                     workspace / "data/frames_b")
     data_a, data_b = fingerprint_of(workspace, "data/frames"), fingerprint_of(workspace, "data/frames_b")
     encoder = PretrainConfig(**{k: v for k, v in TINY_PRETRAIN.items() if k != "epochs"})
-    train_b, val_b = validation_split({"clip_len": encoder.clip_len}, manifest, frames_b)
+    train_b, val_b = validation_split({"clip_len": encoder.clip_len, "frame_step": encoder.frame_step}, manifest,
+                                      frames_b)
 
     def recall_on_b(path: Path) -> float:
         return validation_recall_of(VideoEncoder(path), train_b, val_b)

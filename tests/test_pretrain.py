@@ -228,9 +228,10 @@ def test_embed_and_evaluate_every_video(workspace: Path) -> None:
     from slic.checkpoints import load_encoder
     from slic.data.clips import EvalClips, load_videos
 
-    model, _ = load_encoder(workspace / "data/models/full/best.pt")
+    model, saved = load_encoder(workspace / "data/models/full/best.pt")
     video = next(v for v in load_videos(workspace / "data/manifests/validated.csv", workspace / "data/frames",
-                                        splits=["test"]) if v.video_id.startswith("Rise/"))
+                                        splits=["test"], frame_step=saved["frame_step"])
+                 if v.video_id.startswith("Rise/"))
     clips, _ = EvalClips([video], protocol="iic", clip_len=TINY_PRETRAIN["clip_len"], size=TINY_PRETRAIN["size"],
                          clips=params["embed"]["clips"])[0]
     assert clips.shape[0] == 3 and len({tuple(c.flatten()[:64].tolist()) for c in clips}) == 3  # 3 distinct clips

@@ -43,6 +43,7 @@ class VideoShard:
 
     Clips take every `frame_step`-th decoded frame (a temporal stride); `frames` counts the frames
     at that step, (decoded - 1) // frame_step + 1, so every window start and length is in those units.
+    `decoded` is the shard's own frame count (0: the same as `frames`, for frame_step 1).
     """
 
     video_id: str
@@ -52,6 +53,12 @@ class VideoShard:
     split: str
     class_name: str = ""
     frame_step: int = 1
+    decoded: int = 0
+
+    @property
+    def decoded_frames(self) -> int:
+        """Frames in the shard, whatever the step: what the data is, not how clips sample it."""
+        return self.decoded or self.frames
 
 
 def sampled_frames(decoded: int, frame_step: int) -> int:
@@ -79,9 +86,9 @@ def load_videos(manifest_path: str | Path, frames_dir: str | Path, *, splits: Se
         log.warning("excluded %s: %d decoded frames%s < %d", video_id, frames, at_step, min_frames)
     table = table[table["sampled"] >= min_frames]
     root = Path(frames_dir)
-    return [VideoShard(v, str(root / s), int(n), int(lab), sp, c, frame_step)
-            for v, s, n, lab, sp, c in zip(table["video_id"], table["shard"], table["sampled"], table["label"],
-                                           table["split"], table["class"])]
+    return [VideoShard(v, str(root / s), int(n), int(lab), sp, c, frame_step, int(d))
+            for v, s, n, lab, sp, c, d in zip(table["video_id"], table["shard"], table["sampled"], table["label"],
+                                              table["split"], table["class"], table["frames"])]
 
 
 @dataclass(frozen=True)

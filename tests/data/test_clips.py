@@ -289,7 +289,7 @@ def test_frame_step_takes_every_nth_decoded_frame_in_every_kind_of_clip(tmp_path
     pd.DataFrame({"video_id": ["a", "b"], "split": ["train", "train"], "label": [0, 1],
                   "class": ["A", "B"]}).to_csv(tmp_path / "manifest.csv", index=False)
     videos = load_videos(tmp_path / "manifest.csv", tmp_path, splits=["train"], frame_step=2)
-    assert [(v.frames, v.frame_step) for v in videos] == [(20, 2), (12, 2)]  # frames 0, 2, ..., 38 / ..., 22
+    assert [(v.frames, v.frame_step, v.decoded_frames) for v in videos] == [(20, 2, 40), (12, 2, 23)]
     # min_frames counts frames at the step: b offers 12, so a 6-frame anchor and a positive apart still fit
     assert [v.video_id for v in load_videos(tmp_path / "manifest.csv", tmp_path, splits=["train"],
                                             min_frames=13, frame_step=2)] == ["a"]
