@@ -224,6 +224,18 @@ def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch
     return metrics
 
 
+def _what_changed(was: dict[str, Any], now: dict[str, Any]) -> str:
+    """The settings (by key, first few) and/or data that differ between two checkpoint fingerprints."""
+    parts = []
+    keys = sorted(k for k in (set(was) | set(now)) - {"data"} if was.get(k) != now.get(k))
+    if keys:
+        shown = ", ".join(f"{k} {was.get(k, 'unset')!r} (now {now.get(k, 'unset')!r})" for k in keys[:4])
+        parts.append(f"other settings: {shown}" + (f" and {len(keys) - 4} more" if len(keys) > 4 else ""))
+    if was.get("data") != now.get("data"):
+        parts.append(f"other data (content fingerprint {was.get('data') or 'unknown'}, now {now.get('data')})")
+    return " and ".join(parts) or "another fingerprint format"
+
+
 def _resume(last: Path, cfg: PretrainConfig, data: str, model: torch.nn.Module,
             optimizer: torch.optim.Optimizer, run: Any = None) -> TrainState:
     """Load `last` when it has this run's settings and content fingerprint `data`; else a fresh state.
@@ -233,9 +245,8 @@ def _resume(last: Path, cfg: PretrainConfig, data: str, model: torch.nn.Module,
     """
     payload = torch.load(last, map_location="cpu", weights_only=False) if last.is_file() else None
     if payload is not None and payload.get("fingerprint") != fingerprint(cfg, data):
-        was = (payload.get("fingerprint") or {}).get("data", "")
-        log.warning("%s was trained with other settings or other data (content fingerprint %s, now %s); "
-                    "starting afresh", last, was or "unknown", data)
+        log.warning("%s was trained with %s; starting afresh", last,
+                    _what_changed(payload.get("fingerprint") or {}, fingerprint(cfg, data)))
         payload = None
     if run is not None:
         run.start(resume_run_id=payload.get("mlflow_run_id") if payload else None, digest=data)

@@ -331,3 +331,13 @@ def test_promotion_compares_models_validated_on_other_data_on_the_candidates_spl
     stale, stale_report = make_candidate(tmp_path / "stale", 0.5, 41, data=data_a, cfg=encoder)
     with pytest.raises(PromoteError, match=f"content fingerprint {data_a}, but .* hold {data_b}; re-run `dvc repro"):
         promote(PromoteConfig(checkpoint=str(stale)), stale_report, manifest=manifest, frames_dir=frames_b)
+
+
+def test_a_checkpoint_not_resumed_says_which_settings_or_data_differ() -> None:
+    from slic.config import PretrainConfig
+    from slic.pretrain import _what_changed, fingerprint
+
+    base = PretrainConfig()
+    was, now = fingerprint(base, "aaaa"), fingerprint(PretrainConfig(frame_step=1, lr=0.002), "aaaa")
+    assert _what_changed(was, now) == "other settings: frame_step 2 (now 1), lr 0.001 (now 0.002)"
+    assert _what_changed(was, fingerprint(base, "bbbb")) == "other data (content fingerprint aaaa, now bbbb)"
