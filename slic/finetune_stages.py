@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from slic.config import FinetuneConfig, LinearProbeConfig, to_dict
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # torch is imported when a stage runs, so `slic --help` stays fast
     import torch
@@ -67,6 +70,12 @@ def load_splits(manifest: str | Path, frames_dir: str | Path, *, checkpoint: str
     if not Path(manifest).is_file():
         raise FinetuneError(f"{manifest}: no validated manifest; run the `validate` stage first "
                             "(dvc repro validate)")
+    pretrained_step = _pretrained_frame_step(checkpoint)
+    if pretrained_step != frame_step:
+        log.warning("%s.frame_step is %d but %s was pretrained at frame_step %d: its clips move %s than the "
+                    "encoder learnt; set %s.frame_step: %d unless that is the experiment", section, frame_step,
+                    checkpoint, pretrained_step, "faster" if frame_step > pretrained_step else "slower", section,
+                    pretrained_step)
     splits = {split: load_videos(manifest, frames_dir, splits=[split], min_frames=1, frame_step=frame_step)
               for split in SPLITS}
     for split, videos in splits.items():
@@ -83,6 +92,13 @@ def load_splits(manifest: str | Path, frames_dir: str | Path, *, checkpoint: str
         raise FinetuneError(f"{manifest}: no train videos for class {', '.join(missing[:5])}; every class needs "
                             "train videos (fix the split or drop the class)")
     return splits, classes, [names.get(label, str(label)) for label in range(classes)]
+
+
+def _pretrained_frame_step(checkpoint: str | Path) -> int:
+    """The frame_step the encoder in `checkpoint` was pretrained at (1 for checkpoints from before it)."""
+    import torch
+
+    return int(torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)["config"].get("frame_step", 1))
 
 
 def _data_fingerprint(splits: dict[str, list[VideoShard]], checkpoint: str) -> str:

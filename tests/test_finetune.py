@@ -129,6 +129,22 @@ def _checkpoint(workspace: Path) -> str:
     return str(workspace / "data/models/pretrain/best.pt")
 
 
+def test_a_frame_step_other_than_the_encoders_is_named_in_a_warning(workspace: Path,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    from slic.finetune_stages import load_splits
+
+    manifest, frames = workspace / "data/manifests/validated.csv", workspace / "data/frames"
+    with caplog.at_level("WARNING", logger="slic.finetune_stages"):
+        load_splits(manifest, frames, checkpoint=_checkpoint(workspace), section="finetune", frame_step=2)
+        assert not caplog.records  # the encoder was pretrained at 2 (the default)
+        splits, _, _ = load_splits(manifest, frames, checkpoint=_checkpoint(workspace), section="finetune",
+                                   frame_step=1)
+    [record] = caplog.records
+    assert record.getMessage().startswith("finetune.frame_step is 1 but ") and "pretrained at frame_step 2" in \
+        record.getMessage() and "set finetune.frame_step: 2" in record.getMessage()
+    assert all(v.frame_step == 1 for v in splits["train"])  # a warning, not a refusal: the setting is kept
+
+
 def test_linear_probe_changes_neither_backbone_weights_nor_batchnorm_statistics(workspace: Path) -> None:
     model = build_classifier(init="pretrained", checkpoint=_checkpoint(workspace), classes=3, dropout=0.5, seed=0)
     freeze_backbone(model)
