@@ -4,6 +4,10 @@
   loading), batch = 3 x batch_size clips (anchor, positive, second view, as one training step sees).
 * LOADER: `slic.data.clips.PretrainClips` read through a DataLoader with `workers` processes
   (shard reads, JPEG decoding, the per-clip augmentation, collation), no model.
+* AUGMENTATION: milliseconds per clip of SLIC's augmentation (paper strengths) on one clip of
+  decoded frames, one thread: `slic.data.augment` (draws from the sample's numpy generator, applied
+  with torchvision's functional kernels) against the obvious alternative, torchvision's `v2.Compose`
+  of random transforms, which needs the global torch generator forked and seeded for every clip.
 
 Both are clips/s; training runs at roughly the smaller of the two when the loader has its own cores,
 and below both when they share them (the 2-core CPU case). The model side is measured in both memory
@@ -90,6 +94,54 @@ def loader_clips_per_s(clip_len: int, size: int, batch_size: int, workers: int, 
             "workers": workers}
 
 
+def augmentation_ms_per_clip(clip_len: int, size: int, a: Any, clips: int = 200) -> dict[str, float]:
+    """ms per clip of augmentation `a`: slic's explicit draws vs torchvision's random v2 transforms
+    (seeded per clip, as the loaders had to), one thread."""
+    import numpy as np
+    from torchvision import tv_tensors
+    from torchvision.transforms import v2
+
+    from slic.data.augment import augment_clip
+
+    reference = v2.Compose([
+        v2.RandomResizedCrop(size, scale=(a.crop_min_scale, 1.0), antialias=True), v2.RandomHorizontalFlip(0.5),
+        v2.RandomApply([v2.ColorJitter(a.jitter, a.jitter, a.jitter, a.hue_strength)], p=a.jitter_p),
+        v2.RandomGrayscale(a.grayscale_p), v2.RandomApply([v2.GaussianBlur(15, sigma=2.0)], p=a.blur_p),
+        v2.ToDtype(torch.float32, scale=True), v2.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+    frames = torch.randint(0, 256, (clip_len, 64, 85, 3), dtype=torch.uint8)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in a loader worker
+    rng = np.random.default_rng(0)
+
+    def ours() -> None:
+        augment_clip(rng, frames, a, size)
+
+    def torchvision_seeded() -> None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(rng.integers(0, 2**62)))
+            reference(tv_tensors.Video(frames.permute(0, 3, 1, 2)))
+
+    result = {}
+    for name, run in (("slic_draws", ours), ("torchvision_v2_seeded", torchvision_seeded)):
+        run()
+        started = time.perf_counter()
+        for _ in range(clips):
+            run()
+        result[f"{name}_ms"] = round((time.perf_counter() - started) / clips * 1000, 3)
+    torch.set_num_threads(threads)
+    result["speedup"] = round(result["torchvision_v2_seeded_ms"] / result["slic_draws_ms"], 2)
+    return result
+
+
+def augmentation_settings() -> dict[str, Any]:
+    """The paper's augmentation strengths and the CPU default of params.yaml (crop and flip only)."""
+    from slic.config import load
+    from slic.data.augment import Augmentation
+    from slic.pretrain import augmentation_of
+
+    return {"paper": Augmentation(), "params_yaml": augmentation_of(load(ROOT / "params.yaml").pretrain)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", nargs="*", help="backbone:clip_len:size (default: CPU or GPU set)")
@@ -108,15 +160,19 @@ def main() -> None:
         ncdhw = model_clips_per_s(backbone, clip_len, size, args.batch_size, device, args.steps, channels_last=False)
         loader = loader_clips_per_s(clip_len, size, args.batch_size, args.workers, batches=2 * args.steps)
         limit = "model" if model["clips_per_s"] < loader["clips_per_s"] else "loader"
+        augmentation = {name: augmentation_ms_per_clip(clip_len, size, strengths)
+                        for name, strengths in augmentation_settings().items()}
         rows.append({"backbone": backbone, "clip_len": clip_len, "size": size, "batch_size": args.batch_size,
                      "device": str(device), "model_clips_per_s": model["clips_per_s"],
                      "model_clips_per_s_ncdhw": ncdhw["clips_per_s"],
                      "channels_last_speedup": round(model["clips_per_s"] / ncdhw["clips_per_s"], 2),
                      "loader_clips_per_s": loader["clips_per_s"], "loader_workers": loader["workers"],
-                     "limited_by": limit})
+                     "limited_by": limit, "augmentation": augmentation})
         print(f"{backbone:18s} {clip_len:2d}x{size:3d}: model {model['clips_per_s']:8.1f} clips/s "
               f"(NCDHW {ncdhw['clips_per_s']:.1f}), "
-              f"loader {loader['clips_per_s']:8.1f} clips/s ({loader['workers']} workers) -> {limit}-bound",
+              f"loader {loader['clips_per_s']:8.1f} clips/s ({loader['workers']} workers) -> {limit}-bound; "
+              "augmentation ms/clip (torchvision v2 seeded per clip): " + ", ".join(
+                  f"{k} {v['slic_draws_ms']:.2f} ({v['torchvision_v2_seeded_ms']:.2f})" for k, v in augmentation.items()),
               flush=True)
     machine = {"cpu_cores": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
                "torch_threads": torch.get_num_threads(),

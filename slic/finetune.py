@@ -168,9 +168,10 @@ def train_classifier(cfg: ClassifierConfig, *, init: str, linear_probe: bool, sp
     if state.epoch == 0 and best.is_file():
         best.unlink()  # from another run: never let it pass for this run's best
     resumed_from = state.epoch
-    transform = finetune_augmentation(cfg.size, crop_min_scale=cfg.crop_min_scale, jitter_p=cfg.color_jitter_p,
-                                      jitter=(cfg.color_jitter,) * 3 + (cfg.hue,), flip_p=cfg.flip_p)
-    dataset = LabelledClips(splits["train"], clip_len=cfg.clip_len, transform=transform, seed=cfg.seed)
+    augmentation = finetune_augmentation(crop_min_scale=cfg.crop_min_scale, jitter_p=cfg.color_jitter_p,
+                                         jitter=(cfg.color_jitter,) * 3 + (cfg.hue,), flip_p=cfg.flip_p)
+    dataset = LabelledClips(splits["train"], clip_len=cfg.clip_len, size=cfg.size, augmentation=augmentation,
+                            seed=cfg.seed)
     started = time.perf_counter()
     for epoch in range(state.epoch, cfg.epochs):
         dataset.set_epoch(epoch)

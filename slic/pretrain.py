@@ -30,7 +30,8 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from slic.checkpoints import atomic_torch_save
 from slic.config import PretrainConfig
-from slic.data.clips import Augmentation, EvalClips, FlowView, PretrainClips, VideoShard, load_videos
+from slic.data.augment import Augmentation
+from slic.data.clips import EvalClips, FlowView, PretrainClips, VideoShard, load_videos
 from slic.distributed import World, barrier, broadcast_object, gather_tensor, gather_with_grad
 from slic.embed import embed_clips
 from slic.models import Encoder, to_device

@@ -26,13 +26,12 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from slic.data.augment import IMAGENET_MEAN, IMAGENET_STD, Augmentation, augment_clip
 from slic.data.flow import read_flow_u
 from slic.data.frames import ShardReader, read_index
 
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 KINETICS_MEAN = (0.4345, 0.4051, 0.3775)
 KINETICS_STD = (0.2768, 0.2713, 0.2737)
 
@@ -89,32 +88,6 @@ def load_videos(manifest_path: str | Path, frames_dir: str | Path, *, splits: Se
     return [VideoShard(v, str(root / s), int(n), int(lab), sp, c, frame_step, int(d))
             for v, s, n, lab, sp, c, d in zip(table["video_id"], table["shard"], table["sampled"], table["label"],
                                               table["split"], table["class"], table["frames"])]
-
-
-@dataclass(frozen=True)
-class Augmentation:
-    """Strengths of SLIC's spatial augmentation; the defaults are the paper's (SLIC.md)."""
-
-    crop_min_scale: float = 0.25  # RandomResizedCrop area scale (crop_min_scale, 1)
-    jitter: float = 0.5           # ColorJitter brightness, contrast, saturation (hue: min(jitter, 0.5))
-    jitter_p: float = 0.8
-    grayscale_p: float = 0.2
-    blur_p: float = 0.2           # Gaussian blur, kernel 15, sigma 2
-
-
-def train_augmentation(size: int, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-                       augmentation: Augmentation = Augmentation()) -> v2.Compose:
-    """SLIC's spatial augmentation; on a `tv_tensors.Video` every frame gets the same draw."""
-    a = augmentation
-    return v2.Compose([
-        v2.RandomResizedCrop(size, scale=(a.crop_min_scale, 1.0), ratio=(0.75, 4 / 3), antialias=True),
-        v2.RandomHorizontalFlip(0.5),
-        v2.RandomApply([v2.ColorJitter(a.jitter, a.jitter, a.jitter, min(a.jitter, 0.5))], p=a.jitter_p),
-        v2.RandomGrayscale(a.grayscale_p),
-        v2.RandomApply([v2.GaussianBlur(15, sigma=2.0)], p=a.blur_p),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(list(mean), list(std)),
-    ])
 
 
 def eval_transform(size: int, *, resize: tuple[int, int] | None = None, mean: Sequence[float] = IMAGENET_MEAN,
@@ -201,7 +174,7 @@ class PretrainClips(Dataset):
         self.videos = list(videos)
         self.clip_len, self.p_intra, self.random_anchor, self.seed = clip_len, p_intra, random_anchor, seed
         self.flow, self.anchor_view = flow, anchor_view
-        self.transform = train_augmentation(size, mean, std, augmentation)
+        self.size, self.mean, self.std, self.augmentation = size, tuple(mean), tuple(std), augmentation
         self.epoch = 0
         self.set_labels(np.arange(len(self.videos)))
         self._cache = ShardCache()
@@ -240,7 +213,9 @@ class PretrainClips(Dataset):
         video = self.videos[index]
         anchor_start = anchor_start_of(rng, video.frames, self.clip_len) if self.random_anchor else 0
         positive_video, positive_start = self.positive_of(index, rng, anchor_start)
-        augmentation_seed = int(rng.integers(0, 2**62))
+        # The clips' augmentation draws come from their own generator, in a fixed order (anchor,
+        # positive, view), so they do not depend on the clips' content or on the flow draws.
+        augmentation_rng = np.random.default_rng(int(rng.integers(0, 2**62)))
         # The flow draws come last and only when the flow view is on: RGB-only runs, and the
         # augmentation of every clip, are exactly what they would be without it.
         flow_positive = self.flow is not None and rng.random() < self.flow.p
@@ -251,14 +226,14 @@ class PretrainClips(Dataset):
         else:
             positive_frames = self._cache.window(self.videos[positive_video], positive_start, self.clip_len)
         view_frames = self._flow(index, anchor_start) if flow_view else anchor_frames
-        with torch.random.fork_rng(devices=[]):
-            # One seed, one fixed order of clips: each clip's draws do not depend on its content.
-            torch.manual_seed(augmentation_seed)
-            anchor = as_clip(anchor_frames, self.transform)
-            positive = as_clip(positive_frames, self.transform)
-            # Last in the draw order: without the view (no temporal term) the others draw the same.
-            anchor_view = as_clip(view_frames, self.transform) if self.anchor_view else torch.zeros(0)
+        anchor = self._augment(augmentation_rng, anchor_frames)
+        positive = self._augment(augmentation_rng, positive_frames)
+        # Last in the draw order: without the view (no temporal term) the others draw the same.
+        anchor_view = self._augment(augmentation_rng, view_frames) if self.anchor_view else torch.zeros(0)
         return anchor, positive, anchor_view, int(self.labels[index]), index
+
+    def _augment(self, rng: np.random.Generator, frames: np.ndarray) -> Tensor:
+        return augment_clip(rng, frames, self.augmentation, self.size, self.mean, self.std)
 
     def _flow(self, video: int, start: int) -> np.ndarray:
         flow_dir = self.flow.flow_dir if self.flow is not None else ""

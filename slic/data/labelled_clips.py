@@ -22,23 +22,23 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from slic.data.clips import IMAGENET_MEAN, IMAGENET_STD, ShardCache, VideoShard, as_clip
+from slic.data.augment import IMAGENET_MEAN, IMAGENET_STD, Augmentation, augment_clip
+from slic.data.clips import ShardCache, VideoShard
 
 VIEW_MODES = ("ten", "centre")
 
 
-def finetune_augmentation(size: int, *, crop_min_scale: float = 0.2, jitter: Sequence[float] = (0.4, 0.4, 0.4, 0.1),
-                          jitter_p: float = 0.3, flip_p: float = 0.5, mean: Sequence[float] = IMAGENET_MEAN,
-                          std: Sequence[float] = IMAGENET_STD) -> v2.Compose:
-    """SLIC's finetuning augmentation; drawn once per clip (all its frames alike), anew per sample."""
+def finetune_augmentation(*, crop_min_scale: float = 0.2, jitter: Sequence[float] = (0.4, 0.4, 0.4, 0.1),
+                          jitter_p: float = 0.3, flip_p: float = 0.5) -> Augmentation:
+    """SLIC's finetuning augmentation (no grey, no blur); drawn once per clip (all its frames alike), anew per sample.
+
+    The brightness, contrast and saturation strengths must be equal (one `color_jitter` key sets them).
+    """
     brightness, contrast, saturation, hue = jitter
-    return v2.Compose([
-        v2.RandomResizedCrop(size, scale=(crop_min_scale, 1.0), antialias=True),
-        v2.RandomHorizontalFlip(flip_p),
-        v2.RandomApply([v2.ColorJitter(brightness, contrast, saturation, hue)], p=jitter_p),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(list(mean), list(std)),
-    ])
+    if not brightness == contrast == saturation:
+        raise ValueError(f"jitter {tuple(jitter)}: brightness, contrast and saturation must be equal")
+    return Augmentation(crop_min_scale=crop_min_scale, jitter=brightness, jitter_p=jitter_p, grayscale_p=0.0,
+                        blur_p=0.0, hue=hue, flip_p=flip_p)
 
 
 def padded_window(cache: ShardCache, video: VideoShard, start: int, length: int) -> np.ndarray:
@@ -92,8 +92,10 @@ def ten_views(frames: np.ndarray, *, size: int, resize: int, views: str = "ten",
 class LabelledClips(Dataset):
     """(clip (3, T, S, S), label) with one random window and augmentation per video and epoch."""
 
-    def __init__(self, videos: Sequence[VideoShard], *, clip_len: int, transform: v2.Compose, seed: int = 7) -> None:
-        self.videos, self.clip_len, self.transform, self.seed = list(videos), clip_len, transform, seed
+    def __init__(self, videos: Sequence[VideoShard], *, clip_len: int, size: int, augmentation: Augmentation,
+                 seed: int = 7, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> None:
+        self.videos, self.clip_len, self.size, self.seed = list(videos), clip_len, size, seed
+        self.augmentation, self.mean, self.std = augmentation, tuple(mean), tuple(std)
         self.epoch = 0
         self._cache = ShardCache()
 
@@ -109,10 +111,7 @@ class LabelledClips(Dataset):
         video = self.videos[index]
         start = int(rng.integers(0, max(1, video.frames - self.clip_len + 1)))
         frames = padded_window(self._cache, video, start, self.clip_len)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(rng.integers(0, 2**62)))
-            clip = as_clip(frames, self.transform)
-        return clip, video.label
+        return augment_clip(rng, frames, self.augmentation, self.size, self.mean, self.std), video.label
 
 
 class WindowViews(Dataset):
