@@ -164,9 +164,13 @@ class PretrainConfig:
     cluster_method: str = _spec("finch", choices=("finch", "kmeans"))
     cluster_k: int = _spec(1000, low=2, help="k for k-means")
     cluster_interval: int = _spec(4, low=1, help="re-cluster every this many epochs, from epoch 0")
+    objective: str = _spec("proxy", choices=("triplet", "proxy"),
+                           help="triplet: SLIC's (paper); proxy: cross-entropy against one learnable proxy per "
+                                "pseudo-label, re-initialised at the cluster centroids every round")
+    proxy_temperature: float = _spec(0.1, low=0.001, high=10.0, help="proxy objective only")
     mining: str = _spec("batch_all", choices=("mined", "batch_all"),
-                        help="mined: the paper's one random semi-hard/hard negative per pair; "
-                             "batch_all: every violating triplet of the batch")
+                        help="triplet objective: mined, the paper's one random semi-hard/hard negative per "
+                             "pair; batch_all, every violating triplet of the batch")
     triplet_margin: float = _spec(0.2, low=0.0, high=2.0)
     temporal_margin: float = _spec(0.04, low=0.0, high=2.0)
     temporal_weight: float = _spec(0.0, low=0.0, high=100.0, help="paper 1.0; 0 skips the second anchor view")

@@ -6,8 +6,10 @@ or k-means, on FAISS); the cluster ids are the pseudo-labels until the next roun
 `slic` (cross-video positives from clusters), `intra_video` (positives only from the same video,
 mining labels = video ids; the baseline), `random_init` (no training; the untrained encoder) and
 `oracle` (the true classes as pseudo-labels: the ceiling perfect clustering would give; its own
-clusters are computed for monitoring only). The triplet term is the paper's mining
-(`mining: mined`) or every violating triplet of the batch (`mining: batch_all`).
+clusters are computed for monitoring only). `objective: triplet` is SLIC's: the paper's mining
+(`mining: mined`) or every violating triplet of the batch (`mining: batch_all`); `objective: proxy`
+replaces the triplet by a cross-entropy against one learnable proxy per pseudo-label, set at the
+label centroids whenever the labels change (`slic.proxies`).
 
 Robustness: a checkpoint is written atomically after every epoch; running again resumes from it
 and, because every random draw derives from (seed, epoch, step or sample), reaches the same
@@ -35,6 +37,7 @@ from slic.data.clips import EvalClips, FlowView, PretrainClips, VideoShard, load
 from slic.distributed import World, barrier, broadcast_object, gather_tensor, gather_with_grad
 from slic.embed import embed_clips
 from slic.models import Encoder, to_device
+from slic.proxies import PseudoLabelProxies, contiguous_labels
 
 log = logging.getLogger(__name__)
 # Settings that do not change what is learned: a checkpoint made under other values resumes.
@@ -106,7 +109,8 @@ def fingerprint(cfg: PretrainConfig, data: str = "") -> dict[str, Any]:
 
 
 def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
-                    state: TrainState, cfg: PretrainConfig, data: str = "") -> None:
+                    state: TrainState, cfg: PretrainConfig, data: str = "",
+                    proxies: PseudoLabelProxies | None = None) -> None:
     """torch.save to a temporary name, fsync, rename: a kill never leaves a torn checkpoint.
 
     Also records the MLflow run open in this process (the stage's run), which a resumed stage continues.
@@ -115,7 +119,7 @@ def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
 
     payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict() if optimizer else None,
                "state": asdict(state), "config": asdict(cfg), "fingerprint": fingerprint(cfg, data),
-               "mlflow_run_id": active_run_id()}
+               "mlflow_run_id": active_run_id(), "proxies": proxies.state_dict() if proxies is not None else None}
     atomic_torch_save(payload, path)
 
 
@@ -139,19 +143,23 @@ def _autocast(cfg: PretrainConfig, world: World) -> torch.autocast:
 
 
 def cluster_round(model: torch.nn.Module, train: list[VideoShard], cfg: PretrainConfig,
-                  world: World) -> tuple[np.ndarray, dict[str, float]]:
-    """Embed every training video (centre clip), cluster on rank 0, share the labels with every rank."""
+                  world: World) -> tuple[np.ndarray, dict[str, float], np.ndarray]:
+    """Embed every training video (centre clip), cluster on rank 0, share the labels with every rank.
+
+    Returns the labels (0..K-1), the cluster statistics and the embeddings clustered.
+    """
     from slic.clustering import cluster_agreement, cluster_pseudo_labels, cluster_sizes_summary
 
     embeddings = embed_videos(model, train, protocol="centre", cfg=cfg, world=world)
     if world.is_main:
-        labels = cluster_pseudo_labels(embeddings, method=cfg.cluster_method, k=min(cfg.cluster_k, len(train)),
-                                       seed=cfg.seed)
+        labels = contiguous_labels(cluster_pseudo_labels(embeddings, method=cfg.cluster_method,
+                                                         k=min(cfg.cluster_k, len(train)), seed=cfg.seed))
         stats = {**cluster_sizes_summary(labels), **cluster_agreement(np.array([v.label for v in train]), labels)}
         result = (labels, {k: float(v) for k, v in stats.items()})
     else:
         result = None
-    return broadcast_object(result)
+    labels, stats = broadcast_object(result)
+    return labels, stats, embeddings
 
 
 def validation_recall(model: torch.nn.Module, val: list[VideoShard], train: list[VideoShard],
@@ -184,8 +192,12 @@ def _step_generator(cfg: PretrainConfig, epoch: int, step: int) -> torch.Generat
 
 
 def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
-                    cfg: PretrainConfig, world: World, epoch: int) -> dict[str, float]:
-    """One pass over the training triplets; returns mean loss terms, clips/s and data-wait share."""
+                    cfg: PretrainConfig, world: World, epoch: int,
+                    proxies: PseudoLabelProxies | None = None) -> dict[str, float]:
+    """One pass over the training triplets; returns mean loss terms, clips/s and data-wait share.
+
+    With `proxies` (the proxy objective) the proxies are trained alongside the model.
+    """
     from slic.losses import slic_loss
 
     model.train()
@@ -209,10 +221,16 @@ def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch
             v = gather_with_grad(v) if v is not None else None
         loss, stats = slic_loss(a, p, v, labels, triplet_margin=cfg.triplet_margin,
                                 temporal_margin=cfg.temporal_margin, temporal_weight=cfg.temporal_weight,
-                                generator=_step_generator(cfg, epoch, step), mining=cfg.mining)
+                                generator=_step_generator(cfg, epoch, step), mining=cfg.mining,
+                                proxies=proxies.weight if proxies is not None else None,
+                                proxy_temperature=cfg.proxy_temperature)
         optimizer.zero_grad(set_to_none=True)
+        if proxies is not None:
+            proxies.zero_grad()
         loss.backward()
         optimizer.step()
+        if proxies is not None:
+            proxies.step()
         for key, value in stats.items():
             sums[key] = sums.get(key, 0.0) + float(value)
         steps += 1
@@ -238,7 +256,8 @@ def _what_changed(was: dict[str, Any], now: dict[str, Any]) -> str:
 
 
 def _resume(last: Path, cfg: PretrainConfig, data: str, model: torch.nn.Module,
-            optimizer: torch.optim.Optimizer, run: Any = None) -> TrainState:
+            optimizer: torch.optim.Optimizer, run: Any = None,
+            proxies: PseudoLabelProxies | None = None) -> TrainState:
     """Load `last` when it has this run's settings and content fingerprint `data`; else a fresh state.
 
     `run` (a tracking.StageRun, or None) is started here: a resume continues the MLflow run the
@@ -256,6 +275,8 @@ def _resume(last: Path, cfg: PretrainConfig, data: str, model: torch.nn.Module,
     model.load_state_dict(payload["model"])
     if payload["optimizer"]:
         optimizer.load_state_dict(payload["optimizer"])
+    if proxies is not None:
+        proxies.load_state_dict(payload.get("proxies"))
     state = TrainState(**payload["state"])
     log.info("resuming from %s at epoch %d", last, state.epoch)
     if run is not None:
@@ -285,7 +306,8 @@ def pretrain(cfg: PretrainConfig, *, manifest: str | Path, frames_dir: str | Pat
     model = to_device(build_encoder(cfg), world.device)
     optimizer = build_optimizer(model, cfg)
     data = data_fingerprint(train, val, frames_dir=frames_dir, flow=flow)
-    state = _resume(last, cfg, data, model, optimizer, run)
+    proxies = PseudoLabelProxies(cfg, world.device) if cfg.objective == "proxy" else None
+    state = _resume(last, cfg, data, model, optimizer, run, proxies)
     if state.epoch == 0 and best.is_file():
         best.unlink()  # from a run with other settings: never let it pass for this run's best
     resumed_from = state.epoch
@@ -300,24 +322,30 @@ def pretrain(cfg: PretrainConfig, *, manifest: str | Path, frames_dir: str | Pat
                             p_intra=1.0 if cfg.mode == "intra_video" else cfg.p_intra,
                             random_anchor=cfg.random_anchor, seed=cfg.seed, augmentation=augmentation_of(cfg),
                             flow=flow, anchor_view=cfg.temporal_weight > 0)
-    dataset.set_labels(initial_labels(cfg.mode, train, state))
+    dataset.set_labels(contiguous_labels(initial_labels(cfg.mode, train, state)))
     per_rank = max(2, cfg.batch_size // world.size)
     started = time.perf_counter()
     for epoch in range(state.epoch, epochs):
         metrics: dict[str, float] = {}
+        embeddings = None
         if cfg.mode in ("slic", "oracle") and epoch % cfg.cluster_interval == 0:
-            labels, cluster_stats = cluster_round(model, train, cfg, world)
+            labels, cluster_stats, embeddings = cluster_round(model, train, cfg, world)
             if cfg.mode == "slic":  # oracle: the clusters of its embedding are only monitored
                 dataset.set_labels(labels)
                 state.labels = labels.tolist()
             metrics.update({f"cluster_{k}": v for k, v in cluster_stats.items()})
+        if proxies is not None and (not proxies.ready or (cfg.mode == "slic" and embeddings is not None)):
+            # New pseudo-labels (or none yet): the proxies start at their centroids.
+            if embeddings is None:
+                embeddings = embed_videos(model, train, protocol="centre", cfg=cfg, world=world)
+            proxies.reset(embeddings, dataset.labels)
         dataset.set_epoch(epoch)
         sampler = DistributedSampler(dataset, num_replicas=world.size, rank=world.rank, shuffle=True,
                                      seed=cfg.seed, drop_last=True)
         sampler.set_epoch(epoch)
         loader = DataLoader(dataset, batch_size=per_rank, sampler=sampler, num_workers=cfg.workers,
                             drop_last=True, pin_memory=world.device.type == "cuda")
-        metrics.update(train_one_epoch(trained, loader, optimizer, cfg, world, epoch))
+        metrics.update(train_one_epoch(trained, loader, optimizer, cfg, world, epoch, proxies))
         state.epoch = epoch + 1
         if state.epoch % cfg.eval_interval == 0 or state.epoch == epochs:
             metrics["val_recall_at_1"] = validation_recall(model, val, train, cfg, world)
@@ -326,7 +354,7 @@ def pretrain(cfg: PretrainConfig, *, manifest: str | Path, frames_dir: str | Pat
                 save_checkpoint(best, model, None, state, cfg, data)
         state.history.append({"epoch": float(state.epoch), **metrics})
         if world.is_main:
-            save_checkpoint(last, model, optimizer, state, cfg, data)
+            save_checkpoint(last, model, optimizer, state, cfg, data, proxies)
             if run is not None:
                 run.log_metrics(metrics, step=state.epoch)
             log.info("epoch %d/%d %s", state.epoch, epochs,
@@ -336,7 +364,7 @@ def pretrain(cfg: PretrainConfig, *, manifest: str | Path, frames_dir: str | Pat
         state.best_metric = validation_recall(model, val, train, cfg, world)
         state.best_epoch = state.epoch
         save_checkpoint(best, model, None, state, cfg, data)
-        save_checkpoint(last, model, optimizer, state, cfg, data)
+        save_checkpoint(last, model, optimizer, state, cfg, data, proxies)
     barrier()
     seconds = time.perf_counter() - started
     final = state.history[-1] if state.history else {}
@@ -345,7 +373,7 @@ def pretrain(cfg: PretrainConfig, *, manifest: str | Path, frames_dir: str | Pat
               "best_epoch": state.best_epoch, "best_val_recall_at_1": state.best_metric,
               "seconds": round(seconds, 2), "train_videos": len(train), "val_videos": len(val),
               "world_size": world.size, "device": str(world.device), "flow_view_p": flow.p if flow else 0.0,
-              "mining": cfg.mining, "cluster_rounds": len(rounds),
+              "objective": cfg.objective, "mining": cfg.mining, "cluster_rounds": len(rounds),
               **({"cluster_ami_first": rounds[0], "cluster_ami_last": rounds[-1]} if rounds else {}),
               **{f"final_{k}": v for k, v in final.items() if k != "epoch"}}
     if world.is_main:

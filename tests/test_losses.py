@@ -364,3 +364,37 @@ def test_slic_loss_batch_all_mining_and_no_view():
         slic_loss(a, p, None, labels, temporal_weight=1.0)
     with pytest.raises(ValueError, match="mining"):
         slic_loss(a, p, a, labels, mining="hardest")
+
+
+def test_proxy_loss_is_the_cross_entropy_of_scaled_cosines_and_trains_the_proxies():
+    from slic.losses import proxy_loss_with_stats
+
+    x = torch.tensor([[2.0, 0.0], [0.0, 3.0], [1.0, 1.0]], requires_grad=True)
+    proxies = torch.tensor([[1.0, 0.0], [0.0, 5.0]], requires_grad=True)  # scale does not matter: cosines
+    labels = torch.tensor([0, 1, 1])
+    loss, stats = proxy_loss_with_stats(x, labels, proxies, temperature=0.5)
+    c = 2 ** -0.5
+    cosines = [[1.0, 0.0], [0.0, 1.0], [c, c]]
+    expected = sum(-math.log(math.exp(row[y] / 0.5) / sum(math.exp(v / 0.5) for v in row))
+                   for row, y in zip(cosines, [0, 1, 1])) / 3
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    # The tie of the third row is resolved to proxy 0 by argmax: 2 of 3 nearest proxies are right.
+    assert stats["proxy_accuracy"] == pytest.approx(2 / 3)
+    loss.backward()
+    assert proxies.grad is not None and proxies.grad.abs().sum() > 0 and x.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="0..1"):
+        proxy_loss_with_stats(x.detach(), torch.tensor([0, 1, 2]), proxies.detach())
+    with pytest.raises(ValueError, match=r"\(K, 2\)"):
+        proxy_loss_with_stats(x.detach(), labels, torch.ones(2, 3))
+
+
+def test_slic_loss_with_proxies_replaces_the_triplet_over_anchors_and_positives():
+    from slic.losses import proxy_loss_with_stats
+
+    torch.manual_seed(0)
+    a, p, v = torch.randn(4, 8), torch.randn(4, 8), torch.randn(4, 8)
+    labels, proxies = torch.tensor([0, 1, 2, 1]), torch.randn(3, 8)
+    total, stats = slic_loss(a, p, v, labels, proxies=proxies, proxy_temperature=0.2, temporal_weight=0.5)
+    term, _ = proxy_loss_with_stats(torch.cat([a, p]), torch.cat([labels, labels]), proxies, temperature=0.2)
+    assert "triplet" not in stats and stats["proxy"] == pytest.approx(term.item())
+    assert total.item() == pytest.approx(term.item() + 0.5 * stats["temporal"], rel=1e-6)

@@ -28,7 +28,8 @@ def test_initial_labels_per_mode() -> None:
 
 def test_oracle_trains_on_true_classes_and_monitors_its_clusters(
         workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
-    dataset, report = pretrain_in_process(workspace, monkeypatch, mode="oracle", mining="batch_all",
+    dataset, report = pretrain_in_process(workspace, monkeypatch, mode="oracle", objective="triplet",
+                                          mining="batch_all",
                                           temporal_weight=0.0, epochs=2, cluster_interval=1,
                                           out="data/models/oracle")
     true = np.array([v.label for v in dataset.videos])

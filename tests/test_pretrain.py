@@ -131,7 +131,7 @@ def test_resume_after_sigkill_reaches_the_same_weights(workspace: Path) -> None:
     initial = seeded_initial_parameters()
     moved = [name for name, value in initial.items() if not torch.allclose(straight[name], value, atol=1e-6)]
     assert moved == list(initial)
-    learned = ("loss", "triplet", "temporal", "val_recall_at_1")
+    learned = ("loss", "proxy", "temporal", "val_recall_at_1")  # TINY_PRETRAIN: the default proxy objective
     histories = [[{k: h[k] for k in learned} for h in json.loads((folder / "history.json").read_text())]
                  for folder in (workspace / "data/models/straight", killed.parent)]
     assert histories[0] == histories[1] and len(histories[0]) == 4 and histories[0][0]["loss"] > 0
@@ -139,6 +139,11 @@ def test_resume_after_sigkill_reaches_the_same_weights(workspace: Path) -> None:
                                      for p in (workspace / "data/models/straight/last.pt", killed))
     assert resumed_state["labels"] == straight_state["labels"]
     assert len(set(straight_state["labels"])) < len(straight_state["labels"])  # clusters, not video ids
+    # The proxies (one per cluster of the last round) and their optimizer resume too.
+    straight_proxies, resumed_proxies = (torch.load(p, map_location="cpu", weights_only=False)["proxies"]
+                                         for p in (workspace / "data/models/straight/last.pt", killed))
+    assert straight_proxies["weight"].shape[0] == len(set(straight_state["labels"]))
+    assert torch.equal(straight_proxies["weight"], resumed_proxies["weight"])
 
 
 def test_modes_random_init_and_intra_video(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,65 @@
+"""The proxy objective: proxies start at the label centroids, follow every change of pseudo-labels, and resume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from slic.config import PretrainConfig
+from slic.proxies import PseudoLabelProxies, contiguous_labels, label_centroids
+from tests.test_pretrain import pretrain_in_process, workspace  # noqa: F401 (the module's fixture)
+
+
+def test_contiguous_labels_and_centroids() -> None:
+    assert contiguous_labels(np.array([7, 3, 7, 9])).tolist() == [1, 0, 1, 2]
+    embeddings = np.array([[3.0, 0.0], [0.0, 1.0], [0.0, 2.0], [1.0, 1.0]])
+    centroids = label_centroids(embeddings, np.array([0, 1, 1, 0]))
+    # Label 0: the mean of the unit vectors (1, 0) and (0.707, 0.707), normalised; label 1: (0, 1).
+    expected0 = np.array([1 + 2 ** -0.5, 2 ** -0.5])
+    assert np.allclose(centroids[0], expected0 / np.linalg.norm(expected0), atol=1e-6)
+    assert np.allclose(centroids[1], [0.0, 1.0]) and centroids.dtype == np.float32
+
+
+def test_state_dict_round_trip_keeps_weight_and_optimizer() -> None:
+    cfg = PretrainConfig(optimizer="adamw", lr=0.01)
+    proxies = PseudoLabelProxies(cfg, torch.device("cpu"))
+    assert not proxies.ready and proxies.state_dict() is None
+    proxies.reset(np.random.default_rng(0).normal(size=(6, 4)), np.array([0, 0, 1, 1, 2, 2]))
+    assert proxies.weight is not None and tuple(proxies.weight.shape) == (3, 4)
+    proxies.weight.sum().backward()
+    proxies.step()
+    copy = PseudoLabelProxies(cfg, torch.device("cpu"))
+    copy.load_state_dict(proxies.state_dict())
+    assert copy.weight is not None and torch.equal(copy.weight, proxies.weight)
+    assert copy.optimizer is not None and copy.optimizer.state_dict()["state"][0]["step"] == 1
+
+
+def _proxies_of(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=False)["proxies"]
+
+
+def test_slic_proxies_follow_each_clustering_round(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    dataset, report = pretrain_in_process(workspace, monkeypatch, objective="proxy", epochs=2, cluster_interval=1,
+                                          out="data/models/proxy_slic")
+    assert report["objective"] == "proxy" and report["cluster_rounds"] == 2
+    saved = _proxies_of(workspace / "data/models/proxy_slic/last.pt")
+    # One proxy per cluster of the last round, whose labels are 0..K-1.
+    assert saved["weight"].shape == (len(set(dataset.labels.tolist())), 16)
+    assert sorted(set(dataset.labels.tolist())) == list(range(saved["weight"].shape[0]))
+    history = report["final_proxy"], report["final_proxy_accuracy"]
+    assert history[0] > 0 and 0.0 <= history[1] <= 1.0
+
+
+def test_intra_video_has_a_proxy_per_video_and_oracle_one_per_class(
+        workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    dataset, _ = pretrain_in_process(workspace, monkeypatch, mode="intra_video", objective="proxy", epochs=1,
+                                     out="data/models/proxy_intra")
+    assert _proxies_of(workspace / "data/models/proxy_intra/last.pt")["weight"].shape[0] == len(dataset.videos) == 12
+    dataset, _ = pretrain_in_process(workspace, monkeypatch, mode="oracle", objective="proxy", epochs=2,
+                                     cluster_interval=1, out="data/models/proxy_oracle")
+    weight = _proxies_of(workspace / "data/models/proxy_oracle/last.pt")["weight"]
+    assert weight.shape[0] == len({v.label for v in dataset.videos}) == 3
+    assert dataset.labels.tolist() == [v.label for v in dataset.videos]  # the true classes, 0..2
