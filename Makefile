@@ -14,7 +14,7 @@ export DVC_NO_ANALYTICS := 1
 export GX_ANALYTICS_ENABLED := false
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install chromium run test bench clean pipeline image services-up services-down deploy worker
+.PHONY: install chromium run test bench clean pipeline image services-up services-down deploy worker preset-paper
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ install: $(VENV)/.installed
 
 run: install
 	$(BIN)/dvc repro
+
+# The paper's UCF101 values (presets/paper_ucf101.yaml) written into params.yaml; then set manifest.root.
+preset-paper: install
+	$(BIN)/slic preset paper_ucf101
 
 # Debian's headless Chromium for tests/test_report.py (installed once; CI runs as root on Debian 12).
 CHROMIUM := /usr/bin/chromium

@@ -4,6 +4,11 @@
   loading), batch = 3 x batch_size clips (anchor, positive, second view, as one training step sees).
 * LOADER: `slic.data.clips.PretrainClips` read through a DataLoader with `workers` processes
   (shard reads, JPEG decoding, the per-clip augmentation, collation), no model.
+* LOADER with the frame cache: the same after decoding every video once into memory
+  (`pretrain.frame_cache_mb`), against decoding each clip's JPEGs as it is drawn.
+* TRAINING: clips/s of `slic.pretrain.train_one_epoch` with the real loader (params.yaml's pretrain
+  settings at each clip size, batch 32), with 0 and `workers` loader processes, with and without
+  the frame cache: what a run gets on this machine.
 * AUGMENTATION: milliseconds per clip of SLIC's augmentation (paper strengths) on one clip of
   decoded frames, one thread: `slic.data.augment` (draws from the sample's numpy generator, applied
   with torchvision's functional kernels) against the obvious alternative, torchvision's `v2.Compose`
@@ -25,13 +30,14 @@ import json
 import os
 import platform
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
 
-from slic.data.clips import PretrainClips, load_videos
+from slic.data.clips import PretrainClips, ShardCache, load_videos
 from slic.models import Encoder, to_device
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,11 +78,20 @@ def model_clips_per_s(backbone: str, clip_len: int, size: int, batch_size: int, 
     return {"clips_per_s": round(3 * batch_size * steps / seconds, 1), "steps": steps, "seconds": round(seconds, 2)}
 
 
-def loader_clips_per_s(clip_len: int, size: int, batch_size: int, workers: int, batches: int) -> dict[str, Any]:
-    """Clips/s that the training DataLoader delivers with `workers` processes and no model."""
+def loader_clips_per_s(clip_len: int, size: int, batch_size: int, workers: int, batches: int,
+                       cache_mb: int = 0) -> dict[str, Any]:
+    """Clips/s that the training DataLoader delivers with `workers` processes and no model.
+
+    `cache_mb` > 0: the frames are decoded once into memory first (`pretrain.frame_cache_mb`), as
+    `slic pretrain` does; its one-off cost is reported apart as `preload_seconds`.
+    """
     videos = load_videos(ROOT / "data/manifests/validated.csv", ROOT / "data/frames", splits=["train"],
                          min_frames=2 * clip_len)
-    dataset = PretrainClips(videos, clip_len=clip_len, size=size)
+    cache = ShardCache(cache_mb * 2**20)
+    preload_started = time.perf_counter()
+    cached = cache.preload(videos) if cache_mb else 0
+    preload_seconds = time.perf_counter() - preload_started
+    dataset = PretrainClips(videos, clip_len=clip_len, size=size, cache=cache)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers, drop_last=True,
                         persistent_workers=workers > 0, generator=torch.Generator().manual_seed(0))
     iterator = iter(loader)
@@ -91,7 +106,47 @@ def loader_clips_per_s(clip_len: int, size: int, batch_size: int, workers: int, 
         seen += 1
     seconds = time.perf_counter() - started
     return {"clips_per_s": round(3 * batch_size * seen / seconds, 1), "batches": seen, "seconds": round(seconds, 2),
-            "workers": workers}
+            "workers": workers, "cached_videos": cached, "preload_seconds": round(preload_seconds, 2)}
+
+
+def training_clips_per_s(backbone: str, clip_len: int, size: int, batch_size: int, workers: int, cache_mb: int,
+                         epochs: int = 2) -> dict[str, Any]:
+    """Clips/s of `slic.pretrain.train_one_epoch` itself (loader and model sharing the machine), params.yaml's
+    pretrain settings at this clip size; the mean of `epochs` epochs after a warm-up one."""
+    import numpy as np
+
+    from slic.config import load
+    from slic.distributed import World
+    from slic.pretrain import augmentation_of, build_encoder, build_optimizer, train_one_epoch
+    from slic.proxies import PseudoLabelProxies
+
+    cfg = replace(load(ROOT / "params.yaml").pretrain, backbone=backbone, clip_len=clip_len, size=size, batch_size=batch_size,
+                  workers=workers, frame_cache_mb=cache_mb)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    world = World(0, 1, 0, device)
+    videos = load_videos(ROOT / "data/manifests/validated.csv", ROOT / "data/frames", splits=["train"],
+                         min_frames=2 * clip_len, frame_step=cfg.frame_step)
+    cache = ShardCache(cache_mb * 2**20)
+    cache.preload(videos)
+    dataset = PretrainClips(videos, clip_len=clip_len, size=size, p_intra=cfg.p_intra, random_anchor=cfg.random_anchor,
+                            augmentation=augmentation_of(cfg), anchor_view=cfg.temporal_weight > 0, cache=cache)
+    labels = np.array([v.label for v in videos]) % 10
+    dataset.set_labels(labels)
+    model = to_device(build_encoder(cfg), device)
+    optimizer = build_optimizer(model, cfg)
+    proxies = None
+    if cfg.objective == "proxy":
+        proxies = PseudoLabelProxies(cfg, device)
+        proxies.reset(np.random.default_rng(0).normal(size=(len(videos), cfg.out_dim)), dataset.labels)
+    rows = []
+    for epoch in range(epochs + 1):
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers, drop_last=True,
+                            pin_memory=device.type == "cuda")
+        rows.append(train_one_epoch(model, loader, optimizer, cfg, world, epoch, proxies))
+    rows = rows[1:]
+    return {"clips_per_s": round(sum(r["clips_per_s"] for r in rows) / len(rows), 1),
+            "data_wait_fraction": round(sum(r["data_wait_fraction"] for r in rows) / len(rows), 3),
+            "steps_per_epoch": int(rows[0]["steps"]), "workers": workers, "frame_cache_mb": cache_mb}
 
 
 def augmentation_ms_per_clip(clip_len: int, size: int, a: Any, clips: int = 200) -> dict[str, float]:
@@ -159,7 +214,11 @@ def main() -> None:
         model = model_clips_per_s(backbone, clip_len, size, args.batch_size, device, args.steps)
         ncdhw = model_clips_per_s(backbone, clip_len, size, args.batch_size, device, args.steps, channels_last=False)
         loader = loader_clips_per_s(clip_len, size, args.batch_size, args.workers, batches=2 * args.steps)
+        cached = loader_clips_per_s(clip_len, size, args.batch_size, args.workers, batches=2 * args.steps,
+                                    cache_mb=1024)
         limit = "model" if model["clips_per_s"] < loader["clips_per_s"] else "loader"
+        training = {f"workers{w}_cache{'on' if mb else 'off'}": training_clips_per_s(backbone, clip_len, size, 32, w, mb)
+                    for w in (0, args.workers) for mb in (0, 1024)}
         augmentation = {name: augmentation_ms_per_clip(clip_len, size, strengths)
                         for name, strengths in augmentation_settings().items()}
         rows.append({"backbone": backbone, "clip_len": clip_len, "size": size, "batch_size": args.batch_size,
@@ -167,10 +226,13 @@ def main() -> None:
                      "model_clips_per_s_ncdhw": ncdhw["clips_per_s"],
                      "channels_last_speedup": round(model["clips_per_s"] / ncdhw["clips_per_s"], 2),
                      "loader_clips_per_s": loader["clips_per_s"], "loader_workers": loader["workers"],
-                     "limited_by": limit, "augmentation": augmentation})
+                     "loader_clips_per_s_frame_cache": cached["clips_per_s"],
+                     "frame_cache_preload_seconds": cached["preload_seconds"],
+                     "limited_by": limit, "augmentation": augmentation, "training_step": training})
         print(f"{backbone:18s} {clip_len:2d}x{size:3d}: model {model['clips_per_s']:8.1f} clips/s "
               f"(NCDHW {ncdhw['clips_per_s']:.1f}), "
-              f"loader {loader['clips_per_s']:8.1f} clips/s ({loader['workers']} workers) -> {limit}-bound; "
+              f"loader {loader['clips_per_s']:8.1f} clips/s ({loader['workers']} workers; frame cache "
+              f"{cached['clips_per_s']:.1f}) -> {limit}-bound; "
               "augmentation ms/clip (torchvision v2 seeded per clip): " + ", ".join(
                   f"{k} {v['slic_draws_ms']:.2f} ({v['torchvision_v2_seeded_ms']:.2f})" for k, v in augmentation.items()),
               flush=True)

@@ -470,6 +470,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="embed video files with models:/slic-encoder@champion (slic embed-video --help)")
     sub.add_parser("search", add_help=False,
                    help="find the indexed videos most similar to a video or folder (slic search --help)")
+    sub.add_parser("preset", add_help=False,
+                   help="write a preset's values into params.yaml, e.g. paper_ucf101 (slic preset --help)")
     args, rest = parser.parse_known_args(argv)
     if args.stage == "search":
         from slic.search import run_search
@@ -479,6 +481,10 @@ def main(argv: list[str] | None = None) -> int:
         return run_pipeline(rest)
     if args.stage == "embed-video":
         return run_embed_video(rest)
+    if args.stage == "preset":
+        from slic.presets import run_preset
+
+        return run_preset(rest, args.params)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
 

@@ -177,6 +177,7 @@ class PretrainConfig:
     gather_embeddings: bool = _spec(True, help="mine triplets over the batch of all ranks")
     eval_interval: int = _spec(4, low=1, help="validation retrieval every this many epochs (best checkpoint)")
     workers: int = _spec(2, low=0, high=256)
+    frame_cache_mb: int = _spec(1024, low=0, help="decoded training frames kept in memory (MiB); 0: decode every clip")
     device: str = _spec("auto", choices=("auto", "cpu", "cuda"))
     bf16: bool = _spec(True, help="bf16 autocast on CUDA (ignored on CPU)")
     compile: bool = _spec(False, help="torch.compile the model on CUDA")

@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from slic.checkpoints import atomic_torch_save
 from slic.config import PretrainConfig
 from slic.data.augment import Augmentation
-from slic.data.clips import EvalClips, FlowView, PretrainClips, VideoShard, load_videos
+from slic.data.clips import EvalClips, FlowView, PretrainClips, ShardCache, VideoShard, load_videos
 from slic.distributed import World, barrier, broadcast_object, gather_tensor, gather_with_grad
 from slic.embed import embed_clips
 from slic.models import Encoder, to_device
@@ -41,7 +41,7 @@ from slic.proxies import PseudoLabelProxies, contiguous_labels
 
 log = logging.getLogger(__name__)
 # Settings that do not change what is learned: a checkpoint made under other values resumes.
-RESUMABLE_ACROSS = ("epochs", "workers", "eval_interval", "device", "compile", "out")
+RESUMABLE_ACROSS = ("epochs", "workers", "frame_cache_mb", "eval_interval", "device", "compile", "out")
 
 
 @dataclass
@@ -131,9 +131,9 @@ def build_optimizer(model: torch.nn.Module, cfg: PretrainConfig) -> torch.optim.
 
 
 def embed_videos(model: torch.nn.Module, videos: list[VideoShard], *, protocol: str, cfg: PretrainConfig,
-                 world: World, batch_size: int = 32) -> np.ndarray:
+                 world: World, batch_size: int = 32, cache: ShardCache | None = None) -> np.ndarray:
     """Embeddings (n, out_dim) of `videos` in their order with one `protocol` clip set per video."""
-    dataset = EvalClips(videos, protocol=protocol, clip_len=cfg.clip_len, size=cfg.size)
+    dataset = EvalClips(videos, protocol=protocol, clip_len=cfg.clip_len, size=cfg.size, cache=cache)
     return embed_clips(model, dataset, world=world, batch_size=batch_size, workers=cfg.workers, bf16=cfg.bf16)
 
 
@@ -143,14 +143,14 @@ def _autocast(cfg: PretrainConfig, world: World) -> torch.autocast:
 
 
 def cluster_round(model: torch.nn.Module, train: list[VideoShard], cfg: PretrainConfig,
-                  world: World) -> tuple[np.ndarray, dict[str, float], np.ndarray]:
+                  world: World, cache: ShardCache | None = None) -> tuple[np.ndarray, dict[str, float], np.ndarray]:
     """Embed every training video (centre clip), cluster on rank 0, share the labels with every rank.
 
     Returns the labels (0..K-1), the cluster statistics and the embeddings clustered.
     """
     from slic.clustering import cluster_agreement, cluster_pseudo_labels, cluster_sizes_summary
 
-    embeddings = embed_videos(model, train, protocol="centre", cfg=cfg, world=world)
+    embeddings = embed_videos(model, train, protocol="centre", cfg=cfg, world=world, cache=cache)
     if world.is_main:
         labels = contiguous_labels(cluster_pseudo_labels(embeddings, method=cfg.cluster_method,
                                                          k=min(cfg.cluster_k, len(train)), seed=cfg.seed))
@@ -163,12 +163,12 @@ def cluster_round(model: torch.nn.Module, train: list[VideoShard], cfg: Pretrain
 
 
 def validation_recall(model: torch.nn.Module, val: list[VideoShard], train: list[VideoShard],
-                      cfg: PretrainConfig, world: World) -> float:
+                      cfg: PretrainConfig, world: World, cache: ShardCache | None = None) -> float:
     """Recall@1 of validation queries against the training gallery (centre clips)."""
     from slic.retrieval import recall_at_k
 
-    queries = embed_videos(model, val, protocol="centre", cfg=cfg, world=world)
-    gallery = embed_videos(model, train, protocol="centre", cfg=cfg, world=world)
+    queries = embed_videos(model, val, protocol="centre", cfg=cfg, world=world, cache=cache)
+    gallery = embed_videos(model, train, protocol="centre", cfg=cfg, world=world, cache=cache)
     return recall_at_k(queries, np.array([v.label for v in val]), gallery, np.array([v.label for v in train]),
                        ks=(1,))["recall@1"]
 
@@ -318,10 +318,15 @@ def pretrain(cfg: PretrainConfig, *, manifest: str | Path, frames_dir: str | Pat
             model, device_ids=[world.device.index] if world.device.type == "cuda" else None)
     if cfg.compile and world.device.type == "cuda":
         trained = torch.compile(trained)
+    cache = ShardCache(cfg.frame_cache_mb * 2**20)
+    if epochs > state.epoch and cfg.frame_cache_mb:
+        cached = cache.preload(train + val)  # decoded once here; the loader's forked workers share them
+        log.info("frame cache: %d of %d train and val videos decoded in memory (%.0f MiB of frame_cache_mb %d)",
+                 cached, len(train) + len(val), cache.cached_bytes / 2**20, cfg.frame_cache_mb)
     dataset = PretrainClips(train, clip_len=cfg.clip_len, size=cfg.size,
                             p_intra=1.0 if cfg.mode == "intra_video" else cfg.p_intra,
                             random_anchor=cfg.random_anchor, seed=cfg.seed, augmentation=augmentation_of(cfg),
-                            flow=flow, anchor_view=cfg.temporal_weight > 0)
+                            flow=flow, anchor_view=cfg.temporal_weight > 0, cache=cache)
     dataset.set_labels(contiguous_labels(initial_labels(cfg.mode, train, state)))
     per_rank = max(2, cfg.batch_size // world.size)
     started = time.perf_counter()
@@ -329,7 +334,7 @@ def pretrain(cfg: PretrainConfig, *, manifest: str | Path, frames_dir: str | Pat
         metrics: dict[str, float] = {}
         embeddings = None
         if cfg.mode in ("slic", "oracle") and epoch % cfg.cluster_interval == 0:
-            labels, cluster_stats, embeddings = cluster_round(model, train, cfg, world)
+            labels, cluster_stats, embeddings = cluster_round(model, train, cfg, world, cache)
             if cfg.mode == "slic":  # oracle: the clusters of its embedding are only monitored
                 dataset.set_labels(labels)
                 state.labels = labels.tolist()
@@ -337,7 +342,7 @@ def pretrain(cfg: PretrainConfig, *, manifest: str | Path, frames_dir: str | Pat
         if proxies is not None and (not proxies.ready or (cfg.mode == "slic" and embeddings is not None)):
             # New pseudo-labels (or none yet): the proxies start at their centroids.
             if embeddings is None:
-                embeddings = embed_videos(model, train, protocol="centre", cfg=cfg, world=world)
+                embeddings = embed_videos(model, train, protocol="centre", cfg=cfg, world=world, cache=cache)
             proxies.reset(embeddings, dataset.labels)
         dataset.set_epoch(epoch)
         sampler = DistributedSampler(dataset, num_replicas=world.size, rank=world.rank, shuffle=True,
@@ -348,7 +353,7 @@ def pretrain(cfg: PretrainConfig, *, manifest: str | Path, frames_dir: str | Pat
         metrics.update(train_one_epoch(trained, loader, optimizer, cfg, world, epoch, proxies))
         state.epoch = epoch + 1
         if state.epoch % cfg.eval_interval == 0 or state.epoch == epochs:
-            metrics["val_recall_at_1"] = validation_recall(model, val, train, cfg, world)
+            metrics["val_recall_at_1"] = validation_recall(model, val, train, cfg, world, cache)
             if metrics["val_recall_at_1"] > state.best_metric and world.is_main:
                 state.best_metric, state.best_epoch = metrics["val_recall_at_1"], state.epoch
                 save_checkpoint(best, model, None, state, cfg, data)

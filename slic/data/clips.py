@@ -108,17 +108,53 @@ def as_clip(frames: np.ndarray, transform: v2.Compose) -> Tensor:
 
 
 class ShardCache:
-    """Per-process cache of opened shard headers (cheap, but read once per video); `window` reads frames."""
+    """Per-process access to frame shards: opened headers, and optionally the decoded frames themselves.
 
-    def __init__(self) -> None:
+    With `max_bytes` > 0, `preload` decodes whole videos (every frame at their frame_step) into memory
+    until that budget is spent; `window` then slices them instead of decoding JPEGs again (about
+    0.65 ms per 8-frame window of 64 x 85 frames on one core: more than the augmentation). Preload in
+    the main process before a DataLoader forks its workers and they share the frames (copy-on-write);
+    videos beyond the budget are read from their shards as without a cache.
+    """
+
+    def __init__(self, max_bytes: int = 0) -> None:
         self._readers: dict[str, ShardReader] = {}
+        self._decoded: dict[tuple[str, int], np.ndarray] = {}
+        self.max_bytes, self.cached_bytes = max_bytes, 0
+
+    def _reader(self, shard: str) -> ShardReader:
+        reader = self._readers.get(shard)
+        if reader is None:
+            reader = self._readers[shard] = ShardReader.open(shard)
+        return reader
+
+    def preload(self, videos: Sequence[VideoShard]) -> int:
+        """Decode `videos` in order into memory while the budget lasts; returns how many are cached."""
+        cached = 0
+        for video in videos:
+            key = (video.shard, video.frame_step)
+            if key in self._decoded:
+                cached += 1
+                continue
+            if self.cached_bytes >= self.max_bytes:
+                break
+            frames = self._reader(video.shard).read_window(0, video.frames, video.frame_step)
+            if self.cached_bytes + frames.nbytes > self.max_bytes:
+                break
+            self._decoded[key] = frames
+            self.cached_bytes += frames.nbytes
+            cached += 1
+        return cached
 
     def window(self, video: VideoShard, start: int, length: int) -> np.ndarray:
         """`length` frames of `video` from `start`, both counted at the video's frame_step."""
-        reader = self._readers.get(video.shard)
-        if reader is None:
-            reader = self._readers[video.shard] = ShardReader.open(video.shard)
-        return reader.read_window(start * video.frame_step, length, video.frame_step)
+        decoded = self._decoded.get((video.shard, video.frame_step))
+        if decoded is not None:
+            if start < 0 or start + length > len(decoded):
+                raise IndexError(f"{video.shard}: frames [{start}, {start + length}) at step {video.frame_step} "
+                                 f"outside 0..{len(decoded)}")
+            return decoded[start:start + length]
+        return self._reader(video.shard).read_window(start * video.frame_step, length, video.frame_step)
 
 
 def non_overlapping_start(rng: np.random.Generator, frames: int, anchor_start: int, length: int) -> int:
@@ -166,7 +202,7 @@ class PretrainClips(Dataset):
     def __init__(self, videos: Sequence[VideoShard], *, clip_len: int = 16, size: int = 128, p_intra: float = 0.2,
                  random_anchor: bool = False, seed: int = 7, mean: Sequence[float] = IMAGENET_MEAN,
                  std: Sequence[float] = IMAGENET_STD, augmentation: Augmentation = Augmentation(),
-                 flow: FlowView | None = None, anchor_view: bool = True) -> None:
+                 flow: FlowView | None = None, anchor_view: bool = True, cache: ShardCache | None = None) -> None:
         too_short = [v.video_id for v in videos if v.frames < 2 * clip_len]
         if too_short:
             raise ValueError(f"videos shorter than {2 * clip_len} frames cannot give a non-overlapping positive: "
@@ -177,7 +213,7 @@ class PretrainClips(Dataset):
         self.size, self.mean, self.std, self.augmentation = size, tuple(mean), tuple(std), augmentation
         self.epoch = 0
         self.set_labels(np.arange(len(self.videos)))
-        self._cache = ShardCache()
+        self._cache = cache if cache is not None else ShardCache()
 
     def set_labels(self, labels: np.ndarray) -> None:
         """Pseudo-labels per video (cluster ids, or video ids for the intra-video baseline)."""
@@ -262,13 +298,14 @@ class EvalClips(Dataset):
     """
 
     def __init__(self, videos: Sequence[VideoShard], *, protocol: str = "centre", clip_len: int = 16,
-                 size: int = 128, clips: int = 10, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> None:
+                 size: int = 128, clips: int = 10, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                 cache: ShardCache | None = None) -> None:
         if protocol not in ("centre", "iic"):
             raise ValueError(f"unknown evaluation protocol {protocol!r}; use 'centre' or 'iic'")
         self.videos, self.protocol, self.clip_len, self.clips = list(videos), protocol, clip_len, clips
         resize = (size, round(size * 171 / 128)) if protocol == "iic" else None
         self.transform = eval_transform(size, resize=resize, mean=mean, std=std)
-        self._cache = ShardCache()
+        self._cache = cache if cache is not None else ShardCache()
 
     def __len__(self) -> int:
         return len(self.videos)

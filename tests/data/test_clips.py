@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -326,3 +327,22 @@ def test_batches_are_identical_with_zero_or_two_loader_workers(shards: list[Vide
         assert len(serial) == len(parallel) == 3
         assert all(torch.equal(a, b) for one, two in zip(serial, parallel) for a, b in zip(one, two))
     assert not torch.equal(batches(0, 0)[0][0], batches(0, 1)[0][0])  # the epoch changes the draws
+
+
+def test_shard_cache_serves_the_same_windows_from_memory_within_its_budget(tmp_path: Path) -> None:
+    from slic.data.clips import ShardCache
+
+    videos = [replace(v, frame_step=2, decoded=v.frames, frames=(v.frames - 1) // 2 + 1)
+              for v in counter_shards(tmp_path, [20, 15, 30])]
+    plain = ShardCache()
+    one_video = videos[0].frames * 24 * 32 * 3
+    cache = ShardCache(max_bytes=one_video + videos[1].frames * 24 * 32 * 3)
+    assert cache.preload(videos) == 2 and cache.cached_bytes <= cache.max_bytes  # the third is over budget
+    for video in videos:
+        for start, length in ((0, 3), (2, 5), (video.frames - 4, 4)):
+            assert np.array_equal(cache.window(video, start, length), plain.window(video, start, length))
+    with pytest.raises(IndexError, match="outside"):
+        cache.window(videos[0], videos[0].frames - 2, 4)
+    data = PretrainClips(videos[:2], clip_len=4, size=16, augmentation=PLAIN, cache=cache)
+    reference = PretrainClips(videos[:2], clip_len=4, size=16, augmentation=PLAIN)
+    assert all(torch.equal(x, y) for x, y in zip(data[1][:3], reference[1][:3]))
