@@ -14,7 +14,7 @@ export DVC_NO_ANALYTICS := 1
 export GX_ANALYTICS_ENABLED := false
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install chromium run test bench clean pipeline image services-up services-down deploy worker preset-paper
+.PHONY: install chromium run test bench bench-gpu gpu-wheelhouse clean pipeline image services-up services-down deploy worker preset-paper
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,16 @@ bench: install
 	$(BIN)/python bench/pretrain.py
 	$(BIN)/python bench/search.py
 	$(BIN)/python bench/ablation.py --work data/bench/ablation
+
+# GPU bench (bench/gpu.py -> reports/bench/gpu.json): the full run on CUDA, a quick CPU version without it.
+# On the lent GPU machine run `bash bench/gpu_run.sh` instead (carry .gpu-wheelhouse/, made by gpu-wheelhouse).
+bench-gpu: install
+	$(BIN)/python bench/gpu.py
+
+# The wheels bench/gpu.py needs beyond torch/torchvision (CPython 3.12 manylinux) and its TV-L1 reference data,
+# into the ignored .gpu-wheelhouse/; fails when it and the working tree exceed 60 MiB.
+gpu-wheelhouse: install
+	$(BIN)/python bench/gpu_wheelhouse.py build
 
 clean:
 	rm -rf data/raw data/manifests data/frames data/flow data/validation data/models data/embeddings data/index

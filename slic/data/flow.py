@@ -149,12 +149,14 @@ def flow_chunk(rows: list[dict[str, Any]], out_dir: str, method: str, device: st
     `batch_pairs`. Returns one result per row: status computed|reused|failed, frames, bytes, sha256 (the
     content hash written into the shard's header), error.
     """
-    import cv2
     import torch
 
     if threads > 0:
         torch.set_num_threads(threads)
-        cv2.setNumThreads(threads)
+        if method == "opencv":  # OpenCV only for its own method: a CUDA machine may have no cv2 at all
+            import cv2
+
+            cv2.setNumThreads(threads)
     settings = _settings(method, bound, quality, params)
     results: dict[str, dict[str, Any]] = {}
     todo: list[tuple[dict[str, Any], np.ndarray, dict[str, Any]]] = []

@@ -1,0 +1,200 @@
+"""bench/gpu.py runs (its quick CPU version) with only what .gpu-wheelhouse/ carries, and the wheelhouse recipe holds.
+
+The quick run is the GPU machine rehearsed here: an interpreter started with ``-S`` whose only third-party
+packages are links to torch, torchvision, their dependencies and bench/gpu_wheelhouse.py's PACKAGES, so a
+new import of scipy, scikit-learn, OpenCV, PyAV or MLflow on the bench's path fails this test instead of
+the one GPU visit.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+
+from tests.test_code_health import machine_paths
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def bench_module(name: str) -> ModuleType:
+    """bench/<name>.py as a module (bench/ is not a package)."""
+    key = f"bench_{name}"
+    if key not in sys.modules:
+        spec = importlib.util.spec_from_file_location(key, ROOT / "bench" / f"{name}.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[key] = module
+        spec.loader.exec_module(module)
+    return sys.modules[key]
+
+
+@pytest.fixture(scope="module")
+def quick_report(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The quick run's report, run with nothing importable beyond the carried packages and a tiny TV-L1 reference."""
+    pytest.importorskip("cv2")  # the reference flow is made here with OpenCV, as `make gpu-wheelhouse` does
+    wheelhouse = bench_module("gpu_wheelhouse")
+    tmp = tmp_path_factory.mktemp("bench_gpu")
+    dists = wheelhouse.distribution_closure(["torch", "torchvision"] + [p.dist for p in wheelhouse.PACKAGES])
+    site = wheelhouse.shadow_site(dists, tmp / "site")
+    rng = np.random.default_rng(0)
+    texture = rng.integers(0, 256, (10, 12)).repeat(4, 0).repeat(4, 1).astype(np.float64)
+    frames = np.stack([np.roll(texture, (t, 2 * t), axis=(0, 1)) for t in range(4)]).clip(0, 255).astype(np.uint8)
+    wheelhouse.write_flow_reference(tmp / "reference", [frames[:-1]], [frames[1:]], source={"source": "test texture"})
+    out = tmp / "gpu.json"
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    env.update(PYTHONPATH=os.pathsep.join([str(site), str(ROOT)]), PYTHONNOUSERSITE="1")
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-S", str(ROOT / "bench" / "gpu.py"), "--quick", "--out", str(out),
+                           "--reference", str(tmp / "reference"), "--budget", "150", "--work", str(tmp / "work")],
+                          cwd=tmp, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    report["_wall_s"] = time.perf_counter() - started
+    report["_file"] = str(out)
+    return report
+
+
+def test_quick_run_completes_every_section_with_only_the_carried_packages(quick_report: dict) -> None:
+    report = quick_report
+    assert report["device"] == "cpu" and report["mode"] == "quick"
+    assert report["environment"]["importable"] == {"numpy": True, "pandas": True, "yaml": True, "tqdm": True,
+                                                   "faiss": True, "scipy": False, "sklearn": False, "cv2": False,
+                                                   "av": False, "mlflow": False}
+    statuses = report["status"]
+    assert statuses.pop("pretrain_throughput_compiled") == "skipped"  # compile: CUDA only
+    assert statuses == dict.fromkeys(["setup", "pretrain_throughput", "stage_smoke", "gpu_data_path", "tvl1",
+                                      "clustering", "search"], "ok"), {k: report[k].get("error") for k in statuses}
+    assert report["total_s"] < 60, "the CPU reduced run must stay under a minute"
+
+
+def test_quick_run_measures_what_the_gpu_run_reports(quick_report: dict) -> None:
+    report = quick_report
+    rows = report["pretrain_throughput"]["rows"]
+    assert rows and all(r["model"]["clips_per_s"] > 0 and r["end_to_end"]["clips_per_s"] > 0 for r in rows)
+    assert 0 <= rows[0]["end_to_end"]["data_wait_fraction"] <= 1
+    assert report["pretrain_throughput"]["flops_per_clip"]["forward_backward"] > 0
+    smoke = report["stage_smoke"]
+    assert set(smoke["stages"]) == {"flow", "pretrain", "embed", "evaluate", "linear_probe", "finetune"}
+    assert smoke["effective"]["pretrain"]["objective"] == "triplet"  # the paper preset, scaled
+    assert smoke["stages"]["pretrain"]["flow_view_p"] == 0.25 and smoke["stages"]["pretrain"]["epochs"] == 2
+    assert any("scipy" in s for s in smoke["substitutes"]) and any("scikit-learn" in s for s in smoke["substitutes"])
+    same = report["gpu_data_path"]["same_draws_difference"]
+    assert same["decoded_identical"] and same["normalised_max_abs"] == 0.0
+    agreement = report["clustering"]["cpu_agreement"]
+    assert agreement["finch_identical"] and agreement["finch_ari"] == 1.0
+    assert agreement["kmeans_ari_same_init_cpu"] == 1.0
+    assert all(s["flat_device"]["recall_at_10_vs_faiss_cpu"] == 1.0 for s in report["search"]["sizes"])
+    flow = report["tvl1"]
+    assert flow["inputs"]["source"] == "test texture" and flow["inputs"]["reference"]
+    first = flow["rows"][0]
+    assert first["setting"] == "opencv_defaults" and first["epe_vs_opencv"]["mean"] < 0.1
+    assert first["epe_vs_torch_cpu"]["mean"] == 0.0
+
+
+def test_report_names_no_machine_paths(quick_report: dict) -> None:
+    assert machine_paths(Path(quick_report["_file"])) == []
+
+
+def test_imports_of_the_bench_closure_are_carried_or_explained() -> None:
+    wheelhouse = bench_module("gpu_wheelhouse")
+    found = wheelhouse.third_party_imports(ROOT / "bench" / "gpu.py")
+    carried = {p.module for p in wheelhouse.PACKAGES}
+    unexplained = {name: sorted(where) for name, where in found.items()
+                   if name not in carried and name not in wheelhouse.WITH_TORCH and name not in wheelhouse.NOT_CARRIED}
+    assert not unexplained, f"imported on bench/gpu.py's path but neither carried nor in NOT_CARRIED: {unexplained}"
+    assert {"numpy", "pandas", "yaml", "tqdm", "faiss"} <= set(found)  # each carried module is used
+    assert not set(wheelhouse.NOT_CARRIED) & carried
+
+
+def test_wheelhouse_recipe() -> None:
+    wheelhouse = bench_module("gpu_wheelhouse")
+    reqs = wheelhouse.requirements()
+    assert [r.split("==")[0] for r in reqs] == [p.dist for p in wheelhouse.PACKAGES]
+    assert all("==" in r for r in reqs)  # pinned to what the tests here ran with
+    command = wheelhouse.download_command(Path("/x"), reqs)
+    assert command[1:4] == ["-m", "pip", "download"]
+    for flag in ("--only-binary=:all:", "--no-deps"):
+        assert flag in command
+    assert command[command.index("--python-version") + 1] == "3.12"
+    assert command[command.index("--implementation") + 1] == "cp"
+    assert "manylinux2014_x86_64" in command and command[-len(reqs):] == reqs
+    carried = {str(p.relative_to(ROOT)) for p in wheelhouse.carried_files(ROOT)}
+    assert "bench/gpu.py" in carried and "slic/pretrain.py" in carried
+    assert not any(p.startswith((".venv/", ".gpu-wheelhouse/", "data/")) for p in carried)
+
+
+def test_size_check(tmp_path: Path) -> None:
+    wheelhouse = bench_module("gpu_wheelhouse")
+    small, big = tmp_path / "small.whl", tmp_path / "big.whl"
+    small.write_bytes(b"x" * 1000)
+    big.write_bytes(b"x" * 300_000)
+    report = wheelhouse.check_size({"working_tree": [small], "wheelhouse": [big]}, limit_mib=1)
+    assert report["total_bytes"] == 301_000 and report["bytes"] == {"working_tree": 1000, "wheelhouse": 300_000}
+    with pytest.raises(wheelhouse.WheelhouseTooLarge, match=r"0\.3 MiB .* exceeds 0\.25 MiB; largest: big\.whl"):
+        wheelhouse.check_size({"working_tree": [small], "wheelhouse": [big]}, limit_mib=0.25)
+    parts = wheelhouse.size_parts(tmp_path / "absent")
+    assert parts["wheelhouse"] == [] and parts["working_tree"]
+
+
+def test_install_unpacks_only_missing_modules(tmp_path: Path) -> None:
+    wheelhouse = bench_module("gpu_wheelhouse")
+    source = tmp_path / "wheels"
+    source.mkdir()
+    for name, module in (("zzslicfake-1.0-py3-none-any.whl", "zzslicfake"), ("numpy-9.9-py3-none-any.whl", "numpy")):
+        with zipfile.ZipFile(source / name, "w") as archive:
+            archive.writestr(f"{module}/__init__.py", "VALUE = 42\n")
+    assert wheelhouse.install(source, tmp_path / "site") == ["zzslicfake-1.0-py3-none-any.whl"]
+    assert (tmp_path / "site" / "zzslicfake" / "__init__.py").is_file()
+    assert not (tmp_path / "site" / "numpy").exists()  # importable here: the machine's own is used
+
+
+def test_peak_table_and_sanitise() -> None:
+    gpu = bench_module("gpu")
+    assert gpu.peak_bf16_tflops("NVIDIA H200") == 989.0
+    assert gpu.peak_bf16_tflops("NVIDIA GH200 480GB") == 989.0
+    assert gpu.peak_bf16_tflops("NVIDIA H100 PCIe") == 756.0
+    assert gpu.peak_bf16_tflops("NVIDIA A100-SXM4-80GB") == 312.0
+    assert gpu.peak_bf16_tflops("Some GPU") is None and gpu.peak_bf16_tflops(None) is None
+    clean = gpu.sanitise({"/tmp/w/x": ["/tmp/w/smoke/a.pt", f"{ROOT}/bench/gpu.py", "File \"/usr/lib/x.py\", line 3",
+                                       "/usr/lib/python3/dist-packages/torch/nn/conv.py", "clips/s", "https://a/b",
+                                       float("nan")]}, {"/tmp/w": "<work>", str(ROOT): "."})
+    assert clean == {"<work>/x": ["<work>/smoke/a.pt", "./bench/gpu.py", "File \"<path:x.py>\", line 3",
+                                  "<site>/torch/nn/conv.py", "clips/s", "https://a/b", None]}
+
+
+def test_budget_cuts_a_section_short_and_skips_the_rest(tmp_path: Path) -> None:
+    gpu = bench_module("gpu")
+    bench = gpu.Bench(tmp_path / "gpu.json", 1.0, gpu.QUICK, gpu.torch.device("cpu"), tmp_path, None)
+
+    def slow(_: object, out: dict) -> None:
+        out["started"] = True
+        time.sleep(10)
+
+    started = time.perf_counter()
+    bench.section("slow", slow, needs_s=0)
+    bench.section("next", lambda _, out: out.update(ran=True), needs_s=5)
+    assert time.perf_counter() - started < 5
+    report = json.loads((tmp_path / "gpu.json").read_text())
+    assert report["slow"]["status"] == "error" and "time budget" in report["slow"]["error"]
+    assert report["slow"]["started"]
+    assert report["next"]["status"] == "skipped" and "ran" not in report["next"]
+
+    def broken(_: object, out: dict) -> None:
+        raise RuntimeError("boom")
+
+    bench.budget = 100.0
+    bench.section("broken", broken)
+    bench.section("after", lambda _, out: out.update(ran=True))
+    report = json.loads((tmp_path / "gpu.json").read_text())
+    assert report["broken"]["status"] == "error" and report["broken"]["error"] == "RuntimeError: boom"
+    assert report["after"] == {"status": "ok", "ran": True, "seconds": report["after"]["seconds"]}
