@@ -155,6 +155,14 @@ def finch_partition0(x: np.ndarray, *, use_gpu: bool | None = None, batch: int =
 # ---------------------------------------------------------------------------------------------- k-means
 
 
+def check_kmeans_arguments(n: int, k: int, n_init: int, iterations: int) -> None:
+    """Raise ValueError unless 1 <= k <= n points and n_init, iterations >= 1 (every k-means backend)."""
+    if not 1 <= k <= n:
+        raise ValueError(f"k-means needs 1 <= k <= n points; got k={k}, n={n}")
+    if n_init < 1 or iterations < 1:
+        raise ValueError(f"n_init and iterations must be >= 1, got {n_init} and {iterations}")
+
+
 def kmeans(x: np.ndarray, k: int, *, n_init: int = 10, iterations: int = 20, seed: int = 7,
            use_gpu: bool | None = None, threads: int | None = None) -> np.ndarray:
     """k-means cluster ids (int64 in [0, k)) of the L2-normalised points, best of `n_init` faiss runs.
@@ -165,10 +173,7 @@ def kmeans(x: np.ndarray, k: int, *, n_init: int = 10, iterations: int = 20, see
     """
     x = _as_matrix(x, min_rows=1)
     n = len(x)
-    if not 1 <= k <= n:
-        raise ValueError(f"k-means needs 1 <= k <= n points; got k={k}, n={n}")
-    if n_init < 1 or iterations < 1:
-        raise ValueError(f"n_init and iterations must be >= 1, got {n_init} and {iterations}")
+    check_kmeans_arguments(n, k, n_init, iterations)
     faiss = faiss_module()
     xn = l2_normalize(x)
     gpu = resolve_gpu(use_gpu)

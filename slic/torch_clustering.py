@@ -26,7 +26,7 @@ import math
 import numpy as np
 import torch
 
-from slic.clustering import _as_matrix, _canonical_duplicates, _drop_self, _ordered_labels
+from slic.clustering import _as_matrix, _canonical_duplicates, _drop_self, _ordered_labels, check_kmeans_arguments
 
 DEFAULT_CHUNK = 1024
 
@@ -160,10 +160,7 @@ def kmeans(x: np.ndarray | torch.Tensor, k: int, *, n_init: int = 1, iterations:
     """
     x = _checked(x, min_rows=1)
     n = len(x)
-    if not 1 <= k <= n:
-        raise ValueError(f"k-means needs 1 <= k <= n points; got k={k}, n={n}")
-    if n_init < 1 or iterations < 1:
-        raise ValueError(f"n_init and iterations must be >= 1, got {n_init} and {iterations}")
+    check_kmeans_arguments(n, k, n_init, iterations)
     dev = _device(device)
     xn = _normalised(x, dev)
     tf32 = torch.backends.cuda.matmul.allow_tf32
