@@ -654,9 +654,9 @@ def gpu_data_path(bench: Bench, out: dict[str, Any]) -> None:
     """Item b: JPEG decode + augmentation on the device against CPU loader workers, at the same batch."""
     from torch.utils.data import DataLoader
 
-    from slic.data.clips import ShardCache
     from slic.data.augment import apply_draw
-    from slic.data.gpu_clips import JpegWindows, clip_batch, decode_on
+    from slic.data.clips import ShardCache
+    from slic.data.gpu_clips import clip_batch, decode_on
 
     p, device = bench.profile, bench.device
     cfg = paper_pretrain_cfg(bench)
@@ -670,7 +670,7 @@ def gpu_data_path(bench: Bench, out: dict[str, Any]) -> None:
     cache = ShardCache(0)
     on_cpu = torch.stack([apply_draw(torch.from_numpy(cache.window(v, s, n)), d, cfg.size) for v, s, n, d in check])
     difference = (on_device - on_cpu).abs()
-    raw_device = torch.stack(decode_on(JpegWindows().read(check[0][0], check[0][1], check[0][2]), device)).cpu()
+    raw_device = torch.stack(decode_on(ShardCache().jpegs(check[0][0], check[0][1], check[0][2]), device)).cpu()
     raw_cpu = torch.from_numpy(cache.window(check[0][0], check[0][1], check[0][2]))
     out["same_draws_difference"] = {
         "normalised_max_abs": round(float(difference.max()), 4),
@@ -687,7 +687,7 @@ def gpu_data_path(bench: Bench, out: dict[str, Any]) -> None:
         warm = max(1, p.workers) + 1
         requests = clip_requests(videos, batch * (warm + rounds + 2 * max(1, p.workers)), cfg.clip_len, p.frame_hw,
                                  seed=batch)
-        windows = JpegWindows()
+        windows = ShardCache()
         row: dict[str, Any] = {"batch": batch, "batches_timed": rounds}
         clip_batch(requests[:batch], size=cfg.size, device=device, windows=windows)  # warm-up: decoder, kernels
         bench.sync()
@@ -701,7 +701,7 @@ def gpu_data_path(bench: Bench, out: dict[str, Any]) -> None:
         for r in range(1, timed + 1):
             part = requests[r * batch:(r + 1) * batch]
             tick = time.perf_counter()
-            jpegs = [j for v, s, n, _ in part for j in windows.read(v, s, n)]
+            jpegs = [j for v, s, n, _ in part for j in windows.jpegs(v, s, n)]
             phases["read"] += time.perf_counter() - tick
             tick = time.perf_counter()
             frames = decode_on(jpegs, device)

@@ -33,7 +33,8 @@ from torch.utils.data import DataLoader, DistributedSampler
 from slic.checkpoints import atomic_torch_save
 from slic.config import PretrainConfig
 from slic.data.augment import Augmentation
-from slic.data.clips import EvalClips, FlowView, PretrainClips, ShardCache, VideoShard, load_videos
+from slic.data.clips import EvalClips, FlowView, PretrainClips, ShardCache, VideoShard, collate_encoded, load_videos
+from slic.data.gpu_clips import clips_from_jpegs
 from slic.distributed import World, barrier, broadcast_object, gather_tensor, gather_with_grad
 from slic.embed import embed_clips
 from slic.models import Encoder, to_device
@@ -205,9 +206,14 @@ def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch
     steps, clips, waited = 0, 0, 0.0
     started = tick = time.perf_counter()
     use_view = cfg.temporal_weight > 0  # the second anchor view only feeds the temporal term
-    for step, (anchor, positive, view, labels, _) in enumerate(loader):
+    for step, item in enumerate(loader):
         waited += time.perf_counter() - tick
-        batch = torch.cat([anchor, positive, view] if use_view else [anchor, positive])
+        if cfg.gpu_decode:  # encoded frames and draws: decoded and augmented here, on the training device
+            encoded, labels, _ = item
+            batch = torch.cat([clips_from_jpegs(kind, size=cfg.size, device=world.device) for kind in encoded])
+        else:
+            anchor, positive, view, labels, _ = item
+            batch = torch.cat([anchor, positive, view] if use_view else [anchor, positive])
         batch = batch.to(world.device, non_blocking=True)
         if world.device.type == "cuda":
             batch = batch.contiguous(memory_format=torch.channels_last_3d)
@@ -319,14 +325,14 @@ def pretrain(cfg: PretrainConfig, *, manifest: str | Path, frames_dir: str | Pat
     if cfg.compile and world.device.type == "cuda":
         trained = torch.compile(trained)
     cache = ShardCache(cfg.frame_cache_mb * 2**20)
-    if epochs > state.epoch and cfg.frame_cache_mb:
+    if epochs > state.epoch and cfg.frame_cache_mb and not cfg.gpu_decode:
         cached = cache.preload(train + val)  # decoded once here; the loader's forked workers share them
         log.info("frame cache: %d of %d train and val videos decoded in memory (%.0f MiB of frame_cache_mb %d)",
                  cached, len(train) + len(val), cache.cached_bytes / 2**20, cfg.frame_cache_mb)
     dataset = PretrainClips(train, clip_len=cfg.clip_len, size=cfg.size,
                             p_intra=1.0 if cfg.mode == "intra_video" else cfg.p_intra,
                             random_anchor=cfg.random_anchor, seed=cfg.seed, augmentation=augmentation_of(cfg),
-                            flow=flow, anchor_view=cfg.temporal_weight > 0, cache=cache)
+                            flow=flow, anchor_view=cfg.temporal_weight > 0, cache=cache, decode=not cfg.gpu_decode)
     dataset.set_labels(contiguous_labels(initial_labels(cfg.mode, train, state)))
     per_rank = max(2, cfg.batch_size // world.size)
     started = time.perf_counter()
@@ -349,7 +355,8 @@ def pretrain(cfg: PretrainConfig, *, manifest: str | Path, frames_dir: str | Pat
                                      seed=cfg.seed, drop_last=True)
         sampler.set_epoch(epoch)
         loader = DataLoader(dataset, batch_size=per_rank, sampler=sampler, num_workers=cfg.workers,
-                            drop_last=True, pin_memory=world.device.type == "cuda")
+                            drop_last=True, pin_memory=world.device.type == "cuda" and not cfg.gpu_decode,
+                            collate_fn=collate_encoded if cfg.gpu_decode else None)
         metrics.update(train_one_epoch(trained, loader, optimizer, cfg, world, epoch, proxies))
         state.epoch = epoch + 1
         if state.epoch % cfg.eval_interval == 0 or state.epoch == epochs:

@@ -51,3 +51,17 @@ def test_slic_report_has_first_and_last_cluster_ami(workspace: Path, monkeypatch
     true = [v.label for v in dataset.videos]
     # The last round's labels are what the dataset trained on in the last epoch: its AMI is the reported one.
     assert report["cluster_ami_last"] == pytest.approx(adjusted_mutual_info_score(true, dataset.labels))
+
+
+def test_gpu_decode_trains_the_same_weights_on_the_cpu(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """pretrain.gpu_decode moves JPEG decoding and augmentation into the training step: on the CPU device
+    (the same decoder) every clip, and so every weight, is what the loader-decoded run gets."""
+    import torch
+
+    pretrain_in_process(workspace, monkeypatch, epochs=2, cluster_interval=1, out="data/models/decoded")
+    dataset, report = pretrain_in_process(workspace, monkeypatch, epochs=2, cluster_interval=1, gpu_decode=True,
+                                          out="data/models/encoded")
+    assert dataset.decode is False and report["final_steps"] > 0
+    decoded, encoded = (torch.load(workspace / f"data/models/{name}/last.pt", map_location="cpu",
+                                   weights_only=False)["model"] for name in ("decoded", "encoded"))
+    assert all(torch.equal(decoded[k], encoded[k]) for k in decoded)

@@ -186,9 +186,9 @@ class RecordingClips(PretrainClips):
         self._positive = (video, start, anchor_start)
         return video, start
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int, int]:
+    def __getitem__(self, index: int) -> tuple[Any, ...]:
         item = super().__getitem__(index)
-        self.served.append((self.epoch, index, item[3], *self._positive))
+        self.served.append((self.epoch, index, item[-2], *self._positive))  # (..., label, index) either way
         return item
 
 

@@ -17,6 +17,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -26,9 +27,9 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from slic.data.augment import IMAGENET_MEAN, IMAGENET_STD, Augmentation, augment_clip
+from slic.data.augment import IMAGENET_MEAN, IMAGENET_STD, Augmentation, ClipDraw, augment_clip, draw_augmentation
 from slic.data.flow import read_flow_u
-from slic.data.frames import ShardReader, read_index
+from slic.data.frames import ShardReader, jpeg_size, read_index
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +147,11 @@ class ShardCache:
             cached += 1
         return cached
 
+    def jpegs(self, video: VideoShard, start: int, length: int) -> list[bytes]:
+        """The encoded frames of `window(video, start, length)`, not decoded (for decoding on a GPU)."""
+        step = video.frame_step
+        return self._reader(video.shard).read_jpegs(start * step, (length - 1) * step + 1)[::step]
+
     def window(self, video: VideoShard, start: int, length: int) -> np.ndarray:
         """`length` frames of `video` from `start`, both counted at the video's frame_step."""
         decoded = self._decoded.get((video.shard, video.frame_step))
@@ -197,19 +203,28 @@ class PretrainClips(Dataset):
     With `flow`, the positive and the anchor view are each replaced by the TV-L1 u flow of the same
     frames with probability `flow.p` (the anchor never); the replaced clip gets the same augmentation
     draws (crop, flip, jitter, grey, blur) the RGB clip would have had.
+
+    `decode=False` (pretrain.gpu_decode) returns, instead of the three clips, a list of (encoded frames,
+    ClipDraw) per clip (anchor, positive, and the view when made) with exactly the draws the decoding
+    path applies, for `slic.data.gpu_clips.clips_from_jpegs` to decode and augment on the training
+    device; batch them with `collate_encoded`. The flow view needs the decoding path.
     """
 
     def __init__(self, videos: Sequence[VideoShard], *, clip_len: int = 16, size: int = 128, p_intra: float = 0.2,
                  random_anchor: bool = False, seed: int = 7, mean: Sequence[float] = IMAGENET_MEAN,
                  std: Sequence[float] = IMAGENET_STD, augmentation: Augmentation = Augmentation(),
-                 flow: FlowView | None = None, anchor_view: bool = True, cache: ShardCache | None = None) -> None:
+                 flow: FlowView | None = None, anchor_view: bool = True, cache: ShardCache | None = None,
+                 decode: bool = True) -> None:
+        if not decode and flow is not None:
+            raise ValueError("pretrain.gpu_decode cannot make the flow view (flow.enabled: true): its u shards are "
+                             "decoded in the loader; set pretrain.gpu_decode: false or flow.enabled: false")
         too_short = [v.video_id for v in videos if v.frames < 2 * clip_len]
         if too_short:
             raise ValueError(f"videos shorter than {2 * clip_len} frames cannot give a non-overlapping positive: "
                              f"{', '.join(too_short[:5])}")
         self.videos = list(videos)
         self.clip_len, self.p_intra, self.random_anchor, self.seed = clip_len, p_intra, random_anchor, seed
-        self.flow, self.anchor_view = flow, anchor_view
+        self.flow, self.anchor_view, self.decode = flow, anchor_view, decode
         self.size, self.mean, self.std, self.augmentation = size, tuple(mean), tuple(std), augmentation
         self.epoch = 0
         self.set_labels(np.arange(len(self.videos)))
@@ -243,7 +258,7 @@ class PretrainClips(Dataset):
             other = int(rng.choice(members))
         return other, int(rng.integers(0, self.videos[other].frames - self.clip_len + 1))
 
-    def __getitem__(self, index: int) -> tuple[Tensor, Tensor, Tensor, int, int]:
+    def __getitem__(self, index: int) -> tuple[Any, ...]:
         seed = [self.seed, self.epoch, index]
         rng = np.random.default_rng(seed)
         video = self.videos[index]
@@ -252,6 +267,10 @@ class PretrainClips(Dataset):
         # The clips' augmentation draws come from their own generator, in a fixed order (anchor,
         # positive, view), so they do not depend on the clips' content or on the flow draws.
         augmentation_rng = np.random.default_rng(int(rng.integers(0, 2**62)))
+        if not self.decode:
+            windows = [(video, anchor_start), (self.videos[positive_video], positive_start)]
+            windows += [(video, anchor_start)] if self.anchor_view else []
+            return self._encoded(augmentation_rng, windows), int(self.labels[index]), index
         # The flow draws come last and only when the flow view is on: RGB-only runs, and the
         # augmentation of every clip, are exactly what they would be without it.
         flow_positive = self.flow is not None and rng.random() < self.flow.p
@@ -268,6 +287,16 @@ class PretrainClips(Dataset):
         anchor_view = self._augment(augmentation_rng, view_frames) if self.anchor_view else torch.zeros(0)
         return anchor, positive, anchor_view, int(self.labels[index]), index
 
+    def _encoded(self, rng: np.random.Generator,
+                 windows: list[tuple[VideoShard, int]]) -> list[tuple[list[bytes], ClipDraw]]:
+        """Each window's encoded frames with its draws, drawn in the order `_augment` would draw them."""
+        out = []
+        for video, start in windows:
+            jpegs = self._cache.jpegs(video, start, self.clip_len)
+            height, width = jpeg_size(jpegs[0])
+            out.append((jpegs, draw_augmentation(rng, height, width, self.augmentation)))
+        return out
+
     def _augment(self, rng: np.random.Generator, frames: np.ndarray) -> Tensor:
         return augment_clip(rng, frames, self.augmentation, self.size, self.mean, self.std)
 
@@ -276,6 +305,15 @@ class PretrainClips(Dataset):
         shard = self.videos[video]
         return flow_as_frames(read_flow_u(flow_dir, shard.video_id, start * shard.frame_step, self.clip_len,
                                           step=shard.frame_step))
+
+
+def collate_encoded(samples: list[tuple[Any, ...]]) -> tuple[list[list[tuple[list[bytes], ClipDraw]]], Tensor, Tensor]:
+    """Batch `PretrainClips(decode=False)` samples: per clip kind (anchor, positive, view) the batch's
+    (encoded frames, draws), the pseudo-labels and the indices."""
+    kinds = len(samples[0][0])
+    clips = [[sample[0][k] for sample in samples] for k in range(kinds)]
+    return (clips, torch.tensor([s[1] for s in samples], dtype=torch.int64),
+            torch.tensor([s[2] for s in samples], dtype=torch.int64))
 
 
 def centre_start(frames: int, clip_len: int) -> int:

@@ -145,6 +145,17 @@ class ShardReader:
         return digest.hexdigest()
 
 
+def jpeg_size(jpeg: bytes) -> tuple[int, int]:
+    """(height, width) of an encoded JPEG frame, read from its header (nothing is decoded)."""
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(jpeg)) as image:
+        width, height = image.size
+    return height, width
+
+
 def decode_jpegs(jpegs: Sequence[bytes]) -> np.ndarray:
     """Decode JPEG frames into (T, H, W, 3) uint8 RGB with libjpeg-turbo (torchvision)."""
     import warnings

@@ -13,7 +13,7 @@ from PIL import Image
 from slic.data.augment import Augmentation, apply_draw, augment_clip, draw_augmentation
 from slic.data.clips import ShardCache, VideoShard, sampled_frames
 from slic.data.frames import write_shard
-from slic.data.gpu_clips import JpegWindows, clip_batch, decode_on
+from slic.data.gpu_clips import clip_batch, decode_on
 
 
 def jpegs_of(frames: np.ndarray) -> list[bytes]:
@@ -67,10 +67,10 @@ def test_same_draws_give_the_cpu_loaders_clips(shard_videos: list[tuple[Path, in
 def test_windows_take_every_frame_step_th_frame(shard_videos: list[tuple[Path, int]]) -> None:
     video = videos_at(shard_videos, 3)[0]
     assert video.frames == 7  # frames 0, 3, ..., 18 of 20
-    decoded = torch.stack(decode_on(JpegWindows().read(video, 2, 4), "cpu"))  # frames 6, 9, 12, 15
+    decoded = torch.stack(decode_on(ShardCache().jpegs(video, 2, 4), "cpu"))  # frames 6, 9, 12, 15
     assert decoded.shape == (4, 36, 48, 3)
     assert np.array_equal(decoded.numpy(), ShardCache().window(video, 2, 4))
-    every = torch.stack(decode_on(JpegWindows().read(videos_at(shard_videos, 1)[0], 6, 10), "cpu"))
+    every = torch.stack(decode_on(ShardCache().jpegs(videos_at(shard_videos, 1)[0], 6, 10), "cpu"))
     assert torch.equal(decoded, every[::3])
 
 
@@ -81,3 +81,29 @@ def test_a_batch_needs_one_clip_length(shard_videos: list[tuple[Path, int]]) -> 
         clip_batch([(video, 0, 4, draw), (video, 0, 5, draw)], size=16, device="cpu")
     with pytest.raises(ValueError, match="at least one"):
         clip_batch([], size=16, device="cpu")
+
+
+def test_pretrain_clips_without_decoding_give_the_same_clips_on_the_device(
+        shard_videos: list[tuple[Path, int]]) -> None:
+    """pretrain.gpu_decode: the loader's encoded frames and draws, decoded and augmented by the training
+    step, are the clips the decoding loader makes (CPU device: the same decoder, so equal)."""
+    from slic.data.clips import PretrainClips, collate_encoded
+    from slic.data.gpu_clips import clips_from_jpegs
+
+    videos = [VideoShard(f"v{k}", str(path), n, k % 2, "train") for k, (path, n) in enumerate(shard_videos[:2])]
+    common = dict(clip_len=4, size=16, p_intra=0.5, random_anchor=True, seed=3, augmentation=Augmentation())
+    decoded, encoded = PretrainClips(videos, **common), PretrainClips(videos, **common, decode=False)
+    for data in (decoded, encoded):
+        data.set_labels(np.array([0, 0]))
+        data.set_epoch(2)
+    kinds, labels, indices = collate_encoded([encoded[0], encoded[1]])
+    assert len(kinds) == 3 and labels.tolist() == [0, 0] and indices.tolist() == [0, 1]
+    on_device = [clips_from_jpegs(kind, size=16, device="cpu") for kind in kinds]
+    for index in (0, 1):
+        anchor, positive, view, _, _ = decoded[index]
+        for k, clip in enumerate((anchor, positive, view)):
+            assert torch.equal(on_device[k][index], clip)
+    with pytest.raises(ValueError, match="gpu_decode"):
+        from slic.data.clips import FlowView
+
+        PretrainClips(videos, **common, decode=False, flow=FlowView("unused"))
