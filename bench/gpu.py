@@ -20,7 +20,7 @@ Sections, in the order they run:
   step, not assumed. Why: is the paper's run limited by the model or by the loader on this GPU?
 * ``stage_smoke`` (item f): every GPU stage once, on CUDA, on a small synthetic frame-shard dataset
   this script writes, with the paper preset's values and small epochs: flow (TV-L1 at OpenCV's
-  defaults), pretrain (2 epochs, flow view on), embed, evaluate, linear_probe (1 epoch), finetune
+  defaults), pretrain (2 epochs, flow view on), pretrain with gpu_decode (1 epoch, RGB), embed, evaluate, linear_probe (1 epoch), finetune
   (1 epoch, pretrained and scratch). The stage functions are called directly without MLflow. Where
   scipy / scikit-learn / faiss are missing, slic.torch_clustering stands in for the clustering pieces
   (named under `substitutes`).
@@ -1099,6 +1099,16 @@ def stage_smoke(bench: Bench, out: dict[str, Any]) -> None:
                 "flow_view_p", "objective", "mining", "train_videos")
         return {k: report[k] for k in keep if k in report}
 
+    def pretrain_gpu_decode() -> dict[str, Any]:
+        """pretrain.gpu_decode: the clips decoded (nvJPEG) and augmented in the training step; RGB only."""
+        from dataclasses import replace
+
+        cfg = replace(config.pretrain, gpu_decode=True, epochs=1, out=str(work / "models/pretrain_gpu_decode"))
+        with substitutes(used):
+            report = pretrain(cfg, manifest=manifest, frames_dir=frames, world=world, run=None, flow=None)
+        keep = ("epochs", "device", "final_loss", "final_clips_per_s", "final_data_wait_fraction")
+        return {k: report[k] for k in keep if k in report}
+
     def embed() -> dict[str, Any]:
         report = embed_dataset(config.embed, manifest=manifest, frames_dir=frames, world=world)
         return {k: report[k] for k in ("videos", "dim", "clips_per_video", "videos_per_s")}
@@ -1119,7 +1129,8 @@ def stage_smoke(bench: Bench, out: dict[str, Any]) -> None:
         return {init: {k: report[init][k] for k in ("top1", "top5", "epochs", "device", "seconds")}
                 for init in ("pretrained", "scratch")}
 
-    for name, run in (("flow", flow), ("pretrain", pretrain_stage), ("embed", embed), ("evaluate", evaluate),
+    for name, run in (("flow", flow), ("pretrain", pretrain_stage), ("pretrain_gpu_decode", pretrain_gpu_decode),
+                      ("embed", embed), ("evaluate", evaluate),
                       ("linear_probe", linear_probe), ("finetune", finetune)):
         stage(name, run)
     failed = [name for name, row in stages.items() if row["status"] != "ok"]
