@@ -84,7 +84,8 @@ def test_quick_run_measures_what_the_gpu_run_reports(quick_report: dict) -> None
     assert 0 <= rows[0]["end_to_end"]["data_wait_fraction"] <= 1
     assert report["pretrain_throughput"]["flops_per_clip"]["forward_backward"] > 0
     smoke = report["stage_smoke"]
-    assert set(smoke["stages"]) == {"flow", "pretrain", "embed", "evaluate", "linear_probe", "finetune"}
+    assert set(smoke["stages"]) == {"flow", "pretrain", "pretrain_gpu_decode", "embed", "evaluate", "linear_probe",
+                                    "finetune"}
     assert smoke["effective"]["pretrain"]["objective"] == "triplet"  # the paper preset, scaled
     assert smoke["stages"]["pretrain"]["flow_view_p"] == 0.25 and smoke["stages"]["pretrain"]["epochs"] == 2
     assert any("scipy" in s for s in smoke["substitutes"]) and any("scikit-learn" in s for s in smoke["substitutes"])
