@@ -120,12 +120,18 @@ def training_clips_per_s(backbone: str, clip_len: int, size: int, batch_size: in
     from slic.pretrain import augmentation_of, build_encoder, build_optimizer, train_one_epoch
     from slic.proxies import PseudoLabelProxies
 
-    cfg = replace(load(ROOT / "params.yaml").pretrain, backbone=backbone, clip_len=clip_len, size=size, batch_size=batch_size,
-                  workers=workers, frame_cache_mb=cache_mb)
+    base = load(ROOT / "params.yaml").pretrain
+    # params.yaml's frame_step at its clip length; other lengths (16 frames: the paper's) take consecutive frames
+    frame_step = base.frame_step if clip_len == base.clip_len else 1
+    cfg = replace(base, backbone=backbone, clip_len=clip_len, size=size, batch_size=batch_size, workers=workers,
+                  frame_cache_mb=cache_mb, frame_step=frame_step)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     world = World(0, 1, 0, device)
     videos = load_videos(ROOT / "data/manifests/validated.csv", ROOT / "data/frames", splits=["train"],
                          min_frames=2 * clip_len, frame_step=cfg.frame_step)
+    if len(videos) < batch_size:
+        raise ValueError(f"{len(videos)} training videos of >= {2 * clip_len} frames at frame_step {frame_step} "
+                         f"in data/frames: too few for a batch of {batch_size}; run `dvc repro extract` first")
     cache = ShardCache(cache_mb * 2**20)
     cache.preload(videos)
     dataset = PretrainClips(videos, clip_len=clip_len, size=size, p_intra=cfg.p_intra, random_anchor=cfg.random_anchor,
@@ -146,7 +152,8 @@ def training_clips_per_s(backbone: str, clip_len: int, size: int, batch_size: in
     rows = rows[1:]
     return {"clips_per_s": round(sum(r["clips_per_s"] for r in rows) / len(rows), 1),
             "data_wait_fraction": round(sum(r["data_wait_fraction"] for r in rows) / len(rows), 3),
-            "steps_per_epoch": int(rows[0]["steps"]), "workers": workers, "frame_cache_mb": cache_mb}
+            "steps_per_epoch": int(rows[0]["steps"]), "workers": workers, "frame_cache_mb": cache_mb,
+            "frame_step": frame_step}
 
 
 def augmentation_ms_per_clip(clip_len: int, size: int, a: Any, clips: int = 200) -> dict[str, float]:
