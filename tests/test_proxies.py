@@ -42,9 +42,20 @@ def _proxies_of(path: Path) -> dict:
 
 
 def test_slic_proxies_follow_each_clustering_round(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    resets: list[tuple[np.ndarray, np.ndarray]] = []
+    reset = PseudoLabelProxies.reset
+
+    def recording_reset(self: PseudoLabelProxies, embeddings: np.ndarray, labels: np.ndarray) -> None:
+        resets.append((embeddings.copy(), np.array(labels)))
+        reset(self, embeddings, labels)
+
+    monkeypatch.setattr(PseudoLabelProxies, "reset", recording_reset)
     dataset, report = pretrain_in_process(workspace, monkeypatch, objective="proxy", epochs=2, cluster_interval=1,
                                           out="data/models/proxy_slic")
     assert report["objective"] == "proxy" and report["cluster_rounds"] == 2
+    # Re-set at each round, with that round's embeddings (the model moved in between) and labels.
+    assert len(resets) == 2 and not np.allclose(resets[0][0], resets[1][0])
+    assert resets[1][1].tolist() == dataset.labels.tolist()
     saved = _proxies_of(workspace / "data/models/proxy_slic/last.pt")
     # One proxy per cluster of the last round, whose labels are 0..K-1.
     assert saved["weight"].shape == (len(set(dataset.labels.tolist())), 16)
