@@ -49,9 +49,10 @@ SEEDS = (7, 8, 9)
 REPORTED_KS = (1, 5, 10)
 QUICK_BIASES = (0.0, 0.75)
 QUICK_SEEDS = (7,)
-# Settings that only say where files go or how many processes run: not part of a result's identity.
+# Settings that only say where files go, how many processes run or where the work is done (the frame cache
+# and the decoding device give the same clips): not part of a result's identity.
 NOT_SETTINGS = {"out", "root", "manifest", "checkpoint", "embeddings", "curve", "html", "splits_dir",
-                "workers", "device", "data_docs"}
+                "workers", "device", "data_docs", "frame_cache_mb", "gpu_decode"}
 DEFAULT_OUT = ROOT / "reports" / "bench" / "ablation.json"
 
 

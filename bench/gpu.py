@@ -54,6 +54,8 @@ torch, then runs this script; `make gpu-wheelhouse` prepares .gpu-wheelhouse/ be
 What comes back: gpu.json with `device`, `gpu_name`, `peak_bf16_tflops` (from a small table of GPU
 names; null when unknown), `environment` (versions, which optional packages were importable) and one
 object per section above. Here: ``python bench/gpu.py [--quick] [--out PATH] [--budget S]``.
+A second call on the same machine can run only what the first skipped (``--sections search ...``); then
+``python bench/gpu.py --merge first.json second.json --out reports/bench/gpu.json`` keeps one report.
 """
 
 from __future__ import annotations
@@ -1141,6 +1143,39 @@ def stage_smoke(bench: Bench, out: dict[str, Any]) -> None:
 # ----------------------------------------------------------------------------------------------- main
 
 
+CALL_KEYS = ("started_at", "budget_s", "total_s", "mode")
+
+
+def merge_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """One report from several calls on the same machine: each section from the last call that finished it.
+
+    A GPU visit is short, so a second call often runs only the sections the first one skipped for time
+    (``--sections``). Sections a later call ran with status "ok" replace the earlier ones; any other later
+    section only fills one the earlier calls lack. `calls` keeps when each call ran and what it contributed.
+    """
+    if not reports:
+        raise ValueError("merge_reports needs at least one report")
+    devices = {(r.get("device"), r.get("gpu_name")) for r in reports}
+    if len(devices) > 1:
+        raise ValueError(f"the reports come from different devices {sorted(map(str, devices))}: merge only the "
+                         "calls of one machine")
+    merged: dict[str, Any] = {}
+    source: dict[str, int] = {}  # section -> the call whose result is kept
+    for index, report in enumerate(reports):
+        for key, value in report.items():
+            if not (isinstance(value, dict) and "status" in value):
+                if key not in merged or key == "environment":
+                    merged[key] = value
+            elif key not in merged or (key != "setup" and value.get("status") == "ok"):
+                merged[key], source[key] = value, index
+    merged["calls"] = [{"call": index + 1, **{k: report.get(k) for k in CALL_KEYS},
+                        "sections": [k for k, i in source.items() if i == index and k != "setup"]}
+                       for index, report in enumerate(reports)]
+    merged["total_s"] = round(sum(float(r.get("total_s") or 0.0) for r in reports), 1)
+    merged["status"] = {k: v.get("status") for k, v in merged.items() if isinstance(v, dict) and "status" in v}
+    return merged
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes (automatic without CUDA)")
@@ -1154,7 +1189,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="folder for the synthetic data (default: a temporary one)")
     parser.add_argument("--keep-work", action="store_true")
     parser.add_argument("--sections", nargs="*", default=None, help="run only these sections (setup always runs)")
+    parser.add_argument("--merge", type=Path, nargs="+", default=None, metavar="REPORT",
+                        help="run nothing: merge these reports of one machine's calls (later calls' finished "
+                             "sections win) into --out")
     args = parser.parse_args(argv)
+    if args.merge:
+        merged = merge_reports([json.loads(path.read_text()) for path in args.merge])
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(merged, indent=2) + "\n")
+        print(f"merged {len(args.merge)} reports into {args.out}: "
+              + ", ".join(f"{k} {v}" for k, v in merged["status"].items()), flush=True)
+        return merged
 
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")

@@ -199,3 +199,25 @@ def test_budget_cuts_a_section_short_and_skips_the_rest(tmp_path: Path) -> None:
     report = json.loads((tmp_path / "gpu.json").read_text())
     assert report["broken"]["status"] == "error" and report["broken"]["error"] == "RuntimeError: boom"
     assert report["after"] == {"status": "ok", "ran": True, "seconds": report["after"]["seconds"]}
+
+
+def test_merge_keeps_each_section_from_the_call_that_finished_it() -> None:
+    """A second call that ran only the skipped sections fills them; a failed later section never hides a result."""
+    gpu = bench_module("gpu")
+    first = {"device": "cuda", "gpu_name": "H", "started_at": "t1", "budget_s": 420.0, "total_s": 400.0,
+             "setup": {"status": "ok", "videos": 64},
+             "clustering": {"status": "ok", "finch_s": 1.0},
+             "search": {"status": "skipped", "reason": "time budget"}}
+    second = {"device": "cuda", "gpu_name": "H", "started_at": "t2", "budget_s": 280.0, "total_s": 160.0,
+              "setup": {"status": "ok", "videos": 65},
+              "clustering": {"status": "error", "error": "boom"},
+              "search": {"status": "ok", "qps": 5.0}}
+    merged = gpu.merge_reports([first, second])
+    assert merged["clustering"] == {"status": "ok", "finch_s": 1.0}
+    assert merged["search"] == {"status": "ok", "qps": 5.0}
+    assert merged["setup"]["videos"] == 64
+    assert [c["sections"] for c in merged["calls"]] == [["clustering"], ["search"]]
+    assert merged["status"] == {"setup": "ok", "clustering": "ok", "search": "ok"}
+    assert merged["total_s"] == 560.0
+    with pytest.raises(ValueError, match="different devices"):
+        gpu.merge_reports([first, {**second, "gpu_name": "other"}])
