@@ -221,3 +221,22 @@ def test_merge_keeps_each_section_from_the_call_that_finished_it() -> None:
     assert merged["total_s"] == 560.0
     with pytest.raises(ValueError, match="different devices"):
         gpu.merge_reports([first, {**second, "gpu_name": "other"}])
+
+
+def test_gpu_run_script_unpacks_missing_wheels_and_writes_into_out(tmp_path: Path) -> None:
+    """bench/gpu_run.sh as the GPU visit runs it: wheels onto PYTHONPATH (no venv), the report and logs into $OUT."""
+    wheels, out = tmp_path / "wheels", tmp_path / "out"
+    wheels.mkdir()
+    with zipfile.ZipFile(wheels / "zzslicfake-1.0-py3-none-any.whl", "w") as archive:
+        archive.writestr("zzslicfake/__init__.py", "VALUE = 42\n")
+    (wheels / "requirements.txt").write_text("zzslicfake==1.0\n")
+    env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable, "GPU_WHEELHOUSE": str(wheels),
+           "GPU_SITE": str(tmp_path / "site")}
+    done = subprocess.run(["bash", str(ROOT / "bench" / "gpu_run.sh"), "--quick", "--sections", "--work",
+                           str(tmp_path / "work")], env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "zzslicfake-1.0-py3-none-any.whl" in (out / "gpu_install.log").read_text()
+    assert (tmp_path / "site" / "zzslicfake" / "__init__.py").is_file()
+    report = json.loads((out / "gpu.json").read_text())
+    assert report["status"] == {"setup": "ok"}
+    assert "setup: ok" in (out / "gpu.log").read_text()
