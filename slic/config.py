@@ -164,6 +164,9 @@ class PretrainConfig:
     cluster_method: str = _spec("finch", choices=("finch", "kmeans"))
     cluster_k: int = _spec(1000, low=2, help="k for k-means")
     cluster_interval: int = _spec(4, low=1, help="re-cluster every this many epochs, from epoch 0")
+    cluster_start_epoch: int = _spec(0, low=0, help="slic: epochs of intra-video positives (each video its own "
+                                                    "pseudo-label) before the first clustering round; 0: cluster "
+                                                    "from epoch 0 (paper)")
     objective: str = _spec("proxy", choices=("triplet", "proxy"),
                            help="triplet: SLIC's (paper); proxy: cross-entropy against one learnable proxy per "
                                 "pseudo-label, re-initialised at the cluster centroids every round")

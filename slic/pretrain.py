@@ -1,6 +1,6 @@
 """SLIC pretraining: iterative clustering of all training videos, triplets from pseudo-labels.
 
-Every `cluster_interval` epochs from epoch 0, each training video is embedded with one centre
+Every `cluster_interval` epochs from epoch 0 (from `cluster_start_epoch` in slic), each training video is embedded with one centre
 clip (model in eval mode, gathered across ranks in dataset order) and clustered (FINCH partition 0
 or k-means, on FAISS); the cluster ids are the pseudo-labels until the next round. Modes:
 `slic` (cross-video positives from clusters), `intra_video` (positives only from the same video,
@@ -179,13 +179,24 @@ def initial_labels(mode: str, train: list[VideoShard], state: TrainState) -> np.
 
     oracle: the true classes (the ceiling perfect clustering would give); intra_video: the video
     ids (positives only from the anchor's own video); slic: the last clustering round's labels
-    when resuming, else video ids until the first round (which runs before the first step).
+    when resuming, else video ids until the first round (which runs before the first step, or before
+    epoch `cluster_start_epoch`).
     """
     if mode == "oracle":
         return np.array([v.label for v in train], dtype=np.int64)
     if mode == "slic" and state.labels:
         return np.array(state.labels, dtype=np.int64)
     return np.arange(len(train), dtype=np.int64)
+
+
+def is_cluster_epoch(cfg: PretrainConfig, epoch: int) -> bool:
+    """Whether a clustering round runs before `epoch`: every `cluster_interval` epochs, for slic from
+    `cluster_start_epoch` on (the epochs before it train on intra-video positives), for oracle from 0."""
+    if cfg.mode == "oracle":
+        return epoch % cfg.cluster_interval == 0
+    if cfg.mode != "slic" or epoch < cfg.cluster_start_epoch:
+        return False
+    return (epoch - cfg.cluster_start_epoch) % cfg.cluster_interval == 0
 
 
 def _step_generator(cfg: PretrainConfig, epoch: int, step: int) -> torch.Generator:
@@ -305,6 +316,10 @@ def pretrain(cfg: PretrainConfig, *, manifest: str | Path, frames_dir: str | Pat
     if len(train) < 2 or not val:
         raise ValueError(f"pretraining needs >= 2 train and >= 1 val videos of enough frames; found {len(train)} "
                          f"and {len(val)} in {manifest}")
+    if cfg.mode == "slic" and 0 < cfg.epochs <= cfg.cluster_start_epoch:
+        raise ValueError(f"pretrain.cluster_start_epoch {cfg.cluster_start_epoch} leaves no clustering round in "
+                         f"pretrain.epochs {cfg.epochs}: set it below the epochs (0 clusters from the start), or "
+                         "use mode intra_video")
     if flow is not None:
         from slic.data.flow import require_flow
 
@@ -339,7 +354,7 @@ def pretrain(cfg: PretrainConfig, *, manifest: str | Path, frames_dir: str | Pat
     for epoch in range(state.epoch, epochs):
         metrics: dict[str, float] = {}
         embeddings = None
-        if cfg.mode in ("slic", "oracle") and epoch % cfg.cluster_interval == 0:
+        if is_cluster_epoch(cfg, epoch):
             labels, cluster_stats, embeddings = cluster_round(model, train, cfg, world, cache)
             if cfg.mode == "slic":  # oracle: the clusters of its embedding are only monitored
                 dataset.set_labels(labels)

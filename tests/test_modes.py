@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from slic.data.clips import VideoShard
-from slic.pretrain import TrainState, initial_labels
+from slic.pretrain import TrainState, initial_labels, is_cluster_epoch
 from tests.test_pretrain import pretrain_in_process, workspace  # noqa: F401 (the module's fixture)
 
 
@@ -24,6 +24,35 @@ def test_initial_labels_per_mode() -> None:
     assert initial_labels("intra_video", train, fresh).tolist() == [0, 1, 2, 3]
     assert initial_labels("slic", train, fresh).tolist() == [0, 1, 2, 3]
     assert initial_labels("slic", train, resumed).tolist() == [5, 5, 6, 7]
+
+
+def test_cluster_epochs_per_mode_and_start() -> None:
+    from dataclasses import replace
+
+    from slic.config import PretrainConfig
+
+    base = PretrainConfig(cluster_interval=2)
+    rounds = {(mode, start): [e for e in range(8) if is_cluster_epoch(replace(base, mode=mode, cluster_start_epoch=start), e)]
+              for mode in ("slic", "oracle", "intra_video", "random_init") for start in (0, 3)}
+    assert rounds[("slic", 0)] == [0, 2, 4, 6]  # the paper: from epoch 0
+    assert rounds[("slic", 3)] == [3, 5, 7]
+    assert rounds[("oracle", 0)] == rounds[("oracle", 3)] == [0, 2, 4, 6]  # monitoring only, never delayed
+    assert rounds[("intra_video", 0)] == rounds[("random_init", 3)] == []
+
+
+def test_slic_trains_on_intra_video_positives_until_cluster_start(
+        workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    dataset, report = pretrain_in_process(workspace, monkeypatch, epochs=3, cluster_interval=1, cluster_start_epoch=1,
+                                          out="data/models/late_start")
+    assert report["cluster_rounds"] == 2  # before epochs 1 and 2, none before epoch 0
+    n = len(dataset.videos)
+    first = [(index, label, positive) for epoch, index, label, positive, *_ in dataset.served if epoch == 0]
+    assert sorted(index for index, _, _ in first) == list(range(n))
+    assert all(label == index == positive for index, label, positive in first)  # each video its own label
+    later = {label for epoch, _, label, *_ in dataset.served if epoch == 2}
+    assert len(later) < n  # FINCH merged videos from the first round on
+    with pytest.raises(ValueError, match="cluster_start_epoch 3 leaves no clustering round in pretrain.epochs 3"):
+        pretrain_in_process(workspace, monkeypatch, epochs=3, cluster_start_epoch=3, out="data/models/never")
 
 
 def test_oracle_trains_on_true_classes_and_monitors_its_clusters(
