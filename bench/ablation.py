@@ -136,12 +136,29 @@ def run_mode(config: Config, mode: str, folder: Path, world: Any, tracked: bool)
             "cluster_ami": cluster_amis(out / "history.json") if mode in CLUSTERED else None}
 
 
+def same_settings(stored: dict[str, Any], expected: dict[str, Any]) -> bool:
+    """Whether a stored result's settings are `expected`. A setting added to slic after the result was stored
+    counts as equal when `expected` holds its default: a new setting's default keeps the old behaviour."""
+    defaults = json.loads(json.dumps(settings(Config())))
+    if set(stored) != set(expected):
+        return False
+    for section, values in expected.items():
+        was = stored[section]
+        if set(was) - set(values):
+            return False
+        for key, value in values.items():
+            if was.get(key, defaults.get(section, {}).get(key)) != value or (
+                    key not in was and key not in defaults.get(section, {})):
+                return False
+    return True
+
+
 def stored_result(path: Path, expected: dict[str, Any]) -> dict[str, Any] | None:
     """A finished result stored at `path` when it was made with the `expected` settings, else None."""
     if not path.is_file():
         return None
     stored = json.loads(path.read_text())
-    return stored if stored.get("settings") == expected else None
+    return stored if same_settings(stored.get("settings") or {}, expected) else None
 
 
 def run_seed(config: Config, bias: float, seed: int, modes: list[str], work: Path, world: Any,

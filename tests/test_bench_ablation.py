@@ -104,3 +104,27 @@ def test_second_run_reuses_every_cell_with_the_same_numbers(runs: tuple) -> None
         {k: v for k, v in c.items() if k not in strip} for c in first["cells"]]
     assert all(c["reused_per_seed"] == [True] for c in second["cells"])
     assert second_s < first_s
+
+
+def test_a_setting_added_later_at_its_default_keeps_stored_results() -> None:
+    """A sweep's stored cells survive slic gaining a setting whose default is the old behaviour, and only that."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import ablation
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    from slic.config import Config
+
+    expected = json.loads(json.dumps(ablation.settings(Config())))
+    older = json.loads(json.dumps(expected))
+    del older["pretrain"]["cluster_start_epoch"]  # stored before the setting existed
+    assert ablation.same_settings(older, expected)
+    later = json.loads(json.dumps(expected))
+    later["pretrain"]["cluster_start_epoch"] = 8
+    assert not ablation.same_settings(older, later)  # a non-default value is another experiment
+    changed = json.loads(json.dumps(older))
+    changed["pretrain"]["lr"] = 0.5
+    assert not ablation.same_settings(changed, expected)
+    extra = json.loads(json.dumps(expected))
+    extra["pretrain"]["removed_setting"] = 1
+    assert not ablation.same_settings(extra, expected)
