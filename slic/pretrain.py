@@ -260,6 +260,16 @@ def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch
     return metrics
 
 
+def same_fingerprint(stored: dict[str, Any], now: dict[str, Any]) -> bool:
+    """Whether a checkpoint's fingerprint is this run's. A setting slic gained after the checkpoint was written
+    matches when this run leaves it at its default (a new setting's default keeps the old behaviour), so
+    upgrading slic does not throw away a long run; a setting the checkpoint has and this run lacks does not."""
+    defaults = asdict(PretrainConfig())
+    if set(stored) - set(now):
+        return False
+    return all(stored[k] == v if k in stored else (k in defaults and defaults[k] == v) for k, v in now.items())
+
+
 def _what_changed(was: dict[str, Any], now: dict[str, Any]) -> str:
     """The settings (by key, first few) and/or data that differ between two checkpoint fingerprints."""
     parts = []
@@ -281,7 +291,7 @@ def _resume(last: Path, cfg: PretrainConfig, data: str, model: torch.nn.Module,
     checkpoint recorded and logs the epochs it trained but had not logged when it was killed.
     """
     payload = torch.load(last, map_location="cpu", weights_only=False) if last.is_file() else None
-    if payload is not None and payload.get("fingerprint") != fingerprint(cfg, data):
+    if payload is not None and not same_fingerprint(payload.get("fingerprint") or {}, fingerprint(cfg, data)):
         log.warning("%s was trained with %s; starting afresh", last,
                     _what_changed(payload.get("fingerprint") or {}, fingerprint(cfg, data)))
         payload = None

@@ -341,3 +341,17 @@ def test_a_checkpoint_not_resumed_says_which_settings_or_data_differ() -> None:
     was, now = fingerprint(base, "aaaa"), fingerprint(PretrainConfig(frame_step=1, lr=0.002), "aaaa")
     assert _what_changed(was, now) == "other settings: frame_step 2 (now 1), lr 0.001 (now 0.002)"
     assert _what_changed(was, fingerprint(base, "bbbb")) == "other data (content fingerprint aaaa, now bbbb)"
+
+
+def test_a_checkpoint_from_before_a_new_setting_resumes_only_at_its_default() -> None:
+    """Upgrading slic mid-run keeps the checkpoint when the new setting is left at its default."""
+    from slic.config import PretrainConfig
+    from slic.pretrain import fingerprint, same_fingerprint
+
+    now = fingerprint(PretrainConfig(), "aaaa")
+    older = {k: v for k, v in now.items() if k != "cluster_start_epoch"}  # written before the setting existed
+    assert same_fingerprint(older, now)
+    assert not same_fingerprint(older, fingerprint(PretrainConfig(cluster_start_epoch=4), "aaaa"))
+    assert not same_fingerprint(older, fingerprint(PretrainConfig(), "bbbb"))  # other data
+    assert not same_fingerprint({**now, "removed_setting": 1}, now)
+    assert not same_fingerprint({**now, "lr": 0.5}, now)
