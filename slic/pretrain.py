@@ -1,8 +1,9 @@
 """SLIC pretraining: iterative clustering of all training videos, triplets from pseudo-labels.
 
-Every `cluster_interval` epochs from epoch 0 (from `cluster_start_epoch` in slic), each training video is embedded with one centre
-clip (model in eval mode, gathered across ranks in dataset order) and clustered (FINCH partition 0
-or k-means, on FAISS); the cluster ids are the pseudo-labels until the next round. Modes:
+Every `cluster_interval` epochs from epoch 0 (in slic, from `cluster_start_epoch`), each training
+video is embedded with one centre clip (model in eval mode, gathered across ranks in dataset order)
+and clustered (FINCH partition 0 or k-means, on FAISS); the cluster ids are the pseudo-labels until
+the next round. Modes:
 `slic` (cross-video positives from clusters), `intra_video` (positives only from the same video,
 mining labels = video ids; the baseline), `random_init` (no training; the untrained encoder) and
 `oracle` (the true classes as pseudo-labels: the ceiling perfect clustering would give; its own
