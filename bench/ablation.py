@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from slic.config import Config, load, to_dict  # noqa: E402
+from slic.config import Config, changed_settings, load, to_dict  # noqa: E402
 
 MODES = ("slic", "intra_video", "random_init", "oracle")
 CLUSTERED = ("slic", "oracle")  # modes whose pretraining runs clustering rounds (AMI per round)
@@ -137,20 +137,11 @@ def run_mode(config: Config, mode: str, folder: Path, world: Any, tracked: bool)
 
 
 def same_settings(stored: dict[str, Any], expected: dict[str, Any]) -> bool:
-    """Whether a stored result's settings are `expected`. A setting added to slic after the result was stored
-    counts as equal when `expected` holds its default: a new setting's default keeps the old behaviour."""
+    """Whether a stored result's settings are `expected`, section by section; a setting added to slic after
+    the result was stored counts as equal at its default (`slic.config.changed_settings`)."""
     defaults = json.loads(json.dumps(settings(Config())))
-    if set(stored) != set(expected):
-        return False
-    for section, values in expected.items():
-        was = stored[section]
-        if set(was) - set(values):
-            return False
-        for key, value in values.items():
-            if was.get(key, defaults.get(section, {}).get(key)) != value or (
-                    key not in was and key not in defaults.get(section, {})):
-                return False
-    return True
+    return set(stored) == set(expected) and not any(
+        changed_settings(stored[section], values, defaults.get(section, {})) for section, values in expected.items())
 
 
 def stored_result(path: Path, expected: dict[str, Any]) -> dict[str, Any] | None:

@@ -448,6 +448,17 @@ def load(path: str | Path = "params.yaml") -> Config:
     return _build(Config, raw, "", str(path))
 
 
+def changed_settings(stored: dict[str, Any], now: dict[str, Any], defaults: dict[str, Any]) -> list[str]:
+    """Keys whose value in `stored` (settings saved with a result or checkpoint) is not the one in `now`.
+
+    A key missing from `stored` is unchanged when `now` holds its value in `defaults`: a setting slic gained
+    after the result was saved keeps the old behaviour at its default. A key only `stored` has is changed.
+    """
+    keys = sorted(set(stored) | set(now))
+    return [k for k in keys if k not in now or (stored[k] != now[k] if k in stored
+                                                    else k not in defaults or defaults[k] != now[k])]
+
+
 def to_dict(section: Any) -> dict[str, Any]:
     """A section as plain data (tuples as lists), for reports and MLflow params."""
     return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(section).items()}

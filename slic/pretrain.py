@@ -32,7 +32,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from slic.checkpoints import atomic_torch_save
-from slic.config import PretrainConfig
+from slic.config import PretrainConfig, changed_settings
 from slic.data.augment import Augmentation
 from slic.data.clips import EvalClips, FlowView, PretrainClips, ShardCache, VideoShard, collate_encoded, load_videos
 from slic.data.gpu_clips import clips_from_jpegs
@@ -263,18 +263,15 @@ def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch
 
 def same_fingerprint(stored: dict[str, Any], now: dict[str, Any]) -> bool:
     """Whether a checkpoint's fingerprint is this run's. A setting slic gained after the checkpoint was written
-    matches when this run leaves it at its default (a new setting's default keeps the old behaviour), so
-    upgrading slic does not throw away a long run; a setting the checkpoint has and this run lacks does not."""
-    defaults = asdict(PretrainConfig())
-    if set(stored) - set(now):
-        return False
-    return all(stored[k] == v if k in stored else (k in defaults and defaults[k] == v) for k, v in now.items())
+    matches when this run leaves it at its default (`slic.config.changed_settings`), so upgrading slic does
+    not throw away a long run."""
+    return not changed_settings(stored, now, asdict(PretrainConfig()))
 
 
 def _what_changed(was: dict[str, Any], now: dict[str, Any]) -> str:
     """The settings (by key, first few) and/or data that differ between two checkpoint fingerprints."""
     parts = []
-    keys = sorted(k for k in (set(was) | set(now)) - {"data"} if was.get(k) != now.get(k))
+    keys = [k for k in changed_settings(was, now, asdict(PretrainConfig())) if k != "data"]
     if keys:
         shown = ", ".join(f"{k} {was.get(k, 'unset')!r} (now {now.get(k, 'unset')!r})" for k in keys[:4])
         parts.append(f"other settings: {shown}" + (f" and {len(keys) - 4} more" if len(keys) > 4 else ""))

@@ -346,7 +346,7 @@ def test_a_checkpoint_not_resumed_says_which_settings_or_data_differ() -> None:
 def test_a_checkpoint_from_before_a_new_setting_resumes_only_at_its_default() -> None:
     """Upgrading slic mid-run keeps the checkpoint when the new setting is left at its default."""
     from slic.config import PretrainConfig
-    from slic.pretrain import fingerprint, same_fingerprint
+    from slic.pretrain import _what_changed, fingerprint, same_fingerprint
 
     now = fingerprint(PretrainConfig(), "aaaa")
     older = {k: v for k, v in now.items() if k != "cluster_start_epoch"}  # written before the setting existed
@@ -355,3 +355,5 @@ def test_a_checkpoint_from_before_a_new_setting_resumes_only_at_its_default() ->
     assert not same_fingerprint(older, fingerprint(PretrainConfig(), "bbbb"))  # other data
     assert not same_fingerprint({**now, "removed_setting": 1}, now)
     assert not same_fingerprint({**now, "lr": 0.5}, now)
+    # The warning names only what really differs, not the setting added at its default.
+    assert _what_changed(older, fingerprint(PretrainConfig(lr=0.002), "aaaa")) == "other settings: lr 0.001 (now 0.002)"
