@@ -1194,6 +1194,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                              "sections win) into --out")
     args = parser.parse_args(argv)
     if args.merge:
+        missing = [str(path) for path in args.merge if not path.is_file()]
+        if missing:
+            parser.error(f"--merge: no report at {', '.join(missing)} (give the gpu.json of each call)")
         merged = merge_reports([json.loads(path.read_text()) for path in args.merge])
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(merged, indent=2) + "\n")
