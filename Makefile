@@ -14,7 +14,7 @@ export DVC_NO_ANALYTICS := 1
 export GX_ANALYTICS_ENABLED := false
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install chromium run test bench bench-gpu gpu-wheelhouse clean pipeline image services-up services-down deploy worker preset-paper
+.PHONY: install chromium run run-real test bench bench-real bench-gpu gpu-wheelhouse clean pipeline image services-up services-down deploy worker preset-paper
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,20 @@ install: $(VENV)/.installed
 
 run: install
 	$(BIN)/dvc repro
+
+# Real video: six UCF101 classes (../shared/real/ucf101_6, split 1, used in place) with the CPU settings chosen on
+# its val split (presets/ucf101_6_cpu.yaml, written into params.yaml), then the pipeline. `git checkout params.yaml`
+# returns to the synthetic default.
+REAL := ../shared/real/ucf101_6
+
+run-real: install
+	@test -d $(REAL)/videos || { echo "run-real: $(REAL)/videos not found: the six-class UCF101 set lies beside the checkout"; exit 2; }
+	$(BIN)/slic preset ucf101_6_cpu
+	$(BIN)/dvc repro
+
+# The four modes x seeds 7, 8, 9 on the real set, with the linear probe and finetuning (reports/bench/real.json).
+bench-real: install
+	$(BIN)/python bench/real.py
 
 # The paper's UCF101 values (presets/paper_ucf101.yaml) written into params.yaml; then set manifest.root.
 preset-paper: install

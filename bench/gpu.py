@@ -1089,7 +1089,8 @@ def stage_smoke(bench: Bench, out: dict[str, Any]) -> None:
         cfg = config.flow
         report = flow_all(read_manifest(cfg.manifest), frames_dir=cfg.frames, out_dir=cfg.out, splits=cfg.splits,
                           method=cfg.method, device=cfg.device, bound=cfg.bound, quality=cfg.quality, params=cfg.tvl1(),
-                          batch_pairs=cfg.batch_pairs, workers=cfg.workers, fail_fast=True)
+                          batch_pairs=cfg.batch_pairs, workers=cfg.workers, fail_fast=True,
+                          frame_step=config.pretrain.frame_step)
         return {k: report[k] for k in ("videos", "computed", "pairs_computed", "pairs_per_s", "device", "method")}
 
     def pretrain_stage() -> dict[str, Any]:

@@ -43,6 +43,52 @@ def flow_view(config: Config) -> FlowView | None:
     return FlowView(flow_dir=config.flow.out, p=config.flow.p) if config.flow.enabled else None
 
 
+def compute_flow(config: Config, out_dir: str | Path) -> dict[str, Any]:
+    """TV-L1 flow shards of `flow.splits` into `out_dir` with the `flow` settings, at `pretrain.frame_step` (the
+    pairs the clips read); intact shards are reused. The flow stage's report."""
+    from slic.data.datasets import read_manifest
+    from slic.data.flow import flow_all
+
+    cfg = config.flow
+    return flow_all(read_manifest(cfg.manifest), frames_dir=cfg.frames, out_dir=out_dir, splits=cfg.splits,
+                    method=cfg.method, device=cfg.device, bound=cfg.bound, quality=cfg.quality, params=cfg.tvl1(),
+                    batch_pairs=cfg.batch_pairs, workers=cfg.workers, fail_fast=cfg.fail_fast,
+                    frame_step=config.pretrain.frame_step)
+
+
+def skipped_flow(out_dir: str | Path) -> dict[str, Any]:
+    """The `flow` stage with `flow.enabled` false: no pairs computed (shards of an earlier run stay, for when it is
+    turned on again); an empty index so the stage's output exists. Its report says why."""
+    import pandas as pd
+
+    from slic.data.frames import INDEX_NAME
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(columns=["video_id", "shard", "frames", "bytes", "sha256"]).to_csv(out / INDEX_NAME, index=False)
+    return {"enabled": False, "videos": 0, "computed": 0, "reused": 0, "failed": [], "pairs_computed": 0,
+            "note": "flow.enabled is false: pretrain reads no flow, so none is computed here "
+                    "(ablation_flow computes its own under ablation_flow.out)"}
+
+
+def ablation_flow_view(config: Config) -> tuple[FlowView, dict[str, Any] | None]:
+    """The flow view of `ablation_flow`'s rgb_flow variant and, when computed here, the flow report.
+
+    With `flow.enabled` the flow stage's shards (pretrain reads them too); otherwise the flow is computed
+    here into `ablation_flow.out`/flow (intact shards reused), so that the pipeline before this stage never
+    waits for flow it does not read.
+    """
+    if config.flow.enabled:
+        return FlowView(flow_dir=config.flow.out, p=config.flow.p), None
+    flow_dir = Path(config.ablation_flow.out) / "flow"
+    report = compute_flow(config, flow_dir)
+    if report["failed"]:
+        first = report["failed"][0]
+        log.warning("ablation_flow: flow failed for %d videos (e.g. %s: %s)", len(report["failed"]),
+                    first["video_id"], first["error"])
+    return FlowView(flow_dir=str(flow_dir), p=config.flow.p), report
+
+
 def _main_run_row(config: Config, started: float) -> dict[str, Any]:
     """The row of the model the `pretrain` stage trained, evaluated from the `embed` stage's output."""
     embeddings = Path(config.embed.out)
@@ -137,7 +183,8 @@ def run_flow_ablation(config: Config, world: World) -> dict[str, Any]:
     """
     from slic.tracking import stage_run
 
-    variants = {"rgb": None, "rgb_flow": FlowView(flow_dir=config.flow.out, p=config.flow.p)}
+    view, flow_report = ablation_flow_view(config)
+    variants = {"rgb": None, "rgb_flow": view}
     rows: dict[str, dict[str, Any]] = {}
     with stage_run("ablation_flow", {**to_dict(config.ablation_flow), "flow.p": config.flow.p,
                                      "pretrain.mode": config.pretrain.mode}) as parent:
@@ -152,6 +199,8 @@ def run_flow_ablation(config: Config, world: World) -> dict[str, Any]:
         gain = round(100 * (rows["rgb_flow"]["recall@1"] - rows["rgb"]["recall@1"]), 2)
         parent.set_tags({"flow_gain_recall_at_1_points": gain})
         run_id = parent.run_id
-    return {**rows, "flow_minus_rgb_recall_at_1_points": gain, "flow_p": config.flow.p,
+    flow_summary = None if flow_report is None else {k: flow_report[k] for k in (
+        "videos", "computed", "reused", "pairs_computed", "pairs_per_s", "seconds", "frame_step")}
+    return {**rows, "flow_minus_rgb_recall_at_1_points": gain, "flow_p": config.flow.p, "flow_computed_here": flow_summary,
             "mode": config.pretrain.mode, "query_split": config.evaluate.query_split,
             "gallery_split": config.evaluate.gallery_split, "mlflow_run_id": run_id}

@@ -111,15 +111,19 @@ def run_extract(config: Any) -> dict[str, Any]:
 
 
 def run_flow(config: Any) -> dict[str, Any]:
-    """Stage `flow`: TV-L1 flow (u only) of the chosen splits' videos, one shard per video under data/flow."""
-    from slic.data.datasets import read_manifest
-    from slic.data.flow import flow_all
+    """Stage `flow`: TV-L1 flow (u only) of the chosen splits' videos, one shard per video under data/flow.
+
+    Only with `flow.enabled` (pretrain's flow view reads it); otherwise nothing is computed, so `pretrain`
+    does not wait for flow it never reads, and `ablation_flow` computes the flow it needs itself.
+    """
+    from slic.ablation import compute_flow, skipped_flow
 
     cfg = config.flow
-    report = flow_all(read_manifest(cfg.manifest), frames_dir=cfg.frames, out_dir=cfg.out, splits=cfg.splits,
-                      method=cfg.method, device=cfg.device, bound=cfg.bound, quality=cfg.quality,
-                      params=cfg.tvl1(), batch_pairs=cfg.batch_pairs, workers=cfg.workers,
-                      fail_fast=cfg.fail_fast)
+    if not cfg.enabled:
+        report = skipped_flow(cfg.out)
+        print(f"flow: {report['note']}")
+        return report
+    report = compute_flow(config, cfg.out)
     report["manifest"] = cfg.manifest
     print(f"flow ({report['method']} on {report['device']}): {report['computed']} computed, {report['reused']} "
           f"reused, {len(report['failed'])} failed; {report['pairs_per_s']} pairs/s, {report['seconds']} s")

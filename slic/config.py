@@ -171,6 +171,10 @@ class PretrainConfig:
                            help="triplet: SLIC's (paper); proxy: cross-entropy against one learnable proxy per "
                                 "pseudo-label, re-initialised at the cluster centroids every round")
     proxy_temperature: float = _spec(0.1, low=0.001, high=10.0, help="proxy objective only")
+    proxy_per: str = _spec("label", choices=("label", "video"),
+                           help="proxy objective: label, one proxy per pseudo-label, reset at every clustering "
+                                "round; video, one proxy per training video, set once and kept, and a "
+                                "cross-video positive is classified as its anchor's video (SLIC's pull acts)")
     mining: str = _spec("batch_all", choices=("mined", "batch_all"),
                         help="triplet objective: mined, the paper's one random semi-hard/hard negative per "
                              "pair; batch_all, every violating triplet of the batch")

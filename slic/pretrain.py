@@ -200,6 +200,17 @@ def is_cluster_epoch(cfg: PretrainConfig, epoch: int) -> bool:
     return (epoch - cfg.cluster_start_epoch) % cfg.cluster_interval == 0
 
 
+def proxies_need_reset(cfg: PretrainConfig, ready: bool, *, new_labels: bool) -> bool:
+    """Whether the proxies are (re)set before this epoch: when none exist yet, and in slic with one proxy per
+    pseudo-label after every clustering round (`new_labels`); per-video proxies are set once and kept."""
+    return not ready or (cfg.mode == "slic" and cfg.proxy_per == "label" and new_labels)
+
+
+def proxy_labels(cfg: PretrainConfig, labels: np.ndarray) -> np.ndarray:
+    """The label of each training video that owns a proxy: its pseudo-label, or (proxy_per video) itself."""
+    return np.arange(len(labels), dtype=np.int64) if cfg.proxy_per == "video" else np.asarray(labels)
+
+
 def _step_generator(cfg: PretrainConfig, epoch: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(np.random.SeedSequence([cfg.seed, epoch, step]).generate_state(1)[0]))
 
@@ -221,11 +232,13 @@ def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch
     for step, item in enumerate(loader):
         waited += time.perf_counter() - tick
         if cfg.gpu_decode:  # encoded frames and draws: decoded and augmented here, on the training device
-            encoded, labels, _ = item
+            encoded, labels, videos = item
             batch = torch.cat([clips_from_jpegs(kind, size=cfg.size, device=world.device) for kind in encoded])
         else:
-            anchor, positive, view, labels, _ = item
+            anchor, positive, view, labels, videos = item
             batch = torch.cat([anchor, positive, view] if use_view else [anchor, positive])
+        if proxies is not None and cfg.proxy_per == "video":
+            labels = videos  # the anchor's video: a positive from another video is pulled to the anchor's proxy
         batch = batch.to(world.device, non_blocking=True)
         if world.device.type == "cuda":
             batch = batch.contiguous(memory_format=torch.channels_last_3d)
@@ -331,7 +344,7 @@ def pretrain(cfg: PretrainConfig, *, manifest: str | Path, frames_dir: str | Pat
     if flow is not None:
         from slic.data.flow import require_flow
 
-        require_flow(flow.flow_dir, [v.video_id for v in train])
+        require_flow(flow.flow_dir, [v.video_id for v in train], cfg.frame_step)
     model = to_device(build_encoder(cfg), world.device)
     optimizer = build_optimizer(model, cfg)
     data = data_fingerprint(train, val, frames_dir=frames_dir, flow=flow)
@@ -368,11 +381,11 @@ def pretrain(cfg: PretrainConfig, *, manifest: str | Path, frames_dir: str | Pat
                 dataset.set_labels(labels)
                 state.labels = labels.tolist()
             metrics.update({f"cluster_{k}": v for k, v in cluster_stats.items()})
-        if proxies is not None and (not proxies.ready or (cfg.mode == "slic" and embeddings is not None)):
-            # New pseudo-labels (or none yet): the proxies start at their centroids.
+        if proxies is not None and proxies_need_reset(cfg, proxies.ready, new_labels=embeddings is not None):
+            # New pseudo-labels (or none yet): the proxies start at their centroids (per video: each video's own).
             if embeddings is None:
                 embeddings = embed_videos(model, train, protocol="centre", cfg=cfg, world=world, cache=cache)
-            proxies.reset(embeddings, dataset.labels)
+            proxies.reset(embeddings, proxy_labels(cfg, dataset.labels))
         dataset.set_epoch(epoch)
         sampler = DistributedSampler(dataset, num_replicas=world.size, rank=world.rank, shuffle=True,
                                      seed=cfg.seed, drop_last=True)

@@ -112,12 +112,16 @@ def test_repro_builds_every_output_then_is_a_no_op(repo: Path) -> None:
         embeddings = repo / f"data/models/ablation/{mode}/embeddings.npz"
         assert row["recall@1"] == pytest.approx(recall_at_1_by_hand(embeddings))
         assert row["recall@50"] == 1.0
-    flow = json.loads((repo / "reports/flow.json").read_text())
-    assert flow["failed"] == [] and len(list((repo / "data/flow").rglob("*.shard"))) == int(
-        (manifest["split"] == "train").sum())
+    flow = json.loads((repo / "reports/flow.json").read_text())  # flow.enabled false: pretrain reads no flow
+    assert (flow["enabled"], flow["pairs_computed"]) == (False, 0) and not list((repo / "data/flow").rglob("*.shard"))
     ablation_flow = json.loads((repo / "reports/ablation_flow.json").read_text())
     assert ablation_flow["rgb"]["recall@1"] == retrieval["recall@1"]  # the main (RGB-only) run, not retrained
     assert ablation_flow["rgb_flow"]["trained_by"] == "ablation_flow stage"
+    train_videos = int((manifest["split"] == "train").sum())
+    computed = ablation_flow["flow_computed_here"]  # its own flow, at the clips' frame_step: half the pairs
+    assert (computed["computed"], computed["frame_step"]) == (train_videos, 2)
+    assert computed["pairs_computed"] == train_videos * ((32 - 1) // 2)
+    assert len(list((repo / "data/models/ablation_flow/flow").rglob("*.shard"))) == train_videos
     assert (repo / "data/models/ablation_flow/rgb_flow/best.pt").is_file()
     promotion = json.loads((repo / "reports/promotion.json").read_text())
     assert (promotion["decision"], promotion["version"], promotion["champion_metric"]) == ("promoted", "1", "none")
@@ -136,6 +140,9 @@ def test_changing_one_param_reruns_only_its_stages(repo: Path) -> None:
     set_params(repo, "evaluate", ks=[1, 5, 10])
     assert ran(dvc(repo, "repro")) == ["evaluate", "ablation", "ablation_flow"]
     assert "recall@20" not in json.loads((repo / "reports/retrieval.json").read_text())
+    # Without the flow view nothing before ablation_flow waits for or depends on the flow settings.
+    set_params(repo, "flow", warps=3)
+    assert ran(dvc(repo, "repro")) == ["flow", "ablation_flow"]
     # A new extraction setting changes extract and nothing before it (a dry run lists only the stages whose
     # own inputs changed; that the stages after a changed one rerun is what the next step checks for real).
     set_params(repo, "extract", quality=6)

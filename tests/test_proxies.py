@@ -74,3 +74,38 @@ def test_intra_video_has_a_proxy_per_video_and_oracle_one_per_class(
     weight = _proxies_of(workspace / "data/models/proxy_oracle/last.pt")["weight"]
     assert weight.shape[0] == len({v.label for v in dataset.videos}) == 3
     assert dataset.labels.tolist() == [v.label for v in dataset.videos]  # the true classes, 0..2
+
+
+def test_proxy_per_video_pulls_cross_video_positives_to_the_anchors_proxy(
+        workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """slic with proxy_per video: one proxy per training video, set once and kept through the clustering rounds,
+    and every clip of a pair (a positive from another video of the cluster included) labelled with the anchor's
+    video; the positives still come from the clusters."""
+    import slic.losses
+
+    resets: list[np.ndarray] = []
+    reset = PseudoLabelProxies.reset
+
+    def recording_reset(self: PseudoLabelProxies, embeddings: np.ndarray, labels: np.ndarray) -> None:
+        resets.append(np.array(labels))
+        reset(self, embeddings, labels)
+
+    seen: list[list[int]] = []
+    loss = slic.losses.slic_loss
+
+    def recording_loss(anchor: torch.Tensor, positive: torch.Tensor, view: torch.Tensor | None,
+                       labels: torch.Tensor, **kwargs: object) -> tuple[torch.Tensor, dict]:
+        seen.append(labels.tolist())
+        return loss(anchor, positive, view, labels, **kwargs)
+
+    monkeypatch.setattr(PseudoLabelProxies, "reset", recording_reset)
+    monkeypatch.setattr(slic.losses, "slic_loss", recording_loss)
+    dataset, report = pretrain_in_process(workspace, monkeypatch, objective="proxy", proxy_per="video", epochs=2,
+                                          cluster_interval=1, p_intra=0.0, out="data/models/proxy_video")
+    assert report["cluster_rounds"] == 2
+    assert len(resets) == 1 and resets[0].tolist() == list(range(12))  # set once, one per video, never reset
+    served = dataset.served  # (epoch, index, pseudo-label, positive video, ...) in batch order (no workers)
+    assert [label for step in seen for label in step] == [row[1] for row in served]
+    cross = [row for row in served if row[3] != row[1]]
+    assert cross and all(dataset.labels[row[3]] == row[2] for row in cross if row[0] == 1)  # from the cluster
+    assert _proxies_of(workspace / "data/models/proxy_video/last.pt")["weight"].shape == (12, 16)

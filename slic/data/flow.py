@@ -3,10 +3,13 @@
 Input: the RGB frame shards of stage `extract` (frames.py), converted to greyscale. Output:
 ``<out>/<video_id>.shard`` in the same shard format (offset table + JPEG frames), one greyscale
 JPEG per frame holding the horizontal component u only (what SLIC's flow view uses), and
-``<out>/index.csv`` (with each shard's content sha256, as for frame shards). Alignment: a flow
-shard has exactly as many frames as its RGB shard; flow frame t is the flow from frame t to frame
-t+1, and the last frame repeats the one before it (a video of N frames has N - 1 flows), so frame
-indices mean the same thing in both shards.
+``<out>/index.csv`` (with each shard's content sha256, as for frame shards).
+
+Only what the clips read is computed: clips take every `frame_step`-th decoded frame (pretrain.frame_step)
+from frame 0, so a flow shard holds the frames 0, s, 2s, ... of its video (s = frame_step, recorded in
+the shard's header): flow frame k is the flow from decoded frame k*s to (k+1)*s, the motion between two
+consecutive frames of a clip, and the last frame repeats the one before it. At frame_step 1 that is every
+pair (t, t+1) and the shard has as many frames as its RGB shard; at 2 it is half the pairs.
 
 Quantisation (as the TV-L1 toolkits that feed two-stream networks do): u is clipped to
 [-bound, bound] pixels and mapped linearly to 0..255, ``q = round((u + bound) * 255 / (2 bound))``;
@@ -79,27 +82,40 @@ def decode_frames(jpegs: list[bytes]) -> np.ndarray:
 
 
 def read_flow_u(flow_dir: str | Path, video: str, start: int, length: int, step: int = 1) -> np.ndarray:
-    """Quantised u of frames start, start + step, ... (`length` of them) of `video` as (length, H, W) uint8.
+    """Quantised u at decoded frames start, start + step, ... (`length` of them) of `video`, (length, H, W) uint8.
 
     `video` is the video's id as in the manifest and the frame index ("Class/v_Class_g01_c01";
-    a trailing ".shard" is accepted). Frame t is aligned with RGB frame t of the same video (the
-    flow t -> t+1). `dequantize(..., bound)` gives pixels; as an image for the network, replicate
-    the one channel to three.
+    a trailing ".shard" is accepted). The flow at decoded frame t is the flow t -> t + step, so the
+    shard must have been made at this `step` (its header's frame_step): another step is refused with
+    the fix. `dequantize(..., bound)` gives pixels; as an image for the network, replicate the one
+    channel to three.
     """
     video_id = video[: -len(SUFFIX)] if video.endswith(SUFFIX) else video
     path = shard_path(flow_dir, video_id)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no flow shard for {video_id}; run the `flow` stage (dvc repro flow)")
-    return decode_frames(ShardReader.open(path).read_jpegs(start, (length - 1) * step + 1)[::step])
+    reader = ShardReader.open(path)
+    made_at = int(reader.header.get("frame_step", 1))
+    if made_at != step or start % step:
+        raise FlowError(f"{path}: flow made at frame_step {made_at}, read at frame_step {step} from frame {start}; "
+                        "the flow stage follows pretrain.frame_step: re-run it (dvc repro flow)")
+    return decode_frames(reader.read_jpegs(start // step, length))
 
 
-def require_flow(flow_dir: str | Path, video_ids: list[str]) -> None:
-    """Stop before training when a video has no flow shard: one line naming the folder, the videos and the fix."""
+def require_flow(flow_dir: str | Path, video_ids: list[str], frame_step: int = 1) -> None:
+    """Stop before training when a video has no flow shard, or one made at another frame_step: one line naming
+    the folder, the videos and the fix."""
     missing = [v for v in video_ids if not shard_path(flow_dir, v).is_file()]
     if missing:
         raise FlowError(f"{flow_dir}: no flow shard for {len(missing)} of {len(video_ids)} training videos "
                         f"(e.g. {', '.join(missing[:3])}); flow.enabled needs the `flow` stage first "
                         "(dvc repro flow, with train in flow.splits)")
+    other = [v for v in video_ids if int(ShardReader.open(shard_path(flow_dir, v)).header.get("frame_step", 1))
+             != frame_step]
+    if other:
+        raise FlowError(f"{flow_dir}: {len(other)} of {len(video_ids)} flow shards were made at another frame_step "
+                        f"than pretrain.frame_step {frame_step} (e.g. {', '.join(other[:3])}); re-run the `flow` "
+                        "stage (dvc repro flow)")
 
 
 def _source_stamp(path: Path) -> dict[str, int]:
@@ -112,22 +128,22 @@ def expected_header(video_id: str, frame_shard: Path, settings: dict[str, Any]) 
     return {"video_id": video_id, "kind": FLOW_KIND, **_source_stamp(frame_shard), **settings}
 
 
-def _settings(method: str, bound: float, quality: int, params: TVL1Params) -> dict[str, Any]:
-    return {"method": method, "bound": bound, "quality": quality, "tvl1": asdict(params)}
+def _settings(method: str, bound: float, quality: int, params: TVL1Params, frame_step: int) -> dict[str, Any]:
+    return {"method": method, "bound": bound, "quality": quality, "tvl1": asdict(params), "frame_step": frame_step}
 
 
-def _read_grey(frame_shard: Path) -> np.ndarray:
-    """Every frame of an RGB shard as (T, H, W) uint8 grey; errors name the shard file."""
+def _read_grey(frame_shard: Path, frame_step: int = 1) -> np.ndarray:
+    """Frames 0, frame_step, 2 frame_step, ... of an RGB shard as (T, H, W) uint8 grey; errors name the shard."""
     if not frame_shard.is_file():
         raise FileNotFoundError(f"{frame_shard}: frame shard missing; re-run the `extract` stage")
     reader = ShardReader.open(frame_shard)
     try:
-        rgb = reader.read_window(0, reader.frames)
+        rgb = reader.read_window(0, (reader.frames - 1) // frame_step + 1, frame_step)
     except (RuntimeError, ValueError, IndexError) as exc:
         raise ValueError(f"{frame_shard}: corrupt frame shard ({type(exc).__name__}: {exc}); "
                          "re-run the `extract` stage") from exc
     if len(rgb) < 2:
-        raise ValueError(f"{frame_shard}: {len(rgb)} frame(s); flow needs at least 2")
+        raise ValueError(f"{frame_shard}: {len(rgb)} frame(s) at frame_step {frame_step}; flow needs at least 2")
     return to_grey(rgb)
 
 
@@ -142,9 +158,10 @@ def _resolve_device(device: str) -> str:
 
 
 def flow_chunk(rows: list[dict[str, Any]], out_dir: str, method: str, device: str, bound: float, quality: int,
-               params: TVL1Params, batch_pairs: int, threads: int) -> list[dict[str, Any]]:
+               params: TVL1Params, batch_pairs: int, frame_step: int, threads: int) -> list[dict[str, Any]]:
     """Flow shards for a chunk of videos (rows: video_id, frame_shard); never raises for bad inputs.
 
+    The pairs are (k s, (k+1) s) for s = `frame_step` (see the module's docstring).
     The torch method computes the pairs of all videos of one frame size in batches of up to
     `batch_pairs`. Returns one result per row: status computed|reused|failed, frames, bytes, sha256 (the
     content hash written into the shard's header), error.
@@ -157,7 +174,7 @@ def flow_chunk(rows: list[dict[str, Any]], out_dir: str, method: str, device: st
             import cv2
 
             cv2.setNumThreads(threads)
-    settings = _settings(method, bound, quality, params)
+    settings = _settings(method, bound, quality, params, frame_step)
     results: dict[str, dict[str, Any]] = {}
     todo: list[tuple[dict[str, Any], np.ndarray, dict[str, Any]]] = []
     for row in rows:
@@ -172,7 +189,7 @@ def flow_chunk(rows: list[dict[str, Any]], out_dir: str, method: str, device: st
                 results[row["video_id"]] = {**result, "status": "reused", "frames": reader.frames,
                                             "bytes": target.stat().st_size, "sha256": reader.content_sha256()}
                 continue
-            todo.append((result, _read_grey(source), expected))
+            todo.append((result, _read_grey(source, frame_step), expected))
         except Exception as exc:  # noqa: BLE001 - one bad shard must not take the run down; it is reported
             results[row["video_id"]] = {**result, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
     by_size: dict[tuple[int, int], list[int]] = {}
@@ -226,8 +243,8 @@ def select_videos(manifest: pd.DataFrame, frames_dir: str | Path, splits: tuple[
 
 def flow_all(manifest: pd.DataFrame, *, frames_dir: str | Path, out_dir: str | Path, splits: tuple[str, ...],
              method: str, device: str, bound: float, quality: int, params: TVL1Params, batch_pairs: int,
-             workers: int, fail_fast: bool = False) -> dict[str, Any]:
-    """Flow shards for every video of `splits`; write <out>/index.csv; return the stage report.
+             workers: int, fail_fast: bool = False, frame_step: int = 1) -> dict[str, Any]:
+    """Flow shards for every video of `splits` at `frame_step`; write <out>/index.csv; return the stage report.
 
     CPU: chunks of videos on a process pool of `workers` (one thread each). CUDA (torch method):
     chunks in this process, one batch of up to `batch_pairs` pairs at a time on the GPU.
@@ -241,15 +258,18 @@ def flow_all(manifest: pd.DataFrame, *, frames_dir: str | Path, out_dir: str | P
     device = _resolve_device(device) if method == "torch" else "cpu"
     task_pairs = max(batch_pairs, TASK_PAIRS)
     chunks: list[list[dict[str, Any]]] = [[]]
+    def pairs(row: dict[str, Any]) -> int:
+        return max(row["frames"] - 1, 0) // frame_step
+
     for row in rows:  # tasks of about task_pairs frame pairs each
-        if chunks[-1] and sum(r["frames"] - 1 for r in chunks[-1]) + row["frames"] - 1 > task_pairs:
+        if chunks[-1] and sum(pairs(r) for r in chunks[-1]) + pairs(row) > task_pairs:
             chunks.append([])
         chunks[-1].append(row)
     chunks = [c for c in chunks if c]
     started, cpu_started = time.perf_counter(), process_cpu_seconds()
     results: list[dict[str, Any]] = []
     bar = tqdm(total=len(rows), desc="flow", unit="video", disable=not sys.stderr.isatty())
-    args = (str(out), method, device, bound, quality, params, batch_pairs)
+    args = (str(out), method, device, bound, quality, params, batch_pairs, frame_step)
 
     def collect(done: list[dict[str, Any]]) -> None:
         results.extend(done)
@@ -281,7 +301,7 @@ def flow_all(manifest: pd.DataFrame, *, frames_dir: str | Path, out_dir: str | P
         "frames": int(sum(r["frames"] for r in ok)), "pairs_computed": int(new_pairs), "seconds": round(seconds, 3),
         "cpu_seconds": round(cpu_seconds, 3), "pairs_per_s": round(new_pairs / seconds, 1) if seconds > 0 and new_pairs else 0.0,
         "bytes": int(sum(r["bytes"] for r in ok)), "splits": list(splits), "method": method, "device": device,
-        "bound": bound, "quality": quality, "tvl1": asdict(params), "batch_pairs": batch_pairs,
+        "bound": bound, "quality": quality, "tvl1": asdict(params), "batch_pairs": batch_pairs, "frame_step": frame_step,
         "workers": workers, "leftovers_removed": removed, "cpu_count": os.cpu_count(),
         "content_fingerprint": content_fingerprint({r["video_id"]: r["sha256"] for r in ok}),
     }

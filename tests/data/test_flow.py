@@ -211,3 +211,30 @@ def test_stored_u_of_frame_t_is_the_flow_from_t_to_t_plus_1(tmp_path: Path) -> N
     grey = to_grey(ShardReader.open(shard).read_window(0, len(SHIFTS) + 1))
     expected = quantize(tvl1_torch(grey[:-1], grey[1:], TVL1Params())[..., 0], 20.0)
     assert np.abs(stored[:-1].astype(int) - expected).mean() < 0.25  # the JPEG of the stored u, no more
+
+
+def test_at_frame_step_2_frame_k_is_the_flow_from_2k_to_2k_plus_2_and_half_the_pairs(tmp_path: Path) -> None:
+    """Only what clips at frame_step 2 read: the pairs (2k, 2k+2), the summed motion of two steps, read back at
+    the clip's decoded frame indices; a shard made at another step is refused with the fix."""
+    from slic.data.flow import FlowError
+
+    shard = moving_texture_shard(tmp_path / "frames")
+    manifest = pd.DataFrame({"video_id": ["Move/v_Move_g01_c01"], "split": ["train"]})
+    report = run_stage(manifest, tmp_path / "frames", tmp_path / "flow", params=TVL1Params(), frame_step=2)
+    frames = len(SHIFTS) + 1
+    sampled = (frames - 1) // 2 + 1
+    assert (report["computed"], report["frame_step"], report["pairs_computed"]) == (1, 2, sampled - 1)
+    assert ShardReader.open(shard_path(tmp_path / "flow", "Move/v_Move_g01_c01")).frames == sampled
+    stored = read_flow_u(tmp_path / "flow", "Move/v_Move_g01_c01", 0, sampled, step=2)
+    two_steps = [SHIFTS[2 * k] + SHIFTS[2 * k + 1] for k in range(sampled - 1)]
+    u = dequantize(stored, 20.0)[:, 8:-8, 8:-8]
+    np.testing.assert_allclose(u.mean(axis=(1, 2))[:-1], two_steps, atol=0.3)
+    grey = to_grey(ShardReader.open(shard).read_window(0, sampled, 2))
+    expected = quantize(tvl1_torch(grey[:-1], grey[1:], TVL1Params())[..., 0], 20.0)
+    assert np.abs(stored[:-1].astype(int) - expected).mean() < 0.25
+    window = read_flow_u(tmp_path / "flow", "Move/v_Move_g01_c01", 2, 2, step=2)  # decoded frames 2 and 4
+    assert np.array_equal(window, stored[1:3])
+    with pytest.raises(FlowError, match="made at frame_step 2, read at frame_step 1.*dvc repro flow"):
+        read_flow_u(tmp_path / "flow", "Move/v_Move_g01_c01", 0, 4, step=1)
+    again = run_stage(manifest, tmp_path / "frames", tmp_path / "flow", params=TVL1Params(), frame_step=1)
+    assert again["computed"] == 1  # another step: recomputed, not reused
