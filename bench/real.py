@@ -6,7 +6,9 @@ The manifest, validation carve and frame extraction are made once into the work 
 (`pretrain.seed`, `linear_probe.seed` and `finetune.seed` all = the seed):
 - every row of `--rows` is pretrained, embedded with the `embed` protocol and evaluated like the `ablation`
   stage (test queries against the train gallery): the four modes, and `slic_video` (slic with one proxy per
-  video, `pretrain.proxy_per: video`, in which the cross-video positive is pulled to its anchor's proxy);
+  video, `pretrain.proxy_per: video`, in which the cross-video positive is pulled to its anchor's proxy), and
+  two controls: `slic_video_shuffled` (its clusters dealt to the videos at random, sizes kept) and
+  `slic_triplet` (the paper's triplet objective);
 - the linear probe on the frozen encoder of `--encoder` and of random_init, and finetuning from that encoder
   against from scratch (test top-1, checkpoints chosen on val).
 
@@ -52,6 +54,10 @@ ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     "slic": ("slic", {"proxy_per": "label"}),
     "slic_video": ("slic", {"proxy_per": "video"}),
     "oracle": ("oracle", {}),
+    # Controls (issue: what are the clusters worth?): slic_video with each round's clusters dealt to the videos at
+    # random (sizes kept), and slic with the paper's triplet objective instead of proxies.
+    "slic_video_shuffled": ("slic", {"proxy_per": "video", "shuffle_clusters": True}),
+    "slic_triplet": ("slic", {"objective": "triplet"}),
 }
 CLUSTERED = ("slic", "oracle")
 SEEDS = (7, 8, 9)

@@ -167,6 +167,8 @@ class PretrainConfig:
     cluster_start_epoch: int = _spec(0, low=0, help="slic: epochs of intra-video positives (each video its own "
                                                     "pseudo-label) before the first clustering round; 0: cluster "
                                                     "from epoch 0 (paper)")
+    shuffle_clusters: bool = _spec(False, help="control: each round's cluster ids permuted across the training "
+                                               "videos (sizes kept, content random): what the clusters are worth")
     objective: str = _spec("proxy", choices=("triplet", "proxy"),
                            help="triplet: SLIC's (paper); proxy: cross-entropy against one learnable proxy per "
                                 "pseudo-label, re-initialised at the cluster centroids every round")

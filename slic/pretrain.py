@@ -10,7 +10,10 @@ mining labels = video ids; the baseline), `random_init` (no training; the untrai
 clusters are computed for monitoring only). `objective: triplet` is SLIC's: the paper's mining
 (`mining: mined`) or every violating triplet of the batch (`mining: batch_all`); `objective: proxy`
 replaces the triplet by a cross-entropy against one learnable proxy per pseudo-label, set at the
-label centroids whenever the labels change (`slic.proxies`).
+label centroids whenever the labels change (`slic.proxies`); with `proxy_per: video` one proxy per
+training video instead, set once, and each pair labelled with the anchor's video, so that a positive
+from another video of the cluster is pulled to the anchor. `shuffle_clusters` is a control: each
+round's clusters dealt to the videos at random, sizes kept.
 
 Robustness: a checkpoint is written atomically after every epoch; running again resumes from it
 and, because every random draw derives from (seed, epoch, step or sample), reaches the same
@@ -200,6 +203,12 @@ def is_cluster_epoch(cfg: PretrainConfig, epoch: int) -> bool:
     return (epoch - cfg.cluster_start_epoch) % cfg.cluster_interval == 0
 
 
+def shuffled_clusters(labels: np.ndarray, seed: int, epoch: int) -> np.ndarray:
+    """The control `shuffle_clusters`: the cluster ids dealt to the videos in a random order (seeded by the round),
+    so every cluster keeps its size and loses its content."""
+    return np.asarray(labels)[np.random.default_rng([seed, epoch, 101]).permutation(len(labels))]
+
+
 def proxies_need_reset(cfg: PretrainConfig, ready: bool, *, new_labels: bool) -> bool:
     """Whether the proxies are (re)set before this epoch: when none exist yet, and in slic with one proxy per
     pseudo-label after every clustering round (`new_labels`); per-video proxies are set once and kept."""
@@ -378,6 +387,7 @@ def pretrain(cfg: PretrainConfig, *, manifest: str | Path, frames_dir: str | Pat
         if is_cluster_epoch(cfg, epoch):
             labels, cluster_stats, embeddings = cluster_round(model, train, cfg, world, cache)
             if cfg.mode == "slic":  # oracle: the clusters of its embedding are only monitored
+                labels = shuffled_clusters(labels, cfg.seed, epoch) if cfg.shuffle_clusters else labels
                 dataset.set_labels(labels)
                 state.labels = labels.tolist()
             metrics.update({f"cluster_{k}": v for k, v in cluster_stats.items()})

@@ -12,6 +12,7 @@ import socket
 import time
 import urllib.error
 import urllib.request
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -223,8 +224,15 @@ def manifest_dataset(manifest: str | Path, digest: str, splits: Sequence[str] | 
     if splits:
         table = table[table["split"].isin(list(splits))].reset_index(drop=True)
     name = f"{path.name} {'+'.join(splits)}" if splits else path.name
-    return mlflow.data.from_pandas(table, source=LocalArtifactDatasetSource(str(path)), name=name,
-                                   digest=digest[:36])
+    dataset = mlflow.data.from_pandas(table, source=LocalArtifactDatasetSource(str(path)), name=name,
+                                      digest=digest[:36])
+    with warnings.catch_warnings():
+        # The record's schema is the manifest's columns as they are (label, frames, width, height are integers).
+        # MLflow's hint that integer columns cannot hold missing values concerns a model's input at inference
+        # time, which a dataset record never is; only that hint is silenced, and only here.
+        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column", category=UserWarning)
+        dataset.schema  # noqa: B018 - inferred (and cached) here, inside the filter
+    return dataset
 
 
 def _process_tags() -> dict[str, str]:

@@ -357,3 +357,17 @@ def test_a_checkpoint_from_before_a_new_setting_resumes_only_at_its_default() ->
     assert not same_fingerprint({**now, "lr": 0.5}, now)
     # The warning names only what really differs, not the setting added at its default.
     assert _what_changed(older, fingerprint(PretrainConfig(lr=0.002), "aaaa")) == "other settings: lr 0.001 (now 0.002)"
+
+
+def test_a_manifest_logged_as_a_run_input_raises_no_warning_and_keeps_its_integer_columns(workspace: Path) -> None:
+    """make run printed MLflow's integer-column hint at every stage that logs its data; the record keeps the types."""
+    import warnings
+
+    from slic.tracking import manifest_dataset
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dataset = manifest_dataset(workspace / "data/manifests/validated.csv", "0123456789abcdef", ("train",))
+        entity = dataset._to_mlflow_entity()
+    columns = {c["name"]: c["type"] for c in json.loads(entity.schema)["mlflow_colspec"]}
+    assert columns["label"] == columns["frames"] == "long" and columns["video_id"] == "string"

@@ -109,3 +109,24 @@ def test_proxy_per_video_pulls_cross_video_positives_to_the_anchors_proxy(
     cross = [row for row in served if row[3] != row[1]]
     assert cross and all(dataset.labels[row[3]] == row[2] for row in cross if row[0] == 1)  # from the cluster
     assert _proxies_of(workspace / "data/models/proxy_video/last.pt")["weight"].shape == (12, 16)
+
+
+def test_shuffled_clusters_keep_every_size_and_lose_their_content(
+        workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """The control `shuffle_clusters`: training sees the round's cluster sizes, dealt to the videos at random."""
+    import slic.pretrain
+
+    clusters = np.repeat(np.arange(4), 3)  # 4 clusters of 3 of the 12 training videos, in video order
+    real_round = slic.pretrain.cluster_round
+
+    def fixed_round(*args: object, **kwargs: object) -> tuple:
+        _, stats, embeddings = real_round(*args, **kwargs)
+        return clusters.copy(), stats, embeddings
+
+    monkeypatch.setattr(slic.pretrain, "cluster_round", fixed_round)
+    dataset, _ = pretrain_in_process(workspace, monkeypatch, shuffle_clusters=True, epochs=1, cluster_interval=1,
+                                     out="data/models/shuffled")
+    assert sorted(np.bincount(dataset.labels).tolist()) == [3, 3, 3, 3]
+    assert not np.array_equal(dataset.labels, clusters)
+    positives = [row for row in dataset.served if row[3] != row[1]]  # drawn from the shuffled clusters
+    assert positives and all(dataset.labels[row[3]] == dataset.labels[row[1]] for row in positives)
