@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import platform
 import shutil
 import sys
@@ -261,12 +260,11 @@ def log_to_mlflow(report: dict[str, Any], json_path: Path, png_path: Path) -> st
 
 
 def machine(device: Any) -> dict[str, Any]:
-    """Where the sweep ran: CPU count, torch version and threads, the device (GPU name on CUDA)."""
-    import torch
+    """Where the sweep ran: CPU model and count, torch / oneDNN versions and threads, the device (GPU name on
+    CUDA): a comparison holds inside one machine, so the report says which."""
+    from slic.machine import machine_info
 
-    return {"cpu_count": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "device": str(device), "platform": platform.platform(),
-            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
+    return {"gpu": None, **machine_info(device), "device": str(device), "platform": platform.platform()}
 
 
 def shown(path: Path) -> str:

@@ -201,6 +201,6 @@ def run_flow_ablation(config: Config, world: World) -> dict[str, Any]:
         run_id = parent.run_id
     flow_summary = None if flow_report is None else {k: flow_report[k] for k in (
         "videos", "computed", "reused", "pairs_computed", "pairs_per_s", "seconds", "frame_step")}
-    return {**rows, "flow_minus_rgb_recall_at_1_points": gain, "flow_p": config.flow.p, "flow_computed_here": flow_summary,
-            "mode": config.pretrain.mode, "query_split": config.evaluate.query_split,
+    return {**rows, "flow_minus_rgb_recall_at_1_points": gain, "flow_p": config.flow.p,
+            "flow_computed_here": flow_summary, "mode": config.pretrain.mode, "query_split": config.evaluate.query_split,
             "gallery_split": config.evaluate.gallery_split, "mlflow_run_id": run_id}

@@ -185,6 +185,13 @@ def _log_plot(run: Any, name: str, make: Callable[..., Path], *args: Any) -> Non
         run.log_artifact(make(*args, Path(tmp) / f"{name}.png"), "plots")
 
 
+def machine_tags(device: Any) -> dict[str, Any]:
+    """`slic.machine.machine_info` as MLflow tags (machine.cpu_model, machine.torch, ...): where a run trained."""
+    from slic.machine import machine_info
+
+    return {f"machine.{k}": v for k, v in machine_info(device).items()}
+
+
 def run_pretrain(config: Any) -> dict[str, Any]:
     """Stage `pretrain`: SLIC (or a baseline) on the train split; checkpoints in data/models/pretrain."""
     from slic.config import to_dict
@@ -204,6 +211,7 @@ def run_pretrain(config: Any) -> dict[str, Any]:
                               world=world, run=run, flow=flow_view(config))
             if run is not None:
                 run.log_metrics({k: v for k, v in report.items() if isinstance(v, (int, float))})
+                run.set_tags(machine_tags(world.device))
                 report["mlflow_run_id"] = run.run_id
                 history = Path(config.pretrain.out) / "history.json"
                 if history.is_file():
@@ -354,6 +362,7 @@ def run_linear_probe_stage(config: Any) -> dict[str, Any]:
                                   frames_dir=config.extract.out, run=run)
         _log_videos_input(run, config, ("train", "val", "test"), "training", min_frames=cfg.clip_len,
                           frame_step=cfg.frame_step)
+        run.set_tags(machine_tags(report["device"]))
         report["mlflow_run_id"] = run.run_id
     print(f"linear_probe: test top1 {report['top1']:.2f}% top5 {report['top5']:.2f}% (best val top1 "
           f"{report['best_val_top1']:.2f}% at epoch {report['best_epoch']}), {report['seconds']} s")
@@ -371,6 +380,7 @@ def run_finetune_stage(config: Any) -> dict[str, Any]:
                               run=run)
         _log_videos_input(run, config, ("train", "val", "test"), "training", min_frames=cfg.clip_len,
                           frame_step=cfg.frame_step)
+        run.set_tags(machine_tags(report["pretrained"]["device"]))
     for name, row in report.items():
         print(f"finetune {name:12s} test top1 {row['top1']:.2f}% top5 {row['top5']:.2f}%")
     return report
@@ -408,6 +418,7 @@ STAGES: dict[str, tuple[Callable[[Any], dict[str, Any]], str]] = {
 
 REPORT_NAMES = {"evaluate": "retrieval", "promote": "promotion",
                 "linear-probe": "linear_probe", "ablation-flow": "ablation_flow"}  # reports/<name>.json when it is not the stage's name
+TRAINING_STAGES = ("pretrain", "embed", "ablation", "ablation-flow", "linear-probe")
 FIXED_KEY_REPORTS = ("finetune",)  # top-level keys are exactly the trainings: no stage_seconds added
 
 
@@ -521,6 +532,10 @@ def main(argv: list[str] | None = None) -> int:
     if os.environ.get("RANK", "0") == "0":  # under torchrun, only the main rank reports
         if args.stage not in FIXED_KEY_REPORTS:
             report["stage_seconds"] = round(time.perf_counter() - started, 3)
+            if args.stage in TRAINING_STAGES:  # numbers that differ across CPU types: where they were made
+                from slic.machine import machine_info
+
+                report["machine"] = machine_info()
         write_report(REPORT_NAMES.get(args.stage, args.stage), report)
     return 0
 

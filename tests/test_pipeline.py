@@ -87,6 +87,7 @@ def test_repro_builds_every_output_then_is_a_no_op(repo: Path) -> None:
     assert (repo / "data/validation/docs/index.html").is_file()
     pretrain = json.loads((repo / "reports/pretrain.json").read_text())
     assert pretrain["mode"] == "slic" and pretrain["epochs"] == 2 and pretrain["mlflow_run_id"]
+    assert pretrain["machine"]["cpu_count"] == os.cpu_count() and pretrain["machine"]["cpu_model"]
     assert (repo / "data/models/pretrain/best.pt").is_file() and (repo / "data/models/pretrain/last.pt").is_file()
     retrieval = json.loads((repo / "reports/retrieval.json").read_text())
     test_videos = int((manifest["split"] == "test").sum())

@@ -258,6 +258,7 @@ def flow_all(manifest: pd.DataFrame, *, frames_dir: str | Path, out_dir: str | P
     device = _resolve_device(device) if method == "torch" else "cpu"
     task_pairs = max(batch_pairs, TASK_PAIRS)
     chunks: list[list[dict[str, Any]]] = [[]]
+
     def pairs(row: dict[str, Any]) -> int:
         return max(row["frames"] - 1, 0) // frame_step
 
