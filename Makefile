@@ -26,9 +26,8 @@ install: $(VENV)/.installed
 run: install
 	$(BIN)/dvc repro
 
-# Real video: six UCF101 classes (../shared/real/ucf101_6, split 1, used in place) with the CPU settings chosen on
-# its val split (presets/ucf101_6_cpu.yaml, written into params.yaml), then the pipeline. `git checkout params.yaml`
-# returns to the synthetic default.
+# Real video: six UCF101 classes (../shared/real/ucf101_6, split 1, used in place; presets/ucf101_6_cpu.yaml
+# written into params.yaml), then the pipeline. `git checkout params.yaml` returns to the synthetic default.
 REAL := ../shared/real/ucf101_6
 
 run-real: install
