@@ -234,6 +234,13 @@ def plot(cells: list[dict[str, Any]], chance: float, out: Path) -> Path:
     seeds = len(cells[0]["seeds"]) if cells else 0
     ax.set(xlabel="synth.appearance_bias", ylabel="test recall@1 (%)", ylim=(0, 100),
            title=f"retrieval by pretraining mode ({seeds} seed{'s' if seeds != 1 else ''}, error bars: std)")
+    return save_figure(fig, ax, out)
+
+
+def save_figure(fig: Any, ax: Any, out: Path) -> Path:
+    """The legend, a tight layout and the PNG at `out` (its folder made); the figure closed."""
+    import matplotlib.pyplot as plt
+
     ax.legend(fontsize=8)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -328,16 +335,21 @@ def sweep(config: Config, args: argparse.Namespace, work: Path, world: Any) -> d
     }
 
 
+def configure(verbose: bool, threads: int | None) -> None:
+    """A bench run's logging (slic's INFO lines with `verbose`) and torch CPU threads (torch's choice when None)."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    import torch
-
+    configure(args.verbose, args.threads)
     from slic.distributed import World, resolve_device
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     config = load(args.params)
     config = quick_config(config) if args.quick else config
     world = World(0, 1, 0, resolve_device(config.pretrain.device))

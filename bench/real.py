@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 import tempfile
 import time
@@ -44,7 +43,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.ablation import cluster_amis, machine, shown, spread, stored_result  # noqa: E402
+from bench.ablation import (cluster_amis, configure, machine, save_figure, shown, spread,  # noqa: E402
+                            stored_result)
 from slic.config import Config, ConfigError, load, to_dict  # noqa: E402
 
 # Row name -> (pretrain.mode, other pretrain settings of the row).
@@ -301,12 +301,7 @@ def plot(report: dict[str, Any], out: Path) -> Path:
     ax.set(ylabel="test recall@1 (%)", ylim=(0, 100),
            title=f"ucf101_6 split 1: retrieval by pretraining mode (seeds {', '.join(map(str, report['seeds']))})")
     ax.title.set_fontsize(9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, ax, out)
 
 
 def log_to_mlflow(report: dict[str, Any], json_path: Path, png_path: Path) -> str:
@@ -351,14 +346,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    import torch
-
+    configure(args.verbose, args.threads)
     from slic.distributed import World, resolve_device
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     work = Path(args.work)
     try:
         config = with_overrides(real_config(Path(args.params), Path(args.root), work, args.preset), args.overrides)
