@@ -290,14 +290,14 @@ def plot(report: dict[str, Any], out: Path) -> Path:
     import matplotlib.pyplot as plt
 
     rows = list(report["mean"])
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, ax = plt.subplots(figsize=(6.8, 4.4))
     for index, row in enumerate(rows):
         values = [100 * v["recall@1"] for v in report["per_seed"][row].values()]
         ax.bar(index, np.mean(values), color=f"C{index}", alpha=0.55)
         ax.errorbar(index, np.mean(values), yerr=100 * report["std"][row]["recall@1"], color="black", capsize=4)
         ax.scatter([index] * len(values), values, color="black", s=12, zorder=3)
     ax.axhline(100 * report["chance_recall_at_1"], color="grey", linestyle="--", linewidth=1, label="chance")
-    ax.set_xticks(range(len(rows)), rows, fontsize=8)
+    ax.set_xticks(range(len(rows)), rows, fontsize=8, rotation=20, ha="right")
     ax.set(ylabel="test recall@1 (%)", ylim=(0, 100),
            title=f"ucf101_6 split 1: retrieval by pretraining mode (seeds {', '.join(map(str, report['seeds']))})")
     ax.title.set_fontsize(9)
