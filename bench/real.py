@@ -217,7 +217,8 @@ def run_seed(config: Config, seed: int, rows: list[str], encoder: str | None, wo
         path = folder / "results" / f"{row}.json"
         expected = settings(row_config(cfg, row), TRAIN_SECTIONS)
         found = stored_result(path, expected)
-        if found is None or not (folder / row / "best.pt").is_file() and encoder in (row, "random_init"):
+        classified_from = encoder is not None and row in (encoder, "random_init")
+        if found is None or (classified_from and not (folder / row / "best.pt").is_file()):
             found = {**run_row(cfg, row, folder, world, tracked), "settings": expected}
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(found, indent=1))
