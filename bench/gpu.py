@@ -1034,9 +1034,7 @@ def substitutes(record: list[str]) -> Iterator[None]:
 
 def stage_smoke(bench: Bench, out: dict[str, Any]) -> None:
     """Item f: flow, pretrain, embed, evaluate, linear_probe and finetune once each on the device."""
-    from slic.ablation import flow_view
-    from slic.data.datasets import read_manifest
-    from slic.data.flow import flow_all
+    from slic.ablation import compute_flow, flow_view
     from slic.distributed import World
     from slic.embed import embed_dataset
     from slic.finetune_stages import run_finetune, run_linear_probe
@@ -1086,11 +1084,7 @@ def stage_smoke(bench: Bench, out: dict[str, Any]) -> None:
         bench.save()
 
     def flow() -> dict[str, Any]:
-        cfg = config.flow
-        report = flow_all(read_manifest(cfg.manifest), frames_dir=cfg.frames, out_dir=cfg.out, splits=cfg.splits,
-                          method=cfg.method, device=cfg.device, bound=cfg.bound, quality=cfg.quality, params=cfg.tvl1(),
-                          batch_pairs=cfg.batch_pairs, workers=cfg.workers, fail_fast=True,
-                          frame_step=config.pretrain.frame_step)
+        report = compute_flow(replace(config, flow=replace(config.flow, fail_fast=True)), config.flow.out)
         return {k: report[k] for k in ("videos", "computed", "pairs_computed", "pairs_per_s", "device", "method")}
 
     def pretrain_stage() -> dict[str, Any]:

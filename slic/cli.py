@@ -535,7 +535,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.stage in TRAINING_STAGES:  # numbers that differ across CPU types: where they were made
                 from slic.machine import machine_info
 
-                report["machine"] = machine_info()
+                report["machine"] = machine_info(report.get("device"))
         write_report(REPORT_NAMES.get(args.stage, args.stage), report)
     return 0
 
