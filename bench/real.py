@@ -58,6 +58,11 @@ ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     # random (sizes kept), and slic with the paper's triplet objective instead of proxies.
     "slic_video_shuffled": ("slic", {"proxy_per": "video", "shuffle_clusters": True}),
     "slic_triplet": ("slic", {"objective": "triplet"}),
+    # NT-Xent over the anchor-positive pairs (issue: an objective in which SLIC's positive acts): both modes, so the
+    # objective is compared with itself; slic_supcon makes every clip of the cluster a positive.
+    "intra_video_nce": ("intra_video", {"objective": "nce"}),
+    "slic_nce": ("slic", {"objective": "nce", "nce_positives": "pair"}),
+    "slic_supcon": ("slic", {"objective": "nce", "nce_positives": "label"}),
 }
 CLUSTERED = ("slic", "oracle")
 SEEDS = (7, 8, 9)

@@ -169,10 +169,15 @@ class PretrainConfig:
                                                     "from epoch 0 (paper)")
     shuffle_clusters: bool = _spec(False, help="control: each round's cluster ids permuted across the training "
                                                "videos (sizes kept, content random): what the clusters are worth")
-    objective: str = _spec("proxy", choices=("triplet", "proxy"),
+    objective: str = _spec("proxy", choices=("triplet", "proxy", "nce"),
                            help="triplet: SLIC's (paper); proxy: cross-entropy against one learnable proxy per "
-                                "pseudo-label, re-initialised at the cluster centroids every round")
+                                "pseudo-label, re-initialised at the cluster centroids every round; nce: NT-Xent "
+                                "over the batch's anchor-positive pairs, in-batch negatives")
     proxy_temperature: float = _spec(0.1, low=0.001, high=10.0, help="proxy objective only")
+    nce_temperature: float = _spec(0.1, low=0.001, high=10.0, help="nce objective only")
+    nce_positives: str = _spec("pair", choices=("pair", "label"),
+                               help="nce objective: pair, a clip's target is its partner and its pseudo-label's "
+                                    "other clips leave the denominator; label, they are targets too (SupCon)")
     proxy_per: str = _spec("label", choices=("label", "video"),
                            help="proxy objective: label, one proxy per pseudo-label, reset at every clustering "
                                 "round; video, one proxy per training video, set once and kept, and a "

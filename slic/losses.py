@@ -13,7 +13,11 @@ L2-normalise its output, so the losses normalise internally and are invariant to
   cosine to one learnable proxy per pseudo-label, as a softmax cross-entropy (normalised softmax,
   "NormFace"/Proxy-NCA family). With true labels it learns motion as fast as a classifier does,
   where the in-batch triplet needs three times the steps (README: pretrain).
-- `slic_loss`: the total, triplet (or proxy) + temporal_weight * temporal, with float diagnostics.
+- `nce_loss_with_stats`: NT-Xent (InfoNCE) over the batch's anchor-positive pairs: each clip's target is
+  its own partner (SLIC's positive, from another video of the cluster or from its own video), the other
+  clips of the batch are its negatives, except those sharing its pseudo-label, which are left out
+  (`positives="pair"`) or are positives too (`positives="label"`, SupCon).
+- `slic_loss`: the total, triplet (or proxy, or NCE) + temporal_weight * temporal, with float diagnostics.
 
 Mining is vectorised (no Python loop over pairs) and runs on the embeddings' device. It builds a
 (P, N) candidate mask for P pairs and N samples, so memory is O(P * N); P is at most N (N - 1) / 2.
@@ -184,6 +188,49 @@ def proxy_loss_with_stats(embeddings: Tensor, labels: Tensor, proxies: Tensor, *
     return loss, {"proxy_accuracy": accuracy}
 
 
+NCE_POSITIVES = ("pair", "label")
+
+
+def nce_loss_with_stats(anchor: Tensor, positive: Tensor, labels: Tensor, *, temperature: float = 0.1,
+                        positives: str = "pair") -> tuple[Tensor, dict[str, float]]:
+    """NT-Xent over the 2B clips cat([anchor, positive]): the loss in which SLIC's positive itself is the target.
+
+    Clip i's logits are its cosines to the other 2B - 1 clips over `temperature`. With `positives="pair"`
+    the target is its partner (anchor i <-> positive i) and clips that share its pseudo-label (cluster
+    mates: likely the same action) are removed from the denominator instead of pushed away; with
+    `positives="label"` every clip of its pseudo-label is a positive (SupCon's mean log-likelihood over
+    them). Unlike the proxy objective the pull between an anchor and a positive from another video acts
+    directly. Stats: "nce_accuracy" (the partner is the nearest other clip).
+    """
+    if anchor.shape != positive.shape or anchor.ndim != 2:
+        raise ValueError("anchor and positive must be (B, D) tensors of equal shape")
+    if positives not in NCE_POSITIVES:
+        raise ValueError(f"unknown NCE positives {positives!r}; use one of {NCE_POSITIVES}")
+    if temperature <= 0:
+        raise ValueError(f"temperature = {temperature}: must be > 0")
+    b = anchor.shape[0]
+    both = F.normalize(torch.cat([anchor, positive]), dim=1, eps=_EPS)
+    both_labels = _checked_labels(both, torch.cat([labels.reshape(-1), labels.reshape(-1)]))
+    logits = both @ both.T / temperature
+    index = torch.arange(2 * b, device=both.device)
+    partner = (index + b) % (2 * b)
+    self_mask = index[:, None] == index[None, :]
+    same_label = (both_labels[:, None] == both_labels[None, :]) & ~self_mask
+    is_partner = torch.zeros_like(self_mask)
+    is_partner[index, partner] = True
+    if positives == "pair":
+        targets = is_partner
+        excluded = self_mask | (same_label & ~is_partner)
+    else:
+        targets = same_label | is_partner
+        excluded = self_mask
+    logits = logits.masked_fill(excluded, float("-inf"))
+    log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
+    per_clip = -(log_prob.masked_fill(~targets, 0.0).sum(dim=1) / targets.sum(dim=1))
+    nearest = logits.detach().masked_fill(self_mask, float("-inf")).argmax(dim=1)
+    return per_clip.mean(), {"nce_accuracy": (nearest == partner).float().mean().item()}
+
+
 def triplet_loss(embeddings: Tensor, labels: Tensor, *, margin: float = 0.2,
                  generator: torch.Generator | None = None) -> Tensor:
     """SLIC's mined triplet loss over (N, D) embeddings with (N,) labels; see `triplet_loss_with_stats`."""
@@ -202,16 +249,18 @@ def temporal_loss(anchor: Tensor, anchor_view: Tensor, positive: Tensor, *, marg
 def slic_loss(anchor: Tensor, positive: Tensor, anchor_view: Tensor | None, labels: Tensor, *,
               triplet_margin: float = 0.2, temporal_margin: float = 0.04, temporal_weight: float = 1.0,
               generator: torch.Generator | None = None, mining: str = "mined", proxies: Tensor | None = None,
-              proxy_temperature: float = 0.1) -> tuple[Tensor, dict[str, float]]:
+              proxy_temperature: float = 0.1, nce_positives: str | None = None,
+              nce_temperature: float = 0.1) -> tuple[Tensor, dict[str, float]]:
     """SLIC's total loss for a batch of (B, D) anchors, positives, anchor views and (B,) pseudo-labels.
 
     triplet over cat([anchor, positive]) with labels cat([labels, labels]) (a positive shares its
     anchor's label; `anchor_view` takes no part in mining) + temporal_weight * temporal term.
     `mining`: "mined" (the paper's: one random semi-hard/hard negative per pair) or "batch_all".
     With `proxies` (K, D) the first term is `proxy_loss_with_stats` over the same anchors and
-    positives instead of a triplet (`mining` is then unused).
+    positives instead of a triplet (`mining` is then unused); with `nce_positives` ("pair" or "label") it is
+    `nce_loss_with_stats` at `nce_temperature`.
     `anchor_view` may be None when temporal_weight is 0 (the view is then not computed at all).
-    Returns the total and floats: "loss", "triplet" (or "proxy"), "temporal" and the term's stats.
+    Returns the total and floats: "loss", "triplet" (or "proxy", "nce"), "temporal" and the term's stats.
     """
     if anchor.shape != positive.shape or anchor.ndim != 2 or (anchor_view is not None and
                                                               anchor_view.shape != anchor.shape):
@@ -220,7 +269,12 @@ def slic_loss(anchor: Tensor, positive: Tensor, anchor_view: Tensor | None, labe
         raise ValueError(f"unknown triplet mining {mining!r}; use 'mined' or 'batch_all'")
     labels = labels.reshape(-1)
     both, both_labels = torch.cat([anchor, positive]), torch.cat([labels, labels])
-    if proxies is not None:
+    if proxies is not None and nce_positives is not None:
+        raise ValueError("proxies and nce_positives name two objectives: give one")
+    if nce_positives is not None:
+        term, stats = nce_loss_with_stats(anchor, positive, labels, temperature=nce_temperature,
+                                          positives=nce_positives)
+    elif proxies is not None:
         term, stats = proxy_loss_with_stats(both, both_labels, proxies, temperature=proxy_temperature)
     elif mining == "batch_all":
         term, stats = batch_all_triplet_loss_with_stats(both, both_labels, margin=triplet_margin)
@@ -233,5 +287,5 @@ def slic_loss(anchor: Tensor, positive: Tensor, anchor_view: Tensor | None, labe
     else:
         temporal = temporal_loss(anchor, anchor_view, positive, margin=temporal_margin)
     total = term + temporal_weight * temporal
-    name = "proxy" if proxies is not None else "triplet"
+    name = "proxy" if proxies is not None else "nce" if nce_positives is not None else "triplet"
     return total, {"loss": total.item(), name: term.item(), "temporal": temporal.item(), **stats}

@@ -12,7 +12,8 @@ clusters are computed for monitoring only). `objective: triplet` is SLIC's: the 
 replaces the triplet by a cross-entropy against one learnable proxy per pseudo-label, set at the
 label centroids whenever the labels change (`slic.proxies`); with `proxy_per: video` one proxy per
 training video instead, set once, and each pair labelled with the anchor's video, so that a positive
-from another video of the cluster is pulled to the anchor. `shuffle_clusters` is a control: each
+from another video of the cluster is pulled to the anchor. `objective: nce` is NT-Xent over the batch's
+anchor-positive pairs (`slic.losses.nce_loss_with_stats`). `shuffle_clusters` is a control: each
 round's clusters dealt to the videos at random, sizes kept.
 
 Robustness: a checkpoint is written atomically after every epoch; running again resumes from it
@@ -263,7 +264,9 @@ def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch
                                 temporal_margin=cfg.temporal_margin, temporal_weight=cfg.temporal_weight,
                                 generator=_step_generator(cfg, epoch, step), mining=cfg.mining,
                                 proxies=proxies.weight if proxies is not None else None,
-                                proxy_temperature=cfg.proxy_temperature)
+                                proxy_temperature=cfg.proxy_temperature,
+                                nce_positives=cfg.nce_positives if cfg.objective == "nce" else None,
+                                nce_temperature=cfg.nce_temperature)
         optimizer.zero_grad(set_to_none=True)
         if proxies is not None:
             proxies.zero_grad()

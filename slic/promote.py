@@ -1,6 +1,6 @@
 """Stage `promote`: register the new encoder and move the `champion` alias only when it is better.
 
-The decision is a small pure function (`decide`); the registry calls live in slic.tracking. The
+The decision is a small pure function (`decide`); the registry calls live in slic.registry. The
 metric is a validation metric of reports/pretrain.json (best.pt was chosen on it), never a test
 metric, so promotion never peeks at the test split. Every decision is written as tags on the new
 version (metric, metric_value, champion_metric, champion_version, decision, reason) and returned
@@ -170,7 +170,7 @@ def promote(cfg: PromoteConfig, report: str | Path = PRETRAIN_REPORT, *, manifes
     """
     import torch
 
-    from slic import tracking
+    from slic import registry, tracking
 
     candidate = read_metric(report, cfg.metric)  # refuse before touching the registry
     checkpoint = Path(cfg.checkpoint)
@@ -178,7 +178,7 @@ def promote(cfg: PromoteConfig, report: str | Path = PRETRAIN_REPORT, *, manifes
         raise FileNotFoundError(f"{checkpoint}: no checkpoint to promote; run the `pretrain` stage first")
     payload = torch.load(checkpoint, map_location="cpu", weights_only=False)
     train_config, data = payload["config"], (payload.get("fingerprint") or {}).get("data", "")
-    champion = tracking.alias_version(cfg.model_name, cfg.alias)
+    champion = registry.alias_version(cfg.model_name, cfg.alias)
     decision, compared = _decide_on_equal_terms(cfg, candidate, data, champion, checkpoint, train_config, manifest,
                                                 frames_dir, flow)
     pretrain = json.loads(Path(report).read_text())
@@ -187,13 +187,13 @@ def promote(cfg: PromoteConfig, report: str | Path = PRETRAIN_REPORT, *, manifes
     with tracking.stage_run("promote", to_dict(cfg), name=name) as run:
         if manifest is not None and Path(manifest).is_file():  # the data the candidate was validated on
             run.log_input(manifest, data or "unknown", splits=("train", "val"), context="validation")
-        model_uri = tracking.log_encoder(checkpoint, embedding_dim=int(train_config["out_dim"]))
+        model_uri = registry.log_encoder(checkpoint, embedding_dim=int(train_config["out_dim"]))
         tags = {"metric": cfg.metric, "metric_value": candidate, "data_fingerprint": data or "unknown", **compared,
                 "decision": "promoted" if decision.promote else "rejected", "reason": decision.reason,
                 "pretrain_run_id": pretrain.get("mlflow_run_id", ""), "checkpoint": str(checkpoint)}
-        version = tracking.register_version(model_uri, cfg.model_name, tags)
+        version = registry.register_version(model_uri, cfg.model_name, tags)
         if decision.promote:
-            tracking.set_alias(cfg.model_name, cfg.alias, version.version)
+            registry.set_alias(cfg.model_name, cfg.alias, version.version)
         run.log_metrics({cfg.metric: candidate, **{k: v for k, v in compared.items() if k.endswith("recall_at_1")}})
         run.set_tags({f"promote.{k}": v for k, v in tags.items()} | {"promote.version": version.version,
                                                                      "slic.data_fingerprint": data or "unknown"})
@@ -205,16 +205,16 @@ def promote(cfg: PromoteConfig, report: str | Path = PRETRAIN_REPORT, *, manifes
 
 def load_champion(model_name: str = "slic-encoder", alias: str = "champion") -> Any:
     """The pyfunc model `models:/<model_name>@<alias>`: `.predict(DataFrame({'path': [...]}))`."""
-    from slic import tracking
+    from slic import registry
 
-    return tracking.load_model(f"models:/{model_name}@{alias}")
+    return registry.load_model(f"models:/{model_name}@{alias}")
 
 
 def embed_videos(paths: Iterable[str | Path], model_uri: str = "models:/slic-encoder@champion") -> np.ndarray:
     """Embed video files with a registered encoder: one row per path."""
     import pandas as pd
 
-    from slic import tracking
+    from slic import registry
 
-    model = tracking.load_model(model_uri)
+    model = registry.load_model(model_uri)
     return np.asarray(model.predict(pd.DataFrame({"path": [str(p) for p in paths]})))

@@ -64,10 +64,10 @@ def model_embedder(model_uri: str) -> Callable[[Path], np.ndarray]:
     """Embed one video with a registered MLflow pyfunc model, e.g. models:/slic-encoder@champion."""
     import pandas as pd
 
-    from slic import tracking
+    from slic import registry
 
     try:
-        model = tracking.load_model(model_uri)
+        model = registry.load_model(model_uri)
     except Exception as exc:  # noqa: BLE001 - MLflow raises many types for an unknown or unreachable model
         raise SearchUsageError(f"cannot load model {model_uri}: {str(exc).splitlines()[0]}") from exc
     return lambda path: np.asarray(model.predict(pd.DataFrame({"path": [str(path)]})), np.float32)[0]

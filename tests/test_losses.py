@@ -398,3 +398,41 @@ def test_slic_loss_with_proxies_replaces_the_triplet_over_anchors_and_positives(
     term, _ = proxy_loss_with_stats(torch.cat([a, p]), torch.cat([labels, labels]), proxies, temperature=0.2)
     assert "triplet" not in stats and stats["proxy"] == pytest.approx(term.item())
     assert total.item() == pytest.approx(term.item() + 0.5 * stats["temporal"], rel=1e-6)
+
+
+def test_nce_targets_each_clip_at_its_partner_and_leaves_cluster_mates_out_of_the_denominator():
+    from slic.losses import nce_loss_with_stats
+
+    a = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    p = a.clone()
+    # Two labels: clip 0's candidates are a1 (cos 0), p0 (its partner, cos 1) and p1 (cos 0).
+    loss, stats = nce_loss_with_stats(a, p, torch.tensor([0, 1]), temperature=0.5)
+    expected = -math.log(math.exp(2.0) / (math.exp(2.0) + 2.0))
+    assert loss.item() == pytest.approx(expected, rel=1e-6) and stats["nce_accuracy"] == 1.0
+    # One label: a1 and p1 are cluster mates, left out; the partner is the only candidate, so nothing to learn.
+    same, _ = nce_loss_with_stats(a, p, torch.tensor([0, 0]), temperature=0.5)
+    assert same.item() == pytest.approx(0.0, abs=1e-6)
+    # SupCon: the mates are targets too; clip 0's log-probabilities over (a1, p0, p1) averaged.
+    supcon, _ = nce_loss_with_stats(a, p, torch.tensor([0, 0]), temperature=0.5, positives="label")
+    z = math.exp(2.0) + 2.0
+    assert supcon.item() == pytest.approx(-(2 * math.log(1 / z) + math.log(math.exp(2.0) / z)) / 3, rel=1e-6)
+
+
+def test_nce_gradient_pulls_a_cross_video_positive_to_its_anchor_and_slic_loss_routes_to_it():
+    from slic.losses import nce_loss_with_stats
+
+    torch.manual_seed(0)
+    a, p = torch.randn(6, 8), torch.randn(6, 8, requires_grad=True)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    loss, _ = nce_loss_with_stats(a, p, labels, temperature=0.1)
+    loss.backward()
+    before = F.cosine_similarity(a[0], p[0], dim=0)
+    moved = p.detach() - 0.01 * p.grad
+    assert F.cosine_similarity(a[0], moved[0], dim=0) > before
+    total, stats = slic_loss(a, p.detach(), None, labels, temporal_weight=0.0, nce_positives="pair",
+                             nce_temperature=0.1)
+    assert stats["nce"] == pytest.approx(loss.item(), rel=1e-6) and "triplet" not in stats
+    with pytest.raises(ValueError, match="one"):
+        slic_loss(a, p.detach(), None, labels, temporal_weight=0.0, nce_positives="pair", proxies=torch.ones(3, 8))
+    with pytest.raises(ValueError, match="positives"):
+        nce_loss_with_stats(a, p.detach(), labels, positives="all")

@@ -75,7 +75,7 @@ def version_tags(name: str, version: str) -> dict[str, str]:
 
 
 def test_registry_promotes_better_and_keeps_champion_against_worse(store: Path) -> None:
-    from slic.tracking import alias_version
+    from slic.registry import alias_version
 
     cfg = PromoteConfig()
     first = promote(PromoteConfig(checkpoint=str(make_candidate(store / "a", 0.5, 1)[0])), store / "a/pretrain.json")
@@ -154,3 +154,22 @@ def test_embed_video_command_uses_the_champion(store: Path, capsys: pytest.Captu
     assert capsys.readouterr().out.startswith(f"{video}\t")
     assert main(["embed-video", str(store / "absent.avi")]) == 2
     assert capsys.readouterr().err.strip() == f"slic embed-video: error: no such file: {store / 'absent.avi'}"
+
+
+def test_served_model_declares_its_signature_and_example_without_warnings(store: Path) -> None:
+    import warnings
+
+    import mlflow
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = promote(PromoteConfig(checkpoint=str(make_candidate(store / "a", 0.5, 1)[0])),
+                         store / "a/pretrain.json")
+    ours = [str(w.message) for w in caught if issubclass(w.category, UserWarning)
+            and ("input example" in str(w.message) or "Inferred schema" in str(w.message))]
+    assert not ours, ours
+    info = mlflow.models.get_model_info(result["model_uri"])
+    assert info.signature.inputs.to_dict() == [{"type": "string", "name": "path", "required": True}]
+    (output,) = info.signature.outputs.to_dict()
+    assert output["type"] == "tensor" and output["tensor-spec"]["dtype"] == "float32"
+    assert output["tensor-spec"]["shape"][0] == -1 and info.saved_input_example_info is not None

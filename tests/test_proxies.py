@@ -130,3 +130,14 @@ def test_shuffled_clusters_keep_every_size_and_lose_their_content(
     assert not np.array_equal(dataset.labels, clusters)
     positives = [row for row in dataset.served if row[3] != row[1]]  # drawn from the shuffled clusters
     assert positives and all(dataset.labels[row[3]] == dataset.labels[row[1]] for row in positives)
+
+
+def test_nce_objective_trains_without_proxies(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    made: list[PseudoLabelProxies] = []
+    monkeypatch.setattr(PseudoLabelProxies, "reset", lambda self, *a: made.append(self))
+    _, report = pretrain_in_process(workspace, monkeypatch, objective="nce", nce_positives="pair", epochs=2,
+                                    cluster_interval=1, out="data/models/nce_slic")
+    assert report["objective"] == "nce" and report["cluster_rounds"] == 2 and not made
+    assert report["final_nce"] > 0 and 0.0 <= report["final_nce_accuracy"] <= 1.0
+    assert "final_proxy" not in report and "final_triplet" not in report
+    assert _proxies_of(workspace / "data/models/nce_slic/last.pt") is None

@@ -1,0 +1,84 @@
+"""The model registry: the encoder logged as a pyfunc model, its versions, and the alias that names the champion.
+
+The registry lives in the tracking store (`slic.mlflow_store`); `slic.promote` decides, this module records.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from slic.mlflow_store import TrackingError, client as _client, tracking_uri
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """One registered version: its number, tags and the run that logged it."""
+
+    name: str
+    version: str
+    tags: dict[str, str]
+    run_id: str | None
+
+
+def log_encoder(checkpoint: str | Path, *, embedding_dim: int, name: str = "encoder") -> str:
+    """Log a checkpoint as a pyfunc model (state_dict + config, loaded by slic.serving) in the open run.
+
+    Returns the model URI. Input: a DataFrame with a `path` column of video files; output: one
+    embedding row per video.
+    """
+    from importlib.metadata import version
+
+    import mlflow
+    import numpy as np
+    import pandas as pd
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema, TensorSpec
+
+    # Declared, not inferred: a string column of paths in, a float32 (videos, embedding_dim) array out. The example
+    # is what a caller sends; it is checked against the signature only (the encoder never runs at logging time).
+    signature = ModelSignature(inputs=Schema([ColSpec("string", "path")]),
+                               outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, embedding_dim))]))
+    example = pd.DataFrame({"path": ["videos/v_Archery_g01_c01.avi"]})
+    requirements = [f"{pkg}=={version(pkg)}" for pkg in ("torch", "torchvision", "av", "numpy", "pandas")]
+    info = mlflow.pyfunc.log_model(name=name, loader_module="slic.serving", data_path=str(checkpoint),
+                                   signature=signature, input_example=example, pip_requirements=requirements)
+    return info.model_uri
+
+
+def alias_version(name: str, alias: str) -> ModelVersion | None:
+    """The version of registered model `name` that holds `alias`, or None (no model or no alias)."""
+    from mlflow.exceptions import MlflowException
+
+    client = _client()
+    try:
+        found = client.get_model_version_by_alias(name, alias)
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+            return None
+        raise TrackingError(f"MLflow at {tracking_uri()}: {exc}".splitlines()[0]) from exc
+    return ModelVersion(name, str(found.version), dict(found.tags), found.run_id)
+
+
+def register_version(model_uri: str, name: str, tags: Mapping[str, Any]) -> ModelVersion:
+    """Register `model_uri` as a new version of `name` (created if needed) with `tags`."""
+    import mlflow
+
+    _client()
+    found = mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in tags.items()})
+    return ModelVersion(name, str(found.version), {k: str(v) for k, v in tags.items()}, found.run_id)
+
+
+def set_alias(name: str, alias: str, version: str) -> None:
+    """Point `alias` of registered model `name` at `version`."""
+    _client().set_registered_model_alias(name, alias, version)
+
+
+def load_model(model_uri: str) -> Any:
+    """Load a pyfunc model, e.g. models:/slic-encoder@champion."""
+    import mlflow
+
+    _client()
+    return mlflow.pyfunc.load_model(model_uri)
