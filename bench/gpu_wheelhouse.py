@@ -2,9 +2,10 @@
 
 The lent GPU machine has Python 3.12 with torch and torchvision and little else (no faiss, dvc, mlflow,
 PyAV, OpenCV; no network), and receives the working tree plus the ignored folders a run carries, 64 MiB
-in all. bench/gpu.py and the slic modules it reaches import, beyond torch, torchvision and the standard
-library, only the packages of `PACKAGES` (tests/test_bench_gpu.py runs its quick version with nothing
-else importable, and checks every import of that closure against `PACKAGES` and `NOT_CARRIED`).
+in all. bench/gpu.py, its sections in bench/gpu_parts/ and the slic modules they reach import, beyond torch,
+torchvision and the standard library, only the packages of `PACKAGES` (tests/test_bench_gpu.py runs its
+quick version with nothing else importable, checks every import of that closure against `PACKAGES` and
+`NOT_CARRIED`, and checks that each file of it, `local_modules`, travels with the working tree).
 
 `build` (``make gpu-wheelhouse``) writes into .gpu-wheelhouse/ (git-ignored):
 
@@ -157,9 +158,25 @@ def size_parts(dest: Path, root: Path = ROOT) -> dict[str, list[Path]]:
     return {"working_tree": tree, "wheelhouse": folder_files(dest)}
 
 
+# Top-level packages of this repository: an import of one is followed into its file (bench/ is a namespace
+# package: bench/gpu.py imports its sections as bench.gpu_parts.*), never counted as third-party.
+LOCAL_PACKAGES = ("slic", "bench")
+
+
 def third_party_imports(entry: Path, root: Path = ROOT) -> dict[str, set[str]]:
-    """Every non-stdlib, non-slic module imported anywhere in `entry` and the slic modules it reaches (at any
-    depth, function bodies included): top-level name -> {'path:top' or 'path:function'} where it is imported."""
+    """Every non-stdlib, non-local module imported anywhere in `entry` and the slic and bench modules it reaches
+    (at any depth, function bodies included): top-level name -> {'path:top' or 'path:function'} where it is
+    imported."""
+    return _import_closure(entry, root)[0]
+
+
+def local_modules(entry: Path, root: Path = ROOT) -> set[Path]:
+    """`entry` and every file of this repository's packages (`LOCAL_PACKAGES`) it reaches by imports, at any
+    depth: what a run of `entry` needs from the working tree."""
+    return _import_closure(entry, root)[1]
+
+
+def _import_closure(entry: Path, root: Path) -> tuple[dict[str, set[str]], set[Path]]:
     found: dict[str, set[str]] = {}
     seen: set[Path] = set()
     todo = [entry]
@@ -179,8 +196,11 @@ def third_party_imports(entry: Path, root: Path = ROOT) -> dict[str, set[str]]:
                     names = [child.module] + [f"{child.module}.{alias.name}" for alias in child.names]
                 for name in names:
                     top = name.split(".")[0]
-                    if top == "slic":
+                    if top in LOCAL_PACKAGES:
                         parts = name.split(".")
+                        # importing a.b.c runs a/__init__.py and a/b/__init__.py first
+                        todo.extend(init for k in range(1, len(parts))
+                                    if (init := root.joinpath(*parts[:k], "__init__.py")).is_file())
                         while parts:
                             module = root.joinpath(*parts).with_suffix(".py")
                             package = root.joinpath(*parts, "__init__.py")
@@ -194,7 +214,7 @@ def third_party_imports(entry: Path, root: Path = ROOT) -> dict[str, set[str]]:
                 visit(child, inner)
 
         visit(ast.parse(path.read_text(), filename=str(path)), False)
-    return found
+    return found, seen
 
 
 # ----------------------------------------------------------------------------------- reference data

@@ -91,7 +91,7 @@ def with_overrides(config: Config, assignments: list[str]) -> Config:
     """`config` with `section.key=value` assignments (YAML values) applied and checked like params.yaml."""
     import yaml
 
-    from slic.config import _build
+    from slic.config_check import build_section
 
     raw = {section.name: to_dict(getattr(config, section.name)) for section in fields(Config)}
     for assignment in assignments:
@@ -103,7 +103,7 @@ def with_overrides(config: Config, assignments: list[str]) -> Config:
             raise BenchError(f"--set {assignment!r}: {section} has no key {name!r}")
         raw[section][name] = yaml.safe_load(value)
     try:
-        return _build(Config, raw, "", "--set")
+        return build_section(Config, raw, "", "--set")
     except ConfigError as exc:
         raise BenchError(str(exc)) from exc
 

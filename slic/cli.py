@@ -78,7 +78,8 @@ def run_validate(config: Any) -> dict[str, Any]:
     manifest = read_manifest(config.validate.manifest)
     result = validate_manifest(manifest, min_frames=config.manifest.min_frames,
                                max_examples=config.validate.max_examples,
-                               data_docs=config.validate.data_docs or None)
+                               data_docs=config.validate.data_docs or None,
+                               labelled=config.manifest.layout != "unlabelled")
     report = {"success": result.success, "statistics": result.statistics,
               "failures": [vars(f) for f in result.failures], "results": result.results}
     if not result.success:
@@ -220,8 +221,12 @@ def run_pretrain(config: Any) -> dict[str, Any]:
                     _log_plot(run, "training_curves", training_curves, json.loads(history.read_text()))
     finally:
         close_world()
-    print(f"pretrain ({report['mode']}): best val recall@1 {report['best_val_recall_at_1']:.3f} at epoch "
-          f"{report['best_epoch']}, {report['seconds']} s")
+    if report["labelled"]:
+        print(f"pretrain ({report['mode']}): best val recall@1 {report['best_val_recall_at_1']:.3f} at epoch "
+              f"{report['best_epoch']}, {report['seconds']} s")
+    else:
+        print(f"pretrain ({report['mode']}): no labels, the last epoch ({report['best_epoch']}) is best.pt, "
+              f"{report['seconds']} s")
     return report if world.is_main else {}
 
 
@@ -418,6 +423,7 @@ STAGES: dict[str, tuple[Callable[[Any], dict[str, Any]], str]] = {
 
 REPORT_NAMES = {"evaluate": "retrieval", "promote": "promotion",
                 "linear-probe": "linear_probe", "ablation-flow": "ablation_flow"}  # reports/<name>.json when it is not the stage's name
+LABELLED_STAGES = ("evaluate", "ablation", "ablation-flow", "linear-probe", "finetune", "promote")  # measure on classes
 TRAINING_STAGES = ("pretrain", "embed", "ablation", "ablation-flow", "linear-probe")
 FIXED_KEY_REPORTS = ("finetune",)  # top-level keys are exactly the trainings: no stage_seconds added
 
@@ -521,6 +527,10 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     try:
         config = load(args.params)
+        if args.stage in LABELLED_STAGES:
+            from slic.data.datasets import require_labels
+
+            require_labels(config.extract.manifest, args.stage)
         report = STAGES[args.stage][0](config)
     except (ConfigError, DatasetError, ExtractError, FlowError, FileNotFoundError, TrackingError, PromoteError,
             IndexBuildError, FinetuneError) as exc:

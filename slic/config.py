@@ -8,19 +8,16 @@ what is allowed (``ConfigError``), before any work starts.
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import yaml
 
-DATASET_LAYOUTS = ("synthetic", "ucf101", "hmdb51", "kinetics", "folder")
+from slic.config_check import ConfigError, build_section
 
 
-class ConfigError(ValueError):
-    """A params.yaml problem, worded as one line a user can act on."""
+DATASET_LAYOUTS = ("synthetic", "ucf101", "hmdb51", "kinetics", "folder", "unlabelled")
 
 
 def _spec(default: Any, *, low: float | None = None, high: float | None = None,
@@ -353,96 +350,6 @@ class Config:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
 
-def _allowed(f: dataclasses.Field, tp: Any) -> str:
-    """Words for what a field accepts, e.g. 'an integer in [16, 1080]'."""
-    meta = f.metadata
-    kind = _type_name(tp)
-    if meta.get("choices"):
-        return "one of " + ", ".join(repr(c) for c in meta["choices"])
-    low, high = meta.get("low"), meta.get("high")
-    if low is not None and high is not None:
-        return f"{kind} in [{low}, {high}]"
-    if low is not None:
-        return f"{kind} >= {low}"
-    return kind
-
-
-def _type_name(tp: Any) -> str:
-    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
-    if tp in names:
-        return names[tp]
-    origin = typing.get_origin(tp)
-    if origin is tuple:
-        return "a list of " + _type_name(typing.get_args(tp)[0]).removeprefix("a ").removeprefix("an ") + "s"
-    return str(tp)
-
-
-def _coerce(value: Any, tp: Any, where: str, f: dataclasses.Field, source: str) -> Any:
-    """Check one value against its annotated type and range; return it in canonical form."""
-    def fail() -> ConfigError:
-        return ConfigError(f"{source}: {where} = {value!r}: expected {_allowed(f, tp)}")
-
-    origin = typing.get_origin(tp)
-    if origin in (Union, types.UnionType):
-        if value is None:
-            return None
-        inner = [a for a in typing.get_args(tp) if a is not type(None)][0]
-        return _coerce(value, inner, where, f, source)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise fail()
-    elif tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise fail()
-    elif tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise fail()
-        value = float(value)
-    elif tp is str:
-        if not isinstance(value, str):
-            raise fail()
-    elif origin is tuple:
-        item = typing.get_args(tp)[0]
-        if not isinstance(value, (list, tuple)) or not all(
-                isinstance(v, item) and not isinstance(v, bool) for v in value):
-            raise fail()
-        value = tuple(value)
-    meta = f.metadata
-    if meta.get("choices") and not all(v in meta["choices"] for v in (value if origin is tuple else (value,))):
-        raise fail()
-    values = value if isinstance(value, tuple) else (value,)
-    if meta.get("low") is not None and any(v < meta["low"] for v in values):
-        raise fail()
-    if meta.get("high") is not None and any(v > meta["high"] for v in values):
-        raise fail()
-    return value
-
-
-def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
-    """Build dataclass `cls` from a mapping, refusing unknown keys and wrong values."""
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: {prefix or 'top level'} must be a mapping of keys, got {raw!r}")
-    hints = typing.get_type_hints(cls)
-    known = {f.name: f for f in dataclasses.fields(cls)}
-    for key in raw:
-        if key not in known:
-            where = f"{prefix}.{key}" if prefix else str(key)
-            raise ConfigError(f"{source}: unknown key {where!r}; allowed here: {', '.join(sorted(known))}")
-    kwargs = {}
-    for name, f in known.items():
-        if name not in raw:
-            continue
-        where = f"{prefix}.{name}" if prefix else name
-        tp = hints[name]
-        if dataclasses.is_dataclass(tp):
-            kwargs[name] = _build(tp, raw[name], where, source)
-        else:
-            kwargs[name] = _coerce(raw[name], tp, where, f, source)
-    return cls(**kwargs)
-
-
 def load(path: str | Path = "params.yaml") -> Config:
     """Read params.yaml into a `Config`; raise `ConfigError` naming the key on any problem.
 
@@ -456,7 +363,7 @@ def load(path: str | Path = "params.yaml") -> Config:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}".replace("\n", " ")) from exc
-    return _build(Config, raw, "", str(path))
+    return build_section(Config, raw, "", str(path))
 
 
 def changed_settings(stored: dict[str, Any], now: dict[str, Any], defaults: dict[str, Any]) -> list[str]:

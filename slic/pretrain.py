@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,30 +34,19 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from slic.checkpoints import atomic_torch_save
-from slic.config import PretrainConfig, changed_settings
+from slic.config import PretrainConfig
 from slic.data.augment import Augmentation
 from slic.data.clips import EvalClips, FlowView, PretrainClips, ShardCache, VideoShard, collate_encoded, load_videos
+from slic.data.datasets import DatasetError
 from slic.data.gpu_clips import clips_from_jpegs
 from slic.distributed import World, barrier, broadcast_object, gather_tensor, gather_with_grad
 from slic.embed import embed_clips
 from slic.models import Encoder, to_device
+from slic.pretrain_state import (RESUMABLE_ACROSS, TrainState, _what_changed, data_fingerprint,  # noqa: F401
+                                  fingerprint, resume_state, same_fingerprint, save_checkpoint)
 from slic.proxies import PseudoLabelProxies, contiguous_labels
 
 log = logging.getLogger(__name__)
-# Settings that do not change what is learned: a checkpoint made under other values resumes.
-RESUMABLE_ACROSS = ("epochs", "workers", "frame_cache_mb", "eval_interval", "device", "compile", "out")
-
-
-@dataclass
-class TrainState:
-    """What, besides weights, a resumed run needs: next epoch, pseudo-labels, best so far, history."""
-
-    epoch: int = 0
-    labels: list[int] = field(default_factory=list)
-    best_metric: float = -1.0
-    best_epoch: int = -1
-    history: list[dict[str, float]] = field(default_factory=list)
 
 
 def augmentation_of(cfg: PretrainConfig) -> Augmentation:
@@ -72,61 +60,6 @@ def build_encoder(cfg: PretrainConfig) -> Encoder:
     torch.manual_seed(cfg.seed)
     return Encoder(backbone=cfg.backbone, hidden_dim=cfg.hidden_dim, out_dim=cfg.out_dim,
                    head_output_norm=cfg.head_output_norm)
-
-
-def data_fingerprint(*splits: list[VideoShard], frames_dir: str | Path | None = None,
-                     flow: FlowView | None = None) -> str:
-    """Content fingerprint (16 hex chars) of the videos trained and validated on.
-
-    Per video: id, decoded frame count, label, split and the content sha256 of its frame shard (from
-    `frames_dir`'s index.csv, else the shard's header); with the flow view, also its flow shard's
-    content hash and the view's p. Part of the resume fingerprint and carried by best.pt, index.json
-    and every registered version: new pixels under the same ids (regenerated videos, another
-    `extract.short_side`) or a new validation carve must not resume (or, past the last epoch,
-    silently reuse) a checkpoint trained on other data.
-    """
-    import hashlib
-
-    from slic.data.frames import content_hashes
-
-    ids = [v.video_id for videos in splits for v in videos]
-    frames = content_hashes(frames_dir, ids) if frames_dir is not None else {}
-    flows = content_hashes(flow.flow_dir, ids, missing="-") if flow is not None else {}
-    digest = hashlib.sha256()
-    for videos in splits:
-        for v in videos:
-            content = frames.get(v.video_id) or _shard_sha256(v.shard)
-            line = f"{v.video_id}\t{v.decoded_frames}\t{v.label}\t{v.split}\t{content}"
-            digest.update((line + (f"\tflow:{flows[v.video_id]}" if flow is not None else "") + "\n").encode())
-    if flow is not None:
-        digest.update(f"flow view p={flow.p}\n".encode())
-    return digest.hexdigest()[:16]
-
-
-def _shard_sha256(shard: str | Path) -> str:
-    from slic.data.frames import ShardReader
-
-    return ShardReader.open(shard).content_sha256()
-
-
-def fingerprint(cfg: PretrainConfig, data: str = "") -> dict[str, Any]:
-    """The settings (and the data fingerprint) a checkpoint must share with the run to be resumed."""
-    return {**{k: v for k, v in asdict(cfg).items() if k not in RESUMABLE_ACROSS}, "data": data}
-
-
-def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
-                    state: TrainState, cfg: PretrainConfig, data: str = "",
-                    proxies: PseudoLabelProxies | None = None) -> None:
-    """torch.save to a temporary name, fsync, rename: a kill never leaves a torn checkpoint.
-
-    Also records the MLflow run open in this process (the stage's run), which a resumed stage continues.
-    """
-    from slic.tracking import active_run_id
-
-    payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict() if optimizer else None,
-               "state": asdict(state), "config": asdict(cfg), "fingerprint": fingerprint(cfg, data),
-               "mlflow_run_id": active_run_id(), "proxies": proxies.state_dict() if proxies is not None else None}
-    atomic_torch_save(payload, path)
 
 
 def build_optimizer(model: torch.nn.Module, cfg: PretrainConfig) -> torch.optim.Optimizer:
@@ -152,7 +85,8 @@ def cluster_round(model: torch.nn.Module, train: list[VideoShard], cfg: Pretrain
                   world: World, cache: ShardCache | None = None) -> tuple[np.ndarray, dict[str, float], np.ndarray]:
     """Embed every training video (centre clip), cluster on rank 0, share the labels with every rank.
 
-    Returns the labels (0..K-1), the cluster statistics and the embeddings clustered.
+    Returns the labels (0..K-1), the cluster statistics (agreement with the classes only when the videos
+    have classes) and the embeddings clustered.
     """
     from slic.clustering import cluster_agreement, cluster_pseudo_labels, cluster_sizes_summary
 
@@ -160,12 +94,18 @@ def cluster_round(model: torch.nn.Module, train: list[VideoShard], cfg: Pretrain
     if world.is_main:
         labels = contiguous_labels(cluster_pseudo_labels(embeddings, method=cfg.cluster_method,
                                                          k=min(cfg.cluster_k, len(train)), seed=cfg.seed))
-        stats = {**cluster_sizes_summary(labels), **cluster_agreement(np.array([v.label for v in train]), labels)}
+        classes = np.array([v.label for v in train])
+        stats = {**cluster_sizes_summary(labels), **(cluster_agreement(classes, labels) if labelled(train) else {})}
         result = (labels, {k: float(v) for k, v in stats.items()})
     else:
         result = None
     labels, stats = broadcast_object(result)
     return labels, stats, embeddings
+
+
+def labelled(videos: list[VideoShard]) -> bool:
+    """Whether the videos have classes (the unlabelled layout gives every video label -1)."""
+    return any(v.label >= 0 for v in videos)
 
 
 def validation_recall(model: torch.nn.Module, val: list[VideoShard], train: list[VideoShard],
@@ -286,54 +226,6 @@ def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch
     return metrics
 
 
-def same_fingerprint(stored: dict[str, Any], now: dict[str, Any]) -> bool:
-    """Whether a checkpoint's fingerprint is this run's. A setting slic gained after the checkpoint was written
-    matches when this run leaves it at its default (`slic.config.changed_settings`), so upgrading slic does
-    not throw away a long run."""
-    return not changed_settings(stored, now, asdict(PretrainConfig()))
-
-
-def _what_changed(was: dict[str, Any], now: dict[str, Any]) -> str:
-    """The settings (by key, first few) and/or data that differ between two checkpoint fingerprints."""
-    parts = []
-    keys = [k for k in changed_settings(was, now, asdict(PretrainConfig())) if k != "data"]
-    if keys:
-        shown = ", ".join(f"{k} {was.get(k, 'unset')!r} (now {now.get(k, 'unset')!r})" for k in keys[:4])
-        parts.append(f"other settings: {shown}" + (f" and {len(keys) - 4} more" if len(keys) > 4 else ""))
-    if was.get("data") != now.get("data"):
-        parts.append(f"other data (content fingerprint {was.get('data') or 'unknown'}, now {now.get('data')})")
-    return " and ".join(parts) or "another fingerprint format"
-
-
-def _resume(last: Path, cfg: PretrainConfig, data: str, model: torch.nn.Module,
-            optimizer: torch.optim.Optimizer, run: Any = None,
-            proxies: PseudoLabelProxies | None = None) -> TrainState:
-    """Load `last` when it has this run's settings and content fingerprint `data`; else a fresh state.
-
-    `run` (a tracking.StageRun, or None) is started here: a resume continues the MLflow run the
-    checkpoint recorded and logs the epochs it trained but had not logged when it was killed.
-    """
-    payload = torch.load(last, map_location="cpu", weights_only=False) if last.is_file() else None
-    if payload is not None and not same_fingerprint(payload.get("fingerprint") or {}, fingerprint(cfg, data)):
-        log.warning("%s was trained with %s; starting afresh", last,
-                    _what_changed(payload.get("fingerprint") or {}, fingerprint(cfg, data)))
-        payload = None
-    if run is not None:
-        run.start(resume_run_id=payload.get("mlflow_run_id") if payload else None, digest=data)
-    if payload is None:
-        return TrainState()
-    model.load_state_dict(payload["model"])
-    if payload["optimizer"]:
-        optimizer.load_state_dict(payload["optimizer"])
-    if proxies is not None:
-        proxies.load_state_dict(payload.get("proxies"))
-    state = TrainState(**payload["state"])
-    log.info("resuming from %s at epoch %d", last, state.epoch)
-    if run is not None:
-        run.log_history(state.history)
-    return state
-
-
 def pretrain(cfg: PretrainConfig, *, manifest: str | Path, frames_dir: str | Path, world: World,
              run: Any = None, flow: FlowView | None = None) -> dict[str, Any]:
     """Train (or, for random_init, just initialise) the encoder; checkpoints in cfg.out.
@@ -346,9 +238,13 @@ def pretrain(cfg: PretrainConfig, *, manifest: str | Path, frames_dir: str | Pat
     last, best = out / "last.pt", out / "best.pt"
     train = load_videos(manifest, frames_dir, splits=["train"], min_frames=2 * cfg.clip_len, frame_step=cfg.frame_step)
     val = load_videos(manifest, frames_dir, splits=["val"], min_frames=cfg.clip_len, frame_step=cfg.frame_step)
-    if len(train) < 2 or not val:
-        raise ValueError(f"pretraining needs >= 2 train and >= 1 val videos of enough frames; found {len(train)} "
+    has_labels = labelled(train)
+    if len(train) < 2 or (has_labels and not val):
+        raise DatasetError(f"pretraining needs >= 2 train and >= 1 val videos of enough frames; found {len(train)} "
                          f"and {len(val)} in {manifest}")
+    if cfg.mode == "oracle" and not has_labels:
+        raise DatasetError(f"pretrain.mode oracle trains on the true classes and {manifest} has none (manifest.layout "
+                         "unlabelled); use mode slic or intra_video")
     if cfg.mode == "slic" and 0 < cfg.epochs <= cfg.cluster_start_epoch:
         raise ValueError(f"pretrain.cluster_start_epoch {cfg.cluster_start_epoch} leaves no clustering round in "
                          f"pretrain.epochs {cfg.epochs}: set it below the epochs (0 clusters from the start), or "
@@ -361,7 +257,7 @@ def pretrain(cfg: PretrainConfig, *, manifest: str | Path, frames_dir: str | Pat
     optimizer = build_optimizer(model, cfg)
     data = data_fingerprint(train, val, frames_dir=frames_dir, flow=flow)
     proxies = PseudoLabelProxies(cfg, world.device) if cfg.objective == "proxy" else None
-    state = _resume(last, cfg, data, model, optimizer, run, proxies)
+    state = resume_state(last, cfg, data, model, optimizer, run, proxies)
     if state.epoch == 0 and best.is_file():
         best.unlink()  # from a run with other settings: never let it pass for this run's best
     resumed_from = state.epoch
@@ -408,11 +304,14 @@ def pretrain(cfg: PretrainConfig, *, manifest: str | Path, frames_dir: str | Pat
                             collate_fn=collate_encoded if cfg.gpu_decode else None)
         metrics.update(train_one_epoch(trained, loader, optimizer, cfg, world, epoch, proxies))
         state.epoch = epoch + 1
-        if state.epoch % cfg.eval_interval == 0 or state.epoch == epochs:
+        if has_labels and (state.epoch % cfg.eval_interval == 0 or state.epoch == epochs):
             metrics["val_recall_at_1"] = validation_recall(model, val, train, cfg, world, cache)
             if metrics["val_recall_at_1"] > state.best_metric and world.is_main:
                 state.best_metric, state.best_epoch = metrics["val_recall_at_1"], state.epoch
                 save_checkpoint(best, model, None, state, cfg, data)
+        elif not has_labels and world.is_main:  # nothing to choose on without labels: the latest epoch
+            state.best_epoch = state.epoch
+            save_checkpoint(best, model, None, state, cfg, data)
         state.history.append({"epoch": float(state.epoch), **metrics})
         if world.is_main:
             save_checkpoint(last, model, optimizer, state, cfg, data, proxies)
@@ -422,7 +321,7 @@ def pretrain(cfg: PretrainConfig, *, manifest: str | Path, frames_dir: str | Pat
                      " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
         barrier()
     if not best.is_file() and world.is_main:  # random_init, or resumed past the end: still a best
-        state.best_metric = validation_recall(model, val, train, cfg, world)
+        state.best_metric = validation_recall(model, val, train, cfg, world) if has_labels else -1.0
         state.best_epoch = state.epoch
         save_checkpoint(best, model, None, state, cfg, data)
         save_checkpoint(last, model, optimizer, state, cfg, data, proxies)
@@ -430,11 +329,14 @@ def pretrain(cfg: PretrainConfig, *, manifest: str | Path, frames_dir: str | Pat
     seconds = time.perf_counter() - started
     final = state.history[-1] if state.history else {}
     rounds = [h["cluster_ami"] for h in state.history if "cluster_ami" in h]
-    report = {"mode": cfg.mode, "epochs": epochs, "resumed_from_epoch": resumed_from,
-              "best_epoch": state.best_epoch, "best_val_recall_at_1": state.best_metric,
+    report = {"mode": cfg.mode, "epochs": epochs, "resumed_from_epoch": resumed_from, "labelled": has_labels,
+              "best_epoch": state.best_epoch, "best_val_recall_at_1": state.best_metric if has_labels else None,
+              **({} if has_labels else {"checkpoint_choice": "no labels: best.pt is the last epoch; no val recall, "
+                                                             "no cluster AMI"}),
               "seconds": round(seconds, 2), "train_videos": len(train), "val_videos": len(val),
               "world_size": world.size, "device": str(world.device), "flow_view_p": flow.p if flow else 0.0,
-              "objective": cfg.objective, "mining": cfg.mining, "cluster_rounds": len(rounds),
+              "objective": cfg.objective, "mining": cfg.mining,
+              "cluster_rounds": sum("cluster_n_clusters" in h for h in state.history),
               **({"cluster_ami_first": rounds[0], "cluster_ami_last": rounds[-1]} if rounds else {}),
               **{f"final_{k}": v for k, v in final.items() if k != "epoch"}}
     if world.is_main:

@@ -115,6 +115,19 @@ def test_imports_of_the_bench_closure_are_carried_or_explained() -> None:
     assert not unexplained, f"imported on bench/gpu.py's path but neither carried nor in NOT_CARRIED: {unexplained}"
     assert {"numpy", "pandas", "yaml", "tqdm", "faiss"} <= set(found)  # each carried module is used
     assert not set(wheelhouse.NOT_CARRIED) & carried
+    assert "bench" not in found  # bench.gpu_parts.* is followed as the repository's own code, not third-party
+
+
+def test_every_file_the_bench_imports_is_carried() -> None:
+    """bench/gpu.py's sections live in bench/gpu_parts/: the closure follows them, and a GPU run carries each file."""
+    wheelhouse = bench_module("gpu_wheelhouse")
+    reached = {str(p.relative_to(ROOT)) for p in wheelhouse.local_modules(ROOT / "bench" / "gpu.py")}
+    parts = {str(p.relative_to(ROOT)) for p in (ROOT / "bench" / "gpu_parts").glob("*.py")}
+    assert {"bench/gpu_parts/run.py", "bench/gpu_parts/smoke.py", "bench/gpu_parts/tvl1.py"} <= parts
+    assert parts <= reached, f"never imported by bench/gpu.py: {sorted(parts - reached)}"
+    assert {"bench/gpu.py", "slic/__init__.py", "slic/pretrain.py", "slic/torch_clustering.py"} <= reached
+    carried = {str(p.relative_to(ROOT)) for p in wheelhouse.carried_files(ROOT)}
+    assert not reached - carried, f"imported by bench/gpu.py but not carried: {sorted(reached - carried)}"
 
 
 def test_wheelhouse_recipe() -> None:
@@ -130,7 +143,7 @@ def test_wheelhouse_recipe() -> None:
     assert command[command.index("--implementation") + 1] == "cp"
     assert "manylinux2014_x86_64" in command and command[-len(reqs):] == reqs
     carried = {str(p.relative_to(ROOT)) for p in wheelhouse.carried_files(ROOT)}
-    assert "bench/gpu.py" in carried and "slic/pretrain.py" in carried
+    assert "bench/gpu.py" in carried and "bench/gpu_parts/run.py" in carried and "slic/pretrain.py" in carried
     assert not any(p.startswith((".venv/", ".gpu-wheelhouse/", "data/")) for p in carried)
 
 

@@ -1,8 +1,9 @@
-"""Dataset layouts (UCF101, HMDB51, Kinetics-400, class folders, synthetic) -> one manifest table.
+"""Dataset layouts (UCF101, HMDB51, Kinetics-400, class folders, synthetic, unlabelled) -> one manifest table.
 
 The manifest has one row per video: video_id, path, class, label, split (train/val/test/unused),
 group, frames, fps, width, height, duration, excluded (empty, or why the video is left out).
-Every later stage reads only this table, so a new layout is one function here.
+Every later stage reads only this table, so a new layout is one function here. An unlabelled video has
+class "" and label -1 (`UNLABELLED`); `has_labels` tells a stage whether the table has classes at all.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import pandas as pd
 
 from slic.config import ManifestConfig
 
+UNLABELLED = -1  # the label of a video of the unlabelled layout
 COLUMNS = ["video_id", "path", "class", "label", "split", "group", "frames", "fps", "width", "height",
            "duration", "excluded"]
 
@@ -125,6 +127,32 @@ def _folder(root: Path, extensions: Iterable[str]) -> tuple[list[str], list[Entr
     return classes, entries
 
 
+def _unlabelled(root: Path, extensions: Iterable[str]) -> tuple[list[str], list[Entry]]:
+    """Every video under `root` at any depth: no classes, no split files; all of them train (layout unlabelled)."""
+    if not root.is_dir():
+        raise DatasetError(f"{root}: video folder not found; set manifest.root")
+    suffixes = {e.lower() for e in extensions}
+    videos = sorted(v for v in root.rglob("*") if v.suffix.lower() in suffixes and v.is_file()
+                    and not any(part.startswith(".") for part in v.relative_to(root).parts))
+    if not videos:
+        raise DatasetError(f"{root}: no videos with extensions {sorted(suffixes)} at any depth; set manifest.root "
+                           "or manifest.extensions")
+    return [], [Entry(video, "", "train", str(video.relative_to(root).with_suffix(""))) for video in videos]
+
+
+def has_labels(table: pd.DataFrame) -> bool:
+    """Whether a manifest table has class labels (an unlabelled layout's rows all have label -1)."""
+    return bool((table["label"].astype(int) != UNLABELLED).any())
+
+
+def require_labels(manifest: str | Path, stage: str) -> None:
+    """Stop a stage that measures against classes when `manifest` has none, saying what works instead."""
+    if not has_labels(read_manifest(manifest)):
+        raise DatasetError(f"{manifest} has no class labels (manifest.layout unlabelled) and stage {stage} "
+                           "measures against classes; on unlabelled videos run `dvc repro index` and `slic search`, "
+                           "or point the manifest at a labelled set")
+
+
 def list_videos(config: ManifestConfig) -> tuple[list[str], list[Entry]]:
     """The class names and every listed video of the configured layout (nothing probed yet)."""
     root = Path(config.root)
@@ -135,6 +163,8 @@ def list_videos(config: ManifestConfig) -> tuple[list[str], list[Entry]]:
         return _hmdb51(root, splits, config.split)
     if config.layout == "kinetics":
         return _kinetics(root, splits, config.split)
+    if config.layout == "unlabelled":
+        return _unlabelled(root, config.extensions)
     return _folder(root, config.extensions)
 
 
@@ -232,7 +262,7 @@ def build_manifest(config: ManifestConfig, progress: Callable[[int], None] | Non
     label = {name: index for index, name in enumerate(classes)}
     table = pd.DataFrame([
         {"video_id": _video_id(e.path, root), "path": str(e.path), "class": e.class_name,
-         "label": label[e.class_name], "split": e.split, "group": e.group, **info}
+         "label": label.get(e.class_name, UNLABELLED), "split": e.split, "group": e.group, **info}
         for e in entries for info in [info_by_path[str(e.path)]]
     ], columns=COLUMNS)
     too_short = (table["excluded"] == "") & (table["frames"] < config.min_frames)
@@ -241,7 +271,8 @@ def build_manifest(config: ManifestConfig, progress: Callable[[int], None] | Non
     if config.layout == "folder":
         table["split"] = _draw_test_split(table, config.seed)
     by_group = config.layout in ("ucf101", "synthetic")
-    table["split"] = carve_validation(table, config.val_fraction, config.seed, by_group)
+    if config.layout != "unlabelled":  # no labels: nothing to validate on, every video trains (and is searched)
+        table["split"] = carve_validation(table, config.val_fraction, config.seed, by_group)
     return table.sort_values("video_id", kind="stable").reset_index(drop=True)
 
 

@@ -65,16 +65,24 @@ def with_derived_columns(manifest: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def coverage_table(manifest: pd.DataFrame) -> pd.DataFrame:
+def coverage_table(manifest: pd.DataFrame, splits: tuple[str, ...] = SPLITS) -> pd.DataFrame:
     """Usable videos per (class, split), zeros included, so a class absent from a split shows up."""
     usable = manifest[manifest["excluded"] == ""]
     counts = usable.groupby(["class", "split"]).size()
     classes = sorted(manifest["class"].unique())
     return pd.DataFrame([{"class": c, "split": s, "videos": int(counts.get((c, s), 0)),
-                          "case": f"{c} in {s}"} for c in classes for s in SPLITS])
+                          "case": f"{c or 'unlabelled'} in {s}"} for c in classes for s in splits])
 
 
-def _manifest_suite(gxe: Any, n_classes: int, min_frames: int) -> list[Any]:
+def _label_expectations(gxe: Any, n_classes: int, labelled: bool) -> list[Any]:
+    """Labels 0..n_classes-1; or, for the unlabelled layout, label -1 and an empty class on every row."""
+    if labelled:
+        return [gxe.ExpectColumnValuesToBeBetween(column="label", min_value=0, max_value=n_classes - 1)]
+    return [gxe.ExpectColumnValuesToBeInSet(column="label", value_set=[-1]),
+            gxe.ExpectColumnValuesToBeInSet(column="class", value_set=[""])]
+
+
+def _manifest_suite(gxe: Any, n_classes: int, min_frames: int, labelled: bool = True) -> list[Any]:
     from great_expectations.expectations.row_conditions import Column
 
     usable = Column("excluded") == ""  # excluded videos carry their reason instead
@@ -83,7 +91,7 @@ def _manifest_suite(gxe: Any, n_classes: int, min_frames: int) -> list[Any]:
         gxe.ExpectTableRowCountToBeBetween(min_value=1),
         gxe.ExpectColumnValuesToBeUnique(column="video_id"),
         gxe.ExpectColumnValuesToBeInSet(column="split", value_set=[*SPLITS, "unused"]),
-        gxe.ExpectColumnValuesToBeBetween(column="label", min_value=0, max_value=n_classes - 1),
+        *_label_expectations(gxe, n_classes, labelled),
         gxe.ExpectColumnValuesToBeInSet(column="file_exists", value_set=[True]),
         gxe.ExpectColumnValuesToBeInSet(column="group_crosses_test", value_set=[False]),
         gxe.ExpectColumnValuesToBeBetween(column="frames", min_value=min_frames, row_condition=usable),
@@ -134,8 +142,12 @@ def _failures(result: Any, index_column: str, max_examples: int) -> list[Failure
 
 
 def validate_manifest(manifest: pd.DataFrame, *, min_frames: int, max_examples: int = 5,
-                      data_docs: str | Path | None = None) -> ValidationReport:
-    """Run the manifest and coverage suites; optionally build Great Expectations' HTML data docs."""
+                      data_docs: str | Path | None = None, labelled: bool = True) -> ValidationReport:
+    """Run the manifest and coverage suites; optionally build Great Expectations' HTML data docs.
+
+    `labelled=False` (layout unlabelled): every label -1 and class empty, and coverage asks only for at
+    least two usable train videos (what pretraining needs), since there are no classes, val or test.
+    """
     import great_expectations as gx
     import great_expectations.expectations as gxe
     from great_expectations.data_context.types.base import ProgressBarsConfig
@@ -146,9 +158,9 @@ def validate_manifest(manifest: pd.DataFrame, *, min_frames: int, max_examples: 
     n_classes = max(1, manifest["class"].nunique()) if len(manifest) else 1
     runs = [
         _run(gx, context, "manifest", with_derived_columns(manifest),
-             _manifest_suite(gxe, n_classes, min_frames), "video_id"),
-        _run(gx, context, "coverage", coverage_table(manifest),
-             [gxe.ExpectColumnValuesToBeBetween(column="videos", min_value=1)], "case"),
+             _manifest_suite(gxe, n_classes, min_frames, labelled), "video_id"),
+        _run(gx, context, "coverage", coverage_table(manifest, SPLITS if labelled else ("train",)),
+             [gxe.ExpectColumnValuesToBeBetween(column="videos", min_value=1 if labelled else 2)], "case"),
     ]
     if data_docs:
         docs = Path(data_docs).resolve()

@@ -1,0 +1,167 @@
+"""Item a of bench/gpu.py: pretraining throughput in the paper's configuration (model alone, end to end, MFU)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from bench.gpu_parts.run import Bench, BudgetExceeded, SectionSkipped
+from bench.gpu_parts.shards import preset_config, throughput_videos
+
+
+def flops_per_clip(cfg: Any) -> dict[str, float]:
+    """FLOPs of one clip through the encoder, forward and forward + backward, counted by FlopCounterMode
+    on the meta device (shapes only, nothing computed)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from slic.models import to_device
+    from slic.pretrain import build_encoder
+
+    meta = torch.device("meta")
+    model = to_device(build_encoder(cfg), meta)
+    clips = torch.zeros(2, 3, cfg.clip_len, cfg.size, cfg.size, device=meta)
+    with FlopCounterMode(display=False) as counter:
+        model(clips).float().pow(2).mean().backward()
+    both = counter.get_total_flops() / 2
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(clips)
+    return {"forward_backward": float(both), "forward": float(counter.get_total_flops() / 2)}
+
+
+def paper_pretrain_cfg(bench: Bench, **changes: Any) -> Any:
+    """The preset's pretrain section at this profile's model and clip size."""
+    config, _ = preset_config(bench, {})
+    p = bench.profile
+    return replace(config.pretrain, backbone=p.backbone, clip_len=p.clip_len, size=p.size, frame_cache_mb=0,
+                   **changes)
+
+
+def model_rate(bench: Bench, cfg: Any, batch: int, compiled: bool) -> dict[str, Any]:
+    """clips/s of train_one_epoch on in-memory batches: the training step without data loading."""
+    from slic.distributed import World
+    from slic.models import to_device
+    from slic.pretrain import build_encoder, build_optimizer, train_one_epoch
+
+    device = bench.device
+    world = World(0, 1, 0, device)
+    model = to_device(build_encoder(cfg), device)
+    optimizer = build_optimizer(model, cfg)
+    trained = torch.compile(model) if compiled else model
+    shape = (batch, 3, cfg.clip_len, cfg.size, cfg.size)
+    generator = torch.Generator(device=device).manual_seed(0)
+    views = [torch.randn(shape, device=device, generator=generator).contiguous(memory_format=torch.channels_last_3d)
+             for _ in range(3)]
+    labels = torch.randint(0, max(2, batch // 4), (batch,), device=device, generator=generator)
+    batch_tuple = (views[0], views[1], views[2], labels, torch.arange(batch))
+    started = time.perf_counter()
+    train_one_epoch(trained, [batch_tuple] * bench.profile.warmup_steps, optimizer, cfg, world, 0)
+    bench.sync()
+    warm = time.perf_counter() - started
+    metrics = train_one_epoch(trained, [batch_tuple] * bench.profile.model_steps, optimizer, cfg, world, 1)
+    bench.sync()
+    del model, trained, optimizer, views
+    return {"clips_per_s": round(metrics["clips_per_s"], 1), "steps": bench.profile.model_steps,
+            "warmup_s": round(warm, 2), "loss": round(float(metrics.get("loss", float("nan"))), 4)}
+
+
+def end_to_end_rate(bench: Bench, cfg: Any, batch: int) -> dict[str, Any]:
+    """clips/s and data-wait fraction of train_one_epoch fed by the real loader (PretrainClips on shards).
+
+    Steady state: the steps after every worker has delivered its first batch, from one long epoch, so all
+    workers stay busy (a short epoch would leave most of them idle: a batch is one worker's job).
+    """
+    import itertools
+
+    from torch.utils.data import DataLoader
+
+    from slic.data.clips import PretrainClips, ShardCache
+    from slic.distributed import World
+    from slic.models import to_device
+    from slic.pretrain import augmentation_of, build_encoder, build_optimizer, train_one_epoch
+
+    p, device = bench.profile, bench.device
+    warm = max(1, p.workers) + 1
+    steps = max(p.e2e_min_steps, -(-p.e2e_samples // batch))
+    videos = throughput_videos(bench, cfg, batch * (warm + steps + 2 * max(1, p.workers) + 1))
+    dataset = PretrainClips(videos, clip_len=cfg.clip_len, size=cfg.size, p_intra=cfg.p_intra,
+                            random_anchor=cfg.random_anchor, seed=cfg.seed, augmentation=augmentation_of(cfg),
+                            anchor_view=cfg.temporal_weight > 0, cache=ShardCache(0))
+    dataset.set_labels(np.arange(len(videos)) % 16)
+    model = to_device(build_encoder(cfg), device)
+    optimizer = build_optimizer(model, cfg)
+    world = World(0, 1, 0, device)
+    loader = DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=p.workers, drop_last=True,
+                        pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(0),
+                        timeout=300 if p.workers > 0 else 0)
+    iterator = iter(loader)
+    warmup = train_one_epoch(model, itertools.islice(iterator, warm), optimizer, cfg, world, 0)
+    measured = train_one_epoch(model, itertools.islice(iterator, steps), optimizer, cfg, world, 1)
+    bench.sync()
+    del iterator, loader
+    return {"clips_per_s": round(measured["clips_per_s"], 1),
+            "data_wait_fraction": round(measured["data_wait_fraction"], 3),
+            "steps": int(measured["steps"]), "warmup_steps": int(warmup["steps"]),
+            "warmup_s": round(warmup["epoch_seconds"], 1), "workers": p.workers}
+
+
+def pretrain_throughput(bench: Bench, out: dict[str, Any], *, compiled: bool = False) -> None:
+    """Item a: model-alone and end-to-end clips/s and MFU at each batch size (compile on or off)."""
+    cfg = paper_pretrain_cfg(bench)
+    flops = flops_per_clip(cfg)
+    peak = bench.report.get("peak_bf16_tflops")
+    benchmark = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True  # fixed shapes here: let cuDNN pick its fastest 3-D convolutions
+    try:
+        _throughput_rows(bench, out, cfg, flops, peak, compiled)
+    finally:
+        torch.backends.cudnn.benchmark = benchmark
+
+
+def _throughput_rows(bench: Bench, out: dict[str, Any], cfg: Any, flops: dict[str, float], peak: float | None,
+                     compiled: bool) -> None:
+    p = bench.profile
+    out.update(config={"backbone": cfg.backbone, "clip_len": cfg.clip_len, "size": cfg.size,
+                       "hidden_dim": cfg.hidden_dim,
+                       "optimizer": cfg.optimizer, "objective": cfg.objective, "mining": cfg.mining,
+                       "temporal_weight": cfg.temporal_weight, "bf16_autocast": bench.device.type == "cuda",
+                       "channels_last_3d": True, "compile": compiled, "cudnn_benchmark": True,
+                       "clips_per_triplet": 3 if cfg.temporal_weight > 0 else 2},
+               flops_per_clip=flops, gflop_per_clip_forward_backward=round(flops["forward_backward"] / 1e9, 1),
+               peak_bf16_tflops=peak,
+               note=("batch = triplets per step; each step forwards anchor, positive and second view (3 clips per "
+                     f"triplet), clips/s counts all of them. end_to_end: PretrainClips over the setup's "
+                     f"{p.frame_hw[0]}x{p.frame_hw[1]} JPEG shards, no frame cache, flow view off (RGB clips), "
+                     f"{p.workers} DataLoader workers."), rows=[])
+    for batch in p.batches:
+        if bench.left() < (90 if compiled else 20):
+            out["rows"].append({"batch": batch, "status": "skipped", "reason": "time budget"})
+            continue
+        row: dict[str, Any] = {"batch": batch}
+        out["rows"].append(row)
+        for name, measure in (("model", lambda: model_rate(bench, cfg, batch, compiled)),
+                              *(() if compiled else (("end_to_end", lambda: end_to_end_rate(bench, cfg, batch)),))):
+            try:
+                row[name] = measure()
+                if peak and bench.device.type == "cuda":
+                    row[name]["mfu"] = round(row[name]["clips_per_s"] * flops["forward_backward"] / (peak * 1e12), 4)
+            except BudgetExceeded:
+                raise
+            except Exception as exc:  # noqa: BLE001 - e.g. out of memory at the largest batch: the others stay
+                row[name] = {"error": f"{type(exc).__name__}: {exc}"[:1000]}
+            finally:
+                if bench.device.type == "cuda":
+                    torch.cuda.empty_cache()
+            bench.save()
+        model, end_to_end = row.get("model", {}), row.get("end_to_end", {})
+        if "clips_per_s" in model and "clips_per_s" in end_to_end:
+            row["end_to_end_share_of_model"] = round(row["end_to_end"]["clips_per_s"] / row["model"]["clips_per_s"], 3)
+
+
+def pretrain_throughput_compiled(bench: Bench, out: dict[str, Any]) -> None:
+    if not bench.profile.compile:
+        raise SectionSkipped("torch.compile is measured on CUDA only (the full profile)")
+    pretrain_throughput(bench, out, compiled=True)

@@ -1,0 +1,98 @@
+"""Unlabelled videos: a folder with no class folders and no split files is listed, validated, pretrained on,
+embedded, indexed and searched; the stages that measure against classes stop with one line saying what works."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from slic.cli import main
+from slic.config import ManifestConfig
+from slic.data.datasets import DatasetError, build_manifest, has_labels
+from slic.data.validate import validate_manifest
+from tests.conftest import ROOT
+
+TINY = {"manifest": {"workers": 1}, "extract": {"short_side": 32, "workers": 1},
+        "pretrain": {"epochs": 2, "size": 16, "batch_size": 8, "hidden_dim": 32, "workers": 0, "cluster_interval": 1,
+                     "eval_interval": 1, "frame_cache_mb": 64},
+        "embed": {"clips": 2, "workers": 0}}
+
+
+@pytest.fixture(scope="module")
+def archive(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny set's videos renamed into nested folders that say nothing of their class (no split files)."""
+    root = tmp_path_factory.mktemp("archive")
+    for number, video in enumerate(sorted(tiny_dataset.rglob("*.avi"))):
+        folder = root / f"day{number % 3}" / ("deeper" if number % 2 else "")
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy(video, folder / f"clip{number:02d}.avi")
+    (root / "day0" / "notes.txt").write_text("not a video")
+    (root / ".cache").mkdir()
+    shutil.copy(next(tiny_dataset.rglob("*.avi")), root / ".cache" / "hidden.avi")
+    return root
+
+
+def test_manifest_lists_every_video_at_any_depth_without_classes(archive: Path) -> None:
+    table = build_manifest(ManifestConfig(root=str(archive), layout="unlabelled", workers=1))
+    assert len(table) == 24 and set(table["split"]) == {"train"}  # no carve: nothing to validate on, all train
+    assert set(table["label"]) == {-1} and set(table["class"]) == {""} and not has_labels(table)
+    assert "day1/deeper/clip01" in set(table["video_id"]) and not table["video_id"].str.contains("hidden").any()
+    assert validate_manifest(table, min_frames=32, labelled=False).success
+    refused = validate_manifest(table, min_frames=32, labelled=True)  # as if labels were promised: none there
+    assert not refused.success and any("label" in f.line() for f in refused.failures)
+    empty = archive.parent / "empty_archive"
+    empty.mkdir(exist_ok=True)
+    with pytest.raises(DatasetError, match="no videos with extensions"):
+        build_manifest(ManifestConfig(root=str(empty), layout="unlabelled"))
+
+
+def run(workspace: Path, *args: str) -> int:
+    return main(["--params", str(workspace / "params.yaml"), *args])
+
+
+def test_pretrain_index_and_search_on_unlabelled_videos(archive: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["manifest"].update(root=str(archive), layout="unlabelled", splits_dir="")
+    for section, values in TINY.items():
+        params[section].update(values)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    for stage in ("manifest", "validate", "extract", "pretrain", "embed", "index"):
+        assert run(tmp_path, stage) == 0, stage
+    validated = pd.read_csv(tmp_path / "data/manifests/validated.csv", keep_default_na=False)
+    assert len(validated) == 24 and set(validated["split"]) == {"train"}
+    pretrain = json.loads((tmp_path / "reports/pretrain.json").read_text())
+    assert pretrain["labelled"] is False and pretrain["best_val_recall_at_1"] is None
+    assert pretrain["best_epoch"] == 2 and pretrain["cluster_rounds"] == 2
+    assert "cluster_ami_last" not in pretrain and "no labels" in pretrain["checkpoint_choice"]
+    history = json.loads((tmp_path / "data/models/pretrain/history.json").read_text())
+    assert [h["cluster_n_clusters"] > 0 for h in history] == [True, True]  # slic clustered every epoch
+    assert not any("val_recall_at_1" in h or "cluster_ami" in h for h in history)  # nothing measured on classes
+    index = json.loads((tmp_path / "reports/index.json").read_text())
+    assert index["vectors"] == 24
+
+    capsys.readouterr()
+    query = archive / "day1" / "deeper" / "clip01.avi"
+    assert run(tmp_path, "search", str(query), "-k", "3", "--json") == 0
+    answer = json.loads(capsys.readouterr().out)["queries"][0]
+    assert answer["results"][0]["path"].endswith("day1/deeper/clip01.avi")  # itself first
+    assert answer["results"][0]["similarity"] == pytest.approx(1.0, abs=1e-3) and len(answer["results"]) == 3
+
+    for stage in ("evaluate", "ablation", "linear-probe", "finetune", "promote"):
+        assert run(tmp_path, stage) == 2, stage
+        error = capsys.readouterr().err.strip().splitlines()
+        assert len(error) == 1 and "has no class labels (manifest.layout unlabelled)" in error[0], error
+        assert "dvc repro index" in error[0]
+    params["pretrain"].update(mode="oracle", out="data/models/oracle")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert run(tmp_path, "pretrain") == 2
+    assert "pretrain.mode oracle trains on the true classes" in capsys.readouterr().err
