@@ -40,8 +40,41 @@ class StageError(RuntimeError):
 
 
 def dvc_stages(repo: str | Path) -> list[str]:
-    """The stage names of dvc.yaml, in file order (the order `dvc repro` runs them here)."""
-    return list(yaml.safe_load((Path(repo) / "dvc.yaml").read_text())["stages"])
+    """The stage names of dvc.yaml, in file order (the order `dvc repro` runs them here); a `foreach` group
+    becomes its stages `group@key`, one per entry of the params it iterates (e.g. transfer@synthetic_unseen)."""
+    root = Path(repo)
+    params: dict[str, Any] | None = None
+    names: list[str] = []
+    for name, spec in yaml.safe_load((root / "dvc.yaml").read_text())["stages"].items():
+        if not (isinstance(spec, dict) and "foreach" in spec):
+            names.append(name)
+            continue
+        if params is None:
+            params = yaml.safe_load((root / "params.yaml").read_text()) or {}
+        names += [f"{name}@{key}" for key in foreach_keys(spec["foreach"], params)]
+    return names
+
+
+def foreach_keys(foreach: Any, params: dict[str, Any]) -> list[str]:
+    """The keys DVC gives a foreach group's stages: a mapping's keys, a list's indices (`${a.b}` read from params)."""
+    if isinstance(foreach, str) and foreach.startswith("${") and foreach.endswith("}"):
+        value: Any = params
+        for part in foreach[2:-1].strip().split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        foreach = value
+    if isinstance(foreach, dict):
+        return [str(key) for key in foreach]
+    if isinstance(foreach, list):
+        return [str(index) for index in range(len(foreach))]
+    return []
+
+
+def report_path(repo: str | Path, stage: str) -> Path:
+    """reports/<name>.json of a stage; an eval set's stages write reports/transfer/<set>/{data,retrieval}.json."""
+    group, _, key = stage.partition("@")
+    if key:
+        return Path(repo) / "reports" / "transfer" / key / ("data.json" if group == "eval_data" else "retrieval.json")
+    return Path(repo) / "reports" / f"{REPORT_NAMES.get(stage, stage)}.json"
 
 
 def artifact_key(*parts: str) -> str:
@@ -130,7 +163,7 @@ def publish_stage(repo: str, stage: str, ran: bool, parent_run_id: str | None) -
     from slic import tracking
 
     published: dict[str, str] = {}
-    path = Path(repo) / "reports" / f"{REPORT_NAMES.get(stage, stage)}.json"
+    path = report_path(repo, stage)
     report = json.loads(path.read_text()) if path.is_file() else {}
     if report:
         published["report"] = str(create_markdown_artifact(
@@ -185,10 +218,11 @@ def slic_pipeline(repo: str = ".", stages: list[str] | None = None, dask_address
 
     root = Path(repo).resolve()
     order = dvc_stages(root)
-    unknown = sorted(set(stages or []) - set(order))
+    groups = {s.partition("@")[0] for s in order if "@" in s}  # a foreach group's name selects all its stages
+    unknown = sorted(set(stages or []) - set(order) - groups)
     if unknown:
         raise ValueError(f"unknown stage(s) {', '.join(unknown)}; dvc.yaml has: {', '.join(order)}")
-    chosen = [s for s in order if s in (stages or order)]
+    chosen = [s for s in order if not stages or s in stages or s.partition("@")[0] in stages]
     on_gpu = set(gpu_stages if gpu_stages is not None else GPU_STAGES) if gpu_deployment else set()
     results: dict[str, Any] = {}
     with mlflow_at(root):

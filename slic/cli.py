@@ -37,14 +37,23 @@ def _progress(total: int, desc: str) -> tuple[Callable[[int], None], Callable[[]
 
 def run_synth(config: Any) -> dict[str, Any]:
     """Stage `synth`: generate the synthetic motion dataset."""
+    return _synthesize(config.synth, "synth")
+
+
+def run_synth_transfer(config: Any) -> dict[str, Any]:
+    """Stage `synth_transfer`: the motions `synth` never shows, as the eval set of the synthetic world."""
+    return _synthesize(config.synth_transfer, "synth_transfer")
+
+
+def _synthesize(section: Any, stage: str) -> dict[str, Any]:
     from slic.data import synthetic
 
-    update, close = _progress(len(synthetic.clip_specs(config.synth)), "synth")
+    update, close = _progress(len(synthetic.clip_specs(section)), stage)
     try:
-        report = synthetic.generate(config.synth, progress=update)
+        report = synthetic.generate(section, progress=update)
     finally:
         close()
-    print(f"synth: {report['videos']} videos, {report['classes']} classes -> {config.synth.out}")
+    print(f"{stage}: {report['videos']} videos, {report['classes']} classes -> {section.out}")
     return report
 
 
@@ -405,6 +414,7 @@ def _named(stage: str, checkpoint: str) -> str:
 
 STAGES: dict[str, tuple[Callable[[Any], dict[str, Any]], str]] = {
     "synth": (run_synth, "generate the synthetic motion dataset (UCF101 layout)"),
+    "synth-transfer": (run_synth_transfer, "generate the motions synth never shows (the synthetic transfer set)"),
     "manifest": (run_manifest, "list, probe and split the dataset into one manifest table"),
     "validate": (run_validate, "check the manifest with Great Expectations"),
     "extract": (run_extract, "decode every video once into one JPEG shard per video"),
@@ -421,7 +431,9 @@ STAGES: dict[str, tuple[Callable[[Any], dict[str, Any]], str]] = {
 }
 
 
-REPORT_NAMES = {"evaluate": "retrieval", "promote": "promotion",
+NAMED_STAGES = {"eval-data": "eval data NAME: manifest, Great Expectations and frames of eval_sets.NAME",
+                "transfer": "transfer NAME: retrieval on eval_sets.NAME, pretrained vs random_init"}
+REPORT_NAMES = {"evaluate": "retrieval", "promote": "promotion", "synth-transfer": "synth_transfer",
                 "linear-probe": "linear_probe", "ablation-flow": "ablation_flow"}  # reports/<name>.json when it is not the stage's name
 LABELLED_STAGES = ("evaluate", "ablation", "ablation-flow", "linear-probe", "finetune", "promote")  # measure on classes
 TRAINING_STAGES = ("pretrain", "embed", "ablation", "ablation-flow", "linear-probe")
@@ -472,6 +484,35 @@ def run_embed_video(argv: list[str]) -> int:
     return 0
 
 
+def _run_named_stage(stage: str, config: Any, name: str, started: float) -> int:
+    """`slic eval-data NAME` or `slic transfer NAME`: reports/transfer/NAME/{data,retrieval}.json."""
+    from slic.transfer import EvalDataInvalid, eval_set
+    from slic.transfer_stages import run_eval_data, run_transfer
+
+    eval_set(config, name)  # an unknown name: one line naming the ones params.yaml has
+    try:
+        if stage == "eval-data":
+            report, kind = run_eval_data(config, name), "data"
+        else:
+            from slic.distributed import close_world, init_world
+
+            world = init_world(config.embed.device)
+            try:
+                report, kind = run_transfer(config, name, world), "retrieval"
+            finally:
+                close_world()
+            from slic.machine import machine_info
+
+            report["machine"] = machine_info(world.device)
+    except EvalDataInvalid as exc:
+        write_report(f"transfer/{name}/data", exc.report)
+        print(f"slic {stage}: {exc}\nfull result: reports/transfer/{name}/data.json", file=sys.stderr)
+        return 1
+    report["stage_seconds"] = round(time.perf_counter() - started, 3)
+    write_report(f"transfer/{name}/{kind}", report)
+    return 0
+
+
 class StageFailed(RuntimeError):
     """A stage that ran and found the data unusable; its message is the report for the user."""
 
@@ -485,6 +526,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
     for name, (_, help_text) in STAGES.items():
         sub.add_parser(name, help=help_text)
+    for name, help_text in NAMED_STAGES.items():
+        sub.add_parser(name, add_help=False, help=help_text)
     sub.add_parser("pipeline", add_help=False,
                    help="every stage as a Prefect flow (options: slic pipeline --help)")
     sub.add_parser("embed-video", add_help=False,
@@ -506,6 +549,11 @@ def main(argv: list[str] | None = None) -> int:
         from slic.presets import run_preset
 
         return run_preset(rest, args.params)
+    eval_name = ""
+    if args.stage in NAMED_STAGES:
+        if len(rest) != 1 or rest[0].startswith("-"):
+            parser.error(f"slic {args.stage} takes one eval set name (a key of eval_sets in params.yaml)")
+        eval_name, rest = rest[0], []
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
 
@@ -531,6 +579,8 @@ def main(argv: list[str] | None = None) -> int:
             from slic.data.datasets import require_labels
 
             require_labels(config.extract.manifest, args.stage)
+        if eval_name:
+            return _run_named_stage(args.stage, config, eval_name, started)
         report = STAGES[args.stage][0](config)
     except (ConfigError, DatasetError, ExtractError, FlowError, FileNotFoundError, TrackingError, PromoteError,
             IndexBuildError, FinetuneError) as exc:

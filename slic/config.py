@@ -45,6 +45,36 @@ class SynthConfig:
                                         "instead of the pool shared by every class")
     workers: int = _spec(2, low=1, high=256)
     seed: int = _spec(7, low=0)
+    first_class: int = _spec(0, low=0, high=14, help="the motions are the classes first_class.. first_class + "
+                                                     "classes - 1 of the 16 (the transfer set takes the unseen ones)")
+
+
+@dataclass(frozen=True)
+class SynthTransferConfig(SynthConfig):
+    """A second synthetic set of motions the first never shows: the HMDB51 of the synthetic world (stage
+    `synth_transfer`), evaluated as the eval set `synthetic_unseen` of the encoder pretrained on `synth`."""
+
+    out: str = _spec("data/raw/synthetic_transfer", help="folder the UCF101-style dataset is written to")
+    classes: int = _spec(6, low=2, high=16, help="number of motion classes")
+    groups: int = _spec(12, low=4, high=1000, help="groups per class (scenes), split by group")
+    seed: int = _spec(8, low=0)
+    first_class: int = _spec(10, low=0, high=14, help="the first motion (after synth's 10)")
+
+
+EVAL_SET_LAYOUTS = tuple(layout for layout in DATASET_LAYOUTS if layout != "unlabelled")
+
+
+@dataclass(frozen=True)
+class EvalSetConfig:
+    """One labelled evaluation set beside the training set: `eval_sets.<name>` (stages eval_data@<name>,
+    transfer@<name>). Its videos are only embedded by the pretrained encoder, never trained on."""
+
+    root: str = _spec("", help="the set's videos (required)")
+    layout: str = _spec("ucf101", choices=EVAL_SET_LAYOUTS)
+    splits_dir: str = _spec("", help="folder with the split files; empty: the root")
+    split: int = _spec(1, low=1, high=3)
+    min_frames: int = _spec(32, low=1)
+    extensions: tuple[str, ...] = _spec((".avi", ".mp4", ".mkv", ".mov", ".webm"))
 
 
 @dataclass(frozen=True)
@@ -335,6 +365,7 @@ class Config:
     """All sections of params.yaml."""
 
     synth: SynthConfig = field(default_factory=SynthConfig)
+    synth_transfer: SynthTransferConfig = field(default_factory=SynthTransferConfig)
     manifest: ManifestConfig = field(default_factory=ManifestConfig)
     validate: ValidateConfig = field(default_factory=ValidateConfig)
     extract: ExtractConfig = field(default_factory=ExtractConfig)
@@ -348,6 +379,8 @@ class Config:
     promote: PromoteConfig = field(default_factory=PromoteConfig)
     linear_probe: LinearProbeConfig = field(default_factory=LinearProbeConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    eval_sets: dict[str, EvalSetConfig] = field(default_factory=lambda: {
+        "synthetic_unseen": EvalSetConfig(root="data/raw/synthetic_transfer", layout="synthetic")})
 
 
 def load(path: str | Path = "params.yaml") -> Config:
@@ -378,5 +411,7 @@ def changed_settings(stored: dict[str, Any], now: dict[str, Any], defaults: dict
 
 
 def to_dict(section: Any) -> dict[str, Any]:
-    """A section as plain data (tuples as lists), for reports and MLflow params."""
+    """A section as plain data (tuples as lists), for reports and MLflow params; named sections (eval_sets) too."""
+    if isinstance(section, dict):
+        return {name: to_dict(value) for name, value in section.items()}
     return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(section).items()}

@@ -8,6 +8,7 @@ the key path, the value and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from typing import Any, Union
@@ -102,6 +103,29 @@ def build_section(cls: type, raw: Any, prefix: str, source: str) -> Any:
         tp = hints[name]
         if dataclasses.is_dataclass(tp):
             kwargs[name] = build_section(tp, raw[name], where, source)
+        elif typing.get_origin(tp) is dict:
+            kwargs[name] = build_named_sections(typing.get_args(tp)[1], raw[name], where, source)
         else:
             kwargs[name] = _coerce(raw[name], tp, where, f, source)
     return cls(**kwargs)
+
+
+NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+
+
+def build_named_sections(cls: type, raw: Any, prefix: str, source: str) -> dict[str, Any]:
+    """A mapping name -> section `cls` (e.g. eval_sets), each checked like a section; names become stage and
+    folder names, so lowercase letters, digits and underscores only. A `root` key, when `cls` has one, is required."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: {prefix} must be a mapping of name -> settings, got {raw!r}")
+    built = {}
+    for name, values in raw.items():
+        if not isinstance(name, str) or not NAME.match(name):
+            raise ConfigError(f"{source}: {prefix}.{name}: a name must be lowercase letters, digits and underscores "
+                              "(it names stages and folders), starting with a letter")
+        built[name] = build_section(cls, values, f"{prefix}.{name}", source)
+        if "root" in {f.name for f in dataclasses.fields(cls)} and not built[name].root:
+            raise ConfigError(f"{source}: {prefix}.{name}.root is missing: set it to the folder of the set's videos")
+    return built

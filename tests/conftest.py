@@ -16,6 +16,10 @@ SHARED_VIDEOS = Path(os.environ.get("SLIC_SHARED_VIDEOS", ROOT.parent / "shared"
 for key, value in {"DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true", "DVC_NO_ANALYTICS": "1",
                    "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "GX_ANALYTICS_ENABLED": "false"}.items():
     os.environ.setdefault(key, value)
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two pytest workers on two cores: one thread each (torch and the stages' subprocesses read
+    # this before they start their thread pools), so the workers do not fight over the cores.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def tiny_synth_config(out: Path, **overrides: object) -> SynthConfig:

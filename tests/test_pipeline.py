@@ -19,6 +19,7 @@ from tests.conftest import ROOT
 pytestmark = pytest.mark.slow
 TINY = {
     "synth": {"classes": 3, "groups": 4, "clips_per_group": 2, "frames": 32, "width": 64, "height": 48},
+    "synth_transfer": {"classes": 2, "groups": 4, "clips_per_group": 2, "frames": 32, "width": 64, "height": 48},
     "manifest": {"workers": 2},
     "extract": {"short_side": 32},
     "pretrain": {"epochs": 2, "size": 16, "batch_size": 8, "hidden_dim": 32, "workers": 0, "cluster_interval": 1,
@@ -27,8 +28,9 @@ TINY = {
     "linear_probe": {"epochs": 1, "milestones": [1], "size": 16, "batch_size": 8, "workers": 0},
     "finetune": {"epochs": 1, "milestones": [1], "size": 16, "batch_size": 8, "workers": 0},
 }
-STAGES = ["synth", "manifest", "validate", "extract", "flow", "pretrain", "embed", "evaluate", "index", "promote",
-          "ablation", "ablation_flow", "linear_probe", "finetune"]
+STAGES = ["synth", "synth_transfer", "manifest", "validate", "extract", "flow", "pretrain", "embed", "evaluate",
+          "eval_data@synthetic_unseen", "transfer@synthetic_unseen", "index", "promote", "ablation", "ablation_flow",
+          "linear_probe", "finetune"]
 
 
 def dvc(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -130,6 +132,18 @@ def test_repro_builds_every_output_then_is_a_no_op(repo: Path) -> None:
     assert set(finetune) == {"pretrained", "scratch", "linear_probe"} and finetune["scratch"]["epochs"] == 1
     assert set(ablation["findings"]) >= {"slic_minus_random_init_points", "slic_minus_intra_video_points",
                                          "paper_finding_holds"}
+    # The transfer set: 2 motions synth never shows (SpeedUp, SlowDown), 1 held-out group of 4 as test.
+    data = json.loads((repo / "reports/transfer/synthetic_unseen/data.json").read_text())
+    assert (data["usable_videos"], data["splits"], data["validation"]["success"]) == (16, {"test": 4, "train": 12}, True)
+    transfer = json.loads((repo / "reports/transfer/synthetic_unseen/retrieval.json").read_text())
+    assert set(transfer["pretrained"]["per_class"]) == {"SpeedUp", "SlowDown"} and transfer["mode"] == "slic"
+    assert (transfer["pretrained"]["queries"], transfer["pretrained"]["gallery"]) == (4, 12)
+    assert transfer["in_domain_recall@1"] == retrieval["recall@1"]
+    assert transfer["gain_over_random_init_points"] == pytest.approx(
+        100 * (transfer["pretrained"]["recall@1"] - transfer["random_init"]["recall@1"]), abs=0.01)
+    assert transfer["pretrained"]["recall@1"] == pytest.approx(
+        recall_at_1_by_hand(repo / "data/transfer/synthetic_unseen/pretrained.npz"))
+    assert "SpeedUp" in (repo / "reports/transfer/synthetic_unseen/retrieval.html").read_text()
 
     second = dvc(repo, "repro")
     assert ran(second) == []
@@ -139,19 +153,28 @@ def test_repro_builds_every_output_then_is_a_no_op(repo: Path) -> None:
 def test_changing_one_param_reruns_only_its_stages(repo: Path) -> None:
     dvc(repo, "repro")
     set_params(repo, "evaluate", ks=[1, 5, 10])
-    assert ran(dvc(repo, "repro")) == ["evaluate", "ablation", "ablation_flow"]
+    assert ran(dvc(repo, "repro")) == ["evaluate", "transfer@synthetic_unseen", "ablation", "ablation_flow"]
+    # A second eval set runs only its own two stages; a change to one set re-runs only that set's stages.
+    set_params(repo, "eval_sets", seen={"root": "data/raw/synthetic", "layout": "synthetic", "split": 2})
+    assert ran(dvc(repo, "repro")) == ["eval_data@seen", "transfer@seen"]
+    seen = json.loads((repo / "reports/transfer/seen/retrieval.json").read_text())
+    assert set(seen["pretrained"]["per_class"]) == {"Slide", "Rise", "Fall"}  # the training motions, split 2
+    set_params(repo, "eval_sets", synthetic_unseen={**yaml.safe_load((repo / "params.yaml").read_text())[
+        "eval_sets"]["synthetic_unseen"], "min_frames": 30})
+    assert ran(dvc(repo, "repro")) == ["eval_data@synthetic_unseen", "transfer@synthetic_unseen"]
     assert "recall@20" not in json.loads((repo / "reports/retrieval.json").read_text())
     # Without the flow view nothing before ablation_flow waits for or depends on the flow settings.
     set_params(repo, "flow", warps=3)
     assert ran(dvc(repo, "repro")) == ["flow", "ablation_flow"]
     # A new extraction setting changes extract and nothing before it (a dry run lists only the stages whose
     # own inputs changed; that the stages after a changed one rerun is what the next step checks for real).
-    set_params(repo, "extract", quality=6)
-    assert ran(dvc(repo, "repro", "--dry")) == ["extract"]
+    set_params(repo, "extract", quality=6)  # the eval sets are extracted with the same settings
+    assert ran(dvc(repo, "repro", "--dry")) == ["extract", "eval_data@synthetic_unseen", "eval_data@seen"]
     set_params(repo, "extract", quality=yaml.safe_load((ROOT / "params.yaml").read_text())["extract"]["quality"])
     # A new validation carve changes the manifest: later stages run, and extract reuses its shards.
     set_params(repo, "manifest", seed=11)
-    assert ran(dvc(repo, "repro")) == STAGES[1:]
+    after = [s for s in STAGES[STAGES.index("manifest"):] if not s.startswith("eval_data@")]  # not the eval sets' data
+    assert ran(dvc(repo, "repro")) == after[:after.index("index")] + ["transfer@seen"] + after[after.index("index"):]
     extract = json.loads((repo / "reports/extract.json").read_text())
     assert (extract["extracted"], extract["reused"]) == (0, 24)
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from slic.cli import main
-from slic.config import ConfigError, load
+from slic.config import ConfigError, load, to_dict
 from slic.presets import PresetError, apply_preset, list_presets, load_preset, show
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -158,9 +158,9 @@ def test_apply_writes_the_values_and_keeps_the_rest(params: Path, preset: dict[s
         section, name = key.split(".")
         assert same(dataclasses.asdict(getattr(before, section))[name], old) and not same(old, new)
     for section in dataclasses.fields(after):  # every value outside the preset as it was
-        for name, value in dataclasses.asdict(getattr(after, section.name)).items():
+        for name, value in to_dict(getattr(after, section.name)).items():
             if f"{section.name}.{name}" not in preset:
-                assert value == dataclasses.asdict(getattr(before, section.name))[name], f"{section.name}.{name}"
+                assert value == to_dict(getattr(before, section.name))[name], f"{section.name}.{name}"
     # Comments, key order and every line of an unchanged key stay byte for byte; only changed keys' values move.
     old_lines, new_lines = before_text.splitlines(), after_text.splitlines()
     assert len(old_lines) == len(new_lines)

@@ -85,7 +85,8 @@ def test_pretrain_index_and_search_on_unlabelled_videos(archive: Path, tmp_path:
     assert run(tmp_path, "search", str(query), "-k", "3", "--json") == 0
     answer = json.loads(capsys.readouterr().out)["queries"][0]
     assert answer["results"][0]["path"].endswith("day1/deeper/clip01.avi")  # itself first
-    assert answer["results"][0]["similarity"] == pytest.approx(1.0, abs=1e-3) and len(answer["results"]) == 3
+    # Near 1, not 1: the index holds the JPEG shards' embedding, the query is decoded from the file itself.
+    assert answer["results"][0]["similarity"] == pytest.approx(1.0, abs=0.01) and len(answer["results"]) == 3
 
     for stage in ("evaluate", "ablation", "linear-probe", "finetune", "promote"):
         assert run(tmp_path, stage) == 2, stage

@@ -57,11 +57,14 @@ class Pose:
     angle: float
 
 
-def motion_names(classes: int) -> tuple[str, ...]:
-    """The class names (motions) of a synthetic set with `classes` classes."""
+def motion_names(classes: int, first_class: int = 0) -> tuple[str, ...]:
+    """The class names (motions) of a synthetic set with `classes` classes, from motion `first_class` on."""
     if not 2 <= classes <= len(MOTIONS):
         raise ValueError(f"synth.classes = {classes}: must be between 2 and {len(MOTIONS)}")
-    return MOTIONS[:classes]
+    if first_class < 0 or first_class + classes > len(MOTIONS):
+        raise ValueError(f"first_class {first_class} + classes {classes} = {first_class + classes}: there are "
+                         f"{len(MOTIONS)} motions; lower first_class or classes")
+    return MOTIONS[first_class:first_class + classes]
 
 
 def held_out_groups(groups: int, split: int) -> set[int]:
@@ -234,7 +237,7 @@ def clip_specs(config: SynthConfig) -> list[ClipSpec]:
     out = Path(config.out)
     return [
         ClipSpec(name, index, group, clip, out / name / f"v_{name}_g{group:02d}_c{clip:02d}.avi")
-        for index, name in enumerate(motion_names(config.classes))
+        for index, name in enumerate(motion_names(config.classes, config.first_class))
         for group in range(1, groups + 1)
         for clip in range(1, config.clips_per_group + 1)
     ]
@@ -286,7 +289,7 @@ def hash_seed(*parts: int) -> int:
 def write_split_files(config: SynthConfig, specs: list[ClipSpec]) -> None:
     """classInd.txt, trainlist0{1,2,3}.txt and testlist0{1,2,3}.txt exactly as UCF101 has them."""
     out = Path(config.out)
-    names = motion_names(config.classes)
+    names = motion_names(config.classes, config.first_class)
     (out / "classInd.txt").write_text("".join(f"{i + 1} {n}\n" for i, n in enumerate(names)))
     groups = max(s.group for s in specs)
     for split in (1, 2, 3):

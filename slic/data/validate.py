@@ -142,24 +142,28 @@ def _failures(result: Any, index_column: str, max_examples: int) -> list[Failure
 
 
 def validate_manifest(manifest: pd.DataFrame, *, min_frames: int, max_examples: int = 5,
-                      data_docs: str | Path | None = None, labelled: bool = True) -> ValidationReport:
+                      data_docs: str | Path | None = None, labelled: bool = True,
+                      splits: tuple[str, ...] = SPLITS) -> ValidationReport:
     """Run the manifest and coverage suites; optionally build Great Expectations' HTML data docs.
 
     `labelled=False` (layout unlabelled): every label -1 and class empty, and coverage asks only for at
     least two usable train videos (what pretraining needs), since there are no classes, val or test.
+    `splits`: the splits every class must have a usable video in (an eval set has no val: train and test).
     """
     import great_expectations as gx
     import great_expectations.expectations as gxe
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
-    logging.getLogger("great_expectations").setLevel(logging.ERROR)
+    for name in [n for n in logging.root.manager.loggerDict if n.startswith("great_expectations")] + [
+            "great_expectations"]:  # GX sets levels on its own child loggers: quiet each (its temp-dir notices)
+        logging.getLogger(name).setLevel(logging.ERROR)
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
     n_classes = max(1, manifest["class"].nunique()) if len(manifest) else 1
     runs = [
         _run(gx, context, "manifest", with_derived_columns(manifest),
              _manifest_suite(gxe, n_classes, min_frames, labelled), "video_id"),
-        _run(gx, context, "coverage", coverage_table(manifest, SPLITS if labelled else ("train",)),
+        _run(gx, context, "coverage", coverage_table(manifest, splits if labelled else ("train",)),
              [gxe.ExpectColumnValuesToBeBetween(column="videos", min_value=1 if labelled else 2)], "case"),
     ]
     if data_docs:

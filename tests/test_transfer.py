@@ -1,0 +1,71 @@
+"""Evaluation sets: bad eval_sets params are one line naming the key; the flow sees one stage per set; the synthetic
+transfer set holds the motions the training set never shows. (The stages themselves run in tests/test_pipeline.py.)"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flows.pipeline import dvc_stages, foreach_keys, report_path
+from slic.cli import main
+from slic.config import ConfigError, load
+from slic.data.synthetic import MOTIONS, motion_names
+from tests.conftest import ROOT
+
+
+def params_with(tmp_path: Path, eval_sets: object) -> Path:
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["eval_sets"] = eval_sets
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
+@pytest.mark.parametrize(("eval_sets", "said"), [
+    ({"HMDB": {"root": "/data/hmdb51", "layout": "hmdb51"}}, "eval_sets.HMDB: a name must be lowercase"),
+    ({"hmdb": {"layout": "hmdb51"}}, "eval_sets.hmdb.root is missing: set it to the folder of the set's videos"),
+    ({"hmdb": {"root": "/data/hmdb51", "layout": "unlabelled"}}, "eval_sets.hmdb.layout = 'unlabelled': expected one of"),
+    ({"hmdb": {"root": "/data/hmdb51", "splt": 1}}, "unknown key 'eval_sets.hmdb.splt'; allowed here:"),
+    ({"hmdb": {"root": "/data/hmdb51", "split": 4}}, "eval_sets.hmdb.split = 4: expected an integer in [1, 3]"),
+    (["hmdb"], "eval_sets must be a mapping of name -> settings"),
+])
+def test_bad_eval_sets_are_one_line_naming_the_key(tmp_path: Path, eval_sets: object, said: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(params_with(tmp_path, eval_sets))
+    assert said in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_an_unknown_eval_set_name_lists_the_known_ones(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    path = params_with(tmp_path, {"ucf": {"root": "/data/ucf101"}, "hmdb": {"root": "/data/hmdb51"}})
+    assert main(["--params", str(path), "transfer", "kinetics"]) == 2
+    assert capsys.readouterr().err.strip() == ("slic transfer: error: no eval set 'kinetics' in params.yaml's "
+                                               "eval_sets (it has: hmdb, ucf)")
+    with pytest.raises(SystemExit):
+        main(["--params", str(path), "eval-data"])  # the name is required
+
+
+def test_the_flow_runs_one_stage_per_eval_set_in_file_order(tmp_path: Path) -> None:
+    (tmp_path / "dvc.yaml").write_text((ROOT / "dvc.yaml").read_text())
+    params_with(tmp_path, {"ucf": {"root": "/data/ucf101"}, "hmdb": {"root": "/data/hmdb51"}})
+    stages = dvc_stages(tmp_path)
+    at = stages.index("evaluate")
+    assert stages[at + 1:at + 5] == ["eval_data@ucf", "eval_data@hmdb", "transfer@ucf", "transfer@hmdb"]
+    assert report_path(tmp_path, "transfer@hmdb") == tmp_path / "reports/transfer/hmdb/retrieval.json"
+    assert report_path(tmp_path, "eval_data@ucf") == tmp_path / "reports/transfer/ucf/data.json"
+    params_with(tmp_path, {})
+    assert not any("@" in stage for stage in dvc_stages(tmp_path))  # no eval set: no such stage
+    assert foreach_keys("${a.b}", {"a": {"b": ["x", "y"]}}) == ["0", "1"] and foreach_keys("${missing}", {}) == []
+
+
+def test_the_synthetic_transfer_set_holds_the_motions_synth_never_shows() -> None:
+    config = load(ROOT / "params.yaml")
+    seen = set(motion_names(config.synth.classes, config.synth.first_class))
+    unseen = motion_names(config.synth_transfer.classes, config.synth_transfer.first_class)
+    assert unseen == MOTIONS[10:16] and not seen & set(unseen)
+    assert config.eval_sets["synthetic_unseen"].root == config.synth_transfer.out
+    with pytest.raises(ValueError, match="first_class 12 \\+ classes 6 = 18: there are 16 motions"):
+        motion_names(6, 12)
