@@ -431,8 +431,8 @@ STAGES: dict[str, tuple[Callable[[Any], dict[str, Any]], str]] = {
 }
 
 
-NAMED_STAGES = {"eval-data": "eval data NAME: manifest, Great Expectations and frames of eval_sets.NAME",
-                "transfer": "transfer NAME: retrieval on eval_sets.NAME, pretrained vs random_init"}
+NAMED_STAGES = {"eval-data": "NAME: the manifest, Great Expectations check and frames of eval_sets.NAME",
+                "transfer": "NAME: retrieval on eval_sets.NAME with best.pt and with random_init"}
 REPORT_NAMES = {"evaluate": "retrieval", "promote": "promotion", "synth-transfer": "synth_transfer",
                 "linear-probe": "linear_probe", "ablation-flow": "ablation_flow"}  # reports/<name>.json when it is not the stage's name
 LABELLED_STAGES = ("evaluate", "ablation", "ablation-flow", "linear-probe", "finetune", "promote")  # measure on classes

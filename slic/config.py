@@ -47,6 +47,10 @@ class SynthConfig:
     seed: int = _spec(7, low=0)
     first_class: int = _spec(0, low=0, high=14, help="the motions are the classes first_class.. first_class + "
                                                      "classes - 1 of the 16 (the transfer set takes the unseen ones)")
+    pool_scenes: str = _spec("group", choices=("group", "class_group"),
+                             help="a scene from the shared pool: group, group g's scene in every class (one scene "
+                                  "per group number); class_group, each (class, group) its own scene from the "
+                                  "class-blind pool (as in UCF101, where group g of two classes are other videos)")
 
 
 @dataclass(frozen=True)

@@ -257,11 +257,14 @@ def scene_of(spec: ClipSpec, config: SynthConfig) -> tuple[int, np.ndarray | Non
     """(scene seed, mean colour or None) of the video's scene; every clip of a (class, group) shares it.
 
     With probability `appearance_bias`, drawn per (class, group), the scene is a new instance of the
-    class's family (its colour near `class_colour`); otherwise it is the group's scene from the pool
-    shared by every class (group g shows the same scene in every class, so it names no class).
+    class's family (its colour near `class_colour`); otherwise it is a scene from the pool shared by every
+    class: with `pool_scenes: group` the group's (group g shows the same scene in every class, so it names
+    no class), with `class_group` one of its own (a group shares no scene across classes, as in UCF101).
     Test and validation groups are other group numbers, hence other scene instances either way.
     """
     family = np.random.default_rng([config.seed, spec.class_index, spec.group, 2]).random() < config.appearance_bias
+    if not family and config.pool_scenes == "class_group":  # its own pool scene: names neither class nor group
+        return hash_seed(config.seed, POOL, spec.class_index, spec.group), None
     if not family:
         return hash_seed(config.seed, POOL, spec.group), None
     rng = np.random.default_rng([config.seed, spec.class_index, spec.group, 3])

@@ -151,3 +151,16 @@ def test_no_class_draws_bigger_objects() -> None:
     slide = area("Slide")
     for motion in ("Spin", "Wobble", "Pulse"):
         assert 0.9 < area(motion) / slide < 1.12, motion
+
+
+def test_pool_scenes_are_shared_by_group_number_or_owned_by_each_class_and_group(tmp_path: Path) -> None:
+    from slic.data.synthetic import clip_specs, scene_of
+
+    for pool, shared in (("group", True), ("class_group", False)):
+        config = SynthConfig(out=str(tmp_path), classes=3, groups=4, clips_per_group=2, appearance_bias=0.0,
+                             pool_scenes=pool)
+        scenes = {(s.class_index, s.group): scene_of(s, config) for s in clip_specs(config)}
+        assert all(colour is None for _, colour in scenes.values())  # bias 0: every scene from the pool
+        same_group = {scenes[(c, 2)][0] for c in range(3)}
+        assert (len(same_group) == 1) is shared  # group 2's scene in every class, or three scenes of its own
+        assert len({seed for seed, _ in scenes.values()}) == (4 if shared else 12)
