@@ -63,6 +63,8 @@ ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     "intra_video_nce": ("intra_video", {"objective": "nce"}),
     "slic_nce": ("slic", {"objective": "nce", "nce_positives": "pair"}),
     "slic_supcon": ("slic", {"objective": "nce", "nce_positives": "label"}),
+    # Purer positives (issue item 3): the cross-video positive from the anchor's 3 nearest cluster members.
+    "slic_video_nearest": ("slic", {"proxy_per": "video", "positive_pool": "nearest"}),
 }
 CLUSTERED = ("slic", "oracle")
 SEEDS = (7, 8, 9)

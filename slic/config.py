@@ -198,6 +198,10 @@ class PretrainConfig:
     cluster_start_epoch: int = _spec(0, low=0, help="slic: epochs of intra-video positives (each video its own "
                                                     "pseudo-label) before the first clustering round; 0: cluster "
                                                     "from epoch 0 (paper)")
+    positive_pool: str = _spec("cluster", choices=("cluster", "nearest"),
+                               help="slic: a cross-video positive from any member of the anchor's cluster (paper), or "
+                                    "from its nearest_k most similar members (purer positives)")
+    nearest_k: int = _spec(3, low=1, high=1000, help="positive_pool nearest: members a positive may come from")
     shuffle_clusters: bool = _spec(False, help="control: each round's cluster ids permuted across the training "
                                                "videos (sizes kept, content random): what the clusters are worth")
     objective: str = _spec("proxy", choices=("triplet", "proxy", "nce"),

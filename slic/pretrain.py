@@ -103,6 +103,20 @@ def cluster_round(model: torch.nn.Module, train: list[VideoShard], cfg: Pretrain
     return labels, stats, embeddings
 
 
+def nearest_members(embeddings: np.ndarray, labels: np.ndarray, k: int) -> list[np.ndarray]:
+    """Per video, the indices of the (at most) k other members of its cluster most cosine-similar to it."""
+    unit = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-8)
+    partners: list[np.ndarray] = [np.zeros(0, np.int64)] * len(labels)
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        similarity = unit[members] @ unit[members].T
+        np.fill_diagonal(similarity, -np.inf)
+        nearest = np.argsort(-similarity, axis=1, kind="stable")[:, :min(k, len(members) - 1)]
+        for row, index in enumerate(members):
+            partners[index] = members[nearest[row]]
+    return partners
+
+
 def labelled(videos: list[VideoShard]) -> bool:
     """Whether the videos have classes (the unlabelled layout gives every video label -1)."""
     return any(v.label >= 0 for v in videos)
@@ -288,6 +302,8 @@ def pretrain(cfg: PretrainConfig, *, manifest: str | Path, frames_dir: str | Pat
             if cfg.mode == "slic":  # oracle: the clusters of its embedding are only monitored
                 labels = shuffled_clusters(labels, cfg.seed, epoch) if cfg.shuffle_clusters else labels
                 dataset.set_labels(labels)
+                if cfg.positive_pool == "nearest":
+                    dataset.set_partners(nearest_members(embeddings, labels, cfg.nearest_k))
                 state.labels = labels.tolist()
             metrics.update({f"cluster_{k}": v for k, v in cluster_stats.items()})
         if proxies is not None and proxies_need_reset(cfg, proxies.ready, new_labels=embeddings is not None):

@@ -141,3 +141,24 @@ def test_nce_objective_trains_without_proxies(workspace: Path, monkeypatch: pyte
     assert report["final_nce"] > 0 and 0.0 <= report["final_nce_accuracy"] <= 1.0
     assert "final_proxy" not in report and "final_triplet" not in report
     assert _proxies_of(workspace / "data/models/nce_slic/last.pt") is None
+
+
+def test_nearest_positives_come_only_from_the_anchors_nearest_cluster_members(
+        workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    from slic.pretrain import nearest_members
+
+    vectors = np.array([[1, 0], [0.9, 0.1], [0, 1], [0.1, 0.9], [1, 0.05]], dtype=float)
+    found = nearest_members(vectors, np.array([0, 0, 1, 1, 0]), k=1)
+    assert [p.tolist() for p in found] == [[4], [4], [3], [2], [0]]  # within the cluster, most similar first
+    assert [len(p) for p in nearest_members(vectors, np.array([0, 1, 2, 3, 4]), k=3)] == [0] * 5  # singletons
+
+    dataset, _ = pretrain_in_process(workspace, monkeypatch, positive_pool="nearest", nearest_k=1, epochs=1,
+                                     cluster_interval=1, out="data/models/nearest")
+    partners = dataset._partners
+    assert partners is not None and any(len(p) for p in partners)
+    dataset.p_intra = 0.0  # every positive from another video
+    rng = np.random.default_rng(0)
+    for index, chosen in enumerate(partners):
+        if len(chosen):
+            assert dataset.labels[chosen[0]] == dataset.labels[index]
+            assert all(dataset.positive_of(index, rng, 0)[0] == chosen[0] for _ in range(5))

@@ -239,6 +239,14 @@ class PretrainClips(Dataset):
         order = np.argsort(labels, kind="stable")
         cuts = np.flatnonzero(np.diff(labels[order])) + 1
         self._members = {int(labels[g[0]]): g for g in np.split(order, cuts)}
+        self._partners: list[np.ndarray] | None = None
+
+    def set_partners(self, partners: list[np.ndarray] | None) -> None:
+        """Per video, the only other videos its cross-video positive may come from (e.g. its nearest cluster
+        members); None: any member of its cluster. Set after `set_labels`, which clears them."""
+        if partners is not None and len(partners) != len(self.videos):
+            raise ValueError(f"{len(partners)} partner lists for {len(self.videos)} videos")
+        self._partners = partners
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose random draws the next samples use."""
@@ -250,6 +258,8 @@ class PretrainClips(Dataset):
     def positive_of(self, index: int, rng: np.random.Generator, anchor_start: int) -> tuple[int, int]:
         """(video index, window start) of the positive for `index`."""
         members = self._members[int(self.labels[index])]
+        if self._partners is not None:
+            members = np.concatenate([[index], self._partners[index]]).astype(np.int64)
         video = self.videos[index]
         if len(members) == 1 or rng.random() < self.p_intra:
             return index, non_overlapping_start(rng, video.frames, anchor_start, self.clip_len)
