@@ -65,6 +65,8 @@ ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     "slic_supcon": ("slic", {"objective": "nce", "nce_positives": "label"}),
     # Purer positives (issue item 3): the cross-video positive from the anchor's 3 nearest cluster members.
     "slic_video_nearest": ("slic", {"proxy_per": "video", "positive_pool": "nearest"}),
+    # A label-free p_intra schedule (issue item 3): intra-video positives while consecutive rounds disagree.
+    "slic_video_agreement": ("slic", {"proxy_per": "video", "p_intra_schedule": "agreement"}),
 }
 CLUSTERED = ("slic", "oracle")
 SEEDS = (7, 8, 9)

@@ -202,6 +202,16 @@ def cluster_pseudo_labels(embeddings: np.ndarray, *, method: str, k: int = 1000,
 # ---------------------------------------------------------------------------------------------- monitoring
 
 
+def rounds_agreement(previous: np.ndarray | None, current: np.ndarray) -> float:
+    """AMI between two consecutive clustering rounds of the same videos: label-free (no class is read); 0 with no
+    previous round. How settled the clusters are, for `pretrain.p_intra_schedule: agreement`."""
+    from sklearn.metrics import adjusted_mutual_info_score
+
+    if previous is None or len(previous) != len(current):
+        return 0.0
+    return float(max(0.0, adjusted_mutual_info_score(previous, current)))
+
+
 def cluster_agreement(true_labels: np.ndarray, cluster_labels: np.ndarray) -> dict[str, float]:
     """{'nmi', 'ami'} of the clusters against the true classes: for monitoring only (never used to train)."""
     from sklearn.metrics import adjusted_mutual_info_score, normalized_mutual_info_score

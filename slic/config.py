@@ -186,6 +186,10 @@ class PretrainConfig:
     momentum: float = _spec(0.5, low=0.0, high=1.0, help="sgd only")
     weight_decay: float = _spec(0.0001, low=0.0, high=1.0, help="paper: 0")
     p_intra: float = _spec(0.2, low=0.0, high=1.0, help="chance the positive comes from the anchor's own video")
+    p_intra_schedule: str = _spec("fixed", choices=("fixed", "agreement"),
+                                  help="slic: fixed, p_intra throughout; agreement, max(p_intra, 1 - AMI between "
+                                       "this clustering round and the last): intra-video positives while the "
+                                       "clusters still move (label-free)")
     random_anchor: bool = _spec(True, help="random anchor start instead of the first frames (reference: false)")
     crop_min_scale: float = _spec(0.6, low=0.01, high=1.0, help="RandomResizedCrop area scale (min, 1); paper 0.25")
     color_jitter: float = _spec(0.5, low=0.0, high=1.0, help="ColorJitter strength (hue capped at 0.5); paper 0.5")

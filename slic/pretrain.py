@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from slic.config import PretrainConfig
 from slic.data.augment import Augmentation
+from slic.clustering import rounds_agreement
 from slic.data.clips import EvalClips, FlowView, PretrainClips, ShardCache, VideoShard, collate_encoded, load_videos
 from slic.data.datasets import DatasetError
 from slic.data.gpu_clips import clips_from_jpegs
@@ -292,6 +293,8 @@ def pretrain(cfg: PretrainConfig, *, manifest: str | Path, frames_dir: str | Pat
                             random_anchor=cfg.random_anchor, seed=cfg.seed, augmentation=augmentation_of(cfg),
                             flow=flow, anchor_view=cfg.temporal_weight > 0, cache=cache, decode=not cfg.gpu_decode)
     dataset.set_labels(contiguous_labels(initial_labels(cfg.mode, train, state)))
+    if cfg.mode == "slic" and cfg.p_intra_schedule == "agreement" and state.p_intra >= 0:
+        dataset.p_intra = state.p_intra  # resumed between rounds: the chance its last round set
     per_rank = max(2, cfg.batch_size // world.size)
     started = time.perf_counter()
     for epoch in range(state.epoch, epochs):
@@ -301,6 +304,10 @@ def pretrain(cfg: PretrainConfig, *, manifest: str | Path, frames_dir: str | Pat
             labels, cluster_stats, embeddings = cluster_round(model, train, cfg, world, cache)
             if cfg.mode == "slic":  # oracle: the clusters of its embedding are only monitored
                 labels = shuffled_clusters(labels, cfg.seed, epoch) if cfg.shuffle_clusters else labels
+                if cfg.p_intra_schedule == "agreement":
+                    settled = rounds_agreement(np.array(state.labels) if state.labels else None, labels)
+                    state.p_intra = dataset.p_intra = max(cfg.p_intra, 1.0 - settled)
+                    metrics["p_intra"] = dataset.p_intra
                 dataset.set_labels(labels)
                 if cfg.positive_pool == "nearest":
                     dataset.set_partners(nearest_members(embeddings, labels, cfg.nearest_k))

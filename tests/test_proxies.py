@@ -162,3 +162,27 @@ def test_nearest_positives_come_only_from_the_anchors_nearest_cluster_members(
         if len(chosen):
             assert dataset.labels[chosen[0]] == dataset.labels[index]
             assert all(dataset.positive_of(index, rng, 0)[0] == chosen[0] for _ in range(5))
+
+
+def test_agreement_schedule_keeps_intra_positives_until_consecutive_rounds_agree(
+        workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    from sklearn.metrics import adjusted_mutual_info_score
+
+    rounds: list[np.ndarray] = []
+    from slic.data.clips import PretrainClips
+
+    set_labels = PretrainClips.set_labels
+
+    def recording(self: PretrainClips, labels: np.ndarray) -> None:
+        rounds.append(np.array(labels))
+        set_labels(self, labels)
+
+    monkeypatch.setattr(PretrainClips, "set_labels", recording)
+    dataset, report = pretrain_in_process(workspace, monkeypatch, p_intra_schedule="agreement", p_intra=0.2,
+                                          epochs=2, cluster_interval=1, out="data/models/agreement")
+    history = torch.load(workspace / "data/models/agreement/last.pt", weights_only=False)["state"]
+    first, second = rounds[-2], rounds[-1]  # the two clustering rounds (after the initial video ids)
+    assert history["history"][0]["p_intra"] == 1.0  # no earlier round: every positive from the anchor's video
+    expected = max(0.2, 1.0 - adjusted_mutual_info_score(first, second))
+    assert history["history"][1]["p_intra"] == pytest.approx(expected)
+    assert history["p_intra"] == pytest.approx(expected) and dataset.p_intra == pytest.approx(expected)
