@@ -55,13 +55,14 @@ def run(workspace: Path, *args: str) -> int:
     return main(["--params", str(workspace / "params.yaml"), *args])
 
 
-def test_pretrain_index_and_search_on_unlabelled_videos(archive: Path, tmp_path: Path,
+def test_pretrain_index_and_search_on_unlabelled_videos(archive: Path, tiny_dataset: Path, tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch,
                                                        capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["manifest"].update(root=str(archive), layout="unlabelled", splits_dir="")
+    params["eval_sets"] = {"labelled": {"root": str(tiny_dataset), "layout": "synthetic"}}  # evaluated elsewhere
     for section, values in TINY.items():
         params[section].update(values)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -87,6 +88,13 @@ def test_pretrain_index_and_search_on_unlabelled_videos(archive: Path, tmp_path:
     assert answer["results"][0]["path"].endswith("day1/deeper/clip01.avi")  # itself first
     # Near 1, not 1: the index holds the JPEG shards' embedding, the query is decoded from the file itself.
     assert answer["results"][0]["similarity"] == pytest.approx(1.0, abs=0.01) and len(answer["results"]) == 3
+
+    # The encoder learnt without labels, evaluated on a labelled set it never saw (the transfer protocol).
+    assert run(tmp_path, "eval-data", "labelled") == 0 and run(tmp_path, "transfer", "labelled") == 0
+    transfer = json.loads((tmp_path / "reports/transfer/labelled/retrieval.json").read_text())
+    assert transfer["mode"] == "slic" and transfer["in_domain_recall@1"] is None  # no in-domain number without labels
+    assert transfer["pretrained"]["queries"] == 6 and transfer["pretrained"]["gallery"] == 18
+    assert 0.0 <= transfer["pretrained"]["recall@1"] <= 1.0 and "recall@1" in transfer["random_init"]
 
     for stage in ("evaluate", "ablation", "linear-probe", "finetune", "promote"):
         assert run(tmp_path, stage) == 2, stage
