@@ -71,9 +71,11 @@ def foreach_keys(foreach: Any, params: dict[str, Any]) -> list[str]:
 
 def report_path(repo: str | Path, stage: str) -> Path:
     """reports/<name>.json of a stage; an eval set's stages write reports/transfer/<set>/{data,retrieval}.json."""
+    from slic.transfer import reports_dir
+
     group, _, key = stage.partition("@")
     if key:
-        return Path(repo) / "reports" / "transfer" / key / ("data.json" if group == "eval_data" else "retrieval.json")
+        return Path(repo) / reports_dir(key) / ("data.json" if group == "eval_data" else "retrieval.json")
     return Path(repo) / "reports" / f"{REPORT_NAMES.get(stage, stage)}.json"
 
 

@@ -16,9 +16,6 @@ from typing import Any
 
 from slic.config import Config, EvalSetConfig, ManifestConfig
 
-ENCODERS = ("pretrained", "random_init")
-
-
 def eval_set(config: Config, name: str) -> EvalSetConfig:
     """The settings of eval set `name`, or a one-line error that lists the names params.yaml has."""
     from slic.config import ConfigError

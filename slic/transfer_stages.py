@@ -54,8 +54,7 @@ def run_transfer(config: Config, name: str, world: Any) -> dict[str, Any]:
 
 
 def _data_digest(name: str) -> str:
-    """The eval set's content fingerprint, from eval_data@<name>'s report (what the run's dataset input names)."""
-    import json
+    """The eval set's content fingerprint, from the frame index eval_data@<name> wrote (a declared dependency)."""
+    from slic.data.frames import content_fingerprint, content_hashes
 
-    path = reports_dir(name) / "data.json"
-    return json.loads(path.read_text()).get("content_fingerprint", "unknown") if path.is_file() else "unknown"
+    return content_fingerprint(content_hashes(data_dir(name) / "frames"))
