@@ -27,7 +27,8 @@ from prefect.runtime import flow_run
 
 from slic.cli import REPORT_NAMES, TELEMETRY_OFF
 
-GPU_STAGES = ("flow", "pretrain", "embed", "ablation", "ablation_flow", "linear_probe", "finetune")
+GPU_STAGES = ("flow", "pretrain", "embed", "ablation", "ablation_flow", "linear_probe", "finetune", "transfer",
+              "classify")  # a foreach group's name stands for all its stages
 USER_ERROR_CODES = (1, 2)  # slic: bad data, config or metric; retrying cannot help
 
 
@@ -69,13 +70,16 @@ def foreach_keys(foreach: Any, params: dict[str, Any]) -> list[str]:
     return []
 
 
+EVAL_SET_REPORTS = {"eval_data": "data.json", "transfer": "retrieval.json", "classify": "classify.json"}
+
+
 def report_path(repo: str | Path, stage: str) -> Path:
-    """reports/<name>.json of a stage; an eval set's stages write reports/transfer/<set>/{data,retrieval}.json."""
+    """reports/<name>.json of a stage; an eval set's stages write reports/transfer/<set>/{data,retrieval,classify}.json."""
     from slic.transfer import reports_dir
 
     group, _, key = stage.partition("@")
     if key:
-        return Path(repo) / reports_dir(key) / ("data.json" if group == "eval_data" else "retrieval.json")
+        return Path(repo) / reports_dir(key) / EVAL_SET_REPORTS.get(group, "retrieval.json")
     return Path(repo) / "reports" / f"{REPORT_NAMES.get(stage, stage)}.json"
 
 
@@ -212,9 +216,9 @@ def slic_pipeline(repo: str = ".", stages: list[str] | None = None, dask_address
     """Run the stages of dvc.yaml (all, or `stages`) in order in the checkout `repo`.
 
     `dask_address`: fan frame extraction out on that Dask scheduler first, `dask_chunk_size` videos
-    per task. `gpu_deployment` (e.g. "slic-pipeline/docker-gpu"): run `gpu_stages` (default pretrain,
-    embed, ablation, linear_probe, finetune) as flow runs of that deployment, in `gpu_repo` (the
-    checkout as its workers see it).
+    per task. `gpu_deployment` (e.g. "slic-pipeline/docker-gpu"): run `gpu_stages` (default GPU_STAGES;
+    a foreach group's name, e.g. transfer, stands for all its stages) as flow runs of that deployment, in
+    `gpu_repo` (the checkout as its workers see it).
     """
     from slic import tracking
 
@@ -239,7 +243,7 @@ def slic_pipeline(repo: str = ".", stages: list[str] | None = None, dask_address
                     from flows.fanout import run_on_dask
 
                     results["extract-fanout"] = run_on_dask(str(root), dask_address, dask_chunk_size)
-                if stage in on_gpu:
+                if stage in on_gpu or stage.partition("@")[0] in on_gpu:
                     results[stage] = run_gpu_stage(gpu_deployment, gpu_repo or str(root), stage, parent)
                     continue
                 results[stage] = run_stage(str(root), stage, parent)

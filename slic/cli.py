@@ -432,7 +432,8 @@ STAGES: dict[str, tuple[Callable[[Any], dict[str, Any]], str]] = {
 
 
 NAMED_STAGES = {"eval-data": "NAME: the manifest, Great Expectations check and frames of eval_sets.NAME",
-                "transfer": "NAME: retrieval on eval_sets.NAME with best.pt and with random_init"}
+                "transfer": "NAME: retrieval on eval_sets.NAME with best.pt and with random_init",
+                "classify": "NAME: linear probe and finetune on eval_sets.NAME (when its classify is true)"}
 REPORT_NAMES = {"evaluate": "retrieval", "promote": "promotion", "synth-transfer": "synth_transfer",
                 "linear-probe": "linear_probe", "ablation-flow": "ablation_flow"}  # reports/<name>.json when it is not the stage's name
 LABELLED_STAGES = ("evaluate", "ablation", "ablation-flow", "linear-probe", "finetune", "promote")  # measure on classes
@@ -485,14 +486,20 @@ def run_embed_video(argv: list[str]) -> int:
 
 
 def _run_named_stage(stage: str, config: Any, name: str, started: float) -> int:
-    """`slic eval-data NAME` or `slic transfer NAME`: reports/transfer/NAME/{data,retrieval}.json."""
+    """`slic eval-data|transfer|classify NAME`: reports/transfer/NAME/{data,retrieval,classify}.json."""
     from slic.transfer import EvalDataInvalid, eval_set
-    from slic.transfer_stages import run_eval_data, run_transfer
+    from slic.transfer_stages import run_classify, run_eval_data, run_transfer
 
     eval_set(config, name)  # an unknown name: one line naming the ones params.yaml has
     try:
         if stage == "eval-data":
             report, kind = run_eval_data(config, name), "data"
+        elif stage == "classify":
+            report, kind = run_classify(config, name), "classify"
+            if report["enabled"]:  # trained numbers differ across CPU types: where they were made
+                from slic.machine import machine_info
+
+                report["machine"] = machine_info(report["linear_probe"]["device"])
         else:
             from slic.distributed import close_world, init_world
 

@@ -71,7 +71,8 @@ EVAL_SET_LAYOUTS = tuple(layout for layout in DATASET_LAYOUTS if layout != "unla
 @dataclass(frozen=True)
 class EvalSetConfig:
     """One labelled evaluation set beside the training set: `eval_sets.<name>` (stages eval_data@<name>,
-    transfer@<name>). Its videos are only embedded by the pretrained encoder, never trained on."""
+    transfer@<name>, classify@<name>). Retrieval only embeds its videos with the pretrained encoder; with
+    `classify` the linear probe and finetuning (pretrained against scratch) also train on its train split."""
 
     root: str = _spec("", help="the set's videos (required)")
     layout: str = _spec("ucf101", choices=EVAL_SET_LAYOUTS)
@@ -79,6 +80,11 @@ class EvalSetConfig:
     split: int = _spec(1, low=1, high=3)
     min_frames: int = _spec(32, low=1)
     extensions: tuple[str, ...] = _spec((".avi", ".mp4", ".mkv", ".mov", ".webm"))
+    classify: bool = _spec(False, help="classify@<name> trains the linear probe and finetune on this set "
+                                       "(the paper finetunes its UCF101 encoder on HMDB51)")
+    val_fraction: float = _spec(0.15, low=0.05, high=0.5,
+                                help="share of its train groups (or videos) the classifiers pick their epoch on")
+    seed: int = _spec(7, low=0, help="seed of that val carve")
 
 
 @dataclass(frozen=True)
@@ -392,7 +398,8 @@ class Config:
     linear_probe: LinearProbeConfig = field(default_factory=LinearProbeConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     eval_sets: dict[str, EvalSetConfig] = field(default_factory=lambda: {
-        "synthetic_unseen": EvalSetConfig(root="data/raw/synthetic_transfer", layout="synthetic")})
+        "synthetic_unseen": EvalSetConfig(root="data/raw/synthetic_transfer", layout="synthetic",
+                                          classify=True)})
 
 
 def load(path: str | Path = "params.yaml") -> Config:

@@ -107,7 +107,8 @@ def _data_fingerprint(splits: dict[str, list[VideoShard]], checkpoint: str) -> s
     return f"{data_fingerprint(*splits.values())}-{file_digest(checkpoint)}"
 
 
-def _nested(run: Any, name: str, params: dict[str, Any]) -> Any:
+def nested_run(run: Any, name: str, params: dict[str, Any]) -> Any:
+    """A run nested under the active stage run `run` (e.g. finetune/pretrained), or no run when `run` is None."""
     from contextlib import nullcontext
 
     from slic.tracking import stage_run
@@ -160,7 +161,7 @@ def run_finetune(cfg: FinetuneConfig, *, manifest: str | Path, frames_dir: str |
     report: dict[str, Any] = {}
     for init in INITS:
         started = time.perf_counter()
-        with _nested(run, f"finetune/{init}", {**to_dict(cfg), "init": init}) as child:
+        with nested_run(run, f"finetune/{init}", {**to_dict(cfg), "init": init}) as child:
             row = train_classifier(cfg, init=init, linear_probe=False,
                                    splits=splits, classes=classes, out=Path(cfg.out) / init, device=device,
                                    data=data, run=child)

@@ -139,13 +139,18 @@ def _thumb_html(thumb: Thumbnail, alt: str, shard: Path) -> str:
             f'alt="{html.escape(alt)}">')
 
 
-def _recall_tables(report: Mapping[str, Any]) -> str:
+def _recall_tables(report: Mapping[str, Any], baseline: Mapping[str, Any] | None = None) -> str:
     ks = sorted(int(key.split("@")[1]) for key in report if key.startswith("recall@"))
     queries = int(report["queries"])
+
+    def floor(k: int) -> str:
+        return f'<td class="baseline">{100 * baseline[f"recall@{k}"]:.1f}%</td>' if baseline else ""
+
     rows = "".join(f'<tr data-k="{k}"><td>recall@{k}</td><td>{100 * report[f"recall@{k}"]:.1f}%</td>'
-                   f'<td>{round(report[f"recall@{k}"] * queries)} / {queries}</td></tr>' for k in ks)
+                   f'<td>{round(report[f"recall@{k}"] * queries)} / {queries}</td>{floor(k)}</tr>' for k in ks)
+    floor_head = "<th>random_init (the same network untrained)</th>" if baseline else ""
     out = ('<h2>Recall@k</h2><table id="recall"><thead><tr><th>k</th><th>recall</th>'
-           f"<th>queries with a hit</th></tr></thead><tbody>{rows}</tbody></table>")
+           f"<th>queries with a hit</th>{floor_head}</tr></thead><tbody>{rows}</tbody></table>")
     per_class = report.get("per_class") or {}
     columns = sorted({key for row in per_class.values() for key in row if key.startswith("recall@")},
                      key=lambda key: int(key.split("@")[1]))
@@ -159,8 +164,12 @@ def _recall_tables(report: Mapping[str, Any]) -> str:
 
 def write_retrieval_html(out: str | Path, report: Mapping[str, Any], *, embeddings: str | Path,
                          frames_dir: str | Path, manifest: str | Path, queries: int = 12, k: int = 5,
-                         seed: int = 7) -> dict[str, Any]:
+                         seed: int = 7, title: str = "Retrieval report", intro: str = "",
+                         baseline: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Write the HTML retrieval report to `out` for the splits named in `report` (evaluate's numbers).
+
+    `title` and `intro` (plain text) say what was evaluated (e.g. a transfer to an eval set); `baseline`, a
+    report of the same form (random_init's), adds its recall@k beside each row for comparison.
 
     Returns {path, bytes, queries_shown, k_shown, missing_thumbnails: [shard paths]}.
     """
@@ -197,12 +206,13 @@ def write_retrieval_html(out: str | Path, report: Mapping[str, Any], *, embeddin
                     f'{cell(query, "query", "")}<ol>{"".join(items)}</ol></section>')
     k_shown = neighbours.shape[1]
     note = "" if paths else f"<p>{html.escape(str(manifest))} not found: videos are named by id.</p>"
-    page = (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Retrieval report</title>'
-            f"<style>{STYLE}</style></head><body><h1>Retrieval report</h1>"
+    lead = f'<p id="intro">{html.escape(intro)}</p>' if intro else ""
+    page = (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>{lead}"
             f"<p>{report['queries']} {report['query_split']} queries against a gallery of {report['gallery']} "
             f"{report['gallery_split']} videos; cosine similarity of the embeddings in "
             f"<code>{html.escape(str(embeddings))}</code>. A query is a hit at k when one of its k nearest gallery "
-            f"videos has its class.</p>{_recall_tables(report)}"
+            f"videos has its class.</p>{_recall_tables(report, baseline)}"
             f"<h2>Sampled queries and their top-{k_shown} neighbours</h2><p id=\"sample\">{html.escape(how)}</p>"
             f'<p><span class="mark hit">✓ hit</span> same class as the query &nbsp; '
             f'<span class="mark miss">✗ miss</span> another class &nbsp; cos: cosine similarity to the query</p>'

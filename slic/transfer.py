@@ -97,6 +97,11 @@ def random_init_checkpoint(trained: dict[str, Any], out: Path) -> Path:
     return out
 
 
+def encoder_name(trained: dict[str, Any]) -> str:
+    """'slic r3d_18_tiny 32px': a checkpoint's mode, backbone and clip size, for run names and reports."""
+    return f"{trained['mode']} {trained['backbone']} {trained['size']}px"
+
+
 def in_domain_recall(checkpoint: str | Path, reports: str | Path = "reports") -> float | None:
     """recall@1 of the `evaluate` stage (the training set's own test split), shown beside the transfer; None
     unless the `embed` stage's report says its embeddings came from this same checkpoint."""
@@ -139,7 +144,7 @@ def evaluate_transfer(config: Config, name: str, world: Any) -> dict[str, Any]:
                             "videos": embedded["videos"], "embeddings": cfg.out}
     gain = 100 * (results["pretrained"]["recall@1"] - results["random_init"]["recall@1"])
     return {"set": name, "checkpoint": config.embed.checkpoint, "manifest": str(manifest),
-            "mode": trained["mode"], "encoder": f"{trained['mode']} {trained['backbone']} {trained['size']}px",
+            "mode": trained["mode"], "encoder": encoder_name(trained),
             **results, "gain_over_random_init_points": round(gain, 2),
             "in_domain_recall@1": in_domain_recall(config.embed.checkpoint), "chance_recall_at_1": 1.0 / max(1, len(
                 results["pretrained"]["per_class"]))}

@@ -1,13 +1,15 @@
-"""The stages of an evaluation set, as `slic eval-data NAME` and `slic transfer NAME` run them (see slic.transfer).
+"""The stages of an evaluation set, as `slic eval-data NAME`, `slic transfer NAME` and `slic classify NAME`
+run them (see slic.transfer and slic.transfer_classify).
 
-Each writes its report under reports/transfer/<name>/ and, for transfer, one MLflow run named
-'transfer <name> <model>' whose input dataset is the eval set's manifest, so the runs table shows which
-set a recall was measured on.
+Each writes its report under reports/transfer/<name>/; transfer and classify each open one MLflow run
+('transfer <name> <model>', 'classify <name> <model>') whose input dataset is the eval set, so the runs
+table shows which set a recall or an accuracy was measured on.
 """
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 from slic.config import Config, to_dict
@@ -30,10 +32,17 @@ def run_transfer(config: Config, name: str, world: Any) -> dict[str, Any]:
     report = evaluate_transfer(config, name, world)
     pretrained = report["pretrained"]
     html = reports_dir(name) / "retrieval.html"
+    domain = report["in_domain_recall@1"]
+    intro = (f"Transfer: the encoder {report['encoder']} ({config.embed.checkpoint}) never trained on these videos; "
+             f"eval set {name} ({eval_set(config, name).root}). recall@1 {100 * pretrained['recall@1']:.1f}% against "
+             f"{100 * report['random_init']['recall@1']:.1f}% for the same network untrained "
+             f"({report['gain_over_random_init_points']:+.1f} points)" +
+             (f"; in its training set's own test split: {100 * domain:.1f}%." if domain is not None else "."))
     page = write_retrieval_html(str(html), pretrained, embeddings=pretrained["embeddings"],
                                 frames_dir=str(data_dir(name) / "frames"), manifest=str(data_dir(name) / "validated.csv"),
                                 queries=config.evaluate.html_queries, k=config.evaluate.html_k,
-                                seed=config.evaluate.html_seed)
+                                seed=config.evaluate.html_seed, title=f"Transfer report: eval set {name}",
+                                intro=intro, baseline=report["random_init"])
     report["html"] = str(html)
     params = {**to_dict(eval_set(config, name)), "checkpoint": config.embed.checkpoint, "clips": config.embed.clips}
     with stage_run(f"transfer@{name}", params, name=f"transfer {name} {report['encoder']}") as run:
@@ -44,12 +53,47 @@ def run_transfer(config: Config, name: str, world: Any) -> dict[str, Any]:
                          "gain_over_random_init_points": report["gain_over_random_init_points"]})
         run.log_artifact(html)
         report["mlflow_run_id"] = run.run_id
-    domain = report["in_domain_recall@1"]
     print(f"transfer {name}: recall@1 {pretrained['recall@1']:.3f} (random_init {report['random_init']['recall@1']:.3f}, "
           f"{report['gain_over_random_init_points']:+.1f} points)" +
           (f"; in-domain recall@1 {domain:.3f}" if domain is not None else ""))
     if page["missing_thumbnails"]:
         print(f"transfer {name}: warning: no frames for {len(page['missing_thumbnails'])} thumbnails", file=sys.stderr)
+    return report
+
+
+def run_classify(config: Config, name: str) -> dict[str, Any]:
+    """Stage classify@<name>: linear probe and finetune on the set (when eval_sets.<name>.classify), one MLflow run."""
+    import torch
+
+    from slic.tracking import stage_run
+    from slic.transfer import encoder_name
+    from slic.transfer_classify import classify_dir, classify_eval_set, disabled_report, write_classify_splits
+
+    if not eval_set(config, name).classify:
+        classify_dir(name).mkdir(parents=True, exist_ok=True)  # the stage's output; earlier checkpoints are kept
+        report = disabled_report(name)
+        print(f"classify {name}: off ({report['how']})")
+        return report
+    splits = write_classify_splits(config, name)  # a set that cannot be carved is refused before any loading
+    checkpoint = config.embed.checkpoint
+    if not Path(checkpoint).is_file():
+        raise FileNotFoundError(f"{checkpoint}: no checkpoint; run the `pretrain` stage first (dvc repro pretrain)")
+    trained = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)["config"]
+    params = {**to_dict(eval_set(config, name)), "checkpoint": checkpoint}
+    with stage_run(f"classify@{name}", params, name=f"classify {name} {encoder_name(trained)}",
+                   system_metrics=True) as run:
+        report = classify_eval_set(config, name, splits, run)
+        run.log_input(splits, _data_digest(name), splits=("train", "val", "test"),
+                      context="training")
+        pretrained, scratch = report["finetune"]["pretrained"], report["finetune"]["scratch"]
+        run.log_metrics({"linear_probe_top1": report["linear_probe"]["top1"], "finetune_pretrained_top1":
+                         pretrained["top1"], "finetune_scratch_top1": scratch["top1"],
+                         "finetune_gain_over_scratch_points": report["finetune_gain_over_scratch_points"]})
+        report["mlflow_run_id"] = run.run_id
+    report["encoder"] = encoder_name(trained)
+    print(f"classify {name}: linear probe top1 {report['linear_probe']['top1']:.2f}%, finetune top1 "
+          f"{pretrained['top1']:.2f}% from {report['encoder']} against {scratch['top1']:.2f}% from scratch "
+          f"(chance {report['chance_top1']:.1f}%)")
     return report
 
 

@@ -29,7 +29,7 @@ TINY = {
     "finetune": {"epochs": 1, "milestones": [1], "size": 16, "batch_size": 8, "workers": 0},
 }
 STAGES = ["synth", "synth_transfer", "manifest", "validate", "extract", "flow", "pretrain", "embed", "evaluate",
-          "eval_data@synthetic_unseen", "transfer@synthetic_unseen", "index", "promote", "ablation", "ablation_flow",
+          "eval_data@synthetic_unseen", "transfer@synthetic_unseen", "classify@synthetic_unseen", "index", "promote", "ablation", "ablation_flow",
           "linear_probe", "finetune"]
 
 
@@ -144,6 +144,9 @@ def test_repro_builds_every_output_then_is_a_no_op(repo: Path) -> None:
     assert transfer["pretrained"]["recall@1"] == pytest.approx(
         recall_at_1_by_hand(repo / "data/transfer/synthetic_unseen/pretrained.npz"))
     assert "SpeedUp" in (repo / "reports/transfer/synthetic_unseen/retrieval.html").read_text()
+    classify = json.loads((repo / "reports/transfer/synthetic_unseen/classify.json").read_text())
+    assert classify["enabled"] and classify["videos"] == {"train": 8, "val": 4, "test": 4}  # a train group carved
+    assert classify["classes"] == 2 and set(classify["finetune"]) == {"pretrained", "scratch"}
 
     second = dvc(repo, "repro")
     assert ran(second) == []
@@ -156,12 +159,20 @@ def test_changing_one_param_reruns_only_its_stages(repo: Path) -> None:
     assert ran(dvc(repo, "repro")) == ["evaluate", "transfer@synthetic_unseen", "ablation", "ablation_flow"]
     # A second eval set runs only its own two stages; a change to one set re-runs only that set's stages.
     set_params(repo, "eval_sets", seen={"root": "data/raw/synthetic", "layout": "synthetic", "split": 2})
-    assert ran(dvc(repo, "repro")) == ["eval_data@seen", "transfer@seen"]
+    assert ran(dvc(repo, "repro")) == ["eval_data@seen", "transfer@seen", "classify@seen"]
+    assert json.loads((repo / "reports/transfer/seen/classify.json").read_text())["enabled"] is False  # not asked
     seen = json.loads((repo / "reports/transfer/seen/retrieval.json").read_text())
     assert set(seen["pretrained"]["per_class"]) == {"Slide", "Rise", "Fall"}  # the training motions, split 2
     set_params(repo, "eval_sets", synthetic_unseen={**yaml.safe_load((repo / "params.yaml").read_text())[
         "eval_sets"]["synthetic_unseen"], "min_frames": 30})
-    assert ran(dvc(repo, "repro")) == ["eval_data@synthetic_unseen", "transfer@synthetic_unseen"]
+    # Its shards are reused, identical, so transfer is not re-run; classify reads the whole section, re-runs
+    # and resumes its finished checkpoints instead of training again.
+    assert ran(dvc(repo, "repro")) == ["eval_data@synthetic_unseen", "classify@synthetic_unseen"]
+    data = json.loads((repo / "reports/transfer/synthetic_unseen/data.json").read_text())
+    assert (data["extract"]["extracted"], data["extract"]["reused"]) == (0, 16)
+    classify = json.loads((repo / "reports/transfer/synthetic_unseen/classify.json").read_text())
+    assert [classify["linear_probe"]["resumed_from_epoch"], classify["finetune"]["scratch"]["resumed_from_epoch"]] \
+        == [1, 1]
     assert "recall@20" not in json.loads((repo / "reports/retrieval.json").read_text())
     # Without the flow view nothing before ablation_flow waits for or depends on the flow settings.
     set_params(repo, "flow", warps=3)
@@ -173,8 +184,10 @@ def test_changing_one_param_reruns_only_its_stages(repo: Path) -> None:
     set_params(repo, "extract", quality=yaml.safe_load((ROOT / "params.yaml").read_text())["extract"]["quality"])
     # A new validation carve changes the manifest: later stages run, and extract reuses its shards.
     set_params(repo, "manifest", seed=11)
-    after = [s for s in STAGES[STAGES.index("manifest"):] if not s.startswith("eval_data@")]  # not the eval sets' data
-    assert ran(dvc(repo, "repro")) == after[:after.index("index")] + ["transfer@seen"] + after[after.index("index"):]
+    after = [s for s in STAGES[STAGES.index("manifest"):] if "@" not in s]
+    at = after.index("index")  # the eval sets' data does not depend on the training set; the new best.pt re-runs
+    assert ran(dvc(repo, "repro")) == after[:at] + ["transfer@synthetic_unseen", "transfer@seen",  # the rest
+                                                    "classify@synthetic_unseen", "classify@seen"] + after[at:]
     extract = json.loads((repo / "reports/extract.json").read_text())
     assert (extract["extracted"], extract["reused"]) == (0, 24)
 

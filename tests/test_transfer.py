@@ -3,10 +3,13 @@ transfer set holds the motions the training set never shows. (The stages themsel
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import yaml
+
+import pandas as pd
 
 from flows.pipeline import dvc_stages, foreach_keys, report_path
 from slic.cli import main
@@ -53,8 +56,10 @@ def test_the_flow_runs_one_stage_per_eval_set_in_file_order(tmp_path: Path) -> N
     params_with(tmp_path, {"ucf": {"root": "/data/ucf101"}, "hmdb": {"root": "/data/hmdb51"}})
     stages = dvc_stages(tmp_path)
     at = stages.index("evaluate")
-    assert stages[at + 1:at + 5] == ["eval_data@ucf", "eval_data@hmdb", "transfer@ucf", "transfer@hmdb"]
+    assert stages[at + 1:at + 7] == ["eval_data@ucf", "eval_data@hmdb", "transfer@ucf", "transfer@hmdb",
+                                     "classify@ucf", "classify@hmdb"]
     assert report_path(tmp_path, "transfer@hmdb") == tmp_path / "reports/transfer/hmdb/retrieval.json"
+    assert report_path(tmp_path, "classify@hmdb") == tmp_path / "reports/transfer/hmdb/classify.json"
     assert report_path(tmp_path, "eval_data@ucf") == tmp_path / "reports/transfer/ucf/data.json"
     params_with(tmp_path, {})
     assert not any("@" in stage for stage in dvc_stages(tmp_path))  # no eval set: no such stage
@@ -69,3 +74,25 @@ def test_the_synthetic_transfer_set_holds_the_motions_synth_never_shows() -> Non
     assert config.eval_sets["synthetic_unseen"].root == config.synth_transfer.out
     with pytest.raises(ValueError, match="first_class 12 \\+ classes 6 = 18: there are 16 motions"):
         motion_names(6, 12)
+
+
+def test_classify_is_off_unless_the_set_asks_and_refuses_a_carve_without_val(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    path = params_with(tmp_path, {"hmdb": {"root": "/data/hmdb51", "layout": "hmdb51"}})
+    assert main(["--params", str(path), "classify", "hmdb"]) == 0  # off: nothing trained, the report says how
+    report = json.loads((tmp_path / "reports/transfer/hmdb/classify.json").read_text())
+    assert report["enabled"] is False and "eval_sets.hmdb.classify: true" in report["how"]
+    assert (tmp_path / "data/classify/hmdb").is_dir() and not any((tmp_path / "data/classify/hmdb").iterdir())
+    # One train group per class: no val can be carved by group. One line naming the key, before any training.
+    path = params_with(tmp_path, {"one": {"root": "/data/one", "layout": "ucf101", "classify": True}})
+    rows = [{"video_id": f"{c}/v_{c}_g{g:02d}_c01", "path": "", "class": c, "label": i, "split": s,
+             "group": f"{c}/g{g:02d}", "frames": 40, "fps": 25.0, "width": 64, "height": 48, "duration": 1.6,
+             "excluded": ""} for i, c in enumerate(("A", "B")) for g, s in ((1, "test"), (8, "train"))]
+    (tmp_path / "data/eval/one").mkdir(parents=True)
+    pd.DataFrame(rows).to_csv(tmp_path / "data/eval/one/validated.csv", index=False)
+    capsys.readouterr()
+    assert main(["--params", str(path), "classify", "one"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("slic classify: error: eval set one: no val videos after carving val from its 2 train "
+                            "videos") and "eval_sets.one.val_fraction" in error and "\n" not in error

@@ -20,7 +20,9 @@ from tests.conftest import ROOT
 TINY = {"manifest": {"workers": 1}, "extract": {"short_side": 32, "workers": 1},
         "pretrain": {"epochs": 2, "size": 16, "batch_size": 8, "hidden_dim": 32, "workers": 0, "cluster_interval": 1,
                      "eval_interval": 1, "frame_cache_mb": 64},
-        "embed": {"clips": 2, "workers": 0}}
+        "embed": {"clips": 2, "workers": 0},
+        "linear_probe": {"epochs": 1, "milestones": [1], "size": 16, "batch_size": 8, "workers": 0},
+        "finetune": {"epochs": 1, "milestones": [1], "size": 16, "batch_size": 8, "workers": 0}}
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +64,8 @@ def test_pretrain_index_and_search_on_unlabelled_videos(archive: Path, tiny_data
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["manifest"].update(root=str(archive), layout="unlabelled", splits_dir="")
-    params["eval_sets"] = {"labelled": {"root": str(tiny_dataset), "layout": "synthetic"}}  # evaluated elsewhere
+    params["eval_sets"] = {"labelled": {"root": str(tiny_dataset), "layout": "synthetic",  # evaluated elsewhere
+                                        "classify": True}}
     for section, values in TINY.items():
         params[section].update(values)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -95,6 +98,30 @@ def test_pretrain_index_and_search_on_unlabelled_videos(archive: Path, tiny_data
     assert transfer["mode"] == "slic" and transfer["in_domain_recall@1"] is None  # no in-domain number without labels
     assert transfer["pretrained"]["queries"] == 6 and transfer["pretrained"]["gallery"] == 18
     assert 0.0 <= transfer["pretrained"]["recall@1"] <= 1.0 and "recall@1" in transfer["random_init"]
+    page = (tmp_path / "reports/transfer/labelled/retrieval.html").read_text()
+    assert "<title>Transfer report: eval set labelled</title>" in page and "never trained on these videos" in page
+    assert page.count('class="baseline"') == len(params["evaluate"]["ks"])  # random_init beside every recall@k
+    # ... and classified there: the paper finetunes its UCF101 encoder on HMDB51 (its Kinetics one on UCF101).
+    assert run(tmp_path, "classify", "labelled") == 0
+    classify = json.loads((tmp_path / "reports/transfer/labelled/classify.json").read_text())
+    assert classify["videos"] == {"train": 12, "val": 6, "test": 6}  # one of the 3 train groups carved into val
+    splits = pd.read_csv(classify["splits_table"], keep_default_na=False)
+    numbers = splits["group"].str.rsplit("/", n=1).str[-1]
+    assert not set(numbers[splits["split"] == "val"]) & set(numbers[splits["split"] == "train"])  # by whole group
+    assert classify["linear_probe"]["pretrained_from"] == "data/models/pretrain/best.pt"
+    assert set(classify["finetune"]) == {"pretrained", "scratch"} and classify["chance_top1"] == pytest.approx(33.33)
+    assert classify["finetune_gain_over_scratch_points"] == pytest.approx(
+        classify["finetune"]["pretrained"]["top1"] - classify["finetune"]["scratch"]["top1"], abs=0.01)
+    assert (tmp_path / "data/classify/labelled/finetune/scratch/best.pt").is_file()
+    import mlflow
+
+    runs = mlflow.search_runs(experiment_names=["slic"], output_format="list")
+    parent = next(r for r in runs if r.info.run_name.startswith("classify labelled slic"))
+    children = {r.info.run_name.split(" ")[0] for r in runs
+                if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    assert children >= {"linear_probe", "finetune/pretrained", "finetune/scratch"}, children
+    assert parent.data.metrics["finetune_pretrained_top1"] == classify["finetune"]["pretrained"]["top1"]
+    assert parent.inputs.dataset_inputs[0].dataset.source  # the eval set's split table, as the run's input
 
     for stage in ("evaluate", "ablation", "linear-probe", "finetune", "promote"):
         assert run(tmp_path, stage) == 2, stage

@@ -221,6 +221,11 @@ def carve_validation(table: pd.DataFrame, fraction: float, seed: int, by_group: 
     return split
 
 
+def carves_by_group(layout: str) -> bool:
+    """Whether val is carved by whole groups in `layout` (ucf101, synthetic: a group is one source video)."""
+    return layout in ("ucf101", "synthetic")
+
+
 def _draw_test_split(table: pd.DataFrame, seed: int, fraction: float = 0.3) -> pd.Series:
     """For class-folder datasets with no split files: a seeded, per-class test share."""
     split = table["split"].copy()
@@ -273,7 +278,7 @@ def build_manifest(config: ManifestConfig, progress: Callable[[int], None] | Non
                                         for n in table.loc[too_short, "frames"]]
     if config.layout == "folder":
         table["split"] = _draw_test_split(table, config.seed)
-    by_group = config.layout in ("ucf101", "synthetic")
+    by_group = carves_by_group(config.layout)
     if config.layout != "unlabelled":  # no labels: nothing to validate on, every video trains (and is searched)
         table["split"] = carve_validation(table, config.val_fraction, config.seed, by_group)
     return table.sort_values("video_id", kind="stable").reset_index(drop=True)
