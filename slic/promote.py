@@ -160,6 +160,15 @@ def _decide_on_equal_terms(cfg: PromoteConfig, candidate: float, data: str, cham
         "champion_val_recall_at_1": theirs}
 
 
+def example_video(manifest: str | Path | None) -> str | None:
+    """The first video of `manifest` that exists on disk: the served model's input example (None without one)."""
+    if manifest is None or not Path(manifest).is_file():
+        return None
+    from slic.data.datasets import read_manifest
+
+    return next((path for path in read_manifest(manifest)["path"] if Path(path).is_file()), None)
+
+
 def promote(cfg: PromoteConfig, report: str | Path = PRETRAIN_REPORT, *, manifest: str | Path | None = None,
             frames_dir: str | Path | None = None, flow: Any = None) -> dict[str, Any]:
     """Register cfg.checkpoint as a new version of cfg.model_name; move cfg.alias when it wins.
@@ -187,7 +196,8 @@ def promote(cfg: PromoteConfig, report: str | Path = PRETRAIN_REPORT, *, manifes
     with tracking.stage_run("promote", to_dict(cfg), name=name) as run:
         if manifest is not None and Path(manifest).is_file():  # the data the candidate was validated on
             run.log_input(manifest, data or "unknown", splits=("train", "val"), context="validation")
-        model_uri = registry.log_encoder(checkpoint, embedding_dim=int(train_config["out_dim"]))
+        model_uri = registry.log_encoder(checkpoint, embedding_dim=int(train_config["out_dim"]),
+                                         example_video=example_video(manifest))
         tags = {"metric": cfg.metric, "metric_value": candidate, "data_fingerprint": data or "unknown", **compared,
                 "decision": "promoted" if decision.promote else "rejected", "reason": decision.reason,
                 "pretrain_run_id": pretrain.get("mlflow_run_id", ""), "checkpoint": str(checkpoint)}

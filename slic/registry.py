@@ -23,11 +23,13 @@ class ModelVersion:
     run_id: str | None
 
 
-def log_encoder(checkpoint: str | Path, *, embedding_dim: int, name: str = "encoder") -> str:
+def log_encoder(checkpoint: str | Path, *, embedding_dim: int, example_video: str | Path | None,
+                name: str = "encoder") -> str:
     """Log a checkpoint as a pyfunc model (state_dict + config, loaded by slic.serving) in the open run.
 
     Returns the model URI. Input: a DataFrame with a `path` column of video files; output: one
-    embedding row per video.
+    embedding row per video. `example_video`, a real video file, is the input example: MLflow serves
+    the logged model on it once, so a model that cannot embed a video is caught at logging time.
     """
     from importlib.metadata import version
 
@@ -37,11 +39,10 @@ def log_encoder(checkpoint: str | Path, *, embedding_dim: int, name: str = "enco
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema, TensorSpec
 
-    # Declared, not inferred: a string column of paths in, a float32 (videos, embedding_dim) array out. The example
-    # is what a caller sends; it is checked against the signature only (the encoder never runs at logging time).
+    # Declared, not inferred: a string column of paths in, a float32 (videos, embedding_dim) array out.
     signature = ModelSignature(inputs=Schema([ColSpec("string", "path")]),
                                outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, embedding_dim))]))
-    example = pd.DataFrame({"path": ["videos/v_Archery_g01_c01.avi"]})
+    example = pd.DataFrame({"path": [str(example_video)]}) if example_video is not None else None
     requirements = [f"{pkg}=={version(pkg)}" for pkg in ("torch", "torchvision", "av", "numpy", "pandas")]
     info = mlflow.pyfunc.log_model(name=name, loader_module="slic.serving", data_path=str(checkpoint),
                                    signature=signature, input_example=example, pip_requirements=requirements)

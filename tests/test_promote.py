@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from slic.config import PretrainConfig, PromoteConfig
@@ -156,18 +157,25 @@ def test_embed_video_command_uses_the_champion(store: Path, capsys: pytest.Captu
     assert capsys.readouterr().err.strip() == f"slic embed-video: error: no such file: {store / 'absent.avi'}"
 
 
-def test_served_model_declares_its_signature_and_example_without_warnings(store: Path) -> None:
+def test_served_model_declares_its_signature_and_a_real_example_without_warnings(
+        store: Path, tiny_manifest: pd.DataFrame, caplog: pytest.LogCaptureFixture) -> None:
     import warnings
 
     import mlflow
 
-    with warnings.catch_warnings(record=True) as caught:
+    tiny_manifest.to_csv(store / "manifest.csv", index=False)
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level("WARNING", logger="mlflow"):
         warnings.simplefilter("always")
         result = promote(PromoteConfig(checkpoint=str(make_candidate(store / "a", 0.5, 1)[0])),
-                         store / "a/pretrain.json")
+                         store / "a/pretrain.json", manifest=store / "manifest.csv")
     ours = [str(w.message) for w in caught if issubclass(w.category, UserWarning)
             and ("input example" in str(w.message) or "Inferred schema" in str(w.message))]
     assert not ours, ours
+    # MLflow served the logged model on the example (a real video of the manifest) and it embedded it.
+    assert not [r.getMessage() for r in caplog.records if "input example" in r.getMessage()]
+    local = mlflow.artifacts.download_artifacts(artifact_uri=result["model_uri"])
+    example = mlflow.models.Model.load(local).load_input_example(local)
+    assert list(example["path"]) == [tiny_manifest["path"].iloc[0]]
     info = mlflow.models.get_model_info(result["model_uri"])
     assert info.signature.inputs.to_dict() == [{"type": "string", "name": "path", "required": True}]
     (output,) = info.signature.outputs.to_dict()
