@@ -227,6 +227,10 @@ class PretrainConfig:
                            help="proxy objective: label, one proxy per pseudo-label, reset at every clustering "
                                 "round; video, one proxy per training video, set once and kept, and a "
                                 "cross-video positive is classified as its anchor's video (SLIC's pull acts)")
+    proxy_carry: str = _spec("reset", choices=("reset", "matched"),
+                             help="slic, proxy_per label: at a new round, reset, every proxy starts at its "
+                                  "cluster's centroid (DeepCluster's fresh head); matched, a new cluster most of "
+                                  "whose members came from one old cluster keeps that cluster's proxy")
     mining: str = _spec("batch_all", choices=("mined", "batch_all"),
                         help="triplet objective: mined, the paper's one random semi-hard/hard negative per "
                              "pair; batch_all, every violating triplet of the batch")

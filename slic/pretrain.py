@@ -10,7 +10,8 @@ mining labels = video ids; the baseline), `random_init` (no training; the untrai
 clusters are computed for monitoring only). `objective: triplet` is SLIC's: the paper's mining
 (`mining: mined`) or every violating triplet of the batch (`mining: batch_all`); `objective: proxy`
 replaces the triplet by a cross-entropy against one learnable proxy per pseudo-label, set at the
-label centroids whenever the labels change (`slic.proxies`); with `proxy_per: video` one proxy per
+label centroids whenever the labels change (`slic.proxies`; with `proxy_carry: matched` a cluster that
+descends from one of the last round's keeps its proxy); with `proxy_per: video` one proxy per
 training video instead, set once, and each pair labelled with the anchor's video, so that a positive
 from another video of the cluster is pulled to the anchor. `objective: nce` is NT-Xent over the batch's
 anchor-positive pairs (`slic.losses.nce_loss_with_stats`). `shuffle_clusters` is a control: each
@@ -171,6 +172,11 @@ def proxies_need_reset(cfg: PretrainConfig, ready: bool, *, new_labels: bool) ->
     return not ready or (cfg.mode == "slic" and cfg.proxy_per == "label" and new_labels)
 
 
+def carries_proxies(cfg: PretrainConfig) -> bool:
+    """Whether a new round's proxies keep the matched old ones (slic, one proxy per pseudo-label, proxy_carry)."""
+    return cfg.mode == "slic" and cfg.proxy_per == "label" and cfg.proxy_carry == "matched"
+
+
 def proxy_labels(cfg: PretrainConfig, labels: np.ndarray) -> np.ndarray:
     """The label of each training video that owns a proxy: its pseudo-label, or (proxy_per video) itself."""
     return np.arange(len(labels), dtype=np.int64) if cfg.proxy_per == "video" else np.asarray(labels)
@@ -300,6 +306,7 @@ def pretrain(cfg: PretrainConfig, *, manifest: str | Path, frames_dir: str | Pat
     for epoch in range(state.epoch, epochs):
         metrics: dict[str, float] = {}
         embeddings = None
+        previous_labels: np.ndarray | None = None
         if is_cluster_epoch(cfg, epoch):
             labels, cluster_stats, embeddings = cluster_round(model, train, cfg, world, cache)
             if cfg.mode == "slic":  # oracle: the clusters of its embedding are only monitored
@@ -311,13 +318,17 @@ def pretrain(cfg: PretrainConfig, *, manifest: str | Path, frames_dir: str | Pat
                 dataset.set_labels(labels)
                 if cfg.positive_pool == "nearest":
                     dataset.set_partners(nearest_members(embeddings, labels, cfg.nearest_k))
+                previous_labels = np.array(state.labels) if state.labels else None
                 state.labels = labels.tolist()
             metrics.update({f"cluster_{k}": v for k, v in cluster_stats.items()})
         if proxies is not None and proxies_need_reset(cfg, proxies.ready, new_labels=embeddings is not None):
             # New pseudo-labels (or none yet): the proxies start at their centroids (per video: each video's own).
             if embeddings is None:
                 embeddings = embed_videos(model, train, protocol="centre", cfg=cfg, world=world, cache=cache)
-            proxies.reset(embeddings, proxy_labels(cfg, dataset.labels))
+            if carries_proxies(cfg) and previous_labels is not None:
+                metrics["proxies_carried"] = proxies.carry(embeddings, dataset.labels, previous_labels)
+            else:
+                proxies.reset(embeddings, proxy_labels(cfg, dataset.labels))
         dataset.set_epoch(epoch)
         sampler = DistributedSampler(dataset, num_replicas=world.size, rank=world.rank, shuffle=True,
                                      seed=cfg.seed, drop_last=True)

@@ -6,7 +6,9 @@ pseudo-labels, not to the network: whenever the labels change (a clustering roun
 first epoch in `oracle` and `intra_video`) they are set anew to the normalised mean embedding of
 each label's videos, with a fresh optimizer of the run's kind (no weight decay). That start is
 what DeepCluster's re-initialised classifier lacks: a proxy begins where its cluster is, so the
-first steps after a round refine the clusters instead of chasing random directions.
+first steps after a round refine the clusters instead of chasing random directions. With
+`proxy_carry: matched` a cluster that descends from one of the last round's keeps that cluster's
+trained proxy instead.
 """
 
 from __future__ import annotations
@@ -35,6 +37,29 @@ def label_centroids(embeddings: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return (sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-8)).astype(np.float32)
 
 
+def matched_proxies(old_weight: np.ndarray, old_labels: np.ndarray, new_labels: np.ndarray,
+                    centroids: np.ndarray) -> tuple[np.ndarray, int]:
+    """Proxies for a new round that carry the last round's: (K, D) weights and how many were carried.
+
+    New cluster k keeps the proxy of the old cluster that more than half of its members came from; when
+    two new clusters descend from one old cluster, the one with more members from it keeps the proxy.
+    Every other new cluster starts at its centroid (`centroids`, row k), as at a reset.
+    """
+    old_labels, new_labels = np.asarray(old_labels, dtype=np.int64), np.asarray(new_labels, dtype=np.int64)
+    if len(old_labels) != len(new_labels):
+        raise ValueError(f"{len(old_labels)} old labels for {len(new_labels)} new ones")
+    pairs, counts = np.unique(np.stack([new_labels, old_labels], axis=1), axis=0, return_counts=True)
+    sizes = np.bincount(new_labels, minlength=len(centroids))
+    weight, claimed, carried = centroids.copy(), set(), 0
+    for order in np.lexsort((pairs[:, 0], -counts)):  # largest descent first; ties by the new label
+        (new, old), count = pairs[order], counts[order]
+        if 2 * count > sizes[new] and old not in claimed and old < len(old_weight):
+            claimed.add(int(old))
+            weight[new] = old_weight[old] / max(float(np.linalg.norm(old_weight[old])), 1e-8)
+            carried += 1
+    return weight.astype(np.float32), carried
+
+
 class PseudoLabelProxies:
     """The (K, D) proxies of the current pseudo-labels and their optimizer; saved in the checkpoints."""
 
@@ -51,6 +76,17 @@ class PseudoLabelProxies:
     def reset(self, embeddings: np.ndarray, labels: np.ndarray) -> None:
         """Proxies at the centroids of `labels` (0..K-1) in `embeddings`, with a fresh optimizer."""
         self._set(torch.from_numpy(label_centroids(embeddings, labels)))
+
+    def carry(self, embeddings: np.ndarray, labels: np.ndarray, previous_labels: np.ndarray) -> int:
+        """Proxies for new `labels` that keep the matched old ones (matched_proxies), with a fresh optimizer;
+        returns how many were carried. Without proxies yet this is a reset."""
+        centroids = label_centroids(embeddings, labels)
+        if self.weight is None:
+            self._set(torch.from_numpy(centroids))
+            return 0
+        weight, carried = matched_proxies(self.weight.detach().cpu().numpy(), previous_labels, labels, centroids)
+        self._set(torch.from_numpy(weight))
+        return carried
 
     def _set(self, weight: torch.Tensor) -> None:
         self.weight = torch.nn.Parameter(weight.to(self.device, torch.float32))

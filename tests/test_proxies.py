@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from slic.config import PretrainConfig
-from slic.proxies import PseudoLabelProxies, contiguous_labels, label_centroids
+from slic.proxies import PseudoLabelProxies, contiguous_labels, label_centroids, matched_proxies
 from tests.test_pretrain import pretrain_in_process, workspace  # noqa: F401 (the module's fixture)
 
 
@@ -35,6 +35,50 @@ def test_state_dict_round_trip_keeps_weight_and_optimizer() -> None:
     copy.load_state_dict(proxies.state_dict())
     assert copy.weight is not None and torch.equal(copy.weight, proxies.weight)
     assert copy.optimizer is not None and copy.optimizer.state_dict()["state"][0]["step"] == 1
+
+
+def test_matched_proxies_carry_a_clusters_proxy_to_its_majority_descendant_only() -> None:
+    old_weight = np.array([[2.0, 0.0], [0.0, 3.0], [1.0, 1.0]], dtype=np.float32)
+    old = np.array([0, 0, 0, 1, 1, 1, 2, 2])
+    centroids = np.full((4, 2), 7.0, dtype=np.float32)
+    # New 0: two videos of old 0. New 1: two of old 1. New 2: one of old 0 and one of old 2, new 3 one of old 1
+    # and one of old 2: no majority, so they start at their centroids.
+    weight, carried = matched_proxies(old_weight, old, np.array([0, 0, 2, 3, 1, 1, 2, 3]), centroids)
+    assert carried == 2
+    assert np.allclose(weight[0], [1.0, 0.0]) and np.allclose(weight[1], [0.0, 1.0])  # carried, unit length
+    assert np.allclose(weight[2], 7.0) and np.allclose(weight[3], 7.0)
+    # A split: new 0 and new 1 both hold only old-0 videos; the larger share (new 1, two) keeps the proxy.
+    weight, carried = matched_proxies(old_weight, old, np.array([0, 1, 1, 2, 2, 2, 3, 3]), centroids)
+    assert carried == 3 and np.allclose(weight[1], [1.0, 0.0]) and np.allclose(weight[0], 7.0)
+    # A merge: new 1 holds one video of old 0 and three of old 1, so old 1's proxy is the one it keeps.
+    weight, carried = matched_proxies(old_weight, old, np.array([0, 0, 1, 1, 1, 1, 2, 2]), centroids[:3])
+    assert carried == 3 and np.allclose(weight[1], [0.0, 1.0]) and np.allclose(weight[2], 2 ** -0.5)
+    with pytest.raises(ValueError, match="3 old labels for 2 new ones"):
+        matched_proxies(old_weight, np.array([0, 1, 2]), np.array([0, 1]), centroids[:2])
+
+
+def test_slic_with_matched_proxies_keeps_trained_proxies_across_rounds(
+        workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    carried: list[int] = []
+    carry = PseudoLabelProxies.carry
+
+    def recording_carry(self: PseudoLabelProxies, embeddings: np.ndarray, labels: np.ndarray,
+                        previous: np.ndarray) -> int:
+        assert self.weight is not None and len(previous) == len(labels)
+        before = self.weight.detach().clone()
+        count = carry(self, embeddings, labels, previous)
+        assert self.weight is not None
+        kept = [k for k in range(len(self.weight)) if any(torch.allclose(self.weight[k], b / b.norm(), atol=1e-6)
+                                                         for b in before)]
+        assert len(kept) == count  # exactly the carried rows are old (trained) proxies
+        carried.append(count)
+        return count
+
+    monkeypatch.setattr(PseudoLabelProxies, "carry", recording_carry)
+    _, report = pretrain_in_process(workspace, monkeypatch, objective="proxy", epochs=3, cluster_interval=1,
+                                    proxy_carry="matched", out="data/models/proxy_carry")
+    assert report["cluster_rounds"] == 3 and len(carried) == 2  # rounds 2 and 3; round 1 starts at centroids
+    assert sum(carried) > 0  # the clusters of a slowly moving encoder mostly descend from the last round's
 
 
 def _proxies_of(path: Path) -> dict:
