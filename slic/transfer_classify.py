@@ -10,6 +10,7 @@ sections. Checkpoints go to data/classify/<name>/ and resume like the main stage
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +55,6 @@ def classify_eval_set(config: Config, name: str, splits: Path, run: Any = None) 
     `splits` is the carved table (write_classify_splits); `run` is the stage's MLflow run: the probe and each
     finetuning get a nested run under it.
     """
-    import json
-
     from slic.config import to_dict
     from slic.finetune_stages import nested_run, run_finetune, run_linear_probe
 
