@@ -88,12 +88,17 @@ class PseudoLabelProxies:
         self._set(torch.from_numpy(weight))
         return carried
 
+    @property
+    def lr(self) -> float:
+        """The proxies' learning rate: the network's times `proxy_lr_scale`."""
+        return self.cfg.lr * self.cfg.proxy_lr_scale
+
     def _set(self, weight: torch.Tensor) -> None:
         self.weight = torch.nn.Parameter(weight.to(self.device, torch.float32))
         if self.cfg.optimizer == "adamw":
-            self.optimizer = torch.optim.AdamW([self.weight], lr=self.cfg.lr, weight_decay=0.0)
+            self.optimizer = torch.optim.AdamW([self.weight], lr=self.lr, weight_decay=0.0)
         else:
-            self.optimizer = torch.optim.SGD([self.weight], lr=self.cfg.lr, momentum=self.cfg.momentum)
+            self.optimizer = torch.optim.SGD([self.weight], lr=self.lr, momentum=self.cfg.momentum)
 
     def zero_grad(self) -> None:
         if self.optimizer is not None:

@@ -37,6 +37,27 @@ def test_state_dict_round_trip_keeps_weight_and_optimizer() -> None:
     assert copy.optimizer is not None and copy.optimizer.state_dict()["state"][0]["step"] == 1
 
 
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+def test_proxy_lr_scale_sets_the_proxies_rate_and_only_theirs(optimizer: str) -> None:
+    embeddings, labels = np.random.default_rng(1).normal(size=(6, 4)), np.array([0, 0, 1, 1, 2, 2])
+    steps = {}
+    for scale in (1.0, 10.0):
+        proxies = PseudoLabelProxies(PretrainConfig(optimizer=optimizer, lr=0.01, proxy_lr_scale=scale),
+                                     torch.device("cpu"))
+        proxies.reset(embeddings, labels)
+        assert proxies.optimizer is not None and proxies.optimizer.param_groups[0]["lr"] == pytest.approx(0.01 * scale)
+        assert proxies.weight is not None
+        before = proxies.weight.detach().clone()
+        proxies.weight[:, 0].sum().backward()
+        proxies.step()
+        steps[scale] = (proxies.weight.detach() - before).abs().max().item()
+    assert steps[10.0] == pytest.approx(10 * steps[1.0], rel=1e-4)  # the first step moves ten times as far
+    carried = PseudoLabelProxies(PretrainConfig(optimizer=optimizer, lr=0.01, proxy_lr_scale=10.0), torch.device("cpu"))
+    carried.carry(embeddings, labels, labels)
+    carried.carry(embeddings, labels, labels)  # a fresh optimizer after a carry keeps the scaled rate
+    assert carried.optimizer is not None and carried.optimizer.param_groups[0]["lr"] == pytest.approx(0.1)
+
+
 def test_matched_proxies_carry_a_clusters_proxy_to_its_majority_descendant_only() -> None:
     old_weight = np.array([[2.0, 0.0], [0.0, 3.0], [1.0, 1.0]], dtype=np.float32)
     old = np.array([0, 0, 0, 1, 1, 1, 2, 2])
