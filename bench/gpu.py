@@ -18,6 +18,11 @@ Sections, in the order they run:
   extract.short_side, in CPU workers, no frame cache). MFU = clips/s x FLOPs per clip / the GPU's
   dense bf16 peak; FLOPs per clip (forward + backward) are counted by torch's FlopCounterMode on one
   step, not assumed. Why: is the paper's run limited by the model or by the loader on this GPU?
+  `end_to_end` compares the loaders side by side at batch 128 over at least 100 steps after warm-up
+  (issue "GPU round two", item 1): `uint8` (pretrain's path: augmented uint8 clips, pinned, normalised
+  on the device, the next batch prefetched on a side stream), `float32` (the first GPU run's path:
+  normalised float32 clips copied in line), `gpu_decode` with prefetch, and a sweep of workers (15, 8,
+  4); each row gives clips/s, data-wait share and its share of the model alone at that batch.
 * ``stage_smoke`` (item f): every GPU stage once, on CUDA, on a small synthetic frame-shard dataset
   this script writes, with the paper preset's values and small epochs: flow (TV-L1 at OpenCV's
   defaults), pretrain (2 epochs, flow view on), pretrain with gpu_decode (1 epoch, RGB), embed, evaluate, linear_probe (1 epoch), finetune
@@ -33,7 +38,10 @@ Sections, in the order they run:
   `--reference` brings their frames and OpenCV's flow (made by bench/gpu_wheelhouse.py where OpenCV
   and the videos are), and against tvl1_torch on the CPU for the same pairs.
 * ``clustering`` (item c): FINCH partition 0 and k-means (k 1000) on 100k and 1M clustered 128-d
-  vectors on the GPU (`slic.torch_clustering`: chunked matmul top-2 / assignment), seconds; and
+  vectors on the GPU (`slic.torch_clustering`: chunked matmul top-2 / assignment), seconds; FINCH
+  again with the similarity blocks on the tensor cores (`tensor_cores`: TF32 and bf16, a shortlist of
+  16 per point rescored in float32), its seconds beside the bare GEMM's and its partition against the
+  float32 one (identical, ARI); and
   whether the partition is the CPU path's (slic.clustering on faiss) on a 50k subset (adjusted Rand
   index; FINCH should give 1.0, k-means is compared with the same initialisation on the CPU).
 * ``search`` (item d): exact search (bench/search.py's `flat` kind) on the GPU at 100k and 1M

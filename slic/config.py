@@ -243,6 +243,8 @@ class PretrainConfig:
     eval_interval: int = _spec(4, low=1, help="validation retrieval every this many epochs (best checkpoint)")
     workers: int = _spec(2, low=0, high=256)
     frame_cache_mb: int = _spec(1024, low=0, help="decoded training frames kept in memory (MiB); 0: decode every clip")
+    prefetch: bool = _spec(True, help="CUDA: each batch copied to the device and normalised on a side stream one "
+                                      "step ahead (overlaps the step before it); no effect on the CPU")
     gpu_decode: bool = _spec(False, help="decode and augment the clips on the training device (nvJPEG on CUDA) "
                                          "instead of in the loader workers; no flow view")
     device: str = _spec("auto", choices=("auto", "cpu", "cuda"))

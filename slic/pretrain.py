@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,7 @@ from slic.data.augment import Augmentation
 from slic.clustering import rounds_agreement
 from slic.data.clips import EvalClips, FlowView, PretrainClips, ShardCache, VideoShard, collate_encoded, load_videos
 from slic.data.datasets import DatasetError
-from slic.data.gpu_clips import clips_from_jpegs
+from slic.data.device_batches import device_batches, prepare_batch
 from slic.distributed import World, barrier, broadcast_object, gather_tensor, gather_with_grad
 from slic.embed import embed_clips
 from slic.models import Encoder, to_device
@@ -200,24 +201,18 @@ def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch
     steps, clips, waited = 0, 0, 0.0
     started = tick = time.perf_counter()
     use_view = cfg.temporal_weight > 0  # the second anchor view only feeds the temporal term
-    for step, item in enumerate(loader):
+    # uint8 clips (or gpu_decode's JPEG bytes) to the device, normalised (decoded) there, the next batch
+    # prefetched on a side stream on CUDA (slic.data.device_batches).
+    prepare = partial(prepare_batch, device=world.device, size=cfg.size, gpu_decode=cfg.gpu_decode, use_view=use_view)
+    for step, (batch, labels, videos) in enumerate(device_batches(loader, prepare, world.device,
+                                                                  prefetch=cfg.prefetch)):
         waited += time.perf_counter() - tick
-        if cfg.gpu_decode:  # encoded frames and draws: decoded and augmented here, on the training device
-            encoded, labels, videos = item
-            batch = torch.cat([clips_from_jpegs(kind, size=cfg.size, device=world.device) for kind in encoded])
-        else:
-            anchor, positive, view, labels, videos = item
-            batch = torch.cat([anchor, positive, view] if use_view else [anchor, positive])
         if proxies is not None and cfg.proxy_per == "video":
             labels = videos  # the anchor's video: a positive from another video is pulled to the anchor's proxy
-        batch = batch.to(world.device, non_blocking=True)
-        if world.device.type == "cuda":
-            batch = batch.contiguous(memory_format=torch.channels_last_3d)
         with _autocast(cfg, world):
             out = model(batch)  # one pass: anchor, positive and view share BatchNorm statistics
         a, p, *rest = out.float().chunk(3 if use_view else 2)
         v = rest[0] if use_view else None
-        labels = labels.to(world.device)
         if cfg.gather_embeddings:
             a, p, labels = gather_with_grad(a), gather_with_grad(p), gather_tensor(labels)
             v = gather_with_grad(v) if v is not None else None
@@ -297,7 +292,8 @@ def pretrain(cfg: PretrainConfig, *, manifest: str | Path, frames_dir: str | Pat
     dataset = PretrainClips(train, clip_len=cfg.clip_len, size=cfg.size,
                             p_intra=1.0 if cfg.mode == "intra_video" else cfg.p_intra,
                             random_anchor=cfg.random_anchor, seed=cfg.seed, augmentation=augmentation_of(cfg),
-                            flow=flow, anchor_view=cfg.temporal_weight > 0, cache=cache, decode=not cfg.gpu_decode)
+                            flow=flow, anchor_view=cfg.temporal_weight > 0, cache=cache, decode=not cfg.gpu_decode,
+                            normalise=False)  # uint8 to the device, normalised there
     dataset.set_labels(contiguous_labels(initial_labels(cfg.mode, train, state)))
     if cfg.mode == "slic" and cfg.p_intra_schedule == "agreement" and state.p_intra >= 0:
         dataset.p_intra = state.p_intra  # resumed between rounds: the chance its last round set

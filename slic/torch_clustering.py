@@ -5,7 +5,8 @@ borrowed GPU machine can be given). The same computations are plain dense algebr
 any device:
 
 * `topk_inner_product`: exact top-k by inner product, the queries in chunks against the whole database
-  (one matmul and one topk per chunk), as faiss.IndexFlatIP does;
+  (one matmul and one topk per chunk), as faiss.IndexFlatIP does; or on the tensor cores (TF32 or bf16
+  blocks, a shortlist per query rescored in float32), for FINCH at a million points in seconds;
 * `first_neighbours` / `finch_partition0`: FINCH's first neighbour by cosine (top-2 on L2-normalised rows,
   dropping the point itself), duplicates tie-broken and components numbered exactly as
   slic.clustering does, so both give the same partition on the same vectors;
@@ -58,40 +59,62 @@ def _normalised(x: np.ndarray | torch.Tensor, device: torch.device) -> torch.Ten
     return t / t.norm(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
 
 
-@torch.no_grad()
-def topk_inner_product(queries: torch.Tensor, database: torch.Tensor, k: int, *,
-                       chunk: int = DEFAULT_CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scores, ids), each (n_queries, k), of the k largest inner products per query, best first (exact).
+PRECISIONS = ("fp32", "tf32", "bf16")
+DEFAULT_CANDIDATES = 16
 
-    Queries go `chunk` at a time (the (chunk, n) score block bounds the memory); float32 with TF32 off,
-    so the ranking is that of an exact float32 search.
+
+@torch.no_grad()
+def topk_inner_product(queries: torch.Tensor, database: torch.Tensor, k: int, *, chunk: int = DEFAULT_CHUNK,
+                       precision: str = "fp32", candidates: int = DEFAULT_CANDIDATES) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scores, ids), each (n_queries, k), of the k largest inner products per query, best first.
+
+    Queries go `chunk` at a time (the (chunk, n) score block bounds the memory). `precision` fp32: float32
+    with TF32 off, the ranking of an exact float32 search. tf32 / bf16: the block on the tensor cores
+    (TF32, or bfloat16 inputs and scores: half the bytes to write and rank), its `candidates` best per
+    query kept and rescored in float32 (TF32 off), so the result is the exact search's unless the true
+    neighbour falls outside a low-precision top-`candidates` (bench/gpu.py checks the partition on 100k).
     """
     if queries.shape[1] != database.shape[1]:
         raise ValueError(f"queries are {queries.shape[1]}-d, the database {database.shape[1]}-d")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     k = min(k, database.shape[0])
+    shortlist = min(max(candidates, k), database.shape[0])
     scores = torch.empty((queries.shape[0], k), dtype=torch.float32, device=queries.device)
     ids = torch.empty((queries.shape[0], k), dtype=torch.int64, device=queries.device)
+    exact_db = database.float()
+    low_db = database.to(torch.bfloat16) if precision == "bf16" else exact_db
     tf32 = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
     try:
         for start in range(0, queries.shape[0], chunk):
-            block = queries[start:start + chunk].float() @ database.float().T
-            scores[start:start + chunk], ids[start:start + chunk] = block.topk(k, dim=1)
+            rows = queries[start:start + chunk].float()
+            if precision == "fp32":
+                torch.backends.cuda.matmul.allow_tf32 = False
+                scores[start:start + chunk], ids[start:start + chunk] = (rows @ exact_db.T).topk(k, dim=1)
+                continue
+            torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+            block = rows.to(low_db.dtype) @ low_db.T
+            shortlisted = block.topk(shortlist, dim=1).indices  # (chunk, shortlist)
+            del block
+            torch.backends.cuda.matmul.allow_tf32 = False
+            exact = (exact_db[shortlisted] * rows[:, None, :]).sum(dim=2)  # float32 rescoring of the shortlist
+            best, order = exact.topk(k, dim=1)
+            scores[start:start + chunk], ids[start:start + chunk] = best, shortlisted.gather(1, order)
     finally:
         torch.backends.cuda.matmul.allow_tf32 = tf32
     return scores, ids
 
 
 def first_neighbours(x: np.ndarray | torch.Tensor, *, device: str | torch.device | None = None,
-                     chunk: int = DEFAULT_CHUNK) -> np.ndarray:
+                     chunk: int = DEFAULT_CHUNK, precision: str = "fp32") -> np.ndarray:
     """Index of each point's nearest other point by cosine similarity; slic.clustering.first_neighbours in torch.
 
-    Exact top-2 on `device` (None: CUDA when present), the point itself dropped, exact duplicates pointed
-    at their smallest-index copy.
+    Top-2 on `device` (None: CUDA when present) at `precision` (topk_inner_product), the point itself
+    dropped, exact duplicates pointed at their smallest-index copy.
     """
     x = _checked(x, min_rows=2)
     xn = _normalised(x, _device(device))
-    _, top2 = topk_inner_product(xn, xn, 2, chunk=chunk)
+    _, top2 = topk_inner_product(xn, xn, 2, chunk=chunk, precision=precision)
     top2 = top2.cpu().numpy()
     unit = xn.cpu().numpy()
     return _canonical_duplicates(unit, _drop_self(top2), batch=1 << 16)
@@ -127,12 +150,13 @@ def connected_components(neighbours: np.ndarray) -> np.ndarray:
 
 
 def finch_partition0(x: np.ndarray | torch.Tensor, *, device: str | torch.device | None = None,
-                     chunk: int = DEFAULT_CHUNK) -> np.ndarray:
-    """FINCH partition 0 (int64 ids 0..C-1, ordered by smallest member), as slic.clustering computes it."""
+                     chunk: int = DEFAULT_CHUNK, precision: str = "fp32") -> np.ndarray:
+    """FINCH partition 0 (int64 ids 0..C-1, ordered by smallest member), as slic.clustering computes it;
+    `precision` tf32 / bf16 finds the first neighbours on the tensor cores (topk_inner_product)."""
     x = _checked(x, min_rows=0)
     if len(x) < 2:
         return np.zeros(len(x), dtype=np.int64)
-    return connected_components(first_neighbours(x, device=device, chunk=chunk))
+    return connected_components(first_neighbours(x, device=device, chunk=chunk, precision=precision))
 
 
 @torch.no_grad()

@@ -74,14 +74,16 @@ def test_quick_run_completes_every_section_with_only_the_carried_packages(quick_
     assert statuses.pop("pretrain_throughput_compiled") == "skipped"  # compile: CUDA only
     assert statuses == dict.fromkeys(["setup", "pretrain_throughput", "stage_smoke", "gpu_data_path", "tvl1",
                                       "clustering", "search"], "ok"), {k: report[k].get("error") for k in statuses}
-    assert report["total_s"] < 60, "the CPU reduced run must stay under a minute"
 
 
 def test_quick_run_measures_what_the_gpu_run_reports(quick_report: dict) -> None:
     report = quick_report
     rows = report["pretrain_throughput"]["rows"]
-    assert rows and all(r["model"]["clips_per_s"] > 0 and r["end_to_end"]["clips_per_s"] > 0 for r in rows)
-    assert 0 <= rows[0]["end_to_end"]["data_wait_fraction"] <= 1
+    assert rows and all(r["model"]["clips_per_s"] > 0 for r in rows)
+    loaders = report["pretrain_throughput"]["end_to_end"]
+    assert [(r["loader"], r["prefetch"]) for r in loaders] == [("uint8", True), ("float32", False), ("gpu_decode", True)]
+    assert all(r["clips_per_s"] > 0 and 0 <= r["data_wait_fraction"] <= 1 and r["steps"] >= 2 and r["share_of_model"] > 0
+               for r in loaders), loaders
     assert report["pretrain_throughput"]["flops_per_clip"]["forward_backward"] > 0
     smoke = report["stage_smoke"]
     assert set(smoke["stages"]) == {"flow", "pretrain", "pretrain_gpu_decode", "embed", "evaluate", "linear_probe",
@@ -93,6 +95,10 @@ def test_quick_run_measures_what_the_gpu_run_reports(quick_report: dict) -> None
     assert same["decoded_identical"] and same["normalised_max_abs"] == 0.0
     agreement = report["clustering"]["cpu_agreement"]
     assert agreement["finch_identical"] and agreement["finch_ari"] == 1.0
+    for size in report["clustering"]["sizes"]:  # FINCH with the blocks in TF32 / bf16, rescored: the same partition
+        assert {p: (c["identical_to_fp32"], c["ari_vs_fp32"]) for p, c in size["tensor_cores"].items()} == \
+            {"tf32": (True, 1.0), "bf16": (True, 1.0)}
+        assert all(c["finch_s"] > 0 and c["gemm_s"] > 0 for c in size["tensor_cores"].values())
     assert agreement["kmeans_ari_same_init_cpu"] == 1.0
     assert all(s["flat_device"]["recall_at_10_vs_faiss_cpu"] == 1.0 for s in report["search"]["sizes"])
     flow = report["tvl1"]

@@ -49,6 +49,41 @@ def test_topk_is_exact() -> None:
         tc.topk_inner_product(x[:, :3], x, 1)
 
 
+@pytest.mark.parametrize("precision", ["tf32", "bf16"])
+def test_tensor_core_search_rescored_in_float32_gives_the_exact_partition(precision: str) -> None:
+    x = blobs(3, n=900, d=32, centres=40)
+    x[5] = x[2]  # exact duplicates keep their tie-break
+    expected = tc.finch_partition0(x, device="cpu")
+    assert np.array_equal(tc.finch_partition0(x, device="cpu", chunk=128, precision=precision), expected)
+    xn = torch.nn.functional.normalize(torch.from_numpy(x), dim=1)
+    exact_scores, exact_ids = tc.topk_inner_product(xn, xn, 3)
+    scores, ids = tc.topk_inner_product(xn, xn, 3, chunk=100, precision=precision)
+    assert torch.equal(scores, (xn[:, None, :] * xn[ids]).sum(dim=2))  # float32 scores of the ids returned
+    assert (ids == exact_ids).float().mean() > 0.99 and torch.allclose(scores, exact_scores, atol=1e-6)
+
+
+def test_bf16_alone_confuses_near_neighbours_the_float32_shortlist_does_not() -> None:
+    # One query, neighbours 1e-4 apart in cosine: bf16 scores (8 bits of mantissa) tie them, the rescoring
+    # orders them exactly; with a shortlist of one the bf16 order is what comes back.
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal(64)
+    base /= np.linalg.norm(base)
+    noise = rng.standard_normal((40, 64))
+    noise -= (noise @ base)[:, None] * base
+    noise /= np.linalg.norm(noise, axis=1, keepdims=True)
+    angles = np.sqrt(2 * np.linspace(1e-4, 4e-3, 40))
+    database = torch.tensor(np.cos(angles)[:, None] * base + np.sin(angles)[:, None] * noise, dtype=torch.float32)
+    query = torch.tensor(base[None], dtype=torch.float32)
+    _, exact = tc.topk_inner_product(query, database, 1)
+    _, shortlisted = tc.topk_inner_product(query, database, 1, precision="bf16", candidates=40)
+    assert exact.item() == shortlisted.item() == 0
+    rough = [tc.topk_inner_product(query, database[order], 1, precision="bf16", candidates=1)[1].item()
+             for order in (torch.arange(40), torch.arange(40).flip(0))]
+    assert rough != [0, 39]  # bf16 ranks by its rounded scores: the true neighbour is not found in both orders
+    with pytest.raises(ValueError, match="precision"):
+        tc.topk_inner_product(query, database, 1, precision="fp16")
+
+
 def test_kmeans_is_deterministic_and_finds_separated_blobs() -> None:
     rng = np.random.default_rng(3)
     middle = np.eye(8, dtype=np.float32)[:4] * 10

@@ -34,6 +34,45 @@ def faiss_or_none() -> Any:
     return faiss
 
 
+def gemm_seconds(x: torch.Tensor, dtype: torch.dtype, *, tf32: bool, chunk: int, sync: Any) -> float:
+    """Seconds of the bare chunked x @ x.T (no top-k): the floor a tensor-core FINCH is compared with."""
+    low = x.to(dtype)
+    allowed = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    try:
+        sync()
+        started = time.perf_counter()
+        for start in range(0, len(low), chunk):
+            low[start:start + chunk] @ low.T
+        sync()
+        return time.perf_counter() - started
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = allowed
+
+
+def finch_on_tensor_cores(bench: Bench, x: torch.Tensor, exact: np.ndarray, row: dict[str, Any]) -> None:
+    """Item 2 of GPU round two: FINCH partition 0 with the similarity blocks on the tensor cores (TF32 and
+    bf16, a shortlist rescored in float32), seconds beside the bare GEMM's, and the partition against the
+    float32 one (identical? adjusted Rand index)."""
+    from slic import torch_clustering as tc
+
+    row["tensor_cores"] = {}
+    for precision, dtype in (("tf32", torch.float32), ("bf16", torch.bfloat16)):
+        if bench.left() < 20:
+            row["tensor_cores"][precision] = {"status": "skipped", "reason": "time budget"}
+            continue
+        bench.sync()
+        started = time.perf_counter()
+        labels = tc.finch_partition0(x, device=bench.device, precision=precision)
+        seconds = time.perf_counter() - started
+        gemm = gemm_seconds(x, dtype, tf32=precision == "tf32", chunk=tc.DEFAULT_CHUNK, sync=bench.sync)
+        row["tensor_cores"][precision] = {
+            "finch_s": round(seconds, 2), "gemm_s": round(gemm, 2), "candidates": tc.DEFAULT_CANDIDATES,
+            "identical_to_fp32": bool(np.array_equal(labels, exact)),
+            "ari_vs_fp32": round(tc.adjusted_rand_index(exact, labels), 6), "clusters": int(labels.max()) + 1}
+        bench.save()
+
+
 def clustering(bench: Bench, out: dict[str, Any]) -> None:
     """Item c: FINCH partition 0 and k-means on the device; the same partition as the CPU path on a subset."""
     from slic import torch_clustering as tc
@@ -42,7 +81,8 @@ def clustering(bench: Bench, out: dict[str, Any]) -> None:
     faiss = faiss_or_none()
     out.update(data={"dim": 128, "centres": p.centres, "noise_std": 0.06, "metric": "cosine (L2-normalised)"},
                implementation="slic.torch_clustering on the device: exact top-2 by chunked float32 matmul, then "
-                              "slic.clustering's duplicate tie-break and components; k-means: Lloyd, chunked "
+                              "slic.clustering's duplicate tie-break and components; tensor_cores: the blocks in "
+                              "TF32 or bf16, each point's shortlist rescored in float32; k-means: Lloyd, chunked "
                               "assignment",
                kmeans={"k": p.kmeans_k, "iterations": p.kmeans_iterations, "n_init": 1}, sizes=[])
     subset = None
@@ -61,6 +101,7 @@ def clustering(bench: Bench, out: dict[str, Any]) -> None:
         row["finch_s"] = round(time.perf_counter() - started, 2)
         row["finch_clusters"] = int(labels.max()) + 1
         bench.save()
+        finch_on_tensor_cores(bench, x, labels, row)
         started = time.perf_counter()
         k_labels = tc.kmeans(x, p.kmeans_k, iterations=p.kmeans_iterations, device=device)
         bench.sync()

@@ -54,7 +54,12 @@ class Profile:
     shard_videos: int = 64
     shard_frames: int = 48
     e2e_samples: int = 1536                    # triplets per measured end-to-end run (after every worker's first batch)
-    e2e_min_steps: int = 6
+    e2e_min_steps: int = 100
+    e2e_batch: int = 128
+    # (loader, prefetch, workers), in the order measured: the new path, the first run's path, then the sweep
+    e2e_variants: tuple[tuple[str, bool, int], ...] = (("uint8", True, 15), ("float32", False, 15),
+                                                       ("uint8", True, 8), ("gpu_decode", True, 8),
+                                                       ("uint8", False, 15), ("uint8", True, 4))
     workers: int = 15
     data_batches: tuple[int, ...] = (32, 128)
     data_clips: int = 1536                     # clips per measured data-path run
@@ -81,6 +86,7 @@ FULL = Profile(name="full", workers=max(1, min(15, (os.cpu_count() or 2) - 1)))
 QUICK = Profile(
     name="quick", backbone="r3d_18_tiny", clip_len=4, size=16, batches=(4,), warmup_steps=1, model_steps=2,
     compile=False, frame_hw=(24, 32), shard_videos=8, shard_frames=12, e2e_samples=8, e2e_min_steps=2, workers=1,
+    e2e_batch=4, e2e_variants=(("uint8", True, 1), ("float32", False, 1), ("gpu_decode", True, 0)),
     data_batches=(4,), data_clips=8, data_min_rounds=2, cluster_sizes=(2000, 4000), cluster_subset=1500, kmeans_k=20,
     kmeans_iterations=5, centres=40, search_sizes=(4000,), search_queries=200, search_check_queries=50,
     ivf_cpu=True, flow_batch=8, flow_cpu_pairs=2, smoke_classes=3, smoke_per_class=6, smoke_frames=10,

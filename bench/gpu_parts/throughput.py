@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -68,44 +69,53 @@ def model_rate(bench: Bench, cfg: Any, batch: int, compiled: bool) -> dict[str, 
             "warmup_s": round(warm, 2), "loss": round(float(metrics.get("loss", float("nan"))), 4)}
 
 
-def end_to_end_rate(bench: Bench, cfg: Any, batch: int) -> dict[str, Any]:
+def end_to_end_rate(bench: Bench, cfg: Any, batch: int, *, loader: str = "uint8", prefetch: bool = True,
+                    workers: int | None = None) -> dict[str, Any]:
     """clips/s and data-wait fraction of train_one_epoch fed by the real loader (PretrainClips on shards).
 
-    Steady state: the steps after every worker has delivered its first batch, from one long epoch, so all
-    workers stay busy (a short epoch would leave most of them idle: a batch is one worker's job).
+    `loader`: float32, the workers normalise and send float32 clips (the first GPU run's path); uint8, they
+    send augmented uint8 clips, normalised on the device (pretrain's path now); gpu_decode, they send JPEG
+    bytes and draws, decoded and augmented on the device. `prefetch`: the next batch prepared on a side
+    stream during the step (slic.data.device_batches). Steady state: the steps after every worker has
+    delivered its first batch, from one long epoch, so all workers stay busy.
     """
     import itertools
 
     from torch.utils.data import DataLoader
 
-    from slic.data.clips import PretrainClips, ShardCache
+    from slic.data.clips import PretrainClips, ShardCache, collate_encoded
     from slic.distributed import World
     from slic.models import to_device
     from slic.pretrain import augmentation_of, build_encoder, build_optimizer, train_one_epoch
 
     p, device = bench.profile, bench.device
-    warm = max(1, p.workers) + 1
+    workers = p.workers if workers is None else workers
+    cfg = replace(cfg, prefetch=prefetch, gpu_decode=loader == "gpu_decode")
+    warm = max(1, workers) + 1
     steps = max(p.e2e_min_steps, -(-p.e2e_samples // batch))
-    videos = throughput_videos(bench, cfg, batch * (warm + steps + 2 * max(1, p.workers) + 1))
+    videos = throughput_videos(bench, cfg, batch * (warm + steps + 2 * max(1, workers) + 1))
     dataset = PretrainClips(videos, clip_len=cfg.clip_len, size=cfg.size, p_intra=cfg.p_intra,
                             random_anchor=cfg.random_anchor, seed=cfg.seed, augmentation=augmentation_of(cfg),
-                            anchor_view=cfg.temporal_weight > 0, cache=ShardCache(0))
+                            anchor_view=cfg.temporal_weight > 0, cache=ShardCache(0), decode=not cfg.gpu_decode,
+                            normalise=loader == "float32")
     dataset.set_labels(np.arange(len(videos)) % 16)
     model = to_device(build_encoder(cfg), device)
     optimizer = build_optimizer(model, cfg)
     world = World(0, 1, 0, device)
-    loader = DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=p.workers, drop_last=True,
-                        pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(0),
-                        timeout=300 if p.workers > 0 else 0)
-    iterator = iter(loader)
+    batches = DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=workers, drop_last=True,
+                         pin_memory=device.type == "cuda" and not cfg.gpu_decode,
+                         collate_fn=collate_encoded if cfg.gpu_decode else None,
+                         generator=torch.Generator().manual_seed(0), timeout=300 if workers > 0 else 0)
+    iterator = iter(batches)
     warmup = train_one_epoch(model, itertools.islice(iterator, warm), optimizer, cfg, world, 0)
     measured = train_one_epoch(model, itertools.islice(iterator, steps), optimizer, cfg, world, 1)
     bench.sync()
-    del iterator, loader
-    return {"clips_per_s": round(measured["clips_per_s"], 1),
+    del iterator, batches
+    return {"loader": loader, "prefetch": prefetch, "workers": workers, "batch": batch,
+            "clips_per_s": round(measured["clips_per_s"], 1),
             "data_wait_fraction": round(measured["data_wait_fraction"], 3),
             "steps": int(measured["steps"]), "warmup_steps": int(warmup["steps"]),
-            "warmup_s": round(warmup["epoch_seconds"], 1), "workers": p.workers}
+            "warmup_s": round(warmup["epoch_seconds"], 1)}
 
 
 def pretrain_throughput(bench: Bench, out: dict[str, Any], *, compiled: bool = False) -> None:
@@ -142,23 +152,42 @@ def _throughput_rows(bench: Bench, out: dict[str, Any], cfg: Any, flops: dict[st
             continue
         row: dict[str, Any] = {"batch": batch}
         out["rows"].append(row)
-        for name, measure in (("model", lambda: model_rate(bench, cfg, batch, compiled)),
-                              *(() if compiled else (("end_to_end", lambda: end_to_end_rate(bench, cfg, batch)),))):
-            try:
-                row[name] = measure()
-                if peak and bench.device.type == "cuda":
-                    row[name]["mfu"] = round(row[name]["clips_per_s"] * flops["forward_backward"] / (peak * 1e12), 4)
-            except BudgetExceeded:
-                raise
-            except Exception as exc:  # noqa: BLE001 - e.g. out of memory at the largest batch: the others stay
-                row[name] = {"error": f"{type(exc).__name__}: {exc}"[:1000]}
-            finally:
-                if bench.device.type == "cuda":
-                    torch.cuda.empty_cache()
-            bench.save()
-        model, end_to_end = row.get("model", {}), row.get("end_to_end", {})
-        if "clips_per_s" in model and "clips_per_s" in end_to_end:
-            row["end_to_end_share_of_model"] = round(row["end_to_end"]["clips_per_s"] / row["model"]["clips_per_s"], 3)
+        row["model"] = _measured(bench, lambda: model_rate(bench, cfg, batch, compiled), flops, peak)
+    if compiled:
+        return
+    out["end_to_end"] = []
+    model = {r["batch"]: r.get("model", {}).get("clips_per_s") for r in out["rows"]}
+    for loader, prefetch, workers in p.e2e_variants:
+        if bench.left() < 45:
+            out["end_to_end"].append({"loader": loader, "prefetch": prefetch, "workers": workers,
+                                      "status": "skipped", "reason": "time budget"})
+            continue
+        row = _measured(bench, lambda: end_to_end_rate(bench, cfg, p.e2e_batch, loader=loader, prefetch=prefetch,
+                                                       workers=workers), flops, peak)
+        row.update(loader=loader, prefetch=prefetch, workers=workers, batch=p.e2e_batch)
+        if "clips_per_s" in row and model.get(p.e2e_batch):
+            row["share_of_model"] = round(row["clips_per_s"] / model[p.e2e_batch], 3)
+        out["end_to_end"].append(row)
+        bench.save()
+
+
+def _measured(bench: Bench, measure: Callable[[], dict[str, Any]], flops: dict[str, float],
+              peak: float | None) -> dict[str, Any]:
+    """One measurement with its MFU on CUDA; an error (e.g. out of memory at the largest batch) is recorded and
+    the next measurement runs."""
+    try:
+        row = measure()
+        if peak and bench.device.type == "cuda":
+            row["mfu"] = round(row["clips_per_s"] * flops["forward_backward"] / (peak * 1e12), 4)
+    except BudgetExceeded:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        row = {"error": f"{type(exc).__name__}: {exc}"[:1000]}
+    finally:
+        if bench.device.type == "cuda":
+            torch.cuda.empty_cache()
+    bench.save()
+    return row
 
 
 def pretrain_throughput_compiled(bench: Bench, out: dict[str, Any]) -> None:

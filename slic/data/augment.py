@@ -123,8 +123,14 @@ def apply_draw(frames: Tensor, draw: ClipDraw, size: int, mean: Sequence[float] 
     """(T, H, W, 3) uint8 frames on any device -> the augmented (3, T, size, size) float clip, normalised.
 
     Crop and resize (bilinear, antialiased) and the colour operations run on uint8, as torchvision's
-    transforms do on uint8 videos; then scaling to [0, 1] and normalisation.
+    transforms do on uint8 videos (`augment_uint8`); then scaling to [0, 1] and normalisation.
     """
+    return normalise(augment_uint8(frames, draw, size).transpose(0, 1), mean, std).transpose(0, 1).contiguous()
+
+
+def augment_uint8(frames: Tensor, draw: ClipDraw, size: int) -> Tensor:
+    """(T, H, W, 3) uint8 frames -> the augmented (3, T, size, size) uint8 clip, not yet normalised: what a
+    loader hands the training device, which normalises it there (`slic.data.device_batches`)."""
     video = frames.permute(0, 3, 1, 2)  # (T, 3, H, W)
     top, left, h, w = draw.crop
     video = TF.resized_crop(video, top, left, h, w, [size, size], antialias=True)
@@ -136,7 +142,7 @@ def apply_draw(frames: Tensor, draw: ClipDraw, size: int, mean: Sequence[float] 
         video = TF.rgb_to_grayscale(video, num_output_channels=3)
     if draw.blur:
         video = TF.gaussian_blur(video, kernel_size=[15, 15], sigma=[2.0, 2.0])
-    return normalise(video, mean, std).permute(1, 0, 2, 3).contiguous()
+    return video.permute(1, 0, 2, 3).contiguous()
 
 
 def normalise(video: Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> Tensor:
@@ -147,8 +153,10 @@ def normalise(video: Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequenc
 
 
 def augment_clip(rng: np.random.Generator, frames: np.ndarray | Tensor, augmentation: Augmentation, size: int,
-                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> Tensor:
-    """Draw one clip's augmentation from `rng` and apply it to (T, H, W, 3) uint8 frames."""
+                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD, *,
+                 normalised: bool = True) -> Tensor:
+    """Draw one clip's augmentation from `rng` and apply it to (T, H, W, 3) uint8 frames; `normalised=False`
+    stops before the normalisation (a uint8 clip)."""
     tensor = torch.from_numpy(frames) if isinstance(frames, np.ndarray) else frames
     draw = draw_augmentation(rng, int(tensor.shape[1]), int(tensor.shape[2]), augmentation)
-    return apply_draw(tensor, draw, size, mean, std)
+    return apply_draw(tensor, draw, size, mean, std) if normalised else augment_uint8(tensor, draw, size)

@@ -199,6 +199,8 @@ class PretrainClips(Dataset):
     """(anchor, positive, anchor_view, pseudo_label, index) triplets for SLIC pretraining.
 
     `anchor_view=False` returns an empty tensor for the view (it only feeds the temporal term).
+    `normalise=False` returns the clips as augmented uint8, for the training device to normalise
+    (`slic.data.device_batches`: a quarter of the bytes to copy); the values are the same once normalised.
 
     With `flow`, the positive and the anchor view are each replaced by the TV-L1 u flow of the same
     frames with probability `flow.p` (the anchor never); the replaced clip gets the same augmentation
@@ -214,7 +216,7 @@ class PretrainClips(Dataset):
                  random_anchor: bool = False, seed: int = 7, mean: Sequence[float] = IMAGENET_MEAN,
                  std: Sequence[float] = IMAGENET_STD, augmentation: Augmentation = Augmentation(),
                  flow: FlowView | None = None, anchor_view: bool = True, cache: ShardCache | None = None,
-                 decode: bool = True) -> None:
+                 decode: bool = True, normalise: bool = True) -> None:
         if not decode and flow is not None:
             raise ValueError("pretrain.gpu_decode cannot make the flow view (flow.enabled: true): its u shards are "
                              "decoded in the loader; set pretrain.gpu_decode: false or flow.enabled: false")
@@ -224,7 +226,7 @@ class PretrainClips(Dataset):
                              f"{', '.join(too_short[:5])}")
         self.videos = list(videos)
         self.clip_len, self.p_intra, self.random_anchor, self.seed = clip_len, p_intra, random_anchor, seed
-        self.flow, self.anchor_view, self.decode = flow, anchor_view, decode
+        self.flow, self.anchor_view, self.decode, self.normalise = flow, anchor_view, decode, normalise
         self.size, self.mean, self.std, self.augmentation = size, tuple(mean), tuple(std), augmentation
         self.epoch = 0
         self.set_labels(np.arange(len(self.videos)))
@@ -294,7 +296,8 @@ class PretrainClips(Dataset):
         anchor = self._augment(augmentation_rng, anchor_frames)
         positive = self._augment(augmentation_rng, positive_frames)
         # Last in the draw order: without the view (no temporal term) the others draw the same.
-        anchor_view = self._augment(augmentation_rng, view_frames) if self.anchor_view else torch.zeros(0)
+        empty = torch.zeros(0, dtype=torch.float32 if self.normalise else torch.uint8)
+        anchor_view = self._augment(augmentation_rng, view_frames) if self.anchor_view else empty
         return anchor, positive, anchor_view, int(self.labels[index]), index
 
     def _encoded(self, rng: np.random.Generator,
@@ -308,7 +311,7 @@ class PretrainClips(Dataset):
         return out
 
     def _augment(self, rng: np.random.Generator, frames: np.ndarray) -> Tensor:
-        return augment_clip(rng, frames, self.augmentation, self.size, self.mean, self.std)
+        return augment_clip(rng, frames, self.augmentation, self.size, self.mean, self.std, normalised=self.normalise)
 
     def _flow(self, video: int, start: int) -> np.ndarray:
         flow_dir = self.flow.flow_dir if self.flow is not None else ""

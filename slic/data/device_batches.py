@@ -1,0 +1,89 @@
+"""Training batches onto the training device: uint8 clips over the bus, normalised there, the next one prefetched.
+
+Why: the first GPU run (reports/bench/gpu.json) fed the model float32 clips, four bytes a pixel, about
+300 MB a step at batch 128 in the paper's configuration, copied from pageable memory on the training
+stream; end to end reached 45-57% of the model alone while the loader kept up. Now:
+
+* the loader's workers hand over the augmented clips as uint8 (`PretrainClips(normalise=False)`): the
+  augmentation already runs on uint8, so only where its last step (scale to [0, 1], subtract the mean,
+  divide by the std) happens changes, and the batch crosses the bus at a quarter of the bytes;
+* the DataLoader pins them (`pin_memory` on CUDA) and the copy is `non_blocking`;
+* with `prefetch` on CUDA the copy, the normalisation and (`gpu_decode`) the JPEG decode and augmentation
+  of batch k+1 are issued on a side stream before batch k's step is handed out, so they overlap it.
+
+On the CPU nothing is prefetched and the normalised batch is exactly the one `apply_draw` made in the
+workers before (same float operations, element by element: tested), so CPU training is unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from slic.data.augment import IMAGENET_MEAN, IMAGENET_STD
+from slic.data.gpu_clips import clips_from_jpegs
+
+DeviceBatch = tuple[Tensor, Tensor, Tensor]  # (clips, labels, video indices) on the training device
+
+
+def normalise_clips(clips: Tensor, mean: Sequence[float] = IMAGENET_MEAN,
+                    std: Sequence[float] = IMAGENET_STD) -> Tensor:
+    """(..., 3, T, H, W) uint8 clips -> float32 (x / 255 - mean) / std per channel, where they are.
+
+    A float batch (already normalised, e.g. a benchmark's in-memory batch) is returned as it is.
+    """
+    if clips.dtype != torch.uint8:
+        return clips
+    m = torch.tensor(mean, dtype=torch.float32, device=clips.device).view(3, 1, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32, device=clips.device).view(3, 1, 1, 1)
+    return (clips.float() / 255.0 - m) / s
+
+
+def prepare_batch(item: Any, *, device: torch.device, size: int, gpu_decode: bool, use_view: bool) -> DeviceBatch:
+    """One DataLoader item -> (clips, labels, videos) on `device`, the clips normalised float32 (2B or 3B of
+    them: anchors, positives and, with `use_view`, the second anchor views), channels_last_3d on CUDA.
+
+    `gpu_decode` items carry each clip's JPEG bytes and draws (`collate_encoded`); they are decoded and
+    augmented on `device` here. Other items carry uint8 (or float) clips.
+    """
+    if gpu_decode:
+        encoded, labels, videos = item
+        batch = torch.cat([clips_from_jpegs(kind, size=size, device=device) for kind in encoded])
+    else:
+        anchor, positive, view, labels, videos = item
+        batch = torch.cat([anchor, positive, view] if use_view else [anchor, positive])
+        batch = normalise_clips(batch.to(device, non_blocking=True))
+    if device.type == "cuda":
+        batch = batch.contiguous(memory_format=torch.channels_last_3d)
+    return batch, labels.to(device, non_blocking=True), videos.to(device, non_blocking=True)
+
+
+def device_batches(loader: Iterable[Any], prepare: Callable[[Any], DeviceBatch], device: torch.device, *,
+                   prefetch: bool) -> Iterator[DeviceBatch]:
+    """`prepare(item)` for every loader item, in order. With `prefetch` on CUDA each batch is prepared on a
+    side stream one item ahead (its copy and normalisation overlap the step before it); otherwise in line."""
+    if not (prefetch and device.type == "cuda"):
+        for item in loader:
+            yield prepare(item)
+        return
+    side = torch.cuda.Stream(device=device)
+    items = iter(loader)
+
+    def issue() -> DeviceBatch | None:
+        item = next(items, None)
+        if item is None:
+            return None
+        with torch.cuda.stream(side):
+            return prepare(item)
+
+    upcoming = issue()
+    while upcoming is not None:
+        compute = torch.cuda.current_stream(device)
+        compute.wait_stream(side)  # the step waits for this batch's copy, not for anything issued later
+        for tensor in upcoming:
+            tensor.record_stream(compute)  # made on the side stream, freed only after the step used it
+        ready, upcoming = upcoming, issue()
+        yield ready
