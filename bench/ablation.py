@@ -83,7 +83,8 @@ def cell_config(config: Config, bias: float, seed: int, folder: Path) -> Config:
 
 def settings(config: Config) -> dict[str, dict[str, Any]]:
     """The settings a result depends on (paths and process counts left out), to tell a stale stored result."""
-    sections = ("synth", "manifest", "extract", "pretrain", "embed", "evaluate")
+    sections = ("synth", "manifest", "extract", "pretrain", "embed", "evaluate") + (("flow",) if config.flow.enabled
+                                                                                     else ())
     return {name: {k: v for k, v in to_dict(getattr(config, name)).items() if k not in NOT_SETTINGS}
             for name in sections}
 
@@ -125,11 +126,12 @@ def cluster_amis(history_path: Path) -> list[float]:
 def run_mode(config: Config, mode: str, folder: Path, world: Any, tracked: bool) -> dict[str, Any]:
     """Pretrain `mode`, embed every video with the `embed` protocol, evaluate: the `ablation` stage's own
     `train_and_evaluate` (an MLflow run per mode when `tracked`)."""
-    from slic.ablation import train_and_evaluate
+    from slic.ablation import bench_flow_view, train_and_evaluate
 
     out = folder / "models" / mode
+    flow = bench_flow_view(config, folder / "flow")
     row = train_and_evaluate(f"bench_ablation/{mode}", replace(config.pretrain, mode=mode, out=str(out)), config,
-                             world, tracked=tracked)
+                             world, flow=flow, tracked=tracked)
     kept = ("best_epoch", "best_val_recall_at_1", "seconds")
     return {"mode": mode, **{k: v for k, v in row.items() if k.startswith("recall@") or k in kept},
             "cluster_ami": cluster_amis(out / "history.json") if mode in CLUSTERED else None}
@@ -178,7 +180,7 @@ def run_seed(config: Config, bias: float, seed: int, modes: list[str], work: Pat
         results[mode] = {**result, "reused": False}
         print(f"  bias {bias:g} seed {seed} {mode:11s} {recalls(result)} ({result['seconds']} s)", flush=True)
     if not keep_data:
-        for name in ("raw", "frames", "models"):
+        for name in ("raw", "frames", "flow", "models"):
             shutil.rmtree(folder / name, ignore_errors=True)
         (folder / "data.json").unlink(missing_ok=True)
     return results, data

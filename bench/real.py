@@ -86,7 +86,10 @@ class BenchError(ValueError):
 
 
 def settings(config: Config, sections: tuple[str, ...]) -> dict[str, dict[str, Any]]:
-    """The settings a result depends on (paths and process counts left out), as they read back from json."""
+    """The settings a result depends on (paths and process counts left out), as they read back from json; the
+    flow section too when flow is on (pretraining then reads it)."""
+    if config.flow.enabled and "pretrain" in sections:
+        sections = (*sections, "flow")
     return json.loads(json.dumps({name: {k: v for k, v in to_dict(getattr(config, name)).items()
                                          if k not in NOT_SETTINGS} for name in sections}))
 
@@ -169,12 +172,13 @@ def prepare_data(config: Config, work: Path) -> dict[str, Any]:
 
 def run_row(config: Config, row: str, folder: Path, world: Any, tracked: bool) -> dict[str, Any]:
     """Pretrain one row, embed, evaluate (the `ablation` stage's `train_and_evaluate`); its result."""
-    from slic.ablation import train_and_evaluate
+    from slic.ablation import bench_flow_view, train_and_evaluate
 
     mode, overrides = ROWS[row]
     out = folder / row
     pretrain_cfg = replace(config.pretrain, mode=mode, out=str(out), **overrides)
-    result = train_and_evaluate(f"bench_real/{row}", pretrain_cfg, config, world, tracked=tracked)
+    flow = bench_flow_view(config, Path(config.extract.out).parent / "flow")  # shared by the seeds
+    result = train_and_evaluate(f"bench_real/{row}", pretrain_cfg, config, world, flow=flow, tracked=tracked)
     amis = cluster_amis(out / "history.json") if mode in CLUSTERED else []
     kept = ("best_epoch", "best_val_recall_at_1", "seconds")
     return {"row": row, "mode": mode, **{k: v for k, v in result.items() if k.startswith("recall@") or k in kept},

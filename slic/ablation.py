@@ -56,6 +56,20 @@ def compute_flow(config: Config, out_dir: str | Path) -> dict[str, Any]:
                     frame_step=config.pretrain.frame_step)
 
 
+def bench_flow_view(config: Config, out_dir: str | Path) -> FlowView | None:
+    """For a bench's own dataset: with `flow.enabled`, the flow of `config.extract`'s manifest and frames computed
+    into `out_dir` (intact shards reused) and its view; None without. A video whose flow fails stops the bench
+    with its name."""
+    if not config.flow.enabled:
+        return None
+    flow_cfg = replace(config.flow, manifest=config.extract.manifest, frames=config.extract.out)
+    report = compute_flow(replace(config, flow=flow_cfg), out_dir)
+    if report["failed"]:
+        first = report["failed"][0]
+        raise RuntimeError(f"flow failed for {len(report['failed'])} videos, e.g. {first['video_id']}: {first['error']}")
+    return FlowView(flow_dir=str(out_dir), p=config.flow.p)
+
+
 def skipped_flow(out_dir: str | Path) -> dict[str, Any]:
     """The `flow` stage with `flow.enabled` false: no pairs computed (shards of an earlier run stay, for when it is
     turned on again); an empty index so the stage's output exists. Its report says why."""

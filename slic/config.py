@@ -202,6 +202,11 @@ class PretrainConfig:
     color_jitter_p: float = _spec(0.0, low=0.0, high=1.0, help="chance of colour jitter per clip; paper 0.8")
     grayscale_p: float = _spec(0.0, low=0.0, high=1.0, help="chance of grayscale per clip; paper 0.2")
     blur_p: float = _spec(0.0, low=0.0, high=1.0, help="chance of Gaussian blur (15, sigma 2) per clip; paper 0.2")
+    cluster_views: str = _spec("rgb", choices=("rgb", "rgb_flow"),
+                               help="slic: what a clustering round clusters: rgb, each video's centre-clip "
+                                    "embedding (paper); rgb_flow, that and the embedding of the same clip's TV-L1 "
+                                    "flow, each L2-normalised, side by side (needs flow.enabled; flow.p 0 "
+                                    "clusters on flow without training on it)")
     cluster_method: str = _spec("finch", choices=("finch", "kmeans"))
     cluster_k: int = _spec(1000, low=2, help="k for k-means")
     cluster_interval: int = _spec(4, low=1, help="re-cluster every this many epochs, from epoch 0")

@@ -73,9 +73,12 @@ def build_optimizer(model: torch.nn.Module, cfg: PretrainConfig) -> torch.optim.
 
 
 def embed_videos(model: torch.nn.Module, videos: list[VideoShard], *, protocol: str, cfg: PretrainConfig,
-                 world: World, batch_size: int = 32, cache: ShardCache | None = None) -> np.ndarray:
-    """Embeddings (n, out_dim) of `videos` in their order with one `protocol` clip set per video."""
-    dataset = EvalClips(videos, protocol=protocol, clip_len=cfg.clip_len, size=cfg.size, cache=cache)
+                 world: World, batch_size: int = 32, cache: ShardCache | None = None,
+                 flow_dir: str | None = None) -> np.ndarray:
+    """Embeddings (n, out_dim) of `videos` in their order with one `protocol` clip set per video (of their
+    flow with `flow_dir`)."""
+    dataset = EvalClips(videos, protocol=protocol, clip_len=cfg.clip_len, size=cfg.size, cache=cache,
+                        flow_dir=flow_dir)
     return embed_clips(model, dataset, world=world, batch_size=batch_size, workers=cfg.workers, bf16=cfg.bf16)
 
 
@@ -85,17 +88,24 @@ def _autocast(cfg: PretrainConfig, world: World) -> torch.autocast:
 
 
 def cluster_round(model: torch.nn.Module, train: list[VideoShard], cfg: PretrainConfig,
-                  world: World, cache: ShardCache | None = None) -> tuple[np.ndarray, dict[str, float], np.ndarray]:
+                  world: World, cache: ShardCache | None = None,
+                  flow_dir: str | None = None) -> tuple[np.ndarray, dict[str, float], np.ndarray]:
     """Embed every training video (centre clip), cluster on rank 0, share the labels with every rank.
 
-    Returns the labels (0..K-1), the cluster statistics (agreement with the classes only when the videos
-    have classes) and the embeddings clustered.
+    With `flow_dir` (`cluster_views: rgb_flow`) each video is clustered on its clip's embedding and its
+    flow's, each L2-normalised, side by side. Returns the labels (0..K-1), the cluster statistics
+    (agreement with the classes only when the videos have classes) and the RGB embeddings (the space
+    the proxies and nearest members live in).
     """
     from slic.clustering import cluster_agreement, cluster_pseudo_labels, cluster_sizes_summary
 
     embeddings = embed_videos(model, train, protocol="centre", cfg=cfg, world=world, cache=cache)
+    clustered = embeddings
+    if flow_dir is not None:
+        flow = embed_videos(model, train, protocol="centre", cfg=cfg, world=world, flow_dir=flow_dir)
+        clustered = np.concatenate([unit_rows(embeddings), unit_rows(flow)], axis=1)
     if world.is_main:
-        labels = contiguous_labels(cluster_pseudo_labels(embeddings, method=cfg.cluster_method,
+        labels = contiguous_labels(cluster_pseudo_labels(clustered, method=cfg.cluster_method,
                                                          k=min(cfg.cluster_k, len(train)), seed=cfg.seed))
         classes = np.array([v.label for v in train])
         stats = {**cluster_sizes_summary(labels), **(cluster_agreement(classes, labels) if labelled(train) else {})}
@@ -104,6 +114,11 @@ def cluster_round(model: torch.nn.Module, train: list[VideoShard], cfg: Pretrain
         result = None
     labels, stats = broadcast_object(result)
     return labels, stats, embeddings
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (zero rows stay zero), so views of different scale weigh alike."""
+    return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
 
 def nearest_members(embeddings: np.ndarray, labels: np.ndarray, k: int) -> list[np.ndarray]:
@@ -265,6 +280,11 @@ def pretrain(cfg: PretrainConfig, *, manifest: str | Path, frames_dir: str | Pat
         raise ValueError(f"pretrain.cluster_start_epoch {cfg.cluster_start_epoch} leaves no clustering round in "
                          f"pretrain.epochs {cfg.epochs}: set it below the epochs (0 clusters from the start), or "
                          "use mode intra_video")
+    if cfg.cluster_views == "rgb_flow" and cfg.mode == "slic" and flow is None:
+        raise ValueError("pretrain.cluster_views rgb_flow clusters on each video's flow too and no flow was given: "
+                         "set flow.enabled: true (with flow.p: 0 the flow is clustered on but never trained on), "
+                         "or cluster_views: rgb")
+    clustered_flow = flow.flow_dir if flow is not None and cfg.cluster_views == "rgb_flow" else None
     if flow is not None:
         from slic.data.flow import require_flow
 
@@ -304,7 +324,8 @@ def pretrain(cfg: PretrainConfig, *, manifest: str | Path, frames_dir: str | Pat
         embeddings = None
         previous_labels: np.ndarray | None = None
         if is_cluster_epoch(cfg, epoch):
-            labels, cluster_stats, embeddings = cluster_round(model, train, cfg, world, cache)
+            labels, cluster_stats, embeddings = cluster_round(model, train, cfg, world, cache,
+                                                              flow_dir=clustered_flow)
             if cfg.mode == "slic":  # oracle: the clusters of its embedding are only monitored
                 labels = shuffled_clusters(labels, cfg.seed, epoch) if cfg.shuffle_clusters else labels
                 if cfg.p_intra_schedule == "agreement":

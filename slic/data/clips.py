@@ -346,17 +346,19 @@ class EvalClips(Dataset):
     `protocol="centre"`: one centre clip, short side resized to `size` (used for clustering).
     `protocol="iic"`: 10 clips at `iic_starts`, frames resized to a fixed size x (size * 171/128)
     (aspect distorted, as the IIC protocol does), centre crop (used for retrieval).
+    With `flow_dir` the clips are the same windows of each video's flow (`pretrain.cluster_views: rgb_flow`).
     """
 
     def __init__(self, videos: Sequence[VideoShard], *, protocol: str = "centre", clip_len: int = 16,
                  size: int = 128, clips: int = 10, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-                 cache: ShardCache | None = None) -> None:
+                 cache: ShardCache | None = None, flow_dir: str | None = None) -> None:
         if protocol not in ("centre", "iic"):
             raise ValueError(f"unknown evaluation protocol {protocol!r}; use 'centre' or 'iic'")
         self.videos, self.protocol, self.clip_len, self.clips = list(videos), protocol, clip_len, clips
         resize = (size, round(size * 171 / 128)) if protocol == "iic" else None
         self.transform = eval_transform(size, resize=resize, mean=mean, std=std)
         self._cache = cache if cache is not None else ShardCache()
+        self.flow_dir = flow_dir
 
     def __len__(self) -> int:
         return len(self.videos)
@@ -367,6 +369,10 @@ class EvalClips(Dataset):
         starts = ([centre_start(video.frames, length)] if self.protocol == "centre"
                   else iic_starts(video.frames, length, self.clips))
         first, last = min(starts), max(starts) + length
-        frames = self._cache.window(video, first, last - first)  # one read covers every clip
+        if self.flow_dir is not None:  # the same windows of the video's TV-L1 u flow, as a 3-channel image
+            frames = flow_as_frames(read_flow_u(self.flow_dir, video.video_id, first * video.frame_step, last - first,
+                                                step=video.frame_step))
+        else:
+            frames = self._cache.window(video, first, last - first)  # one read covers every clip
         clips = [as_clip(frames[s - first:s - first + length], self.transform) for s in starts]
         return torch.stack(clips), index
