@@ -48,6 +48,11 @@ Sections, in the order they run:
   vectors, 10k queries, k 10: queries/s and agreement with faiss's exact CPU search. IVF on the GPU
   needs faiss-gpu, which is not carried; faiss-cpu's IVF-Flat at 1M on this machine's CPU is given
   beside it.
+* ``flow_stage`` and ``learning_at_scale`` (issue "GPU round two", items 4 and 3; bench/gpu_parts/scale.py):
+  the synthetic default made on the machine (rendered straight to frame shards: no PyAV there); the flow
+  stage's pairs/s on its train videos at several batch_pairs; the modes (random_init, intra_video, slic,
+  oracle, slic with per-video proxies) pretrained at 10x the CPU default's epochs at 64 px, one seed,
+  test recall@k and cluster AMI per round, and their order beside the CPU default's.
 * ``pretrain_throughput_compiled`` (item a, compile on): the `model` rows again with torch.compile,
   last because compiling takes a minute or more per batch size; skipped when the budget is short.
 
@@ -67,7 +72,7 @@ A second call on the same machine can run only what the first skipped (``--secti
 
 This script parses the arguments, runs the sections in order and merges reports; the sections themselves
 are in bench/gpu_parts/ (run: Profile, Bench, sanitise; shards; throughput; data_path; clustering_search;
-tvl1; smoke), which a GPU run carries with the working tree.
+tvl1; smoke; scale), which a GPU run carries with the working tree.
 """
 
 from __future__ import annotations
@@ -95,6 +100,7 @@ from bench.gpu_parts.data_path import gpu_data_path  # noqa: E402
 from bench.gpu_parts.run import (  # noqa: E402, F401
     FULL, PEAK_BF16_TFLOPS, PRESET, QUICK, Bench, BudgetExceeded, Profile, SectionSkipped, environment,
     peak_bf16_tflops, sanitise)
+from bench.gpu_parts.scale import flow_stage, learning_at_scale  # noqa: E402
 from bench.gpu_parts.shards import setup  # noqa: E402
 from bench.gpu_parts.smoke import stage_smoke  # noqa: E402
 from bench.gpu_parts.throughput import pretrain_throughput, pretrain_throughput_compiled  # noqa: E402
@@ -188,7 +194,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     sections: list[tuple[str, Callable[[Bench, dict[str, Any]], None], float]] = [
         ("pretrain_throughput", pretrain_throughput, 30), ("stage_smoke", stage_smoke, 30),
         ("gpu_data_path", gpu_data_path, 15), ("tvl1", tvl1, 15), ("clustering", clustering, 20),
-        ("search", search, 20),
+        ("search", search, 20), ("flow_stage", flow_stage, 15), ("learning_at_scale", learning_at_scale, 60),
         ("pretrain_throughput_compiled", pretrain_throughput_compiled, 90 if profile.compile else 1)]
     try:
         bench.section("setup", setup, needs_s=1)

@@ -73,7 +73,8 @@ def test_quick_run_completes_every_section_with_only_the_carried_packages(quick_
     statuses = report["status"]
     assert statuses.pop("pretrain_throughput_compiled") == "skipped"  # compile: CUDA only
     assert statuses == dict.fromkeys(["setup", "pretrain_throughput", "stage_smoke", "gpu_data_path", "tvl1",
-                                      "clustering", "search"], "ok"), {k: report[k].get("error") for k in statuses}
+                                      "clustering", "search", "flow_stage", "learning_at_scale"], "ok"), \
+        {k: report[k].get("error") for k in statuses}
 
 
 def test_quick_run_measures_what_the_gpu_run_reports(quick_report: dict) -> None:
@@ -101,6 +102,15 @@ def test_quick_run_measures_what_the_gpu_run_reports(quick_report: dict) -> None
         assert all(c["finch_s"] > 0 and c["gemm_s"] > 0 for c in size["tensor_cores"].values())
     assert agreement["kmeans_ari_same_init_cpu"] == 1.0
     assert all(s["flat_device"]["recall_at_10_vs_faiss_cpu"] == 1.0 for s in report["search"]["sizes"])
+    scale = report["learning_at_scale"]  # the synthetic default rendered to shards, the modes trained and ranked
+    assert scale["data"]["splits"]["train"] > 0 and scale["data"]["splits"]["val"] > 0 and scale["data"]["splits"]["test"] > 0
+    assert set(scale["rows"]) == {"random_init", "intra_video", "slic"}
+    assert all(r["status"] == "ok" and 0 < r["recall@1"] <= 100 for r in scale["rows"].values())
+    assert scale["rows"]["slic"]["cluster_ami"] and scale["rows"]["intra_video"]["cluster_ami"] == []
+    assert sorted(scale["order"]) == sorted(scale["rows"]) and scale["cpu_default"]["order"]
+    assert set(scale["slic_minus_intra_video"]) == {"here", "cpu_default"}
+    assert [r["batch_pairs"] for r in report["flow_stage"]["rows"]] == [8, 64]
+    assert all(r["pairs"] > 0 and r["pairs_per_s"] > 0 for r in report["flow_stage"]["rows"])
     flow = report["tvl1"]
     assert flow["inputs"]["source"] == "test texture" and flow["inputs"]["reference"]
     first = flow["rows"][0]

@@ -80,6 +80,13 @@ class Profile:
     smoke_frames: int = 34
     smoke_hw: tuple[int, int] = (96, 128)
     smoke_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    scale_epochs: int = 240                    # learning_at_scale: 10x the CPU default's 24 epochs
+    scale_size: int = 64
+    scale_workers: int = 8                     # loader and embedding workers of learning_at_scale
+    scale_rows: tuple[str, ...] = ("random_init", "intra_video", "slic", "oracle", "slic_video")
+    scale_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # params.yaml sections
+    scale_pretrain: dict[str, Any] = field(default_factory=dict)
+    flow_stage_batches: tuple[int, ...] = (256, 1024, 4096)
 
 
 FULL = Profile(name="full", workers=max(1, min(15, (os.cpu_count() or 2) - 1)))
@@ -100,7 +107,15 @@ QUICK = Profile(
         "finetune": {"clip_len": 4, "size": 16, "batch_size": 4, "eval_batch_size": 32, "workers": 0,
                      "test_stride": 4},
         "flow": {"nscales": 2, "warps": 1, "outer_iterations": 2, "inner_iterations": 5},
-    })
+    },
+    scale_epochs=1, scale_size=16, scale_workers=0, scale_rows=("random_init", "intra_video", "slic"),
+    scale_overrides={"synth": {"classes": 3, "groups": 5, "clips_per_group": 2, "frames": 24, "width": 32,
+                               "height": 24},
+                     "embed": {"clips": 2, "batch_size": 8},
+                     "flow": {"nscales": 1, "warps": 1, "outer_iterations": 1, "inner_iterations": 2}},
+    scale_pretrain={"backbone": "r3d_18_tiny", "hidden_dim": 32, "out_dim": 16, "clip_len": 4, "batch_size": 4,
+                    "cluster_interval": 1, "eval_interval": 1, "frame_cache_mb": 16},
+    flow_stage_batches=(8, 64))
 
 
 class BudgetExceeded(Exception):

@@ -34,7 +34,6 @@ from pathlib import Path
 import numpy as np
 
 from slic.config import SynthConfig
-from slic.data.video import write_video
 
 # The motions, in the order classes are taken: the first `classes` of these are used. Every class
 # maps to itself under a horizontal flip (the direction left/right, clockwise/counter-clockwise
@@ -278,6 +277,8 @@ def _write_clip(spec: ClipSpec, config: SynthConfig) -> int:
                          clip_seed=hash_seed(config.seed, spec.class_index, spec.group, spec.clip),
                          width=config.width, height=config.height, frames=config.frames)
     spec.path.parent.mkdir(parents=True, exist_ok=True)
+    from slic.data.video import write_video  # PyAV: imported here, so rendering alone needs no codec library
+
     tmp = spec.path.with_name(spec.path.name + ".tmp.avi")
     write_video(tmp, frames, fps=config.fps, codec=config.codec)
     tmp.replace(spec.path)
