@@ -55,7 +55,8 @@ clustering, flow_stage, learning_at_scale, tvl1, gpu_data_path, search, pretrain
   oracle, slic with per-video proxies) pretrained at 10x the CPU default's epochs at 64 px, one seed,
   test recall@k and cluster AMI per round, and their order beside the CPU default's.
 * ``pretrain_throughput_compiled`` (item a, compile on): the `model` rows again with torch.compile,
-  last because compiling takes a minute or more per batch size; skipped when the budget is short.
+  then at batch 128 its `reduce-overhead` (CUDA graphs) and `max-autotune-no-cudagraphs` modes
+  (`modes`); last because compiling takes a minute or more each; skipped when the budget is short.
 
 Without CUDA (or with `--quick`) the same code runs at tiny sizes on the CPU in under a minute
 (tests/test_bench_gpu.py runs it, so the script cannot rot).

@@ -41,7 +41,7 @@ def paper_pretrain_cfg(bench: Bench, **changes: Any) -> Any:
                    **changes)
 
 
-def model_rate(bench: Bench, cfg: Any, batch: int, compiled: bool) -> dict[str, Any]:
+def model_rate(bench: Bench, cfg: Any, batch: int, compiled: bool, compile_mode: str | None = None) -> dict[str, Any]:
     """clips/s of train_one_epoch on in-memory batches: the training step without data loading."""
     from slic.distributed import World
     from slic.models import to_device
@@ -51,7 +51,7 @@ def model_rate(bench: Bench, cfg: Any, batch: int, compiled: bool) -> dict[str, 
     world = World(0, 1, 0, device)
     model = to_device(build_encoder(cfg), device)
     optimizer = build_optimizer(model, cfg)
-    trained = torch.compile(model) if compiled else model
+    trained = torch.compile(model, mode=compile_mode) if compiled else model
     shape = (batch, 3, cfg.clip_len, cfg.size, cfg.size)
     generator = torch.Generator(device=device).manual_seed(0)
     views = [torch.randn(shape, device=device, generator=generator).contiguous(memory_format=torch.channels_last_3d)
@@ -154,6 +154,15 @@ def _throughput_rows(bench: Bench, out: dict[str, Any], cfg: Any, flops: dict[st
         out["rows"].append(row)
         row["model"] = _measured(bench, lambda: model_rate(bench, cfg, batch, compiled), flops, peak)
     if compiled:
+        # Other compile modes at the largest batch: CUDA graphs (reduce-overhead) and autotuned kernels.
+        out["modes"] = []
+        for mode in p.compile_modes:
+            if bench.left() < 120:
+                out["modes"].append({"mode": mode, "batch": p.batches[-1], "status": "skipped",
+                                     "reason": "time budget"})
+                continue
+            row = _measured(bench, lambda: model_rate(bench, cfg, p.batches[-1], True, mode), flops, peak)
+            out["modes"].append({"mode": mode, "batch": p.batches[-1], **row})
         return
     out["end_to_end"] = []
     model = {r["batch"]: r.get("model", {}).get("clips_per_s") for r in out["rows"]}
