@@ -91,7 +91,7 @@ def loader_clips_per_s(clip_len: int, size: int, batch_size: int, workers: int, 
     preload_started = time.perf_counter()
     cached = cache.preload(videos) if cache_mb else 0
     preload_seconds = time.perf_counter() - preload_started
-    dataset = PretrainClips(videos, clip_len=clip_len, size=size, cache=cache)
+    dataset = PretrainClips(videos, clip_len=clip_len, size=size, cache=cache, normalise=False)  # pretrain's uint8
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers, drop_last=True,
                         persistent_workers=workers > 0, generator=torch.Generator().manual_seed(0))
     iterator = iter(loader)
@@ -135,7 +135,8 @@ def training_clips_per_s(backbone: str, clip_len: int, size: int, batch_size: in
     cache = ShardCache(cache_mb * 2**20)
     cache.preload(videos)
     dataset = PretrainClips(videos, clip_len=clip_len, size=size, p_intra=cfg.p_intra, random_anchor=cfg.random_anchor,
-                            augmentation=augmentation_of(cfg), anchor_view=cfg.temporal_weight > 0, cache=cache)
+                            augmentation=augmentation_of(cfg), anchor_view=cfg.temporal_weight > 0, cache=cache,
+                            normalise=False)  # as `slic pretrain`: uint8 clips, normalised in the training step
     labels = np.array([v.label for v in videos]) % 10
     dataset.set_labels(labels)
     model = to_device(build_encoder(cfg), device)
