@@ -66,7 +66,8 @@ def bench_flow_view(config: Config, out_dir: str | Path) -> FlowView | None:
     report = compute_flow(replace(config, flow=flow_cfg), out_dir)
     if report["failed"]:
         first = report["failed"][0]
-        raise RuntimeError(f"flow failed for {len(report['failed'])} videos, e.g. {first['video_id']}: {first['error']}")
+        raise RuntimeError(f"flow failed for {len(report['failed'])} videos, e.g. {first['video_id']}: "
+                           f"{first['error']}")
     return FlowView(flow_dir=str(out_dir), p=config.flow.p)
 
 

@@ -225,7 +225,8 @@ class PretrainConfig:
                                 "over the batch's anchor-positive pairs, in-batch negatives")
     proxy_temperature: float = _spec(0.1, low=0.001, high=10.0, help="proxy objective only")
     proxy_lr_scale: float = _spec(1.0, low=0.001, high=1000.0,
-                                  help="proxy objective: the proxies' learning rate is lr x this (Proxy-NCA trains its proxies faster than the network)")
+                                  help="proxy objective: the proxies' learning rate is lr x this (Proxy-NCA "
+                                       "trains its proxies faster than the network)")
     nce_temperature: float = _spec(0.1, low=0.001, high=10.0, help="nce objective only")
     nce_positives: str = _spec("pair", choices=("pair", "label"),
                                help="nce objective: pair, a clip's target is its partner and its pseudo-label's "

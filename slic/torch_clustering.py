@@ -65,7 +65,8 @@ DEFAULT_CANDIDATES = 16
 
 @torch.no_grad()
 def topk_inner_product(queries: torch.Tensor, database: torch.Tensor, k: int, *, chunk: int = DEFAULT_CHUNK,
-                       precision: str = "fp32", candidates: int = DEFAULT_CANDIDATES) -> tuple[torch.Tensor, torch.Tensor]:
+                       precision: str = "fp32",
+                       candidates: int = DEFAULT_CANDIDATES) -> tuple[torch.Tensor, torch.Tensor]:
     """(scores, ids), each (n_queries, k), of the k largest inner products per query, best first.
 
     Queries go `chunk` at a time (the (chunk, n) score block bounds the memory). `precision` fp32: float32

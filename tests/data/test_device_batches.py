@@ -1,4 +1,4 @@
-"""uint8 clips to the training device, normalised there: the same numbers the workers used to send; prefetch in order."""
+"""uint8 clips to the training device, normalised there: the numbers the workers used to send; prefetch in order."""
 
 from __future__ import annotations
 
@@ -42,7 +42,8 @@ def test_uint8_clips_normalised_on_the_device_equal_the_workers_float_clips(
         assert torch.equal(labels, old[3]) and torch.equal(videos, old[4])
 
 
-def test_prepare_batch_decodes_gpu_decode_items_and_passes_float_batches(shards: list[VideoShard]) -> None:  # noqa: F811
+def test_prepare_batch_decodes_gpu_decode_items_and_passes_float_batches(
+        shards: list[VideoShard]) -> None:  # noqa: F811
     floats = PretrainClips(shards[:2], clip_len=4, size=16, seed=3, augmentation=PAPER)
     encoded = PretrainClips(shards[:2], clip_len=4, size=16, seed=3, augmentation=PAPER, decode=False)
     cpu = torch.device("cpu")
