@@ -37,6 +37,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from slic.config import PretrainConfig
+from slic.config_check import ConfigError
 from slic.data.augment import Augmentation
 from slic.clustering import rounds_agreement
 from slic.data.clips import EvalClips, FlowView, PretrainClips, ShardCache, VideoShard, collate_encoded, load_videos
@@ -277,11 +278,11 @@ def pretrain(cfg: PretrainConfig, *, manifest: str | Path, frames_dir: str | Pat
         raise DatasetError(f"pretrain.mode oracle trains on the true classes and {manifest} has none (manifest.layout "
                          "unlabelled); use mode slic or intra_video")
     if cfg.mode == "slic" and 0 < cfg.epochs <= cfg.cluster_start_epoch:
-        raise ValueError(f"pretrain.cluster_start_epoch {cfg.cluster_start_epoch} leaves no clustering round in "
+        raise ConfigError(f"pretrain.cluster_start_epoch {cfg.cluster_start_epoch} leaves no clustering round in "
                          f"pretrain.epochs {cfg.epochs}: set it below the epochs (0 clusters from the start), or "
                          "use mode intra_video")
     if cfg.cluster_views == "rgb_flow" and cfg.mode == "slic" and flow is None:
-        raise ValueError("pretrain.cluster_views rgb_flow clusters on each video's flow too and no flow was given: "
+        raise ConfigError("pretrain.cluster_views rgb_flow clusters on each video's flow too and no flow was given: "
                          "set flow.enabled: true (with flow.p: 0 the flow is clustered on but never trained on), "
                          "or cluster_views: rgb")
     clustered_flow = flow.flow_dir if flow is not None and cfg.cluster_views == "rgb_flow" else None

@@ -78,3 +78,19 @@ def test_rgb_flow_without_flow_stops_before_training(workspace: Path,  # noqa: F
     with pytest.raises(ValueError, match="cluster_views rgb_flow.*flow.enabled: true"):
         pretrain_in_process(workspace, monkeypatch, cluster_views="rgb_flow", out="data/models/rgb_flow_missing")
     assert not (workspace / "data/models/rgb_flow_missing/last.pt").exists()
+
+
+def test_the_cli_names_the_keys_in_one_line(workspace: Path, monkeypatch: pytest.MonkeyPatch,  # noqa: F811
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    import yaml
+
+    from slic.cli import main
+
+    params = yaml.safe_load((workspace / "params.yaml").read_text())
+    params["pretrain"] = {**params["pretrain"], "cluster_views": "rgb_flow", "out": "data/models/rgb_flow_cli"}
+    (workspace / "params-rgb-flow.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(workspace)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{workspace / 'mlflow.db'}")
+    assert main(["--params", "params-rgb-flow.yaml", "pretrain"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "cluster_views rgb_flow" in err and "flow.enabled: true" in err
