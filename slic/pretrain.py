@@ -314,11 +314,20 @@ def pretrain(cfg: PretrainConfig, *, manifest: str | Path, frames_dir: str | Pat
                             p_intra=1.0 if cfg.mode == "intra_video" else cfg.p_intra,
                             random_anchor=cfg.random_anchor, seed=cfg.seed, augmentation=augmentation_of(cfg),
                             flow=flow, anchor_view=cfg.temporal_weight > 0, cache=cache, decode=not cfg.gpu_decode,
-                            normalise=False)  # uint8 to the device, normalised there
+                            normalise=False,  # uint8 to the device, normalised there
+                            max_partners=cfg.nearest_k if cfg.positive_pool == "nearest" else 0)
     dataset.set_labels(contiguous_labels(initial_labels(cfg.mode, train, state)))
     if cfg.mode == "slic" and cfg.p_intra_schedule == "agreement" and state.p_intra >= 0:
         dataset.p_intra = state.p_intra  # resumed between rounds: the chance its last round set
     per_rank = max(2, cfg.batch_size // world.size)
+    # One loader for the whole run: its workers persist across epochs (no fork per epoch, which dominated short
+    # epochs on a GPU) and read each epoch's labels, partners and draws from the dataset's shared state.
+    sampler = DistributedSampler(dataset, num_replicas=world.size, rank=world.rank, shuffle=True, seed=cfg.seed,
+                                 drop_last=True)
+    loader = DataLoader(dataset, batch_size=per_rank, sampler=sampler, num_workers=cfg.workers,
+                        persistent_workers=cfg.workers > 0, drop_last=True,
+                        pin_memory=world.device.type == "cuda" and not cfg.gpu_decode,
+                        collate_fn=collate_encoded if cfg.gpu_decode else None)
     started = time.perf_counter()
     for epoch in range(state.epoch, epochs):
         metrics: dict[str, float] = {}
@@ -348,12 +357,7 @@ def pretrain(cfg: PretrainConfig, *, manifest: str | Path, frames_dir: str | Pat
             else:
                 proxies.reset(embeddings, proxy_labels(cfg, dataset.labels))
         dataset.set_epoch(epoch)
-        sampler = DistributedSampler(dataset, num_replicas=world.size, rank=world.rank, shuffle=True,
-                                     seed=cfg.seed, drop_last=True)
         sampler.set_epoch(epoch)
-        loader = DataLoader(dataset, batch_size=per_rank, sampler=sampler, num_workers=cfg.workers,
-                            drop_last=True, pin_memory=world.device.type == "cuda" and not cfg.gpu_decode,
-                            collate_fn=collate_encoded if cfg.gpu_decode else None)
         metrics.update(train_one_epoch(trained, loader, optimizer, cfg, world, epoch, proxies))
         state.epoch = epoch + 1
         if has_labels and (state.epoch % cfg.eval_interval == 0 or state.epoch == epochs):
@@ -372,6 +376,7 @@ def pretrain(cfg: PretrainConfig, *, manifest: str | Path, frames_dir: str | Pat
             log.info("epoch %d/%d %s", state.epoch, epochs,
                      " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
         barrier()
+    del loader  # its persistent workers end here
     if not best.is_file() and world.is_main:  # random_init, or resumed past the end: still a best
         state.best_metric = validation_recall(model, val, train, cfg, world) if has_labels else -1.0
         state.best_epoch = state.epoch

@@ -216,7 +216,7 @@ class PretrainClips(Dataset):
                  random_anchor: bool = False, seed: int = 7, mean: Sequence[float] = IMAGENET_MEAN,
                  std: Sequence[float] = IMAGENET_STD, augmentation: Augmentation = Augmentation(),
                  flow: FlowView | None = None, anchor_view: bool = True, cache: ShardCache | None = None,
-                 decode: bool = True, normalise: bool = True) -> None:
+                 decode: bool = True, normalise: bool = True, max_partners: int = 0) -> None:
         if not decode and flow is not None:
             raise ValueError("pretrain.gpu_decode cannot make the flow view (flow.enabled: true): its u shards are "
                              "decoded in the loader; set pretrain.gpu_decode: false or flow.enabled: false")
@@ -225,41 +225,90 @@ class PretrainClips(Dataset):
             raise ValueError(f"videos shorter than {2 * clip_len} frames cannot give a non-overlapping positive: "
                              f"{', '.join(too_short[:5])}")
         self.videos = list(videos)
-        self.clip_len, self.p_intra, self.random_anchor, self.seed = clip_len, p_intra, random_anchor, seed
+        self.clip_len, self.random_anchor, self.seed = clip_len, random_anchor, seed
         self.flow, self.anchor_view, self.decode, self.normalise = flow, anchor_view, decode, normalise
         self.size, self.mean, self.std, self.augmentation = size, tuple(mean), tuple(std), augmentation
-        self.epoch = 0
-        self.set_labels(np.arange(len(self.videos)))
+        # What changes between epochs lives in shared memory, so a DataLoader's persistent workers (forked
+        # once) see every epoch, p_intra, label and partner the training process sets: [epoch, p_intra,
+        # version, partners on]; labels; partners padded with -1. Each process rebuilds its member tables
+        # when the version moves.
+        n = len(self.videos)
+        self._state = torch.tensor([0.0, float(p_intra), 0.0, 0.0], dtype=torch.float64).share_memory_()
+        self._labels = torch.zeros(n, dtype=torch.int64).share_memory_()
+        self._partner_table = torch.full((n, max_partners), -1, dtype=torch.int64).share_memory_()
+        self._seen_version = -1.0
+        self.set_labels(np.arange(n))
         self._cache = cache if cache is not None else ShardCache()
 
+    @property
+    def epoch(self) -> int:
+        """The epoch whose random draws the next samples use."""
+        return int(self._state[0])
+
+    @property
+    def p_intra(self) -> float:
+        """The chance that the positive comes from the anchor's own video."""
+        return float(self._state[1])
+
+    @p_intra.setter
+    def p_intra(self, value: float) -> None:
+        self._state[1] = float(value)
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Pseudo-label of each video (a copy of the shared labels)."""
+        return self._labels.numpy().copy()
+
     def set_labels(self, labels: np.ndarray) -> None:
-        """Pseudo-labels per video (cluster ids, or video ids for the intra-video baseline)."""
+        """Pseudo-labels per video (cluster ids, or video ids for the intra-video baseline); clears the partners."""
         labels = np.asarray(labels, dtype=np.int64)
         if len(labels) != len(self.videos):
             raise ValueError(f"{len(labels)} labels for {len(self.videos)} videos")
-        self.labels = labels
-        order = np.argsort(labels, kind="stable")
-        cuts = np.flatnonzero(np.diff(labels[order])) + 1
-        self._members = {int(labels[g[0]]): g for g in np.split(order, cuts)}
-        self._partners: list[np.ndarray] | None = None
+        self._labels.copy_(torch.from_numpy(labels))
+        self._state[3] = 0.0
+        self._state[2] += 1.0
 
     def set_partners(self, partners: list[np.ndarray] | None) -> None:
         """Per video, the only other videos its cross-video positive may come from (e.g. its nearest cluster
-        members); None: any member of its cluster. Set after `set_labels`, which clears them."""
-        if partners is not None and len(partners) != len(self.videos):
-            raise ValueError(f"{len(partners)} partner lists for {len(self.videos)} videos")
-        self._partners = partners
+        members, at most `max_partners` each); None: any member of its cluster. Set after `set_labels`,
+        which clears them."""
+        if partners is not None:
+            if len(partners) != len(self.videos):
+                raise ValueError(f"{len(partners)} partner lists for {len(self.videos)} videos")
+            widest = max((len(p) for p in partners), default=0)
+            if widest > self._partner_table.shape[1]:
+                raise ValueError(f"a video has {widest} partners and this dataset holds at most "
+                                 f"{self._partner_table.shape[1]} (max_partners)")
+            self._partner_table.fill_(-1)
+            for k, found in enumerate(partners):
+                self._partner_table[k, :len(found)] = torch.as_tensor(np.asarray(found, dtype=np.int64))
+        self._state[3] = float(partners is not None)
+        self._state[2] += 1.0
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose random draws the next samples use."""
-        self.epoch = epoch
+        self._state[0] = float(epoch)
 
     def __len__(self) -> int:
         return len(self.videos)
 
+    def _refresh(self) -> None:
+        """Rebuild this process's member tables from the shared labels when they changed."""
+        version = float(self._state[2])
+        if version == self._seen_version:
+            return
+        labels = self._labels.numpy().copy()
+        order = np.argsort(labels, kind="stable")
+        cuts = np.flatnonzero(np.diff(labels[order])) + 1
+        self._members = {int(labels[g[0]]): g for g in np.split(order, cuts)}
+        table = self._partner_table.numpy()
+        self._partners = [row[row >= 0].copy() for row in table] if self._state[3] > 0 else None
+        self._labels_seen, self._seen_version = labels, version
+
     def positive_of(self, index: int, rng: np.random.Generator, anchor_start: int) -> tuple[int, int]:
         """(video index, window start) of the positive for `index`."""
-        members = self._members[int(self.labels[index])]
+        self._refresh()
+        members = self._members[int(self._labels_seen[index])]
         if self._partners is not None:
             members = np.concatenate([[index], self._partners[index]]).astype(np.int64)
         video = self.videos[index]
@@ -271,6 +320,7 @@ class PretrainClips(Dataset):
         return other, int(rng.integers(0, self.videos[other].frames - self.clip_len + 1))
 
     def __getitem__(self, index: int) -> tuple[Any, ...]:
+        self._refresh()
         seed = [self.seed, self.epoch, index]
         rng = np.random.default_rng(seed)
         video = self.videos[index]
@@ -282,7 +332,7 @@ class PretrainClips(Dataset):
         if not self.decode:
             windows = [(video, anchor_start), (self.videos[positive_video], positive_start)]
             windows += [(video, anchor_start)] if self.anchor_view else []
-            return self._encoded(augmentation_rng, windows), int(self.labels[index]), index
+            return self._encoded(augmentation_rng, windows), int(self._labels_seen[index]), index
         # The flow draws come last and only when the flow view is on: RGB-only runs, and the
         # augmentation of every clip, are exactly what they would be without it.
         flow_positive = self.flow is not None and rng.random() < self.flow.p
@@ -298,7 +348,7 @@ class PretrainClips(Dataset):
         # Last in the draw order: without the view (no temporal term) the others draw the same.
         empty = torch.zeros(0, dtype=torch.float32 if self.normalise else torch.uint8)
         anchor_view = self._augment(augmentation_rng, view_frames) if self.anchor_view else empty
-        return anchor, positive, anchor_view, int(self.labels[index]), index
+        return anchor, positive, anchor_view, int(self._labels_seen[index]), index
 
     def _encoded(self, rng: np.random.Generator,
                  windows: list[tuple[VideoShard, int]]) -> list[tuple[list[bytes], ClipDraw]]:

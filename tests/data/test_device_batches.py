@@ -85,3 +85,35 @@ def test_prefetched_cuda_batches_equal_the_ones_prepared_in_line(shards: list[Vi
     for got, want in zip(ahead, inline):
         assert all(torch.equal(g, w) for g, w in zip(got, want))
         assert got[0].is_contiguous(memory_format=torch.channels_last_3d)
+
+
+def test_persistent_workers_see_every_epoch_label_p_intra_and_partner_change(
+        shards: list[VideoShard]) -> None:  # noqa: F811
+    """pretrain keeps one loader with persistent workers: what the training process sets between epochs (the
+    epoch's draws, new pseudo-labels, p_intra, nearest partners) must reach the forked workers, so each epoch's
+    batches equal those of a loader made afresh, in one process, for that epoch."""
+    common = dict(clip_len=8, size=16, p_intra=0.5, random_anchor=True, seed=5, augmentation=PAPER, normalise=False,
+                  max_partners=2)
+    persistent = PretrainClips(shards, **common)
+    loader = DataLoader(persistent, batch_size=3, num_workers=2, persistent_workers=True, shuffle=False)
+    changes = [
+        lambda d: d.set_labels(np.array([0, 0, 1, 1, 2, 2])),
+        lambda d: (d.set_labels(np.array([0, 1, 0, 1, 0, 1])), setattr(d, "p_intra", 0.0)),
+        lambda d: d.set_partners([np.array([2]), np.array([3, 5]), np.array([0]), np.array([1]), np.array([0]),
+                                  np.array([1])]),
+        lambda d: d.set_labels(np.array([0, 0, 0, 1, 1, 1])),  # clears the partners again
+    ]
+    for epoch, change in enumerate(changes):
+        fresh = PretrainClips(shards, **common)
+        for dataset in (persistent, fresh):
+            for earlier in changes[:epoch + 1]:
+                earlier(dataset)
+            dataset.set_epoch(epoch)
+        got = list(loader)
+        want = list(DataLoader(fresh, batch_size=3, num_workers=0, shuffle=False))
+        assert len(got) == len(want) == 2
+        for a, b in zip(got, want):
+            assert all(torch.equal(x, y) for x, y in zip(a, b)), f"epoch {epoch} differs"
+    assert persistent.labels.tolist() == [0, 0, 0, 1, 1, 1] and persistent.p_intra == 0.0
+    with pytest.raises(ValueError, match="max_partners"):
+        persistent.set_partners([np.array([1, 2, 3])] + [np.array([0])] * 5)
