@@ -99,12 +99,13 @@ def cluster_round(model: torch.nn.Module, train: list[VideoShard], cfg: Pretrain
     the proxies and nearest members live in).
     """
     from slic.clustering import cluster_agreement, cluster_pseudo_labels, cluster_sizes_summary
+    from slic.faiss_backend import l2_normalize
 
     embeddings = embed_videos(model, train, protocol="centre", cfg=cfg, world=world, cache=cache)
     clustered = embeddings
     if flow_dir is not None:
         flow = embed_videos(model, train, protocol="centre", cfg=cfg, world=world, flow_dir=flow_dir)
-        clustered = np.concatenate([unit_rows(embeddings), unit_rows(flow)], axis=1)
+        clustered = np.concatenate([l2_normalize(embeddings), l2_normalize(flow)], axis=1)
     if world.is_main:
         labels = contiguous_labels(cluster_pseudo_labels(clustered, method=cfg.cluster_method,
                                                          k=min(cfg.cluster_k, len(train)), seed=cfg.seed))
@@ -115,11 +116,6 @@ def cluster_round(model: torch.nn.Module, train: list[VideoShard], cfg: Pretrain
         result = None
     labels, stats = broadcast_object(result)
     return labels, stats, embeddings
-
-
-def unit_rows(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length (zero rows stay zero), so views of different scale weigh alike."""
-    return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
 
 def nearest_members(embeddings: np.ndarray, labels: np.ndarray, k: int) -> list[np.ndarray]:

@@ -42,10 +42,7 @@ def _render_shard(spec: Any, synth: Any, frames_dir: str, quality: int) -> dict[
     from slic.data import synthetic
     from slic.data.frames import ShardReader, write_shard
 
-    scene_seed, scene_colour = synthetic.scene_of(spec, synth)
-    frames = synthetic.render_clip(spec.class_name, scene_seed=scene_seed, scene_colour=scene_colour,
-                                   clip_seed=synthetic.hash_seed(synth.seed, spec.class_index, spec.group, spec.clip),
-                                   width=synth.width, height=synth.height, frames=synth.frames)
+    frames = synthetic.render_spec(spec, synth)
     video_id = f"{spec.class_name}/{spec.path.stem}"
     shard = Path(frames_dir) / f"{video_id}.shard"
     size = write_shard(shard, encode_video(frames, quality),

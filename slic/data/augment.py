@@ -125,7 +125,7 @@ def apply_draw(frames: Tensor, draw: ClipDraw, size: int, mean: Sequence[float] 
     Crop and resize (bilinear, antialiased) and the colour operations run on uint8, as torchvision's
     transforms do on uint8 videos (`augment_uint8`); then scaling to [0, 1] and normalisation.
     """
-    return normalise(augment_uint8(frames, draw, size).transpose(0, 1), mean, std).transpose(0, 1).contiguous()
+    return normalise_clips(augment_uint8(frames, draw, size), mean, std)
 
 
 def augment_uint8(frames: Tensor, draw: ClipDraw, size: int) -> Tensor:
@@ -145,11 +145,18 @@ def augment_uint8(frames: Tensor, draw: ClipDraw, size: int) -> Tensor:
     return video.permute(1, 0, 2, 3).contiguous()
 
 
-def normalise(video: Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> Tensor:
-    """(..., 3, H, W) uint8 -> float in [0, 1], then (x - mean) / std per channel."""
-    m = torch.tensor(mean, dtype=torch.float32, device=video.device).view(3, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32, device=video.device).view(3, 1, 1)
-    return (video.float() / 255.0 - m) / s
+def normalise_clips(clips: Tensor, mean: Sequence[float] = IMAGENET_MEAN,
+                    std: Sequence[float] = IMAGENET_STD) -> Tensor:
+    """(..., 3, T, H, W) uint8 clips -> float32 (x / 255 - mean) / std per channel, where they are: in a
+    loader's worker (`apply_draw`) or on the training device (`slic.data.device_batches`), the same values.
+
+    A float batch (already normalised, e.g. a benchmark's in-memory batch) is returned as it is.
+    """
+    if clips.dtype != torch.uint8:
+        return clips
+    m = torch.tensor(mean, dtype=torch.float32, device=clips.device).view(3, 1, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32, device=clips.device).view(3, 1, 1, 1)
+    return (clips.float() / 255.0 - m) / s
 
 
 def augment_clip(rng: np.random.Generator, frames: np.ndarray | Tensor, augmentation: Augmentation, size: int,

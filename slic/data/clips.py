@@ -195,6 +195,13 @@ def flow_as_frames(u: np.ndarray) -> np.ndarray:
     return np.repeat(u[..., None], 3, axis=-1)
 
 
+def flow_window(flow_dir: str, video: VideoShard, start: int, length: int) -> np.ndarray:
+    """The flow of `video`'s frames start .. start + length - 1 (counted at its frame_step, as
+    `ShardCache.window` counts them) as (length, H, W, 3) uint8 frames for the network."""
+    return flow_as_frames(read_flow_u(flow_dir, video.video_id, start * video.frame_step, length,
+                                      step=video.frame_step))
+
+
 class PretrainClips(Dataset):
     """(anchor, positive, anchor_view, pseudo_label, index) triplets for SLIC pretraining.
 
@@ -364,10 +371,8 @@ class PretrainClips(Dataset):
         return augment_clip(rng, frames, self.augmentation, self.size, self.mean, self.std, normalised=self.normalise)
 
     def _flow(self, video: int, start: int) -> np.ndarray:
-        flow_dir = self.flow.flow_dir if self.flow is not None else ""
-        shard = self.videos[video]
-        return flow_as_frames(read_flow_u(flow_dir, shard.video_id, start * shard.frame_step, self.clip_len,
-                                          step=shard.frame_step))
+        return flow_window(self.flow.flow_dir if self.flow is not None else "", self.videos[video], start,
+                           self.clip_len)
 
 
 def collate_encoded(samples: list[tuple[Any, ...]]) -> tuple[list[list[tuple[list[bytes], ClipDraw]]], Tensor, Tensor]:
@@ -420,8 +425,7 @@ class EvalClips(Dataset):
                   else iic_starts(video.frames, length, self.clips))
         first, last = min(starts), max(starts) + length
         if self.flow_dir is not None:  # the same windows of the video's TV-L1 u flow, as a 3-channel image
-            frames = flow_as_frames(read_flow_u(self.flow_dir, video.video_id, first * video.frame_step, last - first,
-                                                step=video.frame_step))
+            frames = flow_window(self.flow_dir, video, first, last - first)
         else:
             frames = self._cache.window(video, first, last - first)  # one read covers every clip
         clips = [as_clip(frames[s - first:s - first + length], self.transform) for s in starts]

@@ -17,29 +17,16 @@ workers before (same float operations, element by element: tested), so CPU train
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from slic.data.augment import IMAGENET_MEAN, IMAGENET_STD
+from slic.data.augment import normalise_clips
 from slic.data.gpu_clips import clips_from_jpegs
 
 DeviceBatch = tuple[Tensor, Tensor, Tensor]  # (clips, labels, video indices) on the training device
-
-
-def normalise_clips(clips: Tensor, mean: Sequence[float] = IMAGENET_MEAN,
-                    std: Sequence[float] = IMAGENET_STD) -> Tensor:
-    """(..., 3, T, H, W) uint8 clips -> float32 (x / 255 - mean) / std per channel, where they are.
-
-    A float batch (already normalised, e.g. a benchmark's in-memory batch) is returned as it is.
-    """
-    if clips.dtype != torch.uint8:
-        return clips
-    m = torch.tensor(mean, dtype=torch.float32, device=clips.device).view(3, 1, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32, device=clips.device).view(3, 1, 1, 1)
-    return (clips.float() / 255.0 - m) / s
 
 
 def prepare_batch(item: Any, *, device: torch.device, size: int, gpu_decode: bool, use_view: bool) -> DeviceBatch:

@@ -271,13 +271,20 @@ def scene_of(spec: ClipSpec, config: SynthConfig) -> tuple[int, np.ndarray | Non
     return hash_seed(config.seed, spec.class_index, spec.group), colour
 
 
-def _write_clip(spec: ClipSpec, config: SynthConfig) -> int:
+def render_spec(spec: ClipSpec, config: SynthConfig) -> np.ndarray:
+    """The frames (T, H, W, 3) uint8 of one video of the dataset: its scene, motion and seeds as `generate`
+    writes them (a bench renders them straight to frame shards where PyAV is missing)."""
     scene_seed, scene_colour = scene_of(spec, config)
-    frames = render_clip(spec.class_name, scene_seed=scene_seed, scene_colour=scene_colour,
-                         clip_seed=hash_seed(config.seed, spec.class_index, spec.group, spec.clip),
-                         width=config.width, height=config.height, frames=config.frames)
-    spec.path.parent.mkdir(parents=True, exist_ok=True)
+    return render_clip(spec.class_name, scene_seed=scene_seed, scene_colour=scene_colour,
+                       clip_seed=hash_seed(config.seed, spec.class_index, spec.group, spec.clip),
+                       width=config.width, height=config.height, frames=config.frames)
+
+
+def _write_clip(spec: ClipSpec, config: SynthConfig) -> int:
     from slic.data.video import write_video  # PyAV: imported here, so rendering alone needs no codec library
+
+    frames = render_spec(spec, config)
+    spec.path.parent.mkdir(parents=True, exist_ok=True)
 
     tmp = spec.path.with_name(spec.path.name + ".tmp.avi")
     write_video(tmp, frames, fps=config.fps, codec=config.codec)

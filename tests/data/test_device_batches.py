@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from slic.data.augment import Augmentation
+from slic.data.augment import Augmentation, normalise_clips
 from slic.data.clips import PretrainClips, VideoShard, collate_encoded
-from slic.data.device_batches import device_batches, normalise_clips, prepare_batch
+from slic.data.device_batches import device_batches, prepare_batch
 from tests.data.test_clips import shards  # noqa: F401 (the module's fixture)
 
 PAPER = Augmentation()  # jitter, grey and blur on: every colour operation takes part
