@@ -24,6 +24,8 @@ clustering, flow_stage, learning_at_scale, tvl1, gpu_data_path, search, pretrain
   on the device, the next batch prefetched on a side stream), `float32` (the first GPU run's path:
   normalised float32 clips copied in line), `gpu_decode` with prefetch, and a sweep of workers (15, 8,
   4); each row gives clips/s, data-wait share and its share of the model alone at that batch.
+  `host_wait_each_step`: the model row at the largest batch again with the host waiting for the GPU
+  before each step, as when the step read its loss terms as floats; its share of the sync-free row.
 * ``stage_smoke`` (item f): every GPU stage once, on CUDA, on a small synthetic frame-shard dataset
   this script writes, with the paper preset's values and small epochs: flow (TV-L1 at OpenCV's
   defaults), pretrain (2 epochs, flow view on), pretrain with gpu_decode (1 epoch, RGB), embed, evaluate, linear_probe (1 epoch), finetune

@@ -256,6 +256,8 @@ class PretrainConfig:
     device: str = _spec("auto", choices=("auto", "cpu", "cuda"))
     bf16: bool = _spec(True, help="bf16 autocast on CUDA (ignored on CPU)")
     compile: bool = _spec(False, help="torch.compile the model on CUDA")
+    cudnn_benchmark: bool = _spec(True, help="CUDA: cuDNN times its convolution algorithms once per shape and keeps "
+                                             "the fastest (false: a reproducible choice); no effect on the CPU")
     seed: int = _spec(7, low=0)
     out: str = _spec("data/models/pretrain")
 

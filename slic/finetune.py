@@ -95,7 +95,10 @@ def train_epoch(model: Classifier, loader: DataLoader, optimizer: torch.optim.Op
     """One pass over the training clips; mean cross-entropy, train top-1 (percent), clips/s."""
     set_training(model, linear_probe=linear_probe)
     autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda")
-    loss_sum, correct, seen = 0.0, 0, 0
+    # summed on the device and read once an epoch: a read every step would make the host wait for each step
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    seen = 0
     started = time.perf_counter()
     for clips, labels in loader:
         clips, labels = clips.to(device, non_blocking=True), labels.to(device, non_blocking=True)
@@ -107,11 +110,12 @@ def train_epoch(model: Classifier, loader: DataLoader, optimizer: torch.optim.Op
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        loss_sum += loss.item() * len(labels)
-        correct += int((logits.argmax(1) == labels).sum())
+        loss_sum += loss.detach().double() * len(labels)
+        correct += (logits.detach().argmax(1) == labels).sum()
         seen += len(labels)
+    loss_total, correct_total = torch.stack([loss_sum, correct.double()]).tolist()  # waits for the last step
     seconds = time.perf_counter() - started
-    return {"loss": loss_sum / max(seen, 1), "train_top1": 100.0 * correct / max(seen, 1),
+    return {"loss": loss_total / max(seen, 1), "train_top1": 100.0 * correct_total / max(seen, 1),
             "clips_per_s": seen / seconds if seconds else 0.0, "epoch_seconds": seconds}
 
 

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 from torch.utils.data import DataLoader, DistributedSampler
 
 from slic.config import PretrainConfig
@@ -199,17 +200,27 @@ def _step_generator(cfg: PretrainConfig, epoch: int, step: int) -> torch.Generat
     return torch.Generator().manual_seed(int(np.random.SeedSequence([cfg.seed, epoch, step]).generate_state(1)[0]))
 
 
+def epoch_means(sums: dict[str, Tensor], steps: int) -> dict[str, float]:
+    """Each summed stat over `steps`, as floats read from the device in one copy (one wait an epoch)."""
+    if not sums:
+        return {}
+    totals = torch.stack(list(sums.values())).tolist()
+    return {key: total / max(steps, 1) for key, total in zip(sums, totals)}
+
+
 def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
                     cfg: PretrainConfig, world: World, epoch: int,
                     proxies: PseudoLabelProxies | None = None) -> dict[str, float]:
     """One pass over the training triplets; returns mean loss terms, clips/s and data-wait share.
 
-    With `proxies` (the proxy objective) the proxies are trained alongside the model.
+    With `proxies` (the proxy objective) the proxies are trained alongside the model. The loss terms are
+    summed on the device and read back once, at the end: reading them every step would make the host wait
+    for each step to finish before it could queue the next.
     """
     from slic.losses import slic_loss
 
     model.train()
-    sums: dict[str, float] = {}
+    sums: dict[str, Tensor] = {}
     steps, clips, waited = 0, 0, 0.0
     started = tick = time.perf_counter()
     use_view = cfg.temporal_weight > 0  # the second anchor view only feeds the temporal term
@@ -226,13 +237,14 @@ def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch
         a, p, *rest = out.float().chunk(3 if use_view else 2)
         v = rest[0] if use_view else None
         if cfg.gather_embeddings:
-            a, p, labels = gather_with_grad(a), gather_with_grad(p), gather_tensor(labels)
+            a, p, labels = gather_with_grad(a), gather_with_grad(p), gather_tensor(labels.to(world.device))
             v = gather_with_grad(v) if v is not None else None
         loss, stats = slic_loss(a, p, v, labels, triplet_margin=cfg.triplet_margin,
                                 temporal_margin=cfg.temporal_margin, temporal_weight=cfg.temporal_weight,
                                 generator=_step_generator(cfg, epoch, step), mining=cfg.mining,
                                 proxies=proxies.weight if proxies is not None else None,
                                 proxy_temperature=cfg.proxy_temperature,
+                                check_labels=False,  # the proxies were sized from these labels (no host sync)
                                 nce_positives=cfg.nce_positives if cfg.objective == "nce" else None,
                                 nce_temperature=cfg.nce_temperature)
         optimizer.zero_grad(set_to_none=True)
@@ -242,13 +254,13 @@ def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch
         optimizer.step()
         if proxies is not None:
             proxies.step()
-        for key, value in stats.items():
-            sums[key] = sums.get(key, 0.0) + float(value)
+        for key, value in stats.items():  # float64, as the sum of Python floats it replaces
+            sums[key] = sums[key] + value.double() if key in sums else value.double()
         steps += 1
         clips += batch.shape[0] * world.size
         tick = time.perf_counter()
+    metrics = epoch_means(sums, steps)  # waits for the last step, so the time below includes it
     seconds = time.perf_counter() - started
-    metrics = {key: value / max(steps, 1) for key, value in sums.items()}
     metrics.update(clips_per_s=clips / seconds if seconds else 0.0, data_wait_fraction=waited / seconds if seconds else 0.0,
                    steps=float(steps), epoch_seconds=seconds)
     return metrics
@@ -301,6 +313,10 @@ def pretrain(cfg: PretrainConfig, *, manifest: str | Path, frames_dir: str | Pat
             model, device_ids=[world.device.index] if world.device.type == "cuda" else None)
     if cfg.compile and world.device.type == "cuda":
         trained = torch.compile(trained)
+    if world.device.type == "cuda":
+        # cuDNN times its 3-D convolution algorithms once per shape and keeps the fastest (the step's shapes
+        # are fixed); bench/gpu.py measures the step this way. Off: reproducible algorithm choice.
+        torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
     cache = ShardCache(cfg.frame_cache_mb * 2**20)
     if epochs > state.epoch and cfg.frame_cache_mb and not cfg.gpu_decode:
         cached = cache.preload(train + val)  # decoded once here; the loader's forked workers share them

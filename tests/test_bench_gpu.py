@@ -81,6 +81,8 @@ def test_quick_run_measures_what_the_gpu_run_reports(quick_report: dict) -> None
     report = quick_report
     rows = report["pretrain_throughput"]["rows"]
     assert rows and all(r["model"]["clips_per_s"] > 0 for r in rows)
+    waited = report["pretrain_throughput"]["host_wait_each_step"]  # the step as it was, beside it
+    assert waited["batch"] == rows[-1]["batch"] and waited["clips_per_s"] > 0 and waited["share_of_sync_free"] > 0
     loaders = report["pretrain_throughput"]["end_to_end"]
     assert [(r["loader"], r["prefetch"]) for r in loaders] == [("uint8", True), ("float32", False),
                                                                ("gpu_decode", True)]
@@ -100,7 +102,7 @@ def test_quick_run_measures_what_the_gpu_run_reports(quick_report: dict) -> None
     for size in report["clustering"]["sizes"]:  # FINCH with the blocks in TF32 / bf16, rescored: the same partition
         assert {p: (c["identical_to_fp32"], c["ari_vs_fp32"]) for p, c in size["tensor_cores"].items()} == \
             {"tf32": (True, 1.0), "bf16": (True, 1.0)}
-        assert all(c["finch_s"] > 0 and c["gemm_s"] > 0 for c in size["tensor_cores"].values())
+        assert all(c["finch_s"] >= 0 and c["gemm_s"] >= 0 for c in size["tensor_cores"].values())  # timed (a tiny GEMM may round to 0)
     assert agreement["kmeans_ari_same_init_cpu"] == 1.0
     assert all(s["flat_device"]["recall_at_10_vs_faiss_cpu"] == 1.0 for s in report["search"]["sizes"])
     scale = report["learning_at_scale"]  # the synthetic default rendered to shards, the modes trained and ranked

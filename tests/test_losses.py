@@ -225,8 +225,8 @@ def test_slic_loss_by_hand():
     assert stats["pairs"] == 2.0 and stats["fallback_fraction"] == 0.0
     # anchor_view takes no part in mining: moving it changes only the temporal term.
     _, moved = slic_loss(anchor, positive, at(80, 90), labels, temporal_weight=0.5, generator=seeded(0))
-    assert moved["triplet"] == pytest.approx(stats["triplet"], abs=1e-7)
-    assert moved["temporal"] != pytest.approx(stats["temporal"], abs=1e-3)
+    assert moved["triplet"] == pytest.approx(float(stats["triplet"]), abs=1e-7)
+    assert moved["temporal"] != pytest.approx(float(stats["temporal"]), abs=1e-3)
 
 
 def test_slic_loss_gradient_reaches_all_three_inputs():
@@ -303,11 +303,12 @@ def test_matches_loop_reference_value_and_gradient():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("generator_device", ["cpu", "cuda"])
-def test_cuda_matches_cpu_on_a_deterministic_batch(generator_device):
+@pytest.mark.parametrize("labels_device", ["cpu", "cuda"])  # host labels: pairs found there, no wait on the GPU
+def test_cuda_matches_cpu_on_a_deterministic_batch(generator_device, labels_device):
     x = at(0, 90, 10, 180)
     labels = torch.tensor([0, 0, 0, 1])
     g = torch.Generator(device=generator_device).manual_seed(0)
-    loss = triplet_loss(x.cuda().requires_grad_(), labels.cuda(), generator=g)
+    loss = triplet_loss(x.cuda().requires_grad_(), labels.to(labels_device), generator=g)
     assert loss.device.type == "cuda"
     assert loss.item() == pytest.approx(triplet_loss(x, labels).item(), abs=1e-6)
 
@@ -397,7 +398,7 @@ def test_slic_loss_with_proxies_replaces_the_triplet_over_anchors_and_positives(
     total, stats = slic_loss(a, p, v, labels, proxies=proxies, proxy_temperature=0.2, temporal_weight=0.5)
     term, _ = proxy_loss_with_stats(torch.cat([a, p]), torch.cat([labels, labels]), proxies, temperature=0.2)
     assert "triplet" not in stats and stats["proxy"] == pytest.approx(term.item())
-    assert total.item() == pytest.approx(term.item() + 0.5 * stats["temporal"], rel=1e-6)
+    assert total.item() == pytest.approx(term.item() + 0.5 * float(stats["temporal"]), rel=1e-6)
 
 
 def test_nce_targets_each_clip_at_its_partner_and_leaves_cluster_mates_out_of_the_denominator():

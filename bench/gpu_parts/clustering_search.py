@@ -67,7 +67,7 @@ def finch_on_tensor_cores(bench: Bench, x: torch.Tensor, exact: np.ndarray, row:
         seconds = time.perf_counter() - started
         gemm = gemm_seconds(x, dtype, tf32=precision == "tf32", chunk=tc.DEFAULT_CHUNK, sync=bench.sync)
         row["tensor_cores"][precision] = {
-            "finch_s": round(seconds, 2), "gemm_s": round(gemm, 2), "candidates": tc.DEFAULT_CANDIDATES,
+            "finch_s": round(seconds, 4), "gemm_s": round(gemm, 4), "candidates": tc.DEFAULT_CANDIDATES,
             "identical_to_fp32": bool(np.array_equal(labels, exact)),
             "ari_vs_fp32": round(tc.adjusted_rand_index(exact, labels), 6), "clusters": int(labels.max()) + 1}
         bench.save()

@@ -26,12 +26,14 @@ from torch import Tensor
 from slic.data.augment import normalise_clips
 from slic.data.gpu_clips import clips_from_jpegs
 
-DeviceBatch = tuple[Tensor, Tensor, Tensor]  # (clips, labels, video indices) on the training device
+DeviceBatch = tuple[Tensor, Tensor, Tensor]  # (clips on the training device, labels, video indices on the host)
 
 
 def prepare_batch(item: Any, *, device: torch.device, size: int, gpu_decode: bool, use_view: bool) -> DeviceBatch:
-    """One DataLoader item -> (clips, labels, videos) on `device`, the clips normalised float32 (2B or 3B of
+    """One DataLoader item -> (clips on `device`, labels, videos), the clips normalised float32 (2B or 3B of
     them: anchors, positives and, with `use_view`, the second anchor views), channels_last_3d on CUDA.
+    Labels and video indices stay on the host, where the losses read them without waiting for the device
+    (the mined triplet finds its pairs there); the losses move them over without blocking.
 
     `gpu_decode` items carry each clip's JPEG bytes and draws (`collate_encoded`); they are decoded and
     augmented on `device` here. Other items carry uint8 (or float) clips.
@@ -45,7 +47,7 @@ def prepare_batch(item: Any, *, device: torch.device, size: int, gpu_decode: boo
         batch = normalise_clips(batch.to(device, non_blocking=True))
     if device.type == "cuda":
         batch = batch.contiguous(memory_format=torch.channels_last_3d)
-    return batch, labels.to(device, non_blocking=True), videos.to(device, non_blocking=True)
+    return batch, labels, videos
 
 
 def device_batches(loader: Iterable[Any], prepare: Callable[[Any], DeviceBatch], device: torch.device, *,
@@ -71,6 +73,7 @@ def device_batches(loader: Iterable[Any], prepare: Callable[[Any], DeviceBatch],
         compute = torch.cuda.current_stream(device)
         compute.wait_stream(side)  # the step waits for this batch's copy, not for anything issued later
         for tensor in upcoming:
-            tensor.record_stream(compute)  # made on the side stream, freed only after the step used it
+            if tensor.is_cuda:
+                tensor.record_stream(compute)  # made on the side stream, freed only after the step used it
         ready, upcoming = upcoming, issue()
         yield ready
