@@ -189,25 +189,35 @@ def batch_all_triplet_loss_with_stats(embeddings: Tensor, labels: Tensor, *,
     return loss, stats
 
 
+def _label_range(labels: Tensor) -> tuple[int, int]:
+    """(min, max) of non-empty `labels`, read where they are: host labels (as the loader gives them) in
+    NumPy, which waits for no device; labels on a device through torch, which makes the host wait for it."""
+    if labels.device.type == "cpu":
+        values = labels.numpy()
+        return int(values.min()), int(values.max())
+    return int(labels.min()), int(labels.max())
+
+
 def proxy_loss_with_stats(embeddings: Tensor, labels: Tensor, proxies: Tensor, *,
-                          temperature: float = 0.1, check_labels: bool = True) -> tuple[Tensor, Stats]:
+                          temperature: float = 0.1) -> tuple[Tensor, Stats]:
     """Cross-entropy of cos(embedding, proxy_k) / temperature over the K proxies, target = the label.
 
     `proxies` (K, D) holds one learnable vector per pseudo-label (row k for label k; labels must be
     in 0..K-1). Unlike a triplet, each step compares every sample with every class at once through
     proxies that remember earlier batches, so the gradient is neither pinned at a margin nor limited
     to the pairs a batch happens to hold. Stats: "proxy_accuracy" (nearest proxy = own label).
-    `check_labels` reads the labels' range, a host sync (the host waits for the device); the training
-    loop, whose proxies are sized from the very labels it passes, turns it off.
+    The labels' range is checked where they are (no wait on the device for host labels), then they move.
     """
-    labels = _checked_labels(embeddings, labels)
+    labels = _checked_labels(embeddings, labels, move=False)
     if proxies.ndim != 2 or proxies.shape[1] != embeddings.shape[1]:
         raise ValueError(f"proxies must be (K, {embeddings.shape[1]}), got {tuple(proxies.shape)}")
-    if check_labels and labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= proxies.shape[0]):
-        raise ValueError(f"labels must lie in 0..{proxies.shape[0] - 1} (one proxy each), got "
-                         f"{int(labels.min())}..{int(labels.max())}")
+    if labels.numel():
+        low, high = _label_range(labels)
+        if low < 0 or high >= proxies.shape[0]:
+            raise ValueError(f"labels must lie in 0..{proxies.shape[0] - 1} (one proxy each), got {low}..{high}")
     if temperature <= 0:
         raise ValueError(f"temperature = {temperature}: must be > 0")
+    labels = to_device_nonblocking(labels, embeddings.device)
     logits = F.normalize(embeddings, dim=1, eps=_EPS) @ F.normalize(proxies, dim=1, eps=_EPS).T / temperature
     loss = F.cross_entropy(logits, labels)
     accuracy = (logits.detach().argmax(dim=1) == labels).float().mean()
@@ -275,7 +285,7 @@ def temporal_loss(anchor: Tensor, anchor_view: Tensor, positive: Tensor, *, marg
 def slic_loss(anchor: Tensor, positive: Tensor, anchor_view: Tensor | None, labels: Tensor, *,
               triplet_margin: float = 0.2, temporal_margin: float = 0.04, temporal_weight: float = 1.0,
               generator: torch.Generator | None = None, mining: str = "mined", proxies: Tensor | None = None,
-              proxy_temperature: float = 0.1, check_labels: bool = True, nce_positives: str | None = None,
+              proxy_temperature: float = 0.1, nce_positives: str | None = None,
               nce_temperature: float = 0.1) -> tuple[Tensor, Stats]:
     """SLIC's total loss for a batch of (B, D) anchors, positives, anchor views and (B,) pseudo-labels.
 
@@ -283,8 +293,8 @@ def slic_loss(anchor: Tensor, positive: Tensor, anchor_view: Tensor | None, labe
     anchor's label; `anchor_view` takes no part in mining) + temporal_weight * temporal term.
     `mining`: "mined" (the paper's: one random semi-hard/hard negative per pair) or "batch_all".
     With `proxies` (K, D) the first term is `proxy_loss_with_stats` over the same anchors and
-    positives instead of a triplet (`mining` is then unused; `check_labels` as there); with
-    `nce_positives` ("pair" or "label") it is `nce_loss_with_stats` at `nce_temperature`.
+    positives instead of a triplet (`mining` is then unused); with `nce_positives` ("pair" or "label") it is
+    `nce_loss_with_stats` at `nce_temperature`.
     `anchor_view` may be None when temporal_weight is 0 (the view is then not computed at all).
     Returns the total and its stats (detached 0-dim tensors): "loss", "triplet" (or "proxy", "nce"),
     "temporal" and the term's own.
@@ -302,8 +312,7 @@ def slic_loss(anchor: Tensor, positive: Tensor, anchor_view: Tensor | None, labe
         term, stats = nce_loss_with_stats(anchor, positive, labels, temperature=nce_temperature,
                                           positives=nce_positives)
     elif proxies is not None:
-        term, stats = proxy_loss_with_stats(both, both_labels, proxies, temperature=proxy_temperature,
-                                            check_labels=check_labels)
+        term, stats = proxy_loss_with_stats(both, both_labels, proxies, temperature=proxy_temperature)
     elif mining == "batch_all":
         term, stats = batch_all_triplet_loss_with_stats(both, both_labels, margin=triplet_margin)
     else:

@@ -244,7 +244,6 @@ def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch
                                 generator=_step_generator(cfg, epoch, step), mining=cfg.mining,
                                 proxies=proxies.weight if proxies is not None else None,
                                 proxy_temperature=cfg.proxy_temperature,
-                                check_labels=False,  # the proxies were sized from these labels (no host sync)
                                 nce_positives=cfg.nce_positives if cfg.objective == "nce" else None,
                                 nce_temperature=cfg.nce_temperature)
         optimizer.zero_grad(set_to_none=True)

@@ -74,8 +74,7 @@ def loss_options(objective: dict[str, Any]) -> dict[str, Any]:
     if options.pop("generator", None):
         options["generator"] = torch.Generator().manual_seed(0)  # pretrain's step generator lives on the host
     if "proxies" in options:
-        options.update(proxies=torch.empty(options.pop("proxies"), 16, device=META, requires_grad=True),
-                       check_labels=False)
+        options.update(proxies=torch.empty(options.pop("proxies"), 16, device=META, requires_grad=True))
     return options
 
 
@@ -91,22 +90,15 @@ def test_no_loss_reads_the_device_given_host_labels(objective: dict[str, Any]) -
     assert all(value.device == META and value.ndim == 0 and not value.requires_grad for value in stats.values())
 
 
-@pytest.mark.parametrize("objective", [OBJECTIVES[0], {"proxies": 3, "check_labels": True}])
+@pytest.mark.parametrize("objective", [OBJECTIVES[0], {"proxies": 3}])
 def test_the_meta_device_catches_a_read(objective: dict[str, Any]) -> None:
-    """The check above is not vacuous: mining from labels already on the device, or checking the proxies'
-    label range, reads the device, and fails there."""
+    """The check above is not vacuous: the same losses given labels already on the device read them there
+    (mining's pairs, the proxies' label range), and fail."""
     a, p, v = meta_batch(8)
-    options = loss_options({k: v for k, v in objective.items() if k != "check_labels"})
-    options.update({k: v for k, v in objective.items() if k == "check_labels"})
-    labels = torch.arange(8) % 3
     with pytest.raises(RuntimeError, match="meta"):
-        slic_loss(a, p, v, labels.to(META) if "mining" in objective else labels, **options)
+        slic_loss(a, p, v, (torch.arange(8) % 3).to(META), **loss_options(objective))
 
 
-def test_checked_proxy_labels_still_refuse_out_of_range() -> None:
-    a, p, v = (torch.randn(8, 16) for _ in range(3))
-    with pytest.raises(ValueError, match=r"labels must lie in 0\.\.1"):
-        slic_loss(a, p, v, torch.arange(8) % 3, proxies=torch.randn(2, 16))
 
 
 def items(steps: int, cfg: PretrainConfig, videos: int) -> list[tuple[torch.Tensor, ...]]:
@@ -140,6 +132,19 @@ def reads_in_an_epoch(steps: int, **pretrain: Any) -> Counter[str]:
         metrics = train_one_epoch(model, items(steps, cfg, videos), optimizer, cfg, world, epoch=0, proxies=proxies)
     assert metrics["steps"] == steps and np.isfinite(metrics["loss"])
     return mode.reads
+
+
+def test_proxy_labels_out_of_range_are_refused_in_the_training_loop() -> None:
+    """The proxies' label range is checked on the host labels, so the loop checks it too (it waits on no
+    device): a batch labelled past the proxies gets a ValueError that names the range."""
+    cfg = PretrainConfig(**{**TINY, "objective": "proxy"})
+    model = build_encoder(cfg)
+    proxies = PseudoLabelProxies(cfg, torch.device("cpu"))
+    proxies.reset(np.zeros((12, cfg.out_dim), dtype=np.float32), np.arange(12) % 2)  # two proxies
+    batch = [(*item[:3], torch.tensor([0, 1, 2, 1]), item[4]) for item in items(1, cfg, 12)]
+    with pytest.raises(ValueError, match=r"labels must lie in 0\.\.1 \(one proxy each\), got 0\.\.2"):
+        train_one_epoch(model, batch, build_optimizer(model, cfg), cfg, World(0, 1, 0, torch.device("cpu")), epoch=0,
+                        proxies=proxies)
 
 
 @pytest.mark.parametrize("pretrain", [
