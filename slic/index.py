@@ -162,7 +162,7 @@ def gallery_rows(embeddings: str | Path, manifest: str | Path, split: str) -> tu
         raise IndexBuildError(f"{embeddings} has no {split!r} videos to index (splits there: "
                               f"{', '.join(sorted(set(data['split'].tolist())))})")
     rows = pd.DataFrame({"video_id": data["video_id"][keep], "label": data["label"][keep]})
-    table = pd.read_csv(manifest, usecols=["video_id", "path", "class"], dtype=str)
+    table = pd.read_csv(manifest, usecols=["video_id", "path", "class"], dtype=str, keep_default_na=False)
     rows = rows.merge(table, on="video_id", how="left", validate="one_to_one")
     missing = rows[rows["path"].isna()]["video_id"].tolist()
     if missing:
@@ -190,7 +190,8 @@ def load_index(folder: str | Path) -> LoadedIndex:
     if missing:
         raise IndexBuildError(f"no index at {folder} ({', '.join(missing)} missing); run `dvc repro index` first")
     index = faiss_module().read_index(str(folder / INDEX_FILE))
-    rows = pd.read_csv(folder / ROWS_FILE, index_col="row", dtype={"video_id": str, "path": str, "class": str})
+    rows = pd.read_csv(folder / ROWS_FILE, index_col="row", dtype={"video_id": str, "path": str, "class": str},
+                       keep_default_na=False)  # "" stays "" (no class), and a video named NA or null stays so
     meta = json.loads((folder / META_FILE).read_text())
     if index.ntotal != len(rows):
         raise IndexBuildError(f"{folder}: index has {index.ntotal} vectors but rows.csv {len(rows)}; "

@@ -90,7 +90,7 @@ def search_videos(videos: list[Path], embed: Callable[[Path], np.ndarray], loade
                                    f"{loaded.index.d}-d ones; use the index's checkpoint or rebuild the index")
         sims, ids = search(loaded.index, vector[None, :], k, normalize=normalize)
         hits = [{"rank": rank, "video_id": loaded.rows.at[i, "video_id"], "path": loaded.rows.at[i, "path"],
-                 "class": loaded.rows.at[i, "class"], "similarity": round(float(s), 6)}
+                 "class": loaded.rows.at[i, "class"] or None, "similarity": round(float(s), 6)}
                 for rank, (i, s) in enumerate(((int(i), s) for i, s in zip(ids[0], sims[0]) if i >= 0), start=1)]
         answers.append({"query": str(video), "results": hits})
     return answers, errors
@@ -99,9 +99,10 @@ def search_videos(videos: list[Path], embed: Callable[[Path], np.ndarray], loade
 def format_table(answer: dict[str, Any]) -> str:
     """One query's ranked neighbours as an aligned text table."""
     hits = answer["results"]
-    width = max([len("class")] + [len(str(h["class"])) for h in hits])
+    classes = [h["class"] or "-" for h in hits]  # "-": an unlabelled video has no class
+    width = max([len("class")] + [len(name) for name in classes])
     lines = [f"query: {answer['query']}", f"{'rank':>4}  {'similarity':>10}  {'class':<{width}}  path"]
-    lines += [f"{h['rank']:>4}  {h['similarity']:>10.4f}  {str(h['class']):<{width}}  {h['path']}" for h in hits]
+    lines += [f"{h['rank']:>4}  {h['similarity']:>10.4f}  {name:<{width}}  {h['path']}" for h, name in zip(hits, classes)]
     return "\n".join(lines)
 
 

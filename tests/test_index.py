@@ -155,3 +155,34 @@ def test_inner_product_metric_ranks_by_the_raw_dot_product(tmp_path: Path) -> No
     np.testing.assert_array_equal(ids, want)
     np.testing.assert_allclose(sims, np.take_along_axis(raw, want, axis=1), rtol=1e-5)
     assert not np.array_equal(ids, numpy_cosine_ranking(queries, gallery, 6)[1])  # cosine would rank otherwise
+
+
+def test_unlabelled_gallery_with_videos_named_like_missing_values(tmp_path: Path) -> None:
+    """pandas reads "", NA, null and None as missing by default: an unlabelled archive's empty class must stay
+    "no class" (null in --json, not NaN, which is not JSON), and videos named NA or null must keep their names."""
+    from slic.data.frames import INDEX_NAME, read_index
+    from slic.search import format_table, search_videos
+
+    ids = ["NA", "null", "None", "clips/nan"]
+    vectors = clustered(len(ids), dim=8, seed=2)
+    npz = tmp_path / "embeddings.npz"
+    np.savez(npz, video_id=np.array(ids), label=np.full(len(ids), -1), class_name=np.array([""] * len(ids)),
+             split=np.array(["train"] * len(ids)), embedding=vectors)
+    pd.DataFrame({"video_id": ids, "path": [f"/archive/{v}.mp4" for v in ids], "class": [""] * len(ids),
+                  "split": ["train"] * len(ids)}).to_csv(tmp_path / "validated.csv", index=False)
+    cfg = IndexConfig(manifest=str(tmp_path / "validated.csv"), kind="flat", out=str(tmp_path / "index"))
+    build_stage(cfg, embeddings=str(npz), checkpoint=str(tmp_path / "none.pt"), clips=4)
+    loaded = load_index(tmp_path / "index")
+    assert loaded.rows["video_id"].tolist() == ids and loaded.rows["class"].tolist() == [""] * len(ids)
+
+    answers, errors = search_videos([Path("/q/null.mp4")], lambda _: vectors[1], loaded, k=2)
+    hit = answers[0]["results"][0]
+    assert errors == [] and (hit["video_id"], hit["path"], hit["class"]) == ("null", "/archive/null.mp4", None)
+    assert "NaN" not in json.dumps(answers) and json.loads(json.dumps(answers)) == answers
+    assert format_table(answers[0]).splitlines()[2].split()[2] == "-"  # rank, similarity, class, path
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    (frames / INDEX_NAME).write_text("video_id,shard,frames,height,width,fps,bytes,sha256\n"
+                                     "NA,NA.shard,40,32,42,25.0,1000,ab\nnull,null.shard,40,32,42,25.0,1000,cd\n")
+    assert read_index(frames)["video_id"].tolist() == ["NA", "null"]

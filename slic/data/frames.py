@@ -356,7 +356,8 @@ def read_index(out_dir: str | Path) -> pd.DataFrame:
     path = Path(out_dir) / INDEX_NAME
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no frame index; run the `extract` stage first (dvc repro extract)")
-    return pd.read_csv(path, dtype={"video_id": str, "shard": str, "sha256": str})
+    return pd.read_csv(path, dtype={"video_id": str, "shard": str, "sha256": str},
+                       keep_default_na=False)  # a video named NA or null keeps its name
 
 
 def content_hashes(out_dir: str | Path, video_ids: Sequence[str] | None = None, *,

@@ -30,11 +30,40 @@ class Failure:
     column: str | None
     unexpected_count: int
     examples: list[Any] = field(default_factory=list)
+    hint: str = ""
 
     def line(self) -> str:
         where = f" on {self.column!r}" if self.column else ""
         shown = ", ".join(str(e) for e in self.examples)
-        return f"- {self.expectation}{where}: {self.unexpected_count} row(s), e.g. {shown}"
+        advice = f"\n  what to do: {self.hint}" if self.hint else ""
+        return f"- {self.expectation}{where}: {self.unexpected_count} row(s), e.g. {shown}{advice}"
+
+
+REBUILD = "rebuild the table with `dvc repro manifest` instead of editing it by hand"
+HINTS: dict[str | None, str] = {  # by the failed expectation's column: what a person can do about it
+    None: "the table is not a manifest slic wrote (columns or no rows): check manifest.root, manifest.layout "
+          "and manifest.extensions, then " + REBUILD,
+    "video_id": "two files give the same video id (the same name with another extension, or the same clip "
+                "twice): remove or rename one of them",
+    "split": REBUILD,
+    "label": "labels must number the classes 0..n-1 (-1 and no class for layout unlabelled): " + REBUILD,
+    "class": "layout unlabelled lists no classes: set manifest.layout to the reader of your labels, or "
+             + REBUILD,
+    "file_exists": "these files moved or were deleted since the manifest was built: put them back, or run "
+                   "`dvc repro manifest` to list what is there now",
+    "group_crosses_test": "a group (the clips cut from one source video) sits both in test and in train/val, so "
+                          "test would be seen in training: fix the split files so that each group is on one side",
+    "frames": "a video shorter than manifest.min_frames was not excluded: " + REBUILD,
+    "fps": "the container gives no frame rate: re-mux the file (ffmpeg -i IN -c copy OUT.mp4) or remove it",
+    "width": REBUILD, "height": REBUILD, "duration": REBUILD, "path": REBUILD, "group": REBUILD,
+    "excluded": REBUILD,
+}
+COVERAGE_HINT = ("every class needs a usable video in each split named: add videos to those classes, remove "
+                 "their folders (or lines of the split files), or lower manifest.min_frames if their videos were "
+                 "excluded as too short (reports/manifest.json lists each exclusion with its reason)")
+UNLABELLED_COVERAGE_HINT = ("pretraining needs at least two usable videos: check manifest.root and "
+                            "manifest.extensions, or lower manifest.min_frames (reports/manifest.json says why "
+                            "each video was excluded)")
 
 
 @dataclass
@@ -117,7 +146,14 @@ def _run(gx: Any, context: Any, name: str, frame: pd.DataFrame, expectations: li
                                          "unexpected_index_column_names": [index_column]})
 
 
-def _failures(result: Any, index_column: str, max_examples: int) -> list[Failure]:
+def _hint(column: str | None, index_column: str, labelled: bool) -> str:
+    """What a person can do about a failed expectation on `column` (coverage's column is `videos`)."""
+    if index_column == "case":
+        return COVERAGE_HINT if labelled else UNLABELLED_COVERAGE_HINT
+    return HINTS.get(column, REBUILD)
+
+
+def _failures(result: Any, index_column: str, max_examples: int, labelled: bool = True) -> list[Failure]:
     failures = []
     for item in result.results:
         if item.success:
@@ -137,7 +173,8 @@ def _failures(result: Any, index_column: str, max_examples: int) -> list[Failure
         if item.exception_info and item.exception_info.get("raised_exception"):
             examples = [item.exception_info.get("exception_message")]
         count = details.get("unexpected_count")
-        failures.append(Failure(config.type, column, int(count) if count is not None else 1, examples[:max_examples]))
+        failures.append(Failure(config.type, column, int(count) if count is not None else 1, examples[:max_examples],
+                                _hint(column, index_column, labelled)))
     return failures
 
 
@@ -174,7 +211,8 @@ def validate_manifest(manifest: pd.DataFrame, *, min_frames: int, max_examples: 
             "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
         })
         context.build_data_docs()
-    failures = [f for run, key in zip(runs, ("video_id", "case")) for f in _failures(run, key, max_examples)]
+    failures = [f for run, key in zip(runs, ("video_id", "case"))
+                for f in _failures(run, key, max_examples, labelled)]
     results = [r for run in runs for r in run.to_json_dict()["results"]]
     evaluated = sum(run.statistics["evaluated_expectations"] for run in runs)
     statistics = {"evaluated_expectations": evaluated, "failed_expectations": len(failures),

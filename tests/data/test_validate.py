@@ -43,6 +43,12 @@ def test_each_problem_is_reported_with_examples(tiny_manifest: pd.DataFrame) -> 
     summary = report.summary()
     assert summary.startswith("manifest invalid: 5 of")
     assert "Rise/v_Rise_g03_c01" in summary
+    # each failure says what to do about it, next to its examples
+    assert "each group is on one side" in crossing.hint and "put them back" in found[
+        ("expect_column_values_to_be_in_set", "file_exists")].hint
+    coverage = found[("expect_column_values_to_be_between", "videos")]
+    assert "add videos to those classes" in coverage.hint and "manifest.min_frames" in coverage.hint
+    assert summary.count("\n  what to do: ") == 5 and f"(videos=0)\n  what to do: {coverage.hint}" in summary
 
 
 def test_excluded_short_videos_pass(tiny_manifest: pd.DataFrame) -> None:
