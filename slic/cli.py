@@ -458,14 +458,20 @@ def run_pipeline(argv: list[str]) -> int:
 
 
 def run_embed_video(argv: list[str]) -> int:
-    """`slic embed-video [--model URI] [--out FILE.npy] VIDEO...`: embed video files with a registered encoder."""
+    """`slic embed-video [--model URI|CHECKPOINT] [--out FILE.npy] VIDEO...`: embed video files with an encoder.
+
+    Row i of --out is video i; a video that cannot be decoded gets a row of NaN, a line on stderr naming it,
+    and exit code 1, so the others' rows are kept and stay aligned.
+    """
     import numpy as np
 
-    from slic.promote import embed_videos
-    from slic.tracking import TrackingError
+    from slic.search import QUERY_ERRORS, SearchUsageError, model_embedder
 
-    parser = argparse.ArgumentParser(prog="slic embed-video", description="embed video files with a registered encoder")
-    parser.add_argument("--model", default="models:/slic-encoder@champion", help="MLflow model URI")
+    parser = argparse.ArgumentParser(prog="slic embed-video", description="embed video files with a registered "
+                                     "encoder or a pretrain checkpoint")
+    parser.add_argument("--model", default="models:/slic-encoder@champion",
+                        help="an MLflow model URI (default: models:/slic-encoder@champion) or a checkpoint file "
+                        "written by `slic pretrain`, e.g. data/models/pretrain/best.pt")
     parser.add_argument("--out", default="", help="write the (videos, dim) array to this .npy file")
     parser.add_argument("videos", nargs="+", help="video files (anything PyAV decodes)")
     args = parser.parse_args(argv)
@@ -474,15 +480,27 @@ def run_embed_video(argv: list[str]) -> int:
         print(f"slic embed-video: error: no such file: {', '.join(missing)}", file=sys.stderr)
         return 2
     try:
-        vectors = embed_videos(args.videos, args.model)
-    except TrackingError as exc:
+        embed = model_embedder(args.model)
+    except SearchUsageError as exc:
         print(f"slic embed-video: error: {exc}", file=sys.stderr)
         return 2
+    rows: list[np.ndarray | None] = []
+    for video in args.videos:
+        try:
+            rows.append(embed(Path(video)))
+        except QUERY_ERRORS as exc:
+            reason = (str(exc).splitlines() or [type(exc).__name__])[0].removeprefix(f"{video}: ")
+            print(f"slic embed-video: error: {video}: {reason}", file=sys.stderr)
+            rows.append(None)
+    dim = next((row.shape[-1] for row in rows if row is not None), 0)
+    if not dim:
+        return 1  # nothing decoded: each file is named above, and no array to write
+    vectors = np.stack([np.full(dim, np.nan, np.float32) if row is None else row.astype(np.float32) for row in rows])
     if args.out:
         np.save(args.out, vectors)
     for video, row in zip(args.videos, vectors):
         print(f"{video}\t{np.linalg.norm(row):.4f}\t" + " ".join(f"{v:.4f}" for v in row[:4]) + " ...")
-    return 0
+    return 1 if any(row is None for row in rows) else 0
 
 
 def _run_named_stage(stage: str, config: Any, name: str, started: float) -> int:
@@ -538,7 +556,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("pipeline", add_help=False,
                    help="every stage as a Prefect flow (options: slic pipeline --help)")
     sub.add_parser("embed-video", add_help=False,
-                   help="embed video files with models:/slic-encoder@champion (slic embed-video --help)")
+                   help="embed video files with models:/slic-encoder@champion or a checkpoint "
+                   "(slic embed-video --help)")
     sub.add_parser("search", add_help=False,
                    help="find the indexed videos most similar to a video or folder (slic search --help)")
     sub.add_parser("preset", add_help=False,

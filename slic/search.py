@@ -2,7 +2,7 @@
 
 Each query is decoded with PyAV and embedded with the encoder that embedded the index's videos (the checkpoint
 named in data/index/index.json, IIC protocol via slic.serving.VideoEncoder) or with a registered MLflow model
-(`--model models:/slic-encoder@champion`), then looked up in the saved FAISS index.  A query that cannot be
+(`--model models:/slic-encoder@champion`) or another checkpoint (`--model path/to/best.pt`), then looked up in the saved FAISS index.  A query that cannot be
 decoded gets one line on stderr and the others still get answers; the exit code is 1 when any query failed,
 2 for usage errors (no index, no such path, an encoder whose dimension does not match the index).
 """
@@ -60,17 +60,41 @@ def checkpoint_embedder(loaded: LoadedIndex, warn: Callable[[str], None]) -> Cal
     return lambda path: encoder.embed_paths([path])[0]
 
 
-def model_embedder(model_uri: str) -> Callable[[Path], np.ndarray]:
-    """Embed one video with a registered MLflow pyfunc model, e.g. models:/slic-encoder@champion."""
+def model_embedder(model: str, clips: int = 10) -> Callable[[Path], np.ndarray]:
+    """Embed one video with a checkpoint file written by `pretrain` (e.g. data/models/pretrain/best.pt) or a
+    registered MLflow model (e.g. models:/slic-encoder@champion); a model that cannot be loaded is a
+    SearchUsageError that says how to get one.  `clips`: the IIC clips per video of a checkpoint's embedding."""
     import pandas as pd
 
     from slic import registry
 
+    if model.endswith(".pt") or Path(model).is_file():
+        return _checkpoint_file_embedder(Path(model), clips)
     try:
-        model = registry.load_model(model_uri)
+        loaded = registry.load_model(model)
     except Exception as exc:  # noqa: BLE001 - MLflow raises many types for an unknown or unreachable model
-        raise SearchUsageError(f"cannot load model {model_uri}: {str(exc).splitlines()[0]}") from exc
-    return lambda path: np.asarray(model.predict(pd.DataFrame({"path": [str(path)]})), np.float32)[0]
+        raise SearchUsageError(f"cannot load model {model}: {(str(exc).splitlines() or [type(exc).__name__])[0]}; "
+                               "`dvc repro promote` registers the champion (labelled data only), or pass a "
+                               "checkpoint, e.g. --model data/models/pretrain/best.pt") from exc
+    return lambda path: np.asarray(loaded.predict(pd.DataFrame({"path": [str(path)]})), np.float32)[0]
+
+
+def _checkpoint_file_embedder(checkpoint: Path, clips: int) -> Callable[[Path], np.ndarray]:
+    """Embed one video with a pretrain checkpoint (IIC protocol, `clips` clips), on the GPU when there is one."""
+    import torch
+
+    from slic.serving import VideoEncoder
+
+    if not checkpoint.is_file():
+        raise SearchUsageError(f"{checkpoint}: no such checkpoint; `dvc repro pretrain` writes "
+                               "data/models/pretrain/best.pt")
+    try:
+        encoder = VideoEncoder(checkpoint, "cuda" if torch.cuda.is_available() else "cpu", clips=clips)
+    except Exception as exc:  # noqa: BLE001 - torch.load and load_state_dict raise many types for a wrong file
+        raise SearchUsageError(f"{checkpoint}: not a slic encoder checkpoint ({type(exc).__name__}: "
+                               f"{(str(exc).splitlines() or [''])[0]}); pass a file written by `slic pretrain`, "
+                               "e.g. data/models/pretrain/best.pt") from exc
+    return lambda path: encoder.embed_paths([path])[0]
 
 
 def search_videos(videos: list[Path], embed: Callable[[Path], np.ndarray], loaded: LoadedIndex,
@@ -123,8 +147,8 @@ def run_search(argv: list[str], params: str = "params.yaml") -> int:
     parser.add_argument("path", help="a video file, or a folder searched recursively for videos")
     parser.add_argument("-k", type=int, default=10, help="neighbours per query (default 10)")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
-    parser.add_argument("--model", default="", help="MLflow model URI, e.g. models:/slic-encoder@champion "
-                        "(default: the checkpoint the index was built with)")
+    parser.add_argument("--model", default="", help="a checkpoint file or an MLflow model URI, e.g. "
+                        "models:/slic-encoder@champion (default: the checkpoint the index was built with)")
     parser.add_argument("--index", default="", help="index folder (default: index.out of params.yaml)")
     args = parser.parse_args(argv)
     if args.k < 1:
@@ -137,7 +161,8 @@ def run_search(argv: list[str], params: str = "params.yaml") -> int:
         extensions, index_dir = _defaults(params)
         loaded = load_index(args.index or index_dir)
         videos = find_videos(args.path, extensions)
-        embed = model_embedder(args.model) if args.model else checkpoint_embedder(loaded, warn)
+        clips = int(loaded.meta.get("clips", 10))  # as the index's videos were embedded
+        embed = model_embedder(args.model, clips) if args.model else checkpoint_embedder(loaded, warn)
         answers, errors = search_videos(videos, embed, loaded, args.k)
     except (ConfigError, IndexBuildError, SearchUsageError) as exc:
         warn(f"error: {exc}")

@@ -157,6 +157,37 @@ def test_embed_video_command_uses_the_champion(store: Path, capsys: pytest.Captu
     assert capsys.readouterr().err.strip() == f"slic embed-video: error: no such file: {store / 'absent.avi'}"
 
 
+def test_embed_video_without_a_champion_from_a_checkpoint_and_past_a_corrupt_file(
+        store: Path, capsys: pytest.CaptureFixture) -> None:
+    """An unlabelled archive has no champion: the command says how to get one or to pass a checkpoint, embeds
+    with the checkpoint, and a corrupt file gets a NaN row (the others stay aligned), its name and exit 1."""
+    from slic.cli import main
+    from slic.serving import VideoEncoder
+
+    good = sorted(SHARED_VIDEOS.rglob("*.mp4"))[:1]
+    corrupt = SHARED_VIDEOS / "dmlc-decord" / "decode_tests" / "corrupted.mp4"
+    if not good or not corrupt.is_file():
+        pytest.skip(f"real sample videos not found at {SHARED_VIDEOS}")
+    assert main(["embed-video", str(good[0])]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("slic embed-video: error: cannot load model models:/slic-encoder@champion: ")
+    assert "--model data/models/pretrain/best.pt" in error and "\n" not in error
+
+    checkpoint, _ = make_candidate(store / "a", 0.5, 1)
+    assert main(["embed-video", "--model", str(checkpoint), "--out", "v.npy", str(good[0]), str(corrupt),
+                 str(good[0])]) == 1
+    vectors = np.load(store / "v.npy")
+    assert vectors.shape == (3, TINY_ENCODER.out_dim) and np.isnan(vectors[1]).all()
+    np.testing.assert_allclose(vectors[[0, 2]], VideoEncoder(checkpoint).embed_paths([good[0]] * 2), rtol=1e-5,
+                               atol=1e-6)
+    error = capsys.readouterr().err.strip()
+    assert error.startswith(f"slic embed-video: error: {corrupt}: cannot decode video: ") and "\n" not in error
+    (store / "notes.pt").write_text("not a checkpoint")
+    for model, said in ((store / "absent.pt", "no such checkpoint"), (store / "notes.pt", "not a slic encoder")):
+        assert main(["embed-video", "--model", str(model), str(good[0])]) == 2
+        assert f"slic embed-video: error: {model}: {said}" in capsys.readouterr().err
+
+
 def test_served_model_declares_its_signature_and_a_real_example_without_warnings(
         store: Path, tiny_manifest: pd.DataFrame, caplog: pytest.LogCaptureFixture) -> None:
     import warnings
