@@ -7,8 +7,12 @@ leaves what was measured). Each section catches its own failure (`"status": "err
 the end of its traceback) and the next one runs; once the budget (`--budget`, 420 s on a GPU) is spent
 the remaining sections are recorded as `skipped`.
 
-Sections (described in the first run's order; they now run as: pretrain_throughput, stage_smoke,
-clustering, flow_stage, learning_at_scale, tvl1, gpu_data_path, search, pretrain_throughput_compiled):
+Sections (described in the first run's order; they now run as: clustering, flow_stage, pretrain_throughput,
+learning_at_scale, stage_smoke, tvl1, gpu_data_path, search, pretrain_throughput_compiled). The next visit's
+plan, two calls that fit its 15 minutes with the machine's start (docs/gpu.md, "The next visit"):
+
+    bash bench/gpu_run.sh --budget 300 --sections clustering flow_stage pretrain_throughput
+    bash bench/gpu_run.sh --budget 270 --sections learning_at_scale stage_smoke
 
 * ``pretrain_throughput`` (item a): the paper's configuration (presets/paper_ucf101.yaml:
   r3d_18_reference, 16 x 128 x 128, SGD, triplet + temporal term; bf16 autocast, channels_last_3d) at
@@ -26,6 +30,9 @@ clustering, flow_stage, learning_at_scale, tvl1, gpu_data_path, search, pretrain
   4); each row gives clips/s, data-wait share and its share of the model alone at that batch.
   `host_wait_each_step`: the model row at the largest batch again with the host waiting for the GPU
   before each step, as when the step read its loss terms as floats; its share of the sync-free row.
+  `sync_check`: CUDA's count of synchronising calls (torch.cuda.set_sync_debug_mode) in training epochs
+  of 1 and 3 steps; equal counts: the step waits for nothing. An end-to-end variant runs only while the
+  budget holds 1.2x what the last one took.
 * ``stage_smoke`` (item f): every GPU stage once, on CUDA, on a small synthetic frame-shard dataset
   this script writes, with the paper preset's values and small epochs: flow (TV-L1 at OpenCV's
   defaults), pretrain (2 epochs, flow view on), pretrain with gpu_decode (1 epoch, RGB), embed, evaluate, linear_probe (1 epoch), finetune
@@ -54,8 +61,9 @@ clustering, flow_stage, learning_at_scale, tvl1, gpu_data_path, search, pretrain
 * ``flow_stage`` and ``learning_at_scale`` (issue "GPU round two", items 4 and 3; bench/gpu_parts/scale.py):
   the synthetic default made on the machine (rendered straight to frame shards: no PyAV there); the flow
   stage's pairs/s on its train videos at several batch_pairs; the modes (random_init, intra_video, slic,
-  oracle, slic with per-video proxies) pretrained at 10x the CPU default's epochs at 64 px, one seed,
-  test recall@k and cluster AMI per round, and their order beside the CPU default's.
+  oracle, slic with per-video proxies) pretrained at 10x the CPU default's epochs at 64 px, clustering
+  and validation every 8 epochs (30 rounds), one seed, test recall@k and cluster AMI per round, and their
+  order beside the CPU default's; a mode the budget cuts short keeps its epochs done, val recall and AMI.
 * ``pretrain_throughput_compiled`` (item a, compile on): the `model` rows again with torch.compile,
   then at batch 128 its `reduce-overhead` (CUDA graphs) and `max-autotune-no-cudagraphs` modes
   (`modes`); last because compiling takes a minute or more each; skipped when the budget is short.
@@ -196,10 +204,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001
         bench.report["environment"] = {"error": f"{type(exc).__name__}: {exc}"}
     sections: list[tuple[str, Callable[[Bench, dict[str, Any]], None], float]] = [
-        # The issue "GPU round two" first (its items 1, 2, 4, 3), the smoke of every stage early (it runs the
-        # CUDA paths once), then what the first run measured already.
-        ("pretrain_throughput", pretrain_throughput, 30), ("stage_smoke", stage_smoke, 30),
-        ("clustering", clustering, 20), ("flow_stage", flow_stage, 15), ("learning_at_scale", learning_at_scale, 60),
+        # The issue "GPU round two" first: its short items (2 and 4) before the long throughput rows (1), so a
+        # slow loader cannot starve them; then learning at scale (3, a call of its own, see docs/gpu.md), the
+        # smoke of every stage (it runs the CUDA paths once), then what the first run measured already.
+        ("clustering", clustering, 20), ("flow_stage", flow_stage, 15), ("pretrain_throughput", pretrain_throughput, 30),
+        ("learning_at_scale", learning_at_scale, 60), ("stage_smoke", stage_smoke, 30),
         ("tvl1", tvl1, 15), ("gpu_data_path", gpu_data_path, 15), ("search", search, 20),
         ("pretrain_throughput_compiled", pretrain_throughput_compiled, 90 if profile.compile else 1)]
     try:

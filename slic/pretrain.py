@@ -236,7 +236,7 @@ def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch
             out = model(batch)  # one pass: anchor, positive and view share BatchNorm statistics
         a, p, *rest = out.float().chunk(3 if use_view else 2)
         v = rest[0] if use_view else None
-        if cfg.gather_embeddings:
+        if cfg.gather_embeddings and world.size > 1:  # one process: nothing to gather, labels stay on the host
             a, p, labels = gather_with_grad(a), gather_with_grad(p), gather_tensor(labels.to(world.device))
             v = gather_with_grad(v) if v is not None else None
         loss, stats = slic_loss(a, p, v, labels, triplet_margin=cfg.triplet_margin,

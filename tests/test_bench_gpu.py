@@ -89,6 +89,7 @@ def test_quick_run_measures_what_the_gpu_run_reports(quick_report: dict) -> None
     assert all(r["clips_per_s"] > 0 and 0 <= r["data_wait_fraction"] <= 1 and r["steps"] >= 2
                and r["share_of_model"] > 0 for r in loaders), loaders
     assert report["pretrain_throughput"]["flops_per_clip"]["forward_backward"] > 0
+    assert report["pretrain_throughput"]["sync_check"]["status"] == "skipped"  # CUDA's sync debug mode: GPU only
     smoke = report["stage_smoke"]
     assert set(smoke["stages"]) == {"flow", "pretrain", "pretrain_gpu_decode", "embed", "evaluate", "linear_probe",
                                     "finetune"}
@@ -108,6 +109,7 @@ def test_quick_run_measures_what_the_gpu_run_reports(quick_report: dict) -> None
     scale = report["learning_at_scale"]  # the synthetic default rendered to shards, the modes trained and ranked
     assert all(scale["data"]["splits"][split] > 0 for split in ("train", "val", "test"))
     assert set(scale["rows"]) == {"random_init", "intra_video", "slic"}
+    assert scale["settings"]["cluster_interval"] == scale["settings"]["eval_interval"] == 1
     assert all(r["status"] == "ok" and 0 < r["recall@1"] <= 100 for r in scale["rows"].values())
     assert scale["rows"]["slic"]["cluster_ami"] and scale["rows"]["intra_video"]["cluster_ami"] == []
     assert sorted(scale["order"]) == sorted(scale["rows"]) and scale["cpu_default"]["order"]
@@ -231,6 +233,36 @@ def test_budget_cuts_a_section_short_and_skips_the_rest(tmp_path: Path) -> None:
     report = json.loads((tmp_path / "gpu.json").read_text())
     assert report["broken"]["status"] == "error" and report["broken"]["error"] == "RuntimeError: boom"
     assert report["after"] == {"status": "ok", "ran": True, "seconds": report["after"]["seconds"]}
+
+
+def test_a_mode_the_budget_cuts_short_keeps_the_epochs_it_trained(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """learning_at_scale on a budget that ends while a mode trains: the row says so and keeps each epoch's
+    val recall and cluster AMI logged so far (the modes before it are complete)."""
+    gpu = bench_module("gpu")
+    import slic.pretrain
+    from bench.gpu_parts.scale import learning_at_scale
+
+    real = slic.pretrain.pretrain
+
+    def slow_after_one_epoch(cfg: object, **kwargs: object) -> dict:
+        if cfg.mode == "random_init":  # type: ignore[attr-defined]
+            return real(cfg, **kwargs)
+        run = kwargs["run"]
+        run.start(resume_run_id=None, digest="")  # type: ignore[attr-defined]
+        run.log_metrics({"loss": 1.0, "val_recall_at_1": 0.5, "cluster_ami": 0.25}, step=8)  # type: ignore[attr-defined]
+        time.sleep(30)
+        return {}
+
+    monkeypatch.setattr(slic.pretrain, "pretrain", slow_after_one_epoch)
+    bench = gpu.Bench(tmp_path / "gpu.json", 4.0, gpu.QUICK, gpu.torch.device("cpu"), tmp_path, None)
+    bench.section("learning_at_scale", learning_at_scale, needs_s=0)
+    report = json.loads((tmp_path / "gpu.json").read_text())["learning_at_scale"]
+    assert report["status"] == "error" and "time budget" in report["error"]
+    assert report["rows"]["random_init"]["status"] == "ok"
+    cut = report["rows"]["intra_video"]
+    assert (cut["status"], cut["epochs_done"], cut["val_recall_at_1"], cut["cluster_ami"]) == (
+        "budget", 1, [[8, 50.0]], [0.25])
 
 
 def test_merge_keeps_each_section_from_the_call_that_finished_it() -> None:

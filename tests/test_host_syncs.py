@@ -134,6 +134,69 @@ def reads_in_an_epoch(steps: int, **pretrain: Any) -> Counter[str]:
     return mode.reads
 
 
+@pytest.mark.parametrize("pretrain", [
+    {"objective": "triplet", "mining": "mined"}, {"objective": "triplet", "mining": "batch_all"},
+    {"objective": "proxy"}, {"objective": "proxy", "proxy_per": "video"}, {"objective": "nce"}])
+def test_a_whole_epoch_queues_on_the_device_without_reading_it(pretrain: dict[str, Any],
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """train_one_epoch, model and batches on the meta device (there any read of a device value fails), as
+    one process runs it on a GPU, gather_embeddings on (the default): every step is queued without a read.
+    Only the epoch's one read of its loss terms is left out. Before, one process still moved the labels to
+    the device "to gather" them, so the losses read them there (the label range, the mined pairs)."""
+    import contextlib
+
+    import slic.pretrain
+
+    cfg = PretrainConfig(**{**TINY, **pretrain, "gather_embeddings": True})
+    monkeypatch.setattr(slic.pretrain, "_autocast", lambda *_: contextlib.nullcontext())  # no meta autocast
+    monkeypatch.setattr(slic.pretrain, "epoch_means", lambda sums, steps: {"loss": 0.0})  # the epoch's one read
+    torch.manual_seed(0)
+    model = build_encoder(cfg).to(META)
+    proxies = None
+    if cfg.objective == "proxy":
+        proxies = PseudoLabelProxies(cfg, META)
+        owners = np.arange(12) if cfg.proxy_per == "video" else np.arange(12) % 3
+        proxies.reset(np.zeros((12, cfg.out_dim), dtype=np.float32), owners)
+    metrics = train_one_epoch(model, items(3, cfg, 12), build_optimizer(model, cfg), cfg,
+                              World(0, 1, 0, META), epoch=0, proxies=proxies)
+    assert metrics["steps"] == 3
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("pretrain", [{"objective": "triplet", "mining": "mined"}, {"objective": "proxy"}])
+def test_on_cuda_an_epoch_calls_no_synchronising_function_but_its_one_read(
+        pretrain: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """CUDA's own check (set_sync_debug_mode "error" raises at any synchronising call) over a whole epoch of
+    pinned uint8 batches with the side-stream prefetch: no blocking copy (the normalisation's constants, a
+    host-joined batch), no read of labels or losses; the epoch's one read of its loss terms runs outside."""
+    import slic.pretrain
+
+    device = torch.device("cuda")
+    cfg = PretrainConfig(**{**TINY, **pretrain, "gather_embeddings": True, "prefetch": True})
+    model = build_encoder(cfg).to(device)
+    optimizer = build_optimizer(model, cfg)
+    proxies = None
+    if cfg.objective == "proxy":
+        proxies = PseudoLabelProxies(cfg, device)
+        proxies.reset(np.zeros((12, cfg.out_dim), dtype=np.float32), np.arange(12) % 3)
+    batches = [tuple(t.pin_memory() for t in item) for item in items(3, cfg, 12)]
+    world = World(0, 1, 0, device)
+    train_one_epoch(model, batches, optimizer, cfg, world, epoch=0, proxies=proxies)  # warm-up
+    read_once = slic.pretrain.epoch_means
+
+    def allowed_read(sums: dict[str, torch.Tensor], steps: int) -> dict[str, float]:
+        torch.cuda.set_sync_debug_mode(0)
+        return read_once(sums, steps)
+
+    monkeypatch.setattr(slic.pretrain, "epoch_means", allowed_read)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        metrics = train_one_epoch(model, batches, optimizer, cfg, world, epoch=1, proxies=proxies)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert metrics["steps"] == 3 and np.isfinite(metrics["loss"])
+
+
 def test_proxy_labels_out_of_range_are_refused_in_the_training_loop() -> None:
     """The proxies' label range is checked on the host labels, so the loop checks it too (it waits on no
     device): a batch labelled past the proxies gets a ValueError that names the range."""

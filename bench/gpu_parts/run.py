@@ -87,10 +87,14 @@ class Profile:
     scale_rows: tuple[str, ...] = ("random_init", "intra_video", "slic", "oracle", "slic_video")
     scale_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # params.yaml sections
     scale_pretrain: dict[str, Any] = field(default_factory=dict)
+    scale_mode_s: float = 30.0                 # seconds the first trained mode is assumed to need (then: measured)
     flow_stage_batches: tuple[int, ...] = (256, 1024, 4096)
 
 
-FULL = Profile(name="full", workers=max(1, min(15, (os.cpu_count() or 2) - 1)))
+# learning_at_scale on a GPU: 10x the epochs at 8-epoch clustering and validation intervals (30 rounds each;
+# at the CPU default's 4 that would be 60 of each, an embedding pass and its loader per round and mode).
+FULL = Profile(name="full", workers=max(1, min(15, (os.cpu_count() or 2) - 1)),
+               scale_pretrain={"cluster_interval": 8, "eval_interval": 8})
 QUICK = Profile(
     name="quick", backbone="r3d_18_tiny", clip_len=4, size=16, batches=(4,), warmup_steps=1, model_steps=2,
     compile=False, frame_hw=(24, 32), shard_videos=8, shard_frames=12, e2e_samples=8, e2e_min_steps=2, workers=1,
@@ -116,7 +120,7 @@ QUICK = Profile(
                      "flow": {"nscales": 1, "warps": 1, "outer_iterations": 1, "inner_iterations": 2}},
     scale_pretrain={"backbone": "r3d_18_tiny", "hidden_dim": 32, "out_dim": 16, "clip_len": 4, "batch_size": 4,
                     "cluster_interval": 1, "eval_interval": 1, "frame_cache_mb": 16},
-    flow_stage_batches=(8, 64))
+    scale_mode_s=1.0, flow_stage_batches=(8, 64))
 
 
 class BudgetExceeded(Exception):

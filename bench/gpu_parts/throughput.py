@@ -62,7 +62,9 @@ def model_rate(bench: Bench, cfg: Any, batch: int, compiled: bool, compile_mode:
     world = World(0, 1, 0, device)
     model = to_device(build_encoder(cfg), device)
     optimizer = build_optimizer(model, cfg)
-    trained = torch.compile(model, mode=compile_mode) if compiled else model
+    if compiled:
+        torch._dynamo.reset()  # else a new batch size recompiles the cached graph with a dynamic batch dimension
+    trained = torch.compile(model, mode=compile_mode, dynamic=False) if compiled else model
     shape = (batch, 3, cfg.clip_len, cfg.size, cfg.size)
     generator = torch.Generator(device=device).manual_seed(0)
     views = [torch.randn(shape, device=device, generator=generator).contiguous(memory_format=torch.channels_last_3d)
@@ -81,6 +83,44 @@ def model_rate(bench: Bench, cfg: Any, batch: int, compiled: bool, compile_mode:
     del model, trained, optimizer, views
     return {"clips_per_s": round(metrics["clips_per_s"], 1), "steps": bench.profile.model_steps,
             "warmup_s": round(warm, 2), "loss": round(float(metrics.get("loss", float("nan"))), 4)}
+
+
+def sync_check(bench: Bench, cfg: Any, batch: int = 8) -> dict[str, Any]:
+    """Synchronising CUDA calls in whole training epochs of 1 and of 3 steps (torch.cuda.set_sync_debug_mode
+    warns at each): equal counts mean the step itself waits for nothing; the epoch's one read of its loss
+    terms is the one left. Batches as the loader hands them over (pinned uint8 clips, host labels)."""
+    import warnings
+
+    from slic.distributed import World
+    from slic.models import to_device
+    from slic.pretrain import build_encoder, build_optimizer, train_one_epoch
+
+    device = bench.device
+    if device.type != "cuda":
+        return {"status": "skipped", "reason": "CUDA only (torch.cuda.set_sync_debug_mode)"}
+    model = to_device(build_encoder(cfg), device)
+    optimizer = build_optimizer(model, cfg)
+    world = World(0, 1, 0, device)
+    generator = torch.Generator().manual_seed(0)
+    shape = (batch, 3, cfg.clip_len, cfg.size, cfg.size)
+    item = (*[torch.randint(0, 256, shape, dtype=torch.uint8, generator=generator).pin_memory() for _ in range(3)],
+            torch.randint(0, max(2, batch // 4), (batch,), generator=generator), torch.arange(batch))
+    train_one_epoch(model, [item] * 2, optimizer, cfg, world, 0)  # warm-up: cuDNN, cached constants, allocator
+    counts, first = {}, None
+    for steps in (1, 3):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                train_one_epoch(model, [item] * steps, optimizer, cfg, world, 1)
+            finally:
+                torch.cuda.set_sync_debug_mode(0)
+        syncs = [str(w.message) for w in caught if "synchroniz" in str(w.message).lower()]
+        counts[steps] = len(syncs)
+        first = first or (syncs[0][:300] if syncs else None)
+    del model, optimizer
+    return {"batch": batch, "syncs_epoch_of_1_step": counts[1], "syncs_epoch_of_3_steps": counts[3],
+            "step_waits_for_nothing": counts[1] == counts[3], "first_sync": first}
 
 
 def end_to_end_rate(bench: Bench, cfg: Any, batch: int, *, loader: str = "uint8", prefetch: bool = True,
@@ -153,6 +193,7 @@ def _throughput_rows(bench: Bench, out: dict[str, Any], cfg: Any, flops: dict[st
                        "optimizer": cfg.optimizer, "objective": cfg.objective, "mining": cfg.mining,
                        "temporal_weight": cfg.temporal_weight, "bf16_autocast": bench.device.type == "cuda",
                        "channels_last_3d": True, "compile": compiled, "cudnn_benchmark": True,
+                       "compile_dynamic": False if compiled else None,
                        "clips_per_triplet": 3 if cfg.temporal_weight > 0 else 2},
                flops_per_clip=flops, gflop_per_clip_forward_backward=round(flops["forward_backward"] / 1e9, 1),
                peak_bf16_tflops=peak,
@@ -178,6 +219,8 @@ def _throughput_rows(bench: Bench, out: dict[str, Any], cfg: Any, flops: dict[st
             row = _measured(bench, lambda: model_rate(bench, cfg, p.batches[-1], True, mode), flops, peak)
             out["modes"].append({"mode": mode, "batch": p.batches[-1], **row})
         return
+    if bench.left() >= 15:  # does the step wait for anything? (CUDA's own count of synchronising calls)
+        out["sync_check"] = _measured(bench, lambda: sync_check(bench, cfg), flops, None)
     model = {r["batch"]: r.get("model", {}).get("clips_per_s") for r in out["rows"]}
     if bench.left() >= 20:  # the same step with the host waiting for the device every step, as before
         largest = p.batches[-1]
@@ -186,13 +229,17 @@ def _throughput_rows(bench: Bench, out: dict[str, Any], cfg: Any, flops: dict[st
             row["share_of_sync_free"] = round(row["clips_per_s"] / model[largest], 3)
         out["host_wait_each_step"] = {"batch": largest, **row}
     out["end_to_end"] = []
+    needs = 45.0  # seconds a variant needs: then 1.2x what the last one took (warm-up and all)
     for loader, prefetch, workers in p.e2e_variants:
-        if bench.left() < 45:
+        if bench.left() < needs:
             out["end_to_end"].append({"loader": loader, "prefetch": prefetch, "workers": workers,
-                                      "status": "skipped", "reason": "time budget"})
+                                      "status": "skipped", "reason": f"time budget ({bench.left():.0f} s left, "
+                                                                    f"a variant needs about {needs:.0f} s)"})
             continue
+        started = time.perf_counter()
         row = _measured(bench, lambda: end_to_end_rate(bench, cfg, p.e2e_batch, loader=loader, prefetch=prefetch,
                                                        workers=workers), flops, peak)
+        needs = max(needs, 1.2 * (time.perf_counter() - started))
         row.update(loader=loader, prefetch=prefetch, workers=workers, batch=p.e2e_batch)
         if "clips_per_s" in row and model.get(p.e2e_batch):
             row["share_of_model"] = round(row["clips_per_s"] / model[p.e2e_batch], 3)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -154,9 +155,16 @@ def normalise_clips(clips: Tensor, mean: Sequence[float] = IMAGENET_MEAN,
     """
     if clips.dtype != torch.uint8:
         return clips
-    m = torch.tensor(mean, dtype=torch.float32, device=clips.device).view(3, 1, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32, device=clips.device).view(3, 1, 1, 1)
+    m, s = _channel_stats(tuple(mean), tuple(std), clips.device)
     return (clips.float() / 255.0 - m) / s
+
+
+@lru_cache(maxsize=16)
+def _channel_stats(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device) -> tuple[Tensor, Tensor]:
+    """The (3, 1, 1, 1) mean and std on `device`, made once: making them there is a copy from pageable host
+    memory, which on CUDA waits for everything queued on the stream (every batch, before)."""
+    return (torch.tensor(mean, dtype=torch.float32, device=device).view(3, 1, 1, 1),
+            torch.tensor(std, dtype=torch.float32, device=device).view(3, 1, 1, 1))
 
 
 def augment_clip(rng: np.random.Generator, frames: np.ndarray | Tensor, augmentation: Augmentation, size: int,

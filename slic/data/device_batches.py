@@ -7,7 +7,8 @@ stream; end to end reached 45-57% of the model alone while the loader kept up. N
 * the loader's workers hand over the augmented clips as uint8 (`PretrainClips(normalise=False)`): the
   augmentation already runs on uint8, so only where its last step (scale to [0, 1], subtract the mean,
   divide by the std) happens changes, and the batch crosses the bus at a quarter of the bytes;
-* the DataLoader pins them (`pin_memory` on CUDA) and the copy is `non_blocking`;
+* the DataLoader pins them (`pin_memory` on CUDA) and each part (anchors, positives, views) is copied
+  `non_blocking` from there and joined on the device;
 * with `prefetch` on CUDA the copy, the normalisation and (`gpu_decode`) the JPEG decode and augmentation
   of batch k+1 are issued on a side stream before batch k's step is handed out, so they overlap it.
 
@@ -43,8 +44,10 @@ def prepare_batch(item: Any, *, device: torch.device, size: int, gpu_decode: boo
         batch = torch.cat([clips_from_jpegs(kind, size=size, device=device) for kind in encoded])
     else:
         anchor, positive, view, labels, videos = item
-        batch = torch.cat([anchor, positive, view] if use_view else [anchor, positive])
-        batch = normalise_clips(batch.to(device, non_blocking=True))
+        # Each part crosses from the loader's pinned memory and they are joined on the device: joined on the
+        # host they would be a new, pageable tensor (a copy that waits, and a host memcpy of the batch).
+        parts = [anchor, positive, view] if use_view else [anchor, positive]
+        batch = normalise_clips(torch.cat([part.to(device, non_blocking=True) for part in parts]))
     if device.type == "cuda":
         batch = batch.contiguous(memory_format=torch.channels_last_3d)
     return batch, labels, videos
@@ -65,6 +68,9 @@ def device_batches(loader: Iterable[Any], prepare: Callable[[Any], DeviceBatch],
         item = next(items, None)
         if item is None:
             return None
+        # The side stream first waits for what the training stream has queued so far (the steps before the
+        # current one): an item made on the device there (a benchmark's batch) is then written before it is read.
+        side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):
             return prepare(item)
 

@@ -35,9 +35,15 @@ def decode_on(jpegs: Sequence[bytes], device: str | torch.device) -> list[Tensor
     from torchvision.io import ImageReadMode, decode_jpeg
 
     data = [torch.frombuffer(bytearray(j), dtype=torch.uint8) for j in jpegs]
+    target = torch.device(device)
+    if target.type == "cuda":
+        # torchvision's nvJPEG decoder writes on a stream of its own into memory taken from the current
+        # stream's pool without waiting for that stream: memory freed there by work still queued (the last
+        # batch's stack and augmentation, on the prefetch side stream) could be written before that work ran.
+        torch.cuda.current_stream(target).synchronize()
     with warnings.catch_warnings():  # torchvision 0.29 marks its image codecs deprecated; pinned, they work
         warnings.simplefilter("ignore", DeprecationWarning)
-        images = decode_jpeg(data, mode=ImageReadMode.RGB, device=torch.device(device))
+        images = decode_jpeg(data, mode=ImageReadMode.RGB, device=target)
     return [image.permute(1, 2, 0) for image in images]
 
 
