@@ -12,7 +12,7 @@ learning_at_scale, stage_smoke, tvl1, gpu_data_path, search, pretrain_throughput
 plan, two calls that fit its 15 minutes with the machine's start (docs/gpu.md, "The next visit"):
 
     bash bench/gpu_run.sh --budget 300 --sections clustering flow_stage pretrain_throughput
-    bash bench/gpu_run.sh --budget 270 --sections learning_at_scale stage_smoke
+    bash bench/gpu_run.sh --budget 330 --sections learning_at_scale stage_smoke
 
 * ``pretrain_throughput`` (item a): the paper's configuration (presets/paper_ucf101.yaml:
   r3d_18_reference, 16 x 128 x 128, SGD, triplet + temporal term; bf16 autocast, channels_last_3d) at
