@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,24 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # `make test` runs two pytest workers on two cores: one thread each (torch and the stages' subprocesses read
     # this before they start their thread pools), so the workers do not fight over the cores.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+MLFLOW_URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_store_stays_with_its_test() -> Iterator[None]:
+    """mlflow.set_tracking_uri and set_registry_uri also write MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI into
+    os.environ. Restored after each test, so that one test's store never becomes a later test's: a `dvc repro`
+    subprocess inherits the environment, and tests/test_pipeline.py's registry then held another test's
+    champion whenever such a test had run before it on the same worker."""
+    saved = {key: os.environ.get(key) for key in MLFLOW_URI_VARIABLES}
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 def tiny_synth_config(out: Path, **overrides: object) -> SynthConfig:
