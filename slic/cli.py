@@ -465,7 +465,7 @@ def run_embed_video(argv: list[str]) -> int:
     """
     import numpy as np
 
-    from slic.search import QUERY_ERRORS, SearchUsageError, model_embedder
+    from slic.search import QUERY_ERRORS, SearchUsageError, model_embedder, query_error
 
     parser = argparse.ArgumentParser(prog="slic embed-video", description="embed video files with a registered "
                                      "encoder or a pretrain checkpoint")
@@ -489,8 +489,7 @@ def run_embed_video(argv: list[str]) -> int:
         try:
             rows.append(embed(Path(video)))
         except QUERY_ERRORS as exc:
-            reason = (str(exc).splitlines() or [type(exc).__name__])[0].removeprefix(f"{video}: ")
-            print(f"slic embed-video: error: {video}: {reason}", file=sys.stderr)
+            print(f"slic embed-video: error: {video}: {query_error(video, exc)}", file=sys.stderr)
             rows.append(None)
     dim = next((row.shape[-1] for row in rows if row is not None), 0)
     if not dim:

@@ -44,10 +44,6 @@ def find_videos(path: str | Path, extensions: tuple[str, ...]) -> list[Path]:
 
 def checkpoint_embedder(loaded: LoadedIndex, warn: Callable[[str], None]) -> Callable[[Path], np.ndarray]:
     """Embed one video with the index's own checkpoint (the encoder that made the gallery embeddings)."""
-    import torch
-
-    from slic.serving import VideoEncoder
-
     checkpoint = Path(loaded.meta["checkpoint"])
     if not checkpoint.is_file():
         raise SearchUsageError(f"{checkpoint}: the index's checkpoint is missing; run `dvc repro index` "
@@ -55,9 +51,7 @@ def checkpoint_embedder(loaded: LoadedIndex, warn: Callable[[str], None]) -> Cal
     recorded = loaded.meta.get("checkpoint_sha256", "")
     if recorded and file_sha256(checkpoint) != recorded:
         warn(f"warning: {checkpoint} changed since the index was built; run `dvc repro index` to re-embed it")
-    encoder = VideoEncoder(checkpoint, "cuda" if torch.cuda.is_available() else "cpu",
-                           clips=int(loaded.meta.get("clips", 10)))
-    return lambda path: encoder.embed_paths([path])[0]
+    return _checkpoint_file_embedder(checkpoint, int(loaded.meta.get("clips", 10)))
 
 
 def model_embedder(model: str, clips: int = 10) -> Callable[[Path], np.ndarray]:
@@ -97,6 +91,11 @@ def _checkpoint_file_embedder(checkpoint: Path, clips: int) -> Callable[[Path], 
     return lambda path: encoder.embed_paths([path])[0]
 
 
+def query_error(video: Path | str, exc: BaseException) -> str:
+    """Why `video` could not be embedded, in one line without its own path (the caller names the file)."""
+    return (str(exc).splitlines() or [type(exc).__name__])[0].removeprefix(f"{video}: ")
+
+
 def search_videos(videos: list[Path], embed: Callable[[Path], np.ndarray], loaded: LoadedIndex,
                   k: int) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
     """(answers, errors): the k nearest indexed videos per query that could be embedded, an error per other."""
@@ -106,8 +105,7 @@ def search_videos(videos: list[Path], embed: Callable[[Path], np.ndarray], loade
         try:
             vector = embed(video)
         except QUERY_ERRORS as exc:
-            reason = (str(exc).splitlines() or [type(exc).__name__])[0].removeprefix(f"{video}: ")
-            errors.append({"query": str(video), "error": reason})
+            errors.append({"query": str(video), "error": query_error(video, exc)})
             continue
         if vector.shape[-1] != loaded.index.d:
             raise SearchUsageError(f"the encoder gives {vector.shape[-1]}-d embeddings but the index holds "
