@@ -189,15 +189,6 @@ def batch_all_triplet_loss_with_stats(embeddings: Tensor, labels: Tensor, *,
     return loss, stats
 
 
-def _label_range(labels: Tensor) -> tuple[int, int]:
-    """(min, max) of non-empty `labels`, read where they are: host labels (as the loader gives them) in
-    NumPy, which waits for no device; labels on a device through torch, which makes the host wait for it."""
-    if labels.device.type == "cpu":
-        values = labels.numpy()
-        return int(values.min()), int(values.max())
-    return int(labels.min()), int(labels.max())
-
-
 def proxy_loss_with_stats(embeddings: Tensor, labels: Tensor, proxies: Tensor, *,
                           temperature: float = 0.1) -> tuple[Tensor, Stats]:
     """Cross-entropy of cos(embedding, proxy_k) / temperature over the K proxies, target = the label.
@@ -212,7 +203,7 @@ def proxy_loss_with_stats(embeddings: Tensor, labels: Tensor, proxies: Tensor, *
     if proxies.ndim != 2 or proxies.shape[1] != embeddings.shape[1]:
         raise ValueError(f"proxies must be (K, {embeddings.shape[1]}), got {tuple(proxies.shape)}")
     if labels.numel():
-        low, high = _label_range(labels)
+        low, high = int(labels.min()), int(labels.max())  # host labels (as the loader gives them): no device wait
         if low < 0 or high >= proxies.shape[0]:
             raise ValueError(f"labels must lie in 0..{proxies.shape[0] - 1} (one proxy each), got {low}..{high}")
     if temperature <= 0:
