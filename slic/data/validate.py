@@ -40,12 +40,11 @@ class Failure:
 
 
 REBUILD = "rebuild the table with `dvc repro manifest` instead of editing it by hand"
-HINTS: dict[str | None, str] = {  # by the failed expectation's column: what a person can do about it
+HINTS: dict[str | None, str] = {  # by the failed expectation's column: what a person can do (else REBUILD)
     None: "the table is not a manifest slic wrote (columns or no rows): check manifest.root, manifest.layout "
           "and manifest.extensions, then " + REBUILD,
     "video_id": "two files give the same video id (the same name with another extension, or the same clip "
                 "twice): remove or rename one of them",
-    "split": REBUILD,
     "label": "labels must number the classes 0..n-1 (-1 and no class for layout unlabelled): " + REBUILD,
     "class": "layout unlabelled lists no classes: set manifest.layout to the reader of your labels, or "
              + REBUILD,
@@ -55,8 +54,6 @@ HINTS: dict[str | None, str] = {  # by the failed expectation's column: what a p
                           "test would be seen in training: fix the split files so that each group is on one side",
     "frames": "a video shorter than manifest.min_frames was not excluded: " + REBUILD,
     "fps": "the container gives no frame rate: re-mux the file (ffmpeg -i IN -c copy OUT.mp4) or remove it",
-    "width": REBUILD, "height": REBUILD, "duration": REBUILD, "path": REBUILD, "group": REBUILD,
-    "excluded": REBUILD,
 }
 COVERAGE_HINT = ("every class needs a usable video in each split named: add videos to those classes, remove "
                  "their folders (or lines of the split files), or lower manifest.min_frames if their videos were "
