@@ -158,7 +158,7 @@ def report_markdown(stage: str, report: dict[str, Any], ran: bool) -> str:
             rows.append((key, f"{len(value)} item(s)"))
         else:
             rows.append((key, value))
-    status = "ran" if ran else "unchanged (DVC cache)"
+    status = f"skipped: {report.get('reason', '')}" if report.get("skipped") else "ran" if ran else "unchanged (DVC cache)"
     body = "\n".join(f"| {k} | {f'{v:.4g}' if isinstance(v, float) else v} |" for k, v in rows[:60])
     return f"### {stage}: {status}\n\n| key | value |\n|---|---|\n{body}\n"
 
@@ -171,6 +171,8 @@ def publish_stage(repo: str, stage: str, ran: bool, parent_run_id: str | None) -
     published: dict[str, str] = {}
     path = report_path(repo, stage)
     report = json.loads(path.read_text()) if path.is_file() else {}
+    if report.get("skipped"):  # a stage that needs classes, on videos without them
+        published["skipped"] = str(report.get("reason", ""))
     if report:
         published["report"] = str(create_markdown_artifact(
             key=artifact_key(stage, "report"), markdown=report_markdown(stage, report, ran),
@@ -274,7 +276,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"slic pipeline: {state.message or state.name}", file=sys.stderr)
         return 1
     for stage, result in state.result()["stages"].items():
-        if "ran" in result:
+        if "skipped" in result.get("published", {}):
+            print(f"{stage}: skipped: {result['published']['skipped']}")
+        elif "ran" in result:
             print(f"{stage}: {'ran' if result['ran'] else 'unchanged (DVC cache)'}")
     return 0
 

@@ -274,6 +274,8 @@ def run_evaluate(config: Any) -> dict[str, Any]:
     from slic.tracking import stage_run
 
     cfg = config.evaluate
+    if not _embeddings_have_labels(cfg.embeddings):
+        return _evaluate_unlabelled(config)
     report = evaluate_embeddings(cfg.embeddings, query_split=cfg.query_split, gallery_split=cfg.gallery_split,
                                  ks=cfg.ks)
     write_recall_curve(report, cfg.curve)
@@ -295,9 +297,57 @@ def run_evaluate(config: Any) -> dict[str, Any]:
     print("evaluate: " + " ".join(f"{k}={v:.3f}" for k, v in report.items() if k.startswith("recall@")))
     print(f"evaluate: {page['path']} ({page['queries_shown']} queries x top-{page['k_shown']}, "
           f"{page['bytes'] / 1e6:.2f} MB)")
+    _warn_missing_thumbnails(page)
+    return report
+
+
+def _warn_missing_thumbnails(page: dict[str, Any]) -> None:
+    """One stderr line naming the shards an HTML report could not make thumbnails from (placeholders shown)."""
     if page["missing_thumbnails"]:
         print(f"evaluate: warning: no frames for {len(page['missing_thumbnails'])} thumbnails (placeholders): "
               + ", ".join(page["missing_thumbnails"][:5]), file=sys.stderr)
+
+
+def _embeddings_have_labels(embeddings: str | Path) -> bool:
+    """Whether any embedded video has a class (an unlabelled layout's videos all have label -1); a missing
+    file counts as labelled, so evaluate_embeddings says which stage makes it."""
+    import numpy as np
+
+    return not Path(embeddings).is_file() or bool((np.load(embeddings)["label"] >= 0).any())
+
+
+def _evaluate_unlabelled(config: Any) -> dict[str, Any]:
+    """Stage `evaluate` on videos without classes: no recall to measure, so each video of the gallery split
+    queries the others, and the report holds what needs no labels (slic.retrieval.unlabelled_neighbours)
+    and the neighbours page; the recall curve is written with its header only."""
+    from slic.config import to_dict
+    from slic.report import write_neighbours_html
+    from slic.retrieval import unlabelled_neighbours, write_recall_curve
+    from slic.tracking import stage_run
+
+    cfg = config.evaluate
+    report = unlabelled_neighbours(cfg.embeddings, split=cfg.gallery_split, ks=cfg.ks)
+    write_recall_curve({}, cfg.curve)  # the header only: no recall without classes
+    page = write_neighbours_html(cfg.html, report, embeddings=cfg.embeddings, frames_dir=config.extract.out,
+                                 manifest=config.extract.manifest, queries=cfg.html_queries, k=cfg.html_k,
+                                 seed=cfg.html_seed)
+    model = _checkpoint_config(config.embed.checkpoint) if cfg.embeddings == config.embed.out else {}
+    name = f"evaluate {_model_summary(model, cfg.embeddings)} {cfg.gallery_split}, no labels"
+    with stage_run("evaluate", to_dict(cfg), name=name) as run:
+        _log_videos_input(run, config, (cfg.gallery_split,), "evaluation",
+                          min_frames=int(model.get("clip_len", 0)), frame_step=int(model.get("frame_step", 1)))
+        run.log_metrics({k: v for k, v in report.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        run.set_tags({"slic.labelled": "false"})
+        run.log_artifact(cfg.html)
+        from slic.plots import embedding_projection
+
+        _log_plot(run, "embeddings_pca", embedding_projection, cfg.embeddings)
+    print(f"evaluate: no class labels, so no recall; {report['protocol']}: neighbour_cosine@1="
+          f"{report['neighbour_cosine@1']:.3f} mean_pairwise_cosine={report['mean_pairwise_cosine']:.3f} "
+          f"effective_rank={report['effective_rank']:.1f} of {report['embedding_dim']}")
+    print(f"evaluate: {page['path']} ({page['queries_shown']} videos x their top-{page['k_shown']} neighbours, "
+          f"{page['bytes'] / 1e6:.2f} MB)")
+    _warn_missing_thumbnails(page)
     return report
 
 
@@ -436,9 +486,32 @@ NAMED_STAGES = {"eval-data": "NAME: the manifest, Great Expectations check and f
                 "classify": "NAME: linear probe and finetune on eval_sets.NAME (when its classify is true)"}
 REPORT_NAMES = {"evaluate": "retrieval", "promote": "promotion", "synth-transfer": "synth_transfer",
                 "linear-probe": "linear_probe", "ablation-flow": "ablation_flow"}  # reports/<name>.json when it is not the stage's name
-LABELLED_STAGES = ("evaluate", "ablation", "ablation-flow", "linear-probe", "finetune", "promote")  # measure on classes
+CLASS_STAGES: dict[str, Callable[[Any], str]] = {  # stages that only measure against classes: their output folder
+    "ablation": lambda config: config.ablation.out, "ablation-flow": lambda config: config.ablation_flow.out,
+    "linear-probe": lambda config: config.linear_probe.out, "finetune": lambda config: config.finetune.out}
 TRAINING_STAGES = ("pretrain", "embed", "ablation", "ablation-flow", "linear-probe")
 FIXED_KEY_REPORTS = ("finetune",)  # top-level keys are exactly the trainings: no stage_seconds added
+
+
+def _manifest_has_labels(manifest: str | Path) -> bool:
+    from slic.data.datasets import manifest_has_labels
+
+    return manifest_has_labels(manifest)
+
+
+def skip_without_labels(stage: str, manifest: str | Path, out: str | Path) -> dict[str, Any]:
+    """The report of a stage that measures against classes, run on videos that have none: it trains nothing
+    and says so, here, in `out`/skipped.json (the stage's output folder; what it held stays) and on stdout,
+    so `dvc repro` and `slic pipeline` go on to the stages that need no labels."""
+    report = {"skipped": True, "labelled": False,
+              "reason": f"{manifest} has no class labels (manifest.layout unlabelled) and stage {stage} "
+                        "measures against classes",
+              "what_to_do": "measure the encoder on a labelled set instead: add it to eval_sets (stages "
+                            "transfer@NAME and classify@NAME), or point the manifest at a labelled set"}
+    Path(out).mkdir(parents=True, exist_ok=True)
+    (Path(out) / "skipped.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(f"{stage}: skipped: {report['reason']}; {report['what_to_do']}")
+    return report
 
 
 def run_pipeline(argv: list[str]) -> int:
@@ -600,13 +673,14 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     try:
         config = load(args.params)
-        if args.stage in LABELLED_STAGES:
-            from slic.data.datasets import require_labels
-
-            require_labels(config.extract.manifest, args.stage)
         if eval_name:
             return _run_named_stage(args.stage, config, eval_name, started)
-        report = STAGES[args.stage][0](config)
+        if args.stage in CLASS_STAGES and not _manifest_has_labels(config.extract.manifest):
+            report = skip_without_labels(args.stage, config.extract.manifest, CLASS_STAGES[args.stage](config))
+        else:
+            if args.stage in CLASS_STAGES:  # a skip recorded when the videos had no classes no longer holds
+                (Path(CLASS_STAGES[args.stage](config)) / "skipped.json").unlink(missing_ok=True)
+            report = STAGES[args.stage][0](config)
     except (ConfigError, DatasetError, ExtractError, FlowError, FileNotFoundError, TrackingError, PromoteError,
             IndexBuildError, FinetuneError) as exc:
         print(f"slic {args.stage}: error: {exc}", file=sys.stderr)
@@ -617,7 +691,7 @@ def main(argv: list[str] | None = None) -> int:
     if os.environ.get("RANK", "0") == "0":  # under torchrun, only the main rank reports
         if args.stage not in FIXED_KEY_REPORTS:
             report["stage_seconds"] = round(time.perf_counter() - started, 3)
-            if args.stage in TRAINING_STAGES:  # numbers that differ across CPU types: where they were made
+            if args.stage in TRAINING_STAGES and not report.get("skipped"):  # numbers that differ across CPU types
                 from slic.machine import machine_info
 
                 report["machine"] = machine_info(report.get("device"))

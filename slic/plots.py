@@ -82,7 +82,8 @@ def embedding_projection(embeddings: str | Path, out: str | Path) -> Path:
                 ax.scatter(points[mask, 0], points[mask, 1], s=18, marker=marker, color=colours(i),
                            label=name if split == "train" else None, alpha=0.8)
     ax.set(title="embeddings, PCA 2-D (colour: class; o train, s val, ^ test)", xlabel="PC 1", ylabel="PC 2")
-    ax.legend(fontsize=7, ncol=2, loc="best")
+    if any(classes):  # videos without classes (an unlabelled layout) have one unnamed colour: no legend
+        ax.legend(fontsize=7, ncol=2, loc="best")
     fig.tight_layout()
     return _save(fig, out)
 

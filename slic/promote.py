@@ -160,6 +160,29 @@ def _decide_on_equal_terms(cfg: PromoteConfig, candidate: float, data: str, cham
         "champion_val_recall_at_1": theirs}
 
 
+def trained_with_labels(report: str | Path) -> bool:
+    """False when pretrain's report says its videos had no classes (`labelled: false`): no metric was measured."""
+    path = Path(report)
+    return not path.is_file() or json.loads(path.read_text()).get("labelled", True) is not False
+
+
+def decide_without_labels(cfg: PromoteConfig, champion: Any) -> tuple[Decision, dict[str, Any]]:
+    """A candidate trained on videos without classes has no metric: it takes the alias only when there is no
+    champion (as any first candidate does); otherwise the alias stays, since nothing can say which is better."""
+    if champion is None:
+        return Decision(True, "no current champion; the candidate was trained on videos without class labels, so "
+                              "nothing was measured"), {
+            "champion_metric": "none", "champion_version": "none", "champion_data_fingerprint": "none",
+            "compared_on": "no labels"}
+    return Decision(False, f"the candidate was trained on videos without class labels: nothing to compare with "
+                           f"champion version {champion.version} on, so {cfg.alias} stays; to serve the candidate, "
+                           f"move the alias by hand: MlflowClient().set_registered_model_alias({cfg.model_name!r}, "
+                           f"{cfg.alias!r}, VERSION) with the version in reports/promotion.json"), {
+        "champion_metric": "none", "champion_version": champion.version,
+        "champion_data_fingerprint": champion.tags.get("data_fingerprint", "") or "unknown",
+        "compared_on": "no labels"}
+
+
 def example_video(manifest: str | Path | None) -> str | None:
     """The first video of `manifest` that exists on disk: the served model's input example (None without one)."""
     if manifest is None or not Path(manifest).is_file():
@@ -181,15 +204,19 @@ def promote(cfg: PromoteConfig, report: str | Path = PRETRAIN_REPORT, *, manifes
 
     from slic import registry, tracking
 
-    candidate = read_metric(report, cfg.metric)  # refuse before touching the registry
+    # refuse before touching the registry; a candidate trained without classes has no metric
+    candidate = read_metric(report, cfg.metric) if trained_with_labels(report) else None
     checkpoint = Path(cfg.checkpoint)
     if not checkpoint.is_file():
         raise FileNotFoundError(f"{checkpoint}: no checkpoint to promote; run the `pretrain` stage first")
     payload = torch.load(checkpoint, map_location="cpu", weights_only=False)
     train_config, data = payload["config"], (payload.get("fingerprint") or {}).get("data", "")
     champion = registry.alias_version(cfg.model_name, cfg.alias)
-    decision, compared = _decide_on_equal_terms(cfg, candidate, data, champion, checkpoint, train_config, manifest,
-                                                frames_dir, flow)
+    if candidate is None:
+        decision, compared = decide_without_labels(cfg, champion)
+    else:
+        decision, compared = _decide_on_equal_terms(cfg, candidate, data, champion, checkpoint, train_config,
+                                                    manifest, frames_dir, flow)
     pretrain = json.loads(Path(report).read_text())
     name = (f"promote {train_config.get('mode')} {train_config.get('backbone')} {train_config.get('size')}px "
             f"-> {cfg.model_name}")
@@ -198,13 +225,16 @@ def promote(cfg: PromoteConfig, report: str | Path = PRETRAIN_REPORT, *, manifes
             run.log_input(manifest, data or "unknown", splits=("train", "val"), context="validation")
         model_uri = registry.log_encoder(checkpoint, embedding_dim=int(train_config["out_dim"]),
                                          example_video=example_video(manifest))
-        tags = {"metric": cfg.metric, "metric_value": candidate, "data_fingerprint": data or "unknown", **compared,
-                "decision": "promoted" if decision.promote else "rejected", "reason": decision.reason,
+        measured = {} if candidate is None else {"metric_value": candidate}  # no value: nothing to compare later
+        tags = {"metric": cfg.metric, **measured, "data_fingerprint": data or "unknown", **compared,
+                "decision": "promoted" if decision.promote else "rejected" if measured else "not compared",
+                "reason": decision.reason,
                 "pretrain_run_id": pretrain.get("mlflow_run_id", ""), "checkpoint": str(checkpoint)}
         version = registry.register_version(model_uri, cfg.model_name, tags)
         if decision.promote:
             registry.set_alias(cfg.model_name, cfg.alias, version.version)
-        run.log_metrics({cfg.metric: candidate, **{k: v for k, v in compared.items() if k.endswith("recall_at_1")}})
+        run.log_metrics({**({} if candidate is None else {cfg.metric: candidate}),
+                         **{k: v for k, v in compared.items() if k.endswith("recall_at_1")}})
         run.set_tags({f"promote.{k}": v for k, v in tags.items()} | {"promote.version": version.version,
                                                                      "slic.data_fingerprint": data or "unknown"})
         run_id = run.run_id

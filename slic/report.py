@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from slic.data.frames import ShardReader, shard_path
-from slic.retrieval import nearest_gallery, normalize_rows
+from slic.retrieval import nearest_gallery, nearest_others, normalize_rows
 
 THUMB_FRAMES = 12   # frames spread over the whole video
 THUMB_WIDTH = 96    # pixels; height keeps the video's aspect
@@ -223,3 +223,79 @@ def write_retrieval_html(out: str | Path, report: Mapping[str, Any], *, embeddin
     missing = sorted(str(shard_path(frames_dir, v)) for v, t in thumbs.items() if t.data_uri is None)
     return {"path": str(out), "bytes": out.stat().st_size, "queries_shown": len(chosen), "k_shown": k_shown,
             "missing_thumbnails": missing}
+
+
+NEIGHBOUR_STYLE = ".mark.neighbour { background: #59636e; } #label-free td:last-child { text-align: left; }"
+LABEL_FREE_ROWS = (("mean_pairwise_cosine", "mean cosine similarity over all pairs of videos (near 1: everything looks alike)"),
+                   ("effective_rank", "effective rank of the embeddings (near 1: collapsed; at most the dimension)"))
+
+
+def _ordinal(n: int) -> str:
+    """1st, 2nd, 3rd, 4th, 11th, 21st."""
+    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
+
+
+def _label_free_table(report: Mapping[str, Any]) -> str:
+    """The label-free numbers of `slic.retrieval.unlabelled_neighbours` as a table, each with what it means."""
+    ks = sorted(int(key.split("@")[1]) for key in report if key.startswith("neighbour_cosine@"))
+    rows = [(f"neighbour_cosine@{k}", f"mean cosine similarity of each video's {_ordinal(k)} nearest other video")
+            for k in ks] + list(LABEL_FREE_ROWS)
+    hub_k = report["hub_k"]
+    rows.append((f"never_in_top{hub_k}", f"share of videos that are in no other video's top {hub_k}"))
+    body = "".join(f'<tr data-key="{key}"><td>{key}</td><td>{report[key]:.4g}</td><td>{html.escape(what)}</td></tr>'
+                   for key, what in rows)
+    hubs = "".join(f"<tr><td>{html.escape(h['video_id'])}</td><td>{h[f'in_top{hub_k}_of']}</td>"
+                   f"<td>{100 * h['share_of_queries']:.1f}%</td></tr>" for h in report["hubs"])
+    return (f'<h2>Without labels</h2><table id="label-free"><thead><tr><th>measure</th><th>value</th><th>what it '
+            f"says</th></tr></thead><tbody>{body}</tbody></table><h2>Hubs</h2><p>The videos found most often among "
+            f"the top {hub_k} of the others: one that every query finds (a black, static or title-card video) is "
+            f'worth a look.</p><table id="hubs"><thead><tr><th>video</th><th>in the top {hub_k} of</th><th>share of '
+            f"queries</th></tr></thead><tbody>{hubs}</tbody></table>")
+
+
+def write_neighbours_html(out: str | Path, report: Mapping[str, Any], *, embeddings: str | Path,
+                          frames_dir: str | Path, manifest: str | Path, queries: int = 12, k: int = 5,
+                          seed: int = 7) -> dict[str, Any]:
+    """The HTML report of `evaluate` on videos without classes: the label-free numbers of `report`
+    (`slic.retrieval.unlabelled_neighbours`), then a seeded sample of videos, each with its top-k nearest
+    other videos as animated thumbnails, to judge by eye whether neighbours share their motion.
+
+    Returns what `write_retrieval_html` returns.
+    """
+    data = np.load(embeddings)
+    mask = data["split"] == report["query_split"]
+    vectors, ids = data["embedding"][mask], data["video_id"][mask]
+    neighbours, sims = nearest_others(vectors, k)
+    rng = np.random.default_rng(seed)
+    chosen = np.sort(rng.choice(len(vectors), min(queries, len(vectors)), replace=False))
+    paths = _video_paths(Path(manifest))
+    thumbs: dict[str, Thumbnail] = {}
+
+    def cell(index: int, role: str, caption: str) -> str:
+        video_id, shard = str(ids[index]), shard_path(frames_dir, str(ids[index]))
+        if video_id not in thumbs:
+            thumbs[video_id] = load_thumbnail(shard)
+        tag = "figure" if role == "query" else "li"
+        return (f'<{tag} class="video {role}">{_thumb_html(thumbs[video_id], f"{role}: {video_id}", shard)}<div>'
+                f'<span class="mark {role}">{role}</span> {caption}<br>'
+                f'<span class="path">{html.escape(paths.get(video_id, video_id))}</span></div></{tag}>')
+
+    rows = [f'<section class="row" aria-label="query {html.escape(str(ids[q]))}">{cell(q, "query", "")}<ol>'
+            + "".join(cell(int(g), "neighbour", f"#{rank + 1}<br>cos {sims[q, rank]:.3f}")
+                      for rank, g in enumerate(neighbours[q])) + "</ol></section>" for q in chosen]
+    title = "Nearest neighbours (videos without classes)"
+    note = "" if paths else f"<p>{html.escape(str(manifest))} not found: videos are named by id.</p>"
+    page = (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
+            f"<style>{STYLE}{NEIGHBOUR_STYLE}</style></head><body><h1>{title}</h1>"
+            f"<p>{html.escape(report['protocol'])}, by cosine similarity of the embeddings in "
+            f"<code>{html.escape(str(embeddings))}</code>. The videos have no classes, so there is no recall: judge "
+            f"the neighbours below by eye, or add a labelled set to <code>eval_sets</code> (the transfer protocol)."
+            f"</p>{_label_free_table(report)}<h2>Sampled videos and their top-{neighbours.shape[1]} neighbours</h2>"
+            f'<p id="sample">{len(chosen)} of {len(vectors)} videos drawn at random (seed {seed}).</p>'
+            f"{note}{''.join(rows)}</body></html>\n")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(page, encoding="utf-8")
+    missing = sorted(str(shard_path(frames_dir, v)) for v, t in thumbs.items() if t.data_uri is None)
+    return {"path": str(out), "bytes": out.stat().st_size, "queries_shown": len(chosen),
+            "k_shown": neighbours.shape[1], "missing_thumbnails": missing}

@@ -81,3 +81,61 @@ def write_recall_curve(report: dict[str, Any], path: str | Path) -> None:
                   if key.startswith("recall@"))
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text("k,recall\n" + "".join(f"{k},{v:.6f}\n" for k, v in rows))
+
+
+def nearest_others(vectors: np.ndarray, k: int, *, block: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """Leave-one-out neighbours: (indices, cosine similarities), each (n, k) best first, of every row among the
+    other rows (a row never finds itself, even when another row is identical to it)."""
+    unit = normalize_rows(vectors)
+    k = min(k, len(unit) - 1)
+    indices = np.empty((len(unit), k), dtype=np.int64)
+    sims_out = np.empty((len(unit), k), dtype=np.float32)
+    for start in range(0, len(unit), block):
+        sims = unit[start:start + block] @ unit.T
+        rows = np.arange(len(sims))
+        sims[rows, rows + start] = -np.inf
+        part = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        order = np.take_along_axis(sims, part, axis=1).argsort(axis=1, kind="stable")[:, ::-1]
+        indices[start:start + block] = np.take_along_axis(part, order, axis=1)
+        sims_out[start:start + block] = np.take_along_axis(sims, indices[start:start + block], axis=1)
+    return indices, sims_out
+
+
+def effective_rank(vectors: np.ndarray) -> float:
+    """exp(entropy) of the normalised singular values (RankMe, Garrido et al. 2023): about d for embeddings
+    spread over d directions, 1 for a collapsed one. Computed on the unit rows retrieval compares."""
+    singular = np.linalg.svd(normalize_rows(vectors).astype(np.float64), compute_uv=False)
+    share = singular / max(singular.sum(), 1e-12) + 1e-7
+    return float(np.exp(-(share * np.log(share)).sum()))
+
+
+def unlabelled_neighbours(path: str | Path, *, split: str = "train", ks: Sequence[int] = DEFAULT_KS,
+                          hub_k: int = 10) -> dict[str, Any]:
+    """What can be measured without classes: each `split` video queries all the others (leave-one-out).
+
+    Mean cosine similarity of the k-th neighbour for each k, the mean over all pairs, the effective rank
+    (near 1: the embedding collapsed), and hubness: the videos that appear in the most top-`hub_k` lists
+    (a black or static video often does) and the share that appears in none.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no embeddings; run the `embed` stage first (dvc repro embed)")
+    data = np.load(path)
+    mask = data["split"] == split
+    vectors, ids = normalize_rows(data["embedding"][mask]), data["video_id"][mask]
+    n = len(vectors)
+    if n < 2:
+        raise ValueError(f"{path}: needs at least 2 {split!r} videos to compare; found {n}")
+    ks = [k for k in ks if k < n] or [n - 1]
+    neighbours, sims = nearest_others(vectors, max(max(ks), hub_k))
+    total = vectors.sum(axis=0, dtype=np.float64)
+    hub_k = min(hub_k, n - 1)
+    counts = np.bincount(neighbours[:, :hub_k].ravel(), minlength=n)
+    hubs = [{"video_id": str(ids[i]), f"in_top{hub_k}_of": int(counts[i]), "share_of_queries": round(counts[i] / n, 4)}
+            for i in np.argsort(-counts, kind="stable")[:5]]
+    return {"labelled": False, "protocol": f"leave-one-out: each {split} video queries the {n - 1} others",
+            "queries": n, "gallery": n, "query_split": split, "gallery_split": split,
+            **{f"neighbour_cosine@{k}": float(sims[:, k - 1].mean()) for k in ks},
+            "mean_pairwise_cosine": float((total @ total - np.square(vectors).sum(dtype=np.float64)) / (n * (n - 1))),
+            "effective_rank": round(effective_rank(vectors), 3), "embedding_dim": int(vectors.shape[1]),
+            "hub_k": hub_k, f"never_in_top{hub_k}": round(float((counts == 0).mean()), 4), "hubs": hubs}

@@ -102,7 +102,8 @@ def stage_runs(parent_run_id: str) -> dict[str, str]:
 
 
 def record_stage(stage: str, report: Mapping[str, Any], parent_run_id: str, *, cached: bool) -> str:
-    """A nested run for a stage that logs no run itself (or that DVC skipped): its report's numbers.
+    """A nested run for a stage that logs no run itself (or that DVC skipped): its report's numbers, and
+    the reason as tag `slic.skipped` when the stage skipped (videos without classes).
 
     A report with `manifest` and `content_fingerprint` (extract, flow) also gives the run its input dataset.
     """
@@ -110,8 +111,9 @@ def record_stage(stage: str, report: Mapping[str, Any], parent_run_id: str, *, c
 
     client = _client()
     experiment_id = client.get_run(parent_run_id).info.experiment_id
+    skipped = {"slic.skipped": str(report.get("reason", "yes"))} if report.get("skipped") else {}  # no labels
     run = client.create_run(experiment_id, run_name=stage, tags={
-        "slic.stage": stage, "mlflow.parentRunId": parent_run_id, "slic.cached": str(cached).lower()})
+        "slic.stage": stage, "mlflow.parentRunId": parent_run_id, "slic.cached": str(cached).lower(), **skipped})
     numbers = {k.replace("@", "_at_"): float(v) for k, v in report.items()
                if isinstance(v, (int, float)) and not isinstance(v, bool)}
     if numbers:

@@ -104,13 +104,15 @@ def encoder_name(trained: dict[str, Any]) -> str:
 
 def in_domain_recall(checkpoint: str | Path, reports: str | Path = "reports") -> float | None:
     """recall@1 of the `evaluate` stage (the training set's own test split), shown beside the transfer; None
-    unless the `embed` stage's report says its embeddings came from this same checkpoint."""
+    unless the `embed` stage's report says its embeddings came from this same checkpoint and the training set
+    has classes (on unlabelled videos evaluate measures no recall)."""
     retrieval, embed = Path(reports) / "retrieval.json", Path(reports) / "embed.json"
     if not (retrieval.is_file() and embed.is_file()):
         return None
     if Path(json.loads(embed.read_text()).get("checkpoint", "")) != Path(checkpoint):
         return None
-    return float(json.loads(retrieval.read_text())["recall@1"])
+    recall = json.loads(retrieval.read_text()).get("recall@1")
+    return None if recall is None else float(recall)
 
 
 def evaluate_transfer(config: Config, name: str, world: Any) -> dict[str, Any]:

@@ -205,3 +205,34 @@ def test_failed_validation_stops_repro_with_a_short_report(repo: Path) -> None:
     report = json.loads((repo / "reports/validate.json").read_text())
     assert report["success"] is False and report["failures"][0]["column"] == "videos"
     set_params(repo, "manifest", val_fraction=0.15)
+
+
+def test_repro_on_unlabelled_videos_runs_to_the_end(tiny_dataset: Path, tmp_path: Path) -> None:
+    """An archive without classes: `dvc repro` runs every stage (the transfer to a labelled eval set included,
+    which reads evaluate's report) and the stages that only measure against classes record why they skipped."""
+    archive = tmp_path / "archive"
+    for number, video in enumerate(sorted(tiny_dataset.rglob("*.avi"))):
+        (archive / f"day{number % 2}").mkdir(parents=True, exist_ok=True)
+        shutil.copy(video, archive / f"day{number % 2}" / f"clip{number:02d}.avi")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    shutil.copy(ROOT / "dvc.yaml", repo)
+    shutil.copytree(ROOT / "slic", repo / "slic", ignore=shutil.ignore_patterns("__pycache__"))
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for section, values in TINY.items():
+        params[section].update(values)
+    params["manifest"].update(root=str(archive), layout="unlabelled", splits_dir="")
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    dvc(repo, "init", "-q")
+
+    assert ran(dvc(repo, "repro")) == STAGES
+    retrieval = json.loads((repo / "reports/retrieval.json").read_text())
+    assert retrieval["labelled"] is False and retrieval["queries"] == 24
+    transfer = json.loads((repo / "reports/transfer/synthetic_unseen/retrieval.json").read_text())
+    assert transfer["in_domain_recall@1"] is None and 0 <= transfer["pretrained"]["recall@1"] <= 1
+    for name in ("ablation", "ablation_flow", "linear_probe", "finetune"):
+        assert json.loads((repo / f"reports/{name}.json").read_text())["skipped"] is True, name
+    promotion = json.loads((repo / "reports/promotion.json").read_text())
+    assert (promotion["decision"], promotion["compared_on"]) == ("promoted", "no labels")
+    assert ran(dvc(repo, "repro")) == []

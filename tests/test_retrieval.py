@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from slic.retrieval import evaluate_embeddings, nearest_gallery, recall_at_k, write_recall_curve
+from slic.retrieval import (effective_rank, evaluate_embeddings, nearest_gallery, nearest_others, recall_at_k,
+                            unlabelled_neighbours, write_recall_curve)
 
 
 def test_hand_computed_recall() -> None:
@@ -99,3 +100,57 @@ def test_nearest_gallery_is_exact_across_blocks() -> None:
     np.testing.assert_array_equal(blocked, expected)
     np.testing.assert_array_equal(nearest_gallery(queries, gallery, 5), expected)
     np.testing.assert_array_equal(nearest_gallery(queries, gallery, 100, block=7), np.argsort(-sims, axis=1))
+
+
+def test_nearest_others_never_finds_the_query_itself_even_beside_its_duplicate() -> None:
+    """Leave-one-out: row 0 and row 1 are the same vector, so each must find the other first, not itself;
+    across blocks the result equals a brute-force argsort with the diagonal removed."""
+    rng = np.random.default_rng(5)
+    vectors = rng.normal(size=(23, 4))
+    vectors[1] = 3 * vectors[0]  # a duplicate at another length: cosine 1
+    sims = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    sims = sims @ sims.T
+    np.fill_diagonal(sims, -np.inf)
+    indices, cosines = nearest_others(vectors, 4, block=5)
+    assert indices[0, 0] == 1 and indices[1, 0] == 0 and cosines[0, 0] == pytest.approx(1.0)
+    assert not (indices == np.arange(23)[:, None]).any()
+    # rows 0 and 1 tie for every other query, so compare similarities, not the order of the tie
+    np.testing.assert_allclose(cosines, -np.sort(-sims, axis=1)[:, :4], rtol=1e-5)
+    np.testing.assert_allclose(np.take_along_axis(sims, indices, axis=1), cosines, rtol=1e-5)
+    assert nearest_others(vectors[:3], 10)[0].shape == (3, 2)  # at most the n - 1 others
+
+
+def test_effective_rank_is_one_for_a_collapsed_embedding_and_d_for_orthogonal_directions() -> None:
+    collapsed = np.ones((40, 8)) + 1e-9 * np.random.default_rng(0).normal(size=(40, 8))
+    assert effective_rank(collapsed) == pytest.approx(1.0, abs=0.01)
+    assert effective_rank(np.eye(8).repeat(5, axis=0)) == pytest.approx(8.0, rel=1e-4)
+    assert effective_rank(np.eye(3, 8) * [[1.0], [5.0], [0.2]]) == pytest.approx(3.0, rel=1e-4)  # lengths do not count
+
+
+def test_unlabelled_neighbours_measures_what_needs_no_labels(tmp_path: Path) -> None:
+    """Six videos on two directions, plus a hub close to all of them; every number checked by hand."""
+    rng = np.random.default_rng(1)
+    a, b = np.eye(8)[0], np.eye(8)[1]
+    vectors = np.stack([a, a, a, b, b, b]) + 0.05 * rng.normal(size=(6, 8))
+    hub = (a + b) / np.sqrt(2)
+    embedding = np.concatenate([vectors, hub[None]]).astype(np.float32)
+    path = tmp_path / "e.npz"
+    np.savez(path, video_id=np.array([f"v{i}" for i in range(6)] + ["hub"]), label=np.full(7, -1),
+             class_name=np.array([""] * 7), split=np.array(["train"] * 7), embedding=embedding)
+    report = unlabelled_neighbours(path, ks=(1, 5, 50), hub_k=3)
+    unit = embedding / np.linalg.norm(embedding, axis=1, keepdims=True)
+    pairs = unit @ unit.T
+    assert report["labelled"] is False and (report["queries"], report["gallery"]) == (7, 7)
+    assert report["mean_pairwise_cosine"] == pytest.approx((pairs.sum() - 7) / 42, rel=1e-5)
+    np.fill_diagonal(pairs, -np.inf)
+    ranked = -np.sort(-pairs, axis=1)
+    assert report["neighbour_cosine@1"] == pytest.approx(ranked[:, 0].mean(), rel=1e-5)
+    assert report["neighbour_cosine@5"] == pytest.approx(ranked[:, 4].mean(), rel=1e-5)
+    assert "neighbour_cosine@50" not in report  # more than the 6 others: not measured
+    assert report["hubs"][0]["video_id"] == "hub" and report["hubs"][0]["in_top3_of"] == 6  # every other video
+    assert report["never_in_top3"] == 0.0 and 1.5 < report["effective_rank"] < 3.5
+    assert not any(key.startswith("recall@") for key in report)
+    write_recall_curve({}, tmp_path / "curve.csv")
+    assert (tmp_path / "curve.csv").read_text() == "k,recall\n"  # `dvc plots` reads it; no rows without classes
+    with pytest.raises(ValueError, match="at least 2 'test' videos"):
+        unlabelled_neighbours(path, split="test")

@@ -1,5 +1,6 @@
 """Unlabelled videos: a folder with no class folders and no split files is listed, validated, pretrained on,
-embedded, indexed and searched; the stages that measure against classes stop with one line saying what works."""
+embedded, evaluated without labels, indexed, searched and registered; the stages that only measure against
+classes skip with one line saying what works instead."""
 
 from __future__ import annotations
 
@@ -92,7 +93,24 @@ def test_pretrain_index_and_search_on_unlabelled_videos(archive: Path, tiny_data
     # Near 1, not 1: the index holds the JPEG shards' embedding, the query is decoded from the file itself.
     assert answer["results"][0]["similarity"] == pytest.approx(1.0, abs=0.01) and len(answer["results"]) == 3
 
-    # The encoder learnt without labels, evaluated on a labelled set it never saw (the transfer protocol).
+    # evaluate has no recall to measure: each video queries the others, and the report says what needs no labels.
+    capsys.readouterr()
+    assert run(tmp_path, "evaluate") == 0
+    assert "no class labels, so no recall" in capsys.readouterr().out
+    retrieval = json.loads((tmp_path / "reports/retrieval.json").read_text())
+    assert retrieval["labelled"] is False and (retrieval["queries"], retrieval["gallery"]) == (24, 24)
+    assert not any(key.startswith("recall@") for key in retrieval)
+    cosines = [retrieval[f"neighbour_cosine@{k}"] for k in (1, 5, 10, 20)]
+    assert cosines == sorted(cosines, reverse=True) and "neighbour_cosine@50" not in retrieval  # 23 others
+    assert 1.0 <= retrieval["effective_rank"] <= retrieval["embedding_dim"]
+    assert (tmp_path / "reports/retrieval_recall.csv").read_text() == "k,recall\n"
+    page = (tmp_path / "reports/retrieval.html").read_text()
+    assert "<title>Nearest neighbours (videos without classes)</title>" in page
+    assert page.count('class="video query"') == 12 and page.count('class="video neighbour"') == 12 * 5
+    assert "hit" not in page.split("</style>")[1]  # no hit or miss without classes
+
+    # The encoder learnt without labels, evaluated on a labelled set it never saw (the transfer protocol),
+    # after evaluate wrote its label-free report (dvc repro runs transfer@NAME after evaluate).
     assert run(tmp_path, "eval-data", "labelled") == 0 and run(tmp_path, "transfer", "labelled") == 0
     transfer = json.loads((tmp_path / "reports/transfer/labelled/retrieval.json").read_text())
     assert transfer["mode"] == "slic" and transfer["in_domain_recall@1"] is None  # no in-domain number without labels
@@ -123,11 +141,35 @@ def test_pretrain_index_and_search_on_unlabelled_videos(archive: Path, tiny_data
     assert parent.data.metrics["finetune_pretrained_top1"] == classify["finetune"]["pretrained"]["top1"]
     assert parent.inputs.dataset_inputs[0].dataset.source  # the eval set's split table, as the run's input
 
-    for stage in ("evaluate", "ablation", "linear-probe", "finetune", "promote"):
-        assert run(tmp_path, stage) == 2, stage
-        error = capsys.readouterr().err.strip().splitlines()
-        assert len(error) == 1 and "has no class labels (manifest.layout unlabelled)" in error[0], error
-        assert "dvc repro index" in error[0]
+    # The stages that only measure against classes skip, say so, and leave their folders' contents alone.
+    (tmp_path / "data/models/linear_probe").mkdir(parents=True)
+    (tmp_path / "data/models/linear_probe/kept.pt").write_bytes(b"an earlier run's checkpoint")
+    capsys.readouterr()
+    for stage, folder in (("ablation", "ablation"), ("ablation-flow", "ablation_flow"),
+                          ("linear-probe", "linear_probe"), ("finetune", "finetune")):
+        assert run(tmp_path, stage) == 0, stage
+        out = capsys.readouterr().out.strip().splitlines()
+        assert out == [f"{stage}: skipped: {out[0].split(': skipped: ')[1]}"] and "eval_sets" in out[0], out
+        report = json.loads((tmp_path / f"reports/{folder}.json").read_text())
+        assert report["skipped"] is True and "has no class labels" in report["reason"] and "machine" not in report
+        assert json.loads((tmp_path / f"data/models/{folder}/skipped.json").read_text())["reason"] == report["reason"]
+    assert (tmp_path / "data/models/linear_probe/kept.pt").read_bytes() == b"an earlier run's checkpoint"
+
+    # promote registers the encoder; with no champion it becomes one, a later one cannot be compared and waits.
+    from slic import registry
+
+    assert run(tmp_path, "promote") == 0
+    first = json.loads((tmp_path / "reports/promotion.json").read_text())
+    assert (first["decision"], first["compared_on"]) == ("promoted", "no labels")
+    assert "metric_value" not in first and "without class labels" in first["reason"]
+    assert run(tmp_path, "promote") == 0
+    second = json.loads((tmp_path / "reports/promotion.json").read_text())
+    assert (second["decision"], second["alias_version"]) == ("not compared", first["version"])
+    assert "set_registered_model_alias" in second["reason"]
+    assert registry.alias_version("slic-encoder", "champion").version == first["version"]
+    capsys.readouterr()
+    assert run(tmp_path, "embed-video", "--out", str(tmp_path / "v.npy"), str(query)) == 0  # the champion serves
+
     params["pretrain"].update(mode="oracle", out="data/models/oracle")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert run(tmp_path, "pretrain") == 2

@@ -145,15 +145,10 @@ def has_labels(table: pd.DataFrame) -> bool:
     return bool((table["label"].astype(int) != UNLABELLED).any())
 
 
-def require_labels(manifest: str | Path, stage: str) -> None:
-    """Stop a stage that measures against classes when `manifest` has none, saying what works instead.
-
-    A missing manifest passes: the stage itself says which stage to run first (promote can run without one).
-    """
-    if Path(manifest).is_file() and not has_labels(read_manifest(manifest)):
-        raise DatasetError(f"{manifest} has no class labels (manifest.layout unlabelled) and stage {stage} "
-                           "measures against classes; on unlabelled videos run `dvc repro index` and `slic search`, "
-                           "or point the manifest at a labelled set")
+def manifest_has_labels(manifest: str | Path) -> bool:
+    """Whether the manifest file has class labels. A missing manifest counts as labelled: the stage that
+    reads it then says which stage to run first."""
+    return not Path(manifest).is_file() or has_labels(read_manifest(manifest))
 
 
 def list_videos(config: ManifestConfig) -> tuple[list[str], list[Entry]]:

@@ -44,6 +44,33 @@ def test_artifact_keys_and_markdown() -> None:
     assert "unchanged (DVC cache)" in table
 
 
+def test_skipped_stage_markdown_says_why() -> None:
+    table = report_markdown("finetune", {"skipped": True, "reason": "no class labels"}, ran=True)
+    assert table.startswith("### finetune: skipped: no class labels")
+
+
+def test_flow_on_unlabelled_videos_skips_what_needs_classes(prefect_api: None, tiny_dataset: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """linear_probe on videos without classes: the flow completes, the stage's artifact and MLflow run say why."""
+    import shutil
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    for number, video in enumerate(sorted(tiny_dataset.rglob("*.avi"))):
+        shutil.copy(video, archive / f"clip{number:02d}.avi")
+    repo = make_checkout(tmp_path / "repo", manifest={"root": str(archive), "layout": "unlabelled", "splits_dir": ""})
+    stages = ["manifest", "validate", "extract", "flow", "pretrain", "linear_probe"]
+    state = pipeline(repo=str(repo), stages=stages, return_state=True)
+    assert state.is_completed(), state.message
+    result = state.result()
+    assert "has no class labels" in result["stages"]["linear_probe"]["published"]["skipped"]
+    artifacts, _ = flow_run_details(state.state_details.flow_run_id)
+    assert "### linear_probe: skipped:" in artifacts["linear-probe-report"]
+    run = nested_runs(repo, result["mlflow_parent_run_id"])["linear_probe"]
+    assert "has no class labels" in run.data.tags["slic.skipped"]
+
+
 def test_failures_are_classified_transient_or_not() -> None:
     refused = classify_failure("validate", "slic validate: manifest invalid: 1 of 29 expectations failed\n"
                                "ERROR: failed to reproduce 'validate': failed to run: slic validate, exited with 1", 255)
