@@ -266,46 +266,57 @@ def run_embed(config: Any) -> dict[str, Any]:
 def run_evaluate(config: Any) -> dict[str, Any]:
     """Stage `evaluate`: retrieval recall@k (test queries, train gallery), overall and per class.
 
-    Also writes the HTML report (cfg.html) with thumbnails from extract.out's frame shards.
+    Also writes the HTML report (cfg.html) with thumbnails from extract.out's frame shards. On videos without
+    classes there is no recall: each gallery video queries the others, the report holds what needs no labels
+    (slic.retrieval.unlabelled_neighbours), the page shows neighbours, and the recall curve is its header only.
     """
     from slic.config import to_dict
-    from slic.report import write_retrieval_html
-    from slic.retrieval import evaluate_embeddings, write_recall_curve
+    from slic.plots import embedding_projection, recall_curve
+    from slic.report import write_neighbours_html, write_retrieval_html
+    from slic.retrieval import evaluate_embeddings, unlabelled_neighbours, write_recall_curve
     from slic.tracking import stage_run
 
     cfg = config.evaluate
-    if not _embeddings_have_labels(cfg.embeddings):
-        return _evaluate_unlabelled(config)
-    report = evaluate_embeddings(cfg.embeddings, query_split=cfg.query_split, gallery_split=cfg.gallery_split,
-                                 ks=cfg.ks)
-    write_recall_curve(report, cfg.curve)
-    page = write_retrieval_html(cfg.html, report, embeddings=cfg.embeddings, frames_dir=config.extract.out,
-                                manifest=config.extract.manifest, queries=cfg.html_queries, k=cfg.html_k,
-                                seed=cfg.html_seed)
+    labelled = _embeddings_have_labels(cfg.embeddings)
+    if labelled:
+        report = evaluate_embeddings(cfg.embeddings, query_split=cfg.query_split, gallery_split=cfg.gallery_split,
+                                     ks=cfg.ks)
+        splits, what, write_page = (cfg.query_split, cfg.gallery_split), "vs " + cfg.gallery_split, write_retrieval_html
+        metrics = {k: v for k, v in report.items() if k.startswith("recall@")}
+    else:
+        report = unlabelled_neighbours(cfg.embeddings, split=cfg.gallery_split, ks=cfg.ks)
+        splits, what, write_page = (cfg.gallery_split,), "no labels", write_neighbours_html
+        metrics = {k: v for k, v in report.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    write_recall_curve(report if labelled else {}, cfg.curve)
+    page = write_page(cfg.html, report, embeddings=cfg.embeddings, frames_dir=config.extract.out,
+                      manifest=config.extract.manifest, queries=cfg.html_queries, k=cfg.html_k, seed=cfg.html_seed)
     model = _checkpoint_config(config.embed.checkpoint) if cfg.embeddings == config.embed.out else {}
-    name = f"evaluate {_model_summary(model, cfg.embeddings)} {cfg.query_split} vs {cfg.gallery_split}"
+    name = f"evaluate {_model_summary(model, cfg.embeddings)} {splits[0]} {what}"
     with stage_run("evaluate", to_dict(cfg), name=name) as run:
-        _log_videos_input(run, config, (cfg.query_split, cfg.gallery_split), "evaluation",
+        _log_videos_input(run, config, splits, "evaluation",
                           min_frames=int(model.get("clip_len", 0)), frame_step=int(model.get("frame_step", 1)))
-        run.log_metrics({k: v for k, v in report.items() if k.startswith("recall@")})
-        run.log_artifact(cfg.curve)
+        run.log_metrics(metrics)
+        if labelled:
+            run.log_artifact(cfg.curve)
+        else:
+            run.set_tags({"slic.labelled": "false"})
         run.log_artifact(cfg.html)
-        from slic.plots import embedding_projection, recall_curve
-
-        _log_plot(run, "recall_at_k", recall_curve, report)
+        if labelled:
+            _log_plot(run, "recall_at_k", recall_curve, report)
         _log_plot(run, "embeddings_pca", embedding_projection, cfg.embeddings)
-    print("evaluate: " + " ".join(f"{k}={v:.3f}" for k, v in report.items() if k.startswith("recall@")))
-    print(f"evaluate: {page['path']} ({page['queries_shown']} queries x top-{page['k_shown']}, "
-          f"{page['bytes'] / 1e6:.2f} MB)")
-    _warn_missing_thumbnails(page)
-    return report
-
-
-def _warn_missing_thumbnails(page: dict[str, Any]) -> None:
-    """One stderr line naming the shards an HTML report could not make thumbnails from (placeholders shown)."""
+    if labelled:
+        print("evaluate: " + " ".join(f"{k}={v:.3f}" for k, v in metrics.items()))
+    else:
+        print(f"evaluate: no class labels, so no recall; {report['protocol']}: neighbour_cosine@1="
+              f"{report['neighbour_cosine@1']:.3f} mean_pairwise_cosine={report['mean_pairwise_cosine']:.3f} "
+              f"effective_rank={report['effective_rank']:.1f} of {report['embedding_dim']}")
+    shown = "queries x top" if labelled else "videos x their top"
+    print(f"evaluate: {page['path']} ({page['queries_shown']} {shown}-{page['k_shown']}"
+          f"{'' if labelled else ' neighbours'}, {page['bytes'] / 1e6:.2f} MB)")
     if page["missing_thumbnails"]:
         print(f"evaluate: warning: no frames for {len(page['missing_thumbnails'])} thumbnails (placeholders): "
               + ", ".join(page["missing_thumbnails"][:5]), file=sys.stderr)
+    return report
 
 
 def _embeddings_have_labels(embeddings: str | Path) -> bool:
@@ -314,41 +325,6 @@ def _embeddings_have_labels(embeddings: str | Path) -> bool:
     import numpy as np
 
     return not Path(embeddings).is_file() or bool((np.load(embeddings)["label"] >= 0).any())
-
-
-def _evaluate_unlabelled(config: Any) -> dict[str, Any]:
-    """Stage `evaluate` on videos without classes: no recall to measure, so each video of the gallery split
-    queries the others, and the report holds what needs no labels (slic.retrieval.unlabelled_neighbours)
-    and the neighbours page; the recall curve is written with its header only."""
-    from slic.config import to_dict
-    from slic.report import write_neighbours_html
-    from slic.retrieval import unlabelled_neighbours, write_recall_curve
-    from slic.tracking import stage_run
-
-    cfg = config.evaluate
-    report = unlabelled_neighbours(cfg.embeddings, split=cfg.gallery_split, ks=cfg.ks)
-    write_recall_curve({}, cfg.curve)  # the header only: no recall without classes
-    page = write_neighbours_html(cfg.html, report, embeddings=cfg.embeddings, frames_dir=config.extract.out,
-                                 manifest=config.extract.manifest, queries=cfg.html_queries, k=cfg.html_k,
-                                 seed=cfg.html_seed)
-    model = _checkpoint_config(config.embed.checkpoint) if cfg.embeddings == config.embed.out else {}
-    name = f"evaluate {_model_summary(model, cfg.embeddings)} {cfg.gallery_split}, no labels"
-    with stage_run("evaluate", to_dict(cfg), name=name) as run:
-        _log_videos_input(run, config, (cfg.gallery_split,), "evaluation",
-                          min_frames=int(model.get("clip_len", 0)), frame_step=int(model.get("frame_step", 1)))
-        run.log_metrics({k: v for k, v in report.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
-        run.set_tags({"slic.labelled": "false"})
-        run.log_artifact(cfg.html)
-        from slic.plots import embedding_projection
-
-        _log_plot(run, "embeddings_pca", embedding_projection, cfg.embeddings)
-    print(f"evaluate: no class labels, so no recall; {report['protocol']}: neighbour_cosine@1="
-          f"{report['neighbour_cosine@1']:.3f} mean_pairwise_cosine={report['mean_pairwise_cosine']:.3f} "
-          f"effective_rank={report['effective_rank']:.1f} of {report['embedding_dim']}")
-    print(f"evaluate: {page['path']} ({page['queries_shown']} videos x their top-{page['k_shown']} neighbours, "
-          f"{page['bytes'] / 1e6:.2f} MB)")
-    _warn_missing_thumbnails(page)
-    return report
 
 
 def _in_world(config: Any, run: Callable[[Any, Any], dict[str, Any]]) -> dict[str, Any]:

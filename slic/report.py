@@ -14,7 +14,7 @@ import csv
 import html
 import io
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +106,31 @@ def _video_paths(manifest: Path) -> dict[str, str]:
         return {row["video_id"]: row["path"] for row in csv.DictReader(handle) if row.get("video_id")}
 
 
+@dataclass
+class VideoCells:
+    """Renders videos of an embeddings file as report cells (a query's figure, a neighbour's list item) with
+    their animated thumbnail, made once per video from its frame shard."""
+
+    ids: np.ndarray
+    frames_dir: str | Path
+    paths: Mapping[str, str]
+    thumbs: dict[str, Thumbnail] = field(default_factory=dict)
+
+    def __call__(self, index: int, role: str, caption: str, *, mark: str | None = None,
+                 class_name: str | None = None) -> str:
+        """The cell of video `index` as `role` (the CSS class; `mark` its badge text), with its class if any."""
+        video_id = str(self.ids[index])
+        shard = shard_path(self.frames_dir, video_id)
+        if video_id not in self.thumbs:
+            self.thumbs[video_id] = load_thumbnail(shard)
+        alt = f"{role}: {video_id}" + ("" if class_name is None else f" ({class_name})")
+        named = "" if class_name is None else f"<b>{html.escape(class_name)}</b><br>"
+        tag = "figure" if role == "query" else "li"
+        return (f'<{tag} class="video {role}">{_thumb_html(self.thumbs[video_id], alt, shard)}<div>'
+                f'<span class="mark {role}">{mark or role}</span> {caption}<br>{named}'
+                f'<span class="path">{html.escape(self.paths.get(video_id, video_id))}</span></div></{tag}>')
+
+
 STYLE = f"""
 body {{ font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; color: #1f2328; }}
 table {{ border-collapse: collapse; margin: 0.5em 0 1em; }}
@@ -182,18 +207,11 @@ def write_retrieval_html(out: str | Path, report: Mapping[str, Any], *, embeddin
     chosen, how = sample_queries(top1_hit, queries, seed)
     sims = np.einsum("qd,qkd->qk", normalize_rows(q_vec[chosen]), normalize_rows(g_vec)[neighbours[chosen]])
     paths = _video_paths(Path(manifest))
-    thumbs: dict[str, Thumbnail] = {}
+    cells = VideoCells(ids, frames_dir, paths)
+    marks = {"query": "query", "hit": "✓ hit", "miss": "✗ miss"}
 
     def cell(index: int, role: str, caption: str) -> str:
-        video_id, shard = str(ids[index]), shard_path(frames_dir, str(ids[index]))
-        if video_id not in thumbs:
-            thumbs[video_id] = load_thumbnail(shard)
-        label = {"query": "query", "hit": "✓ hit", "miss": "✗ miss"}[role]
-        alt = f"{role}: {video_id} ({names[index]})"
-        tag = "figure" if role == "query" else "li"
-        return (f'<{tag} class="video {role}">{_thumb_html(thumbs[video_id], alt, shard)}<div>'
-                f'<span class="mark {role}">{label}</span> {caption}<br><b>{html.escape(str(names[index]))}</b><br>'
-                f'<span class="path">{html.escape(paths.get(video_id, video_id))}</span></div></{tag}>')
+        return cells(index, role, caption, mark=marks[role], class_name=str(names[index]))
 
     q_index, g_index = np.flatnonzero(q_mask), np.flatnonzero(g_mask)
     rows = []
@@ -217,15 +235,21 @@ def write_retrieval_html(out: str | Path, report: Mapping[str, Any], *, embeddin
             f'<p><span class="mark hit">✓ hit</span> same class as the query &nbsp; '
             f'<span class="mark miss">✗ miss</span> another class &nbsp; cos: cosine similarity to the query</p>'
             f"{note}{''.join(rows)}</body></html>\n")
+    return _write_page(out, page, cells, queries_shown=len(chosen), k_shown=k_shown)
+
+
+def _write_page(out: str | Path, page: str, cells: VideoCells, *, queries_shown: int,
+                k_shown: int) -> dict[str, Any]:
+    """Write an HTML report; {path, bytes, queries_shown, k_shown, missing_thumbnails: [shard paths]}."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page, encoding="utf-8")
-    missing = sorted(str(shard_path(frames_dir, v)) for v, t in thumbs.items() if t.data_uri is None)
-    return {"path": str(out), "bytes": out.stat().st_size, "queries_shown": len(chosen), "k_shown": k_shown,
+    missing = sorted(str(shard_path(cells.frames_dir, v)) for v, t in cells.thumbs.items() if t.data_uri is None)
+    return {"path": str(out), "bytes": out.stat().st_size, "queries_shown": queries_shown, "k_shown": k_shown,
             "missing_thumbnails": missing}
 
 
-NEIGHBOUR_STYLE = ".mark.neighbour { background: #59636e; } #label-free td:last-child { text-align: left; }"
+NEIGHBOUR_STYLE = ".mark.neighbour { background: #59636e; } #label-free td:last-child, #label-free th:last-child { text-align: left; }"
 LABEL_FREE_ROWS = (("mean_pairwise_cosine", "mean cosine similarity over all pairs of videos (near 1: everything looks alike)"),
                    ("effective_rank", "effective rank of the embeddings (near 1: collapsed; at most the dimension)"))
 
@@ -269,19 +293,9 @@ def write_neighbours_html(out: str | Path, report: Mapping[str, Any], *, embeddi
     rng = np.random.default_rng(seed)
     chosen = np.sort(rng.choice(len(vectors), min(queries, len(vectors)), replace=False))
     paths = _video_paths(Path(manifest))
-    thumbs: dict[str, Thumbnail] = {}
-
-    def cell(index: int, role: str, caption: str) -> str:
-        video_id, shard = str(ids[index]), shard_path(frames_dir, str(ids[index]))
-        if video_id not in thumbs:
-            thumbs[video_id] = load_thumbnail(shard)
-        tag = "figure" if role == "query" else "li"
-        return (f'<{tag} class="video {role}">{_thumb_html(thumbs[video_id], f"{role}: {video_id}", shard)}<div>'
-                f'<span class="mark {role}">{role}</span> {caption}<br>'
-                f'<span class="path">{html.escape(paths.get(video_id, video_id))}</span></div></{tag}>')
-
-    rows = [f'<section class="row" aria-label="query {html.escape(str(ids[q]))}">{cell(q, "query", "")}<ol>'
-            + "".join(cell(int(g), "neighbour", f"#{rank + 1}<br>cos {sims[q, rank]:.3f}")
+    cells = VideoCells(ids, frames_dir, paths)
+    rows = [f'<section class="row" aria-label="query {html.escape(str(ids[q]))}">{cells(q, "query", "")}<ol>'
+            + "".join(cells(int(g), "neighbour", f"#{rank + 1}<br>cos {sims[q, rank]:.3f}")
                       for rank, g in enumerate(neighbours[q])) + "</ol></section>" for q in chosen]
     title = "Nearest neighbours (videos without classes)"
     note = "" if paths else f"<p>{html.escape(str(manifest))} not found: videos are named by id.</p>"
@@ -293,9 +307,4 @@ def write_neighbours_html(out: str | Path, report: Mapping[str, Any], *, embeddi
             f"</p>{_label_free_table(report)}<h2>Sampled videos and their top-{neighbours.shape[1]} neighbours</h2>"
             f'<p id="sample">{len(chosen)} of {len(vectors)} videos drawn at random (seed {seed}).</p>'
             f"{note}{''.join(rows)}</body></html>\n")
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(page, encoding="utf-8")
-    missing = sorted(str(shard_path(frames_dir, v)) for v, t in thumbs.items() if t.data_uri is None)
-    return {"path": str(out), "bytes": out.stat().st_size, "queries_shown": len(chosen),
-            "k_shown": neighbours.shape[1], "missing_thumbnails": missing}
+    return _write_page(out, page, cells, queries_shown=len(chosen), k_shown=neighbours.shape[1])

@@ -19,15 +19,26 @@ def normalize_rows(x: np.ndarray) -> np.ndarray:
 
 def nearest_gallery(queries: np.ndarray, gallery: np.ndarray, k: int, *, block: int = 4096) -> np.ndarray:
     """Indices (n_queries, k) of the k most cosine-similar gallery rows, best first (exact)."""
-    q, g = normalize_rows(queries), normalize_rows(gallery)
-    k = min(k, len(g))
-    out = np.empty((len(q), k), dtype=np.int64)
+    return _top_k(normalize_rows(queries), normalize_rows(gallery), k, block=block, leave_one_out=False)[0]
+
+
+def _top_k(q: np.ndarray, g: np.ndarray, k: int, *, block: int,
+           leave_one_out: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(indices, similarities) of the k largest dot products of each unit row of `q` with `g`, best first;
+    with `leave_one_out` (q is g), row i never finds itself."""
+    k = min(k, len(g) - int(leave_one_out))
+    indices = np.empty((len(q), k), dtype=np.int64)
+    best = np.empty((len(q), k), dtype=np.float32)
     for start in range(0, len(q), block):
         sims = q[start:start + block] @ g.T
+        if leave_one_out:
+            rows = np.arange(len(sims))
+            sims[rows, rows + start] = -np.inf
         part = np.argpartition(-sims, k - 1, axis=1)[:, :k]
         order = np.take_along_axis(sims, part, axis=1).argsort(axis=1, kind="stable")[:, ::-1]
-        out[start:start + block] = np.take_along_axis(part, order, axis=1)
-    return out
+        indices[start:start + block] = np.take_along_axis(part, order, axis=1)
+        best[start:start + block] = np.take_along_axis(sims, indices[start:start + block], axis=1)
+    return indices, best
 
 
 def hits_at_k(query_labels: np.ndarray, gallery_labels: np.ndarray, neighbours: np.ndarray,
@@ -87,18 +98,7 @@ def nearest_others(vectors: np.ndarray, k: int, *, block: int = 4096) -> tuple[n
     """Leave-one-out neighbours: (indices, cosine similarities), each (n, k) best first, of every row among the
     other rows (a row never finds itself, even when another row is identical to it)."""
     unit = normalize_rows(vectors)
-    k = min(k, len(unit) - 1)
-    indices = np.empty((len(unit), k), dtype=np.int64)
-    sims_out = np.empty((len(unit), k), dtype=np.float32)
-    for start in range(0, len(unit), block):
-        sims = unit[start:start + block] @ unit.T
-        rows = np.arange(len(sims))
-        sims[rows, rows + start] = -np.inf
-        part = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-        order = np.take_along_axis(sims, part, axis=1).argsort(axis=1, kind="stable")[:, ::-1]
-        indices[start:start + block] = np.take_along_axis(part, order, axis=1)
-        sims_out[start:start + block] = np.take_along_axis(sims, indices[start:start + block], axis=1)
-    return indices, sims_out
+    return _top_k(unit, unit, k, block=block, leave_one_out=True)
 
 
 def effective_rank(vectors: np.ndarray) -> float:
