@@ -249,9 +249,11 @@ def _write_page(out: str | Path, page: str, cells: VideoCells, *, queries_shown:
             "missing_thumbnails": missing}
 
 
-NEIGHBOUR_STYLE = ".mark.neighbour { background: #59636e; } #label-free td:last-child, #label-free th:last-child { text-align: left; }"
-LABEL_FREE_ROWS = (("mean_pairwise_cosine", "mean cosine similarity over all pairs of videos (near 1: everything looks alike)"),
-                   ("effective_rank", "effective rank of the embeddings (near 1: collapsed; at most the dimension)"))
+NEIGHBOUR_STYLE = (".mark.neighbour { background: #59636e; } "
+                   "#label-free td:last-child, #label-free th:last-child { text-align: left; }")
+LABEL_FREE_ROWS = (
+    ("mean_pairwise_cosine", "mean cosine similarity over all pairs of videos (near 1: everything looks alike)"),
+    ("effective_rank", "effective rank of the embeddings (near 1: collapsed; at most the dimension)"))
 
 
 def _ordinal(n: int) -> str:
