@@ -310,6 +310,8 @@ def run_evaluate(config: Any) -> dict[str, Any]:
         print(f"evaluate: no class labels, so no recall; {report['protocol']}: neighbour_cosine@1="
               f"{report['neighbour_cosine@1']:.3f} mean_pairwise_cosine={report['mean_pairwise_cosine']:.3f} "
               f"effective_rank={report['effective_rank']:.1f} of {report['embedding_dim']}")
+        if "warning" in report:
+            print(f"evaluate: warning: {report['warning']}", file=sys.stderr)
     shown = "queries x top" if labelled else "videos x their top"
     print(f"evaluate: {page['path']} ({page['queries_shown']} {shown}-{page['k_shown']}"
           f"{'' if labelled else ' neighbours'}, {page['bytes'] / 1e6:.2f} MB)")

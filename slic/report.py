@@ -300,13 +300,16 @@ def write_neighbours_html(out: str | Path, report: Mapping[str, Any], *, embeddi
             + "".join(cells(int(g), "neighbour", f"#{rank + 1}<br>cos {sims[q, rank]:.3f}")
                       for rank, g in enumerate(neighbours[q])) + "</ol></section>" for q in chosen]
     title = "Nearest neighbours (videos without classes)"
+    warning = ""
+    if "warning" in report:  # nearly all alike: an untrained or collapsed encoder
+        warning = f'<p id="warning"><b>Warning:</b> {html.escape(report["warning"])}</p>'
     note = "" if paths else f"<p>{html.escape(str(manifest))} not found: videos are named by id.</p>"
     page = (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
             f"<style>{STYLE}{NEIGHBOUR_STYLE}</style></head><body><h1>{title}</h1>"
             f"<p>{html.escape(report['protocol'])}, by cosine similarity of the embeddings in "
             f"<code>{html.escape(str(embeddings))}</code>. The videos have no classes, so there is no recall: judge "
             f"the neighbours below by eye, or add a labelled set to <code>eval_sets</code> (the transfer protocol)."
-            f"</p>{_label_free_table(report)}<h2>Sampled videos and their top-{neighbours.shape[1]} neighbours</h2>"
+            f"</p>{warning}{_label_free_table(report)}<h2>Sampled videos and their top-{neighbours.shape[1]} neighbours</h2>"
             f'<p id="sample">{len(chosen)} of {len(vectors)} videos drawn at random (seed {seed}).</p>'
             f"{note}{''.join(rows)}</body></html>\n")
     return _write_page(out, page, cells, queries_shown=len(chosen), k_shown=neighbours.shape[1])

@@ -9,6 +9,9 @@ from typing import Any
 import numpy as np
 
 DEFAULT_KS = (1, 5, 10, 20, 50)
+# Above this mean pairwise cosine the embeddings barely tell videos apart: an untrained r3d_18_tiny gives 0.97 on
+# ucf101_6, every trained encoder there <= 0.08 (bench/label_free.py).
+ALIKE_COSINE = 0.5
 
 
 def normalize_rows(x: np.ndarray) -> np.ndarray:
@@ -115,7 +118,8 @@ def unlabelled_neighbours(path: str | Path, *, split: str = "train", ks: Sequenc
 
     Mean cosine similarity of the k-th neighbour for each k, the mean over all pairs, the effective rank
     (near 1: the embedding collapsed), and hubness: the videos that appear in the most top-`hub_k` lists
-    (a black or static video often does) and the share that appears in none.
+    (a black or static video often does) and the share that appears in none. `warning` when the videos are
+    nearly all alike (mean pairwise cosine >= ALIKE_COSINE).
     """
     path = Path(path)
     if not path.is_file():
@@ -133,9 +137,14 @@ def unlabelled_neighbours(path: str | Path, *, split: str = "train", ks: Sequenc
     counts = np.bincount(neighbours[:, :hub_k].ravel(), minlength=n)
     hubs = [{"video_id": str(ids[i]), f"in_top{hub_k}_of": int(counts[i]), "share_of_queries": round(counts[i] / n, 4)}
             for i in np.argsort(-counts, kind="stable")[:5]]
+    pairwise = float((total @ total - np.square(vectors).sum(dtype=np.float64)) / (n * (n - 1)))
+    alike = {} if pairwise < ALIKE_COSINE else {"warning": (
+        f"the videos' embeddings are nearly all alike (mean pairwise cosine {pairwise:.3f} >= {ALIKE_COSINE}), as an "
+        "untrained or collapsed encoder's are: check that pretrain trained (its loss, epochs) and that the videos "
+        "differ (not one scene, not black frames)")}
     return {"labelled": False, "protocol": f"leave-one-out: each {split} video queries the {n - 1} others",
             "queries": n, "gallery": n, "query_split": split, "gallery_split": split,
             **{f"neighbour_cosine@{k}": float(sims[:, k - 1].mean()) for k in ks},
-            "mean_pairwise_cosine": float((total @ total - np.square(vectors).sum(dtype=np.float64)) / (n * (n - 1))),
+            "mean_pairwise_cosine": pairwise,
             "effective_rank": round(effective_rank(vectors), 3), "embedding_dim": int(vectors.shape[1]),
-            "hub_k": hub_k, f"never_in_top{hub_k}": round(float((counts == 0).mean()), 4), "hubs": hubs}
+            "hub_k": hub_k, f"never_in_top{hub_k}": round(float((counts == 0).mean()), 4), "hubs": hubs, **alike}

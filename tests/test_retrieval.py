@@ -154,3 +154,8 @@ def test_unlabelled_neighbours_measures_what_needs_no_labels(tmp_path: Path) -> 
     assert (tmp_path / "curve.csv").read_text() == "k,recall\n"  # `dvc plots` reads it; no rows without classes
     with pytest.raises(ValueError, match="at least 2 'test' videos"):
         unlabelled_neighbours(path, split="test")
+    assert "warning" not in report
+    np.savez(path, video_id=np.array([f"v{i}" for i in range(7)]), label=np.full(7, -1), class_name=np.array([""] * 7),
+             split=np.array(["train"] * 7), embedding=(1 + 0.05 * rng.normal(size=(7, 8))).astype(np.float32))
+    alike = unlabelled_neighbours(path)  # as an untrained network's: every pair near cosine 1
+    assert alike["mean_pairwise_cosine"] > 0.99 and "untrained or collapsed" in alike["warning"]

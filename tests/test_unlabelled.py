@@ -96,8 +96,11 @@ def test_pretrain_index_and_search_on_unlabelled_videos(archive: Path, tiny_data
     # evaluate has no recall to measure: each video queries the others, and the report says what needs no labels.
     capsys.readouterr()
     assert run(tmp_path, "evaluate") == 0
-    assert "no class labels, so no recall" in capsys.readouterr().out
+    said = capsys.readouterr()
+    assert "no class labels, so no recall" in said.out
     retrieval = json.loads((tmp_path / "reports/retrieval.json").read_text())
+    alike = retrieval["mean_pairwise_cosine"] >= 0.5  # 2 epochs on 24 videos may not have trained yet
+    assert ("warning" in retrieval) == alike == ("evaluate: warning: the videos' embeddings are nearly" in said.err)
     assert retrieval["labelled"] is False and (retrieval["queries"], retrieval["gallery"]) == (24, 24)
     assert not any(key.startswith("recall@") for key in retrieval)
     cosines = [retrieval[f"neighbour_cosine@{k}"] for k in (1, 5, 10, 20)]
