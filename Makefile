@@ -66,6 +66,7 @@ bench: install
 	$(BIN)/python bench/clustering.py
 	$(BIN)/python bench/pretrain.py
 	$(BIN)/python bench/search.py
+	$(BIN)/python bench/neighbours.py
 	$(BIN)/python bench/ablation.py --work data/bench/ablation
 
 # GPU bench (bench/gpu.py -> reports/bench/gpu.json): the full run on CUDA, a quick CPU version without it.

@@ -12,6 +12,9 @@ DEFAULT_KS = (1, 5, 10, 20, 50)
 # Above this mean pairwise cosine the embeddings barely tell videos apart: an untrained r3d_18_tiny gives 0.97 on
 # ucf101_6, every trained encoder there <= 0.08 (bench/label_free.py).
 ALIKE_COSINE = 0.5
+# Similarities held at once by the exact search (a block of query rows x the gallery): 256 MB of float32 and
+# argpartition's 512 MB of indices. Galleries up to 16,384 videos keep 4,096 query rows a block.
+BLOCK_ELEMENTS = 2**26
 
 
 def normalize_rows(x: np.ndarray) -> np.ndarray:
@@ -30,6 +33,7 @@ def _top_k(q: np.ndarray, g: np.ndarray, k: int, *, block: int,
     """(indices, similarities) of the k largest dot products of each unit row of `q` with `g`, best first;
     with `leave_one_out` (q is g), row i never finds itself."""
     k = min(k, len(g) - int(leave_one_out))
+    block = max(1, min(block, BLOCK_ELEMENTS // max(len(g), 1)))  # a Kinetics-size gallery: fewer rows a block
     indices = np.empty((len(q), k), dtype=np.int64)
     best = np.empty((len(q), k), dtype=np.float32)
     for start in range(0, len(q), block):

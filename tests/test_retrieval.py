@@ -120,6 +120,29 @@ def test_nearest_others_never_finds_the_query_itself_even_beside_its_duplicate()
     assert nearest_others(vectors[:3], 10)[0].shape == (3, 2)  # at most the n - 1 others
 
 
+def test_a_large_gallery_shrinks_the_block_without_changing_the_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """BLOCK_ELEMENTS bounds the rows x gallery held at once (an archive of 240k videos must not need 12 GB):
+    measured with tracemalloc, which sees numpy's buffers; the neighbours stay the same."""
+    import tracemalloc
+
+    import slic.retrieval as retrieval
+
+    vectors = np.random.default_rng(8).normal(size=(3000, 4)).astype(np.float32)
+
+    def peak_of_search() -> tuple[int, np.ndarray]:
+        tracemalloc.start()
+        indices, _ = nearest_others(vectors, 3)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        return peak, indices
+
+    unbounded_peak, expected = peak_of_search()  # 3000 rows a block: 3000 x 3000 similarities and indices
+    monkeypatch.setattr(retrieval, "BLOCK_ELEMENTS", 2**18)  # 87 rows a block
+    bounded_peak, found = peak_of_search()
+    np.testing.assert_array_equal(found, expected)
+    assert unbounded_peak > 3000 * 3000 * 12 * 0.9 and bounded_peak < unbounded_peak / 10
+
+
 def test_effective_rank_is_one_for_a_collapsed_embedding_and_d_for_orthogonal_directions() -> None:
     collapsed = np.ones((40, 8)) + 1e-9 * np.random.default_rng(0).normal(size=(40, 8))
     assert effective_rank(collapsed) == pytest.approx(1.0, abs=0.01)
