@@ -307,8 +307,9 @@ def run_evaluate(config: Any) -> dict[str, Any]:
     if labelled:
         print("evaluate: " + " ".join(f"{k}={v:.3f}" for k, v in metrics.items()))
     else:
-        print(f"evaluate: no class labels, so no recall; {report['protocol']}: neighbour_cosine@1="
-              f"{report['neighbour_cosine@1']:.3f} mean_pairwise_cosine={report['mean_pairwise_cosine']:.3f} "
+        nearest = next(key for key in report if key.startswith("neighbour_cosine@"))  # the smallest k of evaluate.ks
+        print(f"evaluate: no class labels, so no recall; {report['protocol']}: {nearest}={report[nearest]:.3f} "
+              f"mean_pairwise_cosine={report['mean_pairwise_cosine']:.3f} "
               f"effective_rank={report['effective_rank']:.1f} of {report['embedding_dim']}")
         if "warning" in report:
             print(f"evaluate: warning: {report['warning']}", file=sys.stderr)

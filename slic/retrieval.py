@@ -134,7 +134,7 @@ def unlabelled_neighbours(path: str | Path, *, split: str = "train", ks: Sequenc
     n = len(vectors)
     if n < 2:
         raise ValueError(f"{path}: needs at least 2 {split!r} videos to compare; found {n}")
-    ks = [k for k in ks if k < n] or [n - 1]
+    ks = sorted(k for k in set(ks) if k < n) or [n - 1]
     neighbours, sims = nearest_others(vectors, max(max(ks), hub_k))
     total = vectors.sum(axis=0, dtype=np.float64)
     hub_k = min(hub_k, n - 1)
