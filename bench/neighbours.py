@@ -4,7 +4,8 @@
 search holds one block of query rows x the whole gallery at a time, plus argpartition's int64 indices of the
 same shape. With a fixed 4,096 rows a block that grows with the archive (a 240k-video Kinetics archive:
 about 12 GB); bounded by slic.retrieval.BLOCK_ELEMENTS the block shrinks as the gallery grows. Each
-(n, variant) runs in a fresh process for its peak RSS; both variants must return the same neighbours.
+(n, variant) runs in a fresh process for its peak RSS (`search_gb`: above what the imports and the vectors
+had taken); both variants must return the same neighbours.
 
 Writes reports/bench/neighbours.json.
 
@@ -40,12 +41,14 @@ def measure(n: int, dim: int, k: int, variant: str) -> dict[str, float | str | i
     if VARIANTS[variant] is not None:
         retrieval.BLOCK_ELEMENTS = VARIANTS[variant]
     vectors = np.random.default_rng(0).normal(size=(n, dim)).astype(np.float32)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # the imports and the vectors
     started = time.perf_counter()
     indices, _ = retrieval.nearest_others(vectors, k)
     seconds = time.perf_counter() - started
     rows = min(4096, max(1, retrieval.BLOCK_ELEMENTS // n))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
     return {"n": n, "variant": variant, "rows_per_block": rows, "seconds": round(seconds, 2),
-            "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 3),
+            "peak_rss_gb": round(peak, 3), "search_gb": round(peak - before, 3),
             "neighbours_sha1": hashlib.sha1(indices.tobytes()).hexdigest()}
 
 
@@ -67,7 +70,8 @@ def main(argv: list[str] | None = None) -> None:
                                     "--k", str(args.k)], capture_output=True, text=True, check=True)
             rows.append(json.loads(child.stdout))
             print(f"n={n:>7} {variant:16s} {rows[-1]['rows_per_block']:>5} rows/block {rows[-1]['seconds']:7.1f} s "
-                  f"peak RSS {rows[-1]['peak_rss_gb']:.2f} GB", flush=True)
+                  f"peak RSS {rows[-1]['peak_rss_gb']:.2f} GB, {rows[-1]['search_gb']:.2f} GB of it the search",
+                  flush=True)
     same = {n: len({r["neighbours_sha1"] for r in rows if r["n"] == n}) == 1 for n in args.sizes}
     from slic.machine import machine_info
 

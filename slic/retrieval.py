@@ -12,9 +12,10 @@ DEFAULT_KS = (1, 5, 10, 20, 50)
 # Above this mean pairwise cosine the embeddings barely tell videos apart: an untrained r3d_18_tiny gives 0.97 on
 # ucf101_6, every trained encoder there <= 0.08 (bench/label_free.py).
 ALIKE_COSINE = 0.5
-# Similarities held at once by the exact search (a block of query rows x the gallery): 256 MB of float32 and
-# argpartition's 512 MB of indices. Galleries up to 16,384 videos keep 4,096 query rows a block.
-BLOCK_ELEMENTS = 2**26
+# Similarities held at once by the exact search (a block of query rows x the gallery), with their negation and
+# argpartition's int64 indices about 0.4 GB whatever the archive's size (bench/neighbours.py). Galleries up to
+# 4,096 videos keep 4,096 query rows a block.
+BLOCK_ELEMENTS = 2**24
 
 
 def normalize_rows(x: np.ndarray) -> np.ndarray:
