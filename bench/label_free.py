@@ -34,9 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.ablation import configure, machine, shown  # noqa: E402
-from bench.real import (DEFAULT_ROOT, PRESET, ROWS, SEEDS, BenchError, prepare_data, real_config,  # noqa: E402
-                        run_seed)
+from bench.ablation import machine, shown  # noqa: E402
+from bench.real import DEFAULT_ROOT, ROWS, SEEDS, open_bench, prepare_data, run_seed  # noqa: E402
 
 DEFAULT_ROWS = ("random_init", "intra_video", "slic", "slic_video", "oracle")
 DEFAULT_OUT = ROOT / "reports" / "bench" / "label_free.json"
@@ -101,15 +100,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    configure(args.verbose, args.threads)
-    from slic.distributed import World, resolve_device
-
-    work = Path(args.work)
-    try:
-        config = real_config(Path(args.params), Path(args.root), work, PRESET)
-    except BenchError as exc:
-        sys.exit(f"bench/label_free.py: error: {exc}")
-    world = World(0, 1, 0, resolve_device(config.pretrain.device))
+    config, world, work = open_bench(args, "bench/label_free.py")
     started = time.perf_counter()
     prepare_data(config, work)
     encoders: list[dict[str, Any]] = []

@@ -358,18 +358,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+def open_bench(args: argparse.Namespace, prog: str, preset: str = PRESET,
+               overrides: list[str] | None = None) -> tuple[Config, Any, Path]:
+    """A real-video bench's start: logging and threads, the config of `args` (params, root, work) with `preset`
+    and `overrides`, and the world of its device; a bad argument exits with one line naming it."""
     configure(args.verbose, args.threads)
     from slic.distributed import World, resolve_device
 
     work = Path(args.work)
     try:
-        config = with_overrides(real_config(Path(args.params), Path(args.root), work, args.preset), args.overrides)
+        config = with_overrides(real_config(Path(args.params), Path(args.root), work, preset), overrides or [])
     except BenchError as exc:
-        sys.exit(f"bench/real.py: error: {exc}")
+        sys.exit(f"{prog}: error: {exc}")
+    return config, World(0, 1, 0, resolve_device(config.pretrain.device)), work
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    config, world, work = open_bench(args, "bench/real.py", args.preset, args.overrides)
     encoder = None if args.no_classify else args.encoder
-    world = World(0, 1, 0, resolve_device(config.pretrain.device))
     started = time.perf_counter()
     data = prepare_data(config, work)
     print(f"ucf101_6 split {config.manifest.split}: {data['splits']}", flush=True)

@@ -473,6 +473,7 @@ FIXED_KEY_REPORTS = ("finetune",)  # top-level keys are exactly the trainings: n
 
 
 def _manifest_has_labels(manifest: str | Path) -> bool:
+    """slic.data.datasets.manifest_has_labels, imported only when a class stage runs (pandas is slow to import)."""
     from slic.data.datasets import manifest_has_labels
 
     return manifest_has_labels(manifest)

@@ -309,7 +309,8 @@ def write_neighbours_html(out: str | Path, report: Mapping[str, Any], *, embeddi
             f"<p>{html.escape(report['protocol'])}, by cosine similarity of the embeddings in "
             f"<code>{html.escape(str(embeddings))}</code>. The videos have no classes, so there is no recall: judge "
             f"the neighbours below by eye, or add a labelled set to <code>eval_sets</code> (the transfer protocol)."
-            f"</p>{warning}{_label_free_table(report)}<h2>Sampled videos and their top-{neighbours.shape[1]} neighbours</h2>"
+            f"</p>{warning}{_label_free_table(report)}"
+            f"<h2>Sampled videos and their top-{neighbours.shape[1]} neighbours</h2>"
             f'<p id="sample">{len(chosen)} of {len(vectors)} videos drawn at random (seed {seed}).</p>'
             f"{note}{''.join(rows)}</body></html>\n")
     return _write_page(out, page, cells, queries_shown=len(chosen), k_shown=neighbours.shape[1])
