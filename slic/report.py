@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from slic.data.frames import ShardReader, shard_path
-from slic.retrieval import nearest_gallery, nearest_others, normalize_rows
+from slic.retrieval import nearest_gallery, nearest_others, normalize_rows, split_mask
 
 THUMB_FRAMES = 12   # frames spread over the whole video
 THUMB_WIDTH = 96    # pixels; height keeps the video's aspect
@@ -289,16 +289,16 @@ def write_neighbours_html(out: str | Path, report: Mapping[str, Any], *, embeddi
     Returns what `write_retrieval_html` returns.
     """
     data = np.load(embeddings)
-    mask = data["split"] == report["query_split"]
+    mask = split_mask(data["split"], report["query_split"])
     vectors, ids = data["embedding"][mask], data["video_id"][mask]
-    neighbours, sims = nearest_others(vectors, k)
     rng = np.random.default_rng(seed)
     chosen = np.sort(rng.choice(len(vectors), min(queries, len(vectors)), replace=False))
+    neighbours, sims = nearest_others(vectors, k, rows=chosen)  # only the shown videos query
     paths = _video_paths(Path(manifest))
     cells = VideoCells(ids, frames_dir, paths)
     rows = [f'<section class="row" aria-label="query {html.escape(str(ids[q]))}">{cells(q, "query", "")}<ol>'
-            + "".join(cells(int(g), "neighbour", f"#{rank + 1}<br>cos {sims[q, rank]:.3f}")
-                      for rank, g in enumerate(neighbours[q])) + "</ol></section>" for q in chosen]
+            + "".join(cells(int(g), "neighbour", f"#{rank + 1}<br>cos {sims[row, rank]:.3f}")
+                      for rank, g in enumerate(neighbours[row])) + "</ol></section>" for row, q in enumerate(chosen)]
     title = "Nearest neighbours (videos without classes)"
     warning = ""
     if "warning" in report:  # nearly all alike: an untrained or collapsed encoder

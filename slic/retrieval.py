@@ -26,22 +26,21 @@ def normalize_rows(x: np.ndarray) -> np.ndarray:
 
 def nearest_gallery(queries: np.ndarray, gallery: np.ndarray, k: int, *, block: int = 4096) -> np.ndarray:
     """Indices (n_queries, k) of the k most cosine-similar gallery rows, best first (exact)."""
-    return _top_k(normalize_rows(queries), normalize_rows(gallery), k, block=block, leave_one_out=False)[0]
+    return _top_k(normalize_rows(queries), normalize_rows(gallery), k, block=block)[0]
 
 
 def _top_k(q: np.ndarray, g: np.ndarray, k: int, *, block: int,
-           leave_one_out: bool) -> tuple[np.ndarray, np.ndarray]:
+           exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(indices, similarities) of the k largest dot products of each unit row of `q` with `g`, best first;
-    with `leave_one_out` (q is g), row i never finds itself."""
-    k = min(k, len(g) - int(leave_one_out))
+    query row i never finds gallery row exclude[i] (itself, when the queries are gallery rows)."""
+    k = min(k, len(g) - int(exclude is not None))
     block = max(1, min(block, BLOCK_ELEMENTS // max(len(g), 1)))  # a Kinetics-size gallery: fewer rows a block
     indices = np.empty((len(q), k), dtype=np.int64)
     best = np.empty((len(q), k), dtype=np.float32)
     for start in range(0, len(q), block):
         sims = q[start:start + block] @ g.T
-        if leave_one_out:
-            rows = np.arange(len(sims))
-            sims[rows, rows + start] = -np.inf
+        if exclude is not None:
+            sims[np.arange(len(sims)), exclude[start:start + block]] = -np.inf
         part = np.argpartition(-sims, k - 1, axis=1)[:, :k]
         order = np.take_along_axis(sims, part, axis=1).argsort(axis=1, kind="stable")[:, ::-1]
         indices[start:start + block] = np.take_along_axis(part, order, axis=1)
@@ -102,11 +101,18 @@ def write_recall_curve(report: dict[str, Any], path: str | Path) -> None:
     Path(path).write_text("k,recall\n" + "".join(f"{k},{v:.6f}\n" for k, v in rows))
 
 
-def nearest_others(vectors: np.ndarray, k: int, *, block: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-    """Leave-one-out neighbours: (indices, cosine similarities), each (n, k) best first, of every row among the
-    other rows (a row never finds itself, even when another row is identical to it)."""
+def nearest_others(vectors: np.ndarray, k: int, *, rows: np.ndarray | None = None,
+                   block: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """Leave-one-out neighbours: (indices, cosine similarities), each (len(rows), k) best first, of each of
+    `rows` (default every row) among the other rows (a row never finds itself, even beside an identical one)."""
     unit = normalize_rows(vectors)
-    return _top_k(unit, unit, k, block=block, leave_one_out=True)
+    rows = np.arange(len(unit)) if rows is None else np.asarray(rows, dtype=np.int64)
+    return _top_k(unit[rows], unit, k, block=block, exclude=rows)
+
+
+def split_mask(splits: np.ndarray, split: str | None) -> np.ndarray:
+    """The rows of `split` (None: every row)."""
+    return np.ones(len(splits), dtype=bool) if split is None else np.asarray(splits) == split
 
 
 def effective_rank(vectors: np.ndarray) -> float:
@@ -117,9 +123,10 @@ def effective_rank(vectors: np.ndarray) -> float:
     return float(np.exp(-(share * np.log(share)).sum()))
 
 
-def unlabelled_neighbours(path: str | Path, *, split: str = "train", ks: Sequence[int] = DEFAULT_KS,
+def unlabelled_neighbours(path: str | Path, *, split: str | None = "train", ks: Sequence[int] = DEFAULT_KS,
                           hub_k: int = 10) -> dict[str, Any]:
-    """What can be measured without classes: each `split` video queries all the others (leave-one-out).
+    """What can be measured without classes: each `split` video (None: every video) queries all the others
+    (leave-one-out).
 
     Mean cosine similarity of the k-th neighbour for each k, the mean over all pairs, the effective rank
     (near 1: the embedding collapsed), and hubness: the videos that appear in the most top-`hub_k` lists
@@ -130,11 +137,11 @@ def unlabelled_neighbours(path: str | Path, *, split: str = "train", ks: Sequenc
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no embeddings; run the `embed` stage first (dvc repro embed)")
     data = np.load(path)
-    mask = data["split"] == split
+    mask = split_mask(data["split"], split)
     vectors, ids = normalize_rows(data["embedding"][mask]), data["video_id"][mask]
     n = len(vectors)
     if n < 2:
-        raise ValueError(f"{path}: needs at least 2 {split!r} videos to compare; found {n}")
+        raise ValueError(f"{path}: needs at least 2 {split or 'any'!r} videos to compare; found {n}")
     ks = sorted(k for k in set(ks) if k < n) or [n - 1]
     neighbours, sims = nearest_others(vectors, max(max(ks), hub_k))
     total = vectors.sum(axis=0, dtype=np.float64)
@@ -147,7 +154,8 @@ def unlabelled_neighbours(path: str | Path, *, split: str = "train", ks: Sequenc
         f"the videos' embeddings are nearly all alike (mean pairwise cosine {pairwise:.3f} >= {ALIKE_COSINE}), as an "
         "untrained or collapsed encoder's are: check that pretrain trained (its loss, epochs) and that the videos "
         "differ (not one scene, not black frames)")}
-    return {"labelled": False, "protocol": f"leave-one-out: each {split} video queries the {n - 1} others",
+    which = f"{split} video" if split else "video"
+    return {"labelled": False, "protocol": f"leave-one-out: each {which} queries the {n - 1} others",
             "queries": n, "gallery": n, "query_split": split, "gallery_split": split,
             **{f"neighbour_cosine@{k}": float(sims[:, k - 1].mean()) for k in ks},
             "mean_pairwise_cosine": pairwise,

@@ -118,6 +118,10 @@ def test_nearest_others_never_finds_the_query_itself_even_beside_its_duplicate()
     np.testing.assert_allclose(cosines, -np.sort(-sims, axis=1)[:, :4], rtol=1e-5)
     np.testing.assert_allclose(np.take_along_axis(sims, indices, axis=1), cosines, rtol=1e-5)
     assert nearest_others(vectors[:3], 10)[0].shape == (3, 2)  # at most the n - 1 others
+    some = np.array([1, 7, 22])  # only these query (the HTML page's sampled videos): the same rows as for all
+    part, part_cosines = nearest_others(vectors, 4, rows=some, block=2)
+    assert part[0, 0] == 0 and not (part == some[:, None]).any()
+    np.testing.assert_allclose(part_cosines, cosines[some], rtol=1e-5)
 
 
 def test_a_large_gallery_shrinks_the_block_without_changing_the_answer(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -177,6 +181,8 @@ def test_unlabelled_neighbours_measures_what_needs_no_labels(tmp_path: Path) -> 
     assert (tmp_path / "curve.csv").read_text() == "k,recall\n"  # `dvc plots` reads it; no rows without classes
     with pytest.raises(ValueError, match="at least 2 'test' videos"):
         unlabelled_neighbours(path, split="test")
+    assert unlabelled_neighbours(path, split=None, ks=(1,), hub_k=3)["mean_pairwise_cosine"] == pytest.approx(
+        report["mean_pairwise_cosine"])  # every video: here all are train
     assert "warning" not in report
     np.savez(path, video_id=np.array([f"v{i}" for i in range(7)]), label=np.full(7, -1), class_name=np.array([""] * 7),
              split=np.array(["train"] * 7), embedding=(1 + 0.05 * rng.normal(size=(7, 8))).astype(np.float32))

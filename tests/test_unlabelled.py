@@ -177,3 +177,24 @@ def test_pretrain_index_and_search_on_unlabelled_videos(archive: Path, tiny_data
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert run(tmp_path, "pretrain") == 2
     assert "pretrain.mode oracle trains on the true classes" in capsys.readouterr().err
+
+
+def test_a_stage_that_skipped_drops_its_record_once_the_videos_have_classes(
+        tiny_manifest: pd.DataFrame, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """skipped.json says why a folder holds no new result; on a labelled manifest the stage runs (here it then
+    stops at the missing checkpoint) and that record goes, what else the folder held stays."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    manifest = tmp_path / params["extract"]["manifest"]
+    manifest.parent.mkdir(parents=True)
+    tiny_manifest.to_csv(manifest, index=False)
+    folder = tmp_path / params["linear_probe"]["out"]
+    folder.mkdir(parents=True)
+    (folder / "skipped.json").write_text("{}")
+    (folder / "kept.pt").write_bytes(b"an earlier run's checkpoint")
+    assert run(tmp_path, "linear-probe") == 2
+    assert "best.pt" in capsys.readouterr().err  # it ran, as a labelled stage: no checkpoint yet
+    assert not (folder / "skipped.json").exists() and (folder / "kept.pt").is_file()
