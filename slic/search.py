@@ -2,9 +2,10 @@
 
 Each query is decoded with PyAV and embedded with the encoder that embedded the index's videos (the checkpoint
 named in data/index/index.json, IIC protocol via slic.serving.VideoEncoder) or with a registered MLflow model
-(`--model models:/slic-encoder@champion`) or another checkpoint (`--model path/to/best.pt`), then looked up in the saved FAISS index.  A query that cannot be
-decoded gets one line on stderr and the others still get answers; the exit code is 1 when any query failed,
-2 for usage errors (no index, no such path, an encoder whose dimension does not match the index).
+(`--model models:/slic-encoder@champion`) or another checkpoint (`--model path/to/best.pt`), then looked up
+in the saved FAISS index.  A query that cannot be decoded gets one line on stderr and the others still get
+answers; the exit code is 1 when any query failed, 2 for usage errors (no index, no such path, an encoder
+whose dimension does not match the index).
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ def model_embedder(model: str, clips: int = 10) -> Callable[[Path], np.ndarray]:
         loaded = registry.load_model(model)
     except Exception as exc:  # noqa: BLE001 - MLflow raises many types for an unknown or unreachable model
         raise SearchUsageError(f"cannot load model {model}: {(str(exc).splitlines() or [type(exc).__name__])[0]}; "
-                               "`dvc repro promote` registers the champion (labelled data only), or pass a "
+                               "`dvc repro promote` registers the champion, or pass a "
                                "checkpoint, e.g. --model data/models/pretrain/best.pt") from exc
     return lambda path: np.asarray(loaded.predict(pd.DataFrame({"path": [str(path)]})), np.float32)[0]
 
