@@ -383,14 +383,22 @@ def run_promote(config: Any) -> dict[str, Any]:
 
 def run_index(config: Any) -> dict[str, Any]:
     """Stage `index`: a FAISS index over the gallery split's embeddings in data/index, for `slic search`."""
+    from slic.added_videos import added_videos
     from slic.index import build_stage
 
-    report = build_stage(config.index, embeddings=config.embed.out, checkpoint=config.embed.checkpoint,
-                         clips=config.embed.clips, frames_dir=config.extract.out)
-    print(f"index: {report['kind']} over {report['vectors']} {report['gallery_split']} videos ({report['dim']}-d) "
-          f"on {report['device']} in {report['build_seconds']} s -> {report['out']}")
+    cfg = config.index
+    extra = added_videos(cfg.add_videos, manifest_root=config.manifest.root, extensions=config.manifest.extensions,
+                         checkpoint=config.embed.checkpoint, clips=config.embed.clips, index_dir=cfg.out)
+    report = build_stage(cfg, embeddings=config.embed.out, checkpoint=config.embed.checkpoint,
+                         clips=config.embed.clips, frames_dir=config.extract.out, added=extra)
+    added = (f" + {report['added']} added from {cfg.add_videos} ({report['added_embedded_now']} embedded now, "
+             f"{report['added_reused']} reused)") if extra else ""
+    print(f"index: {report['kind']} over {report['gallery_videos']} {report['gallery_split']} videos{added} "
+          f"({report['dim']}-d) on {report['device']} in {report['build_seconds']} s -> {report['out']}")
     for note in report["notes"]:
         print(f"  note: {note}")
+    for failure in report.get("added_failed", []):
+        print(f"  not added: {failure['path']}: {failure['error']}; fix or remove the file", file=sys.stderr)
     return report
 
 

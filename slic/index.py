@@ -16,7 +16,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -223,16 +223,38 @@ def gallery_fingerprint(rows: pd.DataFrame, frames_dir: str | Path | None) -> tu
     return content_fingerprint({v: file_sha256(path) for v, path in zip(ids, rows["path"])}), "videos"
 
 
-def build_stage(cfg: Any, *, embeddings: str, checkpoint: str, clips: int,
-                frames_dir: str | None = None) -> dict[str, Any]:
-    """Stage `index`: index the gallery split of `embeddings`, save it to cfg.out, return reports/index.json.
+class ExtraVideos(Protocol):
+    """Videos indexed beside the gallery (slic.added_videos.AddedVideos): rows as in rows.csv, their vectors, and
+    the keys they add to the report."""
+
+    rows: pd.DataFrame
+    vectors: np.ndarray
+
+    def report(self) -> dict[str, Any]:
+        """The index report's keys for these videos."""
+        ...
+
+
+def build_stage(cfg: Any, *, embeddings: str, checkpoint: str, clips: int, frames_dir: str | None = None,
+                added: ExtraVideos | None = None) -> dict[str, Any]:
+    """Stage `index`: index the gallery split of `embeddings` and the `added` videos (cfg.add_videos, embedded
+    by slic.added_videos), save it to cfg.out, return reports/index.json.
 
     index.json records lineage: `data_fingerprint`, the content fingerprint of the data the checkpoint
-    was trained on, and `gallery_fingerprint`, that of the indexed videos (see `gallery_fingerprint`).
+    was trained on, and `gallery_fingerprint`, that of the gallery's videos (see `gallery_fingerprint`);
+    the added videos' report keys name theirs.
     """
     import torch
 
-    rows, vectors = gallery_rows(embeddings, cfg.manifest, cfg.gallery_split)
+    gallery, vectors = gallery_rows(embeddings, cfg.manifest, cfg.gallery_split)
+    rows = gallery
+    if added is not None and len(added.rows):
+        clash = sorted(set(added.rows["video_id"]) & set(gallery["video_id"]))
+        if clash:
+            raise IndexBuildError(f"added video id {clash[0]!r} is also a gallery video's id in {cfg.manifest}; "
+                                  f"rename the folder {cfg.add_videos!r}")
+        rows = pd.concat([gallery, added.rows], ignore_index=True)
+        vectors = np.concatenate([vectors, added.vectors.astype(vectors.dtype)])
     normalize = cfg.metric == "cosine"
     started = time.perf_counter()
     built = build_index(vectors, kind=cfg.kind, normalize=normalize, device=cfg.device, nlist=cfg.nlist,
@@ -240,14 +262,16 @@ def build_stage(cfg: Any, *, embeddings: str, checkpoint: str, clips: int,
                         ef_search=cfg.ef_search, ef_construction=cfg.ef_construction)
     seconds = time.perf_counter() - started
     report = {"kind": cfg.kind, "vectors": int(len(rows)), "dim": int(vectors.shape[1]), "metric": cfg.metric,
-              "gallery_split": cfg.gallery_split, "params": built.params, "notes": built.notes,
+              "gallery_split": cfg.gallery_split, "gallery_videos": int(len(gallery)),
+              **(added.report() if added is not None else {"add_videos": "", "added": 0}),
+              "params": built.params, "notes": built.notes,
               "build_seconds": round(seconds, 4), "device": built.device, "out": cfg.out}
     try:  # the content fingerprint of the data the checkpoint was trained on (pretrain records it)
         trained = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True).get("fingerprint") or {}
     except Exception:  # noqa: BLE001 - no checkpoint, or not one of pretrain's: the lineage is unknown, not fatal
         trained = {}
     report["data_fingerprint"] = trained.get("data") or "unknown"
-    report["gallery_fingerprint"], report["gallery_fingerprint_of"] = gallery_fingerprint(rows, frames_dir)
+    report["gallery_fingerprint"], report["gallery_fingerprint_of"] = gallery_fingerprint(gallery, frames_dir)
     meta = {**report, "embeddings": str(embeddings), "checkpoint": str(checkpoint),
             "checkpoint_sha256": file_sha256(checkpoint) if Path(checkpoint).is_file() else "",
             "clips": clips, "manifest": cfg.manifest}

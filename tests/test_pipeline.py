@@ -68,6 +68,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     repo = tmp_path_factory.mktemp("repo")
     shutil.copy(ROOT / "dvc.yaml", repo)
     shutil.copytree(ROOT / "slic", repo / "slic", ignore=shutil.ignore_patterns("__pycache__"))  # code deps
+    shutil.copytree(ROOT / "add_to_index", repo / "add_to_index")  # index's folder of added videos (README only)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     for section, values in TINY.items():
         params[section].update(values)
@@ -218,6 +219,7 @@ def test_repro_on_unlabelled_videos_runs_to_the_end(tiny_dataset: Path, tmp_path
     repo.mkdir()
     shutil.copy(ROOT / "dvc.yaml", repo)
     shutil.copytree(ROOT / "slic", repo / "slic", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "add_to_index", repo / "add_to_index")
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     for section, values in TINY.items():
         params[section].update(values)
@@ -235,4 +237,19 @@ def test_repro_on_unlabelled_videos_runs_to_the_end(tiny_dataset: Path, tmp_path
         assert json.loads((repo / f"reports/{name}.json").read_text())["skipped"] is True, name
     promotion = json.loads((repo / "reports/promotion.json").read_text())
     assert (promotion["decision"], promotion["compared_on"]) == ("promoted", "no labels")
+    assert ran(dvc(repo, "repro")) == []
+
+    # A video that arrives later, put into add_to_index/: only `index` runs (no retraining), and search finds it.
+    newcomer = repo / "add_to_index/later/newcomer.avi"
+    newcomer.parent.mkdir()
+    shutil.copy(next(tiny_dataset.rglob("*.avi")), newcomer)
+    checkpoint = (repo / "data/models/pretrain/best.pt").read_bytes()
+    assert ran(dvc(repo, "repro")) == ["index"]
+    assert (repo / "data/models/pretrain/best.pt").read_bytes() == checkpoint
+    index = json.loads((repo / "reports/index.json").read_text())
+    assert (index["added"], index["added_embedded_now"], index["vectors"]) == (1, 1, index["gallery_videos"] + 1)
+    found = subprocess.run([sys.executable, "-m", "slic.cli", "search", "add_to_index/later/newcomer.avi", "--json",
+                            "-k", "1"], cwd=repo, capture_output=True, text=True, check=True)
+    hit = json.loads(found.stdout)["queries"][0]["results"][0]
+    assert (hit["video_id"], hit["class"]) == ("added/later/newcomer.avi", None)
     assert ran(dvc(repo, "repro")) == []

@@ -41,7 +41,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         root / "validated.csv", index=False)
     (root / "params.yaml").write_text(
         f"embed:\n  checkpoint: {checkpoint}\n  clips: 2\n  out: {root / 'embeddings.npz'}\n"
-        f"index:\n  manifest: {root / 'validated.csv'}\n  out: {root / 'index'}\n")
+        f"index:\n  manifest: {root / 'validated.csv'}\n  out: {root / 'index'}\n  add_videos: ''\n")
     previous = Path.cwd()
     os.chdir(root)
     try:

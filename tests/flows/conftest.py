@@ -36,6 +36,7 @@ def make_checkout(path: Path, *, with_flows: bool = False, **params: dict) -> Pa
     shutil.copy(ROOT / "dvc.yaml", path)
     ignore = shutil.ignore_patterns("__pycache__")
     shutil.copytree(ROOT / "slic", path / "slic", ignore=ignore)
+    shutil.copytree(ROOT / "add_to_index", path / "add_to_index")  # the index stage's folder of added videos
     if with_flows:
         shutil.copytree(ROOT / "flows", path / "flows", ignore=ignore)
         shutil.copy(ROOT / "prefect.yaml", path)

@@ -1,0 +1,210 @@
+"""Videos made searchable without retraining the encoder (`index.add_videos`, read by the `index` stage).
+
+The manifest is pretrain's input, so a video put into the training archive retrains the encoder.  Videos
+that arrive after training go into a folder of their own instead (add_to_index/ by default).  The index
+stage embeds every video under it (recursively, manifest.extensions) with the index's checkpoint, as
+`slic search` embeds a query (IIC protocol, the embed stage's clip count), and indexes them beside the
+gallery, as `added/<path in the folder>` with no class.  Under `dvc repro` a change in the folder re-runs
+`index` alone.
+
+Each embedding is kept in <index.out>/added.npz under the sha256 of the file's bytes, with the checkpoint's
+sha256 and the clip count: a later run embeds only new or changed files (a renamed or moved file is not
+embedded again), and another checkpoint embeds them all again.  The file is written every minute while
+embedding, so an interrupted run keeps what it embedded.  A video that cannot be decoded stays out of the
+index and is named in the report with the reason; the others are added.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from slic.index import IndexBuildError, file_sha256
+
+log = logging.getLogger(__name__)
+
+CACHE_FILE = "added.npz"
+ID_PREFIX = "added/"
+SAVE_EVERY_SECONDS = 60.0
+EMBED_ERRORS = (RuntimeError, ValueError, OSError)  # VideoDecodeError is a RuntimeError
+
+
+@dataclass
+class AddedVideos:
+    """The added videos that could be embedded (rows as in rows.csv, vectors) and what happened to the rest."""
+
+    rows: pd.DataFrame
+    vectors: np.ndarray
+    embedded_now: int = 0
+    reused: int = 0
+    failed: list[dict[str, str]] = field(default_factory=list)
+    hashes: dict[str, str] = field(default_factory=dict)  # video_id -> sha256 of the file
+
+    folder: str = ""
+
+    def report(self) -> dict[str, Any]:
+        """The index report's keys for the added videos."""
+        from slic.data.frames import content_fingerprint
+
+        return {"add_videos": self.folder, "added": int(len(self.rows)), "added_embedded_now": self.embedded_now,
+                "added_reused": self.reused, "added_failed": self.failed,
+                "added_fingerprint": content_fingerprint(self.hashes) if self.hashes else "none"}
+
+
+def added_videos(folder: str, *, manifest_root: str, extensions: tuple[str, ...], checkpoint: str | Path,
+                 clips: int, index_dir: str | Path) -> AddedVideos | None:
+    """The `index` stage's added videos: those of `index.add_videos`, embedded (or reused from the index
+    folder's added.npz); None when the key is empty."""
+    path = added_folder(folder, manifest_root)
+    if path is None:
+        return None
+    return embed_added(path, extensions, checkpoint=checkpoint, clips=clips, cache_file=Path(index_dir) / CACHE_FILE)
+
+
+def added_folder(folder: str, manifest_root: str) -> Path | None:
+    """The `index.add_videos` folder, checked: None when the key is empty; an IndexBuildError when the folder is
+    missing, or lies inside the training archive (manifest.root), where its videos would retrain the encoder."""
+    if not folder:
+        return None
+    path = Path(folder)
+    if not path.is_dir():
+        raise IndexBuildError(f"index.add_videos = {folder!r}: no such folder; create it (it may stay empty) "
+                              "or set index.add_videos to the folder of videos to add to the index")
+    root = Path(manifest_root).resolve()
+    if path.resolve() == root or root in path.resolve().parents:
+        raise IndexBuildError(f"index.add_videos = {folder!r} lies inside manifest.root {manifest_root!r}: its "
+                              "videos would also train the encoder; move the folder out of the archive")
+    return path
+
+
+def find_added(folder: Path, extensions: tuple[str, ...]) -> list[Path]:
+    """Every file under `folder` (recursively) whose extension is a video one, sorted (README.md is not)."""
+    wanted = {e.lower() for e in extensions}
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in wanted)
+
+
+def added_video_id(folder: Path, video: Path) -> str:
+    """`added/<path under the folder>`: unique among the added videos, apart from the manifest's ids."""
+    return ID_PREFIX + video.relative_to(folder).as_posix()
+
+
+class EmbeddingCache:
+    """Embeddings of added videos by the sha256 of the file, valid for one checkpoint and clip count.
+
+    It also remembers each path's size and mtime with its sha256, so an unchanged file is not read again.
+    """
+
+    def __init__(self, path: Path, checkpoint_sha256: str, clips: int) -> None:
+        self.path, self.checkpoint_sha256, self.clips = path, checkpoint_sha256, clips
+        self.vectors: dict[str, np.ndarray] = {}
+        self.stat_hash: dict[tuple[str, int, int], str] = {}
+        self.dirty, self.saved_at = False, time.monotonic()
+        if not path.is_file():
+            return
+        try:
+            data = np.load(path)
+            same = str(data["checkpoint_sha256"]) == checkpoint_sha256 and int(data["clips"]) == clips
+            if same:
+                self.vectors = dict(zip(data["sha256"].tolist(), data["embedding"]))
+            self.stat_hash = {(p, int(s), int(m)): h for p, s, m, h in
+                              zip(data["stat_path"].tolist(), data["stat_size"], data["stat_mtime"],
+                                  data["stat_sha256"].tolist())}
+        except Exception as exc:  # noqa: BLE001 - a damaged cache costs a re-embedding, never the stage
+            log.warning("%s: unreadable (%s); the added videos are embedded again", path, exc)
+            self.vectors, self.stat_hash = {}, {}
+
+    def sha256(self, video: Path) -> str:
+        """The file's sha256, read again only when its size or mtime changed since the last run."""
+        stat = video.stat()
+        key = (str(video), stat.st_size, stat.st_mtime_ns)
+        if key not in self.stat_hash:
+            self.stat_hash[key] = file_sha256(video)
+            self.dirty = True
+        return self.stat_hash[key]
+
+    def put(self, sha256: str, vector: np.ndarray) -> None:
+        """Keep one new embedding; the file is written when a minute has passed since the last write."""
+        self.vectors[sha256] = np.asarray(vector, np.float32)
+        self.dirty = True
+        if time.monotonic() - self.saved_at >= SAVE_EVERY_SECONDS:
+            self.save()
+
+    def save(self, keep: set[str] | None = None, videos: list[Path] | None = None) -> None:
+        """Write the cache atomically; `keep`/`videos` drop the entries of files no longer in the folder."""
+        if keep is not None:
+            self.vectors = {h: v for h, v in self.vectors.items() if h in keep}
+        if videos is not None:
+            present = {str(v) for v in videos}
+            self.stat_hash = {k: h for k, h in self.stat_hash.items() if k[0] in present}
+        if not self.dirty and keep is None:
+            return
+        shas = sorted(self.vectors)
+        stats = sorted(self.stat_hash)
+        dim = next(iter(self.vectors.values())).shape[0] if self.vectors else 0
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.path.with_name(self.path.name + ".partial.npz")
+        np.savez(partial, checkpoint_sha256=np.array(self.checkpoint_sha256), clips=np.array(self.clips),
+                 sha256=np.array(shas, dtype=str),
+                 embedding=np.stack([self.vectors[h] for h in shas]) if shas else np.zeros((0, dim), np.float32),
+                 stat_path=np.array([k[0] for k in stats], dtype=str),
+                 stat_size=np.array([k[1] for k in stats], np.int64),
+                 stat_mtime=np.array([k[2] for k in stats], np.int64),
+                 stat_sha256=np.array([self.stat_hash[k] for k in stats], dtype=str))
+        os.replace(partial, self.path)
+        self.dirty, self.saved_at = False, time.monotonic()
+
+
+def embed_added(folder: Path, extensions: tuple[str, ...], *, checkpoint: str | Path, clips: int,
+                cache_file: Path, embedder: Callable[[Path], np.ndarray] | None = None) -> AddedVideos:
+    """Embed the videos under `folder` with `checkpoint` (or `embedder`, for tests), reusing `cache_file`."""
+    videos = find_added(folder, extensions)
+    result = AddedVideos(pd.DataFrame(columns=["video_id", "path", "class", "label"]), np.zeros((0, 0), np.float32),
+                         folder=str(folder))
+    if not videos:
+        return result
+    if not Path(checkpoint).is_file():
+        raise IndexBuildError(f"{checkpoint}: no checkpoint to embed the {len(videos)} video(s) in {folder} "
+                              "with; run `dvc repro pretrain` first")
+    cache = EmbeddingCache(cache_file, file_sha256(checkpoint), clips)
+    rows, vectors, used = [], [], set()
+    for video in videos:
+        video_id = added_video_id(folder, video)
+        try:
+            sha = cache.sha256(video)
+            if sha in cache.vectors:
+                result.reused += 1
+            else:
+                if embedder is None:
+                    embedder = _checkpoint_embedder(Path(checkpoint), clips)
+                cache.put(sha, embedder(video))
+                result.embedded_now += 1
+        except EMBED_ERRORS as exc:
+            reason = (str(exc).splitlines() or [type(exc).__name__])[0].removeprefix(f"{video}: ")
+            result.failed.append({"path": str(video), "error": reason})  # the stage prints it
+            continue
+        used.add(sha)
+        result.hashes[video_id] = sha
+        rows.append({"video_id": video_id, "path": str(video), "class": "", "label": -1})
+        vectors.append(cache.vectors[sha])
+    cache.save(keep=used, videos=videos)
+    if rows:
+        result.rows, result.vectors = pd.DataFrame(rows), np.stack(vectors).astype(np.float32)
+    return result
+
+
+def _checkpoint_embedder(checkpoint: Path, clips: int) -> Callable[[Path], np.ndarray]:
+    """One video -> its embedding with a pretrain checkpoint, on the GPU when there is one (as `slic search`)."""
+    import torch
+
+    from slic.serving import VideoEncoder
+
+    encoder = VideoEncoder(checkpoint, "cuda" if torch.cuda.is_available() else "cpu", clips=clips)
+    return lambda video: encoder.embed_paths([video])[0]
