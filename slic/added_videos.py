@@ -10,7 +10,8 @@ gallery, as `added/<path in the folder>` with no class.  Under `dvc repro` a cha
 Each embedding is kept in <index.out>/added.npz under the sha256 of the file's bytes, with the checkpoint's
 sha256 and the clip count: a later run embeds only new or changed files (a renamed or moved file is not
 embedded again), and another checkpoint embeds them all again.  The file is written every minute while
-embedding, so an interrupted run keeps what it embedded.  A video that cannot be decoded stays out of the
+embedding and when the run stops on an error or Ctrl-C, so an interrupted or killed run keeps what it
+embedded.  A video that cannot be decoded stays out of the
 index and is named in the report with the reason; the others are added.
 """
 
@@ -47,7 +48,6 @@ class AddedVideos:
     reused: int = 0
     failed: list[dict[str, str]] = field(default_factory=list)
     hashes: dict[str, str] = field(default_factory=dict)  # video_id -> sha256 of the file
-
     folder: str = ""
 
     def report(self) -> dict[str, Any]:
@@ -78,8 +78,8 @@ def added_folder(folder: str, manifest_root: str) -> Path | None:
     if not path.is_dir():
         raise IndexBuildError(f"index.add_videos = {folder!r}: no such folder; create it (it may stay empty) "
                               "or set index.add_videos to the folder of videos to add to the index")
-    root = Path(manifest_root).resolve()
-    if path.resolve() == root or root in path.resolve().parents:
+    root = Path(manifest_root).resolve() if manifest_root else None
+    if root is not None and (path.resolve() == root or root in path.resolve().parents):
         raise IndexBuildError(f"index.add_videos = {folder!r} lies inside manifest.root {manifest_root!r}: its "
                               "videos would also train the encoder; move the folder out of the archive")
     return path
@@ -139,12 +139,15 @@ class EmbeddingCache:
 
     def save(self, keep: set[str] | None = None, videos: list[Path] | None = None) -> None:
         """Write the cache atomically; `keep`/`videos` drop the entries of files no longer in the folder."""
-        if keep is not None:
+        if keep is not None and set(self.vectors) - keep:
             self.vectors = {h: v for h, v in self.vectors.items() if h in keep}
+            self.dirty = True
         if videos is not None:
             present = {str(v) for v in videos}
-            self.stat_hash = {k: h for k, h in self.stat_hash.items() if k[0] in present}
-        if not self.dirty and keep is None:
+            if any(k[0] not in present for k in self.stat_hash):
+                self.stat_hash = {k: h for k, h in self.stat_hash.items() if k[0] in present}
+                self.dirty = True
+        if not self.dirty:  # unchanged: the file keeps its bytes (and DVC its hash)
             return
         shas = sorted(self.vectors)
         stats = sorted(self.stat_hash)
@@ -169,31 +172,36 @@ def embed_added(folder: Path, extensions: tuple[str, ...], *, checkpoint: str | 
     result = AddedVideos(pd.DataFrame(columns=["video_id", "path", "class", "label"]), np.zeros((0, 0), np.float32),
                          folder=str(folder))
     if not videos:
+        cache_file.unlink(missing_ok=True)  # the cache holds the folder's files only
         return result
     if not Path(checkpoint).is_file():
         raise IndexBuildError(f"{checkpoint}: no checkpoint to embed the {len(videos)} video(s) in {folder} "
                               "with; run `dvc repro pretrain` first")
     cache = EmbeddingCache(cache_file, file_sha256(checkpoint), clips)
     rows, vectors, used = [], [], set()
-    for video in videos:
-        video_id = added_video_id(folder, video)
-        try:
-            sha = cache.sha256(video)
-            if sha in cache.vectors:
-                result.reused += 1
-            else:
-                if embedder is None:
-                    embedder = _checkpoint_embedder(Path(checkpoint), clips)
-                cache.put(sha, embedder(video))
-                result.embedded_now += 1
-        except EMBED_ERRORS as exc:
-            reason = (str(exc).splitlines() or [type(exc).__name__])[0].removeprefix(f"{video}: ")
-            result.failed.append({"path": str(video), "error": reason})  # the stage prints it
-            continue
-        used.add(sha)
-        result.hashes[video_id] = sha
-        rows.append({"video_id": video_id, "path": str(video), "class": "", "label": -1})
-        vectors.append(cache.vectors[sha])
+    try:
+        for video in videos:
+            video_id = added_video_id(folder, video)
+            try:
+                sha = cache.sha256(video)
+                if sha in cache.vectors:
+                    result.reused += 1
+                else:
+                    if embedder is None:
+                        embedder = _checkpoint_embedder(Path(checkpoint), clips)
+                    cache.put(sha, embedder(video))
+                    result.embedded_now += 1
+            except EMBED_ERRORS as exc:
+                reason = (str(exc).splitlines() or [type(exc).__name__])[0].removeprefix(f"{video}: ")
+                result.failed.append({"path": str(video), "error": reason})  # the stage prints it
+                continue
+            used.add(sha)
+            result.hashes[video_id] = sha
+            rows.append({"video_id": video_id, "path": str(video), "class": "", "label": -1})
+            vectors.append(cache.vectors[sha])
+    except BaseException:
+        cache.save()  # interrupted (Ctrl-C, an error of the encoder): what was embedded stays
+        raise
     cache.save(keep=used, videos=videos)
     if rows:
         result.rows, result.vectors = pd.DataFrame(rows), np.stack(vectors).astype(np.float32)

@@ -135,14 +135,12 @@ def test_another_checkpoint_embeds_every_added_video_again(workdir: Path) -> Non
     assert (index_report(workdir)["added_embedded_now"], index_report(workdir)["added_reused"]) == (2, 0)
 
 
-def test_an_interrupted_embedding_keeps_what_it_embedded(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import slic.added_videos as added_videos
+def test_an_interrupted_embedding_keeps_what_it_embedded(workdir: Path) -> None:
     from slic.added_videos import CACHE_FILE, embed_added
 
-    monkeypatch.setattr(added_videos, "SAVE_EVERY_SECONDS", 0.0)
     calls = []
 
-    def dies_on_the_second(video: Path) -> np.ndarray:
+    def stopped_on_the_second(video: Path) -> np.ndarray:
         calls.append(video.name)
         if len(calls) == 2:
             raise KeyboardInterrupt
@@ -150,10 +148,28 @@ def test_an_interrupted_embedding_keeps_what_it_embedded(workdir: Path, monkeypa
 
     with pytest.raises(KeyboardInterrupt):
         embed_added(workdir / "add_to_index", (".mov",), checkpoint=workdir / "best.pt", clips=2,
-                    cache_file=workdir / "index" / CACHE_FILE, embedder=dies_on_the_second)
+                    cache_file=workdir / "index" / CACHE_FILE, embedder=stopped_on_the_second)
     again = embed_added(workdir / "add_to_index", (".mov",), checkpoint=workdir / "best.pt", clips=2,
                         cache_file=workdir / "index" / CACHE_FILE, embedder=lambda video: np.zeros(8, np.float32))
     assert (again.reused, again.embedded_now) == (1, 1)
+
+
+def test_embeddings_are_on_disk_before_the_run_ends(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A killed process (SIGKILL: no exception handler runs) keeps what the last periodic write held."""
+    import slic.added_videos as added_videos
+    from slic.added_videos import CACHE_FILE, embed_added
+
+    monkeypatch.setattr(added_videos, "SAVE_EVERY_SECONDS", 0.0)
+    cache = workdir / "index" / CACHE_FILE
+    on_disk = []
+
+    def embedder(video: Path) -> np.ndarray:
+        on_disk.append(len(np.load(cache)["sha256"]) if cache.is_file() else 0)
+        return np.ones(8, np.float32)
+
+    embed_added(workdir / "add_to_index", (".mov",), checkpoint=workdir / "best.pt", clips=2, cache_file=cache,
+                embedder=embedder)
+    assert on_disk == [0, 1]  # the first embedding was written before the second video was embedded
 
 
 def test_a_folder_inside_the_archive_or_missing_is_refused_in_one_line(

@@ -78,6 +78,18 @@ def test_deployments_cover_the_three_pools() -> None:
     assert hybrid["gpu_deployment"] == "slic-pipeline/docker-gpu" and hybrid["gpu_repo"] == "/work/slic"
 
 
+def test_the_scheduled_index_deployment_runs_only_the_index_stage_and_starts_paused() -> None:
+    """index-new-videos: dvc.yaml's `index` alone (a stage that exists), on a cron schedule created paused, so
+    deploying never starts runs that nobody asked for."""
+    from flows.pipeline import dvc_stages
+
+    deployment = deployments()["index-new-videos"]
+    assert deployment["parameters"]["stages"] == ["index"] and "index" in dvc_stages(ROOT)
+    [schedule] = deployment["schedules"]
+    assert schedule["active"] is False and len(schedule["cron"].split()) == 5
+    assert "add_to_index" in yaml.safe_load((ROOT / "params.yaml").read_text())["index"]["add_videos"]
+
+
 def test_docker_deployment_requests_every_gpu(prefect_api: None) -> None:
     from prefect_docker.worker import DockerWorker, DockerWorkerJobConfiguration
 

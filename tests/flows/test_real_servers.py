@@ -150,6 +150,9 @@ def test_deployment_run_on_a_process_pool_with_real_servers(servers: dict[str, s
     assert docker["container_create_kwargs"]["device_requests"][0]["capabilities"] == [["gpu"]]
     assert docker["volumes"] == [f"{repo}:/work/slic"]
     assert api(env, "/deployments/name/slic-pipeline/kubernetes-gpu")["job_variables"]["gpu_count"] == 1
+    scheduled = api(env, "/deployments/name/slic-pipeline/index-new-videos")  # its cron schedule, deployed paused
+    assert scheduled["parameters"]["stages"] == ["index"]
+    assert [(s["schedule"]["cron"], s["active"]) for s in scheduled["schedules"]] == [("*/15 * * * *", False)]
     pool = api(env, "/work_pools/slic-k8s-gpu")["base_job_template"]
     assert "gpu_count" in pool["variables"]["properties"]
 
