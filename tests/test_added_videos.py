@@ -105,9 +105,11 @@ def test_a_second_run_embeds_only_new_files_and_a_renamed_file_is_reused(
     import slic.added_videos as added_videos
 
     assert main(["index"]) == 0
+    cache = (workdir / "index/added.npz").read_bytes()
     assert main(["index"]) == 0
     report = index_report(workdir)
     assert (report["added"], report["added_embedded_now"], report["added_reused"]) == (2, 0, 2)
+    assert (workdir / "index/added.npz").read_bytes() == cache  # nothing changed: the same bytes (DVC's hash)
     (workdir / "add_to_index/new/video_180.mov").rename(workdir / "add_to_index/renamed.mov")
     shutil.copy(FOLDER / "video_0.mov", workdir / "add_to_index/another.mov")  # the bytes of a gallery video
     read = []
@@ -191,3 +193,11 @@ def test_no_added_folder_indexes_the_gallery_alone(workdir: Path) -> None:
     report = index_report(workdir)
     assert (report["vectors"], report["add_videos"], report["added"]) == (3, "", 0)
     assert not (workdir / "index/added.npz").exists()
+
+
+def test_an_emptied_folder_leaves_no_cache_behind(workdir: Path) -> None:
+    assert main(["index"]) == 0 and (workdir / "index/added.npz").is_file()
+    shutil.rmtree(workdir / "add_to_index/new")
+    (workdir / "add_to_index/corrupted.mp4").unlink()
+    assert main(["index"]) == 0
+    assert index_report(workdir)["added"] == 0 and not (workdir / "index/added.npz").exists()
