@@ -11,8 +11,8 @@ Each embedding is kept in <index.out>/added.npz under the sha256 of the file's b
 sha256 and the clip count: a later run embeds only new or changed files (a renamed or moved file is not
 embedded again), and another checkpoint embeds them all again.  The file is written every minute while
 embedding and when the run stops on an error or Ctrl-C, so an interrupted or killed run keeps what it
-embedded.  A video that cannot be decoded stays out of the
-index and is named in the report with the reason; the others are added.
+embedded.  A video that cannot be decoded stays out of the index and is named in the report with the
+reason; the others are added.
 """
 
 from __future__ import annotations

@@ -306,8 +306,8 @@ class IndexConfig:
     ef_search: int = _spec(64, low=1, high=1 << 16, help="hnsw candidate list at search time")
     ef_construction: int = _spec(80, low=1, high=1 << 16, help="hnsw candidate list at build time")
     device: str = _spec("auto", choices=("auto", "cpu", "cuda"), help="auto: GPU when faiss has one (not hnsw)")
-    add_videos: str = _spec("add_to_index", help="folder of videos indexed beside the gallery, embedded with the trained "
-                            "encoder, never trained on (empty: none)")
+    add_videos: str = _spec("add_to_index", help="folder of videos indexed beside the gallery, embedded with the "
+                            "trained encoder, never trained on (empty: none)")
     out: str = _spec("data/index", help="folder for index.faiss, rows.csv and index.json")
 
 

@@ -43,6 +43,7 @@ def workspace(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> P
               "extract": {"short_side": 24, "workers": 1}, "pretrain": TINY_PRETRAIN,
               "embed": {"workers": 0, "clips": 2}, "evaluate": {"html_queries": 2, "html_k": 2}}
     (root / "params.yaml").write_text(yaml.safe_dump(params))
+    (root / "add_to_index").mkdir()  # as in a checkout: the index stage's folder of added videos, empty
     other = write_params(root, "params-b.yaml", extract={"out": "data/frames_b", "short_side": 32})
     cwd = os.getcwd()
     os.chdir(root)

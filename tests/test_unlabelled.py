@@ -70,6 +70,7 @@ def test_pretrain_index_and_search_on_unlabelled_videos(archive: Path, tiny_data
     for section, values in TINY.items():
         params[section].update(values)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (tmp_path / "add_to_index").mkdir()  # as in a checkout: the index stage's folder of added videos, empty
 
     for stage in ("manifest", "validate", "extract", "pretrain", "embed", "index"):
         assert run(tmp_path, stage) == 0, stage
