@@ -14,7 +14,7 @@ export DVC_NO_ANALYTICS := 1
 export GX_ANALYTICS_ENABLED := false
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install chromium run run-real test bench bench-real bench-label-free bench-added-videos bench-gpu gpu-wheelhouse clean pipeline image services-up services-down deploy worker preset-paper
+.PHONY: install chromium run run-real test bench bench-real bench-label-free bench-added-videos bench-serving-decode bench-gpu gpu-wheelhouse clean pipeline image services-up services-down deploy worker preset-paper
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,10 @@ bench-label-free: install
 # Videos added to the index without retraining against the same videos embedded by the embed stage (ucf101_6).
 bench-added-videos: install
 	$(BIN)/python bench/added_videos.py
+
+# Serving's decode (search, embed-video, added videos) at the file's size vs 2 x crop; needs `make run`'s best.pt.
+bench-serving-decode: install
+	$(BIN)/python bench/serving_decode.py
 
 # The paper's UCF101 values (presets/paper_ucf101.yaml) written into params.yaml; then set manifest.root.
 preset-paper: install
