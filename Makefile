@@ -48,7 +48,7 @@ bench-label-free: install
 bench-added-videos: install
 	$(BIN)/python bench/added_videos.py
 
-# Serving's decode (search, embed-video, added videos) at the file's size vs 2 x crop; needs `make run`'s best.pt.
+# Serving's decode (search, embed-video, added videos): three ways side by side; needs `make run`'s best.pt.
 bench-serving-decode: install
 	$(BIN)/python bench/serving_decode.py
 

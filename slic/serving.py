@@ -7,8 +7,9 @@ Each video is decoded with PyAV and embedded with the IIC protocol of the `embed
 clips of `clip_len` frames (every `frame_step`-th frame) at linspace(8, n - 8), frames resized to
 size x size*171/128, centre crop, the projection-head outputs averaged.  FFmpeg's scaler decodes the
 frames at short side 2 x size (as the extract stage's default 64 px for size 32), not at the file's own
-size: a 1080p clip of 103 frames embeds in 1.0 s with 108 MB more peak memory instead of 8.5 s and
-1.25 GB, to the same embedding (cosine 0.9999; bench/serving_decode.py).
+size, and only the clips' frames are kept, so memory does not grow with the video's length: a minute of
+960x540 embeds in 1.7 s with 93 MB more peak memory, against 30 s and 5.4 GB for every frame at full size,
+to the same embedding (cosine 0.9998; bench/serving_decode.py).
 """
 
 from __future__ import annotations
@@ -21,35 +22,61 @@ import numpy as np
 import torch
 
 
-def _frames(path: str | Path, short_side: int) -> np.ndarray:
-    """Every frame of a video as (T, H, W, 3) uint8, scaled by FFmpeg to `short_side` (rotation applied)."""
-    from slic.data.video import decode
-
-    return decode(path, short_side=short_side)
-
-
 def decode_short_side(size: int) -> int:
     """The short side a video is decoded at for an encoder of crop `size`: twice it, as the extract stage's
     default (64 px for size 32) keeps frames at twice the crop before the transform resizes them to `size`."""
     return 2 * size
 
 
+def iic_windows(frames: int, *, clip_len: int, clips: int = 10, frame_step: int = 1) -> list[list[int]]:
+    """The frame indices of each IIC clip of a video of `frames` frames: `clip_len` frames, every `frame_step`-th,
+    at iic_starts; a video shorter than one clip repeats its last frame, as a player would hold it."""
+    from slic.data.clips import iic_starts
+
+    stepped = -(-frames // frame_step)  # len(range(0, frames, frame_step))
+    return [[min(start + i, stepped - 1) * frame_step for i in range(clip_len)]
+            for start in iic_starts(max(stepped, clip_len), clip_len, clips)]
+
+
 @torch.no_grad()
+def embed_windows(model: torch.nn.Module, windows: list[np.ndarray], *, size: int) -> np.ndarray:
+    """One embedding (d,): the mean of the model outputs over the clips (each (T, H, W, 3) uint8)."""
+    from slic.data.clips import as_clip, eval_transform
+
+    transform = eval_transform(size, resize=(size, round(size * 171 / 128)))
+    batch = torch.stack([as_clip(window, transform) for window in windows])
+    device = next(model.parameters()).device
+    return model(batch.to(device)).float().mean(dim=0).cpu().numpy()
+
+
 def embed_video(model: torch.nn.Module, frames: np.ndarray, *, clip_len: int, size: int, clips: int = 10,
                 frame_step: int = 1) -> np.ndarray:
-    """One embedding (d,) of a decoded video: mean of the model outputs over its IIC clips.
+    """One embedding (d,) of a decoded video (every frame): mean of the model outputs over its IIC clips.
 
     Clips take every `frame_step`-th frame, as the encoder was trained (the checkpoint says which).
     """
-    from slic.data.clips import as_clip, eval_transform, iic_starts
+    windows = iic_windows(len(frames), clip_len=clip_len, clips=clips, frame_step=frame_step)
+    return embed_windows(model, [frames[w] for w in windows], size=size)
 
-    frames = frames[::frame_step]
-    if len(frames) < clip_len:  # a very short video: repeat its last frame, as a player would hold it
-        frames = np.concatenate([frames, np.repeat(frames[-1:], clip_len - len(frames), axis=0)])
-    transform = eval_transform(size, resize=(size, round(size * 171 / 128)))
-    batch = torch.stack([as_clip(frames[s:s + clip_len], transform) for s in iic_starts(len(frames), clip_len, clips)])
-    device = next(model.parameters()).device
-    return model(batch.to(device)).float().mean(dim=0).cpu().numpy()
+
+def decode_windows(path: str | Path, *, short_side: int, clip_len: int, clips: int,
+                   frame_step: int) -> list[np.ndarray]:
+    """The IIC clips of a video file, decoded keeping only their frames (at most clips x clip_len, whatever the
+    video's length), the same clips as `embed_video` on every frame.  The frame count comes from demuxing
+    (slic.data.video.probe); a stream whose last packet holds no picture decodes one frame fewer than that,
+    and is then decoded a second time at its true length."""
+    from slic.data.video import VideoDecodeError, decode_frames_at, probe
+
+    count = probe(path).frames
+    if count < 1:
+        raise VideoDecodeError(path, "no video frame in the file")
+    while True:
+        windows = iic_windows(count, clip_len=clip_len, clips=clips, frame_step=frame_step)
+        wanted = sorted({i for w in windows for i in w})
+        frames, decoded = decode_frames_at(path, wanted, short_side=short_side)
+        if decoded > wanted[-1]:
+            return [np.stack([frames[i] for i in w]) for w in windows]
+        count = decoded  # the video ended before the last wanted frame: its true length is known now
 
 
 class VideoEncoder:
@@ -71,8 +98,9 @@ class VideoEncoder:
     def embed_paths(self, paths: Iterable[str | Path]) -> np.ndarray:
         """(n, d) float32 embeddings, one row per video path, in order."""
         short_side = decode_short_side(self.size)
-        rows = [embed_video(self.model, _frames(p, short_side), clip_len=self.clip_len, size=self.size,
-                            clips=self.clips, frame_step=self.frame_step) for p in paths]
+        rows = [embed_windows(self.model, decode_windows(p, short_side=short_side, clip_len=self.clip_len,
+                                                         clips=self.clips, frame_step=self.frame_step),
+                              size=self.size) for p in paths]
         return np.stack(rows).astype(np.float32) if rows else np.zeros((0, self.dim), np.float32)
 
     def predict(self, model_input: Any, params: dict[str, Any] | None = None) -> np.ndarray:

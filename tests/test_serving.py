@@ -1,5 +1,5 @@
-"""slic.serving.VideoEncoder on real files: frames decoded small (FFmpeg's scaler), rotation applied, and the
-embedding the same as from the file's own size."""
+"""slic.serving.VideoEncoder on real files: frames decoded small (FFmpeg's scaler), rotation applied, only the
+IIC clips' frames kept, and the embedding the same as from every frame at the file's own size."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import pytest
 from slic.config import PretrainConfig
 from tests.conftest import SHARED_VIDEOS
 
+OVERCOUNTED = (SHARED_VIDEOS / "JohnPPinto-HMDB51-demo" / "hmdb51" / "climb"
+               / "(HQ)_Rock_Climbing_-_Free_Solo_Speed_Climb_-_Dan_Osman_climb_f_cm_np1_le_med_2.avi")
 ROTATED = SHARED_VIDEOS / "dmlc-decord" / "decode_tests" / "video_90.mov"  # coded 568x320, displayed portrait
 UCF_CLIP = SHARED_VIDEOS / "FingerRec-3DNet_Visualization" / "ucf101" / "Shotput" / "v_Shotput_g05_c02.avi"
 TINY = PretrainConfig(hidden_dim=16, out_dim=8, size=16, clip_len=8)
@@ -32,9 +34,9 @@ def test_frames_are_decoded_at_twice_the_crop_and_upright(encoder, monkeypatch: 
     import slic.serving as serving
 
     seen: list[tuple[int, ...]] = []
-    real = serving.embed_video
-    monkeypatch.setattr(serving, "embed_video", lambda model, frames, **kw: seen.append(frames.shape) or
-                        real(model, frames, **kw))
+    real = serving.embed_windows
+    monkeypatch.setattr(serving, "embed_windows", lambda model, windows, **kw: seen.append(windows[0].shape) or
+                        real(model, windows, **kw))
     encoder.embed_paths([ROTATED, UCF_CLIP])
     (t1, h1, w1, _), (t2, h2, w2, _) = seen
     assert (w1, h1 > w1) == (32, True)  # short side 2 x 16; the 90-degree file stands upright
@@ -49,3 +51,32 @@ def test_the_small_decode_gives_the_full_size_embedding(encoder, monkeypatch: py
     full = encoder.embed_paths([UCF_CLIP])[0]
     assert float(small @ full / np.linalg.norm(small) / np.linalg.norm(full)) > 0.999
     assert not np.allclose(small, full)  # the two ways really differ in pixels
+
+
+@pytest.mark.parametrize("video", [UCF_CLIP, ROTATED, OVERCOUNTED], ids=["ucf101", "3_frames_rotated", "overcounted"])
+def test_only_the_clips_frames_give_the_embedding_of_every_frame(encoder, video: Path) -> None:
+    """The clips decoded alone equal those taken from every decoded frame (the `embed` stage's protocol), also
+    for a file whose demuxed packet count is one more than its frames (decoded again at its true length)."""
+    from slic.data.video import decode, probe
+    from slic.serving import decode_short_side, embed_video
+
+    if not video.is_file():
+        pytest.skip(f"{video} not found")
+    every = decode(video, short_side=decode_short_side(encoder.size))
+    if video is OVERCOUNTED:
+        assert probe(video).frames == len(every) + 1  # the case the second pass is for
+    expected = embed_video(encoder.model, every, clip_len=encoder.clip_len, size=encoder.size, clips=encoder.clips,
+                           frame_step=encoder.frame_step)
+    np.testing.assert_allclose(encoder.embed_paths([video])[0], expected, atol=1e-6)
+
+
+def test_decode_frames_at_keeps_only_the_wanted_frames() -> None:
+    from slic.data.video import decode, decode_frames_at
+
+    if not UCF_CLIP.is_file():
+        pytest.skip(f"{UCF_CLIP} not found")
+    frames, decoded = decode_frames_at(UCF_CLIP, [3, 0, 7], short_side=32)
+    assert sorted(frames) == [0, 3, 7] and decoded == 8  # stops after the last wanted frame
+    np.testing.assert_array_equal(frames[7], decode(UCF_CLIP, short_side=32)[7])
+    frames, decoded = decode_frames_at(UCF_CLIP, [5, 10_000], short_side=32)
+    assert sorted(frames) == [5] and decoded == len(decode(UCF_CLIP))  # past the end: the whole length

@@ -148,6 +148,32 @@ def decode(path: str | Path, *, start: int = 0, stop: int | None = None,
     return np.stack(out)
 
 
+def decode_frames_at(path: str | Path, indices: Sequence[int], *,
+                     short_side: int | None = None) -> tuple[dict[int, np.ndarray], int]:
+    """The frames at `indices` only, decoded in one pass and scaled by FFmpeg: (index -> (H, W, 3) uint8 RGB,
+    how many frames were decoded: max(indices) + 1, or the video's whole length when it ends before that).
+
+    Memory holds those frames alone, whatever the video's length; an index past the last frame is missing from
+    the result. Raises `VideoDecodeError` naming the file when it cannot be decoded or holds no frame.
+    """
+    path = Path(path)
+    wanted = set(indices)
+    out: dict[int, np.ndarray] = {}
+    decoded = 0
+    try:
+        for index, frame in enumerate(_frames(path, short_side, 0, max(wanted, default=0) + 1, "rgb24")):
+            decoded = index + 1
+            if index in wanted:
+                out[index] = frame if isinstance(frame, np.ndarray) else frame.to_ndarray()
+    except VideoDecodeError:
+        raise
+    except (av.FFmpegError, OSError, ValueError) as exc:
+        raise VideoDecodeError(path, _describe(exc)) from exc
+    if not decoded:
+        raise VideoDecodeError(path, "no frame decoded")
+    return out, decoded
+
+
 @dataclass(frozen=True)
 class JpegSequence:
     """Every frame of a video as JPEG bytes, with the frame size and frame rate."""
