@@ -40,7 +40,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.ablation import machine, shown  # noqa: E402
-from bench.real import DEFAULT_ROOT, ROWS, SEEDS, open_bench, prepare_data, run_seed  # noqa: E402
+from bench.real import cells_parser, each_stored_cell, open_bench  # noqa: E402
 
 DEFAULT_OUT = ROOT / "reports" / "bench" / "added_videos.json"
 ADDED_SPLIT = "test"
@@ -140,32 +140,18 @@ def measure(config: Any, cell: Path, work: Path, folder: Path) -> dict[str, Any]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--root", default=str(DEFAULT_ROOT), help="the ucf101_6 folder (videos/, splits/)")
-    parser.add_argument("--params", default=str(ROOT / "params.yaml"))
-    parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
-    parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=["slic"])
-    parser.add_argument("--work", default=str(ROOT / "data" / "bench" / "real"),
-                        help="bench/real.py's folder: its stored cells are reused, missing ones trained there")
-    parser.add_argument("--out", default=str(DEFAULT_OUT))
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--verbose", action="store_true", help="slic's log lines (epochs, clustering)")
-    return parser.parse_args(argv)
+    return cells_parser(__doc__.splitlines()[0], ["slic"], DEFAULT_OUT).parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     config, world, work = open_bench(args, "bench/added_videos.py")
     started = time.perf_counter()
-    prepare_data(config, work)
     cells: list[dict[str, Any]] = []
-    for seed in args.seeds:
-        results = run_seed(config, seed, args.rows, None, work, world, tracked=False)
-        for row in args.rows:
-            cell = work / f"seed{seed}" / row
-            numbers = measure(config, cell, work, work / "added" / f"seed{seed}" / row)
-            cells.append({"row": row, "seed": seed, "cell_seconds": results[row].get("seconds"), **numbers})
-            print(f"  seed {seed} {row}: " + " ".join(f"{k}={v}" for k, v in numbers.items()), flush=True)
+    for seed, row, cell, result in each_stored_cell(config, world, work, args.seeds, args.rows):
+        numbers = measure(config, cell, work, work / "added" / f"seed{seed}" / row)
+        cells.append({"row": row, "seed": seed, "cell_seconds": result.get("seconds"), **numbers})
+        print(f"  seed {seed} {row}: " + " ".join(f"{k}={v}" for k, v in numbers.items()), flush=True)
     keys = [k for k, v in cells[0].items() if isinstance(v, float) and k not in ("seed",)]
     report = {
         "question": "are videos added with index.add_videos (no retraining) as good in the index as videos the "

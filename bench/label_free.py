@@ -35,7 +35,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.ablation import machine, shown  # noqa: E402
-from bench.real import DEFAULT_ROOT, ROWS, SEEDS, open_bench, prepare_data, run_seed  # noqa: E402
+from bench.real import cells_parser, each_stored_cell, open_bench  # noqa: E402
 
 DEFAULT_ROWS = ("random_init", "intra_video", "slic", "slic_video", "oracle")
 DEFAULT_OUT = ROOT / "reports" / "bench" / "label_free.json"
@@ -79,33 +79,19 @@ def correlations(encoders: list[dict[str, Any]], label_free: list[str]) -> dict[
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--root", default=str(DEFAULT_ROOT), help="the ucf101_6 folder (videos/, splits/)")
-    parser.add_argument("--params", default=str(ROOT / "params.yaml"))
-    parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
-    parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(DEFAULT_ROWS))
-    parser.add_argument("--work", default=str(ROOT / "data" / "bench" / "real"),
-                        help="bench/real.py's folder: its stored cells are reused, missing ones trained there")
-    parser.add_argument("--out", default=str(DEFAULT_OUT))
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--verbose", action="store_true", help="slic's log lines (epochs, clustering)")
-    return parser.parse_args(argv)
+    return cells_parser(__doc__.splitlines()[0], list(DEFAULT_ROWS), DEFAULT_OUT).parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     config, world, work = open_bench(args, "bench/label_free.py")
     started = time.perf_counter()
-    prepare_data(config, work)
     encoders: list[dict[str, Any]] = []
-    for seed in args.seeds:
-        run_seed(config, seed, args.rows, None, work, world, tracked=False)
-        for row in args.rows:
-            embeddings = work / f"seed{seed}" / row / "embeddings.npz"
-            encoders.append({"row": row, "seed": seed, **labelled_numbers(embeddings),
-                             **label_free_numbers(embeddings)})
-            print(f"  seed {seed} {row:12s} " + " ".join(f"{k}={v:.3f}" for k, v in encoders[-1].items()
-                                                        if isinstance(v, float)), flush=True)
+    for seed, row, cell, _ in each_stored_cell(config, world, work, args.seeds, args.rows):
+        embeddings = cell / "embeddings.npz"
+        encoders.append({"row": row, "seed": seed, **labelled_numbers(embeddings), **label_free_numbers(embeddings)})
+        print(f"  seed {seed} {row:12s} " + " ".join(f"{k}={v:.3f}" for k, v in encoders[-1].items()
+                                                    if isinstance(v, float)), flush=True)
     label_free = ["neighbour_cosine@1", "neighbour_cosine@10", "mean_pairwise_cosine", "effective_rank",
                   f"never_in_top{HUB_K}", "top_hub_share"]
     trained = [e for e in encoders if e["row"] != "random_init"]

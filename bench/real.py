@@ -33,6 +33,7 @@ import json
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
@@ -356,6 +357,33 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-mlflow", action="store_true", help="write the files only")
     parser.add_argument("--verbose", action="store_true", help="slic's log lines (epochs, clustering)")
     return parser.parse_args(argv)
+
+
+def each_stored_cell(config: Config, world: Any, work: Path, seeds: list[int],
+                     rows: list[str]) -> Iterator[tuple[int, str, Path, dict[str, Any]]]:
+    """(seed, row, the cell's folder, its result) for every cell, in order: the data prepared once, stored cells
+    reused, missing ones trained (untracked); what bench/label_free.py and bench/added_videos.py measure."""
+    prepare_data(config, work)
+    for seed in seeds:
+        results = run_seed(config, seed, rows, None, work, world, tracked=False)
+        for row in rows:
+            yield seed, row, work / f"seed{seed}" / row, results[row]
+
+
+def cells_parser(description: str, rows: list[str], out: Path) -> argparse.ArgumentParser:
+    """The arguments of a bench that measures this bench's stored cells (bench/label_free.py,
+    bench/added_videos.py): --root, --params, --seeds, --rows (default `rows`), --work, --out, --threads, --verbose."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--root", default=str(DEFAULT_ROOT), help="the ucf101_6 folder (videos/, splits/)")
+    parser.add_argument("--params", default=str(ROOT / "params.yaml"))
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
+    parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(rows))
+    parser.add_argument("--work", default=str(ROOT / "data" / "bench" / "real"),
+                        help="bench/real.py's folder: its stored cells are reused, missing ones trained there")
+    parser.add_argument("--out", default=str(out))
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--verbose", action="store_true", help="slic's log lines (epochs, clustering)")
+    return parser
 
 
 def open_bench(args: argparse.Namespace, prog: str, preset: str = PRESET,
