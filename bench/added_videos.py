@@ -12,8 +12,9 @@ the archive would give without changing the encoder:
   embed-stage vector (the reported number);
 - val queries against train + test: recall@1 and the share of top-1 hits that are test videos, with the
   test videos added against embedded by the stage, and how often the top-1 video is the same;
-- the time of the first run (embeds every added video), of a second run (reuses them all), and what
-  bench/real.py recorded for training that cell (the alternative: put the videos into the archive and retrain).
+- the time of the first run (embeds every added video) with decoding in the stage's process and with
+  `embed.workers` loader processes, of a second run (reuses them all), and what bench/real.py recorded for
+  training that cell (the alternative: put the videos into the archive and retrain).
 
 Writes reports/bench/added_videos.json.
 
@@ -91,13 +92,16 @@ def measure(config: Any, cell: Path, work: Path, folder: Path) -> dict[str, Any]
     folder.mkdir(parents=True, exist_ok=True)
     manifest = work / "data" / "validated.csv"
     names = link_added(folder / "add_to_index", manifest, ADDED_SPLIT)
-    shutil.rmtree(folder / "index", ignore_errors=True)
     params = {"manifest": {"root": config.manifest.root, "extensions": list(config.manifest.extensions)},
               "extract": {"out": str(work / "data" / "frames")},
-              "embed": {"checkpoint": str(cell / "best.pt"), "clips": config.embed.clips,
+              "embed": {"checkpoint": str(cell / "best.pt"), "clips": config.embed.clips, "workers": 0,
                         "out": str(cell / "embeddings.npz")},
               "index": {"manifest": str(manifest), "gallery_split": "train", "out": str(folder / "index"),
                         "add_videos": str(folder / "add_to_index")}}
+    shutil.rmtree(folder / "index", ignore_errors=True)
+    _, in_process_seconds = run_index(params, folder)  # decoding in the stage's own process, one video at a time
+    shutil.rmtree(folder / "index", ignore_errors=True)
+    params["embed"]["workers"] = config.embed.workers  # as the stage runs: embed.workers loader processes decode
     first, first_seconds = run_index(params, folder)
     second, second_seconds = run_index(params, folder)
     loaded = load_index(folder / "index")
@@ -134,6 +138,7 @@ def measure(config: Any, cell: Path, work: Path, folder: Path) -> dict[str, Any]
             "val_top1_in_test_added": round(float((top_added >= len(train)).mean()), 4),
             "val_top1_in_test_embed_stage": round(float((top_stage >= len(train)).mean()), 4),
             "val_top1_same_video": round(float((top_added == top_stage).mean()), 4),
+            "first_run_seconds_0_workers": round(in_process_seconds, 2), "workers": config.embed.workers,
             "first_run_seconds": round(first_seconds, 2), "embedded_first_run": embedded,
             "seconds_per_added_video": round(first_seconds / max(embedded, 1), 4),
             "second_run_seconds": round(second_seconds, 2), "embedded_second_run": second["added_embedded_now"]}

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,13 +60,14 @@ class AddedVideos:
 
 
 def added_videos(folder: str, *, manifest_root: str, extensions: tuple[str, ...], checkpoint: str | Path,
-                 clips: int, index_dir: str | Path) -> AddedVideos | None:
+                 clips: int, index_dir: str | Path, workers: int = 0) -> AddedVideos | None:
     """The `index` stage's added videos: those of `index.add_videos`, embedded (or reused from the index
-    folder's added.npz); None when the key is empty."""
+    folder's added.npz) with `workers` decoding processes; None when the key is empty."""
     path = added_folder(folder, manifest_root)
     if path is None:
         return None
-    return embed_added(path, extensions, checkpoint=checkpoint, clips=clips, cache_file=Path(index_dir) / CACHE_FILE)
+    return embed_added(path, extensions, checkpoint=checkpoint, clips=clips, cache_file=Path(index_dir) / CACHE_FILE,
+                       workers=workers)
 
 
 def added_folder(folder: str, manifest_root: str) -> Path | None:
@@ -166,8 +167,10 @@ class EmbeddingCache:
 
 
 def embed_added(folder: Path, extensions: tuple[str, ...], *, checkpoint: str | Path, clips: int,
-                cache_file: Path, embedder: Callable[[Path], np.ndarray] | None = None) -> AddedVideos:
-    """Embed the videos under `folder` with `checkpoint` (or `embedder`, for tests), reusing `cache_file`."""
+                cache_file: Path, workers: int = 0,
+                embedder: Callable[[Path], np.ndarray] | None = None) -> AddedVideos:
+    """Embed the videos under `folder` with `checkpoint` (or `embedder`, for tests), reusing `cache_file`;
+    `workers` loader processes decode while the model embeds."""
     videos = find_added(folder, extensions)
     result = AddedVideos(pd.DataFrame(columns=["video_id", "path", "class", "label"]), np.zeros((0, 0), np.float32),
                          folder=str(folder))
@@ -178,41 +181,58 @@ def embed_added(folder: Path, extensions: tuple[str, ...], *, checkpoint: str | 
         raise IndexBuildError(f"{checkpoint}: no checkpoint to embed the {len(videos)} video(s) in {folder} "
                               "with; run `dvc repro pretrain` first")
     cache = EmbeddingCache(cache_file, file_sha256(checkpoint), clips)
-    rows, vectors, used = [], [], set()
+    shas: dict[Path, str] = {}
+    for video in videos:
+        try:
+            shas[video] = cache.sha256(video)
+        except OSError as exc:  # unreadable (permissions, vanished): named, the others go on
+            result.failed.append({"path": str(video), "error": f"cannot read the file: {exc.strerror or exc}"})
+    todo = [v for v, sha in shas.items() if sha not in cache.vectors]
+    result.reused = len(shas) - len(todo)
     try:
-        for video in videos:
-            video_id = added_video_id(folder, video)
-            try:
-                sha = cache.sha256(video)
-                if sha in cache.vectors:
-                    result.reused += 1
-                else:
-                    if embedder is None:
-                        embedder = _checkpoint_embedder(Path(checkpoint), clips)
-                    cache.put(sha, embedder(video))
-                    result.embedded_now += 1
-            except EMBED_ERRORS as exc:
-                reason = (str(exc).splitlines() or [type(exc).__name__])[0].removeprefix(f"{video}: ")
-                result.failed.append({"path": str(video), "error": reason})  # the stage prints it
+        for position, vector, error in _embeddings(todo, checkpoint, clips, workers, embedder):
+            if vector is None:
+                result.failed.append({"path": str(todo[position]), "error": error})  # the stage prints it
                 continue
-            used.add(sha)
-            result.hashes[video_id] = sha
-            rows.append({"video_id": video_id, "path": str(video), "class": "", "label": -1})
-            vectors.append(cache.vectors[sha])
+            cache.put(shas[todo[position]], vector)
+            result.embedded_now += 1
     except BaseException:
         cache.save()  # interrupted (Ctrl-C, an error of the encoder): what was embedded stays
         raise
-    cache.save(keep=used, videos=videos)
+    rows, vectors = [], []
+    for video, sha in shas.items():
+        if sha in cache.vectors:
+            video_id = added_video_id(folder, video)
+            result.hashes[video_id] = sha
+            rows.append({"video_id": video_id, "path": str(video), "class": "", "label": -1})
+            vectors.append(cache.vectors[sha])
+    cache.save(keep=set(result.hashes.values()), videos=videos)
+    result.failed.sort(key=lambda failure: failure["path"])
     if rows:
         result.rows, result.vectors = pd.DataFrame(rows), np.stack(vectors).astype(np.float32)
     return result
 
 
-def _checkpoint_embedder(checkpoint: Path, clips: int) -> Callable[[Path], np.ndarray]:
-    """One video -> its embedding with a pretrain checkpoint, on the GPU when there is one (as `slic search`)."""
+def _embeddings(videos: list[Path], checkpoint: str | Path, clips: int, workers: int,
+                embedder: Callable[[Path], np.ndarray] | None) -> Iterator[tuple[int, np.ndarray | None, str]]:
+    """(position, embedding or None, why not) per video: the checkpoint's encoder with loader workers, or
+    `embedder` one video at a time."""
+    if not videos:
+        return
+    if embedder is None:
+        yield from _checkpoint_encoder(Path(checkpoint), clips).embed_files(videos, workers)
+        return
+    for position, video in enumerate(videos):
+        try:
+            yield position, embedder(video), ""
+        except EMBED_ERRORS as exc:
+            yield position, None, (str(exc).splitlines() or [type(exc).__name__])[0].removeprefix(f"{video}: ")
+
+
+def _checkpoint_encoder(checkpoint: Path, clips: int) -> Any:
+    """The pretrain checkpoint as a slic.serving.VideoEncoder, on the GPU when there is one (as `slic search`)."""
     import torch
 
     from slic.serving import VideoEncoder
 
-    encoder = VideoEncoder(checkpoint, "cuda" if torch.cuda.is_available() else "cpu", clips=clips)
-    return lambda video: encoder.embed_paths([video])[0]
+    return VideoEncoder(checkpoint, "cuda" if torch.cuda.is_available() else "cpu", clips=clips)

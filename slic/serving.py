@@ -14,7 +14,8 @@ to the same embedding (cosine 0.9998; bench/serving_decode.py).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,34 @@ def decode_windows(path: str | Path, *, short_side: int, clip_len: int, clips: i
         count = decoded  # the video ended before the last wanted frame: its true length is known now
 
 
+DECODE_ERRORS = (RuntimeError, ValueError, OSError)  # slic.data.video.VideoDecodeError is a RuntimeError
+
+
+def _as_is(sample: Any) -> Any:
+    """The loader's collate for one sample: numpy arrays stay arrays (the default would make tensors)."""
+    return sample
+
+
+class ClipWindows(torch.utils.data.Dataset):
+    """Video files -> (position, their decoded IIC clips or None, why not): decoding for loader workers, a file
+    that cannot be decoded answers with its reason instead of stopping the others."""
+
+    def __init__(self, paths: list[Path], *, short_side: int, clip_len: int, clips: int, frame_step: int) -> None:
+        self.paths, self.short_side, self.clip_len, self.clips, self.frame_step = (
+            paths, short_side, clip_len, clips, frame_step)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, position: int) -> tuple[int, list[np.ndarray] | None, str]:
+        path = self.paths[position]
+        try:
+            return position, decode_windows(path, short_side=self.short_side, clip_len=self.clip_len,
+                                            clips=self.clips, frame_step=self.frame_step), ""
+        except DECODE_ERRORS as exc:
+            return position, None, (str(exc).splitlines() or [type(exc).__name__])[0].removeprefix(f"{path}: ")
+
+
 class VideoEncoder:
     """A pretrained encoder that turns video files into embedding rows."""
 
@@ -102,6 +131,25 @@ class VideoEncoder:
                                                          clips=self.clips, frame_step=self.frame_step),
                               size=self.size) for p in paths]
         return np.stack(rows).astype(np.float32) if rows else np.zeros((0, self.dim), np.float32)
+
+    def embed_files(self, paths: list[Path], workers: int = 0) -> Iterator[tuple[int, np.ndarray | None, str]]:
+        """(position, embedding or None, why it could not be decoded) for each path, in order; `workers` loader
+        processes decode the next videos while the model embeds this one (0: decode here, one at a time).
+        On the CPU the model then leaves the workers their cores: it runs on cpu_count - workers threads (at
+        least 1), which on 2 cores with 2 workers takes a ucf101_6 video from 33 to 26 ms."""
+        windows = ClipWindows(list(paths), short_side=decode_short_side(self.size), clip_len=self.clip_len,
+                              clips=self.clips, frame_step=self.frame_step)
+        loader = torch.utils.data.DataLoader(windows, batch_size=None, num_workers=workers, collate_fn=_as_is)
+        threads = torch.get_num_threads()
+        on_cpu = next(self.model.parameters()).device.type == "cpu"
+        if workers and on_cpu:
+            torch.set_num_threads(max(1, min(threads, (os.cpu_count() or 1) - workers)))
+        try:
+            for position, clips, error in loader:
+                vector = embed_windows(self.model, clips, size=self.size) if clips is not None else None
+                yield position, vector, error
+        finally:
+            torch.set_num_threads(threads)
 
     def predict(self, model_input: Any, params: dict[str, Any] | None = None) -> np.ndarray:
         """pyfunc entry: a DataFrame with a `path` column (or a list of paths) -> (n, d) embeddings."""

@@ -201,3 +201,14 @@ def test_an_emptied_folder_leaves_no_cache_behind(workdir: Path) -> None:
     (workdir / "add_to_index/corrupted.mp4").unlink()
     assert main(["index"]) == 0
     assert index_report(workdir)["added"] == 0 and not (workdir / "index/added.npz").exists()
+
+
+def test_loader_workers_give_the_same_rows_vectors_and_failures(workdir: Path) -> None:
+    from slic.added_videos import embed_added
+
+    one, two = (embed_added(workdir / "add_to_index", (".mov", ".mp4"), checkpoint=workdir / "best.pt", clips=2,
+                            cache_file=workdir / f"cache{workers}" / "added.npz", workers=workers)
+                for workers in (0, 2))
+    assert one.rows.equals(two.rows) and len(one.rows) == 2
+    np.testing.assert_array_equal(one.vectors, two.vectors)
+    assert one.failed == two.failed and [f["path"] for f in two.failed] == [str(workdir / "add_to_index/corrupted.mp4")]

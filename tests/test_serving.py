@@ -80,3 +80,18 @@ def test_decode_frames_at_keeps_only_the_wanted_frames() -> None:
     np.testing.assert_array_equal(frames[7], decode(UCF_CLIP, short_side=32)[7])
     frames, decoded = decode_frames_at(UCF_CLIP, [5, 10_000], short_side=32)
     assert sorted(frames) == [5] and decoded == len(decode(UCF_CLIP))  # past the end: the whole length
+
+
+def test_embed_files_overlaps_decoding_and_keeps_order_errors_and_threads(encoder) -> None:
+    """Loader workers give the same embeddings in the same order, a corrupt file its reason in place, and the
+    model's CPU threads are given back afterwards."""
+    import torch
+
+    corrupt = SHARED_VIDEOS / "dmlc-decord" / "decode_tests" / "corrupted.mp4"
+    paths = [UCF_CLIP, corrupt, ROTATED]
+    threads = torch.get_num_threads()
+    here, workers = (list(encoder.embed_files(paths, n)) for n in (0, 2))
+    assert [p for p, _, _ in workers] == [0, 1, 2] and torch.get_num_threads() == threads
+    assert workers[1][1] is None and "cannot decode video" in workers[1][2] and str(corrupt) not in workers[1][2]
+    for (_, a, _), (_, b, _) in zip(here[::2], workers[::2]):
+        np.testing.assert_allclose(a, b, atol=1e-5)
