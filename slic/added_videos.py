@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,6 @@ log = logging.getLogger(__name__)
 CACHE_FILE = "added.npz"
 ID_PREFIX = "added/"
 SAVE_EVERY_SECONDS = 60.0
-EMBED_ERRORS = (RuntimeError, ValueError, OSError)  # VideoDecodeError is a RuntimeError
 
 
 @dataclass
@@ -167,10 +165,9 @@ class EmbeddingCache:
 
 
 def embed_added(folder: Path, extensions: tuple[str, ...], *, checkpoint: str | Path, clips: int,
-                cache_file: Path, workers: int = 0,
-                embedder: Callable[[Path], np.ndarray] | None = None) -> AddedVideos:
-    """Embed the videos under `folder` with `checkpoint` (or `embedder`, for tests), reusing `cache_file`;
-    `workers` loader processes decode while the model embeds."""
+                cache_file: Path, workers: int = 0) -> AddedVideos:
+    """Embed the videos under `folder` with `checkpoint`, reusing `cache_file`; `workers` loader processes
+    decode while the model embeds."""
     videos = find_added(folder, extensions)
     result = AddedVideos(pd.DataFrame(columns=["video_id", "path", "class", "label"]), np.zeros((0, 0), np.float32),
                          folder=str(folder))
@@ -190,7 +187,8 @@ def embed_added(folder: Path, extensions: tuple[str, ...], *, checkpoint: str | 
     todo = [v for v, sha in shas.items() if sha not in cache.vectors]
     result.reused = len(shas) - len(todo)
     try:
-        for position, vector, error in _embeddings(todo, checkpoint, clips, workers, embedder):
+        embedded = checkpoint_encoder(Path(checkpoint), clips).embed_files(todo, workers) if todo else iter(())
+        for position, vector, error in embedded:
             if vector is None:
                 result.failed.append({"path": str(todo[position]), "error": error})  # the stage prints it
                 continue
@@ -213,23 +211,7 @@ def embed_added(folder: Path, extensions: tuple[str, ...], *, checkpoint: str | 
     return result
 
 
-def _embeddings(videos: list[Path], checkpoint: str | Path, clips: int, workers: int,
-                embedder: Callable[[Path], np.ndarray] | None) -> Iterator[tuple[int, np.ndarray | None, str]]:
-    """(position, embedding or None, why not) per video: the checkpoint's encoder with loader workers, or
-    `embedder` one video at a time."""
-    if not videos:
-        return
-    if embedder is None:
-        yield from _checkpoint_encoder(Path(checkpoint), clips).embed_files(videos, workers)
-        return
-    for position, video in enumerate(videos):
-        try:
-            yield position, embedder(video), ""
-        except EMBED_ERRORS as exc:
-            yield position, None, (str(exc).splitlines() or [type(exc).__name__])[0].removeprefix(f"{video}: ")
-
-
-def _checkpoint_encoder(checkpoint: Path, clips: int) -> Any:
+def checkpoint_encoder(checkpoint: Path, clips: int) -> Any:
     """The pretrain checkpoint as a slic.serving.VideoEncoder, on the GPU when there is one (as `slic search`)."""
     import torch
 

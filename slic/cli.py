@@ -527,7 +527,8 @@ def run_embed_video(argv: list[str]) -> int:
     """
     import numpy as np
 
-    from slic.search import QUERY_ERRORS, SearchUsageError, model_embedder, query_error
+    from slic.data.video import DECODE_ERRORS, decode_error_line
+    from slic.search import SearchUsageError, model_embedder
 
     parser = argparse.ArgumentParser(prog="slic embed-video", description="embed video files with a registered "
                                      "encoder or a pretrain checkpoint")
@@ -550,8 +551,8 @@ def run_embed_video(argv: list[str]) -> int:
     for video in args.videos:
         try:
             rows.append(embed(Path(video)))
-        except QUERY_ERRORS as exc:
-            print(f"slic embed-video: error: {video}: {query_error(video, exc)}", file=sys.stderr)
+        except DECODE_ERRORS as exc:
+            print(f"slic embed-video: error: {video}: {decode_error_line(video, exc)}", file=sys.stderr)
             rows.append(None)
     dim = next((row.shape[-1] for row in rows if row is not None), 0)
     if not dim:

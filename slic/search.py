@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from slic.data.video import DECODE_ERRORS, decode_error_line
 from slic.index import IndexBuildError, LoadedIndex, file_sha256, load_index, search
 
-QUERY_ERRORS = (RuntimeError, ValueError, OSError)  # VideoDecodeError is a RuntimeError
 
 
 class SearchUsageError(ValueError):
@@ -92,11 +92,6 @@ def _checkpoint_file_embedder(checkpoint: Path, clips: int) -> Callable[[Path], 
     return lambda path: encoder.embed_paths([path])[0]
 
 
-def query_error(video: Path | str, exc: BaseException) -> str:
-    """Why `video` could not be embedded, in one line without its own path (the caller names the file)."""
-    return (str(exc).splitlines() or [type(exc).__name__])[0].removeprefix(f"{video}: ")
-
-
 def search_videos(videos: list[Path], embed: Callable[[Path], np.ndarray], loaded: LoadedIndex,
                   k: int) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
     """(answers, errors): the k nearest indexed videos per query that could be embedded, an error per other."""
@@ -105,8 +100,8 @@ def search_videos(videos: list[Path], embed: Callable[[Path], np.ndarray], loade
     for video in videos:
         try:
             vector = embed(video)
-        except QUERY_ERRORS as exc:
-            errors.append({"query": str(video), "error": query_error(video, exc)})
+        except DECODE_ERRORS as exc:
+            errors.append({"query": str(video), "error": decode_error_line(video, exc)})
             continue
         if vector.shape[-1] != loaded.index.d:
             raise SearchUsageError(f"the encoder gives {vector.shape[-1]}-d embeddings but the index holds "

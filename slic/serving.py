@@ -32,9 +32,9 @@ def decode_short_side(size: int) -> int:
 def iic_windows(frames: int, *, clip_len: int, clips: int = 10, frame_step: int = 1) -> list[list[int]]:
     """The frame indices of each IIC clip of a video of `frames` frames: `clip_len` frames, every `frame_step`-th,
     at iic_starts; a video shorter than one clip repeats its last frame, as a player would hold it."""
-    from slic.data.clips import iic_starts
+    from slic.data.clips import iic_starts, sampled_frames
 
-    stepped = -(-frames // frame_step)  # len(range(0, frames, frame_step))
+    stepped = sampled_frames(frames, frame_step)
     return [[min(start + i, stepped - 1) * frame_step for i in range(clip_len)]
             for start in iic_starts(max(stepped, clip_len), clip_len, clips)]
 
@@ -80,9 +80,6 @@ def decode_windows(path: str | Path, *, short_side: int, clip_len: int, clips: i
         count = decoded  # the video ended before the last wanted frame: its true length is known now
 
 
-DECODE_ERRORS = (RuntimeError, ValueError, OSError)  # slic.data.video.VideoDecodeError is a RuntimeError
-
-
 def _as_is(sample: Any) -> Any:
     """The loader's collate for one sample: numpy arrays stay arrays (the default would make tensors)."""
     return sample
@@ -100,12 +97,14 @@ class ClipWindows(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, position: int) -> tuple[int, list[np.ndarray] | None, str]:
+        from slic.data.video import DECODE_ERRORS, decode_error_line
+
         path = self.paths[position]
         try:
             return position, decode_windows(path, short_side=self.short_side, clip_len=self.clip_len,
                                             clips=self.clips, frame_step=self.frame_step), ""
         except DECODE_ERRORS as exc:
-            return position, None, (str(exc).splitlines() or [type(exc).__name__])[0].removeprefix(f"{path}: ")
+            return position, None, decode_error_line(path, exc)
 
 
 class VideoEncoder:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -137,7 +137,19 @@ def test_another_checkpoint_embeds_every_added_video_again(workdir: Path) -> Non
     assert (index_report(workdir)["added_embedded_now"], index_report(workdir)["added_reused"]) == (2, 0)
 
 
-def test_an_interrupted_embedding_keeps_what_it_embedded(workdir: Path) -> None:
+class StubEncoder:
+    """Stands in for the checkpoint's encoder (slic.serving.VideoEncoder.embed_files): `embed(video)` per file."""
+
+    def __init__(self, embed: Callable[[Path], np.ndarray]) -> None:
+        self.embed = embed
+
+    def embed_files(self, paths: list[Path], workers: int = 0) -> Iterator[tuple[int, np.ndarray, str]]:
+        for position, path in enumerate(paths):
+            yield position, self.embed(path), ""
+
+
+def test_an_interrupted_embedding_keeps_what_it_embedded(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import slic.added_videos as added_videos
     from slic.added_videos import CACHE_FILE, embed_added
 
     calls = []
@@ -148,11 +160,13 @@ def test_an_interrupted_embedding_keeps_what_it_embedded(workdir: Path) -> None:
             raise KeyboardInterrupt
         return np.ones(8, np.float32)
 
+    monkeypatch.setattr(added_videos, "checkpoint_encoder", lambda *_: StubEncoder(stopped_on_the_second))
     with pytest.raises(KeyboardInterrupt):
         embed_added(workdir / "add_to_index", (".mov",), checkpoint=workdir / "best.pt", clips=2,
-                    cache_file=workdir / "index" / CACHE_FILE, embedder=stopped_on_the_second)
+                    cache_file=workdir / "index" / CACHE_FILE)
+    monkeypatch.setattr(added_videos, "checkpoint_encoder", lambda *_: StubEncoder(lambda v: np.zeros(8, np.float32)))
     again = embed_added(workdir / "add_to_index", (".mov",), checkpoint=workdir / "best.pt", clips=2,
-                        cache_file=workdir / "index" / CACHE_FILE, embedder=lambda video: np.zeros(8, np.float32))
+                        cache_file=workdir / "index" / CACHE_FILE)
     assert (again.reused, again.embedded_now) == (1, 1)
 
 
@@ -165,12 +179,12 @@ def test_embeddings_are_on_disk_before_the_run_ends(workdir: Path, monkeypatch: 
     cache = workdir / "index" / CACHE_FILE
     on_disk = []
 
-    def embedder(video: Path) -> np.ndarray:
+    def embed(video: Path) -> np.ndarray:
         on_disk.append(len(np.load(cache)["sha256"]) if cache.is_file() else 0)
         return np.ones(8, np.float32)
 
-    embed_added(workdir / "add_to_index", (".mov",), checkpoint=workdir / "best.pt", clips=2, cache_file=cache,
-                embedder=embedder)
+    monkeypatch.setattr(added_videos, "checkpoint_encoder", lambda *_: StubEncoder(embed))
+    embed_added(workdir / "add_to_index", (".mov",), checkpoint=workdir / "best.pt", clips=2, cache_file=cache)
     assert on_disk == [0, 1]  # the first embedding was written before the second video was embedded
 
 

@@ -16,6 +16,14 @@ import av
 import numpy as np
 
 
+DECODE_ERRORS = (RuntimeError, ValueError, OSError)  # what embedding one file can raise: VideoDecodeError is one
+
+
+def decode_error_line(video: Path | str, exc: BaseException) -> str:
+    """Why `video` could not be embedded, in one line without its own path (the caller names the file)."""
+    return (str(exc).splitlines() or [type(exc).__name__])[0].removeprefix(f"{video}: ")
+
+
 class VideoDecodeError(RuntimeError):
     """A video that cannot be opened or decoded; `path` and `cause` say which and why."""
 
