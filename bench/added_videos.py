@@ -14,7 +14,10 @@ the archive would give without changing the encoder:
   test videos added against embedded by the stage, and how often the top-1 video is the same;
 - the time of the first run (embeds every added video) with decoding in the stage's process and with
   `embed.workers` loader processes, of a second run (reuses them all), and what bench/real.py recorded for
-  training that cell (the alternative: put the videos into the archive and retrain).
+  training that cell (the alternative: put the videos into the archive and retrain);
+- `slic search` over a folder of the 92 val videos (queries neither trained on nor indexed) against that
+  index (train + added test): seconds with the queries decoded one at a time here and with `embed.workers`
+  loader processes, whether both give the same answers, and recall@1 of the search's top hits.
 
 Writes reports/bench/added_videos.json.
 
@@ -45,6 +48,7 @@ from bench.real import cells_parser, each_stored_cell, open_bench  # noqa: E402
 
 DEFAULT_OUT = ROOT / "reports" / "bench" / "added_videos.json"
 ADDED_SPLIT = "test"
+QUERY_SPLIT = "val"  # `slic search` queries: videos neither trained on nor indexed
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -83,6 +87,50 @@ def run_index(params: dict[str, Any], folder: Path) -> tuple[dict[str, Any], flo
     if code != 0:
         raise SystemExit(f"bench/added_videos.py: slic index exited {code}")
     return json.loads((folder / "reports" / "index.json").read_text()), seconds
+
+
+def run_search(folder: Path, queries: Path, workers: int) -> tuple[dict[str, Any], float]:
+    """`slic search QUERIES --json` in `folder` against its index, with `workers` decoding: document, seconds."""
+    import contextlib
+    import io
+
+    from slic.cli import main
+
+    previous, out = Path.cwd(), io.StringIO()
+    os.chdir(folder)
+    try:
+        started = time.perf_counter()
+        with contextlib.redirect_stdout(out):
+            code = main(["search", str(queries), "--json", "-k", "10", "--workers", str(workers)])
+        seconds = time.perf_counter() - started
+    finally:
+        os.chdir(previous)
+    if code != 0:
+        raise SystemExit(f"bench/added_videos.py: slic search exited {code}")
+    return json.loads(out.getvalue()), seconds
+
+
+def search_folder(folder: Path, manifest: Path, workers: int) -> dict[str, Any]:
+    """`slic search` over a folder of the val videos (queries the index never holds), decoding them one at a
+    time against `workers` loader processes: seconds each, whether the answers agree, and recall@1."""
+    import pandas as pd
+
+    link_added(folder / "queries", manifest, QUERY_SPLIT)  # named <video_id><suffix>, as the added videos
+    classes = pd.read_csv(manifest, dtype=str, keep_default_na=False).set_index("video_id")["class"]
+    here, here_seconds = run_search(folder, folder / "queries", 0)
+    loaded, loaded_seconds = run_search(folder, folder / "queries", workers)
+
+    def video_id(name: str) -> str:  # <video_id><suffix>, as link_added named it
+        return Path(name).with_suffix("").as_posix()
+
+    top = [a["results"][0]["video_id"] for a in loaded["queries"]]
+    top = [video_id(v.removeprefix("added/")) if v.startswith("added/") else v for v in top]
+    hits = [classes[video] == classes[video_id(str(Path(a["query"]).relative_to(folder / "queries")))]
+            for video, a in zip(top, loaded["queries"])]
+    return {"search_queries": len(loaded["queries"]), "search_seconds_0_workers": round(here_seconds, 2),
+            "search_seconds": round(loaded_seconds, 2),
+            "search_same_answers": here["queries"] == loaded["queries"] and here["errors"] == loaded["errors"],
+            "search_val_recall@1": round(float(np.mean(hits)), 4)}
 
 
 def measure(config: Any, cell: Path, work: Path, folder: Path) -> dict[str, Any]:
@@ -141,7 +189,8 @@ def measure(config: Any, cell: Path, work: Path, folder: Path) -> dict[str, Any]
             "first_run_seconds_0_workers": round(in_process_seconds, 2), "workers": config.embed.workers,
             "first_run_seconds": round(first_seconds, 2), "embedded_first_run": embedded,
             "seconds_per_added_video": round(first_seconds / max(embedded, 1), 4),
-            "second_run_seconds": round(second_seconds, 2), "embedded_second_run": second["added_embedded_now"]}
+            "second_run_seconds": round(second_seconds, 2), "embedded_second_run": second["added_embedded_now"],
+            **search_folder(folder, manifest, config.embed.workers)}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -27,8 +27,8 @@ from prefect.runtime import flow_run
 
 from slic.cli import REPORT_NAMES, TELEMETRY_OFF
 
-GPU_STAGES = ("flow", "pretrain", "embed", "ablation", "ablation_flow", "linear_probe", "finetune", "transfer",
-              "classify")  # a foreach group's name stands for all its stages
+GPU_STAGES = ("flow", "pretrain", "embed", "transfer", "classify", "index", "ablation", "ablation_flow", "linear_probe",
+              "finetune")  # a foreach group's name stands for all its stages; index embeds add_to_index/'s videos
 USER_ERROR_CODES = (1, 2)  # slic: bad data, config or metric; retrying cannot help
 
 

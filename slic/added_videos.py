@@ -213,8 +213,6 @@ def embed_added(folder: Path, extensions: tuple[str, ...], *, checkpoint: str | 
 
 def checkpoint_encoder(checkpoint: Path, clips: int) -> Any:
     """The pretrain checkpoint as a slic.serving.VideoEncoder, on the GPU when there is one (as `slic search`)."""
-    import torch
-
     from slic.serving import VideoEncoder
 
-    return VideoEncoder(checkpoint, "cuda" if torch.cuda.is_available() else "cpu", clips=clips)
+    return VideoEncoder.on_best_device(checkpoint, clips)

@@ -527,8 +527,8 @@ def run_embed_video(argv: list[str]) -> int:
     """
     import numpy as np
 
-    from slic.data.video import DECODE_ERRORS, decode_error_line
-    from slic.search import SearchUsageError, model_embedder
+    from slic.config import ConfigError
+    from slic.search import SearchUsageError, model_encoder, params_defaults
 
     parser = argparse.ArgumentParser(prog="slic embed-video", description="embed video files with a registered "
                                      "encoder or a pretrain checkpoint")
@@ -536,24 +536,28 @@ def run_embed_video(argv: list[str]) -> int:
                         help="an MLflow model URI (default: models:/slic-encoder@champion) or a checkpoint file "
                         "written by `slic pretrain`, e.g. data/models/pretrain/best.pt")
     parser.add_argument("--out", default="", help="write the (videos, dim) array to this .npy file")
+    parser.add_argument("--workers", type=int, default=None, help="processes decoding the next videos while the "
+                        "encoder embeds one (default: embed.workers of params.yaml; 0: none)")
     parser.add_argument("videos", nargs="+", help="video files (anything PyAV decodes)")
     args = parser.parse_args(argv)
+    if args.workers is not None and args.workers < 0:
+        parser.error(f"--workers must be >= 0, got {args.workers}")
     missing = [v for v in args.videos if not Path(v).is_file()]
     if missing:
         print(f"slic embed-video: error: no such file: {', '.join(missing)}", file=sys.stderr)
         return 2
     try:
-        embed = model_embedder(args.model)
-    except SearchUsageError as exc:
+        workers = params_defaults("params.yaml")[2] if args.workers is None else args.workers
+        encoder = model_encoder(args.model)
+    except (ConfigError, SearchUsageError) as exc:
         print(f"slic embed-video: error: {exc}", file=sys.stderr)
         return 2
-    rows: list[np.ndarray | None] = []
-    for video in args.videos:
-        try:
-            rows.append(embed(Path(video)))
-        except DECODE_ERRORS as exc:
-            print(f"slic embed-video: error: {video}: {decode_error_line(video, exc)}", file=sys.stderr)
-            rows.append(None)
+    paths = [Path(video) for video in args.videos]
+    rows: list[np.ndarray | None] = [None] * len(paths)
+    for position, vector, error in encoder.embed_files(paths, workers):
+        rows[position] = vector
+        if vector is None:
+            print(f"slic embed-video: error: {paths[position]}: {error}", file=sys.stderr)
     dim = next((row.shape[-1] for row in rows if row is not None), 0)
     if not dim:
         return 1  # nothing decoded: each file is named above, and no array to write

@@ -14,15 +14,24 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from slic.data.video import DECODE_ERRORS, decode_error_line
 from slic.index import IndexBuildError, LoadedIndex, file_sha256, load_index, search
 
+if TYPE_CHECKING:
+    from slic.serving import VideoEncoder
+
+
+class FileEncoder(Protocol):
+    """What search needs of an encoder (slic.serving.VideoEncoder): embeddings of video files, in order."""
+
+    def embed_files(self, paths: list[Path], workers: int = 0) -> Iterator[tuple[int, np.ndarray | None, str]]:
+        """(position, embedding or None, why the file could not be decoded) per path."""
+        ...
 
 
 class SearchUsageError(ValueError):
@@ -43,8 +52,8 @@ def find_videos(path: str | Path, extensions: tuple[str, ...]) -> list[Path]:
     return videos
 
 
-def checkpoint_embedder(loaded: LoadedIndex, warn: Callable[[str], None]) -> Callable[[Path], np.ndarray]:
-    """Embed one video with the index's own checkpoint (the encoder that made the gallery embeddings)."""
+def index_encoder(loaded: LoadedIndex, warn: Callable[[str], None]) -> VideoEncoder:
+    """The index's own checkpoint (the encoder that made the gallery embeddings), with the index's clip count."""
     checkpoint = Path(loaded.meta["checkpoint"])
     if not checkpoint.is_file():
         raise SearchUsageError(f"{checkpoint}: the index's checkpoint is missing; run `dvc repro index` "
@@ -52,66 +61,72 @@ def checkpoint_embedder(loaded: LoadedIndex, warn: Callable[[str], None]) -> Cal
     recorded = loaded.meta.get("checkpoint_sha256", "")
     if recorded and file_sha256(checkpoint) != recorded:
         warn(f"warning: {checkpoint} changed since the index was built; run `dvc repro index` to re-embed it")
-    return _checkpoint_file_embedder(checkpoint, int(loaded.meta.get("clips", 10)))
+    return _checkpoint_file_encoder(checkpoint, int(loaded.meta.get("clips", 10)))
 
 
-def model_embedder(model: str, clips: int = 10) -> Callable[[Path], np.ndarray]:
-    """Embed one video with a checkpoint file written by `pretrain` (e.g. data/models/pretrain/best.pt) or a
-    registered MLflow model (e.g. models:/slic-encoder@champion); a model that cannot be loaded is a
-    SearchUsageError that says how to get one.  `clips`: the IIC clips per video of a checkpoint's embedding."""
-    import pandas as pd
-
+def model_encoder(model: str, clips: int = 10) -> VideoEncoder:
+    """A checkpoint file written by `pretrain` (e.g. data/models/pretrain/best.pt) or a registered MLflow model
+    (e.g. models:/slic-encoder@champion) as a VideoEncoder taking `clips` IIC clips per video; a model that
+    cannot be loaded is a SearchUsageError that says how to get one."""
     from slic import registry
+    from slic.serving import encoder_of
 
     if model.endswith(".pt") or Path(model).is_file():
-        return _checkpoint_file_embedder(Path(model), clips)
+        return _checkpoint_file_encoder(Path(model), clips)
     try:
-        loaded = registry.load_model(model)
+        encoder = encoder_of(registry.load_model(model))
     except Exception as exc:  # noqa: BLE001 - MLflow raises many types for an unknown or unreachable model
         raise SearchUsageError(f"cannot load model {model}: {(str(exc).splitlines() or [type(exc).__name__])[0]}; "
                                "`dvc repro promote` registers the champion, or pass a "
                                "checkpoint, e.g. --model data/models/pretrain/best.pt") from exc
-    return lambda path: np.asarray(loaded.predict(pd.DataFrame({"path": [str(path)]})), np.float32)[0]
+    encoder.clips = clips
+    return encoder
 
 
-def _checkpoint_file_embedder(checkpoint: Path, clips: int) -> Callable[[Path], np.ndarray]:
-    """Embed one video with a pretrain checkpoint (IIC protocol, `clips` clips), on the GPU when there is one."""
-    import torch
-
+def _checkpoint_file_encoder(checkpoint: Path, clips: int) -> VideoEncoder:
+    """A pretrain checkpoint as a VideoEncoder (IIC protocol, `clips` clips), on the GPU when there is one."""
     from slic.serving import VideoEncoder
 
     if not checkpoint.is_file():
         raise SearchUsageError(f"{checkpoint}: no such checkpoint; `dvc repro pretrain` writes "
                                "data/models/pretrain/best.pt")
     try:
-        encoder = VideoEncoder(checkpoint, "cuda" if torch.cuda.is_available() else "cpu", clips=clips)
+        return VideoEncoder.on_best_device(checkpoint, clips)
     except Exception as exc:  # noqa: BLE001 - torch.load and load_state_dict raise many types for a wrong file
         raise SearchUsageError(f"{checkpoint}: not a slic encoder checkpoint ({type(exc).__name__}: "
                                f"{(str(exc).splitlines() or [''])[0]}); pass a file written by `slic pretrain`, "
                                "e.g. data/models/pretrain/best.pt") from exc
-    return lambda path: encoder.embed_paths([path])[0]
 
 
-def search_videos(videos: list[Path], embed: Callable[[Path], np.ndarray], loaded: LoadedIndex,
-                  k: int) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
-    """(answers, errors): the k nearest indexed videos per query that could be embedded, an error per other."""
-    answers, errors = [], []
-    normalize = loaded.meta.get("metric", "cosine") == "cosine"
-    for video in videos:
-        try:
-            vector = embed(video)
-        except DECODE_ERRORS as exc:
-            errors.append({"query": str(video), "error": decode_error_line(video, exc)})
-            continue
-        if vector.shape[-1] != loaded.index.d:
+def search_videos(videos: list[Path], encoder: FileEncoder, loaded: LoadedIndex, k: int,
+                  workers: int = 0) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """(answers, errors): the k nearest indexed videos per query that could be embedded, an error per other,
+    both in the order of `videos`.  `workers` loader processes decode the next queries while the encoder embeds
+    (a folder of queries); all the embedded queries are then looked up in one batched FAISS search."""
+    embedded: list[tuple[Path, np.ndarray]] = []
+    errors = []
+    for position, vector, error in encoder.embed_files(videos, workers):
+        if vector is None:
+            errors.append({"query": str(videos[position]), "error": error})
+        elif vector.shape[-1] != loaded.index.d:
             raise SearchUsageError(f"the encoder gives {vector.shape[-1]}-d embeddings but the index holds "
                                    f"{loaded.index.d}-d ones; use the index's checkpoint or rebuild the index")
-        sims, ids = search(loaded.index, vector[None, :], k, normalize=normalize)
-        hits = [{"rank": rank, "video_id": loaded.rows.at[i, "video_id"], "path": loaded.rows.at[i, "path"],
-                 "class": loaded.rows.at[i, "class"] or None, "similarity": round(float(s), 6)}
-                for rank, (i, s) in enumerate(((int(i), s) for i, s in zip(ids[0], sims[0]) if i >= 0), start=1)]
-        answers.append({"query": str(video), "results": hits})
+        else:
+            embedded.append((videos[position], vector))
+    if not embedded:
+        return [], errors
+    normalize = loaded.meta.get("metric", "cosine") == "cosine"
+    sims, ids = search(loaded.index, np.stack([v for _, v in embedded]).astype(np.float32), k, normalize=normalize)
+    answers = [{"query": str(video), "results": _hits(loaded, row_ids, row_sims)}
+               for (video, _), row_ids, row_sims in zip(embedded, ids, sims)]
     return answers, errors
+
+
+def _hits(loaded: LoadedIndex, ids: np.ndarray, sims: np.ndarray) -> list[dict[str, Any]]:
+    """One query's ranked neighbours (FAISS's -1 ids, fewer indexed videos than k, left out)."""
+    return [{"rank": rank, "video_id": loaded.rows.at[i, "video_id"], "path": loaded.rows.at[i, "path"],
+             "class": loaded.rows.at[i, "class"] or None, "similarity": round(float(s), 6)}
+            for rank, (i, s) in enumerate(((int(i), s) for i, s in zip(ids, sims) if i >= 0), start=1)]
 
 
 def format_table(answer: dict[str, Any]) -> str:
@@ -124,12 +139,13 @@ def format_table(answer: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _defaults(params: str) -> tuple[tuple[str, ...], str]:
-    """Video extensions and index folder from params.yaml (the built-in defaults when there is no file)."""
+def params_defaults(params: str) -> tuple[tuple[str, ...], str, int]:
+    """Video extensions, index folder and decoding workers (embed.workers) from params.yaml (the built-in
+    defaults when there is no file)."""
     from slic.config import Config, load
 
     config = load(params) if Path(params).is_file() else Config()
-    return config.manifest.extensions, config.index.out
+    return config.manifest.extensions, config.index.out, config.embed.workers
 
 
 def run_search(argv: list[str], params: str = "params.yaml") -> int:
@@ -144,20 +160,25 @@ def run_search(argv: list[str], params: str = "params.yaml") -> int:
     parser.add_argument("--model", default="", help="a checkpoint file or an MLflow model URI, e.g. "
                         "models:/slic-encoder@champion (default: the checkpoint the index was built with)")
     parser.add_argument("--index", default="", help="index folder (default: index.out of params.yaml)")
+    parser.add_argument("--workers", type=int, default=None, help="processes decoding the next queries of a "
+                        "folder while the encoder embeds one (default: embed.workers of params.yaml; 0: none)")
     args = parser.parse_args(argv)
     if args.k < 1:
         parser.error(f"-k must be >= 1, got {args.k}")
+    if args.workers is not None and args.workers < 0:
+        parser.error(f"--workers must be >= 0, got {args.workers}")
 
     def warn(line: str) -> None:
         print(f"slic search: {line}", file=sys.stderr)
 
     try:
-        extensions, index_dir = _defaults(params)
+        extensions, index_dir, workers = params_defaults(params)
         loaded = load_index(args.index or index_dir)
         videos = find_videos(args.path, extensions)
         clips = int(loaded.meta.get("clips", 10))  # as the index's videos were embedded
-        embed = model_embedder(args.model, clips) if args.model else checkpoint_embedder(loaded, warn)
-        answers, errors = search_videos(videos, embed, loaded, args.k)
+        encoder = model_encoder(args.model, clips) if args.model else index_encoder(loaded, warn)
+        answers, errors = search_videos(videos, encoder, loaded, args.k,
+                                        workers if args.workers is None else args.workers)
     except (ConfigError, IndexBuildError, SearchUsageError) as exc:
         warn(f"error: {exc}")
         return 2

@@ -119,6 +119,11 @@ class VideoEncoder:
         self.frame_step = int(config.get("frame_step", 1))
         self.dim = int(config["out_dim"])
 
+    @classmethod
+    def on_best_device(cls, checkpoint: str | Path, clips: int = 10) -> VideoEncoder:
+        """The checkpoint's encoder on the GPU when there is one, else on the CPU (search, serving, added videos)."""
+        return cls(checkpoint, "cuda" if torch.cuda.is_available() else "cpu", clips=clips)
+
     def get_raw_model(self) -> VideoEncoder:
         """What `PyFuncModel.get_raw_model()` returns for a registered encoder: this object."""
         return self
@@ -135,7 +140,9 @@ class VideoEncoder:
         """(position, embedding or None, why it could not be decoded) for each path, in order; `workers` loader
         processes decode the next videos while the model embeds this one (0: decode here, one at a time).
         On the CPU the model then leaves the workers their cores: it runs on cpu_count - workers threads (at
-        least 1), which on 2 cores with 2 workers takes a ucf101_6 video from 33 to 26 ms."""
+        least 1), which on 2 cores with 2 workers takes a ucf101_6 video from 33 to 26 ms.  One file is decoded
+        here: starting a worker would only add its start-up."""
+        workers = workers if len(paths) > 1 else 0
         windows = ClipWindows(list(paths), short_side=decode_short_side(self.size), clip_len=self.clip_len,
                               clips=self.clips, frame_step=self.frame_step)
         loader = torch.utils.data.DataLoader(windows, batch_size=None, num_workers=workers, collate_fn=_as_is)
@@ -170,4 +177,4 @@ def _load_pyfunc(data_path: str) -> VideoEncoder:
     path = Path(data_path)
     if path.is_dir():  # MLflow passes the folder when the data was a folder
         path = next(path.rglob("*.pt"))
-    return VideoEncoder(path, "cuda" if torch.cuda.is_available() else "cpu")
+    return VideoEncoder.on_best_device(path)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from slic.config import ManifestConfig, SynthConfig
@@ -21,6 +22,17 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # `make test` runs two pytest workers on two cores: one thread each (torch and the stages' subprocesses read
     # this before they start their thread pools), so the workers do not fight over the cores.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+class StubEncoder:
+    """Stands in for the checkpoint's encoder (slic.serving.VideoEncoder.embed_files): `embed(video)` per file."""
+
+    def __init__(self, embed: Callable[[Path], np.ndarray]) -> None:
+        self.embed = embed
+
+    def embed_files(self, paths: list[Path], workers: int = 0) -> Iterator[tuple[int, np.ndarray, str]]:
+        for position, path in enumerate(paths):
+            yield position, self.embed(path), ""
 
 
 MLFLOW_URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")

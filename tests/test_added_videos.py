@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +17,7 @@ import pytest
 
 from slic.cli import main
 from slic.config import PretrainConfig
-from tests.conftest import SHARED_VIDEOS
+from tests.conftest import SHARED_VIDEOS, StubEncoder
 
 FOLDER = SHARED_VIDEOS / "dmlc-decord" / "decode_tests"  # five good videos and corrupted.mp4
 GALLERY = ("video_0.mov", "video_90.mov", "unordered.mov")
@@ -135,17 +135,6 @@ def test_another_checkpoint_embeds_every_added_video_again(workdir: Path) -> Non
     write_params(workdir, "add_to_index", checkpoint="other.pt")
     assert main(["index"]) == 0
     assert (index_report(workdir)["added_embedded_now"], index_report(workdir)["added_reused"]) == (2, 0)
-
-
-class StubEncoder:
-    """Stands in for the checkpoint's encoder (slic.serving.VideoEncoder.embed_files): `embed(video)` per file."""
-
-    def __init__(self, embed: Callable[[Path], np.ndarray]) -> None:
-        self.embed = embed
-
-    def embed_files(self, paths: list[Path], workers: int = 0) -> Iterator[tuple[int, np.ndarray, str]]:
-        for position, path in enumerate(paths):
-            yield position, self.embed(path), ""
 
 
 def test_an_interrupted_embedding_keeps_what_it_embedded(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:

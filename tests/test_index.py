@@ -12,6 +12,7 @@ import pytest
 from slic.config import ConfigError, IndexConfig, load
 from slic.index import (KINDS, IndexBuildError, build_index, build_stage, effective_params, gallery_rows,
                         load_index, save_index, search)
+from tests.conftest import StubEncoder
 
 
 def clustered(n: int, dim: int = 16, centres: int = 8, seed: int = 0) -> np.ndarray:
@@ -175,7 +176,7 @@ def test_unlabelled_gallery_with_videos_named_like_missing_values(tmp_path: Path
     loaded = load_index(tmp_path / "index")
     assert loaded.rows["video_id"].tolist() == ids and loaded.rows["class"].tolist() == [""] * len(ids)
 
-    answers, errors = search_videos([Path("/q/null.mp4")], lambda _: vectors[1], loaded, k=2)
+    answers, errors = search_videos([Path("/q/null.mp4")], StubEncoder(lambda _: vectors[1]), loaded, k=2)
     hit = answers[0]["results"][0]
     assert errors == [] and (hit["video_id"], hit["path"], hit["class"]) == ("null", "/archive/null.mp4", None)
     assert "NaN" not in json.dumps(answers) and json.loads(json.dumps(answers)) == answers

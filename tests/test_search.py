@@ -95,6 +95,21 @@ def test_search_json_is_one_document(workdir: Path, capsys: pytest.CaptureFixtur
     assert doc["errors"] == [] and [len(a["results"]) for a in doc["queries"]] == [2]
 
 
+def test_a_folder_decoded_by_loader_workers_gets_the_same_answers_and_errors(
+        workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    """embed.workers (2 here) processes decode the queries: the same document as decoding them one at a time."""
+    docs = []
+    for workers in ([], ["--workers", "0"]):
+        assert main(["search", str(FOLDER), "--json", "-k", "3", *workers]) == 1
+        docs.append(json.loads(capsys.readouterr().out))
+    assert docs[0] == docs[1]
+    assert [a["query"] for a in docs[0]["queries"]] == sorted(str(p) for p in FOLDER.iterdir() if p.name !=
+                                                              "corrupted.mp4")
+    with pytest.raises(SystemExit) as exited:
+        main(["search", str(FOLDER), "--workers", "-1"])
+    assert exited.value.code == 2 and "--workers must be >= 0, got -1" in capsys.readouterr().err
+
+
 def test_search_usage_errors_say_what_to_run(workdir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["search", str(FOLDER), "--index", str(tmp_path / "none")]) == 2
     err = capsys.readouterr().err
@@ -116,7 +131,9 @@ def test_search_with_the_registered_champion(workdir: Path, capsys: pytest.Captu
     query = FOLDER / "video_180.mov"
     assert main(["search", str(query), "--json", "--model", "models:/slic-encoder@champion"]) == 0
     doc = json.loads(capsys.readouterr().out)
-    # the champion holds the index's own weights: the query finds itself (10 clips here, 2 in the index)
-    assert doc["model"] == "models:/slic-encoder@champion" and doc["queries"][0]["results"][0]["path"] == str(query)
+    # the champion holds the index's own weights and embeds with the index's 2 clips: the query is its own vector
+    top = doc["queries"][0]["results"][0]
+    assert doc["model"] == "models:/slic-encoder@champion" and top["path"] == str(query)
+    assert top["similarity"] == pytest.approx(1.0, abs=1e-4)
     assert main(["search", str(query), "--model", "models:/no-such-model@champion"]) == 2
     assert "cannot load model models:/no-such-model@champion" in capsys.readouterr().err
