@@ -7,6 +7,8 @@ comes out upright. Every failure is a `VideoDecodeError` naming the file and the
 
 from __future__ import annotations
 
+import bisect
+import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -105,34 +107,50 @@ def scaled_size(width: int, height: int, short_side: int | None) -> tuple[int, i
     return long_side, short_side
 
 
+def _open_video(container: av.container.InputContainer, path: Path) -> av.video.stream.VideoStream:
+    """The first video stream, decoded on one thread: parallelism comes from one process per video, and the
+    threaded frame conversion in PyAV 18 is slower than the plain one."""
+    if not container.streams.video:
+        raise VideoDecodeError(path, "no video stream in the file")
+    stream = container.streams.video[0]
+    stream.thread_type = "SLICE"
+    stream.codec_context.thread_count = 1
+    return stream
+
+
+def _display(frame: av.VideoFrame, short_side: int | None, pix_fmt: str) -> av.VideoFrame | np.ndarray:
+    """A decoded frame scaled so its display short side is `short_side`, in `pix_fmt`; a rotated file's frame
+    comes out rotated upright, as an RGB array."""
+    rotation = int(frame.rotation) % 360
+    disp_w, disp_h = (frame.height, frame.width) if rotation in (90, 270) else (frame.width, frame.height)
+    out_w, out_h = scaled_size(disp_w, disp_h, short_side)
+    if rotation == 0:
+        frame = frame.reformat(width=out_w, height=out_h, format=pix_fmt, threads=1)
+        if pix_fmt == "yuvj420p":
+            frame.color_range = 2  # full range, as swscale produced; the JPEG encoder requires it
+        return frame
+    coded_w, coded_h = (out_h, out_w) if rotation in (90, 270) else (out_w, out_h)
+    rgb = frame.reformat(width=coded_w, height=coded_h, format="rgb24", threads=1).to_ndarray()
+    return np.ascontiguousarray(np.rot90(rgb, k=rotation // 90))
+
+
+def _rgb(frame: av.VideoFrame, short_side: int | None) -> np.ndarray:
+    """A decoded frame as a (H, W, 3) uint8 RGB array at `short_side`, upright."""
+    shown = _display(frame, short_side, "rgb24")
+    return shown if isinstance(shown, np.ndarray) else shown.to_ndarray()
+
+
 def _frames(path: Path, short_side: int | None, start: int, stop: int | None,
             pix_fmt: str) -> Iterator[av.VideoFrame | np.ndarray]:
     """Decoded frames [start, stop), scaled and, for rotated files, rotated (then as arrays)."""
     with av.open(str(path)) as container:
-        if not container.streams.video:
-            raise VideoDecodeError(path, "no video stream in the file")
-        stream = container.streams.video[0]
-        # One thread per decoder: parallelism comes from one process per video, and the
-        # threaded frame conversion in PyAV 18 is slower than the plain one.
-        stream.thread_type = "SLICE"
-        stream.codec_context.thread_count = 1
+        stream = _open_video(container, path)
         for index, frame in enumerate(container.decode(stream)):
             if index < start:
                 continue
             if stop is not None and index >= stop:
                 return
-            rotation = int(frame.rotation) % 360
-            disp_w, disp_h = (frame.height, frame.width) if rotation in (90, 270) else (frame.width, frame.height)
-            out_w, out_h = scaled_size(disp_w, disp_h, short_side)
-            if rotation == 0:
-                frame = frame.reformat(width=out_w, height=out_h, format=pix_fmt, threads=1)
-                if pix_fmt == "yuvj420p":
-                    frame.color_range = 2  # full range, as swscale produced; the JPEG encoder requires it
-                yield frame
-                continue
-            coded_w, coded_h = (out_h, out_w) if rotation in (90, 270) else (out_w, out_h)
-            rgb = frame.reformat(width=coded_w, height=coded_h, format="rgb24", threads=1).to_ndarray()
-            yield np.ascontiguousarray(np.rot90(rgb, k=rotation // 90))
+            yield _display(frame, short_side, pix_fmt)
 
 
 def decode(path: str | Path, *, start: int = 0, stop: int | None = None,
@@ -156,30 +174,166 @@ def decode(path: str | Path, *, start: int = 0, stop: int | None = None,
     return np.stack(out)
 
 
-def decode_frames_at(path: str | Path, indices: Sequence[int], *,
-                     short_side: int | None = None) -> tuple[dict[int, np.ndarray], int]:
-    """The frames at `indices` only, decoded in one pass and scaled by FFmpeg: (index -> (H, W, 3) uint8 RGB,
-    how many frames were decoded: max(indices) + 1, or the video's whole length when it ends before that).
+SEEK_GAP = 100  # frames: a keyframe this far past the decoder's position is reached by seeking, not decoding
 
-    Memory holds those frames alone, whatever the video's length; an index past the last frame is missing from
-    the result. Raises `VideoDecodeError` naming the file when it cannot be decoded or holds no frame.
+
+@dataclass(frozen=True)
+class Timeline:
+    """A video stream's frames as its packets list them, from demuxing only (no pixel decoded).
+
+    `frames` counts the non-empty packets, as `probe` does. `pts` holds their presentation timestamps in
+    presentation order, so frame i (the i-th frame a decoder puts out) has pts[i]; it is empty when a packet
+    has no timestamp or two share one, and seeking is then off. `keyframes` are the frame indices where the
+    container says decoding can start, and `seek_to` their decoding timestamps, which demuxers seek by.
+    """
+
+    frames: int
+    pts: tuple[int, ...]
+    keyframes: tuple[int, ...]
+    seek_to: tuple[int, ...]
+
+
+def timeline(path: str | Path) -> Timeline:
+    """The frame count, presentation timestamps and keyframes of a video's first video stream, by demuxing.
+
+    Raises `VideoDecodeError` when the file cannot be opened or has no video stream.
     """
     path = Path(path)
-    wanted = set(indices)
-    out: dict[int, np.ndarray] = {}
-    decoded = 0
     try:
-        for index, frame in enumerate(_frames(path, short_side, 0, max(wanted, default=0) + 1, "rgb24")):
-            decoded = index + 1
-            if index in wanted:
-                out[index] = frame if isinstance(frame, np.ndarray) else frame.to_ndarray()
+        with av.open(str(path)) as container:
+            stream = _open_video(container, path)
+            packets = [(packet.pts, packet.dts, packet.is_keyframe) for packet in container.demux(stream)
+                       if packet.size > 0]
     except VideoDecodeError:
         raise
     except (av.FFmpegError, OSError, ValueError) as exc:
         raise VideoDecodeError(path, _describe(exc)) from exc
+    stamps = [pts for pts, _, _ in packets]
+    if any(pts is None for pts in stamps) or len(set(stamps)) < len(stamps):
+        return Timeline(len(packets), (), (), ())
+    order = sorted(stamps)
+    rank = {pts: index for index, pts in enumerate(order)}
+    keys = sorted((rank[pts], pts if dts is None else dts) for pts, dts, key in packets if key)
+    return Timeline(len(packets), tuple(order), tuple(k for k, _ in keys), tuple(d for _, d in keys))
+
+
+class _SeekMismatch(Exception):
+    """Decoding after a seek did not give the frames the timeline promised: decode from the start instead."""
+
+
+def decode_frames_at(path: str | Path, indices: Sequence[int], *, short_side: int | None = None,
+                     frames_of: Timeline | None = None) -> tuple[dict[int, np.ndarray], int]:
+    """The frames at `indices` only, scaled by FFmpeg: (index -> (H, W, 3) uint8 RGB, how many frames were
+    decoded: max(indices) + 1, or the video's whole length when it ends before that).
+
+    Memory holds those frames alone, whatever the video's length; an index past the last frame is missing from
+    the result. With the file's `frames_of` timeline, a wanted frame whose keyframe lies SEEK_GAP frames or more
+    past the decoder's position is reached by seeking to that keyframe, so a long video decodes only around
+    its wanted frames; when the frames after a seek are not the ones the timeline names (no keyframe there, a
+    gap, no timestamps), the file is decoded from its start instead, so the frames are those of a decode from
+    the start either way. Raises `VideoDecodeError` naming the file when it cannot be decoded or holds no frame.
+    """
+    path = Path(path)
+    wanted = sorted(set(indices))
+    try:
+        if frames_of is not None and _seeking_pays(frames_of, wanted):
+            try:
+                return _decode_seeking(path, wanted, short_side, frames_of)
+            except _SeekMismatch:
+                pass
+        return _decode_from_start(path, wanted, short_side)
+    except VideoDecodeError:
+        raise
+    except (av.FFmpegError, OSError, ValueError) as exc:
+        raise VideoDecodeError(path, _describe(exc)) from exc
+
+
+def _keyframe_before(frames_of: Timeline, index: int) -> int:
+    """The position in `frames_of.keyframes` of the last keyframe at or before frame `index` (-1: none)."""
+    return bisect.bisect_right(frames_of.keyframes, index) - 1
+
+
+def _seeking_pays(frames_of: Timeline, wanted: list[int]) -> bool:
+    """Whether some wanted frame's keyframe lies SEEK_GAP frames or more past the frame before it."""
+    if not frames_of.pts or not wanted or wanted[-1] >= frames_of.frames:
+        return False
+    previous = 0
+    for index in wanted:
+        key = _keyframe_before(frames_of, index)
+        if key >= 0 and frames_of.keyframes[key] - previous >= SEEK_GAP:
+            return True
+        previous = index + 1
+    return False
+
+
+def _decode_from_start(path: Path, wanted: list[int], short_side: int | None) -> tuple[dict[int, np.ndarray], int]:
+    """decode_frames_at by decoding every frame up to the last wanted one (only the wanted ones are scaled)."""
+    keep, out, decoded = set(wanted), {}, 0
+    last = wanted[-1] if wanted else 0
+    with av.open(str(path)) as container:
+        stream = _open_video(container, path)
+        for index, frame in enumerate(container.decode(stream)):
+            decoded = index + 1
+            if index in keep:
+                out[index] = _rgb(frame, short_side)
+            if index >= last:
+                break
     if not decoded:
         raise VideoDecodeError(path, "no frame decoded")
     return out, decoded
+
+
+def _decode_seeking(path: Path, wanted: list[int], short_side: int | None,
+                    frames_of: Timeline) -> tuple[dict[int, np.ndarray], int]:
+    """decode_frames_at by seeking to the keyframe before each wanted frame that lies SEEK_GAP frames or more
+    ahead; raises _SeekMismatch when a seek does not reach that keyframe, frames are skipped, or a decoded
+    frame's timestamp is not in the timeline."""
+    rank = {pts: index for index, pts in enumerate(frames_of.pts)}
+    keep, out = set(wanted), {}
+    position = 0  # the index of the next frame the decoder puts out
+    with av.open(str(path)) as container:
+        stream = _open_video(container, path)
+        frames = container.decode(stream)
+        for target in wanted:
+            if target < position:
+                continue  # decoded on the way to an earlier target
+            key = _keyframe_before(frames_of, target)
+            if key >= 0 and frames_of.keyframes[key] - position >= SEEK_GAP:
+                frames, position = _from_keyframe(container, stream, frames_of, key, rank), frames_of.keyframes[key]
+            for frame in frames:
+                index = rank.get(frame.pts)
+                if index != position:
+                    raise _SeekMismatch(f"frame {index} (pts {frame.pts}) follows frame {position - 1}")
+                position = index + 1
+                if index in keep:
+                    out[index] = _rgb(frame, short_side)
+                if index >= target:
+                    break
+    missing = [index for index in wanted if index < position and index not in out]
+    if missing or not position:
+        raise _SeekMismatch(f"frames {missing[:3]} were not decoded")
+    return out, position
+
+
+def _from_keyframe(container: av.container.InputContainer, stream: av.video.stream.VideoStream,
+                   frames_of: Timeline, key: int, rank: dict[int, int]) -> Iterator[av.VideoFrame]:
+    """The decoded frames from keyframe number `key` of the timeline on, after a seek. Demuxers seek by
+    presentation time (MP4, Matroska) or by decoding time (AVI's index), so the seek is made by the keyframe's
+    pts and, when that lands past it, by its dts; frames before it (an earlier keyframe's, or an open GOP's
+    leading ones) are decoded and passed over. _SeekMismatch when neither seek reaches the keyframe."""
+    keyframe = frames_of.keyframes[key]
+    landed = None
+    for stamp in dict.fromkeys((frames_of.pts[keyframe], frames_of.seek_to[key])):
+        container.seek(stamp, stream=stream, backward=True, any_frame=False)
+        frames = container.decode(stream)
+        for frame in frames:
+            landed = rank.get(frame.pts)
+            if landed is None or landed >= keyframe:
+                break
+        if landed == keyframe and frame.key_frame:
+            return itertools.chain([frame], frames)
+    why = " (not decoded as a keyframe)" if landed == keyframe else ""
+    raise _SeekMismatch(f"the seek to keyframe {keyframe} reached frame {landed}{why}")
 
 
 @dataclass(frozen=True)
