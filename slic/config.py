@@ -98,6 +98,9 @@ class ManifestConfig:
     val_fraction: float = _spec(0.15, low=0.0, high=0.5,
                                 help="share of train groups (or videos) carved into val")
     min_frames: int = _spec(32, low=1, help="shorter videos are excluded with a reason")
+    segment_seconds: float = _spec(0.0, low=0.0, high=3600.0,
+                                   help="0: a row per video; > 0: a video of 1.5 x this or longer is cut into "
+                                        "segments of 0.75-1.25 x this many seconds, a row each (untrimmed videos)")
     on_missing: str = _spec("error", choices=("error", "exclude"),
                             help="a listed video that does not exist: stop, or exclude it by name")
     extensions: tuple[str, ...] = _spec((".avi", ".mp4", ".mkv", ".mov", ".webm"))

@@ -162,13 +162,20 @@ def gallery_rows(embeddings: str | Path, manifest: str | Path, split: str) -> tu
         raise IndexBuildError(f"{embeddings} has no {split!r} videos to index (splits there: "
                               f"{', '.join(sorted(set(data['split'].tolist())))})")
     rows = pd.DataFrame({"video_id": data["video_id"][keep], "label": data["label"][keep]})
-    table = pd.read_csv(manifest, usecols=["video_id", "path", "class"], dtype=str, keep_default_na=False)
-    rows = rows.merge(table, on="video_id", how="left", validate="one_to_one")
+    table = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+    columns = ["video_id", "path", "class"]
+    if {"start_frame", "stop_frame"} <= set(table.columns):  # segments of long videos: where in the file
+        fps = table["fps"].astype(float).replace(0.0, float("nan"))
+        whole = table.groupby("path")["video_id"].transform("size") == 1  # a file of one row: no span to show
+        table["start_s"] = (table["start_frame"].astype(int) / fps).round(2).mask(whole)
+        table["end_s"] = (table["stop_frame"].astype(int) / fps).round(2).mask(whole)
+        columns += ["start_s", "end_s"]
+    rows = rows.merge(table[columns], on="video_id", how="left", validate="one_to_one")
     missing = rows[rows["path"].isna()]["video_id"].tolist()
     if missing:
         raise IndexBuildError(f"{len(missing)} embedded video(s) are not in {manifest}, e.g. {missing[0]}; "
                               f"re-run `dvc repro index` so embed and validate agree")
-    return rows[["video_id", "path", "class", "label"]], data["embedding"][keep]
+    return rows[[*columns[:3], "label", *columns[3:]]], data["embedding"][keep]
 
 
 def save_index(folder: str | Path, built: BuiltIndex, rows: pd.DataFrame, meta: dict[str, Any]) -> Path:
@@ -220,7 +227,8 @@ def gallery_fingerprint(rows: pd.DataFrame, frames_dir: str | Path | None) -> tu
                     "fingerprint is unknown (fix the manifest's path or run `dvc repro extract`)",
                     missing[0], frames_dir)
         return "unknown", "unknown"
-    return content_fingerprint({v: file_sha256(path) for v, path in zip(ids, rows["path"])}), "videos"
+    hashed = {path: file_sha256(path) for path in set(rows["path"])}  # once per file, however many segments
+    return content_fingerprint({v: hashed[path] for v, path in zip(ids, rows["path"])}), "videos"
 
 
 class ExtraVideos(Protocol):

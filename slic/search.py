@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
+import pandas as pd
 
 from slic.index import IndexBuildError, LoadedIndex, file_sha256, load_index, search
 
@@ -123,10 +124,20 @@ def search_videos(videos: list[Path], encoder: FileEncoder, loaded: LoadedIndex,
 
 
 def _hits(loaded: LoadedIndex, ids: np.ndarray, sims: np.ndarray) -> list[dict[str, Any]]:
-    """One query's ranked neighbours (FAISS's -1 ids, fewer indexed videos than k, left out)."""
+    """One query's ranked neighbours (FAISS's -1 ids, fewer indexed videos than k, left out); a segment of a long
+    video (manifest.segment_seconds) says where in its file it lies, in seconds (null for a whole video)."""
     return [{"rank": rank, "video_id": loaded.rows.at[i, "video_id"], "path": loaded.rows.at[i, "path"],
-             "class": loaded.rows.at[i, "class"] or None, "similarity": round(float(s), 6)}
+             "class": loaded.rows.at[i, "class"] or None, "similarity": round(float(s), 6),
+             "start_s": _seconds(loaded.rows, i, "start_s"), "end_s": _seconds(loaded.rows, i, "end_s")}
             for rank, (i, s) in enumerate(((int(i), s) for i, s in zip(ids, sims) if i >= 0), start=1)]
+
+
+def _seconds(rows: Any, row: int, column: str) -> float | None:
+    """A row's time in its file, or None (a whole video, an added one, or an index without segments)."""
+    if column not in rows.columns:
+        return None
+    value = pd.to_numeric(rows.at[row, column], errors="coerce")
+    return None if pd.isna(value) else float(value)
 
 
 def format_table(answer: dict[str, Any]) -> str:
@@ -135,8 +146,16 @@ def format_table(answer: dict[str, Any]) -> str:
     classes = [h["class"] or "-" for h in hits]  # "-": an unlabelled video has no class
     width = max([len("class")] + [len(name) for name in classes])
     lines = [f"query: {answer['query']}", f"{'rank':>4}  {'similarity':>10}  {'class':<{width}}  path"]
-    lines += [f"{h['rank']:>4}  {h['similarity']:>10.4f}  {name:<{width}}  {h['path']}" for h, name in zip(hits, classes)]
+    lines += [f"{h['rank']:>4}  {h['similarity']:>10.4f}  {name:<{width}}  {h['path']}{_span(h)}"
+              for h, name in zip(hits, classes)]
     return "\n".join(lines)
+
+
+def _span(hit: dict[str, Any]) -> str:
+    """Where a segment lies in its file, as ` [mm:ss-mm:ss]` (nothing for a whole video)."""
+    if hit.get("start_s") is None:
+        return ""
+    return " [{}-{}]".format(*(f"{int(t // 60):02d}:{t % 60:04.1f}" for t in (hit["start_s"], hit["end_s"])))
 
 
 def params_defaults(params: str) -> tuple[tuple[str, ...], str, int]:

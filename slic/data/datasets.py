@@ -23,6 +23,8 @@ from slic.config import ManifestConfig
 UNLABELLED = -1  # the label of a video of the unlabelled layout
 COLUMNS = ["video_id", "path", "class", "label", "split", "group", "frames", "fps", "width", "height",
            "duration", "excluded"]
+SEGMENT_COLUMNS = ["start_frame", "stop_frame"]  # with manifest.segment_seconds: the row's frames of its file
+# (slic.data.frames.RANGE_COLUMNS reads them: the extract stage does not import this module)
 
 
 class DatasetError(ValueError):
@@ -276,7 +278,42 @@ def build_manifest(config: ManifestConfig, progress: Callable[[int], None] | Non
     by_group = carves_by_group(config.layout)
     if config.layout != "unlabelled":  # no labels: nothing to validate on, every video trains (and is searched)
         table["split"] = carve_validation(table, config.val_fraction, config.seed, by_group)
+    if config.segment_seconds > 0:  # after the splits: a video's segments stay on its side
+        table = segmented(table, config.segment_seconds)
+        too_short = (table["excluded"] == "") & (table["frames"] < config.min_frames)
+        table.loc[too_short, "excluded"] = [f"too short: {n} frames < {config.min_frames} (a segment of "
+                                            f"manifest.segment_seconds {config.segment_seconds:g})"
+                                            for n in table.loc[too_short, "frames"]]
     return table.sort_values("video_id", kind="stable").reset_index(drop=True)
+
+
+def segment_bounds(frames: int, fps: float, seconds: float) -> list[tuple[int, int]]:
+    """[start, stop) frames of the segments of a video: round(frames / (seconds x fps)) equal parts, so each is
+    0.75 to 1.25 x `seconds` long; a video shorter than 1.5 x `seconds` stays one part."""
+    parts = max(1, round(frames / (seconds * fps))) if fps > 0 and frames > 0 else 1
+    bounds = [round(k * frames / parts) for k in range(parts + 1)]
+    return list(zip(bounds, bounds[1:]))
+
+
+def segmented(table: pd.DataFrame, seconds: float) -> pd.DataFrame:
+    """The manifest with each video cut into segments (`segment_bounds`), a row each: `video_id@<start>s`, the
+    source's path, class, split and group (so a video's segments stay on one side of every split), and its
+    frames [start_frame, stop_frame) of the file; a video of one segment keeps its id, as a whole row."""
+    rows = []
+    for row in table.to_dict("records"):
+        bounds = segment_bounds(int(row["frames"]), float(row["fps"]), seconds) if row["excluded"] == "" else [
+            (0, int(row["frames"]))]
+        for start, stop in bounds:
+            named = row["video_id"] if len(bounds) == 1 else f"{row['video_id']}@{start / row['fps']:.1f}s"
+            duration = round((stop - start) / row["fps"], 4) if row["fps"] else row["duration"]
+            rows.append({**row, "video_id": named, "frames": stop - start, "duration": duration,
+                         "start_frame": start, "stop_frame": stop})
+    return pd.DataFrame(rows, columns=COLUMNS + SEGMENT_COLUMNS)
+
+
+def is_segmented(table: pd.DataFrame) -> bool:
+    """Whether the manifest's rows are segments of their files (manifest.segment_seconds > 0)."""
+    return set(SEGMENT_COLUMNS) <= set(table.columns)
 
 
 def _video_id(path: Path, root: Path) -> str:

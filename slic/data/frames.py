@@ -38,6 +38,7 @@ import pandas as pd
 MAGIC = b"SLICJPG1"
 SUFFIX = ".shard"
 INDEX_NAME = "index.csv"
+RANGE_COLUMNS = ("start_frame", "stop_frame")  # a segment row's frames of its file (datasets.SEGMENT_COLUMNS)
 THROUGHPUT_NAME = "throughput.json"  # the last extraction's throughput, for runs that reuse every shard
 T = TypeVar("T")
 
@@ -191,9 +192,12 @@ def shard_is_intact(path: str | Path, expected: dict[str, Any]) -> bool:
 
 
 def _expected_header(row: dict[str, Any], short_side: int, quality: int) -> dict[str, Any]:
+    """What a shard's header must say to be reused: its video, settings and source file (and, for a segment of a
+    file, its frame range)."""
     source = os.stat(row["path"])
+    segment = {k: int(row[k]) for k in RANGE_COLUMNS if k in row}
     return {"video_id": row["video_id"], "short_side": short_side, "quality": quality,
-            "source_bytes": source.st_size, "source_mtime_ns": source.st_mtime_ns}
+            "source_bytes": source.st_size, "source_mtime_ns": source.st_mtime_ns, **segment}
 
 
 def extract_one(row: dict[str, Any], out_dir: str, short_side: int, quality: int) -> dict[str, Any]:
@@ -212,7 +216,9 @@ def extract_one(row: dict[str, Any], out_dir: str, short_side: int, quality: int
             reader = ShardReader.open(target)
             return {**result, "status": "reused", "frames": reader.frames, "bytes": target.stat().st_size,
                     "sha256": reader.content_sha256(), **{k: reader.header[k] for k in ("height", "width", "fps")}}
-        sequence = encode_jpeg_sequence(row["path"], short_side=short_side, quality=quality)
+        sequence = encode_jpeg_sequence(row["path"], short_side=short_side, quality=quality,
+                                        start=int(row.get("start_frame", 0)),
+                                        stop=int(row["stop_frame"]) if "stop_frame" in row else None)
         size_fps = {"height": sequence.height, "width": sequence.width, "fps": round(sequence.fps, 4)}
         size = write_shard(target, sequence.jpegs, {**expected, **size_fps})
         return {**result, "status": "extracted", "frames": len(sequence.jpegs), "bytes": size,
@@ -277,7 +283,7 @@ def extract_all(manifest: pd.DataFrame, *, out_dir: str | Path, short_side: int,
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     removed = _remove_leftovers(out)
-    rows = manifest[["video_id", "path"]].to_dict("records")
+    rows = manifest[["video_id", "path", *(c for c in RANGE_COLUMNS if c in manifest.columns)]].to_dict("records")
     started = time.perf_counter()
     results: list[dict[str, Any]] = []
     bar = tqdm(total=len(rows), desc="extract", unit="video", disable=not sys.stderr.isatty())

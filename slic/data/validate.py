@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from slic.data.datasets import COLUMNS
+from slic.data.datasets import COLUMNS, SEGMENT_COLUMNS, is_segmented
 
 SPLITS = ("train", "val", "test")
 DERIVED = ["file_exists", "group_crosses_test"]
@@ -54,6 +54,8 @@ HINTS: dict[str | None, str] = {  # by the failed expectation's column: what a p
                           "test would be seen in training: fix the split files so that each group is on one side",
     "frames": "a video shorter than manifest.min_frames was not excluded: " + REBUILD,
     "fps": "the container gives no frame rate: re-mux the file (ffmpeg -i IN -c copy OUT.mp4) or remove it",
+    "start_frame": "a segment's frame range is not a range of its file: " + REBUILD,
+    "stop_frame": "a segment's frame range is empty or reversed: " + REBUILD,
 }
 COVERAGE_HINT = ("every class needs a usable video in each split named: add videos to those classes, remove "
                  "their folders (or lines of the split files), or lower manifest.min_frames if their videos were "
@@ -108,12 +110,14 @@ def _label_expectations(gxe: Any, n_classes: int, labelled: bool) -> list[Any]:
             gxe.ExpectColumnValuesToBeInSet(column="class", value_set=[""])]
 
 
-def _manifest_suite(gxe: Any, n_classes: int, min_frames: int, labelled: bool = True) -> list[Any]:
+def _manifest_suite(gxe: Any, n_classes: int, min_frames: int, labelled: bool = True,
+                    segments: bool = False) -> list[Any]:
     from great_expectations.expectations.row_conditions import Column
 
     usable = Column("excluded") == ""  # excluded videos carry their reason instead
+    columns = COLUMNS + SEGMENT_COLUMNS if segments else COLUMNS
     suite = [
-        gxe.ExpectTableColumnsToMatchSet(column_set=COLUMNS + DERIVED, exact_match=True),
+        gxe.ExpectTableColumnsToMatchSet(column_set=columns + DERIVED, exact_match=True),
         gxe.ExpectTableRowCountToBeBetween(min_value=1),
         gxe.ExpectColumnValuesToBeUnique(column="video_id"),
         gxe.ExpectColumnValuesToBeInSet(column="split", value_set=[*SPLITS, "unused"]),
@@ -123,8 +127,12 @@ def _manifest_suite(gxe: Any, n_classes: int, min_frames: int, labelled: bool = 
         gxe.ExpectColumnValuesToBeBetween(column="frames", min_value=min_frames, row_condition=usable),
         gxe.ExpectColumnValuesToBeBetween(column="fps", min_value=0, strict_min=True, row_condition=usable),
     ]
-    suite += [gxe.ExpectColumnValuesToNotBeNull(column=c) for c in COLUMNS]
-    for column in ("label", "frames", "width", "height"):
+    suite += [gxe.ExpectColumnValuesToNotBeNull(column=c) for c in columns]
+    if segments:  # each row a non-empty frame range of its file
+        suite += [gxe.ExpectColumnValuesToBeBetween(column="start_frame", min_value=0),
+                  gxe.ExpectColumnPairValuesAToBeGreaterThanB(column_A="stop_frame", column_B="start_frame",
+                                                              row_condition=usable)]
+    for column in ("label", "frames", "width", "height", *(SEGMENT_COLUMNS if segments else ())):
         suite.append(gxe.ExpectColumnValuesToBeInTypeList(column=column, type_list=["int64", "int32"]))
     for column in ("fps", "duration"):
         suite.append(gxe.ExpectColumnValuesToBeInTypeList(column=column, type_list=["float64", "float32"]))
@@ -156,7 +164,7 @@ def _failures(result: Any, index_column: str, max_examples: int, labelled: bool 
         if item.success:
             continue
         config, details = item.expectation_config, item.result or {}
-        column = config.kwargs.get("column")
+        column = config.kwargs.get("column") or config.kwargs.get("column_A")
         examples: list[Any] = []
         for entry in details.get("unexpected_index_list") or []:
             label = entry.get(index_column) if isinstance(entry, dict) else entry
@@ -196,7 +204,7 @@ def validate_manifest(manifest: pd.DataFrame, *, min_frames: int, max_examples: 
     n_classes = max(1, manifest["class"].nunique()) if len(manifest) else 1
     runs = [
         _run(gx, context, "manifest", with_derived_columns(manifest),
-             _manifest_suite(gxe, n_classes, min_frames, labelled), "video_id"),
+             _manifest_suite(gxe, n_classes, min_frames, labelled, is_segmented(manifest)), "video_id"),
         _run(gx, context, "coverage", coverage_table(manifest, splits if labelled else ("train",)),
              [gxe.ExpectColumnValuesToBeBetween(column="videos", min_value=1 if labelled else 2)], "case"),
     ]

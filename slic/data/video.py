@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import bisect
 import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import TypeVar
 
 import av
 import numpy as np
+
+T = TypeVar("T")
 
 
 DECODE_ERRORS = (RuntimeError, ValueError, OSError)  # what embedding one file can raise: VideoDecodeError is one
@@ -238,7 +241,7 @@ def decode_frames_at(path: str | Path, indices: Sequence[int], *, short_side: in
     try:
         if frames_of is not None and _seeking_pays(frames_of, wanted):
             try:
-                return _decode_seeking(path, wanted, short_side, frames_of)
+                return _decode_seeking(path, wanted, frames_of, lambda frame: _rgb(frame, short_side))
             except _SeekMismatch:
                 pass
         return _decode_from_start(path, wanted, short_side)
@@ -283,11 +286,11 @@ def _decode_from_start(path: Path, wanted: list[int], short_side: int | None) ->
     return out, decoded
 
 
-def _decode_seeking(path: Path, wanted: list[int], short_side: int | None,
-                    frames_of: Timeline) -> tuple[dict[int, np.ndarray], int]:
-    """decode_frames_at by seeking to the keyframe before each wanted frame that lies SEEK_GAP frames or more
-    ahead; raises _SeekMismatch when a seek does not reach that keyframe, frames are skipped, or a decoded
-    frame's timestamp is not in the timeline."""
+def _decode_seeking(path: Path, wanted: list[int], frames_of: Timeline,
+                    convert: Callable[[av.VideoFrame], T]) -> tuple[dict[int, T], int]:
+    """The wanted frames (index -> convert(frame)) and how many frames were decoded, seeking to the keyframe
+    before each wanted frame that lies SEEK_GAP frames or more ahead; raises _SeekMismatch when a seek does not
+    reach that keyframe, frames are skipped, or a decoded frame's timestamp is not in the timeline."""
     rank = {pts: index for index, pts in enumerate(frames_of.pts)}
     keep, out = set(wanted), {}
     position = 0  # the index of the next frame the decoder puts out
@@ -306,7 +309,7 @@ def _decode_seeking(path: Path, wanted: list[int], short_side: int | None,
                     raise _SeekMismatch(f"frame {index} (pts {frame.pts}) follows frame {position - 1}")
                 position = index + 1
                 if index in keep:
-                    out[index] = _rgb(frame, short_side)
+                    out[index] = convert(frame)
                 if index >= target:
                     break
     missing = [index for index in wanted if index < position and index not in out]
@@ -346,11 +349,14 @@ class JpegSequence:
     fps: float
 
 
-def encode_jpeg_sequence(path: str | Path, *, short_side: int | None, quality: int) -> JpegSequence:
-    """Decode a whole video and JPEG-encode every frame, resized to `short_side`.
+def encode_jpeg_sequence(path: str | Path, *, short_side: int | None, quality: int, start: int = 0,
+                         stop: int | None = None) -> JpegSequence:
+    """Decode a video's frames [start, stop) (default: all) and JPEG-encode each, resized to `short_side`.
 
     Stays in YUV inside FFmpeg from decoding to encoding (no RGB round trip) for unrotated
-    files. `quality` is the JPEG qscale (2 best .. 31 worst), as ffmpeg's ``-q:v``.
+    files. `quality` is the JPEG qscale (2 best .. 31 worst), as ffmpeg's ``-q:v``. A range that starts far into
+    the file (a segment of a long video) is reached by seeking to the keyframe before it, with the checks of
+    `decode_frames_at`, so the frames are those of a decode from the start.
     """
     path = Path(path)
     jpegs: list[bytes] = []
@@ -359,7 +365,7 @@ def encode_jpeg_sequence(path: str | Path, *, short_side: int | None, quality: i
         with av.open(str(path)) as container:
             stream = container.streams.video[0] if container.streams.video else None
             rate = (stream.average_rate or stream.guessed_rate) if stream else None
-        for index, frame in enumerate(_frames(path, short_side, 0, None, "yuvj420p")):
+        for index, frame in enumerate(_frame_range(path, short_side, start, stop, "yuvj420p")):
             if isinstance(frame, np.ndarray):
                 frame = av.VideoFrame.from_ndarray(frame, format="rgb24").reformat(format="yuvj420p")
                 frame.color_range = 2
@@ -378,6 +384,23 @@ def encode_jpeg_sequence(path: str | Path, *, short_side: int | None, quality: i
     if encoder is None or not jpegs:
         raise VideoDecodeError(path, "no frame decoded")
     return JpegSequence(jpegs, encoder.width, encoder.height, float(rate) if rate else 0.0)
+
+
+def _frame_range(path: Path, short_side: int | None, start: int, stop: int | None,
+                 pix_fmt: str) -> Iterator[av.VideoFrame | np.ndarray]:
+    """Frames [start, stop) as `_frames` gives them; a start SEEK_GAP frames or more past the first keyframe
+    before it is reached by a checked seek (decoded from the file's start when the checks fail)."""
+    if start >= SEEK_GAP:
+        frames_of = timeline(path)
+        end = frames_of.frames if stop is None else min(stop, frames_of.frames)
+        wanted = list(range(start, end))
+        if wanted and _seeking_pays(frames_of, wanted):
+            try:
+                found, _ = _decode_seeking(path, wanted, frames_of, lambda frame: _display(frame, short_side, pix_fmt))
+                return iter([found[index] for index in sorted(found)])
+            except _SeekMismatch:
+                pass
+    return _frames(path, short_side, start, stop, pix_fmt)
 
 
 def _jpeg_encoder(width: int, height: int, quality: int) -> av.CodecContext:

@@ -1,0 +1,113 @@
+"""Long videos as segments (manifest.segment_seconds): the manifest cuts a long file into rows of about that many
+seconds on one side of every split, Great Expectations checks their ranges, extract writes each segment's frames
+(reached by seeking, the same JPEG bytes as those frames of the whole file's shard), and search says where in
+its file a segment lies."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from slic.config import IndexConfig, ManifestConfig
+from slic.data.datasets import SEGMENT_COLUMNS, build_manifest, segment_bounds
+from slic.data.validate import validate_manifest
+from tests.conftest import StubEncoder
+from tests.test_video_seek import moving_texture
+
+LONG_FRAMES = 1500  # a minute at 25 fps
+
+
+def write(path: Path, codec: str, frames: int, gop: int) -> Path:
+    import av
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream(codec, rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.codec_context.gop_size = gop
+        if codec == "libx264":
+            stream.options = {"preset": "veryfast", "bf": "2"}
+        for frame in moving_texture(frames):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return path
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An unlabelled folder: a minute of H.264 (a keyframe every 50 frames) and a 3-second MPEG-4 clip."""
+    root = tmp_path_factory.mktemp("segments")
+    write(root / "long" / "match.mp4", "libx264", LONG_FRAMES, 50)
+    write(root / "short.avi", "mpeg4", 75, 12)
+    return root
+
+
+def test_segment_bounds_cut_equal_parts_near_the_length_asked() -> None:
+    assert segment_bounds(1500, 25.0, 10.0) == [(i, i + 250) for i in range(0, 1500, 250)]
+    assert segment_bounds(380, 25.0, 10.0) == [(0, 190), (190, 380)]  # 15.2 s: two parts of 7.6 s
+    assert segment_bounds(370, 25.0, 10.0) == [(0, 370)]  # 14.8 s, under 1.5 x 10 s: one part
+    assert segment_bounds(0, 0.0, 10.0) == [(0, 0)]  # unreadable: one row, which stays excluded
+
+
+def test_the_manifest_cuts_long_videos_into_segments_that_validate(archive: Path) -> None:
+    whole = build_manifest(ManifestConfig(root=str(archive), layout="unlabelled", workers=1))
+    assert list(whole.columns) == [c for c in whole.columns if c not in SEGMENT_COLUMNS]  # off: the old table
+    table = build_manifest(ManifestConfig(root=str(archive), layout="unlabelled", workers=1, segment_seconds=10))
+    assert table["video_id"].tolist() == [f"long/match@{s}.0s" for s in (0, 10, 20, 30, 40, 50)] + ["short"]
+    long = table[table["path"].str.endswith("match.mp4")]
+    assert long["start_frame"].tolist() == list(range(0, LONG_FRAMES, 250)) and set(long["frames"]) == {250}
+    assert (long["stop_frame"] - long["start_frame"]).tolist() == [250] * 6 and set(long["duration"]) == {10.0}
+    assert table.set_index("video_id").loc["short", ["start_frame", "stop_frame", "frames"]].tolist() == [0, 75, 75]
+    assert validate_manifest(table, min_frames=32, labelled=False).success
+    broken = table.copy()
+    broken.loc[2, "stop_frame"] = broken.loc[2, "start_frame"]  # an empty range
+    report = validate_manifest(broken, min_frames=32, labelled=False)
+    assert not report.success and "stop_frame" in report.summary() and "long/match@20.0s" in report.summary()
+    short_segments = build_manifest(ManifestConfig(root=str(archive), layout="unlabelled", workers=1,
+                                                   segment_seconds=1, min_frames=32))
+    excluded = short_segments[short_segments["excluded"] != ""]["excluded"]
+    assert len(excluded) == 60 + 3  # every one-second segment of both files
+    assert excluded.iloc[0] == "too short: 25 frames < 32 (a segment of manifest.segment_seconds 1)"
+
+
+def test_a_segment_shard_holds_those_frames_of_the_whole_files_shard(archive: Path, tmp_path: Path) -> None:
+    from slic.data.frames import ShardReader, extract_all, shard_path
+
+    segments = build_manifest(ManifestConfig(root=str(archive), layout="unlabelled", workers=1, segment_seconds=10))
+    whole = build_manifest(ManifestConfig(root=str(archive), layout="unlabelled", workers=1))
+    extract_all(segments, out_dir=tmp_path / "segments", short_side=32, quality=4, workers=1)
+    extract_all(whole, out_dir=tmp_path / "whole", short_side=32, quality=4, workers=1)
+    full = ShardReader.open(shard_path(tmp_path / "whole", "long/match"))
+    for start in (0, 750, 1250):  # the first segment, one reached by a seek, the last
+        shard = ShardReader.open(shard_path(tmp_path / "segments", f"long/match@{start // 25}.0s"))
+        assert (shard.frames, shard.header["start_frame"], shard.header["stop_frame"]) == (250, start, start + 250)
+        assert shard.read_jpegs(0, 250) == full.read_jpegs(start, 250)  # byte for byte
+    again = extract_all(segments, out_dir=tmp_path / "segments", short_side=32, quality=4, workers=1)
+    assert (again["extracted"], again["reused"]) == (0, 7)
+
+
+def test_search_says_where_in_its_file_a_segment_lies(archive: Path, tmp_path: Path) -> None:
+    from slic.index import build_stage, load_index
+    from slic.search import format_table, search_videos
+
+    table = build_manifest(ManifestConfig(root=str(archive), layout="unlabelled", workers=1, segment_seconds=10))
+    table.to_csv(tmp_path / "validated.csv", index=False)
+    vectors = np.random.default_rng(0).normal(size=(len(table), 8)).astype(np.float32)
+    np.savez(tmp_path / "embeddings.npz", video_id=table["video_id"].to_numpy(str), label=np.full(len(table), -1),
+             class_name=np.array([""] * len(table)), split=table["split"].to_numpy(str), embedding=vectors)
+    cfg = IndexConfig(manifest=str(tmp_path / "validated.csv"), kind="flat", out=str(tmp_path / "index"))
+    build_stage(cfg, embeddings=str(tmp_path / "embeddings.npz"), checkpoint=str(tmp_path / "none.pt"), clips=2)
+    loaded = load_index(tmp_path / "index")
+    for row, span in ((3, (30.0, 40.0)), (6, (None, None))):  # a segment; the short video, one whole row
+        answers, errors = search_videos([Path("/q.mp4")], StubEncoder(lambda _, r=row: vectors[r]), loaded, k=2)
+        top = answers[0]["results"][0]
+        assert errors == [] and (top["video_id"], top["start_s"], top["end_s"]) == (table["video_id"][row], *span)
+    answers, _ = search_videos([Path("/q.mp4")], StubEncoder(lambda _: vectors[3]), loaded, k=1)
+    assert format_table(answers[0]).splitlines()[2].endswith("long/match.mp4 [00:30.0-00:40.0]")
+    rows = pd.read_csv(tmp_path / "index" / "rows.csv", keep_default_na=False)
+    assert list(rows.columns) == ["row", "video_id", "path", "class", "label", "start_s", "end_s"]
