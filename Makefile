@@ -14,7 +14,7 @@ export DVC_NO_ANALYTICS := 1
 export GX_ANALYTICS_ENABLED := false
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install chromium run run-real test bench bench-real bench-label-free bench-added-videos bench-serving-decode bench-gpu gpu-wheelhouse clean pipeline image services-up services-down deploy worker preset-paper
+.PHONY: install chromium run run-real test bench bench-real bench-label-free bench-added-videos bench-serving-decode bench-segments bench-gpu gpu-wheelhouse clean pipeline image services-up services-down deploy worker preset-paper
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,9 +48,13 @@ bench-label-free: install
 bench-added-videos: install
 	$(BIN)/python bench/added_videos.py
 
-# Serving's decode (search, embed-video, added videos): three ways side by side; needs `make run`'s best.pt.
+# Serving's decode (search, embed-video, added videos): four ways side by side; needs `make run`'s best.pt.
 bench-serving-decode: install
 	$(BIN)/python bench/serving_decode.py
+
+# Long videos as segments: ucf101_6's train clips back to back, searched with its test clips (reports/bench/segments.json).
+bench-segments: install
+	$(BIN)/python bench/segments.py
 
 # The paper's UCF101 values (presets/paper_ucf101.yaml) written into params.yaml; then set manifest.root.
 preset-paper: install

@@ -111,3 +111,16 @@ def test_search_says_where_in_its_file_a_segment_lies(archive: Path, tmp_path: P
     assert format_table(answers[0]).splitlines()[2].endswith("long/match.mp4 [00:30.0-00:40.0]")
     rows = pd.read_csv(tmp_path / "index" / "rows.csv", keep_default_na=False)
     assert list(rows.columns) == ["row", "video_id", "path", "class", "label", "start_s", "end_s"]
+
+
+def test_the_segments_bench_names_each_segments_majority_and_present_classes() -> None:
+    """bench/segments.py's judge: a segment straddling two clips is of the class with more of its frames."""
+    from bench.segments import segment_classes
+
+    timeline = pd.DataFrame({"file": ["a.avi"] * 3 + ["b.avi"], "class": ["Archery", "Surfing", "Archery", "Surfing"],
+                             "start": [0, 100, 160, 0], "stop": [100, 160, 300, 90]})
+    rows = pd.DataFrame({"path": ["/x/a.avi", "/x/a.avi", "/x/b.avi"], "start_frame": [0, 90, 0],
+                         "stop_frame": [90, 200, 90]})
+    majority, present = segment_classes(rows, timeline)
+    assert majority == ["Archery", "Surfing", "Surfing"]  # 90..200: 10 + 40 Archery frames, 60 Surfing
+    assert present == [{"Archery"}, {"Archery", "Surfing"}, {"Surfing"}]
