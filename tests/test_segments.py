@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from slic.config import IndexConfig, ManifestConfig
-from slic.data.datasets import SEGMENT_COLUMNS, build_manifest, segment_bounds
+from slic.data.datasets import SEGMENT_COLUMNS, DatasetError, build_manifest, segment_bounds
 from slic.data.validate import validate_manifest
 from tests.conftest import StubEncoder
 from tests.test_video_seek import moving_texture
@@ -70,6 +70,8 @@ def test_the_manifest_cuts_long_videos_into_segments_that_validate(archive: Path
     assert not report.success and "stop_frame" in report.summary() and "long/match@20.0s" in report.summary()
     short_segments = build_manifest(ManifestConfig(root=str(archive), layout="unlabelled", workers=1,
                                                    segment_seconds=1, min_frames=32))
+    with pytest.raises(DatasetError, match=r"manifest.segment_seconds = 0.5: a segment must be 1 second or longer"):
+        build_manifest(ManifestConfig(root=str(archive), layout="unlabelled", segment_seconds=0.5))
     excluded = short_segments[short_segments["excluded"] != ""]["excluded"]
     assert len(excluded) == 60 + 3  # every one-second segment of both files
     assert excluded.iloc[0] == "too short: 25 frames < 32 (a segment of manifest.segment_seconds 1)"

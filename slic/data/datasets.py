@@ -241,6 +241,9 @@ def build_manifest(config: ManifestConfig, progress: Callable[[int], None] | Non
     or a listed video that does not exist. Unreadable or too-short videos stay in the table with
     the reason in `excluded`, so the report can name them.
     """
+    if 0 < config.segment_seconds < 1:
+        raise DatasetError(f"manifest.segment_seconds = {config.segment_seconds:g}: a segment must be 1 second or "
+                           "longer (0 keeps a row per video)")
     classes, entries = list_videos(config)
     missing = {str(e.path) for e in entries if not e.path.is_file()}
     if missing and config.on_missing == "error":
