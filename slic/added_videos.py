@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from slic.data.video import DECODE_ERRORS, decode_error_line
 from slic.index import IndexBuildError, file_sha256
 
 log = logging.getLogger(__name__)
@@ -58,14 +59,16 @@ class AddedVideos:
 
 
 def added_videos(folder: str, *, manifest_root: str, extensions: tuple[str, ...], checkpoint: str | Path,
-                 clips: int, index_dir: str | Path, workers: int = 0) -> AddedVideos | None:
+                 clips: int, index_dir: str | Path, workers: int = 0,
+                 segment_seconds: float = 0.0) -> AddedVideos | None:
     """The `index` stage's added videos: those of `index.add_videos`, embedded (or reused from the index
-    folder's added.npz) with `workers` decoding processes; None when the key is empty."""
+    folder's added.npz) with `workers` decoding processes, long ones as segments when `segment_seconds` (that of
+    the manifest, as the gallery's) is set; None when the key is empty."""
     path = added_folder(folder, manifest_root)
     if path is None:
         return None
     return embed_added(path, extensions, checkpoint=checkpoint, clips=clips, cache_file=Path(index_dir) / CACHE_FILE,
-                       workers=workers)
+                       workers=workers, segment_seconds=segment_seconds)
 
 
 def added_folder(folder: str, manifest_root: str) -> Path | None:
@@ -101,10 +104,12 @@ class EmbeddingCache:
     It also remembers each path's size and mtime with its sha256, so an unchanged file is not read again.
     """
 
-    def __init__(self, path: Path, checkpoint_sha256: str, clips: int) -> None:
+    def __init__(self, path: Path, checkpoint_sha256: str, clips: int, segment_seconds: float = 0.0) -> None:
         self.path, self.checkpoint_sha256, self.clips = path, checkpoint_sha256, clips
-        self.vectors: dict[str, np.ndarray] = {}
+        self.segment_seconds = segment_seconds
+        self.vectors: dict[str, np.ndarray] = {}  # by item: the file's sha256, or sha256@start-stop for a segment
         self.stat_hash: dict[tuple[str, int, int], str] = {}
+        self.segments: dict[str, tuple[float, list[tuple[int, int]]]] = {}  # sha256 -> (fps, its segments' frames)
         self.dirty, self.saved_at = False, time.monotonic()
         if not path.is_file():
             return
@@ -116,9 +121,13 @@ class EmbeddingCache:
             self.stat_hash = {(p, int(s), int(m)): h for p, s, m, h in
                               zip(data["stat_path"].tolist(), data["stat_size"], data["stat_mtime"],
                                   data["stat_sha256"].tolist())}
+            if "segment_sha256" in data.files and float(data["segment_seconds"]) == segment_seconds:
+                for sha, fps, start, stop in zip(data["segment_sha256"].tolist(), data["segment_fps"],
+                                                 data["segment_start"], data["segment_stop"]):
+                    self.segments.setdefault(sha, (float(fps), []))[1].append((int(start), int(stop)))
         except Exception as exc:  # noqa: BLE001 - a damaged cache costs a re-embedding, never the stage
             log.warning("%s: unreadable (%s); the added videos are embedded again", path, exc)
-            self.vectors, self.stat_hash = {}, {}
+            self.vectors, self.stat_hash, self.segments = {}, {}, {}
 
     def sha256(self, video: Path) -> str:
         """The file's sha256, read again only when its size or mtime changed since the last run."""
@@ -129,6 +138,19 @@ class EmbeddingCache:
             self.dirty = True
         return self.stat_hash[key]
 
+    def segments_of(self, video: Path, sha256: str) -> tuple[float, list[tuple[int, int]]]:
+        """(fps, the [start, stop) frames of the segments of a long file: slic.data.video.segment_bounds), demuxed
+        once per file content; (0, []) when segments are off."""
+        from slic.data.video import probe, segment_bounds
+
+        if not self.segment_seconds:
+            return 0.0, []
+        if sha256 not in self.segments:
+            info = probe(video)
+            self.segments[sha256] = (info.fps, segment_bounds(info.frames, info.fps, self.segment_seconds))
+            self.dirty = True
+        return self.segments[sha256]
+
     def put(self, sha256: str, vector: np.ndarray) -> None:
         """Keep one new embedding; the file is written when a minute has passed since the last write."""
         self.vectors[sha256] = np.asarray(vector, np.float32)
@@ -137,9 +159,13 @@ class EmbeddingCache:
             self.save()
 
     def save(self, keep: set[str] | None = None, videos: list[Path] | None = None) -> None:
-        """Write the cache atomically; `keep`/`videos` drop the entries of files no longer in the folder."""
+        """Write the cache atomically; `keep` (items) and `videos` drop the entries of files no longer in the
+        folder."""
         if keep is not None and set(self.vectors) - keep:
             self.vectors = {h: v for h, v in self.vectors.items() if h in keep}
+            self.dirty = True
+        if keep is not None and set(self.segments) - {item.partition("@")[0] for item in keep}:
+            self.segments = {h: b for h, b in self.segments.items() if h in {k.partition("@")[0] for k in keep}}
             self.dirty = True
         if videos is not None:
             present = {str(v) for v in videos}
@@ -150,6 +176,7 @@ class EmbeddingCache:
             return
         shas = sorted(self.vectors)
         stats = sorted(self.stat_hash)
+        segment_rows = [(h, fps, a, b) for h, (fps, bounds) in sorted(self.segments.items()) for a, b in bounds]
         dim = next(iter(self.vectors.values())).shape[0] if self.vectors else 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
         partial = self.path.with_name(self.path.name + ".partial.npz")
@@ -159,55 +186,80 @@ class EmbeddingCache:
                  stat_path=np.array([k[0] for k in stats], dtype=str),
                  stat_size=np.array([k[1] for k in stats], np.int64),
                  stat_mtime=np.array([k[2] for k in stats], np.int64),
-                 stat_sha256=np.array([self.stat_hash[k] for k in stats], dtype=str))
+                 stat_sha256=np.array([self.stat_hash[k] for k in stats], dtype=str),
+                 segment_seconds=np.array(self.segment_seconds),
+                 **{f"segment_{name}": np.array(values, dtype) for name, values, dtype in zip(
+                     ("sha256", "fps", "start", "stop"), zip(*segment_rows) if segment_rows else ([],) * 4,
+                     (str, np.float64, np.int64, np.int64))})
         os.replace(partial, self.path)
         self.dirty, self.saved_at = False, time.monotonic()
 
 
 def embed_added(folder: Path, extensions: tuple[str, ...], *, checkpoint: str | Path, clips: int,
-                cache_file: Path, workers: int = 0) -> AddedVideos:
+                cache_file: Path, workers: int = 0, segment_seconds: float = 0.0) -> AddedVideos:
     """Embed the videos under `folder` with `checkpoint`, reusing `cache_file`; `workers` loader processes
-    decode while the model embeds."""
+    decode while the model embeds. With `segment_seconds`, a long video is embedded as segments, a row each
+    (`added/<path>@<start>s`, with its start_s and end_s), as the manifest cuts the gallery's."""
     videos = find_added(folder, extensions)
-    result = AddedVideos(pd.DataFrame(columns=["video_id", "path", "class", "label"]), np.zeros((0, 0), np.float32),
-                         folder=str(folder))
+    columns = ["video_id", "path", "class", "label", *(["start_s", "end_s"] if segment_seconds else [])]
+    result = AddedVideos(pd.DataFrame(columns=columns), np.zeros((0, 0), np.float32), folder=str(folder))
     if not videos:
         cache_file.unlink(missing_ok=True)  # the cache holds the folder's files only
         return result
     if not Path(checkpoint).is_file():
         raise IndexBuildError(f"{checkpoint}: no checkpoint to embed the {len(videos)} video(s) in {folder} "
                               "with; run `dvc repro pretrain` first")
-    cache = EmbeddingCache(cache_file, file_sha256(checkpoint), clips)
-    shas: dict[Path, str] = {}
+    cache = EmbeddingCache(cache_file, file_sha256(checkpoint), clips, segment_seconds)
+    items: list[tuple[Path, str, tuple[int, int] | None]] = []  # (video, cache key, its frames or the whole)
+    fps_of: dict[Path, float] = {}
     for video in videos:
         try:
-            shas[video] = cache.sha256(video)
+            sha = cache.sha256(video)
         except OSError as exc:  # unreadable (permissions, vanished): named, the others go on
             result.failed.append({"path": str(video), "error": f"cannot read the file: {exc.strerror or exc}"})
-    todo = [v for v, sha in shas.items() if sha not in cache.vectors]
-    result.reused = len(shas) - len(todo)
+            continue
+        try:
+            fps_of[video], spans = cache.segments_of(video, sha)
+        except DECODE_ERRORS as exc:  # segments asked for, and the file cannot be demuxed
+            result.failed.append({"path": str(video), "error": decode_error_line(video, exc)})
+            continue
+        items += [(video, sha, None)] if len(spans) < 2 else [(video, f"{sha}@{a}-{b}", (a, b)) for a, b in spans]
+    todo = [item for item in items if item[1] not in cache.vectors]
+    result.reused = len({video for video, key, _ in items if key in cache.vectors} -
+                        {video for video, _, _ in todo})
     try:
-        embedded = checkpoint_encoder(Path(checkpoint), clips).embed_files(todo, workers) if todo else iter(())
+        embedded = checkpoint_encoder(Path(checkpoint), clips).embed_files(
+            [video for video, _, _ in todo], workers, [span for _, _, span in todo]) if todo else iter(())
+        failed: set[Path] = set()
         for position, vector, error in embedded:
+            video, key, _ = todo[position]
             if vector is None:
-                result.failed.append({"path": str(todo[position]), "error": error})  # the stage prints it
+                if video not in failed:  # a file's segments fail together: named once (the stage prints it)
+                    result.failed.append({"path": str(video), "error": error})
+                    failed.add(video)
                 continue
-            cache.put(shas[todo[position]], vector)
-            result.embedded_now += 1
+            cache.put(key, vector)
+        result.embedded_now = len({video for video, key, _ in todo if key in cache.vectors})
     except BaseException:
         cache.save()  # interrupted (Ctrl-C, an error of the encoder): what was embedded stays
         raise
     rows, vectors = [], []
-    for video, sha in shas.items():
-        if sha in cache.vectors:
-            video_id = added_video_id(folder, video)
-            result.hashes[video_id] = sha
-            rows.append({"video_id": video_id, "path": str(video), "class": "", "label": -1})
-            vectors.append(cache.vectors[sha])
-    cache.save(keep=set(result.hashes.values()), videos=videos)
+    for video, key, span in items:
+        if key not in cache.vectors:
+            continue
+        video_id = added_video_id(folder, video)
+        result.hashes[video_id] = key.partition("@")[0]
+        row = {"video_id": video_id, "path": str(video), "class": "", "label": -1}
+        if span is not None:  # a segment, named and timed as the manifest names the gallery's
+            fps = fps_of[video]
+            row = {**row, "video_id": f"{video_id}@{span[0] / fps:.1f}s", "start_s": round(span[0] / fps, 2),
+                   "end_s": round(span[1] / fps, 2)}
+        rows.append(row)
+        vectors.append(cache.vectors[key])
+    cache.save(keep={key for _, key, _ in items if key in cache.vectors}, videos=videos)
     result.failed.sort(key=lambda failure: failure["path"])
     if rows:
-        result.rows, result.vectors = pd.DataFrame(rows), np.stack(vectors).astype(np.float32)
+        result.rows, result.vectors = pd.DataFrame(rows, columns=columns), np.stack(vectors).astype(np.float32)
     return result
 
 

@@ -389,7 +389,7 @@ def run_index(config: Any) -> dict[str, Any]:
     cfg = config.index
     extra = added_videos(cfg.add_videos, manifest_root=config.manifest.root, extensions=config.manifest.extensions,
                          checkpoint=config.embed.checkpoint, clips=config.embed.clips, index_dir=cfg.out,
-                         workers=config.embed.workers)
+                         workers=config.embed.workers, segment_seconds=config.manifest.segment_seconds)
     report = build_stage(cfg, embeddings=config.embed.out, checkpoint=config.embed.checkpoint,
                          clips=config.embed.clips, frames_dir=config.extract.out, added=extra)
     added = (f" + {report['added']} added from {cfg.add_videos} ({report['added_embedded_now']} embedded now, "

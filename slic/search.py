@@ -30,8 +30,9 @@ if TYPE_CHECKING:
 class FileEncoder(Protocol):
     """What search needs of an encoder (slic.serving.VideoEncoder): embeddings of video files, in order."""
 
-    def embed_files(self, paths: list[Path], workers: int = 0) -> Iterator[tuple[int, np.ndarray | None, str]]:
-        """(position, embedding or None, why the file could not be decoded) per path."""
+    def embed_files(self, paths: list[Path], workers: int = 0, spans: list[tuple[int, int] | None] | None = None,
+                    ) -> Iterator[tuple[int, np.ndarray | None, str]]:
+        """(position, embedding or None, why the file could not be decoded) per path (or its frames in spans)."""
         ...
 
 

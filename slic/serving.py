@@ -61,26 +61,29 @@ def embed_video(model: torch.nn.Module, frames: np.ndarray, *, clip_len: int, si
     return embed_windows(model, [frames[w] for w in windows], size=size)
 
 
-def decode_windows(path: str | Path, *, short_side: int, clip_len: int, clips: int,
-                   frame_step: int) -> list[np.ndarray]:
-    """The IIC clips of a video file, decoded keeping only their frames (at most clips x clip_len, whatever the
-    video's length), the same clips as `embed_video` on every frame.  The frame count, timestamps and keyframes
-    come from demuxing (slic.data.video.timeline), so a long video is decoded only from the keyframe before
-    each clip; a stream whose last packet holds no picture decodes one frame fewer than that count, and is
-    then decoded a second time at its true length."""
+def decode_windows(path: str | Path, *, short_side: int, clip_len: int, clips: int, frame_step: int,
+                   span: tuple[int, int] | None = None) -> list[np.ndarray]:
+    """The IIC clips of a video file, or of its frames [start, stop) (`span`: a segment of a long video), decoded
+    keeping only their frames (at most clips x clip_len, whatever the video's length), the same clips as
+    `embed_video` on those frames.  The frame count, timestamps and keyframes come from demuxing
+    (slic.data.video.timeline), so a long video is decoded only from the keyframe before each clip; a stream
+    whose last packet holds no picture decodes one frame fewer than that count, and is then decoded a second
+    time at its true length."""
     from slic.data.video import VideoDecodeError, decode_frames_at, timeline
 
     frames_of = timeline(path)
-    count = frames_of.frames
-    if count < 1:
-        raise VideoDecodeError(path, "no video frame in the file")
+    first, count = (0, frames_of.frames) if span is None else (span[0], min(span[1], frames_of.frames) - span[0])
     while True:
-        windows = iic_windows(count, clip_len=clip_len, clips=clips, frame_step=frame_step)
+        if count < 1:
+            raise VideoDecodeError(path, "no video frame in the file" if span is None else
+                                   f"no video frame in frames [{span[0]}, {span[1]})")
+        windows = [[first + i for i in window]
+                   for window in iic_windows(count, clip_len=clip_len, clips=clips, frame_step=frame_step)]
         wanted = sorted({i for w in windows for i in w})
         frames, decoded = decode_frames_at(path, wanted, short_side=short_side, frames_of=frames_of)
         if decoded > wanted[-1]:
             return [np.stack([frames[i] for i in w]) for w in windows]
-        count = decoded  # the video ended before the last wanted frame: its true length is known now
+        count = decoded - first  # the video ended before the last wanted frame: its true length is known now
 
 
 def _as_is(sample: Any) -> Any:
@@ -89,12 +92,14 @@ def _as_is(sample: Any) -> Any:
 
 
 class ClipWindows(torch.utils.data.Dataset):
-    """Video files -> (position, their decoded IIC clips or None, why not): decoding for loader workers, a file
-    that cannot be decoded answers with its reason instead of stopping the others."""
+    """Video files (or their frame spans) -> (position, their decoded IIC clips or None, why not): decoding for
+    loader workers, a file that cannot be decoded answers with its reason instead of stopping the others."""
 
-    def __init__(self, paths: list[Path], *, short_side: int, clip_len: int, clips: int, frame_step: int) -> None:
+    def __init__(self, paths: list[Path], *, short_side: int, clip_len: int, clips: int, frame_step: int,
+                 spans: list[tuple[int, int] | None] | None = None) -> None:
         self.paths, self.short_side, self.clip_len, self.clips, self.frame_step = (
             paths, short_side, clip_len, clips, frame_step)
+        self.spans = spans if spans is not None else [None] * len(paths)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -105,7 +110,8 @@ class ClipWindows(torch.utils.data.Dataset):
         path = self.paths[position]
         try:
             return position, decode_windows(path, short_side=self.short_side, clip_len=self.clip_len,
-                                            clips=self.clips, frame_step=self.frame_step), ""
+                                            clips=self.clips, frame_step=self.frame_step,
+                                            span=self.spans[position]), ""
         except DECODE_ERRORS as exc:
             return position, None, decode_error_line(path, exc)
 
@@ -139,15 +145,17 @@ class VideoEncoder:
                               size=self.size) for p in paths]
         return np.stack(rows).astype(np.float32) if rows else np.zeros((0, self.dim), np.float32)
 
-    def embed_files(self, paths: list[Path], workers: int = 0) -> Iterator[tuple[int, np.ndarray | None, str]]:
-        """(position, embedding or None, why it could not be decoded) for each path, in order; `workers` loader
-        processes decode the next videos while the model embeds this one (0: decode here, one at a time).
+    def embed_files(self, paths: list[Path], workers: int = 0, spans: list[tuple[int, int] | None] | None = None,
+                    ) -> Iterator[tuple[int, np.ndarray | None, str]]:
+        """(position, embedding or None, why it could not be decoded) for each path (or its frames [start, stop)
+        of `spans`: segments of long videos), in order; `workers` loader processes decode the next videos while
+        the model embeds this one (0: decode here, one at a time).
         On the CPU the model then leaves the workers their cores: it runs on cpu_count - workers threads (at
         least 1), which on 2 cores with 2 workers takes a ucf101_6 video from 33 to 26 ms.  One file is decoded
         here: starting a worker would only add its start-up."""
         workers = workers if len(paths) > 1 else 0
         windows = ClipWindows(list(paths), short_side=decode_short_side(self.size), clip_len=self.clip_len,
-                              clips=self.clips, frame_step=self.frame_step)
+                              clips=self.clips, frame_step=self.frame_step, spans=spans)
         loader = torch.utils.data.DataLoader(windows, batch_size=None, num_workers=workers, collate_fn=_as_is)
         threads = torch.get_num_threads()
         on_cpu = next(self.model.parameters()).device.type == "cpu"

@@ -30,7 +30,8 @@ class StubEncoder:
     def __init__(self, embed: Callable[[Path], np.ndarray]) -> None:
         self.embed = embed
 
-    def embed_files(self, paths: list[Path], workers: int = 0) -> Iterator[tuple[int, np.ndarray, str]]:
+    def embed_files(self, paths: list[Path], workers: int = 0,
+                    spans: list[tuple[int, int] | None] | None = None) -> Iterator[tuple[int, np.ndarray, str]]:
         for position, path in enumerate(paths):
             yield position, self.embed(path), ""
 

@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 
 from slic.config import IndexConfig, ManifestConfig
-from slic.data.datasets import SEGMENT_COLUMNS, DatasetError, build_manifest, segment_bounds
+from slic.data.datasets import SEGMENT_COLUMNS, DatasetError, build_manifest
+from slic.data.video import segment_bounds
 from slic.data.validate import validate_manifest
 from tests.conftest import StubEncoder
 from tests.test_video_seek import moving_texture
@@ -126,3 +127,35 @@ def test_the_segments_bench_names_each_segments_majority_and_present_classes() -
     majority, present = segment_classes(rows, timeline)
     assert majority == ["Archery", "Surfing", "Surfing"]  # 90..200: 10 + 40 Archery frames, 60 Surfing
     assert present == [{"Archery"}, {"Archery", "Surfing"}, {"Surfing"}]
+
+
+def test_long_added_videos_are_indexed_as_segments_and_reused(archive: Path, tmp_path: Path) -> None:
+    """With manifest.segment_seconds the index stage's added videos are cut as the gallery is: a row per segment
+    (`added/<path>@<start>s`, start_s, end_s), each the embedding of its frames alone, kept in the cache by the
+    file's sha256 and the segment's frames; a short file stays one row."""
+    from slic.added_videos import CACHE_FILE, embed_added
+    from slic.config import PretrainConfig
+    from slic.pretrain import TrainState, build_encoder, save_checkpoint
+    from slic.serving import VideoEncoder
+
+    tiny = PretrainConfig(hidden_dim=16, out_dim=8, size=16, clip_len=8)
+    save_checkpoint(tmp_path / "best.pt", build_encoder(tiny), None, TrainState(), tiny)
+    cache = tmp_path / "index" / CACHE_FILE
+    added = embed_added(archive, (".mp4", ".avi"), checkpoint=tmp_path / "best.pt", clips=2, cache_file=cache,
+                        segment_seconds=10)
+    rows = added.rows
+    assert rows["video_id"].tolist() == [f"added/long/match.mp4@{s}.0s" for s in (0, 10, 20, 30, 40, 50)] + [
+        "added/short.avi"]
+    assert rows["start_s"].tolist()[:6] == [0.0, 10.0, 20.0, 30.0, 40.0, 50.0] and rows["end_s"].tolist()[5] == 60.0
+    assert pd.isna(rows["start_s"].iloc[6]) and (added.embedded_now, added.reused, added.failed) == (2, 0, [])
+    long = archive / "long" / "match.mp4"
+    alone = dict((p, v) for p, v, _ in VideoEncoder(tmp_path / "best.pt", clips=2).embed_files(
+        [long, long], spans=[(250, 500), (1250, 1500)]))
+    np.testing.assert_allclose(added.vectors[[1, 5]], np.stack([alone[0], alone[1]]), atol=1e-6)
+    again = embed_added(archive, (".mp4", ".avi"), checkpoint=tmp_path / "best.pt", clips=2, cache_file=cache,
+                        segment_seconds=10)
+    assert (again.embedded_now, again.reused) == (0, 2) and np.array_equal(again.vectors, added.vectors)
+    longer = embed_added(archive, (".mp4", ".avi"), checkpoint=tmp_path / "best.pt", clips=2, cache_file=cache,
+                         segment_seconds=20)
+    assert len(longer.rows) == 3 + 1 and (longer.embedded_now, longer.reused) == (1, 1)  # the short file reused
+    assert len(np.load(cache)["sha256"]) == 3 + 1  # the 10-second segments are gone from the cache

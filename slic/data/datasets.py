@@ -290,18 +290,12 @@ def build_manifest(config: ManifestConfig, progress: Callable[[int], None] | Non
     return table.sort_values("video_id", kind="stable").reset_index(drop=True)
 
 
-def segment_bounds(frames: int, fps: float, seconds: float) -> list[tuple[int, int]]:
-    """[start, stop) frames of the segments of a video: round(frames / (seconds x fps)) equal parts, so each is
-    0.75 to 1.25 x `seconds` long; a video shorter than 1.5 x `seconds` stays one part."""
-    parts = max(1, round(frames / (seconds * fps))) if fps > 0 and frames > 0 else 1
-    bounds = [round(k * frames / parts) for k in range(parts + 1)]
-    return list(zip(bounds, bounds[1:]))
-
-
 def segmented(table: pd.DataFrame, seconds: float) -> pd.DataFrame:
     """The manifest with each video cut into segments (`segment_bounds`), a row each: `video_id@<start>s`, the
     source's path, class, split and group (so a video's segments stay on one side of every split), and its
     frames [start_frame, stop_frame) of the file; a video of one segment keeps its id, as a whole row."""
+    from slic.data.video import segment_bounds
+
     rows = []
     for row in table.to_dict("records"):
         bounds = segment_bounds(int(row["frames"]), float(row["fps"]), seconds) if row["excluded"] == "" else [

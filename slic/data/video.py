@@ -177,6 +177,14 @@ def decode(path: str | Path, *, start: int = 0, stop: int | None = None,
     return np.stack(out)
 
 
+def segment_bounds(frames: int, fps: float, seconds: float) -> list[tuple[int, int]]:
+    """[start, stop) frames of the segments of a video (manifest.segment_seconds): round(frames / (seconds x fps))
+    equal parts, so each is 0.75 to 1.25 x `seconds` long; a video shorter than 1.5 x `seconds` stays one part."""
+    parts = max(1, round(frames / (seconds * fps))) if fps > 0 and frames > 0 else 1
+    bounds = [round(k * frames / parts) for k in range(parts + 1)]
+    return list(zip(bounds, bounds[1:]))
+
+
 SEEK_GAP = 100  # frames: a keyframe this far past the decoder's position is reached by seeking, not decoding
 
 
