@@ -66,12 +66,12 @@ def decode_windows(path: str | Path, *, short_side: int, clip_len: int, clips: i
     """The IIC clips of a video file, or of its frames [start, stop) (`span`: a segment of a long video), decoded
     keeping only their frames (at most clips x clip_len, whatever the video's length), the same clips as
     `embed_video` on those frames.  The frame count, timestamps and keyframes come from demuxing
-    (slic.data.video.timeline), so a long video is decoded only from the keyframe before each clip; a stream
-    whose last packet holds no picture decodes one frame fewer than that count, and is then decoded a second
-    time at its true length."""
-    from slic.data.video import VideoDecodeError, decode_frames_at, timeline
+    (slic.data.video.file_timeline, once per file for all its segments), so a long video is decoded only from
+    the keyframe before each clip; a stream whose last packet holds no picture decodes one frame fewer than
+    that count, and is then decoded a second time at its true length."""
+    from slic.data.video import VideoDecodeError, decode_frames_at, file_timeline
 
-    frames_of = timeline(path)
+    frames_of = file_timeline(path)
     first, count = (0, frames_of.frames) if span is None else (span[0], min(span[1], frames_of.frames) - span[0])
     while True:
         if count < 1:

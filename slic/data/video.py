@@ -8,7 +8,9 @@ comes out upright. Every failure is a `VideoDecodeError` naming the file and the
 from __future__ import annotations
 
 import bisect
+import functools
 import itertools
+import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -228,6 +230,18 @@ def timeline(path: str | Path) -> Timeline:
     return Timeline(len(packets), tuple(order), tuple(k for k, _ in keys), tuple(d for _, d in keys))
 
 
+def file_timeline(path: str | Path) -> Timeline:
+    """`timeline(path)`, remembered for the last few files while they are unchanged (same size and mtime): the
+    segments of one long video are decoded one after another, and each would otherwise demux the whole file."""
+    stat = os.stat(path)
+    return _remembered_timeline(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _remembered_timeline(path: str, size: int, mtime_ns: int) -> Timeline:
+    return timeline(path)
+
+
 class _SeekMismatch(Exception):
     """Decoding after a seek did not give the frames the timeline promised: decode from the start instead."""
 
@@ -399,7 +413,7 @@ def _frame_range(path: Path, short_side: int | None, start: int, stop: int | Non
     """Frames [start, stop) as `_frames` gives them; a start SEEK_GAP frames or more past the first keyframe
     before it is reached by a checked seek (decoded from the file's start when the checks fail)."""
     if start >= SEEK_GAP:
-        frames_of = timeline(path)
+        frames_of = file_timeline(path)
         end = frames_of.frames if stop is None else min(stop, frames_of.frames)
         wanted = list(range(start, end))
         if wanted and _seeking_pays(frames_of, wanted):
