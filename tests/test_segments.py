@@ -16,35 +16,18 @@ from slic.data.datasets import SEGMENT_COLUMNS, DatasetError, build_manifest
 from slic.data.video import segment_bounds
 from slic.data.validate import validate_manifest
 from tests.conftest import StubEncoder
-from tests.test_video_seek import moving_texture
+from tests.test_video_seek import write
 
 LONG_FRAMES = 1500  # a minute at 25 fps
-
-
-def write(path: Path, codec: str, frames: int, gop: int) -> Path:
-    import av
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream(codec, rate=25)
-        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
-        stream.codec_context.gop_size = gop
-        if codec == "libx264":
-            stream.options = {"preset": "veryfast", "bf": "2"}
-        for frame in moving_texture(frames):
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
-    return path
 
 
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An unlabelled folder: a minute of H.264 (a keyframe every 50 frames) and a 3-second MPEG-4 clip."""
     root = tmp_path_factory.mktemp("segments")
-    write(root / "long" / "match.mp4", "libx264", LONG_FRAMES, 50)
-    write(root / "short.avi", "mpeg4", 75, 12)
+    write(root / "long" / "match.mp4", "libx264", options={"preset": "veryfast", "bf": "2"}, gop=50,
+          frames=LONG_FRAMES)
+    write(root / "short.avi", "mpeg4", gop=12, frames=75)
     return root
 
 

@@ -29,9 +29,11 @@ def moving_texture(frames: int, width: int = 64, height: int = 48) -> Iterator[n
 
 
 def write(path: Path, codec: str, *, options: dict[str, str] | None = None, gop: int | None = None,
-          b_frames: int | None = None) -> Path:
+          b_frames: int | None = None, frames: int = FRAMES) -> Path:
+    """`frames` of moving_texture at 64x48 and 25 fps in `codec`, with its encoder options, GOP and B-frames."""
     import av
 
+    path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream(codec, rate=25)
         stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
@@ -40,7 +42,7 @@ def write(path: Path, codec: str, *, options: dict[str, str] | None = None, gop:
             stream.codec_context.gop_size = gop
         if b_frames is not None:
             stream.codec_context.max_b_frames = b_frames
-        for frame in moving_texture(FRAMES):
+        for frame in moving_texture(frames):
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 container.mux(packet)
         for packet in stream.encode(None):
