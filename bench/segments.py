@@ -1,19 +1,21 @@
 """Long, untrimmed videos as segments (manifest.segment_seconds): does search find the right part of a long video?
 
-ucf101_6's train clips (the UCF101 split 1 train list: 529 clips, 170x128) are shuffled with a seed and put back
-to back into `--videos` long videos (re-encoded in UCF101's MPEG-4 part 2 at 25 fps, a few minutes each), with
-the class of every frame written down. That folder is an unlabelled archive: the `slic` stages run on it as a
-user runs them (`slic manifest`, `validate`, `extract`, `pretrain`, `embed`, `index`, in a workspace of their
-own, with presets/ucf101_6_cpu.yaml and `manifest.segment_seconds`), so pretraining sees segments and never a
-class. Each of the 202 test clips (never in the archive) then queries the index with `slic.search` as
-`slic search` does. A hit is a segment whose frames are mostly of the query's class (`recall@k_majority`), or
-hold any of its frames (`recall@k_any`). The same for the same network untrained (`pretrain.mode:
-random_init`), and the chance of a hit (the share of segments whose majority class is the query's).
+ucf101_6's train clips (the UCF101 split 1 train list: 529 clips, 170x128) but 3 held-out group numbers (the
+same in every class, seeded) are shuffled with a seed and put back to back into `--videos` long videos
+(re-encoded in UCF101's MPEG-4 part 2 at 25 fps, several minutes each), with the class of every frame written
+down. That folder is an unlabelled archive: the `slic` stages run on it as a user runs them (`slic manifest`,
+`validate`, `extract`, `pretrain`, `embed`, `index`, in a workspace of their own, with
+presets/ucf101_6_cpu.yaml and `manifest.segment_seconds`), so pretraining sees segments and never a class.
+Clips then query the index with `slic.search` as `slic search` does: the held-out groups' clips (val), which
+choose the segment length, and the 202 test clips, reported at the length val chose. A hit is a segment whose
+frames are mostly of the query's class (`recall@k_majority`), or hold any of its frames (`recall@k_any`). The
+same for the same network untrained (`pretrain.mode: random_init`), and the chance of a hit (the share of
+segments whose majority class is the query's).
 
 Writes reports/bench/segments.json.
 
-    python bench/segments.py                          # 6 long videos, 8-second segments, seeds 7, 8, 9
-    python bench/segments.py --segment-seconds 4 --videos 3
+    python bench/segments.py                          # 6 long videos, segments of 4, 8, 16 s, seeds 7, 8, 9
+    python bench/segments.py --segment-seconds 8 --videos 3 --seeds 7
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ DEFAULT_ROOT = ROOT.parent / "shared" / "real" / "ucf101_6"
 DEFAULT_OUT = ROOT / "reports" / "bench" / "segments.json"
 STAGES = ("manifest", "validate", "extract", "pretrain", "embed", "index")
 WIDTH, HEIGHT, FPS = 170, 128, 25
+VAL_GROUPS = 3  # of the 18 train group numbers (g08-g25): held out of the archive, they choose segment_seconds
 
 
 def class_list(splits: Path, name: str) -> list[tuple[str, str]]:
@@ -48,15 +51,25 @@ def class_list(splits: Path, name: str) -> list[tuple[str, str]]:
     return [(line.split()[0], line.split("/")[0]) for line in (splits / name).read_text().splitlines() if line.strip()]
 
 
-def make_archive(root: Path, folder: Path, videos: int, seed: int) -> pd.DataFrame:
-    """The train clips shuffled into `videos` long files under `folder`; the class timeline (file, class,
-    start, stop frame), reused with the files when present."""
+def held_out(clips: list[tuple[str, str]], seed: int, groups: int = VAL_GROUPS) -> tuple[list, list]:
+    """(archive clips, val clips): `groups` seeded group numbers of the train list, the same in every class, are
+    held out of the archive as validation queries (as the manifest carves val: a group is one source video)."""
+    def group(name: str) -> str:
+        return name.rsplit("_g", 1)[1][:2]
+
+    numbers = sorted({group(name) for name, _ in clips})
+    chosen = set(np.random.default_rng([seed, 2]).choice(numbers, size=groups, replace=False).tolist())
+    return [c for c in clips if group(c[0]) not in chosen], [c for c in clips if group(c[0]) in chosen]
+
+
+def make_archive(root: Path, folder: Path, clips: list[tuple[str, str]], videos: int, seed: int) -> pd.DataFrame:
+    """`clips` shuffled into `videos` long files under `folder`; the class timeline (file, class, start, stop
+    frame), reused with the files when present."""
     from slic.data.video import decode
 
     timeline = folder / "timeline.csv"
     if timeline.is_file():
         return pd.read_csv(timeline)
-    clips = class_list(root / "splits", "trainlist01.txt")
     order = np.random.default_rng(seed).permutation(len(clips))
     rows: list[dict[str, Any]] = []
     archive = folder / "archive"
@@ -133,7 +146,7 @@ def segment_classes(rows: pd.DataFrame, timeline: pd.DataFrame) -> tuple[list[st
 
 def measure(work: Path, run: str, queries: list[tuple[Path, str]], timeline: pd.DataFrame,
             ks: tuple[int, ...]) -> dict[str, Any]:
-    """Every test clip against the `run` index: recall@k (majority and any overlap), chance, seconds."""
+    """Every query clip against the `run` index: recall@k (majority and any overlap), chance, seconds."""
     from slic.index import load_index
     from slic.search import index_encoder, search_videos
 
@@ -164,11 +177,21 @@ def measure(work: Path, run: str, queries: list[tuple[Path, str]], timeline: pd.
     return result
 
 
+def mean_std(runs: list[dict[str, Any]], seeds: int) -> dict[str, dict[str, str]]:
+    """Per mode, each recall and chance over the seeds' runs, in %, as "mean ± std"."""
+    keys = [k for k in runs[0] if "recall@" in k or "chance@" in k]
+    spread = 1 if seeds > 1 else 0
+    return {mode: {k: f"{100 * np.mean(values):.1f} ± {100 * np.std(values, ddof=spread):.1f}"
+                   for k in keys for values in [[r[k] for r in runs if r["mode"] == mode]]}
+            for mode in ("slic", "random_init")}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", default=str(DEFAULT_ROOT), help="the ucf101_6 folder (videos/, splits/)")
     parser.add_argument("--videos", type=int, default=6, help="long videos the train clips are put into")
-    parser.add_argument("--segment-seconds", type=float, default=8.0)
+    parser.add_argument("--segment-seconds", type=float, nargs="+", default=[4.0, 8.0, 16.0],
+                        help="segment lengths to compare on the val queries")
     parser.add_argument("--seed", type=int, default=7, help="the clips' order in the long videos")
     parser.add_argument("--seeds", type=int, nargs="+", default=[7, 8, 9], help="pretraining seeds")
     parser.add_argument("--work", default=str(ROOT / "data" / "bench" / "segments"))
@@ -178,38 +201,47 @@ def main(argv: list[str] | None = None) -> None:
     if not (root / "splits" / "trainlist01.txt").is_file():
         sys.exit(f"bench/segments.py: error: --root {root}: no splits/trainlist01.txt; pass the ucf101_6 folder")
     started = time.perf_counter()
-    timeline = make_archive(root, work / f"videos{args.videos}_seed{args.seed}", args.videos, args.seed)
-    archive = work / f"videos{args.videos}_seed{args.seed}" / "archive"
-    space = work / f"segments{args.segment_seconds:g}"
-    space.mkdir(parents=True, exist_ok=True)
-    queries = [(root / "videos" / name, label) for name, label in class_list(root / "splits", "testlist01.txt")]
-    runs: list[dict[str, Any]] = []
-    for seed in args.seeds:
-        for mode in ("slic", "random_init"):
-            params, run = workspace_params(space, archive, args.segment_seconds, mode, seed)
-            stages = STAGES if not runs else ("pretrain", "embed", "index")  # the data once
-            seconds, previous = run_stages(space, params, stages), Path.cwd()
-            os.chdir(space)  # the index names its checkpoint relative to the workspace
-            try:
-                runs.append({"mode": mode, "seed": seed, "stage_seconds": seconds,
-                             **measure(space, run, queries, timeline, (1, 5, 10))})
-            finally:
-                os.chdir(previous)
-            print(f"  {run}: " + json.dumps({k: v for k, v in runs[-1].items() if k != "stage_seconds"}), flush=True)
-    keys = [k for k in runs[0] if k.startswith(("recall@", "chance@"))]
-    spread = 1 if len(args.seeds) > 1 else 0
-    means = {mode: {k: f"{100 * np.mean(values):.1f} ± {100 * np.std(values, ddof=spread):.1f}"
-                    for k in keys for values in [[r[k] for r in runs if r["mode"] == mode]]}
-             for mode in ("slic", "random_init")}
+    kept, val = held_out(class_list(root / "splits", "trainlist01.txt"), args.seed)
+    folder = work / f"videos{args.videos}_seed{args.seed}_heldout{VAL_GROUPS}"
+    timeline = make_archive(root, folder, kept, args.videos, args.seed)
+    queries = {"val": [(root / "videos" / name, label) for name, label in val],
+               "test": [(root / "videos" / name, label) for name, label in class_list(root / "splits",
+                                                                                   "testlist01.txt")]}
+    by_length: dict[str, Any] = {}
+    for seconds in args.segment_seconds:
+        space = work / f"heldout{VAL_GROUPS}_segments{seconds:g}"
+        space.mkdir(parents=True, exist_ok=True)
+        runs: list[dict[str, Any]] = []
+        for seed in args.seeds:
+            for mode in ("slic", "random_init"):
+                params, run = workspace_params(space, folder / "archive", seconds, mode, seed)
+                stages = STAGES if not runs else ("pretrain", "embed", "index")  # the data once
+                stage_seconds, previous = run_stages(space, params, stages), Path.cwd()
+                os.chdir(space)  # the index names its checkpoint relative to the workspace
+                try:
+                    measured = {f"{split}_{k}": v for split in ("val", "test")
+                                for k, v in measure(space, run, queries[split], timeline, (1, 5, 10)).items()}
+                finally:
+                    os.chdir(previous)
+                runs.append({"mode": mode, "seed": seed, "stage_seconds": stage_seconds, **measured})
+                print(f"  {seconds:g} s {run}: " + json.dumps({k: v for k, v in measured.items()
+                                                             if "recall@1_" in k or "segments" in k}), flush=True)
+        by_length[f"{seconds:g}"] = {"mean_std_percent": mean_std(runs, len(args.seeds)), "runs": runs}
+    chosen = max(by_length, key=lambda length: np.mean([r["val_recall@1_majority"] for r in
+                                                        by_length[length]["runs"] if r["mode"] == "slic"]))
     files = timeline.groupby("file")["stop"].max()
     report = {
         "question": "with manifest.segment_seconds, does slic search find the part of a long video that holds the "
                     "query's action?",
         "archive": {"videos": int(len(files)), "clips": int(len(timeline)), "minutes": round(files.sum() / FPS / 60, 1),
-                    "seed": args.seed, "built_from": "ucf101_6 trainlist01 clips, shuffled, back to back"},
-        "segment_seconds": args.segment_seconds, "queries": "ucf101_6 testlist01 (202 clips, never in the archive)",
+                    "seed": args.seed, "built_from": f"ucf101_6 trainlist01 clips but {VAL_GROUPS} held-out groups, "
+                                                     "shuffled, back to back"},
+        "queries": {"val": f"ucf101_6 trainlist01 groups held out of the archive ({len(val)} clips): choose "
+                           "segment_seconds", "test": "ucf101_6 testlist01 (202 clips, never in the archive)"},
         "hit": "majority: the segment's frames are mostly of the query's class; any: it holds some",
-        "seeds": args.seeds, "mean_std_percent": means, "runs": runs, "machine": machine("cpu"), "work": shown(space),
+        "seeds": args.seeds, "chosen_on_val": {"segment_seconds": float(chosen), "rule": "slic's mean val recall@1"},
+        "test_at_chosen": by_length[chosen]["mean_std_percent"], "by_segment_seconds": by_length,
+        "machine": machine("cpu"), "work": shown(work),
         "wall_seconds": round(time.perf_counter() - started, 2)}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

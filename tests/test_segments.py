@@ -142,3 +142,16 @@ def test_long_added_videos_are_indexed_as_segments_and_reused(archive: Path, tmp
                          segment_seconds=20)
     assert len(longer.rows) == 3 + 1 and (longer.embedded_now, longer.reused) == (1, 1)  # the short file reused
     assert len(np.load(cache)["sha256"]) == 3 + 1  # the 10-second segments are gone from the cache
+
+
+def test_the_segments_bench_holds_whole_group_numbers_out_of_its_archive() -> None:
+    """bench/segments.py's val queries: seeded group numbers, the same in every class, never in the archive."""
+    from bench.segments import held_out
+
+    clips = [(f"{c}/v_{c}_g{g:02d}_c{k:02d}.avi", c) for c in ("Archery", "Surfing") for g in range(8, 26)
+             for k in (1, 2)]
+    kept, val = held_out(clips, seed=7, groups=3)
+    groups = {name.rsplit("_g", 1)[1][:2] for name, _ in val}
+    assert len(groups) == 3 and len(val) == 3 * 2 * 2 and len(kept) + len(val) == len(clips)
+    assert not groups & {name.rsplit("_g", 1)[1][:2] for name, _ in kept}
+    assert held_out(clips, seed=7, groups=3) == (kept, val) and held_out(clips, seed=8, groups=3) != (kept, val)
