@@ -13,6 +13,7 @@ import base64
 import csv
 import html
 import io
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,11 +100,23 @@ def sample_queries(top1_hit: np.ndarray, n: int, seed: int) -> tuple[np.ndarray,
 
 
 def _video_paths(manifest: Path) -> dict[str, str]:
-    """video_id -> source path from the manifest CSV; empty when the file is absent."""
+    """video_id -> source path from the manifest CSV, with where in its file a segment lies (a file cut into
+    several rows by manifest.segment_seconds: `path [mm:ss-mm:ss]`); empty when the file is absent."""
+    from slic.data.video import time_span
+
     if not manifest.is_file():
         return {}
     with manifest.open(newline="") as handle:
-        return {row["video_id"]: row["path"] for row in csv.DictReader(handle) if row.get("video_id")}
+        rows = [row for row in csv.DictReader(handle) if row.get("video_id")]
+    per_file = Counter(row["path"] for row in rows)
+
+    def shown(row: dict[str, str]) -> str:
+        if per_file[row["path"]] < 2 or not row.get("start_frame") or not float(row.get("fps") or 0):
+            return row["path"]
+        fps = float(row["fps"])
+        return f"{row['path']} [{time_span(int(row['start_frame']) / fps, int(row['stop_frame']) / fps)}]"
+
+    return {row["video_id"]: shown(row) for row in rows}
 
 
 @dataclass

@@ -154,9 +154,9 @@ def format_table(answer: dict[str, Any]) -> str:
 
 def _span(hit: dict[str, Any]) -> str:
     """Where a segment lies in its file, as ` [mm:ss-mm:ss]` (nothing for a whole video)."""
-    if hit.get("start_s") is None:
-        return ""
-    return " [{}-{}]".format(*(f"{int(t // 60):02d}:{t % 60:04.1f}" for t in (hit["start_s"], hit["end_s"])))
+    from slic.data.video import time_span
+
+    return "" if hit.get("start_s") is None else f" [{time_span(hit['start_s'], hit['end_s'])}]"
 
 
 def params_defaults(params: str) -> tuple[tuple[str, ...], str, int]:

@@ -97,6 +97,11 @@ def test_search_says_where_in_its_file_a_segment_lies(archive: Path, tmp_path: P
     assert format_table(answers[0]).splitlines()[2].endswith("long/match.mp4 [00:30.0-00:40.0]")
     rows = pd.read_csv(tmp_path / "index" / "rows.csv", keep_default_na=False)
     assert list(rows.columns) == ["row", "video_id", "path", "class", "label", "start_s", "end_s"]
+    from slic.report import _video_paths  # the retrieval report's caption of each video: the same span
+
+    shown = _video_paths(tmp_path / "validated.csv")
+    assert shown["long/match@30.0s"] == f"{archive / 'long' / 'match.mp4'} [00:30.0-00:40.0]"
+    assert shown["short"] == str(archive / "short.avi")  # a file of one row: its path alone
 
 
 def test_the_segments_bench_names_each_segments_majority_and_present_classes() -> None:

@@ -187,6 +187,11 @@ def segment_bounds(frames: int, fps: float, seconds: float) -> list[tuple[int, i
     return list(zip(bounds, bounds[1:]))
 
 
+def time_span(start_s: float, end_s: float) -> str:
+    """Where a segment lies in its file, as `mm:ss.s-mm:ss.s` (search's hits, the retrieval report's videos)."""
+    return "-".join(f"{int(t // 60):02d}:{t % 60:04.1f}" for t in (start_s, end_s))
+
+
 SEEK_GAP = 100  # frames: a keyframe this far past the decoder's position is reached by seeking, not decoding
 
 
