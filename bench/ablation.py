@@ -276,6 +276,14 @@ def machine(device: Any) -> dict[str, Any]:
     return {"gpu": None, **machine_info(device), "device": str(device), "platform": platform.platform()}
 
 
+def write_report(report: dict[str, Any], out: str | Path) -> Path:
+    """A bench's report as indented JSON at `out` (its folder made); the path, for the bench's last line."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    return out
+
+
 def shown(path: Path) -> str:
     """A path for the report: relative to the repository when inside it, else only its name (no machine paths)."""
     try:

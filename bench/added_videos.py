@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.ablation import machine, shown  # noqa: E402
+from bench.ablation import machine, shown, write_report  # noqa: E402
 from bench.real import cells_parser, each_stored_cell, open_bench  # noqa: E402
 
 DEFAULT_OUT = ROOT / "reports" / "bench" / "added_videos.json"
@@ -219,9 +219,7 @@ def main(argv: list[str] | None = None) -> None:
         "row_means": {row: {k: round(float(np.mean([c[k] for c in cells if c["row"] == row])), 4) for k in keys}
                       for row in args.rows},
         "machine": machine(world.device), "work": shown(work), "wall_seconds": round(time.perf_counter() - started, 2)}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    out = write_report(report, args.out)
     print(f"-> {out} ({report['wall_seconds']} s)", flush=True)
 
 

@@ -22,7 +22,6 @@ and, for scale, how well val recall@1 itself ranks the encoders as test recall@1
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -34,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.ablation import machine, shown  # noqa: E402
+from bench.ablation import machine, shown, write_report  # noqa: E402
 from bench.real import cells_parser, each_stored_cell, open_bench  # noqa: E402
 
 DEFAULT_ROWS = ("random_init", "intra_video", "slic", "slic_video", "oracle")
@@ -110,9 +109,7 @@ def main(argv: list[str] | None = None) -> None:
             else None},
         "n_all": len(encoders), "n_trained": len(trained), "machine": machine(world.device), "work": shown(work),
         "wall_seconds": round(time.perf_counter() - started, 2)}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    out = write_report(report, args.out)
     for key, rho in report["spearman_all"].items():
         within = report["spearman_trained"].get(key)
         print(f"{key:22s} rho with val {rho['val_recall@1']:+.2f} test {rho['test_recall@1']:+.2f}; trained only: "

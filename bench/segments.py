@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.ablation import machine, shown  # noqa: E402
+from bench.ablation import machine, shown, write_report  # noqa: E402
 from bench.serving_decode import write_video_stream  # noqa: E402
 
 DEFAULT_ROOT = ROOT.parent / "shared" / "real" / "ucf101_6"
@@ -243,9 +243,7 @@ def main(argv: list[str] | None = None) -> None:
         "test_at_chosen": by_length[chosen]["mean_std_percent"], "by_segment_seconds": by_length,
         "machine": machine("cpu"), "work": shown(work),
         "wall_seconds": round(time.perf_counter() - started, 2)}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    out = write_report(report, args.out)
     print(f"-> {out} ({report['wall_seconds']} s)", flush=True)
 
 
