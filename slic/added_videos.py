@@ -140,13 +140,13 @@ class EmbeddingCache:
 
     def segments_of(self, video: Path, sha256: str) -> tuple[float, list[tuple[int, int]]]:
         """(fps, the [start, stop) frames of the segments of a long file: slic.data.video.segment_bounds), demuxed
-        once per file content; (0, []) when segments are off."""
-        from slic.data.video import probe, segment_bounds
+        once per file content (the timeline its segments' decoding then reuses); (0, []) when segments are off."""
+        from slic.data.video import file_timeline, segment_bounds
 
         if not self.segment_seconds:
             return 0.0, []
         if sha256 not in self.segments:
-            info = probe(video)
+            info = file_timeline(video)
             self.segments[sha256] = (info.fps, segment_bounds(info.frames, info.fps, self.segment_seconds))
             self.dirty = True
         return self.segments[sha256]

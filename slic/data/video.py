@@ -202,13 +202,15 @@ class Timeline:
     `frames` counts the non-empty packets, as `probe` does. `pts` holds their presentation timestamps in
     presentation order, so frame i (the i-th frame a decoder puts out) has pts[i]; it is empty when a packet
     has no timestamp or two share one, and seeking is then off. `keyframes` are the frame indices where the
-    container says decoding can start, and `seek_to` their decoding timestamps, which demuxers seek by.
+    container says decoding can start, and `seek_to` their decoding timestamps, which demuxers seek by; `fps`
+    the stream's frame rate, as `probe` reads it.
     """
 
     frames: int
     pts: tuple[int, ...]
     keyframes: tuple[int, ...]
     seek_to: tuple[int, ...]
+    fps: float = 0.0
 
 
 def timeline(path: str | Path) -> Timeline:
@@ -220,6 +222,7 @@ def timeline(path: str | Path) -> Timeline:
     try:
         with av.open(str(path)) as container:
             stream = _open_video(container, path)
+            rate = stream.average_rate or stream.guessed_rate or stream.base_rate
             packets = [(packet.pts, packet.dts, packet.is_keyframe) for packet in container.demux(stream)
                        if packet.size > 0]
     except VideoDecodeError:
@@ -227,12 +230,13 @@ def timeline(path: str | Path) -> Timeline:
     except (av.FFmpegError, OSError, ValueError) as exc:
         raise VideoDecodeError(path, _describe(exc)) from exc
     stamps = [pts for pts, _, _ in packets]
+    fps = float(rate) if rate else 0.0
     if any(pts is None for pts in stamps) or len(set(stamps)) < len(stamps):
-        return Timeline(len(packets), (), (), ())
+        return Timeline(len(packets), (), (), (), fps)
     order = sorted(stamps)
     rank = {pts: index for index, pts in enumerate(order)}
     keys = sorted((rank[pts], pts if dts is None else dts) for pts, dts, key in packets if key)
-    return Timeline(len(packets), tuple(order), tuple(k for k, _ in keys), tuple(d for _, d in keys))
+    return Timeline(len(packets), tuple(order), tuple(k for k, _ in keys), tuple(d for _, d in keys), fps)
 
 
 def file_timeline(path: str | Path) -> Timeline:
