@@ -265,6 +265,12 @@ def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch
     return metrics
 
 
+def steps_per_epoch(videos: int, batch_size: int, world_size: int) -> int:
+    """Training steps in one epoch over `videos` train videos: each rank takes whole batches of
+    max(2, batch_size // world_size) of its share and drops a partial last one (the loss needs whole batches)."""
+    return videos // world_size // max(2, batch_size // world_size)
+
+
 def pretrain(cfg: PretrainConfig, *, manifest: str | Path, frames_dir: str | Path, world: World,
              run: Any = None, flow: FlowView | None = None) -> dict[str, Any]:
     """Train (or, for random_init, just initialise) the encoder; checkpoints in cfg.out.
@@ -281,6 +287,12 @@ def pretrain(cfg: PretrainConfig, *, manifest: str | Path, frames_dir: str | Pat
     if len(train) < 2 or (has_labels and not val):
         raise DatasetError(f"pretraining needs >= 2 train and >= 1 val videos of enough frames; found {len(train)} "
                          f"and {len(val)} in {manifest}")
+    if cfg.mode != "random_init" and cfg.epochs > 0 and steps_per_epoch(len(train), cfg.batch_size, world.size) == 0:
+        fits = len(train) // world.size * world.size
+        raise DatasetError(f"pretrain.batch_size {cfg.batch_size} is more than the {len(train)} usable train videos of "
+                           f"{manifest}{f' over {world.size} ranks' if world.size > 1 else ''}: every batch would be "
+                           f"partial and dropped, so no step would train; set pretrain.batch_size to {fits} or less, "
+                           "or add videos")
     if cfg.mode == "oracle" and not has_labels:
         raise DatasetError(f"pretrain.mode oracle trains on the true classes and {manifest} has none (manifest.layout "
                          "unlabelled); use mode slic or intra_video")
@@ -330,7 +342,7 @@ def pretrain(cfg: PretrainConfig, *, manifest: str | Path, frames_dir: str | Pat
     dataset.set_labels(contiguous_labels(initial_labels(cfg.mode, train, state)))
     if cfg.mode == "slic" and cfg.p_intra_schedule == "agreement" and state.p_intra >= 0:
         dataset.p_intra = state.p_intra  # resumed between rounds: the chance its last round set
-    per_rank = max(2, cfg.batch_size // world.size)
+    per_rank = max(2, cfg.batch_size // world.size)  # as steps_per_epoch counts
     # One loader for the whole run: its workers persist across epochs (no fork per epoch, which dominated short
     # epochs on a GPU) and read each epoch's labels, partners and draws from the dataset's shared state.
     sampler = DistributedSampler(dataset, num_replicas=world.size, rank=world.rank, shuffle=True, seed=cfg.seed,

@@ -318,6 +318,33 @@ def test_flow_view_without_flow_shards_stops_with_one_line(workspace: Path, monk
     assert not (workspace / "data/models/flow-missing/last.pt").exists()  # stopped before any training
 
 
+def test_a_batch_larger_than_the_train_split_stops_before_training(workspace: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """12 train videos and batch_size 16: every batch would be partial and dropped, so the run would 'finish' with
+    an untrained best.pt (a user's small folder did exactly that); it must stop and name the key and a fitting value."""
+    params = yaml.safe_load((workspace / "params.yaml").read_text())
+    params["pretrain"] = {**params["pretrain"], "batch_size": 16, "out": "data/models/batch-too-large"}
+    (workspace / "params-batch-too-large.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(workspace)
+    assert main(["--params", "params-batch-too-large.yaml", "pretrain"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "pretrain.batch_size 16" in err and "12 usable train videos" in err
+    assert "set pretrain.batch_size to 12 or less" in err
+    assert not (workspace / "data/models/batch-too-large/best.pt").exists()
+
+
+def test_steps_per_epoch_counts_the_loaders_whole_batches() -> None:
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    from slic.pretrain import steps_per_epoch
+
+    for videos, batch, ranks in [(12, 4, 1), (12, 16, 1), (13, 4, 1), (12, 12, 1), (12, 4, 2), (7, 8, 2), (3, 2, 2),
+                                 (5, 3, 1)]:
+        sampler = DistributedSampler(range(videos), num_replicas=ranks, rank=0, shuffle=False, drop_last=True)
+        loader = DataLoader(range(videos), batch_size=max(2, batch // ranks), sampler=sampler, drop_last=True)
+        assert steps_per_epoch(videos, batch, ranks) == len(loader), (videos, batch, ranks)
+
+
 def test_cluster_labels_reach_the_training_triplets(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """SLIC mode: each clustering round's labels are what the next epochs' triplets carry and mine positives by."""
     dataset, report = pretrain_in_process(workspace, monkeypatch, epochs=3, out="data/models/labels")

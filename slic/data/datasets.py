@@ -9,6 +9,7 @@ class "" and label -1 (`UNLABELLED`); `has_labels` tells a stage whether the tab
 from __future__ import annotations
 
 import csv
+import os
 import re
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
@@ -123,7 +124,8 @@ def _folder(root: Path, extensions: Iterable[str]) -> tuple[list[str], list[Entr
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     suffixes = {e.lower() for e in extensions}
     entries = [Entry(video, c, "train", f"{c}/{video.stem}") for c in classes
-               for video in sorted((root / c).rglob("*")) if video.suffix.lower() in suffixes]
+               for video in sorted((root / c).rglob("*"))
+               if video.suffix.lower() in suffixes and (video.is_file() or video.is_symlink())]
     if not entries:
         raise DatasetError(f"{root}: no videos with extensions {sorted(suffixes)} in class folders")
     return classes, entries
@@ -134,7 +136,7 @@ def _unlabelled(root: Path, extensions: Iterable[str]) -> tuple[list[str], list[
     if not root.is_dir():
         raise DatasetError(f"{root}: video folder not found; set manifest.root")
     suffixes = {e.lower() for e in extensions}
-    videos = sorted(v for v in root.rglob("*") if v.suffix.lower() in suffixes and v.is_file()
+    videos = sorted(v for v in root.rglob("*") if v.suffix.lower() in suffixes and (v.is_file() or v.is_symlink())
                     and not any(part.startswith(".") for part in v.relative_to(root).parts))
     if not videos:
         raise DatasetError(f"{root}: no videos with extensions {sorted(suffixes)} at any depth; set manifest.root "
@@ -168,9 +170,29 @@ def list_videos(config: ManifestConfig) -> tuple[list[str], list[Entry]]:
     return _folder(root, config.extensions)
 
 
+def _excluded_as_the_same_file(table: pd.DataFrame) -> pd.Series:
+    """`excluded`, with every usable row but one of each file listed more than once (through symbolic or hard
+    links: the same device and inode) excluded as that one's copy: a video in the gallery twice finds itself, and
+    one in train and test leaks. The kept row is a plain file before a link, then the first by video_id."""
+    excluded = table["excluded"].copy()
+    kept: dict[tuple[int, int], str] = {}
+    usable = table[table["excluded"] == ""]
+    order = sorted(usable.index, key=lambda i: (Path(table.at[i, "path"]).is_symlink(), table.at[i, "video_id"]))
+    for index in order:
+        stat = os.stat(table.at[index, "path"])
+        key = (stat.st_dev, stat.st_ino)
+        if key in kept:
+            excluded.at[index] = f"the same file as {kept[key]} (a link to it): listed once"
+        else:
+            kept[key] = table.at[index, "video_id"]
+    return excluded
+
+
 def _probe_row(path: str) -> dict[str, object]:
     from slic.data.video import VideoDecodeError, probe
 
+    if Path(path).is_symlink() and not Path(path).exists():
+        return {**_MISSING, "excluded": f"broken link: it points to {os.readlink(path)}, which does not exist"}
     try:
         info = probe(path)
     except VideoDecodeError as exc:
@@ -245,7 +267,8 @@ def build_manifest(config: ManifestConfig, progress: Callable[[int], None] | Non
         raise DatasetError(f"manifest.segment_seconds = {config.segment_seconds:g}: a segment must be 1 second or "
                            "longer (0 keeps a row per video)")
     classes, entries = list_videos(config)
-    missing = {str(e.path) for e in entries if not e.path.is_file()}
+    missing = {str(e.path) for e in entries if not e.path.is_file() and not e.path.is_symlink()}  # a broken link
+    # is there: probed, it is excluded with the link's target named
     if missing and config.on_missing == "error":
         listed = ", ".join(sorted(missing)[:3])
         raise DatasetError(f"{len(missing)} listed video(s) do not exist under {config.root}, e.g. {listed}; "
@@ -276,6 +299,7 @@ def build_manifest(config: ManifestConfig, progress: Callable[[int], None] | Non
     too_short = (table["excluded"] == "") & (table["frames"] < config.min_frames)
     table.loc[too_short, "excluded"] = [f"too short: {n} frames < {config.min_frames}"
                                         for n in table.loc[too_short, "frames"]]
+    table["excluded"] = _excluded_as_the_same_file(table)
     if config.layout == "folder":
         table["split"] = _draw_test_split(table, config.seed)
     by_group = carves_by_group(config.layout)

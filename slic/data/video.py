@@ -59,7 +59,14 @@ class VideoInfo:
     codec: str
 
 
-def _describe(exc: BaseException) -> str:
+def _describe(exc: BaseException, path: str | Path) -> str:
+    """Why `path` failed: FFmpeg's error, or plainly that the file is empty (an interrupted copy, a placeholder),
+    which FFmpeg reports only as invalid data."""
+    try:
+        if Path(path).stat().st_size == 0:
+            return "empty file (0 bytes)"
+    except OSError:
+        pass
     return f"{type(exc).__name__}: {exc}"
 
 
@@ -90,7 +97,7 @@ def probe(path: str | Path) -> VideoInfo:
     except VideoDecodeError:
         raise
     except (av.FFmpegError, OSError, ValueError, StopIteration) as exc:
-        raise VideoDecodeError(path, _describe(exc)) from exc
+        raise VideoDecodeError(path, _describe(exc, path)) from exc
     if rotation in (90, 270):
         width, height = height, width
     duration = frames / fps if fps else 0.0
@@ -173,7 +180,7 @@ def decode(path: str | Path, *, start: int = 0, stop: int | None = None,
     except VideoDecodeError:
         raise
     except (av.FFmpegError, OSError, ValueError) as exc:
-        raise VideoDecodeError(path, _describe(exc)) from exc
+        raise VideoDecodeError(path, _describe(exc, path)) from exc
     if not out:
         raise VideoDecodeError(path, f"no frame decoded in range [{start}, {stop})")
     return np.stack(out)
@@ -228,7 +235,7 @@ def timeline(path: str | Path) -> Timeline:
     except VideoDecodeError:
         raise
     except (av.FFmpegError, OSError, ValueError) as exc:
-        raise VideoDecodeError(path, _describe(exc)) from exc
+        raise VideoDecodeError(path, _describe(exc, path)) from exc
     stamps = [pts for pts, _, _ in packets]
     fps = float(rate) if rate else 0.0
     if any(pts is None for pts in stamps) or len(set(stamps)) < len(stamps):
@@ -279,7 +286,7 @@ def decode_frames_at(path: str | Path, indices: Sequence[int], *, short_side: in
     except VideoDecodeError:
         raise
     except (av.FFmpegError, OSError, ValueError) as exc:
-        raise VideoDecodeError(path, _describe(exc)) from exc
+        raise VideoDecodeError(path, _describe(exc, path)) from exc
 
 
 def _keyframe_before(frames_of: Timeline, index: int) -> int:
@@ -411,7 +418,7 @@ def encode_jpeg_sequence(path: str | Path, *, short_side: int | None, quality: i
     except VideoDecodeError:
         raise
     except (av.FFmpegError, OSError, ValueError, IndexError) as exc:
-        raise VideoDecodeError(path, _describe(exc)) from exc
+        raise VideoDecodeError(path, _describe(exc, path)) from exc
     if encoder is None or not jpegs:
         raise VideoDecodeError(path, "no frame decoded")
     return JpegSequence(jpegs, encoder.width, encoder.height, float(rate) if rate else 0.0)

@@ -148,6 +148,31 @@ def test_missing_listed_video_errors_or_is_excluded(tiny_dataset: Path, tmp_path
     assert (table.drop("Rise/v_Rise_g03_c01")["excluded"] == "").all()
 
 
+def test_links_empty_and_broken_files_are_listed_once_with_their_reason(tiny_dataset: Path, tmp_path: Path) -> None:
+    """A folder of a user's videos: a symbolic and a hard link to one video, a link to nowhere and an empty file.
+    The video is used once (twice, it would find itself in the gallery, or leak from train to test); the others are
+    excluded saying why."""
+    import os
+
+    root = tmp_path / "archive"
+    root.mkdir()
+    videos = sorted(tiny_dataset.rglob("*.avi"))
+    shutil.copy(videos[0], root / "walk.avi")
+    shutil.copy(videos[1], root / "other.avi")
+    (root / "b_link.avi").symlink_to(root / "walk.avi")
+    os.link(root / "walk.avi", root / "z_hard.avi")
+    (root / "gone.avi").symlink_to(root / "nowhere.avi")
+    (root / "empty.avi").write_bytes(b"")
+    (root / "folder.avi").mkdir()  # a folder with a video's name is not a video
+    table = build_manifest(config(root, "unlabelled")).set_index("video_id")
+    assert sorted(table.index) == ["b_link", "empty", "gone", "other", "walk", "z_hard"]
+    assert table.loc["b_link", "excluded"] == "the same file as walk (a link to it): listed once"
+    assert table.loc["z_hard", "excluded"] == "the same file as walk (a link to it): listed once"
+    assert table.loc["gone", "excluded"] == f"broken link: it points to {root / 'nowhere.avi'}, which does not exist"
+    assert table.loc["empty", "excluded"] == "unreadable: empty file (0 bytes)"
+    assert (table.loc[["walk", "other"], "excluded"] == "").all()
+
+
 def test_val_takes_the_same_group_numbers_in_every_class() -> None:
     # Groups of one number share their scene across classes in the synthetic set (and are one
     # source video per class in UCF101): val must hold out the number in every class.

@@ -57,6 +57,19 @@ def test_excluded_short_videos_pass(tiny_manifest: pd.DataFrame) -> None:
     assert validate_manifest(table, min_frames=32).success
 
 
+def test_a_video_excluded_as_missing_passes(tiny_manifest: pd.DataFrame) -> None:
+    """manifest.on_missing: exclude (Kinetics, where takedowns are normal) keeps the gone file as an excluded row:
+    its absence is the reason it is excluded, not a fault of the table. A used row whose file is gone still fails."""
+    table = tiny_manifest.copy()
+    table.loc[0, ["path", "frames", "excluded"]] = ["/nowhere/v.avi", 0, "missing file"]
+    assert validate_manifest(table, min_frames=32).success
+    table.loc[1, "path"] = "/nowhere/w.avi"
+    report = validate_manifest(table, min_frames=32)
+    failure = {(f.expectation, f.column): f for f in report.failures}[("expect_column_values_to_be_in_set",
+                                                                      "file_exists")]
+    assert failure.unexpected_count == 1 and table.loc[1, "video_id"] in str(failure.examples)
+
+
 def test_derived_tables() -> None:
     table = pd.DataFrame({"path": [__file__, "/missing"], "group": ["a/g1", "a/g1"], "split": ["train", "test"],
                           "class": ["a", "a"], "excluded": ["", ""]})
