@@ -76,6 +76,12 @@ def run_manifest(config: Any) -> dict[str, Any]:
     print(f"manifest: {len(table)} videos ({len(excluded)} excluded), splits {report['splits']} -> {out}")
     for item in report["excluded"][:10]:
         print(f"  excluded {item['video_id']}: {item['reason']}")
+    if len(excluded) > 10:
+        print(f"  and {len(excluded) - 10} more excluded: reports/manifest.json lists each with its reason")
+    advice = datasets.segment_advice(table, config.manifest.segment_seconds)
+    if advice:
+        report["advice"] = advice
+        print(f"manifest: note: {advice}")
     return report
 
 

@@ -3,9 +3,10 @@
 Each query is decoded with PyAV and embedded with the encoder that embedded the index's videos (the checkpoint
 named in data/index/index.json, IIC protocol via slic.serving.VideoEncoder) or with a registered MLflow model
 (`--model models:/slic-encoder@champion`) or another checkpoint (`--model path/to/best.pt`), then looked up
-in the saved FAISS index.  A query that cannot be decoded gets one line on stderr and the others still get
-answers; the exit code is 1 when any query failed, 2 for usage errors (no index, no such path, an encoder
-whose dimension does not match the index).
+in the saved FAISS index; `--start`/`--end` embed only that stretch of one file (a moment of a long video),
+`--other-files` leaves out the hits made from the query's own file.  A query that cannot be decoded gets one
+line on stderr and the others still get answers; the exit code is 1 when any query failed, 2 for usage errors
+(no index, no such path, an encoder whose dimension does not match the index, a time outside the file).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -100,28 +102,99 @@ def _checkpoint_file_encoder(checkpoint: Path, clips: int) -> VideoEncoder:
                                "e.g. data/models/pretrain/best.pt") from exc
 
 
-def search_videos(videos: list[Path], encoder: FileEncoder, loaded: LoadedIndex, k: int,
-                  workers: int = 0) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+def search_videos(videos: list[Path], encoder: FileEncoder, loaded: LoadedIndex, k: int, workers: int = 0,
+                  spans: list[QuerySpan | None] | None = None, other_files: bool = False,
+                  ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
     """(answers, errors): the k nearest indexed videos per query that could be embedded, an error per other,
     both in the order of `videos`.  `workers` loader processes decode the next queries while the encoder embeds
-    (a folder of queries); all the embedded queries are then looked up in one batched FAISS search."""
-    embedded: list[tuple[Path, np.ndarray]] = []
+    (a folder of queries); all the embedded queries are then looked up in one batched FAISS search.  A query's
+    `spans` entry embeds only that stretch of its file (`query_span`); `other_files` leaves out the hits from
+    the query's own file (the moments around a stretch of an indexed recording, or the indexed file itself)."""
+    spans = spans if spans is not None else [None] * len(videos)
+    frames = [None if span is None else (span.start_frame, span.stop_frame) for span in spans]
+    embedded: list[tuple[int, np.ndarray]] = []
     errors = []
-    for position, vector, error in encoder.embed_files(videos, workers):
+    for position, vector, error in encoder.embed_files(videos, workers, frames):
         if vector is None:
             errors.append({"query": str(videos[position]), "error": error})
         elif vector.shape[-1] != loaded.index.d:
             raise SearchUsageError(f"the encoder gives {vector.shape[-1]}-d embeddings but the index holds "
                                    f"{loaded.index.d}-d ones; use the index's checkpoint or rebuild the index")
         else:
-            embedded.append((videos[position], vector))
+            embedded.append((position, vector))
     if not embedded:
         return [], errors
+    own_rows = [_rows_of_file(loaded, videos[position]) if other_files else set() for position, _ in embedded]
     normalize = loaded.meta.get("metric", "cosine") == "cosine"
-    sims, ids = search(loaded.index, np.stack([v for _, v in embedded]).astype(np.float32), k, normalize=normalize)
-    answers = [{"query": str(video), "results": _hits(loaded, row_ids, row_sims)}
-               for (video, _), row_ids, row_sims in zip(embedded, ids, sims)]
+    sims, ids = search(loaded.index, np.stack([v for _, v in embedded]).astype(np.float32),
+                       k + max(len(rows) for rows in own_rows), normalize=normalize)
+    answers = []
+    for (position, _), row_ids, row_sims, own in zip(embedded, ids, sims, own_rows):
+        kept = [(i, s) for i, s in zip(row_ids, row_sims) if int(i) not in own][:k]
+        span = spans[position]
+        answers.append({"query": str(videos[position]),
+                        "start_s": None if span is None else span.start_s,
+                        "end_s": None if span is None else span.end_s,
+                        "results": _hits(loaded, np.array([i for i, _ in kept], dtype=np.int64),
+                                         np.array([s for _, s in kept], dtype=np.float32))})
     return answers, errors
+
+
+@dataclass(frozen=True)
+class QuerySpan:
+    """A stretch of a query file: its frames [start_frame, stop_frame) and where they lie, in seconds."""
+
+    start_frame: int
+    stop_frame: int
+    start_s: float
+    end_s: float
+
+
+def parse_time(text: str, flag: str) -> float:
+    """Seconds from `SS[.s]`, `MM:SS[.s]` or `HH:MM:SS[.s]`: a time in a video, written as search prints one."""
+    parts = text.strip().split(":")
+    try:
+        values = [float(part) for part in parts]
+        if len(values) > 3 or any(v < 0 for v in values) or any(v >= 60 for v in values[1:]):
+            raise ValueError(text)
+    except ValueError:
+        raise SearchUsageError(f"{flag} {text!r}: expected seconds (176.9) or [hh:]mm:ss[.s] (2:56.9)") from None
+    seconds = 0.0
+    for value in values:
+        seconds = seconds * 60 + value
+    return seconds
+
+
+def query_span(video: Path, start_s: float | None, end_s: float | None) -> QuerySpan:
+    """The frames of `video` from `start_s` to `end_s` (its start and its end when None), by its frame rate; a
+    time past the file's end, or an end before the start, is a SearchUsageError that gives the file's length."""
+    from slic.data.video import DECODE_ERRORS, clock, decode_error_line, file_timeline, time_span
+
+    try:
+        line = file_timeline(video)
+    except DECODE_ERRORS as exc:
+        raise SearchUsageError(decode_error_line(video, exc)) from exc
+    if not line.fps or not line.frames:
+        raise SearchUsageError(f"{video}: the file gives no frame rate or no frames, so no time in it can be "
+                               "found; search it whole (without --start and --end)")
+    length = line.frames / line.fps
+    start = 0.0 if start_s is None else start_s
+    end = length if end_s is None else min(end_s, length)
+    if start >= length:
+        raise SearchUsageError(f"--start {clock(start)} is past the end of {video} ({clock(length)} long)")
+    if end <= start:
+        raise SearchUsageError(f"--end must come after --start (got {time_span(start, end)}) in {video}")
+    first = min(round(start * line.fps), line.frames - 1)
+    stop = max(first + 1, min(round(end * line.fps), line.frames))
+    return QuerySpan(first, stop, round(first / line.fps, 3), round(stop / line.fps, 3))
+
+
+def _rows_of_file(loaded: LoadedIndex, video: Path) -> set[int]:
+    """The index rows (whole videos or segments) made from the file `video` (its links and copies under other
+    names are other files)."""
+    wanted = os.path.realpath(video)
+    paths = loaded.rows["path"].astype(str)
+    return {int(row) for row, path in zip(loaded.rows.index, paths) if os.path.realpath(path) == wanted}
 
 
 def _hits(loaded: LoadedIndex, ids: np.ndarray, sims: np.ndarray) -> list[dict[str, Any]]:
@@ -146,14 +219,14 @@ def format_table(answer: dict[str, Any]) -> str:
     hits = answer["results"]
     classes = [h["class"] or "-" for h in hits]  # "-": an unlabelled video has no class
     width = max([len("class")] + [len(name) for name in classes])
-    lines = [f"query: {answer['query']}", f"{'rank':>4}  {'similarity':>10}  {'class':<{width}}  path"]
+    lines = [f"query: {answer['query']}{_span(answer)}", f"{'rank':>4}  {'similarity':>10}  {'class':<{width}}  path"]
     lines += [f"{h['rank']:>4}  {h['similarity']:>10.4f}  {name:<{width}}  {h['path']}{_span(h)}"
               for h, name in zip(hits, classes)]
     return "\n".join(lines)
 
 
 def _span(hit: dict[str, Any]) -> str:
-    """Where a segment lies in its file, as ` [mm:ss-mm:ss]` (nothing for a whole video)."""
+    """Where a segment (or a query's stretch) lies in its file, as ` [mm:ss-mm:ss]` (nothing for a whole video)."""
     from slic.data.video import time_span
 
     return "" if hit.get("start_s") is None else f" [{time_span(hit['start_s'], hit['end_s'])}]"
@@ -182,6 +255,11 @@ def run_search(argv: list[str], params: str = "params.yaml") -> int:
     parser.add_argument("--index", default="", help="index folder (default: index.out of params.yaml)")
     parser.add_argument("--workers", type=int, default=None, help="processes decoding the next queries of a "
                         "folder while the encoder embeds one (default: embed.workers of params.yaml; 0: none)")
+    parser.add_argument("--start", default=None, help="search with this stretch of one video file only: from "
+                        "this time, in seconds (176.9) or [hh:]mm:ss[.s] (2:56.9; default: its start)")
+    parser.add_argument("--end", default=None, help="... to this time (default: its end)")
+    parser.add_argument("--other-files", action="store_true", help="leave out hits from the query's own file "
+                        "(the segments around a stretch of an indexed recording, or the indexed file itself)")
     args = parser.parse_args(argv)
     if args.k < 1:
         parser.error(f"-k must be >= 1, got {args.k}")
@@ -195,10 +273,12 @@ def run_search(argv: list[str], params: str = "params.yaml") -> int:
         extensions, index_dir, workers = params_defaults(params)
         loaded = load_index(args.index or index_dir)
         videos = find_videos(args.path, extensions)
+        spans = _query_spans(args, videos)
         clips = int(loaded.meta.get("clips", 10))  # as the index's videos were embedded
         encoder = model_encoder(args.model, clips) if args.model else index_encoder(loaded, warn)
         answers, errors = search_videos(videos, encoder, loaded, args.k,
-                                        workers if args.workers is None else args.workers)
+                                        workers if args.workers is None else args.workers, spans=spans,
+                                        other_files=args.other_files)
     except (ConfigError, IndexBuildError, SearchUsageError) as exc:
         warn(f"error: {exc}")
         return 2
@@ -209,6 +289,18 @@ def run_search(argv: list[str], params: str = "params.yaml") -> int:
     except BrokenPipeError:  # e.g. `slic search DIR | head`: the reader left, nothing more to say
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keep the interpreter's final flush quiet
     return 1 if errors else 0
+
+
+def _query_spans(args: argparse.Namespace, videos: list[Path]) -> list[QuerySpan | None] | None:
+    """--start/--end as the one query file's frames (None: every query whole)."""
+    if args.start is None and args.end is None:
+        return None
+    if len(videos) != 1 or Path(args.path).is_dir():
+        raise SearchUsageError(f"--start and --end pick a stretch of one video file; {args.path} is a folder "
+                               f"({len(videos)} videos): name one of its files")
+    start = None if args.start is None else parse_time(args.start, "--start")
+    end = None if args.end is None else parse_time(args.end, "--end")
+    return [query_span(videos[0], start, end)]
 
 
 def _print_answers(args: argparse.Namespace, index_dir: str, loaded: LoadedIndex, answers: list[dict[str, Any]],

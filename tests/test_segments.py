@@ -5,6 +5,7 @@ its file a segment lies."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -160,3 +161,68 @@ def test_the_segments_bench_holds_whole_group_numbers_out_of_its_archive() -> No
     assert len(groups) == 3 and len(val) == 3 * 2 * 2 and len(kept) + len(val) == len(clips)
     assert not groups & {name.rsplit("_g", 1)[1][:2] for name, _ in kept}
     assert held_out(clips, seed=7, groups=3) == (kept, val) and held_out(clips, seed=8, groups=3) != (kept, val)
+
+
+def test_search_with_a_stretch_of_a_long_video_finds_that_moment(archive: Path, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """`slic search FILE --start --end` embeds only that stretch of the file, as the index embedded its segments
+    (the same frames, the same encoder): the segment it was cut from comes first, at similarity 1; with
+    --other-files the file's own segments are left out. Times outside the file, or a folder, are refused."""
+    from slic.cli import main
+    from slic.config import PretrainConfig
+    from slic.index import build_stage
+    from slic.pretrain import TrainState, build_encoder, save_checkpoint
+    from slic.serving import VideoEncoder
+
+    tiny = PretrainConfig(hidden_dim=16, out_dim=8, size=16, clip_len=16)
+    checkpoint = tmp_path / "best.pt"
+    save_checkpoint(checkpoint, build_encoder(tiny), None, TrainState(), tiny)
+    table = build_manifest(ManifestConfig(root=str(archive), layout="unlabelled", workers=1, segment_seconds=10))
+    table.to_csv(tmp_path / "validated.csv", index=False)
+    spans = list(zip(table["start_frame"], table["stop_frame"]))
+    vectors = np.stack([v for _, v, _ in VideoEncoder(checkpoint, clips=2).embed_files(
+        [Path(p) for p in table["path"]], spans=spans)])
+    np.savez(tmp_path / "embeddings.npz", video_id=table["video_id"].to_numpy(str), label=np.full(len(table), -1),
+             class_name=np.array([""] * len(table)), split=table["split"].to_numpy(str), embedding=vectors)
+    cfg = IndexConfig(manifest=str(tmp_path / "validated.csv"), kind="flat", out=str(tmp_path / "index"))
+    build_stage(cfg, embeddings=str(tmp_path / "embeddings.npz"), checkpoint=str(checkpoint), clips=2)
+    params = tmp_path / "params.yaml"
+    params.write_text(f"index:\n  out: {tmp_path / 'index'}\n  add_videos: ''\nembed:\n  workers: 0\n")
+    match = archive / "long" / "match.mp4"
+
+    def search(*args: str) -> tuple[int, str, str]:
+        code = main(["--params", str(params), "search", *args])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    code, out, _ = search(str(match), "--start", "0:30", "--end", "40", "--json", "-k", "2")
+    answer = json.loads(out)["queries"][0]
+    assert code == 0 and (answer["start_s"], answer["end_s"]) == (30.0, 40.0)
+    top = answer["results"][0]
+    assert top["video_id"] == "long/match@30.0s" and top["similarity"] == pytest.approx(1.0, abs=1e-5)
+    code, out, _ = search(str(match), "--start", "30", "--end", "40", "-k", "1")
+    assert out.splitlines()[0] == f"query: {match} [00:30.0-00:40.0]"
+    assert out.splitlines()[2].endswith(f"{match} [00:30.0-00:40.0]")
+    code, out, _ = search(str(match), "--start", "30", "--end", "40", "--other-files", "--json")
+    hits = json.loads(out)["queries"][0]["results"]
+    assert code == 0 and [h["video_id"] for h in hits] == ["short"]  # the only other file
+    code, out, _ = search(str(match), "--json", "-k", "3")  # whole: no stretch named
+    assert code == 0 and json.loads(out)["queries"][0]["start_s"] is None
+    for args, said in [((str(match), "--start", "5:00"), f"--start 05:00.0 is past the end of {match} (01:00.0 long)"),
+                       ((str(match), "--start", "40", "--end", "30"), "--end must come after --start"),
+                       ((str(match), "--start", "1:75"), "--start '1:75': expected seconds (176.9) or [hh:]mm:ss"),
+                       ((str(archive), "--start", "10"), f"{archive} is a folder (2 videos): name one of its files")]:
+        code, _, err = search(*args)
+        assert code == 2 and err.count("\n") == 1 and said in err, err
+
+
+def test_times_are_read_as_search_prints_them() -> None:
+    from slic.data.video import clock
+    from slic.search import SearchUsageError, parse_time
+
+    assert [parse_time(t, "--start") for t in ("176.9", "2:56.9", "1:02:56", "0")] == [176.9, 176.9, 3776.0, 0.0]
+    for seconds in (0.0, 59.96, 176.94, 3599.9):
+        assert parse_time(clock(seconds), "--end") == pytest.approx(round(seconds, 1))
+    for bad in ("", "a", "1:2:3:4", "-5", "1:60"):
+        with pytest.raises(SearchUsageError, match="expected seconds"):
+            parse_time(bad, "--start")

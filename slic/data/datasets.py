@@ -314,6 +314,23 @@ def build_manifest(config: ManifestConfig, progress: Callable[[int], None] | Non
     return table.sort_values("video_id", kind="stable").reset_index(drop=True)
 
 
+LONG_VIDEO_SECONDS = 60.0  # the trimmed clips SLIC assumes last seconds (UCF101: 7 s on average)
+
+
+def segment_advice(table: pd.DataFrame, segment_seconds: float) -> str:
+    """A line for the manifest stage when usable videos are long and not cut into segments: each is then one
+    embedding, the mean of clips spread over all of it, in which one action is diluted by the rest; empty when
+    nothing is that long or segments are on."""
+    usable = table[table["excluded"] == ""]
+    long = usable[usable["duration"] > LONG_VIDEO_SECONDS]
+    if segment_seconds > 0 or long.empty:
+        return ""
+    return (f"{len(long)} of {len(usable)} usable videos are longer than {LONG_VIDEO_SECONDS:.0f} s (the longest "
+            f"{long['duration'].max() / 60:.1f} min): each is one embedding, from clips spread over all of it; for "
+            "untrimmed recordings set manifest.segment_seconds (4 to 8 found actions best on ucf101_6: "
+            "docs/pipeline.md) to train on, index and search them in segments")
+
+
 def segmented(table: pd.DataFrame, seconds: float) -> pd.DataFrame:
     """The manifest with each video cut into segments (`segment_bounds`), a row each: `video_id@<start>s`, the
     source's path, class, split and group (so a video's segments stay on one side of every split), and its

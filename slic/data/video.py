@@ -194,9 +194,16 @@ def segment_bounds(frames: int, fps: float, seconds: float) -> list[tuple[int, i
     return list(zip(bounds, bounds[1:]))
 
 
+def clock(seconds: float) -> str:
+    """A time in a video as `mm:ss.s` (minutes past 59 are not carried into hours: 75:00.0); rounded to the
+    tenth first, so 59.96 s is 01:00.0, not 00:60.0."""
+    tenths = round(seconds * 10)
+    return f"{tenths // 600:02d}:{tenths % 600 / 10:04.1f}"
+
+
 def time_span(start_s: float, end_s: float) -> str:
     """Where a segment lies in its file, as `mm:ss.s-mm:ss.s` (search's hits, the retrieval report's videos)."""
-    return "-".join(f"{int(t // 60):02d}:{t % 60:04.1f}" for t in (start_s, end_s))
+    return f"{clock(start_s)}-{clock(end_s)}"
 
 
 SEEK_GAP = 100  # frames: a keyframe this far past the decoder's position is reached by seeking, not decoding

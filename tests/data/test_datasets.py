@@ -173,6 +173,31 @@ def test_links_empty_and_broken_files_are_listed_once_with_their_reason(tiny_dat
     assert (table.loc[["walk", "other"], "excluded"] == "").all()
 
 
+def test_the_manifest_stage_counts_what_it_does_not_print_and_advises_segments(
+        tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from slic.cli import main
+    from slic.data.datasets import segment_advice
+
+    root = tmp_path / "archive"
+    root.mkdir()
+    for video in sorted(tiny_dataset.rglob("*.avi"))[:2]:
+        shutil.copy(video, root / video.name)
+    for number in range(12):
+        (root / f"empty{number:02d}.avi").write_bytes(b"")
+    (tmp_path / "params.yaml").write_text(f"manifest:\n  root: {root}\n  layout: unlabelled\n  workers: 1\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["manifest"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("  excluded empty") == 10 and "  and 2 more excluded: reports/manifest.json lists each" in out
+    assert "note:" not in out  # 2-second clips: nothing to advise
+    table = pd.DataFrame({"excluded": ["", "", "", "too short"], "duration": [30.0, 75.0, 660.0, 900.0]})
+    advice = segment_advice(table, segment_seconds=0)
+    assert advice.startswith("2 of 3 usable videos are longer than 60 s (the longest 11.0 min)")
+    assert "manifest.segment_seconds" in advice
+    assert segment_advice(table, segment_seconds=8) == ""  # already cut
+    assert segment_advice(table[table["duration"] < 60], segment_seconds=0) == ""
+
+
 def test_val_takes_the_same_group_numbers_in_every_class() -> None:
     # Groups of one number share their scene across classes in the synthetic set (and are one
     # source video per class in UCF101): val must hold out the number in every class.
