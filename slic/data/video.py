@@ -183,7 +183,20 @@ def decode(path: str | Path, *, start: int = 0, stop: int | None = None,
         raise VideoDecodeError(path, _describe(exc, path)) from exc
     if not out:
         raise VideoDecodeError(path, f"no frame decoded in range [{start}, {stop})")
-    return np.stack(out)
+    return np.stack(list(_one_size(dict(enumerate(out))).values()))
+
+
+def _one_size(frames: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
+    """The frames all at the size of the first (lowest index) one: a stream whose resolution changes midway (a
+    recording's settings changed, streams joined) is scaled to it, as `extract`'s JPEG encoder, set up by the
+    first frame, scales the rest, so a clip that spans the change still stacks."""
+    if not frames:
+        return frames
+    height, width = frames[min(frames)].shape[:2]
+    return {index: frame if frame.shape[:2] == (height, width) else
+            av.VideoFrame.from_ndarray(frame, format="rgb24").reformat(width=width, height=height,
+                                                                        threads=1).to_ndarray()
+            for index, frame in frames.items()}
 
 
 def segment_bounds(frames: int, fps: float, seconds: float) -> list[tuple[int, int]]:
@@ -286,10 +299,12 @@ def decode_frames_at(path: str | Path, indices: Sequence[int], *, short_side: in
     try:
         if frames_of is not None and _seeking_pays(frames_of, wanted):
             try:
-                return _decode_seeking(path, wanted, frames_of, lambda frame: _rgb(frame, short_side))
+                frames, decoded = _decode_seeking(path, wanted, frames_of, lambda frame: _rgb(frame, short_side))
+                return _one_size(frames), decoded
             except _SeekMismatch:
                 pass
-        return _decode_from_start(path, wanted, short_side)
+        frames, decoded = _decode_from_start(path, wanted, short_side)
+        return _one_size(frames), decoded
     except VideoDecodeError:
         raise
     except (av.FFmpegError, OSError, ValueError) as exc:

@@ -97,3 +97,39 @@ def test_jpeg_sequence_keeps_every_frame_and_pixels_close(tmp_path: Path) -> Non
     decoded = decode_jpegs(sequence.jpegs)
     assert decoded.shape == frames.shape
     assert np.abs(decoded.astype(np.int16) - frames).mean() < 3.0
+
+
+def test_a_stream_whose_size_changes_midway_decodes_at_the_first_size(tmp_path: Path) -> None:
+    """Two MPEG-TS streams joined byte for byte (320x240 then 160x200): a recording whose settings changed.
+    extract's shard holds every frame at the first frame's size; decode and the query path (decode_frames_at,
+    serving's clips) give the same size, so a clip across the change stacks instead of failing."""
+    import av
+
+    from slic.data.video import decode_frames_at, file_timeline
+    from slic.serving import decode_windows
+
+    parts = []
+    for index, (width, height) in enumerate([(320, 240), (160, 200)]):
+        part = tmp_path / f"part{index}.ts"
+        with av.open(str(part), "w", format="mpegts") as container:
+            stream = container.add_stream("libx264", rate=25)
+            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+            for number in range(30):
+                image = np.full((height, width, 3), 8 * number, np.uint8)
+                for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                    container.mux(packet)
+            for packet in stream.encode():
+                container.mux(packet)
+        parts.append(part.read_bytes())
+    joined = tmp_path / "joined.ts"
+    joined.write_bytes(b"".join(parts))
+    frames = decode(joined, short_side=64)
+    assert frames.shape == (60, 64, 86, 3)
+    assert frames[45].mean() == pytest.approx(8 * 15, abs=6)  # the second stream's frame, scaled, not garbled
+    at, decoded = decode_frames_at(joined, [10, 29, 30, 59], short_side=64, frames_of=file_timeline(joined))
+    assert decoded == 60 and {f.shape for f in at.values()} == {(64, 86, 3)}
+    assert all(np.array_equal(at[i], frames[i]) for i in at)
+    windows = decode_windows(joined, short_side=64, clip_len=16, clips=3, frame_step=1)
+    assert [w.shape for w in windows] == [(16, 64, 86, 3)] * 3  # the middle clip spans the change
+    sequence = encode_jpeg_sequence(joined, short_side=64, quality=4)
+    assert len(sequence.jpegs) == 60 and {frame.shape for frame in decode_jpegs(sequence.jpegs)} == {(64, 86, 3)}
