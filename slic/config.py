@@ -26,6 +26,11 @@ def _spec(default: Any, *, low: float | None = None, high: float | None = None,
     return field(default=default, metadata={"low": low, "high": high, "choices": choices, "help": help})
 
 
+
+# What a folder of a user's videos may hold: containers PyAV (FFmpeg) decodes, camcorders' .mts/.m2ts and
+# phones' .3gp included; matched without regard to case.
+VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts",
+                    ".wmv", ".flv", ".3gp", ".ogv")
 @dataclass(frozen=True)
 class SynthConfig:
     """The synthetic motion dataset (stage `synth`)."""
@@ -79,7 +84,7 @@ class EvalSetConfig:
     splits_dir: str = _spec("", help="folder with the split files; empty: the root")
     split: int = _spec(1, low=1, high=3)
     min_frames: int = _spec(32, low=1)
-    extensions: tuple[str, ...] = _spec((".avi", ".mp4", ".mkv", ".mov", ".webm"))
+    extensions: tuple[str, ...] = _spec(VIDEO_EXTENSIONS)
     classify: bool = _spec(False, help="classify@<name> trains the linear probe and finetune on this set "
                                        "(the paper finetunes its UCF101 encoder on HMDB51)")
     val_fraction: float = _spec(0.15, low=0.05, high=0.5,
@@ -103,7 +108,7 @@ class ManifestConfig:
                                         "segments of 0.75-1.25 x this many seconds, a row each (untrimmed videos)")
     on_missing: str = _spec("error", choices=("error", "exclude"),
                             help="a listed video that does not exist: stop, or exclude it by name")
-    extensions: tuple[str, ...] = _spec((".avi", ".mp4", ".mkv", ".mov", ".webm"))
+    extensions: tuple[str, ...] = _spec(VIDEO_EXTENSIONS)
     workers: int = _spec(2, low=1, high=256)
     out: str = _spec("data/manifests/manifest.csv")
     seed: int = _spec(7, low=0)

@@ -164,8 +164,10 @@ def test_links_empty_and_broken_files_are_listed_once_with_their_reason(tiny_dat
     (root / "gone.avi").symlink_to(root / "nowhere.avi")
     (root / "empty.avi").write_bytes(b"")
     (root / "folder.avi").mkdir()  # a folder with a video's name is not a video
+    shutil.copy(videos[2], root / "camcorder.MTS")  # listed by default, whatever the case of its extension
     table = build_manifest(config(root, "unlabelled")).set_index("video_id")
-    assert sorted(table.index) == ["b_link", "empty", "gone", "other", "walk", "z_hard"]
+    assert sorted(table.index) == ["b_link", "camcorder", "empty", "gone", "other", "walk", "z_hard"]
+    assert table.loc["camcorder", "excluded"] == ""
     assert table.loc["b_link", "excluded"] == "the same file as walk (a link to it): listed once"
     assert table.loc["z_hard", "excluded"] == "the same file as walk (a link to it): listed once"
     assert table.loc["gone", "excluded"] == f"broken link: it points to {root / 'nowhere.avi'}, which does not exist"
