@@ -246,10 +246,11 @@ def carves_by_group(layout: str) -> bool:
 
 
 def _draw_test_split(table: pd.DataFrame, seed: int, fraction: float = 0.3) -> pd.Series:
-    """For class-folder datasets with no split files: a seeded, per-class test share."""
+    """For class-folder datasets with no split files: a seeded, per-class test share of the usable videos (an
+    excluded one drawn for test would leave its class short there)."""
     split = table["split"].copy()
     rng = np.random.default_rng([seed, 1])
-    for _, rows in table.groupby("class", sort=True):
+    for _, rows in table[table["excluded"] == ""].groupby("class", sort=True):
         count = round(fraction * len(rows)) if len(rows) > 1 else 0
         picked = rng.choice(rows.index.to_numpy(), size=count, replace=False)
         split.loc[picked] = "test"

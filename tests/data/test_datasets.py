@@ -200,6 +200,24 @@ def test_the_manifest_stage_counts_what_it_does_not_print_and_advises_segments(
     assert segment_advice(table[table["duration"] < 60], segment_seconds=0) == ""
 
 
+def test_a_class_folders_test_share_is_drawn_from_its_usable_videos(tiny_dataset: Path, tmp_path: Path) -> None:
+    """Layout folder: each class's 30% test share comes from the videos that can be used; drawn among unreadable
+    ones too, a class could end with no test video and fail validation though it has enough."""
+    root = tmp_path / "classes"
+    videos = sorted(tiny_dataset.rglob("*.avi"))
+    for name, first in (("a", 0), ("b", 4)):
+        (root / name).mkdir(parents=True)
+        for number, video in enumerate(videos[first:first + 4]):
+            shutil.copy(video, root / name / f"v{number}.avi")
+        for number in range(3):
+            (root / name / f"broken{number}.avi").write_bytes(b"")
+    for seed in range(8):
+        table = build_manifest(config(root, "folder", seed=seed, val_fraction=0))
+        usable = table[table["excluded"] == ""]
+        assert usable.groupby("class")["split"].apply(lambda s: (s == "test").sum()).to_dict() == {"a": 1, "b": 1}
+        assert (table.loc[table["excluded"] != "", "split"] == "train").all()
+
+
 def test_val_takes_the_same_group_numbers_in_every_class() -> None:
     # Groups of one number share their scene across classes in the synthetic set (and are one
     # source video per class in UCF101): val must hold out the number in every class.
