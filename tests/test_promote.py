@@ -126,6 +126,64 @@ def test_champion_loads_from_registry_and_embeds_a_real_video(store: Path) -> No
     assert model.metadata.signature.inputs.input_names() == ["path"]
 
 
+def test_the_champion_served_over_rest_embeds_files_and_names_the_one_it_cannot_decode(store: Path) -> None:
+    """`mlflow models serve -m models:/slic-encoder@champion` (a real scoring server): a POST of paths gives the
+    embeddings the registry's model gives in process; a corrupt file is a 400 whose message names it."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.error
+    import urllib.request
+
+    from slic.tracking import tracking_uri
+
+    videos = sorted(SHARED_VIDEOS.rglob("*.avi"))[:2]
+    corrupt = SHARED_VIDEOS / "dmlc-decord" / "decode_tests" / "corrupted.mp4"
+    if len(videos) < 2 or not corrupt.is_file():
+        pytest.skip(f"real sample videos not found at {SHARED_VIDEOS}")
+    checkpoint, report = make_candidate(store / "a", 0.5, 1)
+    promote(PromoteConfig(checkpoint=str(checkpoint)), report)
+    expected = embed_videos(videos, "models:/slic-encoder@champion")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri(), "OMP_NUM_THREADS": "1"}
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/slic-encoder@champion",
+                               "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+
+    def post(paths: list[Path]) -> tuple[int, dict]:
+        body = json.dumps({"dataframe_split": {"columns": ["path"], "data": [[str(p)] for p in paths]}}).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read())
+
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
+                    break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, "the scoring server did not start"
+                time.sleep(0.5)
+        status, answer = post(videos)
+        assert status == 200
+        np.testing.assert_allclose(np.array(answer["predictions"], dtype=np.float32), expected, rtol=1e-4, atol=1e-5)
+        status, answer = post([videos[0], corrupt])
+        assert status == 400 and f"{corrupt}: cannot decode video" in answer["message"]
+        assert "other files were not embedded" in answer["message"]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
 def test_promote_stage_writes_promotion_report(store: Path) -> None:
     from slic.cli import main
 
