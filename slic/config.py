@@ -26,11 +26,12 @@ def _spec(default: Any, *, low: float | None = None, high: float | None = None,
     return field(default=default, metadata={"low": low, "high": high, "choices": choices, "help": help})
 
 
-
 # What a folder of a user's videos may hold: containers PyAV (FFmpeg) decodes, camcorders' .mts/.m2ts and
 # phones' .3gp included; matched without regard to case.
 VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts",
                     ".wmv", ".flv", ".3gp", ".ogv")
+
+
 @dataclass(frozen=True)
 class SynthConfig:
     """The synthetic motion dataset (stage `synth`)."""

@@ -124,7 +124,8 @@ def search_videos(videos: list[Path], encoder: FileEncoder, loaded: LoadedIndex,
             embedded.append((position, vector))
     if not embedded:
         return [], errors
-    own_rows = [_rows_of_file(loaded, videos[position]) if other_files else set() for position, _ in embedded]
+    rows_of = _rows_by_file(loaded) if other_files else {}
+    own_rows = [rows_of.get(os.path.realpath(videos[position]), set()) for position, _ in embedded]
     normalize = loaded.meta.get("metric", "cosine") == "cosine"
     sims, ids = search(loaded.index, np.stack([v for _, v in embedded]).astype(np.float32),
                        k + max(len(rows) for rows in own_rows), normalize=normalize)
@@ -173,7 +174,7 @@ def query_span(video: Path, start_s: float | None, end_s: float | None) -> Query
     try:
         line = file_timeline(video)
     except DECODE_ERRORS as exc:
-        raise SearchUsageError(decode_error_line(video, exc)) from exc
+        raise SearchUsageError(f"{video}: {decode_error_line(video, exc)}") from exc
     if not line.fps or not line.frames:
         raise SearchUsageError(f"{video}: the file gives no frame rate or no frames, so no time in it can be "
                                "found; search it whole (without --start and --end)")
@@ -189,12 +190,13 @@ def query_span(video: Path, start_s: float | None, end_s: float | None) -> Query
     return QuerySpan(first, stop, round(first / line.fps, 3), round(stop / line.fps, 3))
 
 
-def _rows_of_file(loaded: LoadedIndex, video: Path) -> set[int]:
-    """The index rows (whole videos or segments) made from the file `video` (its links and copies under other
-    names are other files)."""
-    wanted = os.path.realpath(video)
-    paths = loaded.rows["path"].astype(str)
-    return {int(row) for row, path in zip(loaded.rows.index, paths) if os.path.realpath(path) == wanted}
+def _rows_by_file(loaded: LoadedIndex) -> dict[str, set[int]]:
+    """The index rows (whole videos or segments) made from each file, by its real path (a link resolves to its
+    target; a copy under another name is another file)."""
+    rows: dict[str, set[int]] = {}
+    for row, path in zip(loaded.rows.index, loaded.rows["path"].astype(str)):
+        rows.setdefault(os.path.realpath(path), set()).add(int(row))
+    return rows
 
 
 def _hits(loaded: LoadedIndex, ids: np.ndarray, sims: np.ndarray) -> list[dict[str, Any]]:
@@ -219,7 +221,8 @@ def format_table(answer: dict[str, Any]) -> str:
     hits = answer["results"]
     classes = [h["class"] or "-" for h in hits]  # "-": an unlabelled video has no class
     width = max([len("class")] + [len(name) for name in classes])
-    lines = [f"query: {answer['query']}{_span(answer)}", f"{'rank':>4}  {'similarity':>10}  {'class':<{width}}  path"]
+    lines = [f"query: {answer['query']}{_span(answer)}",
+             f"{'rank':>4}  {'similarity':>10}  {'class':<{width}}  path"]
     lines += [f"{h['rank']:>4}  {h['similarity']:>10.4f}  {name:<{width}}  {h['path']}{_span(h)}"
               for h, name in zip(hits, classes)]
     return "\n".join(lines)
