@@ -53,17 +53,26 @@ def animated_thumbnail(shard: str | Path, *, frames: int = THUMB_FRAMES, width: 
     images = []
     for i in picks:
         try:
-            image = Image.open(io.BytesIO(reader.read_jpegs(int(i), 1)[0])).convert("RGB")
+            images.append(Image.open(io.BytesIO(reader.read_jpegs(int(i), 1)[0])).convert("RGB"))
         except OSError as exc:
             raise ValueError(f"frame {i} is not a decodable JPEG ({type(exc).__name__})") from exc
-        height = max(1, round(image.height * width / image.width))
-        images.append(image.resize((width, height), Image.Resampling.BILINEAR))
     gap = (reader.frames - 1) / max(len(picks) - 1, 1)
-    duration = int(np.clip(1000 * gap / float(reader.header.get("fps") or 25.0), 40, 400))
+    return animated_webp(images, width=width, seconds_apart=gap / float(reader.header.get("fps") or 25.0),
+                         quality=quality)
+
+
+def animated_webp(images: list[Any], *, width: int, seconds_apart: float, quality: int = 50) -> tuple[bytes, int, int]:
+    """Animated WebP (bytes, width, height) of PIL images scaled to `width`, each shown for the time between them
+    in the video (`seconds_apart`, held within 40-400 ms), looping."""
+    from PIL import Image
+
+    height = max(1, round(images[0].height * width / images[0].width))
+    scaled = [image.resize((width, height), Image.Resampling.BILINEAR) for image in images]
+    duration = int(np.clip(1000 * seconds_apart, 40, 400))
     out = io.BytesIO()
-    images[0].save(out, format="WEBP", save_all=True, append_images=images[1:], duration=duration, loop=0,
+    scaled[0].save(out, format="WEBP", save_all=True, append_images=scaled[1:], duration=duration, loop=0,
                    quality=quality, method=4)
-    return out.getvalue(), images[0].width, images[0].height
+    return out.getvalue(), width, height
 
 
 def load_thumbnail(shard: Path) -> Thumbnail:

@@ -263,6 +263,8 @@ def run_search(argv: list[str], params: str = "params.yaml") -> int:
     parser.add_argument("--end", default=None, help="... to this time (default: its end)")
     parser.add_argument("--other-files", action="store_true", help="leave out hits from the query's own file "
                         "(the segments around a stretch of an indexed recording, or the indexed file itself)")
+    parser.add_argument("--html", default="", metavar="FILE", help="also write the queries and their hits as "
+                        "animated thumbnails to this self-contained HTML page")
     args = parser.parse_args(argv)
     if args.k < 1:
         parser.error(f"-k must be >= 1, got {args.k}")
@@ -287,6 +289,13 @@ def run_search(argv: list[str], params: str = "params.yaml") -> int:
         return 2
     for error in errors:
         warn(f"error: {error['query']}: {error['error']}")
+    if args.html:
+        from slic.search_report import write_search_html
+
+        page = write_search_html(args.html, answers, errors, index=str(args.index or index_dir),
+                                 model=args.model or loaded.meta["checkpoint"])
+        queries = f"{page['queries']} {'query' if page['queries'] == 1 else 'queries'}"
+        warn(f"wrote {page['path']} ({queries}, {page['thumbnails']} thumbnails, {page['bytes'] / 1e6:.2f} MB)")
     try:
         _print_answers(args, index_dir, loaded, answers, errors)
     except BrokenPipeError:  # e.g. `slic search DIR | head`: the reader left, nothing more to say

@@ -110,6 +110,26 @@ def test_a_folder_decoded_by_loader_workers_gets_the_same_answers_and_errors(
     assert exited.value.code == 2 and "--workers must be >= 0, got -1" in capsys.readouterr().err
 
 
+def test_search_html_shows_each_query_and_its_hits_as_thumbnails_and_names_the_failed_one(
+        workdir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import html
+    import re
+
+    page_path = tmp_path / "hits.html"
+    assert main(["search", str(FOLDER), "-k", "2", "--html", str(page_path)]) == 1  # corrupted.mp4 failed
+    err = capsys.readouterr().err
+    assert f"slic search: wrote {page_path} (5 queries, 5 thumbnails, " in err  # 5 videos, each made once
+    page = html.unescape(page_path.read_text())
+    sections = re.findall(r'<section class="row" aria-label="query ([^"]+)">(.*?)</section>', page)
+    good = sorted(str(p) for p in FOLDER.iterdir() if p.name != "corrupted.mp4")
+    assert [query for query, _ in sections] == good
+    for query, body in sections:
+        assert body.count('<li class="video neighbour">') == 2 and body.count("data:image/webp;base64,") == 3
+        assert f'alt="neighbour: {query}"' in body  # the query is indexed: its own first hit
+    assert re.search(r'<ul id="errors"><li>[^<]*corrupted\.mp4: cannot decode video', page)
+    assert "<script" not in page and "http" not in page  # self-contained, opens from disk
+
+
 def test_search_usage_errors_say_what_to_run(workdir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["search", str(FOLDER), "--index", str(tmp_path / "none")]) == 2
     err = capsys.readouterr().err

@@ -226,3 +226,30 @@ def test_times_are_read_as_search_prints_them() -> None:
     for bad in ("", "a", "1:2:3:4", "-5", "1:60"):
         with pytest.raises(SearchUsageError, match="expected seconds"):
             parse_time(bad, "--start")
+
+
+def test_a_segments_thumbnail_plays_frames_of_its_own_stretch(archive: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """search --html shows a segment by frames spread over its own stretch of the file, not over the whole file."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    import slic.data.video as video
+    from slic.search_report import file_thumbnail
+
+    asked: list[list[int]] = []
+    decode_frames_at = video.decode_frames_at
+
+    def recording(path, indices, **kwargs):  # noqa: ANN001, ANN202 - the wrapped function's own signature
+        asked.append(list(indices))
+        return decode_frames_at(path, indices, **kwargs)
+
+    monkeypatch.setattr(video, "decode_frames_at", recording)
+    thumb = file_thumbnail(archive / "long" / "match.mp4", 30.0, 40.0)
+    assert asked == [np.linspace(750, 999, 12).round().astype(int).tolist()]
+    assert thumb.data_uri is not None and thumb.width == 96
+    animation = Image.open(io.BytesIO(base64.b64decode(thumb.data_uri.split(",", 1)[1])))
+    assert animation.n_frames == 12 and animation.size == (96, 72)
+    broken = file_thumbnail(archive / "absent.mp4")
+    assert broken.data_uri is None and broken.error
