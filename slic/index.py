@@ -10,10 +10,13 @@ metric) and the effective parameters (an IVF nlist too large for the gallery is 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -178,28 +181,59 @@ def gallery_rows(embeddings: str | Path, manifest: str | Path, split: str) -> tu
     return rows[[*columns[:3], "label", *columns[3:]]], data["embedding"][keep]
 
 
+LOCK_FILE = ".lock"
+
+
+@contextlib.contextmanager
+def _index_lock(folder: Path, *, exclusive: bool) -> Iterator[None]:
+    """An advisory lock on the index folder: readers share it while they read its three files, the writer holds
+    it alone while it swaps a new build's files in, so a search that runs while `index` rebuilds (the Prefect
+    deployment every 15 minutes) never pairs one build's vectors with another's rows. Where locks cannot be
+    taken (no fcntl, a folder the reader may not write), it reads without one."""
+    try:
+        import fcntl
+        handle = open(folder / LOCK_FILE, "a+")  # noqa: SIM115 - closed below
+    except (ImportError, OSError):
+        yield
+        return
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def save_index(folder: str | Path, built: BuiltIndex, rows: pd.DataFrame, meta: dict[str, Any]) -> Path:
-    """Write index.faiss (a CPU copy), rows.csv and index.json into folder; return the folder."""
+    """Write index.faiss (a CPU copy), rows.csv and index.json into folder; return the folder.  Each is written
+    under a temporary name first, then the three are renamed into place together under the folder's lock, so a
+    reader sees the old build or the new one, whole."""
     faiss = faiss_module()
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     cpu = faiss.index_gpu_to_cpu(built.index) if built.device == "cuda" else built.index
-    faiss.write_index(cpu, str(folder / INDEX_FILE))
-    rows.rename_axis("row").to_csv(folder / ROWS_FILE)
-    (folder / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    staged = {name: folder / f".{name}.new" for name in (INDEX_FILE, ROWS_FILE, META_FILE)}
+    faiss.write_index(cpu, str(staged[INDEX_FILE]))
+    rows.rename_axis("row").to_csv(staged[ROWS_FILE])
+    staged[META_FILE].write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    with _index_lock(folder, exclusive=True):
+        for name, path in staged.items():
+            os.replace(path, folder / name)
     return folder
 
 
 def load_index(folder: str | Path) -> LoadedIndex:
-    """Read a folder written by save_index; a missing piece raises IndexBuildError saying to run the stage."""
+    """Read a folder written by save_index (under its shared lock: one build, whole); a missing piece raises
+    IndexBuildError saying to run the stage."""
     folder = Path(folder)
     missing = [name for name in (INDEX_FILE, ROWS_FILE, META_FILE) if not (folder / name).is_file()]
     if missing:
         raise IndexBuildError(f"no index at {folder} ({', '.join(missing)} missing); run `dvc repro index` first")
-    index = faiss_module().read_index(str(folder / INDEX_FILE))
-    rows = pd.read_csv(folder / ROWS_FILE, index_col="row", dtype={"video_id": str, "path": str, "class": str},
-                       keep_default_na=False)  # "" stays "" (no class), and a video named NA or null stays so
-    meta = json.loads((folder / META_FILE).read_text())
+    with _index_lock(folder, exclusive=False):
+        index = faiss_module().read_index(str(folder / INDEX_FILE))
+        rows = pd.read_csv(folder / ROWS_FILE, index_col="row", dtype={"video_id": str, "path": str, "class": str},
+                           keep_default_na=False)  # "" stays "" (no class), and a video named NA or null stays so
+        meta = json.loads((folder / META_FILE).read_text())
     if index.ntotal != len(rows):
         raise IndexBuildError(f"{folder}: index has {index.ntotal} vectors but rows.csv {len(rows)}; "
                               "run `dvc repro index` again")

@@ -187,3 +187,38 @@ def test_unlabelled_gallery_with_videos_named_like_missing_values(tmp_path: Path
     (frames / INDEX_NAME).write_text("video_id,shard,frames,height,width,fps,bytes,sha256\n"
                                      "NA,NA.shard,40,32,42,25.0,1000,ab\nnull,null.shard,40,32,42,25.0,1000,cd\n")
     assert read_index(frames)["video_id"].tolist() == ["NA", "null"]
+
+
+def _rebuild_again_and_again(folder: str, builds: int) -> None:
+    """A writer process: `builds` indexes of 2,000 rows each, build b's vectors all the unit vector along
+    component b and its rows named b-<i>, saved one after another into the same folder."""
+    for build in range(builds):
+        vectors = np.zeros((2000, 64), dtype=np.float32)
+        vectors[:, build] = 1.0
+        rows = pd.DataFrame({"video_id": [f"{build}-{i}" for i in range(2000)], "path": ["p"] * 2000,
+                             "class": [""] * 2000, "label": [-1] * 2000})
+        save_index(folder, build_index(vectors, kind="flat", device="cpu"), rows,
+                   {"kind": "flat", "metric": "inner_product", "checkpoint": "x.pt", "build": build})
+
+
+def test_a_search_during_a_rebuild_reads_one_build_whole(tmp_path: Path) -> None:
+    """`index` rewrites its folder in place (persist: the added videos' cache) while `slic search` may be reading
+    it: every load, however it falls among a writer process's 40 rebuilds, pairs one build's vectors with that
+    build's rows and index.json."""
+    import multiprocessing
+
+    folder = tmp_path / "index"
+    _rebuild_again_and_again(str(folder), 1)
+    writer = multiprocessing.get_context("spawn").Process(target=_rebuild_again_and_again, args=(str(folder), 40))
+    writer.start()
+    loads = 0
+    try:
+        while writer.is_alive() or loads == 0:
+            loaded = load_index(folder)
+            build = int(loaded.rows["video_id"].iloc[0].split("-")[0])
+            assert loaded.meta["build"] == build and int(np.argmax(loaded.index.reconstruct(0))) == build, loads
+            loads += 1
+    finally:
+        writer.join(timeout=120)
+    assert writer.exitcode == 0 and loads > 1
+    assert sorted(p.name for p in folder.iterdir()) == [".lock", "index.faiss", "index.json", "rows.csv"]
