@@ -29,11 +29,13 @@ def nearest_gallery(queries: np.ndarray, gallery: np.ndarray, k: int, *, block: 
     return _top_k(normalize_rows(queries), normalize_rows(gallery), k, block=block)[0]
 
 
-def _top_k(q: np.ndarray, g: np.ndarray, k: int, *, block: int,
-           exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def _top_k(q: np.ndarray, g: np.ndarray, k: int, *, block: int, exclude: np.ndarray | None = None,
+           groups: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(indices, similarities) of the k largest dot products of each unit row of `q` with `g`, best first;
-    query row i never finds gallery row exclude[i] (itself, when the queries are gallery rows)."""
-    k = min(k, len(g) - int(exclude is not None))
+    query row i never finds gallery row exclude[i] (itself, when the queries are gallery rows), nor, with
+    `groups` (the queries' and the gallery's group numbers), a gallery row of its own group."""
+    largest = 0 if groups is None else int(np.unique(groups[1], return_counts=True)[1].max())
+    k = min(k, len(g) - max(int(exclude is not None), largest))
     block = max(1, min(block, BLOCK_ELEMENTS // max(len(g), 1)))  # a Kinetics-size gallery: fewer rows a block
     indices = np.empty((len(q), k), dtype=np.int64)
     best = np.empty((len(q), k), dtype=np.float32)
@@ -41,6 +43,8 @@ def _top_k(q: np.ndarray, g: np.ndarray, k: int, *, block: int,
         sims = q[start:start + block] @ g.T
         if exclude is not None:
             sims[np.arange(len(sims)), exclude[start:start + block]] = -np.inf
+        if groups is not None:
+            sims[groups[0][start:start + block, None] == groups[1][None, :]] = -np.inf
         part = np.argpartition(-sims, k - 1, axis=1)[:, :k]
         order = np.take_along_axis(sims, part, axis=1).argsort(axis=1, kind="stable")[:, ::-1]
         indices[start:start + block] = np.take_along_axis(part, order, axis=1)
@@ -101,13 +105,41 @@ def write_recall_curve(report: dict[str, Any], path: str | Path) -> None:
     Path(path).write_text("k,recall\n" + "".join(f"{k},{v:.6f}\n" for k, v in rows))
 
 
-def nearest_others(vectors: np.ndarray, k: int, *, rows: np.ndarray | None = None,
+def nearest_others(vectors: np.ndarray, k: int, *, rows: np.ndarray | None = None, files: np.ndarray | None = None,
                    block: int = 4096) -> tuple[np.ndarray, np.ndarray]:
     """Leave-one-out neighbours: (indices, cosine similarities), each (len(rows), k) best first, of each of
-    `rows` (default every row) among the other rows (a row never finds itself, even beside an identical one)."""
+    `rows` (default every row) among the other rows (a row never finds itself, even beside an identical one).
+    With `files` (each row's source file), among the rows of other files only: leave-one-file-out, for the
+    segments of long videos, whose nearest rows would otherwise be their own recording's next segments."""
     unit = normalize_rows(vectors)
     rows = np.arange(len(unit)) if rows is None else np.asarray(rows, dtype=np.int64)
-    return _top_k(unit[rows], unit, k, block=block, exclude=rows)
+    groups = None
+    if files is not None:
+        numbers = np.unique(np.asarray(files), return_inverse=True)[1].astype(np.int64)
+        groups = (numbers[rows], numbers)
+    return _top_k(unit[rows], unit, k, block=block, exclude=rows, groups=groups)
+
+
+def source_files(manifest: str | Path) -> dict[str, str]:
+    """video_id -> the file it was cut from, from a manifest CSV (empty when the file is absent): the segments of
+    one long video (manifest.segment_seconds) share their file."""
+    import csv
+
+    manifest = Path(manifest)
+    if not manifest.is_file():
+        return {}
+    with manifest.open(newline="") as handle:
+        return {row["video_id"]: row["path"] for row in csv.DictReader(handle) if row.get("video_id")}
+
+
+def files_of(ids: np.ndarray, files: dict[str, str]) -> np.ndarray | None:
+    """Each id's source file when some file holds several of the ids (segments) and more than one file is among
+    them, else None (every row its own file, or nothing else to compare with: plain leave-one-out)."""
+    if not files or any(str(i) not in files for i in ids):
+        return None
+    named = np.array([files[str(i)] for i in ids])
+    distinct = len(np.unique(named))
+    return named if 1 < distinct < len(named) else None
 
 
 def split_mask(splits: np.ndarray, split: str | None) -> np.ndarray:
@@ -124,9 +156,9 @@ def effective_rank(vectors: np.ndarray) -> float:
 
 
 def unlabelled_neighbours(path: str | Path, *, split: str | None = "train", ks: Sequence[int] = DEFAULT_KS,
-                          hub_k: int = 10) -> dict[str, Any]:
+                          hub_k: int = 10, files: dict[str, str] | None = None) -> dict[str, Any]:
     """What can be measured without classes: each `split` video (None: every video) queries all the others
-    (leave-one-out).
+    (leave-one-out; with `files`, video_id -> source file, a segment queries the other files' rows only).
 
     Mean cosine similarity of the k-th neighbour for each k, the mean over all pairs, the effective rank
     (near 1: the embedding collapsed), and hubness: the videos that appear in the most top-`hub_k` lists
@@ -142,10 +174,12 @@ def unlabelled_neighbours(path: str | Path, *, split: str | None = "train", ks: 
     n = len(vectors)
     if n < 2:
         raise ValueError(f"{path}: needs at least 2 {split or 'any'!r} videos to compare; found {n}")
-    ks = sorted(k for k in set(ks) if k < n) or [n - 1]
-    neighbours, sims = nearest_others(vectors, max(max(ks), hub_k))
+    sources = files_of(ids, files or {})
+    others = n - 1 if sources is None else n - int(np.unique(sources, return_counts=True)[1].max())
+    ks = sorted(k for k in set(ks) if k <= others) or [others]
+    neighbours, sims = nearest_others(vectors, max(max(ks), hub_k), files=sources)
     total = vectors.sum(axis=0, dtype=np.float64)
-    hub_k = min(hub_k, n - 1)
+    hub_k = min(hub_k, others)
     counts = np.bincount(neighbours[:, :hub_k].ravel(), minlength=n)
     hubs = [{"video_id": str(ids[i]), f"in_top{hub_k}_of": int(counts[i]), "share_of_queries": round(counts[i] / n, 4)}
             for i in np.argsort(-counts, kind="stable")[:5]]
@@ -155,7 +189,10 @@ def unlabelled_neighbours(path: str | Path, *, split: str | None = "train", ks: 
         "untrained or collapsed encoder's are: check that pretrain trained (its loss, epochs) and that the videos "
         "differ (not one scene, not black frames)")}
     which = f"{split} video" if split else "video"
-    return {"labelled": False, "protocol": f"leave-one-out: each {which} queries the {n - 1} others",
+    protocol = (f"leave-one-out: each {which} queries the {n - 1} others" if sources is None else
+                f"leave-one-file-out: each {which} (a segment of one of {len(np.unique(sources))} files) queries the "
+                "others of the other files, its own file's segments left out")
+    return {"labelled": False, "protocol": protocol, "leave_out": "video" if sources is None else "file",
             "queries": n, "gallery": n, "query_split": split, "gallery_split": split,
             **{f"neighbour_cosine@{k}": float(sims[:, k - 1].mean()) for k in ks},
             "mean_pairwise_cosine": pairwise,

@@ -188,3 +188,29 @@ def test_unlabelled_neighbours_measures_what_needs_no_labels(tmp_path: Path) -> 
              split=np.array(["train"] * 7), embedding=(1 + 0.05 * rng.normal(size=(7, 8))).astype(np.float32))
     alike = unlabelled_neighbours(path)  # as an untrained network's: every pair near cosine 1
     assert alike["mean_pairwise_cosine"] > 0.99 and "untrained or collapsed" in alike["warning"]
+
+
+def test_segments_of_one_recording_find_other_files_not_each_other(tmp_path: Path) -> None:
+    """An unlabelled archive cut into segments: a long recording's 5 segments (nearly one vector) and 3 short
+    files. Leave-one-out, each segment's nearest is its own recording's next segment; with the source files, a
+    segment queries the other files only (and the short files still find the recording's segments)."""
+    rng = np.random.default_rng(3)
+    recording = np.eye(8)[0] + 0.01 * rng.normal(size=(5, 8))
+    short = np.eye(8)[[0, 1, 2]] + 0.3 * np.eye(8)[[1, 2, 3]]  # the first one near the recording
+    embedding = np.concatenate([recording, short]).astype(np.float32)
+    ids = [f"long@{8 * i}.0s" for i in range(5)] + ["s0", "s1", "s2"]
+    files = {**{i: "/a/long.mp4" for i in ids[:5]}, "s0": "/a/s0.mp4", "s1": "/a/s1.mp4", "s2": "/a/s2.mp4"}
+    path = tmp_path / "e.npz"
+    np.savez(path, video_id=np.array(ids), label=np.full(8, -1), class_name=np.array([""] * 8),
+             split=np.array(["train"] * 8), embedding=embedding)
+    plain, sims = nearest_others(embedding, 2)
+    assert set(plain[:5].ravel()) <= set(range(5))  # each segment finds its own recording
+    by_file, _ = nearest_others(embedding, 2, files=np.array([files[i] for i in ids]))
+    assert by_file.shape == (8, 2) and set(by_file[:5].ravel()) <= {5, 6, 7}
+    assert by_file[5, 0] in range(5)  # s0 still finds the recording
+    report = unlabelled_neighbours(path, ks=(1, 2, 5), hub_k=10, files=files)
+    assert report["leave_out"] == "file" and report["protocol"].startswith("leave-one-file-out")
+    assert "neighbour_cosine@5" not in report and report["hub_k"] == 3  # 3 rows of other files at the most
+    assert report["neighbour_cosine@1"] < unlabelled_neighbours(path, ks=(1,))["neighbour_cosine@1"]
+    whole = {i: f"/a/{i}.mp4" for i in ids}  # every row its own file: the plain protocol
+    assert unlabelled_neighbours(path, ks=(1,), files=whole)["leave_out"] == "video"
