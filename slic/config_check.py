@@ -8,6 +8,7 @@ the key path, the value and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import re
 import types
 import typing
@@ -94,7 +95,9 @@ def build_section(cls: type, raw: Any, prefix: str, source: str) -> Any:
     for key in raw:
         if key not in known:
             where = f"{prefix}.{key}" if prefix else str(key)
-            raise ConfigError(f"{source}: unknown key {where!r}; allowed here: {', '.join(sorted(known))}")
+            close = difflib.get_close_matches(str(key), list(known), n=1)
+            guess = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{source}: unknown key {where!r}{guess}; allowed here: {', '.join(sorted(known))}")
     kwargs = {}
     for name, f in known.items():
         if name not in raw:

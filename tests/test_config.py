@@ -31,8 +31,9 @@ def test_values_are_read_and_coerced(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("text", "expected"), [
-    ("extract:\n  short_sid: 64\n", "unknown key 'extract.short_sid'"),
-    ("extrct:\n  short_side: 64\n", "unknown key 'extrct'"),
+    ("extract:\n  short_sid: 64\n", "unknown key 'extract.short_sid' (did you mean 'short_side'?)"),
+    ("extrct:\n  short_side: 64\n", "unknown key 'extrct' (did you mean 'extract'?)"),
+    ("manifest:\n  qqq: 8\n", "unknown key 'manifest.qqq'; allowed here: "),  # nothing close: no guess
     ("extract:\n  short_side: '64'\n", "extract.short_side = '64': expected an integer in [16, 1080]"),
     ("extract:\n  short_side: 8\n", "extract.short_side = 8: expected an integer in [16, 1080]"),
     ("extract:\n  fail_fast: 1\n", "extract.fail_fast = 1: expected true or false"),
