@@ -30,7 +30,8 @@ def params_with(tmp_path: Path, eval_sets: object) -> Path:
     ({"HMDB": {"root": "/data/hmdb51", "layout": "hmdb51"}}, "eval_sets.HMDB: a name must be lowercase"),
     ({"hmdb": {"layout": "hmdb51"}}, "eval_sets.hmdb.root is missing: set it to the folder of the set's videos"),
     ({"hmdb": {"root": "/data/hmdb51", "layout": "unlabelled"}}, "eval_sets.hmdb.layout = 'unlabelled': expected one of"),
-    ({"hmdb": {"root": "/data/hmdb51", "splt": 1}}, "unknown key 'eval_sets.hmdb.splt'; allowed here:"),
+    ({"hmdb": {"root": "/data/hmdb51", "splt": 1}},
+     "unknown key 'eval_sets.hmdb.splt' (did you mean 'split'?); allowed here:"),
     ({"hmdb": {"root": "/data/hmdb51", "split": 4}}, "eval_sets.hmdb.split = 4: expected an integer in [1, 3]"),
     (["hmdb"], "eval_sets must be a mapping of name -> settings"),
 ])
