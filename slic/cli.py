@@ -73,7 +73,9 @@ def run_manifest(config: Any) -> dict[str, Any]:
         "excluded": [{"video_id": v, "reason": r} for v, r in zip(excluded["video_id"], excluded["excluded"])],
         "layout": config.manifest.layout, "root": config.manifest.root,
     }
+    report["summary"] = datasets.collection_summary(table)
     print(f"manifest: {len(table)} videos ({len(excluded)} excluded), splits {report['splits']} -> {out}")
+    print(f"manifest: {datasets.summary_line(report['summary'])}")
     for item in report["excluded"][:10]:
         print(f"  excluded {item['video_id']}: {item['reason']}")
     if len(excluded) > 10:

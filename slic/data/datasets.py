@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -313,6 +314,38 @@ def build_manifest(config: ManifestConfig, progress: Callable[[int], None] | Non
                                             f"manifest.segment_seconds {config.segment_seconds:g})"
                                             for n in table.loc[too_short, "frames"]]
     return table.sort_values("video_id", kind="stable").reset_index(drop=True)
+
+
+def collection_summary(table: pd.DataFrame) -> dict[str, Any]:
+    """What the usable videos are, at a glance (the manifest stage's report and line): how many, from how many
+    files (segments share one), the hours, the durations' range and median, and the commonest frame sizes and
+    frame rates, so a user sees their folder as the pipeline will before anything trains."""
+    usable = table[table["excluded"] == ""]
+    if usable.empty:
+        return {"videos": 0}
+    durations = usable["duration"].astype(float)
+    sizes = (usable["width"].astype(str) + "x" + usable["height"].astype(str)).value_counts()
+    rates = usable["fps"].astype(float).round(2).value_counts()
+    return {"videos": len(usable), "files": int(usable["path"].nunique()), "hours": round(durations.sum() / 3600, 3),
+            "duration_seconds": {"min": round(durations.min(), 2), "median": round(durations.median(), 2),
+                                 "max": round(durations.max(), 2)},
+            "frame_sizes": {size: int(n) for size, n in sizes.head(5).items()},
+            "fps": {f"{rate:g}": int(n) for rate, n in rates.head(3).items()}}
+
+
+def summary_line(summary: dict[str, Any]) -> str:
+    """`collection_summary` in one line: 731 usable videos (55.5 min), 1.1-29.0 s (median 6.1 s), 320x240 (731)."""
+    if not summary.get("videos"):
+        return "no usable video"
+    spread = summary["duration_seconds"]
+    files = "" if summary["files"] == summary["videos"] else f" from {summary['files']} files"
+    sizes = ", ".join(f"{size} ({n})" for size, n in summary["frame_sizes"].items())
+    rates = ", ".join(f"{rate} ({n})" for rate, n in summary["fps"].items())
+    seconds = summary["hours"] * 3600
+    total = f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min" if seconds >= 60 else \
+        f"{seconds:.0f} s"
+    return (f"{summary['videos']} usable videos{files} ({total}), {spread['min']:.1f}-"
+            f"{spread['max']:.1f} s (median {spread['median']:.1f} s); frame sizes {sizes}; fps {rates}")
 
 
 LONG_VIDEO_SECONDS = 60.0  # the trimmed clips SLIC assumes last seconds (UCF101: 7 s on average)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -178,7 +179,7 @@ def test_links_empty_and_broken_files_are_listed_once_with_their_reason(tiny_dat
 def test_the_manifest_stage_counts_what_it_does_not_print_and_advises_segments(
         tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     from slic.cli import main
-    from slic.data.datasets import segment_advice
+    from slic.data.datasets import segment_advice, summary_line
 
     root = tmp_path / "archive"
     root.mkdir()
@@ -192,6 +193,9 @@ def test_the_manifest_stage_counts_what_it_does_not_print_and_advises_segments(
     out = capsys.readouterr().out
     assert out.count("  excluded empty") == 10 and "  and 2 more excluded: reports/manifest.json lists each" in out
     assert "note:" not in out  # 2-second clips: nothing to advise
+    summary = json.loads((tmp_path / "reports" / "manifest.json").read_text())["summary"]
+    assert (summary["videos"], summary["files"]) == (2, 2) and f"manifest: {summary_line(summary)}\n" in out
+    assert out.count("manifest: 2 usable videos (") == 1
     table = pd.DataFrame({"excluded": ["", "", "", "too short"], "duration": [30.0, 75.0, 660.0, 900.0]})
     advice = segment_advice(table, segment_seconds=0)
     assert advice.startswith("2 of 3 usable videos are longer than 60 s (the longest 11.0 min)")
@@ -216,6 +220,22 @@ def test_a_class_folders_test_share_is_drawn_from_its_usable_videos(tiny_dataset
         usable = table[table["excluded"] == ""]
         assert usable.groupby("class")["split"].apply(lambda s: (s == "test").sum()).to_dict() == {"a": 1, "b": 1}
         assert (table.loc[table["excluded"] != "", "split"] == "train").all()
+
+
+def test_the_collection_summary_counts_usable_videos_files_hours_and_frame_sizes() -> None:
+    from slic.data.datasets import collection_summary, summary_line
+
+    table = pd.DataFrame({"path": ["/a/long.mp4"] * 3 + ["/a/b.avi", "/a/c.avi"],
+                          "duration": [600.0, 600.0, 600.0, 5.0, 7.0], "width": [640] * 3 + [320, 320],
+                          "height": [360] * 3 + [240, 240], "fps": [25.0] * 3 + [29.97, 0.0],
+                          "excluded": ["", "", "", "", "unreadable"]})
+    summary = collection_summary(table)
+    assert (summary["videos"], summary["files"], summary["hours"]) == (4, 2, 0.501)
+    assert summary["duration_seconds"] == {"min": 5.0, "median": 600.0, "max": 600.0}
+    assert summary["frame_sizes"] == {"640x360": 3, "320x240": 1} and summary["fps"] == {"25": 3, "29.97": 1}
+    assert summary_line(summary) == ("4 usable videos from 2 files (30.1 min), 5.0-600.0 s (median 600.0 s); "
+                                     "frame sizes 640x360 (3), 320x240 (1); fps 25 (3), 29.97 (1)")
+    assert summary_line(collection_summary(table.assign(excluded="gone"))) == "no usable video"
 
 
 def test_val_takes_the_same_group_numbers_in_every_class() -> None:
