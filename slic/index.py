@@ -228,7 +228,9 @@ def load_index(folder: str | Path) -> LoadedIndex:
     folder = Path(folder)
     missing = [name for name in (INDEX_FILE, ROWS_FILE, META_FILE) if not (folder / name).is_file()]
     if missing:
-        raise IndexBuildError(f"no index at {folder} ({', '.join(missing)} missing); run `dvc repro index` first")
+        where = "" if folder.is_absolute() else f" under {Path.cwd()}"
+        raise IndexBuildError(f"no index at {folder}{where} ({', '.join(missing)} missing); run `dvc repro index` "
+                              "first, or run this in the checkout that built it (or pass --index)")
     with _index_lock(folder, exclusive=False):
         index = faiss_module().read_index(str(folder / INDEX_FILE))
         rows = pd.read_csv(folder / ROWS_FILE, index_col="row", dtype={"video_id": str, "path": str, "class": str},
@@ -237,7 +239,23 @@ def load_index(folder: str | Path) -> LoadedIndex:
     if index.ntotal != len(rows):
         raise IndexBuildError(f"{folder}: index has {index.ntotal} vectors but rows.csv {len(rows)}; "
                               "run `dvc repro index` again")
-    return LoadedIndex(index, rows, meta)
+    return LoadedIndex(index, *_rebased(rows, meta))
+
+
+def _rebased(rows: pd.DataFrame, meta: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """rows.csv's and index.json's relative paths (videos, checkpoint: relative to the checkout that built the
+    index) made absolute under it when read from another directory, so `slic search --index` works from
+    anywhere; unchanged in that checkout, or for an index from before base_dir was recorded."""
+    base = meta.get("base_dir")
+    if not base or Path(base) == Path.cwd().resolve():
+        return rows, meta
+
+    def under(path: str) -> str:
+        return path if not path or os.path.isabs(path) else str(Path(base) / path)
+
+    rows = rows.assign(path=[under(p) for p in rows["path"]])
+    return rows, {**meta, **{key: under(str(meta[key])) for key in ("checkpoint", "embeddings", "manifest")
+                             if key in meta}}
 
 
 def gallery_fingerprint(rows: pd.DataFrame, frames_dir: str | Path | None) -> tuple[str, str]:
@@ -316,6 +334,7 @@ def build_stage(cfg: Any, *, embeddings: str, checkpoint: str, clips: int, frame
     report["gallery_fingerprint"], report["gallery_fingerprint_of"] = gallery_fingerprint(gallery, frames_dir)
     meta = {**report, "embeddings": str(embeddings), "checkpoint": str(checkpoint),
             "checkpoint_sha256": file_sha256(checkpoint) if Path(checkpoint).is_file() else "",
-            "clips": clips, "manifest": cfg.manifest}
+            "clips": clips, "manifest": cfg.manifest,
+            "base_dir": str(Path.cwd().resolve())}  # what the relative paths above and in rows.csv are under
     save_index(cfg.out, built, rows, meta)
     return report

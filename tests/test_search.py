@@ -130,6 +130,43 @@ def test_search_html_shows_each_query_and_its_hits_as_thumbnails_and_names_the_f
     assert "<script" not in page and "http" not in page  # self-contained, opens from disk
 
 
+def test_search_from_another_directory_finds_the_checkouts_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 capsys: pytest.CaptureFixture) -> None:
+    """An index built in a checkout records its paths relative to it (videos, checkpoint): `slic search --index`
+    run elsewhere reads them under that checkout, and without --index says where it looked."""
+    import shutil
+
+    from slic.pretrain import TrainState, build_encoder, save_checkpoint
+    from slic.serving import VideoEncoder
+
+    checkout = tmp_path / "checkout"
+    (checkout / "videos").mkdir(parents=True)
+    good = sorted(p for p in FOLDER.iterdir() if p.name != "corrupted.mp4")[:3]
+    for video in good:
+        shutil.copy(video, checkout / "videos" / video.name)
+    monkeypatch.chdir(checkout)
+    save_checkpoint(Path("best.pt"), build_encoder(TINY_ENCODER), None, TrainState(), TINY_ENCODER)
+    ids, paths = [p.stem for p in good], [f"videos/{p.name}" for p in good]
+    np.savez("embeddings.npz", video_id=np.array(ids), label=np.full(3, -1), class_name=np.array([""] * 3),
+             split=np.array(["train"] * 3), embedding=VideoEncoder(Path("best.pt"), clips=2).embed_paths(paths))
+    pd.DataFrame({"video_id": ids, "path": paths, "class": [""] * 3}).to_csv("validated.csv", index=False)
+    Path("params.yaml").write_text("embed:\n  checkpoint: best.pt\n  clips: 2\n  out: embeddings.npz\n"
+                                   "index:\n  manifest: validated.csv\n  out: data/index\n  add_videos: ''\n")
+    assert main(["index"]) == 0
+    capsys.readouterr()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    query = checkout / "videos" / good[0].name
+    assert main(["search", str(query), "--index", str(checkout / "data" / "index"), "--json", "-k", "3"]) == 0
+    hits = json.loads(capsys.readouterr().out)["queries"][0]["results"]
+    assert [h["path"] for h in hits][0] == str(query) and all(Path(h["path"]).is_file() for h in hits)
+    assert main(["search", str(query), "--index", str(checkout / "data" / "index"), "--other-files", "--json"]) == 0
+    assert str(query) not in [h["path"] for h in json.loads(capsys.readouterr().out)["queries"][0]["results"]]
+    assert main(["search", str(query)]) == 2  # no params.yaml here: the default data/index, which is not here
+    assert f"no index at data/index under {elsewhere}" in capsys.readouterr().err
+
+
 def test_search_usage_errors_say_what_to_run(workdir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["search", str(FOLDER), "--index", str(tmp_path / "none")]) == 2
     err = capsys.readouterr().err
