@@ -180,7 +180,10 @@ def _excluded_as_the_same_file(table: pd.DataFrame) -> pd.Series:
     usable = table[table["excluded"] == ""]
     order = sorted(usable.index, key=lambda i: (Path(table.at[i, "path"]).is_symlink(), table.at[i, "video_id"]))
     for index in order:
-        stat = os.stat(table.at[index, "path"])
+        try:
+            stat = os.stat(table.at[index, "path"])
+        except OSError:  # gone since it was probed: validate's file check names it
+            continue
         key = (stat.st_dev, stat.st_ino)
         if key in kept:
             excluded.at[index] = f"the same file as {kept[key]} (a link to it): listed once"
