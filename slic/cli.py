@@ -80,10 +80,12 @@ def run_manifest(config: Any) -> dict[str, Any]:
         print(f"  excluded {item['video_id']}: {item['reason']}")
     if len(excluded) > 10:
         print(f"  and {len(excluded) - 10} more excluded: reports/manifest.json lists each with its reason")
-    advice = datasets.segment_advice(table, config.manifest.segment_seconds)
+    advice = [line for line in (datasets.segment_advice(table, config.manifest.segment_seconds),
+                                datasets.frame_rate_advice(table)) if line]
     if advice:
         report["advice"] = advice
-        print(f"manifest: note: {advice}")
+        for line in advice:
+            print(f"manifest: note: {line}")
     return report
 
 

@@ -368,6 +368,25 @@ def segment_advice(table: pd.DataFrame, segment_seconds: float) -> str:
             "docs/pipeline.md) to train on, index and search them in segments")
 
 
+MIXED_FPS_RATIO = 1.5  # frame rates further apart than this make clips of one length span unlike times
+
+
+def frame_rate_advice(table: pd.DataFrame) -> str:
+    """A line for the manifest stage when the usable videos' frame rates differ by more than MIXED_FPS_RATIO:
+    clips take native frames, so a clip spans a different time (and a motion looks faster or slower) in each;
+    empty otherwise."""
+    rates = table.loc[table["excluded"] == "", "fps"].astype(float)
+    rates = rates[rates > 0]
+    if rates.empty or rates.max() <= MIXED_FPS_RATIO * rates.min():
+        return ""
+    low, high = rates.min(), rates.max()
+    common = rates.round(2).mode().iloc[0]
+    return (f"frame rates range from {low:g} to {high:g} fps (most often {common:g}: {(rates.round(2) == common).sum()}"
+            f" of {len(rates)} usable videos): clips take native frames, so a clip spans {high / low:.1f}x less time "
+            f"at {high:g} fps than at {low:g} and a motion looks slower there; for comparable clips re-encode the "
+            f"others to one rate first (e.g. ffmpeg -i IN -r {common:g} OUT)")
+
+
 def segmented(table: pd.DataFrame, seconds: float) -> pd.DataFrame:
     """The manifest with each video cut into segments (`segment_bounds`), a row each: `video_id@<start>s`, the
     source's path, class, split and group (so a video's segments stay on one side of every split), and its
