@@ -164,8 +164,9 @@ class EmbeddingCache:
         if keep is not None and set(self.vectors) - keep:
             self.vectors = {h: v for h, v in self.vectors.items() if h in keep}
             self.dirty = True
-        if keep is not None and set(self.segments) - {item.partition("@")[0] for item in keep}:
-            self.segments = {h: b for h, b in self.segments.items() if h in {k.partition("@")[0] for k in keep}}
+        files = None if keep is None else {item.partition("@")[0] for item in keep}  # a segment's item: sha@frames
+        if files is not None and set(self.segments) - files:
+            self.segments = {h: b for h, b in self.segments.items() if h in files}
             self.dirty = True
         if videos is not None:
             present = {str(v) for v in videos}

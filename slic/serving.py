@@ -172,20 +172,17 @@ class VideoEncoder:
         """pyfunc entry: a DataFrame with a `path` column (or a list of paths) -> (n, d) embeddings.  A file that
         cannot be decoded stops the request with an MlflowException naming it and why, which `mlflow models
         serve` answers as a 400 with that line (any other error there reads only "unexpected error")."""
-        from slic.data.video import DECODE_ERRORS, decode_error_line
-
         paths = model_input["path"].tolist() if hasattr(model_input, "columns") else list(model_input)
         rows = []
-        for path in paths:
-            try:
-                rows.append(self.embed_paths([path]))
-            except DECODE_ERRORS as exc:
+        for position, vector, error in self.embed_files([Path(p) for p in paths]):
+            if vector is None:
                 from mlflow.exceptions import MlflowException
                 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
-                raise MlflowException(f"{path}: {decode_error_line(path, exc)}; the request's other files were "
-                                      "not embedded", error_code=INVALID_PARAMETER_VALUE) from exc
-        return np.concatenate(rows) if rows else np.zeros((0, self.dim), np.float32)
+                raise MlflowException(f"{paths[position]}: {error}; the request's other files were not embedded",
+                                      error_code=INVALID_PARAMETER_VALUE)
+            rows.append(vector)
+        return np.stack(rows).astype(np.float32) if rows else np.zeros((0, self.dim), np.float32)
 
 
 def encoder_of(model: Any) -> VideoEncoder:
