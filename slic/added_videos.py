@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from slic.data.video import DECODE_ERRORS, decode_error_line
+from slic.data.video import DECODE_ERRORS, decode_error_line, segment_id
 from slic.index import IndexBuildError, file_sha256
 
 log = logging.getLogger(__name__)
@@ -253,7 +253,7 @@ def embed_added(folder: Path, extensions: tuple[str, ...], *, checkpoint: str | 
         row = {"video_id": video_id, "path": str(video), "class": "", "label": -1}
         if span is not None:  # a segment, named and timed as the manifest names the gallery's
             fps = fps_of[video]
-            row = {**row, "video_id": f"{video_id}@{span[0] / fps:.1f}s", "start_s": round(span[0] / fps, 2),
+            row = {**row, "video_id": segment_id(video_id, span[0], fps), "start_s": round(span[0] / fps, 2),
                    "end_s": round(span[1] / fps, 2)}
         rows.append(row)
         vectors.append(cache.vectors[key])

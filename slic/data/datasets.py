@@ -171,6 +171,15 @@ def list_videos(config: ManifestConfig) -> tuple[list[str], list[Entry]]:
     return _folder(root, config.extensions)
 
 
+def _excluded_as_too_short(table: pd.DataFrame, min_frames: int, what: str = "") -> pd.Series:
+    """`excluded`, with every usable row of fewer than `min_frames` frames excluded as too short (`what` says what
+    the row is, e.g. a segment)."""
+    excluded = table["excluded"].copy()
+    short = (excluded == "") & (table["frames"] < min_frames)
+    excluded[short] = [f"too short: {n} frames < {min_frames}{what}" for n in table.loc[short, "frames"]]
+    return excluded
+
+
 def _excluded_as_the_same_file(table: pd.DataFrame) -> pd.Series:
     """`excluded`, with every usable row but one of each file listed more than once (through symbolic or hard
     links: the same device and inode) excluded as that one's copy: a video in the gallery twice finds itself, and
@@ -301,9 +310,7 @@ def build_manifest(config: ManifestConfig, progress: Callable[[int], None] | Non
          "label": label.get(e.class_name, UNLABELLED), "split": e.split, "group": e.group, **info}
         for e in entries for info in [info_by_path[str(e.path)]]
     ], columns=COLUMNS)
-    too_short = (table["excluded"] == "") & (table["frames"] < config.min_frames)
-    table.loc[too_short, "excluded"] = [f"too short: {n} frames < {config.min_frames}"
-                                        for n in table.loc[too_short, "frames"]]
+    table["excluded"] = _excluded_as_too_short(table, config.min_frames)
     table["excluded"] = _excluded_as_the_same_file(table)
     if config.layout == "folder":
         table["split"] = _draw_test_split(table, config.seed)
@@ -312,10 +319,8 @@ def build_manifest(config: ManifestConfig, progress: Callable[[int], None] | Non
         table["split"] = carve_validation(table, config.val_fraction, config.seed, by_group)
     if config.segment_seconds > 0:  # after the splits: a video's segments stay on its side
         table = segmented(table, config.segment_seconds)
-        too_short = (table["excluded"] == "") & (table["frames"] < config.min_frames)
-        table.loc[too_short, "excluded"] = [f"too short: {n} frames < {config.min_frames} (a segment of "
-                                            f"manifest.segment_seconds {config.segment_seconds:g})"
-                                            for n in table.loc[too_short, "frames"]]
+        table["excluded"] = _excluded_as_too_short(table, config.min_frames, f" (a segment of "
+                                                   f"manifest.segment_seconds {config.segment_seconds:g})")
     return table.sort_values("video_id", kind="stable").reset_index(drop=True)
 
 
@@ -391,14 +396,14 @@ def segmented(table: pd.DataFrame, seconds: float) -> pd.DataFrame:
     """The manifest with each video cut into segments (`segment_bounds`), a row each: `video_id@<start>s`, the
     source's path, class, split and group (so a video's segments stay on one side of every split), and its
     frames [start_frame, stop_frame) of the file; a video of one segment keeps its id, as a whole row."""
-    from slic.data.video import segment_bounds
+    from slic.data.video import segment_bounds, segment_id
 
     rows = []
     for row in table.to_dict("records"):
         bounds = segment_bounds(int(row["frames"]), float(row["fps"]), seconds) if row["excluded"] == "" else [
             (0, int(row["frames"]))]
         for start, stop in bounds:
-            named = row["video_id"] if len(bounds) == 1 else f"{row['video_id']}@{start / row['fps']:.1f}s"
+            named = row["video_id"] if len(bounds) == 1 else segment_id(row["video_id"], start, row["fps"])
             duration = round((stop - start) / row["fps"], 4) if row["fps"] else row["duration"]
             rows.append({**row, "video_id": named, "frames": stop - start, "duration": duration,
                          "start_frame": start, "stop_frame": stop})

@@ -70,6 +70,13 @@ def _describe(exc: BaseException, path: str | Path) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def _frame_rate(stream: av.video.stream.VideoStream) -> float:
+    """The stream's frame rate, as probe and timeline read it (the container's average, else FFmpeg's guess, else
+    the time base's rate); 0.0 when none is given."""
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    return float(rate) if rate else 0.0
+
+
 def _rotation_of(stream: av.video.stream.VideoStream, container: av.container.InputContainer) -> int:
     """Counter-clockwise degrees to rotate stored frames for display (0, 90, 180 or 270)."""
     for frame in container.decode(stream):
@@ -88,8 +95,7 @@ def probe(path: str | Path) -> VideoInfo:
             if not container.streams.video:
                 raise VideoDecodeError(path, "no video stream in the file")
             stream = container.streams.video[0]
-            rate = stream.average_rate or stream.guessed_rate or stream.base_rate
-            fps = float(rate) if rate else 0.0
+            fps = _frame_rate(stream)
             width, height = stream.codec_context.width, stream.codec_context.height
             rotation = _rotation_of(stream, container)
             container.seek(0)
@@ -207,6 +213,12 @@ def segment_bounds(frames: int, fps: float, seconds: float) -> list[tuple[int, i
     return list(zip(bounds, bounds[1:]))
 
 
+def segment_id(video_id: str, start: int, fps: float) -> str:
+    """The id of a video's segment that starts at frame `start`: `video_id@<start in seconds>s`, as the manifest
+    names the gallery's segments and the index names an added video's."""
+    return f"{video_id}@{start / fps:.1f}s"
+
+
 def clock(seconds: float) -> str:
     """A time in a video as `mm:ss.s` (minutes past 59 are not carried into hours: 75:00.0); rounded to the
     tenth first, so 59.96 s is 01:00.0, not 00:60.0."""
@@ -249,7 +261,7 @@ def timeline(path: str | Path) -> Timeline:
     try:
         with av.open(str(path)) as container:
             stream = _open_video(container, path)
-            rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+            fps = _frame_rate(stream)
             packets = [(packet.pts, packet.dts, packet.is_keyframe) for packet in container.demux(stream)
                        if packet.size > 0]
     except VideoDecodeError:
@@ -257,7 +269,6 @@ def timeline(path: str | Path) -> Timeline:
     except (av.FFmpegError, OSError, ValueError) as exc:
         raise VideoDecodeError(path, _describe(exc, path)) from exc
     stamps = [pts for pts, _, _ in packets]
-    fps = float(rate) if rate else 0.0
     if any(pts is None for pts in stamps) or len(set(stamps)) < len(stamps):
         return Timeline(len(packets), (), (), (), fps)
     order = sorted(stamps)
