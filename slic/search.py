@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -156,7 +157,8 @@ def parse_time(text: str, flag: str) -> float:
     parts = text.strip().split(":")
     try:
         values = [float(part) for part in parts]
-        if len(values) > 3 or any(v < 0 for v in values) or any(v >= 60 for v in values[1:]):
+        if (len(values) > 3 or not all(math.isfinite(v) and v >= 0 for v in values)
+                or any(v >= 60 for v in values[1:])):  # nan and inf parse as floats
             raise ValueError(text)
     except ValueError:
         raise SearchUsageError(f"{flag} {text!r}: expected seconds (176.9) or [hh:]mm:ss[.s] (2:56.9)") from None

@@ -223,7 +223,7 @@ def test_times_are_read_as_search_prints_them() -> None:
     assert [parse_time(t, "--start") for t in ("176.9", "2:56.9", "1:02:56", "0")] == [176.9, 176.9, 3776.0, 0.0]
     for seconds in (0.0, 59.96, 176.94, 3599.9):
         assert parse_time(clock(seconds), "--end") == pytest.approx(round(seconds, 1))
-    for bad in ("", "a", "1:2:3:4", "-5", "1:60"):
+    for bad in ("", "a", "1:2:3:4", "-5", "1:60", "nan", "inf", "1:nan"):
         with pytest.raises(SearchUsageError, match="expected seconds"):
             parse_time(bad, "--start")
 
