@@ -43,3 +43,10 @@ def load_encoder(path: str | Path, device: torch.device | str = "cpu") -> tuple[
                     head_output_norm=cfg.head_output_norm)
     model.load_state_dict(payload["model"])
     return model.to(device).eval(), saved
+
+
+def encoder_frame_rate(path: str | Path) -> float:
+    """The frame rate the encoder's training frames were resampled to by extract (extract.fps), which files must be
+    decoded at to embed as its shards did; 0.0 for native frames (and checkpoints from before the setting)."""
+    payload = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    return float(payload.get("frame_rate", 0.0))

@@ -120,7 +120,7 @@ def run_extract(config: Any) -> dict[str, Any]:
     cfg = config.extract
     manifest = read_manifest(cfg.manifest)
     report = extract_all(manifest, out_dir=cfg.out, short_side=cfg.short_side, quality=cfg.quality,
-                         workers=cfg.workers, fail_fast=cfg.fail_fast)
+                         workers=cfg.workers, fail_fast=cfg.fail_fast, target_fps=cfg.fps)
     report["manifest"] = cfg.manifest  # with content_fingerprint: the input dataset of its MLflow record
     print(f"extract: {report['extracted']} extracted, {report['reused']} reused, {len(report['failed'])} failed; "
           f"{report['frames']} frames, {report['bytes'] / 1e6:.1f} MB, {report['frames_per_s']} frames/s"

@@ -135,6 +135,9 @@ class ExtractConfig:
     quality: int = _spec(4, low=2, high=31, help="JPEG qscale: 2 best, 31 worst")
     workers: int = _spec(2, low=1, high=256)
     fail_fast: bool = _spec(False)
+    fps: float = _spec(0.0, low=0.0, high=240.0,
+                       help="0: every decoded frame (native rate); > 0: every video resampled to this rate (frames "
+                            "dropped or repeated by time), so a clip spans the same time in a 25, 30 or 60 fps video")
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,7 @@ from slic.clustering import rounds_agreement
 from slic.data.clips import EvalClips, FlowView, PretrainClips, ShardCache, VideoShard, collate_encoded, load_videos
 from slic.data.datasets import DatasetError
 from slic.data.device_batches import device_batches, prepare_batch
+from slic.data.frames import frame_rate_of
 from slic.distributed import World, barrier, broadcast_object, gather_tensor, gather_with_grad
 from slic.embed import embed_clips
 from slic.models import Encoder, to_device
@@ -312,6 +313,7 @@ def pretrain(cfg: PretrainConfig, *, manifest: str | Path, frames_dir: str | Pat
     model = to_device(build_encoder(cfg), world.device)
     optimizer = build_optimizer(model, cfg)
     data = data_fingerprint(train, val, frames_dir=frames_dir, flow=flow)
+    frame_rate = frame_rate_of(frames_dir)  # extract.fps, kept with the weights: serving decodes files at it
     proxies = PseudoLabelProxies(cfg, world.device) if cfg.objective == "proxy" else None
     state = resume_state(last, cfg, data, model, optimizer, run, proxies)
     if state.epoch == 0 and best.is_file():
@@ -387,13 +389,13 @@ def pretrain(cfg: PretrainConfig, *, manifest: str | Path, frames_dir: str | Pat
             metrics["val_recall_at_1"] = validation_recall(model, val, train, cfg, world, cache)
             if metrics["val_recall_at_1"] > state.best_metric and world.is_main:
                 state.best_metric, state.best_epoch = metrics["val_recall_at_1"], state.epoch
-                save_checkpoint(best, model, None, state, cfg, data)
+                save_checkpoint(best, model, None, state, cfg, data, frame_rate=frame_rate)
         elif not has_labels and world.is_main:  # nothing to choose on without labels: the latest epoch
             state.best_epoch = state.epoch
-            save_checkpoint(best, model, None, state, cfg, data)
+            save_checkpoint(best, model, None, state, cfg, data, frame_rate=frame_rate)
         state.history.append({"epoch": float(state.epoch), **metrics})
         if world.is_main:
-            save_checkpoint(last, model, optimizer, state, cfg, data, proxies)
+            save_checkpoint(last, model, optimizer, state, cfg, data, proxies, frame_rate=frame_rate)
             if run is not None:
                 run.log_metrics(metrics, step=state.epoch)
             log.info("epoch %d/%d %s", state.epoch, epochs,
@@ -403,8 +405,8 @@ def pretrain(cfg: PretrainConfig, *, manifest: str | Path, frames_dir: str | Pat
     if not best.is_file() and world.is_main:  # random_init, or resumed past the end: still a best
         state.best_metric = validation_recall(model, val, train, cfg, world) if has_labels else -1.0
         state.best_epoch = state.epoch
-        save_checkpoint(best, model, None, state, cfg, data)
-        save_checkpoint(last, model, optimizer, state, cfg, data, proxies)
+        save_checkpoint(best, model, None, state, cfg, data, frame_rate=frame_rate)
+        save_checkpoint(last, model, optimizer, state, cfg, data, proxies, frame_rate=frame_rate)
     barrier()
     seconds = time.perf_counter() - started
     final = state.history[-1] if state.history else {}

@@ -62,28 +62,31 @@ def embed_video(model: torch.nn.Module, frames: np.ndarray, *, clip_len: int, si
 
 
 def decode_windows(path: str | Path, *, short_side: int, clip_len: int, clips: int, frame_step: int,
-                   span: tuple[int, int] | None = None) -> list[np.ndarray]:
+                   span: tuple[int, int] | None = None, frame_rate: float = 0.0) -> list[np.ndarray]:
     """The IIC clips of a video file, or of its frames [start, stop) (`span`: a segment of a long video), decoded
     keeping only their frames (at most clips x clip_len, whatever the video's length), the same clips as
-    `embed_video` on those frames.  The frame count, timestamps and keyframes come from demuxing
-    (slic.data.video.file_timeline, once per file for all its segments), so a long video is decoded only from
-    the keyframe before each clip; a stream whose last packet holds no picture decodes one frame fewer than
-    that count, and is then decoded a second time at its true length."""
-    from slic.data.video import VideoDecodeError, decode_frames_at, file_timeline
+    `embed_video` on those frames.  `frame_rate` > 0 (an encoder trained on frames extract resampled to that
+    rate) takes the clips from the frames resampled alike (slic.data.video.resampled_frames), as its shard holds
+    them.  The frame count, timestamps and keyframes come from demuxing (slic.data.video.file_timeline, once per
+    file for all its segments), so a long video is decoded only from the keyframe before each clip; a stream
+    whose last packet holds no picture decodes one frame fewer than that count, and is then decoded a second time
+    at its true length."""
+    from slic.data.video import VideoDecodeError, decode_frames_at, file_timeline, resampled_frames
 
     frames_of = file_timeline(path)
-    first, count = (0, frames_of.frames) if span is None else (span[0], min(span[1], frames_of.frames) - span[0])
+    first, stop = (0, frames_of.frames) if span is None else (span[0], min(span[1], frames_of.frames))
     while True:
-        if count < 1:
+        shown = resampled_frames(first, stop, frames_of.fps, frame_rate)
+        if not shown:
             raise VideoDecodeError(path, "no video frame in the file" if span is None else
                                    f"no video frame in frames [{span[0]}, {span[1]})")
-        windows = [[first + i for i in window]
-                   for window in iic_windows(count, clip_len=clip_len, clips=clips, frame_step=frame_step)]
+        windows = [[shown[i] for i in window]
+                   for window in iic_windows(len(shown), clip_len=clip_len, clips=clips, frame_step=frame_step)]
         wanted = sorted({i for w in windows for i in w})
         frames, decoded = decode_frames_at(path, wanted, short_side=short_side, frames_of=frames_of)
         if decoded > wanted[-1]:
             return [np.stack([frames[i] for i in w]) for w in windows]
-        count = decoded - first  # the video ended before the last wanted frame: its true length is known now
+        stop = decoded  # the video ended before the last wanted frame: its true length is known now
 
 
 def _as_is(sample: Any) -> Any:
@@ -96,10 +99,11 @@ class ClipWindows(torch.utils.data.Dataset):
     loader workers, a file that cannot be decoded answers with its reason instead of stopping the others."""
 
     def __init__(self, paths: list[Path], *, short_side: int, clip_len: int, clips: int, frame_step: int,
-                 spans: list[tuple[int, int] | None] | None = None) -> None:
+                 spans: list[tuple[int, int] | None] | None = None, frame_rate: float = 0.0) -> None:
         self.paths, self.short_side, self.clip_len, self.clips, self.frame_step = (
             paths, short_side, clip_len, clips, frame_step)
         self.spans = spans if spans is not None else [None] * len(paths)
+        self.frame_rate = frame_rate
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -111,7 +115,7 @@ class ClipWindows(torch.utils.data.Dataset):
         try:
             return position, decode_windows(path, short_side=self.short_side, clip_len=self.clip_len,
                                             clips=self.clips, frame_step=self.frame_step,
-                                            span=self.spans[position]), ""
+                                            span=self.spans[position], frame_rate=self.frame_rate), ""
         except DECODE_ERRORS as exc:
             return position, None, decode_error_line(path, exc)
 
@@ -120,12 +124,13 @@ class VideoEncoder:
     """A pretrained encoder that turns video files into embedding rows."""
 
     def __init__(self, checkpoint: str | Path, device: str = "cpu", clips: int = 10) -> None:
-        from slic.checkpoints import load_encoder
+        from slic.checkpoints import encoder_frame_rate, load_encoder
 
         self.model, config = load_encoder(checkpoint, device)
         self.config: dict[str, Any] = dict(config)  # the pretrain settings saved with the weights
         self.clip_len, self.size, self.clips = int(config["clip_len"]), int(config["size"]), clips
         self.frame_step = int(config.get("frame_step", 1))
+        self.frame_rate = encoder_frame_rate(checkpoint)  # extract.fps of its training frames; 0.0 native
         self.dim = int(config["out_dim"])
 
     @classmethod
@@ -141,7 +146,8 @@ class VideoEncoder:
         """(n, d) float32 embeddings, one row per video path, in order."""
         short_side = decode_short_side(self.size)
         rows = [embed_windows(self.model, decode_windows(p, short_side=short_side, clip_len=self.clip_len,
-                                                         clips=self.clips, frame_step=self.frame_step),
+                                                         clips=self.clips, frame_step=self.frame_step,
+                                                         frame_rate=self.frame_rate),
                               size=self.size) for p in paths]
         return np.stack(rows).astype(np.float32) if rows else np.zeros((0, self.dim), np.float32)
 
@@ -155,7 +161,8 @@ class VideoEncoder:
         here: starting a worker would only add its start-up."""
         workers = workers if len(paths) > 1 else 0
         windows = ClipWindows(list(paths), short_side=decode_short_side(self.size), clip_len=self.clip_len,
-                              clips=self.clips, frame_step=self.frame_step, spans=spans)
+                              clips=self.clips, frame_step=self.frame_step, spans=spans,
+                              frame_rate=self.frame_rate)
         loader = torch.utils.data.DataLoader(windows, batch_size=None, num_workers=workers, collate_fn=_as_is)
         threads = torch.get_num_threads()
         on_cpu = next(self.model.parameters()).device.type == "cpu"

@@ -70,7 +70,7 @@ def prepare_eval_data(config: Config, name: str) -> dict[str, Any]:
     usable.to_csv(folder / "validated.csv", index=False)
     extracted = extract_all(usable, out_dir=folder / "frames", short_side=config.extract.short_side,
                             quality=config.extract.quality, workers=config.extract.workers,
-                            fail_fast=config.extract.fail_fast)
+                            fail_fast=config.extract.fail_fast, target_fps=config.extract.fps)
     report.update(usable_videos=int(len(usable)), splits=usable["split"].value_counts().sort_index().to_dict(),
                   extract={k: v for k, v in extracted.items() if not isinstance(v, (list, dict))},
                   manifest=str(folder / "validated.csv"), content_fingerprint=extracted["content_fingerprint"])

@@ -191,18 +191,22 @@ def shard_is_intact(path: str | Path, expected: dict[str, Any]) -> bool:
                 and np.all(data[ends - 2] == 0xFF) and np.all(data[ends - 1] == 0xD9))
 
 
-def _expected_header(row: dict[str, Any], short_side: int, quality: int) -> dict[str, Any]:
+def _expected_header(row: dict[str, Any], short_side: int, quality: int, target_fps: float = 0.0) -> dict[str, Any]:
     """What a shard's header must say to be reused: its video, settings and source file (and, for a segment of a
-    file, its frame range)."""
+    file, its frame range; for frames resampled by extract.fps, that rate: a native shard's header is as before
+    the setting existed, so upgrading re-extracts nothing)."""
     source = os.stat(row["path"])
     segment = {k: int(row[k]) for k in RANGE_COLUMNS if k in row}
+    resampled = {"target_fps": float(target_fps)} if target_fps > 0 else {}
     return {"video_id": row["video_id"], "short_side": short_side, "quality": quality,
-            "source_bytes": source.st_size, "source_mtime_ns": source.st_mtime_ns, **segment}
+            "source_bytes": source.st_size, "source_mtime_ns": source.st_mtime_ns, **segment, **resampled}
 
 
-def extract_one(row: dict[str, Any], out_dir: str, short_side: int, quality: int) -> dict[str, Any]:
+def extract_one(row: dict[str, Any], out_dir: str, short_side: int, quality: int,
+                target_fps: float = 0.0) -> dict[str, Any]:
     """Extract one video to its shard unless an intact one exists; never raises for bad videos.
 
+    `target_fps` > 0 stores the frames resampled to that rate (extract.fps), 0 every decoded frame.
     Returns {video_id, status: extracted|reused|failed, frames, bytes, sha256, height, width, fps, error};
     sha256 is the shard's content hash (written into its header when it was extracted).
     """
@@ -211,14 +215,15 @@ def extract_one(row: dict[str, Any], out_dir: str, short_side: int, quality: int
     target = shard_path(out_dir, row["video_id"])
     result: dict[str, Any] = {"video_id": row["video_id"], "path": row["path"], "shard": str(target)}
     try:
-        expected = _expected_header(row, short_side, quality)
+        expected = _expected_header(row, short_side, quality, target_fps)
         if shard_is_intact(target, expected):
             reader = ShardReader.open(target)
             return {**result, "status": "reused", "frames": reader.frames, "bytes": target.stat().st_size,
                     "sha256": reader.content_sha256(), **{k: reader.header[k] for k in ("height", "width", "fps")}}
         sequence = encode_jpeg_sequence(row["path"], short_side=short_side, quality=quality,
                                         start=int(row.get("start_frame", 0)),
-                                        stop=int(row["stop_frame"]) if "stop_frame" in row else None)
+                                        stop=int(row["stop_frame"]) if "stop_frame" in row else None,
+                                        target_fps=target_fps)
         size_fps = {"height": sequence.height, "width": sequence.width, "fps": round(sequence.fps, 4)}
         size = write_shard(target, sequence.jpegs, {**expected, **size_fps})
         return {**result, "status": "extracted", "frames": len(sequence.jpegs), "bytes": size,
@@ -272,11 +277,13 @@ def process_cpu_seconds() -> float:
 
 
 def extract_all(manifest: pd.DataFrame, *, out_dir: str | Path, short_side: int, quality: int,
-                workers: int, fail_fast: bool = False) -> dict[str, Any]:
+                workers: int, fail_fast: bool = False, target_fps: float = 0.0) -> dict[str, Any]:
     """Extract every manifest video to a shard on a process pool; write <out>/index.csv.
 
-    Failures are collected by name (or, with `fail_fast`, stop the run with `ExtractError`
-    after the shards already written are safely in place). Returns the stage report.
+    `target_fps` > 0 resamples every video to that frame rate (extract.fps; index.csv then has a target_fps
+    column, which pretraining records in the checkpoint so that serving decodes files alike). Failures are
+    collected by name (or, with `fail_fast`, stop the run with `ExtractError` after the shards already written
+    are safely in place). Returns the stage report.
     """
     from tqdm import tqdm
 
@@ -296,7 +303,7 @@ def extract_all(manifest: pd.DataFrame, *, out_dir: str | Path, short_side: int,
                                "set it to false to skip and report failed videos)")
 
     try:
-        run_tasks(extract_one, [(row, str(out), short_side, quality) for row in rows], workers=workers,
+        run_tasks(extract_one, [(row, str(out), short_side, quality, target_fps) for row in rows], workers=workers,
                   on_result=collect)
     finally:
         bar.close()
@@ -305,6 +312,8 @@ def extract_all(manifest: pd.DataFrame, *, out_dir: str | Path, short_side: int,
     failed = sorted((r for r in results if r["status"] == "failed"), key=lambda r: r["video_id"])
     index = pd.DataFrame(ok, columns=["video_id", "shard", "frames", "height", "width", "fps", "bytes", "sha256"])
     index["shard"] = [str(Path(s).relative_to(out)) for s in index["shard"]]
+    if target_fps > 0:
+        index["target_fps"] = float(target_fps)
     index.to_csv(out / INDEX_NAME, index=False)
     new = [r for r in ok if r["status"] == "extracted"]
     report = {
@@ -312,6 +321,7 @@ def extract_all(manifest: pd.DataFrame, *, out_dir: str | Path, short_side: int,
         "failed": [{"video_id": r["video_id"], "path": r["path"], "error": r["error"]} for r in failed],
         "frames": int(sum(r["frames"] for r in ok)), "seconds": round(seconds, 3),
         "bytes": int(sum(r["bytes"] for r in ok)), "short_side": short_side, "quality": quality,
+        "fps": float(target_fps) or "native",
         "workers": workers, "leftovers_removed": removed,
         "content_fingerprint": content_fingerprint({r["video_id"]: r["sha256"] for r in ok}),
     }
@@ -364,6 +374,17 @@ def read_index(out_dir: str | Path) -> pd.DataFrame:
         raise FileNotFoundError(f"{path}: no frame index; run the `extract` stage first (dvc repro extract)")
     return pd.read_csv(path, dtype={"video_id": str, "shard": str, "sha256": str},
                        keep_default_na=False)  # a video named NA or null keeps its name
+
+
+def frame_rate_of(out_dir: str | Path) -> float:
+    """The frame rate extract resampled the shards of <out> to (extract.fps), 0.0 when they hold every decoded
+    frame: pretraining records it in the checkpoint, so that search and serving decode a file as its shard was."""
+    index = read_index(out_dir)
+    rates = sorted(set(index["target_fps"].astype(float))) if "target_fps" in index and len(index) else [0.0]
+    if len(rates) > 1:
+        raise ValueError(f"{Path(out_dir) / INDEX_NAME}: shards at several frame rates {rates}; re-run the "
+                         "`extract` stage (dvc repro extract)")
+    return rates[0]
 
 
 def content_hashes(out_dir: str | Path, video_ids: Sequence[str] | None = None, *,

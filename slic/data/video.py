@@ -10,6 +10,7 @@ from __future__ import annotations
 import bisect
 import functools
 import itertools
+import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -158,17 +159,17 @@ def _rgb(frame: av.VideoFrame, short_side: int | None) -> np.ndarray:
     return shown if isinstance(shown, np.ndarray) else shown.to_ndarray()
 
 
-def _frames(path: Path, short_side: int | None, start: int, stop: int | None,
-            pix_fmt: str) -> Iterator[av.VideoFrame | np.ndarray]:
-    """Decoded frames [start, stop), scaled and, for rotated files, rotated (then as arrays)."""
+def _frames(path: Path, short_side: int | None, start: int, stop: int | None, pix_fmt: str,
+            keep: Callable[[int], bool] | None = None) -> Iterator[tuple[int, av.VideoFrame | np.ndarray]]:
+    """(index, frame) for the decoded frames [start, stop) that `keep` accepts (default all), scaled and, for
+    rotated files, rotated (then as arrays); a frame not kept is decoded but never scaled."""
     with av.open(str(path)) as container:
         stream = _open_video(container, path)
         for index, frame in enumerate(container.decode(stream)):
-            if index < start:
-                continue
             if stop is not None and index >= stop:
                 return
-            yield _display(frame, short_side, pix_fmt)
+            if index >= start and (keep is None or keep(index)):
+                yield index, _display(frame, short_side, pix_fmt)
 
 
 def decode(path: str | Path, *, start: int = 0, stop: int | None = None,
@@ -181,7 +182,7 @@ def decode(path: str | Path, *, start: int = 0, stop: int | None = None,
     path = Path(path)
     out: list[np.ndarray] = []
     try:
-        for frame in _frames(path, short_side, start, stop, "rgb24"):
+        for _, frame in _frames(path, short_side, start, stop, "rgb24"):
             out.append(frame if isinstance(frame, np.ndarray) else frame.to_ndarray())
     except VideoDecodeError:
         raise
@@ -217,6 +218,33 @@ def segment_id(video_id: str, start: int, fps: float) -> str:
     """The id of a video's segment that starts at frame `start`: `video_id@<start in seconds>s`, as the manifest
     names the gallery's segments and the index names an added video's."""
     return f"{video_id}@{start / fps:.1f}s"
+
+
+def frame_copies(index: int, fps: float, target_fps: float) -> int:
+    """How many times source frame `index` appears in the video resampled to `target_fps` (extract.fps): frame j
+    of the resampled video, at time j / target_fps, is the source frame nearest that time (as FFmpeg's fps
+    filter), so a faster video drops frames (0 copies) and a slower one repeats them. 1 when `target_fps` is 0
+    (native) or `fps` is unknown."""
+    if target_fps <= 0 or fps <= 0:
+        return 1
+    return _first_resampled(index + 1, fps, target_fps) - _first_resampled(index, fps, target_fps)
+
+
+def _first_resampled(index: int, fps: float, target_fps: float) -> int:
+    """The first resampled frame whose nearest source frame is `index` or later: the first j >= 0 with
+    j x fps / target_fps >= index - 1/2 (a tolerance keeps rates like 29.97, 30000/1001, exact on a tie)."""
+    return max(0, math.ceil((index - 0.5) * target_fps / fps - 1e-9))
+
+
+def resampled_frames(start: int, stop: int, fps: float, target_fps: float) -> list[int]:
+    """The source frames, in order and with repeats, of source frames [start, stop) resampled to `target_fps`
+    (as `frame_copies` counts them): what `extract` stores for that range and what serving decodes, so a file
+    embeds alike from its shard and from the file, and a segment's frames are its whole file's over its range.
+    [start, stop) itself when `target_fps` is 0 or `fps` unknown."""
+    if target_fps <= 0 or fps <= 0:
+        return list(range(start, stop))
+    first, end = _first_resampled(start, fps, target_fps), _first_resampled(stop, fps, target_fps)
+    return [min(stop - 1, math.floor(j * fps / target_fps + 0.5 + 1e-9)) for j in range(first, end)]
 
 
 def clock(seconds: float) -> str:
@@ -421,30 +449,33 @@ class JpegSequence:
 
 
 def encode_jpeg_sequence(path: str | Path, *, short_side: int | None, quality: int, start: int = 0,
-                         stop: int | None = None) -> JpegSequence:
+                         stop: int | None = None, target_fps: float = 0.0) -> JpegSequence:
     """Decode a video's frames [start, stop) (default: all) and JPEG-encode each, resized to `short_side`.
 
     Stays in YUV inside FFmpeg from decoding to encoding (no RGB round trip) for unrotated
     files. `quality` is the JPEG qscale (2 best .. 31 worst), as ffmpeg's ``-q:v``. A range that starts far into
     the file (a segment of a long video) is reached by seeking to the keyframe before it, with the checks of
-    `decode_frames_at`, so the frames are those of a decode from the start.
+    `decode_frames_at`, so the frames are those of a decode from the start. `target_fps` > 0 resamples to that
+    rate (`frame_copies`: a dropped frame is never scaled or encoded, a repeated one is encoded once); the
+    sequence's `fps` is then `target_fps`.
     """
     path = Path(path)
     jpegs: list[bytes] = []
     encoder = None
     try:
         with av.open(str(path)) as container:
-            stream = container.streams.video[0] if container.streams.video else None
-            rate = (stream.average_rate or stream.guessed_rate) if stream else None
-        for index, frame in enumerate(_frame_range(path, short_side, start, stop, "yuvj420p")):
+            rate = _frame_rate(container.streams.video[0]) if container.streams.video else 0.0
+        copies = functools.partial(frame_copies, fps=rate, target_fps=target_fps)
+        keep = (lambda index: copies(index) > 0) if target_fps > 0 else None
+        for count, (index, frame) in enumerate(_frame_range(path, short_side, start, stop, "yuvj420p", keep)):
             if isinstance(frame, np.ndarray):
                 frame = av.VideoFrame.from_ndarray(frame, format="rgb24").reformat(format="yuvj420p")
                 frame.color_range = 2
             if encoder is None:
                 encoder = _jpeg_encoder(frame.width, frame.height, quality)
-            frame.pts, frame.time_base = index, encoder.time_base  # the encoder wants rising pts
-            for packet in encoder.encode(frame):
-                jpegs.append(bytes(packet))
+            frame.pts, frame.time_base = count, encoder.time_base  # the encoder wants rising pts
+            # mjpeg is intra-only: each frame's packet comes out of its own encode call, so it is repeated here
+            jpegs.extend(bytes(packet) for packet in encoder.encode(frame) for _ in range(copies(index)))
         if encoder is not None:
             for packet in encoder.encode(None):
                 jpegs.append(bytes(packet))
@@ -454,24 +485,25 @@ def encode_jpeg_sequence(path: str | Path, *, short_side: int | None, quality: i
         raise VideoDecodeError(path, _describe(exc, path)) from exc
     if encoder is None or not jpegs:
         raise VideoDecodeError(path, "no frame decoded")
-    return JpegSequence(jpegs, encoder.width, encoder.height, float(rate) if rate else 0.0)
+    return JpegSequence(jpegs, encoder.width, encoder.height, target_fps if target_fps > 0 and rate else rate)
 
 
-def _frame_range(path: Path, short_side: int | None, start: int, stop: int | None,
-                 pix_fmt: str) -> Iterator[av.VideoFrame | np.ndarray]:
-    """Frames [start, stop) as `_frames` gives them; a start SEEK_GAP frames or more past the first keyframe
-    before it is reached by a checked seek (decoded from the file's start when the checks fail)."""
+def _frame_range(path: Path, short_side: int | None, start: int, stop: int | None, pix_fmt: str,
+                 keep: Callable[[int], bool] | None = None) -> Iterator[tuple[int, av.VideoFrame | np.ndarray]]:
+    """(index, frame) for frames [start, stop) that `keep` accepts, as `_frames` gives them; a start SEEK_GAP
+    frames or more past the first keyframe before it is reached by a checked seek (decoded from the file's start
+    when the checks fail)."""
     if start >= SEEK_GAP:
         frames_of = file_timeline(path)
         end = frames_of.frames if stop is None else min(stop, frames_of.frames)
-        wanted = list(range(start, end))
+        wanted = [index for index in range(start, end) if keep is None or keep(index)]
         if wanted and _seeking_pays(frames_of, wanted):
             try:
                 found, _ = _decode_seeking(path, wanted, frames_of, lambda frame: _display(frame, short_side, pix_fmt))
-                return iter([found[index] for index in sorted(found)])
+                return iter(sorted(found.items()))
             except _SeekMismatch:
                 pass
-    return _frames(path, short_side, start, stop, pix_fmt)
+    return _frames(path, short_side, start, stop, pix_fmt, keep)
 
 
 def _jpeg_encoder(width: int, height: int, quality: int) -> av.CodecContext:
