@@ -96,7 +96,7 @@ def prepare_data(config: Config, folder: Path) -> dict[str, Any]:
     """
     from slic.data import synthetic
     from slic.data.datasets import build_manifest
-    from slic.data.frames import extract_all
+    from slic.data.frames import extract_as_configured
 
     marker = folder / "data.json"
     if marker.is_file():
@@ -108,8 +108,7 @@ def prepare_data(config: Config, folder: Path) -> dict[str, Any]:
     table.to_csv(config.manifest.out, index=False)
     usable = table[(table["excluded"] == "") & (table["split"] != "unused")]
     usable.to_csv(config.extract.manifest, index=False)
-    extract = extract_all(usable, out_dir=config.extract.out, short_side=config.extract.short_side,
-                          quality=config.extract.quality, workers=config.extract.workers)
+    extract = extract_as_configured(usable, config.extract)
     report = {"videos": synth["videos"], "splits": {k: int(v) for k, v in usable["split"].value_counts().items()},
               "extract_failed": len(extract["failed"]), "seconds": round(time.perf_counter() - started, 2)}
     marker.write_text(json.dumps(report, indent=1))

@@ -146,7 +146,7 @@ def seed_config(config: Config, seed: int, folder: Path) -> Config:
 def prepare_data(config: Config, work: Path) -> dict[str, Any]:
     """Manifest (usable rows as validated.csv) and frame shards, once per work folder and data settings."""
     from slic.data.datasets import build_manifest
-    from slic.data.frames import extract_all
+    from slic.data.frames import extract_as_configured
 
     marker = work / "data" / "data.json"
     expected = settings(config, DATA_SECTIONS)
@@ -159,8 +159,7 @@ def prepare_data(config: Config, work: Path) -> dict[str, Any]:
     table.to_csv(config.manifest.out, index=False)
     usable = table[(table["excluded"] == "") & (table["split"] != "unused")]
     usable.to_csv(config.extract.manifest, index=False)
-    extract = extract_all(usable, out_dir=config.extract.out, short_side=config.extract.short_side,
-                          quality=config.extract.quality, workers=config.extract.workers)
+    extract = extract_as_configured(usable, config.extract)
     if extract["failed"]:
         raise BenchError(f"{config.manifest.root}: {len(extract['failed'])} videos failed to extract, e.g. "
                          f"{extract['failed'][0]}")

@@ -115,12 +115,11 @@ def run_validate(config: Any) -> dict[str, Any]:
 def run_extract(config: Any) -> dict[str, Any]:
     """Stage `extract`: one JPEG shard per video under data/frames, with index.csv."""
     from slic.data.datasets import read_manifest
-    from slic.data.frames import extract_all
+    from slic.data.frames import extract_as_configured
 
     cfg = config.extract
     manifest = read_manifest(cfg.manifest)
-    report = extract_all(manifest, out_dir=cfg.out, short_side=cfg.short_side, quality=cfg.quality,
-                         workers=cfg.workers, fail_fast=cfg.fail_fast, target_fps=cfg.fps)
+    report = extract_as_configured(manifest, cfg)
     report["manifest"] = cfg.manifest  # with content_fingerprint: the input dataset of its MLflow record
     print(f"extract: {report['extracted']} extracted, {report['reused']} reused, {len(report['failed'])} failed; "
           f"{report['frames']} frames, {report['bytes'] / 1e6:.1f} MB, {report['frames_per_s']} frames/s"

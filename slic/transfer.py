@@ -51,7 +51,7 @@ def prepare_eval_data(config: Config, name: str) -> dict[str, Any]:
     Raises `EvalDataInvalid` with the validation summary when the set fails its expectations.
     """
     from slic.data.datasets import build_manifest
-    from slic.data.frames import extract_all
+    from slic.data.frames import extract_as_configured
     from slic.data.validate import validate_manifest
 
     folder = data_dir(name)
@@ -68,9 +68,7 @@ def prepare_eval_data(config: Config, name: str) -> dict[str, Any]:
         raise EvalDataInvalid(f"eval set {name}: {checked.summary()}", report)
     usable = table[(table["excluded"] == "") & (table["split"] != "unused")]
     usable.to_csv(folder / "validated.csv", index=False)
-    extracted = extract_all(usable, out_dir=folder / "frames", short_side=config.extract.short_side,
-                            quality=config.extract.quality, workers=config.extract.workers,
-                            fail_fast=config.extract.fail_fast, target_fps=config.extract.fps)
+    extracted = extract_as_configured(usable, config.extract, folder / "frames")
     report.update(usable_videos=int(len(usable)), splits=usable["split"].value_counts().sort_index().to_dict(),
                   extract={k: v for k, v in extracted.items() if not isinstance(v, (list, dict))},
                   manifest=str(folder / "validated.csv"), content_fingerprint=extracted["content_fingerprint"])

@@ -329,6 +329,13 @@ def extract_all(manifest: pd.DataFrame, *, out_dir: str | Path, short_side: int,
                                reused=len(ok) - len(new), seconds=seconds, workers=workers)
 
 
+def extract_as_configured(manifest: pd.DataFrame, cfg: Any, out_dir: str | Path | None = None) -> dict[str, Any]:
+    """`extract_all` with every setting of the `extract` section `cfg` (slic.config.ExtractConfig), into `out_dir`
+    (default cfg.out): the stage, the eval sets and the benches extract alike, frame rate included."""
+    return extract_all(manifest, out_dir=cfg.out if out_dir is None else out_dir, short_side=cfg.short_side,
+                       quality=cfg.quality, workers=cfg.workers, fail_fast=cfg.fail_fast, target_fps=cfg.fps)
+
+
 def content_fingerprint(hashes: dict[str, str]) -> str:
     """16 hex chars naming a set of shards by content: sha256 over the sorted 'video_id<TAB>sha256' lines."""
     digest = hashlib.sha256()

@@ -1,0 +1,134 @@
+"""extract.fps: videos resampled to one frame rate by time, the same frames in the shards, in a segment's shard and
+in what serving decodes from the file, so an encoder trained on resampled frames embeds queries alike."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from slic.data.frames import ShardReader, extract_all, frame_rate_of, read_index, shard_path
+from slic.data.video import decode_jpegs, frame_copies, resampled_frames, write_video
+
+
+@pytest.mark.parametrize("fps, target", [(29.97002997, 25.0), (60.0, 25.0), (10.0, 25.0), (12.5, 25.0),
+                                         (25.0, 29.97), (50.0, 24.0), (5.0, 30.0)])
+def test_resampling_takes_the_nearest_frame_and_a_range_is_its_files_frames_there(fps: float, target: float) -> None:
+    frames = 300
+    whole = resampled_frames(0, frames, fps, target)
+    # frame j, at j / target seconds, is the source frame nearest that time
+    assert whole == [min(frames - 1, int(np.floor(j * fps / target + 0.5))) for j in range(len(whole))]
+    # the same duration at the new rate, the last source frame kept for the half of its time nearest to it
+    assert abs(len(whole) - frames * target / fps) <= 1 + target / fps / 2
+    assert whole == [i for i in range(frames) for _ in range(frame_copies(i, fps, target))]
+    for start, stop in [(0, 1), (7, 123), (150, 300), (299, 300), (40, 40)]:
+        assert resampled_frames(start, stop, fps, target) == [i for i in whole if start <= i < stop]
+
+
+def test_no_target_or_an_unknown_rate_keeps_every_frame() -> None:
+    assert resampled_frames(3, 9, 25.0, 0.0) == list(range(3, 9))
+    assert resampled_frames(3, 9, 0.0, 25.0) == list(range(3, 9))  # a stream that states no rate
+    assert frame_copies(5, 0.0, 25.0) == frame_copies(5, 30.0, 0.0) == 1
+    assert resampled_frames(0, 300, 30000 / 1001, 30.0) == list(range(300))  # 29.97 to 30: no frame lost in 10 s
+    assert resampled_frames(0, 10, 50.0, 25.0) == [0, 2, 4, 6, 8]
+
+
+def moving_square(positions: list[int]) -> np.ndarray:
+    """Frames of a white square on grey whose left edge is at each of `positions` (pixels)."""
+    frames = np.full((len(positions), 48, 96, 3), 60, np.uint8)
+    for t, x in enumerate(positions):
+        frames[t, 16:32, x:x + 16] = 250
+    return frames
+
+
+def square_positions(frames: np.ndarray) -> list[int]:
+    """The left edge of the bright square in each frame."""
+    return [int(np.argmax(frame[24, :, 0] > 155)) for frame in frames]
+
+
+@pytest.fixture(scope="module")
+def two_rates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One motion filmed twice: at 50 fps (the square moves 1 px a frame) and at 25 fps (2 px a frame)."""
+    folder = tmp_path_factory.mktemp("rates")
+    write_video(folder / "fast.mkv", moving_square(list(range(0, 80))), fps=50, codec="ffv1")
+    write_video(folder / "slow.mkv", moving_square(list(range(0, 80, 2))), fps=25, codec="ffv1")
+    return {"fast": folder / "fast.mkv", "slow": folder / "slow.mkv"}
+
+
+def shard_frames(out: Path, video_id: str) -> np.ndarray:
+    reader = ShardReader.open(shard_path(out, video_id))
+    return decode_jpegs(reader.read_jpegs(0, reader.frames))
+
+
+def test_extract_at_one_rate_gives_one_motion_the_same_frames(two_rates: dict[str, Path], tmp_path: Path) -> None:
+    table = pd.DataFrame({"video_id": list(two_rates), "path": [str(p) for p in two_rates.values()]})
+    native = extract_all(table, out_dir=tmp_path / "native", short_side=None, quality=2, workers=1)
+    assert native["fps"] == "native" and frame_rate_of(tmp_path / "native") == 0.0
+    assert "target_fps" not in read_index(tmp_path / "native")  # as before the setting: nothing re-extracted
+    assert "target_fps" not in ShardReader.open(shard_path(tmp_path / "native", "fast")).header
+    assert len(shard_frames(tmp_path / "native", "fast")) == 80  # natively, a clip of the fast one spans half the time
+
+    report = extract_all(table, out_dir=tmp_path / "at25", short_side=None, quality=2, workers=1, target_fps=25)
+    fast, slow = shard_frames(tmp_path / "at25", "fast"), shard_frames(tmp_path / "at25", "slow")
+    assert len(fast) == len(slow) == 40
+    assert square_positions(fast) == square_positions(slow) == list(range(0, 80, 2))
+    header = ShardReader.open(shard_path(tmp_path / "at25", "fast")).header
+    assert header["fps"] == header["target_fps"] == 25.0 and report["fps"] == 25.0
+    assert frame_rate_of(tmp_path / "at25") == 25.0 and set(read_index(tmp_path / "at25")["fps"]) == {25.0}
+
+    again = extract_all(table, out_dir=tmp_path / "at25", short_side=None, quality=2, workers=1, target_fps=25)
+    assert again["reused"] == 2  # the same rate: the shards are kept
+    other = extract_all(table, out_dir=tmp_path / "at25", short_side=None, quality=2, workers=1, target_fps=10)
+    assert other["extracted"] == 2 and len(shard_frames(tmp_path / "at25", "fast")) == 16  # another rate: redone
+
+
+def test_a_segments_shard_is_its_files_resampled_frames_over_its_range(two_rates: dict[str, Path],
+                                                                       tmp_path: Path) -> None:
+    table = pd.DataFrame({"video_id": ["fast@0.3s"], "path": [str(two_rates["fast"])], "start_frame": [15],
+                          "stop_frame": [61]})
+    extract_all(table, out_dir=tmp_path, short_side=None, quality=2, workers=1, target_fps=25)
+    wanted = resampled_frames(15, 61, 50.0, 25.0)
+    assert square_positions(shard_frames(tmp_path, "fast@0.3s")) == wanted == list(range(16, 61, 2))
+
+
+def test_serving_decodes_a_file_at_the_rate_its_encoder_was_trained_on(tiny_dataset: Path, two_rates: dict[str, Path],
+                                                                       tmp_path: Path) -> None:
+    """pretrain records extract.fps in the checkpoint; the encoder then decodes a query's clips from the frames
+    its shard would hold, not from the native ones."""
+    from slic.cli import main
+    from slic.serving import VideoEncoder, decode_windows, iic_windows
+
+    params = {"manifest": {"root": str(tiny_dataset), "workers": 1}, "validate": {"data_docs": "docs"},
+              "extract": {"short_side": 24, "workers": 1, "fps": 10},
+              "pretrain": {"mode": "random_init", "backbone": "r3d_18_narrow", "hidden_dim": 32, "out_dim": 16,
+                           "clip_len": 4, "frame_step": 1, "size": 16, "workers": 0}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        for stage in ("manifest", "validate", "extract", "pretrain"):
+            assert main([stage]) == 0
+    finally:
+        os.chdir(cwd)
+    encoder = VideoEncoder(tmp_path / "data/models/pretrain/best.pt", clips=3)
+    assert encoder.frame_rate == 10.0
+
+    row = pd.read_csv(tmp_path / "data/manifests/validated.csv").iloc[0]
+    stored = shard_frames(tmp_path / "data/frames", row["video_id"])
+    assert len(stored) == len(resampled_frames(0, int(row["frames"]), float(row["fps"]), 10.0)) < row["frames"]
+    from_file = decode_windows(row["path"], short_side=24, clip_len=4, clips=3, frame_step=1, frame_rate=10.0)
+    windows = iic_windows(len(stored), clip_len=4, clips=3)
+    for got, window in zip(from_file, windows, strict=True):
+        for frame, index in zip(got, window, strict=True):
+            # of every frame the shard holds, the one the embed stage takes there is the nearest (JPEG q4 apart)
+            distance = np.abs(stored.astype(np.int16) - frame).mean(axis=(1, 2, 3))
+            assert int(np.argmin(distance)) == index
+
+    native = decode_windows(two_rates["fast"], short_side=None, clip_len=4, clips=1, frame_step=1)
+    at_25 = decode_windows(two_rates["fast"], short_side=None, clip_len=4, clips=1, frame_step=1, frame_rate=25.0)
+    assert np.diff(square_positions(native[0])).tolist() == [1, 1, 1]
+    assert np.diff(square_positions(at_25[0])).tolist() == [2, 2, 2]  # 0.16 s of motion, as the shards show it
