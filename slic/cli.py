@@ -81,7 +81,7 @@ def run_manifest(config: Any) -> dict[str, Any]:
     if len(excluded) > 10:
         print(f"  and {len(excluded) - 10} more excluded: reports/manifest.json lists each with its reason")
     advice = [line for line in (datasets.segment_advice(table, config.manifest.segment_seconds),
-                                datasets.frame_rate_advice(table)) if line]
+                                datasets.frame_rate_advice(table, config.extract.fps)) if line]
     if advice:
         report["advice"] = advice
         for line in advice:

@@ -376,20 +376,20 @@ def segment_advice(table: pd.DataFrame, segment_seconds: float) -> str:
 MIXED_FPS_RATIO = 1.5  # frame rates further apart than this make clips of one length span unlike times
 
 
-def frame_rate_advice(table: pd.DataFrame) -> str:
-    """A line for the manifest stage when the usable videos' frame rates differ by more than MIXED_FPS_RATIO:
-    clips take native frames, so a clip spans a different time (and a motion looks faster or slower) in each;
-    empty otherwise."""
+def frame_rate_advice(table: pd.DataFrame, target_fps: float = 0.0) -> str:
+    """A line for the manifest stage when the usable videos' frame rates differ by more than MIXED_FPS_RATIO and
+    extract keeps native frames (`target_fps`, extract.fps, is 0): a clip then spans a different time (and a motion
+    looks faster or slower) in each, and the rate can become what tells videos apart; empty otherwise."""
     rates = table.loc[table["excluded"] == "", "fps"].astype(float)
     rates = rates[rates > 0]
-    if rates.empty or rates.max() <= MIXED_FPS_RATIO * rates.min():
+    if target_fps > 0 or rates.empty or rates.max() <= MIXED_FPS_RATIO * rates.min():
         return ""
     low, high = rates.min(), rates.max()
     common = rates.round(2).mode().iloc[0]
     return (f"frame rates range from {low:g} to {high:g} fps (most often {common:g}: {(rates.round(2) == common).sum()}"
             f" of {len(rates)} usable videos): clips take native frames, so a clip spans {high / low:.1f}x less time "
-            f"at {high:g} fps than at {low:g} and a motion looks slower there; for comparable clips re-encode the "
-            f"others to one rate first (e.g. ffmpeg -i IN -r {common:g} OUT)")
+            f"at {high:g} fps than at {low:g} and a motion looks slower there; set extract.fps: {common:g} to resample "
+            "every video to one rate when frames are extracted")
 
 
 def segmented(table: pd.DataFrame, seconds: float) -> pd.DataFrame:

@@ -238,14 +238,17 @@ def test_the_collection_summary_counts_usable_videos_files_hours_and_frame_sizes
     assert summary_line(collection_summary(table.assign(excluded="gone"))) == "no usable video"
 
 
-def test_mixed_frame_rates_are_pointed_out_with_the_commonest_rate_to_re_encode_to() -> None:
+def test_mixed_frame_rates_are_pointed_out_with_the_commonest_rate_to_resample_to() -> None:
     from slic.data.datasets import frame_rate_advice
 
     table = pd.DataFrame({"fps": [25.0, 25.0, 29.97, 60.0, 240.0, 0.0], "excluded": ["", "", "", "", "unreadable", ""]})
     advice = frame_rate_advice(table)  # 240 is excluded, 0 is no rate: 25 to 60 fps
     assert advice.startswith("frame rates range from 25 to 60 fps (most often 25: 2 of 4 usable videos)")
-    assert "2.4x less time at 60 fps than at 25" in advice and advice.endswith("ffmpeg -i IN -r 25 OUT)")
+    assert "2.4x less time at 60 fps than at 25" in advice and advice.endswith("set extract.fps: 25 to resample "
+                                                                               "every video to one rate when frames "
+                                                                               "are extracted")
     assert frame_rate_advice(table[table["fps"] < 30]) == ""  # 25 and 29.97: within 1.5x, nothing to say
+    assert frame_rate_advice(table, target_fps=30.0) == ""  # extract resamples them: nothing to do
 
 
 def test_val_takes_the_same_group_numbers_in_every_class() -> None:
