@@ -14,7 +14,7 @@ export DVC_NO_ANALYTICS := 1
 export GX_ANALYTICS_ENABLED := false
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install chromium run run-real test bench bench-real bench-label-free bench-added-videos bench-serving-decode bench-segments bench-gpu gpu-wheelhouse clean pipeline image services-up services-down deploy worker preset-paper
+.PHONY: install chromium run run-real test bench bench-real bench-label-free bench-added-videos bench-serving-decode bench-segments bench-frame-rate bench-gpu gpu-wheelhouse clean pipeline image services-up services-down deploy worker preset-paper
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,13 @@ bench-added-videos: install
 # Serving's decode (search, embed-video, added videos): four ways side by side; needs `make run`'s best.pt.
 bench-serving-decode: install
 	$(BIN)/python bench/serving_decode.py
+
+# Is the frame rate a shortcut on ucf101_6, and what extract.fps changes (reports/bench/frame_rate.json): bench-real's
+# native cells against the same rows trained at 25 fps (data/bench/real_fps25); needs `make run` for its synthetic part.
+bench-frame-rate: install
+	$(BIN)/python bench/real.py --no-classify --no-mlflow --rows random_init intra_video slic slic_video oracle \
+		--set extract.fps=25 --work data/bench/real_fps25 --out reports/bench/real_fps25.json
+	$(BIN)/python bench/frame_rate.py --resampled data/bench/real_fps25
 
 # Long videos as segments: ucf101_6's train clips back to back, searched with its test clips (reports/bench/segments.json).
 bench-segments: install
