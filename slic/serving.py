@@ -76,7 +76,7 @@ def decode_windows(path: str | Path, *, short_side: int, clip_len: int, clips: i
     frames_of = file_timeline(path)
     first, stop = (0, frames_of.frames) if span is None else (span[0], min(span[1], frames_of.frames))
     while True:
-        shown = resampled_frames(first, stop, frames_of.fps, frame_rate)
+        shown = resampled_frames(first, stop, frames_of.fps, frame_rate, frames_of.frame_times())
         if not shown:
             raise VideoDecodeError(path, "no video frame in the file" if span is None else
                                    f"no video frame in frames [{span[0]}, {span[1]})")

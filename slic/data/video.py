@@ -12,6 +12,7 @@ import functools
 import itertools
 import math
 import os
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -220,31 +221,32 @@ def segment_id(video_id: str, start: int, fps: float) -> str:
     return f"{video_id}@{start / fps:.1f}s"
 
 
-def frame_copies(index: int, fps: float, target_fps: float) -> int:
-    """How many times source frame `index` appears in the video resampled to `target_fps` (extract.fps): frame j
-    of the resampled video, at time j / target_fps, is the source frame nearest that time (as FFmpeg's fps
-    filter), so a faster video drops frames (0 copies) and a slower one repeats them. 1 when `target_fps` is 0
-    (native) or `fps` is unknown."""
-    if target_fps <= 0 or fps <= 0:
-        return 1
-    return _first_resampled(index + 1, fps, target_fps) - _first_resampled(index, fps, target_fps)
-
-
-def _first_resampled(index: int, fps: float, target_fps: float) -> int:
-    """The first resampled frame whose nearest source frame is `index` or later: the first j >= 0 with
-    j x fps / target_fps >= index - 1/2 (a tolerance keeps rates like 29.97, 30000/1001, exact on a tie)."""
-    return max(0, math.ceil((index - 0.5) * target_fps / fps - 1e-9))
-
-
-def resampled_frames(start: int, stop: int, fps: float, target_fps: float) -> list[int]:
+def resampled_frames(start: int, stop: int, fps: float, target_fps: float,
+                     times: Sequence[float] | None = None) -> list[int]:
     """The source frames, in order and with repeats, of source frames [start, stop) resampled to `target_fps`
-    (as `frame_copies` counts them): what `extract` stores for that range and what serving decodes, so a file
-    embeds alike from its shard and from the file, and a segment's frames are its whole file's over its range.
-    [start, stop) itself when `target_fps` is 0 or `fps` unknown."""
-    if target_fps <= 0 or fps <= 0:
-        return list(range(start, stop))
-    first, end = _first_resampled(start, fps, target_fps), _first_resampled(stop, fps, target_fps)
-    return [min(stop - 1, math.floor(j * fps / target_fps + 0.5 + 1e-9)) for j in range(first, end)]
+    (extract.fps): frame j of the resampled video, at j / target_fps seconds, is the source frame nearest that time
+    (as FFmpeg's fps filter), so a faster video drops frames and a slower one repeats them. The source frames'
+    `times` (seconds from the first, `Timeline.frame_times`) place them when known, so a variable-frame-rate video
+    is resampled by when its frames were shown; else frame i is at i / fps. What `extract` stores for that range
+    and what serving decodes, so a file embeds alike from its shard and from the file, and a segment's frames are
+    its whole file's over its range. [start, stop) itself when `target_fps` is 0 or the times are unknown."""
+    if target_fps <= 0 or stop <= start:
+        return list(range(start, max(start, stop)))
+    if times is None or len(times) < stop:
+        if fps <= 0:
+            return list(range(start, stop))
+        times = [index / fps for index in range(stop)]
+    # frame i is the nearest one from halfway after its predecessor to halfway before its successor (a range's
+    # last frame too, when the file goes on: a segment holds its file's frames); the file's last frame lasts as
+    # long as the gap before it (1 / fps for a single frame)
+    bounds = [(times[i - 1] + times[i]) / 2 for i in range(1, min(len(times), stop + 1))]
+    if len(bounds) < stop:
+        gap = times[stop - 1] - times[stop - 2] if stop > 1 else (1 / fps if fps > 0 else 1 / target_fps)
+        bounds.append(times[stop - 1] + gap / 2)
+    first = 0 if start == 0 else math.ceil(bounds[start - 1] * target_fps - 1e-9)
+    end = math.ceil(bounds[stop - 1] * target_fps - 1e-9)
+    return [min(stop - 1, max(start, bisect.bisect_right(bounds, j / target_fps + 1e-9)))
+            for j in range(max(first, 0), end)]
 
 
 def clock(seconds: float) -> str:
@@ -270,7 +272,7 @@ class Timeline:
     presentation order, so frame i (the i-th frame a decoder puts out) has pts[i]; it is empty when a packet
     has no timestamp or two share one, and seeking is then off. `keyframes` are the frame indices where the
     container says decoding can start, and `seek_to` their decoding timestamps, which demuxers seek by; `fps`
-    the stream's frame rate, as `probe` reads it.
+    the stream's frame rate, as `probe` reads it; `time_base` the seconds of one pts unit.
     """
 
     frames: int
@@ -278,6 +280,14 @@ class Timeline:
     keyframes: tuple[int, ...]
     seek_to: tuple[int, ...]
     fps: float = 0.0
+    time_base: float = 0.0
+
+    def frame_times(self) -> list[float] | None:
+        """Each frame's time in seconds from the first frame's, from its timestamp (a variable-frame-rate phone
+        video's frames are not 1/fps apart); None when the timestamps are unknown."""
+        if not self.pts or self.time_base <= 0:
+            return None
+        return [(pts - self.pts[0]) * self.time_base for pts in self.pts]
 
 
 def timeline(path: str | Path) -> Timeline:
@@ -290,6 +300,7 @@ def timeline(path: str | Path) -> Timeline:
         with av.open(str(path)) as container:
             stream = _open_video(container, path)
             fps = _frame_rate(stream)
+            time_base = float(stream.time_base) if stream.time_base else 0.0
             packets = [(packet.pts, packet.dts, packet.is_keyframe) for packet in container.demux(stream)
                        if packet.size > 0]
     except VideoDecodeError:
@@ -298,11 +309,12 @@ def timeline(path: str | Path) -> Timeline:
         raise VideoDecodeError(path, _describe(exc, path)) from exc
     stamps = [pts for pts, _, _ in packets]
     if any(pts is None for pts in stamps) or len(set(stamps)) < len(stamps):
-        return Timeline(len(packets), (), (), (), fps)
+        return Timeline(len(packets), (), (), (), fps, time_base)
     order = sorted(stamps)
     rank = {pts: index for index, pts in enumerate(order)}
     keys = sorted((rank[pts], pts if dts is None else dts) for pts, dts, key in packets if key)
-    return Timeline(len(packets), tuple(order), tuple(k for k, _ in keys), tuple(d for _, d in keys), fps)
+    return Timeline(len(packets), tuple(order), tuple(k for k, _ in keys), tuple(d for _, d in keys), fps,
+                    time_base)
 
 
 def file_timeline(path: str | Path) -> Timeline:
@@ -456,8 +468,8 @@ def encode_jpeg_sequence(path: str | Path, *, short_side: int | None, quality: i
     files. `quality` is the JPEG qscale (2 best .. 31 worst), as ffmpeg's ``-q:v``. A range that starts far into
     the file (a segment of a long video) is reached by seeking to the keyframe before it, with the checks of
     `decode_frames_at`, so the frames are those of a decode from the start. `target_fps` > 0 resamples to that
-    rate (`frame_copies`: a dropped frame is never scaled or encoded, a repeated one is encoded once); the
-    sequence's `fps` is then `target_fps`.
+    rate by the frames' timestamps (`resampled_frames`: a dropped frame is never scaled or encoded, a repeated
+    one is encoded once); the sequence's `fps` is then `target_fps`.
     """
     path = Path(path)
     jpegs: list[bytes] = []
@@ -465,8 +477,12 @@ def encode_jpeg_sequence(path: str | Path, *, short_side: int | None, quality: i
     try:
         with av.open(str(path)) as container:
             rate = _frame_rate(container.streams.video[0]) if container.streams.video else 0.0
-        copies = functools.partial(frame_copies, fps=rate, target_fps=target_fps)
-        keep = (lambda index: copies(index) > 0) if target_fps > 0 else None
+        copies: Counter[int] | None = None
+        if target_fps > 0:
+            frames_of = file_timeline(path)
+            end = frames_of.frames if stop is None else min(stop, frames_of.frames)
+            copies = Counter(resampled_frames(start, end, rate, target_fps, frames_of.frame_times()))
+        keep = (lambda index: copies[index] > 0) if copies is not None else None
         for count, (index, frame) in enumerate(_frame_range(path, short_side, start, stop, "yuvj420p", keep)):
             if isinstance(frame, np.ndarray):
                 frame = av.VideoFrame.from_ndarray(frame, format="rgb24").reformat(format="yuvj420p")
@@ -475,7 +491,8 @@ def encode_jpeg_sequence(path: str | Path, *, short_side: int | None, quality: i
                 encoder = _jpeg_encoder(frame.width, frame.height, quality)
             frame.pts, frame.time_base = count, encoder.time_base  # the encoder wants rising pts
             # mjpeg is intra-only: each frame's packet comes out of its own encode call, so it is repeated here
-            jpegs.extend(bytes(packet) for packet in encoder.encode(frame) for _ in range(copies(index)))
+            jpegs.extend(bytes(packet) for packet in encoder.encode(frame)
+                         for _ in range(1 if copies is None else copies[index]))
         if encoder is not None:
             for packet in encoder.encode(None):
                 jpegs.append(bytes(packet))

@@ -12,7 +12,12 @@ import pytest
 import yaml
 
 from slic.data.frames import ShardReader, extract_all, frame_rate_of, read_index, shard_path
-from slic.data.video import decode_jpegs, frame_copies, resampled_frames, write_video
+from slic.data.video import decode_jpegs, file_timeline, resampled_frames, write_video
+
+
+def nearest_frames(times: list[float], target: float, count: int) -> list[int]:
+    """Resampled frame j (at j / target s) -> the frame of `times` nearest it, the later one on a tie."""
+    return [min(range(len(times)), key=lambda i: (round(abs(times[i] - j / target), 9), -i)) for j in range(count)]
 
 
 @pytest.mark.parametrize("fps, target", [(29.97002997, 25.0), (60.0, 25.0), (10.0, 25.0), (12.5, 25.0),
@@ -21,18 +26,30 @@ def test_resampling_takes_the_nearest_frame_and_a_range_is_its_files_frames_ther
     frames = 300
     whole = resampled_frames(0, frames, fps, target)
     # frame j, at j / target seconds, is the source frame nearest that time
-    assert whole == [min(frames - 1, int(np.floor(j * fps / target + 0.5))) for j in range(len(whole))]
+    assert whole == nearest_frames([i / fps for i in range(frames)], target, len(whole))
     # the same duration at the new rate, the last source frame kept for the half of its time nearest to it
     assert abs(len(whole) - frames * target / fps) <= 1 + target / fps / 2
-    assert whole == [i for i in range(frames) for _ in range(frame_copies(i, fps, target))]
+    assert resampled_frames(0, frames, 0.0, target, [i / fps for i in range(frames)]) == whole  # by timestamps
     for start, stop in [(0, 1), (7, 123), (150, 300), (299, 300), (40, 40)]:
         assert resampled_frames(start, stop, fps, target) == [i for i in whole if start <= i < stop]
+
+
+def test_a_variable_frame_rate_video_is_resampled_by_its_timestamps() -> None:
+    # a phone in low light: 30 fps for a second, 15 fps for the next, 30 fps again (average 25)
+    times = [i / 30 for i in range(30)] + [1 + i / 15 for i in range(15)] + [2 + i / 30 for i in range(30)]
+    whole = resampled_frames(0, len(times), 25.0, 30.0, times)
+    assert len(whole) == 90  # 3 s at 30 fps
+    assert whole == nearest_frames(times, 30.0, 90)
+    assert whole[30:37] == [30, 31, 31, 32, 32, 33, 33]  # the 15 fps second: each frame twice (a tie: the later)
+    by_average = resampled_frames(0, len(times), 25.0, 30.0)  # 1 / 25 apart, as the average rate says
+    assert by_average[30] == 25  # 0.83 s shown at 1.0 s: what timestamps avoid
+    for start, stop in [(0, 31), (29, 46), (30, 45), (44, 75), (74, 75)]:
+        assert resampled_frames(start, stop, 25.0, 30.0, times) == [i for i in whole if start <= i < stop]
 
 
 def test_no_target_or_an_unknown_rate_keeps_every_frame() -> None:
     assert resampled_frames(3, 9, 25.0, 0.0) == list(range(3, 9))
     assert resampled_frames(3, 9, 0.0, 25.0) == list(range(3, 9))  # a stream that states no rate
-    assert frame_copies(5, 0.0, 25.0) == frame_copies(5, 30.0, 0.0) == 1
     assert resampled_frames(0, 300, 30000 / 1001, 30.0) == list(range(300))  # 29.97 to 30: no frame lost in 10 s
     assert resampled_frames(0, 10, 50.0, 25.0) == [0, 2, 4, 6, 8]
 
@@ -132,3 +149,57 @@ def test_serving_decodes_a_file_at_the_rate_its_encoder_was_trained_on(tiny_data
     at_25 = decode_windows(two_rates["fast"], short_side=None, clip_len=4, clips=1, frame_step=1, frame_rate=25.0)
     assert np.diff(square_positions(native[0])).tolist() == [1, 1, 1]
     assert np.diff(square_positions(at_25[0])).tolist() == [2, 2, 2]  # 0.16 s of motion, as the shards show it
+
+
+def frame_number(k: int) -> np.ndarray:
+    """A 64x16 frame that names k: a white bar at 2 (k % 30) px in its top half and at 2 (k // 30) px below."""
+    frame = np.zeros((16, 64, 3), np.uint8)
+    frame[:8, 2 * (k % 30):2 * (k % 30) + 2] = 255
+    frame[8:, 2 * (k // 30):2 * (k // 30) + 2] = 255
+    return frame
+
+
+def frame_numbers(frames: np.ndarray) -> list[int]:
+    """The k each frame of `frame_number` names (JPEG blurs the bars, their brightest column stays)."""
+    return [int(np.argmax(f[4, :, 0].astype(int))) // 2 + 30 * (int(np.argmax(f[12, :, 0].astype(int))) // 2)
+            for f in frames]
+
+
+def write_variable_rate(path: Path, times: list[float]) -> None:
+    """A lossless video whose frame k is shown at times[k] s and is `frame_number(k)`."""
+    from fractions import Fraction
+
+    import av
+
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("ffv1", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 64, 16, "bgr0"
+        stream.time_base = Fraction(1, 1000)
+        for k, seconds in enumerate(times):
+            frame = av.VideoFrame.from_ndarray(frame_number(k), format="rgb24")
+            frame.pts, frame.time_base = round(seconds * 1000), Fraction(1, 1000)
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+
+
+def test_extract_and_serving_resample_a_variable_frame_rate_file_alike_by_its_timestamps(tmp_path: Path) -> None:
+    from slic.serving import decode_windows, iic_windows
+
+    times = [i / 30 for i in range(30)] + [1 + i / 15 for i in range(15)] + [2 + i / 30 for i in range(30)]
+    path = tmp_path / "phone.mkv"
+    write_variable_rate(path, times)
+    stored_times = file_timeline(path).frame_times()
+    assert stored_times is not None and stored_times[31] - stored_times[30] == pytest.approx(1 / 15, abs=2e-3)
+    expected = resampled_frames(0, 75, 25.0, 30.0, stored_times)
+    assert len(expected) == 90 and expected == nearest_frames(stored_times, 30.0, 90)
+
+    extract_all(pd.DataFrame({"video_id": ["phone"], "path": [str(path)]}), out_dir=tmp_path / "frames",
+                short_side=None, quality=2, workers=1, target_fps=30)
+    # the shard: each frame at its own time, the 15 fps second's frames twice
+    assert frame_numbers(shard_frames(tmp_path / "frames", "phone")) == expected
+
+    windows = decode_windows(path, short_side=None, clip_len=4, clips=3, frame_step=2, frame_rate=30.0)
+    assert [frame_numbers(window) for window in windows] == [
+        [expected[i] for i in w] for w in iic_windows(90, clip_len=4, clips=3, frame_step=2)]
