@@ -229,7 +229,8 @@ def resampled_frames(start: int, stop: int, fps: float, target_fps: float,
     `times` (seconds from the first, `Timeline.frame_times`) place them when known, so a variable-frame-rate video
     is resampled by when its frames were shown; else frame i is at i / fps. What `extract` stores for that range
     and what serving decodes, so a file embeds alike from its shard and from the file, and a segment's frames are
-    its whole file's over its range. [start, stop) itself when `target_fps` is 0 or the times are unknown."""
+    its whole file's over its range. [start, stop) itself when `target_fps` is 0, or neither times nor `fps` are
+    known."""
     if target_fps <= 0 or stop <= start:
         return list(range(start, max(start, stop)))
     if times is None or len(times) < stop:
