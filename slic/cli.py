@@ -216,11 +216,14 @@ def run_pretrain(config: Any) -> dict[str, Any]:
     from slic.config import to_dict
     from slic.distributed import close_world, init_world
     from slic.ablation import flow_view
+    from slic.data.frames import frame_rate_of
     from slic.pretrain import pretrain
 
     world = init_world(config.pretrain.device)
     try:
-        params = {**to_dict(config.pretrain), "flow.enabled": config.flow.enabled, "flow.p": config.flow.p}
+        # frame_rate: the rate the shards were resampled to (extract.fps; 0.0 native), as the checkpoint keeps it
+        params = {**to_dict(config.pretrain), "flow.enabled": config.flow.enabled, "flow.p": config.flow.p,
+                  "frame_rate": frame_rate_of(config.extract.out)}
         cfg = config.pretrain
         name = f"pretrain {cfg.mode} {cfg.backbone} {cfg.size}px" + (" +flow" if config.flow.enabled else "")
         with _tracked("pretrain", params, world, name=name, defer=True) as run:

@@ -229,7 +229,8 @@ def promote(cfg: PromoteConfig, report: str | Path = PRETRAIN_REPORT, *, manifes
         tags = {"metric": cfg.metric, **measured, "data_fingerprint": data or "unknown", **compared,
                 "decision": "promoted" if decision.promote else "rejected" if measured else "not compared",
                 "reason": decision.reason,
-                "pretrain_run_id": pretrain.get("mlflow_run_id", ""), "checkpoint": str(checkpoint)}
+                "pretrain_run_id": pretrain.get("mlflow_run_id", ""), "checkpoint": str(checkpoint),
+                "frame_rate": float(payload.get("frame_rate", 0.0))}  # files are decoded at it (0.0: native)
         version = registry.register_version(model_uri, cfg.model_name, tags)
         if decision.promote:
             registry.set_alias(cfg.model_name, cfg.alias, version.version)

@@ -127,12 +127,24 @@ def test_serving_decodes_a_file_at_the_rate_its_encoder_was_trained_on(tiny_data
     cwd = os.getcwd()
     os.chdir(tmp_path)
     try:
-        for stage in ("manifest", "validate", "extract", "pretrain"):
+        for stage in ("manifest", "validate", "extract", "pretrain", "promote"):
             assert main([stage]) == 0
     finally:
         os.chdir(cwd)
     encoder = VideoEncoder(tmp_path / "data/models/pretrain/best.pt", clips=3)
     assert encoder.frame_rate == 10.0
+
+    import mlflow
+
+    from slic.serving import encoder_of
+
+    client = mlflow.MlflowClient()
+    (run,) = client.search_runs([client.get_experiment_by_name("slic").experiment_id],
+                                "tags.mlflow.runName LIKE 'pretrain%'")
+    assert run.data.params["frame_rate"] == "10.0"  # the rate, in the UI beside the settings
+    champion = client.get_model_version_by_alias("slic-encoder", "champion")
+    assert champion.tags["frame_rate"] == "10.0"
+    assert encoder_of(mlflow.pyfunc.load_model("models:/slic-encoder@champion")).frame_rate == 10.0  # served alike
 
     row = pd.read_csv(tmp_path / "data/manifests/validated.csv").iloc[0]
     stored = shard_frames(tmp_path / "data/frames", row["video_id"])
