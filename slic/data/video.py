@@ -550,9 +550,10 @@ def decode_jpegs(jpegs: Sequence[bytes]) -> np.ndarray:
     return np.stack(out)
 
 
-def write_video(path: str | Path, frames: np.ndarray, *, fps: int = 25, codec: str = "mpeg4",
+def write_video(path: str | Path, frames: np.ndarray, *, fps: int | Fraction = 25, codec: str = "mpeg4",
                 quality: int = 3) -> None:
-    """Encode (T, H, W, 3) uint8 RGB frames into a video file (.avi, .mp4, .mkv).
+    """Encode (T, H, W, 3) uint8 RGB frames into a video file (.avi, .mp4, .mkv) at `fps` (a Fraction for rates
+    such as 30000/1001).
 
     `codec` is an FFmpeg encoder name: mpeg4 (UCF101's codec), libx264, or ffv1 (lossless,
     with rgb pixels kept exactly).
