@@ -476,13 +476,15 @@ def encode_jpeg_sequence(path: str | Path, *, short_side: int | None, quality: i
     jpegs: list[bytes] = []
     encoder = None
     try:
-        with av.open(str(path)) as container:
-            rate = _frame_rate(container.streams.video[0]) if container.streams.video else 0.0
         copies: Counter[int] | None = None
-        if target_fps > 0:
+        if target_fps > 0:  # the timeline (a demux) places the frames and gives the rate
             frames_of = file_timeline(path)
+            rate = frames_of.fps
             end = frames_of.frames if stop is None else min(stop, frames_of.frames)
             copies = Counter(resampled_frames(start, end, rate, target_fps, frames_of.frame_times()))
+        else:
+            with av.open(str(path)) as container:
+                rate = _frame_rate(container.streams.video[0]) if container.streams.video else 0.0
         keep = (lambda index: copies[index] > 0) if copies is not None else None
         for count, (index, frame) in enumerate(_frame_range(path, short_side, start, stop, "yuvj420p", keep)):
             if isinstance(frame, np.ndarray):
