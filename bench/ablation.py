@@ -103,7 +103,7 @@ def prepare_data(config: Config, folder: Path) -> dict[str, Any]:
         return json.loads(marker.read_text())
     started = time.perf_counter()
     synth = synthetic.generate(config.synth)
-    table = build_manifest(config.manifest)
+    table = build_manifest(config.manifest, target_fps=config.extract.fps)
     Path(config.manifest.out).parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(config.manifest.out, index=False)
     usable = table[(table["excluded"] == "") & (table["split"] != "unused")]

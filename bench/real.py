@@ -154,7 +154,7 @@ def prepare_data(config: Config, work: Path) -> dict[str, Any]:
     if found is not None:
         return found
     started = time.perf_counter()
-    table = build_manifest(config.manifest)
+    table = build_manifest(config.manifest, target_fps=config.extract.fps)
     marker.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(config.manifest.out, index=False)
     usable = table[(table["excluded"] == "") & (table["split"] != "unused")]

@@ -61,7 +61,7 @@ def run_manifest(config: Any) -> dict[str, Any]:
     """Stage `manifest`: list, probe and split the dataset into data/manifests/manifest.csv."""
     from slic.data import datasets
 
-    table = datasets.build_manifest(config.manifest)
+    table = datasets.build_manifest(config.manifest, target_fps=config.extract.fps)
     out = Path(config.manifest.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(out, index=False)
@@ -81,7 +81,9 @@ def run_manifest(config: Any) -> dict[str, Any]:
     if len(excluded) > 10:
         print(f"  and {len(excluded) - 10} more excluded: reports/manifest.json lists each with its reason")
     advice = [line for line in (datasets.segment_advice(table, config.manifest.segment_seconds),
-                                datasets.frame_rate_advice(table, config.extract.fps)) if line]
+                                datasets.frame_rate_advice(table, config.extract.fps),
+                                datasets.short_at_rate_advice(table, config.manifest.min_frames, config.extract.fps))
+              if line]
     if advice:
         report["advice"] = advice
         for line in advice:
@@ -98,7 +100,7 @@ def run_validate(config: Any) -> dict[str, Any]:
     result = validate_manifest(manifest, min_frames=config.manifest.min_frames,
                                max_examples=config.validate.max_examples,
                                data_docs=config.validate.data_docs or None,
-                               labelled=config.manifest.layout != "unlabelled")
+                               labelled=config.manifest.layout != "unlabelled", target_fps=config.extract.fps)
     report = {"success": result.success, "statistics": result.statistics,
               "failures": [vars(f) for f in result.failures], "results": result.results}
     if not result.success:

@@ -103,7 +103,8 @@ class ManifestConfig:
     split: int = _spec(1, low=1, high=3)
     val_fraction: float = _spec(0.15, low=0.0, high=0.5,
                                 help="share of train groups (or videos) carved into val")
-    min_frames: int = _spec(32, low=1, help="shorter videos are excluded with a reason")
+    min_frames: int = _spec(32, low=1, help="shorter videos are excluded with a reason (frames counted at "
+                                           "extract.fps when it resamples)")
     segment_seconds: float = _spec(0.0, low=0.0, high=3600.0,
                                    help="0: a row per video; > 0: a video of 1.5 x this or longer is cut into "
                                         "segments of 0.75-1.25 x this many seconds, a row each (untrimmed videos)")

@@ -56,10 +56,11 @@ def prepare_eval_data(config: Config, name: str) -> dict[str, Any]:
 
     folder = data_dir(name)
     folder.mkdir(parents=True, exist_ok=True)
-    table = build_manifest(manifest_config(config, name))
+    table = build_manifest(manifest_config(config, name), target_fps=config.extract.fps)
     table.to_csv(folder / "manifest.csv", index=False)
     checked = validate_manifest(table, min_frames=eval_set(config, name).min_frames,
-                                max_examples=config.validate.max_examples, splits=("train", "test"))
+                                max_examples=config.validate.max_examples, splits=("train", "test"),
+                                target_fps=config.extract.fps)
     report: dict[str, Any] = {"set": name, "root": eval_set(config, name).root, "layout": eval_set(config, name).layout,
                               "videos": int(len(table)), "classes": int(table["class"].nunique()),
                               "validation": {"success": checked.success, **checked.statistics,

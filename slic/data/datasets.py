@@ -171,12 +171,33 @@ def list_videos(config: ManifestConfig) -> tuple[list[str], list[Entry]]:
     return _folder(root, config.extensions)
 
 
-def _excluded_as_too_short(table: pd.DataFrame, min_frames: int, what: str = "") -> pd.Series:
+def extracted_frame_counts(table: pd.DataFrame, target_fps: float = 0.0) -> pd.Series:
+    """How many frames `extract` stores for each row: its frames, or as many as extract.fps (`target_fps`) resamples
+    them to (a segment's over its range of the file), counted from each row's frame rate without decoding."""
+    from slic.data.video import resampled_count
+
+    if target_fps <= 0:
+        return table["frames"].astype(int)
+    starts = table["start_frame"] if is_segmented(table) else pd.Series(0, index=table.index)
+    stops = table["stop_frame"] if is_segmented(table) else table["frames"]
+    return pd.Series([resampled_count(int(start), int(stop), float(fps), target_fps)
+                      for start, stop, fps in zip(starts, stops, table["fps"])], index=table.index, dtype=int)
+
+
+def _excluded_as_too_short(table: pd.DataFrame, min_frames: int, what: str = "",
+                           target_fps: float = 0.0) -> pd.Series:
     """`excluded`, with every usable row of fewer than `min_frames` frames excluded as too short (`what` says what
-    the row is, e.g. a segment)."""
+    the row is, e.g. a segment). Frames are counted as extract will store them: at extract.fps (`target_fps`) when
+    it resamples, so a 30 fps video of 40 frames is too short for 32 at 10 fps (14 frames)."""
     excluded = table["excluded"].copy()
-    short = (excluded == "") & (table["frames"] < min_frames)
-    excluded[short] = [f"too short: {n} frames < {min_frames}{what}" for n in table.loc[short, "frames"]]
+    counts = extracted_frame_counts(table, target_fps)
+    short = (excluded == "") & (counts < min_frames)
+    if target_fps <= 0:
+        excluded[short] = [f"too short: {n} frames < {min_frames}{what}" for n in table.loc[short, "frames"]]
+    else:
+        excluded[short] = [f"too short: {n} frames at extract.fps {target_fps:g} ({native} at {fps:g} fps) < "
+                           f"{min_frames}{what}" for n, native, fps in
+                           zip(counts[short], table.loc[short, "frames"], table.loc[short, "fps"])]
     return excluded
 
 
@@ -270,12 +291,14 @@ def _draw_test_split(table: pd.DataFrame, seed: int, fraction: float = 0.3) -> p
     return split
 
 
-def build_manifest(config: ManifestConfig, progress: Callable[[int], None] | None = None) -> pd.DataFrame:
+def build_manifest(config: ManifestConfig, progress: Callable[[int], None] | None = None,
+                   target_fps: float = 0.0) -> pd.DataFrame:
     """List, probe and split every video of the configured dataset into the manifest table.
 
     Raises `DatasetError` (one line naming the file) for a missing split file, an unknown class
     or a listed video that does not exist. Unreadable or too-short videos stay in the table with
-    the reason in `excluded`, so the report can name them.
+    the reason in `excluded`, so the report can name them. `target_fps` (extract.fps): min_frames
+    counts the frames extract will store at that rate (0: the file's own frames).
     """
     if 0 < config.segment_seconds < 1:
         raise DatasetError(f"manifest.segment_seconds = {config.segment_seconds:g}: a segment must be 1 second or "
@@ -310,7 +333,7 @@ def build_manifest(config: ManifestConfig, progress: Callable[[int], None] | Non
          "label": label.get(e.class_name, UNLABELLED), "split": e.split, "group": e.group, **info}
         for e in entries for info in [info_by_path[str(e.path)]]
     ], columns=COLUMNS)
-    table["excluded"] = _excluded_as_too_short(table, config.min_frames)
+    table["excluded"] = _excluded_as_too_short(table, config.min_frames, target_fps=target_fps)
     table["excluded"] = _excluded_as_the_same_file(table)
     if config.layout == "folder":
         table["split"] = _draw_test_split(table, config.seed)
@@ -320,7 +343,8 @@ def build_manifest(config: ManifestConfig, progress: Callable[[int], None] | Non
     if config.segment_seconds > 0:  # after the splits: a video's segments stay on its side
         table = segmented(table, config.segment_seconds)
         table["excluded"] = _excluded_as_too_short(table, config.min_frames, f" (a segment of "
-                                                   f"manifest.segment_seconds {config.segment_seconds:g})")
+                                                   f"manifest.segment_seconds {config.segment_seconds:g})",
+                                                   target_fps)
     return table.sort_values("video_id", kind="stable").reset_index(drop=True)
 
 
@@ -390,6 +414,19 @@ def frame_rate_advice(table: pd.DataFrame, target_fps: float = 0.0) -> str:
             f" of {len(rates)} usable videos): clips take native frames, so a clip spans {high / low:.1f}x less time "
             f"at {high:g} fps than at {low:g} and a motion looks slower there; set extract.fps: {common:g} to resample "
             "every video to one rate when frames are extracted")
+
+
+def short_at_rate_advice(table: pd.DataFrame, min_frames: int, target_fps: float) -> str:
+    """A line for the manifest stage when extract.fps (`target_fps`) excludes videos that would be long enough at
+    their own rate: resampling to fewer frames a second leaves them under manifest.min_frames; empty otherwise."""
+    if target_fps <= 0:
+        return ""
+    short = table["excluded"].str.startswith("too short") & (table["frames"] >= min_frames)
+    if not short.any():
+        return ""
+    return (f"{int(short.sum())} of {len(table)} videos are too short only at extract.fps {target_fps:g} (they have "
+            f"{min_frames} frames or more at their own rate): lower manifest.min_frames or raise extract.fps to "
+            "keep them")
 
 
 def segmented(table: pd.DataFrame, seconds: float) -> pd.DataFrame:

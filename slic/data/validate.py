@@ -1,8 +1,8 @@
 """Great Expectations suites on the manifest, run before anything trains (stage `validate`).
 
-Two batches are checked: the manifest itself (one row per video, with two derived columns:
-whether the file exists and whether its group also appears on the other side of the train/test
-line) and a coverage table (one row per class and split, with its number of usable videos).
+Two batches are checked: the manifest itself (one row per video, with three derived columns:
+whether the file exists, whether its group also appears on the other side of the train/test
+line, and how many frames extract stores at extract.fps) and a coverage table (one row per class and split, with its number of usable videos).
 A failure yields a short report naming the expectation, how many rows and a few examples.
 """
 
@@ -16,10 +16,10 @@ from typing import Any
 
 import pandas as pd
 
-from slic.data.datasets import COLUMNS, SEGMENT_COLUMNS, is_segmented
+from slic.data.datasets import COLUMNS, SEGMENT_COLUMNS, extracted_frame_counts, is_segmented
 
 SPLITS = ("train", "val", "test")
-DERIVED = ["file_exists", "group_crosses_test"]
+DERIVED = ["file_exists", "group_crosses_test", "extracted_frames"]
 
 
 @dataclass
@@ -52,17 +52,18 @@ HINTS: dict[str | None, str] = {  # by the failed expectation's column: what a p
                    "`dvc repro manifest` to list what is there now",
     "group_crosses_test": "a group (the clips cut from one source video) sits both in test and in train/val, so "
                           "test would be seen in training: fix the split files so that each group is on one side",
-    "frames": "a video shorter than manifest.min_frames was not excluded: " + REBUILD,
+    "extracted_frames": "a video of fewer frames than manifest.min_frames, counted at extract.fps when it is set, "
+                        "was not excluded: " + REBUILD,
     "fps": "the container gives no frame rate: re-mux the file (ffmpeg -i IN -c copy OUT.mp4) or remove it",
     "start_frame": "a segment's frame range is not a range of its file: " + REBUILD,
     "stop_frame": "a segment's frame range is empty or reversed: " + REBUILD,
 }
 COVERAGE_HINT = ("every class needs a usable video in each split named: add videos to those classes, remove "
-                 "their folders (or lines of the split files), or lower manifest.min_frames if their videos were "
-                 "excluded as too short (reports/manifest.json lists each exclusion with its reason)")
+                 "their folders (or lines of the split files), or lower manifest.min_frames (or raise extract.fps) if "
+                 "their videos were excluded as too short (reports/manifest.json lists each exclusion with its reason)")
 UNLABELLED_COVERAGE_HINT = ("pretraining needs at least two usable videos: check manifest.root and "
-                            "manifest.extensions, or lower manifest.min_frames (reports/manifest.json says why "
-                            "each video was excluded)")
+                            "manifest.extensions, or lower manifest.min_frames or raise extract.fps "
+                            "(reports/manifest.json says why each video was excluded)")
 
 
 @dataclass
@@ -82,9 +83,11 @@ class ValidationReport:
         return "\n".join(lines + [f.line() for f in self.failures])
 
 
-def with_derived_columns(manifest: pd.DataFrame) -> pd.DataFrame:
-    """The manifest plus `file_exists` and `group_crosses_test` (a group in test and train/val)."""
+def with_derived_columns(manifest: pd.DataFrame, target_fps: float = 0.0) -> pd.DataFrame:
+    """The manifest plus `file_exists`, `group_crosses_test` (a group in test and train/val) and
+    `extracted_frames` (the frames extract stores for the row at extract.fps, `target_fps`; 0: its frames)."""
     table = manifest.copy()
+    table["extracted_frames"] = extracted_frame_counts(manifest, target_fps)
     table["file_exists"] = [os.path.isfile(p) for p in table["path"]]
     sides = table[table["split"].isin(SPLITS)].assign(is_test=lambda t: t["split"] == "test")
     crossing = sides.groupby("group")["is_test"].nunique()
@@ -126,7 +129,7 @@ def _manifest_suite(gxe: Any, n_classes: int, min_frames: int, labelled: bool = 
         # exclude, as Kinetics needs) names why it is gone
         gxe.ExpectColumnValuesToBeInSet(column="file_exists", value_set=[True], row_condition=usable),
         gxe.ExpectColumnValuesToBeInSet(column="group_crosses_test", value_set=[False]),
-        gxe.ExpectColumnValuesToBeBetween(column="frames", min_value=min_frames, row_condition=usable),
+        gxe.ExpectColumnValuesToBeBetween(column="extracted_frames", min_value=min_frames, row_condition=usable),
         gxe.ExpectColumnValuesToBeBetween(column="fps", min_value=0, strict_min=True, row_condition=usable),
     ]
     suite += [gxe.ExpectColumnValuesToNotBeNull(column=c) for c in columns]
@@ -187,12 +190,13 @@ def _failures(result: Any, index_column: str, max_examples: int, labelled: bool 
 
 def validate_manifest(manifest: pd.DataFrame, *, min_frames: int, max_examples: int = 5,
                       data_docs: str | Path | None = None, labelled: bool = True,
-                      splits: tuple[str, ...] = SPLITS) -> ValidationReport:
+                      splits: tuple[str, ...] = SPLITS, target_fps: float = 0.0) -> ValidationReport:
     """Run the manifest and coverage suites; optionally build Great Expectations' HTML data docs.
 
     `labelled=False` (layout unlabelled): every label -1 and class empty, and coverage asks only for at
     least two usable train videos (what pretraining needs), since there are no classes, val or test.
     `splits`: the splits every class must have a usable video in (an eval set has no val: train and test).
+    `target_fps` (extract.fps): min_frames counts the frames extract stores at that rate.
     """
     import great_expectations as gx
     import great_expectations.expectations as gxe
@@ -205,7 +209,7 @@ def validate_manifest(manifest: pd.DataFrame, *, min_frames: int, max_examples: 
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
     n_classes = max(1, manifest["class"].nunique()) if len(manifest) else 1
     runs = [
-        _run(gx, context, "manifest", with_derived_columns(manifest),
+        _run(gx, context, "manifest", with_derived_columns(manifest, target_fps),
              _manifest_suite(gxe, n_classes, min_frames, labelled, is_segmented(manifest)), "video_id"),
         _run(gx, context, "coverage", coverage_table(manifest, splits if labelled else ("train",)),
              [gxe.ExpectColumnValuesToBeBetween(column="videos", min_value=1 if labelled else 2)], "case"),

@@ -250,6 +250,22 @@ def resampled_frames(start: int, stop: int, fps: float, target_fps: float,
             for j in range(max(first, 0), end)]
 
 
+def resampled_count(start: int, stop: int, fps: float, target_fps: float) -> int:
+    """How many frames `resampled_frames` gives for source frames [start, stop) at `fps` (their times unknown), in
+    constant time: what the manifest counts against manifest.min_frames when extract.fps resamples, before any
+    frame is decoded (a variable-frame-rate file can come out a frame or two apart)."""
+    if target_fps <= 0 or fps <= 0 or stop <= start:
+        return max(0, stop - start)
+    # the same bounds as resampled_frames: frame k lasts until halfway to frame k + 1, the last one a half gap on
+
+    def bound(k: int) -> float:
+        return (k / fps + (k + 1) / fps) / 2 if k < stop - 1 else (stop - 1) / fps + (1 / fps) / 2
+
+    first = 0 if start == 0 else math.ceil(bound(start - 1) * target_fps - 1e-9)
+    end = math.ceil(bound(stop - 1) * target_fps - 1e-9)
+    return max(0, end - max(first, 0))
+
+
 def clock(seconds: float) -> str:
     """A time in a video as `mm:ss.s` (minutes past 59 are not carried into hours: 75:00.0); rounded to the
     tenth first, so 59.96 s is 01:00.0, not 00:60.0."""

@@ -119,7 +119,8 @@ def test_serving_decodes_a_file_at_the_rate_its_encoder_was_trained_on(tiny_data
     from slic.cli import main
     from slic.serving import VideoEncoder, decode_windows, iic_windows
 
-    params = {"manifest": {"root": str(tiny_dataset), "workers": 1}, "validate": {"data_docs": "docs"},
+    params = {"manifest": {"root": str(tiny_dataset), "workers": 1, "min_frames": 8},  # frames at extract.fps
+              "validate": {"data_docs": "docs"},
               "extract": {"short_side": 24, "workers": 1, "fps": 10},
               "pretrain": {"mode": "random_init", "backbone": "r3d_18_narrow", "hidden_dim": 32, "out_dim": 16,
                            "clip_len": 4, "frame_step": 1, "size": 16, "workers": 0}}
@@ -215,3 +216,57 @@ def test_extract_and_serving_resample_a_variable_frame_rate_file_alike_by_its_ti
     windows = decode_windows(path, short_side=None, clip_len=4, clips=3, frame_step=2, frame_rate=30.0)
     assert [frame_numbers(window) for window in windows] == [
         [expected[i] for i in w] for w in iic_windows(90, clip_len=4, clips=3, frame_step=2)]
+
+
+def test_min_frames_counts_the_frames_extract_stores_at_extract_fps(two_rates: dict[str, Path],
+                                                                      tmp_path: Path) -> None:
+    import shutil
+
+    from slic.config import ManifestConfig
+    from slic.data.datasets import build_manifest, extracted_frame_counts, short_at_rate_advice
+    from slic.data.validate import validate_manifest
+    from slic.data.video import resampled_count
+
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    for path in two_rates.values():  # 80 frames at 50 fps and 40 at 25: 1.6 s each
+        shutil.copy(path, folder / path.name)
+    config = ManifestConfig(root=str(folder), layout="unlabelled", workers=1, min_frames=32)
+    native = build_manifest(config).set_index("video_id")
+    assert list(native["excluded"]) == ["", ""]
+    assert build_manifest(config, target_fps=25.0)["excluded"].tolist() == ["", ""]  # 40 frames each at 25 fps
+
+    at15 = build_manifest(config, target_fps=15.0).set_index("video_id")  # 24 frames each at 15 fps
+    assert at15.loc["fast", "excluded"] == "too short: 24 frames at extract.fps 15 (80 at 50 fps) < 32"
+    assert at15.loc["slow", "excluded"] == "too short: 24 frames at extract.fps 15 (40 at 25 fps) < 32"
+    assert short_at_rate_advice(at15.reset_index(), 32, 15.0).startswith(
+        "2 of 2 videos are too short only at extract.fps 15 (they have 32 frames or more at their own rate)")
+    assert short_at_rate_advice(native.reset_index(), 32, 0.0) == ""
+
+    # the count is what extract stores, without decoding a frame
+    table = native.reset_index()
+    report = extract_all(table, out_dir=tmp_path / "at15", short_side=None, quality=2, workers=1, target_fps=15)
+    assert report["extracted"] == 2
+    stored = read_index(tmp_path / "at15").set_index("video_id")["frames"]
+    assert extracted_frame_counts(table, 15.0).tolist() == [stored["fast"], stored["slow"]] == [24, 24]
+    segments = table.assign(start_frame=[15, 0], stop_frame=[61, 40])
+    assert extracted_frame_counts(segments, 25.0).tolist() == [len(resampled_frames(15, 61, 50.0, 25.0)), 40]
+
+    # a table listing them as usable fails validation at that rate, naming the rate and the frames counted there
+    assert validate_manifest(table, min_frames=32, labelled=False, target_fps=25.0).success
+    refused = validate_manifest(table, min_frames=32, labelled=False, target_fps=15.0)
+    assert not refused.success
+    [failure] = refused.failures
+    assert failure.column == "extracted_frames" and failure.unexpected_count == 2 and "extract.fps" in failure.hint
+    assert failure.examples == ["fast (extracted_frames=24)", "slow (extracted_frames=24)"]
+    assert resampled_count(0, 80, 50.0, 15.0) == 24
+
+
+@pytest.mark.parametrize("fps", [25.0, 30000 / 1001, 60.0, 12.5, 7.5, 120.0])
+@pytest.mark.parametrize("target", [10.0, 24.0, 25.0, 29.97, 60.0])
+def test_resampled_count_is_the_length_of_the_resampled_frames(fps: float, target: float) -> None:
+    from slic.data.video import resampled_count
+
+    for start, stop in [(0, 1), (0, 2), (0, 37), (0, 300), (1, 2), (13, 14), (13, 140), (299, 300), (40, 40)]:
+        assert resampled_count(start, stop, fps, target) == len(resampled_frames(start, stop, fps, target))
+    assert resampled_count(5, 9, fps, 0.0) == resampled_count(5, 9, 0.0, target) == 4

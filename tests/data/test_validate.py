@@ -36,7 +36,8 @@ def test_each_problem_is_reported_with_examples(tiny_manifest: pd.DataFrame) -> 
     crossing = found[("expect_column_values_to_be_in_set", "group_crosses_test")]
     assert crossing.unexpected_count == 2  # both clips of Rise/g01 sit in a crossing group
     assert any("Rise/v_Rise_g01_c02" in str(e) for e in crossing.examples)
-    assert found[("expect_column_values_to_be_between", "frames")].examples == ["Rise/v_Rise_g03_c01 (frames=12)"]
+    assert found[("expect_column_values_to_be_between", "extracted_frames")].examples == [
+        "Rise/v_Rise_g03_c01 (extracted_frames=12)"]  # at native frames (extract.fps 0), what the manifest says
     assert "Fall/v_Fall_g04_c02" in str(found[("expect_column_values_to_be_in_set", "file_exists")].examples)
     assert "Rise/v_Rise_g04_c01 (label=7)" in found[("expect_column_values_to_be_between", "label")].examples
     assert found[("expect_column_values_to_be_between", "videos")].examples == ["Slide in val (videos=0)"]
@@ -72,9 +73,11 @@ def test_a_video_excluded_as_missing_passes(tiny_manifest: pd.DataFrame) -> None
 
 def test_derived_tables() -> None:
     table = pd.DataFrame({"path": [__file__, "/missing"], "group": ["a/g1", "a/g1"], "split": ["train", "test"],
-                          "class": ["a", "a"], "excluded": ["", ""]})
+                          "class": ["a", "a"], "excluded": ["", ""], "frames": [100, 40], "fps": [50.0, 25.0]})
     derived = with_derived_columns(table)
     assert derived["file_exists"].tolist() == [True, False]
     assert derived["group_crosses_test"].tolist() == [True, True]
+    assert derived["extracted_frames"].tolist() == [100, 40]
+    assert with_derived_columns(table, target_fps=25.0)["extracted_frames"].tolist() == [50, 40]
     coverage = coverage_table(table).set_index("split")["videos"].to_dict()
     assert coverage == {"train": 1, "val": 0, "test": 1}
