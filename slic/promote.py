@@ -135,10 +135,24 @@ def _on_candidate_data(cfg: PromoteConfig, checkpoint: Path, train_config: dict[
     return candidate, champion
 
 
+def rate_note(candidate_rate: float, champion_rate: str | None) -> str:
+    """What the reason adds when the champion was trained at another extract.fps than the candidate (`champion_rate`:
+    its version's frame_rate tag; None for a version from before the tag): both are measured on the candidate's
+    shards, so the champion sees frames at a rate it was not trained on, while it is served at its own."""
+    def named(rate: float) -> str:
+        return "native frames" if rate <= 0 else f"{rate:g} fps"
+
+    if champion_rate is None or float(champion_rate) == candidate_rate:
+        return ""
+    return (f"; the champion was trained on {named(float(champion_rate))} and is measured here on the candidate's "
+            f"{named(candidate_rate)} (extract.fps)")
+
+
 def _decide_on_equal_terms(cfg: PromoteConfig, candidate: float, data: str, champion: Any, checkpoint: Path,
                            train_config: dict[str, Any], manifest: str | Path | None, frames_dir: str | Path | None,
-                           flow: Any) -> tuple[Decision, dict[str, Any]]:
-    """The decision and what to record: recorded metrics on the same data, else both re-evaluated."""
+                           flow: Any, frame_rate: float = 0.0) -> tuple[Decision, dict[str, Any]]:
+    """The decision and what to record: recorded metrics on the same data, else both re-evaluated (at the
+    candidate's `frame_rate`, which the reason names when the champion's differs)."""
     if champion is None:
         return decide(candidate, None, higher_is_better=cfg.higher_is_better, min_delta=cfg.min_delta), {
             "champion_metric": "none", "champion_version": "none", "champion_data_fingerprint": "none",
@@ -152,7 +166,8 @@ def _decide_on_equal_terms(cfg: PromoteConfig, candidate: float, data: str, cham
     ours, theirs = _on_candidate_data(cfg, checkpoint, train_config, data, manifest, frames_dir, flow)
     decision = decide(ours, theirs, higher_is_better=True, min_delta=cfg.min_delta)
     reason = (f"validated on other data (champion {champion_data or 'unknown'}, candidate {data}); on the "
-              f"candidate's validation split, recall@1: {decision.reason}")
+              f"candidate's validation split, recall@1: {decision.reason}"
+              f"{rate_note(frame_rate, champion.tags.get('frame_rate'))}")
     same_metric = champion.tags.get("metric") == cfg.metric and "metric_value" in champion.tags
     return Decision(decision.promote, reason), {
         **recorded, "champion_metric": float(champion.tags["metric_value"]) if same_metric else "none",
@@ -211,12 +226,13 @@ def promote(cfg: PromoteConfig, report: str | Path = PRETRAIN_REPORT, *, manifes
         raise FileNotFoundError(f"{checkpoint}: no checkpoint to promote; run the `pretrain` stage first")
     payload = torch.load(checkpoint, map_location="cpu", weights_only=False)
     train_config, data = payload["config"], (payload.get("fingerprint") or {}).get("data", "")
+    frame_rate = float(payload.get("frame_rate", 0.0))  # files are decoded at it (0.0: native)
     champion = registry.alias_version(cfg.model_name, cfg.alias)
     if candidate is None:
         decision, compared = decide_without_labels(cfg, champion)
     else:
         decision, compared = _decide_on_equal_terms(cfg, candidate, data, champion, checkpoint, train_config,
-                                                    manifest, frames_dir, flow)
+                                                    manifest, frames_dir, flow, frame_rate)
     pretrain = json.loads(Path(report).read_text())
     name = (f"promote {train_config.get('mode')} {train_config.get('backbone')} {train_config.get('size')}px "
             f"-> {cfg.model_name}")
@@ -230,7 +246,7 @@ def promote(cfg: PromoteConfig, report: str | Path = PRETRAIN_REPORT, *, manifes
                 "decision": "promoted" if decision.promote else "rejected" if measured else "not compared",
                 "reason": decision.reason,
                 "pretrain_run_id": pretrain.get("mlflow_run_id", ""), "checkpoint": str(checkpoint),
-                "frame_rate": float(payload.get("frame_rate", 0.0))}  # files are decoded at it (0.0: native)
+                "frame_rate": frame_rate}
         version = registry.register_version(model_uri, cfg.model_name, tags)
         if decision.promote:
             registry.set_alias(cfg.model_name, cfg.alias, version.version)

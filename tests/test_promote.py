@@ -270,3 +270,14 @@ def test_served_model_declares_its_signature_and_a_real_example_without_warnings
     (output,) = info.signature.outputs.to_dict()
     assert output["type"] == "tensor" and output["tensor-spec"]["dtype"] == "float32"
     assert output["tensor-spec"]["shape"][0] == -1 and info.saved_input_example_info is not None
+
+
+def test_the_reason_names_the_rates_when_the_champion_was_trained_at_another_extract_fps() -> None:
+    from slic.promote import rate_note
+
+    assert rate_note(25.0, "25.0") == "" and rate_note(0.0, "0.0") == ""
+    assert rate_note(25.0, None) == ""  # a version from before the tag: its rate is not known
+    assert rate_note(25.0, "0.0") == ("; the champion was trained on native frames and is measured here on the "
+                                      "candidate's 25 fps (extract.fps)")
+    assert rate_note(0.0, "29.97") == ("; the champion was trained on 29.97 fps and is measured here on the "
+                                       "candidate's native frames (extract.fps)")

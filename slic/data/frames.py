@@ -174,13 +174,17 @@ def decode_jpegs(jpegs: Sequence[bytes]) -> np.ndarray:
 def shard_is_intact(path: str | Path, expected: dict[str, Any]) -> bool:
     """True when the shard parses, every frame is a complete JPEG, and its header matches `expected`.
 
-    Used to skip videos already extracted with the same settings from the same source file.
+    Used to skip videos already extracted with the same settings from the same source file. A header's
+    `target_fps` (extract.fps) must match even when `expected` leaves it out: a resampled shard is not the native
+    frames a run at extract.fps 0 asks for.
     """
     try:
         reader = ShardReader.open(path)
     except (OSError, ValueError):
         return False
     if any(reader.header.get(k) != v for k, v in expected.items()):
+        return False
+    if float(reader.header.get("target_fps", 0.0)) != float(expected.get("target_fps", 0.0)):
         return False
     size = Path(path).stat().st_size - reader.data_start
     if int(reader.offsets[-1]) != size or np.any(np.diff(reader.offsets.astype(np.int64)) <= 0):

@@ -101,6 +101,9 @@ def test_extract_at_one_rate_gives_one_motion_the_same_frames(two_rates: dict[st
     assert again["reused"] == 2  # the same rate: the shards are kept
     other = extract_all(table, out_dir=tmp_path / "at25", short_side=None, quality=2, workers=1, target_fps=10)
     assert other["extracted"] == 2 and len(shard_frames(tmp_path / "at25", "fast")) == 16  # another rate: redone
+    back = extract_all(table, out_dir=tmp_path / "at25", short_side=None, quality=2, workers=1)
+    assert back["extracted"] == 2 and len(shard_frames(tmp_path / "at25", "fast")) == 80  # native again: redone
+    assert "target_fps" not in ShardReader.open(shard_path(tmp_path / "at25", "fast")).header
 
 
 def test_a_segments_shard_is_its_files_resampled_frames_over_its_range(two_rates: dict[str, Path],
@@ -146,6 +149,8 @@ def test_serving_decodes_a_file_at_the_rate_its_encoder_was_trained_on(tiny_data
     champion = client.get_model_version_by_alias("slic-encoder", "champion")
     assert champion.tags["frame_rate"] == "10.0"
     assert encoder_of(mlflow.pyfunc.load_model("models:/slic-encoder@champion")).frame_rate == 10.0  # served alike
+    first_shards = {row["video_id"]: len(shard_frames(tmp_path / "data/frames", row["video_id"]))
+                    for row in pd.read_csv(tmp_path / "data/manifests/validated.csv").to_dict("records")}
 
     row = pd.read_csv(tmp_path / "data/manifests/validated.csv").iloc[0]
     stored = shard_frames(tmp_path / "data/frames", row["video_id"])
@@ -157,6 +162,21 @@ def test_serving_decodes_a_file_at_the_rate_its_encoder_was_trained_on(tiny_data
             # of every frame the shard holds, the one the embed stage takes there is the nearest (JPEG q4 apart)
             distance = np.abs(stored.astype(np.int16) - frame).mean(axis=(1, 2, 3))
             assert int(np.argmin(distance)) == index
+
+    # the next encoder, trained on native frames: the champion is measured on them, and the reason says so
+    params["extract"]["fps"] = 0
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    os.chdir(tmp_path)
+    try:
+        for stage in ("manifest", "validate", "extract", "pretrain", "promote"):
+            assert main([stage]) == 0
+    finally:
+        os.chdir(cwd)
+    latest = client.get_model_version("slic-encoder", "2")
+    assert latest.tags["frame_rate"] == "0.0" and latest.tags["compared_on"] == "candidate validation split"
+    assert latest.tags["reason"].endswith("; the champion was trained on 10 fps and is measured here on the "
+                                          "candidate's native frames (extract.fps)")
+    assert all(len(shard_frames(tmp_path / "data/frames", video)) > frames for video, frames in first_shards.items())
 
     native = decode_windows(two_rates["fast"], short_side=None, clip_len=4, clips=1, frame_step=1)
     at_25 = decode_windows(two_rates["fast"], short_side=None, clip_len=4, clips=1, frame_step=1, frame_rate=25.0)
