@@ -28,6 +28,8 @@ import numpy as np
 import pandas as pd
 
 from slic.data.video import DECODE_ERRORS, decode_error_line, segment_id
+
+Span = tuple[int, int, float, float]  # a segment of a file: its [start, stop) frames and [start_s, end_s) seconds
 from slic.index import IndexBuildError, file_sha256
 
 log = logging.getLogger(__name__)
@@ -109,7 +111,7 @@ class EmbeddingCache:
         self.segment_seconds = segment_seconds
         self.vectors: dict[str, np.ndarray] = {}  # by item: the file's sha256, or sha256@start-stop for a segment
         self.stat_hash: dict[tuple[str, int, int], str] = {}
-        self.segments: dict[str, tuple[float, list[tuple[int, int]]]] = {}  # sha256 -> (fps, its segments' frames)
+        self.segments: dict[str, tuple[float, list[Span]]] = {}  # sha256 -> (fps, its segments: frames and times)
         self.dirty, self.saved_at = False, time.monotonic()
         if not path.is_file():
             return
@@ -121,10 +123,13 @@ class EmbeddingCache:
             self.stat_hash = {(p, int(s), int(m)): h for p, s, m, h in
                               zip(data["stat_path"].tolist(), data["stat_size"], data["stat_mtime"],
                                   data["stat_sha256"].tolist())}
-            if "segment_sha256" in data.files and float(data["segment_seconds"]) == segment_seconds:
-                for sha, fps, start, stop in zip(data["segment_sha256"].tolist(), data["segment_fps"],
-                                                 data["segment_start"], data["segment_stop"]):
-                    self.segments.setdefault(sha, (float(fps), []))[1].append((int(start), int(stop)))
+            # segments cached before their times were (a variable-rate file was cut by frames then) are demuxed
+            # again: the embeddings of the segments that stay the same are kept
+            if "segment_start_s" in data.files and float(data["segment_seconds"]) == segment_seconds:
+                for sha, fps, *span in zip(data["segment_sha256"].tolist(), data["segment_fps"], data["segment_start"],
+                                           data["segment_stop"], data["segment_start_s"], data["segment_end_s"]):
+                    self.segments.setdefault(sha, (float(fps), []))[1].append(
+                        (int(span[0]), int(span[1]), float(span[2]), float(span[3])))
         except Exception as exc:  # noqa: BLE001 - a damaged cache costs a re-embedding, never the stage
             log.warning("%s: unreadable (%s); the added videos are embedded again", path, exc)
             self.vectors, self.stat_hash, self.segments = {}, {}, {}
@@ -138,16 +143,20 @@ class EmbeddingCache:
             self.dirty = True
         return self.stat_hash[key]
 
-    def segments_of(self, video: Path, sha256: str) -> tuple[float, list[tuple[int, int]]]:
-        """(fps, the [start, stop) frames of the segments of a long file: slic.data.video.segment_bounds), demuxed
-        once per file content (the timeline its segments' decoding then reuses); (0, []) when segments are off."""
-        from slic.data.video import file_timeline, segment_bounds
+    def segments_of(self, video: Path, sha256: str) -> tuple[float, list[Span]]:
+        """(fps, the segments of a long file: [start, stop) frames, slic.data.video.segment_bounds, and their
+        [start_s, end_s) in it, by its timestamps when its rate varies), demuxed once per file content (the timeline
+        its segments' decoding then reuses); (0, []) when segments are off."""
+        from slic.data.video import clock_of, file_timeline, segment_bounds
 
         if not self.segment_seconds:
             return 0.0, []
         if sha256 not in self.segments:
             info = file_timeline(video)
-            self.segments[sha256] = (info.fps, segment_bounds(info.frames, info.fps, self.segment_seconds))
+            clock = clock_of(info)
+            self.segments[sha256] = (info.fps, [
+                (start, stop, clock.seconds(start), clock.seconds(stop))
+                for start, stop in segment_bounds(info.frames, info.fps, self.segment_seconds, clock)])
             self.dirty = True
         return self.segments[sha256]
 
@@ -177,7 +186,7 @@ class EmbeddingCache:
             return
         shas = sorted(self.vectors)
         stats = sorted(self.stat_hash)
-        segment_rows = [(h, fps, a, b) for h, (fps, bounds) in sorted(self.segments.items()) for a, b in bounds]
+        segment_rows = [(h, fps, *span) for h, (fps, spans) in sorted(self.segments.items()) for span in spans]
         dim = next(iter(self.vectors.values())).shape[0] if self.vectors else 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
         partial = self.path.with_name(self.path.name + ".partial.npz")
@@ -190,8 +199,9 @@ class EmbeddingCache:
                  stat_sha256=np.array([self.stat_hash[k] for k in stats], dtype=str),
                  segment_seconds=np.array(self.segment_seconds),
                  **{f"segment_{name}": np.array(values, dtype) for name, values, dtype in zip(
-                     ("sha256", "fps", "start", "stop"), zip(*segment_rows) if segment_rows else ([],) * 4,
-                     (str, np.float64, np.int64, np.int64))})
+                     ("sha256", "fps", "start", "stop", "start_s", "end_s"),
+                     zip(*segment_rows) if segment_rows else ([],) * 6,
+                     (str, np.float64, np.int64, np.int64, np.float64, np.float64))})
         os.replace(partial, self.path)
         self.dirty, self.saved_at = False, time.monotonic()
 
@@ -212,7 +222,7 @@ def embed_added(folder: Path, extensions: tuple[str, ...], *, checkpoint: str | 
                               "with; run `dvc repro pretrain` first")
     cache = EmbeddingCache(cache_file, file_sha256(checkpoint), clips, segment_seconds)
     items: list[tuple[Path, str, tuple[int, int] | None]] = []  # (video, cache key, its frames or the whole)
-    fps_of: dict[Path, float] = {}
+    times_of: dict[tuple[Path, int], tuple[float, float]] = {}  # (video, first frame) -> a segment's seconds
     for video in videos:
         try:
             sha = cache.sha256(video)
@@ -220,11 +230,12 @@ def embed_added(folder: Path, extensions: tuple[str, ...], *, checkpoint: str | 
             result.failed.append({"path": str(video), "error": f"cannot read the file: {exc.strerror or exc}"})
             continue
         try:
-            fps_of[video], spans = cache.segments_of(video, sha)
+            _, spans = cache.segments_of(video, sha)
         except DECODE_ERRORS as exc:  # segments asked for, and the file cannot be demuxed
             result.failed.append({"path": str(video), "error": decode_error_line(video, exc)})
             continue
-        items += [(video, sha, None)] if len(spans) < 2 else [(video, f"{sha}@{a}-{b}", (a, b)) for a, b in spans]
+        items += [(video, sha, None)] if len(spans) < 2 else [(video, f"{sha}@{a}-{b}", (a, b)) for a, b, *_ in spans]
+        times_of.update({(video, a): (start_s, end_s) for a, _, start_s, end_s in spans})
     todo = [item for item in items if item[1] not in cache.vectors]
     result.reused = len({video for video, key, _ in items if key in cache.vectors} -
                         {video for video, _, _ in todo})
@@ -252,9 +263,9 @@ def embed_added(folder: Path, extensions: tuple[str, ...], *, checkpoint: str | 
         result.hashes[video_id] = key.partition("@")[0]
         row = {"video_id": video_id, "path": str(video), "class": "", "label": -1}
         if span is not None:  # a segment, named and timed as the manifest names the gallery's
-            fps = fps_of[video]
-            row = {**row, "video_id": segment_id(video_id, span[0], fps), "start_s": round(span[0] / fps, 2),
-                   "end_s": round(span[1] / fps, 2)}
+            start_s, end_s = times_of[(video, span[0])]
+            row = {**row, "video_id": segment_id(video_id, start_s), "start_s": round(start_s, 2),
+                   "end_s": round(end_s, 2)}
         rows.append(row)
         vectors.append(cache.vectors[key])
     cache.save(keep={key for _, key, _ in items if key in cache.vectors}, videos=videos)

@@ -167,11 +167,12 @@ def gallery_rows(embeddings: str | Path, manifest: str | Path, split: str) -> tu
     rows = pd.DataFrame({"video_id": data["video_id"][keep], "label": data["label"][keep]})
     table = pd.read_csv(manifest, dtype=str, keep_default_na=False)
     columns = ["video_id", "path", "class"]
-    if {"start_frame", "stop_frame"} <= set(table.columns):  # segments of long videos: where in the file
-        fps = table["fps"].astype(float).replace(0.0, float("nan"))
+    from slic.data.datasets import is_segmented, segment_seconds_of
+
+    if is_segmented(table):  # segments of long videos: where in the file (by its timestamps when its rate varies)
         whole = table.groupby("path")["video_id"].transform("size") == 1  # a file of one row: no span to show
-        table["start_s"] = (table["start_frame"].astype(int) / fps).round(2).mask(whole)
-        table["end_s"] = (table["stop_frame"].astype(int) / fps).round(2).mask(whole)
+        start_s, end_s = segment_seconds_of(table)
+        table["start_s"], table["end_s"] = start_s.round(2).mask(whole), end_s.round(2).mask(whole)
         columns += ["start_s", "end_s"]
     rows = rows.merge(table[columns], on="video_id", how="left", validate="one_to_one")
     missing = rows[rows["path"].isna()]["video_id"].tolist()

@@ -122,7 +122,9 @@ def _video_paths(manifest: Path) -> dict[str, str]:
     def shown(row: dict[str, str]) -> str:
         if per_file[row["path"]] < 2 or not row.get("start_frame") or not float(row.get("fps") or 0):
             return row["path"]
-        fps = float(row["fps"])
+        if row.get("start_s") and row.get("end_s"):  # by the file's timestamps when its rate varies
+            return f"{row['path']} [{time_span(float(row['start_s']), float(row['end_s']))}]"
+        fps = float(row["fps"])  # a manifest from before the times: frame / fps
         return f"{row['path']} [{time_span(int(row['start_frame']) / fps, int(row['stop_frame']) / fps)}]"
 
     return {row["video_id"]: shown(row) for row in rows}

@@ -169,9 +169,10 @@ def parse_time(text: str, flag: str) -> float:
 
 
 def query_span(video: Path, start_s: float | None, end_s: float | None) -> QuerySpan:
-    """The frames of `video` from `start_s` to `end_s` (its start and its end when None), by its frame rate; a
-    time past the file's end, or an end before the start, is a SearchUsageError that gives the file's length."""
-    from slic.data.video import DECODE_ERRORS, clock, decode_error_line, file_timeline, time_span
+    """The frames of `video` from `start_s` to `end_s` (its start and its end when None), by its frames' times
+    (`FrameClock`: a variable-rate file's timestamps, as the index times its segments); a time past the file's end,
+    or an end before the start, is a SearchUsageError that gives the file's length."""
+    from slic.data.video import DECODE_ERRORS, clock, clock_of, decode_error_line, file_timeline, time_span
 
     try:
         line = file_timeline(video)
@@ -180,16 +181,17 @@ def query_span(video: Path, start_s: float | None, end_s: float | None) -> Query
     if not line.fps or not line.frames:
         raise SearchUsageError(f"{video}: the file gives no frame rate or no frames, so no time in it can be "
                                "found; search it whole (without --start and --end)")
-    length = line.frames / line.fps
+    frames = clock_of(line)
+    length = frames.length
     start = 0.0 if start_s is None else start_s
     end = length if end_s is None else min(end_s, length)
     if start >= length:
         raise SearchUsageError(f"--start {clock(start)} is past the end of {video} ({clock(length)} long)")
     if end <= start:
         raise SearchUsageError(f"--end must come after --start (got {time_span(start, end)}) in {video}")
-    first = min(round(start * line.fps), line.frames - 1)
-    stop = max(first + 1, min(round(end * line.fps), line.frames))
-    return QuerySpan(first, stop, round(first / line.fps, 3), round(stop / line.fps, 3))
+    first = min(frames.frame(start), line.frames - 1)
+    stop = max(first + 1, min(frames.frame(end), line.frames))
+    return QuerySpan(first, stop, round(frames.seconds(first), 3), round(frames.seconds(stop), 3))
 
 
 def _rows_by_file(loaded: LoadedIndex) -> dict[str, set[int]]:

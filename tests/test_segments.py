@@ -253,3 +253,54 @@ def test_a_segments_thumbnail_plays_frames_of_its_own_stretch(archive: Path, mon
     assert animation.n_frames == 12 and animation.size == (96, 72)
     broken = file_thumbnail(archive / "absent.mp4")
     assert broken.data_uri is None and broken.error
+
+
+def test_a_variable_rate_recording_is_cut_and_timed_by_its_timestamps(archive: Path, tmp_path: Path) -> None:
+    """A phone video whose rate drops from 30 to 10 fps for a while: at its average rate a time in it would be off by
+    seconds, so its segments are cut and timed by its frames' timestamps, and search's --start/--end reads them so."""
+    from slic.added_videos import EmbeddingCache
+    from slic.data.video import file_clock, probe
+    from slic.index import build_stage, load_index
+    from slic.report import _video_paths
+    from slic.search import query_span
+    from tests.data.test_frame_rate import write_variable_rate
+
+    root = tmp_path / "phone"
+    root.mkdir()
+    video = root / "walk.mkv"  # 10 s at 30 fps, 10 s at 10 fps, 10 s at 30 fps: 700 frames, the stream says 30 fps
+    write_variable_rate(video, [i / 30 for i in range(300)] + [10 + i / 10 for i in range(100)] +
+                        [20 + i / 30 for i in range(300)])
+    info = probe(video)
+    assert info.variable_rate and info.frames == 700 and not probe(archive / "long" / "match.mp4").variable_rate
+    clock = file_clock(video)
+    assert 400 / info.fps == pytest.approx(13.3, abs=0.1)  # where frame 400 would be said to be at the stream's rate
+    assert [clock.seconds(f) for f in (0, 300, 400, 700)] == pytest.approx([0.0, 10.0, 20.0, 30.0], abs=0.01)
+    assert [clock.frame(s) for s in (0.0, 10.0, 15.04, 20.0, 30.0)] == [0, 300, 350, 400, 700]
+
+    table = build_manifest(ManifestConfig(root=str(root), layout="unlabelled", workers=1, segment_seconds=10))
+    assert table["video_id"].tolist() == ["walk@0.0s", "walk@10.0s", "walk@20.0s"]
+    assert list(zip(table["start_frame"], table["stop_frame"])) == [(0, 300), (300, 400), (400, 700)]
+    assert table["start_s"].tolist() == [0.0, 10.0, 20.0] and table["end_s"].tolist() == pytest.approx([10, 20, 30], abs=0.01)
+    assert table["duration"].tolist() == pytest.approx([10.0, 10.0, 10.0], abs=0.01)
+    assert validate_manifest(table, min_frames=32, labelled=False).success
+    span = query_span(video, 20.0, 30.0)  # the stretch shown as 00:20.0-00:30.0 is those frames
+    assert (span.start_frame, span.stop_frame) == (400, 700)
+    span = query_span(video, 10.0, None)
+    assert (span.start_frame, span.start_s, span.end_s) == (300, 10.0, pytest.approx(30.0, abs=0.01))
+
+    table.to_csv(tmp_path / "validated.csv", index=False)
+    assert _video_paths(tmp_path / "validated.csv")["walk@10.0s"] == f"{video} [00:10.0-00:20.0]"
+    vectors = np.eye(3, 8, dtype=np.float32)
+    np.savez(tmp_path / "embeddings.npz", video_id=table["video_id"].to_numpy(str), label=np.full(3, -1),
+             class_name=np.array([""] * 3), split=table["split"].to_numpy(str), embedding=vectors)
+    build_stage(IndexConfig(manifest=str(tmp_path / "validated.csv"), kind="flat", out=str(tmp_path / "index")),
+                embeddings=str(tmp_path / "embeddings.npz"), checkpoint=str(tmp_path / "none.pt"), clips=2)
+    rows = load_index(tmp_path / "index").rows
+    assert rows["start_s"].tolist() == [0.0, 10.0, 20.0] and rows["end_s"].tolist() == [10.0, 20.0, 30.0]
+
+    cache = EmbeddingCache(tmp_path / "added.npz", "checkpoint", 2, segment_seconds=10)  # an added copy: alike
+    _, spans = cache.segments_of(video, "sha")
+    assert [span[:2] for span in spans] == [(0, 300), (300, 400), (400, 700)]
+    assert [t for span in spans for t in span[2:]] == pytest.approx([0.0, 10.0, 10.0, 20.0, 20.0, 30.0], abs=0.01)
+    cache.save()
+    assert EmbeddingCache(tmp_path / "added.npz", "checkpoint", 2, segment_seconds=10).segments["sha"][1] == spans

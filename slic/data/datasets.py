@@ -26,6 +26,8 @@ UNLABELLED = -1  # the label of a video of the unlabelled layout
 COLUMNS = ["video_id", "path", "class", "label", "split", "group", "frames", "fps", "width", "height",
            "duration", "excluded"]
 SEGMENT_COLUMNS = ["start_frame", "stop_frame"]  # with manifest.segment_seconds: the row's frames of its file
+SEGMENT_TIME_COLUMNS = ["start_s", "end_s"]  # and where they lie in it, in seconds (by its timestamps when its rate
+# varies); a manifest from before them has the frames only, read as frame / fps
 # (slic.data.frames.RANGE_COLUMNS reads them: the extract stage does not import this module)
 
 
@@ -233,7 +235,7 @@ def _probe_row(path: str) -> dict[str, object]:
         return {"frames": 0, "fps": 0.0, "width": 0, "height": 0, "duration": 0.0,
                 "excluded": f"unreadable: {exc.cause}"}
     return {"frames": info.frames, "fps": round(info.fps, 4), "width": info.width, "height": info.height,
-            "duration": round(info.duration, 4), "excluded": ""}
+            "duration": round(info.duration, 4), "excluded": "", "variable_rate": info.variable_rate}
 
 
 _MISSING = {"frames": 0, "fps": 0.0, "width": 0, "height": 0, "duration": 0.0, "excluded": "missing file"}
@@ -341,7 +343,8 @@ def build_manifest(config: ManifestConfig, progress: Callable[[int], None] | Non
     if config.layout != "unlabelled":  # no labels: nothing to validate on, every video trains (and is searched)
         table["split"] = carve_validation(table, config.val_fraction, config.seed, by_group)
     if config.segment_seconds > 0:  # after the splits: a video's segments stay on its side
-        table = segmented(table, config.segment_seconds)
+        variable = {path for path, info in info_by_path.items() if info.get("variable_rate")}
+        table = segmented(table, config.segment_seconds, variable)
         table["excluded"] = _excluded_as_too_short(table, config.min_frames, f" (a segment of "
                                                    f"manifest.segment_seconds {config.segment_seconds:g})",
                                                    target_fps)
@@ -429,22 +432,40 @@ def short_at_rate_advice(table: pd.DataFrame, min_frames: int, target_fps: float
             "keep them")
 
 
-def segmented(table: pd.DataFrame, seconds: float) -> pd.DataFrame:
+def segmented(table: pd.DataFrame, seconds: float, variable: set[str] | frozenset[str] = frozenset()) -> pd.DataFrame:
     """The manifest with each video cut into segments (`segment_bounds`), a row each: `video_id@<start>s`, the
-    source's path, class, split and group (so a video's segments stay on one side of every split), and its
-    frames [start_frame, stop_frame) of the file; a video of one segment keeps its id, as a whole row."""
-    from slic.data.video import segment_bounds, segment_id
+    source's path, class, split and group (so a video's segments stay on one side of every split), its frames
+    [start_frame, stop_frame) of the file and where they lie in it [start_s, end_s); a video of one segment keeps
+    its id, as a whole row. The files of `variable` (probed as variable-rate) are demuxed again for their frames'
+    timestamps, which cut and time their segments (`FrameClock`); the others are timed at frame / fps."""
+    from slic.data.video import FrameClock, file_clock, segment_bounds, segment_id
 
     rows = []
     for row in table.to_dict("records"):
-        bounds = segment_bounds(int(row["frames"]), float(row["fps"]), seconds) if row["excluded"] == "" else [
-            (0, int(row["frames"]))]
+        frames, fps = int(row["frames"]), float(row["fps"])
+        clock = FrameClock(frames, fps)
+        if row["excluded"] == "" and row["path"] in variable:
+            found = file_clock(row["path"])
+            clock = found if found.frames == frames else clock  # changed since it was probed: as probed
+        bounds = segment_bounds(frames, fps, seconds, clock) if row["excluded"] == "" else [(0, frames)]
         for start, stop in bounds:
-            named = row["video_id"] if len(bounds) == 1 else segment_id(row["video_id"], start, row["fps"])
-            duration = round((stop - start) / row["fps"], 4) if row["fps"] else row["duration"]
+            start_s, end_s = clock.seconds(start), clock.seconds(stop)
+            named = row["video_id"] if len(bounds) == 1 else segment_id(row["video_id"], start_s)
+            duration = round((end_s - start_s) if clock.variable else (stop - start) / fps, 4) if fps else \
+                row["duration"]
             rows.append({**row, "video_id": named, "frames": stop - start, "duration": duration,
-                         "start_frame": start, "stop_frame": stop})
-    return pd.DataFrame(rows, columns=COLUMNS + SEGMENT_COLUMNS)
+                         "start_frame": start, "stop_frame": stop, "start_s": round(start_s, 4),
+                         "end_s": round(end_s, 4)})
+    return pd.DataFrame(rows, columns=COLUMNS + SEGMENT_COLUMNS + SEGMENT_TIME_COLUMNS)
+
+
+def segment_seconds_of(table: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+    """(start_s, end_s) of each row of a segmented manifest: its columns, or frame / fps in a manifest from before
+    them (NaN where the rate is unknown)."""
+    if set(SEGMENT_TIME_COLUMNS) <= set(table.columns):
+        return table["start_s"].astype(float), table["end_s"].astype(float)
+    fps = table["fps"].astype(float).replace(0.0, float("nan"))
+    return table["start_frame"].astype(int) / fps, table["stop_frame"].astype(int) / fps
 
 
 def is_segmented(table: pd.DataFrame) -> bool:

@@ -16,7 +16,8 @@ from typing import Any
 
 import pandas as pd
 
-from slic.data.datasets import COLUMNS, SEGMENT_COLUMNS, extracted_frame_counts, is_segmented
+from slic.data.datasets import (COLUMNS, SEGMENT_COLUMNS, SEGMENT_TIME_COLUMNS, extracted_frame_counts,
+                                is_segmented)
 
 SPLITS = ("train", "val", "test")
 DERIVED = ["file_exists", "group_crosses_test", "extracted_frames"]
@@ -57,6 +58,7 @@ HINTS: dict[str | None, str] = {  # by the failed expectation's column: what a p
     "fps": "the container gives no frame rate: re-mux the file (ffmpeg -i IN -c copy OUT.mp4) or remove it",
     "start_frame": "a segment's frame range is not a range of its file: " + REBUILD,
     "stop_frame": "a segment's frame range is empty or reversed: " + REBUILD,
+    "end_s": "a segment's time range is empty or reversed: " + REBUILD,
 }
 COVERAGE_HINT = ("every class needs a usable video in each split named: add videos to those classes, remove "
                  "their folders (or lines of the split files), or lower manifest.min_frames (or raise extract.fps) if "
@@ -114,11 +116,12 @@ def _label_expectations(gxe: Any, n_classes: int, labelled: bool) -> list[Any]:
 
 
 def _manifest_suite(gxe: Any, n_classes: int, min_frames: int, labelled: bool = True,
-                    segments: bool = False) -> list[Any]:
+                    segments: bool = False, timed: bool = False) -> list[Any]:
     from great_expectations.expectations.row_conditions import Column
 
     usable = Column("excluded") == ""  # excluded videos carry their reason instead
-    columns = COLUMNS + SEGMENT_COLUMNS if segments else COLUMNS
+    times = SEGMENT_TIME_COLUMNS if segments and timed else []  # a segmented manifest from before them has none
+    columns = COLUMNS + SEGMENT_COLUMNS + times if segments else COLUMNS
     suite = [
         gxe.ExpectTableColumnsToMatchSet(column_set=columns + DERIVED, exact_match=True),
         gxe.ExpectTableRowCountToBeBetween(min_value=1),
@@ -139,7 +142,10 @@ def _manifest_suite(gxe: Any, n_classes: int, min_frames: int, labelled: bool = 
                                                               row_condition=usable)]
     for column in ("label", "frames", "width", "height", *(SEGMENT_COLUMNS if segments else ())):
         suite.append(gxe.ExpectColumnValuesToBeInTypeList(column=column, type_list=["int64", "int32"]))
-    for column in ("fps", "duration"):
+    if times:  # and where it lies in the file, in seconds
+        suite.append(gxe.ExpectColumnPairValuesAToBeGreaterThanB(column_A="end_s", column_B="start_s",
+                                                                 row_condition=usable))
+    for column in ("fps", "duration", *times):
         suite.append(gxe.ExpectColumnValuesToBeInTypeList(column=column, type_list=["float64", "float32"]))
     return suite
 
@@ -210,7 +216,8 @@ def validate_manifest(manifest: pd.DataFrame, *, min_frames: int, max_examples: 
     n_classes = max(1, manifest["class"].nunique()) if len(manifest) else 1
     runs = [
         _run(gx, context, "manifest", with_derived_columns(manifest, target_fps),
-             _manifest_suite(gxe, n_classes, min_frames, labelled, is_segmented(manifest)), "video_id"),
+             _manifest_suite(gxe, n_classes, min_frames, labelled, is_segmented(manifest),
+                             set(SEGMENT_TIME_COLUMNS) <= set(manifest.columns)), "video_id"),
         _run(gx, context, "coverage", coverage_table(manifest, splits if labelled else ("train",)),
              [gxe.ExpectColumnValuesToBeBetween(column="videos", min_value=1 if labelled else 2)], "case"),
     ]

@@ -48,7 +48,8 @@ class VideoInfo:
 
     `frames` counts the video stream's non-empty packets, which equals the decoded frame count
     for intra/inter-coded streams; a stream whose last packet holds no picture decodes one fewer.
-    `width`/`height` are the display size (after rotation).
+    `width`/`height` are the display size (after rotation). `variable_rate`: its frames' timestamps stray more
+    than half a frame from i / fps (`FrameClock`), so times in it come from them.
     """
 
     path: str
@@ -59,6 +60,7 @@ class VideoInfo:
     duration: float
     rotation: int
     codec: str
+    variable_rate: bool = False
 
 
 def _describe(exc: BaseException, path: str | Path) -> str:
@@ -100,16 +102,20 @@ def probe(path: str | Path) -> VideoInfo:
             fps = _frame_rate(stream)
             width, height = stream.codec_context.width, stream.codec_context.height
             rotation = _rotation_of(stream, container)
+            time_base = float(stream.time_base) if stream.time_base else 0.0
             container.seek(0)
-            frames = sum(1 for packet in container.demux(stream) if packet.size > 0)
+            stamps = [packet.pts for packet in container.demux(stream) if packet.size > 0]
     except VideoDecodeError:
         raise
     except (av.FFmpegError, OSError, ValueError, StopIteration) as exc:
         raise VideoDecodeError(path, _describe(exc, path)) from exc
     if rotation in (90, 270):
         width, height = height, width
+    frames = len(stamps)
     duration = frames / fps if fps else 0.0
-    return VideoInfo(str(path), frames, fps, width, height, duration, rotation, stream.codec_context.name)
+    known = all(pts is not None for pts in stamps) and len(set(stamps)) == frames
+    variable = known and clock_of(Timeline(frames, tuple(sorted(stamps)), (), (), fps, time_base)).variable
+    return VideoInfo(str(path), frames, fps, width, height, duration, rotation, stream.codec_context.name, variable)
 
 
 def scaled_size(width: int, height: int, short_side: int | None) -> tuple[int, int]:
@@ -207,18 +213,80 @@ def _one_size(frames: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
             for index, frame in frames.items()}
 
 
-def segment_bounds(frames: int, fps: float, seconds: float) -> list[tuple[int, int]]:
+@dataclass(frozen=True)
+class FrameClock:
+    """When each frame of a file is shown, in seconds from its first: frame i at i / fps for a constant-rate file,
+    at its timestamp for a variable-rate one (a phone's 30 fps that drops to 15 in low light), where i / fps at the
+    average rate can be off by minutes in a long recording. Segment bounds, the times search and the reports show
+    and search's --start/--end all go through it, so a time shown is where a player seeks to.
+
+    `times` is empty for a constant rate (frames within half a frame of i / fps), else each frame's time."""
+
+    frames: int
+    fps: float
+    times: tuple[float, ...] = ()
+
+    @property
+    def variable(self) -> bool:
+        """Whether the file's frames are not 1 / fps apart (its timestamps place them)."""
+        return bool(self.times)
+
+    @property
+    def length(self) -> float:
+        """Seconds from the first frame to the end of the last (which lasts as long as the gap before it)."""
+        if not self.times:
+            return self.frames / self.fps if self.fps > 0 else 0.0
+        gap = self.times[-1] - self.times[-2] if len(self.times) > 1 else 1 / self.fps if self.fps > 0 else 0.0
+        return self.times[-1] + gap
+
+    def seconds(self, frame: int) -> float:
+        """When frame `frame` starts (`frames`: the end of the last one)."""
+        if not self.times:
+            return frame / self.fps if self.fps > 0 else 0.0
+        return self.times[frame] if frame < len(self.times) else self.length
+
+    def frame(self, seconds: float) -> int:
+        """The frame boundary (0 to `frames`) nearest `seconds`: the frame a stretch starting there starts at."""
+        if not self.times:
+            return round(seconds * self.fps)
+        bounds = [*self.times, self.length]
+        after = bisect.bisect_left(bounds, seconds)
+        return min((k for k in (after - 1, after) if 0 <= k < len(bounds)), key=lambda k: abs(bounds[k] - seconds))
+
+
+def clock_of(line: Timeline) -> FrameClock:
+    """The `FrameClock` of a demuxed file: by its timestamps only when they stray more than half a frame from
+    i / fps (a constant-rate file keeps i / fps, so its times and segments stay what they were)."""
+    times = line.frame_times()
+    if times is None or line.fps <= 0 or all(abs(t - i / line.fps) <= 0.5 / line.fps for i, t in enumerate(times)):
+        return FrameClock(line.frames, line.fps)
+    return FrameClock(line.frames, line.fps, tuple(times))
+
+
+def file_clock(path: str | Path) -> FrameClock:
+    """`clock_of(file_timeline(path))`: the file's frame times, demuxed once while it is unchanged."""
+    return clock_of(file_timeline(path))
+
+
+def segment_bounds(frames: int, fps: float, seconds: float,
+                   clock: FrameClock | None = None) -> list[tuple[int, int]]:
     """[start, stop) frames of the segments of a video (manifest.segment_seconds): round(frames / (seconds x fps))
-    equal parts, so each is 0.75 to 1.25 x `seconds` long; a video shorter than 1.5 x `seconds` stays one part."""
+    equal parts, so each is 0.75 to 1.25 x `seconds` long; a video shorter than 1.5 x `seconds` stays one part.
+    A variable-rate file's `clock` cuts it into parts of equal time instead (its frames are not equally spaced)."""
+    if clock is not None and clock.variable:
+        parts = max(1, round(clock.length / seconds))
+        cuts = sorted({0, clock.frames, *(clock.frame(k * clock.length / parts) for k in range(1, parts))})
+        return list(zip(cuts, cuts[1:]))
     parts = max(1, round(frames / (seconds * fps))) if fps > 0 and frames > 0 else 1
     bounds = [round(k * frames / parts) for k in range(parts + 1)]
     return list(zip(bounds, bounds[1:]))
 
 
-def segment_id(video_id: str, start: int, fps: float) -> str:
-    """The id of a video's segment that starts at frame `start`: `video_id@<start in seconds>s`, as the manifest
-    names the gallery's segments and the index names an added video's."""
-    return f"{video_id}@{start / fps:.1f}s"
+def segment_id(video_id: str, start_s: float) -> str:
+    """The id of a video's segment that starts `start_s` seconds into its file (`FrameClock.seconds` of its first
+    frame): `video_id@<start_s>s`, as the manifest names the gallery's segments and the index names an added
+    video's."""
+    return f"{video_id}@{start_s:.1f}s"
 
 
 def resampled_frames(start: int, stop: int, fps: float, target_fps: float,
