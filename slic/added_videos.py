@@ -28,11 +28,10 @@ import numpy as np
 import pandas as pd
 
 from slic.data.video import DECODE_ERRORS, decode_error_line, segment_id
-
-Span = tuple[int, int, float, float]  # a segment of a file: its [start, stop) frames and [start_s, end_s) seconds
 from slic.index import IndexBuildError, file_sha256
 
 log = logging.getLogger(__name__)
+Span = tuple[int, int, float, float]  # a segment of a file: its [start, stop) frames and [start_s, end_s) seconds
 
 CACHE_FILE = "added.npz"
 ID_PREFIX = "added/"

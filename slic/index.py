@@ -167,12 +167,11 @@ def gallery_rows(embeddings: str | Path, manifest: str | Path, split: str) -> tu
     rows = pd.DataFrame({"video_id": data["video_id"][keep], "label": data["label"][keep]})
     table = pd.read_csv(manifest, dtype=str, keep_default_na=False)
     columns = ["video_id", "path", "class"]
-    from slic.data.datasets import is_segmented, segment_seconds_of
+    from slic.data.datasets import is_segmented, segment_spans
 
     if is_segmented(table):  # segments of long videos: where in the file (by its timestamps when its rate varies)
-        whole = table.groupby("path")["video_id"].transform("size") == 1  # a file of one row: no span to show
-        start_s, end_s = segment_seconds_of(table)
-        table["start_s"], table["end_s"] = start_s.round(2).mask(whole), end_s.round(2).mask(whole)
+        start_s, end_s = segment_spans(table)
+        table["start_s"], table["end_s"] = start_s.round(2), end_s.round(2)
         columns += ["start_s", "end_s"]
     rows = rows.merge(table[columns], on="video_id", how="left", validate="one_to_one")
     missing = rows[rows["path"].isna()]["video_id"].tolist()

@@ -10,10 +10,8 @@ frames cannot be read gets a placeholder naming its shard; the report is still w
 from __future__ import annotations
 
 import base64
-import csv
 import html
 import io
-from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,23 +109,15 @@ def sample_queries(top1_hit: np.ndarray, n: int, seed: int) -> tuple[np.ndarray,
 def _video_paths(manifest: Path) -> dict[str, str]:
     """video_id -> source path from the manifest CSV, with where in its file a segment lies (a file cut into
     several rows by manifest.segment_seconds: `path [mm:ss-mm:ss]`); empty when the file is absent."""
+    from slic.data.datasets import read_manifest, segment_spans
     from slic.data.video import time_span
 
     if not manifest.is_file():
         return {}
-    with manifest.open(newline="") as handle:
-        rows = [row for row in csv.DictReader(handle) if row.get("video_id")]
-    per_file = Counter(row["path"] for row in rows)
-
-    def shown(row: dict[str, str]) -> str:
-        if per_file[row["path"]] < 2 or not row.get("start_frame") or not float(row.get("fps") or 0):
-            return row["path"]
-        if row.get("start_s") and row.get("end_s"):  # by the file's timestamps when its rate varies
-            return f"{row['path']} [{time_span(float(row['start_s']), float(row['end_s']))}]"
-        fps = float(row["fps"])  # a manifest from before the times: frame / fps
-        return f"{row['path']} [{time_span(int(row['start_frame']) / fps, int(row['stop_frame']) / fps)}]"
-
-    return {row["video_id"]: shown(row) for row in rows}
+    table = read_manifest(manifest)
+    starts, ends = segment_spans(table)
+    return {video_id: path if np.isnan(start) else f"{path} [{time_span(start, end)}]"
+            for video_id, path, start, end in zip(table["video_id"], table["path"], starts, ends)}
 
 
 @dataclass

@@ -26,9 +26,9 @@ UNLABELLED = -1  # the label of a video of the unlabelled layout
 COLUMNS = ["video_id", "path", "class", "label", "split", "group", "frames", "fps", "width", "height",
            "duration", "excluded"]
 SEGMENT_COLUMNS = ["start_frame", "stop_frame"]  # with manifest.segment_seconds: the row's frames of its file
-SEGMENT_TIME_COLUMNS = ["start_s", "end_s"]  # and where they lie in it, in seconds (by its timestamps when its rate
-# varies); a manifest from before them has the frames only, read as frame / fps
 # (slic.data.frames.RANGE_COLUMNS reads them: the extract stage does not import this module)
+SEGMENT_TIME_COLUMNS = ["start_s", "end_s"]  # and where they lie in it, in seconds (by its timestamps when its rate
+# varies); a manifest from before them has the frames only, read as frame / fps (`segment_seconds_of`)
 
 
 class DatasetError(ValueError):
@@ -466,6 +466,17 @@ def segment_seconds_of(table: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
         return table["start_s"].astype(float), table["end_s"].astype(float)
     fps = table["fps"].astype(float).replace(0.0, float("nan"))
     return table["start_frame"].astype(int) / fps, table["stop_frame"].astype(int) / fps
+
+
+def segment_spans(table: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+    """(start_s, end_s) of each row whose file is cut into several rows (manifest.segment_seconds): where a hit
+    lies in its file, as the index's rows and the retrieval report show it; NaN for a file of one row (its path
+    says it all) and in a manifest without segments."""
+    if not is_segmented(table):
+        return pd.Series(np.nan, index=table.index), pd.Series(np.nan, index=table.index)
+    whole = table.groupby("path")["video_id"].transform("size") == 1
+    start_s, end_s = segment_seconds_of(table)
+    return start_s.mask(whole), end_s.mask(whole)
 
 
 def is_segmented(table: pd.DataFrame) -> bool:

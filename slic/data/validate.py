@@ -2,7 +2,8 @@
 
 Two batches are checked: the manifest itself (one row per video, with three derived columns:
 whether the file exists, whether its group also appears on the other side of the train/test
-line, and how many frames extract stores at extract.fps) and a coverage table (one row per class and split, with its number of usable videos).
+line, and how many frames extract stores at extract.fps) and a coverage table (one row per class
+and split, with its number of usable videos).
 A failure yields a short report naming the expectation, how many rows and a few examples.
 """
 
