@@ -175,15 +175,29 @@ def list_videos(config: ManifestConfig) -> tuple[list[str], list[Entry]]:
 
 def extracted_frame_counts(table: pd.DataFrame, target_fps: float = 0.0) -> pd.Series:
     """How many frames `extract` stores for each row: its frames, or as many as extract.fps (`target_fps`) resamples
-    them to (a segment's over its range of the file), counted from each row's frame rate without decoding."""
+    them to (a segment's over its range of the file), counted from each row's frame rate without decoding; a
+    variable-rate row (its seconds more than half a frame from frames / fps) is resampled by time, so it counts
+    about its seconds x `target_fps`."""
     from slic.data.video import resampled_count
 
     if target_fps <= 0:
         return table["frames"].astype(int)
-    starts = table["start_frame"] if is_segmented(table) else pd.Series(0, index=table.index)
-    stops = table["stop_frame"] if is_segmented(table) else table["frames"]
-    return pd.Series([resampled_count(int(start), int(stop), float(fps), target_fps)
-                      for start, stop, fps in zip(starts, stops, table["fps"])], index=table.index, dtype=int)
+    segments = is_segmented(table)
+    starts = table["start_frame"] if segments else pd.Series(0, index=table.index)
+    stops = table["stop_frame"] if segments else table["frames"]
+    if segments:
+        seconds = segment_seconds_of(table)[1] - segment_seconds_of(table)[0]
+    else:  # a table without durations (not one the manifest wrote: validate names that) counts at its rate
+        seconds = table["duration"] if "duration" in table else table["frames"] / table["fps"].replace(0, np.nan)
+
+    def count(start: int, stop: int, fps: float, span: float) -> int:
+        if fps > 0 and abs(span - (stop - start) / fps) > 0.5 / fps:  # timed by its timestamps
+            return max(1, round(span * target_fps))
+        return resampled_count(start, stop, fps, target_fps)
+
+    return pd.Series([count(int(start), int(stop), float(fps), float(span))
+                      for start, stop, fps, span in zip(starts, stops, table["fps"], seconds.astype(float))],
+                     index=table.index, dtype=int)
 
 
 def _excluded_as_too_short(table: pd.DataFrame, min_frames: int, what: str = "",

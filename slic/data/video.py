@@ -49,7 +49,8 @@ class VideoInfo:
     `frames` counts the video stream's non-empty packets, which equals the decoded frame count
     for intra/inter-coded streams; a stream whose last packet holds no picture decodes one fewer.
     `width`/`height` are the display size (after rotation). `variable_rate`: its frames' timestamps stray more
-    than half a frame from i / fps (`FrameClock`), so times in it come from them.
+    than half a frame from i / fps (`FrameClock`), so times in it, and its `duration`, come from them (an AVI that
+    skips frames, a phone's low-light stretch).
     """
 
     path: str
@@ -112,10 +113,11 @@ def probe(path: str | Path) -> VideoInfo:
     if rotation in (90, 270):
         width, height = height, width
     frames = len(stamps)
-    duration = frames / fps if fps else 0.0
     known = all(pts is not None for pts in stamps) and len(set(stamps)) == frames
-    variable = known and clock_of(Timeline(frames, tuple(sorted(stamps)), (), (), fps, time_base)).variable
-    return VideoInfo(str(path), frames, fps, width, height, duration, rotation, stream.codec_context.name, variable)
+    clock = clock_of(Timeline(frames, tuple(sorted(stamps)) if known else (), (), (), fps, time_base))
+    duration = clock.length  # a variable-rate file's by its timestamps: frames / fps can be far off
+    return VideoInfo(str(path), frames, fps, width, height, duration, rotation, stream.codec_context.name,
+                     clock.variable)
 
 
 def scaled_size(width: int, height: int, short_side: int | None) -> tuple[int, int]:

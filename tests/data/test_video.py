@@ -45,6 +45,22 @@ def test_every_ok_sample_decodes_with_listed_count_and_size(shared_manifest: lis
         assert 0 <= info.frames - int(row["frames"]) <= 1, row["file"]
 
 
+def test_a_file_that_skips_frames_is_timed_by_its_timestamps(shared_manifest: list[dict[str, str]]) -> None:
+    """OpenCV's tree.avi stores 68 pictures in 444 frame slots at 15 fps (an AVI that skips frames): 30 s, not the
+    4.5 s that 68 frames at 15 fps would say; every other sample is constant-rate and keeps frames / fps."""
+    from slic.data.video import file_clock
+
+    tree = probe(SHARED_VIDEOS / "debian-opencv-doc-4.6.0" / "tree.avi")
+    assert (tree.frames, round(tree.fps, 3), tree.variable_rate) == (68, 15.0, True)
+    assert tree.duration == pytest.approx(29.9, abs=0.1)
+    clock = file_clock(tree.path)
+    assert clock.seconds(1) == pytest.approx(11 / 15, abs=1e-3) and clock.frame(11 / 15) == 1  # its 2nd: slot 11
+    for row in _ok_rows(shared_manifest):
+        info = probe(SHARED_VIDEOS / row["file"])
+        if info.path != tree.path:
+            assert not info.variable_rate and info.duration == pytest.approx(info.frames / info.fps), row["file"]
+
+
 def test_rotation_metadata_is_applied(shared_manifest: list[dict[str, str]]) -> None:
     folder = SHARED_VIDEOS / "dmlc-decord" / "decode_tests"
     upright = decode(folder / "video_0.mov", stop=1)[0].astype(np.int16)
