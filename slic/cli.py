@@ -82,6 +82,7 @@ def run_manifest(config: Any) -> dict[str, Any]:
         print(f"  and {len(excluded) - 10} more excluded: reports/manifest.json lists each with its reason")
     advice = [line for line in (datasets.segment_advice(table, config.manifest.segment_seconds),
                                 datasets.frame_rate_advice(table, config.extract.fps),
+                                datasets.variable_rate_advice(table, config.extract.fps),
                                 datasets.short_at_rate_advice(table, config.manifest.min_frames, config.extract.fps))
               if line]
     if advice:

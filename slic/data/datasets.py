@@ -185,19 +185,26 @@ def extracted_frame_counts(table: pd.DataFrame, target_fps: float = 0.0) -> pd.S
     segments = is_segmented(table)
     starts = table["start_frame"] if segments else pd.Series(0, index=table.index)
     stops = table["stop_frame"] if segments else table["frames"]
-    if segments:
-        seconds = segment_seconds_of(table)[1] - segment_seconds_of(table)[0]
-    else:  # a table without durations (not one the manifest wrote: validate names that) counts at its rate
-        seconds = table["duration"] if "duration" in table else table["frames"] / table["fps"].replace(0, np.nan)
+    variable = variable_rate_rows(table)
 
-    def count(start: int, stop: int, fps: float, span: float) -> int:
-        if fps > 0 and abs(span - (stop - start) / fps) > 0.5 / fps:  # timed by its timestamps
-            return max(1, round(span * target_fps))
-        return resampled_count(start, stop, fps, target_fps)
+    def count(start: int, stop: int, fps: float, seconds: float, by_time: bool) -> int:
+        return max(1, round(seconds * target_fps)) if by_time else resampled_count(start, stop, fps, target_fps)
 
-    return pd.Series([count(int(start), int(stop), float(fps), float(span))
-                      for start, stop, fps, span in zip(starts, stops, table["fps"], seconds.astype(float))],
+    return pd.Series([count(int(start), int(stop), float(fps), float(seconds), bool(by_time))
+                      for start, stop, fps, seconds, by_time in zip(starts, stops, table["fps"],
+                                                                     table.get("duration", starts), variable)],
                      index=table.index, dtype=int)
+
+
+def variable_rate_rows(table: pd.DataFrame) -> pd.Series:
+    """Which rows are of variable-frame-rate files: a duration (by the frames' timestamps, `probe`) more than half
+    a frame from frames / fps. False for a table without durations."""
+    if "duration" not in table:
+        return pd.Series(False, index=table.index)
+    fps = table["fps"].astype(float)
+    rated = fps > 0
+    gap = (table["duration"].astype(float) - table["frames"].astype(float) / fps.where(rated)).abs()
+    return (rated & (gap > 0.5 / fps.where(rated))).fillna(False).astype(bool)
 
 
 def _excluded_as_too_short(table: pd.DataFrame, min_frames: int, what: str = "",
@@ -431,6 +438,22 @@ def frame_rate_advice(table: pd.DataFrame, target_fps: float = 0.0) -> str:
             f" of {len(rates)} usable videos): clips take native frames, so a clip spans {high / low:.1f}x less time "
             f"at {high:g} fps than at {low:g} and a motion looks slower there; set extract.fps: {common:g} to resample "
             "every video to one rate when frames are extracted")
+
+
+def variable_rate_advice(table: pd.DataFrame, target_fps: float = 0.0) -> str:
+    """A line for the manifest stage when usable videos have a variable frame rate (frames not evenly spaced: a
+    phone in low light, an AVI that skips frames) and extract keeps native frames: a clip of native frames then
+    spans uneven times; empty when there are none or extract.fps resamples them by time."""
+    usable = table[(table["excluded"] == "") & variable_rate_rows(table)]
+    if target_fps > 0 or usable.empty:
+        return ""
+    files = usable.drop_duplicates("path")
+    example = files.iloc[0]
+    shown = ", e.g. " + f"{Path(example['path']).name} ({example['frames']} frames over {example['duration']:.1f} s, " \
+        f"{example['fps']:.4g} fps stated)"
+    return (f"{len(files)} usable video file(s) have a variable frame rate{shown}: native frames are not evenly spaced "
+            "in time, so their clips span uneven times; set extract.fps (e.g. 25) to resample them by their "
+            "timestamps")
 
 
 def short_at_rate_advice(table: pd.DataFrame, min_frames: int, target_fps: float) -> str:

@@ -263,3 +263,21 @@ def test_val_takes_the_same_group_numbers_in_every_class() -> None:
     assert len(val_numbers) == 2
     assert set(numbers[split == "train"]).isdisjoint(val_numbers)
     assert (table[split == "val"].groupby("class").size() == 4).all()
+
+
+def test_variable_rate_files_are_told_apart_by_their_duration_and_pointed_out() -> None:
+    from slic.data.datasets import extracted_frame_counts, variable_rate_advice, variable_rate_rows
+
+    # tree.avi: 68 pictures over 29.9 s at a stated 15 fps; a constant-rate one; an excluded one; one without a rate
+    table = pd.DataFrame({"path": ["/v/tree.avi", "/v/walk.mp4", "/v/bad.mp4", "/v/odd.mkv"],
+                          "frames": [68, 250, 0, 10], "fps": [15.0, 25.0, 0.0, 0.0],
+                          "duration": [29.9335, 10.0, 0.0, 0.0], "excluded": ["", "", "unreadable", ""]})
+    assert variable_rate_rows(table).tolist() == [True, False, False, False]
+    assert variable_rate_advice(table) == (
+        "1 usable video file(s) have a variable frame rate, e.g. tree.avi (68 frames over 29.9 s, 15 fps stated): "
+        "native frames are not evenly spaced in time, so their clips span uneven times; set extract.fps (e.g. 25) "
+        "to resample them by their timestamps")
+    assert variable_rate_advice(table, target_fps=25.0) == ""  # resampled by time: nothing to do
+    assert variable_rate_advice(table.iloc[1:]) == ""
+    # at 25 fps the variable-rate file is resampled by its seconds, the others by their frames
+    assert extracted_frame_counts(table, 25.0).tolist() == [748, 250, 0, 10]

@@ -45,7 +45,8 @@ def test_every_ok_sample_decodes_with_listed_count_and_size(shared_manifest: lis
         assert 0 <= info.frames - int(row["frames"]) <= 1, row["file"]
 
 
-def test_a_file_that_skips_frames_is_timed_by_its_timestamps(shared_manifest: list[dict[str, str]]) -> None:
+def test_a_file_that_skips_frames_is_timed_by_its_timestamps(shared_manifest: list[dict[str, str]],
+                                                              tmp_path: Path) -> None:
     """OpenCV's tree.avi stores 68 pictures in 444 frame slots at 15 fps (an AVI that skips frames): 30 s, not the
     4.5 s that 68 frames at 15 fps would say; every other sample is constant-rate and keeps frames / fps."""
     from slic.data.video import file_clock
@@ -55,6 +56,16 @@ def test_a_file_that_skips_frames_is_timed_by_its_timestamps(shared_manifest: li
     assert tree.duration == pytest.approx(29.9, abs=0.1)
     clock = file_clock(tree.path)
     assert clock.seconds(1) == pytest.approx(11 / 15, abs=1e-3) and clock.frame(11 / 15) == 1  # its 2nd: slot 11
+    # extract.fps 25 resamples it by those times: about 30 s of frames, not the 113 that 4.5 s would give
+    import pandas as pd
+
+    from slic.data.datasets import extracted_frame_counts
+    from slic.data.frames import extract_all
+
+    listed = pd.DataFrame({"video_id": ["tree"], "path": [tree.path], "frames": [tree.frames], "fps": [tree.fps],
+                           "duration": [tree.duration]})
+    report = extract_all(listed, out_dir=tmp_path, short_side=32, quality=4, workers=1, target_fps=25)
+    assert report["frames"] == 744 and extracted_frame_counts(listed, 25.0)[0] == pytest.approx(744, rel=0.01)
     for row in _ok_rows(shared_manifest):
         info = probe(SHARED_VIDEOS / row["file"])
         if info.path != tree.path:
