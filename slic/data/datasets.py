@@ -427,8 +427,12 @@ MIXED_FPS_RATIO = 1.5  # frame rates further apart than this make clips of one l
 def frame_rate_advice(table: pd.DataFrame, target_fps: float = 0.0) -> str:
     """A line for the manifest stage when the usable videos' frame rates differ by more than MIXED_FPS_RATIO and
     extract keeps native frames (`target_fps`, extract.fps, is 0): a clip then spans a different time (and a motion
-    looks faster or slower) in each, and the rate can become what tells videos apart; empty otherwise."""
-    rates = table.loc[table["excluded"] == "", "fps"].astype(float)
+    looks faster or slower) in each, and the rate can become what tells videos apart; empty otherwise. Each file
+    counts once (however many segments it is cut into), and a variable-rate file not at all: its stated rate says
+    little (`variable_rate_advice` names those)."""
+    usable = table[(table["excluded"] == "") & ~variable_rate_rows(table)]
+    usable = usable.drop_duplicates("path") if "path" in usable else usable
+    rates = usable["fps"].astype(float).round(2)
     rates = rates[rates > 0]
     if target_fps > 0 or rates.empty or rates.max() <= MIXED_FPS_RATIO * rates.min():
         return ""
@@ -448,9 +452,9 @@ def variable_rate_advice(table: pd.DataFrame, target_fps: float = 0.0) -> str:
     if target_fps > 0 or usable.empty:
         return ""
     files = usable.drop_duplicates("path")
-    example = files.iloc[0]
-    shown = ", e.g. " + f"{Path(example['path']).name} ({example['frames']} frames over {example['duration']:.1f} s, " \
-        f"{example['fps']:.4g} fps stated)"
+    example = table[table["path"] == files.iloc[0]["path"]]  # all its rows: the file's frames and seconds
+    shown = ", e.g. " + f"{Path(files.iloc[0]['path']).name} ({example['frames'].sum()} frames over " \
+        f"{example['duration'].sum():.1f} s, {files.iloc[0]['fps']:.4g} fps stated)"
     return (f"{len(files)} usable video file(s) have a variable frame rate{shown}: native frames are not evenly spaced "
             "in time, so their clips span uneven times; set extract.fps (e.g. 25) to resample them by their "
             "timestamps")

@@ -281,3 +281,14 @@ def test_variable_rate_files_are_told_apart_by_their_duration_and_pointed_out() 
     assert variable_rate_advice(table.iloc[1:]) == ""
     # at 25 fps the variable-rate file is resampled by its seconds, the others by their frames
     assert extracted_frame_counts(table, 25.0).tolist() == [748, 250, 0, 10]
+
+
+def test_the_mixed_rate_note_counts_files_not_segments_and_leaves_variable_rate_files_out() -> None:
+    from slic.data.datasets import frame_rate_advice
+
+    table = pd.DataFrame({"path": ["/v/long.mp4"] * 5 + ["/v/a.mp4", "/v/b.mp4", "/v/tree.avi"],
+                          "frames": [150] * 5 + [300, 300, 68], "fps": [15.0] * 5 + [30.0, 30.0, 14.9999],
+                          "duration": [10.0] * 5 + [10.0, 10.0, 29.9335], "excluded": [""] * 8})
+    assert frame_rate_advice(table).startswith("frame rates range from 15 to 30 fps (most often 30: 2 of 3 usable "
+                                               "videos)")
+    assert frame_rate_advice(table[table["path"] != "/v/long.mp4"]) == ""  # 30 and a variable-rate file: one rate
