@@ -66,9 +66,23 @@ def sampled_frames(decoded: int, frame_step: int) -> int:
     return (decoded - 1) // frame_step + 1 if decoded > 0 else 0
 
 
+def short_videos_line(video_ids: Sequence[str], frames: Sequence[int], total: int, splits: Sequence[str],
+                      min_frames: int, frame_step: int, shown: int = 5) -> str:
+    """One line for the videos `load_videos` leaves out as too short: how many of how many, the first `shown` with
+    their decoded frames, and the manifest.min_frames (decoded frames, as the shards hold them) that would have
+    excluded them at the manifest stage, where reports/manifest.json names each."""
+    needed = (min_frames - 1) * frame_step + 1
+    at_step = f" at frame_step {frame_step} ({needed} decoded)" if frame_step > 1 else ""
+    named = ", ".join(f"{video_id} ({count} decoded)" for video_id, count in zip(video_ids[:shown], frames[:shown]))
+    more = f" and {len(video_ids) - shown} more" if len(video_ids) > shown else ""
+    return (f"excluded {len(video_ids)} of {total} {'/'.join(splits)} videos with fewer than {min_frames} frames"
+            f"{at_step}: {named}{more}; manifest.min_frames: {needed} would exclude them in the manifest, by name")
+
+
 def load_videos(manifest_path: str | Path, frames_dir: str | Path, *, splits: Sequence[str],
                 min_frames: int = 0, frame_step: int = 1) -> list[VideoShard]:
-    """Videos of `splits` that have a shard, ordered by video_id; too-short ones are logged by name.
+    """Videos of `splits` that have a shard, ordered by video_id; too-short ones are left out, in one warning that
+    names a few and the manifest.min_frames that would have excluded them in the manifest (by name, in its report).
 
     Joins the validated manifest (split, label) with the extraction index (shard, decoded frames).
     `min_frames` counts frames at `frame_step` (VideoShard.frames).
@@ -81,9 +95,9 @@ def load_videos(manifest_path: str | Path, frames_dir: str | Path, *, splits: Se
     table = table[table["split"].isin(list(splits))].sort_values("video_id")
     table = table.assign(sampled=[sampled_frames(int(n), frame_step) for n in table["frames"]])
     short = table[table["sampled"] < min_frames]
-    for video_id, frames in zip(short["video_id"], short["frames"]):
-        at_step = f" ({sampled_frames(int(frames), frame_step)} at frame_step {frame_step})" if frame_step > 1 else ""
-        log.warning("excluded %s: %d decoded frames%s < %d", video_id, frames, at_step, min_frames)
+    if len(short):
+        log.warning(short_videos_line(short["video_id"].tolist(), short["frames"].astype(int).tolist(), len(table),
+                                      splits, min_frames, frame_step))
     table = table[table["sampled"] >= min_frames]
     root = Path(frames_dir)
     return [VideoShard(v, str(root / s), int(n), int(lab), sp, c, frame_step, int(d))

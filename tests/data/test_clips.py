@@ -267,7 +267,15 @@ def test_load_videos_excludes_short_videos_by_name_and_sorts_by_id(tmp_path: Pat
     assert [(v.video_id, v.frames, v.label, v.class_name) for v in videos] == [("A/v_a", 24, 0, "A"),
                                                                                 ("B/v_b", 40, 1, "B")]
     assert videos[0].shard == str(tmp_path / "counter2.shard")
-    assert [r.getMessage() for r in caplog.records] == ["excluded A/v_short: 12 decoded frames < 16"]
+    assert [r.getMessage() for r in caplog.records] == [
+        "excluded 1 of 3 train videos with fewer than 16 frames: A/v_short (12 decoded); manifest.min_frames: 16 "
+        "would exclude them in the manifest, by name"]
+    from slic.data.clips import short_videos_line
+
+    line = short_videos_line([f"v{i}" for i in range(8)], [20 + i for i in range(8)], 100, ["train"], 16, 2)
+    assert line == ("excluded 8 of 100 train videos with fewer than 16 frames at frame_step 2 (31 decoded): "
+                    "v0 (20 decoded), v1 (21 decoded), v2 (22 decoded), v3 (23 decoded), v4 (24 decoded) and 3 more; "
+                    "manifest.min_frames: 31 would exclude them in the manifest, by name")
     both = load_videos(tmp_path / "manifest.csv", tmp_path, splits=["train", "val"], min_frames=0)
     assert [v.video_id for v in both] == ["A/v_a", "A/v_short", "B/v_b", "C/v_val"]
 
