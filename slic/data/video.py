@@ -65,13 +65,19 @@ class VideoInfo:
 
 
 def _describe(exc: BaseException, path: str | Path) -> str:
-    """Why `path` failed: FFmpeg's error, or plainly that the file is empty (an interrupted copy, a placeholder),
-    which FFmpeg reports only as invalid data."""
+    """Why `path` failed: FFmpeg's error (without its error number and the path, which the caller names), with what
+    invalid data usually means; or plainly that the file is empty (an interrupted copy, a placeholder), which
+    FFmpeg reports only as invalid data."""
     try:
         if Path(path).stat().st_size == 0:
             return "empty file (0 bytes)"
     except OSError:
         pass
+    if isinstance(exc, av.FFmpegError) and exc.strerror:
+        cause = f"{type(exc).__name__}: {exc.strerror}"
+        if isinstance(exc, av.error.InvalidDataError):
+            cause += " (a damaged file, one cut short by an interrupted copy or download, or not a video)"
+        return cause
     return f"{type(exc).__name__}: {exc}"
 
 

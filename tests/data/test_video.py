@@ -90,10 +90,21 @@ def test_corrupted_file_raises_decode_error_naming_file_and_cause(shared_manifes
     with pytest.raises(VideoDecodeError) as caught:
         decode(path)
     assert caught.value.path == str(path)
-    assert "Invalid data" in caught.value.cause
+    assert "Invalid data" in caught.value.cause and "Errno" not in caught.value.cause
+    assert "cut short by an interrupted copy or download" in caught.value.cause  # what invalid data usually means
     assert str(path) in str(caught.value)
     with pytest.raises(VideoDecodeError):
         encode_jpeg_sequence(path, short_side=64, quality=4)
+
+
+def test_a_download_cut_short_is_named_as_such(shared_manifest: list[dict[str, str]], tmp_path: Path) -> None:
+    whole = SHARED_VIDEOS / "mmaction2" / "kinetics400" / "arm_wrestling" / "demo.mp4"
+    cut = tmp_path / "demo.mp4"
+    cut.write_bytes(whole.read_bytes()[:200_000])  # an MP4 whose index (moov, at its end here) never arrived
+    with pytest.raises(VideoDecodeError) as caught:
+        probe(cut)
+    assert caught.value.cause == ("InvalidDataError: Invalid data found when processing input (a damaged file, one "
+                                  "cut short by an interrupted copy or download, or not a video)")
 
 
 def test_not_a_video_and_missing_file_raise_decode_error(tmp_path: Path) -> None:
