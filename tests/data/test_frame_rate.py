@@ -127,14 +127,18 @@ def test_serving_decodes_a_file_at_the_rate_its_encoder_was_trained_on(tiny_data
               "extract": {"short_side": 24, "workers": 1, "fps": 10},
               "pretrain": {"mode": "random_init", "backbone": "r3d_18_narrow", "hidden_dim": 32, "out_dim": 16,
                            "clip_len": 4, "frame_step": 1, "size": 16, "workers": 0}}
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    cwd = os.getcwd()
-    os.chdir(tmp_path)
-    try:
-        for stage in ("manifest", "validate", "extract", "pretrain", "promote"):
-            assert main([stage]) == 0
-    finally:
-        os.chdir(cwd)
+
+    def run_stages() -> None:
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+        cwd = os.getcwd()
+        os.chdir(tmp_path)
+        try:
+            for stage in ("manifest", "validate", "extract", "pretrain", "promote"):
+                assert main([stage]) == 0
+        finally:
+            os.chdir(cwd)
+
+    run_stages()
     encoder = VideoEncoder(tmp_path / "data/models/pretrain/best.pt", clips=3)
     assert encoder.frame_rate == 10.0
 
@@ -165,13 +169,7 @@ def test_serving_decodes_a_file_at_the_rate_its_encoder_was_trained_on(tiny_data
 
     # the next encoder, trained on native frames: the champion is measured on them, and the reason says so
     params["extract"]["fps"] = 0
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    os.chdir(tmp_path)
-    try:
-        for stage in ("manifest", "validate", "extract", "pretrain", "promote"):
-            assert main([stage]) == 0
-    finally:
-        os.chdir(cwd)
+    run_stages()
     latest = client.get_model_version("slic-encoder", "2")
     assert latest.tags["frame_rate"] == "0.0" and latest.tags["compared_on"] == "candidate validation split"
     assert latest.tags["reason"].endswith("; the champion was trained on 10 fps and is measured here on the "
