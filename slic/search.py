@@ -104,13 +104,15 @@ def _checkpoint_file_encoder(checkpoint: Path, clips: int) -> VideoEncoder:
 
 
 def search_videos(videos: list[Path], encoder: FileEncoder, loaded: LoadedIndex, k: int, workers: int = 0,
-                  spans: list[QuerySpan | None] | None = None, other_files: bool = False,
+                  spans: list[QuerySpan | None] | None = None, other_files: bool = False, per_file: int = 0,
                   ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
     """(answers, errors): the k nearest indexed videos per query that could be embedded, an error per other,
     both in the order of `videos`.  `workers` loader processes decode the next queries while the encoder embeds
     (a folder of queries); all the embedded queries are then looked up in one batched FAISS search.  A query's
     `spans` entry embeds only that stretch of its file (`query_span`); `other_files` leaves out the hits from
-    the query's own file (the moments around a stretch of an indexed recording, or the indexed file itself)."""
+    the query's own file (the moments around a stretch of an indexed recording, or the indexed file itself);
+    `per_file` > 0 keeps at most that many hits from any one file (the best moments of k different recordings,
+    not k neighbouring segments of one), searching deeper until k are found or the index is exhausted."""
     spans = spans if spans is not None else [None] * len(videos)
     frames = [None if span is None else (span.start_frame, span.stop_frame) for span in spans]
     embedded: list[tuple[int, np.ndarray]] = []
@@ -125,14 +127,22 @@ def search_videos(videos: list[Path], encoder: FileEncoder, loaded: LoadedIndex,
             embedded.append((position, vector))
     if not embedded:
         return [], errors
-    rows_of = _rows_by_file(loaded) if other_files else {}
-    own_rows = [rows_of.get(os.path.realpath(videos[position]), set()) for position, _ in embedded]
+    rows_of = _rows_by_file(loaded) if other_files or per_file else {}
+    own_rows = [rows_of.get(os.path.realpath(videos[position]), set()) if other_files else set()
+                for position, _ in embedded]
+    file_of = {row: file for file, rows in rows_of.items() for row in rows}
     normalize = loaded.meta.get("metric", "cosine") == "cosine"
-    sims, ids = search(loaded.index, np.stack([v for _, v in embedded]).astype(np.float32),
-                       k + max(len(rows) for rows in own_rows), normalize=normalize)
+    queries = np.stack([v for _, v in embedded]).astype(np.float32)
+    depth = k + max(len(rows) for rows in own_rows)
+    while True:
+        sims, ids = search(loaded.index, queries, depth, normalize=normalize)
+        kept_all = [_kept(row_ids, row_sims, own, file_of, per_file, k)
+                    for row_ids, row_sims, own in zip(ids, sims, own_rows)]
+        if not per_file or depth >= loaded.index.ntotal or all(len(kept) == k for kept in kept_all):
+            break
+        depth = min(4 * depth, loaded.index.ntotal)  # a file's segments filled the list: look further
     answers = []
-    for (position, _), row_ids, row_sims, own in zip(embedded, ids, sims, own_rows):
-        kept = [(i, s) for i, s in zip(row_ids, row_sims) if int(i) not in own][:k]
+    for (position, _), kept in zip(embedded, kept_all):
         span = spans[position]
         answers.append({"query": str(videos[position]),
                         "start_s": None if span is None else span.start_s,
@@ -192,6 +202,26 @@ def query_span(video: Path, start_s: float | None, end_s: float | None) -> Query
     first = min(frames.frame(start), line.frames - 1)
     stop = max(first + 1, min(frames.frame(end), line.frames))
     return QuerySpan(first, stop, round(frames.seconds(first), 3), round(frames.seconds(stop), 3))
+
+
+def _kept(row_ids: np.ndarray, row_sims: np.ndarray, own: set[int], file_of: dict[int, str], per_file: int,
+          k: int) -> list[tuple[int, float]]:
+    """The first k of one query's ranked (row, similarity), leaving out `own` rows and, with `per_file` > 0, the
+    rows of a file (`file_of`) once it has that many (FAISS's -1 ids are passed on: `_hits` drops them)."""
+    kept: list[tuple[int, float]] = []
+    per: dict[str, int] = {}
+    for row, sim in zip(row_ids, row_sims):
+        if int(row) in own:
+            continue
+        if per_file and row >= 0:
+            file = file_of.get(int(row), "")
+            if per.get(file, 0) >= per_file:
+                continue
+            per[file] = per.get(file, 0) + 1
+        kept.append((int(row), float(sim)))
+        if len(kept) == k:
+            break
+    return kept
 
 
 def _rows_by_file(loaded: LoadedIndex) -> dict[str, set[int]]:
@@ -267,6 +297,9 @@ def run_search(argv: list[str], params: str = "params.yaml") -> int:
     parser.add_argument("--end", default=None, help="... to this time (default: its end)")
     parser.add_argument("--other-files", action="store_true", help="leave out hits from the query's own file "
                         "(the segments around a stretch of an indexed recording, or the indexed file itself)")
+    parser.add_argument("--per-file", type=int, default=0, metavar="N", help="at most N hits from any one file: "
+                        "the best moments of different recordings, not neighbouring segments of one (default 0: "
+                        "no limit)")
     parser.add_argument("--html", default="", metavar="FILE", help="also write the queries and their hits as "
                         "animated thumbnails to this self-contained HTML page")
     args = parser.parse_args(argv)
@@ -274,6 +307,8 @@ def run_search(argv: list[str], params: str = "params.yaml") -> int:
         parser.error(f"-k must be >= 1, got {args.k}")
     if args.workers is not None and args.workers < 0:
         parser.error(f"--workers must be >= 0, got {args.workers}")
+    if args.per_file < 0:
+        parser.error(f"--per-file must be >= 0 (0: no limit), got {args.per_file}")
 
     def warn(line: str) -> None:
         print(f"slic search: {line}", file=sys.stderr)
@@ -287,7 +322,7 @@ def run_search(argv: list[str], params: str = "params.yaml") -> int:
         encoder = model_encoder(args.model, clips) if args.model else index_encoder(loaded, warn)
         answers, errors = search_videos(videos, encoder, loaded, args.k,
                                         workers if args.workers is None else args.workers, spans=spans,
-                                        other_files=args.other_files)
+                                        other_files=args.other_files, per_file=args.per_file)
     except (ConfigError, IndexBuildError, SearchUsageError) as exc:
         warn(f"error: {exc}")
         return 2
@@ -324,7 +359,7 @@ def _print_answers(args: argparse.Namespace, index_dir: str, loaded: LoadedIndex
     """Tables on the terminal, or one JSON document with --json."""
     if args.json:
         print(json.dumps({"index": str(args.index or index_dir), "kind": loaded.meta.get("kind"),
-                          "model": args.model or loaded.meta["checkpoint"], "k": args.k,
+                          "model": args.model or loaded.meta["checkpoint"], "k": args.k, "per_file": args.per_file,
                           "queries": answers, "errors": errors}, indent=2))
     elif answers:
         print("\n\n".join(format_table(a) for a in answers))

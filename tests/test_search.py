@@ -108,6 +108,10 @@ def test_a_folder_decoded_by_loader_workers_gets_the_same_answers_and_errors(
     with pytest.raises(SystemExit) as exited:
         main(["search", str(FOLDER), "--workers", "-1"])
     assert exited.value.code == 2 and "--workers must be >= 0, got -1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:
+        main(["search", str(FOLDER), "--per-file", "-1"])
+    assert exited.value.code == 2 and "--per-file must be >= 0 (0: no limit), got -1" in capsys.readouterr().err
+    assert docs[0]["per_file"] == 0  # the document says how its hits were chosen
 
 
 def test_search_html_shows_each_query_and_its_hits_as_thumbnails_and_names_the_failed_one(

@@ -305,3 +305,29 @@ def test_a_variable_rate_recording_is_cut_and_timed_by_its_timestamps(archive: P
     assert [t for span in spans for t in span[2:]] == pytest.approx([0.0, 10.0, 10.0, 20.0, 20.0, 30.0], abs=0.01)
     cache.save()
     assert EmbeddingCache(tmp_path / "added.npz", "checkpoint", 2, segment_seconds=10).segments["sha"][1] == spans
+
+
+def test_per_file_keeps_the_best_moments_of_different_files_not_neighbouring_segments(archive: Path,
+                                                                                      tmp_path: Path) -> None:
+    from slic.index import build_stage, load_index
+    from slic.search import search_videos
+
+    table = build_manifest(ManifestConfig(root=str(archive), layout="unlabelled", workers=1, segment_seconds=10))
+    table.to_csv(tmp_path / "validated.csv", index=False)
+    # the six segments of the long recording lie near the query, one behind the other; the short clip further off
+    query = np.eye(8, dtype=np.float32)[0]
+    vectors = np.stack([query + 0.1 * (i + 1) * np.eye(8, dtype=np.float32)[1] for i in range(6)] +
+                       [query + 2.0 * np.eye(8, dtype=np.float32)[2]])
+    np.savez(tmp_path / "embeddings.npz", video_id=table["video_id"].to_numpy(str), label=np.full(len(table), -1),
+             class_name=np.array([""] * len(table)), split=table["split"].to_numpy(str), embedding=vectors)
+    build_stage(IndexConfig(manifest=str(tmp_path / "validated.csv"), kind="flat", out=str(tmp_path / "index")),
+                embeddings=str(tmp_path / "embeddings.npz"), checkpoint=str(tmp_path / "none.pt"), clips=2)
+    loaded = load_index(tmp_path / "index")
+
+    def hits(**options: int) -> list[str]:
+        answers, _ = search_videos([Path("/q.mp4")], StubEncoder(lambda _: query), loaded, k=3, **options)
+        return [hit["video_id"] for hit in answers[0]["results"]]
+
+    assert hits() == ["long/match@0.0s", "long/match@10.0s", "long/match@20.0s"]  # one recording fills the list
+    assert hits(per_file=1) == ["long/match@0.0s", "short"]  # searched to the end: two files, two hits
+    assert hits(per_file=2) == ["long/match@0.0s", "long/match@10.0s", "short"]
