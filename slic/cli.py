@@ -119,6 +119,7 @@ def run_extract(config: Any) -> dict[str, Any]:
     """Stage `extract`: one JPEG shard per video under data/frames, with index.csv."""
     from slic.data.datasets import read_manifest
     from slic.data.frames import extract_as_configured
+    from slic.data.validate import frames_report
 
     cfg = config.extract
     manifest = read_manifest(cfg.manifest)
@@ -129,7 +130,14 @@ def run_extract(config: Any) -> dict[str, Any]:
           + (f" (of the run that extracted them, {report['throughput_from']})" if report["all_reused"] else ""))
     for item in report["failed"]:
         print(f"  failed {item['path']}: {item['error']}")
+    checked = frames_report(manifest, cfg.out, splits=("train", "val", "test"))
+    report["validation"] = checked
+    if not checked["success"]:  # the shards stay: a rerun reuses every intact one
+        write_report("extract", report)
+        raise StageFailed(checked["summary"] + "\nfull result: reports/extract.json")
+    print(f"extract: {checked['summary'].splitlines()[0]}")
     return report
+
 
 
 def run_flow(config: Any) -> dict[str, Any]:

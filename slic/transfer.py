@@ -52,7 +52,7 @@ def prepare_eval_data(config: Config, name: str) -> dict[str, Any]:
     """
     from slic.data.datasets import build_manifest
     from slic.data.frames import extract_as_configured
-    from slic.data.validate import validate_manifest
+    from slic.data.validate import frames_report, validate_manifest
 
     folder = data_dir(name)
     folder.mkdir(parents=True, exist_ok=True)
@@ -70,6 +70,10 @@ def prepare_eval_data(config: Config, name: str) -> dict[str, Any]:
     usable = table[(table["excluded"] == "") & (table["split"] != "unused")]
     usable.to_csv(folder / "validated.csv", index=False)
     extracted = extract_as_configured(usable, config.extract, folder / "frames")
+    frames_checked = frames_report(usable, folder / "frames", splits=("train", "test"))
+    report["frames_validation"] = frames_checked
+    if not frames_checked["success"]:  # its shards stay: a rerun reuses every intact one
+        raise EvalDataInvalid(f"eval set {name}: {frames_checked['summary']}", report)
     report.update(usable_videos=int(len(usable)), splits=usable["split"].value_counts().sort_index().to_dict(),
                   extract={k: v for k, v in extracted.items() if not isinstance(v, (list, dict))},
                   manifest=str(folder / "validated.csv"), content_fingerprint=extracted["content_fingerprint"])

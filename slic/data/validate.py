@@ -69,21 +69,42 @@ UNLABELLED_COVERAGE_HINT = ("pretraining needs at least two usable videos: check
                             "(reports/manifest.json says why each video was excluded)")
 
 
+FRAMES_HINTS: dict[str | None, str] = {  # the extracted frames' index (`validate_frames`), by column
+    "video_id": "data/frames/index.csv lists a video twice: run `dvc repro extract` again (intact shards are reused)",
+    "shard_exists": "shards that index.csv lists are gone from the frames folder: run `dvc repro extract` again "
+                    "(intact shards are reused, the missing ones extracted)",
+    "extracted": "these videos probed fine but could not be decoded (the error of each is in reports/extract.json, "
+                 "`failed`): re-encode or remove them; the stages after extract go on without them",
+}
+FRAMES_COVERAGE_HINT = ("after extraction a class has no video left in a split named (its videos could not be "
+                        "decoded: reports/extract.json lists each under `failed`): re-encode or replace those files, "
+                        "or remove the class")
+UNLABELLED_FRAMES_COVERAGE_HINT = ("pretraining needs at least two extracted videos, and too few could be decoded "
+                                   "(reports/extract.json lists each failure): re-encode or replace those files")
+WARNING_COLUMNS = ("extracted",)  # reported, not blocking: a video that failed to decode is left out, by name
+
+
 @dataclass
 class ValidationReport:
-    """What `validate_manifest` found: overall success, failures and the full per-expectation results."""
+    """What a validation found: overall success, failures (blocking) and warnings (reported only), and the full
+    per-expectation results. `subject` names what was checked in its summary."""
 
     success: bool
     failures: list[Failure]
     results: list[dict[str, Any]]
     statistics: dict[str, Any]
+    warnings: list[Failure] = field(default_factory=list)
+    subject: str = "manifest"
 
     def summary(self) -> str:
-        if self.success:
-            return f"manifest valid: {self.statistics['evaluated_expectations']} expectations met"
-        lines = [f"manifest invalid: {len(self.failures)} of {self.statistics['evaluated_expectations']} "
-                 "expectations failed"]
-        return "\n".join(lines + [f.line() for f in self.failures])
+        lines = [f"{self.subject} valid: {self.statistics['evaluated_expectations']} expectations met"
+                 if self.success else f"{self.subject} invalid: {len(self.failures)} of "
+                 f"{self.statistics['evaluated_expectations']} expectations failed"]
+        lines += [f.line() for f in self.failures]
+        if self.warnings:
+            lines.append(f"{len(self.warnings)} warning(s), not blocking:")
+            lines += [f.line() for f in self.warnings]
+        return "\n".join(lines)
 
 
 def with_derived_columns(manifest: pd.DataFrame, target_fps: float = 0.0) -> pd.DataFrame:
@@ -163,14 +184,18 @@ def _run(gx: Any, context: Any, name: str, frame: pd.DataFrame, expectations: li
                                          "unexpected_index_column_names": [index_column]})
 
 
-def _hint(column: str | None, index_column: str, labelled: bool) -> str:
-    """What a person can do about a failed expectation on `column` (coverage's column is `videos`)."""
+def _hint(column: str | None, index_column: str, labelled: bool, frames: bool = False) -> str:
+    """What a person can do about a failed expectation on `column` (coverage's column is `videos`); `frames`: of
+    the extracted frames' index rather than the manifest."""
     if index_column == "case":
+        if frames:
+            return FRAMES_COVERAGE_HINT if labelled else UNLABELLED_FRAMES_COVERAGE_HINT
         return COVERAGE_HINT if labelled else UNLABELLED_COVERAGE_HINT
-    return HINTS.get(column, REBUILD)
+    return FRAMES_HINTS.get(column, REBUILD) if frames else HINTS.get(column, REBUILD)
 
 
-def _failures(result: Any, index_column: str, max_examples: int, labelled: bool = True) -> list[Failure]:
+def _failures(result: Any, index_column: str, max_examples: int, labelled: bool = True,
+              frames: bool = False) -> list[Failure]:
     failures = []
     for item in result.results:
         if item.success:
@@ -191,7 +216,7 @@ def _failures(result: Any, index_column: str, max_examples: int, labelled: bool 
             examples = [item.exception_info.get("exception_message")]
         count = details.get("unexpected_count")
         failures.append(Failure(config.type, column, int(count) if count is not None else 1, examples[:max_examples],
-                                _hint(column, index_column, labelled)))
+                                _hint(column, index_column, labelled, frames)))
     return failures
 
 
@@ -207,13 +232,8 @@ def validate_manifest(manifest: pd.DataFrame, *, min_frames: int, max_examples: 
     """
     import great_expectations as gx
     import great_expectations.expectations as gxe
-    from great_expectations.data_context.types.base import ProgressBarsConfig
 
-    for name in [n for n in logging.root.manager.loggerDict if n.startswith("great_expectations")] + [
-            "great_expectations"]:  # GX sets levels on its own child loggers: quiet each (its temp-dir notices)
-        logging.getLogger(name).setLevel(logging.ERROR)
-    context = gx.get_context(mode="ephemeral")
-    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    context = _quiet_context(gx)
     n_classes = max(1, manifest["class"].nunique()) if len(manifest) else 1
     runs = [
         _run(gx, context, "manifest", with_derived_columns(manifest, target_fps),
@@ -237,3 +257,72 @@ def validate_manifest(manifest: pd.DataFrame, *, min_frames: int, max_examples: 
     statistics = {"evaluated_expectations": evaluated, "failed_expectations": len(failures),
                   "videos": int(len(manifest)), "usable_videos": int((manifest["excluded"] == "").sum())}
     return ValidationReport(not failures, failures, results, statistics)
+
+
+def _quiet_context(gx: Any) -> Any:
+    """An ephemeral Great Expectations context without progress bars or its loggers' notices."""
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    for name in [n for n in logging.root.manager.loggerDict if n.startswith("great_expectations")] + [
+            "great_expectations"]:  # GX sets levels on its own child loggers: quiet each (its temp-dir notices)
+        logging.getLogger(name).setLevel(logging.ERROR)
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    return context
+
+
+def frames_table(manifest: pd.DataFrame, index: pd.DataFrame, frames_dir: str | Path) -> pd.DataFrame:
+    """One row per manifest row that extract was given, and one per index row it was not: whether its shard was
+    written (`extracted`: not a decode failure) and is still in `frames_dir` (`shard_exists`), with its split and
+    class, so that what training will find can be checked before it starts."""
+    listed = manifest[["video_id", "split", "class"]].assign(listed=True)
+    shards = index[["video_id", "shard", "frames"]].assign(extracted=True)
+    table = listed.merge(shards, on="video_id", how="outer")
+    table["listed"] = table["listed"].astype("boolean").fillna(False).astype(bool)
+    table["extracted"] = table["extracted"].astype("boolean").fillna(False).astype(bool)
+    table["shard_exists"] = [bool(isinstance(shard, str) and (Path(frames_dir) / shard).is_file())
+                             for shard in table["shard"]]
+    return table.fillna({"split": "", "class": "", "shard": ""})
+
+
+def validate_frames(manifest: pd.DataFrame, index: pd.DataFrame, frames_dir: str | Path, *, labelled: bool = True,
+                    splits: tuple[str, ...] = SPLITS, max_examples: int = 5) -> ValidationReport:
+    """Great Expectations on the extracted frames' index before anything trains: no video listed twice, every
+    listed shard on disk, and every class still with a video in each of `splits` (unlabelled: at least two train
+    videos) once the videos that could not be decoded are left out. Those are named as a warning, not a failure:
+    extract reports each with its error and the stages after it go on without them."""
+    import great_expectations as gx
+    import great_expectations.expectations as gxe
+    from great_expectations.expectations.row_conditions import Column
+
+    context = _quiet_context(gx)
+    table = frames_table(manifest, index, frames_dir)
+    written = Column("extracted") == True  # noqa: E712 - GX's condition, not a Python comparison
+    suite = [gxe.ExpectColumnValuesToBeUnique(column="video_id"),
+             gxe.ExpectColumnValuesToBeInSet(column="shard_exists", value_set=[True], row_condition=written),
+             gxe.ExpectColumnValuesToBeInSet(column="extracted", value_set=[True])]
+    listed = table[table["listed"]]  # a class whose every video failed still counts, with none left
+    listed = listed.assign(excluded=["" if done else "not extracted" for done in listed["extracted"]])
+    runs = [_run(gx, context, "frames", table, suite, "video_id"),
+            _run(gx, context, "frames_coverage", coverage_table(listed, splits if labelled else ("train",)),
+                 [gxe.ExpectColumnValuesToBeBetween(column="videos", min_value=1 if labelled else 2)], "case")]
+    found = [f for run, key in zip(runs, ("video_id", "case"))
+             for f in _failures(run, key, max_examples, labelled, frames=True)]
+    failures = [f for f in found if f.column not in WARNING_COLUMNS]
+    statistics = {"evaluated_expectations": sum(run.statistics["evaluated_expectations"] for run in runs),
+                  "failed_expectations": len(failures), "videos": int(table["listed"].sum()),
+                  "extracted_videos": int((listed["excluded"] == "").sum())}
+    return ValidationReport(not failures, failures, [r for run in runs for r in run.to_json_dict()["results"]],
+                            statistics, [f for f in found if f.column in WARNING_COLUMNS], "frame index")
+
+
+def frames_report(manifest: pd.DataFrame, frames_dir: str | Path, splits: tuple[str, ...] = SPLITS) -> dict[str, Any]:
+    """`validate_frames` on the index extract wrote into `frames_dir` for `manifest`, as a section of the stage's
+    report: success, statistics, failures, warnings and the summary to print."""
+    from slic.data.datasets import has_labels
+    from slic.data.frames import read_index
+
+    checked = validate_frames(manifest, read_index(frames_dir), frames_dir, labelled=has_labels(manifest),
+                              splits=splits)
+    return {"success": checked.success, **checked.statistics, "failures": [vars(f) for f in checked.failures],
+            "warnings": [vars(f) for f in checked.warnings], "summary": checked.summary()}

@@ -81,3 +81,81 @@ def test_derived_tables() -> None:
     assert with_derived_columns(table, target_fps=25.0)["extracted_frames"].tolist() == [50, 40]
     coverage = coverage_table(table).set_index("split")["videos"].to_dict()
     assert coverage == {"train": 1, "val": 0, "test": 1}
+
+
+def frame_index(manifest: pd.DataFrame, folder: Path) -> pd.DataFrame:
+    """An index.csv as extract writes it for every video of `manifest`, each shard a file in `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for video_id in manifest["video_id"]:
+        (folder / f"{video_id.replace('/', '_')}.shard").write_bytes(b"shard")
+    return pd.DataFrame({"video_id": manifest["video_id"], "shard": [f"{v.replace('/', '_')}.shard"
+                                                                     for v in manifest["video_id"]],
+                         "frames": 40})
+
+
+def test_the_frame_index_is_checked_before_anything_trains(tiny_manifest: pd.DataFrame, tmp_path: Path) -> None:
+    from slic.data.validate import validate_frames
+
+    usable = tiny_manifest[tiny_manifest["excluded"] == ""]
+    index = frame_index(usable, tmp_path)
+    report = validate_frames(usable, index, tmp_path)
+    assert report.success and report.warnings == [] and report.statistics["extracted_videos"] == len(usable)
+    assert report.summary() == "frame index valid: 4 expectations met"
+
+    # a video that could not be decoded is left out by name; the stages go on while every class keeps a video
+    failed = usable["video_id"].iloc[0]
+    report = validate_frames(usable, index[index["video_id"] != failed], tmp_path)
+    assert report.success and [w.column for w in report.warnings] == ["extracted"]
+    assert report.warnings[0].examples == [f"{failed} (extracted=False)"] and "re-encode" in report.warnings[0].hint
+
+    # every test video of a class failed: stopped, naming the class and the split
+    rise_test = set(usable[(usable["class"] == "Rise") & (usable["split"] == "test")]["video_id"])
+    report = validate_frames(usable, index[~index["video_id"].isin(rise_test)], tmp_path)
+    assert not report.success
+    [coverage] = report.failures
+    assert coverage.examples == ["Rise in test (videos=0)"] and "could not be decoded" in coverage.hint
+    assert "Rise in test" in report.summary() and f"{len(rise_test)} row(s)" in report.summary()  # the warning
+
+    # a shard gone from the folder, and a video listed twice
+    (tmp_path / index["shard"].iloc[1]).unlink()
+    report = validate_frames(usable, pd.concat([index, index.iloc[[2]]]), tmp_path)
+    assert {f.column for f in report.failures} == {"shard_exists", "video_id"}
+    assert report.summary().startswith("frame index invalid: 2 of 4 expectations failed")
+
+
+def test_extract_stops_when_a_class_has_no_decodable_video_left_and_keeps_its_shards(tmp_path: Path) -> None:
+    import os
+    import shutil
+
+    import numpy as np
+    import yaml
+
+    from slic.cli import main
+    from slic.data.video import write_video
+    from tests.conftest import SHARED_VIDEOS
+
+    corrupted = SHARED_VIDEOS / "dmlc-decord" / "decode_tests" / "corrupted.mp4"  # probes fine, fails to decode
+    rng = np.random.default_rng(0)
+    for name in ("wave", "jump"):
+        (tmp_path / "videos" / name).mkdir(parents=True)
+    for i in range(5):
+        write_video(tmp_path / "videos" / "wave" / f"w{i}.avi", rng.integers(0, 255, (40, 32, 32, 3), np.uint8),
+                    fps=10)
+        shutil.copy(corrupted, tmp_path / "videos" / "jump" / f"j{i}.mp4")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({
+        "manifest": {"root": "videos", "layout": "folder", "workers": 1, "val_fraction": 0.2},
+        "validate": {"data_docs": "docs"}, "extract": {"short_side": 16, "workers": 1}}))
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        assert main(["manifest"]) == 0 and main(["validate"]) == 0  # nothing wrong shows before decoding
+        assert main(["extract"]) == 1
+    finally:
+        os.chdir(cwd)
+    import json
+
+    report = json.loads((tmp_path / "reports" / "extract.json").read_text())
+    assert len(report["failed"]) == 5 and not report["validation"]["success"]
+    assert sorted(e for f in report["validation"]["failures"] for e in f["examples"]) == [
+        "jump in test (videos=0)", "jump in train (videos=0)", "jump in val (videos=0)"]
+    assert len(list((tmp_path / "data" / "frames").rglob("*.shard"))) == 5  # the good ones, kept for the rerun
