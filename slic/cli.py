@@ -139,7 +139,6 @@ def run_extract(config: Any) -> dict[str, Any]:
     return report
 
 
-
 def run_flow(config: Any) -> dict[str, Any]:
     """Stage `flow`: TV-L1 flow (u only) of the chosen splits' videos, one shard per video under data/flow.
 

@@ -1,10 +1,13 @@
-"""Great Expectations suites on the manifest, run before anything trains (stage `validate`).
+"""Great Expectations suites on the manifest (stage `validate`) and on extract's frame index (`validate_frames`,
+inside stage `extract`), run before anything trains.
 
 Two batches are checked: the manifest itself (one row per video, with three derived columns:
 whether the file exists, whether its group also appears on the other side of the train/test
 line, and how many frames extract stores at extract.fps) and a coverage table (one row per class
 and split, with its number of usable videos).
-A failure yields a short report naming the expectation, how many rows and a few examples.
+A failure yields a short report naming the expectation, how many rows and a few examples. The frame index
+is checked for what decoding can break and the manifest cannot show: shards on disk, and every class still
+with a video in each split once the videos that failed to decode are left out.
 """
 
 from __future__ import annotations
