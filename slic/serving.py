@@ -76,7 +76,8 @@ def decode_windows(path: str | Path, *, short_side: int, clip_len: int, clips: i
     frames_of = file_timeline(path)
     first, stop = (0, frames_of.frames) if span is None else (span[0], min(span[1], frames_of.frames))
     while True:
-        shown = resampled_frames(first, stop, frames_of.fps, frame_rate, frames_of.frame_times())
+        shown = resampled_frames(first, stop, frames_of.fps, frame_rate,
+                                 frames_of.frame_times() if frame_rate > 0 else None)  # times: only to resample
         if not shown:
             raise VideoDecodeError(path, "no video frame in the file" if span is None else
                                    f"no video frame in frames [{span[0]}, {span[1]})")
@@ -124,13 +125,14 @@ class VideoEncoder:
     """A pretrained encoder that turns video files into embedding rows."""
 
     def __init__(self, checkpoint: str | Path, device: str = "cpu", clips: int = 10) -> None:
-        from slic.checkpoints import encoder_frame_rate, load_encoder
+        from slic.checkpoints import frame_rate_of_checkpoint, load_encoder, read_checkpoint
 
-        self.model, config = load_encoder(checkpoint, device)
+        payload = read_checkpoint(checkpoint, device)  # read once: the weights, the config and the frame rate
+        self.model, config = load_encoder(checkpoint, device, payload=payload)
         self.config: dict[str, Any] = dict(config)  # the pretrain settings saved with the weights
         self.clip_len, self.size, self.clips = int(config["clip_len"]), int(config["size"]), clips
         self.frame_step = int(config.get("frame_step", 1))
-        self.frame_rate = encoder_frame_rate(checkpoint)  # extract.fps of its training frames; 0.0 native
+        self.frame_rate = frame_rate_of_checkpoint(payload)  # extract.fps of its training frames; 0.0 native
         self.dim = int(config["out_dim"])
 
     @classmethod

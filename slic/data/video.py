@@ -257,9 +257,9 @@ class FrameClock:
         """The frame boundary (0 to `frames`) nearest `seconds`: the frame a stretch starting there starts at."""
         if not self.times:
             return round(seconds * self.fps)
-        bounds = [*self.times, self.length]
-        after = bisect.bisect_left(bounds, seconds)
-        return min((k for k in (after - 1, after) if 0 <= k < len(bounds)), key=lambda k: abs(bounds[k] - seconds))
+        after = bisect.bisect_left(self.times, seconds)  # no copy of the times: segment_bounds asks once a part
+        return min((k for k in (after - 1, after) if 0 <= k <= len(self.times)),
+                   key=lambda k: abs(self.seconds(k) - seconds))
 
 
 def clock_of(line: Timeline) -> FrameClock:
