@@ -218,6 +218,7 @@ def promote(cfg: PromoteConfig, report: str | Path = PRETRAIN_REPORT, *, manifes
     import torch
 
     from slic import registry, tracking
+    from slic.checkpoints import frame_rate_of_checkpoint
 
     # refuse before touching the registry; a candidate trained without classes has no metric
     candidate = read_metric(report, cfg.metric) if trained_with_labels(report) else None
@@ -226,7 +227,7 @@ def promote(cfg: PromoteConfig, report: str | Path = PRETRAIN_REPORT, *, manifes
         raise FileNotFoundError(f"{checkpoint}: no checkpoint to promote; run the `pretrain` stage first")
     payload = torch.load(checkpoint, map_location="cpu", weights_only=False)
     train_config, data = payload["config"], (payload.get("fingerprint") or {}).get("data", "")
-    frame_rate = float(payload.get("frame_rate", 0.0))  # files are decoded at it (0.0: native)
+    frame_rate = frame_rate_of_checkpoint(payload)  # files are decoded at it (0.0: native)
     champion = registry.alias_version(cfg.model_name, cfg.alias)
     if candidate is None:
         decision, compared = decide_without_labels(cfg, champion)
