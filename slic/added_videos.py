@@ -110,7 +110,7 @@ class EmbeddingCache:
         self.segment_seconds = segment_seconds
         self.vectors: dict[str, np.ndarray] = {}  # by item: the file's sha256, or sha256@start-stop for a segment
         self.stat_hash: dict[tuple[str, int, int], str] = {}
-        self.segments: dict[str, tuple[float, list[Span]]] = {}  # sha256 -> (fps, its segments: frames and times)
+        self.segments: dict[str, list[Span]] = {}  # sha256 -> its segments: frames and times
         self.dirty, self.saved_at = False, time.monotonic()
         if not path.is_file():
             return
@@ -125,10 +125,10 @@ class EmbeddingCache:
             # segments cached before their times were (a variable-rate file was cut by frames then) are demuxed
             # again: the embeddings of the segments that stay the same are kept
             if "segment_start_s" in data.files and float(data["segment_seconds"]) == segment_seconds:
-                for sha, fps, *span in zip(data["segment_sha256"].tolist(), data["segment_fps"], data["segment_start"],
-                                           data["segment_stop"], data["segment_start_s"], data["segment_end_s"]):
-                    self.segments.setdefault(sha, (float(fps), []))[1].append(
-                        (int(span[0]), int(span[1]), float(span[2]), float(span[3])))
+                for sha, start, stop, start_s, end_s in zip(data["segment_sha256"].tolist(), data["segment_start"],
+                                                             data["segment_stop"], data["segment_start_s"],
+                                                             data["segment_end_s"]):
+                    self.segments.setdefault(sha, []).append((int(start), int(stop), float(start_s), float(end_s)))
         except Exception as exc:  # noqa: BLE001 - a damaged cache costs a re-embedding, never the stage
             log.warning("%s: unreadable (%s); the added videos are embedded again", path, exc)
             self.vectors, self.stat_hash, self.segments = {}, {}, {}
@@ -142,20 +142,20 @@ class EmbeddingCache:
             self.dirty = True
         return self.stat_hash[key]
 
-    def segments_of(self, video: Path, sha256: str) -> tuple[float, list[Span]]:
-        """(fps, the segments of a long file: [start, stop) frames, slic.data.video.segment_bounds, and their
-        [start_s, end_s) in it, by its timestamps when its rate varies), demuxed once per file content (the timeline
-        its segments' decoding then reuses); (0, []) when segments are off."""
+    def segments_of(self, video: Path, sha256: str) -> list[Span]:
+        """The segments of a long file: [start, stop) frames (slic.data.video.segment_bounds) and their
+        [start_s, end_s) in it, by its timestamps when its rate varies; demuxed once per file content (the timeline
+        its segments' decoding then reuses); [] when segments are off."""
         from slic.data.video import clock_of, file_timeline, segment_bounds
 
         if not self.segment_seconds:
-            return 0.0, []
+            return []
         if sha256 not in self.segments:
             info = file_timeline(video)
             clock = clock_of(info)
-            self.segments[sha256] = (info.fps, [
-                (start, stop, clock.seconds(start), clock.seconds(stop))
-                for start, stop in segment_bounds(info.frames, info.fps, self.segment_seconds, clock)])
+            self.segments[sha256] = [(start, stop, clock.seconds(start), clock.seconds(stop))
+                                     for start, stop in segment_bounds(info.frames, info.fps, self.segment_seconds,
+                                                                       clock)]
             self.dirty = True
         return self.segments[sha256]
 
@@ -185,7 +185,7 @@ class EmbeddingCache:
             return
         shas = sorted(self.vectors)
         stats = sorted(self.stat_hash)
-        segment_rows = [(h, fps, *span) for h, (fps, spans) in sorted(self.segments.items()) for span in spans]
+        segment_rows = [(h, *span) for h, spans in sorted(self.segments.items()) for span in spans]
         dim = next(iter(self.vectors.values())).shape[0] if self.vectors else 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
         partial = self.path.with_name(self.path.name + ".partial.npz")
@@ -198,9 +198,8 @@ class EmbeddingCache:
                  stat_sha256=np.array([self.stat_hash[k] for k in stats], dtype=str),
                  segment_seconds=np.array(self.segment_seconds),
                  **{f"segment_{name}": np.array(values, dtype) for name, values, dtype in zip(
-                     ("sha256", "fps", "start", "stop", "start_s", "end_s"),
-                     zip(*segment_rows) if segment_rows else ([],) * 6,
-                     (str, np.float64, np.int64, np.int64, np.float64, np.float64))})
+                     ("sha256", "start", "stop", "start_s", "end_s"), zip(*segment_rows) if segment_rows else ([],) * 5,
+                     (str, np.int64, np.int64, np.float64, np.float64))})
         os.replace(partial, self.path)
         self.dirty, self.saved_at = False, time.monotonic()
 
@@ -229,7 +228,7 @@ def embed_added(folder: Path, extensions: tuple[str, ...], *, checkpoint: str | 
             result.failed.append({"path": str(video), "error": f"cannot read the file: {exc.strerror or exc}"})
             continue
         try:
-            _, spans = cache.segments_of(video, sha)
+            spans = cache.segments_of(video, sha)
         except DECODE_ERRORS as exc:  # segments asked for, and the file cannot be demuxed
             result.failed.append({"path": str(video), "error": decode_error_line(video, exc)})
             continue
