@@ -321,11 +321,18 @@ def validate_frames(manifest: pd.DataFrame, index: pd.DataFrame, frames_dir: str
 
 def frames_report(manifest: pd.DataFrame, frames_dir: str | Path, splits: tuple[str, ...] = SPLITS) -> dict[str, Any]:
     """`validate_frames` on the index extract wrote into `frames_dir` for `manifest`, as a section of the stage's
-    report: success, statistics, failures, warnings and the summary to print."""
+    report: success, statistics, failures, warnings and the summary to print. When every listed video has one
+    shard, on disk, the index is the validated manifest's (whose coverage `validate` checked) and nothing can
+    fail: that is said without starting Great Expectations (a 4-5 s import on every extract)."""
     from slic.data.datasets import has_labels
     from slic.data.frames import read_index
 
-    checked = validate_frames(manifest, read_index(frames_dir), frames_dir, labelled=has_labels(manifest),
-                              splits=splits)
+    index = read_index(frames_dir)
+    table = frames_table(manifest, index, frames_dir)
+    if len(table) == len(manifest) == len(index) and bool((table["listed"] & table["shard_exists"]).all()):
+        return {"success": True, "evaluated_expectations": 0, "failed_expectations": 0, "videos": len(manifest),
+                "extracted_videos": len(index), "failures": [], "warnings": [],
+                "summary": f"frame index complete: all {len(index)} listed videos extracted, each shard on disk"}
+    checked = validate_frames(manifest, index, frames_dir, labelled=has_labels(manifest), splits=splits)
     return {"success": checked.success, **checked.statistics, "failures": [vars(f) for f in checked.failures],
             "warnings": [vars(f) for f in checked.warnings], "summary": checked.summary()}

@@ -159,3 +159,23 @@ def test_extract_stops_when_a_class_has_no_decodable_video_left_and_keeps_its_sh
     assert sorted(e for f in report["validation"]["failures"] for e in f["examples"]) == [
         "jump in test (videos=0)", "jump in train (videos=0)", "jump in val (videos=0)"]
     assert len(list((tmp_path / "data" / "frames").rglob("*.shard"))) == 5  # the good ones, kept for the rerun
+
+
+def test_the_frame_report_runs_the_suite_only_when_the_index_differs_from_the_manifest(
+        tiny_manifest: pd.DataFrame, tmp_path: Path) -> None:
+    from slic.data.frames import INDEX_NAME
+    from slic.data.validate import frames_report
+
+    usable = tiny_manifest[tiny_manifest["excluded"] == ""]
+    index = frame_index(usable, tmp_path)
+    index.to_csv(tmp_path / INDEX_NAME, index=False)
+    complete = frames_report(usable, tmp_path)
+    assert complete["success"] and complete["evaluated_expectations"] == 0  # nothing to find: no suite started
+    assert complete["summary"] == f"frame index complete: all {len(usable)} listed videos extracted, each shard on disk"
+    index.iloc[1:].to_csv(tmp_path / INDEX_NAME, index=False)  # one video failed to decode
+    partial = frames_report(usable, tmp_path)
+    assert partial["success"] and partial["evaluated_expectations"] == 4
+    assert [w["column"] for w in partial["warnings"]] == ["extracted"]
+    (tmp_path / index["shard"].iloc[2]).unlink()  # a listed shard gone: the suite runs and stops it
+    index.to_csv(tmp_path / INDEX_NAME, index=False)
+    assert [f["column"] for f in frames_report(usable, tmp_path)["failures"]] == ["shard_exists"]
