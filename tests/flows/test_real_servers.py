@@ -66,7 +66,8 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]
     env = {**os.environ, "PREFECT_HOME": str(root / "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
            "DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true", "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
            "PREFECT_API_URL": f"http://127.0.0.1:{prefect_port}/api",
-           "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}", "PREFECT_LOGGING_TO_API_BATCH_INTERVAL": "0.5"}
+           "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}", "PREFECT_LOGGING_TO_API_BATCH_INTERVAL": "0.5",
+           "PREFECT_WORKER_QUERY_SECONDS": "2"}  # a worker picks a run up within 2 s, not 10
     started: list[subprocess.Popen] = []
     try:
         for name, command, health in (
@@ -195,9 +196,10 @@ def test_deployment_run_on_a_process_pool_with_real_servers(servers: dict[str, s
     embedding = embed_videos(videos)  # models:/slic-encoder@champion, downloaded from the server
     assert embedding.shape == (1, 128) and np.isfinite(embedding).all()
 
-    # GPU routing, exercised on the same pool: pretrain runs as a flow run of another deployment.
+    # GPU routing, exercised on the same pool: pretrain runs as a flow run of another deployment (the other
+    # stages would only be read from DVC's cache again).
     second, _, _ = run_deployment_with_worker(env, repo, "--param", "gpu_deployment=slic-pipeline/local",
-                                           "--param", 'gpu_stages=["pretrain"]')
+                                           "--param", 'gpu_stages=["pretrain"]', "--param", 'stages=["pretrain"]')
     children = api(env, "/flow_runs/filter", {"flow_runs": {"parent_task_run_id": {"is_null_": False}},
                                               "sort": "START_TIME_DESC"})
     child = next(r for r in children if r["parameters"].get("stages") == ["pretrain"])
