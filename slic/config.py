@@ -85,6 +85,7 @@ class EvalSetConfig:
     splits_dir: str = _spec("", help="folder with the split files; empty: the root")
     split: int = _spec(1, low=1, high=3)
     min_frames: int = _spec(32, low=1)
+    group_pattern: str = _spec("", help="layout folder: what names a recording in a video's path (manifest.group_pattern)")
     extensions: tuple[str, ...] = _spec(VIDEO_EXTENSIONS)
     classify: bool = _spec(False, help="classify@<name> trains the linear probe and finetune on this set "
                                        "(the paper finetunes its UCF101 encoder on HMDB51)")
@@ -110,6 +111,9 @@ class ManifestConfig:
                                         "segments of 0.75-1.25 x this many seconds, a row each (untrimmed videos)")
     on_missing: str = _spec("error", choices=("error", "exclude"),
                             help="a listed video that does not exist: stop, or exclude it by name")
+    group_pattern: str = _spec("", help="layout folder: a regular expression searched in each video's path under its "
+                                        "class folder; videos with the same match (its first group, if it has one) "
+                                        "are clips of one recording and stay on one side of the test and val splits")
     extensions: tuple[str, ...] = _spec(VIDEO_EXTENSIONS)
     workers: int = _spec(2, low=1, high=256)
     out: str = _spec("data/manifests/manifest.csv")

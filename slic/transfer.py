@@ -40,7 +40,8 @@ def manifest_config(config: Config, name: str) -> ManifestConfig:
     """The manifest settings of an eval set: its own dataset keys, no validation carve (train is the gallery)."""
     chosen = eval_set(config, name)
     return ManifestConfig(root=chosen.root, layout=chosen.layout, splits_dir=chosen.splits_dir, split=chosen.split,
-                          min_frames=chosen.min_frames, extensions=chosen.extensions, val_fraction=0.0,
+                          min_frames=chosen.min_frames, group_pattern=chosen.group_pattern,
+                          extensions=chosen.extensions, val_fraction=0.0,
                           workers=config.manifest.workers, out=str(data_dir(name) / "manifest.csv"),
                           seed=config.manifest.seed)
 
@@ -50,7 +51,7 @@ def prepare_eval_data(config: Config, name: str) -> dict[str, Any]:
 
     Raises `EvalDataInvalid` with the validation summary when the set fails its expectations.
     """
-    from slic.data.datasets import build_manifest
+    from slic.data.datasets import build_manifest, grouping_advice
     from slic.data.frames import extract_as_configured
     from slic.data.validate import frames_report, validate_manifest
 
@@ -67,6 +68,11 @@ def prepare_eval_data(config: Config, name: str) -> dict[str, Any]:
                                              "failures": [vars(f) for f in checked.failures]}}
     if not checked.success:
         raise EvalDataInvalid(f"eval set {name}: {checked.summary()}", report)
+    chosen = eval_set(config, name)
+    advice = grouping_advice(table, chosen.layout, chosen.group_pattern, key=f"eval_sets.{name}.group_pattern")
+    if advice:
+        report["advice"] = [advice]
+        print(f"eval_data@{name}: note: {advice}")
     usable = table[(table["excluded"] == "") & (table["split"] != "unused")]
     usable.to_csv(folder / "validated.csv", index=False)
     extracted = extract_as_configured(usable, config.extract, folder / "frames")

@@ -36,7 +36,8 @@ def write_classify_splits(config: Config, name: str) -> Path:
     if not validated.is_file():
         raise FileNotFoundError(f"{validated}: the eval set is not prepared; run `dvc repro eval_data@{name}` first")
     table = read_manifest(validated)
-    table["split"] = carve_validation(table, chosen.val_fraction, chosen.seed, carves_by_group(chosen.layout))
+    by_group = carves_by_group(chosen.layout, chosen.group_pattern)
+    table["split"] = carve_validation(table, chosen.val_fraction, chosen.seed, by_group)
     counts = table["split"].value_counts()
     empty = [split for split in ("train", "val", "test") if not counts.get(split, 0)]
     if empty:

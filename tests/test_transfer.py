@@ -97,3 +97,26 @@ def test_classify_is_off_unless_the_set_asks_and_refuses_a_carve_without_val(
     error = capsys.readouterr().err.strip()
     assert error.startswith("slic classify: error: eval set one: no val videos after carving val from its 2 train "
                             "videos") and "eval_sets.one.val_fraction" in error and "\n" not in error
+
+
+def test_a_folder_eval_set_of_clips_is_told_to_name_its_recordings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """An eval set of class folders whose clips come in name families: eval_data says which key groups them (a
+    per-video test split would let retrieval find a query's recording in the gallery), and the key reaches the
+    set's manifest."""
+    from slic.data.datasets import build_manifest
+    from slic.transfer import manifest_config, prepare_eval_data
+    from tests.data.test_datasets import recordings_folder
+
+    root = recordings_folder(tmp_path / "clips", clips=2)
+    monkeypatch.chdir(tmp_path)
+    config = load(params_with(tmp_path, {"mine": {"root": str(root), "layout": "folder"}}))
+    report = prepare_eval_data(config, "mine")
+    pattern = r"^(.*?)_c\d+\.\w+$"
+    assert report["advice"][0].endswith(f"set eval_sets.mine.group_pattern: '{pattern}' (names jump_r0_c01.mp4's "
+                                        "recording 'jump_r0') to split by recording")
+    assert "eval_data@mine: note: 24 of 24 videos share their name" in capsys.readouterr().out
+    grouped = load(params_with(tmp_path, {"mine": {"root": str(root), "layout": "folder", "group_pattern": pattern}}))
+    table = build_manifest(manifest_config(grouped, "mine"))
+    assert table["group"].nunique() == 12 and (table.groupby("group")["split"].nunique() == 1).all()
+    assert set(table["split"]) == {"train", "test"}  # no val carve for an eval set's retrieval

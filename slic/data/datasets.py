@@ -120,15 +120,42 @@ def _kinetics(root: Path, splits: Path, split: int) -> tuple[list[str], list[Ent
     return classes, entries
 
 
-def _folder(root: Path, extensions: Iterable[str]) -> tuple[list[str], list[Entry]]:
-    """A plain <root>/<class>/<video> tree; the split is drawn later (no split files)."""
+def group_regex(pattern: str, key: str = "manifest.group_pattern") -> re.Pattern[str] | None:
+    """`pattern` compiled (None when empty); a `DatasetError` naming `key` when it is not a regular expression."""
+    if not pattern:
+        return None
+    try:
+        return re.compile(pattern)
+    except re.error as exc:
+        raise DatasetError(f"{key} = '{pattern}': not a regular expression ({exc}); e.g. '_g(\\d+)_' names "
+                           "the recording of v_Archery_g08_c02.avi by its g number") from None
+
+
+def recording_of(relative: str, regex: re.Pattern[str]) -> str | None:
+    """The recording a video's path under its class folder names by `regex`: the first group of the first match
+    (the whole match when the pattern has no group), '/' read as '_'; None when it does not match."""
+    match = regex.search(relative)
+    if match is None:
+        return None
+    named = match.group(1) if regex.groups else match.group(0)
+    return (named or "").replace("/", "_") or None
+
+
+def _folder(root: Path, extensions: Iterable[str],
+            regex: re.Pattern[str] | None = None) -> tuple[list[str], list[Entry]]:
+    """A plain <root>/<class>/<video> tree; the split is drawn later (no split files). A video's group is its
+    name, or with `regex` (manifest.group_pattern) the recording the regex names in its path under the class."""
     if not root.is_dir():
         raise DatasetError(f"{root}: dataset folder not found; set manifest.root")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     suffixes = {e.lower() for e in extensions}
-    entries = [Entry(video, c, "train", f"{c}/{video.stem}") for c in classes
-               for video in sorted((root / c).rglob("*"))
-               if video.suffix.lower() in suffixes and (video.is_file() or video.is_symlink())]
+    entries = []
+    for c in classes:
+        for video in sorted((root / c).rglob("*")):
+            if video.suffix.lower() not in suffixes or not (video.is_file() or video.is_symlink()):
+                continue
+            recording = recording_of(video.relative_to(root / c).as_posix(), regex) if regex else None
+            entries.append(Entry(video, c, "train", f"{c}/{recording or video.stem}"))
     if not entries:
         raise DatasetError(f"{root}: no videos with extensions {sorted(suffixes)} in class folders")
     return classes, entries
@@ -170,7 +197,7 @@ def list_videos(config: ManifestConfig) -> tuple[list[str], list[Entry]]:
         return _kinetics(root, splits, config.split)
     if config.layout == "unlabelled":
         return _unlabelled(root, config.extensions)
-    return _folder(root, config.extensions)
+    return _folder(root, config.extensions, group_regex(config.group_pattern))
 
 
 def extracted_frame_counts(table: pd.DataFrame, target_fps: float = 0.0) -> pd.Series:
@@ -268,23 +295,29 @@ def carve_validation(table: pd.DataFrame, fraction: float, seed: int, by_group: 
     By group, the same group numbers go to val in every class (as UCF101's test split holds out
     g01-g07 in every class): clips of one source video stay on one side, and a scene a group shares
     across classes never appears in both train and val. A class left without a val (or train)
-    video that way gets a share of its own groups. Otherwise a share of each class's videos.
+    video that way gets a share of its own groups, as does every class when no group name recurs across classes
+    (a folder's recordings named by manifest.group_pattern). Otherwise a share of each class's videos.
     """
+    return _carve(table, fraction, np.random.default_rng(seed), by_group, "val")
+
+
+def _carve(table: pd.DataFrame, fraction: float, rng: np.random.Generator, by_group: bool, into: str) -> pd.Series:
+    """`carve_validation`'s draw, moving the chosen train videos `into` that split (val, or test)."""
     split = table["split"].copy()
     if fraction <= 0:
         return split
-    rng = np.random.default_rng(seed)
     usable = (table["split"] == "train") & (table["excluded"] == "")
-    if by_group:
+    if by_group:  # group names that recur across classes (UCF101's g08) are drawn for all classes at once
         numbers = table["group"].astype(str).str.rsplit("/", n=1).str[-1]  # "Class/g08" -> "g08"
         groups = sorted(numbers[usable].unique())
-        if len(groups) >= 2:
+        recur = bool((table.loc[usable, "class"].groupby(numbers[usable]).nunique() > 1).any())
+        if recur and len(groups) >= 2:
             count = min(len(groups) - 1, max(1, round(fraction * len(groups))))
             chosen = set(rng.choice(np.array(groups, dtype=object), size=count, replace=False).tolist())
-            split.loc[usable & numbers.isin(chosen)] = "val"
+            split.loc[usable & numbers.isin(chosen)] = into
     for _, rows in table[usable].groupby("class", sort=True):
         sides = set(split.loc[rows.index])
-        if by_group and sides == {"train", "val"}:
+        if by_group and sides == {"train", into}:
             continue
         split.loc[rows.index] = "train"
         units = sorted(rows["group"].unique()) if by_group else list(rows.index)
@@ -293,18 +326,22 @@ def carve_validation(table: pd.DataFrame, fraction: float, seed: int, by_group: 
         count = min(len(units) - 1, max(1, round(fraction * len(units))))
         chosen = set(rng.choice(np.array(units, dtype=object), size=count, replace=False).tolist())
         picked = rows.index[rows["group"].isin(chosen)] if by_group else pd.Index(sorted(chosen))
-        split.loc[picked] = "val"
+        split.loc[picked] = into
     return split
 
 
-def carves_by_group(layout: str) -> bool:
-    """Whether val is carved by whole groups in `layout` (ucf101, synthetic: a group is one source video)."""
-    return layout in ("ucf101", "synthetic")
+def carves_by_group(layout: str, group_pattern: str = "") -> bool:
+    """Whether val is carved by whole groups in `layout` (ucf101, synthetic: a group is one source video; folder
+    with a `group_pattern`: one recording)."""
+    return layout in ("ucf101", "synthetic") or (layout == "folder" and bool(group_pattern))
 
 
-def _draw_test_split(table: pd.DataFrame, seed: int, fraction: float = 0.3) -> pd.Series:
+def _draw_test_split(table: pd.DataFrame, seed: int, by_group: bool = False, fraction: float = 0.3) -> pd.Series:
     """For class-folder datasets with no split files: a seeded, per-class test share of the usable videos (an
-    excluded one drawn for test would leave its class short there)."""
+    excluded one drawn for test would leave its class short there); `by_group`, a share of the recordings that
+    manifest.group_pattern names, as the val carve draws groups (a recording never on both sides)."""
+    if by_group:
+        return _carve(table, fraction, np.random.default_rng([seed, 1]), True, "test")
     split = table["split"].copy()
     rng = np.random.default_rng([seed, 1])
     for _, rows in table[table["excluded"] == ""].groupby("class", sort=True):
@@ -323,6 +360,10 @@ def build_manifest(config: ManifestConfig, progress: Callable[[int], None] | Non
     the reason in `excluded`, so the report can name them. `target_fps` (extract.fps): min_frames
     counts the frames extract will store at that rate (0: the file's own frames).
     """
+    if config.group_pattern and config.layout != "folder":
+        raise DatasetError(f"manifest.group_pattern = '{config.group_pattern}' applies to layout folder only (layout "
+                           f"is {config.layout}: ucf101 and synthetic name their groups, hmdb51 and kinetics ship "
+                           "their splits); remove it, or set manifest.layout: folder")
     if 0 < config.segment_seconds < 1:
         raise DatasetError(f"manifest.segment_seconds = {config.segment_seconds:g}: a segment must be 1 second or "
                            "longer (0 keeps a row per video)")
@@ -358,9 +399,9 @@ def build_manifest(config: ManifestConfig, progress: Callable[[int], None] | Non
     ], columns=COLUMNS)
     table["excluded"] = _excluded_as_too_short(table, config.min_frames, target_fps=target_fps)
     table["excluded"] = _excluded_as_the_same_file(table)
+    by_group = carves_by_group(config.layout, config.group_pattern)
     if config.layout == "folder":
-        table["split"] = _draw_test_split(table, config.seed)
-    by_group = carves_by_group(config.layout)
+        table["split"] = _draw_test_split(table, config.seed, by_group)
     if config.layout != "unlabelled":  # no labels: nothing to validate on, every video trains (and is searched)
         table["split"] = carve_validation(table, config.val_fraction, config.seed, by_group)
     if config.segment_seconds > 0:  # after the splits: a video's segments stay on its side
@@ -458,6 +499,41 @@ def variable_rate_advice(table: pd.DataFrame, target_fps: float = 0.0) -> str:
     return (f"{len(files)} usable video file(s) have a variable frame rate{shown}: native frames are not evenly spaced "
             "in time, so their clips span uneven times; set extract.fps (e.g. 25) to resample them by their "
             "timestamps")
+
+
+_TRAILING_COUNTER = re.compile(r"^(.+?)([ _.-]*(?:c|clip|part|seg|segment|take|shot)?[ _.-]*)(\d+)$", re.IGNORECASE)
+
+
+def grouping_advice(table: pd.DataFrame, layout: str, group_pattern: str, key: str = "manifest.group_pattern") -> str:
+    """A line for the manifest stage when a class-folder dataset without manifest.group_pattern has name families:
+    videos of one class whose names differ only in a trailing number (v_Archery_g01_c01, _c02: UCF101's clips of
+    one recording). If they are one recording, a per-video split puts it in train and test, and retrieval then
+    finds the scene, not the action. A family counts with 2 or more videos and less than its whole class; the line
+    appears when families hold a fifth of the usable videos or more. A camera's running number (IMG_1234, GOPR0042)
+    is not a clip number: a family's numbers must stay under 100. Empty otherwise."""
+    if layout != "folder" or group_pattern:
+        return ""
+    usable = table[table["excluded"] == ""].drop_duplicates("path")
+    families: dict[tuple[str, str], list[tuple[str, int]]] = {}
+    suffix_of: dict[str, str] = {}
+    for class_name, path in zip(usable["class"], usable["path"]):
+        match = _TRAILING_COUNTER.match(Path(path).stem)
+        if match and re.search(r"[^\W\d_]", match.group(1)):  # a name, not a number (001.mp4)
+            families.setdefault((class_name, match.group(1)), []).append((Path(path).name, int(match.group(3))))
+            suffix_of[Path(path).name] = match.group(2)
+    sizes = usable.groupby("class").size()
+    counted = [[name for name, _ in members] for (class_name, _), members in families.items()
+               if 2 <= len(members) < sizes[class_name] and max(number for _, number in members) < 100]
+    videos = sum(len(names) for names in counted)
+    if not counted or videos < 0.2 * len(usable):
+        return ""
+    example = sorted(max(counted, key=len))[:2]
+    recording = _TRAILING_COUNTER.match(Path(example[0]).stem).group(1)
+    pattern = "^(.*?)" + re.escape(suffix_of[example[0]]) + r"\d+\.\w+$"
+    return (f"{videos} of {len(usable)} videos share their name with others of their class but for a trailing number "
+            f"(e.g. {example[0]}, {example[1]}; {len(counted)} such families): if each family is clips of one "
+            "recording, the per-video split puts recordings in train and test and recall measures the scene; set "
+            f"{key}: '{pattern}' (names {example[0]}'s recording {recording!r}) to split by recording")
 
 
 def short_at_rate_advice(table: pd.DataFrame, min_frames: int, target_fps: float) -> str:

@@ -292,3 +292,69 @@ def test_the_mixed_rate_note_counts_files_not_segments_and_leaves_variable_rate_
     assert frame_rate_advice(table).startswith("frame rates range from 15 to 30 fps (most often 30: 2 of 3 usable "
                                                "videos)")
     assert frame_rate_advice(table[table["path"] != "/v/long.mp4"]) == ""  # 30 and a variable-rate file: one rate
+
+
+def recordings_folder(root: Path, clips: int = 3) -> Path:
+    """Two classes of six recordings each, every recording cut into `clips` clips named like UCF101's
+    (<class>_r<R>_c<C>.mp4), as a user's folder of clips often is."""
+    for cls in ("jump", "run"):
+        for recording in range(6):
+            for clip in range(1, clips + 1):
+                make_video(root / cls / f"{cls}_r{recording}_c{clip:02d}.mp4")
+    return root
+
+
+def test_group_pattern_keeps_each_recordings_clips_on_one_side_of_every_split(tmp_path: Path) -> None:
+    """Without a pattern a folder's split is per video, and a recording's clips land in train and test (retrieval
+    then finds the recording's scene); with manifest.group_pattern every recording sits on one side."""
+    root = recordings_folder(tmp_path / "videos")
+    per_video = build_manifest(config(root, "folder"))
+    recording = per_video["video_id"].str.extract(r"_(r\d)_", expand=False)
+    sides = per_video.groupby([per_video["class"], recording])["split"].nunique()
+    assert (sides > 1).any()  # the leak the pattern is for
+    grouped = build_manifest(config(root, "folder", group_pattern=r"^(.*?)_c\d+\.\w+$"))
+    assert grouped.equals(build_manifest(config(root, "folder", group_pattern=r"^(.*?)_c\d+\.\w+$")))  # seeded
+    assert set(grouped["group"]) == {f"{cls}/{cls}_r{r}" for cls in ("jump", "run") for r in range(6)}
+    assert (grouped.groupby("group")["split"].nunique() == 1).all()
+    assert grouped.groupby(["class", "split"])["group"].nunique().to_dict() == {
+        ("jump", "test"): 2, ("jump", "train"): 3, ("jump", "val"): 1,
+        ("run", "test"): 2, ("run", "train"): 3, ("run", "val"): 1}
+    # A recording number shared by the classes (as UCF101's g08 is one scene in every class) goes to one side in
+    # both classes.
+    shared = build_manifest(config(root, "folder", group_pattern=r"_(r\d+)_"))
+    test_numbers = shared[shared["split"] == "test"].groupby("class")["group"].apply(
+        lambda groups: sorted(g.split("/")[1] for g in set(groups)))
+    assert test_numbers["jump"] == test_numbers["run"] and len(test_numbers["jump"]) == 2
+    from slic.data.datasets import carves_by_group
+
+    assert carves_by_group("folder", r"_(r\d+)_") and not carves_by_group("folder", "")
+
+
+def test_group_pattern_is_checked_and_a_video_it_does_not_match_is_its_own_recording(tmp_path: Path) -> None:
+    root = recordings_folder(tmp_path / "videos", clips=2)
+    make_video(root / "jump" / "odd one.mp4")
+    table = build_manifest(config(root, "folder", group_pattern=r"^(.*?)_c\d+\.\w+$")).set_index("video_id")
+    assert table.loc["jump/odd one", "group"] == "jump/odd one"
+    with pytest.raises(DatasetError, match=r"manifest.group_pattern = '_g\(\\d\+_': not a regular expression"):
+        build_manifest(config(root, "folder", group_pattern=r"_g(\d+_"))
+    with pytest.raises(DatasetError, match="applies to layout folder only .layout is ucf101"):
+        build_manifest(config(root, "ucf101", group_pattern="_g(\\d+)_"))
+
+
+def test_name_families_without_a_group_pattern_are_pointed_out_with_a_pattern_that_groups_them(tmp_path: Path) -> None:
+    from slic.data.datasets import grouping_advice
+
+    root = recordings_folder(tmp_path / "videos")
+    table = build_manifest(config(root, "folder"))
+    advice = grouping_advice(table, "folder", "")
+    assert advice.startswith("36 of 36 videos share their name with others of their class but for a trailing number "
+                             "(e.g. jump_r0_c01.mp4, jump_r0_c02.mp4; 12 such families)")
+    suggested = advice.split("manifest.group_pattern: '")[1].split("'")[0]
+    assert suggested == r"^(.*?)_c\d+\.\w+$"
+    grouped = build_manifest(config(root, "folder", group_pattern=suggested))
+    assert grouped["group"].nunique() == 12 and grouping_advice(grouped, "folder", suggested) == ""
+    assert grouping_advice(table, "ucf101", "") == ""
+    # No family: a camera's running numbers (IMG_1234 are other recordings), or one family that is the whole class.
+    for names in (["IMG_1234", "IMG_1240", "IMG_2001", "beach"], ["clip1", "clip2", "clip3", "clip4"]):
+        rows = pd.DataFrame({"class": "a", "path": [f"/v/a/{n}.mov" for n in names], "excluded": ""})
+        assert grouping_advice(rows, "folder", "") == "", names
