@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -46,18 +47,28 @@ def manifest_config(config: Config, name: str) -> ManifestConfig:
                           seed=config.manifest.seed)
 
 
+def eval_set_keys(message: str, name: str) -> str:
+    """A manifest message about an eval set, with the `manifest.<key>` it names as the set's own key
+    (`eval_sets.<name>.<key>`) wherever the set has that key, so the user edits the right line of params.yaml."""
+    keys = "|".join(f.name for f in dataclasses.fields(EvalSetConfig))
+    return re.sub(rf"\bmanifest\.({keys})\b", rf"eval_sets.{name}.\1", message)
+
+
 def prepare_eval_data(config: Config, name: str) -> dict[str, Any]:
     """Stage eval_data@<name>: manifest -> Great Expectations -> frame shards, all under data/eval/<name>.
 
     Raises `EvalDataInvalid` with the validation summary when the set fails its expectations.
     """
-    from slic.data.datasets import build_manifest, grouping_advice
+    from slic.data.datasets import DatasetError, build_manifest, grouping_advice
     from slic.data.frames import extract_as_configured
     from slic.data.validate import frames_report, validate_manifest
 
     folder = data_dir(name)
     folder.mkdir(parents=True, exist_ok=True)
-    table = build_manifest(manifest_config(config, name), target_fps=config.extract.fps)
+    try:
+        table = build_manifest(manifest_config(config, name), target_fps=config.extract.fps)
+    except DatasetError as exc:
+        raise DatasetError(eval_set_keys(str(exc), name)) from None
     table.to_csv(folder / "manifest.csv", index=False)
     checked = validate_manifest(table, min_frames=eval_set(config, name).min_frames,
                                 max_examples=config.validate.max_examples, splits=("train", "test"),

@@ -120,3 +120,9 @@ def test_a_folder_eval_set_of_clips_is_told_to_name_its_recordings(tmp_path: Pat
     table = build_manifest(manifest_config(grouped, "mine"))
     assert table["group"].nunique() == 12 and (table.groupby("group")["split"].nunique() == 1).all()
     assert set(table["split"]) == {"train", "test"}  # no val carve for an eval set's retrieval
+    # Its manifest's errors name the set's own keys, the line of params.yaml to fix.
+    from slic.data.datasets import DatasetError
+
+    broken = load(params_with(tmp_path, {"mine": {"root": str(root), "layout": "folder", "group_pattern": "_c(\\d+"}}))
+    with pytest.raises(DatasetError, match=r"^eval_sets.mine.group_pattern = '_c\(\\d\+': not a regular"):
+        prepare_eval_data(broken, "mine")
