@@ -120,14 +120,15 @@ def _kinetics(root: Path, splits: Path, split: int) -> tuple[list[str], list[Ent
     return classes, entries
 
 
-def group_regex(pattern: str, key: str = "manifest.group_pattern") -> re.Pattern[str] | None:
-    """`pattern` compiled (None when empty); a `DatasetError` naming `key` when it is not a regular expression."""
+def group_regex(pattern: str) -> re.Pattern[str] | None:
+    """manifest.group_pattern compiled (None when empty); a `DatasetError` naming the key when it is not a regular
+    expression."""
     if not pattern:
         return None
     try:
         return re.compile(pattern)
     except re.error as exc:
-        raise DatasetError(f"{key} = '{pattern}': not a regular expression ({exc}); e.g. '_g(\\d+)_' names "
+        raise DatasetError(f"manifest.group_pattern = '{pattern}': not a regular expression ({exc}); e.g. '_g(\\d+)_' names "
                            "the recording of v_Archery_g08_c02.avi by its g number") from None
 
 
