@@ -148,8 +148,14 @@ def run_stage(repo: str, stage: str, parent_run_id: str | None = None) -> dict[s
     return {"stage": stage, "ran": ran, "seconds": round(time.perf_counter() - started, 2)}
 
 
+LISTED = {"advice": "Notes", "excluded": "Excluded"}  # report lists worth reading in the UI, not only counting
+LISTED_ITEMS = 10
+
+
 def report_markdown(stage: str, report: dict[str, Any], ran: bool) -> str:
-    """A markdown table of a stage report's scalar values (nested mappings flattened one level)."""
+    """A markdown table of a stage report's scalar values (nested mappings flattened one level), then its notes
+    (`advice`: what to change, e.g. manifest.group_pattern) and exclusions as lists, so the Prefect UI says what
+    reports/<stage>.json says."""
     rows: list[tuple[str, Any]] = []
     for key, value in report.items():
         if isinstance(value, dict):
@@ -162,7 +168,17 @@ def report_markdown(stage: str, report: dict[str, Any], ran: bool) -> str:
     if report.get("skipped"):  # a stage that needs classes, on videos without them
         status = f"skipped: {report.get('reason', '')}"
     body = "\n".join(f"| {k} | {f'{v:.4g}' if isinstance(v, float) else v} |" for k, v in rows[:60])
-    return f"### {stage}: {status}\n\n| key | value |\n|---|---|\n{body}\n"
+    lists = [listed_markdown(title, report[key]) for key, title in LISTED.items() if report.get(key)]
+    return f"### {stage}: {status}\n\n| key | value |\n|---|---|\n{body}\n" + "".join(lists)
+
+
+def listed_markdown(title: str, items: list[Any]) -> str:
+    """A report's list as markdown bullets: a string as it is, a mapping as its values joined by ': ' (an
+    exclusion's video_id: reason); the first LISTED_ITEMS, then how many more the report holds."""
+    lines = [item if isinstance(item, str) else ": ".join(str(v) for v in item.values()) if isinstance(item, dict)
+             else str(item) for item in items[:LISTED_ITEMS]]
+    more = f"- and {len(items) - LISTED_ITEMS} more in the report\n" if len(items) > LISTED_ITEMS else ""
+    return f"\n**{title}**\n\n" + "".join(f"- {line}\n" for line in lines) + more
 
 
 @task(name="publish", task_run_name="publish-{stage}", retries=1, retry_delay_seconds=5)

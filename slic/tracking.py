@@ -17,6 +17,8 @@ from slic.mlflow_store import (EXPERIMENT, TrackingError, check_reachable, clien
                                experiment_id as _experiment_id, tracking_uri)
 from slic.stage_run import StageRun, manifest_dataset, mark_dead_runs, process_tags  # noqa: F401
 
+MAX_TAG_CHARS = 8000  # MLflow's longest tag value
+
 
 def active_run_id() -> str | None:
     """The id of the MLflow run open in this process (a stage's run), or None.
@@ -102,8 +104,9 @@ def stage_runs(parent_run_id: str) -> dict[str, str]:
 
 
 def record_stage(stage: str, report: Mapping[str, Any], parent_run_id: str, *, cached: bool) -> str:
-    """A nested run for a stage that logs no run itself (or that DVC skipped): its report's numbers, and
-    the reason as tag `slic.skipped` when the stage skipped (videos without classes).
+    """A nested run for a stage that logs no run itself (or that DVC skipped): its report's numbers, the
+    reason as tag `slic.skipped` when the stage skipped (videos without classes), and the report's `advice`
+    (the manifest's notes) as the run's description.
 
     A report with `manifest` and `content_fingerprint` (extract, flow) also gives the run its input dataset.
     """
@@ -112,8 +115,11 @@ def record_stage(stage: str, report: Mapping[str, Any], parent_run_id: str, *, c
     client = _client()
     experiment_id = client.get_run(parent_run_id).info.experiment_id
     skipped = {"slic.skipped": str(report.get("reason", "yes"))} if report.get("skipped") else {}  # no labels
+    advice = [str(line) for line in report.get("advice") or []]  # the run page's description shows them first
+    noted = {"mlflow.note.content": "".join(f"- {line}\n" for line in advice)[:MAX_TAG_CHARS]} if advice else {}
     run = client.create_run(experiment_id, run_name=stage, tags={
-        "slic.stage": stage, "mlflow.parentRunId": parent_run_id, "slic.cached": str(cached).lower(), **skipped})
+        "slic.stage": stage, "mlflow.parentRunId": parent_run_id, "slic.cached": str(cached).lower(), **skipped,
+        **noted})
     numbers = {k.replace("@", "_at_"): float(v) for k, v in report.items()
                if isinstance(v, (int, float)) and not isinstance(v, bool)}
     if numbers:

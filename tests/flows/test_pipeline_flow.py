@@ -44,6 +44,26 @@ def test_artifact_keys_and_markdown() -> None:
     assert "unchanged (DVC cache)" in table
 
 
+def test_notes_and_exclusions_are_listed_in_the_artifact_and_the_notes_describe_the_mlflow_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the manifest stage advises (e.g. set manifest.group_pattern) is read where the user looks: the Prefect
+    artifact lists it under the table, and the stage's MLflow run shows it as its description."""
+    from slic import tracking
+
+    note = "731 of 731 videos share their name with others of their class but for a trailing number"
+    report = {"videos": 14, "advice": [note, "set extract.fps"],
+              "excluded": [{"video_id": f"a/v{n}", "reason": "too short: 20 frames < 32"} for n in range(12)]}
+    table = report_markdown("manifest", report, ran=True)
+    assert "| advice | 2 item(s) |" in table and f"**Notes**\n\n- {note}\n- set extract.fps\n" in table
+    assert "- a/v0: too short: 20 frames < 32\n" in table and "- a/v9: " in table and "- a/v10: " not in table
+    assert table.endswith("- and 2 more in the report\n")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    parent = tracking.start_pipeline_run("pipeline", {})
+    run = mlflow_client(tmp_path).get_run(tracking.record_stage("manifest", report, parent, cached=False))
+    assert run.data.tags["mlflow.note.content"] == f"- {note}\n- set extract.fps\n"
+    assert run.data.metrics["videos"] == 14
+
+
 def test_skipped_stage_markdown_says_why() -> None:
     table = report_markdown("finetune", {"skipped": True, "reason": "no class labels"}, ran=True)
     assert table.startswith("### finetune: skipped: no class labels")
