@@ -449,7 +449,11 @@ def load(path: str | Path = "params.yaml") -> Config:
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}".replace("\n", " ")) from exc
+        said = " ".join(str(exc).split())
+        if "unknown escape character" in said:  # a regular expression (manifest.group_pattern) in double quotes
+            said += "; inside double quotes YAML reads a backslash as an escape: put a regular expression in single " \
+                    "quotes ('^(.*?)_c\\d+')"
+        raise ConfigError(f"{path}: not valid YAML: {said}") from exc
     return build_section(Config, raw, "", str(path))
 
 

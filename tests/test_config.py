@@ -58,3 +58,13 @@ def test_missing_file_and_bad_yaml_are_one_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not valid YAML") as caught:
         load(write(tmp_path, "extract: [\n"))
     assert "\n" not in str(caught.value)
+
+
+def test_a_regular_expression_in_double_quotes_is_told_to_use_single_quotes(tmp_path: Path) -> None:
+    """YAML reads \\d inside double quotes as an escape it does not know: the one line says what to write instead;
+    in single quotes the pattern reaches manifest.group_pattern as written."""
+    with pytest.raises(ConfigError, match=r"found unknown escape character 'd'.*; inside double quotes YAML reads a "
+                                          r"backslash as an escape: put a regular expression in single quotes"):
+        load(write(tmp_path, 'manifest:\n  layout: folder\n  group_pattern: "^(.*?)_c\\d+"\n'))
+    config = load(write(tmp_path, "manifest:\n  layout: folder\n  group_pattern: '^(.*?)_c\\d+\\.\\w+$'\n"))
+    assert config.manifest.group_pattern == r"^(.*?)_c\d+\.\w+$"
