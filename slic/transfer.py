@@ -59,7 +59,7 @@ def prepare_eval_data(config: Config, name: str) -> dict[str, Any]:
 
     Raises `EvalDataInvalid` with the validation summary when the set fails its expectations.
     """
-    from slic.data.datasets import DatasetError, build_manifest, grouping_advice
+    from slic.data.datasets import DatasetError, build_manifest, grouping_advice, recordings_advice
     from slic.data.frames import extract_as_configured
     from slic.data.validate import frames_report, validate_manifest
 
@@ -77,13 +77,16 @@ def prepare_eval_data(config: Config, name: str) -> dict[str, Any]:
                               "videos": int(len(table)), "classes": int(table["class"].nunique()),
                               "validation": {"success": checked.success, **checked.statistics,
                                              "failures": [vars(f) for f in checked.failures]}}
+    chosen = eval_set(config, name)  # its notes first: one may say why it failed (a class of one recording)
+    key = f"eval_sets.{name}.group_pattern"
+    advice = [line for line in (grouping_advice(table, chosen.layout, chosen.group_pattern, key),
+                                recordings_advice(table, chosen.root, chosen.layout, chosen.group_pattern, key)) if line]
+    if advice:
+        report["advice"] = advice
+        for line in advice:
+            print(f"eval_data@{name}: note: {line}")
     if not checked.success:
         raise EvalDataInvalid(f"eval set {name}: {checked.summary()}", report)
-    chosen = eval_set(config, name)
-    advice = grouping_advice(table, chosen.layout, chosen.group_pattern, key=f"eval_sets.{name}.group_pattern")
-    if advice:
-        report["advice"] = [advice]
-        print(f"eval_data@{name}: note: {advice}")
     usable = table[(table["excluded"] == "") & (table["split"] != "unused")]
     usable.to_csv(folder / "validated.csv", index=False)
     extracted = extract_as_configured(usable, config.extract, folder / "frames")

@@ -151,14 +151,21 @@ def _folder(root: Path, extensions: Iterable[str],
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     suffixes = {e.lower() for e in extensions}
     entries = []
+    matched = 0
     for c in classes:
         for video in sorted((root / c).rglob("*")):
             if video.suffix.lower() not in suffixes or not (video.is_file() or video.is_symlink()):
                 continue
             recording = recording_of(video.relative_to(root / c).as_posix(), regex) if regex else None
+            matched += recording is not None
             entries.append(Entry(video, c, "train", f"{c}/{recording or video.stem}"))
     if not entries:
         raise DatasetError(f"{root}: no videos with extensions {sorted(suffixes)} in class folders")
+    if regex and not matched:
+        example = entries[0].path.relative_to(root / entries[0].class_name).as_posix()
+        raise DatasetError(f"manifest.group_pattern = '{regex.pattern}' matches none of the {len(entries)} videos' "
+                           f"paths under their class folders (e.g. '{example}'); fix it, or set it to '' to split by "
+                           "video")
     return classes, entries
 
 
@@ -503,6 +510,28 @@ def variable_rate_advice(table: pd.DataFrame, target_fps: float = 0.0) -> str:
 
 
 _TRAILING_COUNTER = re.compile(r"^(.+?)([ _.-]*(?:c|clip|part|seg|segment|take|shot)?[ _.-]*)(\d+)$", re.IGNORECASE)
+
+
+def recordings_advice(table: pd.DataFrame, root: str, layout: str, group_pattern: str,
+                      key: str = "manifest.group_pattern") -> str:
+    """A line for the manifest stage on what manifest.group_pattern made of the class-folder dataset at `root`, when
+    it needs saying: videos it does not match (each a recording of its own), and classes it leaves with one
+    recording (all of it trains: such a class has no test or val video, and validate stops). Empty otherwise."""
+    if layout != "folder" or not group_pattern:
+        return ""
+    regex = re.compile(group_pattern)
+    usable = table[table["excluded"] == ""].drop_duplicates("path")
+    unmatched = [path for path, c in zip(usable["path"], usable["class"])
+                 if recording_of(Path(path).relative_to(Path(root) / c).as_posix(), regex) is None]
+    alone = sorted(c for c, n in usable.groupby("class")["group"].nunique().items() if n < 2)
+    said = []
+    if unmatched:
+        said.append(f"{len(unmatched)} of {len(usable)} usable videos do not match {key} '{group_pattern}' (e.g. "
+                    f"{Path(unmatched[0]).name}): each is a recording of its own")
+    if alone:
+        said.append(f"class(es) {', '.join(alone[:5])} have a single recording under {key}: all of it trains, so "
+                    "they get no test or val video")
+    return "; ".join(said)
 
 
 def grouping_advice(table: pd.DataFrame, layout: str, group_pattern: str, key: str = "manifest.group_pattern") -> str:

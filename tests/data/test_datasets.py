@@ -339,6 +339,30 @@ def test_group_pattern_is_checked_and_a_video_it_does_not_match_is_its_own_recor
         build_manifest(config(root, "folder", group_pattern=r"_g(\d+_"))
     with pytest.raises(DatasetError, match="applies to layout folder only .layout is ucf101"):
         build_manifest(config(root, "ucf101", group_pattern="_g(\\d+)_"))
+    with pytest.raises(DatasetError, match=r"manifest.group_pattern = '_g\(\\d\+\)_' matches none of the 25 videos' "
+                                           r"paths under their class folders \(e.g. 'jump_r0_c01.mp4'\); fix it"):
+        build_manifest(config(root, "folder", group_pattern=r"_g(\d+)_"))  # UCF101's pattern on other names
+
+
+def test_what_a_group_pattern_made_of_the_folder_is_said_when_it_needs_saying(tmp_path: Path) -> None:
+    """Videos the pattern does not match are recordings of their own, and a class it leaves with one recording
+    gets no test video (validate then stops): the manifest stage's note says both, naming the key."""
+    from slic.data.datasets import recordings_advice
+
+    root = recordings_folder(tmp_path / "videos", clips=2)
+    make_video(root / "jump" / "odd one.mp4")
+    pattern = r"^(.*?)_c\d+\.\w+$"
+    table = build_manifest(config(root, "folder", group_pattern=pattern))
+    assert recordings_advice(table, str(root), "folder", pattern) == (
+        f"1 of 25 usable videos do not match manifest.group_pattern '{pattern}' (e.g. odd one.mp4): each is a "
+        "recording of its own")
+    coarse = r"^(jump|run)_"  # one recording per class (and the odd one in jump)
+    table = build_manifest(config(root, "folder", group_pattern=coarse))
+    assert (table.loc[table["class"] == "run", "split"] == "train").all()
+    assert recordings_advice(table, str(root), "folder", coarse, key="eval_sets.mine.group_pattern").endswith(
+        "; class(es) run have a single recording under eval_sets.mine.group_pattern: all of it trains, so they get "
+        "no test or val video")
+    assert recordings_advice(table, str(root), "folder", "") == ""
 
 
 def test_name_families_without_a_group_pattern_are_pointed_out_with_a_pattern_that_groups_them(tmp_path: Path) -> None:
