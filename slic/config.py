@@ -86,6 +86,8 @@ class EvalSetConfig:
     split: int = _spec(1, low=1, high=3)
     min_frames: int = _spec(32, low=1)
     group_pattern: str = _spec("", help="layout folder: what names a recording in a video's path (manifest.group_pattern)")
+    on_missing: str = _spec("error", choices=("error", "exclude"),
+                            help="a listed video that does not exist: stop, or exclude it by name (Kinetics' takedowns)")
     extensions: tuple[str, ...] = _spec(VIDEO_EXTENSIONS)
     classify: bool = _spec(False, help="classify@<name> trains the linear probe and finetune on this set "
                                        "(the paper finetunes its UCF101 encoder on HMDB51)")

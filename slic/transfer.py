@@ -42,7 +42,7 @@ def manifest_config(config: Config, name: str) -> ManifestConfig:
     chosen = eval_set(config, name)
     return ManifestConfig(root=chosen.root, layout=chosen.layout, splits_dir=chosen.splits_dir, split=chosen.split,
                           min_frames=chosen.min_frames, group_pattern=chosen.group_pattern,
-                          extensions=chosen.extensions, val_fraction=0.0,
+                          on_missing=chosen.on_missing, extensions=chosen.extensions, val_fraction=0.0,
                           workers=config.manifest.workers, out=str(data_dir(name) / "manifest.csv"),
                           seed=config.manifest.seed)
 

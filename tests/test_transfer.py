@@ -126,3 +126,24 @@ def test_a_folder_eval_set_of_clips_is_told_to_name_its_recordings(tmp_path: Pat
     broken = load(params_with(tmp_path, {"mine": {"root": str(root), "layout": "folder", "group_pattern": "_c(\\d+"}}))
     with pytest.raises(DatasetError, match=r"^eval_sets.mine.group_pattern = '_c\(\\d\+': not a regular"):
         prepare_eval_data(broken, "mine")
+
+
+def test_an_eval_set_with_takedowns_excludes_them_by_its_own_key(tiny_dataset: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A listed video that is gone (Kinetics' YouTube takedowns) stops eval_data with the set's own key to set, and
+    with `on_missing: exclude` is excluded by name."""
+    import shutil
+
+    from slic.data.datasets import DatasetError, build_manifest
+    from slic.transfer import manifest_config, prepare_eval_data
+
+    root = tmp_path / "set"
+    shutil.copytree(tiny_dataset, root)
+    (root / "Rise" / "v_Rise_g03_c01.avi").unlink()
+    monkeypatch.chdir(tmp_path)
+    listed = {"root": str(root), "layout": "synthetic"}
+    with pytest.raises(DatasetError, match="1 listed video.*set eval_sets.gone.on_missing: exclude$"):
+        prepare_eval_data(load(params_with(tmp_path, {"gone": listed})), "gone")
+    table = build_manifest(manifest_config(load(params_with(tmp_path, {"gone": {**listed, "on_missing": "exclude"}})),
+                                           "gone")).set_index("video_id")
+    assert table.loc["Rise/v_Rise_g03_c01", "excluded"] == "missing file"
