@@ -210,6 +210,7 @@ def test_changing_one_param_reruns_only_its_stages(repo: Path) -> None:
     seen = {"transfer@seen", "classify@seen"}  # the eval sets' data does not depend on the training set
     assert downstream(repo, "manifest") == later | seen
 
+
 def test_failed_validation_stops_repro_with_a_short_report(repo: Path) -> None:
     set_params(repo, "manifest", val_fraction=0.0)  # no class would have a validation video
     result = dvc(repo, "repro", check=False)
