@@ -122,6 +122,7 @@ def run_extract(config: Any) -> dict[str, Any]:
     """Stage `extract`: one JPEG shard per video under data/frames, with index.csv."""
     from slic.data.datasets import read_manifest
     from slic.data.frames import extract_as_configured
+    from slic.data.twins import near_twins, twins_warning
     from slic.data.validate import frames_report
 
     cfg = config.extract
@@ -139,6 +140,12 @@ def run_extract(config: Any) -> dict[str, Any]:
         write_report("extract", report)
         raise StageFailed(checked["summary"] + "\nfull result: reports/extract.json")
     print(f"extract: {checked['summary'].splitlines()[0]}")
+    report["near_twins"] = near_twins(manifest, cfg.out)
+    warning = twins_warning(report["near_twins"], "for a class folder set manifest.group_pattern (the manifest "
+                                                  "stage suggests one), otherwise check the split files")
+    if warning:
+        report["advice"] = [warning]
+        print(f"extract: warning: {warning}", file=sys.stderr)
     return report
 
 

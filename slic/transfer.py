@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,7 @@ def prepare_eval_data(config: Config, name: str) -> dict[str, Any]:
     """
     from slic.data.datasets import DatasetError, build_manifest, grouping_advice, recordings_advice
     from slic.data.frames import extract_as_configured
+    from slic.data.twins import near_twins, twins_warning
     from slic.data.validate import frames_report, validate_manifest
 
     folder = data_dir(name)
@@ -94,6 +96,12 @@ def prepare_eval_data(config: Config, name: str) -> dict[str, Any]:
     report["frames_validation"] = frames_checked
     if not frames_checked["success"]:  # its shards stay: a rerun reuses every intact one
         raise EvalDataInvalid(f"eval set {name}: {frames_checked['summary']}", report)
+    report["near_twins"] = near_twins(usable, folder / "frames")
+    warning = twins_warning(report["near_twins"], f"for a class folder set {key} (this stage suggests one), "
+                                                  "otherwise check the set's split files")
+    if warning:
+        report.setdefault("advice", []).append(warning)
+        print(f"eval_data@{name}: warning: {warning}", file=sys.stderr)
     report.update(usable_videos=int(len(usable)), splits=usable["split"].value_counts().sort_index().to_dict(),
                   extract={k: v for k, v in extracted.items() if not isinstance(v, (list, dict))},
                   manifest=str(folder / "validated.csv"), content_fingerprint=extracted["content_fingerprint"])

@@ -99,6 +99,8 @@ def test_repro_builds_every_output_then_is_a_no_op(repo: Path) -> None:
     assert len(list((repo / "data/frames").rglob("*.shard"))) == 24
     extract = json.loads((repo / "reports/extract.json").read_text())
     assert extract["failed"] == [] and extract["extracted"] == 24
+    assert (extract["near_twins"]["queries"], extract["near_twins"]["with_twin"]) == (
+        int((manifest["split"] == "test").sum()), 0)  # split by group: no test scene is a train scene
     assert (repo / "data/validation/docs/index.html").is_file()
     pretrain = json.loads((repo / "reports/pretrain.json").read_text())
     assert pretrain["mode"] == "slic" and pretrain["epochs"] == 2 and pretrain["mlflow_run_id"]

@@ -1,0 +1,91 @@
+"""Near twins across the split: test videos whose frames look nearly identical to a train video's.
+
+A test clip cut from the same recording as a train clip (a class folder split per video), or a copy of a train
+video, is found by its scene, person and light, so test recall then measures the leak, not the encoder. This
+check needs no names and no model: each extracted video gets a signature (3 frames spread over it, each
+grayscale at 16 x 16, standardised; their mean, unit length), and a test video has a twin when its signature's
+cosine with some train video's is 0.98 or more.
+
+Calibrated on real video (ucf101_6, the extract stage's shards at short side 64): read as a class folder split per
+video, 53 of 220 test videos have a twin (24%); split by recording (manifest.group_pattern), 1 of 236 (0.4%);
+UCF101's official split 1, 5 of 202 (2.5%: BasketballDunk g01_c02 and g10_c02 at cosine 0.999, a source filed
+under two group numbers); the synthetic default (split by group), 0 of 210. So the extract stage warns when 5% or
+more of the test videos have one, and its report counts them whatever their share.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+SIGNATURE_FRAMES = 3
+SIGNATURE_SIDE = 16
+TWIN_COSINE = 0.98
+WARN_SHARE = 0.05
+EXAMPLES = 5
+
+
+def frame_signature(shard: str | Path, frames: int = SIGNATURE_FRAMES, side: int = SIGNATURE_SIDE) -> np.ndarray:
+    """A video's signature from its frame shard: `frames` frames spread over it, each grayscale at side x side and
+    standardised (brightness and contrast left out), averaged and scaled to unit length."""
+    from PIL import Image
+
+    from slic.data.frames import ShardReader
+
+    reader = ShardReader.open(shard)
+    picks = np.linspace(0, reader.frames - 1, min(frames, reader.frames)).round().astype(int)
+    rows = []
+    for pick in picks:
+        image = Image.open(io.BytesIO(reader.read_jpegs(int(pick), 1)[0]))
+        image.draft("L", (side * 2, side * 2))  # let the JPEG decoder scale down: most of the cost saved
+        gray = np.asarray(image.convert("L").resize((side, side), Image.BILINEAR), dtype=np.float32).ravel()
+        rows.append((gray - gray.mean()) / (gray.std() + 1e-6))
+    mean = np.mean(rows, axis=0)
+    return mean / (np.linalg.norm(mean) + 1e-12)
+
+
+def near_twins(videos: pd.DataFrame, frames_dir: str | Path, *, query: str = "test",
+               gallery: Sequence[str] = ("train",), threshold: float = TWIN_COSINE) -> dict[str, Any]:
+    """How many `query`-split videos (rows with video_id, split) have a `gallery`-split twin among the shards in
+    `frames_dir`: the count, the share, and the closest pairs as examples. Videos without a shard are left out
+    (extract names them); with no query or gallery video there is nothing to compare."""
+    from slic.data.frames import shard_path
+
+    on_disk = videos[[shard_path(frames_dir, v).is_file() for v in videos["video_id"]]]
+    queries = on_disk[on_disk["split"] == query]["video_id"].tolist()
+    others = on_disk[on_disk["split"].isin(gallery)]["video_id"].tolist()
+    report: dict[str, Any] = {"query_split": query, "gallery_splits": list(gallery), "threshold": threshold,
+                              "queries": len(queries), "with_twin": 0, "share": 0.0, "examples": []}
+    if not queries or not others:
+        return report
+    signature = {v: frame_signature(shard_path(frames_dir, v)) for v in [*queries, *others]}
+    gallery_matrix = np.stack([signature[v] for v in others])
+    best = np.empty(len(queries), dtype=np.float32)
+    nearest = np.empty(len(queries), dtype=np.int64)
+    for start in range(0, len(queries), 1024):  # a few MB at a time, whatever the collection's size
+        block = np.stack([signature[v] for v in queries[start:start + 1024]]) @ gallery_matrix.T
+        best[start:start + len(block)] = block.max(axis=1)
+        nearest[start:start + len(block)] = block.argmax(axis=1)
+    twins = np.flatnonzero(best >= threshold)
+    closest = twins[np.argsort(-best[twins], kind="stable")][:EXAMPLES]
+    report.update(with_twin=int(len(twins)), share=round(len(twins) / len(queries), 4),
+                  examples=[{"query": queries[i], "twin": others[nearest[i]], "cosine": round(float(best[i]), 4)}
+                            for i in closest])
+    return report
+
+
+def twins_warning(report: dict[str, Any], advice: str) -> str:
+    """One line when WARN_SHARE or more of the query videos have a twin (empty otherwise), with `advice`: what to
+    change in this stage's data (e.g. manifest.group_pattern)."""
+    if not report.get("queries") or report["share"] < WARN_SHARE:
+        return ""
+    first = report["examples"][0]
+    return (f"{report['with_twin']} of {report['queries']} {report['query_split']} videos ({100 * report['share']:.0f}%) "
+            f"have a {'/'.join(report['gallery_splits'])} video whose frames look nearly the same (e.g. {first['query']} "
+            f"and {first['twin']}, cosine {first['cosine']:.3f}): clips of one recording or copies on both sides of the "
+            f"split, so {report['query_split']} recall measures them, not the encoder; {advice}")

@@ -1,0 +1,71 @@
+"""Near twins across the split: a test video that is a copy (or a sibling clip) of a train video is counted and
+named; videos of other scenes are not; the extract stage's warning says what to do."""
+
+from __future__ import annotations
+
+import io
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from slic.data.frames import ShardReader, extract_all, shard_path, write_shard
+from slic.data.twins import TWIN_COSINE, WARN_SHARE, frame_signature, near_twins, twins_warning
+
+
+@pytest.fixture(scope="module")
+def shards(tiny_manifest: pd.DataFrame, tmp_path_factory: pytest.TempPathFactory) -> tuple[pd.DataFrame, Path]:
+    """The tiny synthetic set's shards (split by group: no test scene is a train scene) and its usable rows."""
+    out = tmp_path_factory.mktemp("frames")
+    usable = tiny_manifest[tiny_manifest["excluded"] == ""].copy()
+    extract_all(usable, out_dir=out, short_side=32, quality=5, workers=1)
+    return usable, out
+
+
+def test_a_copy_across_the_split_is_a_twin_and_other_scenes_are_not(shards: tuple[pd.DataFrame, Path]) -> None:
+    usable, frames = shards
+    clean = near_twins(usable, frames)
+    test_videos = int((usable["split"] == "test").sum())
+    assert (clean["queries"], clean["with_twin"], clean["examples"]) == (test_videos, 0, [])
+    assert twins_warning(clean, "set manifest.group_pattern") == ""
+    # Two test videos become copies of train videos (a file listed twice under other names, a recording's clips).
+    train = usable[usable["split"] == "train"]["video_id"].tolist()
+    test = usable[usable["split"] == "test"]["video_id"].tolist()
+    copied = frames.parent / "copied"
+    shutil.copytree(frames, copied)
+    for query, source in ((test[0], train[0]), (test[1], train[5])):
+        shutil.copy(shard_path(frames, source), shard_path(copied, query))
+    leaky = near_twins(usable, copied)
+    assert (leaky["with_twin"], leaky["share"]) == (2, round(2 / test_videos, 4))
+    assert {(e["query"], e["twin"]) for e in leaky["examples"]} == {(test[0], train[0]), (test[1], train[5])}
+    assert all(e["cosine"] == pytest.approx(1.0, abs=1e-5) for e in leaky["examples"])
+    assert 2 / test_videos >= WARN_SHARE
+    line = twins_warning(leaky, "for a class folder set manifest.group_pattern")
+    assert line.startswith(f"2 of {test_videos} test videos ({100 * 2 / test_videos:.0f}%) have a train video whose "
+                           f"frames look nearly the same (e.g. ")
+    assert line.endswith("so test recall measures them, not the encoder; for a class folder set "
+                         "manifest.group_pattern")
+
+
+def test_the_signature_ignores_brightness_and_contrast_not_the_scene(shards: tuple[pd.DataFrame, Path]) -> None:
+    """A brighter, flatter copy of a video is still its twin (frames are standardised); a video of another group's
+    scene is not."""
+    usable, frames = shards
+    first = usable.iloc[0]
+    number = usable["group"].str.rsplit("/", n=1).str[-1]
+    other = usable[number != number.iloc[0]]["video_id"].iloc[0]  # another group number: another scene
+    reader = ShardReader.open(shard_path(frames, first["video_id"]))
+    flatter = []
+    for jpeg in reader.read_jpegs(0, reader.frames):
+        pixels = np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB"), dtype=np.float32)
+        buffer = io.BytesIO()
+        Image.fromarray(np.clip(pixels * 0.6 + 60, 0, 255).astype(np.uint8)).save(buffer, format="JPEG", quality=90)
+        flatter.append(buffer.getvalue())
+    copy = frames.parent / "flatter.shard"
+    write_shard(copy, flatter, dict(reader.header))
+    signature = frame_signature(shard_path(frames, first["video_id"]))
+    assert float(signature @ frame_signature(copy)) >= TWIN_COSINE
+    assert float(signature @ frame_signature(shard_path(frames, other))) < TWIN_COSINE
