@@ -28,6 +28,7 @@ SIGNATURE_SIDE = 16
 TWIN_COSINE = 0.98
 WARN_SHARE = 0.05
 EXAMPLES = 5
+BLOCK_CELLS = 64_000_000  # query x gallery similarities computed at once (float32: 256 MB)
 
 
 def frame_signature(shard: str | Path, frames: int = SIGNATURE_FRAMES, side: int = SIGNATURE_SIDE) -> np.ndarray:
@@ -67,12 +68,13 @@ def near_twins(videos: pd.DataFrame, frames_dir: str | Path, *, query: str = "te
     gallery_matrix = np.stack([signature[v] for v in others])
     best = np.empty(len(queries), dtype=np.float32)
     nearest = np.empty(len(queries), dtype=np.int64)
-    for start in range(0, len(queries), 1024):  # a few MB at a time, whatever the collection's size
-        block = np.stack([signature[v] for v in queries[start:start + 1024]]) @ gallery_matrix.T
+    rows = max(1, BLOCK_CELLS // len(others))  # query rows a block: at most 256 MB of similarities, at any size
+    for start in range(0, len(queries), rows):
+        block = np.stack([signature[v] for v in queries[start:start + rows]]) @ gallery_matrix.T
         best[start:start + len(block)] = block.max(axis=1)
         nearest[start:start + len(block)] = block.argmax(axis=1)
     twins = np.flatnonzero(best >= threshold)
-    closest = twins[np.argsort(-best[twins], kind="stable")][:EXAMPLES]
+    closest = sorted(twins, key=lambda i: (-round(float(best[i]), 4), queries[i]))[:EXAMPLES]  # ties by name
     report.update(with_twin=int(len(twins)), share=round(len(twins) / len(queries), 4),
                   examples=[{"query": queries[i], "twin": others[nearest[i]], "cosine": round(float(best[i]), 4)}
                             for i in closest])

@@ -25,7 +25,8 @@ def shards(tiny_manifest: pd.DataFrame, tmp_path_factory: pytest.TempPathFactory
     return usable, out
 
 
-def test_a_copy_across_the_split_is_a_twin_and_other_scenes_are_not(shards: tuple[pd.DataFrame, Path]) -> None:
+def test_a_copy_across_the_split_is_a_twin_and_other_scenes_are_not(shards: tuple[pd.DataFrame, Path],
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     usable, frames = shards
     clean = near_twins(usable, frames)
     test_videos = int((usable["split"] == "test").sum())
@@ -42,6 +43,10 @@ def test_a_copy_across_the_split_is_a_twin_and_other_scenes_are_not(shards: tupl
     assert (leaky["with_twin"], leaky["share"]) == (2, round(2 / test_videos, 4))
     assert {(e["query"], e["twin"]) for e in leaky["examples"]} == {(test[0], train[0]), (test[1], train[5])}
     assert all(e["cosine"] == pytest.approx(1.0, abs=1e-5) for e in leaky["examples"])
+    from slic.data import twins
+
+    monkeypatch.setattr(twins, "BLOCK_CELLS", 7)  # one query row a block (a big collection's blocks): same answer
+    assert near_twins(usable, copied) == leaky
     assert 2 / test_videos >= WARN_SHARE
     line = twins_warning(leaky, "for a class folder set manifest.group_pattern")
     assert line.startswith(f"2 of {test_videos} test videos ({100 * 2 / test_videos:.0f}%) have a train video whose "
