@@ -84,9 +84,8 @@ def run_manifest(config: Any) -> dict[str, Any]:
                                 datasets.frame_rate_advice(table, config.extract.fps),
                                 datasets.variable_rate_advice(table, config.extract.fps),
                                 datasets.short_at_rate_advice(table, config.manifest.min_frames, config.extract.fps),
-                                datasets.grouping_advice(table, config.manifest.layout, config.manifest.group_pattern),
-                                datasets.recordings_advice(table, config.manifest.root, config.manifest.layout,
-                                                           config.manifest.group_pattern))
+                                datasets.grouping_advice(table, config.manifest.root, config.manifest.layout,
+                                                         config.manifest.group_pattern))
               if line]
     if advice:
         report["advice"] = advice

@@ -60,11 +60,12 @@ def prepare_eval_data(config: Config, name: str) -> dict[str, Any]:
 
     Raises `EvalDataInvalid` with the validation summary when the set fails its expectations.
     """
-    from slic.data.datasets import DatasetError, build_manifest, grouping_advice, recordings_advice
+    from slic.data.datasets import DatasetError, build_manifest, grouping_advice
     from slic.data.frames import extract_as_configured
     from slic.data.twins import near_twins, twins_warning
     from slic.data.validate import frames_report, validate_manifest
 
+    chosen = eval_set(config, name)
     folder = data_dir(name)
     folder.mkdir(parents=True, exist_ok=True)
     try:
@@ -72,21 +73,18 @@ def prepare_eval_data(config: Config, name: str) -> dict[str, Any]:
     except DatasetError as exc:
         raise DatasetError(eval_set_keys(str(exc), name)) from None
     table.to_csv(folder / "manifest.csv", index=False)
-    checked = validate_manifest(table, min_frames=eval_set(config, name).min_frames,
+    checked = validate_manifest(table, min_frames=chosen.min_frames,
                                 max_examples=config.validate.max_examples, splits=("train", "test"),
                                 target_fps=config.extract.fps)
-    report: dict[str, Any] = {"set": name, "root": eval_set(config, name).root, "layout": eval_set(config, name).layout,
+    report: dict[str, Any] = {"set": name, "root": chosen.root, "layout": chosen.layout,
                               "videos": int(len(table)), "classes": int(table["class"].nunique()),
                               "validation": {"success": checked.success, **checked.statistics,
                                              "failures": [vars(f) for f in checked.failures]}}
-    chosen = eval_set(config, name)  # its notes first: one may say why it failed (a class of one recording)
-    key = f"eval_sets.{name}.group_pattern"
-    advice = [line for line in (grouping_advice(table, chosen.layout, chosen.group_pattern, key),
-                                recordings_advice(table, chosen.root, chosen.layout, chosen.group_pattern, key)) if line]
-    if advice:
-        report["advice"] = advice
-        for line in advice:
-            print(f"eval_data@{name}: note: {line}")
+    key = f"eval_sets.{name}.group_pattern"  # its note first: it may say why validation failed (a one-recording class)
+    note = grouping_advice(table, chosen.root, chosen.layout, chosen.group_pattern, key)
+    if note:
+        report["advice"] = [note]
+        print(f"eval_data@{name}: note: {note}")
     if not checked.success:
         raise EvalDataInvalid(f"eval set {name}: {checked.summary()}", report)
     usable = table[(table["excluded"] == "") & (table["split"] != "unused")]

@@ -512,13 +512,21 @@ def variable_rate_advice(table: pd.DataFrame, target_fps: float = 0.0) -> str:
 _TRAILING_COUNTER = re.compile(r"^(.+?)([ _.-]*(?:c|clip|part|seg|segment|take|shot)?[ _.-]*)(\d+)$", re.IGNORECASE)
 
 
-def recordings_advice(table: pd.DataFrame, root: str, layout: str, group_pattern: str,
-                      key: str = "manifest.group_pattern") -> str:
-    """A line for the manifest stage on what manifest.group_pattern made of the class-folder dataset at `root`, when
-    it needs saying: videos it does not match (each a recording of its own), and classes it leaves with one
-    recording (all of it trains: such a class has no test or val video, and validate stops). Empty otherwise."""
-    if layout != "folder" or not group_pattern:
+def grouping_advice(table: pd.DataFrame, root: str, layout: str, group_pattern: str,
+                    key: str = "manifest.group_pattern") -> str:
+    """A line for the manifest stage on how a class-folder dataset at `root` is split into recordings: without
+    manifest.group_pattern (`key`), the name families that look like clips of one recording, with a pattern that
+    groups them; with one, what it made of the folder when that needs saying. Empty for other layouts, or when
+    there is nothing to say."""
+    if layout != "folder":
         return ""
+    return _recordings_line(table, root, group_pattern, key) if group_pattern else _name_families_line(table, key)
+
+
+def _recordings_line(table: pd.DataFrame, root: str, group_pattern: str, key: str) -> str:
+    """What manifest.group_pattern made of the folder, when it needs saying: videos it does not match (each a
+    recording of its own), and classes it leaves with one recording (all of it trains: such a class has no test or
+    val video, and validate stops)."""
     regex = re.compile(group_pattern)
     usable = table[table["excluded"] == ""].drop_duplicates("path")
     unmatched = [path for path, c in zip(usable["path"], usable["class"])
@@ -534,15 +542,12 @@ def recordings_advice(table: pd.DataFrame, root: str, layout: str, group_pattern
     return "; ".join(said)
 
 
-def grouping_advice(table: pd.DataFrame, layout: str, group_pattern: str, key: str = "manifest.group_pattern") -> str:
-    """A line for the manifest stage when a class-folder dataset without manifest.group_pattern has name families:
-    videos of one class whose names differ only in a trailing number (v_Archery_g01_c01, _c02: UCF101's clips of
-    one recording). If they are one recording, a per-video split puts it in train and test, and retrieval then
-    finds the scene, not the action. A family counts with 2 or more videos and less than its whole class; the line
-    appears when families hold a fifth of the usable videos or more. A camera's running number (IMG_1234, GOPR0042)
-    is not a clip number: a family's numbers must stay under 100. Empty otherwise."""
-    if layout != "folder" or group_pattern:
-        return ""
+def _name_families_line(table: pd.DataFrame, key: str) -> str:
+    """Name families in a folder split per video: videos of one class whose names differ only in a trailing number
+    (v_Archery_g01_c01, _c02: UCF101's clips of one recording). If they are one recording, a per-video split puts
+    it in train and test, and retrieval then finds the scene, not the action. A family counts with 2 or more videos
+    and less than its whole class; the line appears when families hold a fifth of the usable videos or more. A
+    camera's running number (IMG_1234, GOPR0042) is not a clip number: a family's numbers must stay under 100."""
     usable = table[table["excluded"] == ""].drop_duplicates("path")
     families: dict[tuple[str, str], list[tuple[str, int]]] = {}
     suffix_of: dict[str, str] = {}

@@ -347,22 +347,22 @@ def test_group_pattern_is_checked_and_a_video_it_does_not_match_is_its_own_recor
 def test_what_a_group_pattern_made_of_the_folder_is_said_when_it_needs_saying(tmp_path: Path) -> None:
     """Videos the pattern does not match are recordings of their own, and a class it leaves with one recording
     gets no test video (validate then stops): the manifest stage's note says both, naming the key."""
-    from slic.data.datasets import recordings_advice
+    from slic.data.datasets import grouping_advice
 
     root = recordings_folder(tmp_path / "videos", clips=2)
     make_video(root / "jump" / "odd one.mp4")
     pattern = r"^(.*?)_c\d+\.\w+$"
     table = build_manifest(config(root, "folder", group_pattern=pattern))
-    assert recordings_advice(table, str(root), "folder", pattern) == (
+    assert grouping_advice(table, str(root), "folder", pattern) == (
         f"1 of 25 usable videos do not match manifest.group_pattern '{pattern}' (e.g. odd one.mp4): each is a "
         "recording of its own")
     coarse = r"^(jump|run)_"  # one recording per class (and the odd one in jump)
     table = build_manifest(config(root, "folder", group_pattern=coarse))
     assert (table.loc[table["class"] == "run", "split"] == "train").all()
-    assert recordings_advice(table, str(root), "folder", coarse, key="eval_sets.mine.group_pattern").endswith(
+    assert grouping_advice(table, str(root), "folder", coarse, key="eval_sets.mine.group_pattern").endswith(
         "; class(es) run have a single recording under eval_sets.mine.group_pattern: all of it trains, so they get "
         "no test or val video")
-    assert recordings_advice(table, str(root), "folder", "") == ""
+    assert grouping_advice(table, str(root), "ucf101", coarse) == ""  # another layout: nothing said
 
 
 def test_name_families_without_a_group_pattern_are_pointed_out_with_a_pattern_that_groups_them(tmp_path: Path) -> None:
@@ -370,15 +370,15 @@ def test_name_families_without_a_group_pattern_are_pointed_out_with_a_pattern_th
 
     root = recordings_folder(tmp_path / "videos")
     table = build_manifest(config(root, "folder"))
-    advice = grouping_advice(table, "folder", "")
+    advice = grouping_advice(table, str(root), "folder", "")
     assert advice.startswith("36 of 36 videos share their name with others of their class but for a trailing number "
                              "(e.g. jump_r0_c01.mp4, jump_r0_c02.mp4; 12 such families)")
     suggested = advice.split("manifest.group_pattern: '")[1].split("'")[0]
     assert suggested == r"^(.*?)_c\d+\.\w+$"
     grouped = build_manifest(config(root, "folder", group_pattern=suggested))
-    assert grouped["group"].nunique() == 12 and grouping_advice(grouped, "folder", suggested) == ""
-    assert grouping_advice(table, "ucf101", "") == ""
+    assert grouped["group"].nunique() == 12 and grouping_advice(grouped, str(root), "folder", suggested) == ""
+    assert grouping_advice(table, str(root), "ucf101", "") == ""
     # No family: a camera's running numbers (IMG_1234 are other recordings), or one family that is the whole class.
     for names in (["IMG_1234", "IMG_1240", "IMG_2001", "beach"], ["clip1", "clip2", "clip3", "clip4"]):
         rows = pd.DataFrame({"class": "a", "path": [f"/v/a/{n}.mov" for n in names], "excluded": ""})
-        assert grouping_advice(rows, "folder", "") == "", names
+        assert grouping_advice(rows, "/v", "folder", "") == "", names
