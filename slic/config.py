@@ -113,9 +113,11 @@ class ManifestConfig:
                                         "segments of 0.75-1.25 x this many seconds, a row each (untrimmed videos)")
     on_missing: str = _spec("error", choices=("error", "exclude"),
                             help="a listed video that does not exist: stop, or exclude it by name")
-    group_pattern: str = _spec("", help="layout folder: a regular expression searched in each video's path under its "
-                                        "class folder; videos with the same match (its first group, if it has one) "
-                                        "are clips of one recording and stay on one side of the test and val splits")
+    group_pattern: str = _spec("", help="layouts folder and unlabelled: a regular expression searched in each "
+                                        "video's path under its class folder (unlabelled: under root); videos with the "
+                                        "same match (its first group, if it has one) are clips of one recording: they "
+                                        "stay on one side of the test and val splits, and `slic search "
+                                        "--per-recording` counts them as one")
     extensions: tuple[str, ...] = _spec(VIDEO_EXTENSIONS)
     workers: int = _spec(2, low=1, high=256)
     out: str = _spec("data/manifests/manifest.csv")

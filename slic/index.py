@@ -153,7 +153,8 @@ def file_sha256(path: str | Path) -> str:
 
 
 def gallery_rows(embeddings: str | Path, manifest: str | Path, split: str) -> tuple[pd.DataFrame, np.ndarray]:
-    """The `split` rows of the embed stage's npz joined with the manifest: (video_id, path, class, label), vectors."""
+    """The `split` rows of the embed stage's npz joined with the manifest: (video_id, path, class, label, and the
+    manifest's group as `recording`: the clips of one recording, a long file's segments), vectors."""
     embeddings, manifest = Path(embeddings), Path(manifest)
     if not embeddings.is_file():
         raise FileNotFoundError(f"{embeddings}: no embeddings; run the `embed` stage first (dvc repro embed)")
@@ -173,6 +174,9 @@ def gallery_rows(embeddings: str | Path, manifest: str | Path, split: str) -> tu
         start_s, end_s = segment_spans(table)
         table["start_s"], table["end_s"] = start_s.round(2), end_s.round(2)
         columns += ["start_s", "end_s"]
+    if "group" in table.columns:  # a manifest from before groups has none: search counts each file a recording
+        table["recording"] = table["group"]
+        columns.append("recording")
     rows = rows.merge(table[columns], on="video_id", how="left", validate="one_to_one")
     missing = rows[rows["path"].isna()]["video_id"].tolist()
     if missing:
@@ -233,8 +237,8 @@ def load_index(folder: str | Path) -> LoadedIndex:
                               "first, or run this in the checkout that built it (or pass --index)")
     with _index_lock(folder, exclusive=False):
         index = faiss_module().read_index(str(folder / INDEX_FILE))
-        rows = pd.read_csv(folder / ROWS_FILE, index_col="row", dtype={"video_id": str, "path": str, "class": str},
-                           keep_default_na=False)  # "" stays "" (no class), and a video named NA or null stays so
+        rows = pd.read_csv(folder / ROWS_FILE, index_col="row", keep_default_na=False,  # "" stays "" (no class),
+                           dtype={"video_id": str, "path": str, "class": str, "recording": str})  # and "NA" stays
         meta = json.loads((folder / META_FILE).read_text())
     if index.ntotal != len(rows):
         raise IndexBuildError(f"{folder}: index has {index.ntotal} vectors but rows.csv {len(rows)}; "

@@ -105,6 +105,7 @@ def _checkpoint_file_encoder(checkpoint: Path, clips: int) -> VideoEncoder:
 
 def search_videos(videos: list[Path], encoder: FileEncoder, loaded: LoadedIndex, k: int, workers: int = 0,
                   spans: list[QuerySpan | None] | None = None, other_files: bool = False, per_file: int = 0,
+                  other_recordings: bool = False, per_recording: int = 0,
                   ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
     """(answers, errors): the k nearest indexed videos per query that could be embedded, an error per other,
     both in the order of `videos`.  `workers` loader processes decode the next queries while the encoder embeds
@@ -112,7 +113,10 @@ def search_videos(videos: list[Path], encoder: FileEncoder, loaded: LoadedIndex,
     `spans` entry embeds only that stretch of its file (`query_span`); `other_files` leaves out the hits from
     the query's own file (the moments around a stretch of an indexed recording, or the indexed file itself);
     `per_file` > 0 keeps at most that many hits from any one file (the best moments of k different recordings,
-    not k neighbouring segments of one), searching deeper until k are found or the index is exhausted."""
+    not k neighbouring segments of one), searching deeper until k are found or the index is exhausted.
+    `other_recordings` and `per_recording` do the same by recording (`row_recordings`: UCF101's group, the clips
+    manifest.group_pattern names one recording, a file's segments): the query file's own recording is that of its
+    indexed rows, so an indexed clip's sibling clips are left out with it."""
     spans = spans if spans is not None else [None] * len(videos)
     frames = [None if span is None else (span.start_frame, span.stop_frame) for span in spans]
     embedded: list[tuple[int, np.ndarray]] = []
@@ -127,20 +131,22 @@ def search_videos(videos: list[Path], encoder: FileEncoder, loaded: LoadedIndex,
             embedded.append((position, vector))
     if not embedded:
         return [], errors
-    rows_of = _rows_by_file(loaded) if other_files or per_file else {}
-    own_rows = [rows_of.get(os.path.realpath(videos[position]), set()) if other_files else set()
-                for position, _ in embedded]
-    file_of = {row: file for file, rows in rows_of.items() for row in rows}
+    file_of = _row_files(loaded) if other_files or per_file or other_recordings or per_recording else {}
+    recording_of = row_recordings(loaded, file_of) if other_recordings or per_recording else {}
+    rows_of_file = _rows_of(file_of) if other_files or other_recordings else {}
+    rows_of_recording = _rows_of(recording_of) if other_recordings else {}
+    own_rows = [_own_rows(rows_of_file.get(os.path.realpath(videos[position]), set()), recording_of,
+                          rows_of_recording) for position, _ in embedded]
+    caps = [(unit_of, cap) for unit_of, cap in ((file_of, per_file), (recording_of, per_recording)) if cap > 0]
     normalize = loaded.meta.get("metric", "cosine") == "cosine"
     queries = np.stack([v for _, v in embedded]).astype(np.float32)
-    depth = k + max(len(rows) for rows in own_rows)
+    depth = min(k + max(len(rows) for rows in own_rows), loaded.index.ntotal)
     while True:
         sims, ids = search(loaded.index, queries, depth, normalize=normalize)
-        kept_all = [_kept(row_ids, row_sims, own, file_of, per_file, k)
-                    for row_ids, row_sims, own in zip(ids, sims, own_rows)]
-        if not per_file or depth >= loaded.index.ntotal or all(len(kept) == k for kept in kept_all):
+        kept_all = [_kept(row_ids, row_sims, own, caps, k) for row_ids, row_sims, own in zip(ids, sims, own_rows)]
+        if not caps or depth >= loaded.index.ntotal or all(len(kept) == k for kept in kept_all):
             break
-        depth = min(4 * depth, loaded.index.ntotal)  # a file's segments filled the list: look further
+        depth = min(4 * depth, loaded.index.ntotal)  # a file's segments (a recording's clips) filled the list
     answers = []
     for (position, _), kept in zip(embedded, kept_all):
         span = spans[position]
@@ -204,41 +210,71 @@ def query_span(video: Path, start_s: float | None, end_s: float | None) -> Query
     return QuerySpan(first, stop, round(frames.seconds(first), 3), round(frames.seconds(stop), 3))
 
 
-def _kept(row_ids: np.ndarray, row_sims: np.ndarray, own: set[int], file_of: dict[int, str], per_file: int,
+def _kept(row_ids: np.ndarray, row_sims: np.ndarray, own: set[int], caps: list[tuple[dict[int, str], int]],
           k: int) -> list[tuple[int, float]]:
-    """The first k of one query's ranked (row, similarity), leaving out `own` rows and, with `per_file` > 0, the
-    rows of a file (`file_of`) once it has that many (FAISS's -1 ids are passed on: `_hits` drops them)."""
+    """The first k of one query's ranked (row, similarity), leaving out `own` rows and, for each (unit of a row,
+    cap) in `caps` (a row's file, its recording), the rows of a unit once it has `cap` hits (FAISS's -1 ids are
+    passed on: `_hits` drops them)."""
     kept: list[tuple[int, float]] = []
-    per: dict[str, int] = {}
+    counts: list[dict[str, int]] = [{} for _ in caps]
     for row, sim in zip(row_ids, row_sims):
-        if int(row) in own:
+        row = int(row)
+        if row in own:
             continue
-        if per_file and row >= 0:
-            file = file_of.get(int(row), "")
-            if per.get(file, 0) >= per_file:
+        if row >= 0:
+            units = [unit_of.get(row, "") for unit_of, _ in caps]
+            if any(count.get(unit, 0) >= cap for unit, count, (_, cap) in zip(units, counts, caps)):
                 continue
-            per[file] = per.get(file, 0) + 1
-        kept.append((int(row), float(sim)))
+            for unit, count in zip(units, counts):
+                count[unit] = count.get(unit, 0) + 1
+        kept.append((row, float(sim)))
         if len(kept) == k:
             break
     return kept
 
 
-def _rows_by_file(loaded: LoadedIndex) -> dict[str, set[int]]:
-    """The index rows (whole videos or segments) made from each file, by its real path (a link resolves to its
-    target; a copy under another name is another file)."""
+def _row_files(loaded: LoadedIndex) -> dict[int, str]:
+    """Each index row's (a whole video's or a segment's) file, by its real path (a link resolves to its target; a
+    copy under another name is another file)."""
+    return {int(row): os.path.realpath(path) for row, path in zip(loaded.rows.index, loaded.rows["path"].astype(str))}
+
+
+def row_recordings(loaded: LoadedIndex, file_of: dict[int, str]) -> dict[int, str]:
+    """Each index row's recording: the manifest's group the index stage stored (rows.csv `recording`: UCF101's
+    class and g number, what manifest.group_pattern names, else the file), or its file (`file_of`) where there is
+    none (an added video, an index built before recordings were stored)."""
+    column = loaded.rows["recording"].astype(str) if "recording" in loaded.rows.columns else None
+    recordings = {}
+    for position, row in enumerate(loaded.rows.index):
+        named = "" if column is None else column.iloc[position]
+        recordings[int(row)] = f"recording:{named}" if named else f"file:{file_of[int(row)]}"
+    return recordings
+
+
+def _rows_of(unit_of: dict[int, str]) -> dict[str, set[int]]:
+    """The rows of each unit (a file, a recording): `unit_of` turned around."""
     rows: dict[str, set[int]] = {}
-    for row, path in zip(loaded.rows.index, loaded.rows["path"].astype(str)):
-        rows.setdefault(os.path.realpath(path), set()).add(int(row))
+    for row, unit in unit_of.items():
+        rows.setdefault(unit, set()).add(row)
     return rows
+
+
+def _own_rows(file_rows: set[int], recording_of: dict[int, str], rows_of_recording: dict[str, set[int]]) -> set[int]:
+    """The rows of the query's own file (`file_rows`), and every row of their recordings when `rows_of_recording`
+    is given (--other-recordings)."""
+    if not rows_of_recording:
+        return file_rows
+    return file_rows.union(*(rows_of_recording[recording_of[row]] for row in file_rows))
 
 
 def _hits(loaded: LoadedIndex, ids: np.ndarray, sims: np.ndarray) -> list[dict[str, Any]]:
     """One query's ranked neighbours (FAISS's -1 ids, fewer indexed videos than k, left out); a segment of a long
     video (manifest.segment_seconds) says where in its file it lies, in seconds (null for a whole video)."""
+    recorded = "recording" in loaded.rows.columns
     return [{"rank": rank, "video_id": loaded.rows.at[i, "video_id"], "path": loaded.rows.at[i, "path"],
              "class": loaded.rows.at[i, "class"] or None, "similarity": round(float(s), 6),
-             "start_s": _seconds(loaded.rows, i, "start_s"), "end_s": _seconds(loaded.rows, i, "end_s")}
+             "start_s": _seconds(loaded.rows, i, "start_s"), "end_s": _seconds(loaded.rows, i, "end_s"),
+             "recording": (loaded.rows.at[i, "recording"] or None) if recorded else None}
             for rank, (i, s) in enumerate(((int(i), s) for i, s in zip(ids, sims) if i >= 0), start=1)]
 
 
@@ -300,6 +336,12 @@ def run_search(argv: list[str], params: str = "params.yaml") -> int:
     parser.add_argument("--per-file", type=int, default=0, metavar="N", help="at most N hits from any one file: "
                         "the best moments of different recordings, not neighbouring segments of one (default 0: "
                         "no limit)")
+    parser.add_argument("--other-recordings", action="store_true", help="leave out hits from the query's own "
+                        "recording: an indexed clip's sibling clips (UCF101's group, what manifest.group_pattern "
+                        "names) as well as its file")
+    parser.add_argument("--per-recording", type=int, default=0, metavar="N", help="at most N hits from any one "
+                        "recording (UCF101's group, what manifest.group_pattern names, a file's segments; default 0: "
+                        "no limit)")
     parser.add_argument("--html", default="", metavar="FILE", help="also write the queries and their hits as "
                         "animated thumbnails to this self-contained HTML page")
     args = parser.parse_args(argv)
@@ -307,8 +349,9 @@ def run_search(argv: list[str], params: str = "params.yaml") -> int:
         parser.error(f"-k must be >= 1, got {args.k}")
     if args.workers is not None and args.workers < 0:
         parser.error(f"--workers must be >= 0, got {args.workers}")
-    if args.per_file < 0:
-        parser.error(f"--per-file must be >= 0 (0: no limit), got {args.per_file}")
+    for flag, value in (("--per-file", args.per_file), ("--per-recording", args.per_recording)):
+        if value < 0:
+            parser.error(f"{flag} must be >= 0 (0: no limit), got {value}")
 
     def warn(line: str) -> None:
         print(f"slic search: {line}", file=sys.stderr)
@@ -320,9 +363,13 @@ def run_search(argv: list[str], params: str = "params.yaml") -> int:
         spans = _query_spans(args, videos)
         clips = int(loaded.meta.get("clips", 10))  # as the index's videos were embedded
         encoder = model_encoder(args.model, clips) if args.model else index_encoder(loaded, warn)
+        if (args.other_recordings or args.per_recording) and "recording" not in loaded.rows.columns:
+            warn(f"{args.index or index_dir} was built before the index stored recordings: each file counts as a "
+                 "recording; run `dvc repro index` to rebuild it")
         answers, errors = search_videos(videos, encoder, loaded, args.k,
                                         workers if args.workers is None else args.workers, spans=spans,
-                                        other_files=args.other_files, per_file=args.per_file)
+                                        other_files=args.other_files, per_file=args.per_file,
+                                        other_recordings=args.other_recordings, per_recording=args.per_recording)
     except (ConfigError, IndexBuildError, SearchUsageError) as exc:
         warn(f"error: {exc}")
         return 2
@@ -358,8 +405,10 @@ def _print_answers(args: argparse.Namespace, index_dir: str, loaded: LoadedIndex
                    errors: list[dict[str, str]]) -> None:
     """Tables on the terminal, or one JSON document with --json."""
     if args.json:
+        chosen = {"k": args.k, "per_file": args.per_file, "per_recording": args.per_recording,
+                  "other_files": args.other_files, "other_recordings": args.other_recordings}  # how hits were chosen
         print(json.dumps({"index": str(args.index or index_dir), "kind": loaded.meta.get("kind"),
-                          "model": args.model or loaded.meta["checkpoint"], "k": args.k, "per_file": args.per_file,
+                          "model": args.model or loaded.meta["checkpoint"], **chosen,
                           "queries": answers, "errors": errors}, indent=2))
     elif answers:
         print("\n\n".join(format_table(a) for a in answers))

@@ -171,12 +171,63 @@ def test_search_from_another_directory_finds_the_checkouts_files(tmp_path: Path,
     assert f"no index at data/index under {elsewhere}" in capsys.readouterr().err
 
 
+def test_per_recording_and_other_recordings_count_an_indexed_clips_siblings_as_its_recording(tmp_path: Path) -> None:
+    """An index of clips of two recordings (as UCF101's groups, or what manifest.group_pattern names) and one file
+    of its own: --other-files leaves out only the query's file, --other-recordings its sibling clips too, and
+    --per-recording caps each recording's hits. An index built before recordings were stored counts files."""
+    from slic.config import IndexConfig
+    from slic.index import ROWS_FILE, build_stage, load_index
+    from slic.search import search_videos
+    from tests.conftest import StubEncoder
+
+    ids = ["a1", "a2", "a3", "b1", "b2", "c"]
+    table = pd.DataFrame({"video_id": ids, "path": [f"/clips/{i}.mp4" for i in ids], "class": "",
+                          "group": ["A", "A", "A", "B", "B", "c"]})
+    table.to_csv(tmp_path / "validated.csv", index=False)
+    axis = np.eye(8, dtype=np.float32)
+    query = axis[0]  # a1's own vector: its siblings nearest, then B, then c
+    vectors = np.stack([query, query + 0.1 * axis[1], query + 0.2 * axis[1], query + 0.5 * axis[2],
+                        query + 0.6 * axis[2], query + 0.9 * axis[3]])
+    np.savez(tmp_path / "embeddings.npz", video_id=np.array(ids), label=np.full(6, -1), class_name=np.array([""] * 6),
+             split=np.array(["train"] * 6), embedding=vectors)
+    build_stage(IndexConfig(manifest=str(tmp_path / "validated.csv"), kind="flat", out=str(tmp_path / "index")),
+                embeddings=str(tmp_path / "embeddings.npz"), checkpoint=str(tmp_path / "none.pt"), clips=2)
+    loaded = load_index(tmp_path / "index")
+    assert loaded.rows["recording"].tolist() == ["A", "A", "A", "B", "B", "c"]
+
+    def hits(index=loaded, **options: object) -> list[str]:
+        answers, _ = search_videos([Path("/clips/a1.mp4")], StubEncoder(lambda _: query), index, k=3, **options)
+        return [hit["video_id"] for hit in answers[0]["results"]]
+
+    assert hits() == ["a1", "a2", "a3"]
+    assert hits(other_files=True) == ["a2", "a3", "b1"]
+    assert hits(other_recordings=True) == ["b1", "b2", "c"]
+    assert hits(per_recording=1) == ["a1", "b1", "c"]
+    assert hits(per_recording=1, other_files=True) == ["a2", "b1", "c"]
+    assert hits(per_recording=2, per_file=1) == ["a1", "a2", "b1"]
+    answers, _ = search_videos([Path("/elsewhere/q.mp4")], StubEncoder(lambda _: query), loaded, k=2,
+                               other_recordings=True)  # a file not in the index has no recording to leave out
+    assert [(h["video_id"], h["recording"]) for h in answers[0]["results"]] == [("a1", "A"), ("a2", "A")]
+    rows = pd.read_csv(tmp_path / "index" / ROWS_FILE)  # as an index from before this column
+    rows.drop(columns="recording").to_csv(tmp_path / "index" / ROWS_FILE, index=False)
+    old = load_index(tmp_path / "index")
+    assert hits(old, per_recording=1) == ["a1", "a2", "a3"] and hits(old, other_recordings=True) == ["a2", "a3", "b1"]
+
+
 def test_search_usage_errors_say_what_to_run(workdir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["search", str(FOLDER), "--index", str(tmp_path / "none")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "run `dvc repro index` first" in err
     assert main(["search", str(tmp_path / "absent.mp4")]) == 2
     assert "absent.mp4: no such file or folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:
+        main(["search", str(FOLDER), "--per-recording", "-2"])
+    assert exited.value.code == 2 and "--per-recording must be >= 0 (0: no limit), got -2" in capsys.readouterr().err
+    assert main(["search", str(FOLDER / "video_90.mov"), "--per-recording", "1", "--json"]) == 0  # rows.csv has
+    out, err = capsys.readouterr()  # no recordings here (the manifest has no group column): files count, said once
+    assert err.count("\n") == 1 and "built before the index stored recordings: each file counts as a recording" in err
+    doc = json.loads(out)
+    assert (doc["per_recording"], doc["other_recordings"]) == (1, False) and len(doc["queries"][0]["results"]) == 5
 
 
 def test_search_with_the_registered_champion(workdir: Path, capsys: pytest.CaptureFixture,

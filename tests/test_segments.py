@@ -97,7 +97,9 @@ def test_search_says_where_in_its_file_a_segment_lies(archive: Path, tmp_path: P
     answers, _ = search_videos([Path("/q.mp4")], StubEncoder(lambda _: vectors[3]), loaded, k=1)
     assert format_table(answers[0]).splitlines()[2].endswith("long/match.mp4 [00:30.0-00:40.0]")
     rows = pd.read_csv(tmp_path / "index" / "rows.csv", keep_default_na=False)
-    assert list(rows.columns) == ["row", "video_id", "path", "class", "label", "start_s", "end_s"]
+    assert list(rows.columns) == ["row", "video_id", "path", "class", "label", "start_s", "end_s", "recording"]
+    assert rows.groupby("path")["recording"].unique().map(list).to_dict() == {  # a file's segments: one recording
+        str(archive / "long" / "match.mp4"): ["long/match"], str(archive / "short.avi"): ["short"]}
     from slic.report import _video_paths  # the retrieval report's caption of each video: the same span
 
     shown = _video_paths(tmp_path / "validated.csv")

@@ -25,6 +25,7 @@ from slic.config import ManifestConfig
 UNLABELLED = -1  # the label of a video of the unlabelled layout
 COLUMNS = ["video_id", "path", "class", "label", "split", "group", "frames", "fps", "width", "height",
            "duration", "excluded"]
+GROUP_PATTERN_LAYOUTS = ("folder", "unlabelled")  # where manifest.group_pattern names the recordings
 SEGMENT_COLUMNS = ["start_frame", "stop_frame"]  # with manifest.segment_seconds: the row's frames of its file
 # (slic.data.frames.RANGE_COLUMNS reads them: the extract stage does not import this module)
 SEGMENT_TIME_COLUMNS = ["start_s", "end_s"]  # and where they lie in it, in seconds (by its timestamps when its rate
@@ -162,15 +163,16 @@ def _folder(root: Path, extensions: Iterable[str],
     if not entries:
         raise DatasetError(f"{root}: no videos with extensions {sorted(suffixes)} in class folders")
     if regex and not matched:
-        example = entries[0].path.relative_to(root / entries[0].class_name).as_posix()
-        raise DatasetError(f"manifest.group_pattern = '{regex.pattern}' matches none of the {len(entries)} videos' "
-                           f"paths under their class folders (e.g. '{example}'); fix it, or set it to '' to split by "
-                           "video")
+        _matched_none(regex, len(entries), entries[0].path.relative_to(root / entries[0].class_name).as_posix(),
+                      "their class folders")
     return classes, entries
 
 
-def _unlabelled(root: Path, extensions: Iterable[str]) -> tuple[list[str], list[Entry]]:
-    """Every video under `root` at any depth: no classes, no split files; all of them train (layout unlabelled)."""
+def _unlabelled(root: Path, extensions: Iterable[str],
+                regex: re.Pattern[str] | None = None) -> tuple[list[str], list[Entry]]:
+    """Every video under `root` at any depth: no classes, no split files; all of them train (layout unlabelled).
+    A video's group is its path under `root` without the suffix, or with `regex` (manifest.group_pattern) the
+    recording the regex names in that path (what `slic search --per-recording` counts)."""
     if not root.is_dir():
         raise DatasetError(f"{root}: video folder not found; set manifest.root")
     suffixes = {e.lower() for e in extensions}
@@ -179,7 +181,19 @@ def _unlabelled(root: Path, extensions: Iterable[str]) -> tuple[list[str], list[
     if not videos:
         raise DatasetError(f"{root}: no videos with extensions {sorted(suffixes)} at any depth; set manifest.root "
                            "or manifest.extensions")
-    return [], [Entry(video, "", "train", str(video.relative_to(root).with_suffix(""))) for video in videos]
+    relative = [video.relative_to(root) for video in videos]
+    recordings = [recording_of(path.as_posix(), regex) if regex else None for path in relative]
+    if regex and not any(recordings):
+        _matched_none(regex, len(videos), relative[0].as_posix(), "manifest.root")
+    return [], [Entry(video, "", "train", recording or str(path.with_suffix("")))
+                for video, path, recording in zip(videos, relative, recordings)]
+
+
+def _matched_none(regex: re.Pattern[str], videos: int, example: str, under: str) -> None:
+    """The DatasetError for a manifest.group_pattern that names no video's recording."""
+    raise DatasetError(f"manifest.group_pattern = '{regex.pattern}' matches none of the {videos} videos' paths "
+                       f"under {under} (e.g. '{example}'); fix it, or set it to '' to make each video a recording of "
+                       "its own")
 
 
 def has_labels(table: pd.DataFrame) -> bool:
@@ -204,7 +218,7 @@ def list_videos(config: ManifestConfig) -> tuple[list[str], list[Entry]]:
     if config.layout == "kinetics":
         return _kinetics(root, splits, config.split)
     if config.layout == "unlabelled":
-        return _unlabelled(root, config.extensions)
+        return _unlabelled(root, config.extensions, group_regex(config.group_pattern))
     return _folder(root, config.extensions, group_regex(config.group_pattern))
 
 
@@ -368,10 +382,10 @@ def build_manifest(config: ManifestConfig, progress: Callable[[int], None] | Non
     the reason in `excluded`, so the report can name them. `target_fps` (extract.fps): min_frames
     counts the frames extract will store at that rate (0: the file's own frames).
     """
-    if config.group_pattern and config.layout != "folder":
-        raise DatasetError(f"manifest.group_pattern = '{config.group_pattern}' applies to layout folder only (layout "
-                           f"is {config.layout}: ucf101 and synthetic name their groups, hmdb51 and kinetics ship "
-                           "their splits); remove it, or set manifest.layout: folder")
+    if config.group_pattern and config.layout not in GROUP_PATTERN_LAYOUTS:
+        raise DatasetError(f"manifest.group_pattern = '{config.group_pattern}' applies to layouts folder and "
+                           f"unlabelled only (layout is {config.layout}: ucf101 and synthetic name their groups, "
+                           "hmdb51 and kinetics ship their splits); remove it, or set manifest.layout: folder")
     if 0 < config.segment_seconds < 1:
         raise DatasetError(f"manifest.segment_seconds = {config.segment_seconds:g}: a segment must be 1 second or "
                            "longer (0 keeps a row per video)")
@@ -516,22 +530,24 @@ def grouping_advice(table: pd.DataFrame, root: str, layout: str, group_pattern: 
                     key: str = "manifest.group_pattern") -> str:
     """A line for the manifest stage on how a class-folder dataset at `root` is split into recordings: without
     manifest.group_pattern (`key`), the name families that look like clips of one recording, with a pattern that
-    groups them; with one, what it made of the folder when that needs saying. Empty for other layouts, or when
-    there is nothing to say."""
+    groups them; with one, what it made of the folder (or of an unlabelled one) when that needs saying. Empty for
+    other layouts, or when there is nothing to say."""
+    if layout == "unlabelled" and group_pattern:
+        return _recordings_line(table, root, group_pattern, key, classes=False)
     if layout != "folder":
         return ""
     return _recordings_line(table, root, group_pattern, key) if group_pattern else _name_families_line(table, key)
 
 
-def _recordings_line(table: pd.DataFrame, root: str, group_pattern: str, key: str) -> str:
+def _recordings_line(table: pd.DataFrame, root: str, group_pattern: str, key: str, classes: bool = True) -> str:
     """What manifest.group_pattern made of the folder, when it needs saying: videos it does not match (each a
     recording of its own), and classes it leaves with one recording (all of it trains: such a class has no test or
-    val video, and validate stops)."""
+    val video, and validate stops). `classes` False: an unlabelled folder, its paths read under `root`."""
     regex = re.compile(group_pattern)
     usable = table[table["excluded"] == ""].drop_duplicates("path")
     unmatched = [path for path, c in zip(usable["path"], usable["class"])
                  if recording_of(Path(path).relative_to(Path(root) / c).as_posix(), regex) is None]
-    alone = sorted(c for c, n in usable.groupby("class")["group"].nunique().items() if n < 2)
+    alone = sorted(c for c, n in usable.groupby("class")["group"].nunique().items() if n < 2) if classes else []
     said = []
     if unmatched:
         said.append(f"{len(unmatched)} of {len(usable)} usable videos do not match {key} '{group_pattern}' (e.g. "

@@ -337,11 +337,37 @@ def test_group_pattern_is_checked_and_a_video_it_does_not_match_is_its_own_recor
     assert table.loc["jump/odd one", "group"] == "jump/odd one"
     with pytest.raises(DatasetError, match=r"manifest.group_pattern = '_g\(\\d\+_': not a regular expression"):
         build_manifest(config(root, "folder", group_pattern=r"_g(\d+_"))
-    with pytest.raises(DatasetError, match="applies to layout folder only .layout is ucf101"):
+    with pytest.raises(DatasetError, match="applies to layouts folder and unlabelled only .layout is ucf101"):
         build_manifest(config(root, "ucf101", group_pattern="_g(\\d+)_"))
     with pytest.raises(DatasetError, match=r"manifest.group_pattern = '_g\(\\d\+\)_' matches none of the 25 videos' "
                                            r"paths under their class folders \(e.g. 'jump_r0_c01.mp4'\); fix it"):
         build_manifest(config(root, "folder", group_pattern=r"_g(\d+)_"))  # UCF101's pattern on other names
+
+
+def test_an_unlabelled_folders_recordings_are_named_by_the_group_pattern_on_the_path_under_root(
+        tmp_path: Path) -> None:
+    """No classes and no split there: the recording only tells `slic search --per-recording` which files are one
+    (here a trip's folder, or the part of a name before its clip number); unmatched files are recordings of their
+    own, and the manifest stage says how many."""
+    from slic.data.datasets import grouping_advice
+
+    root = tmp_path / "archive"
+    for name in ("beach/GX010001.mp4", "beach/GX020001.mp4", "hike/GX010002.mp4", "loose.mp4"):
+        make_video(root / name)
+    plain = build_manifest(config(root, "unlabelled"))
+    assert plain["group"].tolist() == ["beach/GX010001", "beach/GX020001", "hike/GX010002", "loose"]
+    by_folder = build_manifest(config(root, "unlabelled", group_pattern=r"^([^/]+)/"))
+    assert by_folder["group"].tolist() == ["beach", "beach", "hike", "loose"]
+    assert (by_folder["split"] == "train").all() and by_folder.drop(columns="group").equals(plain.drop(columns="group"))
+    assert grouping_advice(by_folder, str(root), "unlabelled", r"^([^/]+)/") == (
+        "1 of 4 usable videos do not match manifest.group_pattern '^([^/]+)/' (e.g. loose.mp4): each is a recording "
+        "of its own")
+    assert grouping_advice(plain, str(root), "unlabelled", "") == ""  # no pattern, no classes: nothing to say
+    by_clip = build_manifest(config(root, "unlabelled", group_pattern=r"GX\d\d(\d{4})"))  # GoPro: chapter, file
+    assert by_clip["group"].tolist() == ["0001", "0001", "0002", "loose"]
+    with pytest.raises(DatasetError, match=r"matches none of the 4 videos' paths under manifest.root \(e.g. "
+                                           r"'beach/GX010001.mp4'\); fix it, or set it to ''"):
+        build_manifest(config(root, "unlabelled", group_pattern=r"_c(\d+)"))
 
 
 def test_what_a_group_pattern_made_of_the_folder_is_said_when_it_needs_saying(tmp_path: Path) -> None:
