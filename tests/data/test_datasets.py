@@ -76,6 +76,37 @@ def test_hmdb51_layout(tmp_path: Path) -> None:
     assert (table["frames"] == 40).all()
 
 
+def test_hmdb51_val_takes_whole_source_films(tmp_path: Path) -> None:
+    """HMDB51 cuts several clips of a class from one film (April_09_brush_hair_..._0 to _2); its splits keep a film
+    on one side, and the val carve now does too (per video, 83% of split 1's val clips had a clip of their film and
+    class in train)."""
+    from slic.data.datasets import hmdb51_source
+
+    assert hmdb51_source("brush_hair", "April_09_brush_hair_u_nm_np1_ba_goo_0.avi") == "April_09"
+    assert hmdb51_source("ride_bike", "Learn_How_To_Ride_A_Bike_at_Any_Age_ride_bike_f_cm_np1_ri_med_11.avi") == \
+        "Learn_How_To_Ride_A_Bike_at_Any_Age"
+    assert hmdb51_source("brush_hair", "brush_hair_tips_brush_hair_h_cm_np2_le_bad_3.avi") == "brush_hair_tips"
+    assert hmdb51_source("brush_hair", "April_09_brush_hair_u_nm_np1_ba_goo_0.mp4") is None  # not HMDB51's naming
+    assert hmdb51_source("cartwheel", "April_09_brush_hair_u_nm_np1_ba_goo_0.avi") is None  # another class's clip
+    root, splits = tmp_path / "videos", tmp_path / "splits"
+    splits.mkdir()
+    for name in ("brush_hair", "cartwheel"):
+        lines = []
+        for film in range(6):  # films 0-4 train (3 clips each), film 5 test
+            for clip in range(3):
+                video = f"{name.title()}_Film_{film}_{name}_u_nm_np1_ba_goo_{clip}.avi"  # films of one class
+                make_video(root / name / video, frames=32)
+                lines.append(f"{video} {2 if film == 5 else 1}")
+        (splits / f"{name}_test_split1.txt").write_text("\n".join(lines) + "\n")
+    table = build_manifest(config(root, "hmdb51", splits_dir=str(splits), val_fraction=0.2))
+    assert set(table["group"]) == {f"{name}/{name.title()}_Film_{film}" for name in ("brush_hair", "cartwheel")
+                                   for film in range(6)}
+    assert (table.groupby("group")["split"].nunique() == 1).all()  # a film's clips on one side of every split
+    assert table.groupby(["class", "split"]).size().to_dict() == {
+        ("brush_hair", "test"): 3, ("brush_hair", "train"): 12, ("brush_hair", "val"): 3,
+        ("cartwheel", "test"): 3, ("cartwheel", "train"): 12, ("cartwheel", "val"): 3}
+
+
 def test_kinetics_layout_reads_official_csv(tmp_path: Path) -> None:
     root = tmp_path / "k400"
     rows = ["label,youtube_id,time_start,time_end,split"]
