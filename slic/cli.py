@@ -304,7 +304,7 @@ def run_evaluate(config: Any) -> dict[str, Any]:
     from slic.config import to_dict
     from slic.plots import embedding_projection, recall_curve
     from slic.report import write_neighbours_html, write_retrieval_html
-    from slic.retrieval import evaluate_embeddings, source_files, unlabelled_neighbours, write_recall_curve
+    from slic.retrieval import evaluate_embeddings, source_units, unlabelled_neighbours, write_recall_curve
     from slic.tracking import stage_run
 
     cfg = config.evaluate
@@ -315,8 +315,8 @@ def run_evaluate(config: Any) -> dict[str, Any]:
         splits, what, write_page = (cfg.query_split, cfg.gallery_split), "vs " + cfg.gallery_split, write_retrieval_html
         metrics = {k: v for k, v in report.items() if k.startswith("recall@")}
     else:
-        report = unlabelled_neighbours(cfg.embeddings, split=cfg.gallery_split, ks=cfg.ks,
-                                       files=source_files(config.extract.manifest))  # segments: other files only
+        units, unit = source_units(config.extract.manifest)  # segments: other files; clips: other recordings
+        report = unlabelled_neighbours(cfg.embeddings, split=cfg.gallery_split, ks=cfg.ks, files=units, unit=unit)
         splits, what, write_page = (cfg.gallery_split,), "no labels", write_neighbours_html
         metrics = {k: v for k, v in report.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     write_recall_curve(report if labelled else {}, cfg.curve)

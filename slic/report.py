@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from slic.data.frames import ShardReader, shard_path
-from slic.retrieval import files_of, nearest_gallery, nearest_others, normalize_rows, source_files, split_mask
+from slic.retrieval import files_of, nearest_gallery, nearest_others, normalize_rows, source_units, split_mask
 
 THUMB_FRAMES = 12   # frames spread over the whole video
 THUMB_WIDTH = 96    # pixels; height keeps the video's aspect
@@ -307,7 +307,7 @@ def write_neighbours_html(out: str | Path, report: Mapping[str, Any], *, embeddi
     vectors, ids = data["embedding"][mask], data["video_id"][mask]
     rng = np.random.default_rng(seed)
     chosen = np.sort(rng.choice(len(vectors), min(queries, len(vectors)), replace=False))
-    files = files_of(ids, source_files(manifest)) if report.get("leave_out") == "file" else None
+    files = files_of(ids, source_units(manifest)[0]) if report.get("leave_out") in ("file", "recording") else None
     neighbours, sims = nearest_others(vectors, k, rows=chosen, files=files)  # only the shown videos query
     paths = _video_paths(Path(manifest))
     cells = VideoCells(ids, frames_dir, paths)

@@ -120,21 +120,32 @@ def nearest_others(vectors: np.ndarray, k: int, *, rows: np.ndarray | None = Non
     return _top_k(unit[rows], unit, k, block=block, exclude=rows, groups=groups)
 
 
-def source_files(manifest: str | Path) -> dict[str, str]:
-    """video_id -> the file it was cut from, from a manifest CSV (empty when the file is absent): the segments of
-    one long video (manifest.segment_seconds) share their file."""
+def source_units(manifest: str | Path) -> tuple[dict[str, str], str]:
+    """(video_id -> what a query leaves out with itself, "file" or "recording"), from a manifest CSV (empty when
+    the file is absent): the file it was cut from (the segments of one long video, manifest.segment_seconds, share
+    it), or its recording (the manifest's group) once some recording holds several files (an unlabelled folder's
+    recordings named by manifest.group_pattern): a clip's nearest would otherwise be its sibling clips."""
     import csv
 
     manifest = Path(manifest)
     if not manifest.is_file():
-        return {}
+        return {}, "file"
     with manifest.open(newline="") as handle:
-        return {row["video_id"]: row["path"] for row in csv.DictReader(handle) if row.get("video_id")}
+        rows = [row for row in csv.DictReader(handle) if row.get("video_id")]
+    files = {row["video_id"]: row["path"] for row in rows}
+    recordings = {row["video_id"]: row.get("group") or row["path"] for row in rows}
+    files_of_recording: dict[str, set[str]] = {}
+    for video_id, recording in recordings.items():
+        files_of_recording.setdefault(recording, set()).add(files[video_id])
+    if any(len(held) > 1 for held in files_of_recording.values()):
+        return recordings, "recording"
+    return files, "file"
 
 
 def files_of(ids: np.ndarray, files: dict[str, str]) -> np.ndarray | None:
-    """Each id's source file when some file holds several of the ids (segments) and more than one file is among
-    them, else None (every row its own file, or nothing else to compare with: plain leave-one-out)."""
+    """Each id's source file (or recording: `source_units`) when some file holds several of the ids (segments) and
+    more than one file is among them, else None (every row its own file, or nothing else to compare with: plain
+    leave-one-out)."""
     if not files or any(str(i) not in files for i in ids):
         return None
     named = np.array([files[str(i)] for i in ids])
@@ -156,9 +167,10 @@ def effective_rank(vectors: np.ndarray) -> float:
 
 
 def unlabelled_neighbours(path: str | Path, *, split: str | None = "train", ks: Sequence[int] = DEFAULT_KS,
-                          hub_k: int = 10, files: dict[str, str] | None = None) -> dict[str, Any]:
+                          hub_k: int = 10, files: dict[str, str] | None = None, unit: str = "file") -> dict[str, Any]:
     """What can be measured without classes: each `split` video (None: every video) queries all the others
-    (leave-one-out; with `files`, video_id -> source file, a segment queries the other files' rows only).
+    (leave-one-out; with `files`, video_id -> source file, a segment queries the other files' rows only; `unit`
+    "recording" when `files` maps to recordings, `source_units`: a clip queries the other recordings' videos).
 
     Mean cosine similarity of the k-th neighbour for each k, the mean over all pairs, the effective rank
     (near 1: the embedding collapsed), and hubness: the videos that appear in the most top-`hub_k` lists
@@ -189,10 +201,11 @@ def unlabelled_neighbours(path: str | Path, *, split: str | None = "train", ks: 
         "untrained or collapsed encoder's are: check that pretrain trained (its loss, epochs) and that the videos "
         "differ (not one scene, not black frames)")}
     which = f"{split} video" if split else "video"
+    part = "a segment" if unit == "file" else "a clip"
     protocol = (f"leave-one-out: each {which} queries the {n - 1} others" if sources is None else
-                f"leave-one-file-out: each {which} (a segment of one of {len(np.unique(sources))} files) queries the "
-                "others of the other files, its own file's segments left out")
-    return {"labelled": False, "protocol": protocol, "leave_out": "video" if sources is None else "file",
+                f"leave-one-{unit}-out: each {which} ({part} of one of {len(np.unique(sources))} {unit}s) queries "
+                f"the others of the other {unit}s, its own {unit}'s {part.split()[1]}s left out")
+    return {"labelled": False, "protocol": protocol, "leave_out": "video" if sources is None else unit,
             "queries": n, "gallery": n, "query_split": split, "gallery_split": split,
             **{f"neighbour_cosine@{k}": float(sims[:, k - 1].mean()) for k in ks},
             "mean_pairwise_cosine": pairwise,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from slic.retrieval import (effective_rank, evaluate_embeddings, nearest_gallery, nearest_others, recall_at_k,
@@ -214,3 +215,30 @@ def test_segments_of_one_recording_find_other_files_not_each_other(tmp_path: Pat
     assert report["neighbour_cosine@1"] < unlabelled_neighbours(path, ks=(1,))["neighbour_cosine@1"]
     whole = {i: f"/a/{i}.mp4" for i in ids}  # every row its own file: the plain protocol
     assert unlabelled_neighbours(path, ks=(1,), files=whole)["leave_out"] == "video"
+
+
+def test_clips_of_one_recording_are_left_out_together_when_the_manifest_names_recordings(tmp_path: Path) -> None:
+    """An unlabelled folder whose manifest.group_pattern makes clips files of one recording: `source_units` gives
+    recordings, and each clip then queries the other recordings' videos (its siblings would be nearest)."""
+    from slic.retrieval import source_units
+
+    ids = ["trip/a", "trip/b", "trip/c", "x", "y"]
+    manifest = tmp_path / "validated.csv"
+    pd.DataFrame({"video_id": ids, "path": [f"/v/{i}.mp4" for i in ids],
+                  "group": ["trip", "trip", "trip", "x", "y"]}).to_csv(manifest, index=False)
+    units, unit = source_units(manifest)
+    assert unit == "recording" and units == {"trip/a": "trip", "trip/b": "trip", "trip/c": "trip", "x": "x", "y": "y"}
+    embedding = (np.eye(8)[[0, 0, 0, 1, 2]] + 0.01 * np.arange(5)[:, None]).astype(np.float32)
+    path = tmp_path / "e.npz"
+    np.savez(path, video_id=np.array(ids), label=np.full(5, -1), class_name=np.array([""] * 5),
+             split=np.array(["train"] * 5), embedding=embedding)
+    report = unlabelled_neighbours(path, ks=(1, 2), hub_k=2, files=units, unit=unit)
+    assert report["leave_out"] == "recording" and report["protocol"].startswith(
+        "leave-one-recording-out: each train video (a clip of one of 3 recordings) queries the others of the other "
+        "recordings, its own recording's clips left out")
+    assert report["neighbour_cosine@1"] < 0.2  # without it, each trip clip's nearest is a sibling at cosine ~1
+    assert unlabelled_neighbours(path, ks=(1,))["neighbour_cosine@1"] > 0.6
+    files_only = manifest.with_name("files.csv")  # each recording one file (the default groups): files, as before
+    pd.read_csv(manifest).assign(group=ids).to_csv(files_only, index=False)
+    assert source_units(files_only) == ({i: f"/v/{i}.mp4" for i in ids}, "file")
+    assert source_units(tmp_path / "absent.csv") == ({}, "file")
