@@ -49,3 +49,20 @@ def test_missing_manifest_is_a_clear_error(tmp_path: Path, monkeypatch, capsys) 
     assert main(["extract"]) == 2
     err = capsys.readouterr().err
     assert "data/manifests/validated.csv: manifest not found; run the stages before this one first" in err
+
+
+def test_the_manifest_stage_says_what_a_group_pattern_made_of_the_folder(tmp_path: Path, monkeypatch, capsys) -> None:
+    """A regex is easy to get subtly wrong: the stage counts the recordings it names, with the largest, so a user
+    sees at a glance whether clips were gathered (an unlabelled folder here: one recording per name family)."""
+    from tests.data.test_datasets import recordings_folder
+
+    root = recordings_folder(tmp_path / "clips", clips=2)
+    monkeypatch.chdir(tmp_path)
+    Path("params.yaml").write_text(f"manifest:\n  root: {root}\n  layout: unlabelled\n  workers: 1\n"
+                                   "  group_pattern: '^(.*?)_c\\d+\\.\\w+$'\n")
+    assert main(["manifest"]) == 0
+    out = capsys.readouterr().out
+    assert "manifest: manifest.group_pattern names 12 recordings of the 24 usable videos (the largest, jump_jump_r0, " \
+           "has 2)" in out and "note:" not in out
+    report = json.loads(Path("reports/manifest.json").read_text())
+    assert report["recordings"] == {"count": 12, "largest": 2, "example": "jump_jump_r0"}

@@ -544,8 +544,9 @@ def grouping_advice(table: pd.DataFrame, root: str, layout: str, group_pattern: 
     manifest.group_pattern (`key`), the name families that look like clips of one recording, with a pattern that
     groups them; with one, what it made of the folder (or of an unlabelled one) when that needs saying. Empty for
     other layouts, or when there is nothing to say."""
-    if layout == "unlabelled" and group_pattern:
-        return _recordings_line(table, root, group_pattern, key, classes=False)
+    if layout == "unlabelled":
+        return (_recordings_line(table, root, group_pattern, key, classes=False) if group_pattern
+                else _name_families_line(table, key, split=False))
     if layout != "folder":
         return ""
     return _recordings_line(table, root, group_pattern, key) if group_pattern else _name_families_line(table, key)
@@ -570,12 +571,14 @@ def _recordings_line(table: pd.DataFrame, root: str, group_pattern: str, key: st
     return "; ".join(said)
 
 
-def _name_families_line(table: pd.DataFrame, key: str) -> str:
+def _name_families_line(table: pd.DataFrame, key: str, split: bool = True) -> str:
     """Name families in a folder split per video: videos of one class whose names differ only in a trailing number
     (v_Archery_g01_c01, _c02: UCF101's clips of one recording). If they are one recording, a per-video split puts
     it in train and test, and retrieval then finds the scene, not the action. A family counts with 2 or more videos
     and less than its whole class; the line appears when families hold a fifth of the usable videos or more. A
-    camera's running number (IMG_1234, GOPR0042) is not a clip number: a family's numbers must stay under 100."""
+    camera's running number (IMG_1234, GOPR0042) is not a clip number: a family's numbers must stay under 100.
+    `split` False (an unlabelled folder, one class): no split to leak into, but `slic search` and `evaluate` would
+    count each clip a recording of its own."""
     usable = table[table["excluded"] == ""].drop_duplicates("path")
     families: dict[tuple[str, str], list[tuple[str, int]]] = {}
     suffix_of: dict[str, str] = {}
@@ -593,10 +596,15 @@ def _name_families_line(table: pd.DataFrame, key: str) -> str:
     example = sorted(max(counted, key=len))[:2]
     recording = _TRAILING_COUNTER.match(Path(example[0]).stem).group(1)
     pattern = "^(.*?)" + re.escape(suffix_of[example[0]]) + r"\d+\.\w+$"
-    return (f"{videos} of {len(usable)} videos share their name with others of their class but for a trailing number "
-            f"(e.g. {example[0]}, {example[1]}; {len(counted)} such families): if each family is clips of one "
-            "recording, the per-video split puts recordings in train and test and recall measures the scene; set "
-            f"{key}: '{pattern}' (names {example[0]}'s recording {recording!r}) to split by recording")
+    family = (f"{videos} of {len(usable)} videos share their name with others {'of their class ' if split else ''}but "
+              f"for a trailing number (e.g. {example[0]}, {example[1]}; {len(counted)} such families): if each family "
+              "is clips of one recording, ")
+    set_it = f"set {key}: '{pattern}' (names {example[0]}'s recording {recording!r})"
+    if not split:
+        return (family + "`slic search --other-recordings` and `--per-recording` and evaluate's neighbours count "
+                f"each clip a recording of its own; {set_it} to count each family as one")
+    return (family + "the per-video split puts recordings in train and test and recall measures the scene; "
+            f"{set_it} to split by recording")
 
 
 def short_at_rate_advice(table: pd.DataFrame, min_frames: int, target_fps: float) -> str:

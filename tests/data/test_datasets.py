@@ -399,6 +399,14 @@ def test_an_unlabelled_folders_recordings_are_named_by_the_group_pattern_on_the_
     with pytest.raises(DatasetError, match=r"matches none of the 4 videos' paths under manifest.root \(e.g. "
                                            r"'beach/GX010001.mp4'\); fix it, or set it to ''"):
         build_manifest(config(root, "unlabelled", group_pattern=r"_c(\d+)"))
+    clips = recordings_folder(tmp_path / "clips")  # name families: the note suggests a pattern, as for a folder
+    advice = grouping_advice(build_manifest(config(clips, "unlabelled")), str(clips), "unlabelled", "")
+    assert advice.startswith("36 of 36 videos share their name with others but for a trailing number (e.g. "
+                             "jump_r0_c01.mp4, jump_r0_c02.mp4; 12 such families): if each family is clips of one "
+                             "recording, `slic search --other-recordings`")
+    suggested = advice.split("manifest.group_pattern: '")[1].split("'")[0]
+    grouped = build_manifest(config(clips, "unlabelled", group_pattern=suggested))
+    assert grouped["group"].nunique() == 12 and grouping_advice(grouped, str(clips), "unlabelled", suggested) == ""
 
 
 def test_what_a_group_pattern_made_of_the_folder_is_said_when_it_needs_saying(tmp_path: Path) -> None:
