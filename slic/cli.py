@@ -145,7 +145,7 @@ def run_extract(config: Any) -> dict[str, Any]:
         write_report("extract", report)
         raise StageFailed(checked["summary"] + "\nfull result: reports/extract.json")
     print(f"extract: {checked['summary'].splitlines()[0]}")
-    report["near_twins"] = near_twins(manifest, cfg.out)
+    report["near_twins"] = near_twins(manifest, cfg.out, workers=cfg.workers)
     warning = twins_warning(report["near_twins"], "for a class folder set manifest.group_pattern (the manifest "
                                                   "stage suggests one), otherwise check the split files")
     if warning:

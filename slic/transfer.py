@@ -94,7 +94,7 @@ def prepare_eval_data(config: Config, name: str) -> dict[str, Any]:
     report["frames_validation"] = frames_checked
     if not frames_checked["success"]:  # its shards stay: a rerun reuses every intact one
         raise EvalDataInvalid(f"eval set {name}: {frames_checked['summary']}", report)
-    report["near_twins"] = near_twins(usable, folder / "frames")
+    report["near_twins"] = near_twins(usable, folder / "frames", workers=config.extract.workers)
     warning = twins_warning(report["near_twins"], f"for a class folder set {key} (this stage suggests one), "
                                                   "otherwise check the set's split files")
     if warning:

@@ -47,6 +47,8 @@ def test_a_copy_across_the_split_is_a_twin_and_other_scenes_are_not(shards: tupl
 
     monkeypatch.setattr(twins, "BLOCK_CELLS", 7)  # one query row a block (a big collection's blocks): same answer
     assert near_twins(usable, copied) == leaky
+    monkeypatch.setattr(twins, "SIGNATURES_PER_TASK", 2)  # signatures in 2 worker processes: same answer
+    assert near_twins(usable, copied, workers=2) == leaky
     assert 2 / test_videos >= WARN_SHARE
     line = twins_warning(leaky, "for a class folder set manifest.group_pattern")
     assert line.startswith(f"2 of {test_videos} test videos ({100 * 2 / test_videos:.0f}%) have a train video whose "
