@@ -77,11 +77,8 @@ def run_manifest(config: Any) -> dict[str, Any]:
     print(f"manifest: {len(table)} videos ({len(excluded)} excluded), splits {report['splits']} -> {out}")
     print(f"manifest: {datasets.summary_line(report['summary'])}")
     if config.manifest.group_pattern:  # what the user's regex made of the folder, to check at a glance
-        clips = usable.drop_duplicates("path").groupby("group").size()
-        report["recordings"] = {"count": len(clips), "largest": int(clips.max()) if len(clips) else 0,
-                                "example": str(clips.idxmax()) if len(clips) else ""}
-        print(f"manifest: manifest.group_pattern names {len(clips)} recordings of the {len(usable)} usable videos "
-              f"(the largest, {report['recordings']['example']}, has {report['recordings']['largest']})")
+        report["recordings"], line = datasets.recordings_summary(table)
+        print(f"manifest: {line}")
     for item in report["excluded"][:10]:
         print(f"  excluded {item['video_id']}: {item['reason']}")
     if len(excluded) > 10:

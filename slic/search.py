@@ -114,7 +114,7 @@ def search_videos(videos: list[Path], encoder: FileEncoder, loaded: LoadedIndex,
     the query's own file (the moments around a stretch of an indexed recording, or the indexed file itself);
     `per_file` > 0 keeps at most that many hits from any one file (the best moments of k different recordings,
     not k neighbouring segments of one), searching deeper until k are found or the index is exhausted.
-    `other_recordings` and `per_recording` do the same by recording (`row_recordings`: UCF101's group, the clips
+    `other_recordings` and `per_recording` do the same by recording (`_row_recordings`: UCF101's group, the clips
     manifest.group_pattern names one recording, a file's segments): the query file's own recording is that of its
     indexed rows, so an indexed clip's sibling clips are left out with it."""
     spans = spans if spans is not None else [None] * len(videos)
@@ -132,7 +132,7 @@ def search_videos(videos: list[Path], encoder: FileEncoder, loaded: LoadedIndex,
     if not embedded:
         return [], errors
     file_of = _row_files(loaded) if other_files or per_file or other_recordings or per_recording else {}
-    recording_of = row_recordings(loaded, file_of) if other_recordings or per_recording else {}
+    recording_of = _row_recordings(loaded, file_of) if other_recordings or per_recording else {}
     rows_of_file = _rows_of(file_of) if other_files or other_recordings else {}
     rows_of_recording = _rows_of(recording_of) if other_recordings else {}
     own_rows = [_own_rows(rows_of_file.get(os.path.realpath(videos[position]), set()), recording_of,
@@ -239,7 +239,7 @@ def _row_files(loaded: LoadedIndex) -> dict[int, str]:
     return {int(row): os.path.realpath(path) for row, path in zip(loaded.rows.index, loaded.rows["path"].astype(str))}
 
 
-def row_recordings(loaded: LoadedIndex, file_of: dict[int, str]) -> dict[int, str]:
+def _row_recordings(loaded: LoadedIndex, file_of: dict[int, str]) -> dict[int, str]:
     """Each index row's recording: the manifest's group the index stage stored (rows.csv `recording`: UCF101's
     class and g number, what manifest.group_pattern names, else the file), or its file (`file_of`) where there is
     none (an added video, an index built before recordings were stored)."""

@@ -60,7 +60,7 @@ def prepare_eval_data(config: Config, name: str) -> dict[str, Any]:
 
     Raises `EvalDataInvalid` with the validation summary when the set fails its expectations.
     """
-    from slic.data.datasets import DatasetError, build_manifest, grouping_advice
+    from slic.data.datasets import DatasetError, build_manifest, grouping_advice, recordings_summary
     from slic.data.frames import extract_as_configured
     from slic.data.twins import near_twins, twins_warning
     from slic.data.validate import frames_report, validate_manifest
@@ -81,6 +81,9 @@ def prepare_eval_data(config: Config, name: str) -> dict[str, Any]:
                               "validation": {"success": checked.success, **checked.statistics,
                                              "failures": [vars(f) for f in checked.failures]}}
     key = f"eval_sets.{name}.group_pattern"  # its note first: it may say why validation failed (a one-recording class)
+    if chosen.group_pattern:
+        report["recordings"], line = recordings_summary(table, key)
+        print(f"eval_data@{name}: {line}")
     note = grouping_advice(table, chosen.root, chosen.layout, chosen.group_pattern, key)
     if note:
         report["advice"] = [note]

@@ -119,6 +119,10 @@ def test_a_folder_eval_set_of_clips_is_told_to_name_its_recordings(tmp_path: Pat
     grouped = load(params_with(tmp_path, {"mine": {"root": str(root), "layout": "folder", "group_pattern": pattern}}))
     table = build_manifest(manifest_config(grouped, "mine"))
     assert table["group"].nunique() == 12 and (table.groupby("group")["split"].nunique() == 1).all()
+    report = prepare_eval_data(grouped, "mine")  # the stage says what the pattern made of the set, in its own key
+    assert report["recordings"] == {"count": 12, "largest": 2, "example": "jump/jump_r0"}
+    assert ("eval_data@mine: eval_sets.mine.group_pattern names 12 recordings of the 24 usable videos (the largest, "
+            "jump/jump_r0, has 2)") in capsys.readouterr().out
     assert set(table["split"]) == {"train", "test"}  # no val carve for an eval set's retrieval
     # Its manifest's errors name the set's own keys, the line of params.yaml to fix.
     from slic.data.datasets import DatasetError

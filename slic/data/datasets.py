@@ -552,6 +552,17 @@ def grouping_advice(table: pd.DataFrame, root: str, layout: str, group_pattern: 
     return _recordings_line(table, root, group_pattern, key) if group_pattern else _name_families_line(table, key)
 
 
+def recordings_summary(table: pd.DataFrame, key: str = "manifest.group_pattern") -> tuple[dict[str, Any], str]:
+    """What a group_pattern (`key`) made of a table's usable videos, as a report entry (count, the largest
+    recording and its clips) and a line to print: a regex is easy to get subtly wrong, and the count shows it."""
+    usable = table[table["excluded"] == ""].drop_duplicates("path")
+    clips = usable.groupby("group").size()
+    largest = str(clips.idxmax()) if len(clips) else ""
+    entry = {"count": int(len(clips)), "largest": int(clips.max()) if len(clips) else 0, "example": largest}
+    return entry, (f"{key} names {entry['count']} recordings of the {len(usable)} usable videos (the largest, "
+                   f"{largest}, has {entry['largest']})")
+
+
 def _recordings_line(table: pd.DataFrame, root: str, group_pattern: str, key: str, classes: bool = True) -> str:
     """What manifest.group_pattern made of the folder, when it needs saying: videos it does not match (each a
     recording of its own), and classes it leaves with one recording (all of it trains: such a class has no test or
