@@ -167,9 +167,15 @@ def report_markdown(stage: str, report: dict[str, Any], ran: bool) -> str:
     status = "ran" if ran else "unchanged (DVC cache)"
     if report.get("skipped"):  # a stage that needs classes, on videos without them
         status = f"skipped: {report.get('reason', '')}"
-    body = "\n".join(f"| {k} | {f'{v:.4g}' if isinstance(v, float) else v} |" for k, v in rows[:60])
+    body = "\n".join(f"| {k} | {table_cell(f'{v:.4g}' if isinstance(v, float) else v)} |" for k, v in rows[:60])
     lists = [listed_markdown(title, report[key]) for key, title in LISTED.items() if report.get(key)]
     return f"### {stage}: {status}\n\n| key | value |\n|---|---|\n{body}\n" + "".join(lists)
+
+
+def table_cell(value: Any) -> str:
+    """A value as one markdown table cell: a '|' (a file name may hold one) escaped, a line break a space, so the
+    value cannot end its row or the table."""
+    return " ".join(str(value).splitlines()).replace("|", "\\|")
 
 
 def listed_markdown(title: str, items: list[Any]) -> str:

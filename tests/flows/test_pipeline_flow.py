@@ -42,6 +42,8 @@ def test_artifact_keys_and_markdown() -> None:
     table = report_markdown("evaluate", {"recall@1": 0.51234, "splits": {"train": 3}, "failed": [1, 2]}, ran=False)
     assert "| recall@1 | 0.5123 |" in table and "| splits.train | 3 |" in table and "| failed | 2 item(s) |" in table
     assert "unchanged (DVC cache)" in table
+    odd = report_markdown("manifest", {"root": "/videos/a|b", "summary": "two\nlines"}, ran=True)
+    assert "| root | /videos/a\\|b |\n| summary | two lines |\n" in odd  # one row each: the table holds
 
 
 def test_notes_and_exclusions_are_listed_in_the_artifact_and_the_notes_describe_the_mlflow_run(
