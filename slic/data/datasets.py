@@ -79,7 +79,8 @@ def _ucf101(root: Path, splits: Path, split: int) -> tuple[list[str], list[Entry
 def hmdb51_source(class_name: str, video: str) -> str | None:
     """The source film of an HMDB51 clip: the part of its name before `_<class>_` and the meta tags
     (`April_09` of April_09_brush_hair_u_nm_np1_ba_goo_0.avi), None for a name not made that way. HMDB51's
-    splits keep a film's clips of one class on one side (split 1: none of its 2023 class/film groups on both)."""
+    splits keep a film's clips of one class on one side (splits 1-3: none of their 2000-2023 class/film groups on
+    both sides, every name matched)."""
     match = re.match(rf"^(.+)_{re.escape(class_name)}_[fhlu]_(?:cm|nm)_np\d+_(?:fr|ba|le|ri)_(?:bad|med|goo)_\d+\.avi$",
                      video)
     return match.group(1) if match else None
