@@ -543,11 +543,14 @@ def grouping_advice(table: pd.DataFrame, root: str, layout: str, group_pattern: 
                     key: str = "manifest.group_pattern") -> str:
     """A line for the manifest stage on how a class-folder dataset at `root` is split into recordings: without
     manifest.group_pattern (`key`), the name families that look like clips of one recording, with a pattern that
-    groups them; with one, what it made of the folder (or of an unlabelled one) when that needs saying. Empty for
-    other layouts, or when there is nothing to say."""
+    groups them; with one, what it made of the folder (or of an unlabelled one) when that needs saying; for HMDB51,
+    the videos not named as its clips are (their films unknown). Empty for other layouts, or when there is nothing
+    to say."""
     if layout == "unlabelled":
         return (_recordings_line(table, root, group_pattern, key, classes=False) if group_pattern
                 else _name_families_line(table, key, split=False))
+    if layout == "hmdb51":
+        return _hmdb51_names_line(table)
     if layout != "folder":
         return ""
     return _recordings_line(table, root, group_pattern, key) if group_pattern else _name_families_line(table, key)
@@ -562,6 +565,19 @@ def recordings_summary(table: pd.DataFrame, key: str = "manifest.group_pattern")
     entry = {"count": int(len(clips)), "largest": int(clips.max()) if len(clips) else 0, "example": largest}
     return entry, (f"{key} names {entry['count']} recordings of the {len(usable)} usable videos (the largest, "
                    f"{largest}, has {entry['largest']})")
+
+
+def _hmdb51_names_line(table: pd.DataFrame) -> str:
+    """HMDB51 videos whose names do not follow its naming (`hmdb51_source`): each is a film of its own, so the val
+    carve cannot keep it with its film's other clips; empty when every name follows it."""
+    usable = table[(table["excluded"] == "") & (table["split"] != "unused")]
+    odd = [Path(path).name for path, c in zip(usable["path"], usable["class"])
+           if hmdb51_source(c, Path(path).name) is None]
+    if not odd:
+        return ""
+    return (f"{len(odd)} of {len(usable)} videos are not named as HMDB51 names its clips "
+            f"(<film>_<class>_<4 tags>_<n>.avi, e.g. {odd[0]}): each counts as a film of its own, so val may hold a "
+            "clip whose film's other clips train; keep HMDB51's file names to carve val by film")
 
 
 def _recordings_line(table: pd.DataFrame, root: str, group_pattern: str, key: str, classes: bool = True) -> str:
