@@ -379,7 +379,7 @@ def run_search(argv: list[str], params: str = "params.yaml") -> int:
         from slic.search_report import write_search_html
 
         page = write_search_html(args.html, answers, errors, index=str(args.index or index_dir),
-                                 model=args.model or loaded.meta["checkpoint"])
+                                 model=args.model or loaded.meta["checkpoint"], chosen=_chosen_options(args))
         queries = f"{page['queries']} {'query' if page['queries'] == 1 else 'queries'}"
         warn(f"wrote {page['path']} ({queries}, {page['thumbnails']} thumbnails, {page['bytes'] / 1e6:.2f} MB)")
     try:
@@ -387,6 +387,15 @@ def run_search(argv: list[str], params: str = "params.yaml") -> int:
     except BrokenPipeError:  # e.g. `slic search DIR | head`: the reader left, nothing more to say
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keep the interpreter's final flush quiet
     return 1 if errors else 0
+
+
+def _chosen_options(args: argparse.Namespace) -> str:
+    """The options that chose the hits, as they were typed (-k and what leaves hits out)."""
+    said = [f"-k {args.k}"] + [flag for flag, on in (("--other-files", args.other_files),
+                                                     ("--other-recordings", args.other_recordings)) if on]
+    said += [f"{flag} {value}" for flag, value in (("--per-file", args.per_file),
+                                                   ("--per-recording", args.per_recording)) if value]
+    return " ".join(said)
 
 
 def _query_spans(args: argparse.Namespace, videos: list[Path]) -> list[QuerySpan | None] | None:

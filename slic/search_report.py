@@ -48,9 +48,11 @@ def file_thumbnail(path: str | Path, start_s: float | None = None, end_s: float 
 
 
 def write_search_html(out: str | Path, answers: Sequence[Mapping[str, Any]], errors: Sequence[Mapping[str, str]],
-                      *, index: str, model: str) -> dict[str, Any]:
+                      *, index: str, model: str, chosen: str = "") -> dict[str, Any]:
     """Write the page for `slic search`'s `answers` (and the queries in `errors`) to `out`; `index` and `model`
-    say what was searched with what. Returns {path, bytes, queries, thumbnails, missing_thumbnails}."""
+    say what was searched with what, `chosen` how the hits were chosen (the options that leave some out, e.g.
+    `--other-recordings`), so a page kept or sent on still says it. Returns {path, bytes, queries, thumbnails,
+    missing_thumbnails}."""
     from slic.data.video import time_span
 
     thumbs: dict[tuple[str, float | None, float | None], Thumbnail] = {}
@@ -84,7 +86,8 @@ def write_search_html(out: str | Path, answers: Sequence[Mapping[str, Any]], err
     page = (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
             f"<style>{STYLE}{SEARCH_STYLE}</style></head><body><h1>{title}</h1>"
             f"<p>{len(answers)} {'query' if len(answers) == 1 else 'queries'} against the index "
-            f"<code>{html.escape(index)}</code>, embedded with <code>{html.escape(model)}</code>; cos: cosine "
+            f"<code>{html.escape(index)}</code>, embedded with <code>{html.escape(model)}</code>"
+            f"{f'; hits chosen with <code>{html.escape(chosen)}</code>' if chosen else ''}; cos: cosine "
             f"similarity to the query. Each thumbnail plays {THUMB_FRAMES} frames spread over its video (a "
             f"segment's over its own stretch).</p>{''.join(rows)}{failed}</body></html>\n")
     out = Path(out)

@@ -131,6 +131,10 @@ def test_search_html_shows_each_query_and_its_hits_as_thumbnails_and_names_the_f
         assert body.count('<li class="video neighbour">') == 2 and body.count("data:image/webp;base64,") == 3
         assert f'alt="neighbour: {query}"' in body  # the query is indexed: its own first hit
     assert re.search(r'<ul id="errors"><li>[^<]*corrupted\.mp4: cannot decode video', page)
+    assert "hits chosen with <code>-k 2</code>" in page  # a page kept or sent on says how its hits were chosen
+    assert main(["search", str(FOLDER / "video_90.mov"), "-k", "2", "--other-files", "--per-recording", "1",
+                 "--html", str(page_path)]) == 0
+    assert "hits chosen with <code>-k 2 --other-files --per-recording 1</code>" in page_path.read_text()
     assert "<script" not in page and "http" not in page  # self-contained, opens from disk
 
 
