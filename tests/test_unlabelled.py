@@ -76,6 +76,8 @@ def test_pretrain_index_and_search_on_unlabelled_videos(archive: Path, tiny_data
         assert run(tmp_path, stage) == 0, stage
     validated = pd.read_csv(tmp_path / "data/manifests/validated.csv", keep_default_na=False)
     assert len(validated) == 24 and set(validated["split"]) == {"train"}
+    twins = json.loads((tmp_path / "reports/extract.json").read_text())["near_twins"]
+    assert (twins["scope"], twins["videos"]) == ("archive", 24)  # no split: twins of other files, not test vs train
     pretrain = json.loads((tmp_path / "reports/pretrain.json").read_text())
     assert pretrain["labelled"] is False and pretrain["best_val_recall_at_1"] is None
     assert pretrain["best_epoch"] == 2 and pretrain["cluster_rounds"] == 2

@@ -11,6 +11,11 @@ video, 53 of 220 test videos have a twin (24%); split by recording (manifest.gro
 UCF101's official split 1, 5 of 202 (2.5%: BasketballDunk g01_c02 and g10_c02 at cosine 0.999, a source filed
 under two group numbers); the synthetic default (split by group), 0 of 210. So the extract stage warns when 5% or
 more of the test videos have one, and its report counts them whatever their share.
+
+An unlabelled archive has no split: there a video's twin is one of another recording (`archive_twins`: a copy,
+or a clip of a recording no manifest.group_pattern names), which search returns as its first hit. ucf101_6 read
+as an unlabelled folder: 200 of 731 videos (27%) have one when each file is its own recording, 13 (1.8%) with the
+recordings named (BasketballDunk g01_c02 and g10_c02 again, at 0.999); the same 5% warning.
 """
 
 from __future__ import annotations
@@ -93,6 +98,52 @@ def near_twins(videos: pd.DataFrame, frames_dir: str | Path, *, query: str = "te
                   examples=[{"query": queries[i], "twin": others[nearest[i]], "cosine": round(float(best[i]), 4)}
                             for i in closest])
     return report
+
+
+def archive_twins(videos: pd.DataFrame, frames_dir: str | Path, *, threshold: float = TWIN_COSINE,
+                  workers: int = 1) -> dict[str, Any]:
+    """Near twins within an unlabelled archive (rows with video_id and group), where there is no split: how many
+    videos have one of another recording (group: manifest.group_pattern's, else each file), and the closest pairs
+    (each pair once). A recording's own clips and a long file's segments are never each other's twins. Copies and
+    re-encodes come back from `slic search` as each other's first hit; clips of one recording without a
+    group_pattern do too. Videos without a shard are left out."""
+    from slic.data.frames import shard_path
+
+    on_disk = videos[[shard_path(frames_dir, v).is_file() for v in videos["video_id"]]]
+    ids = on_disk["video_id"].tolist()
+    report: dict[str, Any] = {"scope": "archive", "threshold": threshold, "videos": len(ids), "with_twin": 0,
+                              "share": 0.0, "examples": []}
+    if len(ids) < 2:
+        return report
+    matrix = np.stack(signatures([shard_path(frames_dir, v) for v in ids], workers))
+    recording = np.unique(on_disk["group"].astype(str).to_numpy(), return_inverse=True)[1]
+    best = np.empty(len(ids), dtype=np.float32)
+    nearest = np.empty(len(ids), dtype=np.int64)
+    rows = max(1, BLOCK_CELLS // len(ids))
+    for start in range(0, len(ids), rows):
+        block = matrix[start:start + rows] @ matrix.T
+        block[recording[start:start + rows, None] == recording[None, :]] = -np.inf  # itself, its recording
+        best[start:start + len(block)] = block.max(axis=1)
+        nearest[start:start + len(block)] = block.argmax(axis=1)
+    twins = np.flatnonzero(best >= threshold)
+    pairs = {tuple(sorted((int(i), int(nearest[i])))): float(best[i]) for i in twins}
+    closest = sorted(pairs, key=lambda pair: (-round(pairs[pair], 4), ids[pair[0]], ids[pair[1]]))[:EXAMPLES]
+    report.update(with_twin=int(len(twins)), share=round(len(twins) / len(ids), 4),
+                  examples=[{"query": ids[a], "twin": ids[b], "cosine": round(pairs[(a, b)], 4)} for a, b in closest])
+    return report
+
+
+def archive_twins_warning(report: dict[str, Any]) -> str:
+    """One line when WARN_SHARE or more of an archive's videos have a twin of another recording (empty otherwise):
+    what they are likely to be and what to do."""
+    if not report.get("videos") or report["share"] < WARN_SHARE:
+        return ""
+    first = report["examples"][0]
+    return (f"{report['with_twin']} of {report['videos']} videos ({100 * report['share']:.0f}%) have a video of "
+            f"another file or recording whose frames look nearly the same (e.g. {first['query']} and {first['twin']}, "
+            f"cosine {first['cosine']:.3f}): clips of one recording, or copies; `slic search` returns them as each "
+            "other's first hits. If they are clips of one recording set manifest.group_pattern (the manifest stage "
+            "suggests one when names form families) and search with --other-recordings; remove copies")
 
 
 def twins_warning(report: dict[str, Any], advice: str) -> str:

@@ -57,6 +57,31 @@ def test_a_copy_across_the_split_is_a_twin_and_other_scenes_are_not(shards: tupl
                          "manifest.group_pattern")
 
 
+def test_an_archives_twins_are_copies_across_recordings_and_a_recordings_own_clips_are_not(
+        shards: tuple[pd.DataFrame, Path], tmp_path: Path) -> None:
+    """An unlabelled archive has no split: a video's twin is a near-identical video of another recording (a copy, or
+    a clip of one recording that no group_pattern names), each pair named once; clips of one named recording are
+    never each other's twins."""
+    from slic.data.twins import archive_twins, archive_twins_warning
+
+    usable, frames = shards
+    archive = usable.assign(group=usable["video_id"], label=-1, split="train")  # each file its own recording
+    ids = archive["video_id"].tolist()
+    clean = archive_twins(archive, frames)
+    assert (clean["scope"], clean["videos"], clean["with_twin"], clean["examples"]) == ("archive", len(ids), 0, [])
+    assert archive_twins_warning(clean) == ""
+    copied = tmp_path / "copied"
+    shutil.copytree(frames, copied)
+    shutil.copy(shard_path(frames, ids[0]), shard_path(copied, ids[7]))  # a copy under another name
+    found = archive_twins(archive, copied, workers=2)
+    assert (found["with_twin"], [(e["query"], e["twin"]) for e in found["examples"]]) == (2, [tuple(sorted(
+        (ids[0], ids[7])))])  # both videos have a twin; the pair is named once
+    line = archive_twins_warning(found)
+    assert 2 / len(ids) >= WARN_SHARE and line.startswith(f"2 of {len(ids)} videos ") and "--other-recordings" in line
+    named = archive.assign(group=["one"] * 8 + ids[8:])  # the copy's two videos named one recording: not twins
+    assert archive_twins(named, copied)["with_twin"] == 0
+
+
 def test_the_signature_ignores_brightness_and_contrast_not_the_scene(shards: tuple[pd.DataFrame, Path]) -> None:
     """A brighter, flatter copy of a video is still its twin (frames are standardised); a video of another group's
     scene is not."""
