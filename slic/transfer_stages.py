@@ -30,6 +30,10 @@ def run_transfer(config: Config, name: str, world: Any) -> dict[str, Any]:
     from slic.tracking import stage_run
 
     report = evaluate_transfer(config, name, world)
+    report["pretraining_twins"], warning = _pretraining_twins(config, name)
+    if warning:
+        report["advice"] = [warning]
+        print(f"transfer {name}: warning: {warning}", file=sys.stderr)
     pretrained = report["pretrained"]
     html = reports_dir(name) / "retrieval.html"
     domain = report["in_domain_recall@1"]
@@ -59,6 +63,26 @@ def run_transfer(config: Config, name: str, world: Any) -> dict[str, Any]:
     if page["missing_thumbnails"]:
         print(f"transfer {name}: warning: no frames for {len(page['missing_thumbnails'])} thumbnails", file=sys.stderr)
     return report
+
+
+def _pretraining_twins(config: Config, name: str) -> tuple[dict[str, Any], str]:
+    """The set's test videos against the videos the encoder trained on (`slic.data.twins.pretraining_twins`), and
+    a warning line when 5% or more of them look nearly the same as one (empty otherwise)."""
+    from slic.data.datasets import read_manifest
+    from slic.data.twins import WARN_SHARE, pretraining_twins
+
+    if not Path(config.extract.manifest).is_file():  # pretrained elsewhere: nothing here to compare with
+        return {"queries": 0, "with_twin": 0, "share": 0.0, "examples": [], "note": "no pretraining manifest"}, ""
+    twins = pretraining_twins(read_manifest(data_dir(name) / "validated.csv"), data_dir(name) / "frames",
+                              read_manifest(config.extract.manifest), config.extract.out,
+                              workers=config.extract.workers)
+    if not twins["queries"] or twins["share"] < WARN_SHARE:
+        return twins, ""
+    first = twins["examples"][0]
+    return twins, (f"{twins['with_twin']} of {twins['queries']} test videos ({100 * twins['share']:.0f}%) look nearly "
+                   f"the same as a video the encoder trained on (e.g. {first['query']} and {first['twin']}, cosine "
+                   f"{first['cosine']:.3f}): the transfer recall measures them, not transfer; take them out of the "
+                   "eval set or out of the pretraining data")
 
 
 def run_classify(config: Config, name: str) -> dict[str, Any]:

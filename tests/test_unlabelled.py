@@ -121,6 +121,10 @@ def test_pretrain_index_and_search_on_unlabelled_videos(archive: Path, tiny_data
     transfer = json.loads((tmp_path / "reports/transfer/labelled/retrieval.json").read_text())
     assert transfer["mode"] == "slic" and transfer["in_domain_recall@1"] is None  # no in-domain number without labels
     assert transfer["pretrained"]["queries"] == 6 and transfer["pretrained"]["gallery"] == 18
+    # The archive is the labelled set's videos renamed: every test video was trained on, and the stage says so.
+    twins = transfer["pretraining_twins"]
+    assert (twins["queries"], twins["with_twin"]) == (6, 6) and twins["examples"][0]["cosine"] == pytest.approx(1.0)
+    assert "6 of 6 test videos (100%) look nearly the same as a video the encoder trained on" in transfer["advice"][0]
     assert 0.0 <= transfer["pretrained"]["recall@1"] <= 1.0 and "recall@1" in transfer["random_init"]
     page = (tmp_path / "reports/transfer/labelled/retrieval.html").read_text()
     assert "<title>Transfer report: eval set labelled</title>" in page and "never trained on these videos" in page

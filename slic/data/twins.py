@@ -16,6 +16,10 @@ An unlabelled archive has no split: there a video's twin is one of another recor
 or a clip of a recording no manifest.group_pattern names), which search returns as its first hit. ucf101_6 read
 as an unlabelled folder: 200 of 731 videos (27%) have one when each file is its own recording, 13 (1.8%) with the
 recordings named (BasketballDunk g01_c02 and g10_c02 again, at 0.999); the same 5% warning.
+
+An eval set (the transfer protocol) is checked against the videos the encoder trained on (`pretraining_twins`):
+ucf101_6 as a class folder with its own test draw, against an encoder pretrained on its official split 1, has 151
+of 236 test videos that pretraining trained on (all at cosine 1.0), and none among the 85 of the official test.
 """
 
 from __future__ import annotations
@@ -78,26 +82,53 @@ def near_twins(videos: pd.DataFrame, frames_dir: str | Path, *, query: str = "te
     on_disk = videos[[shard_path(frames_dir, v).is_file() for v in videos["video_id"]]]
     queries = on_disk[on_disk["split"] == query]["video_id"].tolist()
     others = on_disk[on_disk["split"].isin(gallery)]["video_id"].tolist()
-    report: dict[str, Any] = {"query_split": query, "gallery_splits": list(gallery), "threshold": threshold,
-                              "queries": len(queries), "with_twin": 0, "share": 0.0, "examples": []}
-    if not queries or not others:
-        return report
-    both = [*queries, *others]
-    signature = dict(zip(both, signatures([shard_path(frames_dir, v) for v in both], workers)))
-    gallery_matrix = np.stack([signature[v] for v in others])
+    report: dict[str, Any] = {"query_split": query, "gallery_splits": list(gallery), "threshold": threshold}
+    return {**report, **_twins_between([(v, shard_path(frames_dir, v)) for v in queries],
+                                       [(v, shard_path(frames_dir, v)) for v in others], threshold, workers)}
+
+
+def pretraining_twins(eval_videos: pd.DataFrame, eval_frames: str | Path, pretraining_videos: pd.DataFrame,
+                      pretraining_frames: str | Path, *, threshold: float = TWIN_COSINE,
+                      workers: int = 1) -> dict[str, Any]:
+    """An eval set's test videos (rows with video_id, split) against the videos the encoder trained on (the main
+    manifest's train and val rows, whose shards are in `pretraining_frames`): the transfer protocol's leak, a test
+    video that the pretraining data holds too (Kinetics and UCF101 share YouTube sources). Counted as
+    `near_twins` counts; videos without a shard are left out."""
+    from slic.data.frames import shard_path
+
+    def shards(videos: pd.DataFrame, splits: Sequence[str], folder: str | Path) -> list[tuple[str, Path]]:
+        chosen = videos[videos["split"].isin(splits)]["video_id"]
+        return [(v, shard_path(folder, v)) for v in chosen if shard_path(folder, v).is_file()]
+
+    report: dict[str, Any] = {"query_split": "test", "gallery_splits": ["pretraining train", "pretraining val"],
+                              "threshold": threshold}
+    return {**report, **_twins_between(shards(eval_videos, ("test",), eval_frames),
+                                       shards(pretraining_videos, ("train", "val"), pretraining_frames),
+                                       threshold, workers)}
+
+
+def _twins_between(queries: list[tuple[str, Path]], gallery: list[tuple[str, Path]], threshold: float,
+                   workers: int) -> dict[str, Any]:
+    """How many of the (name, shard) `queries` have a twin among `gallery`: queries, with_twin, share, and the
+    closest pairs as examples (ties by name); nothing to compare when either is empty."""
+    counted: dict[str, Any] = {"queries": len(queries), "with_twin": 0, "share": 0.0, "examples": []}
+    if not queries or not gallery:
+        return counted
+    computed = signatures([shard for _, shard in [*queries, *gallery]], workers)
+    query_matrix, gallery_matrix = np.stack(computed[:len(queries)]), np.stack(computed[len(queries):])
     best = np.empty(len(queries), dtype=np.float32)
     nearest = np.empty(len(queries), dtype=np.int64)
-    rows = max(1, BLOCK_CELLS // len(others))  # query rows a block: at most 256 MB of similarities, at any size
+    rows = max(1, BLOCK_CELLS // len(gallery))  # query rows a block: at most 256 MB of similarities, at any size
     for start in range(0, len(queries), rows):
-        block = np.stack([signature[v] for v in queries[start:start + rows]]) @ gallery_matrix.T
+        block = query_matrix[start:start + rows] @ gallery_matrix.T
         best[start:start + len(block)] = block.max(axis=1)
         nearest[start:start + len(block)] = block.argmax(axis=1)
     twins = np.flatnonzero(best >= threshold)
-    closest = sorted(twins, key=lambda i: (-round(float(best[i]), 4), queries[i]))[:EXAMPLES]  # ties by name
-    report.update(with_twin=int(len(twins)), share=round(len(twins) / len(queries), 4),
-                  examples=[{"query": queries[i], "twin": others[nearest[i]], "cosine": round(float(best[i]), 4)}
-                            for i in closest])
-    return report
+    closest = sorted(twins, key=lambda i: (-round(float(best[i]), 4), queries[i][0]))[:EXAMPLES]  # ties by name
+    counted.update(with_twin=int(len(twins)), share=round(len(twins) / len(queries), 4),
+                   examples=[{"query": queries[i][0], "twin": gallery[nearest[i]][0],
+                              "cosine": round(float(best[i]), 4)} for i in closest])
+    return counted
 
 
 def archive_twins(videos: pd.DataFrame, frames_dir: str | Path, *, threshold: float = TWIN_COSINE,

@@ -82,6 +82,28 @@ def test_an_archives_twins_are_copies_across_recordings_and_a_recordings_own_cli
     assert archive_twins(named, copied)["with_twin"] == 0
 
 
+def test_an_eval_sets_test_videos_that_pretraining_trained_on_are_found(shards: tuple[pd.DataFrame, Path],
+                                                                          tmp_path: Path) -> None:
+    """The transfer protocol's leak: an eval set (its own shards) whose test videos the pretraining data holds too.
+    Only the pretraining train and val videos count: its test videos were never trained on."""
+    from slic.data.twins import pretraining_twins
+
+    usable, frames = shards
+    pretraining = usable[usable["split"] != "test"]
+    evaluation = tmp_path / "eval"
+    (evaluation / "x").mkdir(parents=True)
+    names = ["x/a", "x/b", "x/c"]
+    sources = [pretraining["video_id"].iloc[0], pretraining["video_id"].iloc[3],
+               usable[usable["split"] == "test"]["video_id"].iloc[0]]  # the last one pretraining held out
+    for name, source in zip(names, sources):
+        shutil.copy(shard_path(frames, source), shard_path(evaluation, name))
+    eval_rows = pd.DataFrame({"video_id": names, "split": "test"})
+    found = pretraining_twins(eval_rows, evaluation, usable, frames)
+    assert (found["queries"], found["with_twin"]) == (3, 2)
+    assert {(e["query"], e["twin"]) for e in found["examples"]} == {("x/a", sources[0]), ("x/b", sources[1])}
+    assert found["gallery_splits"] == ["pretraining train", "pretraining val"]
+
+
 def test_the_signature_ignores_brightness_and_contrast_not_the_scene(shards: tuple[pd.DataFrame, Path]) -> None:
     """A brighter, flatter copy of a video is still its twin (frames are standardised); a video of another group's
     scene is not."""
