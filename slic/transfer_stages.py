@@ -69,20 +69,14 @@ def _pretraining_twins(config: Config, name: str) -> tuple[dict[str, Any], str]:
     """The set's test videos against the videos the encoder trained on (`slic.data.twins.pretraining_twins`), and
     a warning line when 5% or more of them look nearly the same as one (empty otherwise)."""
     from slic.data.datasets import read_manifest
-    from slic.data.twins import WARN_SHARE, pretraining_twins
+    from slic.data.twins import pretraining_twins, pretraining_twins_warning
 
     if not Path(config.extract.manifest).is_file():  # pretrained elsewhere: nothing here to compare with
         return {"queries": 0, "with_twin": 0, "share": 0.0, "examples": [], "note": "no pretraining manifest"}, ""
     twins = pretraining_twins(read_manifest(data_dir(name) / "validated.csv"), data_dir(name) / "frames",
                               read_manifest(config.extract.manifest), config.extract.out,
                               workers=config.extract.workers)
-    if not twins["queries"] or twins["share"] < WARN_SHARE:
-        return twins, ""
-    first = twins["examples"][0]
-    return twins, (f"{twins['with_twin']} of {twins['queries']} test videos ({100 * twins['share']:.0f}%) look nearly "
-                   f"the same as a video the encoder trained on (e.g. {first['query']} and {first['twin']}, cosine "
-                   f"{first['cosine']:.3f}): the transfer recall measures them, not transfer; take them out of the "
-                   "eval set or out of the pretraining data")
+    return twins, pretraining_twins_warning(twins)
 
 
 def run_classify(config: Config, name: str) -> dict[str, Any]:

@@ -167,23 +167,34 @@ def archive_twins(videos: pd.DataFrame, frames_dir: str | Path, *, threshold: fl
 def archive_twins_warning(report: dict[str, Any]) -> str:
     """One line when WARN_SHARE or more of an archive's videos have a twin of another recording (empty otherwise):
     what they are likely to be and what to do."""
-    if not report.get("videos") or report["share"] < WARN_SHARE:
-        return ""
-    first = report["examples"][0]
-    return (f"{report['with_twin']} of {report['videos']} videos ({100 * report['share']:.0f}%) have a video of "
-            f"another file or recording whose frames look nearly the same (e.g. {first['query']} and {first['twin']}, "
-            f"cosine {first['cosine']:.3f}): clips of one recording, or copies; `slic search` returns them as each "
-            "other's first hits. If they are clips of one recording set manifest.group_pattern (the manifest stage "
-            "suggests one when names form families) and search with --other-recordings; remove copies")
+    return _warning(report, "videos", "videos", "have a video of another file or recording whose frames look nearly "
+                    "the same", "clips of one recording, or copies; `slic search` returns them as each other's first "
+                    "hits. If they are clips of one recording set manifest.group_pattern (the manifest stage suggests "
+                    "one when names form families) and search with --other-recordings; remove copies")
+
+
+def pretraining_twins_warning(report: dict[str, Any]) -> str:
+    """One line when WARN_SHARE or more of an eval set's test videos look like a video the encoder trained on
+    (`pretraining_twins`; empty otherwise)."""
+    return _warning(report, "queries", "test videos", "look nearly the same as a video the encoder trained on",
+                    "the transfer recall measures them, not transfer; take them out of the eval set or out of the "
+                    "pretraining data")
 
 
 def twins_warning(report: dict[str, Any], advice: str) -> str:
     """One line when WARN_SHARE or more of the query videos have a twin (empty otherwise), with `advice`: what to
     change in this stage's data (e.g. manifest.group_pattern)."""
-    if not report.get("queries") or report["share"] < WARN_SHARE:
+    split = report.get("query_split", "")
+    return _warning(report, "queries", f"{split} videos", f"have a {'/'.join(report.get('gallery_splits', []))} video "
+                    "whose frames look nearly the same", "clips of one recording or copies on both sides of the split, "
+                    f"so {split} recall measures them, not the encoder; {advice}")
+
+
+def _warning(report: dict[str, Any], counted: str, subject: str, alike: str, meaning: str) -> str:
+    """'<with_twin> of <report[counted]> <subject> (<share>%) <alike> (e.g. <the closest pair>, cosine c): <meaning>'
+    when the share is WARN_SHARE or more, else empty."""
+    if not report.get(counted) or report["share"] < WARN_SHARE:
         return ""
     first = report["examples"][0]
-    return (f"{report['with_twin']} of {report['queries']} {report['query_split']} videos ({100 * report['share']:.0f}%) "
-            f"have a {'/'.join(report['gallery_splits'])} video whose frames look nearly the same (e.g. {first['query']} "
-            f"and {first['twin']}, cosine {first['cosine']:.3f}): clips of one recording or copies on both sides of the "
-            f"split, so {report['query_split']} recall measures them, not the encoder; {advice}")
+    return (f"{report['with_twin']} of {report[counted]} {subject} ({100 * report['share']:.0f}%) {alike} (e.g. "
+            f"{first['query']} and {first['twin']}, cosine {first['cosine']:.3f}): {meaning}")
