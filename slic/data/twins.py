@@ -115,14 +115,7 @@ def _twins_between(queries: list[tuple[str, Path]], gallery: list[tuple[str, Pat
     if not queries or not gallery:
         return counted
     computed = signatures([shard for _, shard in [*queries, *gallery]], workers)
-    query_matrix, gallery_matrix = np.stack(computed[:len(queries)]), np.stack(computed[len(queries):])
-    best = np.empty(len(queries), dtype=np.float32)
-    nearest = np.empty(len(queries), dtype=np.int64)
-    rows = max(1, BLOCK_CELLS // len(gallery))  # query rows a block: at most 256 MB of similarities, at any size
-    for start in range(0, len(queries), rows):
-        block = query_matrix[start:start + rows] @ gallery_matrix.T
-        best[start:start + len(block)] = block.max(axis=1)
-        nearest[start:start + len(block)] = block.argmax(axis=1)
+    best, nearest = _closest(np.stack(computed[:len(queries)]), np.stack(computed[len(queries):]))
     twins = np.flatnonzero(best >= threshold)
     closest = sorted(twins, key=lambda i: (-round(float(best[i]), 4), queries[i][0]))[:EXAMPLES]  # ties by name
     counted.update(with_twin=int(len(twins)), share=round(len(twins) / len(queries), 4),
@@ -148,20 +141,30 @@ def archive_twins(videos: pd.DataFrame, frames_dir: str | Path, *, threshold: fl
         return report
     matrix = np.stack(signatures([shard_path(frames_dir, v) for v in ids], workers))
     recording = np.unique(on_disk["group"].astype(str).to_numpy(), return_inverse=True)[1]
-    best = np.empty(len(ids), dtype=np.float32)
-    nearest = np.empty(len(ids), dtype=np.int64)
-    rows = max(1, BLOCK_CELLS // len(ids))
-    for start in range(0, len(ids), rows):
-        block = matrix[start:start + rows] @ matrix.T
-        block[recording[start:start + rows, None] == recording[None, :]] = -np.inf  # itself, its recording
-        best[start:start + len(block)] = block.max(axis=1)
-        nearest[start:start + len(block)] = block.argmax(axis=1)
+    best, nearest = _closest(matrix, matrix, recording)  # never itself, nor its own recording
     twins = np.flatnonzero(best >= threshold)
     pairs = {tuple(sorted((int(i), int(nearest[i])))): float(best[i]) for i in twins}
     closest = sorted(pairs, key=lambda pair: (-round(pairs[pair], 4), ids[pair[0]], ids[pair[1]]))[:EXAMPLES]
     report.update(with_twin=int(len(twins)), share=round(len(twins) / len(ids), 4),
                   examples=[{"query": ids[a], "twin": ids[b], "cosine": round(pairs[(a, b)], 4)} for a, b in closest])
     return report
+
+
+def _closest(queries: np.ndarray, gallery: np.ndarray,
+             groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Each query signature's best cosine in `gallery` and where it is, computed in blocks of at most BLOCK_CELLS
+    similarities (256 MB at any size); with `groups` (queries and gallery the same rows), a row's own group is
+    left out."""
+    best = np.empty(len(queries), dtype=np.float32)
+    nearest = np.empty(len(queries), dtype=np.int64)
+    rows = max(1, BLOCK_CELLS // len(gallery))
+    for start in range(0, len(queries), rows):
+        block = queries[start:start + rows] @ gallery.T
+        if groups is not None:
+            block[groups[start:start + rows, None] == groups[None, :]] = -np.inf
+        best[start:start + len(block)] = block.max(axis=1)
+        nearest[start:start + len(block)] = block.argmax(axis=1)
+    return best, nearest
 
 
 def archive_twins_warning(report: dict[str, Any]) -> str:

@@ -58,7 +58,7 @@ def test_a_copy_across_the_split_is_a_twin_and_other_scenes_are_not(shards: tupl
 
 
 def test_an_archives_twins_are_copies_across_recordings_and_a_recordings_own_clips_are_not(
-        shards: tuple[pd.DataFrame, Path], tmp_path: Path) -> None:
+        shards: tuple[pd.DataFrame, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """An unlabelled archive has no split: a video's twin is a near-identical video of another recording (a copy, or
     a clip of one recording that no group_pattern names), each pair named once; clips of one named recording are
     never each other's twins."""
@@ -80,6 +80,10 @@ def test_an_archives_twins_are_copies_across_recordings_and_a_recordings_own_cli
     assert 2 / len(ids) >= WARN_SHARE and line.startswith(f"2 of {len(ids)} videos ") and "--other-recordings" in line
     named = archive.assign(group=["one"] * 8 + ids[8:])  # the copy's two videos named one recording: not twins
     assert archive_twins(named, copied)["with_twin"] == 0
+    from slic.data import twins
+
+    monkeypatch.setattr(twins, "BLOCK_CELLS", 7)  # one row a block, its recording masked in each: same answers
+    assert archive_twins(archive, copied) == found and archive_twins(named, copied)["with_twin"] == 0
 
 
 def test_an_eval_sets_test_videos_that_pretraining_trained_on_are_found(shards: tuple[pd.DataFrame, Path],
