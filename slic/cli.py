@@ -124,7 +124,7 @@ def run_extract(config: Any) -> dict[str, Any]:
     """Stage `extract`: one JPEG shard per video under data/frames, with index.csv."""
     from slic.data.datasets import read_manifest
     from slic.data.frames import extract_as_configured
-    from slic.data.twins import archive_twins, archive_twins_warning, near_twins, twins_warning
+    from slic.data.twins import archive_twins, archive_twins_warning, near_twins, twins_warning, write_twin_pairs
     from slic.data.validate import frames_report
 
     cfg = config.extract
@@ -142,13 +142,15 @@ def run_extract(config: Any) -> dict[str, Any]:
         write_report("extract", report)
         raise StageFailed(checked["summary"] + "\nfull result: reports/extract.json")
     print(f"extract: {checked['summary'].splitlines()[0]}")
-    if (manifest["label"].astype(int) >= 0).any():  # labelled: test videos against train
-        report["near_twins"] = near_twins(manifest, cfg.out, workers=cfg.workers)
-        warning = twins_warning(report["near_twins"], "for a class folder set manifest.group_pattern (the manifest "
-                                                      "stage suggests one), otherwise check the split files")
-    else:  # an unlabelled archive has no split: twins of other recordings (copies, unnamed clips of one recording)
-        report["near_twins"] = archive_twins(manifest, cfg.out, workers=cfg.workers)
-        warning = archive_twins_warning(report["near_twins"])
+    labelled = bool((manifest["label"].astype(int) >= 0).any())
+    # labelled: test videos against train; an unlabelled archive has no split: twins of other recordings (copies,
+    # unnamed clips of one recording)
+    twins = (near_twins if labelled else archive_twins)(manifest, cfg.out, workers=cfg.workers)
+    report["near_twins"] = write_twin_pairs(twins, Path("reports/near_twins.csv"),  # a report, not in the frames
+                                            dict(zip(manifest["video_id"], manifest["path"])))  # folder: no retraining
+    warning = (twins_warning(report["near_twins"], "for a class folder set manifest.group_pattern (the manifest "
+                                                   "stage suggests one), otherwise check the split files")
+               if labelled else archive_twins_warning(report["near_twins"]))
     if warning:
         report["advice"] = [warning]
         print(f"extract: warning: {warning}", file=sys.stderr)

@@ -34,7 +34,7 @@ def data_dir(name: str) -> Path:
 
 
 def reports_dir(name: str) -> Path:
-    """reports/transfer/<name>: data.json, retrieval.json, retrieval.html."""
+    """reports/transfer/<name>: data.json, near_twins.csv, retrieval.json, retrieval.html, pretraining_twins.csv."""
     return Path("reports/transfer") / name
 
 
@@ -62,7 +62,7 @@ def prepare_eval_data(config: Config, name: str) -> dict[str, Any]:
     """
     from slic.data.datasets import DatasetError, build_manifest, grouping_advice, recordings_summary
     from slic.data.frames import extract_as_configured
-    from slic.data.twins import near_twins, twins_warning
+    from slic.data.twins import near_twins, twins_warning, write_twin_pairs
     from slic.data.validate import frames_report, validate_manifest
 
     chosen = eval_set(config, name)
@@ -97,7 +97,9 @@ def prepare_eval_data(config: Config, name: str) -> dict[str, Any]:
     report["frames_validation"] = frames_checked
     if not frames_checked["success"]:  # its shards stay: a rerun reuses every intact one
         raise EvalDataInvalid(f"eval set {name}: {frames_checked['summary']}", report)
-    report["near_twins"] = near_twins(usable, folder / "frames", workers=config.extract.workers)
+    report["near_twins"] = write_twin_pairs(near_twins(usable, folder / "frames", workers=config.extract.workers),
+                                            reports_dir(name) / "near_twins.csv",
+                                            dict(zip(usable["video_id"], usable["path"])))
     warning = twins_warning(report["near_twins"], f"for a class folder set {key} (this stage suggests one), "
                                                   "otherwise check the set's split files")
     if warning:

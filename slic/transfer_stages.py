@@ -69,13 +69,16 @@ def _pretraining_twins(config: Config, name: str) -> tuple[dict[str, Any], str]:
     """The set's test videos against the videos the encoder trained on (`slic.data.twins.pretraining_twins`), and
     a warning line when 5% or more of them look nearly the same as one (empty otherwise)."""
     from slic.data.datasets import read_manifest
-    from slic.data.twins import pretraining_twins, pretraining_twins_warning
+    from slic.data.twins import pretraining_twins, pretraining_twins_warning, write_twin_pairs
 
     if not Path(config.extract.manifest).is_file():  # pretrained elsewhere: nothing here to compare with
         return {"queries": 0, "with_twin": 0, "share": 0.0, "examples": [], "note": "no pretraining manifest"}, ""
-    twins = pretraining_twins(read_manifest(data_dir(name) / "validated.csv"), data_dir(name) / "frames",
-                              read_manifest(config.extract.manifest), config.extract.out,
+    eval_videos, pretraining_videos = read_manifest(data_dir(name) / "validated.csv"), read_manifest(config.extract.manifest)
+    twins = pretraining_twins(eval_videos, data_dir(name) / "frames", pretraining_videos, config.extract.out,
                               workers=config.extract.workers)
+    twins = write_twin_pairs(twins, reports_dir(name) / "pretraining_twins.csv",
+                             dict(zip(eval_videos["video_id"], eval_videos["path"])),
+                             dict(zip(pretraining_videos["video_id"], pretraining_videos["path"])))
     return twins, pretraining_twins_warning(twins)
 
 

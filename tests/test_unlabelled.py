@@ -78,6 +78,9 @@ def test_pretrain_index_and_search_on_unlabelled_videos(archive: Path, tiny_data
     assert len(validated) == 24 and set(validated["split"]) == {"train"}
     twins = json.loads((tmp_path / "reports/extract.json").read_text())["near_twins"]
     assert (twins["scope"], twins["videos"]) == ("archive", 24)  # no split: twins of other files, not test vs train
+    pairs = pd.read_csv(tmp_path / twins["pairs_file"], keep_default_na=False)  # every pair, beside the shards
+    assert twins["pairs_file"] == "reports/near_twins.csv" and set(pairs["video_id"]) <= set(validated["video_id"])
+    assert twins["with_twin"] / 2 <= len(pairs) <= twins["with_twin"]  # each pair once, both its videos counted
     pretrain = json.loads((tmp_path / "reports/pretrain.json").read_text())
     assert pretrain["labelled"] is False and pretrain["best_val_recall_at_1"] is None
     assert pretrain["best_epoch"] == 2 and pretrain["cluster_rounds"] == 2
@@ -125,6 +128,10 @@ def test_pretrain_index_and_search_on_unlabelled_videos(archive: Path, tiny_data
     twins = transfer["pretraining_twins"]
     assert (twins["queries"], twins["with_twin"]) == (6, 6) and twins["examples"][0]["cosine"] == pytest.approx(1.0)
     assert "6 of 6 test videos (100%) look nearly the same as a video the encoder trained on" in transfer["advice"][0]
+    assert transfer["advice"][0].endswith("every pair: reports/transfer/labelled/pretraining_twins.csv")
+    pairs = pd.read_csv(tmp_path / twins["pairs_file"], keep_default_na=False)  # each with both files, to act on
+    assert len(pairs) == 6 and all(Path(path).is_file() for path in [*pairs["path"], *pairs["twin_path"]])
+    assert all(str(archive) in path for path in pairs["twin_path"]) and not any(str(archive) in p for p in pairs["path"])
     assert 0.0 <= transfer["pretrained"]["recall@1"] <= 1.0 and "recall@1" in transfer["random_init"]
     page = (tmp_path / "reports/transfer/labelled/retrieval.html").read_text()
     assert "<title>Transfer report: eval set labelled</title>" in page and "never trained on these videos" in page

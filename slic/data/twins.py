@@ -25,7 +25,7 @@ of 236 test videos that pretraining trained on (all at cosine 1.0), and none amo
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -111,16 +111,17 @@ def _twins_between(queries: list[tuple[str, Path]], gallery: list[tuple[str, Pat
                    workers: int) -> dict[str, Any]:
     """How many of the (name, shard) `queries` have a twin among `gallery`: queries, with_twin, share, and the
     closest pairs as examples (ties by name); nothing to compare when either is empty."""
-    counted: dict[str, Any] = {"queries": len(queries), "with_twin": 0, "share": 0.0, "examples": []}
+    counted: dict[str, Any] = {"queries": len(queries), "with_twin": 0, "share": 0.0, "examples": [], "all_pairs": []}
     if not queries or not gallery:
         return counted
     computed = signatures([shard for _, shard in [*queries, *gallery]], workers)
     best, nearest = _closest(np.stack(computed[:len(queries)]), np.stack(computed[len(queries):]))
     twins = np.flatnonzero(best >= threshold)
-    closest = sorted(twins, key=lambda i: (-round(float(best[i]), 4), queries[i][0]))[:EXAMPLES]  # ties by name
-    counted.update(with_twin=int(len(twins)), share=round(len(twins) / len(queries), 4),
-                   examples=[{"query": queries[i][0], "twin": gallery[nearest[i]][0],
-                              "cosine": round(float(best[i]), 4)} for i in closest])
+    closest = sorted(twins, key=lambda i: (-round(float(best[i]), 4), queries[i][0]))  # ties by name
+    pairs = [{"query": queries[i][0], "twin": gallery[nearest[i]][0], "cosine": round(float(best[i]), 4)}
+             for i in closest]
+    counted.update(with_twin=int(len(twins)), share=round(len(twins) / len(queries), 4), examples=pairs[:EXAMPLES],
+                   all_pairs=pairs)
     return counted
 
 
@@ -136,7 +137,7 @@ def archive_twins(videos: pd.DataFrame, frames_dir: str | Path, *, threshold: fl
     on_disk = videos[[shard_path(frames_dir, v).is_file() for v in videos["video_id"]]]
     ids = on_disk["video_id"].tolist()
     report: dict[str, Any] = {"scope": "archive", "threshold": threshold, "videos": len(ids), "with_twin": 0,
-                              "share": 0.0, "examples": []}
+                              "share": 0.0, "examples": [], "all_pairs": []}
     if len(ids) < 2:
         return report
     matrix = np.stack(signatures([shard_path(frames_dir, v) for v in ids], workers))
@@ -144,10 +145,28 @@ def archive_twins(videos: pd.DataFrame, frames_dir: str | Path, *, threshold: fl
     best, nearest = _closest(matrix, matrix, recording)  # never itself, nor its own recording
     twins = np.flatnonzero(best >= threshold)
     pairs = {tuple(sorted((int(i), int(nearest[i])))): float(best[i]) for i in twins}
-    closest = sorted(pairs, key=lambda pair: (-round(pairs[pair], 4), ids[pair[0]], ids[pair[1]]))[:EXAMPLES]
-    report.update(with_twin=int(len(twins)), share=round(len(twins) / len(ids), 4),
-                  examples=[{"query": ids[a], "twin": ids[b], "cosine": round(pairs[(a, b)], 4)} for a, b in closest])
+    closest = sorted(pairs, key=lambda pair: (-round(pairs[pair], 4), ids[pair[0]], ids[pair[1]]))
+    listed = [{"query": ids[a], "twin": ids[b], "cosine": round(pairs[(a, b)], 4)} for a, b in closest]
+    report.update(with_twin=int(len(twins)), share=round(len(twins) / len(ids), 4), examples=listed[:EXAMPLES],
+                  all_pairs=listed)
     return report
+
+
+def write_twin_pairs(report: dict[str, Any], path: str | Path, paths: Mapping[str, str],
+                     twin_paths: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Every pair a twins check found (its report's `all_pairs`, closest first) as a CSV at `path`: video_id, twin,
+    cosine, and each one's file from `paths` (video_id -> path; the twins' from `twin_paths` when they come from
+    another manifest), so a user can open, compare and remove them; the report has only the closest few. The file
+    is written when no pair is found too (a header), so it never describes an earlier run. Returns the report
+    without the list, naming the file as `pairs_file`."""
+    twin_paths = paths if twin_paths is None else twin_paths
+    rows = [{"video_id": pair["query"], "twin": pair["twin"], "cosine": pair["cosine"],
+             "path": paths.get(pair["query"], ""), "twin_path": twin_paths.get(pair["twin"], "")}
+            for pair in report.get("all_pairs", [])]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows, columns=["video_id", "twin", "cosine", "path", "twin_path"]).to_csv(path, index=False)
+    return {**{key: value for key, value in report.items() if key != "all_pairs"}, "pairs_file": str(path)}
 
 
 def _closest(queries: np.ndarray, gallery: np.ndarray,
@@ -199,5 +218,6 @@ def _warning(report: dict[str, Any], counted: str, subject: str, alike: str, mea
     if not report.get(counted) or report["share"] < WARN_SHARE:
         return ""
     first = report["examples"][0]
+    listed = f"; every pair: {report['pairs_file']}" if report.get("pairs_file") else ""
     return (f"{report['with_twin']} of {report[counted]} {subject} ({100 * report['share']:.0f}%) {alike} (e.g. "
-            f"{first['query']} and {first['twin']}, cosine {first['cosine']:.3f}): {meaning}")
+            f"{first['query']} and {first['twin']}, cosine {first['cosine']:.3f}): {meaning}{listed}")

@@ -127,3 +127,34 @@ def test_the_signature_ignores_brightness_and_contrast_not_the_scene(shards: tup
     signature = frame_signature(shard_path(frames, first["video_id"]))
     assert float(signature @ frame_signature(copy)) >= TWIN_COSINE
     assert float(signature @ frame_signature(shard_path(frames, other))) < TWIN_COSINE
+
+
+def test_every_pair_is_written_to_a_csv_with_the_files_and_the_report_keeps_the_closest(
+        shards: tuple[pd.DataFrame, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The report holds only the closest pairs; the CSV holds every one with both files, so a user can remove the
+    copies, and the warning names it. A clean run writes the header alone, not an earlier run's pairs."""
+    from slic.data import twins
+    from slic.data.twins import write_twin_pairs
+
+    usable, frames = shards
+    train = usable[usable["split"] == "train"]["video_id"].tolist()
+    test = usable[usable["split"] == "test"]["video_id"].tolist()
+    copied = tmp_path / "copied"
+    shutil.copytree(frames, copied)
+    for query, source in ((test[0], train[0]), (test[1], train[5]), (test[2], train[6])):
+        shutil.copy(shard_path(frames, source), shard_path(copied, query))
+    monkeypatch.setattr(twins, "EXAMPLES", 1)
+    paths = {video: f"/videos/{video}.avi" for video in usable["video_id"]}
+    report = write_twin_pairs(near_twins(usable, copied), tmp_path / "near_twins.csv", paths)
+    assert "all_pairs" not in report and len(report["examples"]) == 1 and report["with_twin"] == 3
+    listed = pd.read_csv(report["pairs_file"], keep_default_na=False)
+    assert list(listed.columns) == ["video_id", "twin", "cosine", "path", "twin_path"]
+    assert set(zip(listed["video_id"], listed["twin"])) == {(test[0], train[0]), (test[1], train[5]),
+                                                           (test[2], train[6])}
+    assert (listed["path"] == "/videos/" + listed["video_id"] + ".avi").all()
+    assert (listed["twin_path"] == "/videos/" + listed["twin"] + ".avi").all()
+    assert listed.iloc[0][["video_id", "twin"]].tolist() == [report["examples"][0]["query"],
+                                                             report["examples"][0]["twin"]]  # closest first
+    assert twins_warning(report, "advice").endswith(f"advice; every pair: {tmp_path / 'near_twins.csv'}")
+    clean = write_twin_pairs(near_twins(usable, frames), tmp_path / "near_twins.csv", paths)
+    assert clean["with_twin"] == 0 and pd.read_csv(clean["pairs_file"]).empty
