@@ -1,7 +1,10 @@
 """Networks: 3D ResNet-18 backbones, SLIC's projection head, the classifier head, the encoder.
 
 Backbones (`build_backbone(name=...)`), all ResNet-18 topology (BasicBlock, layers [2, 2, 2, 2],
-global average pool), built from torchvision's blocks so the layers are torchvision's own:
+global average pool), with the blocks of torchvision's video ResNets: the same layers, parameter names and
+initialisation, so a network built here from a seed equals torchvision's built from it, weights and outputs
+(tests/test_models.py builds both). Written here rather than imported: importing torchvision imports
+torch._dynamo, 1.6 s of the 4.4 s `slic search` took to answer one query on 2 cores:
 - ``r3d_18``: torchvision's R3D-18 (stem conv 3x7x7).
 - ``r2plus1d_18``: torchvision's R(2+1)D-18.
 - ``r3d_18_reference``: the SLIC reference's Hara et al. 3D-ResNet-18: stem conv 7x7x7, stride
@@ -17,9 +20,59 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torchvision.models.video.resnet import BasicBlock, Conv2Plus1D, Conv3DSimple
 
 BACKBONES = ("r3d_18", "r2plus1d_18", "r3d_18_reference", "r3d_18_narrow", "r3d_18_tiny")
+
+
+class Conv3DSimple(nn.Conv3d):
+    """A block's 3x3x3 convolution (R3D); `midplanes` is unused, as the (2+1)D builder's signature needs it."""
+
+    def __init__(self, in_planes: int, out_planes: int, midplanes: int | None = None, stride: int = 1,
+                 padding: int = 1) -> None:
+        super().__init__(in_planes, out_planes, kernel_size=(3, 3, 3), stride=stride, padding=padding, bias=False)
+
+    @staticmethod
+    def get_downsample_stride(stride: int) -> tuple[int, int, int]:
+        return stride, stride, stride
+
+
+class Conv2Plus1D(nn.Sequential):
+    """A block's (2+1)D convolution: 1x3x3 spatial to `midplanes`, BN, ReLU, then 3x1x1 temporal (R(2+1)D)."""
+
+    def __init__(self, in_planes: int, out_planes: int, midplanes: int, stride: int = 1, padding: int = 1) -> None:
+        super().__init__(
+            nn.Conv3d(in_planes, midplanes, kernel_size=(1, 3, 3), stride=(1, stride, stride),
+                      padding=(0, padding, padding), bias=False),
+            nn.BatchNorm3d(midplanes), nn.ReLU(inplace=True),
+            nn.Conv3d(midplanes, out_planes, kernel_size=(3, 1, 1), stride=(stride, 1, 1), padding=(padding, 0, 0),
+                      bias=False))
+
+    @staticmethod
+    def get_downsample_stride(stride: int) -> tuple[int, int, int]:
+        return stride, stride, stride
+
+
+class BasicBlock(nn.Module):
+    """Two convolutions (each with BN; ReLU between and after the sum) and the identity or `downsample` shortcut.
+    `midplanes` of a (2+1)D block keeps its parameter count that of a 3x3x3 one."""
+
+    expansion = 1
+
+    def __init__(self, inplanes: int, planes: int, conv_builder: type, stride: int = 1,
+                 downsample: nn.Module | None = None) -> None:
+        super().__init__()
+        midplanes = (inplanes * planes * 3 * 3 * 3) // (inplanes * 3 * 3 + 3 * planes)
+        self.conv1 = nn.Sequential(conv_builder(inplanes, planes, midplanes, stride), nn.BatchNorm3d(planes),
+                                   nn.ReLU(inplace=True))
+        self.conv2 = nn.Sequential(conv_builder(planes, planes, midplanes), nn.BatchNorm3d(planes))
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+        self.stride = stride
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.conv2(self.conv1(x))
+        out += x if self.downsample is None else self.downsample(x)  # in place: one activation less to keep
+        return self.relu(out)
 
 
 def _stem(kind: str, width: int) -> nn.Sequential:

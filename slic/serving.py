@@ -33,7 +33,7 @@ def decode_short_side(size: int) -> int:
 def iic_windows(frames: int, *, clip_len: int, clips: int = 10, frame_step: int = 1) -> list[list[int]]:
     """The frame indices of each IIC clip of a video of `frames` frames: `clip_len` frames, every `frame_step`-th,
     at iic_starts; a video shorter than one clip repeats its last frame, as a player would hold it."""
-    from slic.data.clips import iic_starts, sampled_frames
+    from slic.data.clip_transform import iic_starts, sampled_frames
 
     stepped = sampled_frames(frames, frame_step)
     return [[min(start + i, stepped - 1) * frame_step for i in range(clip_len)]
@@ -43,7 +43,7 @@ def iic_windows(frames: int, *, clip_len: int, clips: int = 10, frame_step: int 
 @torch.no_grad()
 def embed_windows(model: torch.nn.Module, windows: list[np.ndarray], *, size: int) -> np.ndarray:
     """One embedding (d,): the mean of the model outputs over the clips (each (T, H, W, 3) uint8)."""
-    from slic.data.clips import as_clip, eval_transform
+    from slic.data.clip_transform import as_clip, eval_transform
 
     transform = eval_transform(size, resize=(size, round(size * 171 / 128)))
     batch = torch.stack([as_clip(window, transform) for window in windows])

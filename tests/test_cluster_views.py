@@ -42,7 +42,7 @@ def test_eval_clips_of_the_flow_read_the_same_window_of_the_flow(workspace: Path
     start = max(0, (video.frames - 8) // 2)
     u = flow_as_frames(read_flow_u(flow_dir, video.video_id, start * 2, 8, step=2))
     expected = EvalClips([video], clip_len=8, size=16).transform  # the same resize and normalisation
-    from slic.data.clips import as_clip
+    from slic.data.clip_transform import as_clip
 
     assert flow.shape == rgb.shape == (1, 3, 8, 16, 16)
     assert torch.equal(flow[0], as_clip(u, expected)) and not torch.equal(flow, rgb)

@@ -26,8 +26,7 @@ import torch
 from torch import Tensor
 from torchvision.transforms.v2 import functional as TF
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from slic.data.clip_transform import IMAGENET_MEAN, IMAGENET_STD
 
 
 @dataclass(frozen=True)

@@ -24,10 +24,9 @@ import pandas as pd
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
-from torchvision import tv_tensors
-from torchvision.transforms import v2
 
-from slic.data.augment import IMAGENET_MEAN, IMAGENET_STD, Augmentation, ClipDraw, augment_clip, draw_augmentation
+from slic.data.augment import Augmentation, ClipDraw, augment_clip, draw_augmentation
+from slic.data.clip_transform import IMAGENET_MEAN, IMAGENET_STD, as_clip, eval_transform, iic_starts, sampled_frames
 from slic.data.flow import read_flow_u
 from slic.data.frames import ShardReader, jpeg_size, read_index
 
@@ -59,11 +58,6 @@ class VideoShard:
     def decoded_frames(self) -> int:
         """Frames in the shard, whatever the step: what the data is, not how clips sample it."""
         return self.decoded or self.frames
-
-
-def sampled_frames(decoded: int, frame_step: int) -> int:
-    """Frames a video of `decoded` frames offers at a temporal stride of `frame_step`."""
-    return (decoded - 1) // frame_step + 1 if decoded > 0 else 0
 
 
 def short_videos_line(video_ids: Sequence[str], frames: Sequence[int], total: int, splits: Sequence[str],
@@ -103,23 +97,6 @@ def load_videos(manifest_path: str | Path, frames_dir: str | Path, *, splits: Se
     return [VideoShard(v, str(root / s), int(n), int(lab), sp, c, frame_step, int(d))
             for v, s, n, lab, sp, c, d in zip(table["video_id"], table["shard"], table["sampled"], table["label"],
                                               table["split"], table["class"], table["frames"])]
-
-
-def eval_transform(size: int, *, resize: tuple[int, int] | None = None, mean: Sequence[float] = IMAGENET_MEAN,
-                   std: Sequence[float] = IMAGENET_STD) -> v2.Compose:
-    """Deterministic evaluation transform: resize (short side `size`, or a fixed (H, W)), centre crop."""
-    return v2.Compose([
-        v2.Resize(resize if resize else size, antialias=True),
-        v2.CenterCrop(size),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(list(mean), list(std)),
-    ])
-
-
-def as_clip(frames: np.ndarray, transform: v2.Compose) -> Tensor:
-    """(T, H, W, 3) uint8 frames -> transformed (3, T, size, size) float clip."""
-    video = tv_tensors.Video(torch.from_numpy(frames).permute(0, 3, 1, 2))
-    return transform(video).permute(1, 0, 2, 3).contiguous()
 
 
 class ShardCache:
@@ -401,12 +378,6 @@ def collate_encoded(samples: list[tuple[Any, ...]]) -> tuple[list[list[tuple[lis
 def centre_start(frames: int, clip_len: int) -> int:
     """Start of the window centred in a video of `frames` frames."""
     return max(0, (frames - clip_len) // 2)
-
-
-def iic_starts(frames: int, clip_len: int = 16, clips: int = 10) -> list[int]:
-    """Starts of the IIC protocol's clips: centred at linspace(8, n - 8, clips), kept inside the video."""
-    centres = np.linspace(clip_len // 2, frames - clip_len // 2, clips)
-    return [int(min(max(0, round(c) - clip_len // 2), frames - clip_len)) for c in centres]
 
 
 class EvalClips(Dataset):

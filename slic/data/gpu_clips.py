@@ -24,7 +24,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from slic.data.augment import IMAGENET_MEAN, IMAGENET_STD, ClipDraw, apply_draw
+from slic.data.augment import ClipDraw, apply_draw
+from slic.data.clip_transform import IMAGENET_MEAN, IMAGENET_STD
 from slic.data.clips import ShardCache, VideoShard
 
 ClipRequest = tuple[VideoShard, int, int, ClipDraw]  # (video, start, length, draws); start and length at its frame_step

@@ -22,7 +22,8 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from slic.data.augment import IMAGENET_MEAN, IMAGENET_STD, Augmentation, augment_clip
+from slic.data.augment import Augmentation, augment_clip
+from slic.data.clip_transform import IMAGENET_MEAN, IMAGENET_STD
 from slic.data.clips import ShardCache, VideoShard
 
 VIEW_MODES = ("ten", "centre")

@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 import torch
 
-from slic.data.clips import Augmentation, EvalClips, PretrainClips, VideoShard, iic_starts, non_overlapping_start
+from slic.data.clip_transform import iic_starts
+from slic.data.clips import Augmentation, EvalClips, PretrainClips, VideoShard, non_overlapping_start
 from slic.data.frames import write_shard
 from slic.data.video import decode, encode_jpeg_sequence
 

@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 from slic.data.augment import Augmentation, apply_draw, augment_clip, draw_augmentation
-from slic.data.clips import ShardCache, VideoShard, sampled_frames
+from slic.data.clip_transform import sampled_frames
+from slic.data.clips import ShardCache, VideoShard
 from slic.data.frames import write_shard
 from slic.data.gpu_clips import clip_batch, decode_on
 
