@@ -1,10 +1,7 @@
 """Networks: 3D ResNet-18 backbones, SLIC's projection head, the classifier head, the encoder.
 
 Backbones (`build_backbone(name=...)`), all ResNet-18 topology (BasicBlock, layers [2, 2, 2, 2],
-global average pool), with the blocks of torchvision's video ResNets: the same layers, parameter names and
-initialisation, so a network built here from a seed equals torchvision's built from it, weights and outputs
-(tests/test_models.py builds both). Written here rather than imported: importing torchvision imports
-torch._dynamo, 1.6 s of the 4.4 s `slic search` took to answer one query on 2 cores:
+global average pool), with the blocks of torchvision's video ResNets:
 - ``r3d_18``: torchvision's R3D-18 (stem conv 3x7x7).
 - ``r2plus1d_18``: torchvision's R(2+1)D-18.
 - ``r3d_18_reference``: the SLIC reference's Hara et al. 3D-ResNet-18: stem conv 7x7x7, stride
@@ -14,6 +11,11 @@ torch._dynamo, 1.6 s of the 4.4 s `slic search` took to answer one query on 2 co
 - ``r3d_18_tiny``: R3D-18 at an eighth of the width (8..64 channels, 64-d output): the default
   for the 2-core CPU pipeline, about twice the clips/s of ``r3d_18_narrow``.
 Nothing is downloaded: weights start random.
+
+The blocks (BasicBlock, Conv3DSimple, Conv2Plus1D) follow torchvision's definitions, written here, not imported: the
+same layers, parameter names and initialisation, so a network built here from a seed equals the one built from
+torchvision's blocks, weights, outputs and gradients (tests/test_models.py builds both). Importing torchvision
+imports torch._dynamo, 1.6 s of the 4.4 s `slic search` took to answer one query on 2 cores.
 """
 
 from __future__ import annotations
