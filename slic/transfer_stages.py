@@ -71,13 +71,15 @@ def _pretraining_twins(config: Config, name: str) -> tuple[dict[str, Any], str]:
     from slic.data.datasets import read_manifest
     from slic.data.twins import pretraining_twins, pretraining_twins_warning, write_twin_pairs
 
+    pairs_file = reports_dir(name) / "pretraining_twins.csv"  # a DVC out: written (a header at least) every run
     if not Path(config.extract.manifest).is_file():  # pretrained elsewhere: nothing here to compare with
-        return {"queries": 0, "with_twin": 0, "share": 0.0, "examples": [], "note": "no pretraining manifest"}, ""
-    eval_videos, pretraining_videos = read_manifest(data_dir(name) / "validated.csv"), read_manifest(config.extract.manifest)
+        empty = {"queries": 0, "with_twin": 0, "share": 0.0, "examples": [], "note": "no pretraining manifest"}
+        return write_twin_pairs(empty, pairs_file, {}), ""
+    eval_videos = read_manifest(data_dir(name) / "validated.csv")
+    pretraining_videos = read_manifest(config.extract.manifest)
     twins = pretraining_twins(eval_videos, data_dir(name) / "frames", pretraining_videos, config.extract.out,
                               workers=config.extract.workers)
-    twins = write_twin_pairs(twins, reports_dir(name) / "pretraining_twins.csv",
-                             dict(zip(eval_videos["video_id"], eval_videos["path"])),
+    twins = write_twin_pairs(twins, pairs_file, dict(zip(eval_videos["video_id"], eval_videos["path"])),
                              dict(zip(pretraining_videos["video_id"], pretraining_videos["path"])))
     return twins, pretraining_twins_warning(twins)
 

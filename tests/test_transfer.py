@@ -151,3 +151,21 @@ def test_an_eval_set_with_takedowns_excludes_them_by_its_own_key(tiny_dataset: P
     table = build_manifest(manifest_config(load(params_with(tmp_path, {"gone": {**listed, "on_missing": "exclude"}})),
                                            "gone")).set_index("video_id")
     assert table.loc["Rise/v_Rise_g03_c01", "excluded"] == "missing file"
+
+
+def test_an_encoder_pretrained_elsewhere_still_writes_the_pairs_file_dvc_expects(tmp_path: Path,
+                                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the pretraining manifest there is nothing to compare with, but transfer@NAME's DVC out
+    (reports/transfer/NAME/pretraining_twins.csv) is written, a header alone, and the report names it."""
+    import dataclasses
+
+    from slic.transfer_stages import _pretraining_twins
+
+    config = load(ROOT / "params.yaml")
+    config = dataclasses.replace(config, extract=dataclasses.replace(config.extract,
+                                                                     manifest=str(tmp_path / "no_manifest.csv")))
+    monkeypatch.chdir(tmp_path)
+    twins, warning = _pretraining_twins(config, "elsewhere")
+    assert warning == "" and twins["note"] == "no pretraining manifest" and twins["with_twin"] == 0
+    written = pd.read_csv(tmp_path / twins["pairs_file"])
+    assert written.empty and list(written.columns) == ["video_id", "twin", "cosine", "path", "twin_path"]
