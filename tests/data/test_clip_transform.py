@@ -69,7 +69,8 @@ def test_search_and_the_served_encoder_start_without_importing_torchvision() -> 
     torch._dynamo, 1.6 s on 2 cores). Training keeps torchvision's augmentation kernels."""
     code = ("import sys; import slic.cli, slic.search, slic.serving, slic.checkpoints, slic.index, slic.search_report, "
             "slic.data.video, slic.data.clip_transform; "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torchvision', 'torch._dynamo')))")
+            "print(sorted(m for m in sys.modules if m.startswith(('torchvision.', 'torch._dynamo.')) "
+            "or m in ('torchvision', 'torch._dynamo')))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
     trained = subprocess.run([sys.executable, "-c", "import sys, slic.data.clips; print('torchvision' in sys.modules)"],
