@@ -31,7 +31,8 @@ BASELINES = ("random_init", "intra_video")
 
 def runs_of(report: dict[str, Any], row: str) -> dict[tuple[int, int], float]:
     """{(split, seed): test recall@1} of one row in one bench/real.py report."""
-    return {(int(report["split"]), int(seed)): float(cell["recall@1"]) for seed, cell in report["per_seed"][row].items()}
+    split = int(report["split"])
+    return {(split, int(seed)): float(cell["recall@1"]) for seed, cell in report["per_seed"][row].items()}
 
 
 def paired(row: dict[tuple[int, int], float], base: dict[tuple[int, int], float]) -> dict[str, Any]:
@@ -87,8 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         against = entry.get("against_intra_video")
         versus = (f"{against['mean_points']:+.1f} ± {against['standard_error_points']:.1f} "
                   f"({against['wins']}/{against['ties']}/{against['losses']})" if against else "")
-        print(f"| {row} | " + " | ".join(f"{entry['per_split'][str(s)]['mean']:.1f} ± {entry['per_split'][str(s)]['std']:.1f}"
-                                       for s in splits)
+        cells = [f"{entry['per_split'][str(s)]['mean']:.1f} ± {entry['per_split'][str(s)]['std']:.1f}" for s in splits]
+        print(f"| {row} | " + " | ".join(cells)
               + f" | {entry['pooled']['mean']:.1f} ± {entry['pooled']['std']:.1f} | {versus} |")
     return 0
 

@@ -131,7 +131,8 @@ def test_pretrain_index_and_search_on_unlabelled_videos(archive: Path, tiny_data
     assert transfer["advice"][0].endswith("every pair: reports/transfer/labelled/pretraining_twins.csv")
     pairs = pd.read_csv(tmp_path / twins["pairs_file"], keep_default_na=False)  # each with both files, to act on
     assert len(pairs) == 6 and all(Path(path).is_file() for path in [*pairs["path"], *pairs["twin_path"]])
-    assert all(str(archive) in path for path in pairs["twin_path"]) and not any(str(archive) in p for p in pairs["path"])
+    assert all(str(archive) in path for path in pairs["twin_path"])  # the archive's file, the one trained on
+    assert not any(str(archive) in path for path in pairs["path"])  # the eval set's own file
     assert 0.0 <= transfer["pretrained"]["recall@1"] <= 1.0 and "recall@1" in transfer["random_init"]
     page = (tmp_path / "reports/transfer/labelled/retrieval.html").read_text()
     assert "<title>Transfer report: eval set labelled</title>" in page and "never trained on these videos" in page
