@@ -363,6 +363,40 @@ def run_evaluate(config: Any) -> dict[str, Any]:
     return report
 
 
+def run_clusters(config: Any) -> dict[str, Any]:
+    """Stage `clusters`: the embedded videos grouped by the encoder (FINCH's level nearest clusters.groups, or
+    k-means), every video's group in a CSV and the largest groups as a page of thumbnails; with classes, how far
+    the groups follow them (AMI, NMI, purity) as MLflow metrics."""
+    from slic.archive_clusters import cluster_archive
+    from slic.config import to_dict
+    from slic.tracking import stage_run
+
+    cfg = config.clusters
+    report = cluster_archive(cfg.embeddings, manifest=config.extract.manifest, frames_dir=config.extract.out,
+                             method=cfg.method, groups=cfg.groups, split=cfg.split, seed=cfg.seed, table=cfg.table,
+                             page=cfg.html, html_groups=cfg.html_groups, html_members=cfg.html_members)
+    model = _checkpoint_config(config.embed.checkpoint) if cfg.embeddings == config.embed.out else {}
+    name = f"clusters {_model_summary(model, cfg.embeddings)} {report['groups']} groups"
+    with stage_run("clusters", to_dict(cfg), name=name) as run:
+        splits = ("train", "val", "test") if cfg.split == "all" else (cfg.split,)
+        _log_videos_input(run, config, splits, "evaluation",
+                          min_frames=int(model.get("clip_len", 0)), frame_step=int(model.get("frame_step", 1)))
+        run.log_metrics({key: report[key] for key in ("groups", "largest_group", "single_video_groups",
+                                                      "mean_centre_cosine", "ami", "nmi", "purity") if key in report})
+        run.log_artifact(cfg.table)
+        run.log_artifact(cfg.html)
+    agreement = (f", AMI with the classes {report['ami']:.3f}, purity {report['purity']:.3f}"
+                 if report["labelled"] else "")
+    print(f"clusters: {report['videos']} videos in {report['groups']} groups (largest {report['largest_group']})"
+          f"{agreement} -> {cfg.table}, {cfg.html}")
+    if "note" in report:
+        print(f"clusters: {report['note']}")
+    if report["missing_thumbnails"]:
+        print(f"clusters: warning: no frames for {len(report['missing_thumbnails'])} thumbnails (placeholders): "
+              + ", ".join(report["missing_thumbnails"][:5]), file=sys.stderr)
+    return report
+
+
 def _embeddings_have_labels(embeddings: str | Path) -> bool:
     """Whether any embedded video has a class (an unlabelled layout's videos all have label -1); a missing
     file counts as labelled, so evaluate_embeddings says which stage makes it."""
@@ -501,6 +535,7 @@ STAGES: dict[str, tuple[Callable[[Any], dict[str, Any]], str]] = {
     "pretrain": (run_pretrain, "SLIC pretraining with iterative clustering (torchrun for several GPUs)"),
     "embed": (run_embed, "embed every video with the best checkpoint (IIC protocol)"),
     "evaluate": (run_evaluate, "retrieval recall@k of test queries against the train gallery"),
+    "clusters": (run_clusters, "the videos grouped by the encoder: a CSV, and a page of the largest groups"),
     "ablation": (run_ablation, "slic against intra_video and random_init, trained and evaluated alike"),
     "ablation-flow": (run_ablation_flow, "SLIC RGB-only against SLIC with the optical-flow view"),
     "promote": (run_promote, "register the encoder; move the champion alias only when it is better"),
@@ -692,6 +727,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import logging
 
+    from slic.archive_clusters import ClustersError
     from slic.config import ConfigError, load
     from slic.data.datasets import DatasetError
     from slic.data.frames import ExtractError
@@ -717,7 +753,7 @@ def main(argv: list[str] | None = None) -> int:
                 (Path(CLASS_STAGES[args.stage](config)) / "skipped.json").unlink(missing_ok=True)
             report = STAGES[args.stage][0](config)
     except (ConfigError, DatasetError, ExtractError, FlowError, FileNotFoundError, TrackingError, PromoteError,
-            IndexBuildError, FinetuneError) as exc:
+            IndexBuildError, FinetuneError, ClustersError) as exc:
         print(f"slic {args.stage}: error: {exc}", file=sys.stderr)
         return 2
     except StageFailed as exc:

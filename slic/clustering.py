@@ -152,6 +152,83 @@ def finch_partition0(x: np.ndarray, *, use_gpu: bool | None = None, batch: int =
     return components_of_neighbour_graph(first_neighbours(x, use_gpu=use_gpu, batch=batch, threads=threads))
 
 
+def finch_levels(x: np.ndarray, *, use_gpu: bool | None = None, threads: int | None = None) -> list[np.ndarray]:
+    """FINCH's whole hierarchy: partition 0, then each coarser level links every cluster to its nearest cluster
+    (cosine of the mean of its members' unit vectors) and takes the components, until one cluster is left or a
+    level merges nothing. Each partition labels every point (int64, ids ordered by smallest member), finest first.
+
+    Pretraining needs only partition 0 (`finch_partition0`); the `clusters` stage picks a coarser level for
+    people to browse, so an archive of thousands of videos becomes tens of groups without choosing k up front.
+    """
+    x = _as_matrix(x, min_rows=0)
+    if len(x) < 2:
+        return [np.zeros(len(x), dtype=np.int64)]
+    unit = l2_normalize(x)
+    labels = finch_partition0(unit, use_gpu=use_gpu, threads=threads)
+    levels = [labels]
+    while (count := int(labels.max()) + 1) > 1:
+        sums = np.zeros((count, unit.shape[1]), dtype=np.float64)
+        np.add.at(sums, labels, unit)
+        merged = finch_partition0(sums, use_gpu=use_gpu, threads=threads)[labels]
+        if int(merged.max()) + 1 == count:
+            break
+        labels = _ordered_labels(merged)
+        levels.append(labels)
+    return levels
+
+
+def merge_closest_pairs(x: np.ndarray, labels: np.ndarray, groups: int) -> np.ndarray:
+    """`labels` coarsened to `groups` clusters by merging, one pair at a time, the two clusters whose mean
+    directions (of the members' unit vectors) have the highest cosine similarity, as FINCH does to reach a
+    required number of clusters from the level above it. Ids ordered by smallest member; ties go to the
+    lowest cluster ids."""
+    unit = l2_normalize(_as_matrix(x, min_rows=1))
+    labels = _ordered_labels(np.asarray(labels))
+    count = int(labels.max()) + 1
+    if not 1 <= groups <= count:
+        raise ValueError(f"can merge {count} clusters into 1 to {count}, not {groups}")
+    sums = np.zeros((count, unit.shape[1]), dtype=np.float64)
+    np.add.at(sums, labels, unit)
+    directions = l2_normalize(sums).astype(np.float64)
+    similarity = directions @ directions.T
+    np.fill_diagonal(similarity, -np.inf)
+    best = similarity.argmax(axis=1)  # each cluster's most similar other cluster (the lowest id on a tie)
+    alive = np.ones(count, dtype=bool)
+    into = np.arange(count)
+    rows = np.arange(count)
+    for _ in range(count - groups):
+        row = int(np.argmax(np.where(alive, similarity[rows, best], -np.inf)))
+        keep, gone = sorted((row, int(best[row])))
+        sums[keep] += sums[gone]
+        into[into == gone] = keep
+        alive[gone] = False
+        directions[keep] = l2_normalize(sums[keep][None])[0]
+        updated = np.where(alive, directions @ directions[keep], -np.inf)
+        updated[keep] = -np.inf
+        similarity[gone, :] = similarity[:, gone] = -np.inf
+        similarity[keep, :] = similarity[:, keep] = updated
+        best[keep] = int(updated.argmax())
+        for other in np.flatnonzero(alive & ((best == keep) | (best == gone)) & (rows != keep)):
+            best[other] = int(similarity[other].argmax())  # its nearest changed or is gone: look again
+        closer = alive & (updated > similarity[rows, best])
+        best[closer] = keep
+    return _ordered_labels(into[labels])
+
+
+def finch_groups(x: np.ndarray, groups: int, *, use_gpu: bool | None = None,
+                 threads: int | None = None) -> tuple[np.ndarray, list[int], int]:
+    """`groups` clusters the FINCH way: the coarsest level of `finch_levels` with at least that many, merged one
+    closest pair at a time down to `groups` (FINCH's own way to a required number; its levels jump, e.g. from 11
+    to 4). Fewer points or first-partition clusters than `groups`: the first partition as it is. Returns the
+    labels, every level's cluster count and the level merged from."""
+    levels = finch_levels(x, use_gpu=use_gpu, threads=threads)
+    counts = [int(labels.max()) + 1 for labels in levels]
+    start = max((i for i, count in enumerate(counts) if count >= groups), default=0)
+    if counts[start] <= groups:
+        return levels[start], counts, start
+    return merge_closest_pairs(x, levels[start], groups), counts, start
+
+
 # ---------------------------------------------------------------------------------------------- k-means
 
 

@@ -311,6 +311,23 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
+class ClustersConfig:
+    """The embedded videos grouped by the encoder, to browse and to label the most typical first (stage `clusters`)."""
+
+    embeddings: str = _spec("data/embeddings/embeddings.npz")
+    split: str = _spec("all", choices=("all", "train", "val", "test"), help="which embedded videos are grouped")
+    method: str = _spec("finch", choices=("finch", "kmeans"), help="finch: FINCH's level above `groups`, merged "
+                        "a closest pair at a time; kmeans: k-means")
+    groups: int = _spec(20, low=1, high=1 << 20, help="how many groups (fewer only when there are fewer videos, or "
+                        "fewer clusters in FINCH's first partition)")
+    seed: int = _spec(7, low=0, help="k-means seed")
+    table: str = _spec("reports/clusters.csv", help="every video's group, most typical first")
+    html: str = _spec("reports/clusters.html", help="the largest groups with thumbnails of their most typical videos")
+    html_groups: int = _spec(30, low=1, high=1000, help="groups shown on the page, largest first")
+    html_members: int = _spec(8, low=1, high=100, help="videos shown per group, most typical first")
+
+
+@dataclass(frozen=True)
 class IndexConfig:
     """FAISS similarity-search index over the gallery split's embeddings (stage `index`)."""
 
@@ -430,6 +447,7 @@ class Config:
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     embed: EmbedConfig = field(default_factory=EmbedConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    clusters: ClustersConfig = field(default_factory=ClustersConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
     ablation: AblationConfig = field(default_factory=AblationConfig)
     ablation_flow: AblationFlowConfig = field(default_factory=AblationFlowConfig)

@@ -106,7 +106,7 @@ def sample_queries(top1_hit: np.ndarray, n: int, seed: int) -> tuple[np.ndarray,
     return np.sort(chosen), how
 
 
-def _video_paths(manifest: Path) -> dict[str, str]:
+def video_captions(manifest: Path) -> dict[str, str]:
     """video_id -> source path from the manifest CSV, with where in its file a segment lies (a file cut into
     several rows by manifest.segment_seconds: `path [mm:ss-mm:ss]`); empty when the file is absent."""
     from slic.data.datasets import read_manifest, segment_spans
@@ -220,7 +220,7 @@ def write_retrieval_html(out: str | Path, report: Mapping[str, Any], *, embeddin
     top1_hit = labels[g_mask][neighbours[:, 0]] == labels[q_mask]
     chosen, how = sample_queries(top1_hit, queries, seed)
     sims = np.einsum("qd,qkd->qk", normalize_rows(q_vec[chosen]), normalize_rows(g_vec)[neighbours[chosen]])
-    paths = _video_paths(Path(manifest))
+    paths = video_captions(Path(manifest))
     cells = VideoCells(ids, frames_dir, paths)
     marks = {"query": "query", "hit": "✓ hit", "miss": "✗ miss"}
 
@@ -249,10 +249,10 @@ def write_retrieval_html(out: str | Path, report: Mapping[str, Any], *, embeddin
             f'<p><span class="mark hit">✓ hit</span> same class as the query &nbsp; '
             f'<span class="mark miss">✗ miss</span> another class &nbsp; cos: cosine similarity to the query</p>'
             f"{note}{''.join(rows)}</body></html>\n")
-    return _write_page(out, page, cells, queries_shown=len(chosen), k_shown=k_shown)
+    return write_page(out, page, cells, queries_shown=len(chosen), k_shown=k_shown)
 
 
-def _write_page(out: str | Path, page: str, cells: VideoCells, *, queries_shown: int,
+def write_page(out: str | Path, page: str, cells: VideoCells, *, queries_shown: int,
                 k_shown: int) -> dict[str, Any]:
     """Write an HTML report; {path, bytes, queries_shown, k_shown, missing_thumbnails: [shard paths]}."""
     out = Path(out)
@@ -309,7 +309,7 @@ def write_neighbours_html(out: str | Path, report: Mapping[str, Any], *, embeddi
     chosen = np.sort(rng.choice(len(vectors), min(queries, len(vectors)), replace=False))
     files = files_of(ids, source_units(manifest)[0]) if report.get("leave_out") in ("file", "recording") else None
     neighbours, sims = nearest_others(vectors, k, rows=chosen, files=files)  # only the shown videos query
-    paths = _video_paths(Path(manifest))
+    paths = video_captions(Path(manifest))
     cells = VideoCells(ids, frames_dir, paths)
     rows = [f'<section class="row" aria-label="query {html.escape(str(ids[q]))}">{cells(q, "query", "")}<ol>'
             + "".join(cells(int(g), "neighbour", f"#{rank + 1}<br>cos {sims[row, rank]:.3f}")
@@ -328,4 +328,4 @@ def write_neighbours_html(out: str | Path, report: Mapping[str, Any], *, embeddi
             f"<h2>Sampled videos and their top-{neighbours.shape[1]} neighbours</h2>"
             f'<p id="sample">{len(chosen)} of {len(vectors)} videos drawn at random (seed {seed}).</p>'
             f"{note}{''.join(rows)}</body></html>\n")
-    return _write_page(out, page, cells, queries_shown=len(chosen), k_shown=neighbours.shape[1])
+    return write_page(out, page, cells, queries_shown=len(chosen), k_shown=neighbours.shape[1])

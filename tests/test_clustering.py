@@ -7,8 +7,9 @@ import pytest
 from sklearn.metrics import adjusted_rand_score
 
 from slic import clustering
-from slic.clustering import (cluster_agreement, cluster_pseudo_labels, cluster_sizes_summary, finch_partition0,
-                             first_neighbours, kmeans, l2_normalize)
+from slic.clustering import (cluster_agreement, cluster_pseudo_labels, cluster_sizes_summary, finch_groups,
+                             finch_levels, finch_partition0, first_neighbours, kmeans, l2_normalize,
+                             merge_closest_pairs)
 
 faiss = pytest.importorskip("faiss")
 
@@ -141,6 +142,77 @@ def test_finch_recovers_blobs_that_are_chains() -> None:
     shuffle = rng.permutation(len(x))
     labels = finch_partition0(x[shuffle])
     assert adjusted_rand_score(truth[shuffle], labels) == 1.0
+
+
+def nested_blobs(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """3 far-apart families of 3 sub-blobs each (sub-blobs near their family's direction, points tight around
+    their sub-blob): (x, sub-blob ids, family ids)."""
+    rng = np.random.default_rng(seed)
+    families = l2_normalize(rng.standard_normal((3, 64)))
+    subs = l2_normalize(np.repeat(families, 3, axis=0) + 0.3 * l2_normalize(rng.standard_normal((9, 64))))
+    sub_of = np.repeat(np.arange(9), 20)
+    x = subs[sub_of] + 0.01 * rng.standard_normal((len(sub_of), 64))
+    return x.astype(np.float32), sub_of, sub_of // 3
+
+
+def test_finch_levels_coarsen_to_the_sub_blobs_then_the_families_then_one() -> None:
+    x, sub_of, family_of = nested_blobs()
+    levels = finch_levels(x)
+    assert levels[0].tolist() == finch_partition0(x).tolist()
+    counts = [int(labels.max()) + 1 for labels in levels]
+    assert counts == sorted(counts, reverse=True) and len(set(counts)) == len(counts) and counts[-1] == 1
+    for finer, coarser in zip(levels, levels[1:]):  # nested: a coarser group is a union of finer ones
+        for group in np.unique(finer):
+            assert len(np.unique(coarser[finer == group])) == 1
+    by_count = {count: labels for count, labels in zip(counts, levels)}
+    assert adjusted_rand_score(sub_of, by_count[9]) == 1.0
+    assert adjusted_rand_score(family_of, by_count[3]) == 1.0
+
+
+def test_finch_levels_of_tiny_inputs() -> None:
+    assert [level.tolist() for level in finch_levels(np.zeros((1, 4)))] == [[0]]
+    assert [level.tolist() for level in finch_levels(np.eye(2))] == [[0, 0]]  # each the other's neighbour
+
+
+def merged_by_hand(x: np.ndarray, labels: np.ndarray, groups: int) -> np.ndarray:
+    """Reference: recompute every cluster's mean direction and merge the most similar pair, until `groups`."""
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    labels = labels.copy()
+    while len(np.unique(labels)) > groups:
+        ids = np.unique(labels)
+        means = np.stack([unit[labels == i].sum(axis=0) for i in ids])
+        means /= np.linalg.norm(means, axis=1, keepdims=True)
+        similarity = means @ means.T
+        np.fill_diagonal(similarity, -np.inf)
+        a, b = np.unravel_index(np.argmax(similarity), similarity.shape)
+        labels[labels == ids[max(a, b)]] = ids[min(a, b)]
+    return labels
+
+
+def test_merging_closest_pairs_equals_recomputing_every_step() -> None:
+    rng = np.random.default_rng(1)
+    for _ in range(8):
+        x = rng.normal(size=(200, 12))
+        first = finch_partition0(x)
+        groups = int(rng.integers(1, first.max() + 2))
+        merged = merge_closest_pairs(x, first, groups)
+        assert merged.max() + 1 == groups
+        assert adjusted_rand_score(merged_by_hand(x, first, groups), merged) == 1.0
+    with pytest.raises(ValueError, match="into 1 to"):
+        merge_closest_pairs(x, first, int(first.max()) + 2)
+
+
+def test_finch_groups_reaches_a_count_its_levels_jump_over() -> None:
+    rng = np.random.default_rng(0)
+    truth = np.repeat(np.arange(6), 10)
+    x = np.eye(8)[truth] + 0.02 * rng.normal(size=(60, 8))  # six classes on six axes
+    assert [int(level.max()) + 1 for level in finch_levels(x)] == [11, 4, 1]  # no level of 6
+    labels, counts, start = finch_groups(x, 6)
+    assert counts == [11, 4, 1] and start == 0 and adjusted_rand_score(truth, labels) == 1.0
+    labels, _, start = finch_groups(x, 4)
+    assert start == 1 and labels.tolist() == finch_levels(x)[1].tolist()  # a level of exactly that many
+    labels, _, _ = finch_groups(x, 50)  # more than the first partition has: the first partition
+    assert labels.tolist() == finch_partition0(x).tolist()
 
 
 def test_cosine_not_euclidean_scaling_a_point_keeps_its_cluster() -> None:

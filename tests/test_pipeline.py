@@ -29,7 +29,7 @@ TINY = {
     "finetune": {"epochs": 1, "milestones": [1], "size": 16, "batch_size": 8, "workers": 0},
 }
 STAGES = ["synth", "synth_transfer", "manifest", "validate", "extract", "flow", "pretrain", "embed", "evaluate",
-          "eval_data@synthetic_unseen", "transfer@synthetic_unseen", "classify@synthetic_unseen", "index", "promote", "ablation", "ablation_flow",
+          "clusters", "eval_data@synthetic_unseen", "transfer@synthetic_unseen", "classify@synthetic_unseen", "index", "promote", "ablation", "ablation_flow",
           "linear_probe", "finetune"]
 
 
@@ -117,6 +117,9 @@ def test_repro_builds_every_output_then_is_a_no_op(repo: Path) -> None:
     rows = pd.read_csv(repo / "data/index/rows.csv")
     assert len(rows) == retrieval["gallery"] and rows["path"].map(lambda p: (repo / p).is_file()).all()
     assert "recall@1" in (repo / "reports/retrieval.html").read_text()  # evaluate's HTML report (tests/test_report.py)
+    clusters = json.loads((repo / "reports/clusters.json").read_text())  # every video grouped (test_archive_clusters)
+    assert clusters["videos"] == 24 and clusters["labelled"] and 1 <= clusters["groups"] <= 24
+    assert len(pd.read_csv(repo / "reports/clusters.csv")) == 24 and (repo / "reports/clusters.html").is_file()
     curve = pd.read_csv(repo / "reports/retrieval_recall.csv")
     assert curve["k"].tolist() == [1, 5, 10, 20, 50]
     ablation = json.loads((repo / "reports/ablation.json").read_text())

@@ -100,9 +100,9 @@ def test_search_says_where_in_its_file_a_segment_lies(archive: Path, tmp_path: P
     assert list(rows.columns) == ["row", "video_id", "path", "class", "label", "start_s", "end_s", "recording"]
     assert rows.groupby("path")["recording"].unique().map(list).to_dict() == {  # a file's segments: one recording
         str(archive / "long" / "match.mp4"): ["long/match"], str(archive / "short.avi"): ["short"]}
-    from slic.report import _video_paths  # the retrieval report's caption of each video: the same span
+    from slic.report import video_captions  # the retrieval report's caption of each video: the same span
 
-    shown = _video_paths(tmp_path / "validated.csv")
+    shown = video_captions(tmp_path / "validated.csv")
     assert shown["long/match@30.0s"] == f"{archive / 'long' / 'match.mp4'} [00:30.0-00:40.0]"
     assert shown["short"] == str(archive / "short.avi")  # a file of one row: its path alone
 
@@ -263,7 +263,7 @@ def test_a_variable_rate_recording_is_cut_and_timed_by_its_timestamps(archive: P
     from slic.added_videos import EmbeddingCache
     from slic.data.video import file_clock, probe
     from slic.index import build_stage, load_index
-    from slic.report import _video_paths
+    from slic.report import video_captions
     from slic.search import query_span
     from tests.data.test_frame_rate import write_variable_rate
 
@@ -292,7 +292,7 @@ def test_a_variable_rate_recording_is_cut_and_timed_by_its_timestamps(archive: P
     assert (span.start_frame, span.start_s, span.end_s) == (300, 10.0, pytest.approx(30.0, abs=0.01))
 
     table.to_csv(tmp_path / "validated.csv", index=False)
-    assert _video_paths(tmp_path / "validated.csv")["walk@10.0s"] == f"{video} [00:10.0-00:20.0]"
+    assert video_captions(tmp_path / "validated.csv")["walk@10.0s"] == f"{video} [00:10.0-00:20.0]"
     vectors = np.eye(3, 8, dtype=np.float32)
     np.savez(tmp_path / "embeddings.npz", video_id=table["video_id"].to_numpy(str), label=np.full(3, -1),
              class_name=np.array([""] * 3), split=table["split"].to_numpy(str), embedding=vectors)

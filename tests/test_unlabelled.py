@@ -118,6 +118,14 @@ def test_pretrain_index_and_search_on_unlabelled_videos(archive: Path, tiny_data
     assert page.count('class="video query"') == 12 and page.count('class="video neighbour"') == 12 * 5
     assert "hit" not in page.split("</style>")[1]  # no hit or miss without classes
 
+    # The archive grouped by the encoder: every video in the table, its groups' most typical videos first.
+    assert run(tmp_path, "clusters") == 0
+    clusters = json.loads((tmp_path / "reports/clusters.json").read_text())
+    assert clusters["labelled"] is False and clusters["videos"] == 24 and "ami" not in clusters
+    table = pd.read_csv(tmp_path / "reports/clusters.csv", keep_default_na=False)
+    assert table["path"].map(lambda path: str(archive) in path).all() and (table["class"] == "").all()
+    assert (table.groupby("group")["rank_in_group"].min() == 0).all()
+
     # The encoder learnt without labels, evaluated on a labelled set it never saw (the transfer protocol),
     # after evaluate wrote its label-free report (dvc repro runs transfer@NAME after evaluate).
     assert run(tmp_path, "eval-data", "labelled") == 0 and run(tmp_path, "transfer", "labelled") == 0

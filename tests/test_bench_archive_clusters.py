@@ -1,0 +1,42 @@
+"""bench/archive_clusters.py: its numbers on a hand-made embeddings file, and the paired differences."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench.archive_clusters import DEFAULT_WAY, WAYS, grouped, paired
+
+pytest.importorskip("faiss")
+
+
+def test_each_way_groups_every_video_and_scores_all_and_test_videos(tmp_path: Path) -> None:
+    """Six classes on six axes, 10 videos each (4 of them test): both ways recover them when asked for 6."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(6), 10)
+    embedding = np.eye(8)[labels] + 0.02 * rng.normal(size=(60, 8))
+    split = np.tile(np.array(["train"] * 6 + ["test"] * 4), 6)
+    path = tmp_path / "e.npz"
+    np.savez(path, video_id=np.array([f"v{i}" for i in range(60)]), label=labels,
+             class_name=np.array(list("abcdef"))[labels], split=split, embedding=embedding.astype(np.float32))
+    numbers = grouped(path)
+    assert set(numbers) == set(WAYS)
+    assert numbers["kmeans_6"]["groups"] == 6 and numbers["kmeans_6"]["ami"] == pytest.approx(1.0)
+    assert numbers["kmeans_6"]["test_ami"] == pytest.approx(1.0) and numbers["kmeans_6"]["purity"] == 1.0
+    # FINCH's levels hold 11, 4 and 1 clusters here: 11 merged a closest pair at a time gives the classes.
+    assert numbers["finch_6"]["groups"] == 6 and numbers["finch_6"]["ami"] == pytest.approx(1.0)
+    assert numbers["finch_20"]["groups"] == 11 and numbers["finch_20"]["purity"] == 1.0  # the first partition
+    assert numbers["kmeans_20"]["groups"] == 20 and numbers["kmeans_20"]["purity"] == 1.0  # splits, never mixes
+    assert numbers["kmeans_20"]["ami"] < 1.0
+
+
+def test_paired_differences_are_per_seed_and_only_for_rows_run() -> None:
+    encoders = [{"row": row, "seed": seed, DEFAULT_WAY: {"ami": base + seed / 100}}
+                for row, base in (("slic", 0.5), ("intra_video", 0.4), ("random_init", 0.1)) for seed in (7, 8)]
+    encoders[0][DEFAULT_WAY]["ami"] = 0.60  # slic seed 7: 0.1 above its value from the formula
+    diffs = paired(encoders, ["slic", "intra_video", "random_init"], [7, 8], "ami")
+    assert set(diffs) == {"slic - intra_video", "slic - random_init", "intra_video - random_init"}
+    assert diffs["slic - intra_video"]["per_seed"] == pytest.approx([0.60 - 0.47, 0.1])
+    assert diffs["intra_video - random_init"]["mean"] == pytest.approx(0.3)
