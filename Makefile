@@ -14,7 +14,7 @@ export DVC_NO_ANALYTICS := 1
 export GX_ANALYTICS_ENABLED := false
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install chromium run run-real test bench bench-real bench-label-free bench-added-videos bench-serving-decode bench-segments bench-frame-rate bench-gpu gpu-wheelhouse clean pipeline image services-up services-down deploy worker preset-paper
+.PHONY: install chromium run run-real test bench bench-real bench-label-free bench-archive-clusters bench-added-videos bench-serving-decode bench-segments bench-frame-rate bench-gpu gpu-wheelhouse clean pipeline image services-up services-down deploy worker preset-paper
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,10 @@ bench-real: install
 # reuses bench-real's stored encoders of the four modes and slic_video, trains the missing ones.
 bench-label-free: install
 	$(BIN)/python bench/label_free.py
+
+# The clusters stage's groups against the classes, every mode's encoder x seeds (ucf101_6; bench/real.py's cells).
+bench-archive-clusters: install
+	$(BIN)/python bench/archive_clusters.py
 
 # Videos added to the index without retraining against the same videos embedded by the embed stage (ucf101_6).
 bench-added-videos: install

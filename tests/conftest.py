@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import csv
+import io
 import os
 from collections.abc import Callable, Iterator
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -52,6 +55,30 @@ def _mlflow_store_stays_with_its_test() -> Iterator[None]:
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+def run_stage_in(root: Path, *argv: str) -> dict[str, Any]:
+    """`slic ARGV` run in the project folder `root` with its own MLflow store (none inherited): its exit code,
+    stdout, stderr, and the runs and the first run's artifact paths of experiment `slic` (empty when it failed)."""
+    from slic.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        patch.delenv("SLIC_PARENT_RUN_ID", raising=False)
+        with redirect_stdout(out), redirect_stderr(err):
+            code = main(list(argv))
+        runs, artifacts = [], set()
+        if code == 0:
+            import mlflow
+
+            from slic.tracking import tracking_uri
+
+            mlflow.set_tracking_uri(tracking_uri())
+            runs = mlflow.search_runs(experiment_names=["slic"], output_format="list")
+            artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(runs[0].info.run_id)}
+    return {"code": code, "stdout": out.getvalue(), "stderr": err.getvalue(), "runs": runs, "artifacts": artifacts}
 
 
 def tiny_synth_config(out: Path, **overrides: object) -> SynthConfig:

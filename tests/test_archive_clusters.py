@@ -5,10 +5,8 @@ known."""
 from __future__ import annotations
 
 import csv
-import io
 import json
 import re
-from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +15,7 @@ import pytest
 
 from slic.archive_clusters import class_agreement, group_embeddings, largest_first, typicality
 from slic.faiss_backend import l2_normalize
+from tests.conftest import run_stage_in
 
 pytest.importorskip("faiss")
 
@@ -83,7 +82,6 @@ def test_class_agreement_names_each_groups_majority_and_leaves_unclassed_videos_
 def _stage(tiny_manifest: Any, root: Path, *, labelled: bool = True, params: str = "") -> dict[str, Any]:
     """`slic clusters` in a temporary project: frame shards of the tiny set (one deleted), embeddings from
     `separated` (the manifest's classes, or none), and its report, CSV, page, output and MLflow run."""
-    from slic.cli import main
     from slic.data.frames import extract_all, shard_path
 
     (root / "data/manifests").mkdir(parents=True)
@@ -102,25 +100,10 @@ def _stage(tiny_manifest: Any, root: Path, *, labelled: bool = True, params: str
              split=manifest["split"].to_numpy().astype(str) if labelled else np.full(len(manifest), "train"),
              embedding=x)
     (root / "params.yaml").write_text(f"clusters:\n  groups: 3\n  html_members: 5\n{params}")
-    out, err = io.StringIO(), io.StringIO()
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(root)
-        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
-        patch.delenv("SLIC_PARENT_RUN_ID", raising=False)
-        with redirect_stdout(out), redirect_stderr(err):
-            code = main(["clusters"])
-        result: dict[str, Any] = {"code": code, "stdout": out.getvalue(), "stderr": err.getvalue(),
-                                  "manifest": manifest}
-        if code != 0:
-            return result
-        import mlflow
-
-        from slic.tracking import tracking_uri
-
-        mlflow.set_tracking_uri(tracking_uri())
-        run = mlflow.search_runs(experiment_names=["slic"], output_format="list")[0]
-        result["run"] = run
-        result["artifacts"] = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
+    result = run_stage_in(root, "clusters") | {"manifest": manifest}
+    if result["code"] != 0:
+        return result
+    result["run"] = result["runs"][0]
     result["report"] = json.loads((root / "reports/clusters.json").read_text())
     with (root / "reports/clusters.csv").open(newline="") as handle:
         result["rows"] = list(csv.DictReader(handle))
@@ -191,10 +174,6 @@ def test_a_split_without_videos_and_missing_embeddings_are_named(tiny_manifest: 
     root = tmp_path / "b"
     root.mkdir()
     (root / "params.yaml").write_text("clusters:\n  groups: 3\n")
-    from slic.cli import main
-
-    err = io.StringIO()
-    with pytest.MonkeyPatch.context() as patch, redirect_stderr(err):
-        patch.chdir(root)
-        assert main(["clusters"]) == 2
-    assert "data/embeddings/embeddings.npz not found" in err.getvalue() and "dvc repro embed" in err.getvalue()
+    said = run_stage_in(root, "clusters")
+    assert said["code"] == 2
+    assert "data/embeddings/embeddings.npz not found" in said["stderr"] and "dvc repro embed" in said["stderr"]

@@ -1,4 +1,5 @@
-"""bench/archive_clusters.py: its numbers on a hand-made embeddings file, and the paired differences."""
+"""bench/archive_clusters.py and bench/grouping_speed.py: their numbers on hand-made vectors, the paired differences,
+and the speed rows against the FINCH authors' package."""
 
 from __future__ import annotations
 
@@ -40,3 +41,17 @@ def test_paired_differences_are_per_seed_and_only_for_rows_run() -> None:
     assert set(diffs) == {"slic - intra_video", "slic - random_init", "intra_video - random_init"}
     assert diffs["slic - intra_video"]["per_seed"] == pytest.approx([0.60 - 0.47, 0.1])
     assert diffs["intra_video - random_init"]["mean"] == pytest.approx(0.3)
+
+
+def test_grouping_speed_rows_match_the_reference_and_skip_it_above_its_limit(tmp_path: Path) -> None:
+    pytest.importorskip("finch")
+    import json
+
+    from bench.grouping_speed import main
+
+    main(["--sizes", "400", "900", "--ref-max-n", "400", "--repeats", "1", "--groups", "5",
+          "--out", str(tmp_path / "speed.json")])
+    small, large = json.loads((tmp_path / "speed.json").read_text())["rows"]
+    assert small["same_as_reference"] == 1.0 and small["groups"] == 5 and small["reference_s"] > 0
+    assert "reference_s" not in large and "skipped" in large["reference"] and large["kmeans_s"] > 0
+    assert large["finch_levels"][large["merged_from_level"]] >= 5

@@ -215,6 +215,24 @@ def test_finch_groups_reaches_a_count_its_levels_jump_over() -> None:
     assert labels.tolist() == finch_partition0(x).tolist()
 
 
+def test_finch_levels_and_groups_equal_the_finch_authors_package() -> None:
+    """On unit vectors (the mean of a cluster's points then points where the mean of their unit vectors does), the
+    hierarchy and the required-number partitions are those of `finch-clust` (FINCH's authors; bench/clustering.py's
+    reference), which stops before the last level of one cluster."""
+    finch = pytest.importorskip("finch")
+    from bench.clustering import embedding_like
+
+    x = l2_normalize(embedding_like(2000, clusters=60, seed=1))
+    theirs, counts, _ = finch.FINCH(x, distance="cosine", verbose=False)
+    ours = finch_levels(x)
+    assert [int(level.max()) + 1 for level in ours] == [*counts, 1]
+    for level in range(len(counts)):
+        assert adjusted_rand_score(theirs[:, level], ours[level]) == 1.0
+    for groups in (40, 20, 7):
+        required = finch.FINCH(x, req_clust=groups, distance="cosine", verbose=False)[2]
+        assert adjusted_rand_score(required, finch_groups(x, groups)[0]) == 1.0
+
+
 def test_cosine_not_euclidean_scaling_a_point_keeps_its_cluster() -> None:
     x, _ = blobs(seed=5)
     scaled = x.copy()

@@ -13,7 +13,6 @@ import json
 import os
 import time
 from collections.abc import Iterator
-from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ import numpy as np
 import pytest
 
 from slic.report import HIT_COLOUR, MISS_COLOUR, sample_queries
+from tests.conftest import run_stage_in
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -76,7 +76,6 @@ def _embeddings(manifest: Any, path: Path) -> None:
 @pytest.fixture(scope="module")
 def stage(tiny_manifest: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """`slic evaluate` run once in a temporary project: its report, stdout/stderr and MLflow run."""
-    from slic.cli import main
     from slic.data.frames import ShardReader, extract_all, shard_path
 
     root = tmp_path_factory.mktemp("evaluate")
@@ -93,23 +92,10 @@ def stage(tiny_manifest: Any, tmp_path_factory: pytest.TempPathFactory) -> Itera
     (root / "data/embeddings").mkdir()
     _embeddings(manifest, root / "data/embeddings/embeddings.npz")
     (root / "params.yaml").write_text(f"evaluate:\n  html_queries: 6\n  html_k: {K_SHOWN}\n")
-    out, err = io.StringIO(), io.StringIO()
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(root)
-        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
-        patch.delenv("SLIC_PARENT_RUN_ID", raising=False)
-        with redirect_stdout(out), redirect_stderr(err):
-            code = main(["evaluate"])
-        import mlflow
-
-        from slic.tracking import tracking_uri
-
-        mlflow.set_tracking_uri(tracking_uri())
-        runs = mlflow.search_runs(experiment_names=["slic"], output_format="list")
-        artifacts = [a.path for a in mlflow.MlflowClient().list_artifacts(runs[0].info.run_id)]
-    assert code == 0, err.getvalue()
-    yield {"root": root, "html": root / "reports/retrieval.html", "stdout": out.getvalue(),
-           "stderr": err.getvalue(), "artifacts": artifacts,
+    result = run_stage_in(root, "evaluate")
+    assert result["code"] == 0, result["stderr"]
+    yield {"root": root, "html": root / "reports/retrieval.html", "stdout": result["stdout"],
+           "stderr": result["stderr"], "artifacts": result["artifacts"],
            "report": json.loads((root / "reports/retrieval.json").read_text())}
 
 
