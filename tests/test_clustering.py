@@ -7,8 +7,8 @@ import pytest
 from sklearn.metrics import adjusted_rand_score
 
 from slic import clustering
-from slic.clustering import (cluster_agreement, cluster_pseudo_labels, cluster_sizes_summary, finch_groups,
-                             finch_levels, finch_partition0, first_neighbours, kmeans, l2_normalize,
+from slic.clustering import (cluster_agreement, cluster_pseudo_labels, cluster_sizes_summary, cluster_sums,
+                             finch_groups, finch_levels, finch_partition0, first_neighbours, kmeans, l2_normalize,
                              merge_closest_pairs)
 
 faiss = pytest.importorskip("faiss")
@@ -172,6 +172,14 @@ def test_finch_levels_coarsen_to_the_sub_blobs_then_the_families_then_one() -> N
 def test_finch_levels_of_tiny_inputs() -> None:
     assert [level.tolist() for level in finch_levels(np.zeros((1, 4)))] == [[0]]
     assert [level.tolist() for level in finch_levels(np.eye(2))] == [[0, 0]]  # each the other's neighbour
+
+
+def test_cluster_sums_equal_adding_each_row_to_its_cluster() -> None:
+    rng = np.random.default_rng(3)
+    x, labels = rng.normal(size=(500, 7)).astype(np.float32), rng.permutation(np.arange(500) % 37)
+    expected = np.zeros((37, 7))
+    np.add.at(expected, labels, x.astype(np.float64))
+    assert np.allclose(cluster_sums(x, labels), expected, rtol=0, atol=1e-12)
 
 
 def merged_by_hand(x: np.ndarray, labels: np.ndarray, groups: int) -> np.ndarray:

@@ -293,6 +293,9 @@ def test_a_variable_rate_recording_is_cut_and_timed_by_its_timestamps(archive: P
 
     table.to_csv(tmp_path / "validated.csv", index=False)
     assert video_captions(tmp_path / "validated.csv")["walk@10.0s"] == f"{video} [00:10.0-00:20.0]"
+    from slic.archive_clusters import file_spans  # the clusters stage's table: the file and the segment's seconds
+
+    assert file_spans(tmp_path / "validated.csv")["walk@10.0s"] == (str(video), "10.000", "20.000")
     vectors = np.eye(3, 8, dtype=np.float32)
     np.savez(tmp_path / "embeddings.npz", video_id=table["video_id"].to_numpy(str), label=np.full(3, -1),
              class_name=np.array([""] * 3), split=table["split"].to_numpy(str), embedding=vectors)
