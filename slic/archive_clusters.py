@@ -170,7 +170,7 @@ def cluster_archive(embeddings: str | Path, *, manifest: str | Path, frames_dir:
                     groups: int, split: str, seed: int, table: str | Path, page: str | Path, html_groups: int,
                     html_members: int) -> dict[str, Any]:
     """Group the embedded videos of `split`, write the CSV (`table`) and the HTML page (`page`); returns the
-    stage's report (the `clusters` section of params.yaml, as arguments)."""
+    stage's report. The arguments are the `clusters` section of params.yaml and where extract wrote the frames."""
     if not Path(embeddings).is_file():
         raise ClustersError(f"{embeddings} not found: the embed stage writes it; run `dvc repro embed` first (or "
                             "point clusters.embeddings at an embeddings file)")
@@ -279,6 +279,8 @@ def write_groups_html(out: str | Path, report: Mapping[str, Any], grouping: Grou
                + f" (clusters.groups = {report['groups_asked']})")
     title = "Groups of videos"
     note = "" if paths else f"<p>{html.escape(str(manifest))} not found: videos are named by id.</p>"
+    if "note" in report:
+        note += f'<p id="note">{html.escape(report["note"], quote=False)}.</p>'
     which = "all splits" if report["split"] == "all" else html.escape(report["split"]) + " split"
     page = (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
             f"<style>{STYLE}{GROUP_STYLE}</style></head><body><h1>{title}</h1>"

@@ -162,7 +162,7 @@ def test_more_groups_than_finch_can_make_says_why(tiny_manifest: Any, tmp_path: 
     assert report["groups"] == report["finch_levels"][0] < 24  # the first partition as it is
     assert report["note"] == (f"{report['groups']} groups, not the 30 of clusters.groups: FINCH's first partition "
                               "has only that many clusters (method: kmeans makes more)")
-    assert f"clusters: {report['note']}" in result["stdout"]
+    assert f"clusters: {report['note']}" in result["stdout"] and f'<p id="note">{report["note"]}.</p>' in result["page"]
     kmeans = _stage(tiny_manifest, tmp_path / "k", params="  groups: 30\n  method: kmeans\n")
     assert kmeans["report"]["groups"] == 24 and "only that many videos" in kmeans["report"]["note"]
 
