@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.archive_clusters import DEFAULT_WAY, WAYS, grouped, paired
+from bench.archive_clusters import DEFAULT_WAY, WAYS, grouped, labelling, paired
 
 pytest.importorskip("faiss")
 
@@ -23,7 +23,7 @@ def test_each_way_groups_every_video_and_scores_all_and_test_videos(tmp_path: Pa
     np.savez(path, video_id=np.array([f"v{i}" for i in range(60)]), label=labels,
              class_name=np.array(list("abcdef"))[labels], split=split, embedding=embedding.astype(np.float32))
     numbers = grouped(path)
-    assert set(numbers) == set(WAYS)
+    assert set(numbers) == set(WAYS) | {"labelling"} and numbers["labelling"]["labelled_videos"] == 11
     assert numbers["kmeans_6"]["groups"] == 6 and numbers["kmeans_6"]["ami"] == pytest.approx(1.0)
     assert numbers["kmeans_6"]["test_ami"] == pytest.approx(1.0) and numbers["kmeans_6"]["purity"] == 1.0
     # FINCH's levels hold 11, 4 and 1 clusters here: 11 merged a closest pair at a time gives the classes.
@@ -31,6 +31,23 @@ def test_each_way_groups_every_video_and_scores_all_and_test_videos(tmp_path: Pa
     assert numbers["finch_20"]["groups"] == 11 and numbers["finch_20"]["purity"] == 1.0  # the first partition
     assert numbers["kmeans_20"]["groups"] == 20 and numbers["kmeans_20"]["purity"] == 1.0  # splits, never mixes
     assert numbers["kmeans_20"]["ami"] < 1.0
+
+
+def test_labelling_spreads_the_typical_or_random_videos_class_by_group_or_by_nearest() -> None:
+    """Two groups on two axes: group 0 is 4 videos of class a and 2 of class b near its axis, the b ones off
+    centre; group 1 is 4 videos of class c. Labelling the typical video of each group spreads a to group 0 (4 of
+    6 right) and c to group 1: 8 of 10. The typical videos' nearest spreads the same here."""
+    vectors = np.array([[1, 0, 0], [1, 0.05, 0], [1, -0.05, 0], [1, 0, 0.05], [1, 0.6, 0], [1, -0.6, 0],
+                        [0, 1, 1], [0, 1, 1.1], [0, 1.1, 1], [0, 1, 0.9]], dtype=np.float32)
+    classes = np.array(list("aaaabbcccc"))
+    groups = np.array([0] * 6 + [1] * 4)
+    rank = np.array([0, 1, 2, 3, 4, 5, 0, 1, 2, 3])
+    shares = labelling(vectors, classes, groups, rank, draws=50)
+    assert shares["labelled_videos"] == 2
+    assert shares["typical_by_group"] == shares["typical_nearest"] == 0.8
+    # A random member of group 0 is a b video 2 times in 6: then 2 of 6 there are right, else 4 of 6.
+    assert shares["random_by_group"] == pytest.approx((4 + (2 / 6 * 2 + 4 / 6 * 4)) / 10, abs=0.06)
+    assert 0 < shares["random_nearest"] <= 1
 
 
 def test_paired_differences_are_per_seed_and_only_for_rows_run() -> None:
