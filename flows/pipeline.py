@@ -148,7 +148,8 @@ def run_stage(repo: str, stage: str, parent_run_id: str | None = None) -> dict[s
     return {"stage": stage, "ran": ran, "seconds": round(time.perf_counter() - started, 2)}
 
 
-LISTED = {"advice": "Notes", "excluded": "Excluded"}  # report lists worth reading in the UI, not only counting
+# Report lists worth reading in the UI, not only counting (largest_groups: the clusters stage's).
+LISTED = {"advice": "Notes", "excluded": "Excluded", "largest_groups": "Largest groups"}
 LISTED_ITEMS = 10
 
 
@@ -179,12 +180,20 @@ def table_cell(value: Any) -> str:
 
 
 def listed_markdown(title: str, items: list[Any]) -> str:
-    """A report's list as markdown bullets: a string as it is, a mapping as its values joined by ': ' (an
-    exclusion's video_id: reason); the first LISTED_ITEMS, then how many more the report holds."""
-    lines = [item if isinstance(item, str) else ": ".join(str(v) for v in item.values()) if isinstance(item, dict)
-             else str(item) for item in items[:LISTED_ITEMS]]
+    """A report's list as markdown bullets: a string as it is, a mapping of two as its values joined by ': ' (an
+    exclusion's video_id: reason), a larger one as `key value` pairs (a group's size, most typical video, majority
+    class); the first LISTED_ITEMS, then how many more the report holds."""
+    lines = [item if isinstance(item, str) else _mapping_line(item) if isinstance(item, dict) else str(item)
+             for item in items[:LISTED_ITEMS]]
     more = f"- and {len(items) - LISTED_ITEMS} more in the report\n" if len(items) > LISTED_ITEMS else ""
     return f"\n**{title}**\n\n" + "".join(f"- {line}\n" for line in lines) + more
+
+
+def _mapping_line(item: dict[str, Any]) -> str:
+    """One bullet of a listed mapping: `a: b` for two values, else `key value, ...` (floats to 3 digits)."""
+    if len(item) <= 2:
+        return ": ".join(str(v) for v in item.values())
+    return ", ".join(f"{k} {f'{v:.3g}' if isinstance(v, float) else v}" for k, v in item.items())
 
 
 @task(name="publish", task_run_name="publish-{stage}", retries=1, retry_delay_seconds=5)

@@ -58,6 +58,11 @@ def test_notes_and_exclusions_are_listed_in_the_artifact_and_the_notes_describe_
     table = report_markdown("manifest", report, ran=True)
     assert "| advice | 2 item(s) |" in table and f"**Notes**\n\n- {note}\n- set extract.fps\n" in table
     assert "- a/v0: too short: 20 frames < 32\n" in table and "- a/v9: " in table and "- a/v10: " not in table
+    groups = report_markdown("clusters", {"groups": 20, "largest_groups": [
+        {"group": 0, "videos": 113, "most_typical": "PlayingPiano/v_PlayingPiano_g05_c01",
+         "majority_class": "PlayingPiano", "majority_share": 0.5664}]}, ran=True)
+    assert ("**Largest groups**\n\n- group 0, videos 113, most_typical PlayingPiano/v_PlayingPiano_g05_c01, "
+            "majority_class PlayingPiano, majority_share 0.566\n") in groups
     assert table.endswith("- and 2 more in the report\n")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     parent = tracking.start_pipeline_run("pipeline", {})
