@@ -180,6 +180,11 @@ def cluster_archive(embeddings: str | Path, *, manifest: str | Path, frames_dir:
         raise ClustersError(f"{embeddings} holds no embedded video: check the embed stage's report "
                             "(reports/embed.json)")
     ids = np.asarray(data["video_id"]).astype(str)[chosen]
+    broken = ~np.isfinite(data["embedding"][chosen]).all(axis=1)
+    if broken.any():
+        raise ClustersError(f"{embeddings}: {int(broken.sum())} of {len(ids)} videos have NaN or infinite embeddings "
+                            f"(e.g. {', '.join(ids[broken][:3])}): the encoder diverged (see the loss in "
+                            "reports/pretrain.json); retrain, then rerun embed")
     splits = np.asarray(data["split"]).astype(str)[chosen]
     labelled = np.asarray(data["label"])[chosen] >= 0
     classes = np.where(labelled, np.asarray(data["class_name"]).astype(str)[chosen], "")

@@ -167,6 +167,21 @@ def test_more_groups_than_finch_can_make_says_why(tiny_manifest: Any, tmp_path: 
     assert kmeans["report"]["groups"] == 24 and "only that many videos" in kmeans["report"]["note"]
 
 
+def test_nan_embeddings_name_the_videos_and_what_to_do(tmp_path: Path) -> None:
+    from slic.archive_clusters import ClustersError, cluster_archive
+
+    vectors = np.eye(4, dtype=np.float32)
+    vectors[2, 1] = np.nan
+    np.savez(tmp_path / "e.npz", video_id=np.array(["a", "b", "c", "d"]), label=np.full(4, -1),
+             class_name=np.full(4, ""), split=np.full(4, "train"), embedding=vectors)
+    with pytest.raises(ClustersError, match=r"e.npz: 1 of 4 videos have NaN or infinite embeddings \(e.g. c\): the "
+                                            r"encoder diverged"):
+        cluster_archive(tmp_path / "e.npz", manifest=tmp_path / "none.csv", frames_dir=tmp_path, method="finch",
+                        groups=2, split="all", seed=7, table=tmp_path / "t.csv", page=tmp_path / "p.html",
+                        html_groups=2, html_members=2)
+    assert not (tmp_path / "t.csv").exists()  # nothing half-written
+
+
 def test_a_split_without_videos_and_missing_embeddings_are_named(tiny_manifest: Any, tmp_path: Path) -> None:
     result = _stage(tiny_manifest, tmp_path / "a", labelled=False, params="  split: test\n")
     assert result["code"] == 2
