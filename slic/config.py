@@ -17,7 +17,7 @@ import yaml
 from slic.config_check import ConfigError, build_section
 
 
-DATASET_LAYOUTS = ("synthetic", "ucf101", "hmdb51", "kinetics", "folder", "unlabelled")
+DATASET_LAYOUTS = ("synthetic", "ucf101", "hmdb51", "kinetics", "folder", "csv", "unlabelled")
 
 
 def _spec(default: Any, *, low: float | None = None, high: float | None = None,

@@ -76,6 +76,47 @@ def _ucf101(root: Path, splits: Path, split: int) -> tuple[list[str], list[Entry
     return classes, entries
 
 
+LABELS_FILE = "labels.csv"  # layout csv: the table of videos and classes, in manifest.splits_dir (or the root)
+LABELS_SPLITS = ("train", "val", "test", "unused")
+
+
+def _labels_csv(root: Path, splits: Path) -> tuple[list[str], list[Entry]]:
+    """Layout csv: the videos and classes a spreadsheet lists, `labels.csv` in `splits` with columns `path` (under
+    `root`, or absolute) and `class`, and optionally `split` (train, val, test or unused; a row without one: '') and
+    `group` (the recording a clip comes from: clips of one recording stay on one side of the test and val splits)."""
+    listing = splits / LABELS_FILE
+    if not listing.is_file():
+        raise DatasetError(f"{listing}: labels file not found; layout csv reads {LABELS_FILE} (columns path, class "
+                           "and optionally split, group) from manifest.splits_dir (empty: the root)")
+    with listing.open(newline="", encoding="utf-8-sig") as handle:  # utf-8-sig: a spreadsheet's byte-order mark
+        reader = csv.reader(handle)
+        header = [name.strip().lower() for name in next(reader, [])]
+        if not {"path", "class"} <= set(header):
+            raise DatasetError(f"{listing}:1: the header needs columns path and class (optionally split, group); "
+                               f"found: {', '.join(header) or 'nothing'}")
+        rows = [(number, dict(zip(header, (value.strip() for value in values))))
+                for number, values in enumerate(reader, 2) if any(value.strip() for value in values)]
+    entries, seen = [], {}
+    for number, row in rows:
+        where = f"{listing}:{number}"
+        path, class_name = row.get("path", ""), row.get("class", "")
+        if not path or not class_name:
+            raise DatasetError(f"{where}: a row needs a path and a class, got path={path!r} class={class_name!r}; "
+                               "list videos without a class with manifest.layout: unlabelled")
+        split = row.get("split", "").lower()
+        if split and split not in LABELS_SPLITS:
+            raise DatasetError(f"{where}: split {row['split']!r} is not one of {', '.join(LABELS_SPLITS)} (or empty)")
+        video = Path(path) if Path(path).is_absolute() else root / path
+        if str(video) in seen:
+            raise DatasetError(f"{where}: {path} is listed twice (also on line {seen[str(video)]}); list a video once")
+        seen[str(video)] = number
+        recording = row.get("group", "") or str(Path(path).with_suffix(""))
+        entries.append(Entry(video, class_name, split, f"{class_name}/{recording.replace('/', '_')}"))
+    if not entries:
+        raise DatasetError(f"{listing}: no rows below the header; list one video per row (path,class)")
+    return sorted({e.class_name for e in entries}), entries
+
+
 def hmdb51_source(class_name: str, video: str) -> str | None:
     """The source film of an HMDB51 clip: the part of its name before `_<class>_` and the meta tags
     (`April_09` of April_09_brush_hair_u_nm_np1_ba_goo_0.avi), None for a name not made that way. HMDB51's
@@ -229,6 +270,8 @@ def list_videos(config: ManifestConfig) -> tuple[list[str], list[Entry]]:
         return _hmdb51(root, splits, config.split)
     if config.layout == "kinetics":
         return _kinetics(root, splits, config.split)
+    if config.layout == "csv":
+        return _labels_csv(root, splits)
     if config.layout == "unlabelled":
         return _unlabelled(root, config.extensions, group_regex(config.group_pattern))
     return _folder(root, config.extensions, group_regex(config.group_pattern))
@@ -368,8 +411,8 @@ def _carve(table: pd.DataFrame, fraction: float, rng: np.random.Generator, by_gr
 
 def carves_by_group(layout: str, group_pattern: str = "") -> bool:
     """Whether val is carved by whole groups in `layout` (ucf101, synthetic: a group is one source video; hmdb51:
-    one source film; folder with a `group_pattern`: one recording)."""
-    return layout in ("ucf101", "synthetic", "hmdb51") or (layout == "folder" and bool(group_pattern))
+    one source film; folder with a `group_pattern`, csv: one recording, a video of its own where none is named)."""
+    return layout in ("ucf101", "synthetic", "hmdb51", "csv") or (layout == "folder" and bool(group_pattern))
 
 
 def _draw_test_split(table: pd.DataFrame, seed: int, by_group: bool = False, fraction: float = 0.3) -> pd.Series:
@@ -436,9 +479,13 @@ def build_manifest(config: ManifestConfig, progress: Callable[[int], None] | Non
     table["excluded"] = _excluded_as_too_short(table, config.min_frames, target_fps=target_fps)
     table["excluded"] = _excluded_as_the_same_file(table)
     by_group = carves_by_group(config.layout, config.group_pattern)
-    if config.layout == "folder":
+    listed_splits = config.layout == "csv" and bool((table["split"] != "").any())
+    if config.layout == "csv":  # a row without a split trains, unless no row has one: then test is drawn
+        table["split"] = table["split"].replace("", "train")
+    if config.layout == "folder" or (config.layout == "csv" and not listed_splits):
         table["split"] = _draw_test_split(table, config.seed, by_group)
-    if config.layout != "unlabelled":  # no labels: nothing to validate on, every video trains (and is searched)
+    given_val = config.layout == "csv" and bool((table["split"] == "val").any())  # the labels file's own val
+    if config.layout != "unlabelled" and not given_val:  # no labels: nothing to validate on, every video trains
         table["split"] = carve_validation(table, config.val_fraction, config.seed, by_group)
     if config.segment_seconds > 0:  # after the splits: a video's segments stay on its side
         variable = {path for path, info in info_by_path.items() if info.get("variable_rate")}

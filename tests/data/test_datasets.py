@@ -146,6 +146,70 @@ def test_folder_layout_draws_a_seeded_test_split(tmp_path: Path) -> None:
         ("run", "test"): 3, ("run", "train"): 6, ("run", "val"): 1}
 
 
+def write_labels(folder: Path, rows: list[list[str]], header: str = "path,class,split,group") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "labels.csv").write_text("\n".join([header, *(",".join(row) for row in rows)]) + "\n")
+    return folder / "labels.csv"
+
+
+def test_csv_layout_with_the_ucf101_split_and_groups_makes_the_ucf101_manifest(
+        tiny_manifest: pd.DataFrame, tiny_dataset: Path, tmp_path: Path) -> None:
+    """A spreadsheet that says what UCF101's split files say (class, split and g number of every video) lists,
+    splits and carves val exactly as the ucf101 layout does."""
+    rows = [[str(Path(path).relative_to(tiny_dataset)), c, "test" if split == "test" else "train",
+             group.split("/")[1]] for path, c, split, group in
+            zip(tiny_manifest["path"], tiny_manifest["class"], tiny_manifest["split"], tiny_manifest["group"])]
+    write_labels(tmp_path, rows)
+    table = build_manifest(config(tiny_dataset, "csv", splits_dir=str(tmp_path)))
+    assert table.drop(columns="label").equals(tiny_manifest.drop(columns="label"))
+    names = sorted(set(table["class"]))  # labels number the classes in sorted order (classInd.txt's is UCF101's)
+    assert table["label"].tolist() == [names.index(c) for c in table["class"]]
+
+
+def test_csv_layout_draws_test_when_no_row_has_a_split_and_keeps_a_given_val(tmp_path: Path) -> None:
+    videos = tmp_path / "videos"
+    rows = [[f"{cls}/{cls}{i}.mp4", cls] for cls in ("jump", "run") for i in range(10)]
+    for path, _ in rows:
+        make_video(videos / path)
+    write_labels(videos, rows, header="Path,Class")  # header names in any case
+    drawn = build_manifest(config(videos, "csv"))
+    assert drawn.groupby(["class", "split"]).size().to_dict() == {
+        ("jump", "test"): 3, ("jump", "train"): 6, ("jump", "val"): 1,
+        ("run", "test"): 3, ("run", "train"): 6, ("run", "val"): 1}
+    assert drawn["split"].tolist() == build_manifest(config(videos, "csv"))["split"].tolist()  # seeded
+    given = [[path, c, ["train", "train", "val", "test", ""][i % 5]] for i, (path, c) in enumerate(rows)]
+    write_labels(videos, given, header="path,class,split")
+    table = build_manifest(config(videos, "csv")).set_index("video_id")
+    assert table["split"].value_counts().to_dict() == {"train": 12, "val": 4, "test": 4}  # '' trains; val as given
+    assert table.loc["jump/jump2", "split"] == "val" and table.loc["jump/jump4", "split"] == "train"
+
+
+def test_csv_layout_clips_of_one_group_stay_on_one_side(tmp_path: Path) -> None:
+    rows = [[f"{cls}/clip{r}_{c}.mp4", cls, "", f"rec{r}"] for cls in ("jump", "run") for r in range(5)
+            for c in range(3)]
+    for path, *_ in rows:
+        make_video(tmp_path / path)
+    write_labels(tmp_path, rows)
+    table = build_manifest(config(tmp_path, "csv", val_fraction=0.0))
+    assert table.groupby("group")["split"].nunique().max() == 1 and set(table["split"]) == {"train", "test"}
+
+
+@pytest.mark.parametrize(("content", "said"), [
+    (None, r"labels\.csv: labels file not found; layout csv reads labels\.csv \(columns path, class"),
+    ("video,label\na.mp4,run\n", r"labels\.csv:1: the header needs columns path and class .*found: video, label"),
+    ("path,class\na.mp4,\n", r"labels\.csv:2: a row needs a path and a class, got path='a.mp4' class=''"),
+    ("path,class,split\na.mp4,run,training\n", r"labels\.csv:2: split 'training' is not one of train, val, test, "
+                                                 r"unused \(or empty\)"),
+    ("path,class\na.mp4,run\n\na.mp4,jump\n", r"labels\.csv:4: a.mp4 is listed twice \(also on line 2\)"),
+    ("path,class\n", r"labels\.csv: no rows below the header"),
+])
+def test_csv_layout_names_the_line_and_what_is_wrong(tmp_path: Path, content: str | None, said: str) -> None:
+    if content is not None:
+        (tmp_path / "labels.csv").write_text(content)
+    with pytest.raises(DatasetError, match=said):
+        build_manifest(config(tmp_path, "csv"))
+
+
 def test_short_and_unreadable_videos_are_excluded_with_reasons(tmp_path: Path) -> None:
     make_video(tmp_path / "wave" / "long.avi", frames=40)
     make_video(tmp_path / "wave" / "short.avi", frames=20)
