@@ -74,8 +74,8 @@ def accuracy_from(picked: np.ndarray, classes: np.ndarray, spread_by: np.ndarray
 
 def labelling(vectors: np.ndarray, classes: np.ndarray, groups: np.ndarray, rank: np.ndarray,
               draws: int = 20, seed: int = 7) -> dict[str, float]:
-    """"Label each group's most typical video first", measured: with one video labelled per group (as many as
-    there are groups), the share of every video that gets its true class when each takes the class of
+    """The advice "label each group's most typical video first", measured: with one video labelled per group (as
+    many as there are groups), the share of every video that gets its true class when each takes the class of
     - `typical_by_group`: its group's most typical video (the stage's rank 0), spread to the whole group;
     - `random_by_group`: a random member of its group (mean over `draws` draws);
     - `typical_nearest`: the nearest (cosine) of the typical videos, groups forgotten;
