@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from slic.clustering import cluster_sums, finch_groups, kmeans
+from slic.clustering import cluster_agreement, cluster_sums, finch_groups, kmeans
 from slic.faiss_backend import l2_normalize
 from slic.report import STYLE, VideoCells, video_captions, write_page
 
@@ -102,8 +102,6 @@ def class_agreement(labels: np.ndarray, classes: np.ndarray) -> dict[str, Any]:
     """How far the groups follow the classes (never used to group): AMI and NMI, purity (the share of videos in
     their group's most common class) and, per group, that class and its share. Videos without a class (empty
     name) are left out."""
-    from sklearn.metrics import adjusted_mutual_info_score, normalized_mutual_info_score
-
     classes = np.asarray(classes, dtype=str)
     known = classes != ""
     kept, names = labels[known], classes[known]
@@ -114,9 +112,7 @@ def class_agreement(labels: np.ndarray, classes: np.ndarray) -> dict[str, Any]:
         majority[int(group)] = (str(values[best]), float(counts[best] / counts.sum()))
     matched = sum(share * int((kept == group).sum()) for group, (_, share) in majority.items())
     return {"videos_with_class": int(known.sum()), "classes": int(len(np.unique(names))),
-            "ami": float(adjusted_mutual_info_score(names, kept)),
-            "nmi": float(normalized_mutual_info_score(names, kept)),
-            "purity": float(matched / max(len(kept), 1)), "majority": majority}
+            **cluster_agreement(names, kept), "purity": float(matched / max(len(kept), 1)), "majority": majority}
 
 
 def _selected(data: Mapping[str, np.ndarray], split: str) -> np.ndarray:

@@ -82,7 +82,7 @@ class EvalSetConfig:
 
     root: str = _spec("", help="the set's videos (required)")
     layout: str = _spec("ucf101", choices=EVAL_SET_LAYOUTS)
-    splits_dir: str = _spec("", help="folder with the split files; empty: the root")
+    splits_dir: str = _spec("", help="folder with the split files (layout csv: labels.csv); empty: the root")
     split: int = _spec(1, low=1, high=3)
     min_frames: int = _spec(32, low=1)
     group_pattern: str = _spec("", help="layout folder: what names a recording in a video's path (manifest.group_pattern)")
@@ -102,7 +102,8 @@ class ManifestConfig:
 
     root: str = _spec("data/raw/synthetic", help="dataset root folder")
     layout: str = _spec("synthetic", choices=DATASET_LAYOUTS)
-    splits_dir: str = _spec("", help="folder with the split files; empty: the dataset root")
+    splits_dir: str = _spec("", help="folder with the split files (layout csv: labels.csv); empty: the "
+                            "dataset root")
     split: int = _spec(1, low=1, high=3)
     val_fraction: float = _spec(0.15, low=0.0, high=0.5,
                                 help="share of train groups (or videos) carved into val")

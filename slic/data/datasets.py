@@ -42,7 +42,7 @@ class Entry:
 
     path: Path
     class_name: str
-    split: str  # train, test or unused
+    split: str  # train, test or unused; layout csv also val, or '' where its labels file gives none
     group: str
 
 
