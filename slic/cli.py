@@ -88,7 +88,9 @@ def run_manifest(config: Any) -> dict[str, Any]:
                                 datasets.variable_rate_advice(table, config.extract.fps),
                                 datasets.short_at_rate_advice(table, config.manifest.min_frames, config.extract.fps),
                                 datasets.grouping_advice(table, config.manifest.root, config.manifest.layout,
-                                                         config.manifest.group_pattern))
+                                                         config.manifest.group_pattern),
+                                datasets.unwatched_splits_advice(config.manifest.root, config.manifest.layout,
+                                                                 config.manifest.splits_dir))
               if line]
     if advice:
         report["advice"] = advice

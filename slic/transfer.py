@@ -60,7 +60,8 @@ def prepare_eval_data(config: Config, name: str) -> dict[str, Any]:
 
     Raises `EvalDataInvalid` with the validation summary when the set fails its expectations.
     """
-    from slic.data.datasets import DatasetError, build_manifest, grouping_advice, recordings_summary
+    from slic.data.datasets import (DatasetError, build_manifest, grouping_advice, recordings_summary,
+                                    unwatched_splits_advice)
     from slic.data.frames import extract_as_configured
     from slic.data.twins import near_twins, twins_warning, write_twin_pairs
     from slic.data.validate import frames_report, validate_manifest
@@ -84,10 +85,14 @@ def prepare_eval_data(config: Config, name: str) -> dict[str, Any]:
     if chosen.group_pattern:
         report["recordings"], line = recordings_summary(table, key)
         print(f"eval_data@{name}: {line}")
-    note = grouping_advice(table, chosen.root, chosen.layout, chosen.group_pattern, key)
-    if note:
-        report["advice"] = [note]
-        print(f"eval_data@{name}: note: {note}")
+    notes = [line for line in (grouping_advice(table, chosen.root, chosen.layout, chosen.group_pattern, key),
+                               unwatched_splits_advice(chosen.root, chosen.layout, chosen.splits_dir,
+                                                       f"eval_data@{name}", f"eval_sets.{name}.splits_dir"))
+             if line]
+    if notes:
+        report["advice"] = notes
+        for note in notes:
+            print(f"eval_data@{name}: note: {note}")
     if not checked.success:
         raise EvalDataInvalid(f"eval set {name}: {checked.summary()}", report)
     usable = table[(table["excluded"] == "") & (table["split"] != "unused")]

@@ -277,6 +277,23 @@ def list_videos(config: ManifestConfig) -> tuple[list[str], list[Entry]]:
     return _folder(root, config.extensions, group_regex(config.group_pattern))
 
 
+SPLIT_FILE_LAYOUTS = ("ucf101", "synthetic", "hmdb51", "kinetics", "csv")  # the layouts that read splits_dir
+
+
+def unwatched_splits_advice(root: str, layout: str, splits_dir: str, stage: str = "manifest",
+                            key: str = "manifest.splits_dir") -> str:
+    """A line saying that DVC does not watch a splits_dir outside the root (`key`): dvc.yaml can only list the root,
+    so an edited labels.csv or split file there would leave `stage` stale without a word. Empty when the folder is the
+    root or under it, or when the layout reads no split files."""
+    if layout not in SPLIT_FILE_LAYOUTS or not splits_dir:
+        return ""
+    folder, top = Path(splits_dir).resolve(), Path(root).resolve()
+    if folder == top or top in folder.parents:
+        return ""
+    return (f"{key} {splits_dir} is outside the root {root}: DVC does not watch its files, so after editing one "
+            f"run `dvc repro --force {stage}` (or keep them under the root, which DVC watches)")
+
+
 def extracted_frame_counts(table: pd.DataFrame, target_fps: float = 0.0) -> pd.Series:
     """How many frames `extract` stores for each row: its frames, or as many as extract.fps (`target_fps`) resamples
     them to (a segment's over its range of the file), counted from each row's frame rate without decoding; a

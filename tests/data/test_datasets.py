@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from slic.config import ManifestConfig
-from slic.data.datasets import COLUMNS, DatasetError, build_manifest, carve_validation
+from slic.data.datasets import COLUMNS, DatasetError, build_manifest, carve_validation, unwatched_splits_advice
 from slic.data.video import write_video
 
 
@@ -208,6 +208,22 @@ def test_csv_layout_names_the_line_and_what_is_wrong(tmp_path: Path, content: st
         (tmp_path / "labels.csv").write_text(content)
     with pytest.raises(DatasetError, match=said):
         build_manifest(config(tmp_path, "csv"))
+
+
+def test_a_splits_dir_outside_the_root_is_named_with_how_to_rerun(tmp_path: Path) -> None:
+    """dvc.yaml lists only the root: an edited labels.csv elsewhere leaves the manifest stale, so the stage says so."""
+    root, lists = tmp_path / "videos", tmp_path / "lists"
+    note = unwatched_splits_advice(str(root), "csv", str(lists))
+    assert f"manifest.splits_dir {lists} is outside the root {root}" in note
+    assert "dvc repro --force manifest" in note
+    eval_note = unwatched_splits_advice(str(root), "hmdb51", str(lists), "eval_data@hmdb51",
+                                        "eval_sets.hmdb51.splits_dir")
+    assert eval_note.startswith("eval_sets.hmdb51.splits_dir") and "dvc repro --force eval_data@hmdb51" in eval_note
+    assert unwatched_splits_advice(str(root), "csv", "") == ""  # the root itself: watched
+    assert unwatched_splits_advice(str(root), "csv", str(root / "splits")) == ""  # under the root: watched
+    assert unwatched_splits_advice(str(root), "csv", str(root) + "/") == ""
+    assert unwatched_splits_advice(str(root), "folder", str(lists)) == ""  # reads no split files
+    assert unwatched_splits_advice(str(root), "ucf101", str(tmp_path / "videos_lists")) != ""  # a prefix is not under
 
 
 def test_short_and_unreadable_videos_are_excluded_with_reasons(tmp_path: Path) -> None:
