@@ -399,6 +399,40 @@ def run_clusters(config: Any) -> dict[str, Any]:
     return report
 
 
+def run_spread_labels(config: Any) -> dict[str, Any]:
+    """Stage `spread_labels`: every grouped video named by its most similar video of spread_labels.given, and the
+    videos to label next; with labels, an MLflow run with the estimated accuracy and both tables."""
+    from slic.config import to_dict
+    from slic.label_spreading import LABELS_FOLDER, spread_archive
+    from slic.tracking import stage_run
+
+    cfg = config.spread_labels
+    report = spread_archive(embeddings=config.clusters.embeddings, clusters_table=config.clusters.table,
+                            given=cfg.given, suggest=cfg.suggest, table=cfg.table, next_table=cfg.next_table,
+                            page=cfg.html, frames_dir=config.extract.out, manifest=config.extract.manifest)
+    folder, watched = Path(cfg.given).resolve().parent, Path(LABELS_FOLDER).resolve()
+    if folder != watched and watched not in folder.parents:
+        report["watch_note"] = (f"spread_labels.given {cfg.given} is outside {LABELS_FOLDER}/, the folder dvc.yaml "
+                                "watches: after editing it run `dvc repro --force spread_labels`")
+        print(f"spread_labels: note: {report['watch_note']}")
+    if report["given"]:
+        with stage_run("spread_labels", to_dict(cfg), name=f"spread_labels {report['given']} given") as run:
+            run.log_metrics({key: report[key] for key in ("given", "classes", "videos", "unsure_share",
+                                                          "leave_one_out_accuracy", "agreement_with_manifest")
+                             if report.get(key) is not None})
+            for path in (cfg.table, cfg.next_table, cfg.html):
+                run.log_artifact(path)
+        estimate = report["leave_one_out_accuracy"]
+        said = (f"; {100 * estimate:.0f}% of the labelled videos are named rightly from the others"
+                if estimate is not None else "")
+        print(f"spread_labels: {report['given']} labelled videos ({report['classes']} classes) name all "
+              f"{report['videos']} by the most similar{said} -> {cfg.table}")
+    if "note" in report:
+        print(f"spread_labels: {report['note']}")
+    print(f"spread_labels: {report['suggested']} videos to label next -> {cfg.next_table}, {cfg.html}")
+    return report
+
+
 def _embeddings_have_labels(embeddings: str | Path) -> bool:
     """Whether any embedded video has a class (an unlabelled layout's videos all have label -1); a missing
     file counts as labelled, so evaluate_embeddings says which stage makes it."""
@@ -538,6 +572,7 @@ STAGES: dict[str, tuple[Callable[[Any], dict[str, Any]], str]] = {
     "embed": (run_embed, "embed every video with the best checkpoint (IIC protocol)"),
     "evaluate": (run_evaluate, "retrieval recall@k of test queries against the train gallery"),
     "clusters": (run_clusters, "the videos grouped by the encoder: a CSV, and a page of the largest groups"),
+    "spread-labels": (run_spread_labels, "your classes for a few videos spread to all; the videos to label next"),
     "ablation": (run_ablation, "slic against intra_video and random_init, trained and evaluated alike"),
     "ablation-flow": (run_ablation_flow, "SLIC RGB-only against SLIC with the optical-flow view"),
     "promote": (run_promote, "register the encoder; move the champion alias only when it is better"),
@@ -551,7 +586,8 @@ NAMED_STAGES = {"eval-data": "NAME: the manifest, Great Expectations check and f
                 "transfer": "NAME: retrieval on eval_sets.NAME with best.pt and with random_init",
                 "classify": "NAME: linear probe and finetune on eval_sets.NAME (when its classify is true)"}
 REPORT_NAMES = {"evaluate": "retrieval", "promote": "promotion", "synth-transfer": "synth_transfer",
-                "linear-probe": "linear_probe", "ablation-flow": "ablation_flow"}  # reports/<name>.json when it is not the stage's name
+                "linear-probe": "linear_probe", "ablation-flow": "ablation_flow",
+                "spread-labels": "spread_labels"}  # reports/<name>.json when it is not the stage's name
 CLASS_STAGES: dict[str, Callable[[Any], str]] = {  # stages that only measure against classes: their output folder
     "ablation": lambda config: config.ablation.out, "ablation-flow": lambda config: config.ablation_flow.out,
     "linear-probe": lambda config: config.linear_probe.out, "finetune": lambda config: config.finetune.out}
@@ -736,6 +772,7 @@ def main(argv: list[str] | None = None) -> int:
     from slic.data.flow import FlowError
     from slic.finetune_stages import FinetuneError
     from slic.index import IndexBuildError
+    from slic.label_spreading import SpreadError
     from slic.promote import PromoteError
     from slic.tracking import TrackingError
 
@@ -755,7 +792,7 @@ def main(argv: list[str] | None = None) -> int:
                 (Path(CLASS_STAGES[args.stage](config)) / "skipped.json").unlink(missing_ok=True)
             report = STAGES[args.stage][0](config)
     except (ConfigError, DatasetError, ExtractError, FlowError, FileNotFoundError, TrackingError, PromoteError,
-            IndexBuildError, FinetuneError, ClustersError) as exc:
+            IndexBuildError, FinetuneError, ClustersError, SpreadError) as exc:
         print(f"slic {args.stage}: error: {exc}", file=sys.stderr)
         return 2
     except StageFailed as exc:

@@ -329,6 +329,20 @@ class ClustersConfig:
 
 
 @dataclass(frozen=True)
+class SpreadLabelsConfig:
+    """Classes given to a few videos, spread to every grouped video (each takes its most similar labelled video's
+    class), and what to label next (stage `spread_labels`; it reads the clusters stage's table and embeddings)."""
+
+    given: str = _spec("labels/given.csv", help="your classes for some videos: a CSV with columns video_id (or path) "
+                       "and class; absent: the stage lists what to label first")
+    suggest: int = _spec(20, low=1, high=10000, help="videos listed to label next")
+    table: str = _spec("reports/spread_labels.csv", help="every video's class, given or its most similar labelled "
+                       "video's")
+    next_table: str = _spec("reports/label_next.csv", help="the videos to label next, with an empty class column")
+    html: str = _spec("reports/label_next.html", help="the videos to label next as animated thumbnails")
+
+
+@dataclass(frozen=True)
 class IndexConfig:
     """FAISS similarity-search index over the gallery split's embeddings (stage `index`)."""
 
@@ -449,6 +463,7 @@ class Config:
     embed: EmbedConfig = field(default_factory=EmbedConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     clusters: ClustersConfig = field(default_factory=ClustersConfig)
+    spread_labels: SpreadLabelsConfig = field(default_factory=SpreadLabelsConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
     ablation: AblationConfig = field(default_factory=AblationConfig)
     ablation_flow: AblationFlowConfig = field(default_factory=AblationFlowConfig)

@@ -1,0 +1,195 @@
+"""How many videos must a user label before the `spread_labels` stage names the rest rightly, and do its way of
+naming and its suggestions of what to label next beat the obvious alternatives?
+
+On ucf101_6, where the six classes are known, every video (all splits) is an unlabelled archive, grouped as the
+`clusters` stage groups it (FINCH down to 20). A simulated user labels in rounds of 20 with the true classes:
+round 0 the stage's first list (each group's most typical video), then each round the stage's `label_next` (the
+most typical video of each k-means group no label reaches, k = the labels after the round), up to `--rounds`
+rounds; each video not labelled takes its most similar labelled video's class. Beside it:
+- `label_spreading`: the same picks, classes spread over the graph of each video's 10 nearest videos (Zhou et al.
+  2004, alpha 0.9, 30 steps; positive cosine cubed as weights);
+- `least_sure`: from round 1 the 20 videos whose two likeliest classes are nearest alike (uncertainty sampling);
+- `random_picks`: as many videos drawn at random (mean over `--draws` draws).
+Each round gives the share of the videos not labelled that get their true class, over the test split's videos (no
+setting was chosen on them) and over the train and val videos (where the way of naming and of suggesting were
+chosen), the stage's leave-one-out estimate beside it, and how far the margin sorts right from wrong (the accuracy
+of the surer and of the less sure half). Encoders: bench/real.py's stored cells (`--rows`, seeds 7, 8, 9).
+
+Writes reports/bench/spread_labels.json: per encoder and round the numbers, per row and round mean and std over
+seeds, and per round the per-seed paired differences of test accuracy (stage - each alternative).
+
+    python bench/spread_labels.py            # reuses bench/real.py's cells in data/bench/real
+    python bench/spread_labels.py --seeds 7 --rows slic --rounds 2
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.ablation import machine, shown, spread, write_report  # noqa: E402
+from bench.real import cells_parser, each_stored_cell, open_bench  # noqa: E402
+
+DEFAULT_ROWS = ("random_init", "intra_video", "slic", "slic_video")
+DEFAULT_OUT = ROOT / "reports" / "bench" / "spread_labels.json"
+GROUPS = 20  # params.yaml's clusters.groups
+PER_ROUND = 20  # params.yaml's spread_labels.suggest
+WAYS = ("stage", "label_spreading", "least_sure", "random_picks")
+KEYS = ("test_accuracy", "trainval_accuracy", "estimate", "surer_half", "less_sure_half")
+
+
+def archive_from(embeddings: Path) -> tuple[Any, np.ndarray]:
+    """The stage's Archive of every video of `embeddings`, grouped as the clusters stage does, and the classes."""
+    from slic.archive_clusters import group_embeddings
+    from slic.label_spreading import Archive
+    from slic.retrieval import normalize_rows
+
+    data = np.load(embeddings)
+    grouping = group_embeddings(data["embedding"], method="finch", groups=GROUPS, seed=7)
+    n = len(data["video_id"])
+    empty = np.full(n, "", dtype=object)
+    archive = Archive(ids=data["video_id"].astype(str), unit=normalize_rows(data["embedding"]).astype(np.float64),
+                      group=grouping.labels, rank=grouping.rank, split=data["split"].astype(str).astype(object),
+                      manifest_class=empty, path=empty, start_s=empty, end_s=empty)
+    return archive, data["label"].astype(np.int64)
+
+
+def measured(archive: Any, truth: np.ndarray, labelled: np.ndarray, named: np.ndarray, sureness: np.ndarray,
+             estimate: float | None) -> dict[str, float | None]:
+    """Accuracy of the class numbers `named` on the videos not labelled (test, and train with val), the estimate,
+    and the accuracy of the surer and of the less sure half of them by `sureness`."""
+    rest = np.ones(len(truth), dtype=bool)
+    rest[labelled] = False
+    right = named == truth
+    test = archive.split == "test"
+    order = np.flatnonzero(rest)[np.argsort(-sureness[rest], kind="stable")]
+    half = len(order) // 2
+    return {"test_accuracy": float(right[rest & test].mean()), "trainval_accuracy": float(right[rest & ~test].mean()),
+            "estimate": estimate, "surer_half": float(right[order[:half]].mean()),
+            "less_sure_half": float(right[order[half:]].mean())}
+
+
+def label_spreading(unit: np.ndarray, labelled: np.ndarray, label: np.ndarray, classes: int, *, neighbours: int = 10,
+                    alpha: float = 0.9, steps: int = 30) -> np.ndarray:
+    """Per video the share of each class after label spreading (Zhou et al. 2004) from the labelled rows over the
+    symmetrically normalised graph of each video's `neighbours` most similar videos: the alternative to naming
+    each video by its most similar labelled one."""
+    import scipy.sparse as sparse
+
+    from slic.retrieval import nearest_others
+
+    n = len(unit)
+    index, similarity = nearest_others(unit, neighbours)
+    weight = np.maximum(similarity.astype(np.float64), 0.0) ** 3
+    graph = sparse.csr_matrix((weight.ravel(), (np.repeat(np.arange(n), index.shape[1]), index.ravel())), (n, n))
+    graph = graph + graph.T
+    degree = np.asarray(graph.sum(axis=1)).ravel()
+    scale = sparse.diags(1.0 / np.sqrt(np.where(degree > 0, degree, 1.0)))
+    graph = scale @ graph @ scale
+    seeds = np.zeros((n, classes))
+    seeds[labelled, label] = 1.0
+    scores = seeds.copy()
+    for _ in range(steps):
+        scores = alpha * (graph @ scores) + (1.0 - alpha) * seeds
+    return scores / np.maximum(scores.sum(axis=1, keepdims=True), 1e-12)
+
+
+def simulate(archive: Any, truth: np.ndarray, *, rounds: int, draws: int, seed: int) -> dict[str, list[dict[str, Any]]]:
+    """Per way of WAYS, per round, the labelled count and `measured` (random_picks: mean over `draws`)."""
+    from slic.label_spreading import GivenLabels, finer_groups, label_next, leave_one_out_accuracy, name_by_nearest
+
+    classes = int(truth.max()) + 1
+
+    def by_nearest(labelled: np.ndarray) -> dict[str, Any]:
+        named = name_by_nearest(archive.unit, labelled, truth[labelled], classes)
+        given = GivenLabels(index=labelled, label=truth[labelled], names=[str(c) for c in range(classes)],
+                            rows_without_class=0)
+        return {"named": named, "row": {"labelled": len(labelled), **measured(
+            archive, truth, labelled, named.label, named.margin, leave_one_out_accuracy(archive.unit, given))}}
+
+    out: dict[str, list[dict[str, Any]]] = {way: [] for way in WAYS}
+    labelled = np.array([i for i, _ in label_next(archive, np.zeros(0, dtype=np.int64), None, PER_ROUND)])
+    unsure = labelled
+    rng = np.random.default_rng(seed)
+    for _ in range(rounds):
+        stage = by_nearest(labelled)
+        out["stage"].append(stage["row"])
+        shares = label_spreading(archive.unit, labelled, truth[labelled], classes)
+        top = np.sort(shares, axis=1)
+        out["label_spreading"].append({"labelled": len(labelled), **measured(
+            archive, truth, labelled, shares.argmax(axis=1), top[:, -1] - top[:, -2], None)})
+        least = by_nearest(unsure)
+        out["least_sure"].append(least["row"])
+        each = [by_nearest(rng.choice(len(truth), len(labelled), replace=False))["row"] for _ in range(draws)]
+        out["random_picks"].append({"labelled": len(labelled), **{
+            key: (float(np.mean([e[key] for e in each])) if all(e[key] is not None for e in each) else None)
+            for key in KEYS}})
+        picks = label_next(archive, labelled, stage["named"].margin, PER_ROUND,
+                           finer_groups(archive, labelled, PER_ROUND))
+        labelled = np.concatenate([labelled, [i for i, _ in picks]])
+        candidates = np.setdiff1d(np.arange(len(truth)), unsure)
+        margin = least["named"].margin
+        unsure = np.concatenate([unsure, candidates[np.argsort(margin[candidates], kind="stable")[:PER_ROUND]]])
+    return out
+
+
+def parse_args(argv: list[str] | None) -> Any:
+    parser = cells_parser(__doc__.splitlines()[0], list(DEFAULT_ROWS), DEFAULT_OUT)
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of 20 labels (5: up to 100 videos)")
+    parser.add_argument("--draws", type=int, default=5, help="random_picks draws per round")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    config, world, work = open_bench(args, "bench/spread_labels.py")
+    started = time.perf_counter()
+    encoders: list[dict[str, Any]] = []
+    for seed, row, cell, result in each_stored_cell(config, world, work, args.seeds, args.rows):
+        archive, truth = archive_from(cell / "embeddings.npz")
+        ways = simulate(archive, truth, rounds=args.rounds, draws=args.draws, seed=seed)
+        encoders.append({"row": row, "seed": seed, "test_recall@1": result["recall@1"], **ways})
+        print(f"  seed {seed} {row:12s} test accuracy, " + "/".join(WAYS) + ": " + " ".join(
+            f"{r[0]['labelled']}: " + "/".join(f"{w['test_accuracy']:.3f}" for w in r)
+            for r in zip(*(ways[way] for way in WAYS))), flush=True)
+    summary: dict[str, Any] = {}
+    for row in args.rows:
+        mine = [e for e in encoders if e["row"] == row]
+        summary[row] = {way: [{"labelled": mine[0][way][r]["labelled"], **{
+            key: spread([e[way][r][key] for e in mine]) for key in KEYS
+            if all(e[way][r][key] is not None for e in mine)}} for r in range(args.rounds)] for way in WAYS}
+        for other in WAYS[1:]:
+            summary[row][f"stage - {other}"] = [spread([e["stage"][r]["test_accuracy"] - e[other][r]["test_accuracy"]
+                                                       for e in mine]) for r in range(args.rounds)]
+    report = {
+        "question": "how many labels before spread_labels names the rest rightly; do its suggestions beat random?",
+        "archive": "every video of ucf101_6 (all splits), grouped by FINCH down to 20 as the clusters stage does",
+        "chosen_on": "naming by the nearest labelled video and the suggestions were chosen on trainval_accuracy (train "
+                     "and val videos); test_accuracy is over the test split's videos not labelled",
+        "stage_settings": {"suggest": PER_ROUND, "groups": GROUPS},
+        "rows": args.rows, "seeds": args.seeds, "rounds": args.rounds, "draws": args.draws, "encoders": encoders,
+        "row_summary": summary, "machine": machine(world.device), "work": shown(work),
+        "wall_seconds": round(time.perf_counter() - started, 2)}
+    out = write_report(report, args.out)
+    for row in args.rows:
+        for way in WAYS:
+            print(f"{row:12s} {way:17s} " + " ".join(
+                f"{r['labelled']}: {r['test_accuracy']['mean']:.3f}±{r['test_accuracy']['std']:.3f}"
+                for r in summary[row][way]), flush=True)
+        est = summary[row]["stage"]
+        print(f"{row:12s} estimate          " + " ".join(
+            f"{r['labelled']}: {r['estimate']['mean']:.3f}" if "estimate" in r else f"{r['labelled']}: -"
+            for r in est), flush=True)
+    print(f"-> {out} ({report['wall_seconds']} s)", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,338 @@
+"""Stage `spread_labels`: the classes a user gave a few videos, spread to every video of the archive by the
+encoder, and the videos worth labelling next.
+
+A user with an unlabelled archive looks at the `clusters` stage's groups, names the classes of some videos in a
+CSV (`spread_labels.given`, by default labels/given.csv: `video_id` or `path`, and `class`) and reruns. Every video
+then takes the class of its most similar labelled video (cosine of the embeddings), and says which one: a reason a
+user can check by looking at the two. Its margin (how much nearer that video is than the nearest labelled video of
+any other class) sorts the likely right from the likely wrong. What to label next: before any label, each
+`clusters` group's most typical video; after, the archive is split by k-means into as many groups as there will be
+labels, and the most typical video of each group no label reaches is next (the least sure videos fill a short
+list). On ucf101_6 (bench/spread_labels.py) label spreading over the neighbour graph named no more videos rightly,
+and these suggestions beat labelling the least sure videos and labelling at random.
+
+How well it names the rest is estimated from the user's own labels (each labelled video named from the others),
+and, when the manifest has classes, measured against them.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from slic.report import STYLE, VideoCells, video_captions, write_page
+from slic.retrieval import normalize_rows
+
+LABELS_FOLDER = "labels"  # the folder dvc.yaml lists as the stage's dependency: the given labels live here
+MIN_FOR_ESTIMATE = 10  # given labels needed before the cross-validated accuracy says anything
+LABEL_NEXT_COLUMNS = ["video_id", "class", "guess", "margin", "why", "group", "path", "start_s", "end_s"]
+
+
+class SpreadError(RuntimeError):
+    """The given labels, or an input of the stage, cannot be used; the message names the file, line and fix."""
+
+
+@dataclass(frozen=True)
+class Archive:
+    """The videos of the clusters table, in its order, with their embeddings (unit rows) and groups."""
+
+    ids: np.ndarray
+    unit: np.ndarray
+    group: np.ndarray
+    rank: np.ndarray
+    split: np.ndarray
+    manifest_class: np.ndarray
+    path: np.ndarray
+    start_s: np.ndarray
+    end_s: np.ndarray
+
+
+@dataclass(frozen=True)
+class GivenLabels:
+    """The user's labels: rows of the archive (`index`) and their class numbers into `names` (sorted)."""
+
+    index: np.ndarray
+    label: np.ndarray
+    names: list[str]
+    rows_without_class: int
+
+
+def load_archive(embeddings: str | Path, clusters_table: str | Path) -> Archive:
+    """The videos the clusters stage grouped (its CSV), with their embeddings from `embeddings`."""
+    for path, stage in ((embeddings, "embed"), (clusters_table, "clusters")):
+        if not Path(path).is_file():
+            raise SpreadError(f"{path} not found: the {stage} stage writes it; run `dvc repro {stage}` first")
+    with Path(clusters_table).open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows:
+        raise SpreadError(f"{clusters_table} lists no video: rerun `dvc repro clusters` (see reports/clusters.json)")
+    data = np.load(embeddings)
+    where = {str(video_id): i for i, video_id in enumerate(np.asarray(data["video_id"]).astype(str))}
+    missing = [row["video_id"] for row in rows if row["video_id"] not in where]
+    if missing:
+        raise SpreadError(f"{clusters_table} names {len(missing)} videos {embeddings} lacks (e.g. {missing[0]}): "
+                          "the two are from different runs; run `dvc repro clusters`")
+    vectors = data["embedding"][[where[row["video_id"]] for row in rows]]
+
+    def column(name: str) -> np.ndarray:
+        return np.array([row.get(name, "") or "" for row in rows], dtype=object)
+
+    return Archive(ids=column("video_id").astype(str), unit=normalize_rows(vectors).astype(np.float64),
+                   group=np.array([int(row["group"]) for row in rows]),
+                   rank=np.array([int(row["rank_in_group"]) for row in rows]), split=column("split"),
+                   manifest_class=column("class"), path=column("path"), start_s=column("start_s"),
+                   end_s=column("end_s"))
+
+
+def _path_keys(path: str) -> set[str]:
+    """The spellings of a video path that name the same file: as written, normalised, and absolute."""
+    return {path, os.path.normpath(path), str(Path(path).resolve())} if path else set()
+
+
+def read_given_labels(given: str | Path, archive: Archive) -> GivenLabels:
+    """The user's CSV of classes: a `class` column and a `video_id` column (the ids of reports/clusters.csv) or a
+    `path` column (a video file; every segment of a long file takes its class). Rows with an empty class are
+    skipped (a label_next.csv partly filled in); a row naming no video of the archive, or one video given two
+    classes, stops with the file and line."""
+    given = Path(given)
+    with given.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.reader(handle)
+        header = [name.strip().lower() for name in next(reader, [])]
+        lines = list(reader)
+    if "class" not in header or not ({"video_id", "path"} & set(header)):
+        raise SpreadError(f"{given}: the header needs a class column and a video_id (or path) column, got "
+                          f"{','.join(header) or 'nothing'}; reports/label_next.csv has the columns to fill in")
+    key = "video_id" if "video_id" in header else "path"
+    by_key: dict[str, list[int]] = {}
+    for i, (video_id, path) in enumerate(zip(archive.ids, archive.path)):
+        for spelling in ({video_id} if key == "video_id" else _path_keys(path)):
+            by_key.setdefault(spelling, []).append(i)
+    chosen: dict[int, tuple[str, int]] = {}
+    skipped = 0
+    for line, row in enumerate(lines, start=2):
+        if not any(cell.strip() for cell in row):
+            continue
+        cells = dict(zip(header, (cell.strip() for cell in row)))
+        name, video = cells.get("class", ""), cells.get(key, "")
+        if not name:
+            skipped += 1
+            continue
+        rows = by_key.get(video) or (by_key.get(os.path.normpath(video)) if key == "path" else None)
+        if not rows and key == "path":
+            rows = by_key.get(str(Path(video).resolve()))
+        if not rows:
+            raise SpreadError(f"{given}:{line}: {key} {video!r} is not among the {len(archive.ids)} grouped videos "
+                              f"(reports/clusters.csv lists them in its {key} column)")
+        for i in rows:
+            if i in chosen and chosen[i][0] != name:
+                raise SpreadError(f"{given}:{line}: {archive.ids[i]} is given class {name!r} here and "
+                                  f"{chosen[i][0]!r} on line {chosen[i][1]}; keep one")
+            chosen.setdefault(i, (name, line))
+    names = sorted({name for name, _ in chosen.values()})
+    if chosen and len(names) < 2:
+        raise SpreadError(f"{given}: every labelled video is {names[0]!r}: spreading needs at least two classes; "
+                          "label a video of another kind (reports/label_next.csv suggests which)")
+    index = np.array(sorted(chosen), dtype=np.int64)
+    label = np.array([names.index(chosen[i][0]) for i in index], dtype=np.int64)
+    return GivenLabels(index=index, label=label, names=names, rows_without_class=skipped)
+
+
+@dataclass(frozen=True)
+class Named:
+    """Each video's class from its most similar labelled video: the class number, that video (a row of the
+    archive), the cosine similarity to it, the next likeliest class and the margin between the two (the nearest
+    labelled video of the class against the nearest of any other; 0: a tie)."""
+
+    label: np.ndarray
+    source: np.ndarray
+    similarity: np.ndarray
+    runner_up: np.ndarray
+    margin: np.ndarray
+
+
+def name_by_nearest(unit: np.ndarray, index: np.ndarray, label: np.ndarray, classes: int, *,
+                    block: int = 4096) -> Named:
+    """Every row of `unit` named by its most cosine-similar labelled row (`index`, with class numbers `label`), in
+    blocks of rows so an archive of any size fits in memory. A labelled row finds itself. With one class, the
+    runner-up is that class and the margin its similarity plus one."""
+    n = len(unit)
+    best = np.full((n, classes), -np.inf)
+    source = np.zeros((n, classes), dtype=np.int64)
+    for start in range(0, n, block):
+        sims = unit[start:start + block] @ unit[index].T
+        for c in range(classes):
+            members = np.flatnonzero(label == c)
+            if len(members):
+                at = np.argmax(sims[:, members], axis=1)
+                best[start:start + block, c] = sims[np.arange(len(sims)), members[at]]
+                source[start:start + block, c] = index[members[at]]
+    order = np.argsort(-best, axis=1, kind="stable")
+    top, second = order[:, 0], order[:, 1] if classes > 1 else order[:, 0]
+    rows = np.arange(n)
+    similarity = best[rows, top]
+    other = best[rows, second] if classes > 1 else np.full(n, -1.0)
+    return Named(label=top, source=source[rows, top], similarity=similarity, runner_up=second,
+                 margin=similarity - np.where(np.isfinite(other), other, -1.0))
+
+
+def leave_one_out_accuracy(unit: np.ndarray, given: GivenLabels) -> float | None:
+    """The share of labelled videos named rightly from the other labelled videos: an estimate from the user's own
+    labels. A video whose class has no other label cannot be named rightly and is not counted (a class labelled
+    once); None below MIN_FOR_ESTIMATE counted videos."""
+    counts = np.bincount(given.label, minlength=len(given.names))
+    counted = counts[given.label] > 1
+    if counted.sum() < MIN_FOR_ESTIMATE:
+        return None
+    sims = unit[given.index] @ unit[given.index].T
+    np.fill_diagonal(sims, -np.inf)
+    named = given.label[np.argmax(sims, axis=1)]
+    return float((named == given.label)[counted].mean())
+
+
+def finer_groups(archive: Archive, labelled: np.ndarray, count: int, seed: int = 7) -> tuple[np.ndarray, np.ndarray]:
+    """The archive split by k-means into as many groups as there will be labels after this round (labelled +
+    `count`), with each video's rank by typicality: the groups a next round should reach. (groups, rank)."""
+    from slic.archive_clusters import group_embeddings
+
+    grouping = group_embeddings(archive.unit.astype(np.float32), method="kmeans",
+                                groups=min(len(labelled) + count, len(archive.ids)), seed=seed)
+    return grouping.labels, grouping.rank
+
+
+def label_next(archive: Archive, labelled: np.ndarray, margin: np.ndarray | None, count: int,
+               finer: tuple[np.ndarray, np.ndarray] | None = None) -> list[tuple[int, str]]:
+    """Up to `count` (video, why) to label next: the most typical video of each group no label reaches, largest
+    group first (the clusters stage's groups; with `finer`, those of `finer_groups`), then the unlabelled videos
+    whose two likeliest classes are closest (`margin`, when labels exist)."""
+    groups, rank = finer if finer is not None else (archive.group, archive.rank)
+    where = "a group of similar videos" if finer is not None else "group {}"
+    covered = set(groups[labelled].tolist())
+    sizes = np.bincount(groups)
+    picks: list[tuple[int, str]] = []
+    typical = np.flatnonzero(rank == 0)
+    for i in typical[np.argsort(-sizes[groups[typical]], kind="stable")]:
+        if groups[i] not in covered and len(picks) < count:
+            picks.append((int(i), f"the most typical video of {where.format(groups[i])}, where no video is labelled"))
+    if margin is not None:
+        taken = set(labelled.tolist()) | {i for i, _ in picks}
+        for i in np.argsort(margin, kind="stable"):
+            if len(picks) >= count:
+                break
+            if int(i) not in taken:
+                picks.append((int(i), f"least sure: its two likeliest classes {margin[i]:.2f} apart"))
+    return picks
+
+
+def _write_csv(out: str | Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> Path:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return out
+
+
+TABLE_COLUMNS = ["video_id", "class", "source", "like", "similarity", "runner_up", "margin", "group", "split", "path",
+                 "start_s", "end_s"]
+UNSURE_MARGIN = 0.05  # below it, the two likeliest classes' nearest labelled videos are about as similar
+
+
+def spread_archive(*, embeddings: str | Path, clusters_table: str | Path, given: str | Path, suggest: int,
+                   table: str | Path, next_table: str | Path, page: str | Path, frames_dir: str | Path,
+                   manifest: str | Path) -> dict[str, Any]:
+    """The stage: read the archive and the user's labels (none when `given` is absent), name every video by its
+    most similar labelled video, write every video's class (`table`: given ones first in each class, then the
+    surest), what to label next (`next_table`, and `page` with thumbnails); returns the report."""
+    archive = load_archive(embeddings, clusters_table)
+    n = len(archive.ids)
+    report: dict[str, Any] = {"given_file": str(given), "videos": n}
+    labels = read_given_labels(given, archive) if Path(given).is_file() else None
+    report["given"] = 0 if labels is None else int(len(labels.index))
+    blank = np.full(n, "", dtype=object)
+    guess, source, like, runner_up = blank.copy(), blank.copy(), blank.copy(), blank.copy()
+    similarity, margin = np.zeros(n), None
+    labelled = np.zeros(0, dtype=np.int64)
+    if labels is None or not len(labels.index):
+        report["note"] = (f"no labels in {given} yet: fill in the class column of {next_table} (each group's most "
+                          f"typical video; {page} shows them), save it as {given}, then `dvc repro`")
+    else:
+        named = name_by_nearest(archive.unit, labels.index, labels.label, len(labels.names))
+        names = np.array(labels.names, dtype=object)
+        guess, runner_up = names[named.label], names[named.runner_up]
+        similarity, margin = named.similarity, named.margin
+        like = archive.ids[named.source].astype(object)
+        guess[labels.index] = names[labels.label]
+        source[:] = "nearest"
+        source[labels.index] = "given"
+        like[labels.index] = ""
+        labelled = labels.index
+        rest = source == "nearest"
+        report.update({
+            "rows_without_class": labels.rows_without_class, "classes": len(labels.names),
+            "per_class": {name: {"given": int((labels.label == c).sum()), "named": int((guess[rest] == name).sum())}
+                          for c, name in enumerate(labels.names)},
+            "unsure_share": round(float((margin[rest] < UNSURE_MARGIN).mean()), 4) if rest.any() else None,
+            "leave_one_out_accuracy": leave_one_out_accuracy(archive.unit, labels)})
+        if report["leave_one_out_accuracy"] is None:
+            report["note"] = (f"{len(labels.index)} labels: too few to estimate the accuracy (it needs "
+                              f"{MIN_FOR_ESTIMATE} videos of classes labelled more than once); label the videos "
+                              f"of {next_table}")
+        known = rest & np.isin(archive.manifest_class, labels.names)
+        if known.any():  # a labelled dataset: the manifest's classes judge the named ones
+            report["agreement_with_manifest"] = round(float((guess[known] == archive.manifest_class[known]).mean()), 4)
+            report["videos_with_manifest_class"] = int(known.sum())
+    order = np.lexsort((-(margin if margin is not None else np.zeros(n)), source != "given", guess.astype(str)))
+    named_rows = source == "nearest"  # a given video's own columns stay empty: its class is the user's
+    report["table"] = str(_write_csv(table, TABLE_COLUMNS, [
+        [archive.ids[i], guess[i], source[i], like[i], f"{similarity[i]:.4f}" if named_rows[i] else "",
+         runner_up[i] if named_rows[i] else "", f"{margin[i]:.4f}" if named_rows[i] else "", archive.group[i],
+         archive.split[i], archive.path[i], archive.start_s[i], archive.end_s[i]] for i in order]))
+    finer = finer_groups(archive, labelled, suggest) if len(labelled) else None
+    picks = label_next(archive, labelled, margin, suggest, finer)
+    report["next_table"] = str(_write_csv(next_table, LABEL_NEXT_COLUMNS, [
+        [archive.ids[i], "", guess[i], f"{margin[i]:.4f}" if margin is not None else "", why,
+         archive.group[i], archive.path[i], archive.start_s[i], archive.end_s[i]] for i, why in picks]))
+    report["suggested"] = len(picks)
+    report["label_next"] = [{"video_id": str(archive.ids[i]), "why": why} for i, why in picks[:10]]
+    shown = _write_next_page(page, report, archive, picks, guess, like, frames_dir, manifest)
+    report["html"], report["missing_thumbnails"] = shown["path"], shown["missing_thumbnails"]
+    return report
+
+
+def _write_next_page(out: str | Path, report: Mapping[str, Any], archive: Archive, picks: list[tuple[int, str]],
+                     guess: np.ndarray, like: np.ndarray, frames_dir: str | Path,
+                     manifest: str | Path) -> dict[str, Any]:
+    """The page to label from: each video to label next as an animated thumbnail with why, and the class its most
+    similar labelled video would give it."""
+    cells = VideoCells(archive.ids, frames_dir, video_captions(Path(manifest)))
+    items = []
+    for number, (i, why) in enumerate(picks, start=1):
+        said = html.escape(why) + (f"<br>guess: {html.escape(str(guess[i]))}, like {html.escape(str(like[i]))}"
+                                   if guess[i] else "")
+        items.append(cells(i, "member", f"<code>{html.escape(str(archive.ids[i]))}</code><br>{said}",
+                           mark=f"#{number}"))
+    if report["given"]:
+        state = (f"{report['given']} videos labelled in <code>{html.escape(report['given_file'])}</code>; every "
+                 f"video named by its most similar labelled one in <code>{html.escape(report['table'])}</code>")
+        estimate = report.get("leave_one_out_accuracy")
+        if estimate is not None:
+            state += (f"; {100 * estimate:.0f}% of your labelled videos are named rightly from the others (on "
+                      "ucf101_6 this ran below the share of the rest named rightly)")
+    else:
+        state = "no video is labelled yet: these are the groups' most typical videos"
+    page = (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Videos to label next</title>'
+            f"<style>{STYLE}.mark.member {{ background: #59636e; }} ol.next {{ display: flex; flex-wrap: wrap; "
+            f"gap: 8px; list-style: none; padding: 0; }}</style></head><body><h1>Videos to label next</h1>"
+            f'<p id="state">{state}.</p><p>Write each one\'s class in the class column of '
+            f"<code>{html.escape(report['next_table'])}</code> (leave a row empty to skip it), add the rows to "
+            f"<code>{html.escape(report['given_file'])}</code> and run <code>dvc repro</code>.</p>"
+            f'<ol class="next">{"".join(items)}</ol></body></html>\n')
+    return write_page(out, page, cells, queries_shown=len(items), k_shown=1)
