@@ -148,8 +148,9 @@ def run_stage(repo: str, stage: str, parent_run_id: str | None = None) -> dict[s
     return {"stage": stage, "ran": ran, "seconds": round(time.perf_counter() - started, 2)}
 
 
-# Report lists worth reading in the UI, not only counting (largest_groups: the clusters stage's).
-LISTED = {"advice": "Notes", "excluded": "Excluded", "largest_groups": "Largest groups"}
+# Report lists worth reading in the UI, not only counting (largest_groups: the clusters stage's; label_next: the
+# spread_labels stage's videos to label next, each with why).
+LISTED = {"advice": "Notes", "excluded": "Excluded", "largest_groups": "Largest groups", "label_next": "Label next"}
 LISTED_ITEMS = 10
 
 

@@ -31,7 +31,7 @@ from slic.report import STYLE, VideoCells, video_captions, write_page
 from slic.retrieval import normalize_rows
 
 LABELS_FOLDER = "labels"  # the folder dvc.yaml lists as the stage's dependency: the given labels live here
-MIN_FOR_ESTIMATE = 10  # given labels needed before the cross-validated accuracy says anything
+MIN_FOR_ESTIMATE = 10  # labelled videos (of classes labelled twice or more) before the leave-one-out share
 LABEL_NEXT_COLUMNS = ["video_id", "class", "guess", "margin", "why", "group", "path", "start_s", "end_s"]
 
 
@@ -165,10 +165,10 @@ def name_by_nearest(unit: np.ndarray, index: np.ndarray, label: np.ndarray, clas
     n = len(unit)
     best = np.full((n, classes), -np.inf)
     source = np.zeros((n, classes), dtype=np.int64)
+    members_of = [np.flatnonzero(label == c) for c in range(classes)]
     for start in range(0, n, block):
         sims = unit[start:start + block] @ unit[index].T
-        for c in range(classes):
-            members = np.flatnonzero(label == c)
+        for c, members in enumerate(members_of):
             if len(members):
                 at = np.argmax(sims[:, members], axis=1)
                 best[start:start + block, c] = sims[np.arange(len(sims)), members[at]]

@@ -29,7 +29,7 @@ TINY = {
     "finetune": {"epochs": 1, "milestones": [1], "size": 16, "batch_size": 8, "workers": 0},
 }
 STAGES = ["synth", "synth_transfer", "manifest", "validate", "extract", "flow", "pretrain", "embed", "evaluate",
-          "clusters", "eval_data@synthetic_unseen", "transfer@synthetic_unseen", "classify@synthetic_unseen", "index", "promote", "ablation", "ablation_flow",
+          "clusters", "spread_labels", "eval_data@synthetic_unseen", "transfer@synthetic_unseen", "classify@synthetic_unseen", "index", "promote", "ablation", "ablation_flow",
           "linear_probe", "finetune"]
 
 
@@ -79,6 +79,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     shutil.copy(ROOT / "dvc.yaml", repo)
     shutil.copytree(ROOT / "slic", repo / "slic", ignore=shutil.ignore_patterns("__pycache__"))  # code deps
     shutil.copytree(ROOT / "add_to_index", repo / "add_to_index")  # index's folder of added videos (README only)
+    shutil.copytree(ROOT / "labels", repo / "labels")  # spread_labels' folder of given labels (README only)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     for section, values in TINY.items():
         params[section].update(values)
@@ -120,6 +121,9 @@ def test_repro_builds_every_output_then_is_a_no_op(repo: Path) -> None:
     clusters = json.loads((repo / "reports/clusters.json").read_text())  # every video grouped (test_archive_clusters)
     assert clusters["videos"] == 24 and clusters["labelled"] and 1 <= clusters["groups"] <= 24
     assert len(pd.read_csv(repo / "reports/clusters.csv")) == 24 and (repo / "reports/clusters.html").is_file()
+    next_up = pd.read_csv(repo / "reports/label_next.csv", keep_default_na=False)  # no labels yet: what to label
+    assert len(next_up) == clusters["groups"] and set(next_up["class"]) == {""}
+    assert json.loads((repo / "reports/spread_labels.json").read_text())["given"] == 0
     curve = pd.read_csv(repo / "reports/retrieval_recall.csv")
     assert curve["k"].tolist() == [1, 5, 10, 20, 50]
     ablation = json.loads((repo / "reports/ablation.json").read_text())
@@ -242,6 +246,7 @@ def test_repro_on_unlabelled_videos_runs_to_the_end(tiny_dataset: Path, tmp_path
     shutil.copy(ROOT / "dvc.yaml", repo)
     shutil.copytree(ROOT / "slic", repo / "slic", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(ROOT / "add_to_index", repo / "add_to_index")
+    shutil.copytree(ROOT / "labels", repo / "labels")
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     for section, values in TINY.items():
         params[section].update(values)

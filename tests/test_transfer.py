@@ -56,7 +56,7 @@ def test_the_flow_runs_one_stage_per_eval_set_in_file_order(tmp_path: Path) -> N
     (tmp_path / "dvc.yaml").write_text((ROOT / "dvc.yaml").read_text())
     params_with(tmp_path, {"ucf": {"root": "/data/ucf101"}, "hmdb": {"root": "/data/hmdb51"}})
     stages = dvc_stages(tmp_path)
-    at = stages.index("clusters")
+    at = stages.index("spread_labels")
     assert stages[at + 1:at + 7] == ["eval_data@ucf", "eval_data@hmdb", "transfer@ucf", "transfer@hmdb",
                                      "classify@ucf", "classify@hmdb"]
     assert report_path(tmp_path, "transfer@hmdb") == tmp_path / "reports/transfer/hmdb/retrieval.json"

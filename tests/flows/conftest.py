@@ -37,6 +37,7 @@ def make_checkout(path: Path, *, with_flows: bool = False, **params: dict) -> Pa
     ignore = shutil.ignore_patterns("__pycache__")
     shutil.copytree(ROOT / "slic", path / "slic", ignore=ignore)
     shutil.copytree(ROOT / "add_to_index", path / "add_to_index")  # the index stage's folder of added videos
+    shutil.copytree(ROOT / "labels", path / "labels")  # the spread_labels stage's folder of given labels
     if with_flows:
         shutil.copytree(ROOT / "flows", path / "flows", ignore=ignore)
         shutil.copy(ROOT / "prefect.yaml", path)

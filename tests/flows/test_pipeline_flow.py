@@ -64,6 +64,10 @@ def test_notes_and_exclusions_are_listed_in_the_artifact_and_the_notes_describe_
     assert ("**Largest groups**\n\n- group 0, videos 113, most_typical PlayingPiano/v_PlayingPiano_g05_c01, "
             "majority_class PlayingPiano, majority_share 0.566\n") in groups
     assert table.endswith("- and 2 more in the report\n")
+    next_up = report_markdown("spread_labels", {"given": 0, "label_next": [
+        {"video_id": "Fall/v_Fall_g04_c03", "why": "the most typical video of group 0, where no video is labelled"}]},
+        ran=True)
+    assert "**Label next**\n\n- Fall/v_Fall_g04_c03: the most typical video of group 0, where no video" in next_up
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     parent = tracking.start_pipeline_run("pipeline", {})
     run = mlflow_client(tmp_path).get_run(tracking.record_stage("manifest", report, parent, cached=False))
