@@ -315,10 +315,9 @@ def _write_next_page(out: str | Path, report: Mapping[str, Any], archive: Archiv
     cells = VideoCells(archive.ids, frames_dir, video_captions(Path(manifest)))
     items = []
     for number, (i, why) in enumerate(picks, start=1):
-        said = html.escape(why) + (f"<br>guess: {html.escape(str(guess[i]))}, like {html.escape(str(like[i]))}"
-                                   if guess[i] else "")
-        items.append(cells(i, "member", f"<code>{html.escape(str(archive.ids[i]))}</code><br>{said}",
-                           mark=f"#{number}"))
+        said = html.escape(why) + (f"<br>guess: {html.escape(str(guess[i]))}, like "
+                                   f"<code>{html.escape(str(like[i]))}</code>" if guess[i] else "")
+        items.append(cells(i, "member", said, mark=f"#{number}"))  # #n: row n of the next table; the path below
     if report["given"]:
         state = (f"{report['given']} videos labelled in <code>{html.escape(report['given_file'])}</code>; every "
                  f"video named by its most similar labelled one in <code>{html.escape(report['table'])}</code>")
