@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from slic.data.datasets import read_table
 from slic.report import STYLE, VideoCells, video_captions, write_page
 from slic.retrieval import normalize_rows
 
@@ -102,10 +103,7 @@ def read_given_labels(given: str | Path, archive: Archive) -> GivenLabels:
     skipped (a label_next.csv partly filled in); a row naming no video of the archive, or one video given two
     classes, stops with the file and line."""
     given = Path(given)
-    with given.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.reader(handle)
-        header = [name.strip().lower() for name in next(reader, [])]
-        lines = list(reader)
+    header, lines = read_table(given)  # a spreadsheet's: its byte-order mark, ';' or tab between cells
     if "class" not in header or not ({"video_id", "path"} & set(header)):
         raise SpreadError(f"{given}: the header needs a class column and a video_id (or path) column, got "
                           f"{','.join(header) or 'nothing'}; reports/label_next.csv has the columns to fill in")
@@ -116,10 +114,7 @@ def read_given_labels(given: str | Path, archive: Archive) -> GivenLabels:
             by_key.setdefault(spelling, []).append(i)
     chosen: dict[int, tuple[str, int]] = {}
     skipped = 0
-    for line, row in enumerate(lines, start=2):
-        if not any(cell.strip() for cell in row):
-            continue
-        cells = dict(zip(header, (cell.strip() for cell in row)))
+    for line, cells in lines:
         name, video = cells.get("class", ""), cells.get(key, "")
         if not name:
             skipped += 1

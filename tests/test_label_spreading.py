@@ -46,8 +46,9 @@ def test_given_labels_by_id_or_by_path_with_empty_classes_skipped(tmp_path: Path
     by_id = read_given_labels(write(tmp_path / "ids.csv", "\ufeffVideo_ID,Class\nv0,run\nv4,jump\nv5,\n\n"), archive)
     assert by_id.index.tolist() == [0, 4] and by_id.label.tolist() == [1, 0] and by_id.names == ["jump", "run"]
     assert by_id.rows_without_class == 1
-    # A path labels every segment of its file (rows 0 and 1 share a.mp4), in any spelling of the same file.
-    by_path = read_given_labels(write(tmp_path / "paths.csv", "path,class\n./a/one.mp4,run\nb/z.mp4,jump\n"), archive)
+    # A path labels every segment of its file (rows 0 and 1 share a.mp4), in any spelling of the same file; here
+    # from a spreadsheet that writes ';' between cells.
+    by_path = read_given_labels(write(tmp_path / "paths.csv", "path;class\n./a/one.mp4;run\nb/z.mp4;jump\n"), archive)
     assert by_path.index.tolist() == [0, 1, 5] and [by_path.names[c] for c in by_path.label] == ["run", "run", "jump"]
 
 

@@ -76,6 +76,37 @@ def _ucf101(root: Path, splits: Path, split: int) -> tuple[list[str], list[Entry
     return classes, entries
 
 
+# A table a user wrote in a spreadsheet and saved as CSV (layout csv's labels.csv, spread_labels' given.csv):
+# spreadsheets write a byte-order mark first (Excel's "CSV UTF-8"), a header in any case, and in many locales
+# (where the comma is the decimal sign) semicolons between the cells, or tabs from a copy and paste.
+DELIMITERS = (",", ";", "\t")
+
+
+def header_delimiter(first_line: str) -> str:
+    """The delimiter of a CSV file from its header line: the one of `DELIMITERS` it holds most of (a comma on a
+    tie, and for a header of one column)."""
+    counts = {delimiter: first_line.count(delimiter) for delimiter in DELIMITERS}
+    best = max(DELIMITERS, key=lambda delimiter: counts[delimiter])
+    return best if counts[best] > counts[","] else ","
+
+
+def read_table(path: str | Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+    """(header, rows) of a CSV file: the header's names stripped and lower-case; each row that is not empty as
+    (its line number in the file, {name: stripped value}). The delimiter is the header's (`header_delimiter`), a
+    byte-order mark is skipped, and quoted cells may hold the delimiter."""
+    with Path(path).open(newline="", encoding="utf-8-sig") as handle:  # utf-8-sig: skips a byte-order mark
+        first = handle.readline()
+        handle.seek(0)
+        reader = csv.reader(handle, delimiter=header_delimiter(first))
+        header = [name.strip().lower() for name in next(reader, [])]
+        rows, ended = [], reader.line_num
+        for values in reader:  # a row's number is the line it starts on (a quoted cell may span lines)
+            if any(value.strip() for value in values):
+                rows.append((ended + 1, dict(zip(header, (value.strip() for value in values)))))
+            ended = reader.line_num
+    return header, rows
+
+
 LABELS_FILE = "labels.csv"  # layout csv: the table of videos and classes, in manifest.splits_dir (or the root)
 LABELS_SPLITS = ("train", "val", "test", "unused")
 
@@ -88,14 +119,10 @@ def _labels_csv(root: Path, splits: Path) -> tuple[list[str], list[Entry]]:
     if not listing.is_file():
         raise DatasetError(f"{listing}: labels file not found; layout csv reads {LABELS_FILE} (columns path, class "
                            "and optionally split, group) from manifest.splits_dir (empty: the root)")
-    with listing.open(newline="", encoding="utf-8-sig") as handle:  # utf-8-sig: a spreadsheet's byte-order mark
-        reader = csv.reader(handle)
-        header = [name.strip().lower() for name in next(reader, [])]
-        if not {"path", "class"} <= set(header):
-            raise DatasetError(f"{listing}:1: the header needs columns path and class (optionally split, group); "
-                               f"found: {', '.join(header) or 'nothing'}")
-        rows = [(number, dict(zip(header, (value.strip() for value in values))))
-                for number, values in enumerate(reader, 2) if any(value.strip() for value in values)]
+    header, rows = read_table(listing)  # a spreadsheet's: its byte-order mark, ';' or tab between cells
+    if not {"path", "class"} <= set(header):
+        raise DatasetError(f"{listing}:1: the header needs columns path and class (optionally split, group); "
+                           f"found: {', '.join(header) or 'nothing'}")
     entries, seen = [], {}
     for number, row in rows:
         where = f"{listing}:{number}"

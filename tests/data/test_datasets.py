@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 
 from slic.config import ManifestConfig
-from slic.data.datasets import COLUMNS, DatasetError, build_manifest, carve_validation, unwatched_splits_advice
+from slic.data.datasets import (COLUMNS, DatasetError, build_manifest, carve_validation, header_delimiter,
+                                read_table, unwatched_splits_advice)
 from slic.data.video import write_video
 
 
@@ -146,9 +147,29 @@ def test_folder_layout_draws_a_seeded_test_split(tmp_path: Path) -> None:
         ("run", "test"): 3, ("run", "train"): 6, ("run", "val"): 1}
 
 
-def write_labels(folder: Path, rows: list[list[str]], header: str = "path,class,split,group") -> Path:
+@pytest.mark.parametrize("line, expected", [("path,class\n", ","), ("path;class\n", ";"), ("path\tclass\n", "\t"),
+                                            ("path\n", ","), ("a;b,c\n", ","), ("a;b;c,d\n", ";")])
+def test_the_header_names_the_delimiter(line: str, expected: str) -> None:
+    assert header_delimiter(line) == expected
+
+
+def test_rows_keep_their_line_numbers_and_quoted_cells_their_delimiters(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    path.write_text('\ufeffPath ; CLASS\n"a;b.mp4";run\n\n  ;  \n"two\nlines.mp4";jump\nc.mp4;walk\n',
+                    encoding="utf-8")
+    header, rows = read_table(path)
+    assert header == ["path", "class"]
+    assert rows == [(2, {"path": "a;b.mp4", "class": "run"}), (5, {"path": "two\nlines.mp4", "class": "jump"}),
+                    (7, {"path": "c.mp4", "class": "walk"})]
+    path.write_text("")
+    assert read_table(path) == ([], [])
+
+
+def write_labels(folder: Path, rows: list[list[str]], header: str = "path,class,split,group",
+                 delimiter: str = ",") -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "labels.csv").write_text("\n".join([header, *(",".join(row) for row in rows)]) + "\n")
+    lines = [header.replace(",", delimiter), *(delimiter.join(row) for row in rows)]
+    (folder / "labels.csv").write_text("\n".join(lines) + "\n")
     return folder / "labels.csv"
 
 
@@ -162,6 +183,8 @@ def test_csv_layout_with_the_ucf101_split_and_groups_makes_the_ucf101_manifest(
     write_labels(tmp_path, rows)
     table = build_manifest(config(tiny_dataset, "csv", splits_dir=str(tmp_path)))
     assert table.drop(columns="label").equals(tiny_manifest.drop(columns="label"))
+    write_labels(tmp_path, rows, delimiter=";")  # a spreadsheet saved where the comma is the decimal sign
+    assert build_manifest(config(tiny_dataset, "csv", splits_dir=str(tmp_path))).equals(table)
     names = sorted(set(table["class"]))  # labels number the classes in sorted order (classInd.txt's is UCF101's)
     assert table["label"].tolist() == [names.index(c) for c in table["class"]]
 
