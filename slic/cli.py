@@ -401,7 +401,7 @@ def run_clusters(config: Any) -> dict[str, Any]:
 
 def run_spread_labels(config: Any) -> dict[str, Any]:
     """Stage `spread_labels`: every grouped video named by its most similar video of spread_labels.given, and the
-    videos to label next; with labels, an MLflow run with the estimated accuracy and both tables."""
+    videos to label next; with labels, an MLflow run with the leave-one-out share, both tables and the page."""
     from slic.config import to_dict
     from slic.label_spreading import LABELS_FOLDER, spread_archive
     from slic.tracking import stage_run
@@ -413,7 +413,7 @@ def run_spread_labels(config: Any) -> dict[str, Any]:
     folder, watched = Path(cfg.given).resolve().parent, Path(LABELS_FOLDER).resolve()
     if folder != watched and watched not in folder.parents:
         report["watch_note"] = (f"spread_labels.given {cfg.given} is outside {LABELS_FOLDER}/, the folder dvc.yaml "
-                                "watches: after editing it run `dvc repro --force spread_labels`")
+                                "watches: after editing it run `dvc repro --single-item --force spread_labels`")
         print(f"spread_labels: note: {report['watch_note']}")
     if report["given"]:
         with stage_run("spread_labels", to_dict(cfg), name=f"spread_labels {report['given']} given") as run:

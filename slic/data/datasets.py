@@ -318,7 +318,8 @@ def unwatched_splits_advice(root: str, layout: str, splits_dir: str, stage: str 
     if folder == top or top in folder.parents:
         return ""
     return (f"{key} {splits_dir} is outside the root {root}: DVC does not watch its files, so after editing one "
-            f"run `dvc repro --force {stage}` (or keep them under the root, which DVC watches)")
+            f"run `dvc repro --single-item --force {stage}`, then `dvc repro` (or keep them under the root, which "
+            "DVC watches)")
 
 
 def extracted_frame_counts(table: pd.DataFrame, target_fps: float = 0.0) -> pd.Series:

@@ -238,10 +238,10 @@ def test_a_splits_dir_outside_the_root_is_named_with_how_to_rerun(tmp_path: Path
     root, lists = tmp_path / "videos", tmp_path / "lists"
     note = unwatched_splits_advice(str(root), "csv", str(lists))
     assert f"manifest.splits_dir {lists} is outside the root {root}" in note
-    assert "dvc repro --force manifest" in note
+    assert "dvc repro --single-item --force manifest`, then `dvc repro`" in note
     eval_note = unwatched_splits_advice(str(root), "hmdb51", str(lists), "eval_data@hmdb51",
                                         "eval_sets.hmdb51.splits_dir")
-    assert eval_note.startswith("eval_sets.hmdb51.splits_dir") and "dvc repro --force eval_data@hmdb51" in eval_note
+    assert eval_note.startswith("eval_sets.hmdb51.splits_dir") and "--force eval_data@hmdb51" in eval_note
     assert unwatched_splits_advice(str(root), "csv", "") == ""  # the root itself: watched
     assert unwatched_splits_advice(str(root), "csv", str(root / "splits")) == ""  # under the root: watched
     assert unwatched_splits_advice(str(root), "csv", str(root) + "/") == ""
