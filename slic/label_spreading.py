@@ -27,8 +27,6 @@ from typing import Any
 
 import numpy as np
 
-from slic.data.datasets import read_table
-from slic.report import STYLE, VideoCells, video_captions, write_page
 from slic.retrieval import normalize_rows
 
 LABELS_FOLDER = "labels"  # the folder dvc.yaml lists as the stage's dependency: the given labels live here
@@ -102,6 +100,8 @@ def read_given_labels(given: str | Path, archive: Archive) -> GivenLabels:
     `path` column (a video file; every segment of a long file takes its class). Rows with an empty class are
     skipped (a label_next.csv partly filled in); a row naming no video of the archive, or one video given two
     classes, stops with the file and line."""
+    from slic.data.datasets import read_table
+
     given = Path(given)
     header, lines = read_table(given)  # a spreadsheet's: its byte-order mark, ';' or tab between cells
     if "class" not in header or not ({"video_id", "path"} & set(header)):
@@ -175,6 +175,51 @@ def name_by_nearest(unit: np.ndarray, index: np.ndarray, label: np.ndarray, clas
     other = best[rows, second] if classes > 1 else np.full(n, -1.0)
     return Named(label=top, source=source[rows, top], similarity=similarity, runner_up=second,
                  margin=similarity - np.where(np.isfinite(other), other, -1.0))
+
+
+@dataclass(frozen=True)
+class LabelledVectors:
+    """The labelled videos of a spread_labels table with their embeddings (unit rows): what names a new video."""
+
+    ids: np.ndarray
+    unit: np.ndarray
+    label: np.ndarray
+    names: list[str]
+
+
+def labelled_vectors(table: str | Path, embeddings: str | Path) -> LabelledVectors | None:
+    """The given videos of the spread_labels stage's `table` with their vectors from the embed stage's
+    `embeddings` (the encoder the index was built with). None when the table is absent or lists no given video;
+    a SpreadError when the embeddings lack one of them (the two are from different runs)."""
+    if not Path(table).is_file():
+        return None
+    with Path(table).open(newline="", encoding="utf-8") as handle:
+        given = [(row["video_id"], row["class"]) for row in csv.DictReader(handle) if row.get("source") == "given"]
+    if not given:
+        return None
+    if not Path(embeddings).is_file():
+        raise SpreadError(f"{embeddings} not found: the labelled videos of {table} have no vectors to name a query by")
+    data = np.load(embeddings)
+    where = {str(video_id): i for i, video_id in enumerate(np.asarray(data["video_id"]).astype(str))}
+    missing = [video_id for video_id, _ in given if video_id not in where]
+    if missing:
+        raise SpreadError(f"{table} names {len(missing)} labelled videos {embeddings} lacks (e.g. {missing[0]}): "
+                          "run `dvc repro` so the two come from one run")
+    names = sorted({name for _, name in given})
+    return LabelledVectors(ids=np.array([video_id for video_id, _ in given]),
+                           unit=normalize_rows(data["embedding"][[where[v] for v, _ in given]]).astype(np.float64),
+                           label=np.array([names.index(name) for _, name in given]), names=names)
+
+
+def name_queries(queries: np.ndarray, labelled: LabelledVectors) -> list[dict[str, Any]]:
+    """Each query vector named as the stage names an archive video: the class of its most similar labelled
+    video, that video, the similarity, the runner-up class and the margin."""
+    unit = np.concatenate([normalize_rows(queries).astype(np.float64), labelled.unit])
+    named = name_by_nearest(unit, np.arange(len(queries), len(unit)), labelled.label, len(labelled.names))
+    return [{"class": labelled.names[named.label[i]], "like": str(labelled.ids[named.source[i] - len(queries)]),
+             "similarity": round(float(named.similarity[i]), 4),
+             "runner_up": labelled.names[named.runner_up[i]] if len(labelled.names) > 1 else None,
+             "margin": round(float(named.margin[i]), 4)} for i in range(len(queries))]
 
 
 def leave_one_out_accuracy(unit: np.ndarray, given: GivenLabels) -> float | None:
@@ -307,6 +352,8 @@ def _write_next_page(out: str | Path, report: Mapping[str, Any], archive: Archiv
                      manifest: str | Path) -> dict[str, Any]:
     """The page to label from: each video to label next as an animated thumbnail with why, and the class its most
     similar labelled video would give it."""
+    from slic.report import STYLE, VideoCells, video_captions, write_page
+
     cells = VideoCells(archive.ids, frames_dir, video_captions(Path(manifest)))
     items = []
     for number, (i, why) in enumerate(picks, start=1):

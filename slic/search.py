@@ -106,6 +106,7 @@ def _checkpoint_file_encoder(checkpoint: Path, clips: int) -> VideoEncoder:
 def search_videos(videos: list[Path], encoder: FileEncoder, loaded: LoadedIndex, k: int, workers: int = 0,
                   spans: list[QuerySpan | None] | None = None, other_files: bool = False, per_file: int = 0,
                   other_recordings: bool = False, per_recording: int = 0,
+                  namer: Callable[[np.ndarray], list[dict[str, Any]]] | None = None,
                   ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
     """(answers, errors): the k nearest indexed videos per query that could be embedded, an error per other,
     both in the order of `videos`.  `workers` loader processes decode the next queries while the encoder embeds
@@ -116,7 +117,8 @@ def search_videos(videos: list[Path], encoder: FileEncoder, loaded: LoadedIndex,
     not k neighbouring segments of one), searching deeper until k are found or the index is exhausted.
     `other_recordings` and `per_recording` do the same by recording (`_row_recordings`: UCF101's group, the clips
     manifest.group_pattern names one recording, a file's segments): the query file's own recording is that of its
-    indexed rows, so an indexed clip's sibling clips are left out with it."""
+    indexed rows, so an indexed clip's sibling clips are left out with it. `namer` (`query_namer`) gives each
+    answer a `named` class from the videos the user labelled."""
     spans = spans if spans is not None else [None] * len(videos)
     frames = [None if span is None else (span.start_frame, span.stop_frame) for span in spans]
     embedded: list[tuple[int, np.ndarray]] = []
@@ -147,10 +149,11 @@ def search_videos(videos: list[Path], encoder: FileEncoder, loaded: LoadedIndex,
         if not caps or depth >= loaded.index.ntotal or all(len(kept) == k for kept in kept_all):
             break
         depth = min(4 * depth, loaded.index.ntotal)  # a file's segments (a recording's clips) filled the list
+    names = namer(queries) if namer is not None else [None] * len(embedded)
     answers = []
-    for (position, _), kept in zip(embedded, kept_all):
+    for (position, _), kept, named in zip(embedded, kept_all, names):
         span = spans[position]
-        answers.append({"query": str(videos[position]),
+        answers.append({"query": str(videos[position]), **({"named": named} if named is not None else {}),
                         "start_s": None if span is None else span.start_s,
                         "end_s": None if span is None else span.end_s,
                         "results": _hits(loaded, np.array([i for i, _ in kept], dtype=np.int64),
@@ -291,8 +294,13 @@ def format_table(answer: dict[str, Any]) -> str:
     hits = answer["results"]
     classes = [h["class"] or "-" for h in hits]  # "-": an unlabelled video has no class
     width = max([len("class")] + [len(name) for name in classes])
-    lines = [f"query: {answer['query']}{_span(answer)}",
-             f"{'rank':>4}  {'similarity':>10}  {'class':<{width}}  path"]
+    lines = [f"query: {answer['query']}{_span(answer)}"]
+    named = answer.get("named")
+    if named:  # the class of its most similar labelled video (spread_labels)
+        runner_up = f", runner-up {named['runner_up']}" if named["runner_up"] else ""
+        lines.append(f"named: {named['class']} (like {named['like']}, similarity {named['similarity']:.4f}, "
+                     f"margin {named['margin']:.4f}{runner_up})")
+    lines.append(f"{'rank':>4}  {'similarity':>10}  {'class':<{width}}  path")
     lines += [f"{h['rank']:>4}  {h['similarity']:>10.4f}  {name:<{width}}  {h['path']}{_span(h)}"
               for h, name in zip(hits, classes)]
     return "\n".join(lines)
@@ -312,6 +320,37 @@ def params_defaults(params: str) -> tuple[tuple[str, ...], str, int]:
 
     config = load(params) if Path(params).is_file() else Config()
     return config.manifest.extensions, config.index.out, config.embed.workers
+
+
+def query_namer(params: str, loaded: LoadedIndex, model: str,
+                warn: Callable[[str], None]) -> Callable[[np.ndarray], list[dict[str, Any]]] | None:
+    """What names each query by the videos the user labelled (the spread_labels stage's table, spread_labels.table,
+    its given rows with their vectors from the embeddings the index was built from), as that stage names an
+    archive video; None when nothing is labelled. A query embedded by another encoder than the index's (--model)
+    is not named."""
+    from slic.config import Config, load
+
+    config = load(params) if Path(params).is_file() else Config()
+    table = Path(config.spread_labels.table)
+    base = loaded.meta.get("base_dir")
+    if not table.is_absolute() and not table.is_file() and base:  # searched from outside the checkout
+        table = Path(base) / table
+    if not table.is_file():
+        return None
+    from slic.label_spreading import SpreadError, labelled_vectors, name_queries
+
+    try:
+        labelled = labelled_vectors(table, loaded.meta.get("embeddings", ""))
+    except SpreadError as exc:
+        warn(f"queries not named by your labels: {exc}")
+        return None
+    if labelled is None:
+        return None
+    if model and not (Path(model).is_file() and file_sha256(model) == loaded.meta.get("checkpoint_sha256")):
+        warn(f"queries not named by your labels: --model {model} embeds them with another encoder than the "
+             f"labelled videos of {table}")
+        return None
+    return lambda queries: name_queries(queries, labelled)
 
 
 def run_search(argv: list[str], params: str = "params.yaml") -> int:
@@ -369,7 +408,8 @@ def run_search(argv: list[str], params: str = "params.yaml") -> int:
         answers, errors = search_videos(videos, encoder, loaded, args.k,
                                         workers if args.workers is None else args.workers, spans=spans,
                                         other_files=args.other_files, per_file=args.per_file,
-                                        other_recordings=args.other_recordings, per_recording=args.per_recording)
+                                        other_recordings=args.other_recordings, per_recording=args.per_recording,
+                                        namer=query_namer(params, loaded, args.model, warn))
     except (ConfigError, IndexBuildError, SearchUsageError) as exc:
         warn(f"error: {exc}")
         return 2

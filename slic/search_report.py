@@ -78,8 +78,10 @@ def write_search_html(out: str | Path, answers: Sequence[Mapping[str, Any]], err
     for answer in answers:
         hits = "".join(cell("li", "neighbour", f"#{hit['rank']}", hit, f"cos {hit['similarity']:.3f}")
                        for hit in answer["results"])
+        named = answer.get("named")  # the class of its most similar labelled video (spread_labels)
+        said = (f"named {html.escape(named['class'])} (margin {named['margin']:.2f})" if named else "")
         rows.append(f'<section class="row" aria-label="query {html.escape(answer["query"])}">'
-                    f'{cell("figure", "query", "query", answer)}<ol>{hits}</ol></section>')
+                    f'{cell("figure", "query", "query", answer, said)}<ol>{hits}</ol></section>')
     failed = "".join(f"<li>{html.escape(e['query'])}: {html.escape(e['error'])}</li>" for e in errors)
     failed = f'<h2>Queries that could not be searched</h2><ul id="errors">{failed}</ul>' if errors else ""
     title = "slic search"

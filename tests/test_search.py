@@ -138,6 +138,50 @@ def test_search_html_shows_each_query_and_its_hits_as_thumbnails_and_names_the_f
     assert "<script" not in page and "http" not in page  # self-contained, opens from disk
 
 
+def test_labelled_videos_name_each_query_by_its_most_similar_one(workdir: Path, capsys: pytest.CaptureFixture,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the spread_labels table listing given videos, every query is named by the most similar of them, in the
+    tables, the JSON document and the page; not with another encoder (--model), nor with no table."""
+    ids = sorted(p.stem for p in FOLDER.iterdir() if p.name != "corrupted.mp4")
+    given, named = ids[:2], ids[2]  # two labelled videos; a third is named by the nearer of them
+    table = workdir / "reports/spread_labels.csv"
+    rows = [[v, f"kind_{v}", "given"] for v in given] + [[named, "kind_x", "nearest"]]
+    pd.DataFrame(rows, columns=["video_id", "class", "source"]).to_csv(table, index=False)
+    try:
+        data = np.load(workdir / "embeddings.npz")
+        vectors = {v: e / np.linalg.norm(e) for v, e in zip(data["video_id"], data["embedding"])}
+        sims = [float(vectors[named] @ vectors[v]) for v in given]
+        like = given[int(np.argmax(sims))]
+        query = next(p for p in FOLDER.iterdir() if p.stem == named)
+        assert main(["search", str(query), "-k", "2"]) == 0
+        out = capsys.readouterr().out.splitlines()
+        assert out[1].startswith(f"named: kind_{like} (like {like}, similarity ")
+        assert f"margin {abs(sims[0] - sims[1]):.4f}" in out[1] and out[2].split() == ["rank", "similarity", "class",
+                                                                                      "path"]
+        assert main(["search", str(query), "--json"]) == 0
+        doc = json.loads(capsys.readouterr().out)
+        assert doc["queries"][0]["named"]["class"] == f"kind_{like}" and doc["queries"][0]["named"]["like"] == like
+        page = workdir / "named.html"
+        assert main(["search", str(query), "-k", "1", "--html", str(page)]) == 0
+        assert f"named kind_{like} (margin " in page.read_text() and "named: " in capsys.readouterr().out
+        assert main(["search", str(query), "-k", "1", "--model", str(workdir / "best.pt")]) == 0  # the index's
+        assert "named: " in capsys.readouterr().out
+        from dataclasses import replace
+
+        from slic.pretrain import TrainState, build_encoder, save_checkpoint
+
+        another = replace(TINY_ENCODER, seed=TINY_ENCODER.seed + 1)  # other weights: not the labelled videos' kind
+        other = workdir / "other.pt"
+        save_checkpoint(other, build_encoder(another), None, TrainState(), another)
+        assert main(["search", str(query), "-k", "1", "--model", str(other)]) == 0
+        out, err = capsys.readouterr()
+        assert "named:" not in out and "queries not named by your labels: --model" in err
+    finally:
+        table.unlink()
+    assert main(["search", str(query), "-k", "1"]) == 0
+    assert "named:" not in capsys.readouterr().out  # nothing labelled: no name
+
+
 def test_search_from_another_directory_finds_the_checkouts_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                  capsys: pytest.CaptureFixture) -> None:
     """An index built in a checkout records its paths relative to it (videos, checkpoint): `slic search --index`
