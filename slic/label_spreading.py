@@ -131,6 +131,14 @@ def read_given_labels(given: str | Path, archive: Archive) -> GivenLabels:
                                   f"{chosen[i][0]!r} on line {chosen[i][1]}; keep one")
             chosen.setdefault(i, (name, line))
     names = sorted({name for name, _ in chosen.values()})
+    first_line = {name: min(line for n, line in chosen.values() if n == name) for name in names}
+    spelled: dict[str, str] = {}
+    for name in sorted(names, key=first_line.get):  # "Run" and "run " as two classes: one typed two ways
+        key = " ".join(name.lower().split())
+        if key in spelled:
+            raise SpreadError(f"{given}:{first_line[name]}: class {name!r} differs from {spelled[key]!r} (line "
+                              f"{first_line[spelled[key]]}) only in case or spaces; spell one class one way")
+        spelled[key] = name
     if chosen and len(names) < 2:
         raise SpreadError(f"{given}: every labelled video is {names[0]!r}: spreading needs at least two classes; "
                           "label a video of another kind (reports/label_next.csv suggests which)")

@@ -58,6 +58,7 @@ def test_given_labels_by_id_or_by_path_with_empty_classes_skipped(tmp_path: Path
     ("video_id,class\nv0,run\nv9,jump\n", r"bad\.csv:3: video_id 'v9' is not among the 6 grouped videos"),
     ("video_id,class\nv0,run\nv1,jump\nv0,jump\n", r"bad\.csv:4: v0 is given class 'jump' here and 'run' on line 2"),
     ("video_id,class\nv0,run\nv1,run\n", r"bad\.csv: every labelled video is 'run': spreading needs at least two"),
+    ("video_id,class\nv0,Run\nv1,jump\nv2,run\n", r"bad\.csv:4: class 'run' differs from 'Run' \(line 2\) only in case"),
 ])
 def test_bad_given_labels_name_the_file_line_and_fix(tmp_path: Path, content: str, said: str) -> None:
     x, truth = separated(classes=2, per_class=3)
