@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -196,6 +197,13 @@ def test_changing_one_param_reruns_only_its_stages(repo: Path) -> None:
     assert [classify["linear_probe"]["resumed_from_epoch"], classify["finetune"]["scratch"]["resumed_from_epoch"]] \
         == [1, 1]
     assert "recall@20" not in json.loads((repo / "reports/retrieval.json").read_text())
+    # Labels for some videos (labels/given.csv, DVC watches the folder): only spread_labels runs, and names them all.
+    with (repo / "reports/label_next.csv").open(newline="") as handle:
+        suggested = [row["video_id"] for row in csv.DictReader(handle)]
+    (repo / "labels/given.csv").write_text("video_id,class\n" + "".join(f"{v},{v.split('/')[0]}\n" for v in suggested))
+    assert ran(dvc(repo, "repro")) == ["spread_labels"]
+    named = pd.read_csv(repo / "reports/spread_labels.csv", keep_default_na=False)
+    assert len(named) == 24 and set(named["source"]) == {"given", "nearest"} and (named["class"] != "").all()
     # Without the flow view nothing before ablation_flow waits for or depends on the flow settings.
     set_params(repo, "flow", warps=3)
     assert ran(dvc(repo, "repro")) == ["flow", "ablation_flow"]
