@@ -6,6 +6,9 @@ On ucf101_6, where the six classes are known, every video (all splits) is an unl
 round 0 the stage's first list (each group's most typical video), then each round the stage's `label_next` (the
 most typical video of each k-means group no label reaches, k = the labels after the round), up to `--rounds`
 rounds; each video not labelled takes its most similar labelled video's class. Beside it:
+- `with_checks`: the stage with `spread_labels.checks: 4`: of each round's 20, 4 drawn at random and 16 suggested
+  (the checks reach no group); its `estimate` is the share of checks the other labels name rightly, to compare
+  with `rest_accuracy` (every video not labelled);
 - `label_spreading`: the same picks, classes spread over the graph of each video's 10 nearest videos (Zhou et al.
   2004, alpha 0.9, 30 steps; positive cosine cubed as weights);
 - `linear_probe`: the same picks, a logistic regression on the labelled videos' embeddings (scikit-learn, C 10:
@@ -44,8 +47,9 @@ DEFAULT_ROWS = ("random_init", "intra_video", "slic", "slic_video")
 DEFAULT_OUT = ROOT / "reports" / "bench" / "spread_labels.json"
 GROUPS = 20  # params.yaml's clusters.groups
 PER_ROUND = 20  # params.yaml's spread_labels.suggest
-WAYS = ("stage", "label_spreading", "linear_probe", "least_sure", "random_picks")
-KEYS = ("test_accuracy", "trainval_accuracy", "estimate", "surer_half", "less_sure_half")
+WAYS = ("stage", "with_checks", "label_spreading", "linear_probe", "least_sure", "random_picks")
+CHECKS = 4  # with_checks: of each round's 20, drawn at random (spread_labels.checks)
+KEYS = ("test_accuracy", "trainval_accuracy", "rest_accuracy", "estimate", "surer_half", "less_sure_half")
 
 
 def archive_from(embeddings: Path) -> tuple[Any, np.ndarray]:
@@ -75,7 +79,7 @@ def measured(archive: Any, truth: np.ndarray, labelled: np.ndarray, named: np.nd
     order = np.flatnonzero(rest)[np.argsort(-sureness[rest], kind="stable")]
     half = len(order) // 2
     return {"test_accuracy": float(right[rest & test].mean()), "trainval_accuracy": float(right[rest & ~test].mean()),
-            "estimate": estimate, "surer_half": float(right[order[:half]].mean()),
+            "rest_accuracy": float(right[rest].mean()), "estimate": estimate, "surer_half": float(right[order[:half]].mean()),
             "less_sure_half": float(right[order[half:]].mean())}
 
 
@@ -115,9 +119,12 @@ def linear_probe(unit: np.ndarray, labelled: np.ndarray, label: np.ndarray, stre
     return shares
 
 
-def simulate(archive: Any, truth: np.ndarray, *, rounds: int, draws: int, seed: int) -> dict[str, list[dict[str, Any]]]:
-    """Per way of WAYS, per round, the labelled count and `measured` (random_picks: mean over `draws`)."""
-    from slic.label_spreading import GivenLabels, finer_groups, label_next, leave_one_out_accuracy, name_by_nearest
+def simulate(archive: Any, truth: np.ndarray, *, rounds: int, draws: int, seed: int,
+             check_seed: int = 0) -> dict[str, list[dict[str, Any]]]:
+    """Per way of WAYS, per round, the labelled count and `measured` (random_picks: mean over `draws`; with_checks
+    draws its checks seeded by `check_seed` and the labels so far)."""
+    from slic.label_spreading import (GivenLabels, checked_accuracy, finer_groups, label_next, leave_one_out_accuracy,
+                                      name_by_nearest, random_checks)
 
     classes = int(truth.max()) + 1
 
@@ -131,10 +138,28 @@ def simulate(archive: Any, truth: np.ndarray, *, rounds: int, draws: int, seed: 
     out: dict[str, list[dict[str, Any]]] = {way: [] for way in WAYS}
     labelled = np.array([i for i, _ in label_next(archive, np.zeros(0, dtype=np.int64), None, PER_ROUND)])
     unsure = labelled
+    first = [i for i, _ in label_next(archive, np.zeros(0, dtype=np.int64), None, PER_ROUND - CHECKS)]
+    # The stage seeds a round's draw by the labels so far; here by `check_seed` too, so that each encoder's
+    # checks are other videos and the estimate's error is measured over as many draws as encoders, not one.
+    drawn = [i for i, _ in random_checks(archive, set(first), CHECKS, seed=1000 * check_seed)]
+    with_checks, checked = np.array(first + drawn), np.array([False] * len(first) + [True] * len(drawn))
     rng = np.random.default_rng(seed)
     for _ in range(rounds):
         stage = by_nearest(labelled)
         out["stage"].append(stage["row"])
+        named = name_by_nearest(archive.unit, with_checks, truth[with_checks], classes)
+        given = GivenLabels(index=with_checks, label=truth[with_checks], names=[str(c) for c in range(classes)],
+                            rows_without_class=0, check=checked)
+        out["with_checks"].append({"labelled": len(with_checks), **measured(
+            archive, truth, with_checks, named.label, named.margin, checked_accuracy(archive.unit, given)["share"])})
+        reaching = with_checks[~checked]
+        picks = [i for i, _ in label_next(archive, reaching, named.margin, PER_ROUND - CHECKS,
+                                          finer_groups(archive, reaching, PER_ROUND - CHECKS),
+                                          exclude=set(with_checks.tolist()))]
+        drawn = [i for i, _ in random_checks(archive, set(with_checks.tolist()) | set(picks), CHECKS,
+                                             seed=1000 * check_seed + len(with_checks))]
+        with_checks = np.concatenate([with_checks, picks, drawn]).astype(np.int64)
+        checked = np.concatenate([checked, [False] * len(picks), [True] * len(drawn)])
         shares = label_spreading(archive.unit, labelled, truth[labelled], classes)
         top = np.sort(shares, axis=1)
         out["label_spreading"].append({"labelled": len(labelled), **measured(
@@ -172,7 +197,8 @@ def main(argv: list[str] | None = None) -> None:
     encoders: list[dict[str, Any]] = []
     for seed, row, cell, result in each_stored_cell(config, world, work, args.seeds, args.rows):
         archive, truth = archive_from(cell / "embeddings.npz")
-        ways = simulate(archive, truth, rounds=args.rounds, draws=args.draws, seed=seed)
+        ways = simulate(archive, truth, rounds=args.rounds, draws=args.draws, seed=seed,
+                        check_seed=10 * seed + args.rows.index(row))
         encoders.append({"row": row, "seed": seed, "test_recall@1": result["recall@1"], **ways})
         print(f"  seed {seed} {row:12s} test accuracy, " + "/".join(WAYS) + ": " + " ".join(
             f"{r[0]['labelled']}: " + "/".join(f"{w['test_accuracy']:.3f}" for w in r)

@@ -403,13 +403,14 @@ def run_spread_labels(config: Any) -> dict[str, Any]:
     """Stage `spread_labels`: every grouped video named by its most similar video of spread_labels.given, and the
     videos to label next; with labels, an MLflow run with the leave-one-out share, both tables and the page."""
     from slic.config import to_dict
-    from slic.label_spreading import LABELS_FOLDER, spread_archive
+    from slic.label_spreading import LABELS_FOLDER, checked_line, spread_archive
     from slic.tracking import stage_run
 
     cfg = config.spread_labels
     report = spread_archive(embeddings=config.clusters.embeddings, clusters_table=config.clusters.table,
                             given=cfg.given, suggest=cfg.suggest, table=cfg.table, next_table=cfg.next_table,
-                            page=cfg.html, frames_dir=config.extract.out, manifest=config.extract.manifest)
+                            page=cfg.html, frames_dir=config.extract.out, manifest=config.extract.manifest,
+                            checks=cfg.checks)
     folder, watched = Path(cfg.given).resolve().parent, Path(LABELS_FOLDER).resolve()
     if folder != watched and watched not in folder.parents:
         report["watch_note"] = (f"spread_labels.given {cfg.given} is outside {LABELS_FOLDER}/, the folder dvc.yaml "
@@ -420,6 +421,8 @@ def run_spread_labels(config: Any) -> dict[str, Any]:
             run.log_metrics({key: report[key] for key in ("given", "classes", "videos", "unsure_share",
                                                           "leave_one_out_accuracy", "agreement_with_manifest")
                              if report.get(key) is not None})
+            if "checked" in report:
+                run.log_metrics({"checks": report["checked"]["checks"], "checked_share": report["checked"]["share"]})
             for path in (cfg.table, cfg.next_table, cfg.html):
                 run.log_artifact(path)
         estimate = report["leave_one_out_accuracy"]
@@ -427,6 +430,8 @@ def run_spread_labels(config: Any) -> dict[str, Any]:
                 if estimate is not None else "")
         print(f"spread_labels: {report['given']} labelled videos ({report['classes']} classes) name all "
               f"{report['videos']} by the most similar{said} -> {cfg.table}")
+        if "checked" in report:
+            print(f"spread_labels: {checked_line(report['checked'])}")
     if "note" in report:
         print(f"spread_labels: {report['note']}")
     print(f"spread_labels: {report['suggested']} videos to label next -> {cfg.next_table}, {cfg.html}")

@@ -336,6 +336,8 @@ class SpreadLabelsConfig:
     given: str = _spec("labels/given.csv", help="your classes for some videos: a CSV with columns video_id (or path) "
                        "and class; absent: the stage lists what to label first")
     suggest: int = _spec(20, low=1, high=10000, help="videos listed to label next")
+    checks: int = _spec(0, low=0, high=10000, help="of those, drawn at random and marked in the check column: "
+                        "labelled, they measure how often videos are named rightly")
     table: str = _spec("reports/spread_labels.csv", help="every video's class, given or its most similar labelled "
                        "video's")
     next_table: str = _spec("reports/label_next.csv", help="the videos to label next, with an empty class column")

@@ -31,7 +31,9 @@ from slic.retrieval import normalize_rows
 
 LABELS_FOLDER = "labels"  # the folder dvc.yaml lists as the stage's dependency: the given labels live here
 MIN_FOR_ESTIMATE = 10  # labelled videos (of classes labelled twice or more) before the leave-one-out share
-LABEL_NEXT_COLUMNS = ["video_id", "class", "guess", "margin", "why", "group", "path", "start_s", "end_s"]
+LABEL_NEXT_COLUMNS = ["video_id", "class", "guess", "margin", "why", "check", "group", "path", "start_s",
+                      "end_s"]
+CHECK_MARKS = ("yes", "y", "true", "1", "x")  # a check column's value that marks a random check
 
 
 class SpreadError(RuntimeError):
@@ -61,6 +63,7 @@ class GivenLabels:
     label: np.ndarray
     names: list[str]
     rows_without_class: int
+    check: np.ndarray | None = None  # per labelled video: a random check (label_next's check column), or None
 
 
 def load_archive(embeddings: str | Path, clusters_table: str | Path) -> Archive:
@@ -113,12 +116,14 @@ def read_given_labels(given: str | Path, archive: Archive) -> GivenLabels:
         for spelling in ({video_id} if key == "video_id" else _path_keys(path)):
             by_key.setdefault(spelling, []).append(i)
     chosen: dict[int, tuple[str, int]] = {}
+    checks: set[int] = set()
     skipped = 0
     for line, cells in lines:
         name, video = cells.get("class", ""), cells.get(key, "")
         if not name:
             skipped += 1
             continue
+        checked = cells.get("check", "").lower() in CHECK_MARKS
         rows = by_key.get(video) or (by_key.get(os.path.normpath(video)) if key == "path" else None)
         if not rows and key == "path":
             rows = by_key.get(str(Path(video).resolve()))
@@ -130,6 +135,8 @@ def read_given_labels(given: str | Path, archive: Archive) -> GivenLabels:
                 raise SpreadError(f"{given}:{line}: {archive.ids[i]} is given class {name!r} here and "
                                   f"{chosen[i][0]!r} on line {chosen[i][1]}; keep one")
             chosen.setdefault(i, (name, line))
+            if checked:
+                checks.add(i)
     names = sorted({name for name, _ in chosen.values()})
     first_line = {name: min(line for n, line in chosen.values() if n == name) for name in names}
     spelled: dict[str, str] = {}
@@ -144,7 +151,8 @@ def read_given_labels(given: str | Path, archive: Archive) -> GivenLabels:
                           "label a video of another kind (reports/label_next.csv suggests which)")
     index = np.array(sorted(chosen), dtype=np.int64)
     label = np.array([names.index(chosen[i][0]) for i in index], dtype=np.int64)
-    return GivenLabels(index=index, label=label, names=names, rows_without_class=skipped)
+    return GivenLabels(index=index, label=label, names=names, rows_without_class=skipped,
+                       check=np.isin(index, sorted(checks)) if "check" in header else None)
 
 
 @dataclass(frozen=True)
@@ -244,6 +252,32 @@ def leave_one_out_accuracy(unit: np.ndarray, given: GivenLabels) -> float | None
     return float((named == given.label)[counted].mean())
 
 
+def checked_accuracy(unit: np.ndarray, given: GivenLabels) -> dict[str, Any] | None:
+    """The share of the random checks (videos label_next drew at random, then labelled) named rightly by all the
+    other labels, with its 95% Wilson interval: an estimate of the share of all videos named rightly, unbiased
+    where the leave-one-out share is not, because the suggestions never steer around a check. None without checks."""
+    if given.check is None or not given.check.any():
+        return None
+    rows = np.flatnonzero(given.check)
+    sims = unit[given.index[rows]] @ unit[given.index].T
+    sims[np.arange(len(rows)), rows] = -np.inf  # a check is named by the others, never by itself
+    right = int((given.label[np.argmax(sims, axis=1)] == given.label[rows]).sum())
+    n, z = len(rows), 1.96
+    share = right / n
+    centre = (share + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(share * (1 - share) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return {"checks": n, "right": right, "share": round(share, 4),
+            "interval": [round(float(max(0.0, centre - half)), 4), round(float(min(1.0, centre + half)), 4)]}
+
+
+def random_checks(archive: Archive, taken: set[int], count: int, seed: int) -> list[tuple[int, str]]:
+    """`count` videos drawn at random (seeded by `seed`: each round draws anew) from those not in `taken`, each
+    with why: once labelled, they measure how often videos are named rightly."""
+    free = np.setdiff1d(np.arange(len(archive.ids)), np.array(sorted(taken), dtype=np.int64))
+    drawn = np.random.default_rng(seed).choice(free, min(count, len(free)), replace=False)
+    return [(int(i), "a random check: labelled, it measures how often videos are named rightly") for i in drawn]
+
+
 def finer_groups(archive: Archive, labelled: np.ndarray, count: int, seed: int = 7) -> tuple[np.ndarray, np.ndarray]:
     """The archive split by k-means into as many groups as there will be labels after this round (labelled +
     `count`), with each video's rank by typicality: the groups a next round should reach. (groups, rank)."""
@@ -255,10 +289,13 @@ def finer_groups(archive: Archive, labelled: np.ndarray, count: int, seed: int =
 
 
 def label_next(archive: Archive, labelled: np.ndarray, margin: np.ndarray | None, count: int,
-               finer: tuple[np.ndarray, np.ndarray] | None = None) -> list[tuple[int, str]]:
+               finer: tuple[np.ndarray, np.ndarray] | None = None,
+               exclude: set[int] | None = None) -> list[tuple[int, str]]:
     """Up to `count` (video, why) to label next: the most typical video of each group no label reaches, largest
     group first (the clusters stage's groups; with `finer`, those of `finer_groups`), then the unlabelled videos
-    whose two likeliest classes are closest (`margin`, when labels exist)."""
+    whose two likeliest classes are closest (`margin`, when labels exist). `exclude`: videos labelled but not
+    counted as reaching their group (the random checks), never suggested."""
+    exclude = exclude or set()
     groups, rank = finer if finer is not None else (archive.group, archive.rank)
     where = "a group of similar videos" if finer is not None else "group {}"
     covered = set(groups[labelled].tolist())
@@ -266,10 +303,10 @@ def label_next(archive: Archive, labelled: np.ndarray, margin: np.ndarray | None
     picks: list[tuple[int, str]] = []
     typical = np.flatnonzero(rank == 0)
     for i in typical[np.argsort(-sizes[groups[typical]], kind="stable")]:
-        if groups[i] not in covered and len(picks) < count:
+        if groups[i] not in covered and int(i) not in exclude and len(picks) < count:
             picks.append((int(i), f"the most typical video of {where.format(groups[i])}, where no video is labelled"))
     if margin is not None:
-        taken = set(labelled.tolist()) | {i for i, _ in picks}
+        taken = set(labelled.tolist()) | exclude | {i for i, _ in picks}
         for i in np.argsort(margin, kind="stable"):
             if len(picks) >= count:
                 break
@@ -295,10 +332,11 @@ UNSURE_MARGIN = 0.05  # below it, the two likeliest classes' nearest labelled vi
 
 def spread_archive(*, embeddings: str | Path, clusters_table: str | Path, given: str | Path, suggest: int,
                    table: str | Path, next_table: str | Path, page: str | Path, frames_dir: str | Path,
-                   manifest: str | Path) -> dict[str, Any]:
+                   manifest: str | Path, checks: int = 0) -> dict[str, Any]:
     """The stage: read the archive and the user's labels (none when `given` is absent), name every video by its
     most similar labelled video, write every video's class (`table`: given ones first in each class, then the
-    surest), what to label next (`next_table`, and `page` with thumbnails); returns the report."""
+    surest), what to label next (`next_table`, and `page` with thumbnails; `checks` of the `suggest` drawn at
+    random, marked in its check column); returns the report."""
     archive = load_archive(embeddings, clusters_table)
     n = len(archive.ids)
     report: dict[str, Any] = {"given_file": str(given), "videos": n}
@@ -308,6 +346,7 @@ def spread_archive(*, embeddings: str | Path, clusters_table: str | Path, given:
     guess, source, like, runner_up = blank.copy(), blank.copy(), blank.copy(), blank.copy()
     similarity, margin = np.zeros(n), None
     labelled = np.zeros(0, dtype=np.int64)
+    checked = np.zeros(0, dtype=bool)
     if labels is None or not len(labels.index):
         report["note"] = (f"no labels in {given} yet: fill in the class column of {next_table} (each group's most "
                           f"typical video; {page} shows them), save it as {given}, then `dvc repro`")
@@ -322,6 +361,7 @@ def spread_archive(*, embeddings: str | Path, clusters_table: str | Path, given:
         source[labels.index] = "given"
         like[labels.index] = ""
         labelled = labels.index
+        checked = labels.check if labels.check is not None else np.zeros(len(labelled), dtype=bool)
         rest = source == "nearest"
         report.update({
             "rows_without_class": labels.rows_without_class, "classes": len(labels.names),
@@ -329,6 +369,9 @@ def spread_archive(*, embeddings: str | Path, clusters_table: str | Path, given:
                           for c, name in enumerate(labels.names)},
             "unsure_share": round(float((margin[rest] < UNSURE_MARGIN).mean()), 4) if rest.any() else None,
             "leave_one_out_accuracy": leave_one_out_accuracy(archive.unit, labels)})
+        measured = checked_accuracy(archive.unit, labels)
+        if measured is not None:
+            report["checked"] = measured
         if report["leave_one_out_accuracy"] is None:
             report["note"] = (f"{len(labels.index)} labels: too few to estimate the accuracy (it needs "
                               f"{MIN_FOR_ESTIMATE} videos of classes labelled more than once); label the videos "
@@ -343,16 +386,30 @@ def spread_archive(*, embeddings: str | Path, clusters_table: str | Path, given:
         [archive.ids[i], guess[i], source[i], like[i], f"{similarity[i]:.4f}" if named_rows[i] else "",
          runner_up[i] if named_rows[i] else "", f"{margin[i]:.4f}" if named_rows[i] else "", archive.group[i],
          archive.split[i], archive.path[i], archive.start_s[i], archive.end_s[i]] for i in order]))
-    finer = finer_groups(archive, labelled, suggest) if len(labelled) else None
-    picks = label_next(archive, labelled, margin, suggest, finer)
+    drawn = min(checks, suggest)
+    reaching = labelled[~checked]  # a random check does not count as reaching its group: nothing steers round it
+    finer = finer_groups(archive, reaching, suggest - drawn) if len(labelled) and suggest > drawn else None
+    picks = label_next(archive, reaching, margin, suggest - drawn, finer, exclude=set(labelled.tolist()))
+    random_picks = random_checks(archive, set(labelled.tolist()) | {i for i, _ in picks}, drawn, seed=len(labelled))
+    picks += random_picks
+    is_check = {i for i, _ in random_picks}
     report["next_table"] = str(_write_csv(next_table, LABEL_NEXT_COLUMNS, [
         [archive.ids[i], "", guess[i], f"{margin[i]:.4f}" if margin is not None else "", why,
-         archive.group[i], archive.path[i], archive.start_s[i], archive.end_s[i]] for i, why in picks]))
+         "yes" if i in is_check else "", archive.group[i], archive.path[i], archive.start_s[i], archive.end_s[i]]
+        for i, why in picks]))
     report["suggested"] = len(picks)
     report["label_next"] = [{"video_id": str(archive.ids[i]), "why": why} for i, why in picks[:10]]
     shown = _write_next_page(page, report, archive, picks, guess, like, frames_dir, manifest)
     report["html"], report["missing_thumbnails"] = shown["path"], shown["missing_thumbnails"]
     return report
+
+
+def checked_line(checked: Mapping[str, Any]) -> str:
+    """The random checks' measurement in words: 'the other labels name 15 of 20 random checks rightly (75%, 95%
+    interval 53-89%)'."""
+    low, high = checked["interval"]
+    return (f"the other labels name {checked['right']} of {checked['checks']} random checks rightly "
+            f"({100 * checked['share']:.0f}%, 95% interval {100 * low:.0f}-{100 * high:.0f}%)")
 
 
 def _write_next_page(out: str | Path, report: Mapping[str, Any], archive: Archive, picks: list[tuple[int, str]],
@@ -375,6 +432,8 @@ def _write_next_page(out: str | Path, report: Mapping[str, Any], archive: Archiv
         if estimate is not None:
             state += (f"; {100 * estimate:.0f}% of your labelled videos are named rightly from the others (on "
                       "ucf101_6 this ran below the share of the rest named rightly)")
+        if "checked" in report:
+            state += "; " + checked_line(report["checked"])
     else:
         state = "no video is labelled yet: these are the groups' most typical videos"
     page = (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Videos to label next</title>'

@@ -29,10 +29,12 @@ def test_rounds_start_from_every_group_and_add_twenty_labels_each(tmp_path: Path
     groups = int(archive.group.max()) + 1  # FINCH's first partition: fewer than 20 groups on 60 videos
     ways = simulate(archive, truth, rounds=2, draws=2, seed=7)
     assert set(ways) == set(WAYS)
-    assert all([r["labelled"] for r in ways[way]] == [groups, groups + 20] for way in WAYS)
+    assert all([r["labelled"] for r in ways[way]] == [groups, groups + 20] for way in WAYS if way != "with_checks")
+    assert [r["labelled"] for r in ways["with_checks"]] == [16 + 4, 40]  # 16 groups' typical videos, 4 checks
     stage = ways["stage"]
     assert stage[0]["test_accuracy"] == stage[0]["trainval_accuracy"] == 1.0  # separated classes: all right
     assert stage[1]["estimate"] == 1.0 and ways["label_spreading"][0]["estimate"] is None
+    assert ways["with_checks"][1]["estimate"] == 1.0 == ways["with_checks"][1]["rest_accuracy"]  # 8 checks, right
 
 
 def test_measured_counts_only_videos_not_labelled_and_splits_them_by_sureness() -> None:

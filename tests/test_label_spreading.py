@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from slic.label_spreading import (Archive, GivenLabels, SpreadError, finer_groups, label_next, leave_one_out_accuracy,
-                                  name_by_nearest, read_given_labels)
+from slic.label_spreading import (Archive, GivenLabels, SpreadError, checked_accuracy, finer_groups, label_next,
+                                  leave_one_out_accuracy, name_by_nearest, random_checks, read_given_labels)
 from slic.retrieval import normalize_rows
 from tests.conftest import run_stage_in
 from tests.test_archive_clusters import _stage, separated
@@ -97,6 +97,37 @@ def test_leave_one_out_accuracy_names_each_labelled_video_from_the_others_and_wa
     assert leave_one_out_accuracy(unit, few) is None
 
 
+def test_random_checks_are_named_by_the_other_labels_with_a_wilson_interval(tmp_path: Path) -> None:
+    x, truth = separated(classes=3, per_class=8)
+    unit = normalize_rows(x).astype(np.float64)
+    check = np.zeros(24, dtype=bool)
+    check[[5, 13, 20]] = True  # one check per class, each named rightly by its class's other labels
+    given = GivenLabels(index=np.arange(24), label=np.where(np.arange(24) == 6, 1, truth), names=["a", "b", "c"],
+                        rows_without_class=0, check=check)  # video 6 mislabelled: not a check, changes nothing
+    measured = checked_accuracy(unit, given)
+    assert (measured["checks"], measured["right"], measured["share"]) == (3, 3, 1.0)
+    assert measured["interval"] == pytest.approx([0.4385, 1.0], abs=1e-4)  # Wilson, 3 of 3
+    alone = GivenLabels(index=np.array([0, 8, 16, 1]), label=np.array([0, 1, 2, 1]), names=["a", "b", "c"],
+                        rows_without_class=0, check=np.array([False, False, False, True]))  # a wrong check
+    assert checked_accuracy(unit, alone)["right"] == 0
+    assert checked_accuracy(unit, GivenLabels(np.arange(3), truth[:3], ["a", "b", "c"], 0)) is None  # no column
+    # The check column of a given file: marked rows are checks, in any usual spelling.
+    archive = archive_of(x, truth)
+    labels = read_given_labels(write(tmp_path / "g.csv", "video_id,class,check\nv0,a,\nv8,b,Yes\nv16,c,x\n"),
+                               archive)
+    assert labels.check.tolist() == [False, True, True]
+    picks = random_checks(archive, {0, 8, 16}, 5, seed=3)
+    assert len({i for i, _ in picks}) == 5 and not {i for i, _ in picks} & {0, 8, 16}
+    assert picks == random_checks(archive, {0, 8, 16}, 5, seed=3) and "a random check" in picks[0][1]
+
+
+def test_a_random_check_does_not_reach_its_group_so_its_groups_typical_video_is_still_suggested() -> None:
+    x, truth = separated(classes=3, per_class=4)
+    archive = archive_of(x, truth)  # groups 0, 1, 2: their most typical videos are 0, 4, 8
+    picks = label_next(archive, np.array([0]), None, 3, exclude={0, 5})  # 5: a check in group 1
+    assert [i for i, _ in picks] == [4, 8]
+
+
 def test_label_next_starts_with_groups_no_label_reaches_then_the_least_sure() -> None:
     x, truth = separated(classes=3, per_class=4)
     archive = archive_of(x, truth)  # groups 0, 1, 2: their most typical videos are 0, 4, 8
@@ -173,6 +204,26 @@ def test_stage_spreads_the_given_classes_to_every_video_and_logs_a_run(tiny_mani
     run = next(r for r in result["runs"] if r.data.tags["slic.stage"] == "spread_labels")
     assert run.data.metrics["given"] == len(with_class) and run.data.metrics["agreement_with_manifest"] == 1.0
     assert "100% of the labelled videos are named rightly from the others" in result["stdout"]
+
+
+def test_stage_with_checks_lists_random_ones_and_measures_them_once_labelled(tiny_manifest: Any,
+                                                                          tmp_path: Path) -> None:
+    assert _stage(tiny_manifest, tmp_path, params="spread_labels:\n  suggest: 5\n  checks: 2\n")["code"] == 0
+    result = run_stage_in(tmp_path, "spread-labels")
+    assert result["code"] == 0, result["stderr"]
+    with (tmp_path / "reports/label_next.csv").open(newline="") as handle:
+        listed = list(csv.DictReader(handle))
+    assert [row["check"] for row in listed] == ["", "", "", "yes", "yes"]  # 3 groups' typical videos, 2 drawn
+    (tmp_path / "labels").mkdir()
+    write(tmp_path / "labels/given.csv", "video_id,class,check\n" + "".join(
+        f"{row['video_id']},{row['video_id'].split('/')[0]},{row['check']}\n" for row in listed))
+    result = run_stage_in(tmp_path, "spread-labels")
+    assert result["code"] == 0, result["stderr"]
+    report = json.loads((tmp_path / "reports/spread_labels.json").read_text())
+    assert report["checked"]["checks"] == 2 and report["checked"]["share"] == 1.0  # separated classes
+    assert "the other labels name 2 of 2 random checks rightly (100%, 95% interval" in result["stdout"]
+    run = next(r for r in result["runs"] if r.data.tags["slic.stage"] == "spread_labels")
+    assert run.data.metrics["checked_share"] == 1.0 and run.data.metrics["checks"] == 2
 
 
 def test_stage_names_a_bad_row_and_a_missing_clusters_table(tiny_manifest: Any, tmp_path: Path) -> None:
