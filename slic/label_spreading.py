@@ -173,17 +173,26 @@ def name_by_nearest(unit: np.ndarray, index: np.ndarray, label: np.ndarray, clas
     """Every row of `unit` named by its most cosine-similar labelled row (`index`, with class numbers `label`), in
     blocks of rows so an archive of any size fits in memory. A labelled row finds itself. With one class, the
     runner-up is that class and the margin its similarity plus one."""
+    named = name_by_vectors(unit, unit[index], label, classes, block=block)
+    return Named(label=named.label, source=index[named.source], similarity=named.similarity,
+                 runner_up=named.runner_up, margin=named.margin)
+
+
+def name_by_vectors(unit: np.ndarray, labelled: np.ndarray, label: np.ndarray, classes: int, *,
+                    block: int = 4096) -> Named:
+    """`name_by_nearest` against labelled unit vectors given apart (`labelled`, class numbers `label`): `source`
+    is then a position in `labelled`. What names a query that is not a video of the archive."""
     n = len(unit)
     best = np.full((n, classes), -np.inf)
     source = np.zeros((n, classes), dtype=np.int64)
     members_of = [np.flatnonzero(label == c) for c in range(classes)]
     for start in range(0, n, block):
-        sims = unit[start:start + block] @ unit[index].T
+        sims = unit[start:start + block] @ labelled.T
         for c, members in enumerate(members_of):
             if len(members):
                 at = np.argmax(sims[:, members], axis=1)
                 best[start:start + block, c] = sims[np.arange(len(sims)), members[at]]
-                source[start:start + block, c] = index[members[at]]
+                source[start:start + block, c] = members[at]
     order = np.argsort(-best, axis=1, kind="stable")
     top, second = order[:, 0], order[:, 1] if classes > 1 else order[:, 0]
     rows = np.arange(n)
@@ -230,12 +239,20 @@ def labelled_vectors(table: str | Path, embeddings: str | Path) -> LabelledVecto
 def name_queries(queries: np.ndarray, labelled: LabelledVectors) -> list[dict[str, Any]]:
     """Each query vector named as the stage names an archive video: the class of its most similar labelled
     video, that video, the similarity, the runner-up class and the margin."""
-    unit = np.concatenate([normalize_rows(queries).astype(np.float64), labelled.unit])
-    named = name_by_nearest(unit, np.arange(len(queries), len(unit)), labelled.label, len(labelled.names))
-    return [{"class": labelled.names[named.label[i]], "like": str(labelled.ids[named.source[i] - len(queries)]),
+    named = name_by_vectors(normalize_rows(queries).astype(np.float64), labelled.unit, labelled.label,
+                            len(labelled.names))
+    return [{"class": labelled.names[named.label[i]], "like": str(labelled.ids[named.source[i]]),
              "similarity": round(float(named.similarity[i]), 4),
              "runner_up": labelled.names[named.runner_up[i]] if len(labelled.names) > 1 else None,
              "margin": round(float(named.margin[i]), 4)} for i in range(len(queries))]
+
+
+def named_by_the_others(unit: np.ndarray, given: GivenLabels, rows: np.ndarray) -> np.ndarray:
+    """The class numbers the other labelled videos give the labelled videos at positions `rows` of `given` (each
+    by its most similar labelled video but itself): how the leave-one-out share and the checks are measured."""
+    sims = unit[given.index[rows]] @ unit[given.index].T
+    sims[np.arange(len(rows)), rows] = -np.inf
+    return given.label[np.argmax(sims, axis=1)]
 
 
 def leave_one_out_accuracy(unit: np.ndarray, given: GivenLabels) -> float | None:
@@ -243,13 +260,10 @@ def leave_one_out_accuracy(unit: np.ndarray, given: GivenLabels) -> float | None
     labels. A video whose class has no other label cannot be named rightly and is not counted (a class labelled
     once); None below MIN_FOR_ESTIMATE counted videos."""
     counts = np.bincount(given.label, minlength=len(given.names))
-    counted = counts[given.label] > 1
-    if counted.sum() < MIN_FOR_ESTIMATE:
+    rows = np.flatnonzero(counts[given.label] > 1)
+    if len(rows) < MIN_FOR_ESTIMATE:
         return None
-    sims = unit[given.index] @ unit[given.index].T
-    np.fill_diagonal(sims, -np.inf)
-    named = given.label[np.argmax(sims, axis=1)]
-    return float((named == given.label)[counted].mean())
+    return float((named_by_the_others(unit, given, rows) == given.label[rows]).mean())
 
 
 def checked_accuracy(unit: np.ndarray, given: GivenLabels) -> dict[str, Any] | None:
@@ -259,9 +273,7 @@ def checked_accuracy(unit: np.ndarray, given: GivenLabels) -> dict[str, Any] | N
     if given.check is None or not given.check.any():
         return None
     rows = np.flatnonzero(given.check)
-    sims = unit[given.index[rows]] @ unit[given.index].T
-    sims[np.arange(len(rows)), rows] = -np.inf  # a check is named by the others, never by itself
-    right = int((given.label[np.argmax(sims, axis=1)] == given.label[rows]).sum())
+    right = int((named_by_the_others(unit, given, rows) == given.label[rows]).sum())
     n, z = len(rows), 1.96
     share = right / n
     centre = (share + z * z / (2 * n)) / (1 + z * z / n)
