@@ -403,6 +403,7 @@ def run_spread_labels(config: Any) -> dict[str, Any]:
     """Stage `spread_labels`: every grouped video named by its most similar video of spread_labels.given, and the
     videos to label next; with labels, an MLflow run with the leave-one-out share, both tables and the page."""
     from slic.config import to_dict
+    from slic.data.datasets import is_within
     from slic.label_spreading import LABELS_FOLDER, checked_line, spread_archive
     from slic.tracking import stage_run
 
@@ -411,8 +412,7 @@ def run_spread_labels(config: Any) -> dict[str, Any]:
                             given=cfg.given, suggest=cfg.suggest, table=cfg.table, next_table=cfg.next_table,
                             page=cfg.html, frames_dir=config.extract.out, manifest=config.extract.manifest,
                             checks=cfg.checks)
-    folder, watched = Path(cfg.given).resolve().parent, Path(LABELS_FOLDER).resolve()
-    if folder != watched and watched not in folder.parents:
+    if not is_within(cfg.given, LABELS_FOLDER):
         report["watch_note"] = (f"spread_labels.given {cfg.given} is outside {LABELS_FOLDER}/, the folder dvc.yaml "
                                 "watches: after editing it run `dvc repro --single-item --force spread_labels`")
         print(f"spread_labels: note: {report['watch_note']}")

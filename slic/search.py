@@ -313,25 +313,21 @@ def _span(hit: dict[str, Any]) -> str:
     return "" if hit.get("start_s") is None else f" [{time_span(hit['start_s'], hit['end_s'])}]"
 
 
-def params_defaults(params: str) -> tuple[tuple[str, ...], str, int]:
-    """Video extensions, index folder and decoding workers (embed.workers) from params.yaml (the built-in
-    defaults when there is no file)."""
+def params_defaults(params: str) -> tuple[tuple[str, ...], str, int, str]:
+    """Video extensions, index folder, decoding workers (embed.workers) and the spread_labels table from
+    params.yaml (the built-in defaults when there is no file)."""
     from slic.config import Config, load
 
     config = load(params) if Path(params).is_file() else Config()
-    return config.manifest.extensions, config.index.out, config.embed.workers
+    return config.manifest.extensions, config.index.out, config.embed.workers, config.spread_labels.table
 
 
-def query_namer(params: str, loaded: LoadedIndex, model: str,
+def query_namer(labels_table: str, loaded: LoadedIndex, model: str,
                 warn: Callable[[str], None]) -> Callable[[np.ndarray], list[dict[str, Any]]] | None:
-    """What names each query by the videos the user labelled (the spread_labels stage's table, spread_labels.table,
-    its given rows with their vectors from the embeddings the index was built from), as that stage names an
-    archive video; None when nothing is labelled. A query embedded by another encoder than the index's (--model)
-    is not named."""
-    from slic.config import Config, load
-
-    config = load(params) if Path(params).is_file() else Config()
-    table = Path(config.spread_labels.table)
+    """What names each query by the videos the user labelled (the spread_labels stage's `labels_table`, its given
+    rows with their vectors from the embeddings the index was built from), as that stage names an archive video;
+    None when nothing is labelled. A query embedded by another encoder than the index's (--model) is not named."""
+    table = Path(labels_table)
     base = loaded.meta.get("base_dir")
     if not table.is_absolute() and not table.is_file() and base:  # searched from outside the checkout
         table = Path(base) / table
@@ -396,7 +392,7 @@ def run_search(argv: list[str], params: str = "params.yaml") -> int:
         print(f"slic search: {line}", file=sys.stderr)
 
     try:
-        extensions, index_dir, workers = params_defaults(params)
+        extensions, index_dir, workers, labels_table = params_defaults(params)
         loaded = load_index(args.index or index_dir)
         videos = find_videos(args.path, extensions)
         spans = _query_spans(args, videos)
@@ -409,7 +405,7 @@ def run_search(argv: list[str], params: str = "params.yaml") -> int:
                                         workers if args.workers is None else args.workers, spans=spans,
                                         other_files=args.other_files, per_file=args.per_file,
                                         other_recordings=args.other_recordings, per_recording=args.per_recording,
-                                        namer=query_namer(params, loaded, args.model, warn))
+                                        namer=query_namer(labels_table, loaded, args.model, warn))
     except (ConfigError, IndexBuildError, SearchUsageError) as exc:
         warn(f"error: {exc}")
         return 2

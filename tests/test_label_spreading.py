@@ -230,6 +230,12 @@ def test_stage_names_a_bad_row_and_a_missing_clusters_table(tiny_manifest: Any, 
     result = _spread_stage(tiny_manifest, tmp_path, "video_id,class\nnot/a_video,run\n")
     assert result["code"] == 2
     assert "labels/given.csv:2: video_id 'not/a_video' is not among the 24 grouped videos" in result["stderr"]
+    params = tmp_path / "params.yaml"  # a given file outside labels/: DVC does not watch it, and the stage says so
+    params.write_text(params.read_text() + "spread_labels:\n  given: elsewhere/given.csv\n")
+    result = run_stage_in(tmp_path, "spread-labels")
+    assert result["code"] == 0, result["stderr"]
+    assert ("note: spread_labels.given elsewhere/given.csv is outside labels/, the folder dvc.yaml watches: after "
+            "editing it run `dvc repro --single-item --force spread_labels`") in result["stdout"]
     (tmp_path / "reports/clusters.csv").unlink()
     result = run_stage_in(tmp_path, "spread-labels")
     assert result["code"] == 2 and "reports/clusters.csv not found: the clusters stage writes it" in result["stderr"]

@@ -307,15 +307,18 @@ def list_videos(config: ManifestConfig) -> tuple[list[str], list[Entry]]:
 SPLIT_FILE_LAYOUTS = ("ucf101", "synthetic", "hmdb51", "kinetics", "csv")  # the layouts that read splits_dir
 
 
+def is_within(path: str | Path, folder: str | Path) -> bool:
+    """Whether `path` is `folder` or lies under it (both resolved): what a DVC dependency on `folder` watches."""
+    path, folder = Path(path).resolve(), Path(folder).resolve()
+    return path == folder or folder in path.parents
+
+
 def unwatched_splits_advice(root: str, layout: str, splits_dir: str, stage: str = "manifest",
                             key: str = "manifest.splits_dir") -> str:
     """A line saying that DVC does not watch a splits_dir outside the root (`key`): dvc.yaml can only list the root,
     so an edited labels.csv or split file there would leave `stage` stale without a word. Empty when the folder is the
     root or under it, or when the layout reads no split files."""
-    if layout not in SPLIT_FILE_LAYOUTS or not splits_dir:
-        return ""
-    folder, top = Path(splits_dir).resolve(), Path(root).resolve()
-    if folder == top or top in folder.parents:
+    if layout not in SPLIT_FILE_LAYOUTS or not splits_dir or is_within(splits_dir, root):
         return ""
     return (f"{key} {splits_dir} is outside the root {root}: DVC does not watch its files, so after editing one "
             f"run `dvc repro --single-item --force {stage}`, then `dvc repro` (or keep them under the root, which "
