@@ -3,6 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -129,14 +137,6 @@ def test_champion_loads_from_registry_and_embeds_a_real_video(store: Path) -> No
 def test_the_champion_served_over_rest_embeds_files_and_names_the_one_it_cannot_decode(store: Path) -> None:
     """`mlflow models serve -m models:/slic-encoder@champion` (a real scoring server): a POST of paths gives the
     embeddings the registry's model gives in process; a corrupt file is a 400 whose message names it."""
-    import os
-    import socket
-    import subprocess
-    import sys
-    import time
-    import urllib.error
-    import urllib.request
-
     from slic.tracking import tracking_uri
 
     videos = sorted(SHARED_VIDEOS.rglob("*.avi"))[:2]
@@ -146,13 +146,9 @@ def test_the_champion_served_over_rest_embeds_files_and_names_the_one_it_cannot_
     checkpoint, report = make_candidate(store / "a", 0.5, 1)
     promote(PromoteConfig(checkpoint=str(checkpoint)), report)
     expected = embed_videos(videos, "models:/slic-encoder@champion")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri(), "OMP_NUM_THREADS": "1"}
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/slic-encoder@champion",
-                               "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    log = store / "serve.log"
+    server, port = serve_champion(env, log)
 
     def post(paths: list[Path]) -> tuple[int, dict]:
         body = json.dumps({"dataframe_split": {"columns": ["path"], "data": [[str(p)] for p in paths]}}).encode()
@@ -165,14 +161,6 @@ def test_the_champion_served_over_rest_embeds_files_and_names_the_one_it_cannot_
             return error.code, json.loads(error.read())
 
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
-                    break
-            except OSError:
-                assert server.poll() is None and time.monotonic() < deadline, "the scoring server did not start"
-                time.sleep(0.5)
         status, answer = post(videos)
         assert status == 200
         np.testing.assert_allclose(np.array(answer["predictions"], dtype=np.float32), expected, rtol=1e-4, atol=1e-5)
@@ -180,8 +168,7 @@ def test_the_champion_served_over_rest_embeds_files_and_names_the_one_it_cannot_
         assert status == 400 and f"{corrupt}: cannot decode video" in answer["message"]
         assert "other files were not embedded" in answer["message"]
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        stop_group(server)
 
 
 def test_promote_stage_writes_promotion_report(store: Path) -> None:
@@ -281,3 +268,40 @@ def test_the_reason_names_the_rates_when_the_champion_was_trained_at_another_ext
                                       "candidate's 25 fps (extract.fps)")
     assert rate_note(0.0, "29.97") == ("; the champion was trained on 29.97 fps and is measured here on the "
                                        "candidate's native frames (extract.fps)")
+
+
+def serve_champion(env: dict[str, str], log: Path, tries: int = 3) -> tuple[subprocess.Popen, int]:
+    """Start `mlflow models serve` on the champion and wait for its /ping. A free port is probed and released
+    before the server binds it, so another test may take it meanwhile: only that failure is retried on a new
+    port; any other exit fails with the server's own log."""
+    for _ in range(tries):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m",
+                                   "models:/slic-encoder@champion", "--env-manager", "local", "-h", "127.0.0.1",
+                                   "-p", str(port)], env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+        deadline = time.monotonic() + 120
+        while server.poll() is None and time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
+                    return server, port
+            except OSError:
+                time.sleep(0.5)
+        stop_group(server)
+        text = log.read_text()
+        if "address already in use" not in text.lower():
+            raise AssertionError(f"the scoring server did not start (exit {server.returncode}):\n{text[-3000:]}")
+    raise AssertionError(f"port taken {tries} times in a row:\n{text[-3000:]}")
+
+
+def stop_group(process: subprocess.Popen) -> None:
+    """Stop a process started in its own session, and the workers it spawned."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
