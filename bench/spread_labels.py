@@ -25,6 +25,7 @@ seeds, and per round the per-seed paired differences of test accuracy (stage - e
 
     python bench/spread_labels.py            # reuses bench/real.py's cells in data/bench/real
     python bench/spread_labels.py --seeds 7 --rows slic --rounds 2
+    python bench/spread_labels.py --markdown   # the docs' tables and figures from the stored report, no rerun
 """
 
 from __future__ import annotations
@@ -50,6 +51,11 @@ PER_ROUND = 20  # params.yaml's spread_labels.suggest
 WAYS = ("stage", "with_checks", "label_spreading", "linear_probe", "least_sure", "random_picks")
 CHECKS = 4  # with_checks: of each round's 20, drawn at random (spread_labels.checks)
 KEYS = ("test_accuracy", "trainval_accuracy", "rest_accuracy", "estimate", "surer_half", "less_sure_half")
+TRAINED = ("intra_video", "slic", "slic_video")  # the docs' pooled figures: the encoders trained without labels
+WAY_NAMES = {"stage": "stage: these suggestions, nearest labelled",
+             "with_checks": f"stage with `checks: {CHECKS}` ({PER_ROUND - CHECKS} suggested + {CHECKS} random a round)",
+             "label_spreading": "same picks, label spreading", "linear_probe": "same picks, logistic regression",
+             "least_sure": "least sure picks, nearest labelled", "random_picks": "random picks, nearest labelled"}
 
 
 def archive_from(embeddings: Path) -> tuple[Any, np.ndarray]:
@@ -183,15 +189,89 @@ def simulate(archive: Any, truth: np.ndarray, *, rounds: int, draws: int, seed: 
     return out
 
 
+def pooled(report: dict[str, Any], way: str, key: str, at: int, rows: tuple[str, ...] = TRAINED) -> float:
+    """Mean of `key` for `way` at round `at` over the runs (encoder x seed) of `rows`."""
+    return float(np.mean([e[way][at][key] for e in report["encoders"] if e["row"] in rows]))
+
+
+def paired(report: dict[str, Any], way: str, at: int, key: str = "test_accuracy",
+           rows: tuple[str, ...] = TRAINED) -> str:
+    """'+m ± s (w of n)': the stage minus `way` at round `at`, in points, over the runs of `rows`."""
+    diffs = np.array([e["stage"][at][key] - e[way][at][key] for e in report["encoders"] if e["row"] in rows]) * 100
+    return f"{diffs.mean():+.1f} ± {diffs.std(ddof=1):.1f} ({int((diffs > 0).sum())} of {len(diffs)})"
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The docs' tables (docs/experiments.md, docs/pipeline.md) and the figures their text quotes, from a report."""
+    rounds = range(report["rounds"])
+    last, rows, summary = report["rounds"] - 1, report["rows"], report["row_summary"]
+    labels = [summary[rows[0]]["stage"][r]["labelled"] for r in rounds]
+    lines = ["| encoder | labelled by, named by | " + " | ".join(map(str, labels)) + " | train+val "
+             + " | ".join(str(labels[r]) for r in (0, last // 2, last)) + " |", "|---" * (len(labels) + 5) + "|"]
+    for row in rows:
+        for way in WAYS:
+            cells = summary[row][way]
+            lines.append(f"| {row} | {WAY_NAMES[way]} | " + " | ".join(
+                f"{c['test_accuracy']['mean'] * 100:.1f} ± {c['test_accuracy']['std'] * 100:.1f}" for c in cells)
+                + " | " + " | ".join(f"{cells[r]['trainval_accuracy']['mean'] * 100:.1f}" for r in (0, last // 2, last))
+                + " |")
+    lines += ["", "| labelled videos | " + " | ".join(map(str, labels)) + " |", "|---" * (len(labels) + 1) + "|",
+              "| test videos named rightly, % (mean over the three encoders) | "
+              + " | ".join(f"{pooled(report, 'stage', 'test_accuracy', r) * 100:.1f}" for r in rounds) + " |"]
+    for way, text in (("random_picks", "these suggestions minus as many random videos, points (9 paired runs)"),
+                      ("label_spreading", "naming by the nearest labelled video minus label spreading over the "
+                                          "neighbour graph"),
+                      ("linear_probe", "naming by the nearest labelled video minus a logistic regression on the "
+                                       "embeddings")):
+        lines.append(f"| {text} | " + " | ".join(paired(report, way, r).split(" (")[0] for r in rounds) + " |")
+    per_encoder = [summary[row]["stage"][last]["test_accuracy"]["mean"] * 100 for row in TRAINED]
+    first = [summary[row]["stage"][0]["test_accuracy"]["mean"] * 100 for row in TRAINED]
+    lines += ["", f"figures at {labels[last]} labels unless said (trained encoders, runs paired by seed):",
+              f"- test named rightly: per encoder {min(per_encoder):.1f}-{max(per_encoder):.1f}; at {labels[0]}: "
+              f"{min(first):.1f}-{max(first):.1f}; random_init {summary['random_init']['stage'][last]['test_accuracy']['mean'] * 100:.1f} "
+              f"(at {labels[0]}: {summary['random_init']['stage'][0]['test_accuracy']['mean'] * 100:.1f})"
+              if "random_init" in summary else "",
+              "- train+val, pooled: " + ", ".join(f"{way} {pooled(report, way, 'trainval_accuracy', last) * 100:.1f}"
+                                                for way in WAYS),
+              f"- stage minus random at {labels[0]}: {paired(report, 'random_picks', 0)}; at {labels[last]}: "
+              f"{paired(report, 'random_picks', last)}",
+              *(f"- stage minus {way}: {paired(report, way, last)}" for way in WAYS[1:5]),
+              f"- margin, stage: surer half {pooled(report, 'stage', 'surer_half', last) * 100:.0f}, less sure "
+              f"{pooled(report, 'stage', 'less_sure_half', last) * 100:.0f}; random picks "
+              f"{pooled(report, 'random_picks', 'surer_half', last) * 100:.0f} and "
+              f"{pooled(report, 'random_picks', 'less_sure_half', last) * 100:.0f}",
+              *(f"- leave-one-out at {labels[r]}: {pooled(report, 'stage', 'estimate', r) * 100:.0f} against test "
+                f"{pooled(report, 'stage', 'test_accuracy', r) * 100:.0f}; random picks "
+                f"{pooled(report, 'random_picks', 'estimate', r) * 100:.0f} against "
+                f"{pooled(report, 'random_picks', 'test_accuracy', r) * 100:.0f}" for r in (0, last))]
+    for r in rounds:
+        error = np.array([e["with_checks"][r]["estimate"] - e["with_checks"][r]["rest_accuracy"]
+                          for e in report["encoders"] if e["row"] in TRAINED]) * 100
+        lines.append(f"- checks at {labels[r]} labels ({CHECKS * (r + 1)} checks): estimate minus truth "
+                     f"{error.mean():+.1f} on average, mean absolute error {np.abs(error).mean():.1f}")
+    lines.append(f"- with checks: test {pooled(report, 'with_checks', 'test_accuracy', last) * 100:.1f} against "
+                 f"{pooled(report, 'stage', 'test_accuracy', last) * 100:.1f}; train+val "
+                 f"{pooled(report, 'with_checks', 'trainval_accuracy', last) * 100:.1f} against "
+                 f"{pooled(report, 'stage', 'trainval_accuracy', last) * 100:.1f}")
+    return "\n".join(line for line in lines if line is not None)
+
+
 def parse_args(argv: list[str] | None) -> Any:
     parser = cells_parser(__doc__.splitlines()[0], list(DEFAULT_ROWS), DEFAULT_OUT)
     parser.add_argument("--rounds", type=int, default=5, help="rounds of 20 labels (5: up to 100 videos)")
     parser.add_argument("--draws", type=int, default=5, help="random_picks draws per round")
+    parser.add_argument("--markdown", action="store_true",
+                        help="print the docs' tables and figures from the report at --out, and stop")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.markdown:
+        import json
+
+        print(markdown(json.loads(Path(args.out).read_text())))
+        return
     config, world, work = open_bench(args, "bench/spread_labels.py")
     started = time.perf_counter()
     encoders: list[dict[str, Any]] = []

@@ -75,10 +75,10 @@ def typicality(unit: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.nda
 
 
 def group_embeddings(vectors: np.ndarray, *, method: str, groups: int, seed: int = 7,
-                     use_gpu: bool | None = None) -> Grouping:
+                     use_gpu: bool | None = None, n_init: int = 10) -> Grouping:
     """Group the videos' embeddings into `groups` (fewer when FINCH's first partition has fewer clusters, or there
     are fewer videos): `finch` merges its hierarchy's level above `groups` one closest pair at a time, `kmeans`
-    runs k-means."""
+    runs k-means (the best of `n_init` starts)."""
     if groups < 1:
         raise ValueError(f"groups must be >= 1, got {groups}")
     unit = l2_normalize(vectors)
@@ -90,7 +90,7 @@ def group_embeddings(vectors: np.ndarray, *, method: str, groups: int, seed: int
         labels, counts, level = finch_groups(unit, groups, use_gpu=use_gpu)
         level_counts = tuple(counts)
     elif method == "kmeans":
-        labels = kmeans(unit, min(groups, len(unit)), seed=seed, use_gpu=use_gpu)
+        labels = kmeans(unit, min(groups, len(unit)), n_init=n_init, seed=seed, use_gpu=use_gpu)
     else:
         raise ValueError(f"unknown method {method!r}; expected finch or kmeans")
     labels = largest_first(labels)

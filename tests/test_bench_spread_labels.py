@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.spread_labels import WAYS, archive_from, label_spreading, measured, simulate
+from bench.spread_labels import KEYS, WAYS, archive_from, label_spreading, markdown, measured, simulate
 
 pytest.importorskip("faiss")
 
@@ -58,3 +58,26 @@ def test_label_spreading_recovers_the_classes_from_one_label_each() -> None:
     unit /= np.linalg.norm(unit, axis=1, keepdims=True)
     shares = label_spreading(unit, np.array([0, 12, 24]), np.array([0, 1, 2]), 3, neighbours=5)
     assert np.allclose(shares.sum(axis=1), 1.0) and (shares.argmax(axis=1) == labels).all()
+
+
+def test_markdown_prints_the_docs_figures_from_a_report() -> None:
+    """The docs' numbers come from the report: a mean over the trained encoders' runs, and the stage's paired lead
+    with how many runs it wins."""
+    from bench.ablation import spread
+
+    rows, seeds = ["random_init", "intra_video", "slic", "slic_video"], [7, 8]
+    lead = {7: 0.10, 8: -0.02}  # the stage minus random picks, per seed, every trained encoder
+
+    def numbers(way: str, seed: int, at: int) -> dict[str, float]:
+        accuracy = 0.6 + 0.1 * at - (lead[seed] if way == "random_picks" else 0.0)
+        return {"labelled": 20 * (at + 1), **{key: accuracy for key in KEYS}}
+
+    encoders = [{"row": row, "seed": seed, **{way: [numbers(way, seed, at) for at in range(2)] for way in WAYS}}
+                for row in rows for seed in seeds]
+    summary = {row: {way: [{"labelled": 20 * (at + 1), **{key: spread(
+        [e[way][at][key] for e in encoders if e["row"] == row]) for key in KEYS}} for at in range(2)]
+        for way in WAYS} for row in rows}
+    text = markdown({"rows": rows, "rounds": 2, "encoders": encoders, "row_summary": summary})
+    assert "| slic | stage: these suggestions, nearest labelled | 60.0 ± 0.0 | 70.0 ± 0.0 |" in text
+    assert "| test videos named rightly, % (mean over the three encoders) | 60.0 | 70.0 |" in text
+    assert "stage minus random at 20: +4.0 ± 6.6 (3 of 6)" in text  # (+10, -2) x 3 encoders
