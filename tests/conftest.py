@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import io
 import os
+import signal
+import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
@@ -115,3 +117,14 @@ def shared_manifest() -> list[dict[str, str]]:
         pytest.skip(f"real sample videos not found at {SHARED_VIDEOS}")
     with listing.open(newline="") as handle:
         return list(csv.DictReader(handle))
+
+
+def stop_group(process: subprocess.Popen) -> None:
+    """Stop a process started with start_new_session=True, and every child of its group (a server's workers)."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -19,7 +18,7 @@ import pytest
 
 from slic.config import PretrainConfig, PromoteConfig
 from slic.promote import Decision, PromoteError, decide, embed_videos, load_champion, promote, read_metric
-from tests.conftest import SHARED_VIDEOS
+from tests.conftest import SHARED_VIDEOS, stop_group
 
 TINY_ENCODER = PretrainConfig(hidden_dim=16, out_dim=8, size=16, clip_len=16)
 
@@ -294,14 +293,3 @@ def serve_champion(env: dict[str, str], log: Path, tries: int = 3) -> tuple[subp
         if "address already in use" not in text.lower():
             raise AssertionError(f"the scoring server did not start (exit {server.returncode}):\n{text[-3000:]}")
     raise AssertionError(f"port taken {tries} times in a row:\n{text[-3000:]}")
-
-
-def stop_group(process: subprocess.Popen) -> None:
-    """Stop a process started in its own session, and the workers it spawned."""
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()

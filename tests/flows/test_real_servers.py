@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -21,7 +20,7 @@ import numpy as np
 import pytest
 
 from flows.pipeline import artifact_key, dvc_stages
-from tests.conftest import ROOT, SHARED_VIDEOS
+from tests.conftest import ROOT, SHARED_VIDEOS, stop_group
 from tests.flows.conftest import make_checkout
 
 pytestmark = pytest.mark.slow
@@ -45,17 +44,6 @@ def wait_healthy(url: str, process: subprocess.Popen, log: Path, timeout: float 
         except OSError:
             time.sleep(1)
     raise AssertionError(f"{url} not healthy after {timeout} s:\n{log.read_text()[-3000:]}")
-
-
-def stop_group(process: subprocess.Popen) -> None:
-    """Stop a process started with start_new_session=True, and every child of its group."""
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 @pytest.fixture(scope="module")
