@@ -30,14 +30,16 @@ import time
 import warnings
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from slic.data.frames import (INDEX_NAME, SUFFIX, ShardReader, _remove_leftovers, content_fingerprint,
                                process_cpu_seconds, read_index, run_tasks, shard_is_intact, shard_path, write_shard)
-from slic.tvl1 import TVL1Params, to_grey, tvl1_opencv, tvl1_torch
+
+if TYPE_CHECKING:
+    from slic.tvl1 import TVL1Params
 
 FLOW_KIND = "tvl1_u"
 TASK_PAIRS = 256  # frame pairs per process-pool task (several torch batches on a CPU)
@@ -144,6 +146,8 @@ def _read_grey(frame_shard: Path, frame_step: int = 1) -> np.ndarray:
                          "re-run the `extract` stage") from exc
     if len(rgb) < 2:
         raise ValueError(f"{frame_shard}: {len(rgb)} frame(s) at frame_step {frame_step}; flow needs at least 2")
+    from slic.tvl1 import to_grey  # torch: imported by the stages that compute flow, not by every stage
+
     return to_grey(rgb)
 
 
@@ -167,6 +171,8 @@ def flow_chunk(rows: list[dict[str, Any]], out_dir: str, method: str, device: st
     content hash written into the shard's header), error.
     """
     import torch
+
+    from slic.tvl1 import tvl1_opencv, tvl1_torch
 
     if threads > 0:
         torch.set_num_threads(threads)
