@@ -14,7 +14,7 @@ export DVC_NO_ANALYTICS := 1
 export GX_ANALYTICS_ENABLED := false
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install chromium run run-real test bench bench-real bench-label-free bench-archive-clusters bench-spread-labels bench-added-videos bench-serving-decode bench-segments bench-frame-rate bench-gpu gpu-wheelhouse clean pipeline image services-up services-down deploy worker preset-paper
+.PHONY: install chromium run run-real test bench bench-real bench-label-free bench-archive-clusters bench-spread-labels bench-retrain-labels bench-added-videos bench-serving-decode bench-segments bench-frame-rate bench-gpu gpu-wheelhouse clean pipeline image services-up services-down deploy worker preset-paper
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,10 @@ bench-archive-clusters: install
 # A simulated user labelling ucf101_6 20 videos a round with spread_labels' suggestions (bench/real.py's cells).
 bench-spread-labels: install
 	$(BIN)/python bench/spread_labels.py
+
+# Whether retraining the encoder on 100 labels (given, or spread to every train video) pays (ucf101_6: ~15 min).
+bench-retrain-labels: install
+	$(BIN)/python bench/retrain_labels.py
 
 # Videos added to the index without retraining against the same videos embedded by the embed stage (ucf101_6).
 bench-added-videos: install

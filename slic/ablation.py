@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
@@ -115,8 +116,10 @@ def _main_run_row(config: Config, started: float) -> dict[str, Any]:
 
 
 def train_and_evaluate(name: str, pretrain_cfg: PretrainConfig, config: Config, world: World,
-                       flow: FlowView | None = None, tracked: bool = True) -> dict[str, Any]:
-    """Train `pretrain_cfg` (resumable, into its own `out`), embed with the `embed` protocol, evaluate.
+                       flow: FlowView | None = None, tracked: bool = True,
+                       given_labels: Mapping[str, int] | None = None) -> dict[str, Any]:
+    """Train `pretrain_cfg` (resumable, into its own `out`; `given_labels` as `pretrain` takes them), embed with
+    the `embed` protocol, evaluate.
 
     With `tracked`, inside an MLflow run `name` that gets the training's metrics and the recalls.
     """
@@ -130,7 +133,7 @@ def train_and_evaluate(name: str, pretrain_cfg: PretrainConfig, config: Config, 
     params = {**to_dict(pretrain_cfg), "flow.enabled": flow is not None, "flow.p": flow.p if flow else 0.0}
     with stage_run(name, params) if tracked else nullcontext(None) as run:
         trained = pretrain(pretrain_cfg, manifest=config.extract.manifest, frames_dir=config.extract.out,
-                           world=world, run=run, flow=flow)
+                           world=world, run=run, flow=flow, given_labels=given_labels)
         embed_dataset(embed_cfg, manifest=config.extract.manifest, frames_dir=config.extract.out, world=world)
         row = {"trained_by": f"{name.split('/')[0]} stage", "checkpoint": embed_cfg.checkpoint,
                "best_epoch": trained["best_epoch"], "best_val_recall_at_1": trained["best_val_recall_at_1"]}

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,8 @@ from slic.distributed import World, barrier, broadcast_object, gather_tensor, ga
 from slic.embed import embed_clips
 from slic.models import Encoder, to_device
 from slic.pretrain_state import (RESUMABLE_ACROSS, TrainState, _what_changed, data_fingerprint,  # noqa: F401
-                                  fingerprint, resume_state, same_fingerprint, save_checkpoint)
+                                  fingerprint, given_labels_fingerprint, resume_state, same_fingerprint,
+                                  save_checkpoint)
 from slic.proxies import PseudoLabelProxies, contiguous_labels
 
 log = logging.getLogger(__name__)
@@ -150,14 +152,19 @@ def validation_recall(model: torch.nn.Module, val: list[VideoShard], train: list
                        ks=(1,))["recall@1"]
 
 
-def initial_labels(mode: str, train: list[VideoShard], state: TrainState) -> np.ndarray:
+def initial_labels(mode: str, train: list[VideoShard], state: TrainState,
+                   given: Mapping[str, int] | None = None) -> np.ndarray:
     """The pseudo-labels training starts (or resumes) with, one per training video.
 
-    oracle: the true classes (the ceiling perfect clustering would give); intra_video: the video
-    ids (positives only from the anchor's own video); slic: the last clustering round's labels
-    when resuming, else video ids until the first round (which runs before the first step, or before
-    epoch `cluster_start_epoch`).
+    oracle: the true classes (the ceiling perfect clustering would give), or with `given` (video id -> class
+    number) those classes, a video not in it its own label (positives from itself only); intra_video: the video
+    ids (positives only from the anchor's own video); slic: the last clustering round's labels when resuming,
+    else video ids until the first round (which runs before the first step, or before epoch
+    `cluster_start_epoch`).
     """
+    if mode == "oracle" and given is not None:
+        alone = max(given.values(), default=-1) + 1  # after every given class: one label per other video
+        return np.array([given.get(v.video_id, alone + k) for k, v in enumerate(train)], dtype=np.int64)
     if mode == "oracle":
         return np.array([v.label for v in train], dtype=np.int64)
     if mode == "slic" and state.labels:
@@ -273,12 +280,18 @@ def steps_per_epoch(videos: int, batch_size: int, world_size: int) -> int:
 
 
 def pretrain(cfg: PretrainConfig, *, manifest: str | Path, frames_dir: str | Path, world: World,
-             run: Any = None, flow: FlowView | None = None) -> dict[str, Any]:
+             run: Any = None, flow: FlowView | None = None,
+             given_labels: Mapping[str, int] | None = None) -> dict[str, Any]:
     """Train (or, for random_init, just initialise) the encoder; checkpoints in cfg.out.
 
     Returns the stage report. `run` is a tracking.StageRun (or None) that receives per-epoch metrics.
     `flow` turns on SLIC's flow view (positive and second anchor view sometimes replaced by their flow).
+    `given_labels` (mode oracle; video id -> class number): train on those classes instead of the manifest's,
+    each train video not in it its own label (bench/retrain_labels.py: a user's few labels); validation still
+    measures against the manifest's classes.
     """
+    if given_labels is not None and cfg.mode != "oracle":
+        raise ConfigError(f"given labels train in pretrain.mode oracle, not {cfg.mode}")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     last, best = out / "last.pt", out / "best.pt"
@@ -313,6 +326,8 @@ def pretrain(cfg: PretrainConfig, *, manifest: str | Path, frames_dir: str | Pat
     model = to_device(build_encoder(cfg), world.device)
     optimizer = build_optimizer(model, cfg)
     data = data_fingerprint(train, val, frames_dir=frames_dir, flow=flow)
+    if given_labels is not None:  # other labels, other training: never resume one from the other
+        data = given_labels_fingerprint(data, given_labels)
     frame_rate = frame_rate_of(frames_dir)  # extract.fps, kept with the weights: serving decodes files at it
     proxies = PseudoLabelProxies(cfg, world.device) if cfg.objective == "proxy" else None
     state = resume_state(last, cfg, data, model, optimizer, run, proxies)
@@ -341,7 +356,7 @@ def pretrain(cfg: PretrainConfig, *, manifest: str | Path, frames_dir: str | Pat
                             flow=flow, anchor_view=cfg.temporal_weight > 0, cache=cache, decode=not cfg.gpu_decode,
                             normalise=False,  # uint8 to the device, normalised there
                             max_partners=cfg.nearest_k if cfg.positive_pool == "nearest" else 0)
-    dataset.set_labels(contiguous_labels(initial_labels(cfg.mode, train, state)))
+    dataset.set_labels(contiguous_labels(initial_labels(cfg.mode, train, state, given_labels)))
     if cfg.mode == "slic" and cfg.p_intra_schedule == "agreement" and state.p_intra >= 0:
         dataset.p_intra = state.p_intra  # resumed between rounds: the chance its last round set
     per_rank = max(2, cfg.batch_size // world.size)  # as steps_per_epoch counts

@@ -8,6 +8,7 @@ what differed otherwise. `save_checkpoint` writes atomically, so a kill never le
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,15 @@ def data_fingerprint(*splits: list[VideoShard], frames_dir: str | Path | None = 
     if flow is not None:
         digest.update(f"flow view p={flow.p}\n".encode())
     return digest.hexdigest()[:16]
+
+
+def given_labels_fingerprint(data: str, given: Mapping[str, int]) -> str:
+    """`data` (a data_fingerprint) folded with the given labels (video id -> class number) trained on: 16 hex chars,
+    so that a run on other labels never resumes this one."""
+    import hashlib
+
+    text = data + "".join(f"\n{video}\t{label}" for video, label in sorted(given.items()))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _shard_sha256(shard: str | Path) -> str:

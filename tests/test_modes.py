@@ -26,6 +26,18 @@ def test_initial_labels_per_mode() -> None:
     assert initial_labels("slic", train, resumed).tolist() == [5, 5, 6, 7]
 
 
+def test_given_labels_train_their_videos_together_and_every_other_video_alone() -> None:
+    from slic.pretrain_state import given_labels_fingerprint
+
+    train = _videos([2, 0, 2, 1, 1])
+    given = {"v0": 1, "v3": 1, "v4": 0}  # a user's classes for three videos, none the manifest's
+    labels = initial_labels("oracle", train, TrainState(), given)
+    assert labels[[0, 3, 4]].tolist() == [1, 1, 0]
+    assert len({int(labels[1]), int(labels[2])} - {0, 1}) == 2  # v1, v2: a label each, shared with nobody
+    assert given_labels_fingerprint("abc", given) != given_labels_fingerprint("abc", {**given, "v4": 1})
+    assert given_labels_fingerprint("abc", given) == given_labels_fingerprint("abc", dict(reversed(given.items())))
+
+
 def test_cluster_epochs_per_mode_and_start() -> None:
     from dataclasses import replace
 
@@ -70,6 +82,27 @@ def test_oracle_trains_on_true_classes_and_monitors_its_clusters(
     # Without the temporal term the second anchor view is neither made nor fed to the network.
     anchor, positive, view, *_ = dataset[0]
     assert view.numel() == 0 and anchor.shape == positive.shape
+
+
+def test_given_labels_pair_only_the_videos_given_one_class_and_validate_on_the_true_ones(
+        workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    from slic.config_check import ConfigError
+    from slic.data.clips import load_videos
+
+    train = load_videos(workspace / "data/manifests/validated.csv",
+                        workspace / "data/frames", splits=["train"])
+    apart = [v.video_id for v in train if v.label != train[0].label][:1]
+    given = {train[0].video_id: 0, apart[0]: 0}  # two videos of other true classes, given one class
+    dataset, report = pretrain_in_process(workspace, monkeypatch, given, mode="oracle", epochs=2,
+                                          out="data/models/given")
+    ids = [v.video_id for v in dataset.videos]
+    labels = dict(zip(ids, dataset.labels.tolist()))
+    assert labels[train[0].video_id] == labels[apart[0]] and len(set(labels.values())) == len(ids) - 1
+    cross_video = {(ids[index], ids[positive]) for _, index, _, positive, _, _ in dataset.served if positive != index}
+    assert cross_video and cross_video <= {(train[0].video_id, apart[0]), (apart[0], train[0].video_id)}
+    assert 0.0 <= report["best_val_recall_at_1"] <= 1.0  # measured against the manifest's classes
+    with pytest.raises(ConfigError, match="mode oracle, not slic"):
+        pretrain_in_process(workspace, monkeypatch, given, mode="slic", epochs=1, out="data/models/never_given")
 
 
 def test_slic_report_has_first_and_last_cluster_ami(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811

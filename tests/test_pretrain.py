@@ -203,7 +203,7 @@ def served_per_epoch(dataset: RecordingClips) -> dict[int, list[int]]:
     return {epoch: sorted(indices) for epoch, indices in epochs.items()}
 
 
-def pretrain_in_process(workspace: Path, monkeypatch: pytest.MonkeyPatch,
+def pretrain_in_process(workspace: Path, monkeypatch: pytest.MonkeyPatch, given_labels: dict[str, int] | None = None,
                         **pretrain: object) -> tuple[RecordingClips, dict[str, Any]]:
     """`pretrain` run in this process (loader workers 0) with the dataset it trained on recorded."""
     from slic.config import PretrainConfig, load
@@ -215,7 +215,7 @@ def pretrain_in_process(workspace: Path, monkeypatch: pytest.MonkeyPatch,
     RecordingClips.made.clear()
     extract = load(workspace / "params.yaml").extract
     report = run(PretrainConfig(**{**TINY_PRETRAIN, **pretrain}), manifest=extract.manifest,
-                 frames_dir=extract.out, world=World(0, 1, 0, torch.device("cpu")))
+                 frames_dir=extract.out, world=World(0, 1, 0, torch.device("cpu")), given_labels=given_labels)
     assert len(RecordingClips.made) == 1
     return RecordingClips.made[0], report
 
