@@ -294,7 +294,7 @@ def finer_groups(archive: Archive, labelled: np.ndarray, count: int, seed: int =
     """The archive split by k-means into as many groups as there will be labels after this round (labelled +
     `count`), with each video's rank by typicality: the groups a next round should reach. (groups, rank).
     Three k-means starts, not the clusters stage's ten: on ucf101_6's train and val videos they chose next
-    videos as well (bench/spread_labels.py) at a third of the time (100k videos: 14.5 s against 46 s)."""
+    videos as well (bench/spread_labels.py) at a third of the time (100k videos: 13 s against 41 s)."""
     from slic.archive_clusters import group_embeddings
 
     grouping = group_embeddings(archive.unit.astype(np.float32), method="kmeans",
