@@ -38,32 +38,24 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.ablation import machine, shown, spread, stored_result, write_report  # noqa: E402
+from bench.spread_labels import PER_ROUND, archive_from  # noqa: E402
 from bench.real import TRAIN_SECTIONS, cells_parser, each_stored_cell, open_bench, seed_config, settings  # noqa: E402
 
 WAYS = ("given", "named", "named_sure")
 COMPARED = ("slic", "intra_video", "oracle")  # stored rows of bench/real.py, beside the retrained encoders
 DEFAULT_OUT = ROOT / "reports" / "bench" / "retrain_labels.json"
-GROUPS = 20  # params.yaml's clusters.groups
-PER_ROUND = 20  # params.yaml's spread_labels.suggest
 
 
 def stage_labels(embeddings: Path, count: int) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray]:
     """The train and val videos of `embeddings` as the stage's Archive, their true classes, the `count` videos a
     user labels following the stage's suggestions (rounds of PER_ROUND), and the indices of the archive's rows
     in `embeddings`."""
-    from slic.archive_clusters import group_embeddings
-    from slic.label_spreading import Archive, finer_groups, label_next, name_by_nearest
-    from slic.retrieval import normalize_rows
+    from slic.label_spreading import finer_groups, label_next, name_by_nearest
 
-    data = np.load(embeddings)
-    rows = np.flatnonzero(data["split"].astype(str) != "test")
-    grouping = group_embeddings(data["embedding"][rows], method="finch", groups=GROUPS, seed=7)
-    empty = np.full(len(rows), "", dtype=object)
-    archive = Archive(ids=data["video_id"][rows].astype(str), unit=normalize_rows(data["embedding"][rows]).astype(
-        np.float64), group=grouping.labels, rank=grouping.rank, split=data["split"][rows].astype(str).astype(object),
-        manifest_class=empty, path=empty, start_s=empty, end_s=empty)
-    truth = data["label"][rows].astype(np.int64)
-    classes = int(data["label"].max()) + 1
+    splits = np.load(embeddings)["split"].astype(str)
+    rows = np.flatnonzero(splits != "test")
+    archive, truth = archive_from(embeddings, rows)
+    classes = int(truth.max()) + 1
     labelled = np.array([i for i, _ in label_next(archive, np.zeros(0, dtype=np.int64), None, PER_ROUND)])
     while len(labelled) < count:
         named = name_by_nearest(archive.unit, labelled, truth[labelled], classes)

@@ -58,20 +58,22 @@ WAY_NAMES = {"stage": "stage: these suggestions, nearest labelled",
              "least_sure": "least sure picks, nearest labelled", "random_picks": "random picks, nearest labelled"}
 
 
-def archive_from(embeddings: Path) -> tuple[Any, np.ndarray]:
-    """The stage's Archive of every video of `embeddings`, grouped as the clusters stage does, and the classes."""
+def archive_from(embeddings: Path, rows: np.ndarray | None = None) -> tuple[Any, np.ndarray]:
+    """The stage's Archive of every video of `embeddings` (or of its `rows`), grouped as the clusters stage does,
+    and their classes."""
     from slic.archive_clusters import group_embeddings
     from slic.label_spreading import Archive
     from slic.retrieval import normalize_rows
 
     data = np.load(embeddings)
-    grouping = group_embeddings(data["embedding"], method="finch", groups=GROUPS, seed=7)
-    n = len(data["video_id"])
-    empty = np.full(n, "", dtype=object)
-    archive = Archive(ids=data["video_id"].astype(str), unit=normalize_rows(data["embedding"]).astype(np.float64),
-                      group=grouping.labels, rank=grouping.rank, split=data["split"].astype(str).astype(object),
+    rows = np.arange(len(data["video_id"])) if rows is None else rows
+    vectors = data["embedding"][rows]
+    grouping = group_embeddings(vectors, method="finch", groups=GROUPS, seed=7)
+    empty = np.full(len(rows), "", dtype=object)
+    archive = Archive(ids=data["video_id"][rows].astype(str), unit=normalize_rows(vectors).astype(np.float64),
+                      group=grouping.labels, rank=grouping.rank, split=data["split"][rows].astype(str).astype(object),
                       manifest_class=empty, path=empty, start_s=empty, end_s=empty)
-    return archive, data["label"].astype(np.int64)
+    return archive, data["label"][rows].astype(np.int64)
 
 
 def measured(archive: Any, truth: np.ndarray, labelled: np.ndarray, named: np.ndarray, sureness: np.ndarray,
