@@ -18,7 +18,8 @@ accuracy on the train videos; per way mean and std, and paired differences with 
 (stored cells of data/bench/real, trained there when missing). Each (seed, way) is stored under the work folder,
 so a killed run resumes.
 
-    python bench/retrain_labels.py                  # seeds 7, 8, 9, the three ways, 100 labels: about 15 min
+    python bench/retrain_labels.py                  # seeds 7, 8, 9, the three ways, 100 labels: about 13 min
+    python bench/retrain_labels.py --seeds 7 8 9 10 11   # the docs' report (make bench-retrain-labels)
     python bench/retrain_labels.py --markdown       # the docs' table from the stored report, no training
 """
 
@@ -38,8 +39,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.ablation import machine, shown, spread, stored_result, write_report  # noqa: E402
-from bench.spread_labels import PER_ROUND, archive_from  # noqa: E402
 from bench.real import TRAIN_SECTIONS, cells_parser, each_stored_cell, open_bench, seed_config, settings  # noqa: E402
+from bench.spread_labels import PER_ROUND, archive_from  # noqa: E402
 
 WAYS = ("given", "named", "named_sure")
 COMPARED = ("slic", "intra_video", "oracle")  # stored rows of bench/real.py, beside the retrained encoders
