@@ -20,6 +20,8 @@ so a killed run resumes.
 
     python bench/retrain_labels.py                  # seeds 7, 8, 9, the three ways, 100 labels: about 13 min
     python bench/retrain_labels.py --seeds 7 8 9 10 11   # the docs' report (make bench-retrain-labels)
+    python bench/retrain_labels.py --ways given named_sure --set manifest.split=2 --work data/bench/real_split2 \
+        --out reports/bench/retrain_labels_split2.json    # test videos no setting was chosen on (bench/real_splits.py)
     python bench/retrain_labels.py --markdown       # the docs' table from the stored report, no training
 """
 
@@ -179,6 +181,9 @@ def parse_args(argv: list[str] | None) -> Any:
     parser.add_argument("--ways", nargs="+", choices=WAYS, default=list(WAYS))
     parser.add_argument("--base", default="slic", choices=list(COMPARED),
                         help="the stored row whose embeddings suggest what to label (the pipeline's mode)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="a setting for every cell, as bench/real.py takes it (e.g. manifest.split=2 with that "
+                             "split's --work)")
     parser.add_argument("--markdown", action="store_true",
                         help="print the docs' table from the report at --out, and stop")
     return parser.parse_args(argv)
@@ -189,7 +194,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.markdown:
         print(markdown(json.loads(Path(args.out).read_text())))
         return
-    config, world, work = open_bench(args, "bench/retrain_labels.py")
+    config, world, work = open_bench(args, "bench/retrain_labels.py", overrides=args.overrides)
     started = time.perf_counter()
     rows = list(dict.fromkeys([args.base, *args.rows]))
     stored = {(seed, row): result for seed, row, _, result in each_stored_cell(config, world, work, args.seeds, rows)}
@@ -204,7 +209,8 @@ def main(argv: list[str] | None = None) -> None:
                   f"{100 * cell['test_named_before']:.1f} -> {100 * cell['test_named_after']:.1f}"
                   f"{' (stored)' if cell['reused'] else ''}", flush=True)
     report = {"question": "does retraining the encoder on a user's few labels (or the classes spread from them) pay?",
-              "archive": "ucf101_6 split 1, train and val videos; test videos unseen", "labels": args.labels,
+              "archive": f"ucf101_6 split {config.manifest.split}, train and val videos; test videos unseen",
+              "overrides": args.overrides, "labels": args.labels,
               "base": args.base, "ways": args.ways, "compared": rows, "seeds": args.seeds,
               "cells": [{k: v for k, v in c.items() if k not in ("settings", "reused")} for c in cells],
               "summary": summary(cells, stored, args.ways, args.seeds, rows),
