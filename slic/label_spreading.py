@@ -75,13 +75,8 @@ def load_archive(embeddings: str | Path, clusters_table: str | Path) -> Archive:
         rows = list(csv.DictReader(handle))
     if not rows:
         raise SpreadError(f"{clusters_table} lists no video: rerun `dvc repro clusters` (see reports/clusters.json)")
-    data = np.load(embeddings)
-    where = {str(video_id): i for i, video_id in enumerate(np.asarray(data["video_id"]).astype(str))}
-    missing = [row["video_id"] for row in rows if row["video_id"] not in where]
-    if missing:
-        raise SpreadError(f"{clusters_table} names {len(missing)} videos {embeddings} lacks (e.g. {missing[0]}): "
-                          "the two are from different runs; run `dvc repro clusters`")
-    vectors = data["embedding"][[where[row["video_id"]] for row in rows]]
+    vectors = vectors_of(embeddings, [row["video_id"] for row in rows], f"{clusters_table} names",
+                         "the two are from different runs; run `dvc repro clusters`")
 
     def column(name: str) -> np.ndarray:
         return np.array([row.get(name, "") or "" for row in rows], dtype=object)
@@ -91,6 +86,17 @@ def load_archive(embeddings: str | Path, clusters_table: str | Path) -> Archive:
                    rank=np.array([int(row["rank_in_group"]) for row in rows]), split=column("split"),
                    manifest_class=column("class"), path=column("path"), start_s=column("start_s"),
                    end_s=column("end_s"))
+
+
+def vectors_of(embeddings: str | Path, ids: Sequence[str], named_in: str, advice: str) -> np.ndarray:
+    """The embedding rows of `ids`, in their order, from the embed stage's `embeddings`; a SpreadError naming the
+    first missing one ('<named_in> N videos <embeddings> lacks', then `advice`) when the two are from other runs."""
+    data = np.load(embeddings)
+    where = {str(video_id): i for i, video_id in enumerate(np.asarray(data["video_id"]).astype(str))}
+    missing = [video_id for video_id in ids if video_id not in where]
+    if missing:
+        raise SpreadError(f"{named_in} {len(missing)} videos {embeddings} lacks (e.g. {missing[0]}): {advice}")
+    return data["embedding"][[where[video_id] for video_id in ids]]
 
 
 def _path_keys(path: str) -> set[str]:
@@ -224,15 +230,11 @@ def labelled_vectors(table: str | Path, embeddings: str | Path) -> LabelledVecto
         return None
     if not Path(embeddings).is_file():
         raise SpreadError(f"{embeddings} not found: the labelled videos of {table} have no vectors to name a query by")
-    data = np.load(embeddings)
-    where = {str(video_id): i for i, video_id in enumerate(np.asarray(data["video_id"]).astype(str))}
-    missing = [video_id for video_id, _ in given if video_id not in where]
-    if missing:
-        raise SpreadError(f"{table} names {len(missing)} labelled videos {embeddings} lacks (e.g. {missing[0]}): "
-                          "run `dvc repro` so the two come from one run")
+    vectors = vectors_of(embeddings, [video_id for video_id, _ in given], f"{table} names",
+                         "run `dvc repro` so the two come from one run")
     names = sorted({name for _, name in given})
     return LabelledVectors(ids=np.array([video_id for video_id, _ in given]),
-                           unit=normalize_rows(data["embedding"][[where[v] for v, _ in given]]).astype(np.float64),
+                           unit=normalize_rows(vectors).astype(np.float64),
                            label=np.array([names.index(name) for _, name in given]), names=names)
 
 

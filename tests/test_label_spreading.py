@@ -239,3 +239,20 @@ def test_stage_names_a_bad_row_and_a_missing_clusters_table(tiny_manifest: Any, 
     (tmp_path / "reports/clusters.csv").unlink()
     result = run_stage_in(tmp_path, "spread-labels")
     assert result["code"] == 2 and "reports/clusters.csv not found: the clusters stage writes it" in result["stderr"]
+
+
+def test_embeddings_from_another_run_are_refused_naming_both_files(tmp_path: Path) -> None:
+    from slic.label_spreading import labelled_vectors, load_archive
+
+    embeddings = tmp_path / "embeddings.npz"
+    np.savez(embeddings, video_id=np.array(["v0", "v1"]), embedding=np.eye(2, dtype=np.float32))
+    clusters = write(tmp_path / "clusters.csv", "video_id,group,rank_in_group\nv0,0,0\nv7,0,1\n")
+    with pytest.raises(SpreadError, match=r"clusters\.csv names 1 videos .*embeddings\.npz lacks \(e\.g\. v7\): the "
+                                          r"two are from different runs; run `dvc repro clusters`"):
+        load_archive(embeddings, clusters)
+    table = write(tmp_path / "spread.csv", "video_id,class,source\nv1,run,given\nv9,jump,given\nv0,run,nearest\n")
+    with pytest.raises(SpreadError, match=r"spread\.csv names 1 videos .*embeddings\.npz lacks \(e\.g\. v9\)"):
+        labelled_vectors(table, embeddings)
+    good = write(tmp_path / "good.csv", "video_id,class,source\nv1,run,given\nv0,jump,given\n")
+    labelled = labelled_vectors(good, embeddings)
+    assert labelled.ids.tolist() == ["v1", "v0"] and labelled.unit[0].tolist() == [0.0, 1.0]  # rows in table order
