@@ -130,9 +130,8 @@ def read_given_labels(given: str | Path, archive: Archive) -> GivenLabels:
             skipped += 1
             continue
         checked = cells.get("check", "").lower() in CHECK_MARKS
-        rows = by_key.get(video) or (by_key.get(os.path.normpath(video)) if key == "path" else None)
-        if not rows and key == "path":
-            rows = by_key.get(str(Path(video).resolve()))
+        spellings = [video] if key == "video_id" else [video, os.path.normpath(video), str(Path(video).resolve())]
+        rows = next((by_key[spelling] for spelling in spellings if spelling in by_key), None)
         if not rows:
             raise SpreadError(f"{given}:{line}: {key} {video!r} is not among the {len(archive.ids)} grouped videos "
                               f"(reports/clusters.csv lists them in its {key} column)")
