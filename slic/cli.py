@@ -264,6 +264,8 @@ def run_pretrain(config: Any) -> dict[str, Any]:
             if run is not None:
                 run.log_metrics({k: v for k, v in report.items() if isinstance(v, (int, float))})
                 run.set_tags(machine_tags(world.device))
+                if cfg.mode == "labels":  # which labels trained this encoder, kept with it
+                    run.log_artifact(Path(cfg.labels), "labels")
                 report["mlflow_run_id"] = run.run_id
                 history = Path(config.pretrain.out) / "history.json"
                 if history.is_file():
@@ -272,6 +274,9 @@ def run_pretrain(config: Any) -> dict[str, Any]:
                     _log_plot(run, "training_curves", training_curves, json.loads(history.read_text()))
     finally:
         close_world()
+    if "labelled_train_videos" in report:
+        print(f"pretrain (labels): trained on {report['labelled_train_videos']} labelled train videos of "
+              f"{report['label_classes']} classes from {report['labels_file']}")
     if report["labelled"]:
         print(f"pretrain ({report['mode']}): best val recall@1 {report['best_val_recall_at_1']:.3f} at epoch "
               f"{report['best_epoch']}, {report['seconds']} s")
@@ -778,6 +783,7 @@ def main(argv: list[str] | None = None) -> int:
     from slic.finetune_stages import FinetuneError
     from slic.index import IndexBuildError
     from slic.label_spreading import SpreadError
+    from slic.labels_table import LabelsError
     from slic.promote import PromoteError
     from slic.tracking import TrackingError
 
@@ -797,7 +803,7 @@ def main(argv: list[str] | None = None) -> int:
                 (Path(CLASS_STAGES[args.stage](config)) / "skipped.json").unlink(missing_ok=True)
             report = STAGES[args.stage][0](config)
     except (ConfigError, DatasetError, ExtractError, FlowError, FileNotFoundError, TrackingError, PromoteError,
-            IndexBuildError, FinetuneError, ClustersError, SpreadError) as exc:
+            IndexBuildError, FinetuneError, ClustersError, SpreadError, LabelsError) as exc:
         print(f"slic {args.stage}: error: {exc}", file=sys.stderr)
         return 2
     except StageFailed as exc:

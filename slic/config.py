@@ -196,8 +196,11 @@ class FlowConfig:
 class PretrainConfig:
     """SLIC pretraining (stage `pretrain`). Paper values in comments where the CPU default differs."""
 
-    mode: str = _spec("slic", choices=("slic", "intra_video", "random_init", "oracle"),
-                      help="oracle: the true classes as pseudo-labels (the ceiling of perfect clustering)")
+    mode: str = _spec("slic", choices=("slic", "intra_video", "random_init", "oracle", "labels"),
+                      help="oracle: the true classes as pseudo-labels (the ceiling of perfect clustering); labels: "
+                           "your classes from pretrain.labels, every other video trained alone")
+    labels: str = _spec("labels/train/given.csv", help="mode labels: the CSV of classes to train on (video_id or "
+                                                       "path, and class; copy labels/given.csv here)")
     backbone: str = _spec("r3d_18_tiny", choices=("r3d_18", "r2plus1d_18", "r3d_18_reference", "r3d_18_narrow", "r3d_18_tiny"))
     hidden_dim: int = _spec(512, low=16, high=8192, help="projection head hidden width (paper 2048)")
     out_dim: int = _spec(128, low=8, high=4096)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import csv
 import html
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,13 +26,13 @@ from typing import Any
 
 import numpy as np
 
+from slic.labels_table import GivenLabels, LabelsError, read_labels_table
 from slic.retrieval import normalize_rows
 
 LABELS_FOLDER = "labels"  # the folder dvc.yaml lists as the stage's dependency: the given labels live here
 MIN_FOR_ESTIMATE = 10  # labelled videos (of classes labelled twice or more) before the leave-one-out share
 LABEL_NEXT_COLUMNS = ["video_id", "class", "guess", "margin", "why", "check", "group", "path", "start_s",
                       "end_s"]
-CHECK_MARKS = ("yes", "y", "true", "1", "x")  # a check column's value that marks a random check
 
 
 class SpreadError(RuntimeError):
@@ -53,17 +52,6 @@ class Archive:
     path: np.ndarray
     start_s: np.ndarray
     end_s: np.ndarray
-
-
-@dataclass(frozen=True)
-class GivenLabels:
-    """The user's labels: rows of the archive (`index`) and their class numbers into `names` (sorted)."""
-
-    index: np.ndarray
-    label: np.ndarray
-    names: list[str]
-    rows_without_class: int
-    check: np.ndarray | None = None  # per labelled video: a random check (label_next's check column), or None
 
 
 def load_archive(embeddings: str | Path, clusters_table: str | Path) -> Archive:
@@ -99,65 +87,15 @@ def vectors_of(embeddings: str | Path, ids: Sequence[str], named_in: str, advice
     return data["embedding"][[where[video_id] for video_id in ids]]
 
 
-def _path_keys(path: str) -> set[str]:
-    """The spellings of a video path that name the same file: as written, normalised, and absolute."""
-    return {path, os.path.normpath(path), str(Path(path).resolve())} if path else set()
-
-
 def read_given_labels(given: str | Path, archive: Archive) -> GivenLabels:
-    """The user's CSV of classes: a `class` column and a `video_id` column (the ids of reports/clusters.csv) or a
-    `path` column (a video file; every segment of a long file takes its class). Rows with an empty class are
-    skipped (a label_next.csv partly filled in); a row naming no video of the archive, or one video given two
-    classes, stops with the file and line."""
-    from slic.data.datasets import read_table
-
-    given = Path(given)
-    header, lines = read_table(given)  # a spreadsheet's: its byte-order mark, ';' or tab between cells
-    if "class" not in header or not ({"video_id", "path"} & set(header)):
-        raise SpreadError(f"{given}: the header needs a class column and a video_id (or path) column, got "
-                          f"{','.join(header) or 'nothing'}; reports/label_next.csv has the columns to fill in")
-    key = "video_id" if "video_id" in header else "path"
-    by_key: dict[str, list[int]] = {}
-    for i, (video_id, path) in enumerate(zip(archive.ids, archive.path)):
-        for spelling in ({video_id} if key == "video_id" else _path_keys(path)):
-            by_key.setdefault(spelling, []).append(i)
-    chosen: dict[int, tuple[str, int]] = {}
-    checks: set[int] = set()
-    skipped = 0
-    for line, cells in lines:
-        name, video = cells.get("class", ""), cells.get(key, "")
-        if not name:
-            skipped += 1
-            continue
-        checked = cells.get("check", "").lower() in CHECK_MARKS
-        spellings = [video] if key == "video_id" else [video, os.path.normpath(video), str(Path(video).resolve())]
-        rows = next((by_key[spelling] for spelling in spellings if spelling in by_key), None)
-        if not rows:
-            raise SpreadError(f"{given}:{line}: {key} {video!r} is not among the {len(archive.ids)} grouped videos "
-                              f"(reports/clusters.csv lists them in its {key} column)")
-        for i in rows:
-            if i in chosen and chosen[i][0] != name:
-                raise SpreadError(f"{given}:{line}: {archive.ids[i]} is given class {name!r} here and "
-                                  f"{chosen[i][0]!r} on line {chosen[i][1]}; keep one")
-            chosen.setdefault(i, (name, line))
-            if checked:
-                checks.add(i)
-    names = sorted({name for name, _ in chosen.values()})
-    first_line = {name: min(line for n, line in chosen.values() if n == name) for name in names}
-    spelled: dict[str, str] = {}
-    for name in sorted(names, key=first_line.get):  # "Run" and "run " as two classes: one typed two ways
-        key = " ".join(name.lower().split())
-        if key in spelled:
-            raise SpreadError(f"{given}:{first_line[name]}: class {name!r} differs from {spelled[key]!r} (line "
-                              f"{first_line[spelled[key]]}) only in case or spaces; spell one class one way")
-        spelled[key] = name
-    if chosen and len(names) < 2:
-        raise SpreadError(f"{given}: every labelled video is {names[0]!r}: spreading needs at least two classes; "
-                          "label a video of another kind (reports/label_next.csv suggests which)")
-    index = np.array(sorted(chosen), dtype=np.int64)
-    label = np.array([names.index(chosen[i][0]) for i in index], dtype=np.int64)
-    return GivenLabels(index=index, label=label, names=names, rows_without_class=skipped,
-                       check=np.isin(index, sorted(checks)) if "check" in header else None)
+    """The user's CSV of classes (slic.labels_table says what it may hold) for the videos of the clusters table: a
+    `video_id` column names them by the ids of reports/clusters.csv, a `path` column by their files (every segment
+    of a long file takes its class)."""
+    try:
+        return read_labels_table(given, archive.ids.tolist(), archive.path.tolist(), videos="grouped videos",
+                                 listed_in="reports/clusters.csv", purpose="spreading")
+    except LabelsError as exc:
+        raise SpreadError(str(exc)) from None
 
 
 @dataclass(frozen=True)

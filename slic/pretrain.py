@@ -49,6 +49,7 @@ from slic.data.frames import frame_rate_of
 from slic.distributed import World, barrier, broadcast_object, gather_tensor, gather_with_grad
 from slic.embed import embed_clips
 from slic.models import Encoder, to_device
+from slic.labels_table import read_training_labels
 from slic.pretrain_state import (RESUMABLE_ACROSS, TrainState, _what_changed, data_fingerprint,  # noqa: F401
                                   fingerprint, given_labels_fingerprint, resume_state, same_fingerprint,
                                   save_checkpoint)
@@ -157,12 +158,13 @@ def initial_labels(mode: str, train: list[VideoShard], state: TrainState,
     """The pseudo-labels training starts (or resumes) with, one per training video.
 
     oracle: the true classes (the ceiling perfect clustering would give), or with `given` (video id -> class
-    number) those classes, a video not in it its own label (positives from itself only); intra_video: the video
+    number) those classes, a video not in it its own label (positives from itself only); labels: `given` (the
+    user's classes) in the same way; intra_video: the video
     ids (positives only from the anchor's own video); slic: the last clustering round's labels when resuming,
     else video ids until the first round (which runs before the first step, or before epoch
     `cluster_start_epoch`).
     """
-    if mode == "oracle" and given is not None:
+    if mode in ("oracle", "labels") and given is not None:
         alone = max(given.values(), default=-1) + 1  # after every given class: one label per other video
         return np.array([given.get(v.video_id, alone + k) for k, v in enumerate(train)], dtype=np.int64)
     if mode == "oracle":
@@ -174,8 +176,9 @@ def initial_labels(mode: str, train: list[VideoShard], state: TrainState,
 
 def is_cluster_epoch(cfg: PretrainConfig, epoch: int) -> bool:
     """Whether a clustering round runs before `epoch`: every `cluster_interval` epochs, for slic from
-    `cluster_start_epoch` on (the epochs before it train on intra-video positives), for oracle from 0."""
-    if cfg.mode == "oracle":
+    `cluster_start_epoch` on (the epochs before it train on intra-video positives), for oracle and labels from 0
+    (there only to monitor the embedding's clusters against the true classes)."""
+    if cfg.mode in ("oracle", "labels"):
         return epoch % cfg.cluster_interval == 0
     if cfg.mode != "slic" or epoch < cfg.cluster_start_epoch:
         return False
@@ -287,8 +290,8 @@ def pretrain(cfg: PretrainConfig, *, manifest: str | Path, frames_dir: str | Pat
     Returns the stage report. `run` is a tracking.StageRun (or None) that receives per-epoch metrics.
     `flow` turns on SLIC's flow view (positive and second anchor view sometimes replaced by their flow).
     `given_labels` (mode oracle; video id -> class number): train on those classes instead of the manifest's,
-    each train video not in it its own label (bench/retrain_labels.py: a user's few labels); validation still
-    measures against the manifest's classes.
+    each train video not in it its own label (bench/retrain_labels.py: a user's few labels). Mode labels reads them
+    from the CSV `cfg.labels` (train videos only). Validation still measures against the manifest's classes.
     """
     if given_labels is not None and cfg.mode != "oracle":
         raise ConfigError(f"given labels train in pretrain.mode oracle, not {cfg.mode}")
@@ -307,6 +310,13 @@ def pretrain(cfg: PretrainConfig, *, manifest: str | Path, frames_dir: str | Pat
                            f"{manifest}{f' over {world.size} ranks' if world.size > 1 else ''}: every batch would be "
                            f"partial and dropped, so no step would train; set pretrain.batch_size to {fits} or less, "
                            "or add videos")
+    training_labels = None
+    if cfg.mode == "labels":
+        training_labels = read_training_labels(cfg.labels, manifest, [v.video_id for v in train])
+        given_labels = training_labels.by_video
+        log.info("pretrain.mode labels: %d train videos of %d classes from %s (%d labelled videos outside train, "
+                 "not trained on)", len(given_labels), len(training_labels.names), cfg.labels,
+                 training_labels.summary["labelled_outside_train"])
     if cfg.mode == "oracle" and not has_labels:
         raise DatasetError(f"pretrain.mode oracle trains on the true classes and {manifest} has none (manifest.layout "
                          "unlabelled); use mode slic or intra_video")
@@ -373,7 +383,7 @@ def pretrain(cfg: PretrainConfig, *, manifest: str | Path, frames_dir: str | Pat
         metrics: dict[str, float] = {}
         embeddings = None
         previous_labels: np.ndarray | None = None
-        if is_cluster_epoch(cfg, epoch):
+        if is_cluster_epoch(cfg, epoch) and (cfg.mode != "labels" or has_labels):
             labels, cluster_stats, embeddings = cluster_round(model, train, cfg, world, cache,
                                                               flow_dir=clustered_flow)
             if cfg.mode == "slic":  # oracle: the clusters of its embedding are only monitored
@@ -435,6 +445,7 @@ def pretrain(cfg: PretrainConfig, *, manifest: str | Path, frames_dir: str | Pat
               "objective": cfg.objective, "mining": cfg.mining,
               "cluster_rounds": sum("cluster_n_clusters" in h for h in state.history),
               **({"cluster_ami_first": rounds[0], "cluster_ami_last": rounds[-1]} if rounds else {}),
+              **(training_labels.summary if training_labels else {}),
               **{f"final_{k}": v for k, v in final.items() if k != "epoch"}}
     if world.is_main:
         (out / "history.json").write_text(json.dumps(state.history, indent=1))

@@ -23,7 +23,7 @@ from slic.proxies import PseudoLabelProxies
 log = logging.getLogger(__name__)
 # Settings that do not change what is learned: a checkpoint made under other values resumes.
 RESUMABLE_ACROSS = ("epochs", "workers", "frame_cache_mb", "eval_interval", "device", "compile", "prefetch",
-                    "cudnn_benchmark", "out")
+                    "cudnn_benchmark", "out", "labels")  # labels: its content is in the data fingerprint
 
 
 @dataclass

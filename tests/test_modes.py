@@ -127,3 +127,97 @@ def test_gpu_decode_trains_the_same_weights_on_the_cpu(workspace: Path, monkeypa
     decoded, encoded = (torch.load(workspace / f"data/models/{name}/last.pt", map_location="cpu",
                                    weights_only=False)["model"] for name in ("decoded", "encoded"))
     assert all(torch.equal(decoded[k], encoded[k]) for k in decoded)
+
+
+def _write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_labels_mode_trains_on_the_classes_of_train_videos_and_retrains_when_they_change(
+        workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    from slic.data.datasets import read_manifest
+
+    table = read_manifest(workspace / "data/manifests/validated.csv")
+    train = table[table["split"] == "train"].sort_values("video_id")
+    first, other = train.iloc[0], train[train["label"] != train.iloc[0]["label"]].iloc[0]
+    third = train[~train["video_id"].isin([first["video_id"], other["video_id"]])].iloc[0]
+    val = table[table["split"] == "val"].iloc[0]
+    # Two train videos of other true classes given one class (one by id, one by its file), a third another class,
+    # a val video labelled too (never trained on), a row left empty.
+    labels = _write(workspace / "labels/train/given.csv",
+                    f"video_id,path,class\n{first['video_id']},,jump\n,{other['path']},jump\n"
+                    f"{third['video_id']},,wave\n{val['video_id']},,wave\n,,\n")
+    dataset, report = pretrain_in_process(workspace, monkeypatch, mode="labels", labels=str(labels), epochs=2,
+                                          out="data/models/labels")
+    trained = dict(zip([v.video_id for v in dataset.videos], dataset.labels.tolist()))
+    assert trained[first["video_id"]] == trained[other["video_id"]] != trained[third["video_id"]]
+    assert len(set(trained.values())) == len(trained) - 1  # every unlabelled train video alone
+    assert val["video_id"] not in trained
+    assert report["labelled_videos"] == 4 and report["labelled_train_videos"] == 3
+    assert report["labelled_outside_train"] == 1 and report["label_classes"] == 2
+    assert report["cluster_rounds"] == 1 and 0.0 <= report["best_val_recall_at_1"] <= 1.0  # the true classes
+
+    _, again = pretrain_in_process(workspace, monkeypatch, mode="labels", labels=str(labels), epochs=3,
+                                   out="data/models/labels")
+    assert again["resumed_from_epoch"] == 2  # the same labels: training goes on
+    labels.write_text(labels.read_text().replace(f"{third['video_id']},,wave", f"{third['video_id']},,jump")
+                      .replace(f"{first['video_id']},,jump", f"{first['video_id']},,wave"))
+    _, edited = pretrain_in_process(workspace, monkeypatch, mode="labels", labels=str(labels), epochs=3,
+                                    out="data/models/labels")
+    assert edited["resumed_from_epoch"] == 0  # other labels: trained again from scratch
+
+
+def test_labels_mode_stops_on_labels_it_cannot_train_on(workspace: Path) -> None:  # noqa: F811
+    from slic.data.datasets import read_manifest
+    from slic.labels_table import LabelsError, read_training_labels
+
+    manifest = workspace / "data/manifests/validated.csv"
+    table = read_manifest(manifest)
+    train = table[table["split"] == "train"]["video_id"].tolist()
+    test = table[table["split"] == "test"]["video_id"].tolist()
+    with pytest.raises(LabelsError, match=r"missing\.csv not found: .*cp labels/given\.csv labels/train/given\.csv"):
+        read_training_labels(workspace / "missing.csv", manifest, train)
+    only_test = _write(workspace / "only_test.csv", f"video_id,class\n{test[0]},a\n{test[1]},b\n{train[0]},a\n")
+    with pytest.raises(LabelsError, match=r"only_test\.csv: 1 of its 3 labelled videos \(test 2, train 1\) are train "
+                                          r"videos long enough to train, of 1 class\(es\)"):
+        read_training_labels(only_test, manifest, train)
+    unknown = _write(workspace / "unknown.csv", f"video_id,class\n{train[0]},a\nv_Nowhere_g01_c01,b\n")
+    with pytest.raises(LabelsError, match=r"unknown\.csv:3: video_id 'v_Nowhere_g01_c01' is not among the 24 videos "
+                                          r"of the manifest \(.*validated\.csv lists them"):
+        read_training_labels(unknown, manifest, train)
+    # Too short to train: read and counted, not trained on.
+    fine = _write(workspace / "fine.csv", f"video_id,class\n{train[0]},a\n{train[1]},a\n{train[2]},b\n")
+    read = read_training_labels(fine, manifest, train[1:])
+    assert read.by_video == {train[1]: 0, train[2]: 1} and read.names == ["a", "b"]
+    assert read.summary["labelled_too_short"] == 1 and read.summary["labelled_train_videos"] == 2
+
+
+def test_labels_mode_stage_keeps_the_labels_with_its_mlflow_run_and_names_a_missing_file(
+        workspace: Path) -> None:  # noqa: F811
+    import json
+
+    import mlflow
+
+    from slic.data.datasets import read_manifest
+    from tests.test_pretrain import finish, slic
+
+    missing = slic(workspace, "pretrain", mode="labels", labels="labels/train/none.csv", out="data/models/no_labels")
+    output, _ = missing.communicate(timeout=300)
+    assert missing.returncode == 2, output
+    assert "slic pretrain: error: labels/train/none.csv not found: pretrain.mode labels" in output
+    assert not (workspace / "data/models/no_labels/last.pt").exists()
+    train = read_manifest(workspace / "data/manifests/validated.csv").query("split == 'train'")
+    _write(workspace / "labels/train/stage.csv",
+           "video_id,class\n" + "".join(f"{v},{c}\n" for v, c in zip(train["video_id"][:6], train["class"][:6])))
+    output = finish(slic(workspace, "pretrain", mode="labels", labels="labels/train/stage.csv", epochs=1,
+                         out="data/models/stage_labels"))
+    assert "pretrain (labels): trained on 6 labelled train videos of" in output
+    report = json.loads((workspace / "reports/pretrain.json").read_text())
+    assert (report["mode"], report["labelled_train_videos"]) == ("labels", 6)
+    mlflow.set_tracking_uri(f"sqlite:///{workspace / 'mlflow.db'}")
+    client = mlflow.tracking.MlflowClient()
+    run = client.get_run(report["mlflow_run_id"])
+    assert run.data.params["labels"] == "labels/train/stage.csv" and run.data.metrics["labelled_train_videos"] == 6
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "labels")] == ["labels/stage.csv"]
