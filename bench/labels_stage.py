@@ -96,7 +96,7 @@ def label_round(folder: Path, truth: dict[str, str], per_round: int) -> int:
     return len(lines) - 1
 
 
-def test_named_rightly(folder: Path, truth: dict[str, str], split: dict[str, str]) -> float:
+def share_named_rightly(folder: Path, truth: dict[str, str], split: dict[str, str]) -> float:
     """The share of test videos not labelled that reports/spread_labels.csv names with their true class."""
     with (folder / "reports" / "spread_labels.csv").open(newline="") as handle:
         rows = [r for r in csv.DictReader(handle) if split[r["video_id"]] == "test" and r["source"] != "given"]
@@ -134,7 +134,7 @@ def run_seed(seed: int, args: argparse.Namespace, frames: Path) -> dict[str, Any
     result = {"seed": seed, "labels": labelled, "labelled_train_videos": trained["labelled_train_videos"],
               "labelled_outside_train": trained["labelled_outside_train"],
               "test_recall_at_1": retrieval,
-              "test_named_rightly": {name: test_named_rightly(where, truth, split)
+              "test_named_rightly": {name: share_named_rightly(where, truth, split)
                                      for name, where in (("slic", first), ("labels", second))},
               "pretrain_seconds": {"slic": json.loads((first / "reports" / "pretrain.json").read_text())["seconds"],
                                    "labels": trained["seconds"]},

@@ -113,7 +113,9 @@ class TrainingLabels:
 def read_training_labels(given: str | Path, manifest: str | Path, train_ids: Sequence[str]) -> TrainingLabels:
     """The classes of the labels CSV `given` for the videos `train_ids` train on (the manifest's train videos long
     enough to train). Labels of val, test and unused videos are read and counted but never trained on, so the
-    videos evaluation measures stay unseen; a LabelsError when no train video, or one class only, is labelled."""
+    videos evaluation measures stay unseen, and neither are random checks (`check` column, spread_labels.checks),
+    so they still measure the names the new encoder gives; a LabelsError when train videos of fewer than two
+    classes are left."""
     from slic.data.datasets import read_manifest
 
     given = Path(given)
@@ -125,7 +127,9 @@ def read_training_labels(given: str | Path, manifest: str | Path, train_ids: Seq
                              videos="videos of the manifest", listed_in=str(manifest), purpose="training on labels")
     trainable = set(train_ids)
     ids, splits = table["video_id"].astype(str).to_numpy(), table["split"].astype(str).to_numpy()
-    by_video = {str(ids[i]): int(c) for i, c in zip(read.index, read.label) if ids[i] in trainable}
+    checks = read.check if read.check is not None else np.zeros(len(read.index), dtype=bool)
+    by_video = {str(ids[i]): int(c) for i, c, checked in zip(read.index, read.label, checks)
+                if ids[i] in trainable and not checked}
     used = sorted({read.names[c] for c in by_video.values()})
     if len(used) < 2:
         where = ", ".join(f"{s} {n}" for s, n in zip(*np.unique(splits[read.index], return_counts=True)))
@@ -137,6 +141,6 @@ def read_training_labels(given: str | Path, manifest: str | Path, train_ids: Seq
     outside = splits[read.index] != "train"
     summary = {"labels_file": str(given), "labelled_videos": int(len(read.index)),
                "labelled_train_videos": len(by_video), "label_classes": len(used),
-               "labelled_outside_train": int(outside.sum()),
-               "labelled_too_short": int((~outside).sum()) - len(by_video)}
+               "labelled_outside_train": int(outside.sum()), "checks_left_out": int((checks & ~outside).sum()),
+               "labelled_too_short": int((~outside & ~checks).sum()) - len(by_video)}
     return TrainingLabels(by_video=by_video, names=used, summary=summary)

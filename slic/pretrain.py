@@ -48,8 +48,8 @@ from slic.data.device_batches import device_batches, prepare_batch
 from slic.data.frames import frame_rate_of
 from slic.distributed import World, barrier, broadcast_object, gather_tensor, gather_with_grad
 from slic.embed import embed_clips
-from slic.models import Encoder, to_device
 from slic.labels_table import read_training_labels
+from slic.models import Encoder, to_device
 from slic.pretrain_state import (RESUMABLE_ACROSS, TrainState, _what_changed, data_fingerprint,  # noqa: F401
                                   fingerprint, given_labels_fingerprint, resume_state, same_fingerprint,
                                   save_checkpoint)
@@ -159,10 +159,9 @@ def initial_labels(mode: str, train: list[VideoShard], state: TrainState,
 
     oracle: the true classes (the ceiling perfect clustering would give), or with `given` (video id -> class
     number) those classes, a video not in it its own label (positives from itself only); labels: `given` (the
-    user's classes) in the same way; intra_video: the video
-    ids (positives only from the anchor's own video); slic: the last clustering round's labels when resuming,
-    else video ids until the first round (which runs before the first step, or before epoch
-    `cluster_start_epoch`).
+    user's classes) in the same way; intra_video: the video ids (positives only from the anchor's own video); slic:
+    the last clustering round's labels when resuming, else video ids until the first round (which runs before the
+    first step, or before epoch `cluster_start_epoch`).
     """
     if mode in ("oracle", "labels") and given is not None:
         alone = max(given.values(), default=-1) + 1  # after every given class: one label per other video

@@ -187,11 +187,13 @@ def test_labels_mode_stops_on_labels_it_cannot_train_on(workspace: Path) -> None
     with pytest.raises(LabelsError, match=r"unknown\.csv:3: video_id 'v_Nowhere_g01_c01' is not among the 24 videos "
                                           r"of the manifest \(.*validated\.csv lists them"):
         read_training_labels(unknown, manifest, train)
-    # Too short to train: read and counted, not trained on.
-    fine = _write(workspace / "fine.csv", f"video_id,class\n{train[0]},a\n{train[1]},a\n{train[2]},b\n")
+    # Too short to train: read and counted, not trained on; nor is a random check (kept to measure the names).
+    fine = _write(workspace / "fine.csv", f"video_id,class,check\n{train[0]},a,\n{train[1]},a,\n{train[2]},b,\n"
+                                          f"{train[3]},b,yes\n")
     read = read_training_labels(fine, manifest, train[1:])
     assert read.by_video == {train[1]: 0, train[2]: 1} and read.names == ["a", "b"]
-    assert read.summary["labelled_too_short"] == 1 and read.summary["labelled_train_videos"] == 2
+    assert (read.summary["labelled_too_short"], read.summary["checks_left_out"]) == (1, 1)
+    assert read.summary["labelled_train_videos"] == 2
 
 
 def test_labels_mode_stage_keeps_the_labels_with_its_mlflow_run_and_names_a_missing_file(
