@@ -1,7 +1,8 @@
 """Does `pretrain.mode: labels` pay when run the way a user runs it, through the pipeline's own stages?
 
-bench/retrain_labels.py measured retraining on 100 labels by calling the training code; this runs the stages. On
-ucf101_6 (split 1, the `ucf101_6_cpu` preset, the dataset used in place), per seed, in a work folder of its own:
+bench/retrain_labels.py measured retraining on 100 labels by calling the training code; this runs the stages.
+On ucf101_6 (split 1, or `--split`; the `ucf101_6_cpu` preset; the dataset used in place), per seed, in a folder
+of its own:
 1. `slic manifest`, `validate`, `extract`, `pretrain` (mode slic), `embed`, `evaluate`, `clusters` and
    `spread-labels`, each a `slic` process as `dvc repro` starts it;
 2. a simulated user labels, five rounds of 20, the videos reports/label_next.csv suggests, with their true classes
@@ -13,10 +14,11 @@ labels fell on train videos (the only ones trained on), and the share of test vi
 100 labels name rightly through each encoder (reports/spread_labels.csv against the manifest's classes).
 
 Writes reports/bench/labels_stage.json (per seed, and mean and std of each number and of the paired lead). A seed
-whose result is stored in its folder is not run again.
+whose result is stored in its folder is not run again (remove the folder to run it again).
 
-    python bench/labels_stage.py                       # seeds 7, 8, 9, about 5 minutes each on 2 cores
+    python bench/labels_stage.py                       # seeds 7, 8, 9, about 6 minutes each on 2 cores
     python bench/labels_stage.py --seeds 7 --rounds 2
+    python bench/labels_stage.py --split 2 --out reports/bench/labels_stage_split2.json
 """
 
 from __future__ import annotations
@@ -60,9 +62,9 @@ def stage(folder: Path, name: str, log: Path) -> None:
         raise RuntimeError(f"slic {name} failed in {folder}: see {log}")
 
 
-def write_params(folder: Path, data: Path, seed: int, frames: Path, **pretrain: Any) -> None:
-    """The repository's params.yaml with the ucf101_6_cpu preset, the dataset at `data`, `seed`, shards in the
-    shared `frames` folder and `pretrain` overrides, into `folder`."""
+def write_params(folder: Path, data: Path, split: int, seed: int, frames: Path, **pretrain: Any) -> None:
+    """The repository's params.yaml with the ucf101_6_cpu preset, the dataset at `data` (UCF101's `split`), `seed`,
+    shards in the shared `frames` folder and `pretrain` overrides, into `folder`."""
     from slic.presets import apply_preset, load_preset
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -70,7 +72,7 @@ def write_params(folder: Path, data: Path, seed: int, frames: Path, **pretrain: 
     shutil.copy(ROOT / "params.yaml", params)
     apply_preset(load_preset("ucf101_6_cpu"), params)
     values = yaml.safe_load(params.read_text())
-    values["manifest"].update(root=str(data / "videos"), splits_dir=str(data / "splits"))
+    values["manifest"].update(root=str(data / "videos"), splits_dir=str(data / "splits"), split=split)
     values["extract"]["out"] = str(frames)
     values["pretrain"].update(seed=seed, **pretrain)
     params.write_text(yaml.safe_dump(values, sort_keys=False))
@@ -105,21 +107,21 @@ def share_named_rightly(folder: Path, truth: dict[str, str], split: dict[str, st
 
 def run_seed(seed: int, args: argparse.Namespace, frames: Path) -> dict[str, Any]:
     """Steps 1 to 3 of the module's docstring for one seed; the stored result when the seed has one."""
-    folder = Path(args.work) / f"seed{seed}"
+    folder = Path(args.work) / (f"seed{seed}" if args.split == 1 else f"split{args.split}_seed{seed}")
     stored = folder / "result.json"
     if stored.is_file():
         return json.loads(stored.read_text())
     started = time.perf_counter()
     first, second = folder / "slic", folder / "labels"
     log = folder / "stages.log"
-    write_params(first, Path(args.data), seed, frames, mode="slic")
+    write_params(first, Path(args.data), args.split, seed, frames, mode="slic")
     for name in FIRST:
         stage(first, name, log)
     truth, split = classes_of(first / "data" / "manifests" / "validated.csv")
     for _ in range(args.rounds):
         labelled = label_round(first, truth, args.per_round)
         stage(first, "spread-labels", log)
-    write_params(second, Path(args.data), seed, frames, mode="labels")
+    write_params(second, Path(args.data), args.split, seed, frames, mode="labels")
     values = yaml.safe_load((second / "params.yaml").read_text())
     values["extract"]["manifest"] = str(first / "data" / "manifests" / "validated.csv")  # the same videos
     (second / "params.yaml").write_text(yaml.safe_dump(values, sort_keys=False))
@@ -157,6 +159,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="ucf101_6 (videos/ and splits/)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[7, 8, 9])
+    parser.add_argument("--split", type=int, default=1, choices=(1, 2, 3), help="UCF101's split")
     parser.add_argument("--rounds", type=int, default=5, help="labelling rounds")
     parser.add_argument("--per-round", type=int, default=20, help="videos labelled a round")
     parser.add_argument("--work", default=str(DEFAULT_WORK), help="work folders (resumed)")
@@ -164,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not (Path(args.data) / "videos").is_dir():
         parser.error(f"{args.data}/videos not found: the six-class UCF101 set lies beside the checkout")
-    frames = Path(args.work) / "frames"  # extracted once, every folder reads them
+    frames = Path(args.work) / "frames"  # extracted once, every folder (and split) reads them
     results = []
     for seed in args.seeds:
         results.append(run_seed(seed, args, frames))
@@ -174,7 +177,8 @@ def main(argv: list[str] | None = None) -> None:
               flush=True)
     import torch
 
-    report = {"bench": "labels_stage", "data": Path(args.data).name, "seeds": args.seeds, "rounds": args.rounds,
+    report = {"bench": "labels_stage", "data": Path(args.data).name, "split": args.split, "seeds": args.seeds,
+              "rounds": args.rounds,
               "per_round": args.per_round, "machine": machine(torch.device("cpu")), "per_seed": results,
               **summary(results)}
     print(f"wrote {write_report(report, args.out)}")
