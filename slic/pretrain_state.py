@@ -119,7 +119,8 @@ def _what_changed(was: dict[str, Any], now: dict[str, Any]) -> str:
         shown = ", ".join(f"{k} {was.get(k, 'unset')!r} (now {now.get(k, 'unset')!r})" for k in keys[:4])
         parts.append(f"other settings: {shown}" + (f" and {len(keys) - 4} more" if len(keys) > 4 else ""))
     if was.get("data") != now.get("data"):
-        parts.append(f"other data (content fingerprint {was.get('data') or 'unknown'}, now {now.get('data')})")
+        what = "other data or labels" if now.get("mode") == "labels" else "other data"  # labels: in its fingerprint
+        parts.append(f"{what} (content fingerprint {was.get('data') or 'unknown'}, now {now.get('data')})")
     return " and ".join(parts) or "another fingerprint format"
 
 

@@ -136,7 +136,7 @@ def _write(path: Path, text: str) -> Path:
 
 
 def test_labels_mode_trains_on_the_classes_of_train_videos_and_retrains_when_they_change(
-        workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+        workspace: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:  # noqa: F811
     from slic.data.datasets import read_manifest
 
     table = read_manifest(workspace / "data/manifests/validated.csv")
@@ -164,9 +164,11 @@ def test_labels_mode_trains_on_the_classes_of_train_videos_and_retrains_when_the
     assert again["resumed_from_epoch"] == 2  # the same labels: training goes on
     labels.write_text(labels.read_text().replace(f"{third['video_id']},,wave", f"{third['video_id']},,jump")
                       .replace(f"{first['video_id']},,jump", f"{first['video_id']},,wave"))
-    _, edited = pretrain_in_process(workspace, monkeypatch, mode="labels", labels=str(labels), epochs=3,
-                                    out="data/models/labels")
-    assert edited["resumed_from_epoch"] == 0  # other labels: trained again from scratch
+    with caplog.at_level("WARNING", logger="slic.pretrain_state"):
+        _, edited = pretrain_in_process(workspace, monkeypatch, mode="labels", labels=str(labels), epochs=3,
+                                        out="data/models/labels")
+    assert edited["resumed_from_epoch"] == 0  # other labels: trained again from scratch, saying why
+    assert "was trained with other data or labels (content fingerprint" in caplog.text
 
 
 def test_labels_mode_stops_on_labels_it_cannot_train_on(workspace: Path) -> None:  # noqa: F811
