@@ -4,8 +4,8 @@ video, and what `pretrain.mode: labels` trains the encoder on.
 The CSV has a `class` column and a `video_id` column (the ids of reports/clusters.csv and of the manifest) or a
 `path` column (a video file: every segment of a long file takes its class), read as `layout: csv` reads labels.csv
 (any case, a byte-order mark, commas, semicolons or tabs); with both columns a row's id names its video, or its
-file where the id is empty. Rows with an empty class are skipped (a label_next.csv partly filled in). A row naming no video, one video given two classes, or one class spelled two ways stops with
-the file and line.
+file where the id is empty. Rows with an empty class are skipped (a label_next.csv partly filled in). A row naming
+no video, one video given two classes, or one class spelled two ways stops with the file and line.
 """
 
 from __future__ import annotations
