@@ -16,7 +16,7 @@ labels fell on train videos (the only ones trained on), and the share of test vi
 Writes reports/bench/labels_stage.json (per seed, and mean and std of each number and of the paired lead). A seed
 whose result is stored in its folder is not run again (remove the folder to run it again).
 
-    python bench/labels_stage.py                       # seeds 7, 8, 9, about 6 minutes each on 2 cores
+    python bench/labels_stage.py                       # seeds 7, 8, 9, about 4.6 minutes each on 2 idle cores
     python bench/labels_stage.py --seeds 7 --rounds 2
     python bench/labels_stage.py --split 2 --out reports/bench/labels_stage_split2.json
 """
