@@ -424,14 +424,17 @@ def run_spread_labels(config: Any) -> dict[str, Any]:
     if report["given"]:
         with stage_run("spread_labels", to_dict(cfg), name=f"spread_labels {report['given']} given") as run:
             run.log_metrics({key: report[key] for key in ("given", "classes", "videos", "unsure_share",
-                                                          "leave_one_out_accuracy", "agreement_with_manifest")
+                                                          "leave_one_out_accuracy", "agreement_with_manifest",
+                                                          "labels_trained_on")
                              if report.get(key) is not None})
             if "checked" in report:
                 run.log_metrics({"checks": report["checked"]["checks"], "checked_share": report["checked"]["share"]})
             for path in (cfg.table, cfg.next_table, cfg.html):
                 run.log_artifact(path)
         estimate = report["leave_one_out_accuracy"]
-        said = (f"; {100 * estimate:.0f}% of the labelled videos are named rightly from the others"
+        among = (f" the encoder did not train on (it trained on {report['labels_trained_on']})"
+                 if report.get("labels_trained_on") else "")
+        said = (f"; {100 * estimate:.0f}% of the labelled videos{among} are named rightly from the others"
                 if estimate is not None else "")
         print(f"spread_labels: {report['given']} labelled videos ({report['classes']} classes) name all "
               f"{report['videos']} by the most similar{said} -> {cfg.table}")

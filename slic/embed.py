@@ -2,7 +2,8 @@
 
 Each video gives `clips` 16-frame clips centred at linspace(8, n - 8, clips), frames resized to a
 fixed size x size*171/128 and centre-cropped; the projection-head outputs are averaged. The result
-is one .npz with video_id, label, split and embedding rows, in manifest order.
+is one .npz with video_id, label, split and embedding rows, in manifest order, and `trained_on`: the videos whose
+given class (pretrain.mode labels) the encoder trained on.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from slic.checkpoints import load_encoder
+from slic.checkpoints import load_encoder, read_checkpoint
 from slic.config import EmbedConfig, PretrainConfig
 from slic.data.clips import EvalClips, VideoShard, load_videos
 from slic.distributed import World, gather_objects
@@ -56,7 +57,9 @@ def embed_clips(model: torch.nn.Module, dataset: EvalClips, *, world: World, bat
 def embed_dataset(cfg: EmbedConfig, *, manifest: str | Path, frames_dir: str | Path, world: World) -> dict[str, Any]:
     """Embed train, val and test videos with cfg.checkpoint; write cfg.out; return the stage report."""
     started = time.perf_counter()
-    model, train_cfg = load_encoder(cfg.checkpoint, world.device)
+    payload = read_checkpoint(cfg.checkpoint, world.device)
+    model, train_cfg = load_encoder(cfg.checkpoint, world.device, payload=payload)
+    trained_on = sorted(payload.get("trained_labels") or {})  # videos whose given class the encoder trained on
     pretrain_cfg = PretrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in train_cfg.items()})
     videos: list[VideoShard] = load_videos(manifest, frames_dir, splits=["train", "val", "test"],
                                            min_frames=pretrain_cfg.clip_len, frame_step=pretrain_cfg.frame_step)
@@ -70,7 +73,8 @@ def embed_dataset(cfg: EmbedConfig, *, manifest: str | Path, frames_dir: str | P
         tmp = out.with_name(out.stem + ".tmp.npz")
         np.savez(tmp, video_id=np.array([v.video_id for v in videos]), label=np.array([v.label for v in videos]),
                  class_name=np.array([v.class_name for v in videos]),
-                 split=np.array([v.split for v in videos]), embedding=embeddings)
+                 split=np.array([v.split for v in videos]), embedding=embeddings,
+                 trained_on=np.array(trained_on, dtype=str))
         tmp.replace(out)
     seconds = time.perf_counter() - started
     return {"videos": len(videos), "dim": int(embeddings.shape[1]), "clips_per_video": cfg.clips,

@@ -87,6 +87,13 @@ def vectors_of(embeddings: str | Path, ids: Sequence[str], named_in: str, advice
     return data["embedding"][[where[video_id] for video_id in ids]]
 
 
+def encoder_trained_on(embeddings: str | Path) -> set[str]:
+    """The videos whose given class the encoder of `embeddings` trained on (pretrain.mode labels; the embed stage
+    keeps them from the checkpoint); empty for an encoder trained without labels, or embeddings from before."""
+    data = np.load(embeddings)
+    return set(np.asarray(data["trained_on"]).astype(str).tolist()) if "trained_on" in data.files else set()
+
+
 def read_given_labels(given: str | Path, archive: Archive) -> GivenLabels:
     """The user's CSV of classes (slic.labels_table says what it may hold) for the videos of the clusters table: a
     `video_id` column names them by the ids of reports/clusters.csv, a `path` column by their files (every segment
@@ -194,12 +201,13 @@ def named_by_the_others(unit: np.ndarray, given: GivenLabels, rows: np.ndarray) 
     return given.label[np.argmax(sims, axis=1)]
 
 
-def leave_one_out_accuracy(unit: np.ndarray, given: GivenLabels) -> float | None:
+def leave_one_out_accuracy(unit: np.ndarray, given: GivenLabels, counted: np.ndarray | None = None) -> float | None:
     """The share of labelled videos named rightly from the other labelled videos: an estimate from the user's own
     labels. A video whose class has no other label cannot be named rightly and is not counted (a class labelled
-    once); None below MIN_FOR_ESTIMATE counted videos."""
+    once), nor is one outside `counted` (a mask over the labelled videos: those the encoder did not train on);
+    None below MIN_FOR_ESTIMATE counted videos."""
     counts = np.bincount(given.label, minlength=len(given.names))
-    rows = np.flatnonzero(counts[given.label] > 1)
+    rows = np.flatnonzero((counts[given.label] > 1) & (True if counted is None else counted))
     if len(rows) < MIN_FOR_ESTIMATE:
         return None
     return float((named_by_the_others(unit, given, rows) == given.label[rows]).mean())
@@ -315,17 +323,25 @@ def spread_archive(*, embeddings: str | Path, clusters_table: str | Path, given:
         like[labels.index] = ""
         labelled = labels.index
         checked = labels.check if labels.check is not None else np.zeros(len(labelled), dtype=bool)
+        trained = np.isin(archive.ids[labelled], sorted(encoder_trained_on(embeddings)))
         rest = source == "nearest"
         report.update({
             "rows_without_class": labels.rows_without_class, "classes": len(labels.names),
             "per_class": {name: {"given": int((labels.label == c).sum()), "named": int((guess[rest] == name).sum())}
                           for c, name in enumerate(labels.names)},
             "unsure_share": round(float((margin[rest] < UNSURE_MARGIN).mean()), 4) if rest.any() else None,
-            "leave_one_out_accuracy": leave_one_out_accuracy(archive.unit, labels)})
+            "leave_one_out_accuracy": leave_one_out_accuracy(archive.unit, labels, ~trained)})
+        if trained.any():  # the encoder pulled these together: naming them from each other would flatter it
+            report["labels_trained_on"] = int(trained.sum())
         measured = checked_accuracy(archive.unit, labels)
         if measured is not None:
             report["checked"] = measured
-        if report["leave_one_out_accuracy"] is None:
+        if report["leave_one_out_accuracy"] is None and trained.any():
+            report["note"] = (f"the encoder trained on {int(trained.sum())} of your {len(labelled)} labels "
+                              "(pretrain.mode labels), and naming them from each other would flatter it: too few "
+                              f"others ({MIN_FOR_ESTIMATE} needed) for the leave-one-out share; random checks "
+                              "(spread_labels.checks), never trained on, measure it")
+        elif report["leave_one_out_accuracy"] is None:
             report["note"] = (f"{len(labels.index)} labels: too few to estimate the accuracy (it needs "
                               f"{MIN_FOR_ESTIMATE} videos of classes labelled more than once); label the videos "
                               f"of {next_table}")
@@ -382,9 +398,13 @@ def _write_next_page(out: str | Path, report: Mapping[str, Any], archive: Archiv
         state = (f"{report['given']} videos labelled in <code>{html.escape(report['given_file'])}</code>; every "
                  f"video named by its most similar labelled one in <code>{html.escape(report['table'])}</code>")
         estimate = report.get("leave_one_out_accuracy")
+        trained = report.get("labels_trained_on")
         if estimate is not None:
-            state += (f"; {100 * estimate:.0f}% of your labelled videos are named rightly from the others (on "
+            state += (f"; {100 * estimate:.0f}% of your labelled videos"
+                      f"{' the encoder did not train on' if trained else ''} are named rightly from the others (on "
                       "ucf101_6 this ran below the share of the rest named rightly)")
+        if trained:
+            state += f"; the encoder trained on {trained} of them (pretrain.mode labels)"
         if "checked" in report:
             state += "; " + checked_line(report["checked"])
     else:

@@ -413,13 +413,14 @@ def pretrain(cfg: PretrainConfig, *, manifest: str | Path, frames_dir: str | Pat
             metrics["val_recall_at_1"] = validation_recall(model, val, train, cfg, world, cache)
             if metrics["val_recall_at_1"] > state.best_metric and world.is_main:
                 state.best_metric, state.best_epoch = metrics["val_recall_at_1"], state.epoch
-                save_checkpoint(best, model, None, state, cfg, data, frame_rate=frame_rate)
+                save_checkpoint(best, model, None, state, cfg, data, frame_rate=frame_rate, trained_labels=given_labels)
         elif not has_labels and world.is_main:  # nothing to choose on without labels: the latest epoch
             state.best_epoch = state.epoch
-            save_checkpoint(best, model, None, state, cfg, data, frame_rate=frame_rate)
+            save_checkpoint(best, model, None, state, cfg, data, frame_rate=frame_rate, trained_labels=given_labels)
         state.history.append({"epoch": float(state.epoch), **metrics})
         if world.is_main:
-            save_checkpoint(last, model, optimizer, state, cfg, data, proxies, frame_rate=frame_rate)
+            save_checkpoint(last, model, optimizer, state, cfg, data, proxies, frame_rate=frame_rate,
+                            trained_labels=given_labels)
             if run is not None:
                 run.log_metrics(metrics, step=state.epoch)
             log.info("epoch %d/%d %s", state.epoch, epochs,
@@ -429,8 +430,9 @@ def pretrain(cfg: PretrainConfig, *, manifest: str | Path, frames_dir: str | Pat
     if not best.is_file() and world.is_main:  # random_init, or resumed past the end: still a best
         state.best_metric = validation_recall(model, val, train, cfg, world) if has_labels else -1.0
         state.best_epoch = state.epoch
-        save_checkpoint(best, model, None, state, cfg, data, frame_rate=frame_rate)
-        save_checkpoint(last, model, optimizer, state, cfg, data, proxies, frame_rate=frame_rate)
+        save_checkpoint(best, model, None, state, cfg, data, frame_rate=frame_rate, trained_labels=given_labels)
+        save_checkpoint(last, model, optimizer, state, cfg, data, proxies, frame_rate=frame_rate,
+                            trained_labels=given_labels)
     barrier()
     seconds = time.perf_counter() - started
     final = state.history[-1] if state.history else {}

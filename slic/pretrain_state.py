@@ -89,18 +89,21 @@ def fingerprint(cfg: PretrainConfig, data: str = "") -> dict[str, Any]:
 
 def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
                     state: TrainState, cfg: PretrainConfig, data: str = "",
-                    proxies: PseudoLabelProxies | None = None, *, frame_rate: float = 0.0) -> None:
+                    proxies: PseudoLabelProxies | None = None, *, frame_rate: float = 0.0,
+                    trained_labels: Mapping[str, int] | None = None) -> None:
     """torch.save to a temporary name, fsync, rename: a kill never leaves a torn checkpoint.
 
-    Also records the MLflow run open in this process (the stage's run), which a resumed stage continues, and
-    `frame_rate`, the rate extract resampled the training frames to (0.0: native), which serving decodes at.
+    Also records the MLflow run open in this process (the stage's run), which a resumed stage continues,
+    `frame_rate`, the rate extract resampled the training frames to (0.0: native), which serving decodes at, and
+    `trained_labels` (video id -> class number), the given classes the weights trained on, which travel with them
+    to the embeddings (spread_labels leaves those videos out of its leave-one-out share).
     """
     from slic.tracking import active_run_id
 
     payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict() if optimizer else None,
                "state": asdict(state), "config": asdict(cfg), "fingerprint": fingerprint(cfg, data),
                "mlflow_run_id": active_run_id(), "proxies": proxies.state_dict() if proxies is not None else None,
-               "frame_rate": float(frame_rate)}
+               "frame_rate": float(frame_rate), "trained_labels": dict(trained_labels or {})}
     atomic_torch_save(payload, path)
 
 

@@ -89,6 +89,8 @@ def test_leave_one_out_accuracy_names_each_labelled_video_from_the_others_and_wa
     wrong = GivenLabels(index=np.arange(24), label=np.where(np.arange(24) == 7, 1, truth), names=["a", "b", "c"],
                         rows_without_class=0)
     assert leave_one_out_accuracy(unit, wrong) == pytest.approx(23 / 24)
+    assert leave_one_out_accuracy(unit, wrong, counted=np.arange(24) != 7) == 1.0  # video 7 not counted
+    assert leave_one_out_accuracy(unit, everyone, counted=np.arange(24) < 9) is None  # 9 counted: too few
     once = GivenLabels(index=np.array([0, 8, 16, 1, 9, 2, 10, 3, 11, 4, 12]), label=np.array([0, 1, 2] + [0, 1] * 4),
                        names=["a", "b", "c"], rows_without_class=0)  # class c labelled once: not counted
     assert leave_one_out_accuracy(unit, once) == 1.0
@@ -204,6 +206,21 @@ def test_stage_spreads_the_given_classes_to_every_video_and_logs_a_run(tiny_mani
     run = next(r for r in result["runs"] if r.data.tags["slic.stage"] == "spread_labels")
     assert run.data.metrics["given"] == len(with_class) and run.data.metrics["agreement_with_manifest"] == 1.0
     assert "100% of the labelled videos are named rightly from the others" in result["stdout"]
+    # An encoder trained on some of these labels (pretrain.mode labels; embed keeps them as trained_on): those are
+    # left out of the leave-one-out share, and with too few others left it is not given, and the stage says why.
+    embeddings = tmp_path / "data/embeddings/embeddings.npz"
+    stored = dict(np.load(embeddings))
+    first_stdout = ""
+    for trained, estimate in ((len(with_class) - 10, 1.0), (len(with_class) - 9, None)):  # 10 counted: enough
+        np.savez(embeddings, **stored, trained_on=np.array(sorted(with_class)[:trained]))
+        result = run_stage_in(tmp_path, "spread-labels")
+        assert result["code"] == 0, result["stderr"]
+        first_stdout = first_stdout if estimate is None else result["stdout"]
+        report = json.loads((tmp_path / "reports/spread_labels.json").read_text())
+        assert (report["labels_trained_on"], report["leave_one_out_accuracy"]) == (trained, estimate)
+    assert f"the encoder did not train on (it trained on {len(with_class) - 10})" in first_stdout
+    assert f"the encoder trained on {trained} of your {len(with_class)} labels (pretrain.mode labels)" in report["note"]
+    assert f"the encoder trained on {trained} of them" in (tmp_path / "reports/label_next.html").read_text()
 
 
 def test_stage_with_checks_lists_random_ones_and_measures_them_once_labelled(tiny_manifest: Any,

@@ -158,6 +158,22 @@ def test_labels_mode_trains_on_the_classes_of_train_videos_and_retrains_when_the
     assert report["labelled_videos"] == 4 and report["labelled_train_videos"] == 3
     assert report["labelled_outside_train"] == 1 and report["label_classes"] == 2
     assert report["cluster_rounds"] == 1 and 0.0 <= report["best_val_recall_at_1"] <= 1.0  # the true classes
+    # The labels trained on travel with the weights into the embeddings (spread_labels leaves them out of its
+    # leave-one-out share).
+    import torch
+
+    from slic.config import EmbedConfig
+    from slic.distributed import World
+    from slic.embed import embed_dataset
+
+    best = workspace / "data/models/labels/best.pt"
+    saved = torch.load(best, map_location="cpu", weights_only=False)["trained_labels"]
+    assert set(saved) == {first["video_id"], other["video_id"], third["video_id"]}
+    assert saved[first["video_id"]] == saved[other["video_id"]] != saved[third["video_id"]]
+    embed_dataset(EmbedConfig(checkpoint=str(best), out=str(workspace / "labels.npz"), workers=0, clips=2),
+                  manifest=workspace / "data/manifests/validated.csv", frames_dir=workspace / "data/frames",
+                  world=World(0, 1, 0, torch.device("cpu")))
+    assert sorted(np.load(workspace / "labels.npz")["trained_on"]) == sorted(saved)
 
     _, again = pretrain_in_process(workspace, monkeypatch, mode="labels", labels=str(labels), epochs=3,
                                    out="data/models/labels")
