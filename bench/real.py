@@ -33,7 +33,7 @@ import json
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
@@ -369,9 +369,10 @@ def each_stored_cell(config: Config, world: Any, work: Path, seeds: list[int],
             yield seed, row, work / f"seed{seed}" / row, results[row]
 
 
-def cells_parser(description: str, rows: list[str], out: Path) -> argparse.ArgumentParser:
+def cells_parser(description: str, rows: list[str], out: Path, markdown: str = "") -> argparse.ArgumentParser:
     """The arguments of a bench that measures this bench's stored cells (bench/label_free.py,
-    bench/added_videos.py): --root, --params, --seeds, --rows (default `rows`), --work, --out, --threads, --verbose."""
+    bench/added_videos.py): --root, --params, --seeds, --rows (default `rows`), --work, --out, --threads, --verbose;
+    with `markdown` (what its docs show, e.g. "table"), --markdown too (see `printed_markdown`)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--root", default=str(DEFAULT_ROOT), help="the ucf101_6 folder (videos/, splits/)")
     parser.add_argument("--params", default=str(ROOT / "params.yaml"))
@@ -382,7 +383,17 @@ def cells_parser(description: str, rows: list[str], out: Path) -> argparse.Argum
     parser.add_argument("--out", default=str(out))
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--verbose", action="store_true", help="slic's log lines (epochs, clustering)")
+    if markdown:
+        parser.add_argument("--markdown", action="store_true",
+                            help=f"print the docs' {markdown} from the report at --out, and stop")
     return parser
+
+
+def printed_markdown(args: argparse.Namespace, render: Callable[[dict[str, Any]], str]) -> bool:
+    """With --markdown: print `render` of the stored report at --out (the docs' tables, no rerun) and say so."""
+    if args.markdown:
+        print(render(json.loads(Path(args.out).read_text())))
+    return bool(args.markdown)
 
 
 def open_bench(args: argparse.Namespace, prog: str, preset: str = PRESET,

@@ -41,7 +41,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.ablation import machine, shown, spread, stored_result, write_report  # noqa: E402
-from bench.real import TRAIN_SECTIONS, cells_parser, each_stored_cell, open_bench, seed_config, settings  # noqa: E402
+from bench.real import (TRAIN_SECTIONS, cells_parser, each_stored_cell, open_bench, printed_markdown,  # noqa: E402
+                        seed_config, settings)
 from bench.spread_labels import PER_ROUND, archive_from  # noqa: E402
 
 WAYS = ("given", "named", "named_sure")
@@ -176,7 +177,7 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def parse_args(argv: list[str] | None) -> Any:
-    parser = cells_parser(__doc__.splitlines()[0], list(COMPARED), DEFAULT_OUT)
+    parser = cells_parser(__doc__.splitlines()[0], list(COMPARED), DEFAULT_OUT, markdown="table")
     parser.add_argument("--labels", type=int, default=100, help="videos the simulated user labels (rounds of 20)")
     parser.add_argument("--ways", nargs="+", choices=WAYS, default=list(WAYS))
     parser.add_argument("--base", default="slic", choices=list(COMPARED),
@@ -184,15 +185,12 @@ def parse_args(argv: list[str] | None) -> Any:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="a setting for every cell, as bench/real.py takes it (e.g. manifest.split=2 with that "
                              "split's --work)")
-    parser.add_argument("--markdown", action="store_true",
-                        help="print the docs' table from the report at --out, and stop")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    if args.markdown:
-        print(markdown(json.loads(Path(args.out).read_text())))
+    if printed_markdown(args, markdown):
         return
     config, world, work = open_bench(args, "bench/retrain_labels.py", overrides=args.overrides)
     started = time.perf_counter()

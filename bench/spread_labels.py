@@ -42,7 +42,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.ablation import machine, shown, spread, write_report  # noqa: E402
-from bench.real import cells_parser, each_stored_cell, open_bench  # noqa: E402
+from bench.real import cells_parser, each_stored_cell, open_bench, printed_markdown  # noqa: E402
 
 DEFAULT_ROWS = ("random_init", "intra_video", "slic", "slic_video")
 DEFAULT_OUT = ROOT / "reports" / "bench" / "spread_labels.json"
@@ -259,20 +259,15 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def parse_args(argv: list[str] | None) -> Any:
-    parser = cells_parser(__doc__.splitlines()[0], list(DEFAULT_ROWS), DEFAULT_OUT)
+    parser = cells_parser(__doc__.splitlines()[0], list(DEFAULT_ROWS), DEFAULT_OUT, markdown="tables and figures")
     parser.add_argument("--rounds", type=int, default=5, help="rounds of 20 labels (5: up to 100 videos)")
     parser.add_argument("--draws", type=int, default=5, help="random_picks draws per round")
-    parser.add_argument("--markdown", action="store_true",
-                        help="print the docs' tables and figures from the report at --out, and stop")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    if args.markdown:
-        import json
-
-        print(markdown(json.loads(Path(args.out).read_text())))
+    if printed_markdown(args, markdown):
         return
     config, world, work = open_bench(args, "bench/spread_labels.py")
     started = time.perf_counter()

@@ -56,3 +56,14 @@ def test_markdown_puts_the_lead_over_the_base_beside_each_way() -> None:
     assert "| slic (bench/real.py) | 60.0 ± 0.0 | 50.0 ± 0.0 | | | |" in text
     assert "| retrained, `given` | 65.0 ± 0.0 | 55.0 ± 0.0 | +5.0 ± 0.0, 2 of 3 (+5.0) | 70.0 ± 0.0 (66.0 ± 0.0) |" \
            " 84 (100%) |" in text
+
+
+def test_markdown_flag_prints_the_stored_report_and_stops(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from bench.real import cells_parser, printed_markdown
+
+    (tmp_path / "r.json").write_text('{"rows": 3}')
+    parser = cells_parser("a bench", ["slic"], tmp_path / "r.json", markdown="table")
+    assert printed_markdown(parser.parse_args(["--markdown"]), lambda report: f"rows {report['rows']}")
+    assert capsys.readouterr().out == "rows 3\n"
+    assert not printed_markdown(parser.parse_args([]), lambda report: "never")
+    assert capsys.readouterr().out == ""
