@@ -338,6 +338,7 @@ def pretrain(cfg: PretrainConfig, *, manifest: str | Path, frames_dir: str | Pat
     if given_labels is not None:  # other labels, other training: never resume one from the other
         data = given_labels_fingerprint(data, given_labels)
     frame_rate = frame_rate_of(frames_dir)  # extract.fps, kept with the weights: serving decodes files at it
+    kept = {"frame_rate": frame_rate, "trained_labels": given_labels}  # what every checkpoint keeps beside the weights
     proxies = PseudoLabelProxies(cfg, world.device) if cfg.objective == "proxy" else None
     state = resume_state(last, cfg, data, model, optimizer, run, proxies)
     if state.epoch == 0 and best.is_file():
@@ -382,7 +383,7 @@ def pretrain(cfg: PretrainConfig, *, manifest: str | Path, frames_dir: str | Pat
         metrics: dict[str, float] = {}
         embeddings = None
         previous_labels: np.ndarray | None = None
-        if is_cluster_epoch(cfg, epoch) and (cfg.mode != "labels" or has_labels):
+        if is_cluster_epoch(cfg, epoch) and (cfg.mode == "slic" or has_labels):  # else only to monitor: needs classes
             labels, cluster_stats, embeddings = cluster_round(model, train, cfg, world, cache,
                                                               flow_dir=clustered_flow)
             if cfg.mode == "slic":  # oracle: the clusters of its embedding are only monitored
@@ -413,14 +414,13 @@ def pretrain(cfg: PretrainConfig, *, manifest: str | Path, frames_dir: str | Pat
             metrics["val_recall_at_1"] = validation_recall(model, val, train, cfg, world, cache)
             if metrics["val_recall_at_1"] > state.best_metric and world.is_main:
                 state.best_metric, state.best_epoch = metrics["val_recall_at_1"], state.epoch
-                save_checkpoint(best, model, None, state, cfg, data, frame_rate=frame_rate, trained_labels=given_labels)
+                save_checkpoint(best, model, None, state, cfg, data, **kept)
         elif not has_labels and world.is_main:  # nothing to choose on without labels: the latest epoch
             state.best_epoch = state.epoch
-            save_checkpoint(best, model, None, state, cfg, data, frame_rate=frame_rate, trained_labels=given_labels)
+            save_checkpoint(best, model, None, state, cfg, data, **kept)
         state.history.append({"epoch": float(state.epoch), **metrics})
         if world.is_main:
-            save_checkpoint(last, model, optimizer, state, cfg, data, proxies, frame_rate=frame_rate,
-                            trained_labels=given_labels)
+            save_checkpoint(last, model, optimizer, state, cfg, data, proxies, **kept)
             if run is not None:
                 run.log_metrics(metrics, step=state.epoch)
             log.info("epoch %d/%d %s", state.epoch, epochs,
@@ -430,9 +430,8 @@ def pretrain(cfg: PretrainConfig, *, manifest: str | Path, frames_dir: str | Pat
     if not best.is_file() and world.is_main:  # random_init, or resumed past the end: still a best
         state.best_metric = validation_recall(model, val, train, cfg, world) if has_labels else -1.0
         state.best_epoch = state.epoch
-        save_checkpoint(best, model, None, state, cfg, data, frame_rate=frame_rate, trained_labels=given_labels)
-        save_checkpoint(last, model, optimizer, state, cfg, data, proxies, frame_rate=frame_rate,
-                            trained_labels=given_labels)
+        save_checkpoint(best, model, None, state, cfg, data, **kept)
+        save_checkpoint(last, model, optimizer, state, cfg, data, proxies, **kept)
     barrier()
     seconds = time.perf_counter() - started
     final = state.history[-1] if state.history else {}
