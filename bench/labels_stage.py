@@ -62,9 +62,11 @@ def stage(folder: Path, name: str, log: Path) -> None:
         raise RuntimeError(f"slic {name} failed in {folder}: see {log}")
 
 
-def write_params(folder: Path, data: Path, split: int, seed: int, frames: Path, **pretrain: Any) -> None:
+def write_params(folder: Path, data: Path, split: int, seed: int, frames: Path, manifest: Path | None = None,
+                 **pretrain: Any) -> None:
     """The repository's params.yaml with the ucf101_6_cpu preset, the dataset at `data` (UCF101's `split`), `seed`,
-    shards in the shared `frames` folder and `pretrain` overrides, into `folder`."""
+    shards in the shared `frames` folder (and another folder's validated `manifest`, when given) and `pretrain`
+    overrides, into `folder`."""
     from slic.presets import apply_preset, load_preset
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -74,6 +76,8 @@ def write_params(folder: Path, data: Path, split: int, seed: int, frames: Path, 
     values = yaml.safe_load(params.read_text())
     values["manifest"].update(root=str(data / "videos"), splits_dir=str(data / "splits"), split=split)
     values["extract"]["out"] = str(frames)
+    if manifest is not None:
+        values["extract"]["manifest"] = str(manifest)
     values["pretrain"].update(seed=seed, **pretrain)
     params.write_text(yaml.safe_dump(values, sort_keys=False))
 
@@ -121,10 +125,8 @@ def run_seed(seed: int, args: argparse.Namespace, frames: Path) -> dict[str, Any
     for _ in range(args.rounds):
         labelled = label_round(first, truth, args.per_round)
         stage(first, "spread-labels", log)
-    write_params(second, Path(args.data), args.split, seed, frames, mode="labels")
-    values = yaml.safe_load((second / "params.yaml").read_text())
-    values["extract"]["manifest"] = str(first / "data" / "manifests" / "validated.csv")  # the same videos
-    (second / "params.yaml").write_text(yaml.safe_dump(values, sort_keys=False))
+    write_params(second, Path(args.data), args.split, seed, frames,
+                 manifest=first / "data" / "manifests" / "validated.csv", mode="labels")  # the same videos
     for copy in ("labels/given.csv", "labels/train/given.csv"):
         (second / copy).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(first / "labels" / "given.csv", second / copy)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.labels_stage import label_round, share_named_rightly, summary
+from bench.labels_stage import label_round, share_named_rightly, summary, write_params
 
 
 def test_each_round_appends_the_suggested_videos_with_their_true_classes(tmp_path: Path) -> None:
@@ -34,3 +34,16 @@ def test_summary_pairs_the_lead_by_seed() -> None:
     lead = summary(results)["test_recall_at_1"]["labels_minus_slic"]
     assert lead["per_seed"] == pytest.approx([6.0, -2.0]) and lead["seeds_ahead"] == 1
     assert summary(results)["test_recall_at_1"]["slic"]["mean"] == pytest.approx(62.0)
+
+
+def test_params_carry_the_preset_the_split_the_seed_and_the_shared_frames_and_manifest(tmp_path: Path) -> None:
+    from slic.config import load
+
+    write_params(tmp_path / "labels", tmp_path / "ucf101_6", 2, 8, tmp_path / "frames",
+                 manifest=tmp_path / "slic/validated.csv", mode="labels")
+    config = load(tmp_path / "labels/params.yaml")
+    assert (config.manifest.root, config.manifest.split) == (str(tmp_path / "ucf101_6/videos"), 2)
+    assert (config.pretrain.mode, config.pretrain.seed, config.pretrain.size) == ("labels", 8, 32)
+    assert config.extract.out == str(tmp_path / "frames")
+    assert config.extract.manifest == str(tmp_path / "slic/validated.csv")
+    assert config.manifest.layout == "ucf101"  # the ucf101_6_cpu preset
