@@ -397,6 +397,8 @@ class PromoteConfig:
     min_delta: float = _spec(0.0, low=0.0, help="the candidate must beat the champion by more than this")
     model_name: str = _spec("slic-encoder", help="registered model name")
     alias: str = _spec("champion")
+    labels: str = _spec("labels/train/given.csv", help="videos without classes: the candidate and the champion are "
+                                                      "compared on the labelled videos of this CSV neither trained on")
 
 
 @dataclass(frozen=True)

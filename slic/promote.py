@@ -11,6 +11,9 @@ on (`data_fingerprint`, from its checkpoint). When the champion's differs from t
 recorded numbers are not comparable, so both encoders are evaluated on the candidate's validation
 split (recall@1 of val queries against the train gallery, one centre clip per video: pretrain's
 protocol) and those two numbers decide; both, and both fingerprints, are recorded.
+
+Videos without classes (the `unlabelled` layout: no validation metric): both encoders are compared on the labelled
+videos of `promote.labels` that neither trained on (slic.promote_labels); with too few of those the alias stays.
 """
 
 from __future__ import annotations
@@ -181,21 +184,43 @@ def trained_with_labels(report: str | Path) -> bool:
     return not path.is_file() or json.loads(path.read_text()).get("labelled", True) is not False
 
 
-def decide_without_labels(cfg: PromoteConfig, champion: Any) -> tuple[Decision, dict[str, Any]]:
-    """A candidate trained on videos without classes has no metric: it takes the alias only when there is no
-    champion (as any first candidate does); otherwise the alias stays, since nothing can say which is better."""
+def decide_without_labels(cfg: PromoteConfig, champion: Any, checkpoint: Path, manifest: str | Path | None,
+                          frames_dir: str | Path | None, frame_rate: float = 0.0) -> tuple[Decision, dict[str, Any]]:
+    """A candidate trained on videos without classes has no validation metric: it takes the alias when there is no
+    champion (as any first candidate does); otherwise both encoders are compared on the labelled videos of
+    `cfg.labels` that neither trained on (slic.promote_labels), and without enough of those the alias stays."""
     if champion is None:
         return Decision(True, "no current champion; the candidate was trained on videos without class labels, so "
                               "nothing was measured"), {
             "champion_metric": "none", "champion_version": "none", "champion_data_fingerprint": "none",
             "compared_on": "no labels"}
-    return Decision(False, f"the candidate was trained on videos without class labels: nothing to compare with "
-                           f"champion version {champion.version} on, so {cfg.alias} stays; to serve the candidate, "
-                           f"move the alias by hand: MlflowClient().set_registered_model_alias({cfg.model_name!r}, "
-                           f"{cfg.alias!r}, VERSION) with the version in reports/promotion.json"), {
-        "champion_metric": "none", "champion_version": champion.version,
-        "champion_data_fingerprint": champion.tags.get("data_fingerprint", "") or "unknown",
-        "compared_on": "no labels"}
+    recorded = {"champion_metric": "none", "champion_version": champion.version,
+                "champion_data_fingerprint": champion.tags.get("data_fingerprint", "") or "unknown"}
+    unlabelled = "the candidate was trained on videos without class labels (no validation metric)"
+    by_hand = (f"{cfg.alias} stays on version {champion.version}; to serve the candidate, move the alias by hand: "
+               f"MlflowClient().set_registered_model_alias({cfg.model_name!r}, {cfg.alias!r}, VERSION) with the "
+               "version in reports/promotion.json")
+    if not Path(cfg.labels).is_file() or manifest is None or frames_dir is None:
+        missing = (f"there is no {cfg.labels} (promote.labels) to compare it with the champion on: label videos "
+                   f"(labels/README.md) and cp labels/given.csv {cfg.labels}" if manifest is not None and
+                   frames_dir is not None else "comparing it on your labels needs the manifest and frames_dir")
+        return Decision(False, f"{unlabelled} and {missing}; {by_hand}"), {**recorded, "compared_on": "no labels"}
+    from slic.promote_labels import compare_on_labels
+    from slic.serving import VideoEncoder, encoder_of
+
+    champion_encoder = encoder_of(load_champion(cfg.model_name, cfg.alias))
+    found = compare_on_labels(cfg.labels, VideoEncoder(checkpoint), champion_encoder, manifest, frames_dir)
+    counts = {"labels_file": str(cfg.labels), "labels_held_out": found.held_out, "labels_gallery": found.labelled}
+    if found.candidate is None or found.champion is None:
+        return Decision(False, f"{unlabelled} and {found.why_not}; {by_hand}"), {
+            **recorded, **counts, "compared_on": "no labels"}
+    decision = decide(found.candidate, found.champion, higher_is_better=True, min_delta=cfg.min_delta)
+    reason = (f"{unlabelled}; on the {found.held_out} labelled videos of {cfg.labels} neither encoder trained on "
+              f"(against {found.labelled - 1} others, {found.classes} classes), recall@1: {decision.reason}"
+              f"{rate_note(frame_rate, champion.tags.get('frame_rate'))}")
+    return Decision(decision.promote, reason), {
+        **recorded, **counts, "compared_on": "your labels", "candidate_labels_recall_at_1": found.candidate,
+        "champion_labels_recall_at_1": found.champion}
 
 
 def example_video(manifest: str | Path | None) -> str | None:
@@ -230,7 +255,7 @@ def promote(cfg: PromoteConfig, report: str | Path = PRETRAIN_REPORT, *, manifes
     frame_rate = frame_rate_of_checkpoint(payload)  # files are decoded at it (0.0: native)
     champion = registry.alias_version(cfg.model_name, cfg.alias)
     if candidate is None:
-        decision, compared = decide_without_labels(cfg, champion)
+        decision, compared = decide_without_labels(cfg, champion, checkpoint, manifest, frames_dir, frame_rate)
     else:
         decision, compared = _decide_on_equal_terms(cfg, candidate, data, champion, checkpoint, train_config,
                                                     manifest, frames_dir, flow, frame_rate)
@@ -240,11 +265,14 @@ def promote(cfg: PromoteConfig, report: str | Path = PRETRAIN_REPORT, *, manifes
     with tracking.stage_run("promote", to_dict(cfg), name=name) as run:
         if manifest is not None and Path(manifest).is_file():  # the data the candidate was validated on
             run.log_input(manifest, data or "unknown", splits=("train", "val"), context="validation")
+        if compared["compared_on"] == "your labels":  # the labels that judged the two, kept with the decision
+            run.log_artifact(Path(cfg.labels), "labels")
         model_uri = registry.log_encoder(checkpoint, embedding_dim=int(train_config["out_dim"]),
                                          example_video=example_video(manifest))
         measured = {} if candidate is None else {"metric_value": candidate}  # no value: nothing to compare later
         tags = {"metric": cfg.metric, **measured, "data_fingerprint": data or "unknown", **compared,
-                "decision": "promoted" if decision.promote else "rejected" if measured else "not compared",
+                "decision": "promoted" if decision.promote else "not compared" if compared["compared_on"] == "no labels"
+                else "rejected",
                 "reason": decision.reason,
                 "pretrain_run_id": pretrain.get("mlflow_run_id", ""), "checkpoint": str(checkpoint),
                 "frame_rate": frame_rate}
@@ -252,7 +280,8 @@ def promote(cfg: PromoteConfig, report: str | Path = PRETRAIN_REPORT, *, manifes
         if decision.promote:
             registry.set_alias(cfg.model_name, cfg.alias, version.version)
         run.log_metrics({**({} if candidate is None else {cfg.metric: candidate}),
-                         **{k: v for k, v in compared.items() if k.endswith("recall_at_1")}})
+                         **{k: v for k, v in compared.items() if isinstance(v, (int, float))
+                            and (k.endswith("recall_at_1") or k.startswith("labels_"))}})
         run.set_tags({f"promote.{k}": v for k, v in tags.items()} | {"promote.version": version.version,
                                                                      "slic.data_fingerprint": data or "unknown"})
         run_id = run.run_id

@@ -134,6 +134,8 @@ class VideoEncoder:
         self.frame_step = int(config.get("frame_step", 1))
         self.frame_rate = frame_rate_of_checkpoint(payload)  # extract.fps of its training frames; 0.0 native
         self.dim = int(config["out_dim"])
+        # video id -> class of the given labels the weights trained on (pretrain.mode labels): never judge it on them
+        self.trained_labels: dict[str, int] = dict(payload.get("trained_labels") or {})
 
     @classmethod
     def on_best_device(cls, checkpoint: str | Path, clips: int = 10) -> VideoEncoder:

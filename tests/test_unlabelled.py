@@ -193,6 +193,21 @@ def test_pretrain_index_and_search_on_unlabelled_videos(archive: Path, tiny_data
     assert (second["decision"], second["alias_version"]) == ("not compared", first["version"])
     assert "set_registered_model_alias" in second["reason"]
     assert registry.alias_version("slic-encoder", "champion").version == first["version"]
+    # Labelled by the user, retrained on the labels, compared on the random checks it never trained on.
+    classes = [video.parent.name for video in sorted(tiny_dataset.rglob("*.avi"))]
+    rows = [f"day{n % 3}/{'deeper/' if n % 2 else ''}clip{n:02d},{name},{'' if n % 2 else 'yes'}\n"
+            for n, name in enumerate(classes)]
+    (tmp_path / "labels/train").mkdir(parents=True)
+    (tmp_path / "labels/train/given.csv").write_text("video_id,class,check\n" + "".join(rows))
+    params["pretrain"]["mode"] = "labels"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert run(tmp_path, "pretrain") == 0 and run(tmp_path, "promote") == 0
+    retrained = json.loads((tmp_path / "reports/promotion.json").read_text())
+    assert (retrained["compared_on"], retrained["labels_held_out"], retrained["labels_gallery"]) == (
+        "your labels", 12, 24)
+    assert retrained["decision"] == ("promoted" if retrained["candidate_labels_recall_at_1"] > retrained[
+        "champion_labels_recall_at_1"] else "rejected")
+    assert registry.alias_version("slic-encoder", "champion").version == retrained["alias_version"]
     capsys.readouterr()
     assert run(tmp_path, "embed-video", "--out", str(tmp_path / "v.npy"), str(query)) == 0  # the champion serves
 

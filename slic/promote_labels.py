@@ -1,0 +1,101 @@
+"""Promote's comparison where the videos have no classes: the candidate and the champion judged on your labels.
+
+An archive of the `unlabelled` layout gives pretrain no validation metric, so `promote` could only keep the alias
+where it was. Once you have labelled some videos (labels/README.md), the labels file `promote.labels` (by default
+labels/train/given.csv, the one `pretrain.mode: labels` trains on) holds a fair judge: the labelled videos that
+neither encoder trained on (each checkpoint keeps the labels it trained on; random checks, the `check` column, are
+never trained on). Each of those is a query, every other labelled video the gallery (leaving out its own recording,
+as `slic search --other-recordings`), embedded with one centre clip as pretrain's validation does; recall@1 is the
+share whose nearest labelled video has its class. Both encoders are measured on the same queries and gallery, the
+frames on disk now, so the two numbers compare whatever data either was trained on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+MIN_HELD_OUT = 10  # fewer labelled videos neither encoder trained on: no comparison (one video would be 10 points)
+
+
+@dataclass(frozen=True)
+class LabelsComparison:
+    """Recall@1 of the held-out labelled videos for both encoders, or why there is none (`why_not`)."""
+
+    candidate: float | None
+    champion: float | None
+    held_out: int  # the queries: labelled videos with frames that neither encoder trained on
+    labelled: int  # labelled videos with frames for both encoders: the gallery
+    classes: int  # classes among them
+    why_not: str = ""
+
+
+def labelled_shards(labels_file: str | Path, manifest: str | Path, frames_dir: str | Path, *, clip_len: int,
+                    frame_step: int) -> tuple[list[Any], list[str]]:
+    """The videos of `labels_file` that have frames in `frames_dir` (any split; at least one clip of `clip_len` at
+    `frame_step`), each with its given class number as label, and the class names. Reads the labels file as
+    `spread_labels` and `pretrain` do, so its errors are theirs (slic.labels_table.LabelsError)."""
+    from slic.data.clips import load_videos
+    from slic.data.datasets import read_manifest
+    from slic.labels_table import read_labels_table
+
+    table = read_manifest(manifest)
+    given = read_labels_table(labels_file, table["video_id"].astype(str).tolist(), table["path"].astype(str).tolist(),
+                              videos="videos of the manifest", listed_in=str(manifest), purpose="comparing encoders")
+    classes = {str(table["video_id"].iloc[i]): int(c) for i, c in zip(given.index, given.label)}
+    shards = load_videos(manifest, frames_dir, splits=sorted(set(table["split"].astype(str))), min_frames=clip_len,
+                         frame_step=frame_step)
+    return [dataclasses.replace(v, label=classes[v.video_id], class_name=given.names[classes[v.video_id]])
+            for v in shards if v.video_id in classes], given.names
+
+
+def held_out_recall(encoder: Any, shards: list[Any], queries: np.ndarray, recordings: np.ndarray | None) -> float:
+    """Recall@1 of the `queries` rows of `shards` (their given classes as labels) against every other row, a
+    query's own recording left out (`recordings`, each row's; None: only itself), with `encoder`
+    (a slic.serving.VideoEncoder) embedding one centre clip per video."""
+    from slic.config import PretrainConfig
+    from slic.distributed import World
+    from slic.pretrain import embed_videos
+    from slic.retrieval import nearest_others
+
+    device = next(encoder.model.parameters()).device
+    cfg = PretrainConfig(clip_len=encoder.clip_len, size=encoder.size, workers=0,
+                         bf16=bool(encoder.config.get("bf16", True)))
+    vectors = embed_videos(encoder.model, shards, protocol="centre", cfg=cfg, world=World(0, 1, 0, device))
+    rows = np.flatnonzero(queries)
+    nearest, _ = nearest_others(vectors, 1, rows=rows, files=recordings)
+    labels = np.array([v.label for v in shards])
+    return float((labels[nearest[:, 0]] == labels[rows]).mean())
+
+
+def compare_on_labels(labels_file: str | Path, candidate: Any, champion: Any, manifest: str | Path,
+                      frames_dir: str | Path) -> LabelsComparison:
+    """Both encoders (slic.serving.VideoEncoder, each with the `trained_labels` of its checkpoint) on the labelled
+    videos of `labels_file` that neither trained on; `why_not` says what is missing when that cannot be done."""
+    from slic.retrieval import files_of, source_units
+
+    labels_file = Path(labels_file)
+    if not labels_file.is_file():
+        return LabelsComparison(None, None, 0, 0, 0, f"no labels file {labels_file} to compare them on (label videos "
+                                f"as labels/README.md says, then cp labels/given.csv {labels_file})")
+    each = [labelled_shards(labels_file, manifest, frames_dir, clip_len=e.clip_len, frame_step=e.frame_step)
+            for e in (candidate, champion)]
+    both = {v.video_id for v in each[0][0]} & {v.video_id for v in each[1][0]}
+    shards = [[v for v in found if v.video_id in both] for found, _ in each]
+    trained = set(candidate.trained_labels) | set(champion.trained_labels)
+    queries = np.array([v.video_id not in trained for v in shards[0]], dtype=bool)
+    classes = len({v.label for v in shards[0]})
+    counts = (int(queries.sum()), len(shards[0]), classes)
+    if counts[0] < MIN_HELD_OUT or classes < 2:
+        return LabelsComparison(None, None, *counts, (
+            f"{counts[0]} of the {counts[1]} labelled videos of {labels_file} with frames ({classes} classes) are "
+            f"held out (neither encoder trained on them); comparing needs {MIN_HELD_OUT} or more of two or more "
+            "classes: mark random checks (spread_labels.checks) or label more videos"))
+    units, _ = source_units(manifest)
+    recordings = files_of(np.array([v.video_id for v in shards[0]]), units)
+    return LabelsComparison(held_out_recall(candidate, shards[0], queries, recordings),
+                            held_out_recall(champion, shards[1], queries, recordings), *counts)

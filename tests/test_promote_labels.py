@@ -1,0 +1,138 @@
+"""Promotion where the videos have no classes: the candidate and the champion compared on the user's labels that
+neither trained on (slic.promote_labels), on real shards of the tiny set and a real registry."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from slic.config import PretrainConfig, PromoteConfig
+from slic.data.clips import VideoShard
+from slic.labels_table import LabelsError
+from slic.promote import promote
+from slic.promote_labels import MIN_HELD_OUT, compare_on_labels, held_out_recall
+from slic.serving import VideoEncoder
+from tests.test_pretrain import workspace  # noqa: F401 (the module's fixture: the tiny set's manifest and shards)
+from tests.test_promote import store, version_tags  # noqa: F401 (a fresh registry in tmp_path)
+
+ENCODER = PretrainConfig(backbone="r3d_18_narrow", hidden_dim=16, out_dim=8, size=16, clip_len=8)
+MANIFEST = "data/manifests/validated.csv"  # in the workspace, with its shards under data/frames
+
+
+def checkpoint_of(path: Path, seed: int, trained_labels: dict[str, int] | None = None) -> Path:
+    """An untrained encoder saved as pretrain saves one, with the given labels it says it trained on."""
+    from slic.pretrain import TrainState, build_encoder, save_checkpoint
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cfg = replace(ENCODER, seed=seed)
+    torch.manual_seed(seed)
+    save_checkpoint(path, build_encoder(cfg), None, TrainState(), cfg, "unlabelled-archive",
+                    trained_labels=trained_labels)
+    return path
+
+
+def write_labels(path: Path, table: pd.DataFrame, *, by_path: int = 0) -> Path:
+    """The true classes of `table`'s videos as a user's labels CSV; its first `by_path` rows name their file."""
+    rows = [("", p, c) if k < by_path else (v, "", c)
+            for k, (v, p, c) in enumerate(zip(table["video_id"], table["path"], table["class"]))]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("video_id,path,class\n" + "".join(f"{v},{p},{c}\n" for v, p, c in rows))
+    return path
+
+
+def test_held_out_recall_asks_each_query_for_its_nearest_labelled_video_outside_its_recording(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    vectors = np.array([[1, 0], [1, 0.01], [0.9, 0.15], [0, 1], [0.2, 1]], dtype=np.float32)
+    shards = [VideoShard(f"v{i}", f"v{i}.shard", 20, label, "train") for i, label in enumerate([0, 0, 1, 1, 1])]
+    monkeypatch.setattr("slic.pretrain.embed_videos", lambda model, videos, **_: vectors[[int(v.video_id[1:])
+                                                                                           for v in videos]])
+    encoder = type("Encoder", (), {"model": torch.nn.Linear(1, 1), "clip_len": 8, "size": 16, "config": {}})()
+    queries = np.array([True, False, False, True, False])
+    # v0's nearest other video is v1, of its class, but of its own recording: left out, v2 (another class) is next.
+    assert held_out_recall(encoder, shards, queries, np.array(["a", "a", "b", "c", "d"])) == 0.5
+    assert held_out_recall(encoder, shards, queries, None) == 1.0  # every video its own recording: v0 finds v1
+
+
+def test_both_encoders_are_judged_on_the_labelled_videos_neither_trained_on(workspace: Path,  # noqa: F811
+                                                                           tmp_path: Path) -> None:
+    table = pd.read_csv(workspace / MANIFEST, dtype={"video_id": str}, keep_default_na=False)
+    ids = table["video_id"].tolist()
+    candidate = VideoEncoder(checkpoint_of(tmp_path / "candidate.pt", 1, {v: 0 for v in ids[:6]}))
+    champion = VideoEncoder(checkpoint_of(tmp_path / "champion.pt", 2, {v: 0 for v in ids[4:8]}))
+    labels = write_labels(tmp_path / "given.csv", table, by_path=2)
+    found = compare_on_labels(labels, candidate, champion, workspace / MANIFEST, workspace / "data/frames")
+    assert (found.held_out, found.labelled, found.classes, found.why_not) == (len(ids) - 8, len(ids), 3, "")
+    from slic.promote_labels import labelled_shards
+
+    shards, names = labelled_shards(labels, workspace / MANIFEST, workspace / "data/frames", clip_len=8, frame_step=2)
+    assert [v.video_id for v in shards] == sorted(ids) and sorted(set(names)) == sorted(set(table["class"]))
+    assert all(names[v.label] == c for v, c in zip(shards, table.set_index("video_id").loc[sorted(ids), "class"]))
+    queries = np.array([v.video_id not in set(ids[:8]) for v in shards])
+    groups = table.set_index("video_id").loc[[v.video_id for v in shards], "group"].to_numpy()
+    assert len(set(groups)) == len(shards) // 2  # two clips a group: a query's sibling clip is never its answer
+    assert found.candidate == held_out_recall(candidate, shards, queries, groups)
+    assert found.champion == held_out_recall(champion, shards, queries, groups)
+
+    few = write_labels(tmp_path / "few.csv", table.iloc[:MIN_HELD_OUT + 3])  # 13 labelled, 8 of them trained on
+    short = compare_on_labels(few, candidate, champion, workspace / MANIFEST, workspace / "data/frames")
+    assert short.candidate is None and (short.held_out, short.labelled) == (MIN_HELD_OUT - 5, MIN_HELD_OUT + 3)
+    assert f"5 of the 13 labelled videos of {few}" in short.why_not and "spread_labels.checks" in short.why_not
+    bad = tmp_path / "bad.csv"
+    bad.write_text("video_id,class\nno/such_video,Run\n")
+    with pytest.raises(LabelsError, match=rf"{bad}:2: video_id 'no/such_video' is not among the"):
+        compare_on_labels(bad, candidate, champion, workspace / MANIFEST, workspace / "data/frames")
+
+
+def promoted(folder: Path, checkpoint: Path, labels: Path, workspace: Path) -> dict[str, Any]:  # noqa: F811
+    """`promote` of `checkpoint` as a candidate trained on videos without classes."""
+    report = folder / "pretrain.json"
+    report.write_text(json.dumps({"labelled": False, "best_val_recall_at_1": None, "mlflow_run_id": "run"}))
+    return promote(PromoteConfig(checkpoint=str(checkpoint), labels=str(labels)), report,
+                   manifest=workspace / MANIFEST, frames_dir=workspace / "data/frames")
+
+
+def test_without_classes_the_alias_moves_only_when_the_candidate_names_your_held_out_videos_better(
+        workspace: Path, store: Path) -> None:  # noqa: F811
+    from mlflow import MlflowClient
+
+    from slic.registry import alias_version
+    from slic.tracking import tracking_uri
+
+    table = pd.read_csv(workspace / MANIFEST, dtype={"video_id": str}, keep_default_na=False)
+    labels = store / "labels/train/given.csv"
+    first = promoted(store, checkpoint_of(store / "a/best.pt", 1), labels, workspace)
+    assert (first["decision"], first["compared_on"]) == ("promoted", "no labels")
+
+    candidate = checkpoint_of(store / "b/best.pt", 2, {v: 0 for v in table["video_id"][:5]})
+    waiting = promoted(store, candidate, labels, workspace)  # no labels yet: nothing to compare on
+    assert (waiting["decision"], waiting["alias_version"]) == ("not compared", "1")
+    assert f"cp labels/given.csv {labels}" in waiting["reason"] and "set_registered_model_alias" in waiting["reason"]
+
+    write_labels(labels, table)
+    judged = promoted(store, candidate, labels, workspace)
+    ours, theirs = judged["candidate_labels_recall_at_1"], judged["champion_labels_recall_at_1"]
+    assert (judged["compared_on"], judged["labels_held_out"], judged["labels_gallery"]) == (
+        "your labels", len(table) - 5, len(table))
+    assert judged["promoted"] == (ours > theirs) and judged["decision"] == ("promoted" if ours > theirs else "rejected")
+    assert alias_version("slic-encoder", "champion").version == judged["alias_version"]
+    assert f"on the {len(table) - 5} labelled videos of {labels} neither encoder trained on" in judged["reason"]
+    tags = version_tags("slic-encoder", judged["version"])
+    assert float(tags["candidate_labels_recall_at_1"]) == ours and tags["compared_on"] == "your labels"
+    run = MlflowClient(tracking_uri()).get_run(judged["mlflow_run_id"])
+    assert run.data.metrics["champion_labels_recall_at_1"] == theirs
+    assert run.data.metrics["labels_held_out"] == len(table) - 5
+    logged = MlflowClient(tracking_uri()).download_artifacts(judged["mlflow_run_id"], "labels", str(store / "got"))
+    assert (Path(logged) / "given.csv").read_text() == labels.read_text()
+
+    # The champion's own weights again: the same numbers, a tie, and a tie keeps the alias where it is.
+    champion = candidate if judged["promoted"] else store / "a/best.pt"
+    again = promoted(store, champion, labels, workspace)
+    assert again["candidate_labels_recall_at_1"] == again["champion_labels_recall_at_1"]
+    assert (again["decision"], again["alias_version"]) == ("rejected", judged["alias_version"])
