@@ -14,7 +14,7 @@ export DVC_NO_ANALYTICS := 1
 export GX_ANALYTICS_ENABLED := false
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install chromium run run-real test bench bench-real bench-label-free bench-archive-clusters bench-spread-labels bench-retrain-labels bench-labels-stage bench-added-videos bench-serving-decode bench-segments bench-frame-rate bench-gpu gpu-wheelhouse clean pipeline image services-up services-down deploy worker preset-paper
+.PHONY: install chromium run run-real test bench bench-real bench-label-free bench-archive-clusters bench-spread-labels bench-retrain-labels bench-labels-stage bench-promote-labels bench-added-videos bench-serving-decode bench-segments bench-frame-rate bench-gpu gpu-wheelhouse clean pipeline image services-up services-down deploy worker preset-paper
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -60,6 +60,10 @@ bench-retrain-labels: install
 # pretrain.mode labels through the stages as a user runs them: slic, 100 labels, retrained (reports/bench/labels_stage.json).
 bench-labels-stage: install
 	$(BIN)/python bench/labels_stage.py
+
+# Whether promote's comparison on your labels serves the encoder better on test (reads bench-labels-stage's pairs).
+bench-promote-labels: install
+	$(BIN)/python bench/promote_labels.py
 
 # Videos added to the index without retraining against the same videos embedded by the embed stage (ucf101_6).
 bench-added-videos: install

@@ -210,14 +210,16 @@ def decide_without_labels(cfg: PromoteConfig, champion: Any, checkpoint: Path, m
 
     champion_encoder = encoder_of(load_champion(cfg.model_name, cfg.alias))
     found = compare_on_labels(cfg.labels, VideoEncoder(checkpoint), champion_encoder, manifest, frames_dir)
-    counts = {"labels_file": str(cfg.labels), "labels_held_out": found.held_out, "labels_gallery": found.labelled}
+    counts = {"labels_file": str(cfg.labels), "labels_held_out": found.held_out, "labels_gallery": found.labelled,
+              "labels_only_candidate_right": found.only_candidate, "labels_only_champion_right": found.only_champion}
     if found.candidate is None or found.champion is None:
         return Decision(False, f"{unlabelled} and {found.why_not}; {by_hand}"), {
             **recorded, **counts, "compared_on": "no labels"}
     decision = decide(found.candidate, found.champion, higher_is_better=True, min_delta=cfg.min_delta)
     reason = (f"{unlabelled}; on the {found.held_out} labelled videos of {cfg.labels} neither encoder trained on "
-              f"(against {found.labelled - 1} others, {found.classes} classes), recall@1: {decision.reason}"
-              f"{rate_note(frame_rate, champion.tags.get('frame_rate'))}")
+              f"(against {found.labelled - 1} others, {found.classes} classes), recall@1: {decision.reason}; the "
+              f"candidate names {found.only_candidate} of them rightly that the champion does not, the champion "
+              f"{found.only_champion}{rate_note(frame_rate, champion.tags.get('frame_rate'))}")
     return Decision(decision.promote, reason), {
         **recorded, **counts, "compared_on": "your labels", "candidate_labels_recall_at_1": found.candidate,
         "champion_labels_recall_at_1": found.champion}

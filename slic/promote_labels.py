@@ -32,6 +32,8 @@ class LabelsComparison:
     labelled: int  # labelled videos with frames for both encoders: the gallery
     classes: int  # classes among them
     why_not: str = ""
+    only_candidate: int = 0  # queries the candidate names rightly and the champion does not: what the lead rests on
+    only_champion: int = 0  # and the other way round
 
 
 def labelled_shards(labels_file: str | Path, manifest: str | Path, frames_dir: str | Path, *, clip_len: int,
@@ -53,23 +55,29 @@ def labelled_shards(labels_file: str | Path, manifest: str | Path, frames_dir: s
             for v in shards if v.video_id in classes], given.names
 
 
-def held_out_recall(encoder: Any, shards: list[Any], queries: np.ndarray, recordings: np.ndarray | None) -> float:
-    """Recall@1 of the `queries` rows of `shards` (their given classes as labels) against every other row, a
-    query's own recording left out (`recordings`, each row's; None: only itself), with `encoder`
-    (a slic.serving.VideoEncoder) embedding one centre clip per video."""
+def centre_embeddings(encoder: Any, shards: list[Any]) -> np.ndarray:
+    """(n, d) embeddings of `shards` by `encoder` (a slic.serving.VideoEncoder), one centre clip each: pretrain's
+    validation protocol, at the encoder's own clip length and size."""
     from slic.config import PretrainConfig
     from slic.distributed import World
     from slic.pretrain import embed_videos
-    from slic.retrieval import nearest_others
 
     device = next(encoder.model.parameters()).device
     cfg = PretrainConfig(clip_len=encoder.clip_len, size=encoder.size, workers=0,
                          bf16=bool(encoder.config.get("bf16", True)))
-    vectors = embed_videos(encoder.model, shards, protocol="centre", cfg=cfg, world=World(0, 1, 0, device))
+    return embed_videos(encoder.model, shards, protocol="centre", cfg=cfg, world=World(0, 1, 0, device))
+
+
+def held_out_hits(encoder: Any, shards: list[Any], queries: np.ndarray, recordings: np.ndarray | None) -> np.ndarray:
+    """For each of the `queries` rows of `shards` (their given classes as labels), whether its nearest other row has
+    its class, a query's own recording left out (`recordings`, each row's; None: only itself), embedded by
+    `encoder` (centre_embeddings). Its mean is the held-out recall@1."""
+    from slic.retrieval import nearest_others
+
     rows = np.flatnonzero(queries)
-    nearest, _ = nearest_others(vectors, 1, rows=rows, files=recordings)
+    nearest, _ = nearest_others(centre_embeddings(encoder, shards), 1, rows=rows, files=recordings)
     labels = np.array([v.label for v in shards])
-    return float((labels[nearest[:, 0]] == labels[rows]).mean())
+    return labels[nearest[:, 0]] == labels[rows]
 
 
 def compare_on_labels(labels_file: str | Path, candidate: Any, champion: Any, manifest: str | Path,
@@ -97,5 +105,7 @@ def compare_on_labels(labels_file: str | Path, candidate: Any, champion: Any, ma
             "classes: mark random checks (spread_labels.checks) or label more videos"))
     units, _ = source_units(manifest)
     recordings = files_of(np.array([v.video_id for v in shards[0]]), units)
-    return LabelsComparison(held_out_recall(candidate, shards[0], queries, recordings),
-                            held_out_recall(champion, shards[1], queries, recordings), *counts)
+    ours, theirs = (held_out_hits(encoder, found, queries, recordings)
+                    for encoder, found in zip((candidate, champion), shards))
+    return LabelsComparison(float(ours.mean()), float(theirs.mean()), *counts,
+                            only_candidate=int((ours & ~theirs).sum()), only_champion=int((theirs & ~ours).sum()))

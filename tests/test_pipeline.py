@@ -204,12 +204,14 @@ def test_changing_one_param_reruns_only_its_stages(repo: Path) -> None:
     assert ran(dvc(repo, "repro")) == ["spread_labels"]
     named = pd.read_csv(repo / "reports/spread_labels.csv", keep_default_na=False)
     assert len(named) == 24 and set(named["source"]) == {"given", "nearest"} and (named["class"] != "").all()
-    # Copied to labels/train/ (what pretrain.mode labels trains on): pretrain, and only it of the stages before
-    # spread_labels, is out of date; taken out again, nothing is.
+    # Copied to labels/train/ (what pretrain.mode labels trains on, and promote compares encoders on where the videos
+    # have no classes): pretrain, and only it of the stages before spread_labels, is out of date, and promote;
+    # taken out again, nothing is.
     (repo / "labels/train/given.csv").write_text((repo / "labels/given.csv").read_text())
     stale = json.loads(dvc(repo, "status", "--json").stdout)
     assert {"changed deps": {"labels/train": "modified"}} in stale["pretrain"], stale["pretrain"]
-    assert set(stale) == {"pretrain", "spread_labels"}
+    assert {"changed deps": {"labels/train": "modified"}} in stale["promote"], stale["promote"]
+    assert set(stale) == {"pretrain", "spread_labels", "promote"}
     (repo / "labels/train/given.csv").unlink()
     assert json.loads(dvc(repo, "status", "--json").stdout) == {}
     # Without the flow view nothing before ablation_flow waits for or depends on the flow settings.

@@ -17,7 +17,7 @@ from slic.config import PretrainConfig, PromoteConfig
 from slic.data.clips import VideoShard
 from slic.labels_table import LabelsError
 from slic.promote import promote
-from slic.promote_labels import MIN_HELD_OUT, compare_on_labels, held_out_recall
+from slic.promote_labels import MIN_HELD_OUT, compare_on_labels, held_out_hits
 from slic.serving import VideoEncoder
 from tests.test_pretrain import workspace  # noqa: F401 (the module's fixture: the tiny set's manifest and shards)
 from tests.test_promote import store, version_tags  # noqa: F401 (a fresh registry in tmp_path)
@@ -47,17 +47,17 @@ def write_labels(path: Path, table: pd.DataFrame, *, by_path: int = 0) -> Path:
     return path
 
 
-def test_held_out_recall_asks_each_query_for_its_nearest_labelled_video_outside_its_recording(
+def test_held_out_hits_ask_each_query_for_its_nearest_labelled_video_outside_its_recording(
         monkeypatch: pytest.MonkeyPatch) -> None:
     vectors = np.array([[1, 0], [1, 0.01], [0.9, 0.15], [0, 1], [0.2, 1]], dtype=np.float32)
     shards = [VideoShard(f"v{i}", f"v{i}.shard", 20, label, "train") for i, label in enumerate([0, 0, 1, 1, 1])]
-    monkeypatch.setattr("slic.pretrain.embed_videos", lambda model, videos, **_: vectors[[int(v.video_id[1:])
-                                                                                           for v in videos]])
-    encoder = type("Encoder", (), {"model": torch.nn.Linear(1, 1), "clip_len": 8, "size": 16, "config": {}})()
+    monkeypatch.setattr("slic.promote_labels.centre_embeddings",
+                        lambda encoder, videos: vectors[[int(v.video_id[1:]) for v in videos]])
+    encoder = object()  # embeds as `vectors` say
     queries = np.array([True, False, False, True, False])
     # v0's nearest other video is v1, of its class, but of its own recording: left out, v2 (another class) is next.
-    assert held_out_recall(encoder, shards, queries, np.array(["a", "a", "b", "c", "d"])) == 0.5
-    assert held_out_recall(encoder, shards, queries, None) == 1.0  # every video its own recording: v0 finds v1
+    assert held_out_hits(encoder, shards, queries, np.array(["a", "a", "b", "c", "d"])).tolist() == [False, True]
+    assert held_out_hits(encoder, shards, queries, None).tolist() == [True, True]  # each its own recording: v1
 
 
 def test_both_encoders_are_judged_on_the_labelled_videos_neither_trained_on(workspace: Path,  # noqa: F811
@@ -77,8 +77,9 @@ def test_both_encoders_are_judged_on_the_labelled_videos_neither_trained_on(work
     queries = np.array([v.video_id not in set(ids[:8]) for v in shards])
     groups = table.set_index("video_id").loc[[v.video_id for v in shards], "group"].to_numpy()
     assert len(set(groups)) == len(shards) // 2  # two clips a group: a query's sibling clip is never its answer
-    assert found.candidate == held_out_recall(candidate, shards, queries, groups)
-    assert found.champion == held_out_recall(champion, shards, queries, groups)
+    ours, theirs = (held_out_hits(encoder, shards, queries, groups) for encoder in (candidate, champion))
+    assert (found.candidate, found.champion) == (ours.mean(), theirs.mean())
+    assert (found.only_candidate, found.only_champion) == ((ours & ~theirs).sum(), (theirs & ~ours).sum())
 
     few = write_labels(tmp_path / "few.csv", table.iloc[:MIN_HELD_OUT + 3])  # 13 labelled, 8 of them trained on
     short = compare_on_labels(few, candidate, champion, workspace / MANIFEST, workspace / "data/frames")
@@ -123,6 +124,10 @@ def test_without_classes_the_alias_moves_only_when_the_candidate_names_your_held
     assert judged["promoted"] == (ours > theirs) and judged["decision"] == ("promoted" if ours > theirs else "rejected")
     assert alias_version("slic-encoder", "champion").version == judged["alias_version"]
     assert f"on the {len(table) - 5} labelled videos of {labels} neither encoder trained on" in judged["reason"]
+    lead = judged["labels_only_candidate_right"] - judged["labels_only_champion_right"]
+    assert lead == round((ours - theirs) * (len(table) - 5))  # the lead is the videos only one names rightly
+    assert (f"the candidate names {judged['labels_only_candidate_right']} of them rightly that the champion does "
+            f"not, the champion {judged['labels_only_champion_right']}") in judged["reason"]
     tags = version_tags("slic-encoder", judged["version"])
     assert float(tags["candidate_labels_recall_at_1"]) == ours and tags["compared_on"] == "your labels"
     run = MlflowClient(tracking_uri()).get_run(judged["mlflow_run_id"])
@@ -135,4 +140,5 @@ def test_without_classes_the_alias_moves_only_when_the_candidate_names_your_held
     champion = candidate if judged["promoted"] else store / "a/best.pt"
     again = promoted(store, champion, labels, workspace)
     assert again["candidate_labels_recall_at_1"] == again["champion_labels_recall_at_1"]
+    assert again["labels_only_candidate_right"] == again["labels_only_champion_right"] == 0
     assert (again["decision"], again["alias_version"]) == ("rejected", judged["alias_version"])
