@@ -200,13 +200,13 @@ def decide_without_labels(cfg: PromoteConfig, champion: Any, checkpoint: Path, m
     by_hand = (f"{cfg.alias} stays on version {champion.version}; to serve the candidate, move the alias by hand: "
                f"MlflowClient().set_registered_model_alias({cfg.model_name!r}, {cfg.alias!r}, VERSION) with the "
                "version in reports/promotion.json")
-    if not Path(cfg.labels).is_file() or manifest is None or frames_dir is None:
-        missing = (f"there is no {cfg.labels} (promote.labels) to compare it with the champion on: label videos "
-                   f"(labels/README.md) and cp labels/given.csv {cfg.labels}" if manifest is not None and
-                   frames_dir is not None else "comparing it on your labels needs the manifest and frames_dir")
-        return Decision(False, f"{unlabelled} and {missing}; {by_hand}"), {**recorded, "compared_on": "no labels"}
-    from slic.promote_labels import compare_on_labels
+    from slic.promote_labels import compare_on_labels, no_labels_file
     from slic.serving import VideoEncoder, encoder_of
+
+    if not Path(cfg.labels).is_file() or manifest is None or frames_dir is None:  # before loading either encoder
+        missing = (no_labels_file(cfg.labels) if manifest is not None and frames_dir is not None
+                   else "comparing it on your labels needs the manifest and frames_dir")
+        return Decision(False, f"{unlabelled} and {missing}; {by_hand}"), {**recorded, "compared_on": "no labels"}
 
     champion_encoder = encoder_of(load_champion(cfg.model_name, cfg.alias))
     found = compare_on_labels(cfg.labels, VideoEncoder(checkpoint), champion_encoder, manifest, frames_dir)

@@ -36,6 +36,12 @@ class LabelsComparison:
     only_champion: int = 0  # and the other way round
 
 
+def no_labels_file(labels_file: str | Path) -> str:
+    """Why there is nothing to compare on when `labels_file` is missing, and the command that fills it."""
+    return (f"there is no {labels_file} (promote.labels) to compare the encoders on: label videos (labels/README.md) "
+            f"and cp labels/given.csv {labels_file}")
+
+
 def labelled_shards(labels_file: str | Path, manifest: str | Path, frames_dir: str | Path, *, clip_len: int,
                     frame_step: int) -> tuple[list[Any], list[str]]:
     """The videos of `labels_file` that have frames in `frames_dir` (any split; at least one clip of `clip_len` at
@@ -88,8 +94,7 @@ def compare_on_labels(labels_file: str | Path, candidate: Any, champion: Any, ma
 
     labels_file = Path(labels_file)
     if not labels_file.is_file():
-        return LabelsComparison(None, None, 0, 0, 0, f"no labels file {labels_file} to compare them on (label videos "
-                                f"as labels/README.md says, then cp labels/given.csv {labels_file})")
+        return LabelsComparison(None, None, 0, 0, 0, no_labels_file(labels_file))
     each = [labelled_shards(labels_file, manifest, frames_dir, clip_len=e.clip_len, frame_step=e.frame_step)
             for e in (candidate, champion)]
     both = {v.video_id for v in each[0][0]} & {v.video_id for v in each[1][0]}

@@ -114,8 +114,15 @@ def test_without_classes_the_alias_moves_only_when_the_candidate_names_your_held
     candidate = checkpoint_of(store / "b/best.pt", 2, {v: 0 for v in table["video_id"][:5]})
     waiting = promoted(store, candidate, labels, workspace)  # no labels yet: nothing to compare on
     assert (waiting["decision"], waiting["alias_version"]) == ("not compared", "1")
+    assert f"there is no {labels} (promote.labels)" in waiting["reason"]
     assert f"cp labels/given.csv {labels}" in waiting["reason"] and "set_registered_model_alias" in waiting["reason"]
 
+    labels.parent.mkdir(parents=True)
+    labels.write_text("video_id,class\nno/such_video,Run\n")  # a bad file stops before anything is registered
+    with pytest.raises(LabelsError, match=rf"{labels}:2: video_id 'no/such_video'"):
+        promoted(store, candidate, labels, workspace)
+    client = MlflowClient(tracking_uri(), registry_uri=tracking_uri())
+    assert len(client.search_model_versions("name='slic-encoder'")) == 2
     write_labels(labels, table)
     judged = promoted(store, candidate, labels, workspace)
     ours, theirs = judged["candidate_labels_recall_at_1"], judged["champion_labels_recall_at_1"]
