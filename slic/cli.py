@@ -277,6 +277,9 @@ def run_pretrain(config: Any) -> dict[str, Any]:
     if "labelled_train_videos" in report:
         print(f"pretrain (labels): trained on {report['labelled_train_videos']} labelled train videos of "
               f"{report['label_classes']} classes from {report['labels_file']}")
+        if note := unwatched_note("pretrain.labels", cfg.labels, TRAINING_LABELS_FOLDER, "pretrain"):
+            report["watch_note"] = note
+            print(f"pretrain: note: {note}")
     if report["labelled"]:
         print(f"pretrain ({report['mode']}): best val recall@1 {report['best_val_recall_at_1']:.3f} at epoch "
               f"{report['best_epoch']}, {report['seconds']} s")
@@ -404,11 +407,24 @@ def run_clusters(config: Any) -> dict[str, Any]:
     return report
 
 
+TRAINING_LABELS_FOLDER = "labels/train"  # what dvc.yaml lists for pretrain.labels and promote.labels
+
+
+def unwatched_note(key: str, path: str, folder: str, stage: str) -> str:
+    """A line saying that the labels file `path` (params key `key`) lies outside `folder`, the folder dvc.yaml lists
+    as `stage`'s dependency, so DVC does not see it change; empty when it lies inside."""
+    from slic.data.datasets import is_within
+
+    if is_within(path, folder):
+        return ""
+    return (f"{key} {path} is outside {folder}/, the folder dvc.yaml watches: after editing it run "
+            f"`dvc repro --single-item --force {stage}`")
+
+
 def run_spread_labels(config: Any) -> dict[str, Any]:
     """Stage `spread_labels`: every grouped video named by its most similar video of spread_labels.given, and the
     videos to label next; with labels, an MLflow run with the leave-one-out share, both tables and the page."""
     from slic.config import to_dict
-    from slic.data.datasets import is_within
     from slic.label_spreading import LABELS_FOLDER, checked_line, spread_archive
     from slic.tracking import stage_run
 
@@ -417,10 +433,9 @@ def run_spread_labels(config: Any) -> dict[str, Any]:
                             given=cfg.given, suggest=cfg.suggest, table=cfg.table, next_table=cfg.next_table,
                             page=cfg.html, frames_dir=config.extract.out, manifest=config.extract.manifest,
                             checks=cfg.checks)
-    if not is_within(cfg.given, LABELS_FOLDER):
-        report["watch_note"] = (f"spread_labels.given {cfg.given} is outside {LABELS_FOLDER}/, the folder dvc.yaml "
-                                "watches: after editing it run `dvc repro --single-item --force spread_labels`")
-        print(f"spread_labels: note: {report['watch_note']}")
+    if note := unwatched_note("spread_labels.given", cfg.given, LABELS_FOLDER, "spread_labels"):
+        report["watch_note"] = note
+        print(f"spread_labels: note: {note}")
     if report["given"]:
         with stage_run("spread_labels", to_dict(cfg), name=f"spread_labels {report['given']} given") as run:
             run.log_metrics({key: report[key] for key in ("given", "classes", "videos", "unsure_share",
@@ -502,6 +517,10 @@ def run_promote(config: Any) -> dict[str, Any]:
                      flow=flow_view(config))
     print(f"promote: {report['model_name']} version {report['version']} {report['decision']}: {report['reason']}; "
           f"@{report['alias']} -> version {report['alias_version']}")
+    if "labels_file" in report and (note := unwatched_note("promote.labels", config.promote.labels,
+                                                          TRAINING_LABELS_FOLDER, "promote")):
+        report["watch_note"] = note
+        print(f"promote: note: {note}")
     return report
 
 

@@ -233,11 +233,20 @@ def test_labels_mode_stage_keeps_the_labels_with_its_mlflow_run_and_names_a_miss
            "video_id,class\n" + "".join(f"{v},{c}\n" for v, c in zip(train["video_id"][:6], train["class"][:6])))
     output = finish(slic(workspace, "pretrain", mode="labels", labels="labels/train/stage.csv", epochs=1,
                          out="data/models/stage_labels"))
-    assert "pretrain (labels): trained on 6 labelled train videos of" in output
+    assert "pretrain (labels): trained on 6 labelled train videos of" in output and "note:" not in output
     report = json.loads((workspace / "reports/pretrain.json").read_text())
-    assert (report["mode"], report["labelled_train_videos"]) == ("labels", 6)
+    assert (report["mode"], report["labelled_train_videos"]) == ("labels", 6) and "watch_note" not in report
     mlflow.set_tracking_uri(f"sqlite:///{workspace / 'mlflow.db'}")
     client = mlflow.tracking.MlflowClient()
     run = client.get_run(report["mlflow_run_id"])
     assert run.data.params["labels"] == "labels/train/stage.csv" and run.data.metrics["labelled_train_videos"] == 6
     assert [a.path for a in client.list_artifacts(run.info.run_id, "labels")] == ["labels/stage.csv"]
+
+
+def test_a_labels_file_outside_the_folder_dvc_watches_is_named_with_the_command_that_reruns_its_stage() -> None:
+    from slic.cli import unwatched_note
+
+    assert unwatched_note("promote.labels", "labels/train/given.csv", "labels/train", "promote") == ""
+    assert unwatched_note("pretrain.labels", "labels/given.csv", "labels/train", "pretrain") == (
+        "pretrain.labels labels/given.csv is outside labels/train/, the folder dvc.yaml watches: after editing it run "
+        "`dvc repro --single-item --force pretrain`")
