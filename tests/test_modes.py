@@ -178,6 +178,15 @@ def test_labels_mode_trains_on_the_classes_of_train_videos_and_retrains_when_the
     _, again = pretrain_in_process(workspace, monkeypatch, mode="labels", labels=str(labels), epochs=3,
                                    out="data/models/labels")
     assert again["resumed_from_epoch"] == 2  # the same labels: training goes on
+    # A random check added later is never trained on: the finished run stays (promote can now compare on it).
+    taken = [first["video_id"], other["video_id"], third["video_id"]]
+    fourth = train[~train["video_id"].isin(taken)].iloc[0]
+    rows = labels.read_text().splitlines()
+    labels.write_text("\n".join([rows[0] + ",check", *(row + "," for row in rows[1:]),
+                                 f"{fourth['video_id']},,wave,yes"]) + "\n")
+    _, checked = pretrain_in_process(workspace, monkeypatch, mode="labels", labels=str(labels), epochs=3,
+                                     out="data/models/labels")
+    assert (checked["resumed_from_epoch"], checked["checks_left_out"]) == (3, 1)
     labels.write_text(labels.read_text().replace(f"{third['video_id']},,wave", f"{third['video_id']},,jump")
                       .replace(f"{first['video_id']},,jump", f"{first['video_id']},,wave"))
     with caplog.at_level("WARNING", logger="slic.pretrain_state"):
