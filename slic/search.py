@@ -1,12 +1,13 @@
 """`slic search PATH`: find the indexed videos most similar to a video file or to every video in a folder.
 
 Each query is decoded with PyAV and embedded with the encoder that embedded the index's videos (the checkpoint
-named in data/index/index.json, IIC protocol via slic.serving.VideoEncoder) or with a registered MLflow model
-(`--model models:/slic-encoder@champion`) or another checkpoint (`--model path/to/best.pt`), then looked up
+named in data/index/index.json, IIC protocol via slic.serving.VideoEncoder), or with the same weights from a
+registered MLflow model (`--model models:/slic-encoder@champion`) or another file (`--model path/to/best.pt`;
+other weights are refused: their vectors live in another embedding space), then looked up
 in the saved FAISS index; `--start`/`--end` embed only that stretch of one file (a moment of a long video),
 `--other-files` leaves out the hits made from the query's own file.  A query that cannot be decoded gets one
 line on stderr and the others still get answers; the exit code is 1 when any query failed, 2 for usage errors
-(no index, no such path, an encoder whose dimension does not match the index, a time outside the file).
+(no index, no such path, a --model other than the index's encoder, a time outside the file).
 """
 
 from __future__ import annotations
@@ -86,6 +87,18 @@ def model_encoder(model: str, clips: int = 10) -> VideoEncoder:
                                "checkpoint, e.g. --model data/models/pretrain/best.pt") from exc
     encoder.clips = clips
     return encoder
+
+
+def require_index_encoder(encoder: VideoEncoder, loaded: LoadedIndex, model: str) -> None:
+    """Refuse a --model whose weights are not those that embedded the index: its query vectors would lie in another
+    embedding space than the gallery's, and the hits would mean nothing (e.g. a champion that `promote` kept while
+    a newer encoder was indexed). An index from before the checkpoint's hash was recorded cannot be checked."""
+    recorded = loaded.meta.get("checkpoint_sha256", "")
+    if recorded and file_sha256(encoder.checkpoint) != recorded:
+        raise SearchUsageError(f"--model {model} is another encoder than the one that embedded the index "
+                               f"({loaded.meta['checkpoint']}): its query vectors cannot be compared with the index's; "
+                               "search without --model, or index the archive with that encoder (embed.checkpoint, "
+                               "then `dvc repro index`)")
 
 
 def _checkpoint_file_encoder(checkpoint: Path, clips: int) -> VideoEncoder:
@@ -398,6 +411,8 @@ def run_search(argv: list[str], params: str = "params.yaml") -> int:
         spans = _query_spans(args, videos)
         clips = int(loaded.meta.get("clips", 10))  # as the index's videos were embedded
         encoder = model_encoder(args.model, clips) if args.model else index_encoder(loaded, warn)
+        if args.model:
+            require_index_encoder(encoder, loaded, args.model)
         if (args.other_recordings or args.per_recording) and "recording" not in loaded.rows.columns:
             warn(f"{args.index or index_dir} was built before the index stored recordings: each file counts as a "
                  "recording; run `dvc repro index` to rebuild it")

@@ -128,6 +128,7 @@ class VideoEncoder:
         from slic.checkpoints import frame_rate_of_checkpoint, load_encoder, read_checkpoint
 
         payload = read_checkpoint(checkpoint, device)  # read once: the weights, the config and the frame rate
+        self.checkpoint = Path(checkpoint)  # the file of its weights (a registered model's: its copy in the store)
         self.model, config = load_encoder(checkpoint, device, payload=payload)
         self.config: dict[str, Any] = dict(config)  # the pretrain settings saved with the weights
         self.clip_len, self.size, self.clips = int(config["clip_len"]), int(config["size"]), clips

@@ -141,7 +141,7 @@ def test_search_html_shows_each_query_and_its_hits_as_thumbnails_and_names_the_f
 def test_labelled_videos_name_each_query_by_its_most_similar_one(workdir: Path, capsys: pytest.CaptureFixture,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """With the spread_labels table listing given videos, every query is named by the most similar of them, in the
-    tables, the JSON document and the page; not with another encoder (--model), nor with no table."""
+    tables, the JSON document and the page; another encoder (--model) is refused, no table names nothing."""
     ids = sorted(p.stem for p in FOLDER.iterdir() if p.name != "corrupted.mp4")
     given, named = ids[:2], ids[2]  # two labelled videos; a third is named by the nearer of them
     table = workdir / "reports/spread_labels.csv"
@@ -173,9 +173,9 @@ def test_labelled_videos_name_each_query_by_its_most_similar_one(workdir: Path, 
         another = replace(TINY_ENCODER, seed=TINY_ENCODER.seed + 1)  # other weights: not the labelled videos' kind
         other = workdir / "other.pt"
         save_checkpoint(other, build_encoder(another), None, TrainState(), another)
-        assert main(["search", str(query), "-k", "1", "--model", str(other)]) == 0
+        assert main(["search", str(query), "-k", "1", "--model", str(other)]) == 2  # another embedding space
         out, err = capsys.readouterr()
-        assert "named:" not in out and "queries not named by your labels: --model" in err
+        assert out == "" and f"error: --model {other} is another encoder than the one that embedded the index" in err
     finally:
         table.unlink()
     assert main(["search", str(query), "-k", "1"]) == 0
@@ -297,3 +297,15 @@ def test_search_with_the_registered_champion(workdir: Path, capsys: pytest.Captu
     assert top["similarity"] == pytest.approx(1.0, abs=1e-4)
     assert main(["search", str(query), "--model", "models:/no-such-model@champion"]) == 2
     assert "cannot load model models:/no-such-model@champion" in capsys.readouterr().err
+    # A champion with other weights than the index's (one promote kept while a newer encoder was indexed): its query
+    # vectors would be looked up among another encoder's, so the search is refused.
+    from dataclasses import replace
+
+    from slic.pretrain import TrainState, build_encoder, save_checkpoint
+
+    another = replace(TINY_ENCODER, seed=TINY_ENCODER.seed + 1)
+    save_checkpoint(workdir / "kept.pt", build_encoder(another), None, TrainState(), another)
+    promote(PromoteConfig(checkpoint=str(workdir / "kept.pt"), model_name="kept-encoder"), report)
+    assert main(["search", str(query), "--model", "models:/kept-encoder@champion"]) == 2
+    out, err = capsys.readouterr()
+    assert "error: --model models:/kept-encoder@champion is another encoder than the one that embedded the index" in err
