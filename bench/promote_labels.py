@@ -18,7 +18,8 @@ candidate trained on is anyone's neighbour). For each: how often the alias would
 agrees with the test split (promote when the candidate's test recall@1 is higher; a tie of the judge keeps the
 champion), over all pairs and over those whose test lead is at least twice its standard error, and the test
 recall@1 of the encoder served under the rule against never moving the alias (the behaviour before) and always
-moving it. The stage's own function is run on `outside_train` and must give the `labelled_r1` numbers.
+moving it; for the recall@1 judges also how often the decisions whose sign test gives p < 0.05 (as the stage's
+reason prints it) agree. The stage's own function is run on `outside_train` and must give the `labelled_r1` numbers.
 
 Reads the folders of bench/labels_stage.py (run `make bench-labels-stage` first, any splits); computes nothing
 there. Checkpoints from before `trained_labels` was kept get the labels pretrain would have recorded
@@ -44,6 +45,7 @@ if str(ROOT) not in sys.path:
 
 from bench.ablation import machine, spread, write_report  # noqa: E402
 from bench.labels_stage import DEFAULT_WORK, classes_of  # noqa: E402
+from slic.promote_labels import sign_test_p  # noqa: E402
 
 DEFAULT_OUT = ROOT / "reports" / "bench" / "promote_labels.json"
 CHECKS = (20, 40)
@@ -158,20 +160,23 @@ def judge_pair(folder: Path, frames: Path, draws: int, seed: int) -> dict[str, A
     for name, drawn in sets.items():
         out[name] = []
         for queries in drawn:
-            each = {f"{gallery}_{stat}": {} for gallery in ("labelled", "held") for stat in ("r1", "map")}
-            for who in vectors:
-                for gallery, rows in (("labelled", sorted(set(labelled) | set(queries))), ("held", queries)):
-                    for stat, values in judged(vectors[who], labels, recordings, queries, rows).items():
-                        each[f"{gallery}_{stat}"][who] = 100 * float(values.mean())
-            out[name].append({**each, "held_out": len(queries)})
+            each: dict[str, Any] = {"held_out": len(queries)}
+            for gallery, rows in (("labelled", sorted(set(labelled) | set(queries))), ("held", queries)):
+                per = {who: judged(vectors[who], labels, recordings, queries, rows) for who in vectors}
+                for stat in ("r1", "map"):
+                    each[f"{gallery}_{stat}"] = {who: 100 * float(per[who][stat].mean()) for who in per}
+                ours, theirs = per["candidate"]["r1"], per["champion"]["r1"]  # what the sign test weighs
+                each[f"{gallery}_r1"].update(only_candidate=int((ours & ~theirs).sum()),
+                                             only_champion=int((theirs & ~ours).sum()))
+            out[name].append(each)
     stage = compare_on_labels(labels_file, candidate, champion, manifest, frames)  # the stage on outside_train
     mine = out["outside_train"][0]["labelled_r1"]
-    if (round(100 * stage.candidate, 6), round(100 * stage.champion, 6)) != (round(mine["candidate"], 6),
-                                                                           round(mine["champion"], 6)):
+    if (round(100 * stage.candidate, 6), round(100 * stage.champion, 6), stage.only_candidate,
+            stage.only_champion) != (round(mine["candidate"], 6), round(mine["champion"], 6), mine["only_candidate"],
+                                     mine["only_champion"]):
         raise RuntimeError(f"{folder}: the stage gives {stage}, this bench {mine}")
     return {"pair": folder.name, "test": test_truth(folder), "test_recall_at_1": result["test_recall_at_1"],
-            "judged": out, "stage_only_candidate_right": stage.only_candidate,
-            "stage_only_champion_right": stage.only_champion, "seconds": round(time.perf_counter() - started, 1)}
+            "judged": out, "seconds": round(time.perf_counter() - started, 1)}
 
 
 def summary(pairs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -191,7 +196,7 @@ def summary(pairs: list[dict[str, Any]]) -> dict[str, Any]:
         for judge in pairs[0]["judged"][held_out][0]:
             if judge == "held_out":
                 continue
-            moves, agreed, agreed_clear, served, lead = [], [], [], [], []
+            moves, agreed, agreed_clear, agreed_sure, served, lead = [], [], [], [], [], []
             for pair, (ours, theirs), sure in zip(pairs, truth, clear):
                 for found in pair["judged"][held_out]:
                     move = found[judge]["candidate"] > found[judge]["champion"]
@@ -199,6 +204,9 @@ def summary(pairs: list[dict[str, Any]]) -> dict[str, Any]:
                     agreed.append(move == (ours > theirs))
                     if sure:
                         agreed_clear.append(move == (ours > theirs))
+                    if "only_candidate" in found[judge] and sign_test_p(found[judge]["only_candidate"],
+                                                                        found[judge]["only_champion"]) < 0.05:
+                        agreed_sure.append(move == (ours > theirs))
                     served.append(ours if move else theirs)
                     lead.append(found[judge]["candidate"] - found[judge]["champion"])
             out.setdefault(held_out, {})[judge] = {
@@ -206,6 +214,9 @@ def summary(pairs: list[dict[str, Any]]) -> dict[str, Any]:
                 "agrees_with_test_share": float(np.mean(agreed)),
                 "agrees_where_test_is_clear": float(np.mean(agreed_clear)) if agreed_clear else None,
                 "judged_lead_points": spread(lead), "served_test_recall_at_1": spread(served)}
+            if judge.endswith("_r1"):  # the decisions whose sign test says p < 0.05, as the stage's reason gives it
+                out[held_out][judge].update(sign_test_below_05=len(agreed_sure), agrees_where_sign_test_below_05=(
+                    float(np.mean(agreed_sure)) if agreed_sure else None))
     return out
 
 

@@ -200,7 +200,7 @@ def decide_without_labels(cfg: PromoteConfig, champion: Any, checkpoint: Path, m
     by_hand = (f"{cfg.alias} stays on version {champion.version}; to serve the candidate, move the alias by hand: "
                f"MlflowClient().set_registered_model_alias({cfg.model_name!r}, {cfg.alias!r}, VERSION) with the "
                "version in reports/promotion.json")
-    from slic.promote_labels import compare_on_labels, no_labels_file
+    from slic.promote_labels import compare_on_labels, no_labels_file, sign_test_p
     from slic.serving import VideoEncoder, encoder_of
 
     if not Path(cfg.labels).is_file() or manifest is None or frames_dir is None:  # before loading either encoder
@@ -216,13 +216,15 @@ def decide_without_labels(cfg: PromoteConfig, champion: Any, checkpoint: Path, m
         return Decision(False, f"{unlabelled} and {found.why_not}; {by_hand}"), {
             **recorded, **counts, "compared_on": "no labels"}
     decision = decide(found.candidate, found.champion, higher_is_better=True, min_delta=cfg.min_delta)
+    p_value = sign_test_p(found.only_candidate, found.only_champion)
     reason = (f"{unlabelled}; on the {found.held_out} labelled videos of {cfg.labels} neither encoder trained on "
               f"(against {found.labelled - 1} others, {found.classes} classes), recall@1: {decision.reason}; the "
               f"candidate names {found.only_candidate} of them rightly that the champion does not, the champion "
-              f"{found.only_champion}{rate_note(frame_rate, champion.tags.get('frame_rate'))}")
+              f"{found.only_champion} (sign test p = {p_value:.2g}: below 0.05 the lead is unlikely to be "
+              f"chance){rate_note(frame_rate, champion.tags.get('frame_rate'))}")
     return Decision(decision.promote, reason), {
-        **recorded, **counts, "compared_on": "your labels", "candidate_labels_recall_at_1": found.candidate,
-        "champion_labels_recall_at_1": found.champion}
+        **recorded, **counts, "labels_sign_test_p": p_value, "compared_on": "your labels",
+        "candidate_labels_recall_at_1": found.candidate, "champion_labels_recall_at_1": found.champion}
 
 
 def example_video(manifest: str | Path | None) -> str | None:

@@ -36,6 +36,17 @@ class LabelsComparison:
     only_champion: int = 0  # and the other way round
 
 
+def sign_test_p(only_candidate: int, only_champion: int) -> float:
+    """Two-sided exact sign test (McNemar's) over the held-out videos only one encoder names rightly: the chance of a
+    split at least this uneven if both were as good. 1.0 when none differ."""
+    from math import comb
+
+    differing = only_candidate + only_champion
+    fewer = min(only_candidate, only_champion)
+    tail = sum(comb(differing, k) for k in range(fewer + 1)) / 2**differing
+    return min(1.0, 2 * tail)
+
+
 def no_labels_file(labels_file: str | Path) -> str:
     """Why there is nothing to compare on when `labels_file` is missing, and the command that fills it."""
     return (f"there is no {labels_file} (promote.labels) to compare the encoders on: label videos (labels/README.md) "

@@ -29,15 +29,16 @@ def test_checks_are_drawn_from_videos_neither_labelled_nor_of_the_test_split() -
     assert sorted(drawn) == ["v5", "v6", "v7", "v8", "v9"]
 
 
-def pair(slic: float, labels: float, se: float, judged_as: list[tuple[float, float]]) -> dict:
+def pair(slic: float, labels: float, se: float, judged_as: list[tuple[float, float, int, int]]) -> dict:
     return {"test": {"slic": slic, "labels": labels, "lead": labels - slic, "lead_se": se},
-            "judged": {"checks_20": [{"labelled_r1": {"candidate": c, "champion": h}, "held_out": 20}
-                                     for c, h in judged_as]}}
+            "judged": {"checks_20": [{"labelled_r1": {"candidate": c, "champion": h, "only_candidate": ours,
+                                                      "only_champion": theirs}, "held_out": 20}
+                                     for c, h, ours, theirs in judged_as]}}
 
 
 def test_summary_serves_the_candidate_only_where_the_judge_moves_the_alias() -> None:
-    pairs = [pair(60.0, 70.0, 2.0, [(80.0, 70.0), (70.0, 70.0)]),  # clearly better: moved once, a tie keeps
-             pair(65.0, 63.0, 2.0, [(60.0, 75.0), (90.0, 80.0)])]  # worse within its noise: kept once
+    pairs = [pair(60.0, 70.0, 2.0, [(80.0, 70.0, 6, 0), (70.0, 70.0, 0, 0)]),  # clearly better: moved once, a tie
+             pair(65.0, 63.0, 2.0, [(60.0, 75.0, 0, 4), (90.0, 80.0, 7, 0)])]  # worse within its noise: kept once
     found = summary(pairs)
     judge = found["checks_20"]["labelled_r1"]
     assert (found["candidate_better_on_test"], found["pairs_clear_on_test"]) == (1, 1)
@@ -45,6 +46,8 @@ def test_summary_serves_the_candidate_only_where_the_judge_moves_the_alias() -> 
     assert judge["agrees_where_test_is_clear"] == 0.5  # the first pair's two decisions
     assert judge["served_test_recall_at_1"]["per_seed"] == [70.0, 60.0, 65.0, 63.0]
     assert found["served_test_recall_at_1"]["never_move"]["mean"] == 62.5
+    # p < 0.05 for 6 to 0 (0.031) and 7 to 0 (0.016), not for 0 to 4 (0.125): one of the two agrees with the test.
+    assert (judge["sign_test_below_05"], judge["agrees_where_sign_test_below_05"]) == (2, 0.5)
 
 
 def test_without_pairs_it_says_which_bench_to_run_first(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

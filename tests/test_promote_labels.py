@@ -17,7 +17,7 @@ from slic.config import PretrainConfig, PromoteConfig
 from slic.data.clips import VideoShard
 from slic.labels_table import LabelsError
 from slic.promote import promote
-from slic.promote_labels import MIN_HELD_OUT, compare_on_labels, held_out_hits
+from slic.promote_labels import MIN_HELD_OUT, compare_on_labels, held_out_hits, sign_test_p
 from slic.serving import VideoEncoder
 from tests.test_pretrain import workspace  # noqa: F401 (the module's fixture: the tiny set's manifest and shards)
 from tests.test_promote import store, version_tags  # noqa: F401 (a fresh registry in tmp_path)
@@ -45,6 +45,13 @@ def write_labels(path: Path, table: pd.DataFrame, *, by_path: int = 0) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("video_id,path,class\n" + "".join(f"{v},{p},{c}\n" for v, p, c in rows))
     return path
+
+
+def test_the_sign_test_weighs_only_the_videos_one_encoder_names_rightly() -> None:
+    assert sign_test_p(0, 0) == 1.0 and sign_test_p(3, 3) == 1.0
+    assert sign_test_p(7, 4) == pytest.approx(0.5488, abs=1e-4)  # 2 x P(X <= 4), X ~ Bin(11, 1/2)
+    assert sign_test_p(10, 0) == pytest.approx(2 / 1024) and sign_test_p(0, 10) == sign_test_p(10, 0)
+    assert sign_test_p(6, 0) == pytest.approx(0.03125)  # six in a row: the fewest that pass 0.05
 
 
 def test_held_out_hits_ask_each_query_for_its_nearest_labelled_video_outside_its_recording(
@@ -134,7 +141,9 @@ def test_without_classes_the_alias_moves_only_when_the_candidate_names_your_held
     lead = judged["labels_only_candidate_right"] - judged["labels_only_champion_right"]
     assert lead == round((ours - theirs) * (len(table) - 5))  # the lead is the videos only one names rightly
     assert (f"the candidate names {judged['labels_only_candidate_right']} of them rightly that the champion does "
-            f"not, the champion {judged['labels_only_champion_right']}") in judged["reason"]
+            f"not, the champion {judged['labels_only_champion_right']} (sign test p = ") in judged["reason"]
+    assert judged["labels_sign_test_p"] == sign_test_p(judged["labels_only_candidate_right"],
+                                                       judged["labels_only_champion_right"])
     tags = version_tags("slic-encoder", judged["version"])
     assert float(tags["candidate_labels_recall_at_1"]) == ours and tags["compared_on"] == "your labels"
     run = MlflowClient(tracking_uri()).get_run(judged["mlflow_run_id"])
@@ -148,4 +157,5 @@ def test_without_classes_the_alias_moves_only_when_the_candidate_names_your_held
     again = promoted(store, champion, labels, workspace)
     assert again["candidate_labels_recall_at_1"] == again["champion_labels_recall_at_1"]
     assert again["labels_only_candidate_right"] == again["labels_only_champion_right"] == 0
+    assert again["labels_sign_test_p"] == 1.0
     assert (again["decision"], again["alias_version"]) == ("rejected", judged["alias_version"])
