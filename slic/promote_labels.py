@@ -106,8 +106,10 @@ def compare_on_labels(labels_file: str | Path, candidate: Any, champion: Any, ma
     labels_file = Path(labels_file)
     if not labels_file.is_file():
         return LabelsComparison(None, None, 0, 0, 0, no_labels_file(labels_file))
-    each = [labelled_shards(labels_file, manifest, frames_dir, clip_len=e.clip_len, frame_step=e.frame_step)
-            for e in (candidate, champion)]
+    sampling = [(e.clip_len, e.frame_step) for e in (candidate, champion)]
+    read = {(clip_len, step): labelled_shards(labels_file, manifest, frames_dir, clip_len=clip_len, frame_step=step)
+            for clip_len, step in set(sampling)}  # read once when both encoders sample clips alike
+    each = [read[key] for key in sampling]
     both = {v.video_id for v in each[0][0]} & {v.video_id for v in each[1][0]}
     shards = [[v for v in found if v.video_id in both] for found, _ in each]
     trained = set(candidate.trained_labels) | set(champion.trained_labels)
