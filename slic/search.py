@@ -339,7 +339,7 @@ def query_namer(labels_table: str, loaded: LoadedIndex, model: str,
                 warn: Callable[[str], None]) -> Callable[[np.ndarray], list[dict[str, Any]]] | None:
     """What names each query by the videos the user labelled (the spread_labels stage's `labels_table`, its given
     rows with their vectors from the embeddings the index was built from), as that stage names an archive video;
-    None when nothing is labelled. A query embedded by another encoder than the index's (--model) is not named."""
+    None when nothing is labelled, or when --model's weights cannot be checked against the index's (an old index)."""
     table = Path(labels_table)
     base = loaded.meta.get("base_dir")
     if not table.is_absolute() and not table.is_file() and base:  # searched from outside the checkout
@@ -355,9 +355,9 @@ def query_namer(labels_table: str, loaded: LoadedIndex, model: str,
         return None
     if labelled is None:
         return None
-    if model and not (Path(model).is_file() and file_sha256(model) == loaded.meta.get("checkpoint_sha256")):
-        warn(f"queries not named by your labels: --model {model} embeds them with another encoder than the "
-             f"labelled videos of {table}")
+    if model and not loaded.meta.get("checkpoint_sha256"):  # other weights are refused; here none can be told apart
+        warn(f"queries not named by your labels: --model {model} may embed them with another encoder than the "
+             f"labelled videos of {table} (the index was built before it recorded its checkpoint's sha256)")
         return None
     return lambda queries: name_queries(queries, labelled)
 

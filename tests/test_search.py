@@ -176,6 +176,16 @@ def test_labelled_videos_name_each_query_by_its_most_similar_one(workdir: Path, 
         assert main(["search", str(query), "-k", "1", "--model", str(other)]) == 2  # another embedding space
         out, err = capsys.readouterr()
         assert out == "" and f"error: --model {other} is another encoder than the one that embedded the index" in err
+        # An index from before it recorded its checkpoint's sha256 cannot tell: it answers, but names nothing.
+        import shutil
+
+        old = workdir / "old_index"
+        shutil.copytree(workdir / "index", old)
+        meta = json.loads((old / "index.json").read_text())
+        (old / "index.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "checkpoint_sha256"}))
+        assert main(["search", str(query), "-k", "1", "--index", str(old), "--model", str(other)]) == 0
+        out, err = capsys.readouterr()
+        assert "named:" not in out and "queries not named by your labels: --model" in err
     finally:
         table.unlink()
     assert main(["search", str(query), "-k", "1"]) == 0
