@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import sys
 import time
 from pathlib import Path
@@ -106,17 +107,21 @@ def judged(vectors: np.ndarray, labels: np.ndarray, recordings: np.ndarray, quer
     return {"r1": np.array(hits), "map": np.array(precision)}
 
 
-def test_truth(folder: Path) -> dict[str, float]:
-    """Each encoder's test recall@1 (test queries against the train gallery, from the pair's embeddings: the
-    evaluate stage's numbers) and the paired standard error of their difference, in points."""
-    from slic.retrieval import nearest_gallery
+def truth_on_test(folder: Path, recorded: dict[str, float]) -> dict[str, float]:
+    """Each encoder's test recall@1 (test queries against the train gallery, from the pair's embeddings) and the
+    paired standard error of their difference, in points; `recorded` (the evaluate stage's recall@1 of each, from
+    the pair's result.json) must be what this computes."""
+    from slic.retrieval import hits_at_k, nearest_gallery
 
     hits = {}
     for name in ("slic", "labels"):
         data = np.load(folder / name / "data" / "embeddings" / "embeddings.npz")
         test, train = data["split"] == "test", data["split"] == "train"
-        nearest = nearest_gallery(data["embedding"][test], data["embedding"][train], 1)[:, 0]
-        hits[name] = (data["label"][train][nearest] == data["label"][test]).astype(float)
+        nearest = nearest_gallery(data["embedding"][test], data["embedding"][train], 1)
+        hits[name] = hits_at_k(data["label"][test], data["label"][train], nearest, (1,))[1].astype(float)
+        if not np.isclose(hits[name].mean(), recorded[name]):
+            raise RuntimeError(f"{folder}: test recall@1 of {name} {hits[name].mean()} is not evaluate's "
+                               f"{recorded[name]}")
     lead = hits["labels"] - hits["slic"]
     return {"slic": float(100 * hits["slic"].mean()), "labels": float(100 * hits["labels"].mean()),
             "lead": float(100 * lead.mean()),
@@ -125,8 +130,6 @@ def test_truth(folder: Path) -> dict[str, float]:
 
 def judge_pair(folder: Path, frames: Path, draws: int, seed: int) -> dict[str, Any]:
     """Every judge's numbers (candidate, champion, in %) on each held-out set of one pair, and the test's truth."""
-    import json
-
     from slic.data.clips import load_videos
     from slic.promote_labels import centre_embeddings, compare_on_labels
     from slic.retrieval import normalize_rows, source_units
@@ -175,8 +178,8 @@ def judge_pair(folder: Path, frames: Path, draws: int, seed: int) -> dict[str, A
             stage.only_champion) != (round(mine["candidate"], 6), round(mine["champion"], 6), mine["only_candidate"],
                                      mine["only_champion"]):
         raise RuntimeError(f"{folder}: the stage gives {stage}, this bench {mine}")
-    return {"pair": folder.name, "test": test_truth(folder), "test_recall_at_1": result["test_recall_at_1"],
-            "judged": out, "seconds": round(time.perf_counter() - started, 1)}
+    return {"pair": folder.name, "test": truth_on_test(folder, result["test_recall_at_1"]), "judged": out,
+            "seconds": round(time.perf_counter() - started, 1)}
 
 
 def summary(pairs: list[dict[str, Any]]) -> dict[str, Any]:
