@@ -286,6 +286,8 @@ def run_pretrain(config: Any) -> dict[str, Any]:
     else:
         print(f"pretrain ({report['mode']}): no labels, the last epoch ({report['best_epoch']}) is best.pt, "
               f"{report['seconds']} s")
+    if "short_run_note" in report:
+        print(f"pretrain: note: {report['short_run_note']}")
     return report if world.is_main else {}
 
 
@@ -515,8 +517,9 @@ def run_promote(config: Any) -> dict[str, Any]:
 
     report = promote(config.promote, manifest=config.extract.manifest, frames_dir=config.extract.out,
                      flow=flow_view(config))
-    print(f"promote: {report['model_name']} version {report['version']} {report['decision']}: {report['reason']}; "
-          f"@{report['alias']} -> version {report['alias_version']}")
+    again = "" if report["new_version"] else " (registered before: the same weights)"
+    print(f"promote: {report['model_name']} version {report['version']}{again} {report['decision']}: "
+          f"{report['reason']}; @{report['alias']} -> version {report['alias_version']}")
     if "labels_file" in report and (note := unwatched_note("promote.labels", config.promote.labels,
                                                           TRAINING_LABELS_FOLDER, "promote")):
         report["watch_note"] = note

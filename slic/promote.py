@@ -236,6 +236,12 @@ def example_video(manifest: str | Path | None) -> str | None:
     return next((path for path in read_manifest(manifest)["path"] if Path(path).is_file()), None)
 
 
+JUDGEMENT_TAGS = ("metric_value", "champion_metric", "champion_version", "champion_data_fingerprint", "compared_on",
+                  "candidate_val_recall_at_1", "champion_val_recall_at_1", "candidate_labels_recall_at_1",
+                  "champion_labels_recall_at_1", "labels_file", "labels_held_out", "labels_gallery",
+                  "labels_only_candidate_right", "labels_only_champion_right", "labels_sign_test_p")
+
+
 def promote(cfg: PromoteConfig, report: str | Path = PRETRAIN_REPORT, *, manifest: str | Path | None = None,
             frames_dir: str | Path | None = None, flow: Any = None) -> dict[str, Any]:
     """Register cfg.checkpoint as a new version of cfg.model_name; move cfg.alias when it wins.
@@ -243,11 +249,16 @@ def promote(cfg: PromoteConfig, report: str | Path = PRETRAIN_REPORT, *, manifes
     A champion validated on other data (another content fingerprint) is compared on the candidate's
     validation split from `manifest` and `frames_dir` (and `flow`, the flow view pretrain used), so the
     alias never moves on numbers measured on different videos.
+
+    Weights already registered (a version tagged with the checkpoint's sha256: a rerun for new labels, another
+    `min_delta` or new promote code, with best.pt unchanged) are not registered again: the champion's own weights
+    need no comparison, and another version's are judged again on that version, whose judgement tags are replaced.
     """
     import torch
 
     from slic import registry, tracking
     from slic.checkpoints import frame_rate_of_checkpoint
+    from slic.index import file_sha256
 
     # refuse before touching the registry; a candidate trained without classes has no metric
     candidate = read_metric(report, cfg.metric) if trained_with_labels(report) else None
@@ -257,8 +268,14 @@ def promote(cfg: PromoteConfig, report: str | Path = PRETRAIN_REPORT, *, manifes
     payload = torch.load(checkpoint, map_location="cpu", weights_only=False)
     train_config, data = payload["config"], (payload.get("fingerprint") or {}).get("data", "")
     frame_rate = frame_rate_of_checkpoint(payload)  # files are decoded at it (0.0: native)
+    sha256 = file_sha256(checkpoint)
     champion = registry.alias_version(cfg.model_name, cfg.alias)
-    if candidate is None:
+    registered = registry.version_tagged(cfg.model_name, "checkpoint_sha256", sha256)
+    if registered is not None and champion is not None and registered.version == champion.version:
+        decision = Decision(False, f"{checkpoint} holds the champion's own weights (sha256 {sha256[:12]}), so there "
+                                   "is nothing to compare and nothing to register")
+        compared: dict[str, Any] = {"compared_on": "itself", "champion_version": champion.version}
+    elif candidate is None:
         decision, compared = decide_without_labels(cfg, champion, checkpoint, manifest, frames_dir, frame_rate)
     else:
         decision, compared = _decide_on_equal_terms(cfg, candidate, data, champion, checkpoint, train_config,
@@ -266,31 +283,38 @@ def promote(cfg: PromoteConfig, report: str | Path = PRETRAIN_REPORT, *, manifes
     pretrain = json.loads(Path(report).read_text())
     name = (f"promote {train_config.get('mode')} {train_config.get('backbone')} {train_config.get('size')}px "
             f"-> {cfg.model_name}")
+    measured = {} if candidate is None else {"metric_value": candidate}  # no value: nothing to compare later
+    tags = {"metric": cfg.metric, **measured, "data_fingerprint": data or "unknown", **compared,
+            "decision": "already champion" if compared["compared_on"] == "itself" else "promoted" if decision.promote
+            else "not compared" if compared["compared_on"] == "no labels" else "rejected",
+            "reason": decision.reason,
+            "pretrain_run_id": pretrain.get("mlflow_run_id", ""), "checkpoint": str(checkpoint),
+            "checkpoint_sha256": sha256, "frame_rate": frame_rate}
     with tracking.stage_run("promote", to_dict(cfg), name=name) as run:
         if manifest is not None and Path(manifest).is_file():  # the data the candidate was validated on
             run.log_input(manifest, data or "unknown", splits=("train", "val"), context="validation")
         if compared["compared_on"] == "your labels":  # the labels that judged the two, kept with the decision
             run.log_artifact(Path(cfg.labels), "labels")
-        model_uri = registry.log_encoder(checkpoint, embedding_dim=int(train_config["out_dim"]),
-                                         example_video=example_video(manifest))
-        measured = {} if candidate is None else {"metric_value": candidate}  # no value: nothing to compare later
-        tags = {"metric": cfg.metric, **measured, "data_fingerprint": data or "unknown", **compared,
-                "decision": "promoted" if decision.promote else "not compared" if compared["compared_on"] == "no labels"
-                else "rejected",
-                "reason": decision.reason,
-                "pretrain_run_id": pretrain.get("mlflow_run_id", ""), "checkpoint": str(checkpoint),
-                "frame_rate": frame_rate}
-        version = registry.register_version(model_uri, cfg.model_name, tags)
+        if registered is None:
+            model_uri = registry.log_encoder(checkpoint, embedding_dim=int(train_config["out_dim"]),
+                                             example_video=example_video(manifest))
+            version = registry.register_version(model_uri, cfg.model_name, tags)
+        else:  # the same bytes: that version, judged again (the champion's own tags stay as they are)
+            version, model_uri = registered, f"models:/{cfg.model_name}/{registered.version}"
+            if compared["compared_on"] != "itself":
+                stale = [key for key in JUDGEMENT_TAGS if key in registered.tags and key not in tags]
+                registry.retag_version(cfg.model_name, version.version, tags, drop=stale)
         if decision.promote:
             registry.set_alias(cfg.model_name, cfg.alias, version.version)
         run.log_metrics({**({} if candidate is None else {cfg.metric: candidate}),
                          **{k: v for k, v in compared.items() if isinstance(v, (int, float))
                             and (k.endswith("recall_at_1") or k.startswith("labels_"))}})
         run.set_tags({f"promote.{k}": v for k, v in tags.items()} | {"promote.version": version.version,
+                                                                     "promote.new_version": registered is None,
                                                                      "slic.data_fingerprint": data or "unknown"})
         run_id = run.run_id
-    return {"model_name": cfg.model_name, "version": version.version, "alias": cfg.alias,
-            "alias_version": version.version if decision.promote else champion.version,
+    return {"model_name": cfg.model_name, "version": version.version, "new_version": registered is None,
+            "alias": cfg.alias, "alias_version": version.version if decision.promote else champion.version,
             "promoted": decision.promote, "model_uri": model_uri, "mlflow_run_id": run_id, **tags}
 
 

@@ -5,7 +5,7 @@ The registry lives in the tracking store (`slic.mlflow_store`); `slic.promote` d
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,6 +70,31 @@ def register_version(model_uri: str, name: str, tags: Mapping[str, Any]) -> Mode
     _client()
     found = mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in tags.items()})
     return ModelVersion(name, str(found.version), {k: str(v) for k, v in tags.items()}, found.run_id)
+
+
+def version_tagged(name: str, key: str, value: str) -> ModelVersion | None:
+    """The newest version of registered model `name` whose tag `key` is `value`, or None (no model, or none so
+    tagged). Filtered here rather than in the store's query, so every tracking store answers alike."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        found = _client().search_model_versions(f"name = '{name}'")
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"):
+            return None
+        raise TrackingError(f"MLflow at {tracking_uri()}: {exc}".splitlines()[0]) from exc
+    tagged = [v for v in found if dict(v.tags).get(key) == value]
+    newest = max(tagged, key=lambda v: int(v.version), default=None)
+    return None if newest is None else ModelVersion(name, str(newest.version), dict(newest.tags), newest.run_id)
+
+
+def retag_version(name: str, version: str, tags: Mapping[str, Any], drop: Iterable[str] = ()) -> None:
+    """Set `tags` on an existing version of `name` and delete the tags named in `drop` (a judgement replaced)."""
+    client = _client()
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, str(value))
+    for key in drop:
+        client.delete_model_version_tag(name, version, key)
 
 
 def set_alias(name: str, alias: str, version: str) -> None:

@@ -242,7 +242,8 @@ def test_labels_mode_stage_keeps_the_labels_with_its_mlflow_run_and_names_a_miss
            "video_id,class\n" + "".join(f"{v},{c}\n" for v, c in zip(train["video_id"][:6], train["class"][:6])))
     output = finish(slic(workspace, "pretrain", mode="labels", labels="labels/train/stage.csv", epochs=1,
                          out="data/models/stage_labels"))
-    assert "pretrain (labels): trained on 6 labelled train videos of" in output and "note:" not in output
+    assert "pretrain (labels): trained on 6 labelled train videos of" in output
+    assert "note: pretrain.labels" not in output  # inside labels/train/: watched, nothing to say
     report = json.loads((workspace / "reports/pretrain.json").read_text())
     assert (report["mode"], report["labelled_train_videos"]) == ("labels", 6) and "watch_note" not in report
     mlflow.set_tracking_uri(f"sqlite:///{workspace / 'mlflow.db'}")

@@ -108,9 +108,40 @@ def test_registry_promotes_better_and_keeps_champion_against_worse(store: Path) 
     assert version_tags(cfg.model_name, "1")["decision"] == "promoted"  # history stays on each version
 
 
+def test_weights_registered_before_are_judged_again_on_their_version_not_registered_again(store: Path) -> None:
+    from mlflow import MlflowClient
+
+    from slic.registry import alias_version
+    from slic.tracking import tracking_uri
+
+    first = promote(PromoteConfig(checkpoint=str(make_candidate(store / "a", 0.5, 1)[0])), store / "a/pretrain.json")
+    checkpoint, report = make_candidate(store / "b", 0.55, 2)
+    strict = promote(PromoteConfig(checkpoint=str(checkpoint), min_delta=0.1), report)
+    assert (strict["version"], strict["new_version"], strict["decision"]) == ("2", True, "rejected")
+    assert version_tags("slic-encoder", "2")["checkpoint_sha256"] == strict["checkpoint_sha256"]
+
+    # best.pt unchanged, promote rerun for another min_delta: the same version, judged again, now champion
+    relaxed = promote(PromoteConfig(checkpoint=str(checkpoint)), report)
+    assert (relaxed["version"], relaxed["new_version"], relaxed["decision"]) == ("2", False, "promoted")
+    assert relaxed["model_uri"] == "models:/slic-encoder/2" and alias_version("slic-encoder", "champion").version == "2"
+    tags = version_tags("slic-encoder", "2")
+    assert tags["decision"] == "promoted" and "margin 0.05 > 0" in tags["reason"]
+    assert version_tags("slic-encoder", first["version"])["decision"] == "promoted"  # the first keeps its own
+
+    # and once more: the champion's own weights, nothing compared or registered, its tags as they were
+    same = promote(PromoteConfig(checkpoint=str(checkpoint)), report)
+    assert (same["version"], same["new_version"], same["decision"], same["alias_version"]) == (
+        "2", False, "already champion", "2")
+    assert version_tags("slic-encoder", "2") == tags
+    client = MlflowClient(tracking_uri(), registry_uri=tracking_uri())
+    assert sorted(str(v.version) for v in client.search_model_versions("name='slic-encoder'")) == ["1", "2"]
+    assert client.get_run(same["mlflow_run_id"]).data.tags["promote.new_version"] == "False"
+
+
 def test_champion_judged_on_another_metric_refuses(store: Path) -> None:
     checkpoint, report = make_candidate(store / "a", 0.5, 1)
     promote(PromoteConfig(checkpoint=str(checkpoint)), report)
+    checkpoint, report = make_candidate(store / "b", 0.5, 2)
     report.write_text(json.dumps({"best_val_recall_at_1": 0.9, "final_val_recall_at_1": 0.9}))
     with pytest.raises(PromoteError, match="'final_val_recall_at_1' missing on the champion, version 1"):
         promote(PromoteConfig(checkpoint=str(checkpoint), metric="final_val_recall_at_1"), report)

@@ -152,10 +152,33 @@ def test_without_classes_the_alias_moves_only_when_the_candidate_names_your_held
     logged = MlflowClient(tracking_uri()).download_artifacts(judged["mlflow_run_id"], "labels", str(store / "got"))
     assert (Path(logged) / "given.csv").read_text() == labels.read_text()
 
-    # The champion's own weights again: the same numbers, a tie, and a tie keeps the alias where it is.
+    # The same weights, waiting and then judged, stayed one version: judged again on it, not registered again.
+    assert (judged["version"], judged["new_version"], waiting["version"]) == ("2", False, "2")
+    # The champion's own bytes again: nothing to compare, nothing registered, its tags untouched.
     champion = candidate if judged["promoted"] else store / "a/best.pt"
+    before = version_tags("slic-encoder", judged["alias_version"])
     again = promoted(store, champion, labels, workspace)
-    assert again["candidate_labels_recall_at_1"] == again["champion_labels_recall_at_1"]
-    assert again["labels_only_candidate_right"] == again["labels_only_champion_right"] == 0
-    assert again["labels_sign_test_p"] == 1.0
-    assert (again["decision"], again["alias_version"]) == ("rejected", judged["alias_version"])
+    assert (again["decision"], again["new_version"], again["alias_version"]) == (
+        "already champion", False, judged["alias_version"])
+    assert "holds the champion's own weights" in again["reason"]
+    assert len(client.search_model_versions("name='slic-encoder'")) == 2
+    assert version_tags("slic-encoder", judged["alias_version"]) == before
+
+    # The champion's weights in other bytes are a new version, judged: the same numbers, a tie, and a tie keeps the
+    # alias where it is.
+    twin = store / "twin/best.pt"
+    twin.parent.mkdir()
+    torch.save({**torch.load(champion, map_location="cpu", weights_only=False), "copied_from": str(champion)}, twin)
+    tie = promoted(store, twin, labels, workspace)
+    assert tie["candidate_labels_recall_at_1"] == tie["champion_labels_recall_at_1"]
+    assert tie["labels_only_candidate_right"] == tie["labels_only_champion_right"] == 0
+    assert tie["labels_sign_test_p"] == 1.0
+    assert (tie["decision"], tie["version"], tie["alias_version"]) == ("rejected", "3", judged["alias_version"])
+
+    # Judged again without the labels: the version's labels tags go with the judgement they belonged to.
+    labels.unlink()
+    rejudged = promoted(store, twin, labels, workspace)
+    assert (rejudged["decision"], rejudged["version"], rejudged["new_version"]) == ("not compared", "3", False)
+    tags = version_tags("slic-encoder", "3")
+    assert tags["decision"] == "not compared" and tags["compared_on"] == "no labels"
+    assert not [key for key in tags if key.startswith("labels_") or key.endswith("_labels_recall_at_1")]

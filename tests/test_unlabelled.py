@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 from slic.cli import main
@@ -85,6 +86,7 @@ def test_pretrain_index_and_search_on_unlabelled_videos(archive: Path, tiny_data
     assert pretrain["labelled"] is False and pretrain["best_val_recall_at_1"] is None
     assert pretrain["best_epoch"] == 2 and pretrain["cluster_rounds"] == 2
     assert "cluster_ami_last" not in pretrain and "no labels" in pretrain["checkpoint_choice"]
+    assert pretrain["short_run_note"].endswith("set pretrain.epochs: 104")  # 24 videos: 3 steps of 8 an epoch
     history = json.loads((tmp_path / "data/models/pretrain/history.json").read_text())
     assert [h["cluster_n_clusters"] > 0 for h in history] == [True, True]  # slic clustered every epoch
     assert not any("val_recall_at_1" in h or "cluster_ami" in h for h in history)  # nothing measured on classes
@@ -188,6 +190,11 @@ def test_pretrain_index_and_search_on_unlabelled_videos(archive: Path, tiny_data
     first = json.loads((tmp_path / "reports/promotion.json").read_text())
     assert (first["decision"], first["compared_on"]) == ("promoted", "no labels")
     assert "metric_value" not in first and "without class labels" in first["reason"]
+    assert run(tmp_path, "promote") == 0  # the same best.pt again: the champion's own weights
+    again = json.loads((tmp_path / "reports/promotion.json").read_text())
+    assert (again["decision"], again["version"], again["new_version"]) == ("already champion", first["version"], False)
+    best = tmp_path / "data/models/pretrain/best.pt"  # other weights: the same ones in other bytes will do
+    torch.save({**torch.load(best, map_location="cpu", weights_only=False), "copied": True}, best)
     assert run(tmp_path, "promote") == 0
     second = json.loads((tmp_path / "reports/promotion.json").read_text())
     assert (second["decision"], second["alias_version"]) == ("not compared", first["version"])
