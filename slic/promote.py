@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -290,6 +291,9 @@ def promote(cfg: PromoteConfig, report: str | Path = PRETRAIN_REPORT, *, manifes
             "reason": decision.reason,
             "pretrain_run_id": pretrain.get("mlflow_run_id", ""), "checkpoint": str(checkpoint),
             "checkpoint_sha256": sha256, "frame_rate": frame_rate}
+    described = (f"**{tags['decision']}** ({time.strftime('%Y-%m-%d %H:%M')}): {decision.reason}. Trained in mode "
+                 f"{train_config.get('mode')}, {train_config.get('backbone')} at {train_config.get('size')} px; "
+                 f"pretrain run {tags['pretrain_run_id'] or 'unknown'}; every number of the judgement is in the tags.")
     with tracking.stage_run("promote", to_dict(cfg), name=name) as run:
         if manifest is not None and Path(manifest).is_file():  # the data the candidate was validated on
             run.log_input(manifest, data or "unknown", splits=("train", "val"), context="validation")
@@ -298,12 +302,12 @@ def promote(cfg: PromoteConfig, report: str | Path = PRETRAIN_REPORT, *, manifes
         if registered is None:
             model_uri = registry.log_encoder(checkpoint, embedding_dim=int(train_config["out_dim"]),
                                              example_video=example_video(manifest))
-            version = registry.register_version(model_uri, cfg.model_name, tags)
+            version = registry.register_version(model_uri, cfg.model_name, tags, description=described)
         else:  # the same bytes: that version, judged again (the champion's own tags stay as they are)
             version, model_uri = registered, f"models:/{cfg.model_name}/{registered.version}"
             if compared["compared_on"] != "itself":
                 stale = [key for key in JUDGEMENT_TAGS if key in registered.tags and key not in tags]
-                registry.retag_version(cfg.model_name, version.version, tags, drop=stale)
+                registry.retag_version(cfg.model_name, version.version, tags, drop=stale, description=described)
         if decision.promote:
             registry.set_alias(cfg.model_name, cfg.alias, version.version)
         run.log_metrics({**({} if candidate is None else {cfg.metric: candidate}),

@@ -63,12 +63,26 @@ def alias_version(name: str, alias: str) -> ModelVersion | None:
     return ModelVersion(name, str(found.version), dict(found.tags), found.run_id)
 
 
-def register_version(model_uri: str, name: str, tags: Mapping[str, Any]) -> ModelVersion:
-    """Register `model_uri` as a new version of `name` (created if needed) with `tags`."""
+MODEL_DESCRIPTION = (
+    "SLIC video encoder, registered by `slic promote`. Input: a DataFrame with a `path` column of video files; "
+    "output: one embedding row per video, alike videos near in cosine similarity. `@champion` is the version "
+    "promote judged best, and each version's description says why it was or was not promoted.\n\n"
+    "- load: `mlflow.pyfunc.load_model('models:/{name}@champion').predict(pd.DataFrame({{'path': [...]}}))`\n"
+    "- search the index with it: `slic search clip.mp4 --model models:/{name}@champion`\n"
+    "- serve it: `mlflow models serve -m models:/{name}@champion --env-manager local`")
+
+
+def register_version(model_uri: str, name: str, tags: Mapping[str, Any], description: str = "") -> ModelVersion:
+    """Register `model_uri` as a new version of `name` (created if needed) with `tags`, and `description`: what the
+    registry UI shows first on the version's page. A new model gets MODEL_DESCRIPTION (how to use it)."""
     import mlflow
 
-    _client()
+    client = _client()
     found = mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in tags.items()})
+    if description:
+        client.update_model_version(name, found.version, description=description)
+    if not client.get_registered_model(name).description:  # set once; a description written in the UI stays
+        client.update_registered_model(name, description=MODEL_DESCRIPTION.format(name=name))
     return ModelVersion(name, str(found.version), {k: str(v) for k, v in tags.items()}, found.run_id)
 
 
@@ -88,9 +102,13 @@ def version_tagged(name: str, key: str, value: str) -> ModelVersion | None:
     return None if newest is None else ModelVersion(name, str(newest.version), dict(newest.tags), newest.run_id)
 
 
-def retag_version(name: str, version: str, tags: Mapping[str, Any], drop: Iterable[str] = ()) -> None:
-    """Set `tags` on an existing version of `name` and delete the tags named in `drop` (a judgement replaced)."""
+def retag_version(name: str, version: str, tags: Mapping[str, Any], drop: Iterable[str] = (),
+                  description: str = "") -> None:
+    """Set `tags` (and `description`, when given) on an existing version of `name` and delete the tags named in
+    `drop` (a judgement replaced)."""
     client = _client()
+    if description:
+        client.update_model_version(name, version, description=description)
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, str(value))
     for key in drop:

@@ -119,6 +119,9 @@ def test_weights_registered_before_are_judged_again_on_their_version_not_registe
     strict = promote(PromoteConfig(checkpoint=str(checkpoint), min_delta=0.1), report)
     assert (strict["version"], strict["new_version"], strict["decision"]) == ("2", True, "rejected")
     assert version_tags("slic-encoder", "2")["checkpoint_sha256"] == strict["checkpoint_sha256"]
+    client = MlflowClient(tracking_uri(), registry_uri=tracking_uri())
+    described = client.get_model_version("slic-encoder", "2").description  # what the registry UI shows first
+    assert described.startswith("**rejected** (") and "does not beat champion 0.5" in described
 
     # best.pt unchanged, promote rerun for another min_delta: the same version, judged again, now champion
     relaxed = promote(PromoteConfig(checkpoint=str(checkpoint)), report)
@@ -126,6 +129,7 @@ def test_weights_registered_before_are_judged_again_on_their_version_not_registe
     assert relaxed["model_uri"] == "models:/slic-encoder/2" and alias_version("slic-encoder", "champion").version == "2"
     tags = version_tags("slic-encoder", "2")
     assert tags["decision"] == "promoted" and "margin 0.05 > 0" in tags["reason"]
+    assert client.get_model_version("slic-encoder", "2").description.startswith("**promoted** (")
     assert version_tags("slic-encoder", first["version"])["decision"] == "promoted"  # the first keeps its own
 
     # and once more: the champion's own weights, nothing compared or registered, its tags as they were
@@ -133,9 +137,24 @@ def test_weights_registered_before_are_judged_again_on_their_version_not_registe
     assert (same["version"], same["new_version"], same["decision"], same["alias_version"]) == (
         "2", False, "already champion", "2")
     assert version_tags("slic-encoder", "2") == tags
-    client = MlflowClient(tracking_uri(), registry_uri=tracking_uri())
+    assert client.get_model_version("slic-encoder", "2").description.startswith("**promoted** (")
     assert sorted(str(v.version) for v in client.search_model_versions("name='slic-encoder'")) == ["1", "2"]
     assert client.get_run(same["mlflow_run_id"]).data.tags["promote.new_version"] == "False"
+
+
+def test_the_registered_model_says_how_to_use_it_once_and_keeps_a_description_written_in_the_ui(store: Path) -> None:
+    from mlflow import MlflowClient
+
+    from slic.tracking import tracking_uri
+
+    client = MlflowClient(tracking_uri(), registry_uri=tracking_uri())
+    promote(PromoteConfig(checkpoint=str(make_candidate(store / "a", 0.5, 1)[0])), store / "a/pretrain.json")
+    said = client.get_registered_model("slic-encoder").description
+    assert "slic search clip.mp4 --model models:/slic-encoder@champion" in said and "`path` column" in said
+    client.update_registered_model("slic-encoder", description="ours: the encoder of the archive")
+    promote(PromoteConfig(checkpoint=str(make_candidate(store / "b", 0.7, 2)[0])), store / "b/pretrain.json")
+    assert client.get_registered_model("slic-encoder").description == "ours: the encoder of the archive"
+    assert "beats champion 0.5" in client.get_model_version("slic-encoder", "2").description
 
 
 def test_champion_judged_on_another_metric_refuses(store: Path) -> None:
