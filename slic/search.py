@@ -255,6 +255,13 @@ def _row_files(loaded: LoadedIndex) -> dict[int, str]:
     return {int(row): os.path.realpath(path) for row, path in zip(loaded.rows.index, loaded.rows["path"].astype(str))}
 
 
+def not_indexed(queries: list[str], loaded: LoadedIndex) -> list[str]:
+    """The query files with no row in the index: it knows no recording of theirs, so --other-recordings can leave
+    out none of their sibling clips."""
+    indexed = set(_row_files(loaded).values())
+    return [query for query in queries if os.path.realpath(query) not in indexed]
+
+
 def _row_recordings(loaded: LoadedIndex, file_of: dict[int, str]) -> dict[int, str]:
     """Each index row's recording: the manifest's group the index stage stored (rows.csv `recording`: UCF101's
     class and g number, what manifest.group_pattern names, else the file), or its file (`file_of`) where there is
@@ -426,6 +433,13 @@ def run_search(argv: list[str], params: str = "params.yaml") -> int:
         return 2
     for error in errors:
         warn(f"error: {error['query']}: {error['error']}")
+    if args.other_recordings and (outside := not_indexed([answer["query"] for answer in answers], loaded)):
+        said = (f"{outside[0]} is not in the index, so its recording is unknown there: nothing was left out, and "
+                "clips of its recording can be among the hits" if len(answers) == 1 else
+                f"{len(outside)} of the {len(answers)} queries (e.g. {outside[0]}) are not in the index, so their "
+                "recordings are unknown there: nothing was left out for them, and clips of their recordings can be "
+                "among the hits")
+        warn(f"--other-recordings: {said}")
     if args.html:
         from slic.search_report import write_search_html
 

@@ -235,7 +235,7 @@ def test_per_recording_and_other_recordings_count_an_indexed_clips_siblings_as_i
     --per-recording caps each recording's hits. An index built before recordings were stored counts files."""
     from slic.config import IndexConfig
     from slic.index import ROWS_FILE, build_stage, load_index
-    from slic.search import search_videos
+    from slic.search import not_indexed, search_videos
     from tests.conftest import StubEncoder
 
     ids = ["a1", "a2", "a3", "b1", "b2", "c"]
@@ -266,6 +266,7 @@ def test_per_recording_and_other_recordings_count_an_indexed_clips_siblings_as_i
     answers, _ = search_videos([Path("/elsewhere/q.mp4")], StubEncoder(lambda _: query), loaded, k=2,
                                other_recordings=True)  # a file not in the index has no recording to leave out
     assert [(h["video_id"], h["recording"]) for h in answers[0]["results"]] == [("a1", "A"), ("a2", "A")]
+    assert not_indexed(["/elsewhere/q.mp4", "/clips/a1.mp4"], loaded) == ["/elsewhere/q.mp4"]  # the CLI says so
     rows = pd.read_csv(tmp_path / "index" / ROWS_FILE)  # as an index from before this column
     rows.drop(columns="recording").to_csv(tmp_path / "index" / ROWS_FILE, index=False)
     old = load_index(tmp_path / "index")
@@ -286,6 +287,11 @@ def test_search_usage_errors_say_what_to_run(workdir: Path, tmp_path: Path, caps
     assert err.count("\n") == 1 and "built before the index stored recordings: each file counts as a recording" in err
     doc = json.loads(out)
     assert (doc["per_recording"], doc["other_recordings"]) == (1, False) and len(doc["queries"][0]["results"]) == 5
+    outside = SHARED_VIDEOS / "mmaction2/kinetics400/arm_wrestling/demo.mp4"
+    assert main(["search", str(outside), "--other-recordings"]) == 0
+    assert f"--other-recordings: {outside} is not in the index, so its recording is unknown" in capsys.readouterr().err
+    assert main(["search", str(FOLDER / "video_90.mov"), "--other-recordings"]) == 0
+    assert "not in the index" not in capsys.readouterr().err
 
 
 def test_search_with_the_registered_champion(workdir: Path, capsys: pytest.CaptureFixture,
