@@ -12,6 +12,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -325,15 +326,19 @@ def run_evaluate(config: Any) -> dict[str, Any]:
     from slic.config import to_dict
     from slic.plots import embedding_projection, recall_curve
     from slic.report import write_neighbours_html, write_retrieval_html
+    from slic.published import published_retrieval
     from slic.retrieval import evaluate_embeddings, source_units, unlabelled_neighbours, write_recall_curve
     from slic.tracking import stage_run
 
     cfg = config.evaluate
+    published = None
     labelled = _embeddings_have_labels(cfg.embeddings)
     if labelled:
         report = evaluate_embeddings(cfg.embeddings, query_split=cfg.query_split, gallery_split=cfg.gallery_split,
                                      ks=cfg.ks)
-        splits, what, write_page = (cfg.query_split, cfg.gallery_split), "vs " + cfg.gallery_split, write_retrieval_html
+        splits, what = (cfg.query_split, *cfg.gallery_split.split("+")), "vs " + cfg.gallery_split
+        published = published_retrieval(report, config.manifest.layout, config.manifest.split)
+        write_page = partial(write_retrieval_html, published=published)
         metrics = {k: v for k, v in report.items() if k.startswith("recall@")}
     else:
         units, unit = source_units(config.extract.manifest)  # segments: other files; clips: other recordings
@@ -359,6 +364,12 @@ def run_evaluate(config: Any) -> dict[str, Any]:
         _log_plot(run, "embeddings_pca", embedding_projection, cfg.embeddings)
     if labelled:
         print("evaluate: " + " ".join(f"{k}={v:.3f}" for k, v in metrics.items()))
+        if published:
+            print(f"evaluate: published on {published['set']}, recall@1 %: "
+                  + ", ".join(f"{name} {row['recall@1']}" for name, row in published["published"].items())
+                  + f"; this run {published['this_run']['recall@1']} (reports/retrieval.html)")
+            if "note" in published:
+                print(f"evaluate: note: {published['note']}")
     else:
         nearest = next(key for key in report if key.startswith("neighbour_cosine@"))  # the smallest k of evaluate.ks
         print(f"evaluate: no class labels, so no recall; {report['protocol']}: {nearest}={report[nearest]:.3f} "
@@ -571,6 +582,7 @@ def run_finetune_stage(config: Any) -> dict[str, Any]:
     """Stage `finetune`: whole network from pretrained and from random weights -> reports/finetune.json."""
     from slic.config import to_dict
     from slic.finetune_stages import run_finetune
+    from slic.published import finetune_line
 
     cfg = config.finetune
     with stage_run_for("finetune", to_dict(cfg), _named("finetune", cfg.checkpoint)) as run:
@@ -581,6 +593,9 @@ def run_finetune_stage(config: Any) -> dict[str, Any]:
         run.set_tags(machine_tags(report["pretrained"]["device"]))
     for name, row in report.items():
         print(f"finetune {name:12s} test top1 {row['top1']:.2f}% top5 {row['top5']:.2f}%")
+    if line := finetune_line("finetune", report["pretrained"]["top1"], config.manifest.layout, config.manifest.split,
+                             report["pretrained"]["classes"]):
+        print(line)
     return report
 
 
@@ -731,8 +746,14 @@ def _run_named_stage(stage: str, config: Any, name: str, started: float) -> int:
             report, kind = run_classify(config, name), "classify"
             if report["enabled"]:  # trained numbers differ across CPU types: where they were made
                 from slic.machine import machine_info
+                from slic.published import finetune_line
 
                 report["machine"] = machine_info(report["linear_probe"]["device"])
+                chosen = eval_set(config, name)
+                finetuned = report["finetune"]["pretrained"]
+                if line := finetune_line(f"classify {name}", finetuned["top1"], chosen.layout, chosen.split,
+                                         finetuned["classes"]):
+                    print(line)
         else:
             from slic.distributed import close_world, init_world
 

@@ -305,7 +305,9 @@ class EvaluateConfig:
 
     embeddings: str = _spec("data/embeddings/embeddings.npz")
     query_split: str = _spec("test", choices=("test", "val", "train"))
-    gallery_split: str = _spec("train", choices=("train", "val", "test"))
+    gallery_split: str = _spec("train", choices=("train", "val", "test", "train+val"),
+                               help="train+val: the official train list (our val is carved from it), the IIC "
+                                    "protocol's gallery, as the published numbers use")
     ks: tuple[int, ...] = _spec((1, 5, 10, 20, 50), low=1)
     curve: str = _spec("reports/retrieval_recall.csv", help="recall@k table for `dvc plots`")
     html: str = _spec("reports/retrieval.html", help="HTML report: recall tables, sampled queries with their neighbours")

@@ -201,20 +201,40 @@ def _recall_tables(report: Mapping[str, Any], baseline: Mapping[str, Any] | None
                   f"</tr></thead><tbody>{body}</tbody></table>")
 
 
+def _published_table(published: Mapping[str, Any] | None) -> str:
+    """This run's recall@k above the published rows of the same protocol (empty without them)."""
+    if not published:
+        return ""
+    ks = list(published["this_run"])
+    head = "".join(f"<th>{html.escape(k)}</th>" for k in ks)
+
+    def row(name: str, values: Mapping[str, float], css: str = "") -> str:
+        cells = "".join(f"<td>{values[k]:.1f}%</td>" if k in values else "<td>-</td>" for k in ks)
+        return f'<tr{css}><td>{html.escape(name)}</td>{cells}</tr>'
+
+    rows = row("this run", published["this_run"], ' class="ours"') + "".join(
+        row(name, values) for name, values in published["published"].items())
+    note = f'<p class="note">{html.escape(published["note"])}</p>' if "note" in published else ""
+    return (f'<h2>Published on {html.escape(published["set"])}</h2><table id="published"><thead><tr><th>method'
+            f'</th>{head}</tr></thead><tbody>{rows}</tbody></table><p>{html.escape(published["source"])}.</p>{note}')
+
+
 def write_retrieval_html(out: str | Path, report: Mapping[str, Any], *, embeddings: str | Path,
                          frames_dir: str | Path, manifest: str | Path, queries: int = 12, k: int = 5,
                          seed: int = 7, title: str = "Retrieval report", intro: str = "",
-                         baseline: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                         baseline: Mapping[str, Any] | None = None,
+                         published: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Write the HTML retrieval report to `out` for the splits named in `report` (evaluate's numbers).
 
     `title` and `intro` (plain text) say what was evaluated (e.g. a transfer to an eval set); `baseline`, a
-    report of the same form (random_init's), adds its recall@k beside each row for comparison.
+    report of the same form (random_init's), adds its recall@k beside each row for comparison; `published`
+    (slic.published.published_retrieval) adds the published numbers of the same protocol under this run's.
 
     Returns {path, bytes, queries_shown, k_shown, missing_thumbnails: [shard paths]}.
     """
     data = np.load(embeddings)
     split, labels, names, ids = data["split"], data["label"], data["class_name"], data["video_id"]
-    q_mask, g_mask = split == report["query_split"], split == report["gallery_split"]
+    q_mask, g_mask = split_mask(split, report["query_split"]), split_mask(split, report["gallery_split"])
     q_vec, g_vec = data["embedding"][q_mask], data["embedding"][g_mask]
     neighbours = nearest_gallery(q_vec, g_vec, k)
     top1_hit = labels[g_mask][neighbours[:, 0]] == labels[q_mask]
@@ -244,7 +264,7 @@ def write_retrieval_html(out: str | Path, report: Mapping[str, Any], *, embeddin
             f"<p>{report['queries']} {report['query_split']} queries against a gallery of {report['gallery']} "
             f"{report['gallery_split']} videos; cosine similarity of the embeddings in "
             f"<code>{html.escape(str(embeddings))}</code>. A query is a hit at k when one of its k nearest gallery "
-            f"videos has its class.</p>{_recall_tables(report, baseline)}"
+            f"videos has its class.</p>{_recall_tables(report, baseline)}{_published_table(published)}"
             f"<h2>Sampled queries and their top-{k_shown} neighbours</h2><p id=\"sample\">{html.escape(how)}</p>"
             f'<p><span class="mark hit">✓ hit</span> same class as the query &nbsp; '
             f'<span class="mark miss">✗ miss</span> another class &nbsp; cos: cosine similarity to the query</p>'

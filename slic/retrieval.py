@@ -80,7 +80,7 @@ def evaluate_embeddings(path: str | Path, *, query_split: str = "test", gallery_
         raise FileNotFoundError(f"{path}: no embeddings; run the `embed` stage first (dvc repro embed)")
     data = np.load(path)
     split, labels, names = data["split"], data["label"], data["class_name"]
-    queries, gallery = split == query_split, split == gallery_split
+    queries, gallery = split_mask(split, query_split), split_mask(split, gallery_split)
     if not queries.any() or not gallery.any():
         raise ValueError(f"{path}: needs {query_split!r} queries and a {gallery_split!r} gallery; "
                          f"found {int(queries.sum())} and {int(gallery.sum())}")
@@ -154,8 +154,9 @@ def files_of(ids: np.ndarray, files: dict[str, str]) -> np.ndarray | None:
 
 
 def split_mask(splits: np.ndarray, split: str | None) -> np.ndarray:
-    """The rows of `split` (None: every row)."""
-    return np.ones(len(splits), dtype=bool) if split is None else np.asarray(splits) == split
+    """The rows of `split` (None: every row; 'train+val': the rows of either, the official train list our val is
+    carved from)."""
+    return np.ones(len(splits), dtype=bool) if split is None else np.isin(np.asarray(splits), split.split("+"))
 
 
 def effective_rank(vectors: np.ndarray) -> float:

@@ -57,7 +57,7 @@ PAPER: list[tuple[str, Any, str]] = [
     ("pretrain.seed", 7, "no schedule; seed 7"),  # Optimisation
     ("embed.clips", 10, "10 clips of 16 frames per video"),  # Evaluation
     ("evaluate.query_split", "test", "queries = test split videos"),  # Evaluation
-    ("evaluate.gallery_split", "train", "gallery = train split videos"),  # Evaluation
+    ("evaluate.gallery_split", "train+val", "gallery = train split videos"),  # Evaluation (the whole official list)
     ("evaluate.ks", [1, 5, 10, 20, 50], "Report top-1/5/10/20/50 recall"),  # Evaluation
 ]
 # Finetuning and the linear probe share the protocol (SLIC.md: Evaluation; clip and size as pretrained).

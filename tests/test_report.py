@@ -221,3 +221,60 @@ def test_unreadable_frames_show_a_placeholder_naming_the_file(page: Any) -> None
     assert any(f"data/frames/{CORRUPT}.shard" in t and "frame 0 is not a decodable JPEG" in t for t in texts)
     box = placeholders.first.bounding_box()
     assert box and box["width"] >= 96 and box["height"] >= 72
+
+
+def test_on_ucf101_split1_the_page_and_the_stage_set_the_published_numbers_beside_the_runs(
+        stage: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    import slic.published
+
+    root = tmp_path / "protocol"
+    shutil.copytree(stage["root"], root, ignore=shutil.ignore_patterns("mlflow.db", "mlartifacts", "mlruns"))
+    monkeypatch.setattr(slic.published, "UCF101_CLASSES", 3)  # the tiny set's 3 classes stand for UCF101's 101
+    split = np.load(root / "data/embeddings/embeddings.npz")["split"]
+    params = "manifest:\n  layout: ucf101\n  split: 1\nevaluate:\n  html_queries: 6\n  gallery_split: {}\n"
+
+    (root / "params.yaml").write_text(params.format("train"))
+    result = run_stage_in(root, "evaluate")
+    assert result["code"] == 0, result["stderr"]
+    assert ("evaluate: published on UCF101 split 1, the IIC protocol (test queries, train gallery), recall@1 %: "
+            "VCOP (R3D) 14.1, VCP (R3D) 18.6, PacePred (R3D-18) 23.8, IIC (R3D) 42.4, PCL-VCP (R3D-18) 55.1, "
+            "CoCLR (S3D, UCF101 RGB) 51.8; this run 50.0 (reports/retrieval.html)") in result["stdout"]
+    assert "evaluate: note: this run's gallery is the train split, not the protocol's whole train list" in result[
+        "stdout"]
+    page = (root / "reports/retrieval.html").read_text()
+    assert '<table id="published">' in page and '<tr class="ours"><td>this run</td><td>50.0%</td>' in page
+    assert "<tr><td>IIC (R3D)</td><td>42.4%</td><td>60.9%</td><td>69.2%</td><td>77.1%</td><td>86.5%</td></tr>" in page
+    assert "<tr><td>CoCLR (S3D, UCF101 RGB)</td><td>51.8%</td><td>-</td>" in page  # top-1 only
+    assert "set evaluate.gallery_split: train+val" in page
+
+    # The protocol's gallery: the whole official train list, our val carve included; nothing to note.
+    (root / "params.yaml").write_text(params.format("train+val"))
+    result = run_stage_in(root, "evaluate")
+    assert result["code"] == 0, result["stderr"]
+    report = json.loads((root / "reports/retrieval.json").read_text())
+    assert (report["gallery"], report["gallery_split"]) == (int(np.isin(split, ["train", "val"]).sum()), "train+val")
+    assert "published on UCF101 split 1" in result["stdout"] and "evaluate: note:" not in result["stdout"]
+    assert "set evaluate.gallery_split" not in (root / "reports/retrieval.html").read_text()
+    assert f"against a gallery of {report['gallery']} train+val videos" in (root / "reports/retrieval.html").read_text()
+
+
+def test_no_published_numbers_for_another_set_or_split() -> None:
+    from slic.published import finetune_line, published_finetune, published_retrieval
+
+    ucf101 = {"query_split": "test", "gallery_split": "train+val", "recall@1": 0.4234,
+              "per_class": {f"c{i}": {} for i in range(101)}}
+    assert published_retrieval(ucf101, "ucf101", 1)["this_run"] == {"recall@1": 42.3}
+    assert published_retrieval(ucf101, "ucf101", 2) is None  # the published numbers are on split 1
+    assert published_retrieval(ucf101, "folder", 1) is None
+    assert published_retrieval({**ucf101, "query_split": "val"}, "ucf101", 1) is None
+    assert published_retrieval({**ucf101, "per_class": {"a": {}, "b": {}}}, "ucf101", 1) is None  # ucf101_6
+    assert published_finetune("hmdb51", 1, 51)["published"]["SLIC"] == 54.5
+    assert published_finetune("ucf101", 1, 101)["published"]["SLIC"] == 83.2
+    assert published_finetune("ucf101", 1, 6) is None and published_finetune("csv", 1, 101) is None
+    assert published_finetune("hmdb51", 2, 51) is None
+    assert finetune_line("classify hmdb51", 50.04, "hmdb51", 1, 51) == (
+        "classify hmdb51: published on HMDB51 split 1, test top-1 after finetuning %: IIC 38.3, "
+        "PCL-VCP (R3D-18, 112 px) 48.8, SLIC 54.5; this run (finetuned from the encoder) 50.0")
+    assert finetune_line("finetune", 60.0, "ucf101", 1, 6) == ""
