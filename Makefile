@@ -14,7 +14,7 @@ export DVC_NO_ANALYTICS := 1
 export GX_ANALYTICS_ENABLED := false
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install chromium run run-real test bench bench-real bench-label-free bench-archive-clusters bench-spread-labels bench-retrain-labels bench-labels-stage bench-promote-labels bench-added-videos bench-serving-decode bench-segments bench-frame-rate bench-gpu gpu-wheelhouse clean pipeline image services-up services-down deploy worker preset-paper
+.PHONY: install chromium run run-real test bench bench-real bench-label-free bench-archive-clusters bench-spread-labels bench-retrain-labels bench-labels-stage bench-promote-labels bench-protocol-gallery bench-added-videos bench-serving-decode bench-segments bench-frame-rate bench-gpu gpu-wheelhouse clean pipeline image services-up services-down deploy worker preset-paper
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -64,6 +64,10 @@ bench-labels-stage: install
 # Whether promote's comparison on your labels serves the encoder better on test (reads bench-labels-stage's pairs).
 bench-promote-labels: install
 	$(BIN)/python bench/promote_labels.py
+
+# recall against the carved train split and against the whole train list (the IIC protocol's gallery)
+bench-protocol-gallery: install
+	$(BIN)/python bench/protocol_gallery.py
 
 # Videos added to the index without retraining against the same videos embedded by the embed stage (ucf101_6).
 bench-added-videos: install
