@@ -325,13 +325,12 @@ def run_evaluate(config: Any) -> dict[str, Any]:
     """
     from slic.config import to_dict
     from slic.plots import embedding_projection, recall_curve
-    from slic.report import write_neighbours_html, write_retrieval_html
     from slic.published import published_retrieval
+    from slic.report import write_neighbours_html, write_retrieval_html
     from slic.retrieval import evaluate_embeddings, source_units, unlabelled_neighbours, write_recall_curve
     from slic.tracking import stage_run
 
     cfg = config.evaluate
-    published = None
     labelled = _embeddings_have_labels(cfg.embeddings)
     if labelled:
         report = evaluate_embeddings(cfg.embeddings, query_split=cfg.query_split, gallery_split=cfg.gallery_split,

@@ -149,6 +149,7 @@ STYLE = f"""
 body {{ font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; color: #1f2328; }}
 table {{ border-collapse: collapse; margin: 0.5em 0 1em; }}
 th, td {{ border: 1px solid #d0d7de; padding: 3px 10px; text-align: right; }}
+tr.ours td {{ font-weight: 600; }}
 th:first-child, td:first-child {{ text-align: left; }}
 code, .path {{ font: 11px ui-monospace, monospace; word-break: break-all; }}
 .row {{ display: flex; gap: 8px; align-items: flex-start; margin: 0 0 12px; padding-bottom: 12px;
