@@ -354,7 +354,9 @@ class IndexConfig:
     """FAISS similarity-search index over the gallery split's embeddings (stage `index`)."""
 
     manifest: str = _spec("data/manifests/validated.csv", help="video_id -> path and class of each indexed video")
-    gallery_split: str = _spec("train", choices=("train", "val", "test"), help="split whose videos are indexed")
+    gallery_split: str = _spec("train", choices=("train", "val", "test", "train+val", "all"),
+                               help="split whose videos are indexed; all: every video of the manifest, to search "
+                                    "a labelled collection whole")
     kind: str = _spec("flat", choices=("flat", "ivf_flat", "ivf_pq", "hnsw"), help="flat is exact")
     metric: str = _spec("cosine", choices=("cosine", "inner_product"),
                         help="cosine: inner product on L2-normalised vectors")

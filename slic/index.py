@@ -153,15 +153,16 @@ def file_sha256(path: str | Path) -> str:
 
 
 def gallery_rows(embeddings: str | Path, manifest: str | Path, split: str) -> tuple[pd.DataFrame, np.ndarray]:
-    """The `split` rows of the embed stage's npz joined with the manifest: (video_id, path, class, label, and the
-    manifest's group as `recording`: the clips of one recording, a long file's segments), vectors."""
+    """The `split` rows ('train+val': either's; 'all': every row) of the embed stage's npz joined with the manifest:
+    (video_id, path, class, label, and the manifest's group as `recording`: the clips of one recording, a long
+    file's segments), vectors."""
     embeddings, manifest = Path(embeddings), Path(manifest)
     if not embeddings.is_file():
         raise FileNotFoundError(f"{embeddings}: no embeddings; run the `embed` stage first (dvc repro embed)")
     if not manifest.is_file():
         raise FileNotFoundError(f"{manifest}: no validated manifest; run `dvc repro validate` first")
     data = np.load(embeddings)
-    keep = data["split"] == split
+    keep = np.ones(len(data["split"]), dtype=bool) if split == "all" else np.isin(data["split"], split.split("+"))
     if not keep.any():
         raise IndexBuildError(f"{embeddings} has no {split!r} videos to index (splits there: "
                               f"{', '.join(sorted(set(data['split'].tolist())))})")

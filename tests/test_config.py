@@ -68,3 +68,10 @@ def test_a_regular_expression_in_double_quotes_is_told_to_use_single_quotes(tmp_
         load(write(tmp_path, 'manifest:\n  layout: folder\n  group_pattern: "^(.*?)_c\\d+"\n'))
     config = load(write(tmp_path, "manifest:\n  layout: folder\n  group_pattern: '^(.*?)_c\\d+\\.\\w+$'\n"))
     assert config.manifest.group_pattern == r"^(.*?)_c\d+\.\w+$"
+
+
+def test_the_index_may_hold_every_video_but_evaluate_never_queries_its_own_gallery(tmp_path: Path) -> None:
+    config = load(write(tmp_path, "index:\n  gallery_split: all\nevaluate:\n  gallery_split: train+val\n"))
+    assert (config.index.gallery_split, config.evaluate.gallery_split) == ("all", "train+val")
+    with pytest.raises(ConfigError, match=r"evaluate.gallery_split = 'all'"):
+        load(write(tmp_path, "evaluate:\n  gallery_split: all\n"))

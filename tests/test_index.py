@@ -98,6 +98,12 @@ def test_gallery_rows_map_each_row_to_its_video(tmp_path: Path) -> None:
     assert (rows["path"] == "/videos/" + rows["video_id"] + ".avi").all()
     assert (rows["class"] == "C" + rows["label"].astype(str)).all()
     np.testing.assert_array_equal(gallery[0], vectors[0])  # embedding row kept with its video
+    split = np.load(npz)["split"]
+    everything, all_vectors = gallery_rows(npz, manifest, "all")  # a labelled collection searched whole
+    assert len(everything) == len(split) > 18 and set(everything["video_id"]) == set(np.load(npz)["video_id"])
+    np.testing.assert_array_equal(all_vectors, vectors)
+    both, _ = gallery_rows(npz, manifest, "train+test")
+    assert len(both) == len(split) and len(gallery_rows(npz, manifest, "test")[0]) == len(split) - 18
     table = pd.read_csv(manifest)
     table[table["video_id"] != "v_C0_g01_c01"].to_csv(manifest, index=False)  # drop one embedded train video
     with pytest.raises(IndexBuildError, match="1 embedded video.*not in"):
