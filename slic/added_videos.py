@@ -28,7 +28,8 @@ import numpy as np
 import pandas as pd
 
 from slic.data.video import DECODE_ERRORS, decode_error_line, segment_id
-from slic.index import IndexBuildError, file_sha256
+from slic.file_hash import file_sha256
+from slic.index import IndexBuildError
 
 log = logging.getLogger(__name__)
 Span = tuple[int, int, float, float]  # a segment of a file: its [start, stop) frames and [start_s, end_s) seconds

@@ -11,7 +11,6 @@ metric) and the effective parameters (an IVF nlist too large for the gallery is 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -25,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from slic.faiss_backend import faiss_module, gpu_available, l2_normalize
+from slic.file_hash import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -141,15 +141,6 @@ def search(index: Any, queries: np.ndarray, k: int, *, normalize: bool = True) -
     """(similarities, row ids), each (n_queries, k) best first; ids of -1 where fewer than k were found."""
     q = np.ascontiguousarray(l2_normalize(queries) if normalize else np.asarray(queries, np.float32))
     return index.search(q, min(k, index.ntotal))
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes (ties the index to the exact checkpoint that embedded its videos)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def gallery_rows(embeddings: str | Path, manifest: str | Path, split: str) -> tuple[pd.DataFrame, np.ndarray]:

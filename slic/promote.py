@@ -259,7 +259,7 @@ def promote(cfg: PromoteConfig, report: str | Path = PRETRAIN_REPORT, *, manifes
 
     from slic import registry, tracking
     from slic.checkpoints import frame_rate_of_checkpoint
-    from slic.index import file_sha256
+    from slic.file_hash import file_sha256
 
     # refuse before touching the registry; a candidate trained without classes has no metric
     candidate = read_metric(report, cfg.metric) if trained_with_labels(report) else None

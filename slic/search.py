@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import pandas as pd
 
-from slic.index import IndexBuildError, LoadedIndex, file_sha256, load_index, search
+from slic.file_hash import file_sha256
+from slic.index import IndexBuildError, LoadedIndex, load_index, search
 
 if TYPE_CHECKING:
     from slic.serving import VideoEncoder

@@ -14,7 +14,7 @@ import pytest
 from slic.cli import main
 from slic.config import PretrainConfig
 from slic.data.frames import content_fingerprint
-from slic.index import file_sha256
+from slic.file_hash import file_sha256
 from tests.conftest import SHARED_VIDEOS
 
 FOLDER = SHARED_VIDEOS / "dmlc-decord" / "decode_tests"  # five good videos and corrupted.mp4
