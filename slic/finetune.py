@@ -31,6 +31,7 @@ from slic.config import FinetuneConfig, LinearProbeConfig
 from slic.data.clips import VideoShard
 from slic.data.labelled_clips import LabelledClips, WindowViews, finetune_augmentation
 from slic.models import Classifier, build_backbone, to_device
+from slic.progress import eta
 
 log = logging.getLogger(__name__)
 ClassifierConfig = FinetuneConfig | LinearProbeConfig
@@ -177,6 +178,7 @@ def train_classifier(cfg: ClassifierConfig, *, init: str, linear_probe: bool, sp
     dataset = LabelledClips(splits["train"], clip_len=cfg.clip_len, size=cfg.size, augmentation=augmentation,
                             seed=cfg.seed)
     started = time.perf_counter()
+    first_epoch = state.epoch
     for epoch in range(state.epoch, cfg.epochs):
         dataset.set_epoch(epoch)
         torch.manual_seed(_seed_of(cfg.seed, epoch, 1))  # dropout masks
@@ -197,7 +199,8 @@ def train_classifier(cfg: ClassifierConfig, *, init: str, linear_probe: bool, sp
         save_checkpoint(last, model, optimizer, scheduler, state, fingerprint)
         if run is not None:
             run.log_metrics(metrics, step=state.epoch)
-        log.info("%s epoch %d/%d %s", out.name, state.epoch, cfg.epochs,
+        log.info("%s epoch %d/%d eta=%s %s", out.name, state.epoch, cfg.epochs,
+                 eta(time.perf_counter() - started, state.epoch - first_epoch, cfg.epochs - state.epoch),
                  " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
     if not best.is_file():  # zero epochs: the starting weights are the best there is
         save_checkpoint(best, model, None, None, state, fingerprint)

@@ -51,6 +51,7 @@ from slic.distributed import World, barrier, broadcast_object, gather_tensor, ga
 from slic.embed import embed_clips
 from slic.labels_table import read_training_labels
 from slic.models import Encoder, to_device
+from slic.progress import eta
 from slic.pretrain_state import (RESUMABLE_ACROSS, TrainState, _what_changed, data_fingerprint,  # noqa: F401
                                   fingerprint, given_labels_fingerprint, resume_state, same_fingerprint,
                                   save_checkpoint)
@@ -440,7 +441,8 @@ def pretrain(cfg: PretrainConfig, *, manifest: str | Path, frames_dir: str | Pat
             save_checkpoint(last, model, optimizer, state, cfg, data, proxies, **kept)
             if run is not None:
                 run.log_metrics(metrics, step=state.epoch)
-            log.info("epoch %d/%d %s", state.epoch, epochs,
+            log.info("epoch %d/%d eta=%s %s", state.epoch, epochs,
+                     eta(time.perf_counter() - started, state.epoch - resumed_from, epochs - state.epoch),
                      " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
         barrier()
     del loader  # its persistent workers end here
