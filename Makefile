@@ -25,6 +25,7 @@ install: $(VENV)/.installed
 
 run: install
 	$(BIN)/dvc repro
+	$(BIN)/slic summary
 
 # Real video: six UCF101 classes (../shared/real/ucf101_6, split 1, used in place; presets/ucf101_6_cpu.yaml
 # written into params.yaml), then the pipeline. `git checkout params.yaml` returns to the synthetic default.
@@ -34,6 +35,7 @@ run-real: install
 	@test -d $(REAL)/videos || { echo "run-real: $(REAL)/videos not found: the six-class UCF101 set lies beside the checkout"; exit 2; }
 	$(BIN)/slic preset ucf101_6_cpu
 	$(BIN)/dvc repro
+	$(BIN)/slic summary
 
 # The four modes x seeds 7, 8, 9 on the real set, with the linear probe and finetuning (reports/bench/real.json).
 bench-real: install

@@ -797,6 +797,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="find the indexed videos most similar to a video or folder (slic search --help)")
     sub.add_parser("preset", add_help=False,
                    help="write a preset's values into params.yaml, e.g. paper_ucf101 (slic preset --help)")
+    sub.add_parser("summary", help="what the pipeline made, from reports/: the numbers and where to look")
     args, rest = parser.parse_known_args(argv)
     if args.stage == "search":
         from slic.search import run_search
@@ -810,6 +811,14 @@ def main(argv: list[str] | None = None) -> int:
         from slic.presets import run_preset
 
         return run_preset(rest, args.params)
+    if args.stage == "summary":
+        from slic.mlflow_store import tracking_uri
+        from slic.summary import format_summary, summary_lines
+
+        if rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        print(format_summary(summary_lines("reports", tracking_uri())))
+        return 0
     eval_name = ""
     if args.stage in NAMED_STAGES:
         if len(rest) != 1 or rest[0].startswith("-"):

@@ -1,0 +1,168 @@
+"""`slic summary`: what the pipeline made, in a dozen lines, read from reports/ after `dvc repro` (`make run` ends
+with it): the encoder, its recall, the baselines, the classifiers, the transfer sets, the groups, the labels, the
+registry's champion, and where each page and UI is. A user sees at once the number they came for and where to look.
+
+Each line comes from one stage's report and is left out when that report is absent or from an older format.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+Line = tuple[str, str]  # (what, the line)
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    """A report's JSON, or None when it is absent or unreadable (a stage that has not run)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.1f}%"
+
+
+def _encoder(reports: Path) -> str | None:
+    pretrain = _read(reports / "pretrain.json")
+    if pretrain is None:
+        return None
+    if pretrain.get("labelled") is False:
+        chosen = f"the last epoch ({pretrain['best_epoch']}) is best.pt: no classes to choose on"
+    else:
+        chosen = (f"best.pt from epoch {pretrain['best_epoch']} of {pretrain['epochs']}, val recall@1 "
+                  f"{_pct(pretrain['best_val_recall_at_1'])}")
+    return (f"mode {pretrain['mode']}, {pretrain['train_videos']} train videos, {chosen}; {pretrain['seconds']:.0f} s"
+            f" on {pretrain['device']}")
+
+
+def _retrieval(reports: Path) -> str | None:
+    retrieval = _read(reports / "retrieval.json")
+    if retrieval is None:
+        return None
+    if retrieval.get("labelled") is False:
+        nearest = min((key for key in retrieval if key.startswith("neighbour_cosine@")),
+                      key=lambda key: int(key.split("@")[1]))
+        return (f"no classes, so no recall: {nearest} {retrieval[nearest]:.2f}, effective rank "
+                f"{retrieval['effective_rank']:.1f} of {retrieval['embedding_dim']} -> reports/retrieval.html (each "
+                "video beside its nearest, to judge by eye)")
+    first, *rest = sorted(int(key.split("@")[1]) for key in retrieval if key.startswith("recall@"))[:3]
+    recalls = f"recall@{first} {_pct(retrieval[f'recall@{first}'])}" + "".join(
+        f", @{k} {_pct(retrieval[f'recall@{k}'])}" for k in rest)
+    return (f"{retrieval['query_split']} {recalls} ({retrieval['queries']} queries against {retrieval['gallery']} "
+            f"{retrieval['gallery_split']} videos) -> reports/retrieval.html")
+
+
+def _baselines(reports: Path) -> str | None:
+    ablation = _read(reports / "ablation.json")
+    if ablation is None:
+        return None
+    if ablation.get("skipped"):
+        return "skipped: the videos have no classes; measure on a labelled set of eval_sets (transfer, classify)"
+    modes = ablation["modes"]
+    return "recall@1 " + ", ".join(f"{mode} {_pct(row['recall@1'])}" for mode, row in modes.items()
+                                   if "recall@1" in row) + " (reports/ablation.json)"
+
+
+def _classify(reports: Path) -> str | None:
+    finetune, probe = _read(reports / "finetune.json"), _read(reports / "linear_probe.json")
+    if finetune is None and probe is None:
+        return None
+    if (finetune or {}).get("skipped") or (probe or {}).get("skipped"):
+        return "skipped: no classes to classify"
+    said = []
+    if probe is not None:
+        said.append(f"linear probe {probe['top1']:.1f}%")
+    if finetune is not None:
+        said.append(f"finetuned {finetune['pretrained']['top1']:.1f}% against {finetune['scratch']['top1']:.1f}% "
+                    "from scratch")
+    return "test top-1: " + ", ".join(said)
+
+
+def _transfers(reports: Path) -> list[str]:
+    lines = []
+    for folder in sorted(p for p in (reports / "transfer").glob("*") if p.is_dir()):
+        retrieval = _read(folder / "retrieval.json")
+        if retrieval is None:
+            continue
+        line = (f"{folder.name}: recall@1 {_pct(retrieval['pretrained']['recall@1'])} against random_init's "
+                f"{_pct(retrieval['random_init']['recall@1'])}")
+        classify = _read(folder / "classify.json")
+        if classify is not None and classify.get("enabled"):
+            line += (f"; finetuned {classify['finetune']['pretrained']['top1']:.1f}% against "
+                     f"{classify['finetune']['scratch']['top1']:.1f}% from scratch")
+        lines.append(f"{line} -> reports/transfer/{folder.name}/retrieval.html")
+    return lines
+
+
+def _clusters(reports: Path) -> str | None:
+    clusters = _read(reports / "clusters.json")
+    if clusters is None:
+        return None
+    return f"{clusters['groups']} groups of {clusters['videos']} videos -> {clusters['html']}"
+
+
+def _labels(reports: Path) -> str | None:
+    spread = _read(reports / "spread_labels.json")
+    if spread is None:
+        return None
+    if not spread.get("given"):
+        return (f"none given yet: name the {spread.get('suggested', 20)} videos of {spread['html']} in "
+                f"{spread['next_table']} and save it as {spread['given_file']} (labels/README.md)")
+    return (f"{spread['given']} given in {spread['given_file']} name all {spread['videos']} videos -> "
+            f"{spread['table']}; label next: {spread['html']}")
+
+
+def _registry(reports: Path) -> str | None:
+    promotion = _read(reports / "promotion.json")
+    if promotion is None:
+        return None
+    return (f"{promotion['model_name']} version {promotion['version']} {promotion['decision']}; "
+            f"@{promotion['alias']} -> version {promotion['alias_version']}")
+
+
+def _search(reports: Path) -> str | None:
+    index = _read(reports / "index.json")
+    if index is None:
+        return None
+    return f"{index['vectors']} videos indexed: slic search VIDEO -k 10 --html hits.html"
+
+
+SECTIONS: tuple[tuple[str, Callable[[Path], str | None]], ...] = (
+    ("encoder", _encoder), ("retrieval", _retrieval), ("baselines", _baselines), ("classify", _classify),
+    ("clusters", _clusters), ("labels", _labels), ("registry", _registry), ("search", _search))
+
+
+def summary_lines(reports: str | Path = "reports", tracking_uri: str = "") -> list[Line]:
+    """(what, line) for each report present under `reports`, then where the UIs are (`tracking_uri`: MLflow's)."""
+    reports = Path(reports)
+    lines: list[Line] = []
+    for what, make in SECTIONS:
+        try:
+            said = make(reports)
+        except (KeyError, TypeError, ValueError):  # a report of another version: left out rather than misread
+            said = None
+        if said:
+            lines.append((what, said))
+        if what == "classify":
+            try:
+                lines += [("transfer", line) for line in _transfers(reports)]
+            except (KeyError, TypeError, ValueError):
+                pass
+    if lines and tracking_uri:
+        ui = (f"mlflow ui --backend-store-uri {tracking_uri}" if tracking_uri.startswith("sqlite:")
+              else f"open {tracking_uri}")
+        lines.append(("MLflow", f"{ui} (runs per stage; the registry's champion)"))
+    return lines
+
+
+def format_summary(lines: list[Line]) -> str:
+    """The lines as an aligned block, or what to run when there is nothing yet."""
+    if not lines:
+        return "slic summary: no reports yet: run `dvc repro` (or `make run`)"
+    width = max(len(what) for what, _ in lines)
+    return "\n".join(["slic summary (reports/):"] + [f"  {what:<{width}}  {line}" for what, line in lines])

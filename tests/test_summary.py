@@ -1,0 +1,81 @@
+"""`slic summary`: the committed reports of `make run` read back as a few lines, and an unlabelled archive's."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from slic.cli import main
+from slic.summary import format_summary, summary_lines
+from tests.conftest import ROOT
+
+REPORTS = ROOT / "reports"
+
+
+def said(lines: list[tuple[str, str]]) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for what, line in lines:
+        found.setdefault(what, []).append(line)
+    return found
+
+
+def test_the_committed_run_is_summed_up_with_its_own_numbers_and_where_to_look() -> None:
+    retrieval = json.loads((REPORTS / "retrieval.json").read_text())
+    promotion = json.loads((REPORTS / "promotion.json").read_text())
+    lines = said(summary_lines(REPORTS, "sqlite:///mlflow.db"))
+    assert list(lines) == ["encoder", "retrieval", "baselines", "classify", "transfer", "clusters", "labels",
+                           "registry", "search", "MLflow"]
+    assert lines["retrieval"][0].startswith(f"test recall@1 {100 * retrieval['recall@1']:.1f}%, @5 ")
+    assert "-> reports/retrieval.html" in lines["retrieval"][0]
+    assert lines["registry"] == [f"slic-encoder version {promotion['version']} {promotion['decision']}; "
+                                 f"@champion -> version {promotion['alias_version']}"]
+    ablation = json.loads((REPORTS / "ablation.json").read_text())["modes"]
+    assert f"random_init {100 * ablation['random_init']['recall@1']:.1f}%" in lines["baselines"][0]
+    assert lines["transfer"][0].startswith("synthetic_unseen: recall@1 ")
+    assert lines["MLflow"] == ["mlflow ui --backend-store-uri sqlite:///mlflow.db (runs per stage; the registry's "
+                               "champion)"]
+
+
+def test_an_unlabelled_archive_says_what_needs_no_classes_and_what_skipped(tmp_path: Path) -> None:
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    for name, report in {
+        "pretrain.json": {"labelled": False, "best_epoch": 24, "mode": "slic", "train_videos": 11, "seconds": 3.4,
+                          "device": "cpu"},
+        "retrieval.json": {"labelled": False, "neighbour_cosine@1": 0.81, "neighbour_cosine@10": 0.2,
+                           "effective_rank": 7.18, "embedding_dim": 128},
+        "ablation.json": {"skipped": True, "reason": "no class labels"},
+        "finetune.json": {"skipped": True}, "linear_probe.json": {"skipped": True},
+        "spread_labels.json": {"given": 0, "suggested": 3, "html": "reports/label_next.html",
+                               "next_table": "reports/label_next.csv", "given_file": "labels/given.csv"},
+        "promotion.json": {"model_name": "slic-encoder", "version": "3", "decision": "not compared",
+                           "alias": "champion", "alias_version": "2"},
+    }.items():
+        (reports / name).write_text(json.dumps(report))
+    (reports / "index.json").write_text("{not json")  # torn: left out, not misread
+    lines = said(summary_lines(reports))
+    assert list(lines) == ["encoder", "retrieval", "baselines", "classify", "labels", "registry"]
+    assert lines["encoder"] == ["mode slic, 11 train videos, the last epoch (24) is best.pt: no classes to choose "
+                                "on; 3 s on cpu"]
+    assert lines["retrieval"][0].startswith("no classes, so no recall: neighbour_cosine@1 0.81, effective rank 7.2")
+    assert lines["baselines"][0].startswith("skipped: the videos have no classes")
+    assert lines["classify"] == ["skipped: no classes to classify"]
+    assert "name the 3 videos of reports/label_next.html" in lines["labels"][0]
+    assert format_summary([]) == "slic summary: no reports yet: run `dvc repro` (or `make run`)"
+
+
+def test_slic_summary_prints_the_block_in_a_checkout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    shutil.copytree(REPORTS, tmp_path / "reports", ignore=shutil.ignore_patterns("bench"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert main(["summary"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "slic summary (reports/):" and out[-1].split() == [
+        "MLflow", "open", "http://127.0.0.1:5000", "(runs", "per", "stage;", "the", "registry's", "champion)"]
+    shutil.rmtree(tmp_path / "reports")
+    assert main(["summary"]) == 0
+    assert capsys.readouterr().out.strip() == "slic summary: no reports yet: run `dvc repro` (or `make run`)"
