@@ -154,10 +154,19 @@ def summary_lines(reports: str | Path = "reports", tracking_uri: str = "") -> li
             except (KeyError, TypeError, ValueError):
                 pass
     if lines and tracking_uri:
-        ui = (f"mlflow ui --backend-store-uri {tracking_uri}" if tracking_uri.startswith("sqlite:")
-              else f"open {tracking_uri}")
-        lines.append(("MLflow", f"{ui} (runs per stage; the registry's champion)"))
+        lines.append(("MLflow", f"{_mlflow_ui(tracking_uri)} (runs per stage; the registry's champion)"))
     return lines
+
+
+def _mlflow_ui(tracking_uri: str) -> str:
+    """How to open the MLflow UI on `tracking_uri`: a server's address, or `mlflow ui` on the SQLite store (its path
+    relative to the working directory when it lies there, as the README writes it)."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return f"open {tracking_uri}"
+    store = Path(tracking_uri[len("sqlite:///"):])
+    if store.is_absolute() and store.parent == Path.cwd():
+        store = Path(store.name)
+    return f"mlflow ui --backend-store-uri sqlite:///{store}"
 
 
 def format_summary(lines: list[Line]) -> str:

@@ -76,6 +76,10 @@ def test_slic_summary_prints_the_block_in_a_checkout(tmp_path: Path, monkeypatch
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "slic summary (reports/):" and out[-1].split() == [
         "MLflow", "open", "http://127.0.0.1:5000", "(runs", "per", "stage;", "the", "registry's", "champion)"]
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")  # the SQLite store in the checkout, named as the README names it
+    assert main(["summary"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].split()[:5] == [
+        "MLflow", "mlflow", "ui", "--backend-store-uri", "sqlite:///mlflow.db"]
     shutil.rmtree(tmp_path / "reports")
     assert main(["summary"]) == 0
     assert capsys.readouterr().out.strip() == "slic summary: no reports yet: run `dvc repro` (or `make run`)"
