@@ -257,6 +257,7 @@ def slic_pipeline(repo: str = ".", stages: list[str] | None = None, dask_address
     `gpu_repo` (the checkout as its workers see it).
     """
     from slic import tracking
+    from slic.summary import summary_lines, summary_markdown
 
     root = Path(repo).resolve()
     order = dvc_stages(root)
@@ -288,8 +289,10 @@ def slic_pipeline(repo: str = ".", stages: list[str] | None = None, dask_address
             if not mlflow_parent_run_id:
                 tracking.end_pipeline_run(parent, failed=True)
             raise
+        made = summary_markdown(summary_lines(root / "reports", tracking.tracking_uri()))
+        create_markdown_artifact(key="pipeline-summary", markdown=made, description="what this pipeline run made")
         if not mlflow_parent_run_id:
-            tracking.end_pipeline_run(parent)
+            tracking.end_pipeline_run(parent, description=made)
     return {"mlflow_parent_run_id": parent, "stages": results}
 
 

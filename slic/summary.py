@@ -175,3 +175,11 @@ def format_summary(lines: list[Line]) -> str:
         return "slic summary: no reports yet: run `dvc repro` (or `make run`)"
     width = max(len(what) for what, _ in lines)
     return "\n".join(["slic summary (reports/):"] + [f"  {what:<{width}}  {line}" for what, line in lines])
+
+
+def summary_markdown(lines: list[Line]) -> str:
+    """The lines as a markdown table (the Prefect UI's artifact, the MLflow parent run's description)."""
+    if not lines:
+        return "No reports yet."
+    rows = "".join(f"| {what} | {line.replace('|', '/')} |\n" for what, line in lines)
+    return f"### What this pipeline run made (reports/)\n\n| | |\n|---|---|\n{rows}"

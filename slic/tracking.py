@@ -89,9 +89,13 @@ def start_pipeline_run(name: str, tags: Mapping[str, Any], experiment: str = EXP
     return run.info.run_id
 
 
-def end_pipeline_run(run_id: str, *, failed: bool = False) -> None:
-    """Mark a parent run finished or failed."""
-    _client().set_terminated(run_id, status="FAILED" if failed else "FINISHED")
+def end_pipeline_run(run_id: str, *, failed: bool = False, description: str = "") -> None:
+    """Mark a parent run finished or failed; `description` (markdown: what the run made) becomes its note, the
+    first thing the MLflow UI shows on the run's page."""
+    client = _client()
+    if description:
+        client.set_tag(run_id, "mlflow.note.content", description[:MAX_TAG_CHARS])
+    client.set_terminated(run_id, status="FAILED" if failed else "FINISHED")
 
 
 def stage_runs(parent_run_id: str) -> dict[str, str]:

@@ -83,3 +83,11 @@ def test_slic_summary_prints_the_block_in_a_checkout(tmp_path: Path, monkeypatch
     shutil.rmtree(tmp_path / "reports")
     assert main(["summary"]) == 0
     assert capsys.readouterr().out.strip() == "slic summary: no reports yet: run `dvc repro` (or `make run`)"
+
+
+def test_the_markdown_table_keeps_each_line_in_its_row() -> None:
+    from slic.summary import summary_markdown
+
+    table = summary_markdown([("retrieval", "test recall@1 35.2%"), ("odd", "a | b")])
+    assert table.splitlines()[-2:] == ["| retrieval | test recall@1 35.2% |", "| odd | a / b |"]
+    assert summary_markdown([]) == "No reports yet."

@@ -141,6 +141,10 @@ def test_flow_runs_stages_publishes_artifacts_and_nests_mlflow_runs(prefect_api:
     runs = nested_runs(checkout, parent)
     assert set(runs) == set(STAGES)  # one nested run per stage, the stages' own runs included
     assert mlflow_client(checkout).get_run(parent).info.status == "FINISHED"
+    recall = json.loads((checkout / "reports/retrieval.json").read_text())["recall@1"]
+    made = artifacts["pipeline-summary"]  # in the Prefect UI, and as the parent run's description in MLflow's
+    assert f"| retrieval | test recall@1 {100 * recall:.1f}%" in made and "| registry | slic-encoder version 1" in made
+    assert mlflow_client(checkout).get_run(parent).data.tags["mlflow.note.content"] == made
     pretrain = runs["pretrain"]
     assert pretrain.data.params["epochs"] == "2" and "val_recall_at_1" in pretrain.data.metrics
     assert len(mlflow_client(checkout).get_metric_history(pretrain.info.run_id, "val_recall_at_1")) == 2
