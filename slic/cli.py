@@ -817,7 +817,10 @@ def main(argv: list[str] | None = None) -> int:
 
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
-        print(format_summary(summary_lines("reports", tracking_uri())))
+        try:
+            print(format_summary(summary_lines("reports", tracking_uri())))
+        except BrokenPipeError:  # `slic summary | head`: the reader left
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keep the interpreter's final flush quiet
         return 0
     eval_name = ""
     if args.stage in NAMED_STAGES:

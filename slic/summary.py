@@ -27,10 +27,7 @@ def _pct(value: float) -> str:
     return f"{100 * value:.1f}%"
 
 
-def _encoder(reports: Path) -> str | None:
-    pretrain = _read(reports / "pretrain.json")
-    if pretrain is None:
-        return None
+def _encoder(pretrain: dict[str, Any]) -> str:
     if pretrain.get("labelled") is False:
         chosen = f"the last epoch ({pretrain['best_epoch']}) is best.pt: no classes to choose on"
     else:
@@ -40,10 +37,7 @@ def _encoder(reports: Path) -> str | None:
             f" on {pretrain['device']}")
 
 
-def _retrieval(reports: Path) -> str | None:
-    retrieval = _read(reports / "retrieval.json")
-    if retrieval is None:
-        return None
+def _retrieval(retrieval: dict[str, Any]) -> str:
     if retrieval.get("labelled") is False:
         nearest = min((key for key in retrieval if key.startswith("neighbour_cosine@")),
                       key=lambda key: int(key.split("@")[1]))
@@ -57,10 +51,7 @@ def _retrieval(reports: Path) -> str | None:
             f"{retrieval['gallery_split']} videos) -> reports/retrieval.html")
 
 
-def _baselines(reports: Path) -> str | None:
-    ablation = _read(reports / "ablation.json")
-    if ablation is None:
-        return None
+def _baselines(ablation: dict[str, Any]) -> str:
     if ablation.get("skipped"):
         return "skipped: the videos have no classes; measure on a labelled set of eval_sets (transfer, classify)"
     modes = ablation["modes"]
@@ -68,19 +59,19 @@ def _baselines(reports: Path) -> str | None:
                                    if "recall@1" in row) + " (reports/ablation.json)"
 
 
-def _classify(reports: Path) -> str | None:
+def _classify(reports: Path) -> list[str]:
     finetune, probe = _read(reports / "finetune.json"), _read(reports / "linear_probe.json")
     if finetune is None and probe is None:
-        return None
+        return []
     if (finetune or {}).get("skipped") or (probe or {}).get("skipped"):
-        return "skipped: no classes to classify"
+        return ["skipped: no classes to classify"]
     said = []
     if probe is not None:
         said.append(f"linear probe {probe['top1']:.1f}%")
     if finetune is not None:
         said.append(f"finetuned {finetune['pretrained']['top1']:.1f}% against {finetune['scratch']['top1']:.1f}% "
                     "from scratch")
-    return "test top-1: " + ", ".join(said)
+    return ["test top-1: " + ", ".join(said)]
 
 
 def _transfers(reports: Path) -> list[str]:
@@ -99,17 +90,11 @@ def _transfers(reports: Path) -> list[str]:
     return lines
 
 
-def _clusters(reports: Path) -> str | None:
-    clusters = _read(reports / "clusters.json")
-    if clusters is None:
-        return None
+def _clusters(clusters: dict[str, Any]) -> str:
     return f"{clusters['groups']} groups of {clusters['videos']} videos -> {clusters['html']}"
 
 
-def _labels(reports: Path) -> str | None:
-    spread = _read(reports / "spread_labels.json")
-    if spread is None:
-        return None
+def _labels(spread: dict[str, Any]) -> str:
     if not spread.get("given"):
         return (f"none given yet: name the {spread.get('suggested', 20)} videos of {spread['html']} in "
                 f"{spread['next_table']} and save it as {spread['given_file']} (labels/README.md)")
@@ -117,24 +102,30 @@ def _labels(reports: Path) -> str | None:
             f"{spread['table']}; label next: {spread['html']}")
 
 
-def _registry(reports: Path) -> str | None:
-    promotion = _read(reports / "promotion.json")
-    if promotion is None:
-        return None
+def _registry(promotion: dict[str, Any]) -> str:
     return (f"{promotion['model_name']} version {promotion['version']} {promotion['decision']}; "
             f"@{promotion['alias']} -> version {promotion['alias_version']}")
 
 
-def _search(reports: Path) -> str | None:
-    index = _read(reports / "index.json")
-    if index is None:
-        return None
+def _search(index: dict[str, Any]) -> str:
     return f"{index['vectors']} videos indexed: slic search VIDEO -k 10 --html hits.html"
 
 
-SECTIONS: tuple[tuple[str, Callable[[Path], str | None]], ...] = (
-    ("encoder", _encoder), ("retrieval", _retrieval), ("baselines", _baselines), ("classify", _classify),
-    ("clusters", _clusters), ("labels", _labels), ("registry", _registry), ("search", _search))
+def _single(report: str, line: Callable[[dict[str, Any]], str]) -> Callable[[Path], list[str]]:
+    """A section made from one report: its line, or none when the report is absent."""
+    def lines(reports: Path) -> list[str]:
+        found = _read(reports / report)
+        return [] if found is None else [line(found)]
+
+    return lines
+
+
+SECTIONS: tuple[tuple[str, Callable[[Path], list[str]]], ...] = (
+    ("encoder", _single("pretrain.json", _encoder)), ("retrieval", _single("retrieval.json", _retrieval)),
+    ("baselines", _single("ablation.json", _baselines)), ("classify", _classify),
+    ("transfer", _transfers), ("clusters", _single("clusters.json", _clusters)),
+    ("labels", _single("spread_labels.json", _labels)), ("registry", _single("promotion.json", _registry)),
+    ("search", _single("index.json", _search)))
 
 
 def summary_lines(reports: str | Path = "reports", tracking_uri: str = "") -> list[Line]:
@@ -143,16 +134,9 @@ def summary_lines(reports: str | Path = "reports", tracking_uri: str = "") -> li
     lines: list[Line] = []
     for what, make in SECTIONS:
         try:
-            said = make(reports)
+            lines += [(what, said) for said in make(reports)]
         except (KeyError, TypeError, ValueError):  # a report of another version: left out rather than misread
-            said = None
-        if said:
-            lines.append((what, said))
-        if what == "classify":
-            try:
-                lines += [("transfer", line) for line in _transfers(reports)]
-            except (KeyError, TypeError, ValueError):
-                pass
+            pass
     if lines and tracking_uri:
         lines.append(("MLflow", f"{_mlflow_ui(tracking_uri)} (runs per stage; the registry's champion)"))
     return lines
