@@ -2,12 +2,15 @@
 with it): the encoder, its recall, the baselines, the classifiers, the transfer sets, the groups, the labels, the
 registry's champion, and where each page and UI is. A user sees at once the number they came for and where to look.
 
-Each line comes from one stage's report and is left out when that report is absent or from an older format.
+Each line comes from one stage's report and is left out when that report is absent or from an older format; the
+warnings the stages printed (excluded and undecodable videos, advice, a short run, a collapsed embedding) are
+repeated at the end, so they do not scroll away in `dvc repro`'s output.
 """
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -111,6 +114,33 @@ def _search(index: dict[str, Any]) -> str:
     return f"{index['vectors']} videos indexed: slic search VIDEO -k 10 --html hits.html"
 
 
+NOTED = (("pretrain", "pretrain", "short_run_note"), ("pretrain", "pretrain", "watch_note"),
+         ("retrieval", "evaluate", "warning"), ("clusters", "clusters", "note"), ("promotion", "promote", "watch_note"))
+
+
+def _notes(reports: Path) -> list[str]:
+    """What the stages warned of, so it does not scroll away in `dvc repro`'s output: videos excluded or failed, the
+    manifest's and extract's advice (frame rates, near twins), a short run, a collapsed embedding, fewer groups."""
+    said = []
+    manifest = _read(reports / "manifest.json") or {}
+    if excluded := manifest.get("excluded"):
+        reasons = Counter(str(item.get("reason", "")).split(":")[0] for item in excluded)
+        why = ", ".join(f"{reason} {count}" for reason, count in reasons.most_common())
+        said.append(f"manifest: {len(excluded)} of {manifest['videos']} videos excluded ({why}) -> "
+                    "reports/manifest.json")
+    said += [f"manifest: {line}" for line in manifest.get("advice") or []]
+    extract = _read(reports / "extract.json") or {}
+    if failed := extract.get("failed"):
+        said.append(f"extract: {len(failed)} video(s) could not be decoded, e.g. {failed[0]['path']}: "
+                    f"{failed[0]['error']}")
+    said += [f"extract: {line}" for line in extract.get("advice") or []]
+    for report, stage, key in NOTED:
+        if value := (_read(reports / f"{report}.json") or {}).get(key):
+            said.append(f"{stage}: {value}")
+    said += [f"index: {line}" for line in (_read(reports / "index.json") or {}).get("notes") or []]
+    return said
+
+
 def _single(report: str, line: Callable[[dict[str, Any]], str]) -> Callable[[Path], list[str]]:
     """A section made from one report: its line, or none when the report is absent."""
     def lines(reports: Path) -> list[str]:
@@ -125,7 +155,7 @@ SECTIONS: tuple[tuple[str, Callable[[Path], list[str]]], ...] = (
     ("baselines", _single("ablation.json", _baselines)), ("classify", _classify),
     ("transfer", _transfers), ("clusters", _single("clusters.json", _clusters)),
     ("labels", _single("spread_labels.json", _labels)), ("registry", _single("promotion.json", _registry)),
-    ("search", _single("index.json", _search)))
+    ("search", _single("index.json", _search)), ("note", _notes))
 
 
 def summary_lines(reports: str | Path = "reports", tracking_uri: str = "") -> list[Line]:

@@ -26,8 +26,9 @@ def test_the_committed_run_is_summed_up_with_its_own_numbers_and_where_to_look()
     retrieval = json.loads((REPORTS / "retrieval.json").read_text())
     promotion = json.loads((REPORTS / "promotion.json").read_text())
     lines = said(summary_lines(REPORTS, "sqlite:///mlflow.db"))
-    assert list(lines) == ["encoder", "retrieval", "baselines", "classify", "transfer", "clusters", "labels",
-                           "registry", "search", "MLflow"]
+    assert [what for what in lines if what != "note"] == ["encoder", "retrieval", "baselines", "classify",
+                                                          "transfer", "clusters", "labels", "registry", "search",
+                                                          "MLflow"]
     assert lines["retrieval"][0].startswith(f"test recall@1 {100 * retrieval['recall@1']:.1f}%, @5 ")
     assert "-> reports/retrieval.html" in lines["retrieval"][0]
     assert lines["registry"] == [f"slic-encoder version {promotion['version']} {promotion['decision']}; "
@@ -53,11 +54,23 @@ def test_an_unlabelled_archive_says_what_needs_no_classes_and_what_skipped(tmp_p
                                "next_table": "reports/label_next.csv", "given_file": "labels/given.csv"},
         "promotion.json": {"model_name": "slic-encoder", "version": "3", "decision": "not compared",
                            "alias": "champion", "alias_version": "2"},
+        "manifest.json": {"videos": 17, "advice": ["set extract.fps: 30"],
+                          "excluded": [{"video_id": "a", "reason": "too short: 3 frames < 32"},
+                                       {"video_id": "b", "reason": "too short: 4 frames < 32"},
+                                       {"video_id": "c", "reason": "unreadable: empty file (0 bytes)"}]},
+        "extract.json": {"failed": [{"path": "/v/corrupted.mp4", "error": "InvalidDataError: Invalid data"}]},
     }.items():
         (reports / name).write_text(json.dumps(report))
     (reports / "index.json").write_text("{not json")  # torn: left out, not misread
+    pretrain = json.loads((reports / "pretrain.json").read_text())
+    (reports / "pretrain.json").write_text(json.dumps({**pretrain, "short_run_note": "24 training steps in all"}))
     lines = said(summary_lines(reports))
-    assert list(lines) == ["encoder", "retrieval", "baselines", "classify", "labels", "registry"]
+    assert list(lines) == ["encoder", "retrieval", "baselines", "classify", "labels", "registry", "note"]
+    assert lines["note"] == [  # what the stages warned of, repeated at the end
+        "manifest: 3 of 17 videos excluded (too short 2, unreadable 1) -> reports/manifest.json",
+        "manifest: set extract.fps: 30",
+        "extract: 1 video(s) could not be decoded, e.g. /v/corrupted.mp4: InvalidDataError: Invalid data",
+        "pretrain: 24 training steps in all"]
     assert lines["encoder"] == ["mode slic, 11 train videos, the last epoch (24) is best.pt: no classes to choose "
                                 "on; 3 s on cpu"]
     assert lines["retrieval"][0].startswith("no classes, so no recall: neighbour_cosine@1 0.81, effective rank 7.2")
