@@ -25,6 +25,7 @@ import pandas as pd
 
 from slic.faiss_backend import faiss_module, gpu_available, l2_normalize
 from slic.file_hash import file_sha256
+from slic.retrieval import split_mask
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +154,7 @@ def gallery_rows(embeddings: str | Path, manifest: str | Path, split: str) -> tu
     if not manifest.is_file():
         raise FileNotFoundError(f"{manifest}: no validated manifest; run `dvc repro validate` first")
     data = np.load(embeddings)
-    keep = np.ones(len(data["split"]), dtype=bool) if split == "all" else np.isin(data["split"], split.split("+"))
+    keep = split_mask(data["split"], split)
     if not keep.any():
         raise IndexBuildError(f"{embeddings} has no {split!r} videos to index (splits there: "
                               f"{', '.join(sorted(set(data['split'].tolist())))})")

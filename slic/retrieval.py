@@ -154,9 +154,11 @@ def files_of(ids: np.ndarray, files: dict[str, str]) -> np.ndarray | None:
 
 
 def split_mask(splits: np.ndarray, split: str | None) -> np.ndarray:
-    """The rows of `split` (None: every row; 'train+val': the rows of either, the official train list our val is
-    carved from)."""
-    return np.ones(len(splits), dtype=bool) if split is None else np.isin(np.asarray(splits), split.split("+"))
+    """The rows of `split` (None or 'all': every row; 'train+val': the rows of either, the official train list our
+    val is carved from)."""
+    if split is None or split == "all":
+        return np.ones(len(splits), dtype=bool)
+    return np.isin(np.asarray(splits), split.split("+"))
 
 
 def effective_rank(vectors: np.ndarray) -> float:
