@@ -151,8 +151,8 @@ def search_videos(videos: list[Path], encoder: FileEncoder, loaded: LoadedIndex,
     recording_of = _row_recordings(loaded, file_of) if other_recordings or per_recording else {}
     rows_of_file = _rows_of(file_of) if other_files or other_recordings else {}
     rows_of_recording = _rows_of(recording_of) if other_recordings else {}
-    own_rows = [_own_rows(rows_of_file.get(os.path.realpath(videos[position]), set()), recording_of,
-                          rows_of_recording) for position, _ in embedded]
+    file_rows = [rows_of_file.get(os.path.realpath(videos[position]), set()) for position, _ in embedded]
+    own_rows = [_own_rows(rows, recording_of, rows_of_recording) for rows in file_rows]
     caps = [(unit_of, cap) for unit_of, cap in ((file_of, per_file), (recording_of, per_recording)) if cap > 0]
     normalize = loaded.meta.get("metric", "cosine") == "cosine"
     queries = np.stack([v for _, v in embedded]).astype(np.float32)
@@ -165,9 +165,10 @@ def search_videos(videos: list[Path], encoder: FileEncoder, loaded: LoadedIndex,
         depth = min(4 * depth, loaded.index.ntotal)  # a file's segments (a recording's clips) filled the list
     names = namer(queries) if namer is not None else [None] * len(embedded)
     answers = []
-    for (position, _), kept, named in zip(embedded, kept_all, names):
+    for (position, _), kept, named, rows in zip(embedded, kept_all, names, file_rows):
         span = spans[position]
         answers.append({"query": str(videos[position]), **({"named": named} if named is not None else {}),
+                        **({"in_index": bool(rows)} if other_recordings else {}),  # else its recording is unknown
                         "start_s": None if span is None else span.start_s,
                         "end_s": None if span is None else span.end_s,
                         "results": _hits(loaded, np.array([i for i, _ in kept], dtype=np.int64),
@@ -254,13 +255,6 @@ def _row_files(loaded: LoadedIndex) -> dict[int, str]:
     """Each index row's (a whole video's or a segment's) file, by its real path (a link resolves to its target; a
     copy under another name is another file)."""
     return {int(row): os.path.realpath(path) for row, path in zip(loaded.rows.index, loaded.rows["path"].astype(str))}
-
-
-def not_indexed(queries: list[str], loaded: LoadedIndex) -> list[str]:
-    """The query files with no row in the index: it knows no recording of theirs, so --other-recordings can leave
-    out none of their sibling clips."""
-    indexed = set(_row_files(loaded).values())
-    return [query for query in queries if os.path.realpath(query) not in indexed]
 
 
 def _row_recordings(loaded: LoadedIndex, file_of: dict[int, str]) -> dict[int, str]:
@@ -434,13 +428,11 @@ def run_search(argv: list[str], params: str = "params.yaml") -> int:
         return 2
     for error in errors:
         warn(f"error: {error['query']}: {error['error']}")
-    if args.other_recordings and (outside := not_indexed([answer["query"] for answer in answers], loaded)):
-        said = (f"{outside[0]} is not in the index, so its recording is unknown there: nothing was left out, and "
-                "clips of its recording can be among the hits" if len(answers) == 1 else
-                f"{len(outside)} of the {len(answers)} queries (e.g. {outside[0]}) are not in the index, so their "
-                "recordings are unknown there: nothing was left out for them, and clips of their recordings can be "
-                "among the hits")
-        warn(f"--other-recordings: {said}")
+    if outside := [answer["query"] for answer in answers if answer.get("in_index") is False]:
+        which, its = ((f"{outside[0]} is", "its") if len(answers) == 1 else
+                      (f"{len(outside)} of the {len(answers)} queries (e.g. {outside[0]}) are", "their"))
+        warn(f"--other-recordings: {which} not in the index, so {its} recording is unknown there: nothing of {its} "
+             f"recording was left out, and clips of it can be among the hits")
     if args.html:
         from slic.search_report import write_search_html
 

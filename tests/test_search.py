@@ -235,7 +235,7 @@ def test_per_recording_and_other_recordings_count_an_indexed_clips_siblings_as_i
     --per-recording caps each recording's hits. An index built before recordings were stored counts files."""
     from slic.config import IndexConfig
     from slic.index import ROWS_FILE, build_stage, load_index
-    from slic.search import not_indexed, search_videos
+    from slic.search import search_videos
     from tests.conftest import StubEncoder
 
     ids = ["a1", "a2", "a3", "b1", "b2", "c"]
@@ -266,7 +266,11 @@ def test_per_recording_and_other_recordings_count_an_indexed_clips_siblings_as_i
     answers, _ = search_videos([Path("/elsewhere/q.mp4")], StubEncoder(lambda _: query), loaded, k=2,
                                other_recordings=True)  # a file not in the index has no recording to leave out
     assert [(h["video_id"], h["recording"]) for h in answers[0]["results"]] == [("a1", "A"), ("a2", "A")]
-    assert not_indexed(["/elsewhere/q.mp4", "/clips/a1.mp4"], loaded) == ["/elsewhere/q.mp4"]  # the CLI says so
+    assert answers[0]["in_index"] is False  # the CLI says so
+    indexed, _ = search_videos([Path("/clips/a1.mp4")], StubEncoder(lambda _: query), loaded, k=1,
+                               other_recordings=True)
+    assert indexed[0]["in_index"] is True and "in_index" not in search_videos(
+        [Path("/clips/a1.mp4")], StubEncoder(lambda _: query), loaded, k=1)[0][0]  # only with --other-recordings
     rows = pd.read_csv(tmp_path / "index" / ROWS_FILE)  # as an index from before this column
     rows.drop(columns="recording").to_csv(tmp_path / "index" / ROWS_FILE, index=False)
     old = load_index(tmp_path / "index")
