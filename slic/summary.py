@@ -18,12 +18,23 @@ from typing import Any
 Line = tuple[str, str]  # (what, the line)
 
 
-def _read(path: Path) -> dict[str, Any] | None:
-    """A report's JSON, or None when it is absent or unreadable (a stage that has not run)."""
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+Read = Callable[[str], "dict[str, Any] | None"]  # a report under reports/ by its relative name
+
+
+def _reader(reports: Path) -> Read:
+    """Reads each report of `reports` once (several lines may use one), as its JSON, or None when it is absent or
+    unreadable (a stage that has not run)."""
+    found: dict[str, dict[str, Any] | None] = {}
+
+    def read(name: str) -> dict[str, Any] | None:
+        if name not in found:
+            try:
+                found[name] = json.loads((reports / name).read_text())
+            except (OSError, ValueError):
+                found[name] = None
+        return found[name]
+
+    return read
 
 
 def _pct(value: float) -> str:
@@ -62,8 +73,8 @@ def _baselines(ablation: dict[str, Any]) -> str:
                                    if "recall@1" in row) + " (reports/ablation.json)"
 
 
-def _classify(reports: Path) -> list[str]:
-    finetune, probe = _read(reports / "finetune.json"), _read(reports / "linear_probe.json")
+def _classify(read: Read) -> list[str]:
+    finetune, probe = read("finetune.json"), read("linear_probe.json")
     if finetune is None and probe is None:
         return []
     if (finetune or {}).get("skipped") or (probe or {}).get("skipped"):
@@ -77,15 +88,15 @@ def _classify(reports: Path) -> list[str]:
     return ["test top-1: " + ", ".join(said)]
 
 
-def _transfers(reports: Path) -> list[str]:
+def _transfers(read: Read, reports: Path) -> list[str]:
     lines = []
     for folder in sorted(p for p in (reports / "transfer").glob("*") if p.is_dir()):
-        retrieval = _read(folder / "retrieval.json")
+        retrieval = read(f"transfer/{folder.name}/retrieval.json")
         if retrieval is None:
             continue
         line = (f"{folder.name}: recall@1 {_pct(retrieval['pretrained']['recall@1'])} against random_init's "
                 f"{_pct(retrieval['random_init']['recall@1'])}")
-        classify = _read(folder / "classify.json")
+        classify = read(f"transfer/{folder.name}/classify.json")
         if classify is not None and classify.get("enabled"):
             line += (f"; finetuned {classify['finetune']['pretrained']['top1']:.1f}% against "
                      f"{classify['finetune']['scratch']['top1']:.1f}% from scratch")
@@ -118,53 +129,54 @@ NOTED = (("pretrain", "pretrain", "short_run_note"), ("pretrain", "pretrain", "w
          ("retrieval", "evaluate", "warning"), ("clusters", "clusters", "note"), ("promotion", "promote", "watch_note"))
 
 
-def _notes(reports: Path) -> list[str]:
+def _notes(read: Read) -> list[str]:
     """What the stages warned of, so it does not scroll away in `dvc repro`'s output: videos excluded or failed, the
     manifest's and extract's advice (frame rates, near twins), a short run, a collapsed embedding, fewer groups."""
     said = []
-    manifest = _read(reports / "manifest.json") or {}
+    manifest = read("manifest.json") or {}
     if excluded := manifest.get("excluded"):
         reasons = Counter(str(item.get("reason", "")).split(":")[0] for item in excluded)
         why = ", ".join(f"{reason} {count}" for reason, count in reasons.most_common())
         said.append(f"manifest: {len(excluded)} of {manifest['videos']} videos excluded ({why}) -> "
                     "reports/manifest.json")
     said += [f"manifest: {line}" for line in manifest.get("advice") or []]
-    extract = _read(reports / "extract.json") or {}
+    extract = read("extract.json") or {}
     if failed := extract.get("failed"):
         said.append(f"extract: {len(failed)} video(s) could not be decoded, e.g. {failed[0]['path']}: "
                     f"{failed[0]['error']}")
     said += [f"extract: {line}" for line in extract.get("advice") or []]
     for report, stage, key in NOTED:
-        if value := (_read(reports / f"{report}.json") or {}).get(key):
+        if value := (read(f"{report}.json") or {}).get(key):
             said.append(f"{stage}: {value}")
-    said += [f"index: {line}" for line in (_read(reports / "index.json") or {}).get("notes") or []]
+    said += [f"index: {line}" for line in (read("index.json") or {}).get("notes") or []]
     return said
 
 
-def _single(report: str, line: Callable[[dict[str, Any]], str]) -> Callable[[Path], list[str]]:
+def _single(report: str, line: Callable[[dict[str, Any]], str]) -> Callable[[Read, Path], list[str]]:
     """A section made from one report: its line, or none when the report is absent."""
-    def lines(reports: Path) -> list[str]:
-        found = _read(reports / report)
+    def lines(read: Read, reports: Path) -> list[str]:
+        found = read(report)
         return [] if found is None else [line(found)]
 
     return lines
 
 
-SECTIONS: tuple[tuple[str, Callable[[Path], list[str]]], ...] = (
+SECTIONS: tuple[tuple[str, Callable[[Read, Path], list[str]]], ...] = (
     ("encoder", _single("pretrain.json", _encoder)), ("retrieval", _single("retrieval.json", _retrieval)),
-    ("baselines", _single("ablation.json", _baselines)), ("classify", _classify),
+    ("baselines", _single("ablation.json", _baselines)), ("classify", lambda read, _: _classify(read)),
     ("transfer", _transfers), ("clusters", _single("clusters.json", _clusters)),
     ("labels", _single("spread_labels.json", _labels)), ("registry", _single("promotion.json", _registry)),
-    ("search", _single("index.json", _search)), ("note", _notes))
+    ("search", _single("index.json", _search)), ("note", lambda read, _: _notes(read)))
 
 
 def summary_lines(reports: str | Path = "reports", tracking_uri: str = "") -> list[Line]:
     """(what, line) for each report present under `reports`, then where the UIs are (`tracking_uri`: MLflow's)."""
     reports = Path(reports)
+    read = _reader(reports)
     lines: list[Line] = []
     for what, make in SECTIONS:
         try:
-            lines += [(what, said) for said in make(reports)]
+            lines += [(what, said) for said in make(read, reports)]
         except (KeyError, TypeError, ValueError):  # a report of another version: left out rather than misread
             pass
     if lines and tracking_uri:
