@@ -220,6 +220,17 @@ def publish_stage(repo: str, stage: str, ran: bool, parent_run_id: str | None) -
     return published
 
 
+def pipeline_settings(repo: Path) -> dict[str, str]:
+    """Every setting of the checkout's params.yaml as the pipeline run's params; none when it does not load (the
+    first stage then stops with the line naming the key)."""
+    from slic.config import ConfigError, flat_settings, load
+
+    try:
+        return flat_settings(load(repo / "params.yaml"))
+    except ConfigError:
+        return {}
+
+
 @contextmanager
 def mlflow_at(repo: Path) -> Iterator[str]:
     """Point this process's tracking calls at the checkout's store (unless MLFLOW_TRACKING_URI is set)."""
@@ -257,7 +268,7 @@ def slic_pipeline(repo: str = ".", stages: list[str] | None = None, dask_address
     `gpu_repo` (the checkout as its workers see it).
     """
     from slic import tracking
-    from slic.summary import summary_lines, summary_markdown
+    from slic.summary import headline_metrics, summary_lines, summary_markdown
 
     root = Path(repo).resolve()
     order = dvc_stages(root)
@@ -270,7 +281,8 @@ def slic_pipeline(repo: str = ".", stages: list[str] | None = None, dask_address
     results: dict[str, Any] = {}
     with mlflow_at(root):
         parent = mlflow_parent_run_id or tracking.start_pipeline_run(
-            "pipeline", {"prefect.flow_run_id": flow_run.get_id() or "", "slic.repo": str(root)})
+            "pipeline", {"prefect.flow_run_id": flow_run.get_id() or "", "slic.repo": str(root)},
+            params=pipeline_settings(root))
         if not mlflow_parent_run_id:
             create_link_artifact(key="pipeline-mlflow", link=tracking.run_link(parent),
                                  link_text="MLflow parent run of this pipeline run")
@@ -292,7 +304,7 @@ def slic_pipeline(repo: str = ".", stages: list[str] | None = None, dask_address
         made = summary_markdown(summary_lines(root / "reports", tracking.tracking_uri()))
         create_markdown_artifact(key="pipeline-summary", markdown=made, description="what this pipeline run made")
         if not mlflow_parent_run_id:
-            tracking.end_pipeline_run(parent, description=made)
+            tracking.end_pipeline_run(parent, description=made, metrics=headline_metrics(root / "reports"))
     return {"mlflow_parent_run_id": parent, "stages": results}
 
 

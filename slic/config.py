@@ -517,6 +517,19 @@ def changed_settings(stored: dict[str, Any], now: dict[str, Any], defaults: dict
                                                     else k not in defaults or defaults[k] != now[k])]
 
 
+def flat_settings(config: Config) -> dict[str, str]:
+    """Every setting as 'section.key' -> its value as text ('eval_sets.<name>.<key>' for an eval set), defaults
+    included: the params of a pipeline's MLflow run, so two pipeline runs compare setting by setting."""
+    flat: dict[str, str] = {}
+    for section in dataclasses.fields(config):
+        for key, value in to_dict(getattr(config, section.name)).items():
+            if isinstance(value, dict):  # a named section's entry (eval_sets.<name>)
+                flat.update({f"{section.name}.{key}.{inner}": str(v) for inner, v in value.items()})
+            else:
+                flat[f"{section.name}.{key}"] = str(value)
+    return flat
+
+
 def to_dict(section: Any) -> dict[str, Any]:
     """A section as plain data (tuples as lists), for reports and MLflow params; named sections (eval_sets) too."""
     if isinstance(section, dict):

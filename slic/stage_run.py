@@ -79,7 +79,8 @@ class StageRun:
         client = mlflow.MlflowClient()
         active = mlflow.active_run()
         parent = active.info.run_id if active else os.environ.get("SLIC_PARENT_RUN_ID")
-        tags = {"slic.stage": self.stage, **process_tags(), **({"mlflow.parentRunId": parent} if parent else {})}
+        tags = {"slic.stage": self.stage, **process_tags(), **dvc_tags(),
+                **({"mlflow.parentRunId": parent} if parent else {})}
         previous = _resumable(client, resume_run_id, self.experiment_id) if resume_run_id else None
         try:
             mark_dead_runs(self.stage, self.experiment_id, keep=resume_run_id)
@@ -159,6 +160,13 @@ class StageRun:
             client.log_batch(self.run_id, metrics=missing[start:start + 1000])
         return len(missing)
 
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Log params beside the stage's own (e.g. the encoder's settings, `slic.encoder_lineage`)."""
+        import mlflow
+
+        self.run_id  # noqa: B018
+        mlflow.log_params(dict(params))
+
     def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
         """Upload a file into the run's artifacts (under `folder`)."""
         import mlflow
@@ -216,6 +224,16 @@ def process_tags() -> dict[str, str]:
 
     return {"slic.host": socket.gethostname(), "slic.pid": str(os.getpid()),
             "slic.pid_started": f"{psutil.Process().create_time():.2f}"}
+
+
+DVC_ENVIRONMENT_TAGS = {"DVC_STAGE": "dvc.stage", "DVC_EXP_NAME": "dvc.exp_name",
+                        "DVC_EXP_BASELINE_REV": "dvc.exp_baseline_rev"}
+
+
+def dvc_tags() -> dict[str, str]:
+    """What DVC tells the stage it runs (its environment): the stage's name, and under `dvc exp run` the experiment's
+    name and baseline commit, so the MLflow UI finds one experiment's runs (`tags.dvc.exp_name = 'seed8'`)."""
+    return {tag: os.environ[name] for name, tag in DVC_ENVIRONMENT_TAGS.items() if os.environ.get(name)}
 
 
 def process_gone(tags: Mapping[str, str]) -> bool:

@@ -184,6 +184,72 @@ def summary_lines(reports: str | Path = "reports", tracking_uri: str = "") -> li
     return lines
 
 
+def _recalls(row: dict[str, Any], prefix: str) -> dict[str, float]:
+    """A row's recall@k as metric keys `<prefix>recall_at_<k>`."""
+    return {f"{prefix}recall_at_{key.split('@')[1]}": float(value) for key, value in row.items()
+            if key.startswith("recall@") and isinstance(value, (int, float))}
+
+
+def _number(report: dict[str, Any] | None, key: str, metric: str) -> dict[str, float]:
+    """{metric: report[key]} when the report has that number, else {}."""
+    value = (report or {}).get(key)
+    return {metric: float(value)} if isinstance(value, (int, float)) and not isinstance(value, bool) else {}
+
+
+def _trained(read: Read, reports: Path) -> dict[str, float]:
+    pretrain = read("pretrain.json")
+    return {**_number(pretrain, "best_val_recall_at_1", "pretrain.best_val_recall_at_1"),
+            **_number(pretrain, "cluster_ami_last", "pretrain.cluster_ami_last"),
+            **_recalls(read("retrieval.json") or {}, "evaluate.")}
+
+
+def _baseline_recalls(read: Read, reports: Path) -> dict[str, float]:
+    metrics: dict[str, float] = {}
+    for mode, row in ((read("ablation.json") or {}).get("modes") or {}).items():
+        metrics.update(_recalls(row, f"ablation.{mode}."))
+    return metrics
+
+
+def _classified(read: Read, reports: Path) -> dict[str, float]:
+    finetune = read("finetune.json") or {}
+    return {**_number(read("linear_probe.json"), "top1", "linear_probe.top1"),
+            **_number(finetune.get("pretrained"), "top1", "finetune.pretrained_top1"),
+            **_number(finetune.get("scratch"), "top1", "finetune.scratch_top1"),
+            **_number(read("clusters.json"), "ami", "clusters.ami"),
+            **_number(read("spread_labels.json"), "leave_one_out_accuracy", "spread_labels.leave_one_out_accuracy")}
+
+
+def _transferred(read: Read, reports: Path) -> dict[str, float]:
+    metrics: dict[str, float] = {}
+    for folder in sorted(p.name for p in (reports / "transfer").glob("*") if p.is_dir()):
+        transfer = read(f"transfer/{folder}/retrieval.json") or {}
+        metrics.update(_recalls(transfer.get("pretrained") or {}, f"transfer.{folder}."))
+        metrics.update(_recalls(transfer.get("random_init") or {}, f"transfer.{folder}.random_init_"))
+        classify = read(f"transfer/{folder}/classify.json") or {}
+        if classify.get("enabled"):
+            metrics.update(_number(classify["linear_probe"], "top1", f"classify.{folder}.linear_probe_top1"))
+            for init in ("pretrained", "scratch"):
+                metrics.update(_number(classify["finetune"][init], "top1", f"classify.{folder}.finetune_{init}_top1"))
+    return metrics
+
+
+def headline_metrics(reports: str | Path = "reports") -> dict[str, float]:
+    """The numbers of reports/ a user sorts and compares pipeline runs by, as MLflow metric keys named after their
+    stage (`evaluate.recall_at_1`, `pretrain.best_val_recall_at_1`, `ablation.intra_video.recall_at_1`,
+    `finetune.pretrained_top1`, `transfer.<set>.recall_at_1`, ...): the pipeline's parent run logs them, so the MLflow
+    runs table shows each pipeline run's results in its own row. An absent report gives none; so does one of another
+    format, without taking the others' along."""
+    reports = Path(reports)
+    read = _reader(reports)
+    metrics: dict[str, float] = {}
+    for part in (_trained, _baseline_recalls, _classified, _transferred):
+        try:
+            metrics.update(part(read, reports))
+        except (KeyError, TypeError, ValueError, AttributeError):  # a report of another version: not misread
+            pass
+    return metrics
+
+
 def _mlflow_ui(tracking_uri: str) -> str:
     """How to open the MLflow UI on `tracking_uri`: a server's address, or `mlflow ui` on the SQLite store (its path
     relative to the working directory when it lies there, as the README writes it)."""

@@ -73,12 +73,19 @@ def stage_run(stage: str, params: Mapping[str, Any], *, system_metrics: bool = F
 
 # --- Pipeline runs: one parent per flow run, one nested run per stage ---------------------------
 
-def start_pipeline_run(name: str, tags: Mapping[str, Any], experiment: str = EXPERIMENT) -> str:
-    """Create (not activate) a parent run for a pipeline run; stages nest under its id.
+MAX_PARAM_CHARS = 6000  # MLflow's longest param value
+BATCH_PARAMS = 100  # MLflow's most params in one log_batch
+
+
+def start_pipeline_run(name: str, tags: Mapping[str, Any], experiment: str = EXPERIMENT,
+                       params: Mapping[str, str] | None = None) -> str:
+    """Create (not activate) a parent run for a pipeline run; stages nest under its id. `params` (every setting of
+    params.yaml, `slic.config.flat_settings`) become its params, so pipeline runs compare setting by setting.
 
     Pipeline runs of this host whose process is gone are marked KILLED first (`mark_dead_runs`).
     """
     import mlflow
+    from mlflow.entities import Param
 
     client = _client()
     mlflow.set_tracking_uri(tracking_uri())
@@ -86,15 +93,26 @@ def start_pipeline_run(name: str, tags: Mapping[str, Any], experiment: str = EXP
     mark_dead_runs("pipeline", experiment_id)
     run = client.create_run(experiment_id, run_name=name, tags={
         "slic.stage": "pipeline", **process_tags(), **{k: str(v) for k, v in tags.items()}})
+    logged = [Param(key, str(value)[:MAX_PARAM_CHARS]) for key, value in (params or {}).items()]
+    for start in range(0, len(logged), BATCH_PARAMS):
+        client.log_batch(run.info.run_id, params=logged[start:start + BATCH_PARAMS])
     return run.info.run_id
 
 
-def end_pipeline_run(run_id: str, *, failed: bool = False, description: str = "") -> None:
+def end_pipeline_run(run_id: str, *, failed: bool = False, description: str = "",
+                     metrics: Mapping[str, float] | None = None) -> None:
     """Mark a parent run finished or failed; `description` (markdown: what the run made) becomes its note, the
-    first thing the MLflow UI shows on the run's page."""
+    first thing the MLflow UI shows on the run's page; `metrics` (the reports' headline numbers,
+    `slic.summary.headline_metrics`) its metrics, so the runs table sorts pipeline runs by them."""
+    import mlflow
+
     client = _client()
     if description:
         client.set_tag(run_id, "mlflow.note.content", description[:MAX_TAG_CHARS])
+    if metrics:
+        now = int(time.time() * 1000)
+        client.log_batch(run_id, metrics=[mlflow.entities.Metric(key, float(value), now, 0)
+                                          for key, value in metrics.items()])
     client.set_terminated(run_id, status="FAILED" if failed else "FINISHED")
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from slic.config import Config, ConfigError, load
+from slic.config import Config, ConfigError, ExtractConfig, flat_settings, load
 from tests.conftest import ROOT
 
 
@@ -75,3 +75,14 @@ def test_the_index_may_hold_every_video_but_evaluate_never_queries_its_own_galle
     assert (config.index.gallery_split, config.evaluate.gallery_split) == ("all", "train+val")
     with pytest.raises(ConfigError, match=r"evaluate.gallery_split = 'all'"):
         load(write(tmp_path, "evaluate:\n  gallery_split: all\n"))
+
+
+def test_flat_settings_name_every_key_by_its_section(tmp_path: Path) -> None:
+    """The params of a pipeline's MLflow run: every setting, defaults included, and each eval set's keys."""
+    (tmp_path / "params.yaml").write_text("pretrain:\n  seed: 9\nevaluate:\n  ks: [1, 5]\neval_sets:\n  hmdb:\n"
+                                          "    root: /videos/hmdb51\n    layout: hmdb51\n")
+    flat = flat_settings(load(tmp_path / "params.yaml"))
+    assert flat["pretrain.seed"] == "9" and flat["evaluate.ks"] == "[1, 5]"
+    assert flat["eval_sets.hmdb.layout"] == "hmdb51" and flat["eval_sets.hmdb.root"] == "/videos/hmdb51"
+    assert flat["extract.short_side"] == str(ExtractConfig().short_side)  # a default, not in the file
+    assert not any(key.startswith("eval_sets.synthetic_unseen") for key in flat)  # the file's eval_sets replaced it

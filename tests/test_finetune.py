@@ -256,6 +256,9 @@ def test_linear_probe_then_finetune_write_the_report(in_workspace: Path) -> None
     assert client.get_run(parent).data.tags["slic.stage"] == "finetune"
     probe_run = client.get_run(probe["mlflow_run_id"])
     assert probe_run.data.tags["slic.stage"] == "linear_probe" and "lr_backbone" not in probe_run.data.metrics
+    for stage_run in (client.get_run(parent), probe_run):  # both name the encoder they started from
+        assert stage_run.data.tags["slic.encoder_checkpoint"] == probe["pretrained_from"]
+        assert stage_run.data.params["encoder.mode"] and "Encoder: " in stage_run.data.tags["mlflow.note.content"]
 
     # Again with nothing changed: resumed from last.pt, no epoch trained, the same numbers.
     assert main(["finetune"]) == 0

@@ -168,11 +168,16 @@ def test_embed_and_evaluate_runs_name_the_model_and_log_their_data(workspace: Pa
     monkeypatch.chdir(workspace)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{workspace / 'mlflow.db'}")
     monkeypatch.delenv("SLIC_PARENT_RUN_ID", raising=False)
+    monkeypatch.setenv("DVC_EXP_NAME", "seed5")  # as `dvc exp run -n seed5` tells its stages
+    monkeypatch.setenv("DVC_EXP_BASELINE_REV", "0123abcd")
     params = write_params(workspace, "params-embed.yaml", embed={"checkpoint": "data/models/lineage/best.pt"})
     for stage in ("embed", "evaluate", "index"):
+        monkeypatch.setenv("DVC_STAGE", stage)
         assert main(["--params", params, stage]) == 0
     mlflow = client(workspace)
     experiment = mlflow.get_experiment_by_name("slic").experiment_id
+    trained_by = checkpoint(trained / "best.pt")["mlflow_run_id"]
+    [pretrain_run] = [r for r in runs_of(workspace, "data/models/lineage") if r.info.run_id == trained_by]
     for stage, name, context, splits in (("embed", "embed slic r3d_18_narrow 16px 2 clips", "inference",
                                           "train+val+test"),
                                          ("evaluate", "evaluate slic r3d_18_narrow 16px test vs train",
@@ -183,6 +188,18 @@ def test_embed_and_evaluate_runs_name_the_model_and_log_their_data(workspace: Pa
         assert dataset.dataset.name == f"validated.csv {splits}"
         assert dataset.dataset.digest == run.data.tags["slic.data_fingerprint"]
         assert {t.key: t.value for t in dataset.tags}["mlflow.data.context"] == context
+        # the encoder: the pretrain run that wrote the checkpoint, its settings as params, a link in the description
+        tags, params_logged = run.data.tags, run.data.params
+        assert tags["slic.encoder_run_id"] == trained_by
+        assert tags["slic.encoder_checkpoint"] == "data/models/lineage/best.pt"
+        assert tags["slic.encoder_data_fingerprint"] == checkpoint(trained / "best.pt")["fingerprint"]["data"]
+        assert tags["slic.encoder_epoch"] == str(checkpoint(trained / "best.pt")["state"]["best_epoch"])
+        assert params_logged["encoder.seed"] == "5" and params_logged["encoder.backbone"] == "r3d_18_narrow"
+        assert params_logged["encoder.mode"] == "slic" and params_logged["encoder.epochs"] == "2"
+        assert not {"encoder.workers", "encoder.out", "encoder.device"} & set(params_logged)  # machine-only left out
+        assert (f"[{pretrain_run.info.run_name}](#/experiments/{experiment}/runs/{trained_by})"
+                in tags["mlflow.note.content"])
+        assert (tags["dvc.exp_name"], tags["dvc.exp_baseline_rev"], tags["dvc.stage"]) == ("seed5", "0123abcd", stage)
 
     meta = json.loads((workspace / "data/index/index.json").read_text())
     assert meta["data_fingerprint"] == checkpoint(trained / "best.pt")["fingerprint"]["data"]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from slic.cli import main
-from slic.summary import format_summary, summary_lines
+from slic.summary import format_summary, headline_metrics, summary_lines
 from tests.conftest import ROOT
 
 REPORTS = ROOT / "reports"
@@ -104,3 +104,29 @@ def test_the_markdown_table_keeps_each_line_in_its_row() -> None:
     table = summary_markdown([("retrieval", "test recall@1 35.2%"), ("odd", "a | b")])
     assert table.splitlines()[-2:] == ["| retrieval | test recall@1 35.2% |", "| odd | a / b |"]
     assert summary_markdown([]) == "No reports yet."
+
+
+def test_the_pipeline_runs_headline_numbers_are_the_reports_own(tmp_path: Path) -> None:
+    """What the pipeline's MLflow parent run logs, so the runs table sorts pipeline runs by it: each number equal to
+    its report's; a report of another format loses only its own numbers."""
+    metrics = headline_metrics(REPORTS)
+    retrieval = json.loads((REPORTS / "retrieval.json").read_text())
+    ablation = json.loads((REPORTS / "ablation.json").read_text())["modes"]
+    finetune = json.loads((REPORTS / "finetune.json").read_text())
+    transfer = json.loads((REPORTS / "transfer/synthetic_unseen/retrieval.json").read_text())
+    assert {key: metrics[f"evaluate.recall_at_{key[7:]}"] for key in retrieval if key.startswith("recall@")} == {
+        key: value for key, value in retrieval.items() if key.startswith("recall@")}
+    assert metrics["ablation.intra_video.recall_at_1"] == ablation["intra_video"]["recall@1"]
+    assert metrics["finetune.scratch_top1"] == finetune["scratch"]["top1"]
+    assert metrics["linear_probe.top1"] == json.loads((REPORTS / "linear_probe.json").read_text())["top1"]
+    assert metrics["transfer.synthetic_unseen.random_init_recall_at_1"] == transfer["random_init"]["recall@1"]
+    assert "classify.synthetic_unseen.finetune_pretrained_top1" in metrics
+    assert metrics["pretrain.best_val_recall_at_1"] == json.loads((REPORTS / "pretrain.json").read_text())[
+        "best_val_recall_at_1"]
+    shutil.copytree(REPORTS, tmp_path / "reports", ignore=shutil.ignore_patterns("bench"))
+    (tmp_path / "reports/finetune.json").write_text(json.dumps({"pretrained": {"top1": "n/a"}, "scratch": []}))
+    (tmp_path / "reports/ablation.json").write_text(json.dumps({"modes": {"slic": []}}))
+    mangled = headline_metrics(tmp_path / "reports")
+    assert "finetune.scratch_top1" not in mangled and not any(key.startswith("ablation.") for key in mangled)
+    assert mangled["evaluate.recall_at_1"] == retrieval["recall@1"]  # the other reports' numbers stay
+    assert headline_metrics(tmp_path / "nothing") == {}

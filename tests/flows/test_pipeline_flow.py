@@ -144,9 +144,20 @@ def test_flow_runs_stages_publishes_artifacts_and_nests_mlflow_runs(prefect_api:
     recall = json.loads((checkout / "reports/retrieval.json").read_text())["recall@1"]
     made = artifacts["pipeline-summary"]  # in the Prefect UI, and as the parent run's description in MLflow's
     assert f"| retrieval | test recall@1 {100 * recall:.1f}%" in made and "| registry | slic-encoder version 1" in made
-    assert mlflow_client(checkout).get_run(parent).data.tags["mlflow.note.content"] == made
+    parent_run = mlflow_client(checkout).get_run(parent)
+    assert parent_run.data.tags["mlflow.note.content"] == made
+    # the runs table's row of this pipeline run: its headline numbers and every setting of params.yaml
+    assert parent_run.data.metrics["evaluate.recall_at_1"] == pytest.approx(recall)
+    best_val = json.loads((checkout / "reports/pretrain.json").read_text())["best_val_recall_at_1"]
+    assert parent_run.data.metrics["pretrain.best_val_recall_at_1"] == pytest.approx(best_val)
+    from slic.config import flat_settings, load
+
+    assert parent_run.data.params == flat_settings(load(checkout / "params.yaml"))
+    assert parent_run.data.params["pretrain.epochs"] == "2"
     pretrain = runs["pretrain"]
     assert pretrain.data.params["epochs"] == "2" and "val_recall_at_1" in pretrain.data.metrics
+    assert pretrain.data.tags["dvc.stage"] == "pretrain"  # DVC ran it: the stage's name, from DVC's environment
+    assert runs["evaluate"].data.tags["slic.encoder_run_id"] == pretrain.info.run_id  # evaluate names its encoder
     assert len(mlflow_client(checkout).get_metric_history(pretrain.info.run_id, "val_recall_at_1")) == 2
     assert any(k.startswith("system/") for k in pretrain.data.metrics)  # system metrics
     listed = {f.path for folder in ("plots", "checkpoints")
