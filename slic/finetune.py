@@ -31,7 +31,7 @@ from slic.config import FinetuneConfig, LinearProbeConfig
 from slic.data.clips import VideoShard
 from slic.data.labelled_clips import LabelledClips, WindowViews, finetune_augmentation
 from slic.models import Classifier, build_backbone, to_device
-from slic.progress import eta
+from slic.progress import EpochClock
 
 log = logging.getLogger(__name__)
 ClassifierConfig = FinetuneConfig | LinearProbeConfig
@@ -177,8 +177,7 @@ def train_classifier(cfg: ClassifierConfig, *, init: str, linear_probe: bool, sp
                                          jitter=(cfg.color_jitter,) * 3 + (cfg.hue,), flip_p=cfg.flip_p)
     dataset = LabelledClips(splits["train"], clip_len=cfg.clip_len, size=cfg.size, augmentation=augmentation,
                             seed=cfg.seed)
-    started = time.perf_counter()
-    first_epoch = state.epoch
+    started, clock = time.perf_counter(), EpochClock()
     for epoch in range(state.epoch, cfg.epochs):
         dataset.set_epoch(epoch)
         torch.manual_seed(_seed_of(cfg.seed, epoch, 1))  # dropout masks
@@ -200,7 +199,7 @@ def train_classifier(cfg: ClassifierConfig, *, init: str, linear_probe: bool, sp
         if run is not None:
             run.log_metrics(metrics, step=state.epoch)
         log.info("%s epoch %d/%d eta=%s %s", out.name, state.epoch, cfg.epochs,
-                 eta(time.perf_counter() - started, state.epoch - first_epoch, cfg.epochs - state.epoch),
+                 clock.epoch_done(cfg.epochs - state.epoch),
                  " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
     if not best.is_file():  # zero epochs: the starting weights are the best there is
         save_checkpoint(best, model, None, None, state, fingerprint)

@@ -51,7 +51,7 @@ from slic.distributed import World, barrier, broadcast_object, gather_tensor, ga
 from slic.embed import embed_clips
 from slic.labels_table import read_training_labels
 from slic.models import Encoder, to_device
-from slic.progress import eta
+from slic.progress import EpochClock
 from slic.pretrain_state import (RESUMABLE_ACROSS, TrainState, _what_changed, data_fingerprint,  # noqa: F401
                                   fingerprint, given_labels_fingerprint, resume_state, same_fingerprint,
                                   save_checkpoint)
@@ -396,7 +396,7 @@ def pretrain(cfg: PretrainConfig, *, manifest: str | Path, frames_dir: str | Pat
                         persistent_workers=cfg.workers > 0, drop_last=True,
                         pin_memory=world.device.type == "cuda" and not cfg.gpu_decode,
                         collate_fn=collate_encoded if cfg.gpu_decode else None)
-    started = time.perf_counter()
+    started, clock = time.perf_counter(), EpochClock()
     for epoch in range(state.epoch, epochs):
         metrics: dict[str, float] = {}
         embeddings = None
@@ -442,7 +442,7 @@ def pretrain(cfg: PretrainConfig, *, manifest: str | Path, frames_dir: str | Pat
             if run is not None:
                 run.log_metrics(metrics, step=state.epoch)
             log.info("epoch %d/%d eta=%s %s", state.epoch, epochs,
-                     eta(time.perf_counter() - started, state.epoch - resumed_from, epochs - state.epoch),
+                     clock.epoch_done(epochs - state.epoch),
                      " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
         barrier()
     del loader  # its persistent workers end here
