@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -79,7 +80,7 @@ class StageRun:
         client = mlflow.MlflowClient()
         active = mlflow.active_run()
         parent = active.info.run_id if active else os.environ.get("SLIC_PARENT_RUN_ID")
-        tags = {"slic.stage": self.stage, **process_tags(), **dvc_tags(),
+        tags = {"slic.stage": self.stage, **process_tags(), **dvc_tags(), **git_tags(),
                 **({"mlflow.parentRunId": parent} if parent else {})}
         previous = _resumable(client, resume_run_id, self.experiment_id) if resume_run_id else None
         try:
@@ -234,6 +235,17 @@ def dvc_tags() -> dict[str, str]:
     """What DVC tells the stage it runs (its environment): the stage's name, and under `dvc exp run` the experiment's
     name and baseline commit, so the MLflow UI finds one experiment's runs (`tags.dvc.exp_name = 'seed8'`)."""
     return {tag: os.environ[name] for name, tag in DVC_ENVIRONMENT_TAGS.items() if os.environ.get(name)}
+
+
+def git_tags() -> dict[str, str]:
+    """The commit of the git checkout the stage runs in, as MLflow's own tag (the run page shows it as the source's
+    version); none outside a git checkout or without git."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    commit = head.stdout.strip()
+    return {"mlflow.source.git.commit": commit} if len(commit) == 40 else {}
 
 
 def process_gone(tags: Mapping[str, str]) -> bool:

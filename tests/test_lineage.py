@@ -421,3 +421,21 @@ def test_a_manifest_logged_as_a_run_input_raises_no_warning_and_keeps_its_intege
         entity = dataset._to_mlflow_entity()
     columns = {c["name"]: c["type"] for c in json.loads(entity.schema)["mlflow_colspec"]}
     assert columns["label"] == columns["frames"] == "long" and columns["video_id"] == "string"
+
+
+def test_a_run_in_a_git_checkout_records_its_commit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """MLflow's run page shows `mlflow.source.git.commit` as the source's version: the code a result came from."""
+    from slic.stage_run import dvc_tags, git_tags
+
+    monkeypatch.chdir(tmp_path)
+    assert git_tags() == {}  # not a checkout
+    env = {**os.environ, "GIT_AUTHOR_NAME": "a", "GIT_AUTHOR_EMAIL": "a@b", "GIT_COMMITTER_NAME": "a",
+           "GIT_COMMITTER_EMAIL": "a@b"}
+    subprocess.run(["git", "init", "-q"], check=True)
+    assert git_tags() == {}  # a checkout without a commit yet
+    subprocess.run(["git", "commit", "-q", "--allow-empty", "-m", "first"], check=True, env=env)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    assert git_tags() == {"mlflow.source.git.commit": head}
+    for name in ("DVC_STAGE", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV"):
+        monkeypatch.delenv(name, raising=False)
+    assert dvc_tags() == {}  # `slic evaluate` by hand: no DVC stage to name
