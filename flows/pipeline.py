@@ -213,7 +213,7 @@ def publish_stage(repo: str, stage: str, ran: bool, parent_run_id: str | None) -
             description=f"reports/{path.name} after stage {stage}"))
     if parent_run_id:
         run_id = tracking.stage_runs(parent_run_id).get(stage) or tracking.record_stage(
-            stage, report, parent_run_id, cached=not ran)
+            stage, report, parent_run_id, cached=not ran, checkpoint=encoder_checkpoint(Path(repo), stage))
         published["mlflow_run_id"] = run_id
         create_link_artifact(key=artifact_key(stage, "mlflow"), link=tracking.run_link(run_id),
                              link_text=f"MLflow run of stage {stage}")
@@ -229,6 +229,19 @@ def pipeline_settings(repo: Path) -> dict[str, str]:
         return flat_settings(load(repo / "params.yaml"))
     except ConfigError:
         return {}
+
+
+def encoder_checkpoint(repo: Path, stage: str) -> str | None:
+    """The pretrain checkpoint the stage works from (its path in the checkout), for the record of a stage DVC
+    skipped; None for a stage without one, or when params.yaml does not load."""
+    from slic.config import ConfigError, load
+    from slic.encoder_lineage import stage_checkpoint
+
+    try:
+        checkpoint = stage_checkpoint(load(repo / "params.yaml"), stage)
+    except ConfigError:
+        return None
+    return None if checkpoint is None else str(repo / checkpoint)
 
 
 @contextmanager

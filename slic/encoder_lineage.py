@@ -92,13 +92,20 @@ def record_encoder(run: Any, checkpoint: str | Path) -> Encoder | None:
     the encoder, or None when there is no run or the checkpoint cannot be read."""
     if run is None:
         return None
+    import mlflow
+
+    return record_encoder_on(mlflow.MlflowClient(), run.run_id, checkpoint)
+
+
+def record_encoder_on(client: Any, run_id: str, checkpoint: str | Path) -> Encoder | None:
+    """`record_encoder` on the run `run_id` of `client` (an MlflowClient): also for a run this process did not open,
+    such as the flow's record of a stage DVC skipped."""
+    from mlflow.entities import Param, RunTag
+    from mlflow.exceptions import MlflowException
+
     encoder = read_encoder(checkpoint)
     if encoder is None:
         return None
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    client = mlflow.MlflowClient()
     run_name, experiment_id = "", ""
     if encoder.run_id:
         try:
@@ -106,8 +113,23 @@ def record_encoder(run: Any, checkpoint: str | Path) -> Encoder | None:
             run_name, experiment_id = made.info.run_name or "", made.info.experiment_id
         except MlflowException:  # trained against another tracking store, or its run was deleted
             pass
-    run.log_params(encoder_params(encoder))
-    said = client.get_run(run.run_id).data.tags.get("mlflow.note.content", "")
+    said = client.get_run(run_id).data.tags.get("mlflow.note.content", "")
     note = encoder_note(encoder, run_name, experiment_id)
-    run.set_tags({**encoder_tags(encoder), "mlflow.note.content": f"{said.rstrip()}\n\n{note}" if said else note})
+    tags = {**encoder_tags(encoder), "mlflow.note.content": f"{said.rstrip()}\n\n{note}" if said else note}
+    client.log_batch(run_id, params=[Param(key, value) for key, value in encoder_params(encoder).items()],
+                     tags=[RunTag(key, value) for key, value in tags.items()])
     return encoder
+
+
+def stage_checkpoint(config: Any, stage: str) -> str | None:
+    """The pretrain checkpoint a stage works from, by its params (`config`: a `slic.config.Config`), or None for a
+    stage that works from none (or trains its own, as ablation)."""
+    if stage in ("linear_probe", "finetune"):
+        return str(getattr(config, stage).checkpoint)
+    embeddings = {"evaluate": config.evaluate.embeddings, "clusters": config.clusters.embeddings,
+                  "spread_labels": config.clusters.embeddings}
+    if stage in embeddings and embeddings[stage] != config.embed.out:  # embeddings of some other encoder
+        return None
+    if stage in ("embed", *embeddings) or stage.partition("@")[0] in ("transfer", "classify"):
+        return str(config.embed.checkpoint)
+    return None

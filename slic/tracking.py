@@ -125,10 +125,12 @@ def stage_runs(parent_run_id: str) -> dict[str, str]:
     return {run.data.tags.get("slic.stage", run.info.run_name): run.info.run_id for run in runs}
 
 
-def record_stage(stage: str, report: Mapping[str, Any], parent_run_id: str, *, cached: bool) -> str:
+def record_stage(stage: str, report: Mapping[str, Any], parent_run_id: str, *, cached: bool,
+                 checkpoint: str | None = None) -> str:
     """A nested run for a stage that logs no run itself (or that DVC skipped): its report's numbers, the
-    reason as tag `slic.skipped` when the stage skipped (videos without classes), and the report's `advice`
-    (the manifest's notes) as the run's description.
+    reason as tag `slic.skipped` when the stage skipped (videos without classes), the report's `advice`
+    (the manifest's notes) as the run's description, and the encoder of `checkpoint` when the stage works from one
+    (`slic.encoder_lineage`), as the stage's own run records it.
 
     A report with `manifest` and `content_fingerprint` (extract, flow) also gives the run its input dataset.
     """
@@ -155,6 +157,10 @@ def record_stage(stage: str, report: Mapping[str, Any], parent_run_id: str, *, c
         dataset = manifest_dataset(manifest, digest)._to_mlflow_entity()
         client.log_inputs(run.info.run_id, datasets=[
             DatasetInput(dataset, tags=[InputTag("mlflow.data.context", stage)])])
+    if checkpoint and not report.get("skipped"):
+        from slic.encoder_lineage import record_encoder_on
+
+        record_encoder_on(client, run.info.run_id, checkpoint)
     client.set_terminated(run.info.run_id)
     return run.info.run_id
 

@@ -68,3 +68,17 @@ def test_a_run_records_its_encoder_beside_a_description_it_already_has(tmp_path:
     assert f"[pretrain slic r3d_18_tiny 32px](#/experiments/{pretrain.experiment_id}/runs/{pretrain.run_id})" in note
     assert client.get_run(other_store.run_id).data.tags["mlflow.note.content"].endswith(
         f"trained by run {'0' * 32} (not in this tracking store).")
+
+
+def test_each_stage_names_the_checkpoint_it_works_from(tmp_path: Path) -> None:
+    from slic.config import load
+    from slic.encoder_lineage import stage_checkpoint
+
+    (tmp_path / "params.yaml").write_text("linear_probe:\n  checkpoint: data/models/other/best.pt\n"
+                                          "clusters:\n  embeddings: data/elsewhere.npz\n")
+    config = load(tmp_path / "params.yaml")
+    assert stage_checkpoint(config, "linear_probe") == "data/models/other/best.pt"
+    for stage in ("embed", "evaluate", "transfer@hmdb51", "classify@hmdb51", "finetune"):
+        assert stage_checkpoint(config, stage) == "data/models/pretrain/best.pt", stage
+    for stage in ("clusters", "spread_labels", "pretrain", "ablation", "manifest", "promote"):
+        assert stage_checkpoint(config, stage) is None, stage  # other embeddings, or no encoder to start from

@@ -176,6 +176,10 @@ def test_flow_runs_stages_publishes_artifacts_and_nests_mlflow_runs(prefect_api:
     assert "### pretrain: unchanged (DVC cache)" in artifacts["pretrain-report"]
     cached = nested_runs(checkout, again.result()["mlflow_parent_run_id"])
     assert set(cached) == set(STAGES) and cached["pretrain"].data.tags["slic.cached"] == "true"
+    for stage in ("embed", "evaluate"):  # DVC skipped them: their records still name the encoder
+        assert cached[stage].data.tags["slic.encoder_run_id"] == pretrain.info.run_id
+        assert cached[stage].data.params["encoder.epochs"] == "2"
+    assert "slic.encoder_run_id" not in cached["validate"].data.tags
 
 
 def test_failed_stage_is_named_not_retried_and_done_stages_stay_cached(prefect_api: None, tmp_path: Path,
