@@ -259,6 +259,7 @@ def promote(cfg: PromoteConfig, report: str | Path = PRETRAIN_REPORT, *, manifes
 
     from slic import registry, tracking
     from slic.checkpoints import frame_rate_of_checkpoint
+    from slic.encoder_lineage import record_encoder
     from slic.file_hash import file_sha256
 
     # refuse before touching the registry; a candidate trained without classes has no metric
@@ -295,6 +296,7 @@ def promote(cfg: PromoteConfig, report: str | Path = PRETRAIN_REPORT, *, manifes
                  f"{train_config.get('mode')}, {train_config.get('backbone')} at {train_config.get('size')} px; "
                  f"pretrain run {tags['pretrain_run_id'] or 'unknown'}; every number of the judgement is in the tags.")
     with tracking.stage_run("promote", to_dict(cfg), name=name) as run:
+        record_encoder(run, checkpoint)  # the candidate: its settings beside the decision, a link to its pretrain run
         if manifest is not None and Path(manifest).is_file():  # the data the candidate was validated on
             run.log_input(manifest, data or "unknown", splits=("train", "val"), context="validation")
         if compared["compared_on"] == "your labels":  # the labels that judged the two, kept with the decision

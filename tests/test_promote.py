@@ -230,6 +230,12 @@ def test_promote_stage_writes_promotion_report(store: Path) -> None:
     assert main(["promote"]) == 0
     written = json.loads((store / "reports/promotion.json").read_text())
     assert written["decision"] == "promoted" and written["alias_version"] == "1"
+    from mlflow import MlflowClient
+
+    from slic.tracking import tracking_uri
+
+    run = MlflowClient(tracking_uri()).get_run(written["mlflow_run_id"]).data  # the candidate it judged, named
+    assert run.tags["slic.encoder_checkpoint"] == "data/models/pretrain/best.pt" and "encoder.mode" in run.params
     (store / "params.yaml").write_text("promote:\n  metric: val_map\n")
     assert main(["promote"]) == 2  # refuses: the metric is not in reports/pretrain.json
 
