@@ -1,7 +1,7 @@
 """Which encoder a stage's MLflow run used, recorded on that run.
 
-embed, evaluate, clusters, spread_labels, transfer@, classify@, linear_probe and finetune each work from a pretrain
-checkpoint. Their runs record it: the tag `slic.encoder_run_id` (the pretrain run that wrote the checkpoint, which the
+embed, evaluate, clusters, spread_labels, transfer@, classify@, linear_probe, finetune and promote (its candidate)
+each work from a pretrain checkpoint. Their runs record it: the tag `slic.encoder_run_id` (the pretrain run that wrote the checkpoint, which the
 checkpoint names), the settings that made its weights as params `encoder.<key>` (mode, seed, objective, epochs, ...),
 and a line in the run's description linking to that pretrain run. So in the MLflow UI a recall, a top-1 or a group of
 videos leads back to its encoder, and the runs of several experiments (seeds, modes) compare by the encoder's settings
@@ -57,8 +57,8 @@ def encoder_params(encoder: Encoder) -> dict[str, str]:
 
 
 def encoder_tags(encoder: Encoder) -> dict[str, str]:
-    """Tags naming the encoder: its pretrain run (search `tags.slic.encoder_run_id = '...'` for every run that used
-    it), its file, the data it trained on and the epoch it holds."""
+    """Tags naming the encoder: its pretrain run (search ``tags.`slic.encoder_run_id` = '...'`` for every run that
+    used it), its file, the data it trained on and the epoch it holds."""
     tags = {"slic.encoder_checkpoint": encoder.checkpoint}
     if encoder.run_id:
         tags["slic.encoder_run_id"] = encoder.run_id
