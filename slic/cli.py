@@ -810,6 +810,8 @@ def main(argv: list[str] | None = None) -> int:
                    "(slic embed-video --help)")
     sub.add_parser("search", add_help=False,
                    help="find the indexed videos most similar to a video or folder (slic search --help)")
+    sub.add_parser("serve", add_help=False,
+                   help="answer searches of the index over HTTP, holding it in memory (slic serve --help)")
     sub.add_parser("preset", add_help=False,
                    help="write a preset's values into params.yaml, e.g. paper_ucf101 (slic preset --help)")
     sub.add_parser("summary", help="what the pipeline made, from reports/: the numbers and where to look")
@@ -818,6 +820,10 @@ def main(argv: list[str] | None = None) -> int:
         from slic.search import run_search
 
         return run_search(rest, args.params)
+    if args.stage == "serve":
+        from slic.search_service import run_serve
+
+        return run_serve(rest, args.params)
     if args.stage == "pipeline":
         return run_pipeline(rest)
     if args.stage == "embed-video":

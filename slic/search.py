@@ -202,10 +202,12 @@ def parse_time(text: str, flag: str) -> float:
     return seconds
 
 
-def query_span(video: Path, start_s: float | None, end_s: float | None) -> QuerySpan:
+def query_span(video: Path, start_s: float | None, end_s: float | None,
+               names: tuple[str, str] = ("--start", "--end")) -> QuerySpan:
     """The frames of `video` from `start_s` to `end_s` (its start and its end when None), by its frames' times
     (`FrameClock`: a variable-rate file's timestamps, as the index times its segments); a time past the file's end,
-    or an end before the start, is a SearchUsageError that gives the file's length."""
+    or an end before the start, is a SearchUsageError that gives the file's length and names the option (`names`:
+    the command's flags, or `slic serve`'s keys)."""
     from slic.data.video import DECODE_ERRORS, clock, clock_of, decode_error_line, file_timeline, time_span
 
     try:
@@ -220,9 +222,9 @@ def query_span(video: Path, start_s: float | None, end_s: float | None) -> Query
     start = 0.0 if start_s is None else start_s
     end = length if end_s is None else min(end_s, length)
     if start >= length:
-        raise SearchUsageError(f"--start {clock(start)} is past the end of {video} ({clock(length)} long)")
+        raise SearchUsageError(f"{names[0]} {clock(start)} is past the end of {video} ({clock(length)} long)")
     if end <= start:
-        raise SearchUsageError(f"--end must come after --start (got {time_span(start, end)}) in {video}")
+        raise SearchUsageError(f"{names[1]} must come after {names[0]} (got {time_span(start, end)}) in {video}")
     first = min(frames.frame(start), line.frames - 1)
     stop = max(first + 1, min(frames.frame(end), line.frames))
     return QuerySpan(first, stop, round(frames.seconds(first), 3), round(frames.seconds(stop), 3))
@@ -447,6 +449,14 @@ def run_search(argv: list[str], params: str = "params.yaml") -> int:
     return 1 if errors else 0
 
 
+def answers_document(index_dir: str, loaded: LoadedIndex, model: str, chosen: dict[str, Any],
+                     answers: list[dict[str, Any]], errors: list[dict[str, str]]) -> dict[str, Any]:
+    """The JSON document of a search (`slic search --json`, `slic serve`'s answer): the index, the encoder, how the
+    hits were chosen (`chosen`: k and what leaves hits out), every query's hits and every query that failed."""
+    return {"index": index_dir, "kind": loaded.meta.get("kind"), "model": model or loaded.meta["checkpoint"],
+            **chosen, "queries": answers, "errors": errors}
+
+
 def _chosen_options(args: argparse.Namespace) -> str:
     """The options that chose the hits, as they were typed (-k and what leaves hits out)."""
     said = [f"-k {args.k}"] + [flag for flag, on in (("--other-files", args.other_files),
@@ -474,8 +484,7 @@ def _print_answers(args: argparse.Namespace, index_dir: str, loaded: LoadedIndex
     if args.json:
         chosen = {"k": args.k, "per_file": args.per_file, "per_recording": args.per_recording,
                   "other_files": args.other_files, "other_recordings": args.other_recordings}  # how hits were chosen
-        print(json.dumps({"index": str(args.index or index_dir), "kind": loaded.meta.get("kind"),
-                          "model": args.model or loaded.meta["checkpoint"], **chosen,
-                          "queries": answers, "errors": errors}, indent=2))
+        print(json.dumps(answers_document(str(args.index or index_dir), loaded, args.model, chosen, answers, errors),
+                         indent=2))
     elif answers:
         print("\n\n".join(format_table(a) for a in answers))

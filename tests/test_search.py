@@ -21,15 +21,12 @@ FOLDER = SHARED_VIDEOS / "dmlc-decord" / "decode_tests"  # five good videos and 
 TINY_ENCODER = PretrainConfig(hidden_dim=16, out_dim=8, size=16, clip_len=16)
 
 
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A checkout-like folder: tiny checkpoint, embed-stage npz of the good videos, manifest, params, index."""
-    if not (FOLDER / "corrupted.mp4").is_file():
-        pytest.skip(f"real sample videos not found at {FOLDER}")
+def make_search_folder(root: Path) -> None:
+    """A checkout-like folder in `root`: tiny checkpoint, embed-stage npz of the good videos, manifest, params (the
+    index stage not run yet)."""
     from slic.pretrain import TrainState, build_encoder, save_checkpoint
     from slic.serving import VideoEncoder
 
-    root = tmp_path_factory.mktemp("search")
     checkpoint = root / "best.pt"
     save_checkpoint(checkpoint, build_encoder(TINY_ENCODER), None, TrainState(), TINY_ENCODER)
     good = sorted(p for p in FOLDER.iterdir() if p.name != "corrupted.mp4")
@@ -42,6 +39,15 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     (root / "params.yaml").write_text(
         f"embed:\n  checkpoint: {checkpoint}\n  clips: 2\n  out: {root / 'embeddings.npz'}\n"
         f"index:\n  manifest: {root / 'validated.csv'}\n  out: {root / 'index'}\n  add_videos: ''\n")
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A checkout-like folder (`make_search_folder`) with its index built."""
+    if not (FOLDER / "corrupted.mp4").is_file():
+        pytest.skip(f"real sample videos not found at {FOLDER}")
+    root = tmp_path_factory.mktemp("search")
+    make_search_folder(root)
     previous = Path.cwd()
     os.chdir(root)
     try:

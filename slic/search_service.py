@@ -1,0 +1,353 @@
+"""`slic serve`: the search of `slic search` as a long-running HTTP service on this machine.
+
+`slic search` loads the index and the encoder anew for every command (a few seconds before the first frame is
+decoded); an application that searches often asks this service instead, which holds both in memory. It speaks JSON:
+
+- `GET /health`: the index (folder, kind, how many vectors, its checkpoint) and how many searches were answered.
+- `POST /search` with a JSON body `{"paths": ["clip.mp4", "folder/"], "k": 10, ...}`: the same answer as
+  `slic search --json` (`queries[].results[]`, `errors[]`), with the same options (`start`, `end`, `other_files`,
+  `per_file`, `other_recordings`, `per_recording`); paths are read on this machine, relative to where it runs.
+- `POST /search?k=10&name=clip.mp4` with the video's bytes as the body (any other content type than JSON): a file
+  that only the client has; it is written to a temporary file, searched and deleted.
+
+When `dvc repro index` rewrites the index (videos added to add_to_index/, a new encoder), the next request loads it
+again, so the service needs no restart. A bad request gets status 400 and `{"error": "..."}` naming the key, value
+or file and what to do. Searches run one at a time (one encoder); it binds to 127.0.0.1 unless told otherwise, as
+it reads any path its clients name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from slic.index import META_FILE, IndexBuildError, LoadedIndex, load_index
+from slic.search import (QuerySpan, SearchUsageError, answers_document, find_videos, index_encoder, model_encoder,
+                         params_defaults, parse_time, query_namer, query_span, require_index_encoder, search_videos)
+
+SEARCH_KEYS = {"paths": list, "path": str, "k": int, "start": (str, int, float), "end": (str, int, float),
+               "other_files": bool, "per_file": int, "other_recordings": bool, "per_recording": int}
+
+
+class RequestError(ValueError):
+    """A request the service cannot answer as asked: status 400 (or the status given) with the message."""
+
+    def __init__(self, message: str, status: HTTPStatus = HTTPStatus.BAD_REQUEST) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class Loaded:
+    """The index in memory, what embeds queries for it, and the index.json it was read from (to notice a rebuild)."""
+
+    index: LoadedIndex
+    encoder: Any
+    namer: Callable[[Any], list[dict[str, Any]]] | None
+    stamp: tuple[int, int, int]
+    warnings: list[str]
+
+
+class SearchService:
+    """The index of `index_dir` and its encoder (or `model`, refused when it is not the index's), held in memory;
+    read again when the index is rebuilt. `search` answers one request, `health` says what is served."""
+
+    def __init__(self, index_dir: str | Path, params: str = "params.yaml", model: str = "", workers: int = 0) -> None:
+        self.extensions, _, _, self.labels_table = params_defaults(params)
+        self.index_dir, self.model, self.workers = Path(index_dir), model, workers
+        self.lock = threading.Lock()
+        self.answered = 0
+        self.loaded = self._load()
+
+    def _stamp(self) -> tuple[int, int, int]:
+        meta = self.index_dir / META_FILE
+        try:
+            stat = meta.stat()
+        except OSError:
+            return (0, 0, 0)
+        return (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+
+    def _load(self) -> Loaded:
+        """Read the index and make its encoder (the same weights as before when the checkpoint did not change)."""
+        stamp = self._stamp()
+        warnings: list[str] = []
+        index = load_index(self.index_dir)
+        previous = getattr(self, "loaded", None)
+        clips = int(index.meta.get("clips", 10))
+        if previous is not None and previous.index.meta.get("checkpoint_sha256") == index.meta.get(
+                "checkpoint_sha256") and previous.index.meta.get("clips") == index.meta.get("clips"):
+            encoder = previous.encoder  # added videos only: the same encoder embeds the queries
+        elif self.model:
+            encoder = model_encoder(self.model, clips)
+            require_index_encoder(encoder, index, self.model)
+        else:
+            encoder = index_encoder(index, warnings.append)
+        namer = query_namer(self.labels_table, index, self.model, warnings.append)
+        return Loaded(index, encoder, namer, stamp, warnings)
+
+    def current(self) -> Loaded:
+        """The index as it is now on disk: read again when index.json changed since it was loaded."""
+        if self._stamp() != self.loaded.stamp:
+            try:
+                self.loaded = self._load()
+            except (IndexBuildError, SearchUsageError) as exc:  # a rebuild that left no usable index
+                raise RequestError(f"the index at {self.index_dir} changed and cannot be read: {exc}",
+                                   HTTPStatus.SERVICE_UNAVAILABLE) from exc
+        return self.loaded
+
+    def health(self) -> dict[str, Any]:
+        """What is served: the index folder, its kind and size, the checkpoint, and the searches answered."""
+        with self.lock:
+            loaded = self.current()
+        meta = loaded.index.meta
+        return {"status": "ok", "index": str(self.index_dir), "kind": meta.get("kind"),
+                "vectors": int(loaded.index.index.ntotal), "model": self.model or meta.get("checkpoint"),
+                "answered": self.answered, "warnings": loaded.warnings}
+
+    def search(self, request: dict[str, Any], upload: Path | None = None, name: str = "") -> dict[str, Any]:
+        """The `slic search --json` document for a request (its keys in SEARCH_KEYS), or for the uploaded file
+        `upload` (shown as `name`). A RequestError says what is wrong with the request."""
+        chosen = checked_request(request, upload is not None)
+        with self.lock:
+            loaded = self.current()
+            try:
+                videos = [upload] if upload is not None else [video for path in chosen["paths"]
+                                                              for video in find_videos(path, self.extensions)]
+                spans = request_spans(chosen, videos, from_folder=upload is None and Path(chosen["paths"][0]).is_dir())
+                answers, errors = search_videos(
+                    videos, loaded.encoder, loaded.index, chosen["k"], self.workers, spans=spans,
+                    other_files=chosen["other_files"], per_file=chosen["per_file"],
+                    other_recordings=chosen["other_recordings"], per_recording=chosen["per_recording"],
+                    namer=loaded.namer)
+            except SearchUsageError as exc:
+                raise RequestError(str(exc)) from exc
+            self.answered += 1
+        if upload is not None:  # the client's name for its file, not the temporary one
+            for item in [*answers, *errors]:
+                item["query"] = name or "upload"
+        options = {key: chosen[key] for key in ("k", "per_file", "per_recording", "other_files", "other_recordings")}
+        document = answers_document(str(self.index_dir), loaded.index, self.model, options, answers, errors)
+        return {**document, "warnings": loaded.warnings} if loaded.warnings else document
+
+
+def checked_request(request: dict[str, Any], uploaded: bool) -> dict[str, Any]:
+    """The request's options with their defaults, each checked; a RequestError naming the key otherwise."""
+    if not isinstance(request, dict):
+        raise RequestError("the body must be a JSON object, e.g. {\"paths\": [\"clip.mp4\"], \"k\": 10}")
+    unknown = sorted(set(request) - set(SEARCH_KEYS))
+    if unknown:
+        raise RequestError(f"unknown key(s) {', '.join(unknown)}; a search takes {', '.join(SEARCH_KEYS)}")
+    for key, kind in SEARCH_KEYS.items():
+        value = request.get(key)
+        if value is not None and (not isinstance(value, kind) or (kind is int and isinstance(value, bool))):
+            raise RequestError(f"{key} = {value!r}: expected {_kind_name(kind)}")
+    paths = request.get("paths") or ([request["path"]] if request.get("path") else [])
+    if uploaded and paths:
+        raise RequestError("an uploaded video is the query: send paths in a JSON body instead, not both")
+    if not uploaded and not paths:
+        raise RequestError("no query: send {\"paths\": [\"clip.mp4\"]} (files or folders on the service's machine), "
+                           "or POST the video's bytes")
+    if not all(isinstance(path, str) and path for path in paths):
+        raise RequestError(f"paths = {paths!r}: expected a list of file or folder paths")
+    chosen = {"paths": paths, "k": request.get("k", 10), "start": request.get("start"), "end": request.get("end"),
+              "other_files": bool(request.get("other_files", False)), "per_file": request.get("per_file", 0),
+              "other_recordings": bool(request.get("other_recordings", False)),
+              "per_recording": request.get("per_recording", 0)}
+    if chosen["k"] < 1:
+        raise RequestError(f"k = {chosen['k']}: expected 1 or more")
+    for key in ("per_file", "per_recording"):
+        if chosen[key] < 0:
+            raise RequestError(f"{key} = {chosen[key]}: expected 0 (no limit) or more")
+    return chosen
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    names = {list: "a list", str: "a string", int: "an integer", bool: "true or false", float: "a number"}
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join(dict.fromkeys(names[k] for k in kinds))
+
+
+def request_spans(chosen: dict[str, Any], videos: list[Path], from_folder: bool) -> list[QuerySpan | None] | None:
+    """`start`/`end` as the one query file's frames (None: every query whole), as `slic search --start/--end`."""
+    if chosen["start"] is None and chosen["end"] is None:
+        return None
+    if len(videos) != 1 or from_folder:
+        raise RequestError(f"start and end pick a stretch of one video file; the request names {len(videos)} videos")
+    start, end = (None if chosen[key] is None else parse_time(str(chosen[key]), key) for key in ("start", "end"))
+    return [query_span(videos[0], start, end, names=("start", "end"))]
+
+
+def upload_options(query: str) -> tuple[dict[str, Any], str]:
+    """The search options of an upload's URL (`?k=5&other_files=true&name=clip.mp4`) as a request, and its name."""
+    fields = {key: values[-1] for key, values in parse_qs(query, keep_blank_values=True).items()}
+    name = fields.pop("name", "")
+    request: dict[str, Any] = {}
+    for key, text in fields.items():
+        kind = SEARCH_KEYS.get(key)
+        if kind is bool:
+            if text.lower() not in ("true", "false", "1", "0"):
+                raise RequestError(f"{key} = {text!r}: expected true or false")
+            request[key] = text.lower() in ("true", "1")
+        elif kind is int:
+            try:
+                request[key] = int(text)
+            except ValueError:
+                raise RequestError(f"{key} = {text!r}: expected an integer") from None
+        else:
+            request[key] = text  # start, end; an unknown key is named by checked_request
+    return request, name
+
+
+class SearchHandler(BaseHTTPRequestHandler):
+    """GET /health and POST /search on a `SearchService` (the server's `service`)."""
+
+    server: SearchServer
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        if urlsplit(self.path).path != "/health":
+            self._send(HTTPStatus.NOT_FOUND, {"error": f"no such page {self.path}; GET /health, POST /search"})
+            return
+        self._answer(self.server.service.health)
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        url = urlsplit(self.path)
+        if url.path != "/search":
+            self._drain()
+            self._send(HTTPStatus.NOT_FOUND, {"error": f"no such page {url.path}; POST /search"})
+            return
+        self._answer(lambda: self._search(url.query))
+
+    def _search(self, query: str) -> dict[str, Any]:
+        length = self._length()
+        kind = self.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if kind == "application/json":
+            try:
+                request = json.loads(self.rfile.read(length) or b"{}")
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise RequestError(f"the body is not JSON ({exc})") from None
+            return self.server.service.search(request)
+        request, name = upload_options(query)
+        if length == 0:
+            raise RequestError("an empty upload: POST the video's bytes, or a JSON body with paths")
+        suffix = Path(name).suffix if Path(name).suffix else ".mp4"
+        with tempfile.TemporaryDirectory(prefix="slic-serve-") as folder:
+            upload = Path(folder) / f"query{suffix}"
+            with upload.open("wb") as handle:
+                left = length
+                while left:
+                    chunk = self.rfile.read(min(left, 1 << 20))
+                    if not chunk:
+                        raise RequestError(f"the upload ended after {length - left} of {length} bytes")
+                    handle.write(chunk)
+                    left -= len(chunk)
+            return self.server.service.search(request, upload=upload, name=name)
+
+    def _length(self) -> int:
+        try:
+            length = int(self.headers.get("Content-Length", "0"))
+        except ValueError:
+            raise RequestError("Content-Length is not a number") from None
+        if length > self.server.max_upload_bytes:
+            raise RequestError(f"the body is {length / 2**20:.0f} MiB, more than the {self.server.max_upload_bytes // 2**20}"
+                               " MiB this service takes (slic serve --max-upload-mb)", HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
+        return length
+
+    def _drain(self) -> None:
+        """Read a body no one will use, so the connection stays in step."""
+        try:
+            length = min(int(self.headers.get("Content-Length", "0")), self.server.max_upload_bytes)
+        except ValueError:
+            length = 0
+        self.rfile.read(length)
+
+    def _answer(self, make: Callable[[], dict[str, Any]]) -> None:
+        try:
+            self._send(HTTPStatus.OK, make())
+        except RequestError as exc:
+            self.close_connection = True  # an unread body may remain
+            self._send(exc.status, {"error": str(exc)})
+        except Exception as exc:  # noqa: BLE001 - the service stays up; the client is told, the log keeps the rest
+            self.log_error("search failed: %r", exc)
+            self.close_connection = True
+            self._send(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"{type(exc).__name__}: {exc}"})
+
+    def _send(self, status: HTTPStatus, body: dict[str, Any]) -> None:
+        data = (json.dumps(body, indent=2) + "\n").encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's signature
+        if not self.server.quiet:
+            super().log_message(format, *args)
+
+
+class SearchServer(ThreadingHTTPServer):
+    """A ThreadingHTTPServer that carries the service and its limits to its handlers."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], service: SearchService, max_upload_mb: int = 1024,
+                 quiet: bool = False) -> None:
+        super().__init__(address, SearchHandler)
+        self.service, self.max_upload_bytes, self.quiet = service, max_upload_mb * 2**20, quiet
+
+
+def run_serve(argv: list[str], params: str = "params.yaml") -> int:
+    """`slic serve [--host 127.0.0.1] [--port 8765] [--index DIR] [--model URI]`; returns the exit code."""
+    from slic.config import ConfigError
+
+    parser = argparse.ArgumentParser(prog="slic serve", description="answer searches of the index over HTTP "
+                                     "(GET /health, POST /search), holding the index and its encoder in memory")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine "
+                        "only; the service reads any path a client names)")
+    parser.add_argument("--port", type=int, default=8765, help="port (default 8765; 0: any free one)")
+    parser.add_argument("--index", default="", help="index folder (default: index.out of params.yaml)")
+    parser.add_argument("--model", default="", help="a checkpoint file or an MLflow model URI with the index's "
+                        "weights (default: the checkpoint the index was built with)")
+    parser.add_argument("--workers", type=int, default=0, help="processes decoding a folder's next queries while "
+                        "the encoder embeds one (default 0)")
+    parser.add_argument("--max-upload-mb", type=int, default=1024, help="largest uploaded video (default 1024)")
+    args = parser.parse_args(argv)
+    if not 0 <= args.port <= 65535:
+        parser.error(f"--port must be in [0, 65535], got {args.port}")
+    if args.max_upload_mb < 1 or args.workers < 0:
+        parser.error("--max-upload-mb must be >= 1 and --workers >= 0")
+    try:
+        index_dir = args.index or params_defaults(params)[1]
+        service = SearchService(index_dir, params, args.model, args.workers)
+        server = SearchServer((args.host, args.port), service, args.max_upload_mb)
+    except (ConfigError, IndexBuildError, SearchUsageError) as exc:
+        print(f"slic serve: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the port is taken, or the address is not this machine's
+        print(f"slic serve: error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}; pick another "
+              "--port (0: any free one)", file=sys.stderr)
+        return 2
+    host, port = server.server_address[:2]
+    health = service.health()
+    for line in health["warnings"]:
+        print(f"slic serve: {line}", file=sys.stderr)
+    print(f"slic serve: {health['vectors']} videos of {index_dir} ({health['kind']}), encoder {health['model']}, on "
+          f"http://{host}:{port} (POST /search, GET /health); Ctrl-C stops", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+

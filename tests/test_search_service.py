@@ -1,0 +1,150 @@
+"""`slic serve`: the index searched over HTTP, on real videos (../shared/videos) with a tiny real encoder."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from slic.cli import main
+from slic.search_service import SearchServer, SearchService
+from tests.conftest import SHARED_VIDEOS
+from tests.test_search import FOLDER, make_search_folder
+
+ONE = FOLDER / "video_90.mov"
+DEMO = SHARED_VIDEOS / "mmaction2/kinetics400/arm_wrestling/demo.mp4"  # 10 s, not indexed
+
+
+@pytest.fixture(scope="module")
+def checkout(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A checkout-like folder with its index, the working directory while the module runs."""
+    if not (FOLDER / "corrupted.mp4").is_file():
+        pytest.skip(f"real sample videos not found at {FOLDER}")
+    root = tmp_path_factory.mktemp("serve")
+    make_search_folder(root)
+    previous = Path.cwd()
+    os.chdir(root)
+    try:
+        assert main(["index"]) == 0
+        yield root
+    finally:
+        os.chdir(previous)
+
+
+@pytest.fixture(scope="module")
+def server(checkout: Path) -> Iterator[SearchServer]:
+    """The service on a free port of 127.0.0.1, answering in a thread."""
+    serving = SearchServer(("127.0.0.1", 0), SearchService(checkout / "index", str(checkout / "params.yaml")),
+                           max_upload_mb=1, quiet=True)
+    thread = threading.Thread(target=serving.serve_forever, daemon=True)
+    thread.start()
+    yield serving
+    serving.shutdown()
+    serving.server_close()
+
+
+def ask(server: SearchServer, method: str, path: str, body: bytes | None = None,
+        content_type: str = "application/json") -> tuple[int, dict[str, Any]]:
+    """(status, JSON body) of one request."""
+    connection = http.client.HTTPConnection(*server.server_address[:2], timeout=60)
+    try:
+        connection.request(method, path, body=body, headers={"Content-Type": content_type} if body is not None else {})
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
+def search(server: SearchServer, request: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    return ask(server, "POST", "/search", json.dumps(request).encode())
+
+
+def test_a_search_answers_as_slic_search_json_does(server: SearchServer, capsys: pytest.CaptureFixture) -> None:
+    """The same document as `slic search --json`, hits, similarities and options alike; a folder's corrupt file is
+    named among the errors while the others are answered."""
+    status, served = search(server, {"paths": [str(ONE)], "k": 3})
+    assert status == 200
+    assert main(["search", str(ONE), "-k", "3", "--json"]) == 0
+    assert served == json.loads(capsys.readouterr().out)
+    status, folder = search(server, {"path": str(FOLDER), "per_file": 1})
+    assert status == 200 and len(folder["queries"]) == 5 and folder["per_file"] == 1
+    assert [error["query"] for error in folder["errors"]] == [str(FOLDER / "corrupted.mp4")]
+    assert all(answer["results"][0]["path"] == answer["query"] for answer in folder["queries"])
+
+
+def test_an_uploaded_video_is_searched_as_its_path_is(server: SearchServer) -> None:
+    """A client without the file on the service's machine sends its bytes: the same hits, under the client's name."""
+    _, by_path = search(server, {"paths": [str(ONE)], "k": 2})
+    status, uploaded = ask(server, "POST", "/search?k=2&name=clip.mov", ONE.read_bytes(), "video/quicktime")
+    assert status == 200 and uploaded["queries"][0]["query"] == "clip.mov"
+    hits = [(hit["path"], round(hit["similarity"], 4)) for hit in uploaded["queries"][0]["results"]]
+    assert hits == [(hit["path"], round(hit["similarity"], 4)) for hit in by_path["queries"][0]["results"]]
+    status, broken = ask(server, "POST", "/search?name=bad.mp4", b"not a video at all", "application/octet-stream")
+    assert status == 200 and broken["queries"] == [] and broken["errors"][0]["query"] == "bad.mp4"
+
+
+@pytest.mark.parametrize(("method", "path", "body", "status", "said"), [
+    ("POST", "/search", b"{not json", 400, "the body is not JSON"),
+    ("POST", "/search", b'{"paths": ["a.mp4"], "kk": 3}', 400, "unknown key(s) kk; a search takes paths, path, k"),
+    ("POST", "/search", b'{"paths": ["a.mp4"], "k": 0}', 400, "k = 0: expected 1 or more"),
+    ("POST", "/search", b'{"paths": ["a.mp4"], "k": "3"}', 400, "k = '3': expected an integer"),
+    ("POST", "/search", b'{"paths": "a.mp4"}', 400, "paths = 'a.mp4': expected a list"),
+    ("POST", "/search", b"{}", 400, "no query: send {\"paths\""),
+    ("POST", "/search", b'{"paths": ["/nowhere/absent.mp4"]}', 400, "/nowhere/absent.mp4: no such file or folder"),
+    ("GET", "/", None, 404, "no such page /; GET /health, POST /search"),
+])
+def test_a_bad_request_is_told_what_is_wrong(server: SearchServer, method: str, path: str, body: bytes | None,
+                                             status: int, said: str) -> None:
+    got, answer = ask(server, method, path, body)
+    assert got == status and said in answer["error"]
+
+
+def test_times_pick_a_stretch_of_one_file_and_a_too_large_upload_is_refused(server: SearchServer) -> None:
+    status, stretch = search(server, {"paths": [str(DEMO)], "start": "0:02.5", "end": 4, "k": 1})
+    assert status == 200 and (stretch["queries"][0]["start_s"], stretch["queries"][0]["end_s"]) == (2.5, 4.0)
+    status, answer = search(server, {"paths": [str(DEMO)], "start": "0:20"})
+    assert status == 400 and "start 00:20.0 is past the end of" in answer["error"]
+    status, answer = search(server, {"path": str(FOLDER), "start": 1})
+    assert status == 400 and "start and end pick a stretch of one video file" in answer["error"]
+    connection = http.client.HTTPConnection(*server.server_address[:2], timeout=60)
+    connection.putrequest("POST", "/search?name=big.mp4")  # only the headers: the service refuses before reading
+    connection.putheader("Content-Type", "video/mp4")
+    connection.putheader("Content-Length", str(2 * 2**20))
+    connection.endheaders()
+    response = connection.getresponse()
+    assert response.status == 413 and "more than the 1 MiB" in json.loads(response.read())["error"]
+    connection.close()
+
+
+def test_a_rebuilt_index_is_served_without_a_restart(server: SearchServer, checkout: Path) -> None:
+    """`dvc repro index` after a video was added to add_to_index/: the next request sees it."""
+    _, before = ask(server, "GET", "/health")
+    added = checkout / "added"
+    added.mkdir()
+    shutil.copy(DEMO, added / "demo.mp4")
+    params = (checkout / "params.yaml").read_text().replace("add_videos: ''", f"add_videos: {added}")
+    (checkout / "params-added.yaml").write_text(params)
+    assert main(["--params", "params-added.yaml", "index"]) == 0
+    status, after = ask(server, "GET", "/health")
+    assert status == 200 and (before["vectors"], after["vectors"]) == (5, 6)
+    assert after["answered"] >= before["answered"]
+    _, found = search(server, {"paths": [str(added / "demo.mp4")], "k": 1})
+    assert found["queries"][0]["results"][0]["path"].endswith("demo.mp4")  # the added video finds itself
+
+
+def test_slic_serve_says_what_stops_it(checkout: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["serve", "--index", str(tmp_path / "none")]) == 2
+    assert "slic serve: error: no index at" in capsys.readouterr().err
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        assert main(["serve", "--port", str(taken.getsockname()[1])]) == 2
+    assert "cannot listen on 127.0.0.1:" in capsys.readouterr().err
