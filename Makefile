@@ -14,7 +14,7 @@ export DVC_NO_ANALYTICS := 1
 export GX_ANALYTICS_ENABLED := false
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install chromium run run-real test bench bench-real bench-label-free bench-archive-clusters bench-spread-labels bench-retrain-labels bench-labels-stage bench-promote-labels bench-protocol-gallery bench-added-videos bench-serving-decode bench-segments bench-frame-rate bench-gpu gpu-wheelhouse clean pipeline image services-up services-down deploy worker preset-paper
+.PHONY: install chromium run run-real test bench bench-real bench-label-free bench-archive-clusters bench-spread-labels bench-retrain-labels bench-labels-stage bench-promote-labels bench-protocol-gallery bench-search-service bench-added-videos bench-serving-decode bench-segments bench-frame-rate bench-gpu gpu-wheelhouse clean pipeline image services-up services-down deploy worker preset-paper
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -70,6 +70,11 @@ bench-promote-labels: install
 # recall against the carved train split and against the whole train list (the IIC protocol's gallery)
 bench-protocol-gallery: install
 	$(BIN)/python bench/protocol_gallery.py
+
+# One search by `slic serve` against `slic search` in a fresh process, 12 ucf101_6 queries on this checkout's index
+# (after `make run`; reports/bench/search_service.json).
+bench-search-service: install
+	$(BIN)/python bench/search_service.py
 
 # Videos added to the index without retraining against the same videos embedded by the embed stage (ucf101_6).
 bench-added-videos: install

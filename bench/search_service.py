@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import os
 import re
 import statistics
 import subprocess
@@ -39,8 +40,8 @@ LISTENING = re.compile(r"on http://([\d.]+):(\d+) ")
 
 
 def queries_from(folder: Path, count: int) -> list[Path]:
-    """`count` videos spread over the folder's sorted .avi/.mp4 files (every n-th), so classes differ."""
-    videos = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".avi", ".mp4"))
+    """`count` videos spread over the folder's sorted video files (every n-th), so classes differ."""
+    videos = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".avi", ".mp4", ".mov", ".mkv", ".webm"))
     if len(videos) < count:
         raise SystemExit(f"{folder}: {len(videos)} videos, fewer than --count {count}")
     step = len(videos) // count
@@ -122,7 +123,9 @@ def main(argv: list[str] | None = None) -> int:
         process.terminate()
         process.wait(timeout=30)
     report = {"what": "one search of the index: `slic search --json` in a fresh process per query against POST "
-                      "/search to one `slic serve`", "checkout": str(args.checkout), "queries": [str(q) for q in queries],
+                      "/search to one `slic serve`", "checkout": os.path.relpath(args.checkout, ROOT),
+              "queries_folder": os.path.relpath(args.queries, ROOT),
+              "queries": [q.relative_to(args.queries).as_posix() for q in queries],
               "service_start_s": round(started, 3), "ways": {way: summary(values) for way, values in times.items()},
               "same_answers": same, "machine": machine_info()}
     report["speedup_median"] = round(report["ways"]["process"]["median_s"] / report["ways"]["service"]["median_s"], 1)

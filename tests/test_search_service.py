@@ -148,3 +148,18 @@ def test_slic_serve_says_what_stops_it(checkout: Path, tmp_path: Path, capsys: p
         taken.listen()
         assert main(["serve", "--port", str(taken.getsockname()[1])]) == 2
     assert "cannot listen on 127.0.0.1:" in capsys.readouterr().err
+
+
+def test_the_bench_answers_each_query_both_ways_alike(checkout: Path, tmp_path: Path) -> None:
+    """bench/search_service.py on this checkout: a `slic search` process and the service per query, same hits."""
+    from bench.search_service import main as bench
+
+    queries = tmp_path / "queries"
+    queries.mkdir()
+    for name in ("video_0.mov", "video_90.mov"):
+        shutil.copy(FOLDER / name, queries / name)
+    out = tmp_path / "search_service.json"
+    assert bench(["--checkout", str(checkout), "--queries", str(queries), "--count", "2", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["same_answers"] and len(report["ways"]["process"]["runs_s"]) == 2
+    assert report["ways"]["service"]["median_s"] > 0 and report["service_start_s"] > 0
