@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -41,12 +42,11 @@ def make_search_folder(root: Path) -> None:
         f"index:\n  manifest: {root / 'validated.csv'}\n  out: {root / 'index'}\n  add_videos: ''\n")
 
 
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A checkout-like folder (`make_search_folder`) with its index built."""
+@contextmanager
+def indexed_folder(root: Path) -> Iterator[Path]:
+    """`make_search_folder` in `root` with its index built, `root` the working directory until the block ends."""
     if not (FOLDER / "corrupted.mp4").is_file():
         pytest.skip(f"real sample videos not found at {FOLDER}")
-    root = tmp_path_factory.mktemp("search")
     make_search_folder(root)
     previous = Path.cwd()
     os.chdir(root)
@@ -55,6 +55,13 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         yield root
     finally:
         os.chdir(previous)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A checkout-like folder (`make_search_folder`) with its index built."""
+    with indexed_folder(tmp_path_factory.mktemp("search")) as root:
+        yield root
 
 
 def test_index_stage_writes_report_and_rows(workdir: Path) -> None:

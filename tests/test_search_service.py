@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import shutil
 import socket
 import threading
@@ -17,7 +16,7 @@ import pytest
 from slic.cli import main
 from slic.search_service import SearchServer, SearchService
 from tests.conftest import SHARED_VIDEOS
-from tests.test_search import FOLDER, make_search_folder
+from tests.test_search import FOLDER, indexed_folder
 
 ONE = FOLDER / "video_90.mov"
 DEMO = SHARED_VIDEOS / "mmaction2/kinetics400/arm_wrestling/demo.mp4"  # 10 s, not indexed
@@ -26,17 +25,8 @@ DEMO = SHARED_VIDEOS / "mmaction2/kinetics400/arm_wrestling/demo.mp4"  # 10 s, n
 @pytest.fixture(scope="module")
 def checkout(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A checkout-like folder with its index, the working directory while the module runs."""
-    if not (FOLDER / "corrupted.mp4").is_file():
-        pytest.skip(f"real sample videos not found at {FOLDER}")
-    root = tmp_path_factory.mktemp("serve")
-    make_search_folder(root)
-    previous = Path.cwd()
-    os.chdir(root)
-    try:
-        assert main(["index"]) == 0
+    with indexed_folder(tmp_path_factory.mktemp("serve")) as root:
         yield root
-    finally:
-        os.chdir(previous)
 
 
 @pytest.fixture(scope="module")
