@@ -294,7 +294,8 @@ def slic_pipeline(repo: str = ".", stages: list[str] | None = None, dask_address
     results: dict[str, Any] = {}
     with mlflow_at(root):
         parent = mlflow_parent_run_id or tracking.start_pipeline_run(
-            "pipeline", {"prefect.flow_run_id": flow_run.get_id() or "", "slic.repo": str(root)},
+            "pipeline", {"prefect.flow_run_id": flow_run.get_id() or "", "slic.repo": str(root),
+                         **tracking.git_tags(root)},
             params=pipeline_settings(root))
         if not mlflow_parent_run_id:
             create_link_artifact(key="pipeline-mlflow", link=tracking.run_link(parent),

@@ -161,13 +161,6 @@ class StageRun:
             client.log_batch(self.run_id, metrics=missing[start:start + 1000])
         return len(missing)
 
-    def log_params(self, params: Mapping[str, Any]) -> None:
-        """Log params beside the stage's own (e.g. the encoder's settings, `slic.encoder_lineage`)."""
-        import mlflow
-
-        self.run_id  # noqa: B018
-        mlflow.log_params(dict(params))
-
     def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
         """Upload a file into the run's artifacts (under `folder`)."""
         import mlflow
@@ -237,11 +230,12 @@ def dvc_tags() -> dict[str, str]:
     return {tag: os.environ[name] for name, tag in DVC_ENVIRONMENT_TAGS.items() if os.environ.get(name)}
 
 
-def git_tags() -> dict[str, str]:
-    """The commit of the git checkout the stage runs in, as MLflow's own tag (the run page shows it as the source's
-    version); none outside a git checkout or without git."""
+def git_tags(folder: str | Path | None = None) -> dict[str, str]:
+    """The commit of the git checkout the stage runs in (or of `folder`), as MLflow's own tag (the run page shows it
+    as the source's version); none outside a git checkout or without git."""
     try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True)
+        head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True,
+                              cwd=folder)
     except (OSError, subprocess.SubprocessError):
         return {}
     commit = head.stdout.strip()

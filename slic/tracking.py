@@ -15,7 +15,7 @@ from typing import Any
 
 from slic.mlflow_store import (EXPERIMENT, TrackingError, check_reachable, client as _client,  # noqa: F401
                                experiment_id as _experiment_id, tracking_uri)
-from slic.stage_run import StageRun, manifest_dataset, mark_dead_runs, process_tags  # noqa: F401
+from slic.stage_run import StageRun, git_tags, manifest_dataset, mark_dead_runs, process_tags  # noqa: F401
 
 MAX_TAG_CHARS = 8000  # MLflow's longest tag value
 

@@ -436,6 +436,8 @@ def test_a_run_in_a_git_checkout_records_its_commit(tmp_path: Path, monkeypatch:
     subprocess.run(["git", "commit", "-q", "--allow-empty", "-m", "first"], check=True, env=env)
     head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
     assert git_tags() == {"mlflow.source.git.commit": head}
+    monkeypatch.chdir(tmp_path.parent)  # the flow names its checkout, wherever it runs from
+    assert git_tags(tmp_path) == {"mlflow.source.git.commit": head} and git_tags() == {}
     for name in ("DVC_STAGE", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV"):
         monkeypatch.delenv(name, raising=False)
     assert dvc_tags() == {}  # `slic evaluate` by hand: no DVC stage to name
