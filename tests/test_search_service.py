@@ -114,6 +114,24 @@ def test_times_pick_a_stretch_of_one_file_and_a_too_large_upload_is_refused(serv
     connection.close()
 
 
+def test_clients_asking_at_once_each_get_their_own_answer(server: SearchServer) -> None:
+    """Searches run one at a time on the one encoder; clients asking together wait their turn, none gets another's."""
+    videos = sorted(p for p in FOLDER.iterdir() if p.name != "corrupted.mp4")
+    answers: dict[str, dict[str, Any]] = {}
+
+    def client(video: Path) -> None:
+        answers[video.name] = search(server, {"paths": [str(video)], "k": 1})[1]
+
+    threads = [threading.Thread(target=client, args=(video,)) for video in videos * 2]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert sorted(answers) == sorted(video.name for video in videos)
+    for video in videos:  # each indexed video's nearest is itself
+        assert answers[video.name]["queries"][0]["results"][0]["path"] == str(video)
+
+
 def test_a_rebuilt_index_is_served_without_a_restart(server: SearchServer, checkout: Path) -> None:
     """`dvc repro index` after a video was added to add_to_index/: the next request sees it."""
     _, before = ask(server, "GET", "/health")
