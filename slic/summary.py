@@ -122,7 +122,7 @@ def _registry(promotion: dict[str, Any]) -> str:
 
 
 def _search(index: dict[str, Any]) -> str:
-    return f"{index['vectors']} videos indexed: slic search VIDEO -k 10 --html hits.html"
+    return f"{index['vectors']} videos indexed: slic search VIDEO -k 10 --html hits.html (an application: slic serve)"
 
 
 NOTED = (("pretrain", "pretrain", "short_run_note"), ("pretrain", "pretrain", "watch_note"),
