@@ -48,21 +48,24 @@ def file_thumbnail(path: str | Path, start_s: float | None = None, end_s: float 
 
 
 def write_search_html(out: str | Path, answers: Sequence[Mapping[str, Any]], errors: Sequence[Mapping[str, str]],
-                      *, index: str, model: str, chosen: str = "") -> dict[str, Any]:
+                      *, index: str, model: str, chosen: str = "", names: Mapping[str, str] | None = None,
+                      ) -> dict[str, Any]:
     """Write the page for `slic search`'s `answers` (and the queries in `errors`) to `out`; `index` and `model`
     say what was searched with what, `chosen` how the hits were chosen (the options that leave some out, e.g.
-    `--other-recordings`), so a page kept or sent on still says it. Returns {path, bytes, queries, thumbnails,
+    `--other-recordings`), so a page kept or sent on still says it; `names` shows a file under another name (an
+    upload to `slic serve`, under the client's name for it). Returns {path, bytes, queries, thumbnails,
     missing_thumbnails}."""
     from slic.data.video import time_span
 
     thumbs: dict[tuple[str, float | None, float | None], Thumbnail] = {}
+    shown = dict(names or {})
 
     def cell(tag: str, role: str, mark: str, video: Mapping[str, Any], caption: str = "") -> str:
         key = (str(video.get("path", video.get("query"))), video.get("start_s"), video.get("end_s"))
         if key not in thumbs:
             thumbs[key] = file_thumbnail(*key)
         thumb = thumbs[key]
-        where = key[0] + ("" if key[1] is None else f" [{time_span(key[1], key[2])}]")
+        where = shown.get(key[0], key[0]) + ("" if key[1] is None else f" [{time_span(key[1], key[2])}]")
         if thumb.data_uri is None:
             picture = (f'<div class="thumb missing" role="img" aria-label="no frames: {html.escape(where)}" '
                        f'style="width:{thumb.width}px;min-height:{thumb.height}px">no frames '
@@ -80,9 +83,11 @@ def write_search_html(out: str | Path, answers: Sequence[Mapping[str, Any]], err
                        for hit in answer["results"])
         named = answer.get("named")  # the class of its most similar labelled video (spread_labels)
         said = (f"named {html.escape(named['class'])} (margin {named['margin']:.2f})" if named else "")
-        rows.append(f'<section class="row" aria-label="query {html.escape(answer["query"])}">'
+        label = html.escape(shown.get(answer["query"], answer["query"]))
+        rows.append(f'<section class="row" aria-label="query {label}">'
                     f'{cell("figure", "query", "query", answer, said)}<ol>{hits}</ol></section>')
-    failed = "".join(f"<li>{html.escape(e['query'])}: {html.escape(e['error'])}</li>" for e in errors)
+    failed = "".join(f"<li>{html.escape(shown.get(e['query'], e['query']))}: {html.escape(e['error'])}</li>"
+                     for e in errors)
     failed = f'<h2>Queries that could not be searched</h2><ul id="errors">{failed}</ul>' if errors else ""
     title = "slic search"
     page = (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{title}</title>'

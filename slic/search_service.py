@@ -3,12 +3,14 @@
 `slic search` loads the index and the encoder anew for every command (a few seconds before the first frame is
 decoded); an application that searches often asks this service instead, which holds both in memory. It speaks JSON:
 
+- `GET /`: a page to search from in a browser: pick a video file, its hits come back as animated thumbnails.
 - `GET /health`: the index (folder, kind, how many vectors, its checkpoint) and how many searches were answered.
 - `POST /search` with a JSON body `{"paths": ["clip.mp4", "folder/"], "k": 10, ...}`: the same answer as
   `slic search --json` (`queries[].results[]`, `errors[]`), with the same options (`start`, `end`, `other_files`,
   `per_file`, `other_recordings`, `per_recording`); paths are read on this machine, relative to where it runs.
 - `POST /search?k=10&name=clip.mp4` with the video's bytes as the body (any other content type than JSON): a file
   that only the client has; it is written to a temporary file, searched and deleted.
+- `?format=html` on either: the page `slic search --html` writes (the query and its hits as thumbnails) instead.
 
 When `dvc repro index` rewrites the index (videos added to add_to_index/, a new encoder), the next request loads it
 again, so the service needs no restart. A bad request gets status 400 and `{"error": "..."}` naming the key, value
@@ -19,6 +21,7 @@ it reads any path its clients name.
 from __future__ import annotations
 
 import argparse
+import html
 import json
 import sys
 import tempfile
@@ -117,6 +120,31 @@ class SearchService:
     def search(self, request: dict[str, Any], upload: Path | None = None, name: str = "") -> dict[str, Any]:
         """The `slic search --json` document for a request (its keys in SEARCH_KEYS), or for the uploaded file
         `upload` (shown as `name`). A RequestError says what is wrong with the request."""
+        loaded, chosen, answers, errors = self._answers(request, upload)
+        if upload is not None:  # the client's name for its file, not the temporary one
+            for item in [*answers, *errors]:
+                item["query"] = name or "upload"
+        options = {key: chosen[key] for key in ("k", "per_file", "per_recording", "other_files", "other_recordings")}
+        document = answers_document(str(self.index_dir), loaded.index, self.model, options, answers, errors)
+        return {**document, "warnings": loaded.warnings} if loaded.warnings else document
+
+    def search_page(self, request: dict[str, Any], upload: Path | None = None, name: str = "") -> str:
+        """The search's answers as `slic search --html` writes them: a page of animated thumbnails, the query and
+        each hit (an upload under `name`; made while its temporary file exists)."""
+        from slic.search_report import write_search_html
+
+        loaded, chosen, answers, errors = self._answers(request, upload)
+        said = [f"k {chosen['k']}"] + [key for key in ("other_files", "other_recordings") if chosen[key]]
+        said += [f"{key} {chosen[key]}" for key in ("per_file", "per_recording") if chosen[key]]
+        with tempfile.TemporaryDirectory(prefix="slic-serve-page-") as folder:
+            page = write_search_html(Path(folder) / "search.html", answers, errors, index=str(self.index_dir),
+                                     model=self.model or loaded.index.meta["checkpoint"], chosen=", ".join(said),
+                                     names={str(upload): name or "upload"} if upload is not None else None)
+            return Path(page["path"]).read_text(encoding="utf-8")
+
+    def _answers(self, request: dict[str, Any], upload: Path | None,
+                 ) -> tuple[Loaded, dict[str, Any], list[dict[str, Any]], list[dict[str, str]]]:
+        """(the index searched, the request's options, the answers, the queries that failed)."""
         chosen = checked_request(request, upload is not None)
         with self.lock:
             loaded = self.current()
@@ -132,12 +160,7 @@ class SearchService:
             except SearchUsageError as exc:
                 raise RequestError(str(exc)) from exc
             self.answered += 1
-        if upload is not None:  # the client's name for its file, not the temporary one
-            for item in [*answers, *errors]:
-                item["query"] = name or "upload"
-        options = {key: chosen[key] for key in ("k", "per_file", "per_recording", "other_files", "other_recordings")}
-        document = answers_document(str(self.index_dir), loaded.index, self.model, options, answers, errors)
-        return {**document, "warnings": loaded.warnings} if loaded.warnings else document
+        return loaded, chosen, answers, errors
 
 
 def checked_request(request: dict[str, Any], uploaded: bool) -> dict[str, Any]:
@@ -191,6 +214,7 @@ def upload_options(query: str) -> tuple[dict[str, Any], str]:
     """The search options of an upload's URL (`?k=5&other_files=true&name=clip.mp4`) as a request, and its name."""
     fields = {key: values[-1] for key, values in parse_qs(query, keep_blank_values=True).items()}
     name = fields.pop("name", "")
+    fields.pop("format", None)  # how to answer, not what to search (`answer_format`)
     request: dict[str, Any] = {}
     for key, text in fields.items():
         kind = SEARCH_KEYS.get(key)
@@ -208,6 +232,42 @@ def upload_options(query: str) -> tuple[dict[str, Any], str]:
     return request, name
 
 
+def answer_format(query: str) -> str:
+    """`?format=html` (a page of thumbnails) or json (the default) from a request's URL."""
+    chosen = (parse_qs(query).get("format") or ["json"])[-1]
+    if chosen not in ("json", "html"):
+        raise RequestError(f"format = {chosen!r}: expected json or html")
+    return chosen
+
+
+FORM_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>slic serve</title>
+<style>body {{ font: 14px system-ui, sans-serif; margin: 1.5em; }} iframe {{ width: 100%; height: 80vh; border: 0; }}
+#status {{ color: #9a1c1c; }}</style></head><body>
+<h1>Search the index</h1>
+<p>{vectors} videos of <code>{index}</code>, embedded with <code>{model}</code>. Pick a video: its most similar
+indexed videos come back as animated thumbnails.</p>
+<form id="search"><input type="file" id="video" accept="video/*" required>
+<label>k <input type="number" id="k" value="10" min="1" style="width: 4em"></label>
+<button type="submit">Search</button></form>
+<p id="status" role="status"></p><iframe id="answer" title="the hits"></iframe>
+<script>
+document.getElementById("search").addEventListener("submit", async (event) => {{
+  event.preventDefault();
+  const file = document.getElementById("video").files[0];
+  const status = document.getElementById("status");
+  status.textContent = "searching " + file.name + " ...";
+  const url = "/search?format=html&k=" + encodeURIComponent(document.getElementById("k").value) +
+              "&name=" + encodeURIComponent(file.name);
+  const response = await fetch(url, {{method: "POST", body: file}});
+  const text = await response.text();
+  if (!response.ok) {{ status.textContent = JSON.parse(text).error; return; }}
+  status.textContent = "";
+  document.getElementById("answer").srcdoc = text;
+}});
+</script></body></html>
+"""
+
+
 class SearchHandler(BaseHTTPRequestHandler):
     """GET /health and POST /search on a `SearchService` (the server's `service`)."""
 
@@ -215,10 +275,18 @@ class SearchHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
-        if urlsplit(self.path).path != "/health":
-            self._send(HTTPStatus.NOT_FOUND, {"error": f"no such page {self.path}; GET /health, POST /search"})
-            return
-        self._answer(self.server.service.health)
+        path = urlsplit(self.path).path
+        if path == "/":
+            self._answer(self._form)
+        elif path == "/health":
+            self._answer(self.server.service.health)
+        else:
+            self._send(HTTPStatus.NOT_FOUND, {"error": f"no such page {self.path}; GET / (a page to search from), "
+                                                        "GET /health, POST /search"})
+
+    def _form(self) -> str:
+        health = self.server.service.health()
+        return FORM_PAGE.format(**{key: html.escape(str(health[key])) for key in ("vectors", "index", "model")})
 
     def do_POST(self) -> None:  # noqa: N802 - http.server's name
         url = urlsplit(self.path)
@@ -228,15 +296,17 @@ class SearchHandler(BaseHTTPRequestHandler):
             return
         self._answer(lambda: self._search(url.query))
 
-    def _search(self, query: str) -> dict[str, Any]:
+    def _search(self, query: str) -> dict[str, Any] | str:
         length = self._length()
+        service = self.server.service
+        search = service.search_page if answer_format(query) == "html" else service.search
         kind = self.headers.get("Content-Type", "").split(";")[0].strip().lower()
         if kind == "application/json":
             try:
                 request = json.loads(self.rfile.read(length) or b"{}")
             except (ValueError, UnicodeDecodeError) as exc:
                 raise RequestError(f"the body is not JSON ({exc})") from None
-            return self.server.service.search(request)
+            return search(request)
         request, name = upload_options(query)
         if length == 0:
             raise RequestError("an empty upload: POST the video's bytes, or a JSON body with paths")
@@ -251,7 +321,7 @@ class SearchHandler(BaseHTTPRequestHandler):
                         raise RequestError(f"the upload ended after {length - left} of {length} bytes")
                     handle.write(chunk)
                     left -= len(chunk)
-            return self.server.service.search(request, upload=upload, name=name)
+            return search(request, upload=upload, name=name)
 
     def _length(self) -> int:
         try:
@@ -271,7 +341,7 @@ class SearchHandler(BaseHTTPRequestHandler):
             length = 0
         self.rfile.read(length)
 
-    def _answer(self, make: Callable[[], dict[str, Any]]) -> None:
+    def _answer(self, make: Callable[[], dict[str, Any] | str]) -> None:
         try:
             self._send(HTTPStatus.OK, make())
         except RequestError as exc:
@@ -282,10 +352,12 @@ class SearchHandler(BaseHTTPRequestHandler):
             self.close_connection = True
             self._send(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"{type(exc).__name__}: {exc}"})
 
-    def _send(self, status: HTTPStatus, body: dict[str, Any]) -> None:
-        data = (json.dumps(body, indent=2) + "\n").encode()
+    def _send(self, status: HTTPStatus, body: dict[str, Any] | str) -> None:
+        """A JSON answer, or a page (`body` as text)."""
+        page = isinstance(body, str)
+        data = body.encode() if page else (json.dumps(body, indent=2) + "\n").encode()
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", "text/html; charset=utf-8" if page else "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import shutil
 import socket
 import threading
@@ -89,7 +90,7 @@ def test_an_uploaded_video_is_searched_as_its_path_is(server: SearchServer) -> N
     ("POST", "/search", b'{"paths": "a.mp4"}', 400, "paths = 'a.mp4': expected a list"),
     ("POST", "/search", b"{}", 400, "no query: send {\"paths\""),
     ("POST", "/search", b'{"paths": ["/nowhere/absent.mp4"]}', 400, "/nowhere/absent.mp4: no such file or folder"),
-    ("GET", "/", None, 404, "no such page /; GET /health, POST /search"),
+    ("GET", "/nope", None, 404, "no such page /nope; GET / (a page to search from), GET /health, POST /search"),
 ])
 def test_a_bad_request_is_told_what_is_wrong(server: SearchServer, method: str, path: str, body: bytes | None,
                                              status: int, said: str) -> None:
@@ -130,6 +131,49 @@ def test_clients_asking_at_once_each_get_their_own_answer(server: SearchServer) 
     assert sorted(answers) == sorted(video.name for video in videos)
     for video in videos:  # each indexed video's nearest is itself
         assert answers[video.name]["queries"][0]["results"][0]["path"] == str(video)
+
+
+def test_a_page_of_thumbnails_answers_when_asked_for_html(server: SearchServer) -> None:
+    """`?format=html`: the page `slic search --html` writes, an upload shown under the client's name."""
+    connection = http.client.HTTPConnection(*server.server_address[:2], timeout=60)
+    connection.request("POST", "/search?format=html&k=2&name=my%20clip.mov", body=ONE.read_bytes(),
+                       headers={"Content-Type": "video/quicktime"})
+    response = connection.getresponse()
+    page = response.read().decode()
+    connection.close()
+    assert response.status == 200 and response.getheader("Content-Type").startswith("text/html")
+    assert 'aria-label="query my clip.mov"' in page and page.count('class="video neighbour"') == 2
+    assert "slic-serve-" not in page and "data:image/webp;base64," in page  # the query's frames, not its temp path
+    status, answer = ask(server, "POST", "/search?format=xml", json.dumps({"paths": [str(ONE)]}).encode())
+    assert status == 400 and answer["error"] == "format = 'xml': expected json or html"
+
+
+def test_a_browser_searches_from_the_services_own_page(server: SearchServer) -> None:
+    """GET / in Debian's headless Chromium: pick a video, press Search, its hits appear as thumbnails."""
+    from tests.test_report import CHROMIUM, CHROMIUM_ARGS
+
+    if not CHROMIUM.is_file():
+        message = f"{CHROMIUM} not found: `make test` installs Debian's chromium (apt-get install chromium)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    from playwright.sync_api import sync_playwright
+
+    host, port = server.server_address[:2]
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(f"http://{host}:{port}/", wait_until="load")
+            assert "5 videos of" in page.inner_text("body")
+            page.set_input_files("#video", str(ONE))
+            page.fill("#k", "3")
+            page.click("button[type=submit]")
+            answer = page.frame_locator("#answer")
+            answer.locator('section[aria-label="query video_90.mov"]').wait_for(timeout=60_000)
+            assert answer.locator(".video.neighbour").count() == 3
+        finally:
+            browser.close()
 
 
 def test_a_rebuilt_index_is_served_without_a_restart(server: SearchServer, checkout: Path) -> None:
