@@ -1,11 +1,12 @@
 """Which encoder a stage's MLflow run used, recorded on that run.
 
 embed, evaluate, clusters, spread_labels, transfer@, classify@, linear_probe, finetune and promote (its candidate)
-each work from a pretrain checkpoint. Their runs record it: the tag `slic.encoder_run_id` (the pretrain run that wrote the checkpoint, which the
-checkpoint names), the settings that made its weights as params `encoder.<key>` (mode, seed, objective, epochs, ...),
-and a line in the run's description linking to that pretrain run. So in the MLflow UI a recall, a top-1 or a group of
-videos leads back to its encoder, and the runs of several experiments (seeds, modes) compare by the encoder's settings
-as columns of the runs table, where before an evaluate run of seed 7 and one of seed 8 had the same params.
+each work from a pretrain checkpoint. Their runs record it: the tag `slic.encoder_run_id` (the pretrain run that
+wrote the checkpoint, which the checkpoint names), the settings that made its weights as params `encoder.<key>`
+(mode, seed, objective, epochs, ...), and a line in the run's description linking to that pretrain run. So in the
+MLflow UI a recall, a top-1 or a group of videos leads back to its encoder, and the runs of several experiments
+(seeds, modes) compare by the encoder's settings as columns of the runs table, where before an evaluate run of seed
+7 and one of seed 8 had the same params.
 """
 
 from __future__ import annotations

@@ -329,8 +329,9 @@ class SearchHandler(BaseHTTPRequestHandler):
         except ValueError:
             raise RequestError("Content-Length is not a number") from None
         if length > self.server.max_upload_bytes:
-            raise RequestError(f"the body is {length / 2**20:.0f} MiB, more than the {self.server.max_upload_bytes // 2**20}"
-                               " MiB this service takes (slic serve --max-upload-mb)", HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
+            limit = self.server.max_upload_bytes // 2**20
+            raise RequestError(f"the body is {length / 2**20:.0f} MiB, more than the {limit} MiB this service takes "
+                               "(slic serve --max-upload-mb)", HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
         return length
 
     def _drain(self) -> None:

@@ -25,8 +25,8 @@ def test_a_checkpoint_gives_its_settings_its_run_and_its_data(tmp_path: Path) ->
     assert params["encoder.seed"] == "8" and params["encoder.objective"] == "proxy"
     assert "encoder.workers" not in params and "encoder.out" not in params  # how it ran, not what it learned
     assert encoder_tags(encoder) == {"slic.encoder_checkpoint": str(tmp_path / "best.pt"),
-                                     "slic.encoder_run_id": "abc123", "slic.encoder_data_fingerprint": "b1f3f4401367e301",
-                                     "slic.encoder_epoch": "16"}
+                                     "slic.encoder_run_id": "abc123", "slic.encoder_epoch": "16",
+                                     "slic.encoder_data_fingerprint": "b1f3f4401367e301"}
     assert encoder_note(encoder, "pretrain slic r3d_18_tiny 32px", "1") == (
         f"Encoder: `{tmp_path / 'best.pt'}`, epoch 16 (mode slic, backbone r3d_18_tiny, objective proxy, seed 8, "
         "epochs 24); trained by [pretrain slic r3d_18_tiny 32px](#/experiments/1/runs/abc123).")
