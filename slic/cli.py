@@ -297,7 +297,7 @@ def run_embed(config: Any) -> dict[str, Any]:
     from slic.config import to_dict
     from slic.distributed import close_world, init_world
     from slic.embed import embed_dataset
-    from slic.encoder_lineage import record_encoder
+    from slic.encoder_lineage import record_stage_encoder
 
     world = init_world(config.embed.device)
     model = _checkpoint_config(config.embed.checkpoint)
@@ -306,7 +306,7 @@ def run_embed(config: Any) -> dict[str, Any]:
         with _tracked("embed", to_dict(config.embed), world, system_metrics=False, name=name) as run:
             report = embed_dataset(config.embed, manifest=config.extract.manifest, frames_dir=config.extract.out,
                                    world=world)
-            record_encoder(run, config.embed.checkpoint)
+            record_stage_encoder(run, config, "embed")
             if run is not None:
                 _log_videos_input(run, config, ("train", "val", "test"), "inference",
                                   min_frames=int(model.get("clip_len", 0)), frame_step=int(model.get("frame_step", 1)))
@@ -326,7 +326,7 @@ def run_evaluate(config: Any) -> dict[str, Any]:
     (slic.retrieval.unlabelled_neighbours), the page shows neighbours, and the recall curve is its header only.
     """
     from slic.config import to_dict
-    from slic.encoder_lineage import record_encoder
+    from slic.encoder_lineage import record_stage_encoder
     from slic.plots import embedding_projection, recall_curve
     from slic.published import published_retrieval
     from slic.report import write_neighbours_html, write_retrieval_html
@@ -353,8 +353,7 @@ def run_evaluate(config: Any) -> dict[str, Any]:
     model = _checkpoint_config(config.embed.checkpoint) if cfg.embeddings == config.embed.out else {}
     name = f"evaluate {_model_summary(model, cfg.embeddings)} {splits[0]} {what}"
     with stage_run("evaluate", to_dict(cfg), name=name) as run:
-        if cfg.embeddings == config.embed.out:  # else embeddings of some other encoder: none recorded
-            record_encoder(run, config.embed.checkpoint)
+        record_stage_encoder(run, config, "evaluate")
         _log_videos_input(run, config, splits, "evaluation",
                           min_frames=int(model.get("clip_len", 0)), frame_step=int(model.get("frame_step", 1)))
         run.log_metrics(metrics)
@@ -396,7 +395,7 @@ def run_clusters(config: Any) -> dict[str, Any]:
     follow them (AMI, NMI, purity) as MLflow metrics."""
     from slic.archive_clusters import cluster_archive
     from slic.config import to_dict
-    from slic.encoder_lineage import record_encoder
+    from slic.encoder_lineage import record_stage_encoder
     from slic.tracking import stage_run
 
     cfg = config.clusters
@@ -406,8 +405,7 @@ def run_clusters(config: Any) -> dict[str, Any]:
     model = _checkpoint_config(config.embed.checkpoint) if cfg.embeddings == config.embed.out else {}
     name = f"clusters {_model_summary(model, cfg.embeddings)} {report['groups']} groups"
     with stage_run("clusters", to_dict(cfg), name=name) as run:
-        if cfg.embeddings == config.embed.out:
-            record_encoder(run, config.embed.checkpoint)
+        record_stage_encoder(run, config, "clusters")
         splits = ("train", "val", "test") if cfg.split == "all" else (cfg.split,)
         _log_videos_input(run, config, splits, "evaluation",
                           min_frames=int(model.get("clip_len", 0)), frame_step=int(model.get("frame_step", 1)))
@@ -445,7 +443,7 @@ def run_spread_labels(config: Any) -> dict[str, Any]:
     """Stage `spread_labels`: every grouped video named by its most similar video of spread_labels.given, and the
     videos to label next; with labels, an MLflow run with the leave-one-out share, both tables and the page."""
     from slic.config import to_dict
-    from slic.encoder_lineage import record_encoder
+    from slic.encoder_lineage import record_stage_encoder
     from slic.label_spreading import LABELS_FOLDER, checked_line, spread_archive
     from slic.tracking import stage_run
 
@@ -459,8 +457,7 @@ def run_spread_labels(config: Any) -> dict[str, Any]:
         print(f"spread_labels: note: {note}")
     if report["given"]:
         with stage_run("spread_labels", to_dict(cfg), name=f"spread_labels {report['given']} given") as run:
-            if config.clusters.embeddings == config.embed.out:
-                record_encoder(run, config.embed.checkpoint)
+            record_stage_encoder(run, config, "spread_labels")
             run.log_metrics({key: report[key] for key in ("given", "classes", "videos", "unsure_share",
                                                           "leave_one_out_accuracy", "agreement_with_manifest",
                                                           "labels_trained_on")
@@ -573,12 +570,12 @@ def run_index(config: Any) -> dict[str, Any]:
 def run_linear_probe_stage(config: Any) -> dict[str, Any]:
     """Stage `linear_probe`: a linear classifier on the frozen pretrained backbone -> reports/linear_probe.json."""
     from slic.config import to_dict
-    from slic.encoder_lineage import record_encoder
+    from slic.encoder_lineage import record_stage_encoder
     from slic.finetune_stages import run_linear_probe
 
     cfg = config.linear_probe
     with stage_run_for("linear_probe", to_dict(cfg), _named("linear_probe", cfg.checkpoint)) as run:
-        record_encoder(run, cfg.checkpoint)
+        record_stage_encoder(run, config, "linear_probe")
         report = run_linear_probe(config.linear_probe, manifest=config.extract.manifest,
                                   frames_dir=config.extract.out, run=run)
         _log_videos_input(run, config, ("train", "val", "test"), "training", min_frames=cfg.clip_len,
@@ -593,13 +590,13 @@ def run_linear_probe_stage(config: Any) -> dict[str, Any]:
 def run_finetune_stage(config: Any) -> dict[str, Any]:
     """Stage `finetune`: whole network from pretrained and from random weights -> reports/finetune.json."""
     from slic.config import to_dict
-    from slic.encoder_lineage import record_encoder
+    from slic.encoder_lineage import record_stage_encoder
     from slic.finetune_stages import run_finetune
     from slic.published import finetune_line
 
     cfg = config.finetune
     with stage_run_for("finetune", to_dict(cfg), _named("finetune", cfg.checkpoint)) as run:
-        record_encoder(run, cfg.checkpoint)
+        record_stage_encoder(run, config, "finetune")
         report = run_finetune(config.finetune, manifest=config.extract.manifest, frames_dir=config.extract.out,
                               run=run)
         _log_videos_input(run, config, ("train", "val", "test"), "training", min_frames=cfg.clip_len,

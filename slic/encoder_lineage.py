@@ -98,6 +98,13 @@ def record_encoder(run: Any, checkpoint: str | Path) -> Encoder | None:
     return record_encoder_on(mlflow.MlflowClient(), run.run_id, checkpoint)
 
 
+def record_stage_encoder(run: Any, config: Any, stage: str) -> Encoder | None:
+    """`record_encoder` for the checkpoint `stage` works from by its params (`stage_checkpoint`; none for a stage that
+    works from none), the one the flow's record of that stage names when DVC skipped it."""
+    checkpoint = stage_checkpoint(config, stage)
+    return None if checkpoint is None else record_encoder(run, checkpoint)
+
+
 def record_encoder_on(client: Any, run_id: str, checkpoint: str | Path) -> Encoder | None:
     """`record_encoder` on the run `run_id` of `client` (an MlflowClient): also for a run this process did not open,
     such as the flow's record of a stage DVC skipped."""
@@ -123,9 +130,9 @@ def record_encoder_on(client: Any, run_id: str, checkpoint: str | Path) -> Encod
 
 
 def stage_checkpoint(config: Any, stage: str) -> str | None:
-    """The pretrain checkpoint a stage works from, by its params (`config`: a `slic.config.Config`), or None for a
-    stage that works from none (or trains its own, as ablation)."""
-    if stage in ("linear_probe", "finetune"):
+    """The pretrain checkpoint a stage works from, by its params (`config`: a `slic.config.Config`; promote's is its
+    candidate), or None for a stage that works from none (or trains its own, as ablation)."""
+    if stage in ("linear_probe", "finetune", "promote"):
         return str(getattr(config, stage).checkpoint)
     embeddings = {"evaluate": config.evaluate.embeddings, "clusters": config.clusters.embeddings,
                   "spread_labels": config.clusters.embeddings}

@@ -226,7 +226,7 @@ DVC_ENVIRONMENT_TAGS = {"DVC_STAGE": "dvc.stage", "DVC_EXP_NAME": "dvc.exp_name"
 
 def dvc_tags() -> dict[str, str]:
     """What DVC tells the stage it runs (its environment): the stage's name, and under `dvc exp run` the experiment's
-    name and baseline commit, so the MLflow UI finds one experiment's runs (`tags.dvc.exp_name = 'seed8'`)."""
+    name and baseline commit, so the MLflow UI finds one experiment's runs (``tags.`dvc.exp_name` = 'seed8'``)."""
     return {tag: os.environ[name] for name, tag in DVC_ENVIRONMENT_TAGS.items() if os.environ.get(name)}
 
 

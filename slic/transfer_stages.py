@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from slic.config import Config, to_dict
-from slic.encoder_lineage import record_encoder
+from slic.encoder_lineage import record_stage_encoder
 from slic.transfer import data_dir, eval_set, evaluate_transfer, prepare_eval_data, reports_dir
 
 
@@ -51,7 +51,7 @@ def run_transfer(config: Config, name: str, world: Any) -> dict[str, Any]:
     report["html"] = str(html)
     params = {**to_dict(eval_set(config, name)), "checkpoint": config.embed.checkpoint, "clips": config.embed.clips}
     with stage_run(f"transfer@{name}", params, name=f"transfer {name} {report['encoder']}") as run:
-        record_encoder(run, config.embed.checkpoint)
+        record_stage_encoder(run, config, f"transfer@{name}")
         run.log_input(data_dir(name) / "validated.csv", _data_digest(name), splits=("train", "test"),
                       context="evaluation")
         run.log_metrics({**{k: v for k, v in pretrained.items() if k.startswith("recall@")},
@@ -107,7 +107,7 @@ def run_classify(config: Config, name: str) -> dict[str, Any]:
     params = {**to_dict(eval_set(config, name)), "checkpoint": checkpoint}
     with stage_run(f"classify@{name}", params, name=f"classify {name} {encoder_name(trained)}",
                    system_metrics=True) as run:
-        record_encoder(run, checkpoint)
+        record_stage_encoder(run, config, f"classify@{name}")
         report = classify_eval_set(config, name, splits, run)
         run.log_input(splits, _data_digest(name), splits=("train", "val", "test"),
                       context="training")

@@ -80,5 +80,6 @@ def test_each_stage_names_the_checkpoint_it_works_from(tmp_path: Path) -> None:
     assert stage_checkpoint(config, "linear_probe") == "data/models/other/best.pt"
     for stage in ("embed", "evaluate", "transfer@hmdb51", "classify@hmdb51", "finetune"):
         assert stage_checkpoint(config, stage) == "data/models/pretrain/best.pt", stage
-    for stage in ("clusters", "spread_labels", "pretrain", "ablation", "manifest", "promote"):
+    assert stage_checkpoint(config, "promote") == "data/models/pretrain/best.pt"  # its candidate
+    for stage in ("clusters", "spread_labels", "pretrain", "ablation", "manifest"):
         assert stage_checkpoint(config, stage) is None, stage  # other embeddings, or no encoder to start from

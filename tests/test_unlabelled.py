@@ -168,6 +168,11 @@ def test_pretrain_index_and_search_on_unlabelled_videos(archive: Path, tiny_data
     assert children >= {"linear_probe", "finetune/pretrained", "finetune/scratch"}, children
     assert parent.data.metrics["finetune_pretrained_top1"] == classify["finetune"]["pretrained"]["top1"]
     assert parent.inputs.dataset_inputs[0].dataset.source  # the eval set's split table, as the run's input
+    trained_by = torch.load(tmp_path / "data/models/pretrain/best.pt", map_location="cpu",
+                            weights_only=False)["mlflow_run_id"]
+    transferred = next(r for r in runs if r.data.tags.get("slic.stage") == "transfer@labelled")
+    for measured in (parent, transferred):  # both name the encoder pretrained on the archive
+        assert measured.data.tags["slic.encoder_run_id"] == trained_by and measured.data.params["encoder.mode"] == "slic"
 
     # The stages that only measure against classes skip, say so, and leave their folders' contents alone.
     (tmp_path / "data/models/linear_probe").mkdir(parents=True)
