@@ -170,10 +170,13 @@ def checked_request(request: dict[str, Any], uploaded: bool) -> dict[str, Any]:
     unknown = sorted(set(request) - set(SEARCH_KEYS))
     if unknown:
         raise RequestError(f"unknown key(s) {', '.join(unknown)}; a search takes {', '.join(SEARCH_KEYS)}")
-    for key, kind in SEARCH_KEYS.items():
-        value = request.get(key)
-        if value is not None and (not isinstance(value, kind) or (kind is int and isinstance(value, bool))):
+    request = {key: value for key, value in request.items() if value is not None}  # null: the default
+    for key, value in request.items():
+        kind = SEARCH_KEYS[key]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise RequestError(f"{key} = {value!r}: expected {_kind_name(kind)}")
+    if request.get("paths") and request.get("path"):
+        raise RequestError("send paths (a list) or path (one), not both")
     paths = request.get("paths") or ([request["path"]] if request.get("path") else [])
     if uploaded and paths:
         raise RequestError("an uploaded video is the query: send paths in a JSON body instead, not both")
@@ -183,8 +186,8 @@ def checked_request(request: dict[str, Any], uploaded: bool) -> dict[str, Any]:
     if not all(isinstance(path, str) and path for path in paths):
         raise RequestError(f"paths = {paths!r}: expected a list of file or folder paths")
     chosen = {"paths": paths, "k": request.get("k", 10), "start": request.get("start"), "end": request.get("end"),
-              "other_files": bool(request.get("other_files", False)), "per_file": request.get("per_file", 0),
-              "other_recordings": bool(request.get("other_recordings", False)),
+              "other_files": request.get("other_files", False), "per_file": request.get("per_file", 0),
+              "other_recordings": request.get("other_recordings", False),
               "per_recording": request.get("per_recording", 0)}
     if chosen["k"] < 1:
         raise RequestError(f"k = {chosen['k']}: expected 1 or more")

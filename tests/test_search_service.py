@@ -63,6 +63,8 @@ def test_a_search_answers_as_slic_search_json_does(server: SearchServer, capsys:
     named among the errors while the others are answered."""
     status, served = search(server, {"paths": [str(ONE)], "k": 3})
     assert status == 200
+    status, defaults = search(server, {"paths": [str(ONE)], "k": None, "per_file": None, "other_files": None})
+    assert status == 200 and (defaults["k"], defaults["per_file"], defaults["other_files"]) == (10, 0, False)  # null
     assert main(["search", str(ONE), "-k", "3", "--json"]) == 0
     assert served == json.loads(capsys.readouterr().out)
     status, folder = search(server, {"path": str(FOLDER), "per_file": 1})
@@ -89,6 +91,7 @@ def test_an_uploaded_video_is_searched_as_its_path_is(server: SearchServer) -> N
     ("POST", "/search", b'{"paths": ["a.mp4"], "k": "3"}', 400, "k = '3': expected an integer"),
     ("POST", "/search", b'{"paths": "a.mp4"}', 400, "paths = 'a.mp4': expected a list"),
     ("POST", "/search", b"{}", 400, "no query: send {\"paths\""),
+    ("POST", "/search", b'{"paths": ["a.mp4"], "path": "b.mp4"}', 400, "send paths (a list) or path (one), not both"),
     ("POST", "/search", b'{"paths": ["/nowhere/absent.mp4"]}', 400, "/nowhere/absent.mp4: no such file or folder"),
     ("GET", "/nope", None, 404, "no such page /nope; GET / (a page to search from), GET /health, POST /search"),
 ])
