@@ -171,7 +171,7 @@ def search_videos(videos: list[Path], encoder: FileEncoder, loaded: LoadedIndex,
                         **({"in_index": bool(rows)} if other_recordings else {}),  # else its recording is unknown
                         "start_s": None if span is None else span.start_s,
                         "end_s": None if span is None else span.end_s,
-                        "results": _hits(loaded, np.array([i for i, _ in kept], dtype=np.int64),
+                        "results": ranked_hits(loaded, np.array([i for i, _ in kept], dtype=np.int64),
                                          np.array([s for _, s in kept], dtype=np.float32))})
     return answers, errors
 
@@ -234,7 +234,7 @@ def _kept(row_ids: np.ndarray, row_sims: np.ndarray, own: set[int], caps: list[t
           k: int) -> list[tuple[int, float]]:
     """The first k of one query's ranked (row, similarity), leaving out `own` rows and, for each (unit of a row,
     cap) in `caps` (a row's file, its recording), the rows of a unit once it has `cap` hits (FAISS's -1 ids are
-    passed on: `_hits` drops them)."""
+    passed on: `ranked_hits` drops them)."""
     kept: list[tuple[int, float]] = []
     counts: list[dict[str, int]] = [{} for _ in caps]
     for row, sim in zip(row_ids, row_sims):
@@ -287,7 +287,7 @@ def _own_rows(file_rows: set[int], recording_of: dict[int, str], rows_of_recordi
     return file_rows.union(*(rows_of_recording[recording_of[row]] for row in file_rows))
 
 
-def _hits(loaded: LoadedIndex, ids: np.ndarray, sims: np.ndarray) -> list[dict[str, Any]]:
+def ranked_hits(loaded: LoadedIndex, ids: np.ndarray, sims: np.ndarray) -> list[dict[str, Any]]:
     """One query's ranked neighbours (FAISS's -1 ids, fewer indexed videos than k, left out); a segment of a long
     video (manifest.segment_seconds) says where in its file it lies, in seconds (null for a whole video)."""
     recorded = "recording" in loaded.rows.columns

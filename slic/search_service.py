@@ -25,18 +25,17 @@ import html
 import json
 import sys
 import tempfile
-import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from slic.index import META_FILE, IndexBuildError, LoadedIndex, load_index
-from slic.search import (QuerySpan, SearchUsageError, answers_document, find_videos, index_encoder, model_encoder,
-                         params_defaults, parse_time, query_namer, query_span, require_index_encoder, search_videos)
+from slic.api import SlicError, VideoSearch
+from slic.index import IndexBuildError
+from slic.search import (QuerySpan, SearchUsageError, answers_document, find_videos, params_defaults, parse_time,
+                         query_span)
 
 SEARCH_KEYS = {"paths": list, "path": str, "k": int, "start": (str, int, float), "end": (str, int, float),
                "other_files": bool, "per_file": int, "other_recordings": bool, "per_recording": int}
@@ -50,68 +49,29 @@ class RequestError(ValueError):
         self.status = status
 
 
-@dataclass
-class Loaded:
-    """The index in memory, what embeds queries for it, and the index.json it was read from (to notice a rebuild)."""
-
-    index: LoadedIndex
-    encoder: Any
-    namer: Callable[[Any], list[dict[str, Any]]] | None
-    stamp: tuple[int, int, int]
-    warnings: list[str]
-
-
 class SearchService:
-    """The index of `index_dir` and its encoder (or `model`, refused when it is not the index's), held in memory;
-    read again when the index is rebuilt. `search` answers one request, `health` says what is served."""
+    """The index of `index_dir` and its encoder (or `model`, refused when it is not the index's), held in memory by a
+    `slic.api.VideoSearch` (read again when the index is rebuilt). `search` answers one request, `health` says what
+    is served."""
 
     def __init__(self, index_dir: str | Path, params: str = "params.yaml", model: str = "", workers: int = 0) -> None:
-        self.extensions, _, _, self.labels_table = params_defaults(params)
-        self.index_dir, self.model, self.workers = Path(index_dir), model, workers
-        self.lock = threading.Lock()
-        self.answered = 0
-        self.loaded = self._load()
-
-    def _stamp(self) -> tuple[int, int, int]:
-        meta = self.index_dir / META_FILE
         try:
-            stat = meta.stat()
-        except OSError:
-            return (0, 0, 0)
-        return (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+            self.videos = VideoSearch(index_dir, model=model, params=params, workers=workers)
+        except SlicError as exc:  # the command says it in one line, as before
+            raise SearchUsageError(str(exc)) from exc
+        self.index_dir, self.model = Path(index_dir), model
+        self.answered = 0
 
-    def _load(self) -> Loaded:
-        """Read the index and make its encoder (the same weights as before when the checkpoint did not change)."""
-        stamp = self._stamp()
-        warnings: list[str] = []
-        index = load_index(self.index_dir)
-        previous = getattr(self, "loaded", None)
-        clips = int(index.meta.get("clips", 10))
-        if previous is not None and previous.index.meta.get("checkpoint_sha256") == index.meta.get(
-                "checkpoint_sha256") and previous.index.meta.get("clips") == index.meta.get("clips"):
-            encoder = previous.encoder  # added videos only: the same encoder embeds the queries
-        elif self.model:
-            encoder = model_encoder(self.model, clips)
-            require_index_encoder(encoder, index, self.model)
-        else:
-            encoder = index_encoder(index, warnings.append)
-        namer = query_namer(self.labels_table, index, self.model, warnings.append)
-        return Loaded(index, encoder, namer, stamp, warnings)
-
-    def current(self) -> Loaded:
-        """The index as it is now on disk: read again when index.json changed since it was loaded."""
-        if self._stamp() != self.loaded.stamp:
-            try:
-                self.loaded = self._load()
-            except (IndexBuildError, SearchUsageError) as exc:  # a rebuild that left no usable index
-                raise RequestError(f"the index at {self.index_dir} changed and cannot be read: {exc}",
-                                   HTTPStatus.SERVICE_UNAVAILABLE) from exc
-        return self.loaded
+    def current(self) -> Any:
+        """The index as it is now on disk; a rebuild that left no usable index answers 503."""
+        try:
+            return self.videos.current()
+        except SlicError as exc:
+            raise RequestError(str(exc), HTTPStatus.SERVICE_UNAVAILABLE) from exc
 
     def health(self) -> dict[str, Any]:
         """What is served: the index folder, its kind and size, the checkpoint, and the searches answered."""
-        with self.lock:
-            loaded = self.current()
+        loaded = self.current()
         meta = loaded.index.meta
         return {"status": "ok", "index": str(self.index_dir), "kind": meta.get("kind"),
                 "vectors": int(loaded.index.index.ntotal), "model": self.model or meta.get("checkpoint"),
@@ -143,23 +103,22 @@ class SearchService:
             return Path(page["path"]).read_text(encoding="utf-8")
 
     def _answers(self, request: dict[str, Any], upload: Path | None,
-                 ) -> tuple[Loaded, dict[str, Any], list[dict[str, Any]], list[dict[str, str]]]:
+                 ) -> tuple[Any, dict[str, Any], list[dict[str, Any]], list[dict[str, str]]]:
         """(the index searched, the request's options, the answers, the queries that failed)."""
         chosen = checked_request(request, upload is not None)
-        with self.lock:
-            loaded = self.current()
-            try:
-                videos = [upload] if upload is not None else [video for path in chosen["paths"]
-                                                              for video in find_videos(path, self.extensions)]
-                spans = request_spans(chosen, videos, from_folder=upload is None and Path(chosen["paths"][0]).is_dir())
-                answers, errors = search_videos(
-                    videos, loaded.encoder, loaded.index, chosen["k"], self.workers, spans=spans,
-                    other_files=chosen["other_files"], per_file=chosen["per_file"],
-                    other_recordings=chosen["other_recordings"], per_recording=chosen["per_recording"],
-                    namer=loaded.namer)
-            except SearchUsageError as exc:
-                raise RequestError(str(exc)) from exc
-            self.answered += 1
+        self.current()  # a rebuild that cannot be read: 503 before the request's files are looked at
+        try:
+            videos = [upload] if upload is not None else [video for path in chosen["paths"]
+                                                          for video in find_videos(path, self.videos.extensions)]
+            spans = request_spans(chosen, videos, from_folder=upload is None and Path(chosen["paths"][0]).is_dir())
+            loaded, answers, errors = self.videos.find(
+                videos, k=chosen["k"], spans=spans, other_files=chosen["other_files"], per_file=chosen["per_file"],
+                other_recordings=chosen["other_recordings"], per_recording=chosen["per_recording"])
+        except SearchUsageError as exc:
+            raise RequestError(str(exc)) from exc
+        except SlicError as exc:  # the index changed between the check and the search, and cannot be read
+            raise RequestError(str(exc), HTTPStatus.SERVICE_UNAVAILABLE) from exc
+        self.answered += 1
         return loaded, chosen, answers, errors
 
 
