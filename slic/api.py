@@ -146,7 +146,7 @@ class Encoder:
         or gets a row of NaN (errors="nan"). `workers` processes decode the next videos while one is embedded."""
         if errors not in ("raise", "nan"):
             raise SlicError(f"errors = {errors!r}: expected 'raise' or 'nan'")
-        paths = [Path(video) for video in videos]
+        paths = [Path(video).expanduser() for video in videos]
         vectors = np.full((len(paths), self.dim), np.nan, dtype=np.float32)
         failures = []
         for position, vector, why in self.video_encoder.embed_files(paths, workers):
@@ -278,7 +278,7 @@ class VideoSearch:
         "[hh:]mm:ss[.s]"). `other_files` leaves out hits from the query's own file, `other_recordings` from its
         recording; `per_file`/`per_recording` > 0 keep at most that many hits from any one file/recording. A file
         that cannot be decoded raises UndecodableVideos."""
-        path = Path(video)
+        path = Path(video).expanduser()
         if path.is_dir():
             raise SlicError(f"{path} is a folder: search() takes one video file; search_many() takes a folder")
         with _said_plainly():
@@ -301,7 +301,7 @@ class VideoSearch:
         others are still answered). The queries are embedded one by one, then looked up in one batched search."""
         named = [videos] if isinstance(videos, (str, Path)) else list(videos)
         with _said_plainly():
-            files = [found for item in named for found in find_videos(item, self.extensions)]
+            files = [found for item in named for found in find_videos(Path(item).expanduser(), self.extensions)]
             _, answers, errors = self.find(files, k=k, other_files=other_files, per_file=per_file,
                                            other_recordings=other_recordings, per_recording=per_recording)
         return [Answer.of(answer) for answer in answers], [(error["query"], error["error"]) for error in errors]

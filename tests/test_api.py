@@ -140,3 +140,13 @@ def test_the_example_runs_every_call_on_an_index(checkout: Path) -> None:
     missing = subprocess.run([sys.executable, str(ROOT / "examples/search_videos.py"), str(ONE), "--index",
                               str(checkout / "nothing")], cwd=checkout, capture_output=True, text=True, timeout=300)
     assert missing.returncode == 2 and "error: no index at" in missing.stderr
+
+
+def test_what_is_served_is_read_while_a_search_runs(videos: VideoSearch) -> None:
+    """`len`, `checkpoint` (and `slic serve`'s /health) wait for a running search only when the index must be read
+    again: before, a health check waited for a whole folder's search."""
+    answered = threading.Event()
+    with videos.lock:  # a search holds it while it runs
+        thread = threading.Thread(target=lambda: (len(videos), videos.checkpoint, answered.set()), daemon=True)
+        thread.start()
+        assert answered.wait(timeout=60)
