@@ -139,12 +139,14 @@ def run_extract(config: Any) -> dict[str, Any]:
           + (f" (of the run that extracted them, {report['throughput_from']})" if report["all_reused"] else ""))
     for item in report["failed"]:
         print(f"  failed {item['path']}: {item['error']}")
+    for item in report["damaged"]:
+        print(f"  damaged {item['path']}: {item['note']}")
     checked = frames_report(manifest, cfg.out, splits=("train", "val", "test"))
     report["validation"] = checked
     if not checked["success"]:  # the shards stay: a rerun reuses every intact one
         write_report("extract", report)
         raise StageFailed(checked["summary"] + "\nfull result: reports/extract.json")
-    print(f"extract: {checked['summary'].splitlines()[0]}")
+    print(f"extract: {checked['summary']}")  # with its warnings (videos that failed) and what to do
     labelled = bool((manifest["label"].astype(int) >= 0).any())
     # labelled: test videos against train; an unlabelled archive has no split: twins of other recordings (copies,
     # unnamed clips of one recording)

@@ -128,3 +128,50 @@ def stop_group(process: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+
+
+def damaged_video(dest: Path, *, decodable: int = 1, frames: int = 48) -> Path:
+    """An h264 mp4 at `dest` whose packets after the first `decodable` are damaged (each NAL unit's length set to
+    0xFFFFFFFF, so FFmpeg refuses the packet, as it refuses the bad packet of ../shared/videos' corrupted.mp4).
+    decodable=1: it probes (its first frame decodes) but cannot be decoded (far more than a quarter of its packets
+    are bad); decodable=0: no frame decodes; decodable close to `frames`: a few packets lost, the file usable."""
+    import av
+
+    from slic.data.video import write_video
+
+    moving = np.zeros((frames, 48, 64, 3), np.uint8)
+    for t in range(frames):
+        moving[t, 8:32, t % 48:t % 48 + 16] = (255, 128, 0)
+    write_video(dest, moving, fps=25, codec="h264")
+    with av.open(str(dest)) as container:
+        offsets = [packet.pos for packet in container.demux(container.streams.video[0]) if packet.size]
+    data = bytearray(dest.read_bytes())
+    for offset in offsets[decodable:]:
+        data[offset:offset + 4] = b"\xff\xff\xff\xff"
+    dest.write_bytes(bytes(data))
+    return dest
+
+
+def decode_tests_folder() -> Path:
+    """../shared/videos' five good decode_tests videos, copied beside `corrupted.mp4`, a file that probes but cannot
+    be decoded (`damaged_video`): the folder searched, indexed and embedded by the tests. (The shared corrupted.mp4
+    loses one packet of 50 and is now decoded: tests/data/test_video.py.) Made once per machine, atomically."""
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.gettempdir()) / f"slic-tests-{os.getuid()}" / "decode_tests-v1"
+    if folder.is_dir():
+        return folder
+    source = SHARED_VIDEOS / "dmlc-decord" / "decode_tests"
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    building = Path(tempfile.mkdtemp(dir=folder.parent))
+    for video in sorted(source.glob("*")) if source.is_dir() else []:
+        if video.name != "corrupted.mp4":
+            shutil.copy(video, building / video.name)
+    if source.is_dir():
+        damaged_video(building / "corrupted.mp4")
+    try:
+        building.rename(folder)
+    except OSError:  # another test process made it first
+        shutil.rmtree(building, ignore_errors=True)
+    return folder

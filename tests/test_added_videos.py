@@ -17,9 +17,9 @@ import pytest
 
 from slic.cli import main
 from slic.config import PretrainConfig
-from tests.conftest import SHARED_VIDEOS, StubEncoder
+from tests.conftest import StubEncoder, decode_tests_folder
 
-FOLDER = SHARED_VIDEOS / "dmlc-decord" / "decode_tests"  # five good videos and corrupted.mp4
+FOLDER = decode_tests_folder()  # five good videos and corrupted.mp4 (it probes, it cannot be decoded)
 GALLERY = ("video_0.mov", "video_90.mov", "unordered.mov")
 ADDED = ("video_180.mov", "video_270.mov")
 TINY_ENCODER = PretrainConfig(hidden_dim=16, out_dim=8, size=16, clip_len=16)

@@ -18,7 +18,7 @@ import pytest
 
 from slic.config import PretrainConfig, PromoteConfig
 from slic.promote import Decision, PromoteError, decide, embed_videos, load_champion, promote, read_metric
-from tests.conftest import SHARED_VIDEOS, stop_group
+from tests.conftest import SHARED_VIDEOS, damaged_video, stop_group
 
 TINY_ENCODER = PretrainConfig(hidden_dim=16, out_dim=8, size=16, clip_len=16)
 
@@ -189,8 +189,8 @@ def test_the_champion_served_over_rest_embeds_files_and_names_the_one_it_cannot_
     from slic.tracking import tracking_uri
 
     videos = sorted(SHARED_VIDEOS.rglob("*.avi"))[:2]
-    corrupt = SHARED_VIDEOS / "dmlc-decord" / "decode_tests" / "corrupted.mp4"
-    if len(videos) < 2 or not corrupt.is_file():
+    corrupt = damaged_video(store / "corrupted.mp4")  # probes, cannot be decoded
+    if len(videos) < 2:
         pytest.skip(f"real sample videos not found at {SHARED_VIDEOS}")
     checkpoint, report = make_candidate(store / "a", 0.5, 1)
     promote(PromoteConfig(checkpoint=str(checkpoint)), report)
@@ -265,8 +265,8 @@ def test_embed_video_without_a_champion_from_a_checkpoint_and_past_a_corrupt_fil
     from slic.serving import VideoEncoder
 
     good = sorted(SHARED_VIDEOS.rglob("*.mp4"))[:1]
-    corrupt = SHARED_VIDEOS / "dmlc-decord" / "decode_tests" / "corrupted.mp4"
-    if not good or not corrupt.is_file():
+    corrupt = damaged_video(store / "corrupted.mp4")  # probes, cannot be decoded
+    if not good:
         pytest.skip(f"real sample videos not found at {SHARED_VIDEOS}")
     assert main(["embed-video", str(good[0])]) == 2
     error = capsys.readouterr().err.strip()

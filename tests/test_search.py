@@ -16,9 +16,9 @@ from slic.cli import main
 from slic.config import PretrainConfig
 from slic.data.frames import content_fingerprint
 from slic.file_hash import file_sha256
-from tests.conftest import SHARED_VIDEOS
+from tests.conftest import SHARED_VIDEOS, decode_tests_folder
 
-FOLDER = SHARED_VIDEOS / "dmlc-decord" / "decode_tests"  # five good videos and corrupted.mp4
+FOLDER = decode_tests_folder()  # five good videos and corrupted.mp4 (it probes, it cannot be decoded)
 TINY_ENCODER = PretrainConfig(hidden_dim=16, out_dim=8, size=16, clip_len=16)
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from slic.config import PretrainConfig
-from tests.conftest import SHARED_VIDEOS
+from tests.conftest import SHARED_VIDEOS, damaged_video
 
 OVERCOUNTED = (SHARED_VIDEOS / "JohnPPinto-HMDB51-demo" / "hmdb51" / "climb"
                / "(HQ)_Rock_Climbing_-_Free_Solo_Speed_Climb_-_Dan_Osman_climb_f_cm_np1_le_med_2.avi")
@@ -82,12 +82,12 @@ def test_decode_frames_at_keeps_only_the_wanted_frames() -> None:
     assert sorted(frames) == [5] and decoded == len(decode(UCF_CLIP))  # past the end: the whole length
 
 
-def test_embed_files_overlaps_decoding_and_keeps_order_errors_and_threads(encoder) -> None:
+def test_embed_files_overlaps_decoding_and_keeps_order_errors_and_threads(encoder, tmp_path: Path) -> None:
     """Loader workers give the same embeddings in the same order, a corrupt file its reason in place, and the
     model's CPU threads are given back afterwards."""
     import torch
 
-    corrupt = SHARED_VIDEOS / "dmlc-decord" / "decode_tests" / "corrupted.mp4"
+    corrupt = damaged_video(tmp_path / "corrupted.mp4")  # probes, cannot be decoded
     paths = [UCF_CLIP, corrupt, ROTATED]
     threads = torch.get_num_threads()
     here, workers = (list(encoder.embed_files(paths, n)) for n in (0, 2))

@@ -211,8 +211,10 @@ def extract_one(row: dict[str, Any], out_dir: str, short_side: int, quality: int
     """Extract one video to its shard unless an intact one exists; never raises for bad videos.
 
     `target_fps` > 0 stores the frames resampled to that rate (extract.fps), 0 every decoded frame.
-    Returns {video_id, status: extracted|reused|failed, frames, bytes, sha256, height, width, fps, error};
-    sha256 is the shard's content hash (written into its header when it was extracted).
+    Returns {video_id, status: extracted|reused|failed, frames, bytes, sha256, height, width, fps, error, damaged};
+    sha256 is the shard's content hash (written into its header when it was extracted); `damaged` says which
+    undecodable packets were passed over (their frames are missing from the shard; also in its header, so a reused
+    shard says it again), '' for a whole video.
     """
     from slic.data.video import VideoDecodeError, encode_jpeg_sequence
 
@@ -223,15 +225,17 @@ def extract_one(row: dict[str, Any], out_dir: str, short_side: int, quality: int
         if shard_is_intact(target, expected):
             reader = ShardReader.open(target)
             return {**result, "status": "reused", "frames": reader.frames, "bytes": target.stat().st_size,
-                    "sha256": reader.content_sha256(), **{k: reader.header[k] for k in ("height", "width", "fps")}}
+                    "sha256": reader.content_sha256(), "damaged": reader.header.get("damaged", ""),
+                    **{k: reader.header[k] for k in ("height", "width", "fps")}}
         sequence = encode_jpeg_sequence(row["path"], short_side=short_side, quality=quality,
                                         start=int(row.get("start_frame", 0)),
                                         stop=int(row["stop_frame"]) if "stop_frame" in row else None,
                                         target_fps=target_fps)
         size_fps = {"height": sequence.height, "width": sequence.width, "fps": round(sequence.fps, 4)}
-        size = write_shard(target, sequence.jpegs, {**expected, **size_fps})
+        damaged = {"damaged": sequence.damaged} if sequence.damaged else {}  # a whole video's header is as before
+        size = write_shard(target, sequence.jpegs, {**expected, **size_fps, **damaged})
         return {**result, "status": "extracted", "frames": len(sequence.jpegs), "bytes": size,
-                "sha256": ShardReader.open(target).header["content_sha256"], **size_fps}
+                "sha256": ShardReader.open(target).header["content_sha256"], "damaged": sequence.damaged, **size_fps}
     except VideoDecodeError as exc:
         return {**result, "status": "failed", "error": exc.cause}
     except Exception as exc:  # noqa: BLE001 - one bad file must not take the run down; it is reported
@@ -323,6 +327,9 @@ def extract_all(manifest: pd.DataFrame, *, out_dir: str | Path, short_side: int,
     report = {
         "videos": len(rows), "extracted": len(new), "reused": len(ok) - len(new),
         "failed": [{"video_id": r["video_id"], "path": r["path"], "error": r["error"]} for r in failed],
+        # extracted, but damaged packets were passed over: their frames are missing (a few, or the shard is not kept)
+        "damaged": [{"video_id": r["video_id"], "path": r["path"], "note": r["damaged"]} for r in ok
+                    if r.get("damaged")],
         "frames": int(sum(r["frames"] for r in ok)), "seconds": round(seconds, 3),
         "bytes": int(sum(r["bytes"] for r in ok)), "short_side": short_side, "quality": quality,
         "fps": float(target_fps) or "native",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import bisect
 import functools
 import itertools
+import logging
 import math
 import os
 from collections import Counter
@@ -23,6 +24,7 @@ import av
 import numpy as np
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 DECODE_ERRORS = (RuntimeError, ValueError, OSError)  # what embedding one file can raise: VideoDecodeError is one
@@ -81,6 +83,73 @@ def _describe(exc: BaseException, path: str | Path) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+DAMAGED_SHARE_LIMIT = 0.25  # more of a file's packets than this undecodable: the file fails (re-encode or replace it)
+
+
+@dataclass
+class Damage:
+    """The packets a decode passed over because FFmpeg could not decode them: a damaged stretch of a file (one bad
+    packet in a phone recording, a torn download) costs its frames, not the whole video, as with ffmpeg itself."""
+
+    packets: int = 0  # packets given to the decoder
+    damaged: int = 0  # of them, those it could not decode (skipped)
+    after_frame: int = -1  # frames decoded before the first damaged packet
+    error: str = ""  # why FFmpeg refused the first
+
+    def record(self, frames: int, exc: BaseException, path: Path) -> None:
+        """One more damaged packet, met after `frames` decoded frames."""
+        if not self.damaged:
+            self.after_frame = frames
+            self.error = (f"{type(exc).__name__}: {exc.strerror}" if isinstance(exc, av.FFmpegError) and exc.strerror
+                          else _describe(exc, path))
+        self.damaged += 1
+
+    def note(self) -> str:
+        """One line for a report: how many packets were skipped, where the first was and why ('' when none)."""
+        if not self.damaged:
+            return ""
+        return (f"{self.damaged} of {self.packets} packets could not be decoded and were skipped (frames lost; the "
+                f"first after frame {self.after_frame}: {self.error})")
+
+
+def _decoded(container: av.container.InputContainer, stream: av.video.stream.VideoStream, path: Path,
+             damage: Damage | None = None) -> Iterator[av.VideoFrame]:
+    """The stream's frames from where the container stands, passing over packets FFmpeg cannot decode (counted in
+    `damage`) where `container.decode` would stop at the first. Once every packet is read: VideoDecodeError when no
+    frame came out, or when more than DAMAGED_SHARE_LIMIT of the packets were damaged."""
+    damage = damage if damage is not None else Damage()
+    frames = 0
+    packets = container.demux(stream)
+    while True:
+        try:
+            packet = next(packets)
+        except StopIteration:
+            break
+        except av.FFmpegError as exc:  # the container itself is torn here: keep what was read
+            damage.record(frames, exc, path)
+            break
+        damage.packets += packet.size > 0
+        try:
+            decoded = packet.decode()
+        except av.FFmpegError as exc:
+            damage.record(frames, exc, path)
+            continue
+        for frame in decoded:
+            frames += 1
+            yield frame
+    if damage.damaged and not frames:
+        raise VideoDecodeError(path, f"none of its {damage.packets} packets could be decoded ({damage.error})")
+    if damage.damaged > DAMAGED_SHARE_LIMIT * max(damage.packets, 1):
+        raise VideoDecodeError(path, f"{damage.damaged} of its {damage.packets} packets could not be decoded, more "
+                               f"than {DAMAGED_SHARE_LIMIT:.0%} ({damage.error}): re-encode or replace the file")
+
+
+def _warn_damage(path: Path, damage: Damage) -> None:
+    """Say, once per decode, that frames of `path` were lost to damaged packets (search, serving, pretraining)."""
+    if damage.damaged:
+        log.warning("%s: %s", path, damage.note())
+
+
 def _frame_rate(stream: av.video.stream.VideoStream) -> float:
     """The stream's frame rate, as probe and timeline read it (the container's average, else FFmpeg's guess, else
     the time base's rate); 0.0 when none is given."""
@@ -88,9 +157,10 @@ def _frame_rate(stream: av.video.stream.VideoStream) -> float:
     return float(rate) if rate else 0.0
 
 
-def _rotation_of(stream: av.video.stream.VideoStream, container: av.container.InputContainer) -> int:
-    """Counter-clockwise degrees to rotate stored frames for display (0, 90, 180 or 270)."""
-    for frame in container.decode(stream):
+def _rotation_of(stream: av.video.stream.VideoStream, container: av.container.InputContainer, path: Path) -> int:
+    """Counter-clockwise degrees to rotate stored frames for display (0, 90, 180 or 270), from the first frame that
+    decodes; VideoDecodeError when none does (the file demuxes but holds no decodable picture)."""
+    for frame in _decoded(container, stream, path):
         return int(frame.rotation) % 360
     return 0
 
@@ -108,7 +178,7 @@ def probe(path: str | Path) -> VideoInfo:
             stream = container.streams.video[0]
             fps = _frame_rate(stream)
             width, height = stream.codec_context.width, stream.codec_context.height
-            rotation = _rotation_of(stream, container)
+            rotation = _rotation_of(stream, container, path)
             time_base = float(stream.time_base) if stream.time_base else 0.0
             container.seek(0)
             stamps = [packet.pts for packet in container.demux(stream) if packet.size > 0]
@@ -175,12 +245,14 @@ def _rgb(frame: av.VideoFrame, short_side: int | None) -> np.ndarray:
 
 
 def _frames(path: Path, short_side: int | None, start: int, stop: int | None, pix_fmt: str,
-            keep: Callable[[int], bool] | None = None) -> Iterator[tuple[int, av.VideoFrame | np.ndarray]]:
+            keep: Callable[[int], bool] | None = None, damage: Damage | None = None,
+            ) -> Iterator[tuple[int, av.VideoFrame | np.ndarray]]:
     """(index, frame) for the decoded frames [start, stop) that `keep` accepts (default all), scaled and, for
-    rotated files, rotated (then as arrays); a frame not kept is decoded but never scaled."""
+    rotated files, rotated (then as arrays); a frame not kept is decoded but never scaled. Damaged packets are
+    passed over (`_decoded`, counted in `damage`): the frames after one are numbered on without it."""
     with av.open(str(path)) as container:
         stream = _open_video(container, path)
-        for index, frame in enumerate(container.decode(stream)):
+        for index, frame in enumerate(_decoded(container, stream, path, damage)):
             if stop is not None and index >= stop:
                 return
             if index >= start and (keep is None or keep(index)):
@@ -196,13 +268,15 @@ def decode(path: str | Path, *, start: int = 0, stop: int | None = None,
     """
     path = Path(path)
     out: list[np.ndarray] = []
+    damage = Damage()
     try:
-        for _, frame in _frames(path, short_side, start, stop, "rgb24"):
+        for _, frame in _frames(path, short_side, start, stop, "rgb24", damage=damage):
             out.append(frame if isinstance(frame, np.ndarray) else frame.to_ndarray())
     except VideoDecodeError:
         raise
     except (av.FFmpegError, OSError, ValueError) as exc:
         raise VideoDecodeError(path, _describe(exc, path)) from exc
+    _warn_damage(path, damage)
     if not out:
         raise VideoDecodeError(path, f"no frame decoded in range [{start}, {stop})")
     return np.stack(list(_one_size(dict(enumerate(out))).values()))
@@ -447,7 +521,9 @@ def decode_frames_at(path: str | Path, indices: Sequence[int], *, short_side: in
                 return _one_size(frames), decoded
             except _SeekMismatch:
                 pass
-        frames, decoded = _decode_from_start(path, wanted, short_side)
+        damage = Damage()
+        frames, decoded = _decode_from_start(path, wanted, short_side, damage)
+        _warn_damage(path, damage)
         return _one_size(frames), decoded
     except VideoDecodeError:
         raise
@@ -473,13 +549,15 @@ def _seeking_pays(frames_of: Timeline, wanted: list[int]) -> bool:
     return False
 
 
-def _decode_from_start(path: Path, wanted: list[int], short_side: int | None) -> tuple[dict[int, np.ndarray], int]:
-    """decode_frames_at by decoding every frame up to the last wanted one (only the wanted ones are scaled)."""
+def _decode_from_start(path: Path, wanted: list[int], short_side: int | None,
+                       damage: Damage | None = None) -> tuple[dict[int, np.ndarray], int]:
+    """decode_frames_at by decoding every frame up to the last wanted one (only the wanted ones are scaled),
+    passing over damaged packets (`_decoded`)."""
     keep, out, decoded = set(wanted), {}, 0
     last = wanted[-1] if wanted else 0
     with av.open(str(path)) as container:
         stream = _open_video(container, path)
-        for index, frame in enumerate(container.decode(stream)):
+        for index, frame in enumerate(_decoded(container, stream, path, damage)):
             decoded = index + 1
             if index in keep:
                 out[index] = _rgb(frame, short_side)
@@ -500,13 +578,14 @@ def _decode_seeking(path: Path, wanted: list[int], frames_of: Timeline,
     position = 0  # the index of the next frame the decoder puts out
     with av.open(str(path)) as container:
         stream = _open_video(container, path)
-        frames = container.decode(stream)
+        frames = _decoded(container, stream, path)  # a damaged packet skips a frame: the check below falls back
         for target in wanted:
             if target < position:
                 continue  # decoded on the way to an earlier target
             key = _keyframe_before(frames_of, target)
             if key >= 0 and frames_of.keyframes[key] - position >= SEEK_GAP:
-                frames, position = _from_keyframe(container, stream, frames_of, key, rank), frames_of.keyframes[key]
+                frames, position = (_from_keyframe(container, stream, frames_of, key, rank, path),
+                                frames_of.keyframes[key])
             for frame in frames:
                 index = rank.get(frame.pts)
                 if index != position:
@@ -523,7 +602,7 @@ def _decode_seeking(path: Path, wanted: list[int], frames_of: Timeline,
 
 
 def _from_keyframe(container: av.container.InputContainer, stream: av.video.stream.VideoStream,
-                   frames_of: Timeline, key: int, rank: dict[int, int]) -> Iterator[av.VideoFrame]:
+                   frames_of: Timeline, key: int, rank: dict[int, int], path: Path) -> Iterator[av.VideoFrame]:
     """The decoded frames from keyframe number `key` of the timeline on, after a seek. Demuxers seek by
     presentation time (MP4, Matroska) or by decoding time (AVI's index), so the seek is made by the keyframe's
     pts and, when that lands past it, by its dts; frames before it (an earlier keyframe's, or an open GOP's
@@ -532,7 +611,7 @@ def _from_keyframe(container: av.container.InputContainer, stream: av.video.stre
     landed = None
     for stamp in dict.fromkeys((frames_of.pts[keyframe], frames_of.seek_to[key])):
         container.seek(stamp, stream=stream, backward=True, any_frame=False)
-        frames = container.decode(stream)
+        frames = _decoded(container, stream, path)
         for frame in frames:
             landed = rank.get(frame.pts)
             if landed is None or landed >= keyframe:
@@ -551,6 +630,7 @@ class JpegSequence:
     width: int
     height: int
     fps: float
+    damaged: str = ""  # Damage.note(): packets passed over as undecodable, their frames lost ('' when none)
 
 
 def encode_jpeg_sequence(path: str | Path, *, short_side: int | None, quality: int, start: int = 0,
@@ -567,6 +647,7 @@ def encode_jpeg_sequence(path: str | Path, *, short_side: int | None, quality: i
     path = Path(path)
     jpegs: list[bytes] = []
     encoder = None
+    damage = Damage()
     try:
         copies: Counter[int] | None = None
         if target_fps > 0:  # the timeline (a demux) places the frames and gives the rate
@@ -578,7 +659,8 @@ def encode_jpeg_sequence(path: str | Path, *, short_side: int | None, quality: i
             with av.open(str(path)) as container:
                 rate = _frame_rate(container.streams.video[0]) if container.streams.video else 0.0
         keep = (lambda index: copies[index] > 0) if copies is not None else None
-        for count, (index, frame) in enumerate(_frame_range(path, short_side, start, stop, "yuvj420p", keep)):
+        for count, (index, frame) in enumerate(_frame_range(path, short_side, start, stop, "yuvj420p", keep,
+                                                            damage)):
             if isinstance(frame, np.ndarray):
                 frame = av.VideoFrame.from_ndarray(frame, format="rgb24").reformat(format="yuvj420p")
                 frame.color_range = 2
@@ -597,11 +679,13 @@ def encode_jpeg_sequence(path: str | Path, *, short_side: int | None, quality: i
         raise VideoDecodeError(path, _describe(exc, path)) from exc
     if encoder is None or not jpegs:
         raise VideoDecodeError(path, "no frame decoded")
-    return JpegSequence(jpegs, encoder.width, encoder.height, target_fps if target_fps > 0 and rate else rate)
+    return JpegSequence(jpegs, encoder.width, encoder.height, target_fps if target_fps > 0 and rate else rate,
+                        damage.note())
 
 
 def _frame_range(path: Path, short_side: int | None, start: int, stop: int | None, pix_fmt: str,
-                 keep: Callable[[int], bool] | None = None) -> Iterator[tuple[int, av.VideoFrame | np.ndarray]]:
+                 keep: Callable[[int], bool] | None = None, damage: Damage | None = None,
+                 ) -> Iterator[tuple[int, av.VideoFrame | np.ndarray]]:
     """(index, frame) for frames [start, stop) that `keep` accepts, as `_frames` gives them; a start SEEK_GAP
     frames or more past the first keyframe before it is reached by a checked seek (decoded from the file's start
     when the checks fail)."""
@@ -615,7 +699,7 @@ def _frame_range(path: Path, short_side: int | None, start: int, stop: int | Non
                 return iter(sorted(found.items()))
             except _SeekMismatch:
                 pass
-    return _frames(path, short_side, start, stop, pix_fmt, keep)
+    return _frames(path, short_side, start, stop, pix_fmt, keep, damage)
 
 
 def _jpeg_encoder(width: int, height: int, quality: int) -> av.CodecContext:

@@ -12,7 +12,7 @@ import pytest
 from slic.data.frames import (ExtractError, ShardReader, extract_all, read_index, shard_is_intact, shard_path,
                               write_shard)
 from slic.data.video import decode, encode_jpeg_sequence
-from tests.conftest import SHARED_VIDEOS
+from tests.conftest import damaged_video
 
 HEADER = {"video_id": "a/b", "short_side": 32, "quality": 4, "height": 8, "width": 8, "fps": 25.0}
 
@@ -68,39 +68,41 @@ def manifest_of(paths: dict[str, Path]) -> pd.DataFrame:
 
 def test_extract_all_skips_bad_videos_and_reuses_intact_shards(tiny_dataset: Path, tmp_path: Path) -> None:
     videos = {f"c/{p.stem}": p for p in sorted(tiny_dataset.glob("Rise/*.avi"))[:4]}
-    videos["bad/corrupted"] = SHARED_VIDEOS / "dmlc-decord" / "decode_tests" / "corrupted.mp4"
-    if not videos["bad/corrupted"].is_file():
-        broken = tmp_path / "broken.mp4"
-        broken.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x13" * 500)
-        videos["bad/corrupted"] = broken
+    videos["bad/corrupted"] = damaged_video(tmp_path / "corrupted.mp4")  # 47 of its 48 packets cannot be decoded
+    videos["bad/few_lost"] = damaged_video(tmp_path / "few_lost.mp4", decodable=44)  # 4 of 48 lost: kept
     out = tmp_path / "frames"
     # A shard half-written by a killed run must be cleaned up, never read.
     (out / "c").mkdir(parents=True)
     (out / "c" / "v_Rise_g01_c01.shard.tmp-999").write_bytes(b"partial")
 
     report = extract_all(manifest_of(videos), out_dir=out, short_side=32, quality=5, workers=2)
-    assert (report["videos"], report["extracted"], report["reused"]) == (5, 4, 0)
+    assert (report["videos"], report["extracted"], report["reused"]) == (6, 5, 0)
     assert [f["video_id"] for f in report["failed"]] == ["bad/corrupted"]
-    assert report["failed"][0]["error"]
+    assert "47 of its 48 packets could not be decoded, more than 25%" in report["failed"][0]["error"]
+    assert [(d["video_id"], d["path"]) for d in report["damaged"]] == [("bad/few_lost", str(videos["bad/few_lost"]))]
+    assert report["damaged"][0]["note"].startswith("4 of 48 packets could not be decoded and were skipped")
     assert report["leftovers_removed"] == 1 and not list(out.rglob("*.tmp-*"))
-    assert report["frames"] == 4 * 32 and report["bytes"] > 0
+    assert report["frames"] == 4 * 32 + 44 and report["bytes"] > 0
     index = read_index(out)
     assert index["video_id"].tolist() == sorted(k for k in videos if k != "bad/corrupted")
-    assert (index["frames"] == 32).all() and (index["height"] == 32).all() and (index["width"] == 42).all()
+    rise = index[index["video_id"].str.startswith("c/")]
+    assert (rise["frames"] == 32).all() and (rise["height"] == 32).all() and (rise["width"] == 42).all()
     first = shard_path(out, "c/v_Rise_g01_c01")
     mtime = first.stat().st_mtime_ns
+    assert "damaged" not in ShardReader.open(first).header  # a whole video's header is as before
 
-    # Second run: intact shards are reused untouched; a damaged one is redone.
-    damaged = shard_path(out, "c/v_Rise_g01_c02")
-    damaged.write_bytes(damaged.read_bytes()[:100])
+    # Second run: intact shards are reused untouched (a damaged file's says so again); a torn shard is redone.
+    torn = shard_path(out, "c/v_Rise_g01_c02")
+    torn.write_bytes(torn.read_bytes()[:100])
     again = extract_all(manifest_of(videos), out_dir=out, short_side=32, quality=5, workers=1)
-    assert (again["extracted"], again["reused"]) == (1, 3)
+    assert (again["extracted"], again["reused"]) == (1, 4)
     assert first.stat().st_mtime_ns == mtime
-    assert ShardReader.open(damaged).frames == 32
+    assert ShardReader.open(torn).frames == 32
+    assert again["damaged"] == report["damaged"]
 
     # Other settings (short side) make every shard stale.
     resized = extract_all(manifest_of(videos), out_dir=out, short_side=40, quality=5, workers=1)
-    assert resized["extracted"] == 4
+    assert resized["extracted"] == 5
 
 
 def test_fail_fast_stops_and_names_the_video(tmp_path: Path) -> None:

@@ -132,9 +132,9 @@ def test_extract_stops_when_a_class_has_no_decodable_video_left_and_keeps_its_sh
 
     from slic.cli import main
     from slic.data.video import write_video
-    from tests.conftest import SHARED_VIDEOS
+    from tests.conftest import damaged_video
 
-    corrupted = SHARED_VIDEOS / "dmlc-decord" / "decode_tests" / "corrupted.mp4"  # probes fine, fails to decode
+    corrupted = damaged_video(tmp_path / "corrupted.mp4")  # probes fine, fails to decode
     rng = np.random.default_rng(0)
     for name in ("wave", "jump"):
         (tmp_path / "videos" / name).mkdir(parents=True)

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from slic.data.video import (VideoDecodeError, decode, decode_jpegs, encode_jpeg_sequence, probe, scaled_size,
-                             write_video)
-from tests.conftest import SHARED_VIDEOS
+from slic.data.video import (VideoDecodeError, decode, decode_frames_at, decode_jpegs, encode_jpeg_sequence,
+                             file_timeline, probe, scaled_size, write_video)
+from tests.conftest import SHARED_VIDEOS, damaged_video
 
 
 def test_lossless_video_round_trips_exact_pixels(tmp_path: Path) -> None:
@@ -85,16 +85,39 @@ def test_rotation_metadata_is_applied(shared_manifest: list[dict[str, str]]) -> 
     assert decode(folder / "video_90.mov", stop=1).shape[1:3] == (568, 320)
 
 
-def test_corrupted_file_raises_decode_error_naming_file_and_cause(shared_manifest: list[dict[str, str]]) -> None:
+def test_a_damaged_packet_costs_its_frame_not_the_video(shared_manifest: list[dict[str, str]],
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """decord's corrupted.mp4: FFmpeg refuses one packet of 50. It is passed over, as ffmpeg passes over it, so the
+    other 49 frames decode (before, the first bad packet failed the whole file everywhere) and each path says so."""
     path = SHARED_VIDEOS / "dmlc-decord" / "decode_tests" / "corrupted.mp4"
-    with pytest.raises(VideoDecodeError) as caught:
-        decode(path)
-    assert caught.value.path == str(path)
-    assert "Invalid data" in caught.value.cause and "Errno" not in caught.value.cause
-    assert "cut short by an interrupted copy or download" in caught.value.cause  # what invalid data usually means
-    assert str(path) in str(caught.value)
-    with pytest.raises(VideoDecodeError):
-        encode_jpeg_sequence(path, short_side=64, quality=4)
+    assert probe(path).frames == 50
+    with caplog.at_level("WARNING", logger="slic.data.video"):
+        frames = decode(path, short_side=32)
+    assert frames.shape == (49, 32, 56, 3)
+    assert f"{path}: 1 of 50 packets could not be decoded and were skipped (frames lost; the first after frame" in (
+        caplog.text) and "InvalidDataError: Invalid data found when processing input)" in caplog.text
+    sequence = encode_jpeg_sequence(path, short_side=32, quality=4)
+    assert len(sequence.jpegs) == 49 and sequence.damaged.startswith("1 of 50 packets could not be decoded")
+    found, decoded = decode_frames_at(path, [0, 20, 48, 49], short_side=32, frames_of=file_timeline(path))
+    assert decoded == 49 and sorted(found) == [0, 20, 48]  # the file holds 49 frames now: index 49 is past its end
+    np.testing.assert_array_equal(found[48], frames[48])
+
+
+def test_a_file_mostly_damaged_raises_decode_error_naming_file_and_cause(tmp_path: Path) -> None:
+    """More than a quarter of the packets bad: the file fails, saying how many and what to do; none decodable: it
+    fails already when probed (the manifest excludes it), where before it was listed as usable."""
+    path = damaged_video(tmp_path / "mostly.mp4")  # its first frame decodes, 47 of 48 packets do not
+    assert probe(path).frames == 48
+    for decoding in (lambda: decode(path), lambda: encode_jpeg_sequence(path, short_side=64, quality=4),
+                     lambda: decode_frames_at(path, [0, 10, 40], frames_of=file_timeline(path))):
+        with pytest.raises(VideoDecodeError) as caught:
+            decoding()
+        assert caught.value.path == str(path) and str(path) in str(caught.value)
+        assert caught.value.cause == ("47 of its 48 packets could not be decoded, more than 25% (InvalidDataError: "
+                                      "Invalid data found when processing input): re-encode or replace the file")
+    nothing = damaged_video(tmp_path / "nothing.mp4", decodable=0)
+    with pytest.raises(VideoDecodeError, match="none of its 48 packets could be decoded .InvalidDataError: Invalid data"):
+        probe(nothing)
 
 
 def test_a_download_cut_short_is_named_as_such(shared_manifest: list[dict[str, str]], tmp_path: Path) -> None:
