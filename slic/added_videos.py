@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from slic.data.video import DECODE_ERRORS, decode_error_line, segment_id
+from slic.data.video import DECODE_ERRORS, decode_error_line, is_video_path, path_problem, segment_id
 from slic.file_hash import file_sha256
 from slic.index import IndexBuildError
 
@@ -90,9 +90,10 @@ def added_folder(folder: str, manifest_root: str) -> Path | None:
 
 
 def find_added(folder: Path, extensions: tuple[str, ...]) -> list[Path]:
-    """Every file under `folder` (recursively) whose extension is a video one, sorted (README.md is not)."""
+    """Every file under `folder` (recursively) whose extension is a video one, sorted (README.md is not); a link whose
+    target is gone too, so that `embed_added` names it among the videos not added."""
     wanted = {e.lower() for e in extensions}
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in wanted)
+    return sorted(p for p in folder.rglob("*") if is_video_path(p, wanted))
 
 
 def added_video_id(folder: Path, video: Path) -> str:
@@ -223,6 +224,9 @@ def embed_added(folder: Path, extensions: tuple[str, ...], *, checkpoint: str | 
     items: list[tuple[Path, str, tuple[int, int] | None]] = []  # (video, cache key, its frames or the whole)
     times_of: dict[tuple[Path, int], tuple[float, float]] = {}  # (video, first frame) -> a segment's seconds
     for video in videos:
+        if problem := path_problem(video):
+            result.failed.append({"path": str(video), "error": problem})
+            continue
         try:
             sha = cache.sha256(video)
         except OSError as exc:  # unreadable (permissions, vanished): named, the others go on

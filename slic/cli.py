@@ -699,12 +699,14 @@ def run_pipeline(argv: list[str]) -> int:
 def run_embed_video(argv: list[str]) -> int:
     """`slic embed-video [--model URI|CHECKPOINT] [--out FILE.npy] VIDEO...`: embed video files with an encoder.
 
-    Row i of --out is video i; a video that cannot be decoded gets a row of NaN, a line on stderr naming it,
-    and exit code 1, so the others' rows are kept and stay aligned.
+    Row i of --out is video i; a video that cannot be decoded (or is not there: a broken link, a folder, a typo)
+    gets a row of NaN, a line on stderr naming it, and exit code 1, so the others' rows are kept and stay aligned;
+    --out is written even when every file failed to decode. When no path names a file at all: exit code 2.
     """
     import numpy as np
 
     from slic.config import ConfigError
+    from slic.data.video import path_problem
     from slic.search import SearchUsageError, model_encoder, params_defaults
 
     parser = argparse.ArgumentParser(prog="slic embed-video", description="embed video files with a registered "
@@ -719,9 +721,11 @@ def run_embed_video(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.workers is not None and args.workers < 0:
         parser.error(f"--workers must be >= 0, got {args.workers}")
-    missing = [v for v in args.videos if not Path(v).is_file()]
-    if missing:
-        print(f"slic embed-video: error: no such file: {', '.join(missing)}", file=sys.stderr)
+    paths = [Path(video) for video in args.videos]
+    problems = {position: problem for position, path in enumerate(paths) if (problem := path_problem(path))}
+    if len(problems) == len(paths):  # nothing to embed: said before the encoder is loaded
+        for position, problem in problems.items():
+            print(f"slic embed-video: error: {paths[position]}: {problem}", file=sys.stderr)
         return 2
     try:
         workers = params_defaults("params.yaml")[2] if args.workers is None else args.workers
@@ -729,21 +733,19 @@ def run_embed_video(argv: list[str]) -> int:
     except (ConfigError, SearchUsageError) as exc:
         print(f"slic embed-video: error: {exc}", file=sys.stderr)
         return 2
-    paths = [Path(video) for video in args.videos]
-    rows: list[np.ndarray | None] = [None] * len(paths)
-    for position, vector, error in encoder.embed_files(paths, workers):
-        rows[position] = vector
+    vectors = np.full((len(paths), encoder.dim), np.nan, dtype=np.float32)  # a row of NaN for each file that fails
+    for position, vector, error in encoder.embed_files(paths, workers):  # a broken link or a folder says so too
         if vector is None:
-            print(f"slic embed-video: error: {paths[position]}: {error}", file=sys.stderr)
-    dim = next((row.shape[-1] for row in rows if row is not None), 0)
-    if not dim:
-        return 1  # nothing decoded: each file is named above, and no array to write
-    vectors = np.stack([np.full(dim, np.nan, np.float32) if row is None else row.astype(np.float32) for row in rows])
+            problems[position] = error
+        else:
+            vectors[position] = vector
+    for position in sorted(problems):  # one line each, in the order given; the others' rows stay aligned
+        print(f"slic embed-video: error: {paths[position]}: {problems[position]}", file=sys.stderr)
     if args.out:
-        np.save(args.out, vectors)
+        np.save(args.out, vectors)  # written even when every file failed: an older array never stays behind
     for video, row in zip(args.videos, vectors):
         print(f"{video}\t{np.linalg.norm(row):.4f}\t" + " ".join(f"{v:.4f}" for v in row[:4]) + " ...")
-    return 1 if any(row is None for row in rows) else 0
+    return 1 if problems else 0
 
 
 def _run_named_stage(stage: str, config: Any, name: str, started: float) -> int:

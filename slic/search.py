@@ -46,14 +46,17 @@ class SearchUsageError(ValueError):
 
 
 def find_videos(path: str | Path, extensions: tuple[str, ...]) -> list[Path]:
-    """The file itself, or every file under the folder (recursively) whose extension is a video one, sorted."""
+    """The file itself, or every file under the folder (recursively) whose extension is a video one, sorted (links
+    whose target is gone too: `search_videos` names them among the errors)."""
     path = Path(path)
     if path.is_file():
         return [path]
     if not path.is_dir():
         raise SearchUsageError(f"{path}: no such file or folder")
+    from slic.data.video import is_video_path
+
     wanted = {e.lower() for e in extensions}
-    videos = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in wanted)
+    videos = sorted(p for p in path.rglob("*") if is_video_path(p, wanted))  # a broken link is a query that fails
     if not videos:
         raise SearchUsageError(f"{path}: no videos ({', '.join(extensions)}) in this folder")
     return videos

@@ -110,9 +110,11 @@ class ClipWindows(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, position: int) -> tuple[int, list[np.ndarray] | None, str]:
-        from slic.data.video import DECODE_ERRORS, decode_error_line
+        from slic.data.video import DECODE_ERRORS, decode_error_line, path_problem
 
         path = self.paths[position]
+        if problem := path_problem(path):  # a broken link, a folder, nothing there: said as such
+            return position, None, problem
         try:
             return position, decode_windows(path, short_side=self.short_side, clip_len=self.clip_len,
                                             clips=self.clips, frame_step=self.frame_step,

@@ -77,13 +77,16 @@ def test_added_videos_are_indexed_with_the_checkpoint_and_found_by_search(
     from slic.index import load_index
     from slic.serving import VideoEncoder
 
+    (workdir / "add_to_index/gone.mp4").symlink_to(workdir / "unmounted.mp4")  # named too, not left out
     assert main(["index"]) == 0
     out, err = capsys.readouterr()
     assert "index: flat over 3 train videos + 2 added from add_to_index (2 embedded now, 0 reused)" in out
     assert "not added: add_to_index/corrupted.mp4: " in err and "fix or remove the file" in err
     report = index_report(workdir)
     assert (report["vectors"], report["gallery_videos"], report["added"]) == (5, 3, 2)
-    assert [f["path"] for f in report["added_failed"]] == ["add_to_index/corrupted.mp4"]
+    assert [f["path"] for f in report["added_failed"]] == ["add_to_index/corrupted.mp4", "add_to_index/gone.mp4"]
+    assert report["added_failed"][1]["error"] == (f"broken link: it points to {workdir / 'unmounted.mp4'}, which "
+                                                  "does not exist")
     loaded = load_index("index")
     added = loaded.rows[loaded.rows["video_id"].str.startswith("added/")]
     assert added["video_id"].tolist() == [f"added/new/{name}" for name in ADDED]

@@ -253,8 +253,8 @@ def test_embed_video_command_uses_the_champion(store: Path, capsys: pytest.Captu
     assert vectors.shape == (1, TINY_ENCODER.out_dim)
     np.testing.assert_allclose(vectors, embed_videos([video]), rtol=1e-5, atol=1e-6)
     assert capsys.readouterr().out.startswith(f"{video}\t")
-    assert main(["embed-video", str(store / "absent.avi")]) == 2
-    assert capsys.readouterr().err.strip() == f"slic embed-video: error: no such file: {store / 'absent.avi'}"
+    assert main(["embed-video", str(store / "absent.avi")]) == 2  # nothing to embed: said before loading a model
+    assert capsys.readouterr().err.strip() == f"slic embed-video: error: {store / 'absent.avi'}: no such file"
 
 
 def test_embed_video_without_a_champion_from_a_checkpoint_and_past_a_corrupt_file(
@@ -282,6 +282,25 @@ def test_embed_video_without_a_champion_from_a_checkpoint_and_past_a_corrupt_fil
                                atol=1e-6)
     error = capsys.readouterr().err.strip()
     assert error.startswith(f"slic embed-video: error: {corrupt}: cannot decode video: ") and "\n" not in error
+
+    # A path that is not a file (a typo, a folder, a broken link) is one more NaN row, not the end of the list;
+    # when every file fails, --out still gets its rows of NaN instead of keeping an older array.
+    (store / "gone.mp4").symlink_to(store / "nowhere.mp4")
+    listed = [good[0], store / "absent.avi", store, store / "gone.mp4", corrupt]
+    assert main(["embed-video", "--model", str(checkpoint), "--out", "v.npy", *map(str, listed)]) == 1
+    vectors = np.load(store / "v.npy")
+    assert vectors.shape == (5, TINY_ENCODER.out_dim) and np.isfinite(vectors[0]).all()
+    assert np.isnan(vectors[1:]).all()
+    assert capsys.readouterr().err.splitlines() == [
+        f"slic embed-video: error: {store / 'absent.avi'}: no such file",
+        f"slic embed-video: error: {store}: a folder, not a video file",
+        f"slic embed-video: error: {store / 'gone.mp4'}: broken link: it points to {store / 'nowhere.mp4'}, which "
+        "does not exist",
+        f"slic embed-video: error: {corrupt}: cannot decode video: 47 of its 48 packets could not be decoded, more "
+        "than 25% (InvalidDataError: Invalid data found when processing input): re-encode or replace the file"]
+    assert main(["embed-video", "--model", str(checkpoint), "--out", "v.npy", str(corrupt)]) == 1
+    assert np.load(store / "v.npy").shape == (1, TINY_ENCODER.out_dim) and np.isnan(np.load(store / "v.npy")).all()
+    capsys.readouterr()
     (store / "notes.pt").write_text("not a checkpoint")
     for model, said in ((store / "absent.pt", "no such checkpoint"), (store / "notes.pt", "not a slic encoder")):
         assert main(["embed-video", "--model", str(model), str(good[0])]) == 2

@@ -91,6 +91,21 @@ def test_search_folder_answers_good_files_and_names_the_corrupt_one(
         assert first == ["1", "1.0000", f"class_{Path(query).stem}", query]
 
 
+def test_a_broken_link_in_a_searched_folder_is_named_not_left_out(workdir: Path, tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    """A link whose target is gone (a NAS that is down) is one of the errors, in its place, said in words a user
+    can act on; before, a folder search left it out without a word."""
+    (tmp_path / "a_gone.mp4").symlink_to(tmp_path / "unmounted" / "clip.mp4")
+    (tmp_path / "b.mov").symlink_to(FOLDER / "video_0.mov")
+    assert main(["search", str(tmp_path), "-k", "1", "--json"]) == 1
+    out, err = capsys.readouterr()
+    doc = json.loads(out)
+    assert doc["errors"] == [{"query": str(tmp_path / "a_gone.mp4"), "error": "broken link: it points to "
+                              f"{tmp_path / 'unmounted' / 'clip.mp4'}, which does not exist"}]
+    assert [answer["query"] for answer in doc["queries"]] == [str(tmp_path / "b.mov")]
+    assert f"slic search: error: {tmp_path / 'a_gone.mp4'}: broken link" in err
+
+
 def test_search_json_is_one_document(workdir: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["search", str(FOLDER), "--json"]) == 1
     out, err = capsys.readouterr()

@@ -35,6 +35,25 @@ def decode_error_line(video: Path | str, exc: BaseException) -> str:
     return (str(exc).splitlines() or [type(exc).__name__])[0].removeprefix(f"{video}: ")
 
 
+def path_problem(path: Path | str) -> str | None:
+    """Why `path` is not a file to decode (a link whose target is gone, a folder, nothing there), or None when it is
+    one: said before any decoder tries it, in the words a user can act on."""
+    path = Path(path)
+    if path.is_file():
+        return None
+    if path.is_symlink():
+        return f"broken link: it points to {os.readlink(path)}, which does not exist"
+    if path.is_dir():
+        return "a folder, not a video file"
+    return "no such file"
+
+
+def is_video_path(path: Path, extensions: set[str]) -> bool:
+    """A file, or a link whose target is gone, with one of the (lower-case) `extensions`: what a folder listing
+    offers to decode, so that a broken link is named rather than silently left out."""
+    return path.suffix.lower() in extensions and (path.is_file() or (path.is_symlink() and not path.exists()))
+
+
 class VideoDecodeError(RuntimeError):
     """A video that cannot be opened or decoded; `path` and `cause` say which and why."""
 

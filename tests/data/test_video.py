@@ -116,7 +116,7 @@ def test_a_file_mostly_damaged_raises_decode_error_naming_file_and_cause(tmp_pat
         assert caught.value.cause == ("47 of its 48 packets could not be decoded, more than 25% (InvalidDataError: "
                                       "Invalid data found when processing input): re-encode or replace the file")
     nothing = damaged_video(tmp_path / "nothing.mp4", decodable=0)
-    with pytest.raises(VideoDecodeError, match="none of its 48 packets could be decoded .InvalidDataError: Invalid data"):
+    with pytest.raises(VideoDecodeError, match=r"none of its 48 packets could be decoded \(InvalidDataError: Inval"):
         probe(nothing)
 
 
