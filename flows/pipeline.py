@@ -191,7 +191,10 @@ def listed_markdown(title: str, items: list[Any]) -> str:
 
 
 def _mapping_line(item: dict[str, Any]) -> str:
-    """One bullet of a listed mapping: `a: b` for two values, else `key value, ...` (floats to 3 digits)."""
+    """One bullet of a listed mapping: `file: reason` for an exclusion, `a: b` for two values, else `key value, ...`
+    (floats to 3 digits)."""
+    if "reason" in item:
+        return f"{item.get('path') or item.get('video_id')}: {item['reason']}"
     if len(item) <= 2:
         return ": ".join(str(v) for v in item.values())
     return ", ".join(f"{k} {f'{v:.3g}' if isinstance(v, float) else v}" for k, v in item.items())

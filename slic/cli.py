@@ -71,7 +71,8 @@ def run_manifest(config: Any) -> dict[str, Any]:
     report = {
         "videos": len(table), "usable": len(usable), "classes": int(table["class"].nunique()),
         "splits": {k: int(v) for k, v in usable["split"].value_counts().sort_index().items()},
-        "excluded": [{"video_id": v, "reason": r} for v, r in zip(excluded["video_id"], excluded["excluded"])],
+        "excluded": [{"video_id": v, "path": p, "reason": r}  # the file, so two ids alike are told apart
+                     for v, p, r in zip(excluded["video_id"], excluded["path"], excluded["excluded"])],
         "layout": config.manifest.layout, "root": config.manifest.root,
     }
     report["summary"] = datasets.collection_summary(table)
@@ -81,7 +82,7 @@ def run_manifest(config: Any) -> dict[str, Any]:
         report["recordings"], line = datasets.recordings_summary(table)
         print(f"manifest: {line}")
     for item in report["excluded"][:10]:
-        print(f"  excluded {item['video_id']}: {item['reason']}")
+        print(f"  excluded {item['path']}: {item['reason']}")
     if len(excluded) > 10:
         print(f"  and {len(excluded) - 10} more excluded: reports/manifest.json lists each with its reason")
     advice = [line for line in (datasets.segment_advice(table, config.manifest.segment_seconds),

@@ -59,7 +59,7 @@ def test_the_manifest_cuts_long_videos_into_segments_that_validate(archive: Path
         build_manifest(ManifestConfig(root=str(archive), layout="unlabelled", segment_seconds=0.5))
     excluded = short_segments[short_segments["excluded"] != ""]["excluded"]
     assert len(excluded) == 60 + 3  # every one-second segment of both files
-    assert excluded.iloc[0] == "too short: 25 frames < 32 (a segment of manifest.segment_seconds 1)"
+    assert excluded.iloc[0] == "too short: 25 frames < manifest.min_frames 32 (a segment of manifest.segment_seconds 1)"
 
 
 def test_a_segment_shard_holds_those_frames_of_the_whole_files_shard(archive: Path, tmp_path: Path) -> None:

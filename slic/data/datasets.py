@@ -359,6 +359,11 @@ def variable_rate_rows(table: pd.DataFrame) -> pd.Series:
     return (rated & (gap > 0.5 / fps.where(rated))).fillna(False).astype(bool)
 
 
+def _frames_said(frames: int) -> str:
+    """A frame count in words: one frame is a still image (a photo saved as a video, a thumbnail)."""
+    return "1 frame (a still image)" if int(frames) == 1 else f"{int(frames)} frames"
+
+
 def _excluded_as_too_short(table: pd.DataFrame, min_frames: int, what: str = "",
                            target_fps: float = 0.0) -> pd.Series:
     """`excluded`, with every usable row of fewer than `min_frames` frames excluded as too short (`what` says what
@@ -368,10 +373,11 @@ def _excluded_as_too_short(table: pd.DataFrame, min_frames: int, what: str = "",
     counts = extracted_frame_counts(table, target_fps)
     short = (excluded == "") & (counts < min_frames)
     if target_fps <= 0:
-        excluded[short] = [f"too short: {n} frames < {min_frames}{what}" for n in table.loc[short, "frames"]]
+        excluded[short] = [f"too short: {_frames_said(n)} < manifest.min_frames {min_frames}{what}"
+                           for n in table.loc[short, "frames"]]
     else:
-        excluded[short] = [f"too short: {n} frames at extract.fps {target_fps:g} ({native} at {fps:g} fps) < "
-                           f"{min_frames}{what}" for n, native, fps in
+        excluded[short] = [f"too short: {_frames_said(n)} at extract.fps {target_fps:g} ({native} at {fps:g} fps) < "
+                           f"manifest.min_frames {min_frames}{what}" for n, native, fps in
                            zip(counts[short], table.loc[short, "frames"], table.loc[short, "fps"])]
     return excluded
 

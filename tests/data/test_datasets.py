@@ -14,6 +14,7 @@ from slic.config import ManifestConfig
 from slic.data.datasets import (COLUMNS, DatasetError, build_manifest, carve_validation, header_delimiter,
                                 read_table, unwatched_splits_advice)
 from slic.data.video import write_video
+from tests.conftest import damaged_video
 
 
 def make_video(path: Path, frames: int = 40) -> Path:
@@ -252,11 +253,16 @@ def test_a_splits_dir_outside_the_root_is_named_with_how_to_rerun(tmp_path: Path
 def test_short_and_unreadable_videos_are_excluded_with_reasons(tmp_path: Path) -> None:
     make_video(tmp_path / "wave" / "long.avi", frames=40)
     make_video(tmp_path / "wave" / "short.avi", frames=20)
+    make_video(tmp_path / "wave" / "photo.avi", frames=1)
     (tmp_path / "wave" / "broken.avi").write_bytes(b"\x00garbage" * 50)
+    damaged_video(tmp_path / "wave" / "nothing.mp4", decodable=0)  # demuxes, no frame decodes
     table = build_manifest(config(tmp_path, "folder", val_fraction=0.0)).set_index("video_id")
     assert table.loc["wave/long", "excluded"] == ""
-    assert table.loc["wave/short", "excluded"] == "too short: 20 frames < 32"
+    assert table.loc["wave/short", "excluded"] == "too short: 20 frames < manifest.min_frames 32"
+    assert table.loc["wave/photo", "excluded"] == "too short: 1 frame (a still image) < manifest.min_frames 32"
     assert table.loc["wave/broken", "excluded"].startswith("unreadable: ")
+    assert table.loc["wave/nothing", "excluded"] == ("unreadable: none of its 48 packets could be decoded "
+                                                     "(InvalidDataError: Invalid data found when processing input)")
 
 
 def test_missing_split_file_names_it(tiny_dataset: Path, tmp_path: Path) -> None:
@@ -334,7 +340,12 @@ def test_the_manifest_stage_counts_what_it_does_not_print_and_advises_segments(
     monkeypatch.chdir(tmp_path)
     assert main(["manifest"]) == 0
     out = capsys.readouterr().out
-    assert out.count("  excluded empty") == 10 and "  and 2 more excluded: reports/manifest.json lists each" in out
+    assert out.count(f"  excluded {root}/empty") == 10  # the file, with its extension: two ids alike told apart
+    assert f"  excluded {root / 'empty00.avi'}: unreadable: empty file (0 bytes)\n" in out
+    assert "  and 2 more excluded: reports/manifest.json lists each" in out
+    excluded = json.loads((tmp_path / "reports" / "manifest.json").read_text())["excluded"]
+    assert excluded[0] == {"video_id": "empty00", "path": str(root / "empty00.avi"),
+                           "reason": "unreadable: empty file (0 bytes)"}
     assert "note:" not in out  # 2-second clips: nothing to advise
     summary = json.loads((tmp_path / "reports" / "manifest.json").read_text())["summary"]
     assert (summary["videos"], summary["files"]) == (2, 2) and f"manifest: {summary_line(summary)}\n" in out

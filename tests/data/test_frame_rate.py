@@ -255,8 +255,8 @@ def test_min_frames_counts_the_frames_extract_stores_at_extract_fps(two_rates: d
     assert build_manifest(config, target_fps=25.0)["excluded"].tolist() == ["", ""]  # 40 frames each at 25 fps
 
     at15 = build_manifest(config, target_fps=15.0).set_index("video_id")  # 24 frames each at 15 fps
-    assert at15.loc["fast", "excluded"] == "too short: 24 frames at extract.fps 15 (80 at 50 fps) < 32"
-    assert at15.loc["slow", "excluded"] == "too short: 24 frames at extract.fps 15 (40 at 25 fps) < 32"
+    assert at15.loc["fast", "excluded"] == "too short: 24 frames at extract.fps 15 (80 at 50 fps) < manifest.min_frames 32"
+    assert at15.loc["slow", "excluded"] == "too short: 24 frames at extract.fps 15 (40 at 25 fps) < manifest.min_frames 32"
     assert short_at_rate_advice(at15.reset_index(), 32, 15.0).startswith(
         "2 of 2 videos are too short only at extract.fps 15 (they have 32 frames or more at their own rate)")
     assert short_at_rate_advice(native.reset_index(), 32, 0.0) == ""
