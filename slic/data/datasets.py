@@ -530,6 +530,7 @@ def build_manifest(config: ManifestConfig, progress: Callable[[int], None] | Non
          "label": label.get(e.class_name, UNLABELLED), "split": e.split, "group": e.group, **info}
         for e in entries for info in [info_by_path[str(e.path)]]
     ], columns=COLUMNS)
+    table["video_id"] = _distinct_ids(table)
     table["excluded"] = _excluded_as_too_short(table, config.min_frames, target_fps=target_fps)
     table["excluded"] = _excluded_as_the_same_file(table)
     by_group = carves_by_group(config.layout, config.group_pattern)
@@ -800,6 +801,16 @@ def segment_spans(table: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
 def is_segmented(table: pd.DataFrame) -> bool:
     """Whether the manifest's rows are segments of their files (manifest.segment_seconds > 0)."""
     return set(SEGMENT_COLUMNS) <= set(table.columns)
+
+
+def _distinct_ids(table: pd.DataFrame) -> pd.Series:
+    """The rows' video ids, each keeping its file's extension where two files share a name but for it (clip.mp4 and
+    clip.mkv: two videos, `clip.mp4` and `clip.mkv`); an id stays as it was everywhere else. One file listed twice
+    keeps its one id, for validate to name."""
+    ids = table["video_id"].astype(str).copy()
+    clash = ids.duplicated(keep=False) & ~table["path"].duplicated(keep=False)
+    ids[clash] = [f"{video_id}{Path(path).suffix}" for video_id, path in zip(ids[clash], table.loc[clash, "path"])]
+    return ids
 
 
 def _video_id(path: Path, root: Path) -> str:

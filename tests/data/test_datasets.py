@@ -265,6 +265,17 @@ def test_short_and_unreadable_videos_are_excluded_with_reasons(tmp_path: Path) -
                                                      "(InvalidDataError: Invalid data found when processing input)")
 
 
+def test_two_files_that_differ_only_in_extension_are_two_videos(tmp_path: Path) -> None:
+    """clip.mp4 and clip.avi gave one id, and validate then stopped the run naming neither file: each keeps its
+    extension in its id now; every other id is as before."""
+    make_video(tmp_path / "a" / "clip.avi")
+    make_video(tmp_path / "a" / "clip.mp4")
+    make_video(tmp_path / "a" / "other.avi")
+    table = build_manifest(config(tmp_path, "unlabelled"))
+    assert table["video_id"].tolist() == ["a/clip.avi", "a/clip.mp4", "a/other"]
+    assert (table["excluded"] == "").all()
+
+
 def test_missing_split_file_names_it(tiny_dataset: Path, tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match=r"classInd\.txt: class index classInd\.txt not found.*splits_dir"):
         build_manifest(config(tiny_dataset, "ucf101", splits_dir=str(tmp_path)))
