@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -98,6 +99,13 @@ def run_manifest(config: Any) -> dict[str, Any]:
         report["advice"] = advice
         for line in advice:
             print(f"manifest: note: {line}")
+    if usable.empty:  # nothing to train on: stop here, with the reasons, rather than at validate
+        write_report("manifest", report)
+        reasons = Counter(str(item["reason"]).split(":")[0] for item in report["excluded"])
+        why = f" ({', '.join(f'{reason} {count}' for reason, count in reasons.most_common())})" if reasons else ""
+        raise StageFailed(f"no usable video among the {len(table)} found under {config.manifest.root} (layout "
+                          f"{config.manifest.layout}){why}: check manifest.root and manifest.layout; "
+                          "reports/manifest.json names each file with its reason")
     return report
 
 

@@ -265,6 +265,24 @@ def test_short_and_unreadable_videos_are_excluded_with_reasons(tmp_path: Path) -
                                                      "(InvalidDataError: Invalid data found when processing input)")
 
 
+def test_the_manifest_stage_stops_when_no_video_is_usable_and_keeps_the_reasons(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Before, it said `no usable video` and exited 0, and validate stopped the run one stage later."""
+    from slic.cli import main
+
+    root = tmp_path / "archive"
+    make_video(root / "photo.avi", frames=1)
+    (root / "empty.mp4").write_bytes(b"")
+    (tmp_path / "params.yaml").write_text(f"manifest:\n  root: {root}\n  layout: unlabelled\n  workers: 1\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["manifest"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"slic manifest: no usable video among the 2 found under {root} (layout unlabelled) "
+                          "(unreadable 1, too short 1): check manifest.root and manifest.layout; reports/manifest.json")
+    excluded = json.loads((tmp_path / "reports" / "manifest.json").read_text())["excluded"]
+    assert [item["path"] for item in excluded] == [str(root / "empty.mp4"), str(root / "photo.avi")]
+
+
 def test_two_files_that_differ_only_in_extension_are_two_videos(tmp_path: Path) -> None:
     """clip.mp4 and clip.avi gave one id, and validate then stopped the run naming neither file: each keeps its
     extension in its id now; every other id is as before."""
