@@ -104,7 +104,8 @@ class Answer:
     start_s: float | None = None
     end_s: float | None = None
     named: Naming | None = None
-    in_index: bool | None = None  # other_recordings: whether the query is an indexed file (else its recording is unknown)
+    in_index: bool | None = None  # other_recordings: whether the query is an indexed file (else its recording unknown)
+    note: str = ""  # a warning: the query is shorter than one clip (a still image), so it matches by what it shows
 
     @classmethod
     def of(cls, answer: dict[str, Any]) -> Answer:
@@ -115,7 +116,7 @@ class Answer:
                    named=None if named is None else Naming(label=named["class"], like=named["like"],
                                                            similarity=named["similarity"], margin=named["margin"],
                                                            runner_up=named["runner_up"]),
-                   in_index=answer.get("in_index"))
+                   in_index=answer.get("in_index"), note=answer.get("note", ""))
 
 
 class Encoder:

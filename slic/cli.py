@@ -746,8 +746,10 @@ def run_embed_video(argv: list[str]) -> int:
     for position, vector, error in encoder.embed_files(paths, workers):  # a broken link or a folder says so too
         if vector is None:
             problems[position] = error
-        else:
-            vectors[position] = vector
+            continue
+        vectors[position] = vector
+        if error:  # shorter than one clip: embedded, with a warning
+            print(f"slic embed-video: warning: {paths[position]}: {error}", file=sys.stderr)
     for position in sorted(problems):  # one line each, in the order given; the others' rows stay aligned
         print(f"slic embed-video: error: {paths[position]}: {problems[position]}", file=sys.stderr)
     if args.out:

@@ -140,14 +140,17 @@ def search_videos(videos: list[Path], encoder: FileEncoder, loaded: LoadedIndex,
     frames = [None if span is None else (span.start_frame, span.stop_frame) for span in spans]
     embedded: list[tuple[int, np.ndarray]] = []
     errors = []
+    notes: dict[int, str] = {}  # a query shorter than one clip: answered, with a warning
     for position, vector, error in encoder.embed_files(videos, workers, frames):
         if vector is None:
             errors.append({"query": str(videos[position]), "error": error})
-        elif vector.shape[-1] != loaded.index.d:
+            continue
+        if error:
+            notes[position] = error
+        if vector.shape[-1] != loaded.index.d:
             raise SearchUsageError(f"the encoder gives {vector.shape[-1]}-d embeddings but the index holds "
                                    f"{loaded.index.d}-d ones; use the index's checkpoint or rebuild the index")
-        else:
-            embedded.append((position, vector))
+        embedded.append((position, vector))
     if not embedded:
         return [], errors
     file_of = _row_files(loaded) if other_files or per_file or other_recordings or per_recording else {}
@@ -171,6 +174,7 @@ def search_videos(videos: list[Path], encoder: FileEncoder, loaded: LoadedIndex,
     for (position, _), kept, named, rows in zip(embedded, kept_all, names, file_rows):
         span = spans[position]
         answers.append({"query": str(videos[position]), **({"named": named} if named is not None else {}),
+                        **({"note": notes[position]} if position in notes else {}),
                         **({"in_index": bool(rows)} if other_recordings else {}),  # else its recording is unknown
                         "start_s": None if span is None else span.start_s,
                         "end_s": None if span is None else span.end_s,
@@ -433,6 +437,10 @@ def run_search(argv: list[str], params: str = "params.yaml") -> int:
         return 2
     for error in errors:
         warn(f"error: {error['query']}: {error['error']}")
+    if short := [answer for answer in answers if answer.get("note")]:  # one line, however many queries
+        which = f"{short[0]['query']}: " if len(short) == 1 else (
+            f"{len(short)} of the {len(answers)} queries are shorter than one clip (e.g. {short[0]['query']}: ")
+        warn(f"warning: {which}{short[0]['note']}{')' if len(short) > 1 else ''}")
     if outside := [answer["query"] for answer in answers if answer.get("in_index") is False]:
         which, its = ((f"{outside[0]} is", "its") if len(answers) == 1 else
                       (f"{len(outside)} of the {len(answers)} queries (e.g. {outside[0]}) are", "their"))

@@ -95,9 +95,30 @@ def _as_is(sample: Any) -> Any:
     return sample
 
 
+def shorter_than_a_clip(path: str | Path, *, clip_len: int, frame_step: int = 1, span: tuple[int, int] | None = None,
+                        frame_rate: float = 0.0) -> str:
+    """A warning when the video (or its span) has fewer frames than one clip of the encoder: its clips then repeat
+    its last frame, so what it shows counts and how it moves hardly does (a photo saved as a video matches by scene
+    alone); '' otherwise. The count comes from demuxing (the timeline decode_windows has just read)."""
+    from slic.data.clip_transform import sampled_frames
+    from slic.data.video import file_timeline, resampled_count
+
+    frames_of = file_timeline(path)
+    first, stop = (0, frames_of.frames) if span is None else (span[0], min(span[1], frames_of.frames))
+    frames = resampled_count(first, stop, frames_of.fps, frame_rate)
+    if sampled_frames(frames, frame_step) >= clip_len:
+        return ""
+    what = "1 frame (a still image)" if frames == 1 else f"only {frames} frames"
+    clip = f"{clip_len} frames" + (f" every {frame_step}" if frame_step > 1 else "")
+    return (f"{what}, fewer than one clip of the encoder ({clip}): its clips repeat its last frame, so its hits "
+            "match what it shows more than how it moves")
+
+
 class ClipWindows(torch.utils.data.Dataset):
     """Video files (or their frame spans) -> (position, their decoded IIC clips or None, why not): decoding for
-    loader workers, a file that cannot be decoded answers with its reason instead of stopping the others."""
+    loader workers, a file that cannot be decoded answers with its reason instead of stopping the others. A file
+    decoded but shorter than one clip answers with its clips and a warning in the third place
+    (`shorter_than_a_clip`)."""
 
     def __init__(self, paths: list[Path], *, short_side: int, clip_len: int, clips: int, frame_step: int,
                  spans: list[tuple[int, int] | None] | None = None, frame_rate: float = 0.0) -> None:
@@ -116,9 +137,10 @@ class ClipWindows(torch.utils.data.Dataset):
         if problem := path_problem(path):  # a broken link, a folder, nothing there: said as such
             return position, None, problem
         try:
-            return position, decode_windows(path, short_side=self.short_side, clip_len=self.clip_len,
-                                            clips=self.clips, frame_step=self.frame_step,
-                                            span=self.spans[position], frame_rate=self.frame_rate), ""
+            clips = decode_windows(path, short_side=self.short_side, clip_len=self.clip_len, clips=self.clips,
+                                   frame_step=self.frame_step, span=self.spans[position], frame_rate=self.frame_rate)
+            return position, clips, shorter_than_a_clip(path, clip_len=self.clip_len, frame_step=self.frame_step,
+                                                        span=self.spans[position], frame_rate=self.frame_rate)
         except DECODE_ERRORS as exc:
             return position, None, decode_error_line(path, exc)
 
@@ -160,9 +182,10 @@ class VideoEncoder:
 
     def embed_files(self, paths: list[Path], workers: int = 0, spans: list[tuple[int, int] | None] | None = None,
                     ) -> Iterator[tuple[int, np.ndarray | None, str]]:
-        """(position, embedding or None, why it could not be decoded) for each path (or its frames [start, stop)
-        of `spans`: segments of long videos), in order; `workers` loader processes decode the next videos while
-        the model embeds this one (0: decode here, one at a time).
+        """(position, embedding or None, why it could not be decoded, or a warning with an embedding: a file shorter
+        than one clip) for each path (or its frames [start, stop) of `spans`: segments of long videos), in order;
+        `workers` loader processes decode the next videos while the model embeds this one (0: decode here, one at a
+        time).
         On the CPU the model then leaves the workers their cores: it runs on cpu_count - workers threads (at
         least 1), which on 2 cores with 2 workers takes a ucf101_6 video from 33 to 26 ms.  One file is decoded
         here: starting a worker would only add its start-up."""

@@ -56,6 +56,19 @@ def test_search_answers_as_slic_search_does(videos: VideoSearch, capsys: pytest.
     assert stretch.hits == tuple(Hit.of(hit) for hit in cli["queries"][0]["results"])
 
 
+def test_a_query_shorter_than_a_clip_is_answered_with_a_warning(videos: VideoSearch, tmp_path: Path) -> None:
+    """A photo saved as a video (1 frame) or a 3-frame clip: its clips repeat its last frame, so its hits match what
+    it shows, not how it moves; the answer says so (the command prints it once), a long video's does not."""
+    from slic.data.video import write_video
+
+    still = tmp_path / "photo.mp4"
+    write_video(still, np.full((1, 48, 64, 3), 200, np.uint8), fps=25)
+    assert videos.search(still, k=1).note.startswith("1 frame (a still image), fewer than one clip of the encoder "
+                                                     "(16 frames every 2): its clips repeat its last frame")
+    assert videos.search(ONE, k=1).note.startswith("only 3 frames, fewer than one clip")
+    assert videos.search(DEMO, k=1).note == ""
+
+
 def test_search_many_answers_a_folder_and_names_the_file_it_cannot_decode(videos: VideoSearch) -> None:
     answers, failures = videos.search_many(FOLDER, k=2, per_file=1)
     assert [answer.query for answer in answers] == [str(path) for path in GOOD]

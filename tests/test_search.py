@@ -80,7 +80,12 @@ def test_search_folder_answers_good_files_and_names_the_corrupt_one(
         workdir: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["search", str(FOLDER), "-k", "3"]) == 1  # one query failed
     out, err = capsys.readouterr()
-    assert err.strip().count("\n") == 0 and "corrupted.mp4" in err and err.startswith("slic search: error:")
+    error, warning = err.strip().splitlines()
+    assert "corrupted.mp4" in error and error.startswith("slic search: error:")
+    # decord's test clips are 3 or 4 frames long, less than a clip: said once for the folder
+    assert warning.startswith("slic search: warning: 5 of the 5 queries are shorter than one clip (e.g. ")
+    assert warning.endswith("fewer than one clip of the encoder (16 frames every 2): its clips repeat its last frame, so its "
+                            "hits match what it shows more than how it moves)")
     tables = out.strip().split("\n\n")
     assert len(tables) == 5
     for table in tables:
@@ -316,7 +321,8 @@ def test_search_usage_errors_say_what_to_run(workdir: Path, tmp_path: Path, caps
     assert exited.value.code == 2 and "--per-recording must be >= 0 (0: no limit), got -2" in capsys.readouterr().err
     assert main(["search", str(FOLDER / "video_90.mov"), "--per-recording", "1", "--json"]) == 0  # rows.csv has
     out, err = capsys.readouterr()  # no recordings here (the manifest has no group column): files count, said once
-    assert err.count("\n") == 1 and "built before the index stored recordings: each file counts as a recording" in err
+    assert err.count("\n") == 2 and "only 3 frames, fewer than one clip" in err  # and the 3-frame query's warning
+    assert "built before the index stored recordings: each file counts as a recording" in err
     doc = json.loads(out)
     assert (doc["per_recording"], doc["other_recordings"]) == (1, False) and len(doc["queries"][0]["results"]) == 5
     outside = SHARED_VIDEOS / "mmaction2/kinetics400/arm_wrestling/demo.mp4"
