@@ -2,7 +2,9 @@
 
 No other module imports `av`. Frames come out as uint8 RGB arrays (T, H, W, 3) in display
 orientation: rotation metadata (a display matrix) is applied, so a phone clip filmed upright
-comes out upright. Every failure is a `VideoDecodeError` naming the file and the cause.
+comes out upright. Every failure is a `VideoDecodeError` naming the file and the cause. A packet FFmpeg cannot
+decode is passed over, as ffmpeg passes over it (its frame is lost and counted: `Damage`); a file with no decodable
+frame, or with more than a quarter of its packets damaged, fails.
 """
 
 from __future__ import annotations
