@@ -150,7 +150,9 @@ def run_stage(repo: str, stage: str, parent_run_id: str | None = None) -> dict[s
 
 # Report lists worth reading in the UI, not only counting (largest_groups: the clusters stage's; label_next: the
 # spread_labels stage's videos to label next, each with why).
-LISTED = {"advice": "Notes", "excluded": "Excluded", "largest_groups": "Largest groups", "label_next": "Label next"}
+LISTED = {"advice": "Notes", "excluded": "Excluded", "failed": "Could not be decoded",
+          "damaged": "Kept with frames lost to damaged packets", "largest_groups": "Largest groups",
+          "label_next": "Label next"}
 LISTED_ITEMS = 10
 
 
@@ -191,10 +193,11 @@ def listed_markdown(title: str, items: list[Any]) -> str:
 
 
 def _mapping_line(item: dict[str, Any]) -> str:
-    """One bullet of a listed mapping: `file: reason` for an exclusion, `a: b` for two values, else `key value, ...`
-    (floats to 3 digits)."""
-    if "reason" in item:
-        return f"{item.get('path') or item.get('video_id')}: {item['reason']}"
+    """One bullet of a listed mapping: `file: why` for an exclusion, a video extract could not decode or decoded past
+    damaged packets, `a: b` for two values, else `key value, ...` (floats to 3 digits)."""
+    for why in ("reason", "error", "note"):
+        if why in item:
+            return f"{item.get('path') or item.get('video_id')}: {item[why]}"
     if len(item) <= 2:
         return ": ".join(str(v) for v in item.values())
     return ", ".join(f"{k} {f'{v:.3g}' if isinstance(v, float) else v}" for k, v in item.items())
