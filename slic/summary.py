@@ -88,9 +88,25 @@ def _classify(read: Read) -> list[str]:
     return ["test top-1: " + ", ".join(said)]
 
 
+def transfer_sets(reports: Path) -> tuple[list[str], list[str]]:
+    """(the eval sets with a folder under reports/transfer that params.yaml beside reports/ lists, those it no longer
+    lists): a set dropped from eval_sets (`eval_sets: {}` for your own videos) leaves its reports behind, and their
+    numbers must not stand beside a new encoder's. Without a readable params.yaml every folder counts."""
+    import yaml
+
+    folders = sorted(p.name for p in (reports / "transfer").glob("*") if p.is_dir())
+    try:
+        listed = (yaml.safe_load((reports.parent / "params.yaml").read_text()) or {}).get("eval_sets")
+    except (OSError, yaml.YAMLError, AttributeError):
+        return folders, []
+    if not isinstance(listed, dict):
+        return (folders, []) if listed is None else ([], folders)  # no key: every folder; `eval_sets: []`: none
+    return [f for f in folders if f in listed], [f for f in folders if f not in listed]
+
+
 def _transfers(read: Read, reports: Path) -> list[str]:
     lines = []
-    for folder in sorted(p for p in (reports / "transfer").glob("*") if p.is_dir()):
+    for folder in (reports / "transfer" / name for name in transfer_sets(reports)[0]):
         retrieval = read(f"transfer/{folder.name}/retrieval.json")
         if retrieval is None:
             continue
@@ -169,7 +185,16 @@ SECTIONS: tuple[tuple[str, Callable[[Read, Path], list[str]]], ...] = (
     ("baselines", _single("ablation.json", _baselines)), ("classify", lambda read, _: _classify(read)),
     ("transfer", _transfers), ("clusters", _single("clusters.json", _clusters)),
     ("labels", _single("spread_labels.json", _labels)), ("registry", _single("promotion.json", _registry)),
-    ("search", _single("index.json", _search)), ("note", lambda read, _: _notes(read)))
+    ("search", _single("index.json", _search)), ("note", lambda read, reports: _notes(read) + _dropped(reports)))
+
+
+def _dropped(reports: Path) -> list[str]:
+    """A note for the reports of eval sets params.yaml no longer lists (left out above)."""
+    dropped = transfer_sets(reports)[1]
+    if not dropped:
+        return []
+    return [f"transfer: reports/transfer/{', '.join(dropped)} left out: eval_sets of params.yaml no longer lists "
+            f"{'it' if len(dropped) == 1 else 'them'} (made by an earlier run; delete the folder to stop this note)"]
 
 
 def summary_lines(reports: str | Path = "reports", tracking_uri: str = "") -> list[Line]:
@@ -224,7 +249,7 @@ def _classified(read: Read, reports: Path) -> dict[str, float]:
 
 def _transferred(read: Read, reports: Path) -> dict[str, float]:
     metrics: dict[str, float] = {}
-    for folder in sorted(p.name for p in (reports / "transfer").glob("*") if p.is_dir()):
+    for folder in transfer_sets(reports)[0]:
         transfer = read(f"transfer/{folder}/retrieval.json") or {}
         metrics.update(_recalls(transfer.get("pretrained") or {}, f"transfer.{folder}."))
         metrics.update(_recalls(transfer.get("random_init") or {}, f"transfer.{folder}.random_init_"))

@@ -133,3 +133,19 @@ def test_the_pipeline_runs_headline_numbers_are_the_reports_own(tmp_path: Path) 
     assert "finetune.scratch_top1" not in mangled and not any(key.startswith("ablation.") for key in mangled)
     assert mangled["evaluate.recall_at_1"] == retrieval["recall@1"]  # the other reports' numbers stay
     assert headline_metrics(tmp_path / "nothing") == {}
+
+
+def test_an_eval_set_dropped_from_params_leaves_its_numbers_out(tmp_path: Path) -> None:
+    """`eval_sets: {}` (the README's advice for your own videos) leaves reports/transfer/synthetic_unseen behind:
+    its synthetic numbers are not shown beside the new encoder's, nor logged as the pipeline's; a note says why."""
+    shutil.copytree(REPORTS, tmp_path / "reports", ignore=shutil.ignore_patterns("bench"))
+    (tmp_path / "params.yaml").write_text("eval_sets: {}\n")
+    lines = said(summary_lines(tmp_path / "reports"))
+    assert "transfer" not in lines
+    assert lines["note"][-1] == ("transfer: reports/transfer/synthetic_unseen left out: eval_sets of params.yaml no "
+                                 "longer lists it (made by an earlier run; delete the folder to stop this note)")
+    assert not any(key.startswith(("transfer.", "classify.")) for key in headline_metrics(tmp_path / "reports"))
+    (tmp_path / "params.yaml").write_text("eval_sets:\n  synthetic_unseen: {root: data/raw/synthetic_transfer}\n")
+    assert "transfer" in said(summary_lines(tmp_path / "reports"))
+    (tmp_path / "params.yaml").unlink()  # reports read on their own: every folder counts
+    assert "transfer" in said(summary_lines(tmp_path / "reports"))
