@@ -18,6 +18,7 @@ runs every call of this module on an index.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -35,6 +36,7 @@ from slic.search import (QuerySpan, SearchUsageError, find_videos, index_encoder
 from slic.serving import VideoEncoder
 
 CHAMPION = "models:/slic-encoder@champion"
+log = logging.getLogger(__name__)
 USAGE_ERRORS = (ConfigError, IndexBuildError, SearchUsageError)
 
 
@@ -153,8 +155,10 @@ class Encoder:
         for position, vector, why in self.video_encoder.embed_files(paths, workers):
             if vector is None:
                 failures.append((str(paths[position]), why))
-            else:
-                vectors[position] = vector
+                continue
+            vectors[position] = vector
+            if why:  # embedded, but shorter than one clip (a still image): said as `slic embed-video` says it
+                log.warning("%s: %s", paths[position], why)
         if failures and errors == "raise":
             raise UndecodableVideos(failures, vectors)
         return vectors

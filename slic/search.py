@@ -37,7 +37,8 @@ class FileEncoder(Protocol):
 
     def embed_files(self, paths: list[Path], workers: int = 0, spans: list[tuple[int, int] | None] | None = None,
                     ) -> Iterator[tuple[int, np.ndarray | None, str]]:
-        """(position, embedding or None, why the file could not be decoded) per path (or its frames in spans)."""
+        """(position, embedding or None, why the file could not be decoded, or a warning beside an embedding: a file
+        shorter than one clip) per path (or its frames in spans)."""
         ...
 
 
@@ -179,7 +180,7 @@ def search_videos(videos: list[Path], encoder: FileEncoder, loaded: LoadedIndex,
                         "start_s": None if span is None else span.start_s,
                         "end_s": None if span is None else span.end_s,
                         "results": ranked_hits(loaded, np.array([i for i, _ in kept], dtype=np.int64),
-                                         np.array([s for _, s in kept], dtype=np.float32))})
+                                               np.array([s for _, s in kept], dtype=np.float32))})
     return answers, errors
 
 

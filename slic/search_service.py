@@ -118,7 +118,8 @@ class SearchService:
             raise RequestError(str(exc)) from exc
         except SlicError as exc:  # the index changed between the check and the search, and cannot be read
             raise RequestError(str(exc), HTTPStatus.SERVICE_UNAVAILABLE) from exc
-        self.answered += 1
+        with self.videos.lock:
+            self.answered += 1
         return loaded, chosen, answers, errors
 
 
