@@ -14,7 +14,7 @@ export DVC_NO_ANALYTICS := 1
 export GX_ANALYTICS_ENABLED := false
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install chromium run run-real test bench bench-real bench-label-free bench-archive-clusters bench-spread-labels bench-retrain-labels bench-labels-stage bench-promote-labels bench-protocol-gallery bench-search-service bench-added-videos bench-serving-decode bench-segments bench-frame-rate bench-gpu gpu-wheelhouse clean pipeline image services-up services-down deploy worker preset-paper
+.PHONY: install chromium run run-real test bench bench-real bench-label-free bench-archive-clusters bench-spread-labels bench-retrain-labels bench-labels-stage bench-promote-labels bench-protocol-gallery bench-search-service bench-added-videos bench-serving-decode bench-damaged-packets bench-segments bench-frame-rate bench-gpu gpu-wheelhouse clean pipeline image services-up services-down deploy worker preset-paper
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -79,6 +79,10 @@ bench-search-service: install
 # Videos added to the index without retraining against the same videos embedded by the embed stage (ucf101_6).
 bench-added-videos: install
 	$(BIN)/python bench/added_videos.py
+
+# Decoding packet by packet (damaged packets passed over) against PyAV's loop, which stops at the first: time and frames.
+bench-damaged-packets: install
+	$(BIN)/python bench/damaged_packets.py
 
 # Serving's decode (search, embed-video, added videos): four ways side by side; needs `make run`'s best.pt.
 bench-serving-decode: install
