@@ -48,6 +48,7 @@ class AddedVideos:
     embedded_now: int = 0
     reused: int = 0
     failed: list[dict[str, str]] = field(default_factory=list)
+    short: list[dict[str, str]] = field(default_factory=list)  # indexed, but shorter than one clip (a still image)
     hashes: dict[str, str] = field(default_factory=dict)  # video_id -> sha256 of the file
     folder: str = ""
 
@@ -56,7 +57,7 @@ class AddedVideos:
         from slic.data.frames import content_fingerprint
 
         return {"add_videos": self.folder, "added": int(len(self.rows)), "added_embedded_now": self.embedded_now,
-                "added_reused": self.reused, "added_failed": self.failed,
+                "added_reused": self.reused, "added_failed": self.failed, "added_short": self.short,
                 "added_fingerprint": content_fingerprint(self.hashes) if self.hashes else "none"}
 
 
@@ -111,6 +112,7 @@ class EmbeddingCache:
         self.path, self.checkpoint_sha256, self.clips = path, checkpoint_sha256, clips
         self.segment_seconds = segment_seconds
         self.vectors: dict[str, np.ndarray] = {}  # by item: the file's sha256, or sha256@start-stop for a segment
+        self.notes: dict[str, str] = {}  # by item: the warning its embedding came with (shorter than one clip)
         self.stat_hash: dict[tuple[str, int, int], str] = {}
         self.segments: dict[str, list[Span]] = {}  # sha256 -> its segments: frames and times
         self.dirty, self.saved_at = False, time.monotonic()
@@ -121,6 +123,8 @@ class EmbeddingCache:
             same = str(data["checkpoint_sha256"]) == checkpoint_sha256 and int(data["clips"]) == clips
             if same:
                 self.vectors = dict(zip(data["sha256"].tolist(), data["embedding"]))
+                if "note_item" in data.files:
+                    self.notes = dict(zip(data["note_item"].tolist(), data["note_text"].tolist()))
             self.stat_hash = {(p, int(s), int(m)): h for p, s, m, h in
                               zip(data["stat_path"].tolist(), data["stat_size"], data["stat_mtime"],
                                   data["stat_sha256"].tolist())}
@@ -133,7 +137,7 @@ class EmbeddingCache:
                     self.segments.setdefault(sha, []).append((int(start), int(stop), float(start_s), float(end_s)))
         except Exception as exc:  # noqa: BLE001 - a damaged cache costs a re-embedding, never the stage
             log.warning("%s: unreadable (%s); the added videos are embedded again", path, exc)
-            self.vectors, self.stat_hash, self.segments = {}, {}, {}
+            self.vectors, self.notes, self.stat_hash, self.segments = {}, {}, {}, {}
 
     def sha256(self, video: Path) -> str:
         """The file's sha256, read again only when its size or mtime changed since the last run."""
@@ -161,9 +165,12 @@ class EmbeddingCache:
             self.dirty = True
         return self.segments[sha256]
 
-    def put(self, sha256: str, vector: np.ndarray) -> None:
-        """Keep one new embedding; the file is written when a minute has passed since the last write."""
+    def put(self, sha256: str, vector: np.ndarray, note: str = "") -> None:
+        """Keep one new embedding (and the warning it came with, said again when it is reused); the file is written
+        when a minute has passed since the last write."""
         self.vectors[sha256] = np.asarray(vector, np.float32)
+        if note:
+            self.notes[sha256] = note
         self.dirty = True
         if time.monotonic() - self.saved_at >= SAVE_EVERY_SECONDS:
             self.save()
@@ -186,6 +193,7 @@ class EmbeddingCache:
         if not self.dirty:  # unchanged: the file keeps its bytes (and DVC its hash)
             return
         shas = sorted(self.vectors)
+        noted = [item for item in shas if item in self.notes]
         stats = sorted(self.stat_hash)
         segment_rows = [(h, *span) for h, spans in sorted(self.segments.items()) for span in spans]
         dim = next(iter(self.vectors.values())).shape[0] if self.vectors else 0
@@ -199,6 +207,7 @@ class EmbeddingCache:
                  stat_mtime=np.array([k[2] for k in stats], np.int64),
                  stat_sha256=np.array([self.stat_hash[k] for k in stats], dtype=str),
                  segment_seconds=np.array(self.segment_seconds),
+                 note_item=np.array(noted, dtype=str), note_text=np.array([self.notes[h] for h in noted], dtype=str),
                  **{f"segment_{name}": np.array(values, dtype) for name, values, dtype in zip(
                      ("sha256", "start", "stop", "start_s", "end_s"), zip(*segment_rows) if segment_rows else ([],) * 5,
                      (str, np.int64, np.int64, np.float64, np.float64))})
@@ -253,7 +262,7 @@ def embed_added(folder: Path, extensions: tuple[str, ...], *, checkpoint: str | 
                     result.failed.append({"path": str(video), "error": error})
                     failed.add(video)
                 continue
-            cache.put(key, vector)
+            cache.put(key, vector, error)  # with a warning: shorter than one clip
         result.embedded_now = len({video for video, key, _ in todo if key in cache.vectors})
     except BaseException:
         cache.save()  # interrupted (Ctrl-C, an error of the encoder): what was embedded stays
@@ -271,6 +280,8 @@ def embed_added(folder: Path, extensions: tuple[str, ...], *, checkpoint: str | 
                    "end_s": round(end_s, 2)}
         rows.append(row)
         vectors.append(cache.vectors[key])
+        if key in cache.notes:  # a still image, a clip of a few frames: indexed, said (also when reused)
+            result.short.append({"path": str(video), "note": cache.notes[key]})
     cache.save(keep={key for _, key, _ in items if key in cache.vectors}, videos=videos)
     result.failed.sort(key=lambda failure: failure["path"])
     if rows:

@@ -149,6 +149,7 @@ class Encoder:
         or gets a row of NaN (errors="nan"). `workers` processes decode the next videos while one is embedded."""
         if errors not in ("raise", "nan"):
             raise SlicError(f"errors = {errors!r}: expected 'raise' or 'nan'")
+        videos = [videos] if isinstance(videos, (str, Path)) else videos  # one file, not its characters
         paths = [Path(video).expanduser() for video in videos]
         vectors = np.full((len(paths), self.dim), np.nan, dtype=np.float32)
         failures = []
@@ -188,10 +189,13 @@ class VideoSearch:
     were added) is read again at the next search. `model` names other weights to embed queries with (a checkpoint
     or models:/ URI), refused unless they are the index's own. Thread-safe: searches run one at a time."""
 
-    def __init__(self, index: str | Path | None = None, *, model: str = "", params: str | Path = "params.yaml",
+    def __init__(self, index: str | Path | None = None, *, model: str = "", params: str | Path | None = None,
                  workers: int = 0) -> None:
+        if params is not None and not Path(params).is_file():
+            raise SlicError(f"params = {str(params)!r}: no such file (leave it out: params.yaml of the working "
+                            "directory when there is one, else the defaults)")
         with _said_plainly():
-            self.extensions, default_index, _, self.labels_table = params_defaults(str(params))
+            self.extensions, default_index, _, self.labels_table = params_defaults(str(params or "params.yaml"))
         self.index_dir = Path(index if index is not None else default_index)
         self.model, self.workers = model, workers
         self.lock = threading.RLock()
@@ -265,9 +269,10 @@ class VideoSearch:
              ) -> tuple[_Loaded, list[dict[str, Any]], list[dict[str, str]]]:
         """(the index searched, each answer as `slic search --json` writes it, each query that failed): the core of
         `search`, `search_many` and `slic serve`. SearchUsageError for a bad option, a file or time not found."""
-        if k < 1 or per_file < 0 or per_recording < 0:
-            raise SearchUsageError(f"k = {k}, per_file = {per_file}, per_recording = {per_recording}: k must be 1 "
-                                   "or more, per_file and per_recording 0 (no limit) or more")
+        for name, value, least in (("k", k, 1), ("per_file", per_file, 0), ("per_recording", per_recording, 0)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                raise SearchUsageError(f"{name} = {value!r}: expected an integer, {least} or more"
+                                       + (" (0: no limit)" if least == 0 else ""))
         with self.lock:
             loaded = self.current()
             answers, errors = search_videos(videos, loaded.encoder, loaded.index, k, self.workers, spans=spans,
@@ -324,8 +329,8 @@ class VideoSearch:
         if bad.size:
             raise SlicError(f"row {int(bad[0])} of the vectors is not finite (NaN: a video embed(errors='nan') could "
                             "not decode); leave such rows out")
-        if k < 1:
-            raise SlicError(f"k = {k}: expected 1 or more")
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise SlicError(f"k = {k!r}: expected an integer, 1 or more")
         with self.lock:
             sims, ids = index_search(loaded.index.index, queries, k,
                                normalize=loaded.index.meta.get("metric", "cosine") == "cosine")

@@ -322,7 +322,7 @@ def pretrain(cfg: PretrainConfig, *, manifest: str | Path, frames_dir: str | Pat
         needed = "2 train and 1 val video" if has_labels else "2 videos"  # an unlabelled archive has no val split
         found = f"{len(train)} and {len(val)}" if has_labels else f"{len(train)}"
         raise DatasetError(f"pretraining needs at least {needed} of {cfg.clip_len} frames or more "
-                           f"(pretrain.clip_len); found {found} in {manifest}")
+                           f"(pretrain.clip_len), extracted; found {found} such in {manifest}")
     if cfg.mode != "random_init" and cfg.epochs > 0 and steps_per_epoch(len(train), cfg.batch_size, world.size) == 0:
         fits = len(train) // world.size * world.size
         raise DatasetError(f"pretrain.batch_size {cfg.batch_size} is more than the {len(train)} usable train videos of "

@@ -83,6 +83,8 @@ def write_search_html(out: str | Path, answers: Sequence[Mapping[str, Any]], err
                        for hit in answer["results"])
         named = answer.get("named")  # the class of its most similar labelled video (spread_labels)
         said = (f"named {html.escape(named['class'])} (margin {named['margin']:.2f})" if named else "")
+        if answer.get("note"):  # shorter than one clip (a still image): its hits match what it shows
+            said += ("<br>" if said else "") + f'<span class="note">{html.escape(answer["note"])}</span>'
         label = html.escape(shown.get(answer["query"], answer["query"]))
         rows.append(f'<section class="row" aria-label="query {label}">'
                     f'{cell("figure", "query", "query", answer, said)}<ol>{hits}</ol></section>')

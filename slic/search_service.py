@@ -56,7 +56,8 @@ class SearchService:
 
     def __init__(self, index_dir: str | Path, params: str = "params.yaml", model: str = "", workers: int = 0) -> None:
         try:
-            self.videos = VideoSearch(index_dir, model=model, params=params, workers=workers)
+            self.videos = VideoSearch(index_dir, model=model, workers=workers,
+                                      params=params if Path(params).is_file() else None)  # none: the defaults
         except SlicError as exc:  # the command says it in one line, as before
             raise SearchUsageError(str(exc)) from exc
         self.index_dir, self.model = Path(index_dir), model

@@ -113,6 +113,9 @@ def test_a_second_run_embeds_only_new_files_and_a_renamed_file_is_reused(
     report = index_report(workdir)
     assert (report["added"], report["added_embedded_now"], report["added_reused"]) == (2, 0, 2)
     assert (workdir / "index/added.npz").read_bytes() == cache  # nothing changed: the same bytes (DVC's hash)
+    # decord's clips are 3 frames, less than one clip: indexed, and said so, also when their embeddings are reused
+    assert [item["path"] for item in report["added_short"]] == [f"add_to_index/new/{name}" for name in ADDED]
+    assert report["added_short"][0]["note"].startswith("only 3 frames, fewer than one clip of the encoder")
     (workdir / "add_to_index/new/video_180.mov").rename(workdir / "add_to_index/renamed.mov")
     shutil.copy(FOLDER / "video_0.mov", workdir / "add_to_index/another.mov")  # the bytes of a gallery video
     read = []

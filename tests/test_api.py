@@ -67,6 +67,8 @@ def test_a_query_shorter_than_a_clip_is_answered_with_a_warning(videos: VideoSea
                                                      "(16 frames every 2): its clips repeat its last frame")
     assert videos.search(ONE, k=1).note.startswith("only 3 frames, fewer than one clip")
     assert videos.search(DEMO, k=1).note == ""
+    assert main(["search", str(still), "-k", "1", "--html", str(tmp_path / "page.html")]) == 0  # the page says it
+    assert '<span class="note">1 frame (a still image), fewer than one clip' in (tmp_path / "page.html").read_text()
 
 
 def test_search_many_answers_a_folder_and_names_the_file_it_cannot_decode(videos: VideoSearch) -> None:
@@ -84,7 +86,11 @@ def test_search_many_answers_a_folder_and_names_the_file_it_cannot_decode(videos
     (lambda v: v.search("/nowhere/absent.mp4"), "/nowhere/absent.mp4: no such file or folder"),
     (lambda v: v.search(DEMO, start="0:20"), "start 00:20.0 is past the end of"),
     (lambda v: v.search(DEMO, start="later"), "start 'later': expected seconds"),
-    (lambda v: v.search(ONE, k=0), "k must be 1 or more"),
+    (lambda v: v.search(ONE, k=0), "k = 0: expected an integer, 1 or more"),
+    (lambda v: v.search(ONE, k=2.5), "k = 2.5: expected an integer, 1 or more"),
+    (lambda v: v.search_many(FOLDER, per_file=True), "per_file = True: expected an integer, 0 or more (0: no limit)"),
+    (lambda v: v.search_vectors(np.zeros(8, np.float32), k="3"), "k = '3': expected an integer, 1 or more"),
+    (lambda v: VideoSearch(params="nowhere.yaml"), "params = 'nowhere.yaml': no such file"),
     (lambda v: v.search_vectors(np.zeros(5, np.float32)), "vectors of shape (5,): expected (8,) or (n, 8)"),
     (lambda v: v.search_vectors(np.full((1, 8), np.nan, np.float32)), "row 0 of the vectors is not finite"),
     (lambda v: v.embed([ONE], errors="skip"), "errors = 'skip': expected 'raise' or 'nan'"),
@@ -108,6 +114,7 @@ def test_embedded_vectors_find_what_their_files_find_and_a_broken_file_keeps_the
     kept = raised.value.vectors
     assert np.isfinite(kept[[0, 2]]).all() and np.isnan(kept[1]).all()
     np.testing.assert_array_equal(videos.embed([ONE, BROKEN, GOOD[0]], errors="nan"), kept)
+    np.testing.assert_array_equal(videos.embed(str(ONE)), vectors[GOOD.index(ONE)][None])  # one path, not its letters
 
 
 def test_load_encoder_takes_a_checkpoint_and_says_when_a_model_cannot_be_loaded(videos: VideoSearch,

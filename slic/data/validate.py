@@ -76,8 +76,9 @@ FRAMES_HINTS: dict[str | None, str] = {  # the extracted frames' index (`validat
     "video_id": "data/frames/index.csv lists a video twice: run `dvc repro extract` again (intact shards are reused)",
     "shard_exists": "shards that index.csv lists are gone from the frames folder: run `dvc repro extract` again "
                     "(intact shards are reused, the missing ones extracted)",
-    "extracted": "these videos probed fine but could not be decoded (the error of each is in reports/extract.json, "
-                 "`failed`): re-encode or remove them; the stages after extract go on without them",
+    "extracted": "these videos were listed but not extracted: they could not be decoded, or were gone by then (the "
+                 "error of each is in reports/extract.json, `failed`): re-encode, restore or remove them; the stages "
+                 "after extract go on without them",
 }
 FRAMES_COVERAGE_HINT = ("after extraction a class has no video left in a split named (its videos could not be "
                         "decoded: reports/extract.json lists each under `failed`): re-encode or replace those files, "

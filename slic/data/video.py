@@ -165,9 +165,15 @@ def _decoded(container: av.container.InputContainer, stream: av.video.stream.Vid
                                f"than {DAMAGED_SHARE_LIMIT:.0%} ({damage.error}): re-encode or replace the file")
 
 
+_WARNED_DAMAGE: set[str] = set()  # the files whose damaged packets this process has named already
+
+
 def _warn_damage(path: Path, damage: Damage) -> None:
-    """Say, once per decode, that frames of `path` were lost to damaged packets (search, serving, pretraining)."""
-    if damage.damaged:
+    """Say once per file and process that frames of `path` were lost to damaged packets (search, serving): a query
+    decoded twice, or shown again as a thumbnail, is not named again."""
+    if damage.damaged and str(path) not in _WARNED_DAMAGE:
+        if len(_WARNED_DAMAGE) < 10_000:
+            _WARNED_DAMAGE.add(str(path))
         log.warning("%s: %s", path, damage.note())
 
 
