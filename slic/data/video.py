@@ -110,7 +110,9 @@ DAMAGED_SHARE_LIMIT = 0.25  # more of a file's packets than this undecodable: th
 @dataclass
 class Damage:
     """The packets a decode passed over because FFmpeg could not decode them: a damaged stretch of a file (one bad
-    packet in a phone recording, a torn download) costs its frames, not the whole video, as with ffmpeg itself."""
+    packet in a phone recording, a torn download) costs its frames, not the whole video, as with ffmpeg itself. Each
+    lost frame is the frame before it held, as a player holds it, so the frames after it keep their numbers and
+    times (the file's count is the one its packets give)."""
 
     packets: int = 0  # packets given to the decoder
     damaged: int = 0  # of them, those it could not decode (skipped)
@@ -129,17 +131,19 @@ class Damage:
         """One line for a report: how many packets were skipped, where the first was and why ('' when none)."""
         if not self.damaged:
             return ""
-        return (f"{self.damaged} of {self.packets} packets could not be decoded and were skipped (frames lost; the "
-                f"first after frame {self.after_frame}: {self.error})")
+        return (f"{self.damaged} of {self.packets} packets could not be decoded (their frames hold the frame before; "
+                f"the first after frame {self.after_frame}: {self.error})")
 
 
 def _decoded(container: av.container.InputContainer, stream: av.video.stream.VideoStream, path: Path,
              damage: Damage | None = None) -> Iterator[av.VideoFrame]:
     """The stream's frames from where the container stands, passing over packets FFmpeg cannot decode (counted in
-    `damage`) where `container.decode` would stop at the first. Once every packet is read: VideoDecodeError when no
-    frame came out, or when more than DAMAGED_SHARE_LIMIT of the packets were damaged."""
+    `damage`) where `container.decode` would stop at the first: the frame before is given again in the lost frame's
+    place (none before the first decoded frame). Once every packet is read: VideoDecodeError when no frame came out,
+    or when more than DAMAGED_SHARE_LIMIT of the packets were damaged."""
     damage = damage if damage is not None else Damage()
     frames = 0
+    last: av.VideoFrame | None = None
     packets = container.demux(stream)
     while True:
         try:
@@ -154,9 +158,12 @@ def _decoded(container: av.container.InputContainer, stream: av.video.stream.Vid
             decoded = packet.decode()
         except av.FFmpegError as exc:
             damage.record(frames, exc, path)
+            if last is not None and packet.size > 0:  # held in the lost frame's place: the numbers after stay
+                frames += 1
+                yield last
             continue
         for frame in decoded:
-            frames += 1
+            frames, last = frames + 1, frame
             yield frame
     if damage.damaged and not frames:
         raise VideoDecodeError(path, f"none of its {damage.packets} packets could be decoded ({damage.error})")

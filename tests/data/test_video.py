@@ -88,7 +88,8 @@ def test_rotation_metadata_is_applied(shared_manifest: list[dict[str, str]]) -> 
 def test_a_damaged_packet_costs_its_frame_not_the_video(shared_manifest: list[dict[str, str]],
                                                         caplog: pytest.LogCaptureFixture) -> None:
     """decord's corrupted.mp4: FFmpeg refuses one packet of 50. It is passed over, as ffmpeg passes over it, so the
-    other 49 frames decode (before, the first bad packet failed the whole file everywhere) and each path says so."""
+    other 49 frames decode (before, the first bad packet failed the whole file everywhere), the lost one holds the
+    frame before (the frames after keep their numbers: 50, as probed), and each path says so."""
     from slic.data import video
 
     path = SHARED_VIDEOS / "dmlc-decord" / "decode_tests" / "corrupted.mp4"
@@ -96,14 +97,16 @@ def test_a_damaged_packet_costs_its_frame_not_the_video(shared_manifest: list[di
     video._WARNED_DAMAGE.discard(str(path))  # named once per file and process: this test's decodes name it
     with caplog.at_level("WARNING", logger="slic.data.video"):
         frames = decode(path, short_side=32)
-    assert frames.shape == (49, 32, 56, 3)
-    assert f"{path}: 1 of 50 packets could not be decoded and were skipped (frames lost; the first after frame" in (
-        caplog.text) and "InvalidDataError: Invalid data found when processing input)" in caplog.text
+    assert frames.shape == (50, 32, 56, 3)
+    held = [i for i in range(1, 50) if np.array_equal(frames[i], frames[i - 1])]
+    assert held == [28]  # the frame lost after frame 28 holds it (the 49 others all differ from the one before)
+    assert f"{path}: 1 of 50 packets could not be decoded (their frames hold the frame before; the first after " \
+           "frame 28: InvalidDataError: Invalid data found when processing input)" in caplog.text
     sequence = encode_jpeg_sequence(path, short_side=32, quality=4)
-    assert len(sequence.jpegs) == 49 and sequence.damaged.startswith("1 of 50 packets could not be decoded")
+    assert len(sequence.jpegs) == 50 and sequence.damaged.startswith("1 of 50 packets could not be decoded")
     found, decoded = decode_frames_at(path, [0, 20, 48, 49], short_side=32, frames_of=file_timeline(path))
-    assert decoded == 49 and sorted(found) == [0, 20, 48]  # the file holds 49 frames now: index 49 is past its end
-    np.testing.assert_array_equal(found[48], frames[48])
+    assert decoded == 50 and sorted(found) == [0, 20, 48, 49]
+    np.testing.assert_array_equal(found[49], frames[49])
     assert caplog.text.count("packets could not be decoded") == 1  # decoded twice, named once
 
 
