@@ -10,7 +10,7 @@ machine, each JPEG-encoding every frame as `extract` does (`encode_jpeg_sequence
 Reported: on whole videos (ucf101_6's first N, or ../shared/videos' decodable ones), the seconds of each way (sum
 and median ratio) and whether their JPEG bytes are identical; on damaged copies (a file with packets whose NAL
 length was overwritten, as tests/conftest.py's `damaged_video` makes them, and decord's corrupted.mp4), the frames
-each way keeps.
+each way gives (slic's holds a lost frame's place with the frame before) or why it fails.
 
     python bench/damaged_packets.py                      # 60 ucf101_6 videos -> reports/bench/damaged_packets.json
     python bench/damaged_packets.py --videos 10 --out /tmp/d.json
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{report['packet_by_packet_s']} s, stop at first {report['stop_at_first_s']} s (median ratio "
           f"{report['median_ratio']}), identical JPEGs: {report['all_identical']}")
     for name, ways in report["damaged"].items():
-        print(f"  {name}: frames kept {ways}")
+        print(f"  {name}: frames given {ways}")
     print(f"-> {args.out}")
     return 0
 
