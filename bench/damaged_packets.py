@@ -110,8 +110,9 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"no videos found under {REAL} or {SHARED}")
     with tempfile.TemporaryDirectory() as folder:
         result = measure(videos, damaged_copies(Path(folder)))
-    report = {"machine": machine_info(), "source": str(REAL.relative_to(ROOT.parent)) if REAL.is_dir() else
-              str(SHARED.relative_to(ROOT.parent)), "short_side": 64, "quality": 4, **result}
+    source = REAL if REAL.is_dir() else SHARED
+    report = {"machine": machine_info(), "source": f"../{source.relative_to(ROOT.parent)}", "short_side": 64,
+              "quality": 4, **result}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     print(f"{report['whole_videos']} whole videos, {report['frames']} frames: packet by packet "
