@@ -574,7 +574,8 @@ def run_index(config: Any) -> dict[str, Any]:
     for note in report["notes"]:
         print(f"  note: {note}")
     for failure in report.get("added_failed", []):
-        print(f"  not added: {failure['path']}: {failure['error']}; fix or remove the file", file=sys.stderr)
+        advice = "" if "re-encode" in failure["error"] else "; fix or remove the file"  # said once
+        print(f"  not added: {failure['path']}: {failure['error']}{advice}", file=sys.stderr)
     if short := report.get("added_short"):  # indexed, but their hits will match what they show, not how they move
         print(f"  note: {len(short)} added video(s) shorter than one clip, e.g. {short[0]['path']}: {short[0]['note']}",
               file=sys.stderr)
