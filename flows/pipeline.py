@@ -151,7 +151,7 @@ def run_stage(repo: str, stage: str, parent_run_id: str | None = None) -> dict[s
 # Report lists worth reading in the UI, not only counting (largest_groups: the clusters stage's; label_next: the
 # spread_labels stage's videos to label next, each with why).
 LISTED = {"advice": "Notes", "excluded": "Excluded", "failed": "Could not be decoded",
-          "damaged": "Kept with frames lost to damaged packets", "largest_groups": "Largest groups",
+          "damaged": "Decoded past damaged packets", "largest_groups": "Largest groups",
           "label_next": "Label next"}
 LISTED_ITEMS = 10
 

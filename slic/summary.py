@@ -161,7 +161,7 @@ def _notes(read: Read) -> list[str]:
         said.append(f"extract: {len(failed)} video(s) could not be decoded, e.g. {failed[0]['path']}: "
                     f"{failed[0]['error']}")
     if damaged := extract.get("damaged"):
-        said.append(f"extract: {len(damaged)} video(s) kept with frames lost to damaged packets, e.g. "
+        said.append(f"extract: {len(damaged)} video(s) decoded past damaged packets, e.g. "
                     f"{damaged[0]['path']}: {damaged[0]['note']}")
     said += [f"extract: {line}" for line in extract.get("advice") or []]
     for report, stage, key in NOTED:

@@ -71,8 +71,7 @@ def test_an_unlabelled_archive_says_what_needs_no_classes_and_what_skipped(tmp_p
         "manifest: 3 of 17 videos excluded (too short 2, unreadable 1) -> reports/manifest.json",
         "manifest: set extract.fps: 30",
         "extract: 1 video(s) could not be decoded, e.g. /v/corrupted.mp4: InvalidDataError: Invalid data",
-        "extract: 1 video(s) kept with frames lost to damaged packets, e.g. /v/glitch.mp4: 1 of 50 packets could not "
-        "be decoded",
+        "extract: 1 video(s) decoded past damaged packets, e.g. /v/glitch.mp4: 1 of 50 packets could not be decoded",
         "pretrain: 24 training steps in all"]
     assert lines["encoder"] == ["mode slic, 11 train videos, the last epoch (24) is best.pt: no classes to choose "
                                 "on; 3 s on cpu"]

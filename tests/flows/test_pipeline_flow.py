@@ -62,7 +62,7 @@ def test_notes_and_exclusions_are_listed_in_the_artifact_and_the_notes_describe_
                                           "damaged": [{"video_id": "b/y", "path": "/v/y.mp4", "note": "1 of 50"}]},
                               ran=True)  # the files extract could not decode, or decoded past damaged packets
     assert "**Could not be decoded**\n\n- /v/x.mp4: cannot\n" in extract
-    assert "**Kept with frames lost to damaged packets**\n\n- /v/y.mp4: 1 of 50\n" in extract
+    assert "**Decoded past damaged packets**\n\n- /v/y.mp4: 1 of 50\n" in extract
     groups = report_markdown("clusters", {"groups": 20, "largest_groups": [
         {"group": 0, "videos": 113, "most_typical": "PlayingPiano/v_PlayingPiano_g05_c01",
          "majority_class": "PlayingPiano", "majority_share": 0.5664}]}, ran=True)
