@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from slic.config import ConfigError
+from slic.data.video import path_problem
 from slic.index import META_FILE, IndexBuildError, LoadedIndex, load_index
 from slic.index import search as index_search
 from slic.search import (QuerySpan, SearchUsageError, find_videos, index_encoder, model_encoder, params_defaults,
@@ -307,14 +308,22 @@ class VideoSearch:
                     per_file: int = 0, other_recordings: bool = False, per_recording: int = 0,
                     ) -> tuple[list[Answer], list[tuple[str, str]]]:
         """(answers, failures) for every video of a folder (searched recursively for video files) or of a list of
-        files and folders: the answers in order, and (path, why) for each file that could not be decoded (the
-        others are still answered). The queries are embedded one by one, then looked up in one batched search."""
+        files and folders: the answers in order, and (path, why) for each file that could not be decoded, and each
+        item that gives no video (not there, a broken link, a folder without videos): the others are still answered.
+        The queries are embedded one by one, then looked up in one batched search."""
         named = [videos] if isinstance(videos, (str, Path)) else list(videos)
+        files, failures = [], []
+        for item in (Path(name).expanduser() for name in named):
+            try:
+                files += find_videos(item, self.extensions)
+            except SearchUsageError as exc:  # one item: named among the failures, as an undecodable file is
+                said = str(exc).removeprefix(f"{item}: ")
+                failures.append((str(item), said if item.is_dir() else path_problem(item) or said))
         with _said_plainly():
-            files = [found for item in named for found in find_videos(Path(item).expanduser(), self.extensions)]
             _, answers, errors = self.find(files, k=k, other_files=other_files, per_file=per_file,
                                            other_recordings=other_recordings, per_recording=per_recording)
-        return [Answer.of(answer) for answer in answers], [(error["query"], error["error"]) for error in errors]
+        failures += [(error["query"], error["error"]) for error in errors]
+        return [Answer.of(answer) for answer in answers], failures
 
     def search_vectors(self, vectors: np.ndarray, *, k: int = 10) -> list[tuple[Hit, ...]]:
         """The k indexed videos nearest each row of `vectors` (one vector, or (n, d)): embeddings made by this

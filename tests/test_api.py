@@ -71,13 +71,16 @@ def test_a_query_shorter_than_a_clip_is_answered_with_a_warning(videos: VideoSea
     assert '<span class="note">1 frame (a still image), fewer than one clip' in (tmp_path / "page.html").read_text()
 
 
-def test_search_many_answers_a_folder_and_names_the_file_it_cannot_decode(videos: VideoSearch) -> None:
+def test_search_many_answers_a_folder_and_names_the_file_it_cannot_decode(videos: VideoSearch, tmp_path: Path) -> None:
     answers, failures = videos.search_many(FOLDER, k=2, per_file=1)
     assert [answer.query for answer in answers] == [str(path) for path in GOOD]
     assert all(answer.hits[0].path == answer.query for answer in answers)  # each indexed video finds itself first
     assert [path for path, _ in failures] == [str(BROKEN)] and "cannot decode" in failures[0][1]
-    listed, _ = videos.search_many([ONE, GOOD[0]], k=1)
-    assert [answer.hits[0].path for answer in listed] == [str(ONE), str(GOOD[0])]
+    (tmp_path / "empty").mkdir()
+    listed, failed = videos.search_many([ONE, tmp_path / "absent.mp4", tmp_path / "empty", GOOD[0]], k=1)
+    assert [answer.hits[0].path for answer in listed] == [str(ONE), str(GOOD[0])]  # the others still answered
+    assert failed == [(str(tmp_path / "absent.mp4"), "no such file"),
+                      (str(tmp_path / "empty"), f"no videos ({', '.join(videos.extensions)}) in this folder")]
 
 
 @pytest.mark.parametrize(("call", "said"), [
