@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -34,7 +34,9 @@ from slic.index import META_FILE, IndexBuildError, LoadedIndex, load_index
 from slic.index import search as index_search
 from slic.search import (QuerySpan, SearchUsageError, find_videos, index_encoder, model_encoder, params_defaults,
                          parse_time, query_namer, query_span, ranked_hits, require_index_encoder, search_videos)
-from slic.serving import VideoEncoder
+
+if TYPE_CHECKING:  # the encoder's module imports torch: loaded with the first encoder, not with this module
+    from slic.serving import VideoEncoder
 
 CHAMPION = "models:/slic-encoder@champion"
 log = logging.getLogger(__name__)
