@@ -58,6 +58,31 @@ class UndecodableVideos(SlicError):
         self.failures, self.vectors = failures, vectors
 
 
+def embedded_rows(encoder: VideoEncoder, paths: list[Path], workers: int = 0,
+                  ) -> tuple[np.ndarray, dict[int, str], dict[int, str]]:
+    """(the (n, dim) float32 rows, a row of NaN for each file that failed; why each failed, by position; the warning
+    each embedded file came with, by position: shorter than one clip): `Encoder.embed` and `slic embed-video`."""
+    vectors = np.full((len(paths), encoder.dim), np.nan, dtype=np.float32)
+    failed: dict[int, str] = {}
+    warned: dict[int, str] = {}
+    for position, vector, said in encoder.embed_files(paths, workers):  # a broken link or a folder says so too
+        if vector is None:
+            failed[position] = said
+        else:
+            vectors[position] = vector
+            if said:
+                warned[position] = said
+    return vectors, failed, warned
+
+
+def checked_count(name: str, value: Any, least: int) -> int:
+    """`value` when it is an integer of at least `least` (k, per_file, per_recording), else SearchUsageError."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < least:
+        raise SearchUsageError(f"{name} = {value!r}: expected an integer, {least} or more"
+                               + (" (0: no limit)" if least == 0 else ""))
+    return value
+
+
 @contextmanager
 def _said_plainly() -> Iterator[None]:
     """The library's usage errors (config, index, search) as SlicError, their message kept."""
@@ -154,17 +179,12 @@ class Encoder:
             raise SlicError(f"errors = {errors!r}: expected 'raise' or 'nan'")
         videos = [videos] if isinstance(videos, (str, Path)) else videos  # one file, not its characters
         paths = [Path(video).expanduser() for video in videos]
-        vectors = np.full((len(paths), self.dim), np.nan, dtype=np.float32)
-        failures = []
-        for position, vector, why in self.video_encoder.embed_files(paths, workers):
-            if vector is None:
-                failures.append((str(paths[position]), why))
-                continue
-            vectors[position] = vector
-            if why:  # embedded, but shorter than one clip (a still image): said as `slic embed-video` says it
-                log.warning("%s: %s", paths[position], why)
-        if failures and errors == "raise":
-            raise UndecodableVideos(failures, vectors)
+        vectors, failed, warned = embedded_rows(self.video_encoder, paths, workers)
+        for position, said in warned.items():  # shorter than one clip (a still image): as `slic embed-video` says
+            log.warning("%s: %s", paths[position], said)
+        if failed and errors == "raise":
+            raise UndecodableVideos([(str(paths[position]), why) for position, why in sorted(failed.items())],
+                                    vectors)
         return vectors
 
 
@@ -273,9 +293,7 @@ class VideoSearch:
         """(the index searched, each answer as `slic search --json` writes it, each query that failed): the core of
         `search`, `search_many` and `slic serve`. SearchUsageError for a bad option, a file or time not found."""
         for name, value, least in (("k", k, 1), ("per_file", per_file, 0), ("per_recording", per_recording, 0)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < least:
-                raise SearchUsageError(f"{name} = {value!r}: expected an integer, {least} or more"
-                                       + (" (0: no limit)" if least == 0 else ""))
+            checked_count(name, value, least)
         with self.lock:
             loaded = self.current()
             answers, errors = search_videos(videos, loaded.encoder, loaded.index, k, self.workers, spans=spans,
@@ -340,11 +358,11 @@ class VideoSearch:
         if bad.size:
             raise SlicError(f"row {int(bad[0])} of the vectors is not finite (NaN: a video embed(errors='nan') could "
                             "not decode); leave such rows out")
-        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-            raise SlicError(f"k = {k!r}: expected an integer, 1 or more")
+        with _said_plainly():
+            checked_count("k", k, 1)
         with self.lock:
             sims, ids = index_search(loaded.index.index, queries, k,
-                               normalize=loaded.index.meta.get("metric", "cosine") == "cosine")
+                                     normalize=loaded.index.meta.get("metric", "cosine") == "cosine")
         return [tuple(Hit.of(hit) for hit in ranked_hits(loaded.index, row_ids, row_sims))
                 for row_ids, row_sims in zip(ids, sims)]
 

@@ -718,6 +718,7 @@ def run_embed_video(argv: list[str]) -> int:
     """
     import numpy as np
 
+    from slic.api import embedded_rows
     from slic.config import ConfigError
     from slic.data.video import path_problem
     from slic.search import SearchUsageError, model_encoder, params_defaults
@@ -746,14 +747,9 @@ def run_embed_video(argv: list[str]) -> int:
     except (ConfigError, SearchUsageError) as exc:
         print(f"slic embed-video: error: {exc}", file=sys.stderr)
         return 2
-    vectors = np.full((len(paths), encoder.dim), np.nan, dtype=np.float32)  # a row of NaN for each file that fails
-    for position, vector, error in encoder.embed_files(paths, workers):  # a broken link or a folder says so too
-        if vector is None:
-            problems[position] = error
-            continue
-        vectors[position] = vector
-        if error:  # shorter than one clip: embedded, with a warning
-            print(f"slic embed-video: warning: {paths[position]}: {error}", file=sys.stderr)
+    vectors, problems, warned = embedded_rows(encoder, paths, workers)  # a row of NaN for each file that fails
+    for position, said in warned.items():  # shorter than one clip: embedded, with a warning
+        print(f"slic embed-video: warning: {paths[position]}: {said}", file=sys.stderr)
     for position in sorted(problems):  # one line each, in the order given; the others' rows stay aligned
         print(f"slic embed-video: error: {paths[position]}: {problems[position]}", file=sys.stderr)
     if args.out:
