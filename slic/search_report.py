@@ -19,7 +19,8 @@ import numpy as np
 
 from slic.report import STYLE, THUMB_FRAMES, THUMB_WIDTH, Thumbnail, animated_webp
 
-SEARCH_STYLE = ".mark.neighbour { background: #59636e; } #errors li { font: 12px ui-monospace, monospace; }"
+SEARCH_STYLE = (".mark.neighbour { background: #59636e; } #errors li { font: 12px ui-monospace, monospace; } "
+                ".note { color: #8a4b00; }")  # a query shorter than one clip: set apart from its name
 
 
 def file_thumbnail(path: str | Path, start_s: float | None = None, end_s: float | None = None, *,
