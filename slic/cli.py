@@ -846,12 +846,13 @@ def main(argv: list[str] | None = None) -> int:
         return run_preset(rest, args.params)
     if args.stage == "summary":
         from slic.mlflow_store import tracking_uri
+        from slic.report_freshness import stale_reports
         from slic.summary import format_summary, summary_lines
 
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
         try:
-            print(format_summary(summary_lines("reports", tracking_uri())))
+            print(format_summary(summary_lines("reports", tracking_uri(), stale_reports("."))))
         except BrokenPipeError:  # `slic summary | head`: the reader left
             sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keep the interpreter's final flush quiet
         return 0

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from slic.report_freshness import Stale
 
 Line = tuple[str, str]  # (what, the line)
 
@@ -188,6 +191,18 @@ SECTIONS: tuple[tuple[str, Callable[[Read, Path], list[str]]], ...] = (
     ("search", _single("index.json", _search)), ("note", lambda read, reports: _notes(read) + _dropped(reports)))
 
 
+def _stale_note(stale: Mapping[str, Stale]) -> str:
+    """One line: what changed (an input, a setting, a command) and which stages read it, which stages come after
+    those, and what to run."""
+    readers: dict[str, set[str]] = {}
+    for why in stale.values():
+        readers.setdefault(why.what, set()).add(why.changed)
+    changes = "; ".join(f"{what} (read by {', '.join(sorted(stages))})" for what, stages in sorted(readers.items()))
+    after = sorted({why.stage for why in stale.values() if why.stage != why.changed})
+    then = f"; {', '.join(after)} {'comes' if len(after) == 1 else 'come'} after those" if after else ""
+    return f"[stale] lines were made before a change: {changes}{then}; `dvc repro` remakes them (see `dvc status`)"
+
+
 def _dropped(reports: Path) -> list[str]:
     """A note for the reports of eval sets params.yaml no longer lists (left out above)."""
     dropped = transfer_sets(reports)[1]
@@ -197,16 +212,32 @@ def _dropped(reports: Path) -> list[str]:
             f"{'it' if len(dropped) == 1 else 'them'} (made by an earlier run; delete the folder to stop this note)"]
 
 
-def summary_lines(reports: str | Path = "reports", tracking_uri: str = "") -> list[Line]:
-    """(what, line) for each report present under `reports`, then where the UIs are (`tracking_uri`: MLflow's)."""
+def summary_lines(reports: str | Path = "reports", tracking_uri: str = "",
+                  stale: Mapping[str, Stale] | None = None) -> list[Line]:
+    """(what, line) for each report present under `reports`, then where the UIs are (`tracking_uri`: MLflow's).
+
+    `stale` ({report: why}, slic.report_freshness.stale_reports) marks each line read from such a report
+    "[stale]" and adds a note saying which stage changed and what to run, so an earlier run's numbers do not read
+    as what the settings now make."""
     reports = Path(reports)
     read = _reader(reports)
+    stale = stale or {}
     lines: list[Line] = []
     for what, make in SECTIONS:
+        used: list[str] = []
+
+        def reading(name: str) -> dict[str, Any] | None:
+            used.append(name)
+            return read(name)
+
         try:
-            lines += [(what, said) for said in make(read, reports)]
+            made = make(reading, reports) if what != "note" else make(read, reports)
         except (KeyError, TypeError, ValueError):  # a report of another version: left out rather than misread
-            pass
+            continue
+        marked = any(name in stale for name in used)
+        lines += [(what, f"[stale] {said}" if marked else said) for said in made]
+    if any(what != "note" and said.startswith("[stale] ") for what, said in lines):
+        lines.append(("note", _stale_note(stale)))
     if lines and tracking_uri:
         lines.append(("MLflow", f"{_mlflow_ui(tracking_uri)} (runs per stage; the registry's champion)"))
     return lines

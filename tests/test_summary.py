@@ -148,3 +148,62 @@ def test_an_eval_set_dropped_from_params_leaves_its_numbers_out(tmp_path: Path) 
     assert "transfer" in said(summary_lines(tmp_path / "reports"))
     (tmp_path / "params.yaml").unlink()  # reports read on their own: every folder counts
     assert "transfer" in said(summary_lines(tmp_path / "reports"))
+
+
+STAGES = """stages:
+  pretrain:
+    cmd: cp given/pretrain.json reports/pretrain.json && echo model > model.txt
+    deps: [given/pretrain.json]
+    params: [pretrain]
+    outs: [model.txt, {reports/pretrain.json: {cache: false}}]
+  evaluate:
+    cmd: cp given/retrieval.json reports/retrieval.json
+    deps: [model.txt, given/retrieval.json]
+    outs: [{reports/retrieval.json: {cache: false}}]
+"""
+
+
+def _dvc(folder: Path, *args: str) -> None:
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, "-m", "dvc", *args], cwd=folder, check=True, capture_output=True)
+
+
+def test_a_report_whose_stage_or_an_earlier_one_changed_since_is_marked_stale(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A real DVC pipeline: up to date, nothing is stale; a setting of pretrain edited, pretrain's line and the line
+    of evaluate (after it) are marked, with a note naming the change; an input missing (a clone without the data)
+    marks nothing; outside a DVC repository nothing is said."""
+    from slic.report_freshness import Stale, stale_reports
+
+    (tmp_path / "given").mkdir()
+    (tmp_path / "reports").mkdir()
+    for name in ("pretrain.json", "retrieval.json"):
+        shutil.copy(REPORTS / name, tmp_path / "given" / name)
+    (tmp_path / "dvc.yaml").write_text(STAGES)
+    (tmp_path / "params.yaml").write_text("pretrain:\n  epochs: 24\n")
+    _dvc(tmp_path, "init", "--no-scm", "-q")
+    _dvc(tmp_path, "repro", "-q")
+    assert stale_reports(tmp_path) == {}
+    assert not any("[stale]" in line for _, line in summary_lines(tmp_path / "reports", stale=stale_reports(tmp_path)))
+
+    (tmp_path / "params.yaml").write_text("pretrain:\n  epochs: 48\n")
+    stale = stale_reports(tmp_path)
+    assert stale == {"pretrain.json": Stale("pretrain", "pretrain", "params.yaml: pretrain"),
+                     "retrieval.json": Stale("evaluate", "pretrain", "params.yaml: pretrain")}
+    lines = said(summary_lines(tmp_path / "reports", stale=stale))
+    assert lines["encoder"][0].startswith("[stale] mode ") and lines["retrieval"][0].startswith("[stale] test recall@1")
+    assert lines["note"][-1] == ("[stale] lines were made before a change: params.yaml: pretrain (read by pretrain); "
+                                 "evaluate comes after those; `dvc repro` remakes them (see `dvc status`)")
+    monkeypatch.chdir(tmp_path)  # `slic summary` as a user runs it, in the checkout
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert main(["summary"]) == 0
+    printed = capsys.readouterr().out
+    assert "  encoder    [stale] mode " in printed and "params.yaml: pretrain (read by pretrain)" in printed
+    (tmp_path / "params.yaml").write_text("pretrain:\n  epochs: 24\n")
+    (tmp_path / "model.txt").unlink()  # made by pretrain, read by evaluate: missing, not changed
+    assert stale_reports(tmp_path) == {}
+    (tmp_path / "given" / "retrieval.json").write_text((REPORTS / "retrieval.json").read_text() + "\n")
+    assert set(stale_reports(tmp_path)) == {"retrieval.json"}
+    assert stale_reports(tmp_path / "given") == {}  # not a DVC repository
