@@ -15,17 +15,21 @@ decoded); an application that searches often asks this service instead, which ho
 When `dvc repro index` rewrites the index (videos added to add_to_index/, a new encoder), the next request loads it
 again, so the service needs no restart. A bad request gets status 400 and `{"error": "..."}` naming the key, value
 or file and what to do. Searches run one at a time (one encoder); it binds to 127.0.0.1 unless told otherwise, as
-it reads any path its clients name.
+it reads any path its clients name. Served to others (`--host 0.0.0.0`), `--token` (or SLIC_SERVE_TOKEN) makes
+every search send `Authorization: Bearer <token>` (401 otherwise; `/health` then says only that it is up), and
+`--paths-under DIR` keeps the paths a client may name inside those folders (403 otherwise; uploads stay open).
 """
 
 from __future__ import annotations
 
 import argparse
+import hmac
 import html
 import json
+import os
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -52,9 +56,11 @@ class RequestError(ValueError):
 class SearchService:
     """The index of `index_dir` and its encoder (or `model`, refused when it is not the index's), held in memory by a
     `slic.api.VideoSearch` (read again when the index is rebuilt). `search` answers one request, `health` says what
-    is served."""
+    is served. With `paths_under`, a request may name only files and folders inside those folders."""
 
-    def __init__(self, index_dir: str | Path, params: str = "params.yaml", model: str = "", workers: int = 0) -> None:
+    def __init__(self, index_dir: str | Path, params: str = "params.yaml", model: str = "", workers: int = 0,
+                 paths_under: Sequence[str | Path] = ()) -> None:
+        self.paths_under = [Path(folder).resolve() for folder in paths_under]  # empty: any path of this machine
         try:
             self.videos = VideoSearch(index_dir, model=model, workers=workers,
                                       params=params if Path(params).is_file() else None)  # none: the defaults
@@ -109,8 +115,12 @@ class SearchService:
         chosen = checked_request(request, upload is not None)
         self.current()  # a rebuild that cannot be read: 503 before the request's files are looked at
         try:
+            for path in chosen["paths"]:
+                self.check_readable(path)  # before it is looked at: whether it exists is not said outside
             videos = [upload] if upload is not None else [video for path in chosen["paths"]
                                                           for video in find_videos(path, self.videos.extensions)]
+            for video in videos if upload is None else []:
+                self.check_readable(video)  # a link inside that points outside
             spans = request_spans(chosen, videos, from_folder=upload is None and Path(chosen["paths"][0]).is_dir())
             loaded, answers, errors = self.videos.find(
                 videos, k=chosen["k"], spans=spans, other_files=chosen["other_files"], per_file=chosen["per_file"],
@@ -122,6 +132,17 @@ class SearchService:
         with self.videos.lock:
             self.answered += 1
         return loaded, chosen, answers, errors
+
+
+    def check_readable(self, path: str | Path) -> None:
+        """A 403 RequestError when `paths_under` is set and `path` (links followed) lies outside each folder."""
+        if not self.paths_under:
+            return
+        resolved = Path(path).resolve()
+        if not any(resolved.is_relative_to(folder) for folder in self.paths_under):
+            folders = ", ".join(str(folder) for folder in self.paths_under)
+            raise RequestError(f"{path}: outside the folders this service reads ({folders}: slic serve "
+                               "--paths-under); send the video's bytes instead", HTTPStatus.FORBIDDEN)
 
 
 def checked_request(request: dict[str, Any], uploaded: bool) -> dict[str, Any]:
@@ -208,10 +229,10 @@ FORM_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title
 <style>body {{ font: 14px system-ui, sans-serif; margin: 1.5em; }} iframe {{ width: 100%; height: 80vh; border: 0; }}
 #status {{ color: #9a1c1c; }}</style></head><body>
 <h1>Search the index</h1>
-<p>{vectors} videos of <code>{index}</code>, embedded with <code>{model}</code>. Pick a video: its most similar
-indexed videos come back as animated thumbnails.</p>
+<p>{served} Pick a video: its most similar indexed videos come back as animated thumbnails.</p>
 <form id="search"><input type="file" id="video" accept="video/*" required>
 <label>k <input type="number" id="k" value="10" min="1" style="width: 4em"></label>
+<label{token_shown}>token <input type="password" id="token" autocomplete="current-password"></label>
 <button type="submit">Search</button></form>
 <p id="status" role="status"></p><iframe id="answer" title="the hits"></iframe>
 <script>
@@ -222,7 +243,9 @@ document.getElementById("search").addEventListener("submit", async (event) => {{
   status.textContent = "searching " + file.name + " ...";
   const url = "/search?format=html&k=" + encodeURIComponent(document.getElementById("k").value) +
               "&name=" + encodeURIComponent(file.name);
-  const response = await fetch(url, {{method: "POST", body: file}});
+  const token = document.getElementById("token").value;
+  const response = await fetch(url, {{method: "POST", body: file,
+                                      headers: token ? {{"Authorization": "Bearer " + token}} : {{}}}});
   const text = await response.text();
   if (!response.ok) {{ status.textContent = JSON.parse(text).error; return; }}
   status.textContent = "";
@@ -243,20 +266,39 @@ class SearchHandler(BaseHTTPRequestHandler):
         if path == "/":
             self._answer(self._form)
         elif path == "/health":
-            self._answer(self.server.service.health)
+            self._answer(self.server.service.health if self._authorised() else lambda: {"status": "ok"})
         else:
             self._send(HTTPStatus.NOT_FOUND, {"error": f"no such page {self.path}; GET / (a page to search from), "
                                                         "GET /health, POST /search"})
 
     def _form(self) -> str:
+        """The search page: what is served, or with a token set a field for it (what is served is not shown)."""
+        if self.server.token:
+            return FORM_PAGE.format(served="This service asks for its token.", token_shown="")
         health = self.server.service.health()
-        return FORM_PAGE.format(**{key: html.escape(str(health[key])) for key in ("vectors", "index", "model")})
+        shown = {key: html.escape(str(health[key])) for key in ("vectors", "index", "model")}
+        return FORM_PAGE.format(served=f"{shown['vectors']} videos of <code>{shown['index']}</code>, embedded with "
+                                       f"<code>{shown['model']}</code>.", token_shown=' hidden')
+
+    def _authorised(self) -> bool:
+        """Whether the request may search: no token is set, or it sends `Authorization: Bearer <the token>`."""
+        if not self.server.token:
+            return True
+        scheme, _, given = self.headers.get("Authorization", "").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), self.server.token.encode())
 
     def do_POST(self) -> None:  # noqa: N802 - http.server's name
         url = urlsplit(self.path)
         if url.path != "/search":
             self._drain()
             self._send(HTTPStatus.NOT_FOUND, {"error": f"no such page {url.path}; POST /search"})
+            return
+        if not self._authorised():
+            self.close_connection = True  # its body is not read
+            self._send(HTTPStatus.UNAUTHORIZED, {"error": "this service searches for those who send its token: add "
+                                                          "the header 'Authorization: Bearer <token>' (the token "
+                                                          "slic serve was given: --token or SLIC_SERVE_TOKEN)"},
+                       headers={"WWW-Authenticate": 'Bearer realm="slic serve"'})
             return
         self._answer(lambda: self._search(url.query))
 
@@ -317,13 +359,15 @@ class SearchHandler(BaseHTTPRequestHandler):
             self.close_connection = True
             self._send(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"{type(exc).__name__}: {exc}"})
 
-    def _send(self, status: HTTPStatus, body: dict[str, Any] | str) -> None:
-        """A JSON answer, or a page (`body` as text)."""
+    def _send(self, status: HTTPStatus, body: dict[str, Any] | str, headers: dict[str, str] | None = None) -> None:
+        """A JSON answer, or a page (`body` as text), with any other `headers`."""
         page = isinstance(body, str)
         data = body.encode() if page else (json.dumps(body, indent=2) + "\n").encode()
         self.send_response(status)
         self.send_header("Content-Type", "text/html; charset=utf-8" if page else "application/json")
         self.send_header("Content-Length", str(len(data)))
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
         self.end_headers()
         self.wfile.write(data)
 
@@ -333,18 +377,37 @@ class SearchHandler(BaseHTTPRequestHandler):
 
 
 class SearchServer(ThreadingHTTPServer):
-    """A ThreadingHTTPServer that carries the service and its limits to its handlers."""
+    """A ThreadingHTTPServer that carries the service, its limits and its token ('' : none asked) to its handlers."""
 
     daemon_threads = True
 
     def __init__(self, address: tuple[str, int], service: SearchService, max_upload_mb: int = 1024,
-                 quiet: bool = False) -> None:
+                 quiet: bool = False, token: str = "") -> None:
         super().__init__(address, SearchHandler)
         self.service, self.max_upload_bytes, self.quiet = service, max_upload_mb * 2**20, quiet
+        self.token = token
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def exposure_warnings(host: str, token: bool, paths_under: bool) -> list[str]:
+    """What a service listening beyond this machine leaves open: searches without a token, any path read."""
+    if host in LOOPBACK or host.startswith("127."):
+        return []
+    said = []
+    if not token:
+        said.append(f"listening on {host} without a token: anyone who reaches the port may search (set "
+                    "SLIC_SERVE_TOKEN or --token)")
+    if not paths_under:
+        said.append("clients may name any path of this machine, and any video there is decoded (--paths-under DIR "
+                    "keeps them inside DIR)")
+    return said
 
 
 def run_serve(argv: list[str], params: str = "params.yaml") -> int:
-    """`slic serve [--host 127.0.0.1] [--port 8765] [--index DIR] [--model URI]`; returns the exit code."""
+    """`slic serve [--host 127.0.0.1] [--port 8765] [--index DIR] [--model URI] [--token T] [--paths-under DIR]`;
+    returns the exit code."""
     from slic.config import ConfigError
 
     parser = argparse.ArgumentParser(prog="slic serve", description="answer searches of the index over HTTP "
@@ -358,15 +421,23 @@ def run_serve(argv: list[str], params: str = "params.yaml") -> int:
     parser.add_argument("--workers", type=int, default=0, help="processes decoding a folder's next queries while "
                         "the encoder embeds one (default 0)")
     parser.add_argument("--max-upload-mb", type=int, default=1024, help="largest uploaded video (default 1024)")
+    parser.add_argument("--token", default=os.environ.get("SLIC_SERVE_TOKEN", ""),
+                        help="searches must send 'Authorization: Bearer TOKEN' (default: SLIC_SERVE_TOKEN, which "
+                             "keeps it out of the process list; none: anyone who reaches the port may search)")
+    parser.add_argument("--paths-under", action="append", default=[], metavar="DIR",
+                        help="a client may name only files and folders inside DIR (repeatable; default: any path of "
+                             "this machine); uploads are not limited")
     args = parser.parse_args(argv)
     if not 0 <= args.port <= 65535:
         parser.error(f"--port must be in [0, 65535], got {args.port}")
     if args.max_upload_mb < 1 or args.workers < 0:
         parser.error("--max-upload-mb must be >= 1 and --workers >= 0")
+    if missing := [folder for folder in args.paths_under if not Path(folder).is_dir()]:
+        parser.error(f"--paths-under {missing[0]}: no such folder")
     try:
         index_dir = args.index or params_defaults(params)[1]
-        service = SearchService(index_dir, params, args.model, args.workers)
-        server = SearchServer((args.host, args.port), service, args.max_upload_mb)
+        service = SearchService(index_dir, params, args.model, args.workers, args.paths_under)
+        server = SearchServer((args.host, args.port), service, args.max_upload_mb, token=args.token)
     except (ConfigError, IndexBuildError, SearchUsageError) as exc:
         print(f"slic serve: error: {exc}", file=sys.stderr)
         return 2
@@ -378,8 +449,11 @@ def run_serve(argv: list[str], params: str = "params.yaml") -> int:
     health = service.health()
     for line in health["warnings"]:
         print(f"slic serve: {line}", file=sys.stderr)
+    for line in exposure_warnings(args.host, bool(args.token), bool(args.paths_under)):
+        print(f"slic serve: warning: {line}", file=sys.stderr)
+    asks = "; searches need the token" if args.token else ""
     print(f"slic serve: {health['vectors']} videos of {index_dir} ({health['kind']}), encoder {health['model']}, on "
-          f"http://{host}:{port} (POST /search, GET /health); Ctrl-C stops", flush=True)
+          f"http://{host}:{port} (POST /search, GET /health{asks}); Ctrl-C stops", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -151,8 +151,9 @@ def test_a_page_of_thumbnails_answers_when_asked_for_html(server: SearchServer) 
     assert status == 400 and answer["error"] == "format = 'xml': expected json or html"
 
 
-def test_a_browser_searches_from_the_services_own_page(server: SearchServer) -> None:
-    """GET / in Debian's headless Chromium: pick a video, press Search, its hits appear as thumbnails."""
+def searched_in_a_browser(server: SearchServer, token: str = "") -> None:
+    """GET / in Debian's headless Chromium: pick a video (and type the token), press Search, its hits appear as
+    thumbnails (skipped, or failed on CI, without Chromium)."""
     from tests.test_report import CHROMIUM, CHROMIUM_ARGS
 
     if not CHROMIUM.is_file():
@@ -168,7 +169,10 @@ def test_a_browser_searches_from_the_services_own_page(server: SearchServer) -> 
         try:
             page = browser.new_page()
             page.goto(f"http://{host}:{port}/", wait_until="load")
-            assert "5 videos of" in page.inner_text("body")
+            assert ("asks for its token" if token else "5 videos of") in page.inner_text("body")
+            assert page.is_visible("#token") == bool(token)
+            if token:
+                page.fill("#token", token)
             page.set_input_files("#video", str(ONE))
             page.fill("#k", "3")
             page.click("button[type=submit]")
@@ -177,6 +181,10 @@ def test_a_browser_searches_from_the_services_own_page(server: SearchServer) -> 
             assert answer.locator(".video.neighbour").count() == 3
         finally:
             browser.close()
+
+
+def test_a_browser_searches_from_the_services_own_page(server: SearchServer) -> None:
+    searched_in_a_browser(server)
 
 
 def test_a_rebuilt_index_is_served_without_a_restart(server: SearchServer, checkout: Path) -> None:
@@ -195,6 +203,70 @@ def test_a_rebuilt_index_is_served_without_a_restart(server: SearchServer, check
     assert found["queries"][0]["results"][0]["path"].endswith("demo.mp4")  # the added video finds itself
 
 
+def _asked(server: SearchServer, method: str, path: str, body: bytes | None = None, token: str = "",
+           content_type: str = "application/json") -> tuple[int, dict[str, Any], dict[str, str]]:
+    """(status, JSON body, headers) of one request, sending `token` as a bearer token when given."""
+    connection = http.client.HTTPConnection(*server.server_address[:2], timeout=60)
+    headers = {"Content-Type": content_type} if body is not None else {}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    try:
+        connection.request(method, path, body=body, headers=headers)
+        response = connection.getresponse()
+        return response.status, json.loads(response.read()), dict(response.getheaders())
+    finally:
+        connection.close()
+
+
+def test_a_token_and_paths_under_keep_a_shared_service_to_its_clients_and_folders(checkout: Path,
+                                                                                   tmp_path: Path) -> None:
+    """With a token, a search without it (or with another) gets 401 and what to send, /health says only that it is
+    up, the page shows nothing of the index; with paths_under, a path outside (even one that does not exist, or a
+    link inside that points outside) gets 403, while uploads and paths inside are searched."""
+    from slic.search_service import exposure_warnings
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shutil.copy(ONE, shared / "inside.mov")
+    (shared / "elsewhere.mp4").symlink_to(DEMO)
+    serving = SearchServer(("127.0.0.1", 0), SearchService(checkout / "index", str(checkout / "params.yaml"),
+                                                           paths_under=[shared]), quiet=True, token="s3cret")
+    thread = threading.Thread(target=serving.serve_forever, daemon=True)
+    thread.start()
+    inside = json.dumps({"paths": [str(shared / "inside.mov")], "k": 2}).encode()
+    try:
+        for token in ("", "wrong"):
+            status, answer, headers = _asked(serving, "POST", "/search", inside, token)
+            assert status == 401 and "add the header 'Authorization: Bearer <token>'" in answer["error"]
+            assert headers["WWW-Authenticate"].startswith("Bearer")
+        status, answer, _ = _asked(serving, "POST", "/search", inside, "s3cret")
+        assert status == 200 and answer["queries"][0]["results"][0]["path"] == str(FOLDER / "video_90.mov")
+        status, answer, _ = _asked(serving, "POST", "/search?k=1&name=clip.mov", ONE.read_bytes(), "s3cret",
+                                   "video/quicktime")
+        assert status == 200 and answer["queries"][0]["query"] == "clip.mov"
+        for outside in (str(DEMO), "/nowhere/absent.mp4", str(shared / "elsewhere.mp4")):
+            status, answer, _ = _asked(serving, "POST", "/search", json.dumps({"paths": [outside]}).encode(), "s3cret")
+            assert status == 403 and answer["error"].startswith(f"{outside}: outside the folders this service reads")
+        status, answer, _ = _asked(serving, "POST", "/search", json.dumps({"path": str(shared)}).encode(), "s3cret")
+        assert status == 403 and answer["error"].startswith(str(shared / "elsewhere.mp4"))  # found in the folder
+        assert _asked(serving, "GET", "/health")[:2] == (200, {"status": "ok"})
+        status, health, _ = _asked(serving, "GET", "/health", token="s3cret")
+        assert status == 200 and health["vectors"] >= 5
+        connection = http.client.HTTPConnection(*serving.server_address[:2], timeout=60)
+        connection.request("GET", "/")
+        page = connection.getresponse().read().decode()
+        connection.close()
+        assert "asks for its token" in page and str(checkout) not in page
+        searched_in_a_browser(serving, token="s3cret")
+    finally:
+        serving.shutdown()
+        serving.server_close()
+    assert exposure_warnings("127.0.0.1", token=False, paths_under=False) == []
+    said = exposure_warnings("0.0.0.0", token=False, paths_under=False)
+    assert len(said) == 2 and "without a token" in said[0] and "--paths-under" in said[1]
+    assert exposure_warnings("0.0.0.0", token=True, paths_under=True) == []
+
+
 def test_slic_serve_says_what_stops_it(checkout: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["serve", "--index", str(tmp_path / "none")]) == 2
     assert "slic serve: error: no index at" in capsys.readouterr().err
@@ -203,6 +275,9 @@ def test_slic_serve_says_what_stops_it(checkout: Path, tmp_path: Path, capsys: p
         taken.listen()
         assert main(["serve", "--port", str(taken.getsockname()[1])]) == 2
     assert "cannot listen on 127.0.0.1:" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stopped:
+        main(["serve", "--paths-under", str(tmp_path / "nowhere")])
+    assert stopped.value.code == 2 and f"--paths-under {tmp_path / 'nowhere'}: no such folder" in capsys.readouterr().err
 
 
 def test_the_bench_answers_each_query_both_ways_alike(checkout: Path, tmp_path: Path) -> None:
