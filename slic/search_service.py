@@ -133,7 +133,6 @@ class SearchService:
             self.answered += 1
         return loaded, chosen, answers, errors
 
-
     def check_readable(self, path: str | Path) -> None:
         """A 403 RequestError when `paths_under` is set and `path` (links followed) lies outside each folder."""
         if not self.paths_under:
