@@ -171,7 +171,8 @@ def _dvc(folder: Path, *args: str) -> None:
 
 
 def test_a_report_whose_stage_or_an_earlier_one_changed_since_is_marked_stale(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+        tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
     """A real DVC pipeline: up to date, nothing is stale; a setting of pretrain edited, pretrain's line and the line
     of evaluate (after it) are marked, with a note naming the change; an input missing (a clone without the data)
     marks nothing; outside a DVC repository nothing is said."""
@@ -206,4 +207,6 @@ def test_a_report_whose_stage_or_an_earlier_one_changed_since_is_marked_stale(
     assert stale_reports(tmp_path) == {}
     (tmp_path / "given" / "retrieval.json").write_text((REPORTS / "retrieval.json").read_text() + "\n")
     assert set(stale_reports(tmp_path)) == {"retrieval.json"}
-    assert stale_reports(tmp_path / "given") == {}  # not a DVC repository
+    plain = tmp_path_factory.mktemp("plain")  # not a DVC repository, with a report
+    shutil.copytree(tmp_path / "reports", plain / "reports")
+    assert stale_reports(plain) == {}
