@@ -128,7 +128,7 @@ def run_validate(config: Any) -> dict[str, Any]:
     out = Path(config.validate.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     usable.to_csv(out, index=False)
-    print(result.summary() + f"; {len(usable)} usable videos -> {out}")
+    print(result.summary() + f"; {len(usable)} usable video{'' if len(usable) == 1 else 's'} -> {out}")
     return report
 
 
