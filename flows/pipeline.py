@@ -287,6 +287,7 @@ def slic_pipeline(repo: str = ".", stages: list[str] | None = None, dask_address
     `gpu_repo` (the checkout as its workers see it).
     """
     from slic import tracking
+    from slic.report_freshness import stale_reports
     from slic.summary import headline_metrics, summary_lines, summary_markdown
 
     root = Path(repo).resolve()
@@ -321,7 +322,8 @@ def slic_pipeline(repo: str = ".", stages: list[str] | None = None, dask_address
             if not mlflow_parent_run_id:
                 tracking.end_pipeline_run(parent, failed=True)
             raise
-        made = summary_markdown(summary_lines(root / "reports", tracking.tracking_uri()))
+        made = summary_markdown(summary_lines(root / "reports", tracking.tracking_uri(),
+                                              stale_reports(root)))  # a run of some stages: the others' may be stale
         create_markdown_artifact(key="pipeline-summary", markdown=made, description="what this pipeline run made")
         if not mlflow_parent_run_id:
             tracking.end_pipeline_run(parent, description=made, metrics=headline_metrics(root / "reports"))

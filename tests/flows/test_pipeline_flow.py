@@ -149,6 +149,7 @@ def test_flow_runs_stages_publishes_artifacts_and_nests_mlflow_runs(prefect_api:
     recall = json.loads((checkout / "reports/retrieval.json").read_text())["recall@1"]
     made = artifacts["pipeline-summary"]  # in the Prefect UI, and as the parent run's description in MLflow's
     assert f"| retrieval | test recall@1 {100 * recall:.1f}%" in made and "| registry | slic-encoder version 1" in made
+    assert "[stale]" not in made  # every stage ran: nothing is an earlier run's
     parent_run = mlflow_client(checkout).get_run(parent)
     assert parent_run.data.tags["mlflow.note.content"] == made
     # the runs table's row of this pipeline run: its headline numbers and every setting of params.yaml
@@ -185,6 +186,17 @@ def test_flow_runs_stages_publishes_artifacts_and_nests_mlflow_runs(prefect_api:
         assert cached[stage].data.tags["slic.encoder_run_id"] == pretrain.info.run_id
         assert cached[stage].data.params["encoder.epochs"] == "2"
     assert "slic.encoder_run_id" not in cached["validate"].data.tags
+
+    params = (checkout / "params.yaml").read_text()
+    set_params(checkout, "evaluate", ks=[1, 5])
+    try:  # a run of some stages after a setting of another changed: the summary marks that stage's line
+        some = pipeline(repo=str(checkout), stages=["manifest"], return_state=True)
+        assert some.is_completed(), some.message
+        made = flow_run_details(some.state_details.flow_run_id)[0]["pipeline-summary"]
+        assert "| retrieval | [stale] test recall@1" in made and "| encoder | mode " in made
+        assert "params.yaml: evaluate (read by evaluate)" in made
+    finally:
+        (checkout / "params.yaml").write_text(params)
 
 
 def test_failed_stage_is_named_not_retried_and_done_stages_stay_cached(prefect_api: None, tmp_path: Path,
