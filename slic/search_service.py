@@ -119,8 +119,9 @@ class SearchService:
                 self.check_readable(path)  # before it is looked at: whether it exists is not said outside
             videos = [upload] if upload is not None else [video for path in chosen["paths"]
                                                           for video in find_videos(path, self.videos.extensions)]
-            for video in videos if upload is None else []:
-                self.check_readable(video)  # a link inside that points outside
+            if upload is None:
+                for video in videos:
+                    self.check_readable(video)  # a link inside that points outside
             spans = request_spans(chosen, videos, from_folder=upload is None and Path(chosen["paths"][0]).is_dir())
             loaded, answers, errors = self.videos.find(
                 videos, k=chosen["k"], spans=spans, other_files=chosen["other_files"], per_file=chosen["per_file"],
@@ -387,12 +388,9 @@ class SearchServer(ThreadingHTTPServer):
         self.token = token
 
 
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
-
-
 def exposure_warnings(host: str, token: bool, paths_under: bool) -> list[str]:
     """What a service listening beyond this machine leaves open: searches without a token, any path read."""
-    if host in LOOPBACK or host.startswith("127."):
+    if host in ("localhost", "::1") or host.startswith("127."):
         return []
     said = []
     if not token:

@@ -231,12 +231,12 @@ def summary_lines(reports: str | Path = "reports", tracking_uri: str = "",
             return read(name)
 
         try:
-            made = make(reading, reports) if what != "note" else make(read, reports)
+            made = make(reading, reports)
         except (KeyError, TypeError, ValueError):  # a report of another version: left out rather than misread
             continue
-        marked = any(name in stale for name in used)
+        marked = what != "note" and any(name in stale for name in used)  # the stages' warnings stay as they are
         lines += [(what, f"[stale] {said}" if marked else said) for said in made]
-    if any(what != "note" and said.startswith("[stale] ") for what, said in lines):
+    if any(said.startswith("[stale] ") for _, said in lines):
         lines.append(("note", _stale_note(stale)))
     if lines and tracking_uri:
         lines.append(("MLflow", f"{_mlflow_ui(tracking_uri)} (runs per stage; the registry's champion)"))
