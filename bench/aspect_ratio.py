@@ -93,9 +93,12 @@ class Letterbox(EvalTransform):
 
 
 def transform_of(resize: str, size: int) -> EvalTransform:
-    """The evaluation transform of a resize: iic (the embed stage's fixed 4:3 box), short_side or letterbox."""
+    """The evaluation transform of a resize: iic (the embed stage's own: EvalClips' fixed 4:3 box), short_side or
+    letterbox."""
+    from slic.data.clips import EvalClips
+
     if resize == "iic":
-        return EvalTransform(size, resize=(size, round(size * 171 / 128)))
+        return EvalClips([], protocol="iic", size=size).transform
     if resize == "short_side":
         return EvalTransform(size)
     return Letterbox(size, mean=IMAGENET_MEAN, std=IMAGENET_STD)

@@ -42,16 +42,25 @@ def server(checkout: Path) -> Iterator[SearchServer]:
     serving.server_close()
 
 
+def _asked(server: SearchServer, method: str, path: str, body: bytes | None = None, token: str = "",
+           content_type: str = "application/json") -> tuple[int, dict[str, Any], dict[str, str]]:
+    """(status, JSON body, headers) of one request, sending `token` as a bearer token when given."""
+    connection = http.client.HTTPConnection(*server.server_address[:2], timeout=60)
+    headers = {"Content-Type": content_type} if body is not None else {}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    try:
+        connection.request(method, path, body=body, headers=headers)
+        response = connection.getresponse()
+        return response.status, json.loads(response.read()), dict(response.getheaders())
+    finally:
+        connection.close()
+
+
 def ask(server: SearchServer, method: str, path: str, body: bytes | None = None,
         content_type: str = "application/json") -> tuple[int, dict[str, Any]]:
     """(status, JSON body) of one request."""
-    connection = http.client.HTTPConnection(*server.server_address[:2], timeout=60)
-    try:
-        connection.request(method, path, body=body, headers={"Content-Type": content_type} if body is not None else {})
-        response = connection.getresponse()
-        return response.status, json.loads(response.read())
-    finally:
-        connection.close()
+    return _asked(server, method, path, body, content_type=content_type)[:2]
 
 
 def search(server: SearchServer, request: dict[str, Any]) -> tuple[int, dict[str, Any]]:
@@ -201,21 +210,6 @@ def test_a_rebuilt_index_is_served_without_a_restart(server: SearchServer, check
     assert after["answered"] >= before["answered"]
     _, found = search(server, {"paths": [str(added / "demo.mp4")], "k": 1})
     assert found["queries"][0]["results"][0]["path"].endswith("demo.mp4")  # the added video finds itself
-
-
-def _asked(server: SearchServer, method: str, path: str, body: bytes | None = None, token: str = "",
-           content_type: str = "application/json") -> tuple[int, dict[str, Any], dict[str, str]]:
-    """(status, JSON body, headers) of one request, sending `token` as a bearer token when given."""
-    connection = http.client.HTTPConnection(*server.server_address[:2], timeout=60)
-    headers = {"Content-Type": content_type} if body is not None else {}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    try:
-        connection.request(method, path, body=body, headers=headers)
-        response = connection.getresponse()
-        return response.status, json.loads(response.read()), dict(response.getheaders())
-    finally:
-        connection.close()
 
 
 def test_a_token_and_paths_under_keep_a_shared_service_to_its_clients_and_folders(checkout: Path,
