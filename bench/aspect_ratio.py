@@ -20,6 +20,8 @@ many encoders it beats iic on).
 
     python bench/aspect_ratio.py                          # reuses bench/real.py's cells in data/bench/real
     python bench/aspect_ratio.py --seeds 7 --rows slic
+    python bench/aspect_ratio.py --split 2 --views 9:16 --resizes short_side \\
+        --out reports/bench/aspect_ratio_split2.json      # trains split 2's cells in data/bench/real_split2
 """
 
 from __future__ import annotations
@@ -117,7 +119,8 @@ def recalls(embeddings: np.ndarray, labels: np.ndarray, splits: np.ndarray) -> d
     return out
 
 
-def measure_encoder(checkpoint: Path, config: Any, world: Any) -> dict[str, dict[str, dict[str, float]]]:
+def measure_encoder(checkpoint: Path, config: Any, world: Any, views: dict[str, float | None] = VIEWS,
+                    resizes: tuple[str, ...] = RESIZES) -> dict[str, dict[str, dict[str, float]]]:
     """{view: {resize: recalls}} of one encoder over ucf101_6's train, val and test videos."""
     from slic.checkpoints import load_encoder
     from slic.data.clips import EvalClips, load_videos
@@ -129,9 +132,9 @@ def measure_encoder(checkpoint: Path, config: Any, world: Any) -> dict[str, dict
                          min_frames=clip_len, frame_step=frame_step)
     labels, splits = np.array([v.label for v in videos]), np.array([v.split for v in videos])
     found: dict[str, dict[str, dict[str, float]]] = {}
-    for view, aspect in VIEWS.items():
+    for view, aspect in views.items():
         found[view] = {}
-        for resize in RESIZES:
+        for resize in resizes:
             dataset = EvalClips(videos, protocol="iic", clip_len=clip_len, size=size, clips=config.embed.clips,
                                 cache=CutFrames(aspect))  # type: ignore[arg-type]
             dataset.transform = transform_of(resize, size)
@@ -144,10 +147,10 @@ def measure_encoder(checkpoint: Path, config: Any, world: Any) -> dict[str, dict
 def summary(encoders: list[dict[str, Any]]) -> dict[str, Any]:
     """Per view and resize: mean and sample std over encoders; per alternative its paired difference from iic."""
     out: dict[str, Any] = {"mean": {}, "std": {}, "minus_iic": {}}
-    for view in VIEWS:
+    for view, by_resize in encoders[0]["recall"].items():
         for section in out.values():
             section[view] = {}
-        for resize in RESIZES:
+        for resize in by_resize:
             keys = encoders[0]["recall"][view][resize].keys()
             values = {key: [e["recall"][view][resize][key] for e in encoders] for key in keys}
             out["mean"][view][resize] = {key: round(float(np.mean(v)), 4) for key, v in values.items()}
@@ -183,7 +186,18 @@ def table(report: dict[str, Any]) -> str:
 
 
 def parse_args(argv: list[str] | None) -> Any:
-    return cells_parser(__doc__.splitlines()[0], list(DEFAULT_ROWS), DEFAULT_OUT, markdown="table").parse_args(argv)
+    parser = cells_parser(__doc__.splitlines()[0], list(DEFAULT_ROWS), DEFAULT_OUT, markdown="table")
+    parser.add_argument("--views", nargs="+", choices=[view.split()[0] for view in VIEWS],
+                        default=[view.split()[0] for view in VIEWS], help="the frame shapes measured")
+    parser.add_argument("--resizes", nargs="+", choices=RESIZES, default=list(RESIZES),
+                        help="the resizes measured; iic always (the others are paired with it)")
+    return parser.parse_args(argv)
+
+
+def chosen(args: Any) -> tuple[dict[str, float | None], tuple[str, ...]]:
+    """The views and resizes of `args`, in the bench's order; iic always among the resizes."""
+    views = {view: aspect for view, aspect in VIEWS.items() if view.split()[0] in args.views}
+    return views, tuple(r for r in RESIZES if r == "iic" or r in args.resizes)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -191,10 +205,11 @@ def main(argv: list[str] | None = None) -> None:
     if printed_markdown(args, table):
         return
     config, world, work = open_bench(args, "bench/aspect_ratio.py")
+    views, resizes = chosen(args)
     started = time.perf_counter()
     encoders: list[dict[str, Any]] = []
     for seed, row, cell, _ in each_stored_cell(config, world, work, args.seeds, args.rows):
-        encoders.append({"row": row, "seed": seed, "recall": measure_encoder(cell / "best.pt", config, world)})
+        encoders.append({"row": row, "seed": seed, "recall": measure_encoder(cell / "best.pt", config, world, views, resizes)})
         for view, by_resize in encoders[-1]["recall"].items():
             print(f"  seed {seed} {row:12s} {view:20s} " + "  ".join(
                 f"{resize} val {100 * r['val_recall@1']:4.1f} test {100 * r['test_recall@1']:4.1f}"
@@ -202,17 +217,17 @@ def main(argv: list[str] | None = None) -> None:
     report = {
         "question": "which resize retrieves best when videos are not 4:3: the IIC box (squeezed), the short side "
                     "(centre square) or letterbox (whole frame, padded)?",
-        "views": {view: aspect for view, aspect in VIEWS.items()}, "resizes": list(RESIZES),
+        "split": args.split, "views": views, "resizes": list(resizes),
         "protocol": "the embed stage's clips (embed.clips a video), val and test queries against the train gallery; "
                     "queries and gallery cut and resized alike",
         "rows": args.rows, "seeds": args.seeds, "encoders": encoders, **summary(encoders),
         "std_is": "sample standard deviation over encoders (ddof 1)",
         "machine": machine(world.device), "work": shown(work), "wall_seconds": round(time.perf_counter() - started, 2)}
     out = write_report(report, args.out)
-    for view in VIEWS:
+    for view in views:
         print(f"{view:20s} " + "  ".join(
             f"{resize} val {100 * report['mean'][view][resize]['val_recall@1']:4.1f} test "
-            f"{100 * report['mean'][view][resize]['test_recall@1']:4.1f}" for resize in RESIZES), flush=True)
+            f"{100 * report['mean'][view][resize]['test_recall@1']:4.1f}" for resize in resizes), flush=True)
     print(f"-> {out} ({report['wall_seconds']} s)", flush=True)
 
 

@@ -378,8 +378,10 @@ def cells_parser(description: str, rows: list[str], out: Path, markdown: str = "
     parser.add_argument("--params", default=str(ROOT / "params.yaml"))
     parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(rows))
-    parser.add_argument("--work", default=str(ROOT / "data" / "bench" / "real"),
-                        help="bench/real.py's folder: its stored cells are reused, missing ones trained there")
+    parser.add_argument("--split", type=int, choices=(1, 2, 3), default=1,
+                        help="UCF101's official split (train/test lists); 2 and 3 have work folders of their own")
+    parser.add_argument("--work", help="bench/real.py's folder: its stored cells are reused, missing ones trained "
+                                       "there (default: data/bench/real, data/bench/real_split2 for split 2, ...)")
     parser.add_argument("--out", default=str(out))
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--verbose", action="store_true", help="slic's log lines (epochs, clustering)")
@@ -396,6 +398,12 @@ def printed_markdown(args: argparse.Namespace, render: Callable[[dict[str, Any]]
     return bool(args.markdown)
 
 
+def split_work(split: int) -> Path:
+    """The default work folder of a split: data/bench/real for split 1 (bench/real.py's), data/bench/real_splitN
+    for the others, so cells of one split are never retrained over another's."""
+    return ROOT / "data" / "bench" / ("real" if split == 1 else f"real_split{split}")
+
+
 def open_bench(args: argparse.Namespace, prog: str, preset: str = PRESET,
                overrides: list[str] | None = None) -> tuple[Config, Any, Path]:
     """A real-video bench's start: logging and threads, the config of `args` (params, root, work) with `preset`
@@ -403,9 +411,11 @@ def open_bench(args: argparse.Namespace, prog: str, preset: str = PRESET,
     configure(args.verbose, args.threads)
     from slic.distributed import World, resolve_device
 
-    work = Path(args.work)
+    split = getattr(args, "split", 1)
+    work = Path(args.work) if args.work else split_work(split)
     try:
-        config = with_overrides(real_config(Path(args.params), Path(args.root), work, preset), overrides or [])
+        config = with_overrides(real_config(Path(args.params), Path(args.root), work, preset),
+                                [f"manifest.split={split}", *(overrides or [])])
     except BenchError as exc:
         sys.exit(f"{prog}: error: {exc}")
     return config, World(0, 1, 0, resolve_device(config.pretrain.device)), work
