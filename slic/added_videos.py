@@ -48,7 +48,8 @@ class AddedVideos:
     embedded_now: int = 0
     reused: int = 0
     failed: list[dict[str, str]] = field(default_factory=list)
-    short: list[dict[str, str]] = field(default_factory=list)  # indexed, but shorter than one clip (a still image)
+    noted: list[dict[str, str]] = field(default_factory=list)  # indexed with a warning: shorter than one clip (a
+    # still image), decoded past damaged packets; one per file (its first segment's)
     hashes: dict[str, str] = field(default_factory=dict)  # video_id -> sha256 of the file
     folder: str = ""
 
@@ -57,7 +58,7 @@ class AddedVideos:
         from slic.data.frames import content_fingerprint
 
         return {"add_videos": self.folder, "added": int(len(self.rows)), "added_embedded_now": self.embedded_now,
-                "added_reused": self.reused, "added_failed": self.failed, "added_short": self.short,
+                "added_reused": self.reused, "added_failed": self.failed, "added_notes": self.noted,
                 "added_fingerprint": content_fingerprint(self.hashes) if self.hashes else "none"}
 
 
@@ -112,7 +113,7 @@ class EmbeddingCache:
         self.path, self.checkpoint_sha256, self.clips = path, checkpoint_sha256, clips
         self.segment_seconds = segment_seconds
         self.vectors: dict[str, np.ndarray] = {}  # by item: the file's sha256, or sha256@start-stop for a segment
-        self.notes: dict[str, str] = {}  # by item: the warning its embedding came with (shorter than one clip)
+        self.notes: dict[str, str] = {}  # by item: the warnings its embedding came with (short, damaged packets)
         self.stat_hash: dict[tuple[str, int, int], str] = {}
         self.segments: dict[str, list[Span]] = {}  # sha256 -> its segments: frames and times
         self.dirty, self.saved_at = False, time.monotonic()
@@ -262,12 +263,13 @@ def embed_added(folder: Path, extensions: tuple[str, ...], *, checkpoint: str | 
                     result.failed.append({"path": str(video), "error": error})
                     failed.add(video)
                 continue
-            cache.put(key, vector, error)  # with a warning: shorter than one clip
+            cache.put(key, vector, error)  # with its warnings: shorter than one clip, damaged packets
         result.embedded_now = len({video for video, key, _ in todo if key in cache.vectors})
     except BaseException:
         cache.save()  # interrupted (Ctrl-C, an error of the encoder): what was embedded stays
         raise
     rows, vectors = [], []
+    noted_paths: set[str] = set()
     for video, key, span in items:
         if key not in cache.vectors:
             continue
@@ -280,8 +282,9 @@ def embed_added(folder: Path, extensions: tuple[str, ...], *, checkpoint: str | 
                    "end_s": round(end_s, 2)}
         rows.append(row)
         vectors.append(cache.vectors[key])
-        if key in cache.notes:  # a still image, a clip of a few frames: indexed, said (also when reused)
-            result.short.append({"path": str(video), "note": cache.notes[key]})
+        if key in cache.notes and str(video) not in noted_paths:  # indexed, said (also when reused), once a file
+            noted_paths.add(str(video))
+            result.noted.append({"path": str(video), "note": cache.notes[key]})
     cache.save(keep={key for _, key, _ in items if key in cache.vectors}, videos=videos)
     result.failed.sort(key=lambda failure: failure["path"])
     if rows:

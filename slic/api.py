@@ -135,7 +135,8 @@ class Answer:
     end_s: float | None = None
     named: Naming | None = None
     in_index: bool | None = None  # other_recordings: whether the query is an indexed file (else its recording unknown)
-    note: str = ""  # a warning: the query is shorter than one clip (a still image), so it matches by what it shows
+    note: str = ""  # warnings: shorter than one clip (a still image: it matches by what it shows), decoded past
+    # damaged packets (the lost frames hold the frame before)
 
     @classmethod
     def of(cls, answer: dict[str, Any]) -> Answer:

@@ -576,9 +576,9 @@ def run_index(config: Any) -> dict[str, Any]:
     for failure in report.get("added_failed", []):
         advice = "" if "re-encode" in failure["error"] else "; fix or remove the file"  # said once
         print(f"  not added: {failure['path']}: {failure['error']}{advice}", file=sys.stderr)
-    if short := report.get("added_short"):  # indexed, but their hits will match what they show, not how they move
-        print(f"  note: {len(short)} added video(s) shorter than one clip, e.g. {short[0]['path']}: {short[0]['note']}",
-              file=sys.stderr)
+    if noted := report.get("added_notes"):  # indexed, but a still image's hits match what it shows, not its motion
+        print(f"  note: {len(noted)} added video(s) indexed with a warning, e.g. {noted[0]['path']}: "
+              f"{noted[0]['note']}", file=sys.stderr)
     return report
 
 

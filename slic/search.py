@@ -37,8 +37,8 @@ class FileEncoder(Protocol):
 
     def embed_files(self, paths: list[Path], workers: int = 0, spans: list[tuple[int, int] | None] | None = None,
                     ) -> Iterator[tuple[int, np.ndarray | None, str]]:
-        """(position, embedding or None, why the file could not be decoded, or a warning beside an embedding: a file
-        shorter than one clip) per path (or its frames in spans)."""
+        """(position, embedding or None, why the file could not be decoded, or the warnings beside an embedding: a
+        file shorter than one clip, one decoded past damaged packets) per path (or its frames in spans)."""
         ...
 
 
@@ -141,7 +141,7 @@ def search_videos(videos: list[Path], encoder: FileEncoder, loaded: LoadedIndex,
     frames = [None if span is None else (span.start_frame, span.stop_frame) for span in spans]
     embedded: list[tuple[int, np.ndarray]] = []
     errors = []
-    notes: dict[int, str] = {}  # a query shorter than one clip: answered, with a warning
+    notes: dict[int, str] = {}  # shorter than one clip, damaged packets passed over: answered, with the warning
     for position, vector, error in encoder.embed_files(videos, workers, frames):
         if vector is None:
             errors.append({"query": str(videos[position]), "error": error})
@@ -438,10 +438,10 @@ def run_search(argv: list[str], params: str = "params.yaml") -> int:
         return 2
     for error in errors:
         warn(f"error: {error['query']}: {error['error']}")
-    if short := [answer for answer in answers if answer.get("note")]:  # one line, however many queries
-        which = f"{short[0]['query']}: " if len(short) == 1 else (
-            f"{len(short)} of the {len(answers)} queries are shorter than one clip (e.g. {short[0]['query']}: ")
-        warn(f"warning: {which}{short[0]['note']}{')' if len(short) > 1 else ''}")
+    if noted := [answer for answer in answers if answer.get("note")]:  # one line, however many queries
+        which = f"{noted[0]['query']}: " if len(noted) == 1 else (
+            f"{len(noted)} of the {len(answers)} queries were embedded with a warning (e.g. {noted[0]['query']}: ")
+        warn(f"warning: {which}{noted[0]['note']}{')' if len(noted) > 1 else ''}")
     if outside := [answer["query"] for answer in answers if answer.get("in_index") is False]:
         which, its = ((f"{outside[0]} is", "its") if len(answers) == 1 else
                       (f"{len(outside)} of the {len(answers)} queries (e.g. {outside[0]}) are", "their"))

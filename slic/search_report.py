@@ -20,7 +20,7 @@ import numpy as np
 from slic.report import STYLE, THUMB_FRAMES, THUMB_WIDTH, Thumbnail, animated_webp
 
 SEARCH_STYLE = (".mark.neighbour { background: #59636e; } #errors li { font: 12px ui-monospace, monospace; } "
-                ".note { color: #8a4b00; }")  # a query shorter than one clip: set apart from its name
+                ".note { color: #8a4b00; }")  # a query's warning (short, damaged): set apart from its name
 
 
 def file_thumbnail(path: str | Path, start_s: float | None = None, end_s: float | None = None, *,
@@ -84,7 +84,7 @@ def write_search_html(out: str | Path, answers: Sequence[Mapping[str, Any]], err
                        for hit in answer["results"])
         named = answer.get("named")  # the class of its most similar labelled video (spread_labels)
         said = (f"named {html.escape(named['class'])} (margin {named['margin']:.2f})" if named else "")
-        if answer.get("note"):  # shorter than one clip (a still image): its hits match what it shows
+        if answer.get("note"):  # shorter than one clip (a still image), decoded past damaged packets
             said += ("<br>" if said else "") + f'<span class="note">{html.escape(answer["note"])}</span>'
         label = html.escape(shown.get(answer["query"], answer["query"]))
         rows.append(f'<section class="row" aria-label="query {label}">'

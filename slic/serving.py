@@ -15,13 +15,19 @@ keyframe (slic.data.video.decode_frames_at), so ten minutes of 640x360 H.264 emb
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from slic.data.video import Damage
+
+log = logging.getLogger(__name__)
 
 
 def decode_short_side(size: int) -> int:
@@ -62,7 +68,8 @@ def embed_video(model: torch.nn.Module, frames: np.ndarray, *, clip_len: int, si
 
 
 def decode_windows(path: str | Path, *, short_side: int, clip_len: int, clips: int, frame_step: int,
-                   span: tuple[int, int] | None = None, frame_rate: float = 0.0) -> list[np.ndarray]:
+                   span: tuple[int, int] | None = None, frame_rate: float = 0.0,
+                   damage: Damage | None = None) -> list[np.ndarray]:
     """The IIC clips of a video file, or of its frames [start, stop) (`span`: a segment of a long video), decoded
     keeping only their frames (at most clips x clip_len, whatever the video's length), the same clips as
     `embed_video` on those frames.  `frame_rate` > 0 (an encoder trained on frames extract resampled to that
@@ -70,8 +77,9 @@ def decode_windows(path: str | Path, *, short_side: int, clip_len: int, clips: i
     them.  The frame count, timestamps and keyframes come from demuxing (slic.data.video.file_timeline, once per
     file for all its segments), so a long video is decoded only from the keyframe before each clip; a stream
     whose last packet holds no picture decodes one frame fewer than that count, and is then decoded a second time
-    at its true length."""
-    from slic.data.video import VideoDecodeError, decode_frames_at, file_timeline, resampled_frames
+    at its true length. Damaged packets passed over by the decode that gave the clips are counted in `damage`
+    when one is given (else logged, `decode_frames_at`)."""
+    from slic.data.video import Damage, VideoDecodeError, decode_frames_at, file_timeline, resampled_frames
 
     frames_of = file_timeline(path)
     first, stop = (0, frames_of.frames) if span is None else (span[0], min(span[1], frames_of.frames))
@@ -84,8 +92,12 @@ def decode_windows(path: str | Path, *, short_side: int, clip_len: int, clips: i
         windows = [[shown[i] for i in window]
                    for window in iic_windows(len(shown), clip_len=clip_len, clips=clips, frame_step=frame_step)]
         wanted = sorted({i for w in windows for i in w})
-        frames, decoded = decode_frames_at(path, wanted, short_side=short_side, frames_of=frames_of)
+        this_decode = Damage() if damage is not None else None
+        frames, decoded = decode_frames_at(path, wanted, short_side=short_side, frames_of=frames_of,
+                                           damage=this_decode)
         if decoded > wanted[-1]:
+            if damage is not None and this_decode is not None:
+                vars(damage).update(vars(this_decode))
             return [np.stack([frames[i] for i in w]) for w in windows]
         stop = decoded  # the video ended before the last wanted frame: its true length is known now
 
@@ -114,11 +126,18 @@ def shorter_than_a_clip(path: str | Path, *, clip_len: int, frame_step: int = 1,
             "match what it shows more than how it moves")
 
 
+def damage_warning(damage: Damage) -> str:
+    """The warning of a query or added video decoded past damaged packets: how many, where the first was and why
+    ('' when none); its lost frames hold the frame before, so its clips (and hits) may show less motion."""
+    note = damage.note()
+    return f"decoded past damaged packets: {note}" if note else ""
+
+
 class ClipWindows(torch.utils.data.Dataset):
     """Video files (or their frame spans) -> (position, their decoded IIC clips or None, why not): decoding for
     loader workers, a file that cannot be decoded answers with its reason instead of stopping the others. A file
-    decoded but shorter than one clip answers with its clips and a warning in the third place
-    (`shorter_than_a_clip`)."""
+    decoded with something to tell answers with its clips and its warnings in the third place, joined by '; ':
+    shorter than one clip (`shorter_than_a_clip`), decoded past damaged packets (`damage_warning`)."""
 
     def __init__(self, paths: list[Path], *, short_side: int, clip_len: int, clips: int, frame_step: int,
                  spans: list[tuple[int, int] | None] | None = None, frame_rate: float = 0.0) -> None:
@@ -131,16 +150,19 @@ class ClipWindows(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, position: int) -> tuple[int, list[np.ndarray] | None, str]:
-        from slic.data.video import DECODE_ERRORS, decode_error_line, path_problem
+        from slic.data.video import DECODE_ERRORS, Damage, decode_error_line, path_problem
 
         path = self.paths[position]
         if problem := path_problem(path):  # a broken link, a folder, nothing there: said as such
             return position, None, problem
+        damage = Damage()
         try:
             clips = decode_windows(path, short_side=self.short_side, clip_len=self.clip_len, clips=self.clips,
-                                   frame_step=self.frame_step, span=self.spans[position], frame_rate=self.frame_rate)
-            return position, clips, shorter_than_a_clip(path, clip_len=self.clip_len, frame_step=self.frame_step,
-                                                        span=self.spans[position], frame_rate=self.frame_rate)
+                                   frame_step=self.frame_step, span=self.spans[position], frame_rate=self.frame_rate,
+                                   damage=damage)
+            short = shorter_than_a_clip(path, clip_len=self.clip_len, frame_step=self.frame_step,
+                                        span=self.spans[position], frame_rate=self.frame_rate)
+            return position, clips, "; ".join(w for w in (short, damage_warning(damage)) if w)
         except DECODE_ERRORS as exc:
             return position, None, decode_error_line(path, exc)
 
@@ -182,8 +204,8 @@ class VideoEncoder:
 
     def embed_files(self, paths: list[Path], workers: int = 0, spans: list[tuple[int, int] | None] | None = None,
                     ) -> Iterator[tuple[int, np.ndarray | None, str]]:
-        """(position, embedding or None, why it could not be decoded, or a warning with an embedding: a file shorter
-        than one clip) for each path (or its frames [start, stop) of `spans`: segments of long videos), in order;
+        """(position, embedding or None, why it could not be decoded, or the warnings with an embedding: shorter than
+        one clip, decoded past damaged packets; `ClipWindows`) for each path (or its frames [start, stop) of `spans`: segments of long videos), in order;
         `workers` loader processes decode the next videos while the model embeds this one (0: decode here, one at a
         time).
         On the CPU the model then leaves the workers their cores: it runs on cpu_count - workers threads (at
@@ -212,6 +234,8 @@ class VideoEncoder:
         paths = model_input["path"].tolist() if hasattr(model_input, "columns") else list(model_input)
         rows = []
         for position, vector, error in self.embed_files([Path(p) for p in paths]):
+            if vector is not None and error:  # embedded, with a warning the answer (an array) cannot carry
+                log.warning("%s: %s", paths[position], error)
             if vector is None:
                 from mlflow.exceptions import MlflowException
                 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE

@@ -17,7 +17,7 @@ import pytest
 
 from slic.cli import main
 from slic.config import PretrainConfig
-from tests.conftest import StubEncoder, decode_tests_folder
+from tests.conftest import SHARED_VIDEOS, StubEncoder, decode_tests_folder
 
 FOLDER = decode_tests_folder()  # five good videos and corrupted.mp4 (it probes, it cannot be decoded)
 GALLERY = ("video_0.mov", "video_90.mov", "unordered.mov")
@@ -114,8 +114,8 @@ def test_a_second_run_embeds_only_new_files_and_a_renamed_file_is_reused(
     assert (report["added"], report["added_embedded_now"], report["added_reused"]) == (2, 0, 2)
     assert (workdir / "index/added.npz").read_bytes() == cache  # nothing changed: the same bytes (DVC's hash)
     # decord's clips are 3 frames, less than one clip: indexed, and said so, also when their embeddings are reused
-    assert [item["path"] for item in report["added_short"]] == [f"add_to_index/new/{name}" for name in ADDED]
-    assert report["added_short"][0]["note"].startswith("only 3 frames, fewer than one clip of the encoder")
+    assert [item["path"] for item in report["added_notes"]] == [f"add_to_index/new/{name}" for name in ADDED]
+    assert report["added_notes"][0]["note"].startswith("only 3 frames, fewer than one clip of the encoder")
     (workdir / "add_to_index/new/video_180.mov").rename(workdir / "add_to_index/renamed.mov")
     shutil.copy(FOLDER / "video_0.mov", workdir / "add_to_index/another.mov")  # the bytes of a gallery video
     read = []
@@ -221,3 +221,21 @@ def test_loader_workers_give_the_same_rows_vectors_and_failures(workdir: Path) -
     assert one.rows.equals(two.rows) and len(one.rows) == 2
     np.testing.assert_array_equal(one.vectors, two.vectors)
     assert one.failed == two.failed and [f["path"] for f in two.failed] == [str(workdir / "add_to_index/corrupted.mp4")]
+
+
+def test_an_added_video_decoded_past_a_damaged_packet_is_indexed_and_said_once(
+        workdir: Path, capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture) -> None:
+    """../shared/videos' corrupted.mp4 loses one packet of 50: it is indexed (its lost frame holds the one before),
+    and the index report and the stage's line say so, with the file's name; the decoder's own log says nothing
+    more (before, the log line was all there was, and index.json did not know)."""
+    glitch = SHARED_VIDEOS / "dmlc-decord" / "decode_tests" / "corrupted.mp4"
+    shutil.copy(glitch, workdir / "add_to_index/new/glitch.mp4")
+    with caplog.at_level("WARNING", logger="slic.data.video"):
+        assert main(["index"]) == 0
+    report = index_report(workdir)
+    assert report["added"] == 3
+    noted = {item["path"]: item["note"] for item in report["added_notes"]}
+    assert noted["add_to_index/new/glitch.mp4"].startswith("decoded past damaged packets: 1 of ")
+    assert "the first after frame 28: InvalidDataError" in noted["add_to_index/new/glitch.mp4"]
+    assert "note: 3 added video(s) indexed with a warning" in capsys.readouterr().err
+    assert "packets could not be decoded" not in caplog.text

@@ -111,6 +111,21 @@ def test_a_broken_link_in_a_searched_folder_is_named_not_left_out(workdir: Path,
     assert f"slic search: error: {tmp_path / 'a_gone.mp4'}: broken link" in err
 
 
+def test_a_query_decoded_past_a_damaged_packet_is_answered_with_the_note(
+        workdir: Path, capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture) -> None:
+    """../shared/videos' corrupted.mp4 loses one packet of 50: it is answered, and the answer's `note` says its
+    frames were decoded past a damaged packet (a service's client sees it, not only the service's log); the
+    command says it once, as the note's warning line."""
+    glitch = SHARED_VIDEOS / "dmlc-decord" / "decode_tests" / "corrupted.mp4"
+    with caplog.at_level("WARNING", logger="slic.data.video"):
+        assert main(["search", str(glitch), "-k", "2", "--json"]) == 0
+    out, err = capsys.readouterr()
+    note = json.loads(out)["queries"][0]["note"]
+    assert note.startswith("decoded past damaged packets: 1 of ") and "the first after frame 28: InvalidData" in note
+    assert err.count("packets could not be decoded") == 1 and f"warning: {glitch}: decoded past" in err
+    assert "packets could not be decoded" not in caplog.text  # not logged a second time by the decoder
+
+
 def test_search_json_is_one_document(workdir: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["search", str(FOLDER), "--json"]) == 1
     out, err = capsys.readouterr()

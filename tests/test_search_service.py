@@ -91,6 +91,10 @@ def test_an_uploaded_video_is_searched_as_its_path_is(server: SearchServer) -> N
     assert hits == [(hit["path"], round(hit["similarity"], 4)) for hit in by_path["queries"][0]["results"]]
     status, broken = ask(server, "POST", "/search?name=bad.mp4", b"not a video at all", "application/octet-stream")
     assert status == 200 and broken["queries"] == [] and broken["errors"][0]["query"] == "bad.mp4"
+    # a phone clip with a damaged packet: answered, and the client is told (before, only the service's log was)
+    glitch = SHARED_VIDEOS / "dmlc-decord" / "decode_tests" / "corrupted.mp4"
+    status, damaged = ask(server, "POST", "/search?k=1&name=glitch.mp4", glitch.read_bytes(), "video/mp4")
+    assert status == 200 and damaged["queries"][0]["note"].startswith("decoded past damaged packets: 1 of ")
 
 
 @pytest.mark.parametrize(("method", "path", "body", "status", "said"), [

@@ -535,7 +535,8 @@ class _SeekMismatch(Exception):
 
 
 def decode_frames_at(path: str | Path, indices: Sequence[int], *, short_side: int | None = None,
-                     frames_of: Timeline | None = None) -> tuple[dict[int, np.ndarray], int]:
+                     frames_of: Timeline | None = None, damage: Damage | None = None,
+                     ) -> tuple[dict[int, np.ndarray], int]:
     """The frames at `indices` only, scaled by FFmpeg: (index -> (H, W, 3) uint8 RGB, how many frames were
     decoded: max(indices) + 1, or the video's whole length when it ends before that).
 
@@ -545,6 +546,8 @@ def decode_frames_at(path: str | Path, indices: Sequence[int], *, short_side: in
     its wanted frames; when the frames after a seek are not the ones the timeline names (no keyframe there, a
     gap, no timestamps), the file is decoded from its start instead, so the frames are those of a decode from
     the start either way. Raises `VideoDecodeError` naming the file when it cannot be decoded or holds no frame.
+    Packets FFmpeg cannot decode are passed over (`Damage`): counted in `damage` when one is given (its caller
+    then tells of them, e.g. in a search answer), else logged once per file.
     """
     path = Path(path)
     wanted = sorted(set(indices))
@@ -555,9 +558,10 @@ def decode_frames_at(path: str | Path, indices: Sequence[int], *, short_side: in
                 return _one_size(frames), decoded
             except _SeekMismatch:
                 pass
-        damage = Damage()
-        frames, decoded = _decode_from_start(path, wanted, short_side, damage)
-        _warn_damage(path, damage)
+        counted = damage if damage is not None else Damage()
+        frames, decoded = _decode_from_start(path, wanted, short_side, counted)
+        if damage is None:
+            _warn_damage(path, counted)
         return _one_size(frames), decoded
     except VideoDecodeError:
         raise
