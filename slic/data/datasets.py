@@ -579,8 +579,11 @@ def summary_line(summary: dict[str, Any]) -> str:
     seconds = summary["hours"] * 3600
     total = f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min" if seconds >= 60 else \
         f"{seconds:.0f} s"
-    return (f"{summary['videos']} usable videos{files} ({total}), {spread['min']:.1f}-"
-            f"{spread['max']:.1f} s (median {spread['median']:.1f} s); frame sizes {sizes}; fps {rates}")
+    videos = f"{summary['videos']} usable video{'s' if summary['videos'] != 1 else ''}"
+    if summary["videos"] == 1:  # its own duration (the total is rounded to hours), no spread
+        return f"{videos}{files} ({spread['max']:.1f} s); frame size {sizes}; fps {rates}"
+    return (f"{videos}{files} ({total}), {spread['min']:.1f}-{spread['max']:.1f} s (median "
+            f"{spread['median']:.1f} s); frame sizes {sizes}; fps {rates}")
 
 
 LONG_VIDEO_SECONDS = 60.0  # the trimmed clips SLIC assumes last seconds (UCF101: 7 s on average)

@@ -419,6 +419,8 @@ def test_the_collection_summary_counts_usable_videos_files_hours_and_frame_sizes
     assert summary_line(summary) == ("4 usable videos from 2 files (30.1 min), 5.0-600.0 s (median 600.0 s); "
                                      "frame sizes 640x360 (3), 320x240 (1); fps 25 (3), 29.97 (1)")
     assert summary_line(collection_summary(table.assign(excluded="gone"))) == "no usable video"
+    one = collection_summary(table.iloc[3:4])  # a folder of one video: singular, no spread of one duration
+    assert summary_line(one) == "1 usable video (5.0 s); frame size 320x240 (1); fps 29.97 (1)"
 
 
 def test_mixed_frame_rates_are_pointed_out_with_the_commonest_rate_to_resample_to() -> None:
