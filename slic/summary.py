@@ -107,19 +107,21 @@ def transfer_sets(reports: Path) -> tuple[list[str], list[str]]:
     return [f for f in folders if f in listed], [f for f in folders if f not in listed]
 
 
-def _transfers(read: Read, reports: Path) -> list[str]:
-    lines = []
-    for folder in (reports / "transfer" / name for name in transfer_sets(reports)[0]):
-        retrieval = read(f"transfer/{folder.name}/retrieval.json")
+def _transfer(name: str) -> Callable[[Read, Path], list[str]]:
+    """The line of eval set `name` (its retrieval, and its finetuning when it classifies), a section of its own so
+    that a stale set's line is marked and the others' are not."""
+    def lines(read: Read, reports: Path) -> list[str]:
+        retrieval = read(f"transfer/{name}/retrieval.json")
         if retrieval is None:
-            continue
-        line = (f"{folder.name}: recall@1 {_pct(retrieval['pretrained']['recall@1'])} against random_init's "
+            return []
+        line = (f"{name}: recall@1 {_pct(retrieval['pretrained']['recall@1'])} against random_init's "
                 f"{_pct(retrieval['random_init']['recall@1'])}")
-        classify = read(f"transfer/{folder.name}/classify.json")
+        classify = read(f"transfer/{name}/classify.json")
         if classify is not None and classify.get("enabled"):
             line += (f"; finetuned {classify['finetune']['pretrained']['top1']:.1f}% against "
                      f"{classify['finetune']['scratch']['top1']:.1f}% from scratch")
-        lines.append(f"{line} -> reports/transfer/{folder.name}/retrieval.html")
+        return [f"{line} -> reports/transfer/{name}/retrieval.html"]
+
     return lines
 
 
@@ -186,7 +188,7 @@ def _single(report: str, line: Callable[[dict[str, Any]], str]) -> Callable[[Rea
 SECTIONS: tuple[tuple[str, Callable[[Read, Path], list[str]]], ...] = (
     ("encoder", _single("pretrain.json", _encoder)), ("retrieval", _single("retrieval.json", _retrieval)),
     ("baselines", _single("ablation.json", _baselines)), ("classify", lambda read, _: _classify(read)),
-    ("transfer", _transfers), ("clusters", _single("clusters.json", _clusters)),
+    ("transfer", lambda read, reports: []), ("clusters", _single("clusters.json", _clusters)),
     ("labels", _single("spread_labels.json", _labels)), ("registry", _single("promotion.json", _registry)),
     ("search", _single("index.json", _search)), ("note", lambda read, reports: _notes(read) + _dropped(reports)))
 
@@ -212,6 +214,12 @@ def _dropped(reports: Path) -> list[str]:
             f"{'it' if len(dropped) == 1 else 'them'} (made by an earlier run; delete the folder to stop this note)"]
 
 
+def _sections(reports: Path) -> list[tuple[str, Callable[[Read, Path], list[str]]]]:
+    """SECTIONS with the transfer section as one section per eval set params.yaml lists (`transfer_sets`)."""
+    sets = [("transfer", _transfer(name)) for name in transfer_sets(reports)[0]]
+    return [entry for what, make in SECTIONS for entry in (sets if what == "transfer" else [(what, make)])]
+
+
 def summary_lines(reports: str | Path = "reports", tracking_uri: str = "",
                   stale: Mapping[str, Stale] | None = None) -> list[Line]:
     """(what, line) for each report present under `reports`, then where the UIs are (`tracking_uri`: MLflow's).
@@ -223,7 +231,7 @@ def summary_lines(reports: str | Path = "reports", tracking_uri: str = "",
     read = _reader(reports)
     stale = stale or {}
     lines: list[Line] = []
-    for what, make in SECTIONS:
+    for what, make in _sections(reports):
         used: list[str] = []
 
         def reading(name: str) -> dict[str, Any] | None:

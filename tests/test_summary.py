@@ -150,6 +150,21 @@ def test_an_eval_set_dropped_from_params_leaves_its_numbers_out(tmp_path: Path) 
     assert "transfer" in said(summary_lines(tmp_path / "reports"))
 
 
+def test_a_stale_eval_set_marks_its_own_line_not_the_other_sets(tmp_path: Path) -> None:
+    """Each eval set's transfer line reads its own reports: one set's changed settings (its `transfer@mine` stage)
+    mark its line alone; before, the whole transfer section was marked."""
+    from slic.report_freshness import Stale
+
+    shutil.copytree(REPORTS, tmp_path / "reports", ignore=shutil.ignore_patterns("bench"))
+    shutil.copytree(tmp_path / "reports/transfer/synthetic_unseen", tmp_path / "reports/transfer/mine")
+    (tmp_path / "params.yaml").write_text("eval_sets:\n  synthetic_unseen: {root: a}\n  mine: {root: b}\n")
+    stale = {"transfer/mine/retrieval.json": Stale("transfer@mine", "eval_data@mine", "params.yaml: eval_sets")}
+    lines = said(summary_lines(tmp_path / "reports", stale=stale))
+    assert [line.split(":")[0] for line in lines["transfer"]] == ["[stale] mine", "synthetic_unseen"]
+    assert lines["note"][-1].startswith("[stale] lines were made before a change: params.yaml: eval_sets (read by "
+                                        "eval_data@mine); transfer@mine comes after those")
+
+
 STAGES = """stages:
   pretrain:
     cmd: cp given/pretrain.json reports/pretrain.json && echo model > model.txt
