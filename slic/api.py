@@ -29,11 +29,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from slic.config import ConfigError
-from slic.data.video import path_problem
 from slic.index import META_FILE, IndexBuildError, LoadedIndex, load_index
 from slic.index import search as index_search
-from slic.search import (QuerySpan, SearchUsageError, find_videos, index_encoder, model_encoder, params_defaults,
-                         parse_time, query_namer, query_span, ranked_hits, require_index_encoder, search_videos)
+from slic.search import (QuerySpan, SearchUsageError, find_each, find_videos, index_encoder, model_encoder,
+                         params_defaults, parse_time, query_namer, query_span, ranked_hits, require_index_encoder,
+                         search_videos)
 
 if TYPE_CHECKING:  # the encoder's module imports torch: loaded with the first encoder, not with this module
     from slic.serving import VideoEncoder
@@ -333,18 +333,12 @@ class VideoSearch:
         item that gives no video (not there, a broken link, a folder without videos): the others are still answered.
         The queries are embedded one by one, then looked up in one batched search."""
         named = [videos] if isinstance(videos, (str, Path)) else list(videos)
-        files, failures = [], []
-        for item in (Path(name).expanduser() for name in named):
-            try:
-                files += find_videos(item, self.extensions)
-            except SearchUsageError as exc:  # one item: named among the failures, as an undecodable file is
-                said = str(exc).removeprefix(f"{item}: ")
-                failures.append((str(item), said if item.is_dir() else path_problem(item) or said))
+        files, missing = find_each(named, self.extensions)  # an item without videos: a failure, as a bad file is
         with _said_plainly():
             _, answers, errors = self.find(files, k=k, other_files=other_files, per_file=per_file,
                                            other_recordings=other_recordings, per_recording=per_recording)
-        failures += [(error["query"], error["error"]) for error in errors]
-        return [Answer.of(answer) for answer in answers], failures
+        return [Answer.of(answer) for answer in answers], [(error["query"], error["error"])
+                                                           for error in [*missing, *errors]]
 
     def search_vectors(self, vectors: np.ndarray, *, k: int = 10) -> list[tuple[Hit, ...]]:
         """The k indexed videos nearest each row of `vectors` (one vector, or (n, d)): embeddings made by this

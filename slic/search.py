@@ -17,7 +17,7 @@ import json
 import math
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -61,6 +61,23 @@ def find_videos(path: str | Path, extensions: tuple[str, ...]) -> list[Path]:
     if not videos:
         raise SearchUsageError(f"{path}: no videos ({', '.join(extensions)}) in this folder")
     return videos
+
+
+def find_each(items: Sequence[str | Path], extensions: tuple[str, ...]) -> tuple[list[Path], list[dict[str, str]]]:
+    """(the videos of every item, in order; {query, error} for each item that gives none: not there, a broken link,
+    a folder without videos): one missing item of several is named among the errors while the others are searched,
+    as an undecodable file is."""
+    from slic.data.video import path_problem
+
+    videos: list[Path] = []
+    failures: list[dict[str, str]] = []
+    for item in (Path(name).expanduser() for name in items):
+        try:
+            videos += find_videos(item, extensions)
+        except SearchUsageError as exc:
+            said = str(exc).removeprefix(f"{item}: ")
+            failures.append({"query": str(item), "error": said if item.is_dir() else path_problem(item) or said})
+    return videos, failures
 
 
 def index_encoder(loaded: LoadedIndex, warn: Callable[[str], None]) -> VideoEncoder:

@@ -38,8 +38,8 @@ from urllib.parse import parse_qs, urlsplit
 
 from slic.api import SlicError, VideoSearch
 from slic.index import IndexBuildError
-from slic.search import (QuerySpan, SearchUsageError, answers_document, find_videos, params_defaults, parse_time,
-                         query_span)
+from slic.search import (QuerySpan, SearchUsageError, answers_document, find_each, find_videos, params_defaults,
+                         parse_time, query_span)
 
 SEARCH_KEYS = {"paths": list, "path": str, "k": int, "start": (str, int, float), "end": (str, int, float),
                "other_files": bool, "per_file": int, "other_recordings": bool, "per_recording": int}
@@ -117,8 +117,7 @@ class SearchService:
         try:
             for path in chosen["paths"]:
                 self.check_readable(path)  # before it is looked at: whether it exists is not said outside
-            videos = [upload] if upload is not None else [video for path in chosen["paths"]
-                                                          for video in find_videos(path, self.videos.extensions)]
+            videos, missing = ([upload], []) if upload is not None else self.videos_named(chosen["paths"])
             if upload is None:
                 for video in videos:
                     self.check_readable(video)  # a link inside that points outside
@@ -132,7 +131,16 @@ class SearchService:
             raise RequestError(str(exc), HTTPStatus.SERVICE_UNAVAILABLE) from exc
         with self.videos.lock:
             self.answered += 1
-        return loaded, chosen, answers, errors
+        return loaded, chosen, answers, [*missing, *errors]
+
+    def videos_named(self, paths: list[str]) -> tuple[list[Path], list[dict[str, str]]]:
+        """(the videos of the request's paths, {query, error} for each path that gives none): one such path among
+        others is named in the answer's errors while the others are searched; a request in which no path gives a
+        video is a 400 naming the first (a single path that is not there: the request itself is wrong)."""
+        videos, missing = find_each(paths, self.videos.extensions)
+        if not videos:
+            find_videos(paths[0], self.videos.extensions)  # it gives none: its SearchUsageError, the 400's line
+        return videos, missing
 
     def check_readable(self, path: str | Path) -> None:
         """A 403 RequestError when `paths_under` is set and `path` (links followed) lies outside each folder."""

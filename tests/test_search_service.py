@@ -82,6 +82,17 @@ def test_a_search_answers_as_slic_search_json_does(server: SearchServer, capsys:
     assert all(answer["results"][0]["path"] == answer["query"] for answer in folder["queries"])
 
 
+def test_one_missing_path_of_several_is_named_and_the_others_answered(server: SearchServer) -> None:
+    """As `VideoSearch.search_many` and a folder's broken link: a path that gives no video is one of the answer's
+    errors (before, it failed the whole request with a 400); a request in which no path gives one is still a 400."""
+    status, found = search(server, {"paths": [str(ONE), "/nowhere/absent.mp4", str(FOLDER / "video_0.mov")], "k": 1})
+    assert status == 200
+    assert [answer["query"] for answer in found["queries"]] == [str(ONE), str(FOLDER / "video_0.mov")]
+    assert found["errors"] == [{"query": "/nowhere/absent.mp4", "error": "no such file"}]
+    status, none = search(server, {"paths": ["/nowhere/absent.mp4", "/nowhere/either.mp4"]})
+    assert status == 400 and none["error"].startswith("/nowhere/absent.mp4: no such file or folder")
+
+
 def test_an_uploaded_video_is_searched_as_its_path_is(server: SearchServer) -> None:
     """A client without the file on the service's machine sends its bytes: the same hits, under the client's name."""
     _, by_path = search(server, {"paths": [str(ONE)], "k": 2})
