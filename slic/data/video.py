@@ -167,9 +167,19 @@ def _decoded(container: av.container.InputContainer, stream: av.video.stream.Vid
             yield frame
     if damage.damaged and not frames:
         raise VideoDecodeError(path, f"none of its {damage.packets} packets could be decoded ({damage.error})")
-    if damage.damaged > DAMAGED_SHARE_LIMIT * max(damage.packets, 1):
-        raise VideoDecodeError(path, f"{damage.damaged} of its {damage.packets} packets could not be decoded, more "
-                               f"than {DAMAGED_SHARE_LIMIT:.0%} ({damage.error}): re-encode or replace the file")
+    _refuse_if_mostly_damaged(damage, path)
+
+
+def _refuse_if_mostly_damaged(damage: Damage, path: Path, up_to_frame: int | None = None) -> None:
+    """VideoDecodeError when more than DAMAGED_SHARE_LIMIT of the packets read were damaged: of the whole file, or
+    (`up_to_frame`) of those a decode stopped after, at the last frame it wanted (a short stretch of a mostly damaged
+    file would otherwise be its first frame held, answered as if it were video)."""
+    if damage.damaged <= DAMAGED_SHARE_LIMIT * max(damage.packets, 1):
+        return
+    packets = (f"its {damage.packets} packets" if up_to_frame is None else
+               f"the {damage.packets} packets read up to frame {up_to_frame}")
+    raise VideoDecodeError(path, f"{damage.damaged} of {packets} could not be decoded, more than "
+                           f"{DAMAGED_SHARE_LIMIT:.0%} ({damage.error}): re-encode or replace the file")
 
 
 _WARNED_DAMAGE: set[str] = set()  # the files whose damaged packets this process has named already
@@ -600,6 +610,8 @@ def _decode_from_start(path: Path, wanted: list[int], short_side: int | None,
             if index in keep:
                 out[index] = _rgb(frame, short_side)
             if index >= last:
+                if damage is not None:  # stopped before the file's end, where _decoded checks the share
+                    _refuse_if_mostly_damaged(damage, path, up_to_frame=index)
                 break
     if not decoded:
         raise VideoDecodeError(path, "no frame decoded")

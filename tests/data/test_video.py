@@ -127,6 +127,22 @@ def test_a_file_mostly_damaged_raises_decode_error_naming_file_and_cause(tmp_pat
         probe(nothing)
 
 
+def test_a_short_stretch_of_a_mostly_damaged_file_is_refused_as_the_whole_file_is(tmp_path: Path) -> None:
+    """A query of its first frames (`slic search --end 0.1`) stops decoding at its last wanted frame, before the
+    file's end where the share is checked: it was answered from the first frame held (the audit's finding); now the
+    packets read up to there are counted alike."""
+    from slic.serving import decode_windows
+
+    path = damaged_video(tmp_path / "mostly.mp4")  # its first frame decodes, 47 of 48 packets do not
+    with pytest.raises(VideoDecodeError) as caught:
+        decode_frames_at(path, [0], short_side=32, frames_of=file_timeline(path))
+    assert caught.value.cause.startswith("47 of the 48 packets read up to frame 0 could not be decoded, more than 25%")
+    with pytest.raises(VideoDecodeError, match="could not be decoded, more than 25%"):
+        decode_windows(path, short_side=32, clip_len=2, clips=1, frame_step=1, span=(0, 3))
+    fine = damaged_video(tmp_path / "few.mp4", decodable=44)  # 4 of 48 packets lost at the end
+    assert len(decode_frames_at(fine, [0, 5], short_side=32)[0]) == 2
+
+
 def test_a_download_cut_short_is_named_as_such(shared_manifest: list[dict[str, str]], tmp_path: Path) -> None:
     whole = SHARED_VIDEOS / "mmaction2" / "kinetics400" / "arm_wrestling" / "demo.mp4"
     cut = tmp_path / "demo.mp4"
