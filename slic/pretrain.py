@@ -293,7 +293,8 @@ def short_run_note(train_videos: int, epochs: int, batch_size: int, world_size: 
     steps = epochs * per_epoch
     if per_epoch == 0 or steps >= MEASURED_STEPS:
         return ""
-    return (f"{steps} training steps in all ({epochs} epochs of {per_epoch}: {train_videos} train videos at batch "
+    of_steps = f"{epochs} epoch{'s' if epochs != 1 else ''} of {per_epoch} step{'s' if per_epoch != 1 else ''}"
+    return (f"{steps} training steps in all ({of_steps}: {train_videos} train videos at batch "
             f"{batch_size}), fewer than the {MEASURED_STEPS} the defaults were chosen at; up to 4x those steps, val "
             f"recall rose or held in every mode measured (docs/clusters.md), so for as many steps set "
             f"pretrain.epochs: {math.ceil(MEASURED_STEPS / per_epoch)}")

@@ -351,7 +351,7 @@ def test_a_run_of_fewer_steps_than_the_defaults_were_chosen_at_names_the_epochs_
     assert steps_per_epoch(420, 32, 1) * 24 == MEASURED_STEPS  # the synthetic default: no note
     assert short_run_note(420, 24, 32, 1) == "" and short_run_note(5000, 24, 32, 1) == ""
     note = short_run_note(11, 24, 8, 1)  # a small archive: one step an epoch
-    assert note.startswith("24 training steps in all (24 epochs of 1: 11 train videos at batch 8)")
+    assert note.startswith("24 training steps in all (24 epochs of 1 step: 11 train videos at batch 8)")
     assert note.endswith("set pretrain.epochs: 312")
     assert short_run_note(100, 24, 32, 2).endswith("pretrain.epochs: 104")  # 3 steps an epoch on each of 2 ranks
     assert short_run_note(100, 104, 32, 2) == ""

@@ -731,7 +731,7 @@ def _name_families_line(table: pd.DataFrame, key: str, split: bool = True) -> st
     recording = _TRAILING_COUNTER.match(Path(example[0]).stem).group(1)
     pattern = "^(.*?)" + re.escape(suffix_of[example[0]]) + r"\d+\.\w+$"
     family = (f"{videos} of {len(usable)} videos share their name with others {'of their class ' if split else ''}but "
-              f"for a trailing number (e.g. {example[0]}, {example[1]}; {len(counted)} such families): if each family "
+              f"for a trailing number (e.g. {example[0]}, {example[1]}; {len(counted)} such {'families' if len(counted) != 1 else 'family'}): if each family "
               "is clips of one recording, ")
     set_it = f"set {key}: '{pattern}' (names {example[0]}'s recording {recording!r})"
     if not split:
