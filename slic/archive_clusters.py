@@ -261,13 +261,14 @@ def write_groups_html(out: str | Path, report: Mapping[str, Any], grouping: Grou
     for group in range(min(groups_shown, len(sizes))):
         members = np.flatnonzero(grouping.labels == group)
         members = members[np.argsort(grouping.rank[members], kind="stable")][:members_shown]
-        heading = f"Group {group + 1}: {sizes[group]} video{'s' if sizes[group] != 1 else ''}"
+        # numbered as clusters.csv's `group` and `rank_in_group` (and label_next's), so the page and the table agree
+        heading = f"Group {group}: {sizes[group]} video{'s' if sizes[group] != 1 else ''}"
         if group in majority:
             name, share = majority[group]
             heading += f", {100 * share:.0f}% {name}"
         more = sizes[group] - len(members)
         tail = f"<p>and {more} more in the table.</p>" if more > 0 else ""
-        items = "".join(cells(int(i), "member", f"cos {grouping.centre_cosine[i]:.3f}", mark=f"#{rank + 1}",
+        items = "".join(cells(int(i), "member", f"cos {grouping.centre_cosine[i]:.3f}", mark=f"rank {rank}",
                               class_name=classes[i] or None) for rank, i in enumerate(members))
         sections.append(f'<section class="group" data-group="{group}" data-size="{sizes[group]}">'
                         f"<h2>{html.escape(heading)}</h2><ol>{items}</ol>{tail}</section>")

@@ -218,7 +218,7 @@ def decide_without_labels(cfg: PromoteConfig, champion: Any, checkpoint: Path, m
             **recorded, **counts, "compared_on": "no labels"}
     decision = decide(found.candidate, found.champion, higher_is_better=True, min_delta=cfg.min_delta)
     p_value = sign_test_p(found.only_candidate, found.only_champion)
-    reason = (f"{unlabelled}; on the {found.held_out} labelled videos of {cfg.labels} neither encoder trained on "
+    reason = (f"{unlabelled}; on the {found.held_out} labelled videos of {cfg.labels} whose labels neither encoder trained on "
               f"(against {found.labelled - 1} others, {found.classes} classes), recall@1: {decision.reason}; the "
               f"candidate names {found.only_candidate} of them rightly that the champion does not, the champion "
               f"{found.only_champion} (sign test p = {p_value:.2g}: below 0.05 the lead is unlikely to be "

@@ -134,7 +134,8 @@ def test_stage_groups_the_classes_and_writes_table_page_and_mlflow_run(tiny_mani
     page = result["page"]
     assert len(re.findall(r'<section class="group"', page)) == 3
     assert page.count('class="video member"') == 15 and page.count("and 3 more in the table") == 3
-    assert "Group 1: 8 videos, 100% " in page and 'data-key="ami"' in page and "FINCH (the clustering" in page
+    assert "Group 0: 8 videos, 100% " in page and 'data-key="ami"' in page  # numbered as the table's `group`
+    assert "Group 3:" not in page and page.count(">rank 0<") == 3  # and its rank_in_group and "FINCH (the clustering" in page
     shown = {r["video_id"] for r in rows if int(r["rank_in_group"]) < 5}
     assert page.count('class="thumb missing"') == (DELETED in shown) and page.count('<img class="thumb"') == 15 - (
         DELETED in shown)

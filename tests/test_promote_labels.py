@@ -137,7 +137,7 @@ def test_without_classes_the_alias_moves_only_when_the_candidate_names_your_held
         "your labels", len(table) - 5, len(table))
     assert judged["promoted"] == (ours > theirs) and judged["decision"] == ("promoted" if ours > theirs else "rejected")
     assert alias_version("slic-encoder", "champion").version == judged["alias_version"]
-    assert f"on the {len(table) - 5} labelled videos of {labels} neither encoder trained on" in judged["reason"]
+    assert f"on the {len(table) - 5} labelled videos of {labels} whose labels neither encoder trained on" in judged["reason"]
     lead = judged["labels_only_candidate_right"] - judged["labels_only_champion_right"]
     assert lead == round((ours - theirs) * (len(table) - 5))  # the lead is the videos only one names rightly
     assert (f"the candidate names {judged['labels_only_candidate_right']} of them rightly that the champion does "

@@ -654,12 +654,13 @@ def grouping_advice(table: pd.DataFrame, root: str, layout: str, group_pattern: 
     to say."""
     if layout == "unlabelled":
         return (_recordings_line(table, root, group_pattern, key, classes=False) if group_pattern
-                else _name_families_line(table, key, split=False))
+                else _name_families_line(table, key, split=False, root=root))
     if layout == "hmdb51":
         return _hmdb51_names_line(table)
     if layout != "folder":
         return ""
-    return _recordings_line(table, root, group_pattern, key) if group_pattern else _name_families_line(table, key)
+    return (_recordings_line(table, root, group_pattern, key) if group_pattern
+            else _name_families_line(table, key, root=root))
 
 
 def recordings_summary(table: pd.DataFrame, key: str = "manifest.group_pattern") -> tuple[dict[str, Any], str]:
@@ -705,35 +706,43 @@ def _recordings_line(table: pd.DataFrame, root: str, group_pattern: str, key: st
     return "; ".join(said)
 
 
-def _name_families_line(table: pd.DataFrame, key: str, split: bool = True) -> str:
-    """Name families in a folder split per video: videos of one class whose names differ only in a trailing number
-    (v_Archery_g01_c01, _c02: UCF101's clips of one recording). If they are one recording, a per-video split puts
-    it in train and test, and retrieval then finds the scene, not the action. A family counts with 2 or more videos
-    and less than its whole class; the line appears when families hold a fifth of the usable videos or more. A
-    camera's running number (IMG_1234, GOPR0042) is not a clip number: a family's numbers must stay under 100.
-    `split` False (an unlabelled folder, one class): no split to leak into, but `slic search` and `evaluate` would
-    count each clip a recording of its own."""
+def _name_families_line(table: pd.DataFrame, key: str, split: bool = True, root: str = "") -> str:
+    """Name families in a folder split per video: videos of one class and folder whose names differ only in a
+    trailing number (v_Archery_g01_c01, _c02: UCF101's clips of one recording). If they are one recording, a
+    per-video split puts it in train and test, and retrieval then finds the scene, not the action. A family counts
+    with 2 or more videos and less than its whole class; the line appears when families hold a fifth of the usable
+    videos or more. A camera's running number is not a clip number: a number written with 4 digits or more
+    (IMG_0042, DSC_1234, GOPR0042) is none, and a family's numbers must stay under 100; the pattern suggested takes
+    1 to 3 digits, so those files stay recordings of their own. `split` False (an unlabelled folder, one class): no
+    split to leak into, but `slic search` and `evaluate` would count each clip a recording of its own. `root`
+    (the dataset's) names the recording the pattern gives the example, as the manifest will."""
     usable = table[table["excluded"] == ""].drop_duplicates("path")
-    families: dict[tuple[str, str], list[tuple[str, int]]] = {}
+    families: dict[tuple[str, str, str], list[tuple[str, int]]] = {}
     suffix_of: dict[str, str] = {}
     for class_name, path in zip(usable["class"], usable["path"]):
         match = _TRAILING_COUNTER.match(Path(path).stem)
-        if match and re.search(r"[^\W\d_]", match.group(1)):  # a name, not a number (001.mp4)
-            families.setdefault((class_name, match.group(1)), []).append((Path(path).name, int(match.group(3))))
-            suffix_of[Path(path).name] = match.group(2)
+        if match and re.search(r"[^\W\d_]", match.group(1)) and len(match.group(3)) < 4:  # a name (not 001.mp4)
+            families.setdefault((class_name, str(Path(path).parent), match.group(1)), []).append(
+                (path, int(match.group(3))))
+            suffix_of[path] = match.group(2)
     sizes = usable.groupby("class").size()
-    counted = [[name for name, _ in members] for (class_name, _), members in families.items()
+    counted = [(class_name, [path for path, _ in members]) for (class_name, _, _), members in families.items()
                if 2 <= len(members) < sizes[class_name] and max(number for _, number in members) < 100]
-    videos = sum(len(names) for names in counted)
+    videos = sum(len(paths) for _, paths in counted)
     if not counted or videos < 0.2 * len(usable):
         return ""
-    example = sorted(max(counted, key=len))[:2]
+    class_name, paths = max(counted, key=lambda family: len(family[1]))
+    example = sorted(paths)[:2]
+    pattern = "^(.*?)" + re.escape(suffix_of[example[0]]) + r"\d{1,3}\.\w+$"
     recording = _TRAILING_COUNTER.match(Path(example[0]).stem).group(1)
-    pattern = "^(.*?)" + re.escape(suffix_of[example[0]]) + r"\d+\.\w+$"
-    family = (f"{videos} of {len(usable)} videos share their name with others {'of their class ' if split else ''}but "
-              f"for a trailing number (e.g. {example[0]}, {example[1]}; {len(counted)} such {'families' if len(counted) != 1 else 'family'}): if each family "
-              "is clips of one recording, ")
-    set_it = f"set {key}: '{pattern}' (names {example[0]}'s recording {recording!r})"
+    if root:
+        relative = Path(example[0]).relative_to(Path(root) / class_name).as_posix()
+        recording = recording_of(relative, re.compile(pattern)) or recording
+    names = ", ".join(Path(path).name for path in example)
+    families_said = f"{len(counted)} such {'families' if len(counted) != 1 else 'family'}"
+    family = (f"{videos} of {len(usable)} videos share their name with others {'of their class ' if split else ''}"
+              f"but for a trailing number (e.g. {names}; {families_said}): if each family is clips of one recording, ")
+    set_it = f"set {key}: '{pattern}' (names {Path(example[0]).name}'s recording {recording!r})"
     if not split:
         return (family + "`slic search --other-recordings` and `--per-recording` and evaluate's neighbours count "
                 f"each clip a recording of its own; {set_it} to count each family as one")

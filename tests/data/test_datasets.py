@@ -593,11 +593,38 @@ def test_name_families_without_a_group_pattern_are_pointed_out_with_a_pattern_th
     assert advice.startswith("36 of 36 videos share their name with others of their class but for a trailing number "
                              "(e.g. jump_r0_c01.mp4, jump_r0_c02.mp4; 12 such families)")
     suggested = advice.split("manifest.group_pattern: '")[1].split("'")[0]
-    assert suggested == r"^(.*?)_c\d+\.\w+$"
+    assert suggested == r"^(.*?)_c\d{1,3}\.\w+$"
     grouped = build_manifest(config(root, "folder", group_pattern=suggested))
     assert grouped["group"].nunique() == 12 and grouping_advice(grouped, str(root), "folder", suggested) == ""
     assert grouping_advice(table, str(root), "ucf101", "") == ""
     # No family: a camera's running numbers (IMG_1234 are other recordings), or one family that is the whole class.
+    for names in (["IMG_0042", "IMG_0043", "DSC_0007", "beach"], ["GOPR0001", "GOPR0002", "x", "y"]):
+        rows = pd.DataFrame({"class": "a", "path": [f"/v/a/{n}.mov" for n in names], "excluded": ""})
+        assert grouping_advice(rows, "/v", "folder", "") == "", names
     for names in (["IMG_1234", "IMG_1240", "IMG_2001", "beach"], ["clip1", "clip2", "clip3", "clip4"]):
         rows = pd.DataFrame({"class": "a", "path": [f"/v/a/{n}.mov" for n in names], "excluded": ""})
         assert grouping_advice(rows, "/v", "folder", "") == "", names
+
+
+def test_an_unlabelled_folders_families_are_counted_per_folder_and_the_pattern_spares_camera_names(
+        tmp_path: Path) -> None:
+    """The audit's phone folder: clip_NNN files in three folders and two phone videos IMG_0042, IMG_0043. The note
+    counts a family per folder (3, as the pattern groups them, not 1 by name), names the recording the manifest will
+    make, and its pattern leaves the phone videos recordings of their own (before, it made them one)."""
+    from slic.data.datasets import grouping_advice
+
+    root = tmp_path / "videos"
+    names = ([f"clip_{i:03d}.mp4" for i in range(4)] + [f"phone/DCIM/clip_{i:03d}.mp4" for i in range(3)]
+             + [f"backup/clip_{i:03d}.mp4" for i in range(3)] + ["phone/DCIM/IMG_0042.mp4", "phone/DCIM/IMG_0043.mp4"])
+    for name in names:
+        make_video(root / name)
+    table = build_manifest(config(root, "unlabelled"))
+    advice = grouping_advice(table, str(root), "unlabelled", "")
+    assert advice.startswith("10 of 12 videos share their name with others but for a trailing number (e.g. "
+                             "clip_000.mp4, clip_001.mp4; 3 such families)")
+    suggested = advice.split("manifest.group_pattern: '")[1].split("'")[0]
+    assert "(names clip_000.mp4's recording 'clip')" in advice
+    grouped = build_manifest(config(root, "unlabelled", group_pattern=suggested)).set_index("path")
+    assert grouped["group"].nunique() == 5  # the three families, and each phone video its own
+    assert grouped.loc[str(root / "phone/DCIM/IMG_0042.mp4"), "group"] != grouped.loc[
+        str(root / "phone/DCIM/IMG_0043.mp4"), "group"]
