@@ -70,7 +70,7 @@ def run_manifest(config: Any) -> dict[str, Any]:
     excluded = table[table["excluded"] != ""]
     usable = table[table["excluded"] == ""]
     report = {
-        "videos": len(table), "usable": len(usable), "classes": int(table["class"].nunique()),
+        "videos": len(table), "usable": len(usable), "classes": int(table.loc[table["class"] != "", "class"].nunique()),
         "splits": {k: int(v) for k, v in usable["split"].value_counts().sort_index().items()},
         "excluded": [{"video_id": v, "path": p, "reason": r}  # the file, so two ids alike are told apart
                      for v, p, r in zip(excluded["video_id"], excluded["path"], excluded["excluded"])],

@@ -66,3 +66,4 @@ def test_the_manifest_stage_says_what_a_group_pattern_made_of_the_folder(tmp_pat
            "has 2)" in out and "note:" not in out
     report = json.loads(Path("reports/manifest.json").read_text())
     assert report["recordings"] == {"count": 12, "largest": 2, "example": "jump_jump_r0"}
+    assert report["classes"] == 0  # an unlabelled folder has none (its empty class was counted as one)

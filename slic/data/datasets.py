@@ -565,7 +565,10 @@ def collection_summary(table: pd.DataFrame) -> dict[str, Any]:
             "duration_seconds": {"min": round(durations.min(), 2), "median": round(durations.median(), 2),
                                  "max": round(durations.max(), 2)},
             "frame_sizes": {size: int(n) for size, n in sizes.head(5).items()},
-            "fps": {f"{rate:g}": int(n) for rate, n in rates.head(3).items()}}
+            "fps": {f"{rate:g}": int(n) for rate, n in rates.head(3).items()},
+            # the videos of the sizes and rates past those shown: said as such, not left out of the line
+            "other_frame_sizes": {"sizes": max(0, len(sizes) - 5), "videos": int(sizes.iloc[5:].sum())},
+            "other_fps": {"rates": max(0, len(rates) - 3), "videos": int(rates.iloc[3:].sum())}}
 
 
 def summary_line(summary: dict[str, Any]) -> str:
@@ -574,8 +577,9 @@ def summary_line(summary: dict[str, Any]) -> str:
         return "no usable video"
     spread = summary["duration_seconds"]
     files = "" if summary["files"] == summary["videos"] else f" from {summary['files']} files"
-    sizes = ", ".join(f"{size} ({n})" for size, n in summary["frame_sizes"].items())
-    rates = ", ".join(f"{rate} ({n})" for rate, n in summary["fps"].items())
+    sizes = ", ".join(f"{size} ({n})" for size, n in summary["frame_sizes"].items()) + _others(
+        summary.get("other_frame_sizes"), "size")
+    rates = ", ".join(f"{rate} ({n})" for rate, n in summary["fps"].items()) + _others(summary.get("other_fps"), "rate")
     seconds = summary["hours"] * 3600
     total = f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min" if seconds >= 60 else \
         f"{seconds:.0f} s"
@@ -584,6 +588,13 @@ def summary_line(summary: dict[str, Any]) -> str:
         return f"{videos}{files} ({spread['max']:.1f} s); frame size {sizes}; fps {rates}"
     return (f"{videos}{files} ({total}), {spread['min']:.1f}-{spread['max']:.1f} s (median "
             f"{spread['median']:.1f} s); frame sizes {sizes}; fps {rates}")
+
+
+def _others(other: dict[str, int] | None, what: str) -> str:
+    """', 2 other rates (3)': the sizes or rates a summary line leaves out, counted ('' when none)."""
+    if not other or not other[f"{what}s"]:
+        return ""
+    return f", {other[f'{what}s']} other {what}{'s' if other[f'{what}s'] != 1 else ''} ({other['videos']})"
 
 
 LONG_VIDEO_SECONDS = 60.0  # the trimmed clips SLIC assumes last seconds (UCF101: 7 s on average)
@@ -621,7 +632,7 @@ def frame_rate_advice(table: pd.DataFrame, target_fps: float = 0.0) -> str:
     low, high = rates.min(), rates.max()
     common = rates.round(2).mode().iloc[0]
     return (f"frame rates range from {low:g} to {high:g} fps (most often {common:g}: {(rates.round(2) == common).sum()}"
-            f" of {len(rates)} usable videos): clips take native frames, so a clip spans {high / low:.1f}x less time "
+            f" of the {len(rates)} usable videos of a constant rate): clips take native frames, so a clip spans {high / low:.1f}x less time "
             f"at {high:g} fps than at {low:g} and a motion looks slower there; set extract.fps: {common:g} to resample "
             "every video to one rate when frames are extracted")
 

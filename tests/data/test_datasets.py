@@ -419,6 +419,10 @@ def test_the_collection_summary_counts_usable_videos_files_hours_and_frame_sizes
     assert summary_line(summary) == ("4 usable videos from 2 files (30.1 min), 5.0-600.0 s (median 600.0 s); "
                                      "frame sizes 640x360 (3), 320x240 (1); fps 25 (3), 29.97 (1)")
     assert summary_line(collection_summary(table.assign(excluded="gone"))) == "no usable video"
+    many = pd.DataFrame({"path": [f"/a/{i}.mp4" for i in range(7)], "duration": 5.0, "width": 320, "height": 240,
+                         "fps": [25.0, 25.0, 30.0, 24.0, 10.0, 15.0, 15.0], "excluded": ""})
+    assert summary_line(collection_summary(many)).endswith(  # the rates past the three shown are counted, not hidden
+        "fps 25 (2), 15 (2), 30 (1), 2 other rates (2)")
     one = collection_summary(table.iloc[3:4])  # a folder of one video: singular, no spread of one duration
     assert summary_line(one) == "1 usable video (5.0 s); frame size 320x240 (1); fps 29.97 (1)"
 
@@ -428,7 +432,8 @@ def test_mixed_frame_rates_are_pointed_out_with_the_commonest_rate_to_resample_t
 
     table = pd.DataFrame({"fps": [25.0, 25.0, 29.97, 60.0, 240.0, 0.0], "excluded": ["", "", "", "", "unreadable", ""]})
     advice = frame_rate_advice(table)  # 240 is excluded, 0 is no rate: 25 to 60 fps
-    assert advice.startswith("frame rates range from 25 to 60 fps (most often 25: 2 of 4 usable videos)")
+    assert advice.startswith("frame rates range from 25 to 60 fps (most often 25: 2 of the 4 usable videos of a "
+                             "constant rate)")
     assert "2.4x less time at 60 fps than at 25" in advice and advice.endswith("set extract.fps: 25 to resample "
                                                                                "every video to one rate when frames "
                                                                                "are extracted")
@@ -474,8 +479,8 @@ def test_the_mixed_rate_note_counts_files_not_segments_and_leaves_variable_rate_
     table = pd.DataFrame({"path": ["/v/long.mp4"] * 5 + ["/v/a.mp4", "/v/b.mp4", "/v/tree.avi"],
                           "frames": [150] * 5 + [300, 300, 68], "fps": [15.0] * 5 + [30.0, 30.0, 14.9999],
                           "duration": [10.0] * 5 + [10.0, 10.0, 29.9335], "excluded": [""] * 8})
-    assert frame_rate_advice(table).startswith("frame rates range from 15 to 30 fps (most often 30: 2 of 3 usable "
-                                               "videos)")
+    assert frame_rate_advice(table).startswith("frame rates range from 15 to 30 fps (most often 30: 2 of the 3 usable "
+                                               "videos of a constant rate)")  # tree.avi (variable) not among them
     assert frame_rate_advice(table[table["path"] != "/v/long.mp4"]) == ""  # 30 and a variable-rate file: one rate
 
 
