@@ -399,7 +399,7 @@ def pretrain(cfg: PretrainConfig, *, manifest: str | Path, frames_dir: str | Pat
                         persistent_workers=cfg.workers > 0, drop_last=True,
                         pin_memory=world.device.type == "cuda" and not cfg.gpu_decode,
                         collate_fn=collate_encoded if cfg.gpu_decode else None)
-    started, clock = time.perf_counter(), EpochClock()
+    started, clock, earlier_seconds = time.perf_counter(), EpochClock(), state.seconds
     for epoch in range(state.epoch, epochs):
         metrics: dict[str, float] = {}
         embeddings = None
@@ -431,6 +431,7 @@ def pretrain(cfg: PretrainConfig, *, manifest: str | Path, frames_dir: str | Pat
         sampler.set_epoch(epoch)
         metrics.update(train_one_epoch(trained, loader, optimizer, cfg, world, epoch, proxies))
         state.epoch = epoch + 1
+        state.seconds = earlier_seconds + time.perf_counter() - started
         if has_labels and (state.epoch % cfg.eval_interval == 0 or state.epoch == epochs):
             metrics["val_recall_at_1"] = validation_recall(model, val, train, cfg, world, cache)
             if metrics["val_recall_at_1"] > state.best_metric and world.is_main:
@@ -450,19 +451,21 @@ def pretrain(cfg: PretrainConfig, *, manifest: str | Path, frames_dir: str | Pat
         barrier()
     del loader  # its persistent workers end here
     if not best.is_file() and world.is_main:  # random_init, or resumed past the end: still a best
+        state.seconds = earlier_seconds + time.perf_counter() - started
         state.best_metric = validation_recall(model, val, train, cfg, world) if has_labels else -1.0
         state.best_epoch = state.epoch
         save_checkpoint(best, model, None, state, cfg, data, **kept)
         save_checkpoint(last, model, optimizer, state, cfg, data, proxies, **kept)
     barrier()
-    seconds = time.perf_counter() - started
+    seconds = time.perf_counter() - started  # this call's: a resumed run's earlier calls are in state.seconds
     final = state.history[-1] if state.history else {}
     rounds = [h["cluster_ami"] for h in state.history if "cluster_ami" in h]
     report = {"mode": cfg.mode, "epochs": epochs, "resumed_from_epoch": resumed_from, "labelled": has_labels,
               "best_epoch": state.best_epoch, "best_val_recall_at_1": state.best_metric if has_labels else None,
               **({} if has_labels else {"checkpoint_choice": "no labels: best.pt is the last epoch; no val recall, "
                                                              "no cluster AMI"}),
-              "seconds": round(seconds, 2), "train_videos": len(train), "val_videos": len(val),
+              "seconds": round(earlier_seconds + seconds, 2), "seconds_this_call": round(seconds, 2),
+              "train_videos": len(train), "val_videos": len(val),
               "world_size": world.size, "device": str(world.device), "flow_view_p": flow.p if flow else 0.0,
               "objective": cfg.objective, "mining": cfg.mining,
               "cluster_rounds": sum("cluster_n_clusters" in h for h in state.history),

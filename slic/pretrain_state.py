@@ -36,6 +36,7 @@ class TrainState:
     best_epoch: int = -1
     history: list[dict[str, float]] = field(default_factory=list)
     p_intra: float = -1.0  # the chance in force (p_intra_schedule agreement); -1: pretrain.p_intra
+    seconds: float = 0.0  # wall time spent training this run, over every call (a resume adds its own)
 
 
 def data_fingerprint(*splits: list[VideoShard], frames_dir: str | Path | None = None,

@@ -111,6 +111,8 @@ def test_new_pixels_with_the_same_ids_train_from_scratch(workspace: Path, traine
     finish(slic(workspace, params, "pretrain"))  # nothing changed: resumes (past its last epoch)
     unchanged = json.loads((workspace / "reports/pretrain.json").read_text())
     assert unchanged["resumed_from_epoch"] == 2 and unchanged["mlflow_run_id"] == first["mlflow_run_id"]
+    # its training time is the run's, not this call's near nothing (the summary said "0 s" after a labels copy)
+    assert unchanged["seconds"] >= first["seconds"] - 1.0 and unchanged["seconds_this_call"] < first["seconds"]
 
     regenerated = write_params(workspace, "params-lineage-b.yaml", pretrain={"out": "data/models/lineage"},
                                extract={"out": "data/frames_b"})
