@@ -43,3 +43,20 @@ def test_the_summary_pairs_each_resize_with_iic_per_encoder() -> None:
     assert "iic" not in found["minus_iic"][view]
     rendered = table({"resizes": list(RESIZES), **found})
     assert f"| {view} | letterbox | 56.7 ± 5.8 | 56.7 ± 5.8 | -3.3 ± 15.3 (1 of 3) |" in rendered
+
+
+def test_a_split_and_a_subset_of_views_and_resizes_are_measured_in_their_own_work_folder() -> None:
+    """`--split 2 --views 9:16 --resizes short_side` (the run on unseen splits): its cells train in
+    data/bench/real_split2, never over split 1's, and the summary pairs the one resize with iic."""
+    from bench.aspect_ratio import chosen, parse_args, summary
+    from bench.real import ROOT, split_work
+
+    args = parse_args(["--split", "2", "--views", "9:16", "--resizes", "short_side"])
+    views, resizes = chosen(args)
+    assert (args.split, views, resizes) == (2, {"9:16 upright phone": 9 / 16}, ("iic", "short_side"))
+    assert split_work(1) == ROOT / "data/bench/real" and split_work(2) == ROOT / "data/bench/real_split2"
+    encoders = [{"row": "slic", "seed": seed, "recall": {"9:16 upright phone": {
+        "iic": {"val_recall@1": 0.5, "test_recall@1": 0.6}, "short_side": {"val_recall@1": v, "test_recall@1": v}}}}
+        for seed, v in ((7, 0.4), (8, 0.6))]
+    paired = summary(encoders)["minus_iic"]["9:16 upright phone"]["short_side"]["val_recall@1"]
+    assert (paired["mean"], paired["beats_iic"], paired["of"]) == (0.0, 1, 2)
