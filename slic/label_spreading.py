@@ -251,21 +251,29 @@ def finer_groups(archive: Archive, labelled: np.ndarray, count: int, seed: int =
 
 def label_next(archive: Archive, labelled: np.ndarray, margin: np.ndarray | None, count: int,
                finer: tuple[np.ndarray, np.ndarray] | None = None,
-               exclude: set[int] | None = None) -> list[tuple[int, str]]:
+               exclude: set[int] | None = None, passed_over: set[int] | None = None) -> list[tuple[int, str]]:
     """Up to `count` (video, why) to label next: the most typical video of each group no label reaches, largest
     group first (the clusters stage's groups; with `finer`, those of `finer_groups`), then the unlabelled videos
     whose two likeliest classes are closest (`margin`, when labels exist). `exclude`: videos labelled but not
-    counted as reaching their group (the random checks), never suggested."""
-    exclude = exclude or set()
+    counted as reaching their group (the random checks), never suggested; `passed_over`: videos the user left
+    without a class (none of their classes, or not to be told), never suggested again: a group whose most typical
+    video was passed over is offered its next most typical."""
+    passed_over = passed_over or set()
+    exclude = (exclude or set()) | passed_over
     groups, rank = finer if finer is not None else (archive.group, archive.rank)
     where = "a group of similar videos" if finer is not None else "group {}"
     covered = set(groups[labelled].tolist())
     sizes = np.bincount(groups)
     picks: list[tuple[int, str]] = []
-    typical = np.flatnonzero(rank == 0)
-    for i in typical[np.argsort(-sizes[groups[typical]], kind="stable")]:
-        if groups[i] not in covered and int(i) not in exclude and len(picks) < count:
-            picks.append((int(i), f"the most typical video of {where.format(groups[i])}, where no video is labelled"))
+    typical: dict[int, int] = {}  # group -> its most typical video not passed over
+    for i in np.lexsort((rank, groups)):
+        if int(groups[i]) not in typical and int(i) not in passed_over:
+            typical[int(groups[i])] = int(i)
+    for group in sorted(typical, key=lambda g: (-sizes[g], typical[g])):  # ties: by the video, as listed
+        if group not in covered and typical[group] not in exclude and len(picks) < count:
+            i = typical[group]
+            which = "most typical video" if rank[i] == 0 else "most typical video you have not passed over"
+            picks.append((i, f"the {which} of {where.format(group)}, where no video is labelled"))
     if margin is not None:
         taken = set(labelled.tolist()) | exclude | {i for i, _ in picks}
         for i in np.argsort(margin, kind="stable"):
@@ -358,8 +366,11 @@ def spread_archive(*, embeddings: str | Path, clusters_table: str | Path, given:
     drawn = min(checks, suggest)
     reaching = labelled[~checked]  # a random check does not count as reaching its group: nothing steers round it
     finer = finer_groups(archive, reaching, suggest - drawn) if len(labelled) and suggest > drawn else None
-    picks = label_next(archive, reaching, margin, suggest - drawn, finer, exclude=set(labelled.tolist()))
-    random_picks = random_checks(archive, set(labelled.tolist()) | {i for i, _ in picks}, drawn, seed=len(labelled))
+    passed_over = set() if labels is None else set(labels.passed_over.tolist())  # rows left without a class
+    picks = label_next(archive, reaching, margin, suggest - drawn, finer, exclude=set(labelled.tolist()),
+                       passed_over=passed_over)
+    random_picks = random_checks(archive, set(labelled.tolist()) | passed_over | {i for i, _ in picks}, drawn,
+                                 seed=len(labelled))
     picks += random_picks
     is_check = {i for i, _ in random_picks}
     report["next_table"] = str(_write_csv(next_table, LABEL_NEXT_COLUMNS, [
@@ -413,7 +424,8 @@ def _write_next_page(out: str | Path, report: Mapping[str, Any], archive: Archiv
             f"<style>{STYLE}.mark.member {{ background: #59636e; }} ol.next {{ display: flex; flex-wrap: wrap; "
             f"gap: 8px; list-style: none; padding: 0; }}</style></head><body><h1>Videos to label next</h1>"
             f'<p id="state">{state}.</p><p>Write each one\'s class in the class column of '
-            f"<code>{html.escape(report['next_table'])}</code> (leave a row empty to skip it), add the rows to "
+            f"<code>{html.escape(report['next_table'])}</code> (leave a row's class empty to pass it over: it is "
+            "not suggested again), add the rows to "
             f"<code>{html.escape(report['given_file'])}</code> and run <code>dvc repro</code>.</p>"
             f'<ol class="next">{"".join(items)}</ol></body></html>\n')
     return write_page(out, page, cells, queries_shown=len(items), k_shown=1)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +34,9 @@ class GivenLabels:
     names: list[str]
     rows_without_class: int
     check: np.ndarray | None = None  # per labelled video: a random check (label_next's check column), or None
+    # the videos of the rows left without a class (and labelled on no other row): looked at and passed over, so
+    # label_next does not suggest them again
+    passed_over: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
 
 def path_spellings(path: str) -> list[str]:
@@ -62,16 +65,18 @@ def read_labels_table(given: str | Path, ids: Sequence[str], paths: Sequence[str
     chosen: dict[int, tuple[str, int]] = {}
     checks: set[int] = set()
     skipped = 0
+    passed: set[int] = set()
     for line, cells in lines:
         # A row names its video by id, or where its id is empty (or the file has none) by its file.
         key = "video_id" if cells.get("video_id") or "path" not in header else "path"
         name, video = cells.get("class", ""), cells.get(key, "")
-        if not name:
-            skipped += 1
-            continue
-        checked = cells.get("check", "").lower() in CHECK_MARKS
         spellings, by_key = ([video], by_id) if key == "video_id" else (path_spellings(video), by_path)
         rows = next((by_key[spelling] for spelling in spellings if spelling in by_key), None)
+        if not name:  # left empty: passed over (a video of none of the classes, one that cannot be told)
+            skipped += 1
+            passed.update(rows or [])
+            continue
+        checked = cells.get("check", "").lower() in CHECK_MARKS
         if not rows:
             raise LabelsError(f"{given}:{line}: {key} {video!r} is not among the {len(ids)} {videos} ({listed_in} "
                               f"lists them in its {key} column)")
@@ -97,7 +102,8 @@ def read_labels_table(given: str | Path, ids: Sequence[str], paths: Sequence[str
     index = np.array(sorted(chosen), dtype=np.int64)
     label = np.array([names.index(chosen[i][0]) for i in index], dtype=np.int64)
     return GivenLabels(index=index, label=label, names=names, rows_without_class=skipped,
-                       check=np.isin(index, sorted(checks)) if "check" in header else None)
+                       check=np.isin(index, sorted(checks)) if "check" in header else None,
+                       passed_over=np.array(sorted(passed - set(chosen)), dtype=np.int64))
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,7 @@ def test_given_labels_by_id_or_by_path_with_empty_classes_skipped(tmp_path: Path
     archive = archive_of(x, truth, paths=["a/one.mp4", "a/one.mp4", "a/two.mp4", "b/x.mp4", "b/y.mp4", "b/z.mp4"])
     by_id = read_given_labels(write(tmp_path / "ids.csv", "\ufeffVideo_ID,Class\nv0,run\nv4,jump\nv5,\n\n"), archive)
     assert by_id.index.tolist() == [0, 4] and by_id.label.tolist() == [1, 0] and by_id.names == ["jump", "run"]
-    assert by_id.rows_without_class == 1
+    assert by_id.rows_without_class == 1 and by_id.passed_over.tolist() == [5]  # v5 left empty: passed over
     # A path labels every segment of its file (rows 0 and 1 share a.mp4), in any spelling of the same file; here
     # from a spreadsheet that writes ';' between cells.
     by_path = read_given_labels(write(tmp_path / "paths.csv", "path;class\n./a/one.mp4;run\nb/z.mp4;jump\n"), archive)
@@ -128,6 +128,21 @@ def test_a_random_check_does_not_reach_its_group_so_its_groups_typical_video_is_
     archive = archive_of(x, truth)  # groups 0, 1, 2: their most typical videos are 0, 4, 8
     picks = label_next(archive, np.array([0]), None, 3, exclude={0, 5})  # 5: a check in group 1
     assert [i for i, _ in picks] == [4, 8]
+
+
+def test_a_video_passed_over_is_not_suggested_again_and_its_group_offers_its_next_typical_video(
+        tmp_path: Path) -> None:
+    """The audit: a row left without a class (a video of none of the user's classes) came back first in every next
+    list. Passed over, it is not suggested again, and its group offers its next most typical video instead."""
+    x, truth = separated(classes=3, per_class=4)
+    archive = archive_of(x, truth)  # groups 0, 1, 2: their most typical videos are 0, 4, 8
+    given = read_given_labels(write(tmp_path / "given.csv", "video_id,class\nv0,run\nv4,\nv8,jump\n"), archive)
+    picks = label_next(archive, given.index, None, 3, passed_over=set(given.passed_over.tolist()))
+    assert [i for i, _ in picks] == [5]
+    assert picks[0][1] == "the most typical video you have not passed over of group 1, where no video is labelled"
+    margin = np.linspace(0.0, 1.0, 12)  # v4 would be the least sure after the groups
+    picks = label_next(archive, given.index, margin, 4, passed_over={4, 5})
+    assert 4 not in [i for i, _ in picks] and 5 not in [i for i, _ in picks] and picks[0][0] == 6
 
 
 def test_label_next_starts_with_groups_no_label_reaches_then_the_least_sure() -> None:
