@@ -211,7 +211,8 @@ def _dropped(reports: Path) -> list[str]:
     if not dropped:
         return []
     return [f"transfer: reports/transfer/{', '.join(dropped)} left out: eval_sets of params.yaml no longer lists "
-            f"{'it' if len(dropped) == 1 else 'them'} (made by an earlier run; delete the folder to stop this note)"]
+            f"{'it' if len(dropped) == 1 else 'them'} (the committed synthetic run's or an earlier run's; delete the "
+            "folder to stop this note)"]
 
 
 def _sections(reports: Path) -> list[tuple[str, Callable[[Read, Path], list[str]]]]:

@@ -142,7 +142,8 @@ def test_an_eval_set_dropped_from_params_leaves_its_numbers_out(tmp_path: Path) 
     lines = said(summary_lines(tmp_path / "reports"))
     assert "transfer" not in lines
     assert lines["note"][-1] == ("transfer: reports/transfer/synthetic_unseen left out: eval_sets of params.yaml no "
-                                 "longer lists it (made by an earlier run; delete the folder to stop this note)")
+                                 "longer lists it (the committed synthetic run's or an earlier run's; delete the "
+                                 "folder to stop this note)")
     assert not any(key.startswith(("transfer.", "classify.")) for key in headline_metrics(tmp_path / "reports"))
     (tmp_path / "params.yaml").write_text("eval_sets:\n  synthetic_unseen: {root: data/raw/synthetic_transfer}\n")
     assert "transfer" in said(summary_lines(tmp_path / "reports"))
