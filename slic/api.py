@@ -33,7 +33,7 @@ from slic.index import META_FILE, IndexBuildError, LoadedIndex, load_index
 from slic.index import search as index_search
 from slic.search import (QuerySpan, SearchUsageError, find_each, find_videos, index_encoder, model_encoder,
                          params_defaults, parse_time, query_namer, query_span, ranked_hits, require_index_encoder,
-                         search_videos)
+                         search_videos, with_given_classes)
 
 if TYPE_CHECKING:  # the encoder's module imports torch: loaded with the first encoder, not with this module
     from slic.serving import VideoEncoder
@@ -100,17 +100,18 @@ class Hit:
     path: str
     similarity: float  # cosine similarity of the two embeddings (inner product for an index built without cosine)
     video_id: str
-    label: str | None  # its class, where the index's videos have classes
+    label: str | None  # its class, where the index's videos have classes, or the one you gave it (`labelled`)
     recording: str | None  # the recording it was cut from (UCF101's group, manifest.group_pattern), where known
     start_s: float | None = None
     end_s: float | None = None
+    labelled: bool = False  # `label` is yours (labels/given.csv of an archive without classes)
 
     @classmethod
     def of(cls, hit: dict[str, Any]) -> Hit:
         """From one entry of a search document's `results` (`slic search --json`)."""
         return cls(rank=int(hit["rank"]), path=str(hit["path"]), similarity=float(hit["similarity"]),
                    video_id=str(hit["video_id"]), label=hit["class"], recording=hit.get("recording"),
-                   start_s=hit.get("start_s"), end_s=hit.get("end_s"))
+                   start_s=hit.get("start_s"), end_s=hit.get("end_s"), labelled=bool(hit.get("labelled")))
 
 
 @dataclass(frozen=True)
@@ -358,7 +359,8 @@ class VideoSearch:
         with self.lock:
             sims, ids = index_search(loaded.index.index, queries, k,
                                      normalize=loaded.index.meta.get("metric", "cosine") == "cosine")
-        return [tuple(Hit.of(hit) for hit in ranked_hits(loaded.index, row_ids, row_sims))
+        return [tuple(Hit.of(hit) for hit in with_given_classes(ranked_hits(loaded.index, row_ids, row_sims),
+                                                                loaded.namer))
                 for row_ids, row_sims in zip(ids, sims)]
 
     def embed(self, videos: Iterable[str | Path], *, errors: str = "raise") -> np.ndarray:

@@ -196,8 +196,9 @@ def search_videos(videos: list[Path], encoder: FileEncoder, loaded: LoadedIndex,
                         **({"in_index": bool(rows)} if other_recordings else {}),  # else its recording is unknown
                         "start_s": None if span is None else span.start_s,
                         "end_s": None if span is None else span.end_s,
-                        "results": ranked_hits(loaded, np.array([i for i, _ in kept], dtype=np.int64),
-                                               np.array([s for _, s in kept], dtype=np.float32))})
+                        "results": with_given_classes(ranked_hits(
+                            loaded, np.array([i for i, _ in kept], dtype=np.int64),
+                            np.array([s for _, s in kept], dtype=np.float32)), namer)})
     return answers, errors
 
 
@@ -364,8 +365,35 @@ def params_defaults(params: str) -> tuple[tuple[str, ...], str, int, str]:
     return config.manifest.extensions, config.index.out, config.embed.workers, config.spread_labels.table
 
 
+@dataclass(frozen=True)
+class QueryNamer:
+    """Names query vectors by the videos the user labelled (`name_queries`), and knows those videos' classes: a hit
+    that is one of them shows its class where the index has none (an unlabelled archive)."""
+
+    labelled: Any  # slic.label_spreading.LabelledVectors
+
+    def __call__(self, queries: np.ndarray) -> list[dict[str, Any]]:
+        from slic.label_spreading import name_queries
+
+        return name_queries(queries, self.labelled)
+
+    def given_classes(self) -> dict[str, str]:
+        """video_id -> the class the user gave it."""
+        return {str(i): self.labelled.names[c] for i, c in zip(self.labelled.ids, self.labelled.label)}
+
+
+def with_given_classes(hits: list[dict[str, Any]], namer: Callable[..., Any] | None) -> list[dict[str, Any]]:
+    """`hits` where a video without a class in the index is one the user labelled: its class is theirs, marked
+    `"labelled": true` (before, every hit of an unlabelled archive read `-`, those the user named too)."""
+    given = namer.given_classes() if isinstance(namer, QueryNamer) else {}
+    for hit in hits:
+        if hit["class"] is None and hit["video_id"] in given:
+            hit["class"], hit["labelled"] = given[hit["video_id"]], True
+    return hits
+
+
 def query_namer(labels_table: str, loaded: LoadedIndex, model: str,
-                warn: Callable[[str], None]) -> Callable[[np.ndarray], list[dict[str, Any]]] | None:
+                warn: Callable[[str], None]) -> QueryNamer | None:
     """What names each query by the videos the user labelled (the spread_labels stage's `labels_table`, its given
     rows with their vectors from the embeddings the index was built from), as that stage names an archive video;
     None when nothing is labelled, or when --model's weights cannot be checked against the index's (an old index)."""
@@ -375,7 +403,7 @@ def query_namer(labels_table: str, loaded: LoadedIndex, model: str,
         table = Path(base) / table
     if not table.is_file():
         return None
-    from slic.label_spreading import SpreadError, labelled_vectors, name_queries
+    from slic.label_spreading import SpreadError, labelled_vectors
 
     try:
         labelled = labelled_vectors(table, loaded.meta.get("embeddings", ""))
@@ -388,7 +416,7 @@ def query_namer(labels_table: str, loaded: LoadedIndex, model: str,
         warn(f"queries not named by your labels: --model {model} may embed them with another encoder than the "
              f"labelled videos of {table} (the index was built before it recorded its checkpoint's sha256)")
         return None
-    return lambda queries: name_queries(queries, labelled)
+    return QueryNamer(labelled)
 
 
 def run_search(argv: list[str], params: str = "params.yaml") -> int:

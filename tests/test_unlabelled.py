@@ -100,6 +100,19 @@ def test_pretrain_index_and_search_on_unlabelled_videos(archive: Path, tiny_data
     assert answer["results"][0]["path"].endswith("day1/deeper/clip01.avi")  # itself first
     # Near 1, not 1: the index holds the JPEG shards' embedding, the query is decoded from the file itself.
     assert answer["results"][0]["similarity"] == pytest.approx(1.0, abs=0.01) and len(answer["results"]) == 3
+    # A video the user labelled (spread_labels' table) shows their class among the hits, marked as theirs; the
+    # others, unlabelled, have none (before, every hit read `-`, labelled or not).
+    own = validated.loc[validated["path"].str.endswith("day1/deeper/clip01.avi"), "video_id"].item()
+    other = validated.loc[validated["video_id"] != own, "video_id"].iloc[0]
+    table = tmp_path / "reports/spread_labels.csv"
+    pd.DataFrame([[own, "jump", "given"], [other, "run", "given"]],
+                 columns=["video_id", "class", "source"]).to_csv(table, index=False)
+    assert run(tmp_path, "search", str(query), "-k", "3", "--json") == 0
+    hits = json.loads(capsys.readouterr().out)["queries"][0]["results"]
+    assert (hits[0]["class"], hits[0]["labelled"]) == ("jump", True)
+    assert all(hit["class"] in (None, "run") and hit.get("labelled", False) == (hit["class"] is not None)
+               for hit in hits[1:])
+    table.unlink()
 
     # evaluate has no recall to measure: each video queries the others, and the report says what needs no labels.
     capsys.readouterr()
