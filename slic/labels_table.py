@@ -4,8 +4,10 @@ video, and what `pretrain.mode: labels` trains the encoder on.
 The CSV has a `class` column and a `video_id` column (the ids of reports/clusters.csv and of the manifest) or a
 `path` column (a video file: every segment of a long file takes its class), read as `layout: csv` reads labels.csv
 (any case, a byte-order mark, commas, semicolons or tabs); with both columns a row's id names its video, or its
-file where the id is empty. Rows with an empty class are skipped (a label_next.csv partly filled in). A row naming
-no video, one video given two classes, or one class spelled two ways stops with the file and line.
+file where the id is empty; a relative path may be the end of one file's path (its folders under manifest.root, as
+`trip/day1/clip.mp4`). Rows with an empty class are skipped (a label_next.csv partly filled in). A row naming no
+video (or a path ending more than one file's), one video given two classes, or one class spelled two ways stops
+with the file and line.
 """
 
 from __future__ import annotations
@@ -44,6 +46,17 @@ def path_spellings(path: str) -> list[str]:
     return list(dict.fromkeys([path, os.path.normpath(path), str(Path(path).resolve())])) if path else []
 
 
+def _rows_ending(by_ending: dict[str, list[int]], paths: Sequence[str], video: str, where: str) -> list[int] | None:
+    """The rows of the one file whose path ends with the relative `video` (its folders and name), None when none
+    does; a LabelsError naming two when several files do (give more of the path)."""
+    rows = by_ending.get(Path(os.path.normpath(video)).as_posix())
+    if rows and len({paths[i] for i in rows}) > 1:
+        first, second = sorted({paths[i] for i in rows})[:2]
+        raise LabelsError(f"{where}: path {video!r} ends the paths of {len({paths[i] for i in rows})} videos (e.g. "
+                          f"{first} and {second}); give more of its folders, or the whole path")
+    return rows
+
+
 def read_labels_table(given: str | Path, ids: Sequence[str], paths: Sequence[str], *, videos: str, listed_in: str,
                       purpose: str) -> GivenLabels:
     """The classes of `given` for the videos `ids` (with their files `paths`, in the same order). `videos` names
@@ -58,10 +71,14 @@ def read_labels_table(given: str | Path, ids: Sequence[str], paths: Sequence[str
                           f"{','.join(header) or 'nothing'}; reports/label_next.csv has the columns to fill in")
     by_id: dict[str, list[int]] = {}
     by_path: dict[str, list[int]] = {}
+    by_ending: dict[str, list[int]] = {}  # the last 1, 2, ... folders and name of each file: a relative path
     for i, (video_id, path) in enumerate(zip(ids, paths)):
         by_id.setdefault(video_id, []).append(i)
         for spelling in path_spellings(path):
             by_path.setdefault(spelling, []).append(i)
+        parts = Path(os.path.normpath(path)).parts if path else ()
+        for start in range(1, len(parts)):
+            by_ending.setdefault("/".join(parts[start:]), []).append(i)
     chosen: dict[int, tuple[str, int]] = {}
     checks: set[int] = set()
     skipped = 0
@@ -72,6 +89,8 @@ def read_labels_table(given: str | Path, ids: Sequence[str], paths: Sequence[str
         name, video = cells.get("class", ""), cells.get(key, "")
         spellings, by_key = ([video], by_id) if key == "video_id" else (path_spellings(video), by_path)
         rows = next((by_key[spelling] for spelling in spellings if spelling in by_key), None)
+        if rows is None and key == "path" and video and not os.path.isabs(video):
+            rows = _rows_ending(by_ending, paths, video, f"{given}:{line}")
         if not name:  # left empty: passed over (a video of none of the classes, one that cannot be told)
             skipped += 1
             passed.update(rows or [])

@@ -52,6 +52,21 @@ def test_given_labels_by_id_or_by_path_with_empty_classes_skipped(tmp_path: Path
     assert by_path.index.tolist() == [0, 1, 5] and [by_path.names[c] for c in by_path.label] == ["run", "run", "jump"]
 
 
+def test_a_relative_path_names_the_one_file_whose_path_it_ends(tmp_path: Path) -> None:
+    """The audit: `trip 2023/day1/clip_034.avi` (its folders under manifest.root) was refused, the archive's paths
+    being absolute. It names the one file it ends; one ending two files' paths is refused, naming both."""
+    x, truth = separated(classes=2, per_class=3)
+    root = "/archive/videos"
+    archive = archive_of(x, truth, paths=[f"{root}/trip 2023/day1/clip_034.avi", f"{root}/trip 2023/day2/clip_034.avi",
+                                          f"{root}/a.mp4", f"{root}/b/x.mp4", f"{root}/b/y.mp4", f"{root}/b/z.mp4"])
+    given = read_given_labels(write(tmp_path / "rel.csv", "path,class\ntrip 2023/day1/clip_034.avi,run\n"
+                                                          "b/y.mp4,jump\n./b/z.mp4,jump\n"), archive)
+    assert given.index.tolist() == [0, 4, 5] and [given.names[c] for c in given.label] == ["run", "jump", "jump"]
+    with pytest.raises(SpreadError, match=r"amb\.csv:2: path 'clip_034\.avi' ends the paths of 2 videos \(e\.g\. "
+                                          r"/archive/videos/trip 2023/day1/clip_034\.avi and .*day2.*\); give more"):
+        read_given_labels(write(tmp_path / "amb.csv", "path,class\nclip_034.avi,run\n"), archive)
+
+
 @pytest.mark.parametrize("content, said", [
     ("video,label\nv0,run\n", r"bad\.csv: the header needs a class column and a video_id \(or path\) column, got "
                               r"video,label"),
