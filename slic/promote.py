@@ -185,6 +185,22 @@ def trained_with_labels(report: str | Path) -> bool:
     return not path.is_file() or json.loads(path.read_text()).get("labelled", True) is not False
 
 
+def alike_veto(candidate_alike: float | None, champion_alike: float | None) -> str:
+    """Why a candidate must not take the alias whatever recall@1 on the user's labels says: its embeddings of the
+    labelled videos are nearly all alike (mean pairwise cosine >= ALIKE_COSINE, evaluate's warning), as an untrained
+    or collapsed encoder's are, and the champion's are not. On ucf101_6 every trained encoder is at 0.08 or less and
+    an untrained one at 0.97 (bench/label_free.py), while a judge of a few dozen labelled videos can favour either
+    by a video or two. '' when there is no such reason (both alike: recall decides)."""
+    from slic.retrieval import ALIKE_COSINE
+
+    if candidate_alike is None or champion_alike is None or not candidate_alike >= ALIKE_COSINE > champion_alike:
+        return ""
+    return (f"the candidate's embeddings of them are nearly all alike (mean pairwise cosine {candidate_alike:.3f} >= "
+            f"{ALIKE_COSINE}; the champion's {champion_alike:.3f}), as an untrained or collapsed encoder's are, so "
+            "it does not take the alias whatever recall@1 says: check that pretrain trained (its loss, "
+            "pretrain.epochs)")
+
+
 def decide_without_labels(cfg: PromoteConfig, champion: Any, checkpoint: Path, manifest: str | Path | None,
                           frames_dir: str | Path | None, frame_rate: float = 0.0) -> tuple[Decision, dict[str, Any]]:
     """A candidate trained on videos without classes has no validation metric: it takes the alias when there is no
@@ -218,14 +234,17 @@ def decide_without_labels(cfg: PromoteConfig, champion: Any, checkpoint: Path, m
             **recorded, **counts, "compared_on": "no labels"}
     decision = decide(found.candidate, found.champion, higher_is_better=True, min_delta=cfg.min_delta)
     p_value = sign_test_p(found.only_candidate, found.only_champion)
-    reason = (f"{unlabelled}; on the {found.held_out} labelled videos of {cfg.labels} whose labels neither encoder trained on "
-              f"(against {found.labelled - 1} others, {found.classes} classes), recall@1: {decision.reason}; the "
-              f"candidate names {found.only_candidate} of them rightly that the champion does not, the champion "
-              f"{found.only_champion} (sign test p = {p_value:.2g}: below 0.05 the lead is unlikely to be "
-              f"chance){rate_note(frame_rate, champion.tags.get('frame_rate'))}")
-    return Decision(decision.promote, reason), {
+    veto = alike_veto(found.candidate_alike, found.champion_alike)
+    reason = (f"{unlabelled}; on the {found.held_out} labelled videos of {cfg.labels} whose labels neither encoder "
+              f"trained on (against {found.labelled - 1} others, {found.classes} classes), recall@1: "
+              f"{decision.reason}; the candidate names {found.only_candidate} of them rightly that the champion does "
+              f"not, the champion {found.only_champion} (sign test p = {p_value:.2g}: below 0.05 the lead is unlikely "
+              f"to be chance){'; but ' + veto if veto else ''}{rate_note(frame_rate, champion.tags.get('frame_rate'))}")
+    return Decision(decision.promote and not veto, reason), {
         **recorded, **counts, "labels_sign_test_p": p_value, "compared_on": "your labels",
-        "candidate_labels_recall_at_1": found.candidate, "champion_labels_recall_at_1": found.champion}
+        "candidate_labels_recall_at_1": found.candidate, "champion_labels_recall_at_1": found.champion,
+        "candidate_labels_mean_pairwise_cosine": found.candidate_alike,
+        "champion_labels_mean_pairwise_cosine": found.champion_alike}
 
 
 def example_video(manifest: str | Path | None) -> str | None:
@@ -240,7 +259,8 @@ def example_video(manifest: str | Path | None) -> str | None:
 JUDGEMENT_TAGS = ("metric_value", "champion_metric", "champion_version", "champion_data_fingerprint", "compared_on",
                   "candidate_val_recall_at_1", "champion_val_recall_at_1", "candidate_labels_recall_at_1",
                   "champion_labels_recall_at_1", "labels_file", "labels_held_out", "labels_gallery",
-                  "labels_only_candidate_right", "labels_only_champion_right", "labels_sign_test_p")
+                  "labels_only_candidate_right", "labels_only_champion_right", "labels_sign_test_p",
+                  "candidate_labels_mean_pairwise_cosine", "champion_labels_mean_pairwise_cosine")
 
 
 def promote(cfg: PromoteConfig, report: str | Path = PRETRAIN_REPORT, *, manifest: str | Path | None = None,
@@ -314,7 +334,7 @@ def promote(cfg: PromoteConfig, report: str | Path = PRETRAIN_REPORT, *, manifes
             registry.set_alias(cfg.model_name, cfg.alias, version.version)
         run.log_metrics({**({} if candidate is None else {cfg.metric: candidate}),
                          **{k: v for k, v in compared.items() if isinstance(v, (int, float))
-                            and (k.endswith("recall_at_1") or k.startswith("labels_"))}})
+                            and (k.endswith(("recall_at_1", "mean_pairwise_cosine")) or k.startswith("labels_"))}})
         run.set_tags({f"promote.{k}": v for k, v in tags.items()} | {"promote.version": version.version,
                                                                      "promote.new_version": registered is None,
                                                                      "slic.data_fingerprint": data or "unknown"})

@@ -34,6 +34,9 @@ class LabelsComparison:
     why_not: str = ""
     only_candidate: int = 0  # queries the candidate names rightly and the champion does not: what the lead rests on
     only_champion: int = 0  # and the other way round
+    # mean pairwise cosine of each encoder's embeddings of the labelled videos: near 1, an untrained or collapsed one
+    candidate_alike: float | None = None
+    champion_alike: float | None = None
 
 
 def sign_test_p(only_candidate: int, only_champion: int) -> float:
@@ -85,14 +88,16 @@ def centre_embeddings(encoder: Any, shards: list[Any]) -> np.ndarray:
     return embed_videos(encoder.model, shards, protocol="centre", cfg=cfg, world=World(0, 1, 0, device))
 
 
-def held_out_hits(encoder: Any, shards: list[Any], queries: np.ndarray, recordings: np.ndarray | None) -> np.ndarray:
+def held_out_hits(encoder: Any, shards: list[Any], queries: np.ndarray, recordings: np.ndarray | None,
+                  embeddings: np.ndarray | None = None) -> np.ndarray:
     """For each of the `queries` rows of `shards` (their given classes as labels), whether its nearest other row has
     its class, a query's own recording left out (`recordings`, each row's; None: only itself), embedded by
-    `encoder` (centre_embeddings). Its mean is the held-out recall@1."""
+    `encoder` (centre_embeddings; or `embeddings` already made so). Its mean is the held-out recall@1."""
     from slic.retrieval import nearest_others
 
     rows = np.flatnonzero(queries)
-    nearest, _ = nearest_others(centre_embeddings(encoder, shards), 1, rows=rows, files=recordings)
+    vectors = centre_embeddings(encoder, shards) if embeddings is None else embeddings
+    nearest, _ = nearest_others(vectors, 1, rows=rows, files=recordings)
     labels = np.array([v.label for v in shards])
     return labels[nearest[:, 0]] == labels[rows]
 
@@ -123,7 +128,12 @@ def compare_on_labels(labels_file: str | Path, candidate: Any, champion: Any, ma
             "classes: mark random checks (spread_labels.checks) or label more videos"))
     units, _ = source_units(manifest)
     recordings = files_of(np.array([v.video_id for v in shards[0]]), units)
-    ours, theirs = (held_out_hits(encoder, found, queries, recordings)
-                    for encoder, found in zip((candidate, champion), shards))
+    from slic.retrieval import mean_pairwise_cosine, normalize_rows
+
+    vectors = [centre_embeddings(encoder, found) for encoder, found in zip((candidate, champion), shards)]
+    ours, theirs = (held_out_hits(encoder, found, queries, recordings, embeddings=v)
+                    for encoder, found, v in zip((candidate, champion), shards, vectors))
+    alike = [round(mean_pairwise_cosine(normalize_rows(v)), 4) for v in vectors]
     return LabelsComparison(float(ours.mean()), float(theirs.mean()), *counts,
-                            only_candidate=int((ours & ~theirs).sum()), only_champion=int((theirs & ~ours).sum()))
+                            only_candidate=int((ours & ~theirs).sum()), only_champion=int((theirs & ~ours).sum()),
+                            candidate_alike=alike[0], champion_alike=alike[1])

@@ -9,6 +9,17 @@ from typing import Any
 import numpy as np
 
 DEFAULT_KS = (1, 5, 10, 20, 50)
+
+
+def mean_pairwise_cosine(unit: np.ndarray) -> float:
+    """The mean cosine similarity over every pair of distinct rows of `unit` (rows of norm 1, `normalize_rows`):
+    near 1 when the embeddings barely tell videos apart (ALIKE_COSINE), near 0 for a trained encoder's; in O(n d),
+    without the n x n matrix."""
+    n = len(unit)
+    if n < 2:
+        return 0.0
+    total = unit.sum(axis=0, dtype=np.float64)
+    return float((total @ total - np.square(unit).sum(dtype=np.float64)) / (n * (n - 1)))
 # Above this mean pairwise cosine the embeddings barely tell videos apart: an untrained r3d_18_tiny gives 0.97 on
 # ucf101_6, every trained encoder there <= 0.08 (bench/label_free.py).
 ALIKE_COSINE = 0.5
@@ -193,12 +204,11 @@ def unlabelled_neighbours(path: str | Path, *, split: str | None = "train", ks: 
     others = n - 1 if sources is None else n - int(np.unique(sources, return_counts=True)[1].max())
     ks = sorted(k for k in set(ks) if k <= others) or [others]
     neighbours, sims = nearest_others(vectors, max(max(ks), hub_k), files=sources)
-    total = vectors.sum(axis=0, dtype=np.float64)
     hub_k = min(hub_k, others)
     counts = np.bincount(neighbours[:, :hub_k].ravel(), minlength=n)
     hubs = [{"video_id": str(ids[i]), f"in_top{hub_k}_of": int(counts[i]), "share_of_queries": round(counts[i] / n, 4)}
             for i in np.argsort(-counts, kind="stable")[:5]]
-    pairwise = float((total @ total - np.square(vectors).sum(dtype=np.float64)) / (n * (n - 1)))
+    pairwise = mean_pairwise_cosine(vectors)
     alike = {} if pairwise < ALIKE_COSINE else {"warning": (
         f"the videos' embeddings are nearly all alike (mean pairwise cosine {pairwise:.3f} >= {ALIKE_COSINE}), as an "
         "untrained or collapsed encoder's are: check that pretrain trained (its loss, epochs) and that the videos "

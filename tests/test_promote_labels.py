@@ -47,6 +47,19 @@ def write_labels(path: Path, table: pd.DataFrame, *, by_path: int = 0) -> Path:
     return path
 
 
+def test_a_candidate_whose_embeddings_are_all_alike_never_takes_the_alias_from_one_whose_are_not() -> None:
+    """The audit: a 2-epoch encoder evaluate called collapsed (mean pairwise cosine 0.54) took the alias on 5
+    labelled videos against 4 (p = 1). Alike against a trained champion (<= 0.08 on ucf101_6; untrained 0.97): vetoed;
+    both alike, or neither: recall@1 decides."""
+    from slic.promote import alike_veto
+
+    said = alike_veto(0.542, 0.312)
+    assert said.startswith("the candidate's embeddings of them are nearly all alike (mean pairwise cosine 0.542 >= "
+                           "0.5; the champion's 0.312)") and "pretrain.epochs" in said
+    assert alike_veto(0.97, 0.96) == "" and alike_veto(0.05, 0.97) == "" and alike_veto(0.05, 0.03) == ""
+    assert alike_veto(None, 0.1) == ""
+
+
 def test_the_sign_test_weighs_only_the_videos_one_encoder_names_rightly() -> None:
     assert sign_test_p(0, 0) == 1.0 and sign_test_p(3, 3) == 1.0
     assert sign_test_p(7, 4) == pytest.approx(0.5488, abs=1e-4)  # 2 x P(X <= 4), X ~ Bin(11, 1/2)
@@ -137,13 +150,17 @@ def test_without_classes_the_alias_moves_only_when_the_candidate_names_your_held
         "your labels", len(table) - 5, len(table))
     assert judged["promoted"] == (ours > theirs) and judged["decision"] == ("promoted" if ours > theirs else "rejected")
     assert alias_version("slic-encoder", "champion").version == judged["alias_version"]
-    assert f"on the {len(table) - 5} labelled videos of {labels} whose labels neither encoder trained on" in judged["reason"]
+    assert (f"on the {len(table) - 5} labelled videos of {labels} whose labels neither encoder trained on"
+            in judged["reason"])
     lead = judged["labels_only_candidate_right"] - judged["labels_only_champion_right"]
     assert lead == round((ours - theirs) * (len(table) - 5))  # the lead is the videos only one names rightly
     assert (f"the candidate names {judged['labels_only_candidate_right']} of them rightly that the champion does "
             f"not, the champion {judged['labels_only_champion_right']} (sign test p = ") in judged["reason"]
     assert judged["labels_sign_test_p"] == sign_test_p(judged["labels_only_candidate_right"],
                                                        judged["labels_only_champion_right"])
+    # both untrained: their embeddings alike, so recall decides (the veto is for a collapsed candidate alone)
+    assert min(judged["candidate_labels_mean_pairwise_cosine"], judged["champion_labels_mean_pairwise_cosine"]) >= 0.5
+    assert "nearly all alike" not in judged["reason"]
     tags = version_tags("slic-encoder", judged["version"])
     assert float(tags["candidate_labels_recall_at_1"]) == ours and tags["compared_on"] == "your labels"
     run = MlflowClient(tracking_uri()).get_run(judged["mlflow_run_id"])
