@@ -112,7 +112,7 @@ def test_a_folder_eval_set_of_clips_is_told_to_name_its_recordings(tmp_path: Pat
     monkeypatch.chdir(tmp_path)
     config = load(params_with(tmp_path, {"mine": {"root": str(root), "layout": "folder"}}))
     report = prepare_eval_data(config, "mine")
-    pattern = r"^(.*?)_c\d+\.\w+$"
+    pattern = r"^(.*?)_c\d{1,3}\.\w+$"
     assert report["advice"][0].endswith(f"set eval_sets.mine.group_pattern: '{pattern}' (names jump_r0_c01.mp4's "
                                         "recording 'jump_r0') to split by recording")
     assert "eval_data@mine: note: 24 of 24 videos share their name" in capsys.readouterr().out
