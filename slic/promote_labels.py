@@ -124,8 +124,8 @@ def compare_on_labels(labels_file: str | Path, candidate: Any, champion: Any, ma
     if counts[0] < MIN_HELD_OUT or classes < 2:
         return LabelsComparison(None, None, *counts, (
             f"{counts[0]} of the {counts[1]} labelled videos of {labels_file} with frames ({classes} classes) are "
-            f"held out (neither encoder trained on their labels); comparing needs {MIN_HELD_OUT} or more of two or more "
-            "classes: mark random checks (spread_labels.checks) or label more videos"))
+            f"held out (neither encoder trained on their labels); comparing needs {MIN_HELD_OUT} or more of two or "
+            "more classes: mark random checks (spread_labels.checks) or label more videos"))
     units, _ = source_units(manifest)
     recordings = files_of(np.array([v.video_id for v in shards[0]]), units)
     from slic.retrieval import mean_pairwise_cosine, normalize_rows

@@ -205,9 +205,9 @@ class VideoEncoder:
     def embed_files(self, paths: list[Path], workers: int = 0, spans: list[tuple[int, int] | None] | None = None,
                     ) -> Iterator[tuple[int, np.ndarray | None, str]]:
         """(position, embedding or None, why it could not be decoded, or the warnings with an embedding: shorter than
-        one clip, decoded past damaged packets; `ClipWindows`) for each path (or its frames [start, stop) of `spans`: segments of long videos), in order;
-        `workers` loader processes decode the next videos while the model embeds this one (0: decode here, one at a
-        time).
+        one clip, decoded past damaged packets; `ClipWindows`) for each path (or its frames [start, stop) of `spans`:
+        segments of long videos), in order; `workers` loader processes decode the next videos while the model embeds
+        this one (0: decode here, one at a time).
         On the CPU the model then leaves the workers their cores: it runs on cpu_count - workers threads (at
         least 1), which on 2 cores with 2 workers takes a ucf101_6 video from 33 to 26 ms.  One file is decoded
         here: starting a worker would only add its start-up."""

@@ -632,9 +632,9 @@ def frame_rate_advice(table: pd.DataFrame, target_fps: float = 0.0) -> str:
     low, high = rates.min(), rates.max()
     common = rates.round(2).mode().iloc[0]
     return (f"frame rates range from {low:g} to {high:g} fps (most often {common:g}: {(rates.round(2) == common).sum()}"
-            f" of the {len(rates)} usable videos of a constant rate): clips take native frames, so a clip spans {high / low:.1f}x less time "
-            f"at {high:g} fps than at {low:g} and a motion looks slower there; set extract.fps: {common:g} to resample "
-            "every video to one rate when frames are extracted")
+            f" of the {len(rates)} usable videos of a constant rate): clips take native frames, so a clip spans "
+            f"{high / low:.1f}x less time at {high:g} fps than at {low:g} and a motion looks slower there; set "
+            f"extract.fps: {common:g} to resample every video to one rate when frames are extracted")
 
 
 def variable_rate_advice(table: pd.DataFrame, target_fps: float = 0.0) -> str:
