@@ -14,7 +14,7 @@ export DVC_NO_ANALYTICS := 1
 export GX_ANALYTICS_ENABLED := false
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install chromium run run-real test bench bench-real bench-label-free bench-aspect-ratio bench-archive-clusters bench-spread-labels bench-retrain-labels bench-labels-stage bench-promote-labels bench-protocol-gallery bench-search-service bench-added-videos bench-serving-decode bench-damaged-packets bench-segments bench-frame-rate bench-gpu gpu-wheelhouse clean pipeline image services-up services-down deploy worker preset-paper
+.PHONY: install chromium run run-real test bench bench-real bench-label-free bench-aspect-ratio bench-unknown-classes bench-archive-clusters bench-spread-labels bench-retrain-labels bench-labels-stage bench-promote-labels bench-protocol-gallery bench-search-service bench-added-videos bench-serving-decode bench-damaged-packets bench-segments bench-frame-rate bench-gpu gpu-wheelhouse clean pipeline image services-up services-down deploy worker preset-paper
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,11 @@ bench-label-free: install
 # and 16:9 (reports/bench/aspect_ratio.json); reuses bench-real's stored encoders, trains the missing ones.
 bench-aspect-ratio: install
 	$(BIN)/python bench/aspect_ratio.py
+
+# Whether naming's similarity tells a video of none of your classes (reports/bench/unknown_classes.json); reuses
+# bench-real's stored encoders, trains the missing ones.
+bench-unknown-classes: install
+	$(BIN)/python bench/unknown_classes.py
 
 # The clusters stage's groups against the classes, every mode's encoder x seeds (ucf101_6; bench/real.py's cells).
 bench-archive-clusters: install
