@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,9 +31,9 @@ import numpy as np
 from slic.config import ConfigError
 from slic.index import META_FILE, IndexBuildError, LoadedIndex, load_index
 from slic.index import search as index_search
-from slic.search import (QuerySpan, SearchUsageError, find_each, find_videos, index_encoder, model_encoder,
-                         params_defaults, parse_time, query_namer, query_span, ranked_hits, require_index_encoder,
-                         search_videos, with_given_classes)
+from slic.search import (QueryNamer, QuerySpan, SearchUsageError, find_each, find_videos, index_encoder,
+                         model_encoder, params_defaults, parse_time, query_namer, query_span, ranked_hits,
+                         require_index_encoder, search_videos, with_given_classes)
 
 if TYPE_CHECKING:  # the encoder's module imports torch: loaded with the first encoder, not with this module
     from slic.serving import VideoEncoder
@@ -203,7 +203,7 @@ class _Loaded:
 
     index: LoadedIndex
     encoder: VideoEncoder
-    namer: Callable[[np.ndarray], list[dict[str, Any]]] | None
+    namer: QueryNamer | None
     stamp: tuple[int, int, int]
     warnings: list[str]
 

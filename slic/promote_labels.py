@@ -106,7 +106,7 @@ def compare_on_labels(labels_file: str | Path, candidate: Any, champion: Any, ma
                       frames_dir: str | Path) -> LabelsComparison:
     """Both encoders (slic.serving.VideoEncoder, each with the `trained_labels` of its checkpoint) on the labelled
     videos of `labels_file` that neither trained on; `why_not` says what is missing when that cannot be done."""
-    from slic.retrieval import files_of, source_units
+    from slic.retrieval import files_of, mean_pairwise_cosine, normalize_rows, source_units
 
     labels_file = Path(labels_file)
     if not labels_file.is_file():
@@ -128,8 +128,6 @@ def compare_on_labels(labels_file: str | Path, candidate: Any, champion: Any, ma
             "more classes: mark random checks (spread_labels.checks) or label more videos"))
     units, _ = source_units(manifest)
     recordings = files_of(np.array([v.video_id for v in shards[0]]), units)
-    from slic.retrieval import mean_pairwise_cosine, normalize_rows
-
     vectors = [centre_embeddings(encoder, found) for encoder, found in zip((candidate, champion), shards)]
     ours, theirs = (held_out_hits(encoder, found, queries, recordings, embeddings=v)
                     for encoder, found, v in zip((candidate, champion), shards, vectors))

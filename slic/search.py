@@ -13,6 +13,7 @@ line on stderr and the others still get answers; the exit code is 1 when any que
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -141,7 +142,7 @@ def _checkpoint_file_encoder(checkpoint: Path, clips: int) -> VideoEncoder:
 def search_videos(videos: list[Path], encoder: FileEncoder, loaded: LoadedIndex, k: int, workers: int = 0,
                   spans: list[QuerySpan | None] | None = None, other_files: bool = False, per_file: int = 0,
                   other_recordings: bool = False, per_recording: int = 0,
-                  namer: Callable[[np.ndarray], list[dict[str, Any]]] | None = None,
+                  namer: QueryNamer | None = None,
                   ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
     """(answers, errors): the k nearest indexed videos per query that could be embedded, an error per other,
     both in the order of `videos`.  `workers` loader processes decode the next queries while the encoder embeds
@@ -377,15 +378,16 @@ class QueryNamer:
 
         return name_queries(queries, self.labelled)
 
+    @functools.cached_property
     def given_classes(self) -> dict[str, str]:
-        """video_id -> the class the user gave it."""
+        """video_id -> the class the user gave it (made once, read for every hit)."""
         return {str(i): self.labelled.names[c] for i, c in zip(self.labelled.ids, self.labelled.label)}
 
 
-def with_given_classes(hits: list[dict[str, Any]], namer: Callable[..., Any] | None) -> list[dict[str, Any]]:
+def with_given_classes(hits: list[dict[str, Any]], namer: QueryNamer | None) -> list[dict[str, Any]]:
     """`hits` where a video without a class in the index is one the user labelled: its class is theirs, marked
     `"labelled": true` (before, every hit of an unlabelled archive read `-`, those the user named too)."""
-    given = namer.given_classes() if isinstance(namer, QueryNamer) else {}
+    given = namer.given_classes if namer is not None else {}
     for hit in hits:
         if hit["class"] is None and hit["video_id"] in given:
             hit["class"], hit["labelled"] = given[hit["video_id"]], True
