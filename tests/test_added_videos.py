@@ -236,6 +236,6 @@ def test_an_added_video_decoded_past_a_damaged_packet_is_indexed_and_said_once(
     assert report["added"] == 3
     noted = {item["path"]: item["note"] for item in report["added_notes"]}
     assert noted["add_to_index/new/glitch.mp4"].startswith("decoded past damaged packets: 1 of ")
-    assert "the first after frame 28: InvalidDataError" in noted["add_to_index/new/glitch.mp4"]
+    assert "the first lost is frame 30: InvalidDataError" in noted["add_to_index/new/glitch.mp4"]
     assert "note: 3 added video(s) indexed with a warning" in capsys.readouterr().err
     assert "packets could not be decoded" not in caplog.text

@@ -121,7 +121,7 @@ def test_a_query_decoded_past_a_damaged_packet_is_answered_with_the_note(
         assert main(["search", str(glitch), "-k", "2", "--json"]) == 0
     out, err = capsys.readouterr()
     note = json.loads(out)["queries"][0]["note"]
-    assert note.startswith("decoded past damaged packets: 1 of ") and "the first after frame 28: InvalidData" in note
+    assert note.startswith("decoded past damaged packets: 1 of ") and "the first lost is frame 30: InvalidData" in note
     assert err.count("packets could not be decoded") == 1 and f"warning: {glitch}: decoded past" in err
     assert "packets could not be decoded" not in caplog.text  # not logged a second time by the decoder
 

@@ -116,34 +116,40 @@ class Damage:
 
     packets: int = 0  # packets given to the decoder
     damaged: int = 0  # of them, those it could not decode (skipped)
-    after_frame: int = -1  # frames decoded before the first damaged packet
+    first_lost: int = -1  # the number of the first frame lost (in presentation order, as the decode numbers it)
     error: str = ""  # why FFmpeg refused the first
 
-    def record(self, frames: int, exc: BaseException, path: Path) -> None:
-        """One more damaged packet, met after `frames` decoded frames."""
+    def record(self, exc: BaseException, path: Path) -> None:
+        """One more damaged packet; the first one's error is kept for the note."""
         if not self.damaged:
-            self.after_frame = frames
             self.error = (f"{type(exc).__name__}: {exc.strerror}" if isinstance(exc, av.FFmpegError) and exc.strerror
                           else _describe(exc, path))
         self.damaged += 1
+
+    def lost_at(self, frame: int) -> None:
+        """A frame lost to a damaged packet would have been number `frame`: the first such is named in the note."""
+        if self.first_lost < 0:
+            self.first_lost = frame
 
     def note(self) -> str:
         """One line for a report: how many packets were skipped, where the first was and why ('' when none)."""
         if not self.damaged:
             return ""
         return (f"{self.damaged} of {self.packets} packets could not be decoded (their frames hold the frame before; "
-                f"the first after frame {self.after_frame}: {self.error})")
+                f"the first lost is frame {max(self.first_lost, 0)}: {self.error})")
 
 
 def _decoded(container: av.container.InputContainer, stream: av.video.stream.VideoStream, path: Path,
              damage: Damage | None = None) -> Iterator[av.VideoFrame]:
     """The stream's frames from where the container stands, passing over packets FFmpeg cannot decode (counted in
     `damage`) where `container.decode` would stop at the first: the frame before is given again in the lost frame's
-    place (none before the first decoded frame). Once every packet is read: VideoDecodeError when no frame came out,
+    place (none before the first decoded frame), found by the packet's presentation time, as the decoder gives its
+    frames out later than it takes their packets. Once every packet is read: VideoDecodeError when no frame came out,
     or when more than DAMAGED_SHARE_LIMIT of the packets were damaged."""
     damage = damage if damage is not None else Damage()
     frames = 0
     last: av.VideoFrame | None = None
+    lost: list[int] = []  # presentation times of damaged packets whose held frames wait for their place
     packets = container.demux(stream)
     while True:
         try:
@@ -151,23 +157,46 @@ def _decoded(container: av.container.InputContainer, stream: av.video.stream.Vid
         except StopIteration:
             break
         except av.FFmpegError as exc:  # the container itself is torn here: keep what was read
-            damage.record(frames, exc, path)
+            damage.record(exc, path)
+            if not lost:  # else the first of them, placed below, is the first lost
+                damage.lost_at(frames)
             break
         damage.packets += packet.size > 0
         try:
             decoded = packet.decode()
         except av.FFmpegError as exc:
-            damage.record(frames, exc, path)
-            if last is not None and packet.size > 0:  # held in the lost frame's place: the numbers after stay
-                frames += 1
-                yield last
-            continue
+            damage.record(exc, path)
+            if packet.size > 0:  # the frame before is held in its place, once the decoder reaches it
+                lost.append(packet.pts if packet.pts is not None else -1)
+            decoded = []
         for frame in decoded:
+            for _ in range(_placed_before(lost, frame.pts)):  # frames come out in presentation order, later
+                damage.lost_at(frames)
+                if last is not None:  # nothing to hold before the first frame: the file is a frame shorter
+                    frames += 1
+                    yield last
             frames, last = frames + 1, frame
             yield frame
     if damage.damaged and not frames:
         raise VideoDecodeError(path, f"none of its {damage.packets} packets could be decoded ({damage.error})")
-    _refuse_if_mostly_damaged(damage, path)
+    _refuse_if_mostly_damaged(damage, path)  # every packet read: judged before the frames held at the end
+    for _ in lost if last is not None else []:  # lost at the file's end: nothing after them to place them before
+        damage.lost_at(frames)
+        frames += 1
+        yield last
+
+
+def _placed_before(lost: list[int], pts: int | None) -> int:
+    """How many of the lost frames (their packets' presentation times, in `lost`) come before a decoded frame at
+    `pts`; they are taken out of `lost`. A lost packet without a time, or a frame without one, is placed at once."""
+    if pts is None:
+        count = len(lost)
+        lost.clear()
+        return count
+    before = [time for time in lost if time < pts]
+    for time in before:
+        lost.remove(time)
+    return len(before)
 
 
 def _refuse_if_mostly_damaged(damage: Damage, path: Path, up_to_frame: int | None = None) -> None:
