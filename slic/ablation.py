@@ -5,9 +5,11 @@ then the `embed` stage's protocol and the `evaluate` stage's retrieval. The mode
 pipeline trained (`pretrain.mode`) is not trained twice: its embeddings from the `embed` stage
 are evaluated. The others are trained into `ablation.out/<mode>/` (resumable like `pretrain`).
 `oracle` (the true classes as pseudo-labels) is the ceiling that perfect clustering would give.
-The report holds recall@k per mode and the paper's finding checked on this data: SLIC's recall@1
+The report holds recall@k per mode and the project's bars checked on this data: SLIC's recall@1
 at least `min_gain_over_random_init` points above the untrained network and
-`min_gain_over_intra_video` points above intra-video positives.
+`min_gain_over_intra_video` points above intra-video positives. The bars are ours (the paper
+compares SLIC with other published methods and has no intra-video mode), the gains that would
+show the clusters paying for themselves here.
 
 Stage `ablation_flow` does the same for SLIC's optical-flow view: the `pretrain` settings RGB-only
 against the same with the flow view on (reports/ablation_flow.json).
@@ -163,7 +165,7 @@ def findings(rows: dict[str, dict[str, Any]], *, min_gain_over_random_init: floa
             gain = round(slic - 100 * rows[baseline]["recall@1"], 2)
             result[f"slic_minus_{baseline}_points"] = gain
             result[f"slic_beats_{baseline}_by_{bar:g}"] = gain >= bar
-    result["paper_finding_holds"] = all(v for k, v in result.items() if k.startswith("slic_beats_"))
+    result["bars_met"] = all(v for k, v in result.items() if k.startswith("slic_beats_"))
     if "oracle" in rows and "random_init" in rows:
         # The ceiling: what perfect clusters would give, and how much of its gain SLIC's own clusters reach.
         oracle, floor = 100 * rows["oracle"]["recall@1"], 100 * rows["random_init"]["recall@1"]
@@ -187,7 +189,7 @@ def run_ablation(config: Config, world: World) -> dict[str, Any]:
             parent.log_metrics({f"{mode}.{k}": v for k, v in rows[mode].items() if k.startswith("recall@")})
         result = findings(rows, min_gain_over_random_init=cfg.min_gain_over_random_init,
                           min_gain_over_intra_video=cfg.min_gain_over_intra_video)
-        parent.set_tags({"paper_finding_holds": result.get("paper_finding_holds", "n/a")})
+        parent.set_tags({"bars_met": result.get("bars_met", "n/a")})
         run_id = parent.run_id
     return {"modes": rows, "findings": result, "query_split": config.evaluate.query_split,
             "gallery_split": config.evaluate.gallery_split, "mlflow_run_id": run_id}

@@ -154,7 +154,7 @@ def test_repro_builds_every_output_then_is_a_no_op(repo: Path) -> None:
     finetune = json.loads((repo / "reports/finetune.json").read_text())
     assert set(finetune) == {"pretrained", "scratch", "linear_probe"} and finetune["scratch"]["epochs"] == 1
     assert set(ablation["findings"]) >= {"slic_minus_random_init_points", "slic_minus_intra_video_points",
-                                         "paper_finding_holds"}
+                                         "bars_met"}
     # The transfer set: 2 motions synth never shows (SpeedUp, SlowDown), 1 held-out group of 4 as test.
     data = json.loads((repo / "reports/transfer/synthetic_unseen/data.json").read_text())
     assert (data["usable_videos"], data["splits"], data["validation"]["success"]) == (16, {"test": 4, "train": 12}, True)
