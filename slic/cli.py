@@ -587,6 +587,7 @@ def run_linear_probe_stage(config: Any) -> dict[str, Any]:
     from slic.config import to_dict
     from slic.encoder_lineage import record_stage_encoder
     from slic.finetune_stages import run_linear_probe
+    from slic.published import top5_shown
 
     cfg = config.linear_probe
     with stage_run_for("linear_probe", to_dict(cfg), _named("linear_probe", cfg.checkpoint)) as run:
@@ -597,7 +598,8 @@ def run_linear_probe_stage(config: Any) -> dict[str, Any]:
                           frame_step=cfg.frame_step)
         run.set_tags(machine_tags(report["device"]))
         report["mlflow_run_id"] = run.run_id
-    print(f"linear_probe: test top1 {report['top1']:.2f}% top5 {report['top5']:.2f}% (best val top1 "
+    top5 = f" top5 {report['top5']:.2f}%" if top5_shown(report["classes"]) else ""
+    print(f"linear_probe: test top1 {report['top1']:.2f}%{top5} (best val top1 "
           f"{report['best_val_top1']:.2f}% at epoch {report['best_epoch']}), {report['seconds']} s")
     return report
 
@@ -607,7 +609,7 @@ def run_finetune_stage(config: Any) -> dict[str, Any]:
     from slic.config import to_dict
     from slic.encoder_lineage import record_stage_encoder
     from slic.finetune_stages import run_finetune
-    from slic.published import finetune_line
+    from slic.published import finetune_line, top5_shown
 
     cfg = config.finetune
     with stage_run_for("finetune", to_dict(cfg), _named("finetune", cfg.checkpoint)) as run:
@@ -618,7 +620,8 @@ def run_finetune_stage(config: Any) -> dict[str, Any]:
                           frame_step=cfg.frame_step)
         run.set_tags(machine_tags(report["pretrained"]["device"]))
     for name, row in report.items():
-        print(f"finetune {name:12s} test top1 {row['top1']:.2f}% top5 {row['top5']:.2f}%")
+        top5 = f" top5 {row['top5']:.2f}%" if top5_shown(row["classes"]) else ""
+        print(f"finetune {name:12s} test top1 {row['top1']:.2f}%{top5}")
     if line := finetune_line("finetune", report["pretrained"]["top1"], config.manifest.layout, config.manifest.split,
                              report["pretrained"]["classes"]):
         print(line)

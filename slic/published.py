@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from slic.retrieval import PROTOCOL_GALLERY
+
 SOURCE = "SLIC (Khorasgani et al., CVPR 2022) and the papers it cites, as ../shared/SLIC.md lists them"
 RETRIEVAL_KS = (1, 5, 10, 20, 50)
 RETRIEVAL_UCF101_SPLIT1: dict[str, tuple[float, ...]] = {  # recall@1/5/10/20/50 in %
@@ -26,7 +28,6 @@ FINETUNE_TOP1 = {  # test top-1 in %, finetuned on the dataset after pretraining
 }
 UCF101_CLASSES = 101
 HMDB51_CLASSES = 51
-PROTOCOL_GALLERY = "train+val"
 
 
 def is_ucf101_split1(layout: str, split: int, classes: int) -> bool:
@@ -51,6 +52,11 @@ def published_retrieval(report: Mapping[str, Any], layout: str, split: int) -> d
                          f"train list (ours is carved into train and val): set evaluate.gallery_split: "
                          f"{PROTOCOL_GALLERY} to compare on the same gallery")
     return found
+
+
+def top5_shown(classes: int) -> bool:
+    """Whether a top-5 accuracy says anything: with 10 classes or fewer, five guesses cover half of them or more."""
+    return classes > 10
 
 
 def published_finetune(layout: str, split: int, classes: int) -> dict[str, Any] | None:

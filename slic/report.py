@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 
 from slic.data.frames import ShardReader, shard_path
-from slic.retrieval import files_of, nearest_gallery, nearest_others, normalize_rows, source_units, split_mask
+from slic.retrieval import (files_of, gallery_note, nearest_gallery, nearest_others, normalize_rows, source_units,
+                            split_mask)
 
 THUMB_FRAMES = 12   # frames spread over the whole video
 THUMB_WIDTH = 96    # pixels; height keeps the video's aspect
@@ -220,6 +221,12 @@ def _published_table(published: Mapping[str, Any] | None) -> str:
             f'</th>{head}</tr></thead><tbody>{rows}</tbody></table><p>{html.escape(published["source"])}.</p>{note}')
 
 
+def _gallery_said(gallery_split: str, split: np.ndarray) -> str:
+    """' (the train list less ...)' when the gallery is the train carve (`slic.published.gallery_note`), else ''."""
+    note = gallery_note(gallery_split, int(split_mask(split, "val").sum()))
+    return f" ({html.escape(note)})" if note else ""
+
+
 def write_retrieval_html(out: str | Path, report: Mapping[str, Any], *, embeddings: str | Path,
                          frames_dir: str | Path, manifest: str | Path, queries: int = 12, k: int = 5,
                          seed: int = 7, title: str = "Retrieval report", intro: str = "",
@@ -263,7 +270,8 @@ def write_retrieval_html(out: str | Path, report: Mapping[str, Any], *, embeddin
     page = (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
             f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>{lead}"
             f"<p>{report['queries']} {report['query_split']} queries against a gallery of {report['gallery']} "
-            f"{report['gallery_split']} videos; cosine similarity of the embeddings in "
+            f"{report['gallery_split']} videos{_gallery_said(report['gallery_split'], split)}; cosine similarity of "
+            "the embeddings in "
             f"<code>{html.escape(str(embeddings))}</code>. A query is a hit at k when one of its k nearest gallery "
             f"videos has its class.</p>{_recall_tables(report, baseline)}{_published_table(published)}"
             f"<h2>Sampled queries and their top-{k_shown} neighbours</h2><p id=\"sample\">{html.escape(how)}</p>"

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 DEFAULT_KS = (1, 5, 10, 20, 50)
+PROTOCOL_GALLERY = "train+val"  # the IIC protocol's gallery: the whole official train list (our val is a carve)
 
 
 def mean_pairwise_cosine(unit: np.ndarray) -> float:
@@ -162,6 +163,15 @@ def files_of(ids: np.ndarray, files: dict[str, str]) -> np.ndarray | None:
     named = np.array([files[str(i)] for i in ids])
     distinct = len(np.unique(named))
     return named if 1 < distinct < len(named) else None
+
+
+def gallery_note(gallery_split: str, val_videos: int) -> str:
+    """What a `train` gallery is when val was carved from the train list (`val_videos` > 0): fewer videos than the
+    IIC protocol's gallery, which is the whole list, so a reader comparing with published numbers knows; '' else."""
+    if gallery_split != "train" or val_videos <= 0:
+        return ""
+    return (f"the train list less the {val_videos} val videos carved from it to choose the checkpoint; the protocol's "
+            f"gallery is the whole list, evaluate.gallery_split: {PROTOCOL_GALLERY}")
 
 
 def split_mask(splits: np.ndarray, split: str | None) -> np.ndarray:

@@ -54,18 +54,30 @@ def _encoder(pretrain: dict[str, Any]) -> str:
             f" on {pretrain['device']}")
 
 
-def _retrieval(retrieval: dict[str, Any]) -> str:
+def _retrieval(retrieval: dict[str, Any], val_videos: int) -> str:
     if retrieval.get("labelled") is False:
         nearest = min((key for key in retrieval if key.startswith("neighbour_cosine@")),
                       key=lambda key: int(key.split("@")[1]))
         return (f"no classes, so no recall: {nearest} {retrieval[nearest]:.2f}, effective rank "
                 f"{retrieval['effective_rank']:.1f} of {retrieval['embedding_dim']} -> reports/retrieval.html (each "
                 "video beside its nearest, to judge by eye)")
-    first, *rest = sorted(int(key.split("@")[1]) for key in retrieval if key.startswith("recall@"))[:3]
+    from slic.retrieval import gallery_note
+
+    first, *rest = sorted(int(key.split("@")[1]) for key in retrieval if key.startswith("recall@"))
     recalls = f"recall@{first} {_pct(retrieval[f'recall@{first}'])}" + "".join(
         f", @{k} {_pct(retrieval[f'recall@{k}'])}" for k in rest)
+    note = gallery_note(retrieval["gallery_split"], val_videos)
     return (f"{retrieval['query_split']} {recalls} ({retrieval['queries']} queries against {retrieval['gallery']} "
-            f"{retrieval['gallery_split']} videos) -> reports/retrieval.html")
+            f"{retrieval['gallery_split']} videos{': ' + note if note else ''}) -> reports/retrieval.html")
+
+
+def _retrieval_section(read: Read, reports: Path) -> list[str]:
+    """The retrieval line, with what its gallery is (the val carve's size from the manifest's report)."""
+    retrieval = read("retrieval.json")
+    if retrieval is None:
+        return []
+    val = int(((read("manifest.json") or {}).get("splits") or {}).get("val", 0))
+    return [_retrieval(retrieval, val)]
 
 
 def _baselines(ablation: dict[str, Any]) -> str:
@@ -186,7 +198,7 @@ def _single(report: str, line: Callable[[dict[str, Any]], str]) -> Callable[[Rea
 
 
 SECTIONS: tuple[tuple[str, Callable[[Read, Path], list[str]]], ...] = (
-    ("encoder", _single("pretrain.json", _encoder)), ("retrieval", _single("retrieval.json", _retrieval)),
+    ("encoder", _single("pretrain.json", _encoder)), ("retrieval", _retrieval_section),
     ("baselines", _single("ablation.json", _baselines)), ("classify", lambda read, _: _classify(read)),
     ("transfer", lambda read, reports: []), ("clusters", _single("clusters.json", _clusters)),
     ("labels", _single("spread_labels.json", _labels)), ("registry", _single("promotion.json", _registry)),

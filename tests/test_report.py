@@ -248,6 +248,8 @@ def test_on_ucf101_split1_the_page_and_the_stage_set_the_published_numbers_besid
     assert "<tr><td>IIC (R3D)</td><td>42.4%</td><td>60.9%</td><td>69.2%</td><td>77.1%</td><td>86.5%</td></tr>" in page
     assert "<tr><td>CoCLR (S3D, UCF101 RGB)</td><td>51.8%</td><td>-</td>" in page  # top-1 only
     assert "set evaluate.gallery_split: train+val" in page
+    val = int(np.isin(split, ["val"]).sum())
+    assert f"train videos (the train list less the {val} val videos carved from it to choose the checkpoint;" in page
 
     # The protocol's gallery: the whole official train list, our val carve included; nothing to note.
     (root / "params.yaml").write_text(params.format("train+val"))
@@ -278,3 +280,14 @@ def test_no_published_numbers_for_another_set_or_split() -> None:
         "classify hmdb51: published on HMDB51 split 1, test top-1 after finetuning %: IIC 38.3, "
         "PCL-VCP (R3D-18, 112 px) 48.8, SLIC 54.5; this run (finetuned from the encoder) 50.0")
     assert finetune_line("finetune", 60.0, "ucf101", 1, 6) == ""
+
+
+def test_the_gallery_note_and_top5_say_what_the_numbers_are() -> None:
+    """A `train` gallery after a val carve is smaller than the protocol's, and says so with the carve's size; none
+    without a carve or on the protocol's gallery. Top-5 is shown only where five guesses leave most classes out."""
+    from slic.published import top5_shown
+    from slic.retrieval import gallery_note
+
+    assert gallery_note("train", 92).startswith("the train list less the 92 val videos carved from it")
+    assert gallery_note("train", 0) == gallery_note("train+val", 92) == ""
+    assert [top5_shown(classes) for classes in (6, 10, 11, 51, 101)] == [False, False, True, True, True]
