@@ -87,7 +87,7 @@ PAPER.append(("finetune.backbone_lr_scale", 0.1, "backbone at lr/10"))  # Evalua
 NOT_FROM_SLIC_MD: dict[str, Any] = {
     "flow.tau": 0.25, "flow.lambda_": 0.15, "flow.theta": 0.3, "flow.nscales": 5, "flow.scale_step": 0.8,
     "flow.warps": 5, "flow.epsilon": 0.01, "flow.inner_iterations": 30, "flow.outer_iterations": 10,
-    "flow.median_filtering": 5,
+    "flow.median_filtering": 5, "ablation.modes": ["slic", "random_init"],  # the project's baselines left out
     **{f"{s}.{k}": v for s in ("pretrain", "linear_probe", "finetune") for k, v in (("device", "auto"), ("bf16", True))},
 }
 
