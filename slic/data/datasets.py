@@ -61,10 +61,15 @@ def _ucf101(root: Path, splits: Path, split: int) -> tuple[list[str], list[Entry
             raise DatasetError(f"{splits / 'classInd.txt'}:{number}: expected '<index> <ClassName>', got {line!r}")
         classes.append(parts[1])
     entries = []
+    listed: dict[str, str] = {}  # each video's first line, 'file:number': a video is on one side of the split, once
     for kind in ("train", "test"):
         listing = splits / f"{kind}list0{split}.txt"
         for number, line in enumerate(_read_lines(listing, f"split file {listing.name}"), 1):
             relative = line.split()[0]
+            if relative in listed:
+                raise DatasetError(f"{listing}:{number}: {relative} is listed already, at {listed[relative]}: "
+                                   "a video belongs to one split, once; remove one of the two lines")
+            listed[relative] = f"{listing.name}:{number}"
             class_name = relative.split("/")[0]
             if class_name not in classes:
                 raise DatasetError(f"{listing}:{number}: class {class_name!r} is not in classInd.txt")
@@ -387,7 +392,7 @@ def _excluded_as_the_same_file(table: pd.DataFrame) -> pd.Series:
     links: the same device and inode) excluded as that one's copy: a video in the gallery twice finds itself, and
     one in train and test leaks. The kept row is a plain file before a link, then the first by video_id."""
     excluded = table["excluded"].copy()
-    kept: dict[tuple[int, int], str] = {}
+    kept: dict[tuple[int, int], tuple[str, str]] = {}  # (device, inode) -> the kept row's (video_id, path)
     usable = table[table["excluded"] == ""]
     order = sorted(usable.index, key=lambda i: (Path(table.at[i, "path"]).is_symlink(), table.at[i, "video_id"]))
     for index in order:
@@ -397,9 +402,11 @@ def _excluded_as_the_same_file(table: pd.DataFrame) -> pd.Series:
             continue
         key = (stat.st_dev, stat.st_ino)
         if key in kept:
-            excluded.at[index] = f"the same file as {kept[key]} (a link to it): listed once"
+            video_id, path = kept[key]
+            how = "its path listed twice" if path == table.at[index, "path"] else "a link to it"
+            excluded.at[index] = f"the same file as {video_id} ({how}): listed once"
         else:
-            kept[key] = table.at[index, "video_id"]
+            kept[key] = (table.at[index, "video_id"], table.at[index, "path"])
     return excluded
 
 

@@ -76,6 +76,11 @@ def test_hmdb51_layout(tmp_path: Path) -> None:
     counts = table.groupby("split").size().to_dict()
     assert counts == {"test": 4, "train": 6, "unused": 2, "val": 2}
     assert (table["frames"] == 40).all()
+    listing = splits / "cartwheel_test_split1.txt"  # one line twice: the same file, not a link to it
+    listing.write_text(listing.read_text() + "cartwheel_clip(0)!.avi 1\n")
+    again = build_manifest(config(root, "hmdb51", splits_dir=str(splits), val_fraction=0.25))
+    assert sorted(again["excluded"].unique()) == ["", "the same file as cartwheel/cartwheel_clip(0)! (its path listed "
+                                                      "twice): listed once"]
 
 
 def test_hmdb51_val_takes_whole_source_films(tmp_path: Path) -> None:
@@ -313,6 +318,21 @@ def test_unknown_class_names_file_and_line(tiny_dataset: Path, tmp_path: Path) -
     with pytest.raises(DatasetError) as caught:
         build_manifest(config(root, "ucf101"))
     assert str(caught.value) == f"{listing}:7: class 'Dance' is not in classInd.txt"
+
+
+def test_a_video_in_both_split_files_names_both_lines(tiny_dataset: Path, tmp_path: Path) -> None:
+    """A train video copied into the test list leaks; before, the manifest called the second row 'a link to it'."""
+    root = tmp_path / "copy"
+    shutil.copytree(tiny_dataset, root)
+    train = (root / "trainlist01.txt").read_text().splitlines()
+    listing = root / "testlist01.txt"
+    listing.write_text(listing.read_text() + train[-1] + "\n")
+    number = len(listing.read_text().splitlines())
+    with pytest.raises(DatasetError) as caught:
+        build_manifest(config(root, "ucf101"))
+    assert str(caught.value) == (f"{listing}:{number}: {train[-1].split()[0]} is listed already, at "
+                                 f"trainlist01.txt:{len(train)}: a video belongs to one split, once; remove one of "
+                                 "the two lines")
 
 
 def test_missing_listed_video_errors_or_is_excluded(tiny_dataset: Path, tmp_path: Path) -> None:
