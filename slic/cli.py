@@ -222,6 +222,21 @@ def _model_summary(config: dict[str, Any], fallback: str | Path) -> str:
     return Path(fallback).name
 
 
+ENCODER_SAID = ("mode", "backbone", "size", "clip_len", "frame_step", "objective", "optimizer", "epochs", "seed")
+
+
+def _encoder_said(model: dict[str, Any]) -> dict[str, Any]:
+    """What evaluate's report says of the encoder it measured (its checkpoint's settings, `model`): `encoder` (what it
+    is, the seed too) and `differs_from_paper` (the pretraining settings that are not the paper's configuration),
+    so a recall read from reports/retrieval.json alone says what made it; {} for embeddings not the checkpoint's."""
+    from slic.presets import paper_differences
+
+    if not model:
+        return {}
+    return {"encoder": {key: model[key] for key in ENCODER_SAID if key in model},
+            "differs_from_paper": paper_differences(model)}
+
+
 def _log_videos_input(run: Any, config: Any, splits: tuple[str, ...], context: str, min_frames: int = 0,
                       frame_step: int = 1) -> str:
     """Log the validated manifest's rows of `splits` as the run's input, with the content fingerprint of
@@ -346,22 +361,23 @@ def run_evaluate(config: Any) -> dict[str, Any]:
 
     cfg = config.evaluate
     labelled = _embeddings_have_labels(cfg.embeddings)
+    model = _checkpoint_config(config.embed.checkpoint) if cfg.embeddings == config.embed.out else {}
     if labelled:
         report = evaluate_embeddings(cfg.embeddings, query_split=cfg.query_split, gallery_split=cfg.gallery_split,
-                                     ks=cfg.ks)
+                                     ks=cfg.ks) | _encoder_said(model)
         splits, what = (cfg.query_split, *cfg.gallery_split.split("+")), "vs " + cfg.gallery_split
         published = published_retrieval(report, config.manifest.layout, config.manifest.split)
         write_page = partial(write_retrieval_html, published=published)
         metrics = {k: v for k, v in report.items() if k.startswith("recall@")}
     else:
         units, unit = source_units(config.extract.manifest)  # segments: other files; clips: other recordings
-        report = unlabelled_neighbours(cfg.embeddings, split=cfg.gallery_split, ks=cfg.ks, files=units, unit=unit)
+        report = unlabelled_neighbours(cfg.embeddings, split=cfg.gallery_split, ks=cfg.ks, files=units,
+                                       unit=unit) | _encoder_said(model)
         splits, what, write_page = (cfg.gallery_split,), "no labels", write_neighbours_html
         metrics = {k: v for k, v in report.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     write_recall_curve(report if labelled else {}, cfg.curve)
     page = write_page(cfg.html, report, embeddings=cfg.embeddings, frames_dir=config.extract.out,
                       manifest=config.extract.manifest, queries=cfg.html_queries, k=cfg.html_k, seed=cfg.html_seed)
-    model = _checkpoint_config(config.embed.checkpoint) if cfg.embeddings == config.embed.out else {}
     name = f"evaluate {_model_summary(model, cfg.embeddings)} {splits[0]} {what}"
     with stage_run("evaluate", to_dict(cfg), name=name) as run:
         record_stage_encoder(run, config, "evaluate")
@@ -382,8 +398,8 @@ def run_evaluate(config: Any) -> dict[str, Any]:
             print(f"evaluate: published on {published['set']}, recall@1 %: "
                   + ", ".join(f"{name} {row['recall@1']}" for name, row in published["published"].items())
                   + f"; this run {published['this_run']['recall@1']} (reports/retrieval.html)")
-            if "note" in published:
-                print(f"evaluate: note: {published['note']}")
+            for note in published.get("notes", []):
+                print(f"evaluate: note: {note}")
     else:
         nearest = next(key for key in report if key.startswith("neighbour_cosine@"))  # the smallest k of evaluate.ks
         print(f"evaluate: no class labels, so no recall; {report['protocol']}: {nearest}={report[nearest]:.3f} "

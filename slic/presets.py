@@ -16,6 +16,7 @@ import os
 import sys
 import tempfile
 import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +105,22 @@ def _same(a: Any, b: Any) -> bool:
     if isinstance(a, bool) or isinstance(b, bool):
         return type(a) is type(b) and a == b
     return a == b
+
+
+PAPER_PRESET = "paper_ucf101"
+NOT_THE_METHOD = {"seed", "device", "bf16"}  # a draw or the machine: not what the paper's configuration is
+
+
+def paper_differences(pretrain: Mapping[str, Any], directory: str | Path = PRESETS_DIR) -> list[str]:
+    """The settings of an encoder's pretraining (a checkpoint's `config`) that are not the paper's, as
+    'objective proxy (paper: triplet)', in the preset's order; [] when the preset is not there. A number set beside
+    published ones says with it that it comes from another configuration (the CPU default is one)."""
+    try:
+        paper = load_preset(PAPER_PRESET, directory).get("pretrain", {})
+    except PresetError:
+        return []
+    return [f"{key} {show(pretrain[key])} (paper: {show(value)})" for key, value in paper.items()
+            if key in pretrain and key not in NOT_THE_METHOD and not _same(pretrain[key], value)]
 
 
 def _round_trip() -> Any:

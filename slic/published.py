@@ -36,8 +36,9 @@ def is_ucf101_split1(layout: str, split: int, classes: int) -> bool:
 
 
 def published_retrieval(report: Mapping[str, Any], layout: str, split: int) -> dict[str, Any] | None:
-    """The published recall@k beside evaluate's `report` (per_class, query_split, gallery_split) when it measured
-    UCF101 split 1's test queries; a `note` when its gallery is not the protocol's. None for any other set."""
+    """The published recall@k beside evaluate's `report` (per_class, query_split, gallery_split, differs_from_paper)
+    when it measured UCF101 split 1's test queries; `notes` when its gallery is not the protocol's or its encoder not
+    the paper's configuration. None for any other set."""
     classes = len(report.get("per_class") or {})
     if not is_ucf101_split1(layout, split, classes) or report.get("query_split") != "test":
         return None
@@ -47,11 +48,25 @@ def published_retrieval(report: Mapping[str, Any], layout: str, split: int) -> d
             for name, values in RETRIEVAL_UCF101_SPLIT1.items()}
     found = {"set": "UCF101 split 1, the IIC protocol (test queries, train gallery)", "source": SOURCE,
              "this_run": ours, "published": rows}
+    notes = []
     if report.get("gallery_split") != PROTOCOL_GALLERY:
-        found["note"] = (f"this run's gallery is the {report.get('gallery_split')} split, not the protocol's whole "
-                         f"train list (ours is carved into train and val): set evaluate.gallery_split: "
-                         f"{PROTOCOL_GALLERY} to compare on the same gallery")
+        notes.append(f"this run's gallery is the {report.get('gallery_split')} split, not the protocol's whole "
+                     f"train list (ours is carved into train and val): set evaluate.gallery_split: "
+                     f"{PROTOCOL_GALLERY} to compare on the same gallery")
+    if differs := report.get("differs_from_paper"):
+        notes.append(f"{encoder_differences(differs)}: the published rows come from their papers' configurations")
+    if notes:
+        found["notes"] = notes
     return found
+
+
+def encoder_differences(differs: list[str], shown: int = 4) -> str:
+    """'this encoder was not pretrained in the paper's configuration: 17 settings differ, e.g. ...' for a report's
+    `differs_from_paper` (slic.presets.paper_differences)."""
+    more = (f", and {len(differs) - shown} more (reports/retrieval.json: differs_from_paper)"
+            if len(differs) > shown else "")
+    return (f"this encoder was not pretrained in the paper's configuration: {len(differs)} setting(s) differ, "
+            f"{'e.g. ' if more else ''}{', '.join(differs[:shown])}{more}")
 
 
 def top5_shown(classes: int) -> bool:

@@ -216,9 +216,22 @@ def _published_table(published: Mapping[str, Any] | None) -> str:
 
     rows = row("this run", published["this_run"], ' class="ours"') + "".join(
         row(name, values) for name, values in published["published"].items())
-    note = f'<p class="note">{html.escape(published["note"])}</p>' if "note" in published else ""
+    note = "".join(f'<p class="note">{html.escape(said)}</p>' for said in published.get("notes", []))
     return (f'<h2>Published on {html.escape(published["set"])}</h2><table id="published"><thead><tr><th>method'
             f'</th>{head}</tr></thead><tbody>{rows}</tbody></table><p>{html.escape(published["source"])}.</p>{note}')
+
+
+def _encoder_paragraph(report: Mapping[str, Any]) -> str:
+    """The encoder the report measured (`encoder`) and each pretraining setting that is not the paper's
+    (`differs_from_paper`), as a paragraph; '' when the report names no encoder."""
+    encoder = report.get("encoder")
+    if not encoder:
+        return ""
+    said = ", ".join(f"{key} {value}" for key, value in encoder.items())
+    differs = report.get("differs_from_paper") or []
+    unlike = (f" Not the paper's configuration in {len(differs)} pretraining setting(s): {', '.join(differs)}."
+              if differs else " The paper's pretraining configuration.")
+    return f'<p id="encoder">Encoder: {html.escape(said)}.{html.escape(unlike)}</p>'
 
 
 def _gallery_said(gallery_split: str, split: np.ndarray) -> str:
@@ -273,7 +286,8 @@ def write_retrieval_html(out: str | Path, report: Mapping[str, Any], *, embeddin
             f"{report['gallery_split']} videos{_gallery_said(report['gallery_split'], split)}; cosine similarity of "
             "the embeddings in "
             f"<code>{html.escape(str(embeddings))}</code>. A query is a hit at k when one of its k nearest gallery "
-            f"videos has its class.</p>{_recall_tables(report, baseline)}{_published_table(published)}"
+            f"videos has its class.</p>{_encoder_paragraph(report)}{_recall_tables(report, baseline)}"
+            f"{_published_table(published)}"
             f"<h2>Sampled queries and their top-{k_shown} neighbours</h2><p id=\"sample\">{html.escape(how)}</p>"
             f'<p><span class="mark hit">✓ hit</span> same class as the query &nbsp; '
             f'<span class="mark miss">✗ miss</span> another class &nbsp; cos: cosine similarity to the query</p>'

@@ -67,8 +67,10 @@ def _retrieval(retrieval: dict[str, Any], val_videos: int) -> str:
     recalls = f"recall@{first} {_pct(retrieval[f'recall@{first}'])}" + "".join(
         f", @{k} {_pct(retrieval[f'recall@{k}'])}" for k in rest)
     note = gallery_note(retrieval["gallery_split"], val_videos)
+    differs = retrieval.get("differs_from_paper") or []
+    unlike = f"; an encoder unlike the paper's in {len(differs)} pretraining settings" if differs else ""
     return (f"{retrieval['query_split']} {recalls} ({retrieval['queries']} queries against {retrieval['gallery']} "
-            f"{retrieval['gallery_split']} videos{': ' + note if note else ''}) -> reports/retrieval.html")
+            f"{retrieval['gallery_split']} videos{': ' + note if note else ''}{unlike}) -> reports/retrieval.html")
 
 
 def _retrieval_section(read: Read, reports: Path) -> list[str]:

@@ -79,6 +79,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     repo = tmp_path_factory.mktemp("repo")
     shutil.copy(ROOT / "dvc.yaml", repo)
     shutil.copytree(ROOT / "slic", repo / "slic", ignore=shutil.ignore_patterns("__pycache__"))  # code deps
+    shutil.copytree(ROOT / "presets", repo / "presets")  # evaluate's paper preset
     shutil.copytree(ROOT / "add_to_index", repo / "add_to_index")  # index's folder of added videos (README only)
     shutil.copytree(ROOT / "labels", repo / "labels")  # spread_labels' folder of given labels (README only)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -263,6 +264,7 @@ def test_repro_on_unlabelled_videos_runs_to_the_end(tiny_dataset: Path, tmp_path
     repo.mkdir()
     shutil.copy(ROOT / "dvc.yaml", repo)
     shutil.copytree(ROOT / "slic", repo / "slic", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "presets", repo / "presets")  # evaluate's paper preset
     shutil.copytree(ROOT / "add_to_index", repo / "add_to_index")
     shutil.copytree(ROOT / "labels", repo / "labels")
     params = yaml.safe_load((ROOT / "params.yaml").read_text())

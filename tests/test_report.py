@@ -236,6 +236,11 @@ def test_on_ucf101_split1_the_page_and_the_stage_set_the_published_numbers_besid
     params = "manifest:\n  layout: ucf101\n  split: 1\nevaluate:\n  html_queries: 6\n  gallery_split: {}\n"
 
     (root / "params.yaml").write_text(params.format("train"))
+    import torch
+
+    from slic.config import load, to_dict  # the embeddings' checkpoint: the CPU default's pretraining settings
+    (root / "data/models/pretrain").mkdir(parents=True)
+    torch.save({"config": to_dict(load(root / "params.yaml").pretrain)}, root / "data/models/pretrain/best.pt")
     result = run_stage_in(root, "evaluate")
     assert result["code"] == 0, result["stderr"]
     assert ("evaluate: published on UCF101 split 1, the IIC protocol (test queries, train gallery), recall@1 %: "
@@ -243,7 +248,15 @@ def test_on_ucf101_split1_the_page_and_the_stage_set_the_published_numbers_besid
             "CoCLR (S3D, UCF101 RGB) 51.8; this run 50.0 (reports/retrieval.html)") in result["stdout"]
     assert "evaluate: note: this run's gallery is the train split, not the protocol's whole train list" in result[
         "stdout"]
+    # The tiny encoder is not the paper's configuration: the report, the stage and the page say so with the numbers.
+    said = json.loads((root / "reports/retrieval.json").read_text())
+    assert said["encoder"]["backbone"] != "r3d_18_reference" and "seed" in said["encoder"]
+    assert f"backbone {said['encoder']['backbone']} (paper: r3d_18_reference)" in said["differs_from_paper"]
+    assert not any(item.startswith(("seed ", "device ", "bf16 ")) for item in said["differs_from_paper"])
+    assert (f"evaluate: note: this encoder was not pretrained in the paper's configuration: "
+            f"{len(said['differs_from_paper'])} setting(s) differ, e.g. ") in result["stdout"]
     page = (root / "reports/retrieval.html").read_text()
+    assert f"pretraining setting(s): {', '.join(said['differs_from_paper'])}.</p>" in page
     assert '<table id="published">' in page and '<tr class="ours"><td>this run</td><td>50.0%</td>' in page
     assert "<tr><td>IIC (R3D)</td><td>42.4%</td><td>60.9%</td><td>69.2%</td><td>77.1%</td><td>86.5%</td></tr>" in page
     assert "<tr><td>CoCLR (S3D, UCF101 RGB)</td><td>51.8%</td><td>-</td>" in page  # top-1 only
@@ -257,7 +270,7 @@ def test_on_ucf101_split1_the_page_and_the_stage_set_the_published_numbers_besid
     assert result["code"] == 0, result["stderr"]
     report = json.loads((root / "reports/retrieval.json").read_text())
     assert (report["gallery"], report["gallery_split"]) == (int(np.isin(split, ["train", "val"]).sum()), "train+val")
-    assert "published on UCF101 split 1" in result["stdout"] and "evaluate: note:" not in result["stdout"]
+    assert "published on UCF101 split 1" in result["stdout"] and "note: this run's gallery" not in result["stdout"]
     assert "set evaluate.gallery_split" not in (root / "reports/retrieval.html").read_text()
     assert f"against a gallery of {report['gallery']} train+val videos" in (root / "reports/retrieval.html").read_text()
 

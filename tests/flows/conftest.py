@@ -36,6 +36,7 @@ def make_checkout(path: Path, *, with_flows: bool = False, **params: dict) -> Pa
     shutil.copy(ROOT / "dvc.yaml", path)
     ignore = shutil.ignore_patterns("__pycache__")
     shutil.copytree(ROOT / "slic", path / "slic", ignore=ignore)
+    shutil.copytree(ROOT / "presets", path / "presets")  # evaluate's paper preset
     shutil.copytree(ROOT / "add_to_index", path / "add_to_index")  # the index stage's folder of added videos
     shutil.copytree(ROOT / "labels", path / "labels")  # the spread_labels stage's folder of given labels
     if with_flows:
