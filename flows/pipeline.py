@@ -219,7 +219,8 @@ def publish_stage(repo: str, stage: str, ran: bool, parent_run_id: str | None) -
             description=f"reports/{path.name} after stage {stage}"))
     if parent_run_id:
         run_id = tracking.stage_runs(parent_run_id).get(stage) or tracking.record_stage(
-            stage, report, parent_run_id, cached=not ran, checkpoint=encoder_checkpoint(Path(repo), stage))
+            stage, report, parent_run_id, cached=not ran, checkpoint=encoder_checkpoint(Path(repo), stage),
+            context=tracking.checkout_context(repo, stage))
         published["mlflow_run_id"] = run_id
         create_link_artifact(key=artifact_key(stage, "mlflow"), link=tracking.run_link(run_id),
                              link_text=f"MLflow run of stage {stage}")
@@ -288,7 +289,7 @@ def slic_pipeline(repo: str = ".", stages: list[str] | None = None, dask_address
     """
     from slic import tracking
     from slic.report_freshness import stale_reports
-    from slic.summary import headline_metrics, summary_lines, summary_markdown
+    from slic.summary import headline_metrics, stale_headline_reports, summary_lines, summary_markdown
 
     root = Path(repo).resolve()
     order = dvc_stages(root)
@@ -303,7 +304,7 @@ def slic_pipeline(repo: str = ".", stages: list[str] | None = None, dask_address
         parent = mlflow_parent_run_id or tracking.start_pipeline_run(
             "pipeline", {"prefect.flow_run_id": flow_run.get_id() or "", "slic.repo": str(root),
                          **tracking.git_tags(root)},
-            params=pipeline_settings(root))
+            params=pipeline_settings(root), context=tracking.checkout_context(root))
         if not mlflow_parent_run_id:
             create_link_artifact(key="pipeline-mlflow", link=tracking.run_link(parent),
                                  link_text="MLflow parent run of this pipeline run")
@@ -322,12 +323,33 @@ def slic_pipeline(repo: str = ".", stages: list[str] | None = None, dask_address
             if not mlflow_parent_run_id:
                 tracking.end_pipeline_run(parent, failed=True)
             raise
-        made = summary_markdown(summary_lines(root / "reports", tracking.tracking_uri(),
-                                              stale_reports(root)))  # a run of some stages: the others' may be stale
+        stale = stale_reports(root)  # a run of some stages: the others' reports may be an earlier run's
+        made = summary_markdown(summary_lines(root / "reports", tracking.tracking_uri(), stale))
         create_markdown_artifact(key="pipeline-summary", markdown=made, description="what this pipeline run made")
         if not mlflow_parent_run_id:
-            tracking.end_pipeline_run(parent, description=made, metrics=headline_metrics(root / "reports"))
-    return {"mlflow_parent_run_id": parent, "stages": results}
+            left_out = stale_headline_reports(root / "reports", stale)
+            tracking.end_pipeline_run(parent, description=made + left_out_note(left_out), stale=left_out,
+                                      metrics=headline_metrics(root / "reports", stale))
+    return {"mlflow_parent_run_id": parent, "stages": results,
+            "flow_run": {"id": str(flow_run.get_id() or ""), "name": flow_run.get_name() or ""}}
+
+
+def left_out_note(left_out: list[str]) -> str:
+    """The parent run's description's last line: which stale reports' numbers its metrics leave out ('' if none)."""
+    if not left_out:
+        return ""
+    return (f"\nLeft out of this run's metrics (stale, made before a change; tag `slic.stale_reports`): "
+            f"{', '.join(f'reports/{name}' for name in left_out)}\n")
+
+
+def flow_run_line(run_id: str, name: str = "") -> str:
+    """Where to see a flow run afterwards: `prefect flow-run inspect`, and its UI page when PREFECT_API_URL names a
+    server (a temporary server's runs stay in PREFECT_HOME's database, which `inspect` reads)."""
+    from prefect.utilities.urls import url_for
+
+    page = url_for("flow-run", obj_id=run_id)  # None without a server's address (PREFECT_API_URL or PREFECT_UI_URL)
+    named = f"{name} ({run_id})" if name else run_id
+    return f"Prefect flow run {named}: prefect flow-run inspect {run_id}" + (f" or {page}" if page else "")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -345,12 +367,16 @@ def main(argv: list[str] | None = None) -> int:
     state = slic_pipeline(repo=args.repo, stages=stages, dask_address=args.dask_address, return_state=True)
     if not state.is_completed():
         print(f"slic pipeline: {state.message or state.name}", file=sys.stderr)
+        if state.state_details.flow_run_id:
+            print(flow_run_line(str(state.state_details.flow_run_id)), file=sys.stderr)
         return 1
-    for stage, result in state.result()["stages"].items():
-        if "skipped" in result.get("published", {}):
-            print(f"{stage}: skipped: {result['published']['skipped']}")
-        elif "ran" in result:
-            print(f"{stage}: {'ran' if result['ran'] else 'unchanged (DVC cache)'}")
+    result = state.result()
+    for stage, done in result["stages"].items():
+        if "skipped" in done.get("published", {}):
+            print(f"{stage}: skipped: {done['published']['skipped']}")
+        elif "ran" in done:
+            print(f"{stage}: {'ran' if done['ran'] else 'unchanged (DVC cache)'}")
+    print(flow_run_line(result["flow_run"]["id"], result["flow_run"]["name"]))
     return 0
 
 

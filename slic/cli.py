@@ -895,7 +895,7 @@ def main(argv: list[str] | None = None) -> int:
     from slic.label_spreading import SpreadError
     from slic.labels_table import LabelsError
     from slic.promote import PromoteError
-    from slic.tracking import TrackingError
+    from slic.tracking import TrackingError, run_context, using_run_context
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("mlflow", "alembic", "great_expectations", "urllib3", "faiss"):
@@ -904,14 +904,15 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     try:
         config = load(args.params)
-        if eval_name:
-            return _run_named_stage(args.stage, config, eval_name, started)
-        if args.stage in CLASS_STAGES and not _manifest_has_labels(config.extract.manifest):
-            report = skip_without_labels(args.stage, config.extract.manifest, CLASS_STAGES[args.stage](config))
-        else:
-            if args.stage in CLASS_STAGES:  # a skip recorded when the videos had no classes no longer holds
-                (Path(CLASS_STAGES[args.stage](config)) / "skipped.json").unlink(missing_ok=True)
-            report = STAGES[args.stage][0](config)
+        with using_run_context(run_context(config, args.params, eval_name)):  # its runs: dataset, seed, params file
+            if eval_name:
+                return _run_named_stage(args.stage, config, eval_name, started)
+            if args.stage in CLASS_STAGES and not _manifest_has_labels(config.extract.manifest):
+                report = skip_without_labels(args.stage, config.extract.manifest, CLASS_STAGES[args.stage](config))
+            else:
+                if args.stage in CLASS_STAGES:  # a skip recorded when the videos had no classes no longer holds
+                    (Path(CLASS_STAGES[args.stage](config)) / "skipped.json").unlink(missing_ok=True)
+                report = STAGES[args.stage][0](config)
     except (ConfigError, DatasetError, ExtractError, FlowError, FileNotFoundError, TrackingError, PromoteError,
             IndexBuildError, FinetuneError, ClustersError, SpreadError, LabelsError) as exc:
         print(f"slic {args.stage}: error: {exc}", file=sys.stderr)

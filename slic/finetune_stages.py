@@ -107,13 +107,19 @@ def _data_fingerprint(splits: dict[str, list[VideoShard]], checkpoint: str) -> s
     return f"{data_fingerprint(*splits.values())}-{file_digest(checkpoint)}"
 
 
-def nested_run(run: Any, name: str, params: dict[str, Any]) -> Any:
-    """A run nested under the active stage run `run` (e.g. finetune/pretrained), or no run when `run` is None."""
+def nested_run(run: Any, classifier: str, params: dict[str, Any], within: str = "") -> Any:
+    """A run nested under the active stage run `run`, or no run when `run` is None. In the finetune stage it is named
+    and staged `classifier` (finetune/pretrained); under another stage `within` (classify@<set>) it is named
+    `<within>/<classifier>` with `slic.stage` `within`, so that filtering on a stage never mixes an eval set's
+    classifiers with the main stages'. Tag `slic.classifier` names the classifier either way."""
     from contextlib import nullcontext
 
     from slic.tracking import stage_run
 
-    return stage_run(name, params) if run is not None else nullcontext(None)
+    if run is None:
+        return nullcontext(None)
+    return stage_run(within or classifier, params, name=f"{within}/{classifier}" if within else classifier,
+                     tags={"slic.classifier": classifier})
 
 
 def run_linear_probe(cfg: LinearProbeConfig, *, manifest: str | Path, frames_dir: str | Path,
@@ -145,8 +151,9 @@ def read_linear_probe(path: str | Path, checkpoint: str) -> dict[str, Any]:
 
 
 def run_finetune(cfg: FinetuneConfig, *, manifest: str | Path, frames_dir: str | Path,
-                 run: Any = None) -> dict[str, Any]:
-    """Stage `finetune`: end-to-end finetuning from the pretrained and from random weights.
+                 run: Any = None, within: str = "") -> dict[str, Any]:
+    """Stage `finetune` (or part of stage `within`, see `nested_run`): end-to-end finetuning from the pretrained and
+    from random weights.
 
     Returns {"pretrained": ..., "scratch": ..., "linear_probe": ...}: test top1/top5 in percent and
     how each was obtained (epochs, best epoch on val, seconds, ...).
@@ -161,7 +168,7 @@ def run_finetune(cfg: FinetuneConfig, *, manifest: str | Path, frames_dir: str |
     report: dict[str, Any] = {}
     for init in INITS:
         started = time.perf_counter()
-        with nested_run(run, f"finetune/{init}", {**to_dict(cfg), "init": init}) as child:
+        with nested_run(run, f"finetune/{init}", {**to_dict(cfg), "init": init}, within) as child:
             row = train_classifier(cfg, init=init, linear_probe=False,
                                    splits=splits, classes=classes, out=Path(cfg.out) / init, device=device,
                                    data=data, run=child)

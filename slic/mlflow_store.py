@@ -49,14 +49,24 @@ def client() -> Any:
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # MLflow 3's UI: open on its runs
+
+
 def experiment_id(name: str) -> str:
-    """The id of experiment `name`, created (artifacts beside a SQLite store) when missing."""
+    """The id of experiment `name`, created (artifacts beside a SQLite store) when missing.
+
+    It is marked a model-training experiment (`EXPERIMENT_KIND`, also on one made before that lacks a kind), so
+    MLflow 3's UI opens it on its training runs, not on an empty GenAI traces overview.
+    """
     import mlflow
 
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is not None:
+        if not any(key in experiment.tags for key in EXPERIMENT_KIND):  # a kind the user chose in the UI stays
+            for key, value in EXPERIMENT_KIND.items():
+                mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, key, value)
         return experiment.experiment_id
     location = None
     if tracking_uri().startswith("sqlite:///"):  # artifacts beside the database, wherever it is opened from
         location = (Path(tracking_uri().removeprefix("sqlite:///")).resolve().parent / "mlartifacts").as_uri()
-    return mlflow.create_experiment(name, artifact_location=location)
+    return mlflow.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)

@@ -7,12 +7,15 @@ whose process is gone (killed, out of memory, power loss) KILLED instead of leav
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import subprocess
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +31,10 @@ class StageRun:
     """
 
     def __init__(self, stage: str, name: str, params: Mapping[str, Any], experiment_id: str, *,
-                 system_metrics: bool = False) -> None:
+                 system_metrics: bool = False, tags: Mapping[str, Any] | None = None) -> None:
         self.stage, self.name, self.experiment_id = stage, name, experiment_id
         self.params = {k: (list(v) if isinstance(v, tuple) else v) for k, v in params.items()}
+        self.tags = {k: str(v) for k, v in (tags or {}).items()}
         self.system_metrics = system_metrics
         self.resumed = False  # True when `start` continued an earlier run
         self._run_id: str | None = None
@@ -80,17 +84,19 @@ class StageRun:
         client = mlflow.MlflowClient()
         active = mlflow.active_run()
         parent = active.info.run_id if active else os.environ.get("SLIC_PARENT_RUN_ID")
-        tags = {"slic.stage": self.stage, **process_tags(), **dvc_tags(), **git_tags(),
+        context = current_run_context()
+        tags = {**context.tags, "slic.stage": self.stage, **self.tags, **process_tags(), **dvc_tags(), **git_tags(),
                 **({"mlflow.parentRunId": parent} if parent else {})}
+        name = self.name if active is not None else context.name(self.name)  # a nested run's parent says it
         previous = _resumable(client, resume_run_id, self.experiment_id) if resume_run_id else None
         try:
             mark_dead_runs(self.stage, self.experiment_id, keep=resume_run_id)
             if previous is not None:
                 tags["slic.resumes"] = int(previous.data.tags.get("slic.resumes", "0")) + 1
-                run = mlflow.start_run(run_id=previous.info.run_id, run_name=self.name, tags=tags,
+                run = mlflow.start_run(run_id=previous.info.run_id, run_name=name, tags=tags,
                                        nested=active is not None, log_system_metrics=self.system_metrics)
             else:
-                run = mlflow.start_run(experiment_id=self.experiment_id, run_name=self.name, tags=tags,
+                run = mlflow.start_run(experiment_id=self.experiment_id, run_name=name, tags=tags,
                                        nested=active is not None, log_system_metrics=self.system_metrics)
         except MlflowException as exc:
             raise TrackingError(f"MLflow at {tracking_uri()} refused to start a run: {exc}".splitlines()[0]) from exc
@@ -210,6 +216,66 @@ def manifest_dataset(manifest: str | Path, digest: str, splits: Sequence[str] | 
         warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column", category=UserWarning)
         dataset.schema  # noqa: B018 - inferred (and cached) here, inside the filter
     return dataset
+
+
+GENERIC_FOLDERS = {"videos", "video", "clips", "raw", "data"}  # names that say nothing of which dataset
+
+
+def dataset_label(root: str | Path) -> str:
+    """A short name of the dataset at `root` for run names: its folder's name, or the nearest folder above whose
+    name is not generic (../real/ucf101_6/videos -> 'ucf101_6', data/raw/synthetic -> 'synthetic')."""
+    names = [part for part in Path(os.path.normpath(str(root))).parts if part not in ("..", ".", os.sep, "")]
+    while len(names) > 1 and names[-1].lower() in GENERIC_FOLDERS:
+        names.pop()
+    return names[-1] if names else Path(root).resolve().name or str(root)
+
+
+def params_tags(path: str | Path) -> dict[str, str]:
+    """`slic.params_sha256` of the params file a stage read and, in a git checkout, `slic.params_uncommitted`
+    ('true' when the file differs from HEAD's or git does not track it): the run's commit may hold other params."""
+    path = Path(path).resolve()
+    tags = {"slic.params_sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    try:
+        codes = [subprocess.run(["git", *command], cwd=path.parent, capture_output=True, timeout=10).returncode
+                 for command in (["rev-parse", "--verify", "-q", "HEAD"], ["diff", "--quiet", "HEAD", "--", path.name],
+                                 ["ls-files", "--error-unmatch", "--", path.name])]
+    except (OSError, subprocess.SubprocessError):
+        return tags
+    if codes[0] == 0:  # a checkout with a commit to compare with
+        tags["slic.params_uncommitted"] = str(codes[1] != 0 or codes[2] != 0).lower()
+    return tags
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What every top-level run of this process records beside its own params: the dataset it reads and the
+    params file it was given (`tags`), and the words its name ends with (`suffix`: 'seed 7 ucf101_6')."""
+
+    tags: Mapping[str, str] = field(default_factory=dict)
+    suffix: str = ""
+
+    def name(self, name: str) -> str:
+        """`name` followed by the suffix (unless it already ends with it)."""
+        return f"{name} {self.suffix}" if self.suffix and not name.endswith(self.suffix) else name
+
+
+_context = RunContext()
+
+
+@contextmanager
+def using_run_context(context: RunContext) -> Iterator[RunContext]:
+    """The context of the runs this process opens inside (`slic.cli` runs a stage in its params' context)."""
+    global _context
+    previous, _context = _context, context
+    try:
+        yield context
+    finally:
+        _context = previous
+
+
+def current_run_context() -> RunContext:
+    """The context of `using_run_context` (empty outside one: the runs then carry no dataset tags)."""
+    return _context
 
 
 def process_tags() -> dict[str, str]:

@@ -315,21 +315,40 @@ def _transferred(read: Read, reports: Path) -> dict[str, float]:
     return metrics
 
 
-def headline_metrics(reports: str | Path = "reports") -> dict[str, float]:
+def headline_metrics(reports: str | Path = "reports", stale: Mapping[str, Stale] | None = None) -> dict[str, float]:
     """The numbers of reports/ a user sorts and compares pipeline runs by, as MLflow metric keys named after their
     stage (`evaluate.recall_at_1`, `pretrain.best_val_recall_at_1`, `ablation.intra_video.recall_at_1`,
     `finetune.pretrained_top1`, `transfer.<set>.recall_at_1`, ...): the pipeline's parent run logs them, so the MLflow
     runs table shows each pipeline run's results in its own row. An absent report gives none; so does one of another
-    format, without taking the others' along."""
-    reports = Path(reports)
+    format, without taking the others' along, and one of `stale` (slic.report_freshness.stale_reports): an earlier
+    run's numbers must not stand beside the settings the run logs."""
+    return _headline(Path(reports), stale or {})[0]
+
+
+def stale_headline_reports(reports: str | Path = "reports", stale: Mapping[str, Stale] | None = None) -> list[str]:
+    """The reports of `stale` whose numbers `headline_metrics` leaves out (sorted names relative to `reports`)."""
+    return _headline(Path(reports), stale or {})[1]
+
+
+def _headline(reports: Path, stale: Mapping[str, Stale]) -> tuple[dict[str, float], list[str]]:
+    """(`headline_metrics`, the stale reports it left out: those it would have read had they been fresh)."""
     read = _reader(reports)
+    left_out: set[str] = set()
+
+    def fresh(name: str) -> dict[str, Any] | None:
+        if name in stale:
+            if read(name) is not None:
+                left_out.add(name)
+            return None
+        return read(name)
+
     metrics: dict[str, float] = {}
     for part in (_trained, _baseline_recalls, _classified, _transferred):
         try:
-            metrics.update(part(read, reports))
+            metrics.update(part(fresh, reports))
         except (KeyError, TypeError, ValueError, AttributeError):  # a report of another version: not misread
             pass
-    return metrics
+    return metrics, sorted(left_out)
 
 
 def _mlflow_ui(tracking_uri: str) -> str:

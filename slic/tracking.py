@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from slic.mlflow_store import (EXPERIMENT, TrackingError, check_reachable, client as _client,  # noqa: F401
                                experiment_id as _experiment_id, tracking_uri)
-from slic.stage_run import StageRun, git_tags, manifest_dataset, mark_dead_runs, process_tags  # noqa: F401
+from slic.stage_run import (RunContext, StageRun, current_run_context, dataset_label, git_tags,  # noqa: F401
+                            manifest_dataset, mark_dead_runs, params_tags, process_tags, using_run_context)
 
 MAX_TAG_CHARS = 8000  # MLflow's longest tag value
 
@@ -33,10 +34,35 @@ def active_run_id() -> str | None:
     return run.info.run_id if run is not None else None
 
 
+def run_context(config: Any, params: str | Path, eval_set: str = "") -> RunContext:
+    """The context of a stage's runs (`using_run_context`): tags `slic.data.root`, `.layout`, `.split` of the videos it
+    reads (eval set `eval_set`'s for its stages, else `manifest`'s), `slic.seed` (pretrain.seed), and those of the
+    params file (`params_tags`); names end with 'seed <pretrain.seed> <label of manifest.root>', the encoder's."""
+    data = config.eval_sets.get(eval_set, config.manifest)  # an unknown set's stage stops with its own line
+    tags = {"slic.data.root": str(data.root), "slic.data.layout": str(data.layout), "slic.data.split": str(data.split),
+            "slic.seed": str(config.pretrain.seed), **params_tags(params)}
+    return RunContext(tags, f"seed {config.pretrain.seed} {dataset_label(config.manifest.root)}")
+
+
+def checkout_context(repo: str | Path, stage: str = "") -> RunContext:
+    """`run_context` of the checkout's params.yaml (for the eval set of a stage `group@set`); an empty context when
+    it does not load (the stage then stops with the line naming the key)."""
+    from slic.config import ConfigError, load
+
+    params = Path(repo) / "params.yaml"
+    try:
+        return run_context(load(params), params, stage.partition("@")[2])
+    except (ConfigError, OSError):
+        return RunContext()
+
+
 @contextmanager
 def stage_run(stage: str, params: Mapping[str, Any], *, system_metrics: bool = False,
-              experiment: str = EXPERIMENT, name: str | None = None, defer: bool = False) -> Iterator[StageRun]:
-    """An MLflow run for a stage, named `name` (what it is, e.g. 'pretrain slic r3d_18_tiny 32px'), with its params.
+              experiment: str = EXPERIMENT, name: str | None = None, defer: bool = False,
+              tags: Mapping[str, Any] | None = None) -> Iterator[StageRun]:
+    """An MLflow run for a stage, named `name` (what it is, e.g. 'pretrain slic r3d_18_tiny 32px'), with its params
+    and `tags` (beside `slic.stage`). A top-level run's name ends with the process's `RunContext` suffix ('seed 7
+    ucf101_6') and every run gets its tags (the dataset, the params file).
 
     Nested under the run that is open in this process (the ablation's per-mode runs), else under
     SLIC_PARENT_RUN_ID when a flow sets it. With `defer`, the stage opens it with `StageRun.start` (a
@@ -57,7 +83,7 @@ def stage_run(stage: str, params: Mapping[str, Any], *, system_metrics: bool = F
         experiment_id = _experiment_id(experiment)
     except MlflowException as exc:
         raise TrackingError(f"MLflow at {uri} refused to start a run: {exc}".splitlines()[0]) from exc
-    run = StageRun(stage, name or stage, params, experiment_id, system_metrics=system_metrics)
+    run = StageRun(stage, name or stage, params, experiment_id, system_metrics=system_metrics, tags=tags)
     if not defer:
         run.start()
     try:
@@ -78,9 +104,10 @@ BATCH_PARAMS = 100  # MLflow's most params in one log_batch
 
 
 def start_pipeline_run(name: str, tags: Mapping[str, Any], experiment: str = EXPERIMENT,
-                       params: Mapping[str, str] | None = None) -> str:
+                       params: Mapping[str, str] | None = None, context: RunContext | None = None) -> str:
     """Create (not activate) a parent run for a pipeline run; stages nest under its id. `params` (every setting of
-    params.yaml, `slic.config.flat_settings`) become its params, so pipeline runs compare setting by setting.
+    params.yaml, `slic.config.flat_settings`) become its params, so pipeline runs compare setting by setting;
+    `context` (`checkout_context`) gives it the dataset's tags and its name the seed and the dataset.
 
     Pipeline runs of this host whose process is gone are marked KILLED first (`mark_dead_runs`).
     """
@@ -91,8 +118,9 @@ def start_pipeline_run(name: str, tags: Mapping[str, Any], experiment: str = EXP
     mlflow.set_tracking_uri(tracking_uri())
     experiment_id = _experiment_id(experiment)
     mark_dead_runs("pipeline", experiment_id)
-    run = client.create_run(experiment_id, run_name=name, tags={
-        "slic.stage": "pipeline", **process_tags(), **{k: str(v) for k, v in tags.items()}})
+    context = context or RunContext()
+    run = client.create_run(experiment_id, run_name=context.name(name), tags={
+        **context.tags, "slic.stage": "pipeline", **process_tags(), **{k: str(v) for k, v in tags.items()}})
     logged = [Param(key, str(value)[:MAX_PARAM_CHARS]) for key, value in (params or {}).items()]
     for start in range(0, len(logged), BATCH_PARAMS):
         client.log_batch(run.info.run_id, params=logged[start:start + BATCH_PARAMS])
@@ -100,13 +128,16 @@ def start_pipeline_run(name: str, tags: Mapping[str, Any], experiment: str = EXP
 
 
 def end_pipeline_run(run_id: str, *, failed: bool = False, description: str = "",
-                     metrics: Mapping[str, float] | None = None) -> None:
+                     metrics: Mapping[str, float] | None = None, stale: Sequence[str] = ()) -> None:
     """Mark a parent run finished or failed; `description` (markdown: what the run made) becomes its note, the
-    first thing the MLflow UI shows on the run's page; `metrics` (the reports' headline numbers,
-    `slic.summary.headline_metrics`) its metrics, so the runs table sorts pipeline runs by them."""
+    first thing the MLflow UI shows on the run's page; `metrics` (the fresh reports' headline numbers,
+    `slic.summary.headline_metrics`) its metrics, so the runs table sorts pipeline runs by them; `stale` (the
+    reports left out of them, made before a change of their inputs) tag `slic.stale_reports`, comma-separated."""
     import mlflow
 
     client = _client()
+    if stale:
+        client.set_tag(run_id, "slic.stale_reports", ",".join(stale)[:MAX_TAG_CHARS])
     if description:
         client.set_tag(run_id, "mlflow.note.content", description[:MAX_TAG_CHARS])
     if metrics:
@@ -126,11 +157,12 @@ def stage_runs(parent_run_id: str) -> dict[str, str]:
 
 
 def record_stage(stage: str, report: Mapping[str, Any], parent_run_id: str, *, cached: bool,
-                 checkpoint: str | None = None) -> str:
+                 checkpoint: str | None = None, context: RunContext | None = None) -> str:
     """A nested run for a stage that logs no run itself (or that DVC skipped): its report's numbers, the
     reason as tag `slic.skipped` when the stage skipped (videos without classes), the report's `advice`
     (the manifest's notes) as the run's description, and the encoder of `checkpoint` when the stage works from one
-    (`slic.encoder_lineage`), as the stage's own run records it.
+    (`slic.encoder_lineage`), as the stage's own run records it; `context` (`checkout_context`) its dataset's
+    tags and its name's seed and dataset.
 
     A report with `manifest` and `content_fingerprint` (extract, flow) also gives the run its input dataset.
     """
@@ -141,9 +173,10 @@ def record_stage(stage: str, report: Mapping[str, Any], parent_run_id: str, *, c
     skipped = {"slic.skipped": str(report.get("reason", "yes"))} if report.get("skipped") else {}  # no labels
     advice = [str(line) for line in report.get("advice") or []]  # the run page's description shows them first
     noted = {"mlflow.note.content": "".join(f"- {line}\n" for line in advice)[:MAX_TAG_CHARS]} if advice else {}
-    run = client.create_run(experiment_id, run_name=stage, tags={
-        "slic.stage": stage, "mlflow.parentRunId": parent_run_id, "slic.cached": str(cached).lower(), **skipped,
-        **noted})
+    context = context or RunContext()
+    run = client.create_run(experiment_id, run_name=context.name(stage), tags={
+        **context.tags, "slic.stage": stage, "mlflow.parentRunId": parent_run_id, "slic.cached": str(cached).lower(),
+        **skipped, **noted})
     numbers = {k.replace("@", "_at_"): float(v) for k, v in report.items()
                if isinstance(v, (int, float)) and not isinstance(v, bool)}
     if numbers:

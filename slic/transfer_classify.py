@@ -54,7 +54,7 @@ def classify_eval_set(config: Config, name: str, splits: Path, run: Any = None) 
     """Linear probe and finetune (pretrained, scratch) on eval set `name`; their test top-1/top-5 in percent.
 
     `splits` is the carved table (write_classify_splits); `run` is the stage's MLflow run: the probe and each
-    finetuning get a nested run under it.
+    finetuning get a nested run under it, named `classify@<name>/linear_probe` etc. (`nested_run`).
     """
     from slic.config import to_dict
     from slic.finetune_stages import nested_run, run_finetune, run_linear_probe
@@ -62,7 +62,7 @@ def classify_eval_set(config: Config, name: str, splits: Path, run: Any = None) 
     frames, out = data_dir(name) / "frames", classify_dir(name)
     checkpoint = config.embed.checkpoint
     probe_cfg = dataclasses.replace(config.linear_probe, checkpoint=checkpoint, out=str(out / "linear_probe"))
-    with nested_run(run, "linear_probe", to_dict(probe_cfg)) as child:
+    with nested_run(run, "linear_probe", to_dict(probe_cfg), f"classify@{name}") as child:
         probe = run_linear_probe(probe_cfg, manifest=splits, frames_dir=frames, run=child)
         if child is not None:
             probe["mlflow_run_id"] = child.run_id
@@ -70,7 +70,7 @@ def classify_eval_set(config: Config, name: str, splits: Path, run: Any = None) 
     probe_report.write_text(json.dumps(probe, indent=1))
     finetune_cfg = dataclasses.replace(config.finetune, checkpoint=checkpoint, out=str(out / "finetune"),
                                        linear_probe_report=str(probe_report))
-    finetuned = run_finetune(finetune_cfg, manifest=splits, frames_dir=frames, run=run)
+    finetuned = run_finetune(finetune_cfg, manifest=splits, frames_dir=frames, run=run, within=f"classify@{name}")
     finetuned.pop("linear_probe")
     pretrained, scratch = finetuned["pretrained"], finetuned["scratch"]
     return {"set": name, "enabled": True, "checkpoint": checkpoint, "splits_table": str(splits),

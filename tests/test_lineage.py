@@ -6,6 +6,7 @@ One tiny workspace (manifest, validated table) with two extractions of the same 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -151,7 +152,8 @@ def test_killed_pretrain_resumes_its_own_mlflow_run(workspace: Path) -> None:
     assert report["resumed_from_epoch"] >= epoch_at_kill
     [run] = runs_of(workspace, "data/models/killed")  # one run: the resumed process continued it
     assert run.info.run_id == killed.info.run_id == report["mlflow_run_id"]
-    assert run.info.status == "FINISHED" and run.info.run_name == "pretrain slic r3d_18_narrow 16px"
+    dataset = Path(yaml.safe_load((workspace / "params.yaml").read_text())["manifest"]["root"]).name
+    assert run.info.status == "FINISHED" and run.info.run_name == f"pretrain slic r3d_18_narrow 16px seed 5 {dataset}"
     assert run.data.tags["slic.resumes"] == "1"
     for key in ("loss", "val_recall_at_1", "clips_per_s"):
         steps = [m.step for m in client(workspace).get_metric_history(run.info.run_id, key)]
@@ -180,12 +182,16 @@ def test_embed_and_evaluate_runs_name_the_model_and_log_their_data(workspace: Pa
     experiment = mlflow.get_experiment_by_name("slic").experiment_id
     trained_by = checkpoint(trained / "best.pt")["mlflow_run_id"]
     [pretrain_run] = [r for r in runs_of(workspace, "data/models/lineage") if r.info.run_id == trained_by]
+    root = yaml.safe_load((workspace / "params.yaml").read_text())["manifest"]["root"]
     for stage, name, context, splits in (("embed", "embed slic r3d_18_narrow 16px 2 clips", "inference",
                                           "train+val+test"),
                                          ("evaluate", "evaluate slic r3d_18_narrow 16px test vs train",
                                           "evaluation", "test+train")):
         run = mlflow.search_runs([experiment], f"tags.`slic.stage` = '{stage}'", order_by=["start_time DESC"])[0]
-        assert run.info.run_name == name and run.info.status == "FINISHED"
+        # the seed and the dataset: runs of two seeds or datasets no longer share a name
+        assert run.info.run_name == f"{name} seed 5 {Path(root).name}" and run.info.status == "FINISHED"
+        assert (run.data.tags["slic.data.root"], run.data.tags["slic.data.layout"]) == (root, "synthetic")
+        assert run.data.tags["slic.params_sha256"] == hashlib.sha256((workspace / params).read_bytes()).hexdigest()
         [dataset] = run.inputs.dataset_inputs
         assert dataset.dataset.name == f"validated.csv {splits}"
         assert dataset.dataset.digest == run.data.tags["slic.data_fingerprint"]

@@ -138,6 +138,25 @@ def test_the_pipeline_runs_headline_numbers_are_the_reports_own(tmp_path: Path) 
     assert headline_metrics(tmp_path / "nothing") == {}
 
 
+def test_the_pipeline_run_logs_no_number_of_a_stale_report() -> None:
+    """After `dvc exp run -S pretrain.seed=8 evaluate` then a pipeline run of other stages, the reports an earlier
+    encoder made are stale: the parent run that logs seed 8 must not log their numbers as its own."""
+    from slic.report_freshness import Stale
+    from slic.summary import stale_headline_reports
+
+    why = Stale("evaluate", "pretrain", "params.yaml: pretrain")
+    stale = {"retrieval.json": why, "linear_probe.json": why, "clusters.html": why, "transfer/gone/retrieval.json": why}
+    fresh = headline_metrics(REPORTS, stale)
+    everything = headline_metrics(REPORTS)
+    assert "evaluate.recall_at_1" in everything and "linear_probe.top1" in everything
+    assert not any(key.startswith(("evaluate.", "linear_probe.")) for key in fresh)
+    assert fresh == {key: value for key, value in everything.items()
+                     if not key.startswith(("evaluate.", "linear_probe."))}  # the fresh reports' numbers stay
+    # named: the stale reports that gave numbers (not a page, nor a report that is absent)
+    assert stale_headline_reports(REPORTS, stale) == ["linear_probe.json", "retrieval.json"]
+    assert stale_headline_reports(REPORTS) == []
+
+
 def test_an_eval_set_dropped_from_params_leaves_its_numbers_out(tmp_path: Path) -> None:
     """`eval_sets: {}` (the README's advice for your own videos) leaves reports/transfer/synthetic_unseen behind:
     its synthetic numbers are not shown beside the new encoder's, nor logged as the pipeline's; a note says why."""

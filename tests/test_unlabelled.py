@@ -176,9 +176,10 @@ def test_pretrain_index_and_search_on_unlabelled_videos(archive: Path, tiny_data
 
     runs = mlflow.search_runs(experiment_names=["slic"], output_format="list")
     parent = next(r for r in runs if r.info.run_name.startswith("classify labelled slic"))
-    children = {r.info.run_name.split(" ")[0] for r in runs
+    children = {(r.info.run_name, r.data.tags["slic.stage"], r.data.tags["slic.classifier"]) for r in runs
                 if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
-    assert children >= {"linear_probe", "finetune/pretrained", "finetune/scratch"}, children
+    assert children == {(f"classify@labelled/{name}", "classify@labelled", name)  # apart from the main stages' runs
+                        for name in ("linear_probe", "finetune/pretrained", "finetune/scratch")}, children
     assert parent.data.metrics["finetune_pretrained_top1"] == classify["finetune"]["pretrained"]["top1"]
     assert parent.inputs.dataset_inputs[0].dataset.source  # the eval set's split table, as the run's input
     trained_by = torch.load(tmp_path / "data/models/pretrain/best.pt", map_location="cpu",

@@ -151,7 +151,11 @@ def test_flow_runs_stages_publishes_artifacts_and_nests_mlflow_runs(prefect_api:
     assert f"| retrieval | test recall@1 {100 * recall:.1f}%" in made and "| registry | slic-encoder version 1" in made
     assert "[stale]" not in made  # every stage ran: nothing is an earlier run's
     parent_run = mlflow_client(checkout).get_run(parent)
-    assert parent_run.data.tags["mlflow.note.content"] == made
+    assert parent_run.data.tags["mlflow.note.content"] == made and "slic.stale_reports" not in parent_run.data.tags
+    assert result["flow_run"]["id"] == str(state.state_details.flow_run_id)  # `slic pipeline` prints where to see it
+    # which data and seed: in the name, and as tags that find one dataset's runs (the stages' own and the records)
+    assert parent_run.info.run_name == f"pipeline seed 7 {Path(parent_run.data.tags['slic.data.root']).name}"
+    assert {run.data.tags["slic.data.root"] for run in runs.values()} == {parent_run.data.tags["slic.data.root"]}
     # the runs table's row of this pipeline run: its headline numbers and every setting of params.yaml
     assert parent_run.data.metrics["evaluate.recall_at_1"] == pytest.approx(recall)
     best_val = json.loads((checkout / "reports/pretrain.json").read_text())["best_val_recall_at_1"]
@@ -195,6 +199,12 @@ def test_flow_runs_stages_publishes_artifacts_and_nests_mlflow_runs(prefect_api:
         made = flow_run_details(some.state_details.flow_run_id)[0]["pipeline-summary"]
         assert "| retrieval | [stale] test recall@1" in made and "| encoder | mode " in made
         assert "params.yaml: evaluate (read by evaluate)" in made
+        # the parent run logs the fresh reports' numbers only, and names the stale ones it left out
+        stale_run = mlflow_client(checkout).get_run(some.result()["mlflow_parent_run_id"])
+        assert "evaluate.recall_at_1" not in stale_run.data.metrics
+        assert stale_run.data.metrics["pretrain.best_val_recall_at_1"] == pytest.approx(best_val)
+        assert "retrieval.json" in stale_run.data.tags["slic.stale_reports"].split(",")
+        assert "Left out of this run's metrics" in stale_run.data.tags["mlflow.note.content"]
     finally:
         (checkout / "params.yaml").write_text(params)
 
@@ -268,7 +278,9 @@ def test_slic_pipeline_command_runs_the_flow(prefect_api: None, tmp_path: Path,
     result = subprocess.run([str(Path(sys.executable).parent / "slic"), "pipeline", "--stages", "synth,manifest"],
                             cwd=repo, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.splitlines()[-2:] == ["synth: ran", "manifest: ran"]
+    *_, synth, manifest, where = result.stdout.splitlines()
+    assert [synth, manifest] == ["synth: ran", "manifest: ran"]
+    assert where.startswith("Prefect flow run ") and "prefect flow-run inspect " in where  # where to see it after
     assert json.loads((repo / "reports/manifest.json").read_text())["videos"] == 24
     # A misspelt stage, in this process (what the command runs after the checkout check): one line, exit 1.
     capsys.readouterr()
