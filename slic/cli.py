@@ -99,6 +99,10 @@ def run_manifest(config: Any) -> dict[str, Any]:
         report["advice"] = advice
         for line in advice:
             print(f"manifest: note: {line}")
+    if datasets.unwatched_splits_advice(config.manifest.root, config.manifest.layout, config.manifest.splits_dir):
+        # DVC cannot see an edit there: the fingerprint lets `slic summary` (report_freshness) see it
+        report["unwatched_splits"] = {"dir": config.manifest.splits_dir,
+                                      "fingerprint": datasets.splits_fingerprint(config.manifest.splits_dir)}
     if usable.empty:  # nothing to train on: stop here, with the reasons, rather than at validate
         write_report("manifest", report)
         reasons = Counter(str(item["reason"]).split(":")[0] for item in report["excluded"])

@@ -48,6 +48,28 @@ def _changed_input(entries: list[Any]) -> str:
     return ""
 
 
+UNWATCHED = "which DVC does not watch"  # in a Stale's `what`: `dvc repro` alone would not remake it
+
+
+def _split_files_changed(root: Path, reports: str) -> str:
+    """What changed when the split files of a manifest.splits_dir outside the root (which DVC does not watch) differ
+    from those the manifest report was made from (its `unwatched_splits`), else ''."""
+    import json
+
+    from slic.data.datasets import splits_fingerprint
+
+    try:
+        recorded = json.loads((root / reports / "manifest.json").read_text()).get("unwatched_splits")
+    except (OSError, ValueError, AttributeError):
+        return ""
+    if not isinstance(recorded, Mapping) or not recorded.get("dir"):
+        return ""
+    folder = Path(recorded["dir"])
+    if splits_fingerprint(folder if folder.is_absolute() else root / folder) == recorded.get("fingerprint"):
+        return ""
+    return f"the split files in {recorded['dir']}, {UNWATCHED}"
+
+
 def stale_reports(root: str | Path = ".", reports: str = "reports") -> dict[str, Stale]:
     """{report path relative to `reports`: why it is stale} for the repository at `root`.
 
@@ -73,6 +95,9 @@ def stale_reports(root: str | Path = ".", reports: str = "reports") -> dict[str,
     for address, entries in status.items():
         if address in stages and (what := _changed_input(entries)):
             why[address] = Stale(stages[address].name, stages[address].name, what)
+    manifest = next((address for address, stage in stages.items() if stage.name == "manifest"), None)
+    if manifest and manifest not in why and (what := _split_files_changed(Path(root), reports)):
+        why[manifest] = Stale("manifest", "manifest", what)
     for address, cause in list(why.items()):
         for after in nx.ancestors(graph, stages[address]):  # edges point from a stage to the stages it reads
             why.setdefault(after.addressing, Stale(after.name, cause.changed, cause.what))

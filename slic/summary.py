@@ -15,6 +15,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from slic.report_freshness import UNWATCHED
+
 if TYPE_CHECKING:
     from slic.report_freshness import Stale
 
@@ -216,7 +218,9 @@ def _stale_note(stale: Mapping[str, Stale]) -> str:
     changes = "; ".join(f"{what} (read by {', '.join(sorted(stages))})" for what, stages in sorted(readers.items()))
     after = sorted({why.stage for why in stale.values() if why.stage != why.changed})
     then = f"; {', '.join(after)} {'comes' if len(after) == 1 else 'come'} after those" if after else ""
-    return f"[stale] lines were made before a change: {changes}{then}; `dvc repro` remakes them (see `dvc status`)"
+    remake = ("`dvc repro --single-item --force manifest`, then `dvc repro`, remakes them"
+              if any(UNWATCHED in why.what for why in stale.values()) else "`dvc repro` remakes them (see `dvc status`)")
+    return f"[stale] lines were made before a change: {changes}{then}; {remake}"
 
 
 def _dropped(reports: Path) -> list[str]:

@@ -249,3 +249,57 @@ def test_a_report_whose_stage_or_an_earlier_one_changed_since_is_marked_stale(
     plain = tmp_path_factory.mktemp("plain")  # not a DVC repository, with a report
     shutil.copytree(tmp_path / "reports", plain / "reports")
     assert stale_reports(plain) == {}
+
+
+def test_an_edited_split_file_dvc_does_not_watch_marks_the_manifest_and_after_stale(tmp_path: Path) -> None:
+    """manifest.splits_dir outside the root: DVC lists only the root, so an edited split file leaves `dvc status`
+    clean. The manifest report's fingerprint of that folder tells `slic summary` so, with the command that remakes
+    it (a plain `dvc repro` would not)."""
+    from slic.data.datasets import splits_fingerprint
+    from slic.report_freshness import Stale, stale_reports
+
+    (tmp_path / "given").mkdir()
+    (tmp_path / "reports").mkdir()
+    splits = tmp_path / "lists"  # the split files, outside anything DVC watches
+    splits.mkdir()
+    (splits / "trainlist01.txt").write_text("A/v_A_g01_c01.avi\n")
+    manifest = {"videos": 1, "unwatched_splits": {"dir": "lists", "fingerprint": splits_fingerprint(splits)}}
+    (tmp_path / "given" / "manifest.json").write_text(json.dumps(manifest))
+    shutil.copy(REPORTS / "retrieval.json", tmp_path / "given" / "retrieval.json")
+    (tmp_path / "dvc.yaml").write_text(
+        "stages:\n  manifest:\n    cmd: cp given/manifest.json reports/manifest.json\n    deps: [given/manifest.json]\n"
+        "    outs: [{reports/manifest.json: {cache: false}}]\n  evaluate:\n"
+        "    cmd: cp given/retrieval.json reports/retrieval.json\n"
+        "    deps: [reports/manifest.json, given/retrieval.json]\n    outs: [{reports/retrieval.json: {cache: false}}]\n")
+    _dvc(tmp_path, "init", "--no-scm", "-q")
+    _dvc(tmp_path, "repro", "-q")
+    assert stale_reports(tmp_path) == {}
+
+    (splits / "trainlist01.txt").write_text("A/v_A_g01_c01.avi\nA/v_A_g02_c01.avi\n")
+    why = "the split files in lists, which DVC does not watch"
+    assert stale_reports(tmp_path) == {"manifest.json": Stale("manifest", "manifest", why),
+                                       "retrieval.json": Stale("evaluate", "manifest", why)}
+    lines = said(summary_lines(tmp_path / "reports", stale=stale_reports(tmp_path)))
+    assert lines["retrieval"][0].startswith("[stale] test recall@1")
+    assert lines["note"][-1].endswith("; `dvc repro --single-item --force manifest`, then `dvc repro`, remakes them")
+
+
+def test_the_manifest_stage_keeps_the_fingerprint_of_split_files_outside_the_root(
+        tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`slic manifest` with the split files beside the videos' root, not under it: its report keeps their
+    fingerprint (what the test above compares), and none when DVC watches them (under the root)."""
+    from slic.data.datasets import splits_fingerprint
+
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    for listing in tiny_dataset.glob("*.txt"):
+        shutil.copy(listing, lists)
+    (tmp_path / "params.yaml").write_text(f"manifest:\n  root: {tiny_dataset}\n  layout: ucf101\n  splits_dir: lists\n"
+                                          "  workers: 1\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["manifest"]) == 0
+    report = json.loads((tmp_path / "reports/manifest.json").read_text())
+    assert report["unwatched_splits"] == {"dir": "lists", "fingerprint": splits_fingerprint(lists)}
+    (tmp_path / "params.yaml").write_text(f"manifest:\n  root: {tiny_dataset}\n  layout: ucf101\n  workers: 1\n")
+    assert main(["manifest"]) == 0
+    assert "unwatched_splits" not in json.loads((tmp_path / "reports/manifest.json").read_text())

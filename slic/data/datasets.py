@@ -9,6 +9,7 @@ class "" and label -1 (`UNLABELLED`); `has_labels` tells a stage whether the tab
 from __future__ import annotations
 
 import csv
+import hashlib
 import os
 import re
 from collections.abc import Callable, Iterable
@@ -325,9 +326,23 @@ def unwatched_splits_advice(root: str, layout: str, splits_dir: str, stage: str 
     root or under it, or when the layout reads no split files."""
     if layout not in SPLIT_FILE_LAYOUTS or not splits_dir or is_within(splits_dir, root):
         return ""
+    watched = "; `slic summary` marks the reports made before such an edit [stale]" if stage == "manifest" else ""
     return (f"{key} {splits_dir} is outside the root {root}: DVC does not watch its files, so after editing one "
             f"run `dvc repro --single-item --force {stage}`, then `dvc repro` (or keep them under the root, which "
-            "DVC watches)")
+            f"DVC watches){watched}")
+
+
+def splits_fingerprint(splits_dir: str | Path) -> str:
+    """A digest of the files directly in `splits_dir` (names and bytes): the manifest's report keeps it for a
+    folder DVC does not watch (`unwatched_splits_advice`), so `slic summary` can tell that a split file changed since
+    ('' when the folder is gone)."""
+    folder = Path(splits_dir)
+    if not folder.is_dir():
+        return ""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.iterdir() if p.is_file()):
+        digest.update(path.name.encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
 
 
 def extracted_frame_counts(table: pd.DataFrame, target_fps: float = 0.0) -> pd.Series:
