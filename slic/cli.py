@@ -388,6 +388,7 @@ def run_evaluate(config: Any) -> dict[str, Any]:
         _log_videos_input(run, config, splits, "evaluation",
                           min_frames=int(model.get("clip_len", 0)), frame_step=int(model.get("frame_step", 1)))
         run.log_metrics(metrics)
+        report["mlflow_run_id"] = run.run_id  # the seeds' spread (`slic summary`) starts from this run
         if labelled:
             run.log_artifact(cfg.curve)
         else:

@@ -263,6 +263,10 @@ def summary_lines(reports: str | Path = "reports", tracking_uri: str = "",
             continue
         marked = what != "note" and any(name in stale for name in used)  # the stages' warnings stay as they are
         lines += [(what, f"[stale] {said}" if marked else said) for said in made]
+    if tracking_uri and (spread := _seeds_line(read, tracking_uri)):
+        marked = "[stale] " if "retrieval.json" in stale else ""
+        at = max((i for i, (what, _) in enumerate(lines) if what == "retrieval"), default=len(lines) - 1) + 1
+        lines.insert(at, ("retrieval", marked + spread))
     if any(said.startswith("[stale] ") for _, said in lines):
         lines.append(("note", _stale_note(stale)))
     if lines and tracking_uri:
@@ -353,6 +357,15 @@ def _headline(reports: Path, stale: Mapping[str, Stale]) -> tuple[dict[str, floa
         except (KeyError, TypeError, ValueError, AttributeError):  # a report of another version: not misread
             pass
     return metrics, sorted(left_out)
+
+
+def _seeds_line(read: Read, tracking_uri: str) -> str:
+    """The current encoder's recall@1 over the seeds MLflow holds runs of (`slic.seed_spread`), or ''."""
+    from slic.seed_spread import seed_spread, spread_line
+
+    retrieval = read("retrieval.json") or {}
+    spread = seed_spread(tracking_uri, str(retrieval.get("mlflow_run_id") or ""))
+    return spread_line(spread) if spread else ""
 
 
 def _mlflow_ui(tracking_uri: str) -> str:
