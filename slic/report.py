@@ -235,7 +235,7 @@ def _encoder_paragraph(report: Mapping[str, Any]) -> str:
 
 
 def _gallery_said(gallery_split: str, split: np.ndarray) -> str:
-    """' (the train list less ...)' when the gallery is the train carve (`slic.published.gallery_note`), else ''."""
+    """' (the train list less ...)' when the gallery is the train carve (`slic.retrieval.gallery_note`), else ''."""
     note = gallery_note(gallery_split, int(split_mask(split, "val").sum()))
     return f" ({html.escape(note)})" if note else ""
 
