@@ -31,6 +31,8 @@ def test_the_committed_run_is_summed_up_with_its_own_numbers_and_where_to_look()
                                                           "MLflow"]
     assert lines["retrieval"][0].startswith(f"test recall@1 {100 * retrieval['recall@1']:.1f}%, @5 ")
     assert f", @50 {100 * retrieval['recall@50']:.1f}% (" in lines["retrieval"][0]  # every k, the paper's 20 and 50 too
+    assert f"; an encoder unlike the paper's in {len(retrieval['differs_from_paper'])} pretraining settings)" in lines[
+        "retrieval"][0] and retrieval["encoder"]["objective"] == "proxy"  # the CPU default is not the paper's
     val = json.loads((REPORTS / "manifest.json").read_text())["splits"]["val"]
     assert (f"against {retrieval['gallery']} train videos: the train list less the {val} val videos carved from it "
             "to choose the checkpoint; the protocol's gallery is the whole list") in lines["retrieval"][0]
