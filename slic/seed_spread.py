@@ -52,10 +52,17 @@ def spread_over_seeds(runs: list[Any], current_run_id: str) -> dict[str, Any] | 
 
 def seed_spread(tracking_uri: str, current_run_id: str) -> dict[str, Any] | None:
     """`spread_over_seeds` of the evaluate runs in the store at `tracking_uri`; None when the store is absent (a
-    SQLite file that does not exist is not created), unreadable, or holds fewer than two seeds of the run."""
+    SQLite file that does not exist is not created; a server that does not answer is asked once, not through
+    MLflow's minutes of retries), unreadable, or holds fewer than two seeds of the run."""
+    from slic.mlflow_store import TrackingError, check_reachable
+
     if not current_run_id or not tracking_uri:
         return None
     if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).is_file():
+        return None
+    try:
+        check_reachable(tracking_uri, timeout=2.0)
+    except TrackingError:
         return None
     try:
         from mlflow import MlflowClient

@@ -54,3 +54,20 @@ def test_the_spread_takes_the_latest_run_of_each_seed_of_the_same_settings_and_d
     assert [what for what, _ in lines[:2]] == ["retrieval", "retrieval"]
     assert lines[1][1].startswith("recall@1 over seeds 7, 8: 64.0 ± 2.8")
     assert [what for what, _ in summary_lines(reports, "")] == ["retrieval"]
+
+
+
+def test_a_server_that_does_not_answer_is_asked_once_not_retried_for_minutes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`slic summary` with MLFLOW_TRACKING_URI naming a stopped server: before, MLflow's client retried for 4 minutes
+    (the summary test's checkout took that long); now one health request decides, and no client is made."""
+    import socket
+
+    import mlflow
+
+    made: list[object] = []  # the clients made (the spread's broad except would swallow a raise here)
+    monkeypatch.setattr(mlflow, "MlflowClient", lambda *args, **kwargs: made.append(args) or None)
+    with socket.socket() as free:  # a port nothing listens on
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    assert seed_spread(f"http://127.0.0.1:{port}", "0" * 32) is None
+    assert made == []
