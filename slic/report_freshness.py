@@ -51,15 +51,24 @@ def _changed_input(entries: list[Any]) -> str:
 UNWATCHED = "which DVC does not watch"  # in a Stale's `what`: `dvc repro` alone would not remake it
 
 
-def _split_files_changed(root: Path, reports: str) -> str:
-    """What changed when the split files of a manifest.splits_dir outside the root (which DVC does not watch) differ
-    from those the manifest report was made from (its `unwatched_splits`), else ''."""
+def _report_listing(stage: str) -> str | None:
+    """The report (relative to reports/) of a stage that lists a dataset from split files: the manifest's, an eval
+    set's data.json; None for other stages."""
+    if stage == "manifest":
+        return "manifest.json"
+    group, _, name = stage.partition("@")
+    return f"transfer/{name}/data.json" if group == "eval_data" and name else None
+
+
+def _split_files_changed(root: Path, reports: str, report: str = "manifest.json") -> str:
+    """What changed when the split files of a splits_dir outside its dataset's root (which DVC does not watch) differ
+    from those `report` (the manifest's, an eval set's data.json) was made from (its `unwatched_splits`), else ''."""
     import json
 
     from slic.data.datasets import splits_fingerprint
 
     try:
-        recorded = json.loads((root / reports / "manifest.json").read_text()).get("unwatched_splits")
+        recorded = json.loads((root / reports / report).read_text()).get("unwatched_splits")
     except (OSError, ValueError, AttributeError):
         return ""
     if not isinstance(recorded, Mapping) or not recorded.get("dir"):
@@ -95,9 +104,10 @@ def stale_reports(root: str | Path = ".", reports: str = "reports") -> dict[str,
     for address, entries in status.items():
         if address in stages and (what := _changed_input(entries)):
             why[address] = Stale(stages[address].name, stages[address].name, what)
-    manifest = next((address for address, stage in stages.items() if stage.name == "manifest"), None)
-    if manifest and manifest not in why and (what := _split_files_changed(Path(root), reports)):
-        why[manifest] = Stale("manifest", "manifest", what)
+    for address, stage in stages.items():  # split files DVC does not watch: their fingerprints tell
+        listing = _report_listing(stage.name)
+        if listing and address not in why and (what := _split_files_changed(Path(root), reports, listing)):
+            why[address] = Stale(stage.name, stage.name, what)
     for address, cause in list(why.items()):
         for after in nx.ancestors(graph, stages[address]):  # edges point from a stage to the stages it reads
             why.setdefault(after.addressing, Stale(after.name, cause.changed, cause.what))

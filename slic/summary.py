@@ -218,8 +218,9 @@ def _stale_note(stale: Mapping[str, Stale]) -> str:
     changes = "; ".join(f"{what} (read by {', '.join(sorted(stages))})" for what, stages in sorted(readers.items()))
     after = sorted({why.stage for why in stale.values() if why.stage != why.changed})
     then = f"; {', '.join(after)} {'comes' if len(after) == 1 else 'come'} after those" if after else ""
-    remake = ("`dvc repro --single-item --force manifest`, then `dvc repro`, remakes them"
-              if any(UNWATCHED in why.what for why in stale.values()) else "`dvc repro` remakes them (see `dvc status`)")
+    unwatched = sorted({why.changed for why in stale.values() if UNWATCHED in why.what})  # dvc repro cannot see it
+    remake = (f"{', '.join(f'`dvc repro --single-item --force {stage}`' for stage in unwatched)}, then `dvc repro`, "
+              "remakes them" if unwatched else "`dvc repro` remakes them (see `dvc status`)")
     return f"[stale] lines were made before a change: {changes}{then}; {remake}"
 
 

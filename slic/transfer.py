@@ -61,7 +61,7 @@ def prepare_eval_data(config: Config, name: str) -> dict[str, Any]:
     Raises `EvalDataInvalid` with the validation summary when the set fails its expectations.
     """
     from slic.data.datasets import (DatasetError, build_manifest, grouping_advice, recordings_summary,
-                                    unwatched_splits_advice)
+                                    splits_fingerprint, unwatched_splits_advice)
     from slic.data.frames import extract_as_configured
     from slic.data.twins import near_twins, twins_warning, write_twin_pairs
     from slic.data.validate import frames_report, validate_manifest
@@ -93,6 +93,8 @@ def prepare_eval_data(config: Config, name: str) -> dict[str, Any]:
         report["advice"] = notes
         for note in notes:
             print(f"eval_data@{name}: note: {note}")
+    if unwatched_splits_advice(chosen.root, chosen.layout, chosen.splits_dir):  # as the manifest stage keeps it
+        report["unwatched_splits"] = {"dir": chosen.splits_dir, "fingerprint": splits_fingerprint(chosen.splits_dir)}
     if not checked.success:
         raise EvalDataInvalid(f"eval set {name}: {checked.summary()}", report)
     usable = table[(table["excluded"] == "") & (table["split"] != "unused")]

@@ -268,11 +268,20 @@ def test_an_edited_split_file_dvc_does_not_watch_marks_the_manifest_and_after_st
     manifest = {"videos": 1, "unwatched_splits": {"dir": "lists", "fingerprint": splits_fingerprint(splits)}}
     (tmp_path / "given" / "manifest.json").write_text(json.dumps(manifest))
     shutil.copy(REPORTS / "retrieval.json", tmp_path / "given" / "retrieval.json")
+    eval_lists = tmp_path / "hmdb_lists"  # an eval set's split files, outside its root too
+    eval_lists.mkdir()
+    (eval_lists / "walk_test_split1.txt").write_text("a.avi 1\n")
+    data = {"set": "hmdb", "unwatched_splits": {"dir": "hmdb_lists", "fingerprint": splits_fingerprint(eval_lists)}}
+    (tmp_path / "given" / "data.json").write_text(json.dumps(data))
     (tmp_path / "dvc.yaml").write_text(
         "stages:\n  manifest:\n    cmd: cp given/manifest.json reports/manifest.json\n    deps: [given/manifest.json]\n"
         "    outs: [{reports/manifest.json: {cache: false}}]\n  evaluate:\n"
         "    cmd: cp given/retrieval.json reports/retrieval.json\n"
-        "    deps: [reports/manifest.json, given/retrieval.json]\n    outs: [{reports/retrieval.json: {cache: false}}]\n")
+        "    deps: [reports/manifest.json, given/retrieval.json]\n    outs: [{reports/retrieval.json: {cache: false}}]\n"
+        "  eval_data:\n    foreach: [hmdb]\n    do:\n"
+        "      cmd: mkdir -p reports/transfer/${item} && cp given/data.json reports/transfer/${item}/data.json\n"
+        "      deps: [given/data.json]\n      outs:\n        - reports/transfer/${item}/data.json:\n"
+        "            cache: false\n")
     _dvc(tmp_path, "init", "--no-scm", "-q")
     _dvc(tmp_path, "repro", "-q")
     assert stale_reports(tmp_path) == {}
@@ -284,6 +293,16 @@ def test_an_edited_split_file_dvc_does_not_watch_marks_the_manifest_and_after_st
     lines = said(summary_lines(tmp_path / "reports", stale=stale_reports(tmp_path)))
     assert lines["retrieval"][0].startswith("[stale] test recall@1")
     assert lines["note"][-1].endswith("; `dvc repro --single-item --force manifest`, then `dvc repro`, remakes them")
+
+    (splits / "trainlist01.txt").write_text("A/v_A_g01_c01.avi\n")  # as it was; now the eval set's list changes
+    assert stale_reports(tmp_path) == {}
+    (eval_lists / "walk_test_split1.txt").write_text("a.avi 2\n")
+    assert stale_reports(tmp_path) == {"transfer/hmdb/data.json": Stale(
+        "eval_data@hmdb", "eval_data@hmdb", "the split files in hmdb_lists, which DVC does not watch")}
+    from slic.summary import _stale_note  # no line of this summary reads data.json: the note as a transfer line gets it
+
+    assert _stale_note(stale_reports(tmp_path)).endswith(
+        "; `dvc repro --single-item --force eval_data@hmdb`, then `dvc repro`, remakes them")
 
 
 def test_the_manifest_stage_keeps_the_fingerprint_of_split_files_outside_the_root(

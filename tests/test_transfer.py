@@ -153,6 +153,27 @@ def test_an_eval_set_with_takedowns_excludes_them_by_its_own_key(tiny_dataset: P
     assert table.loc["Rise/v_Rise_g03_c01", "excluded"] == "missing file"
 
 
+def test_an_eval_sets_split_files_outside_its_root_are_fingerprinted(tiny_dataset: Path, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """eval_data@NAME with the set's split files beside its videos: its report keeps their fingerprint, as the
+    manifest stage's does, so an edit DVC cannot see marks the set's reports stale (tests/test_summary.py)."""
+    import shutil
+
+    from slic.data.datasets import splits_fingerprint
+    from slic.transfer import prepare_eval_data
+
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    for listing in tiny_dataset.glob("*.txt"):
+        shutil.copy(listing, lists)
+    monkeypatch.chdir(tmp_path)
+    config = load(params_with(tmp_path, {"mine": {"root": str(tiny_dataset), "layout": "synthetic",
+                                                  "splits_dir": "lists"}}))
+    report = prepare_eval_data(config, "mine")
+    assert report["unwatched_splits"] == {"dir": "lists", "fingerprint": splits_fingerprint(lists)}
+    assert any("eval_sets.mine.splits_dir lists is outside the root" in line for line in report["advice"])
+
+
 def test_an_encoder_pretrained_elsewhere_still_writes_the_pairs_file_dvc_expects(tmp_path: Path,
                                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """Without the pretraining manifest there is nothing to compare with, but transfer@NAME's DVC out

@@ -326,10 +326,9 @@ def unwatched_splits_advice(root: str, layout: str, splits_dir: str, stage: str 
     root or under it, or when the layout reads no split files."""
     if layout not in SPLIT_FILE_LAYOUTS or not splits_dir or is_within(splits_dir, root):
         return ""
-    watched = "; `slic summary` marks the reports made before such an edit [stale]" if stage == "manifest" else ""
     return (f"{key} {splits_dir} is outside the root {root}: DVC does not watch its files, so after editing one "
             f"run `dvc repro --single-item --force {stage}`, then `dvc repro` (or keep them under the root, which "
-            f"DVC watches){watched}")
+            "DVC watches); `slic summary` marks the reports made before such an edit [stale]")
 
 
 def splits_fingerprint(splits_dir: str | Path) -> str:
