@@ -13,7 +13,7 @@ import contextlib
 import io
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ class Stale:
     stage: str
     changed: str  # the stage whose input, setting or command changed
     what: str  # what changed there: 'params.yaml: pretrain', 'data/frames', 'its command'
+    unwatched: bool = False  # a change DVC cannot see (split files outside the root): `dvc repro` alone keeps it
 
 
 def _changed_input(entries: list[Any]) -> str:
@@ -46,9 +47,6 @@ def _changed_input(entries: list[Any]) -> str:
             elif status in CHANGED:
                 return path
     return ""
-
-
-UNWATCHED = "which DVC does not watch"  # in a Stale's `what`: `dvc repro` alone would not remake it
 
 
 def _report_listing(stage: str) -> str | None:
@@ -76,7 +74,7 @@ def _split_files_changed(root: Path, reports: str, report: str = "manifest.json"
     folder = Path(recorded["dir"])
     if splits_fingerprint(folder if folder.is_absolute() else root / folder) == recorded.get("fingerprint"):
         return ""
-    return f"the split files in {recorded['dir']}, {UNWATCHED}"
+    return f"the split files in {recorded['dir']}, which DVC does not watch"
 
 
 def stale_reports(root: str | Path = ".", reports: str = "reports") -> dict[str, Stale]:
@@ -107,10 +105,10 @@ def stale_reports(root: str | Path = ".", reports: str = "reports") -> dict[str,
     for address, stage in stages.items():  # split files DVC does not watch: their fingerprints tell
         listing = _report_listing(stage.name)
         if listing and address not in why and (what := _split_files_changed(Path(root), reports, listing)):
-            why[address] = Stale(stage.name, stage.name, what)
+            why[address] = Stale(stage.name, stage.name, what, unwatched=True)
     for address, cause in list(why.items()):
         for after in nx.ancestors(graph, stages[address]):  # edges point from a stage to the stages it reads
-            why.setdefault(after.addressing, Stale(after.name, cause.changed, cause.what))
+            why.setdefault(after.addressing, replace(cause, stage=after.name))
     prefix = Path(root).resolve() / reports
     stale = {}
     for address, reason in why.items():

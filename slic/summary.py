@@ -15,8 +15,6 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from slic.report_freshness import UNWATCHED
-
 if TYPE_CHECKING:
     from slic.report_freshness import Stale
 
@@ -218,7 +216,7 @@ def _stale_note(stale: Mapping[str, Stale]) -> str:
     changes = "; ".join(f"{what} (read by {', '.join(sorted(stages))})" for what, stages in sorted(readers.items()))
     after = sorted({why.stage for why in stale.values() if why.stage != why.changed})
     then = f"; {', '.join(after)} {'comes' if len(after) == 1 else 'come'} after those" if after else ""
-    unwatched = sorted({why.changed for why in stale.values() if UNWATCHED in why.what})  # dvc repro cannot see it
+    unwatched = sorted({why.changed for why in stale.values() if why.unwatched})  # `dvc repro` cannot see the change
     remake = (f"{', '.join(f'`dvc repro --single-item --force {stage}`' for stage in unwatched)}, then `dvc repro`, "
               "remakes them" if unwatched else "`dvc repro` remakes them (see `dvc status`)")
     return f"[stale] lines were made before a change: {changes}{then}; {remake}"

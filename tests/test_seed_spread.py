@@ -36,8 +36,8 @@ def test_the_spread_takes_the_latest_run_of_each_seed_of_the_same_settings_and_d
     _evaluate_run(client, experiment, 9, 0.91, fingerprint="data-b")  # other data
     _evaluate_run(client, experiment, 9, 0.95, status="FAILED")  # not finished
     current = _evaluate_run(client, experiment, 7, 0.66)
-    assert seed_spread(uri, current) is not None
     spread = seed_spread(uri, current)
+    assert spread is not None
     assert spread["seeds"] == ["7", "8"] and spread["recall@1"] == pytest.approx({"7": 66.0, "8": 62.0})
     assert spread["mean"] == pytest.approx(64.0) and spread["std"] == pytest.approx(2 ** 0.5 * 2)
     assert spread_line(spread).startswith("recall@1 over seeds 7, 8: 64.0 ± 2.8 (66.0 / 62.0; MLflow's evaluate")

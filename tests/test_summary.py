@@ -288,8 +288,8 @@ def test_an_edited_split_file_dvc_does_not_watch_marks_the_manifest_and_after_st
 
     (splits / "trainlist01.txt").write_text("A/v_A_g01_c01.avi\nA/v_A_g02_c01.avi\n")
     why = "the split files in lists, which DVC does not watch"
-    assert stale_reports(tmp_path) == {"manifest.json": Stale("manifest", "manifest", why),
-                                       "retrieval.json": Stale("evaluate", "manifest", why)}
+    assert stale_reports(tmp_path) == {"manifest.json": Stale("manifest", "manifest", why, unwatched=True),
+                                       "retrieval.json": Stale("evaluate", "manifest", why, unwatched=True)}
     lines = said(summary_lines(tmp_path / "reports", stale=stale_reports(tmp_path)))
     assert lines["retrieval"][0].startswith("[stale] test recall@1")
     assert lines["note"][-1].endswith("; `dvc repro --single-item --force manifest`, then `dvc repro`, remakes them")
@@ -298,7 +298,8 @@ def test_an_edited_split_file_dvc_does_not_watch_marks_the_manifest_and_after_st
     assert stale_reports(tmp_path) == {}
     (eval_lists / "walk_test_split1.txt").write_text("a.avi 2\n")
     assert stale_reports(tmp_path) == {"transfer/hmdb/data.json": Stale(
-        "eval_data@hmdb", "eval_data@hmdb", "the split files in hmdb_lists, which DVC does not watch")}
+        "eval_data@hmdb", "eval_data@hmdb", "the split files in hmdb_lists, which DVC does not watch",
+        unwatched=True)}
     from slic.summary import _stale_note  # no line of this summary reads data.json: the note as a transfer line gets it
 
     assert _stale_note(stale_reports(tmp_path)).endswith(
